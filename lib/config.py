@@ -1,0 +1,184 @@
+"""One typed configuration: defaults, then the YAML file, then the environment, then the CLI.
+
+Every stage parameter that a user may want to change lives here, so the notebooks and the runner
+never carry their own copies of thresholds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lib.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "pipeline.yaml"
+STAGES = ("detect", "train", "compare", "decide")
+METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1", "log_loss")
+CANDIDATES = ("logistic_regression", "random_forest", "hist_gradient_boosting")
+
+# Environment variables that override a config key (besides MLFLOW_TRACKING_URI).
+ENV_PREFIX = "PIPELINE_"
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a pipeline run needs; paths are relative to the project root."""
+
+    data_path: str = "data/googleplaystore_clean.csv"
+    synth_apps: int = 10_000  # size of the generated default data set
+    synth_seed: int = 42
+    threshold: int = 100  # new apps needed to retrain
+    target_threshold: float = 4.0  # label = Rating > target_threshold
+    selection_metric: str = "roc_auc"
+    candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))
+    cv_folds: int = 5
+    test_size: float = 0.2
+    seed: int = 42
+    rf_trees: int = 200
+    model_name: str = "playstore-rating"
+    experiment: str = "playstore-rating"
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or sqlite:///<root>/mlflow.db
+    reports_dir: str = "reports"
+    models_dir: str = "models"
+    stage_timeout: int = 1800  # seconds per notebook cell before the stage is failed
+    lock_timeout: float = 0.0  # seconds a second runner waits for the first one
+    decision: dict[str, Any] = field(default_factory=dict)  # the score table (lib.scoring)
+
+    def resolved_tracking_uri(self, root: Path) -> str:
+        """The MLflow store: explicit config, else the environment, else SQLite in the project."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        if env:
+            return env
+        return f"sqlite:///{(root / 'mlflow.db').as_posix()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(PipelineConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a YAML/env/CLI value into the field's type, with a message that says how to fix it."""
+    default = _fields()[name].default
+    if default is dataclasses.MISSING:
+        default = _fields()[name].default_factory()  # type: ignore[misc]
+    if name == "tracking_uri":
+        return None if value in (None, "", "none", "None") else str(value)
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, list):
+            if isinstance(value, str):
+                return [v.strip() for v in value.replace(";", ",").split(",") if v.strip()]
+            return list(value)
+        if isinstance(default, dict):
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return value
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"config key {name!r}: cannot use {value!r}; expected a value like {default!r}"
+        ) from exc
+
+
+def _validate(cfg: PipelineConfig) -> None:
+    if cfg.selection_metric not in METRICS:
+        raise ConfigError(
+            f"selection_metric {cfg.selection_metric!r} is unknown; use one of {', '.join(METRICS)}"
+        )
+    unknown = [c for c in cfg.candidates if c not in CANDIDATES]
+    if unknown or not cfg.candidates:
+        raise ConfigError(
+            f"candidates {unknown or '[]'} not available; choose from {', '.join(CANDIDATES)}"
+        )
+    if not 0.05 <= cfg.test_size <= 0.5:
+        raise ConfigError(f"test_size {cfg.test_size} must be between 0.05 and 0.5")
+    if cfg.cv_folds < 2:
+        raise ConfigError(f"cv_folds {cfg.cv_folds} must be at least 2")
+    if cfg.threshold < 1:
+        raise ConfigError(f"threshold {cfg.threshold} must be at least 1")
+
+
+def apply_overrides(cfg: PipelineConfig, values: dict[str, Any], origin: str) -> PipelineConfig:
+    """Return a copy of cfg with values applied; unknown keys are an error naming the origin."""
+    known = _fields()
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{origin}: unknown config key(s) {', '.join(unknown)}; "
+            f"known keys: {', '.join(sorted(known))}"
+        )
+    updated = dataclasses.replace(cfg, **{k: _coerce(k, v) for k, v in values.items()})
+    _validate(updated)
+    return updated
+
+
+def parse_set_options(items: list[str]) -> dict[str, str]:
+    """`--set key=value` pairs from the command line."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set threshold=50")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config(
+    root: Path,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> PipelineConfig:
+    """Defaults < file < PIPELINE_* environment variables < explicit overrides."""
+    cfg = PipelineConfig()
+    path = Path(config_file) if config_file else root / CONFIG_FILE
+    if not path.is_absolute():
+        path = root / path
+    if path.exists():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys")
+        cfg = apply_overrides(cfg, data, str(path))
+    elif config_file:
+        raise ConfigError(f"config file {path} does not exist")
+    env = os.environ if environ is None else environ
+    env_values = {
+        k[len(ENV_PREFIX) :].lower(): v
+        for k, v in env.items()
+        if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX) :].lower() in _fields()
+    }
+    if env_values:
+        cfg = apply_overrides(cfg, env_values, "environment")
+    if overrides:
+        cfg = apply_overrides(cfg, overrides, "command line")
+    _validate(cfg)
+    return cfg

@@ -1,0 +1,605 @@
+"""Reading, parsing and validating Google Play Store app listings.
+
+One code path serves every source: the raw scrape (`"1,000+"`, `"$4.99"`, `19M`), the cleaned file
+(numeric MB, `10000.0`, `0.0`), the hand-made batches (`1000000000+`, `March-20-2025`) and single
+requests of the model service. Rows are read with the csv module (pandas would silently pad a row
+with a missing field), parsed column by column, then checked by one pandera schema. Invalid rows are
+never dropped silently: each one lands in a quarantine frame with a readable reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import logging
+import math
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from lib.errors import DataError, MissingColumnsError
+
+logger = logging.getLogger(__name__)
+
+RAW_COLUMNS: list[str] = [
+    "App",
+    "Category",
+    "Rating",
+    "Reviews",
+    "Size",
+    "Installs",
+    "Type",
+    "Price",
+    "Content Rating",
+    "Genres",
+    "Last Updated",
+    "Current Ver",
+    "Android Ver",
+]
+REQUIRED_COLUMNS: list[str] = [
+    "App",
+    "Category",
+    "Rating",
+    "Reviews",
+    "Size",
+    "Installs",
+    "Type",
+    "Price",
+    "Content Rating",
+    "Last Updated",
+]
+TYPED_COLUMNS: list[str] = [
+    "app",
+    "app_key",
+    "category",
+    "rating",
+    "reviews",
+    "size_mb",
+    "installs",
+    "type",
+    "price",
+    "content_rating",
+    "genres",
+    "last_updated",
+    "current_ver",
+    "android_ver",
+    "source_file",
+    "source_row",
+]
+QUARANTINE_COLUMNS: list[str] = ["source_file", "source_row", "reason", *RAW_COLUMNS]
+
+# snake_case (typed) name -> Play Store name; lets the service accept either spelling.
+ALIASES: dict[str, str] = {
+    "app": "App",
+    "category": "Category",
+    "rating": "Rating",
+    "reviews": "Reviews",
+    "size": "Size",
+    "size_mb": "Size",
+    "installs": "Installs",
+    "type": "Type",
+    "price": "Price",
+    "content_rating": "Content Rating",
+    "genres": "Genres",
+    "last_updated": "Last Updated",
+    "current_ver": "Current Ver",
+    "android_ver": "Android Ver",
+}
+# Typed column -> the Play Store column it comes from, to name it in reasons.
+_DISPLAY: dict[str, str] = {v_typed: raw for v_typed, raw in ALIASES.items() if v_typed != "size"}
+_DISPLAY["app_key"] = "App"
+
+# Spellings of "no value" met in the files (the raw scrape writes the string "NaN").
+_MISSING = ["", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "None", "none", "null", "NULL"]
+_SIZE_RE = r"^(?P<num>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[kKmMgG])?[bB]?$"
+# Size units to MB. k is taken as 1/1000 MB (decimal, like the store shows sizes), so 201k -> 0.201.
+_SIZE_UNIT_MB = {"": 1.0, "k": 1e-3, "m": 1.0, "g": 1e3}
+_ISO_DATE_RE = r"^\d{4}-\d{1,2}-\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?$"
+
+# pandera check errors are used as keys to turn failure cases into sentences.
+_E_EMPTY = "empty"
+_E_RATING = "rating_range"
+_E_NEGATIVE = "negative"
+_E_TYPE = "free_or_paid"
+
+
+def _build_schema() -> pa.DataFrameSchema:
+    """Build the typed-frame schema once: constructing it per request would slow the service."""
+    non_empty = pa.Check(lambda s: s.str.strip().str.len() > 0, error=_E_EMPTY)
+    non_negative = pa.Check.ge(0, error=_E_NEGATIVE)
+    return pa.DataFrameSchema(
+        {
+            "app": pa.Column(str, non_empty),
+            "app_key": pa.Column(str),
+            "category": pa.Column(str, non_empty),
+            "rating": pa.Column(float, pa.Check.in_range(1.0, 5.0, error=_E_RATING), nullable=True),
+            "reviews": pa.Column(float, non_negative),
+            "size_mb": pa.Column(float, non_negative, nullable=True),
+            "installs": pa.Column(float, non_negative),
+            "type": pa.Column(str, pa.Check.isin(["Free", "Paid"], error=_E_TYPE)),
+            "price": pa.Column(float, non_negative),
+            "content_rating": pa.Column(str),
+            "genres": pa.Column(str),
+            "last_updated": pa.Column("datetime64[ns]"),
+            "current_ver": pa.Column(str),
+            "android_ver": pa.Column(str),
+            "source_file": pa.Column(str),
+            "source_row": pa.Column(int),
+        },
+        strict=True,
+        ordered=True,
+    )
+
+
+APPS_SCHEMA: pa.DataFrameSchema = _build_schema()
+
+
+@dataclass
+class LoadedApps:
+    """Valid typed rows plus every rejected row with its reason, so nothing vanishes unnoticed."""
+
+    apps: pd.DataFrame
+    quarantine: pd.DataFrame
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def n_quarantined(self) -> int:
+        return len(self.quarantine)
+
+
+# --------------------------------------------------------------------------------------------
+# identity
+
+
+_SPACES = re.compile(r"\s+")
+_EDGE_CHARS = "\"'`´‘’‚‛“”„‟«»‹›"
+
+
+def _is_edge_junk(ch: str) -> bool:
+    return ch.isspace() or ch in _EDGE_CHARS or unicodedata.category(ch).startswith("P")
+
+
+def app_key(name: str) -> str:
+    """Normalize an app name so repeated listings of one app compare equal across files."""
+    if name is None or (isinstance(name, float) and math.isnan(name)):
+        return ""
+    text = _SPACES.sub(" ", unicodedata.normalize("NFKC", str(name)).casefold()).strip()
+    start, end = 0, len(text)
+    while start < end and _is_edge_junk(text[start]):
+        start += 1
+    while end > start and _is_edge_junk(text[end - 1]):
+        end -= 1
+    # A name made only of punctuation keeps its characters rather than collapsing to "".
+    return text[start:end] or text
+
+
+def latest_per_app(apps: pd.DataFrame) -> pd.DataFrame:
+    """Keep one row per app (most recent update, then most reviews, then last listed).
+
+    Repeated listings of an app would otherwise leak between train and test splits.
+    """
+    if apps.empty:
+        return apps.reset_index(drop=True)
+    keys = apps["app_key"] if "app_key" in apps else apps["app"].map(app_key)
+    order = pd.DataFrame(
+        {
+            "key": keys.to_numpy(),
+            "updated": apps["last_updated"].to_numpy(),
+            "reviews": apps["reviews"].to_numpy(dtype=float),
+            "pos": np.arange(len(apps)),
+        }
+    )
+    ranked = order.sort_values(["key", "updated", "reviews", "pos"], na_position="first")
+    keep = np.sort(ranked.drop_duplicates("key", keep="last")["pos"].to_numpy())
+    return apps.iloc[keep].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def _as_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    if isinstance(paths, (str, os.PathLike)):
+        return [Path(paths)]
+    return [Path(p) for p in paths]
+
+
+def _open_csv(path: Path):
+    try:
+        return path.open("r", encoding="utf-8-sig", newline="")
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: file not found") from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def check_columns(path: str | Path) -> list[str]:
+    """Read only the header and fail early, naming every missing required column."""
+    path = Path(path)
+    with _open_csv(path) as handle:
+        try:
+            header = next(csv.reader(handle), [])
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not a readable UTF-8 CSV file ({exc})") from exc
+    header = [name.strip() for name in header]
+    missing = [name for name in REQUIRED_COLUMNS if name not in header]
+    if missing:
+        raise MissingColumnsError(str(path), missing, header)
+    return header
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Return the header and (1-based data-row number, fields) for every non-blank record."""
+    with _open_csv(path) as handle:
+        reader = csv.reader(handle)
+        try:
+            header = [name.strip() for name in next(reader, [])]
+            rows = [(number, fields) for number, fields in enumerate(reader, start=1) if fields]
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not a readable UTF-8 CSV file ({exc})") from exc
+    return header, rows
+
+
+def _to_raw_fields(header: list[str], fields: list[str]) -> list[str]:
+    """Map a record onto RAW_COLUMNS by header name (positionally, padded, if its length is off)."""
+    by_name: dict[str, str] = {}
+    for name, value in zip(header, fields, strict=False):
+        by_name.setdefault(name, value)
+    return [by_name.get(name, "") for name in RAW_COLUMNS]
+
+
+def _field_count_reason(n_fields: int, expected: int) -> str:
+    if n_fields < expected:
+        return (
+            f"row has {n_fields} fields, expected {expected} "
+            "(a column is missing, values are shifted)"
+        )
+    return (
+        f"row has {n_fields} fields, expected {expected} "
+        "(extra values, probably an unquoted comma; values are shifted)"
+    )
+
+
+def read_apps(paths: str | Path | Sequence[str | Path]) -> LoadedApps:
+    """Read, parse and validate one or several Play Store CSVs in any of the known styles.
+
+    All headers are checked before any file is parsed, so a bad file fails fast.
+    """
+    path_list = _as_paths(paths)
+    if not path_list:
+        raise DataError("read_apps: no data file given")
+    for path in path_list:
+        check_columns(path)
+
+    apps_parts: list[pd.DataFrame] = []
+    quarantine_parts: list[pd.DataFrame] = []
+    for path in path_list:
+        header, rows = _read_rows(path)
+        good_numbers: list[int] = []
+        good_fields: list[list[str]] = []
+        bad_records: list[dict[str, object]] = []
+        for number, fields in rows:
+            if len(fields) == len(header):
+                good_numbers.append(number)
+                good_fields.append(_to_raw_fields(header, fields))
+            else:
+                record: dict[str, object] = dict(
+                    zip(RAW_COLUMNS, _to_raw_fields(header, fields), strict=True)
+                )
+                record.update(
+                    source_file=path.name,
+                    source_row=number,
+                    reason=_field_count_reason(len(fields), len(header)),
+                )
+                bad_records.append(record)
+        raw = pd.DataFrame(good_fields, columns=RAW_COLUMNS, dtype="str")
+        apps, quarantine = _validate(raw, path.name, np.asarray(good_numbers, dtype="int64"))
+        if bad_records:
+            quarantine = pd.concat(
+                [quarantine, pd.DataFrame(bad_records, columns=QUARANTINE_COLUMNS)],
+                ignore_index=True,
+            )
+            quarantine = quarantine.sort_values("source_row", kind="stable")
+        logger.info(
+            "%s: %d rows read, %d valid, %d quarantined",
+            path.name,
+            len(rows),
+            len(apps),
+            len(quarantine),
+        )
+        apps_parts.append(apps)
+        quarantine_parts.append(quarantine)
+
+    return LoadedApps(
+        apps=_concat(apps_parts, _empty_typed()),
+        quarantine=_fix_quarantine_types(_concat(quarantine_parts, _empty_quarantine())),
+        sources=[str(p) for p in path_list],
+    )
+
+
+def _cell_to_str(value: object) -> str:
+    """Render one in-memory value the way a CSV field would hold it."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if value is pd.NaT or value is pd.NA:
+        return ""
+    if isinstance(value, (pd.Timestamp, dt.datetime)):
+        if value.hour == value.minute == value.second == 0:
+            return value.strftime("%Y-%m-%d")
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, (np.floating, float)):
+        return repr(float(value))
+    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
+        return str(int(value))
+    return str(value)
+
+
+def parse_records(frame: pd.DataFrame, source: str = "request") -> LoadedApps:
+    """Parse and validate in-memory records (raw or clean values, Play Store or snake_case names).
+
+    Used by the model service for single requests, so it reuses the prebuilt schema.
+    """
+    renamed: dict[str, pd.Series] = {}
+    for column in frame.columns:
+        name = str(column).strip()
+        target = name if name in RAW_COLUMNS else ALIASES.get(name)
+        if target is not None and target not in renamed:
+            renamed[target] = frame[column]
+    missing = [name for name in REQUIRED_COLUMNS if name not in renamed]
+    if missing:
+        raise MissingColumnsError(source, missing, [str(c) for c in frame.columns])
+    n = len(frame)
+    raw = pd.DataFrame(
+        {
+            name: (
+                [_cell_to_str(v) for v in renamed[name].tolist()] if name in renamed else [""] * n
+            )
+            for name in RAW_COLUMNS
+        },
+        dtype="str",
+    )
+    apps, quarantine = _validate(raw, source, np.arange(1, n + 1, dtype="int64"))
+    return LoadedApps(apps=apps, quarantine=_fix_quarantine_types(quarantine), sources=[source])
+
+
+# --------------------------------------------------------------------------------------------
+# parsing
+
+
+def _clean(series: pd.Series, remove: str = "") -> tuple[pd.Series, pd.Series]:
+    """Strip a raw column (and remove decorations like ',' '+' '$'); flag the missing spellings."""
+    text = series.str.strip()
+    if remove:
+        text = text.str.replace(remove, "", regex=True)
+    return text, text.isin(_MISSING)
+
+
+def _number(series: pd.Series, remove: str = "") -> tuple[pd.Series, pd.Series]:
+    """Parse numbers; return values (NaN if missing/bad) and the mask of unparseable fields."""
+    text, missing = _clean(series, remove)
+    values = pd.to_numeric(text.where(~missing), errors="coerce").astype("float64")
+    bad = ~missing & ~np.isfinite(values.to_numpy())
+    return values.where(~bad), pd.Series(bad, index=series.index)
+
+
+def _size_mb(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    text, missing = _clean(series, ",")
+    missing |= text.str.lower().eq("varies with device")
+    parts = text.str.extract(_SIZE_RE)
+    factor = parts["unit"].fillna("").str.lower().map(_SIZE_UNIT_MB)
+    values = (pd.to_numeric(parts["num"], errors="coerce") * factor).astype("float64")
+    values = values.where(~missing)
+    bad = ~missing & values.isna()
+    return values, bad
+
+
+def _dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    text, missing = _clean(series)
+    iso = text.str.match(_ISO_DATE_RE)
+    words = text.str.replace(r"[,\-\s]+", " ", regex=True).str.strip().where(~iso & ~missing)
+    parsed = pd.to_datetime(words, format="%B %d %Y", errors="coerce")
+    abbreviated = pd.to_datetime(words, format="%b %d %Y", errors="coerce")
+    iso_parsed = pd.to_datetime(text.where(iso), format="ISO8601", errors="coerce")
+    values = parsed.fillna(abbreviated).fillna(iso_parsed).astype("datetime64[ns]")
+    bad = ~missing & values.isna()
+    return values, bad
+
+
+def _text(series: pd.Series) -> pd.Series:
+    return series.str.strip().astype("str")
+
+
+def _type(series: pd.Series) -> pd.Series:
+    text = series.str.strip()
+    canonical = text.str.lower().map({"free": "Free", "paid": "Paid"})
+    return canonical.fillna(text).where(text.ne(""), None).astype("str")
+
+
+_PARSE_HINTS: dict[str, str] = {
+    "rating": "is not a number",
+    "reviews": "is not a count",
+    "size_mb": "is not a size like 19M, 201k, 19.0 or 'Varies with device'",
+    "installs": "is not a count like 1,000+",
+    "price": "is not a price like 0 or $4.99",
+    "last_updated": "is not a date like 'January 7, 2018' or 2018-01-07",
+}
+
+
+def _parse(
+    raw: pd.DataFrame, source_file: str, source_row: np.ndarray
+) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """Turn raw string fields into the typed frame; return it with a per-column unparseable mask."""
+    rating, bad_rating = _number(raw["Rating"])
+    reviews, bad_reviews = _number(raw["Reviews"], r"[,\s]")
+    size_mb, bad_size = _size_mb(raw["Size"])
+    installs, bad_installs = _number(raw["Installs"], r"[,+\s]")
+    price, bad_price = _number(raw["Price"], r"[$,\s]")
+    last_updated, bad_date = _dates(raw["Last Updated"])
+    app = _text(raw["App"])
+    typed = pd.DataFrame(
+        {
+            "app": app,
+            "app_key": app.map(app_key).astype("str"),
+            "category": _text(raw["Category"]),
+            "rating": rating,
+            "reviews": reviews,
+            "size_mb": size_mb,
+            "installs": installs,
+            "type": _type(raw["Type"]),
+            "price": price,
+            "content_rating": _text(raw["Content Rating"]),
+            "genres": _text(raw["Genres"]),
+            "last_updated": last_updated,
+            "current_ver": _text(raw["Current Ver"]),
+            "android_ver": _text(raw["Android Ver"]),
+            "source_file": pd.Series([source_file] * len(raw), index=raw.index, dtype="str"),
+            "source_row": pd.Series(source_row, index=raw.index, dtype="int64"),
+        },
+        columns=TYPED_COLUMNS,
+    )
+    bad = {
+        "rating": bad_rating,
+        "reviews": bad_reviews,
+        "size_mb": bad_size,
+        "installs": bad_installs,
+        "price": bad_price,
+        "last_updated": bad_date,
+    }
+    return typed, bad
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return repr(str(value))
+
+
+def _schema_message(column: str, check: str, value: object, raw_value: str) -> str:
+    name = _DISPLAY.get(column, column)
+    if check == "not_nullable":
+        return f"{name}: missing (empty field)"
+    if check == _E_EMPTY:
+        return f"{name}: empty"
+    if check == _E_RATING:
+        return f"{name}: {_format_value(value)} is outside 1..5"
+    if check == _E_NEGATIVE:
+        return f"{name}: {_format_value(value)} is negative"
+    if check == _E_TYPE:
+        return f"{name}: {raw_value!r} is not Free or Paid"
+    return f"{name}: {raw_value!r} fails {check}"
+
+
+def _schema_failures(typed: pd.DataFrame, source_file: str) -> list[tuple[int, str, str, object]]:
+    """Run the schema lazily; return (row position, column, check, value) for every failure."""
+    try:
+        APPS_SCHEMA.validate(typed, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+    else:
+        return []
+    failures = []
+    for column, check, value, index in zip(
+        cases["column"], cases["check"], cases["failure_case"], cases["index"], strict=True
+    ):
+        if index is None or pd.isna(index):  # a whole-column failure means a bug in _parse
+            raise DataError(f"{source_file}: schema failure on column {column}: {check}")
+        failures.append((int(index), str(column), str(check), value))
+    return failures
+
+
+def _validate(
+    raw: pd.DataFrame, source_file: str, source_row: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Parse then schema-check; split into valid typed rows and quarantined raw rows."""
+    raw = raw.reset_index(drop=True)
+    typed, bad = _parse(raw, source_file, source_row)
+    problems: list[tuple[int, int, str]] = []  # (row position, column order, message)
+    flagged: set[tuple[int, str]] = set()
+    order = {name: i for i, name in enumerate(TYPED_COLUMNS)}
+    for column, mask in bad.items():
+        raw_column = raw[_DISPLAY[column]]
+        for pos in np.flatnonzero(mask.to_numpy()):
+            flagged.add((int(pos), column))
+            message = f"{_DISPLAY[column]}: {raw_column.iat[pos]!r} {_PARSE_HINTS[column]}"
+            problems.append((int(pos), order[column], message))
+
+    for pos, column, check, value in _schema_failures(typed, source_file):
+        if (pos, column) in flagged:
+            continue  # already explained by the parser, with the raw value
+        raw_value = raw[_DISPLAY[column]].iat[pos] if column in _DISPLAY else ""
+        message = _schema_message(column, check, value, raw_value)
+        problems.append((pos, order.get(column, len(order)), message))
+
+    reasons: dict[int, list[str]] = {}
+    for pos, _, message in sorted(problems, key=lambda p: (p[0], p[1])):
+        if message not in reasons.setdefault(pos, []):
+            reasons[pos].append(message)
+    rejected = np.zeros(len(raw), dtype=bool)
+    rejected[list(reasons)] = True
+
+    apps = typed.loc[~rejected].reset_index(drop=True)
+    quarantine = raw.loc[rejected].copy()
+    quarantine.insert(0, "reason", ["; ".join(reasons[p]) for p in np.flatnonzero(rejected)])
+    quarantine.insert(0, "source_row", source_row[rejected])
+    quarantine.insert(0, "source_file", source_file)
+    return apps, quarantine.reset_index(drop=True)[QUARANTINE_COLUMNS]
+
+
+def _empty_typed() -> pd.DataFrame:
+    typed, _ = _parse(
+        pd.DataFrame({c: [] for c in RAW_COLUMNS}, dtype="str"), "", np.array([], dtype="int64")
+    )
+    return typed
+
+
+def _empty_quarantine() -> pd.DataFrame:
+    return pd.DataFrame({c: [] for c in QUARANTINE_COLUMNS}, dtype="str")
+
+
+def _fix_quarantine_types(quarantine: pd.DataFrame) -> pd.DataFrame:
+    out = quarantine.reset_index(drop=True)
+    out["source_row"] = out["source_row"].astype("int64")
+    for column in QUARANTINE_COLUMNS:
+        if column != "source_row":
+            out[column] = out[column].fillna("").astype("str")
+    return out[QUARANTINE_COLUMNS]
+
+
+def _concat(parts: list[pd.DataFrame], empty: pd.DataFrame) -> pd.DataFrame:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return empty
+    return pd.concat(parts, ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def write_quarantine(quarantine: pd.DataFrame, path: str | Path) -> Path:
+    """Write the quarantine CSV atomically; header-only when empty so a reviewer sees 'none'."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = quarantine if len(quarantine.columns) else pd.DataFrame(columns=QUARANTINE_COLUMNS)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
+            frame.to_csv(out, index=False)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    logger.info("quarantine: %d row(s) written to %s", len(frame), path)
+    return path

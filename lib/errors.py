@@ -1,0 +1,54 @@
+"""The project's exception types.
+
+Every error a user can cause or fix carries a message that says what was expected, what came and
+how to fix it. The CLI prints one line for these (exit code 2) and a traceback for anything else.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """A known, user-facing failure: the CLI prints its message on one line."""
+
+    exit_code = 2
+
+
+class MissingColumnsError(PipelineError):
+    """A data file lacks columns the pipeline needs; raised before anything is written."""
+
+    def __init__(self, path: str, missing: list[str], found: list[str]) -> None:
+        self.path = path
+        self.missing = list(missing)
+        self.found = list(found)
+        super().__init__(
+            f"{path}: missing required column(s) {', '.join(repr(c) for c in missing)}; "
+            f"found {', '.join(repr(c) for c in found) or 'no columns'}. "
+            "Expected the Play Store header (App, Category, Rating, Reviews, Size, Installs, Type, "
+            "Price, Content Rating, Genres, Last Updated, Current Ver, Android Ver)."
+        )
+
+
+class DataError(PipelineError):
+    """The data cannot be used at all (unreadable, empty, no labeled rows...)."""
+
+
+class ConfigError(PipelineError):
+    """A configuration value or a CLI override is invalid."""
+
+
+class StageError(PipelineError):
+    """A notebook stage failed; the executed notebook with its traceback is kept."""
+
+    exit_code = 1
+
+    def __init__(self, stage: str, message: str, notebook: str | None = None) -> None:
+        self.stage = stage
+        self.notebook = notebook
+        where = f" (executed notebook: {notebook})" if notebook else ""
+        super().__init__(f"stage {stage} failed: {message}{where}")
+
+
+class RunnerBusyError(PipelineError):
+    """Another runner holds the project lock."""
+
+    exit_code = 3

@@ -1,0 +1,99 @@
+"""Figures shown in the notebooks and logged to MLflow: one function per figure, no styling magic."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import auc, confusion_matrix, roc_curve
+
+
+def class_balance(y: pd.Series, target_threshold: float) -> Figure:
+    """How many apps are above the threshold: why accuracy alone says little here."""
+    counts = pd.Series(np.asarray(y)).value_counts().reindex([0, 1], fill_value=0)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    bars = ax.bar([f"≤ {target_threshold}", f"> {target_threshold}"], counts.values,
+                  color=["#c44e52", "#4c72b0"])  # fmt: skip
+    for bar, n in zip(bars, counts.values, strict=True):
+        ax.annotate(f"{n} ({n / max(counts.sum(), 1):.1%})", (bar.get_x() + bar.get_width() / 2, n),
+                    ha="center", va="bottom")  # fmt: skip
+    ax.set_ylabel("apps")
+    ax.set_title("Class balance (rated apps)")
+    fig.tight_layout()
+    return fig
+
+
+def roc_curves(y_true: Sequence[int], probas: Mapping[str, Sequence[float]]) -> Figure:
+    """ROC of every candidate on the same holdout."""
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for name, proba in probas.items():
+        fpr, tpr, _ = roc_curve(y_true, proba)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC on the holdout")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def confusion(y_true: Sequence[int], proba: Sequence[float], title: str) -> Figure:
+    """Confusion matrix at the 0.5 threshold."""
+    pred = (np.asarray(proba) >= 0.5).astype(int)
+    cm = confusion_matrix(y_true, pred, labels=[0, 1])
+    fig, ax = plt.subplots(figsize=(4, 3.5))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), n in np.ndenumerate(cm):
+        ax.text(j, i, str(n), ha="center", va="center",
+                color="white" if n > cm.max() / 2 else "black")  # fmt: skip
+    ax.set_xticks([0, 1], ["≤ 4.0", "> 4.0"])
+    ax.set_yticks([0, 1], ["≤ 4.0", "> 4.0"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def feature_importance(importance: pd.Series, title: str) -> Figure:
+    """Permutation importance (drop in the selection metric when a column is shuffled)."""
+    imp = importance.sort_values()
+    fig, ax = plt.subplots(figsize=(5, 0.35 * len(imp) + 1))
+    ax.barh(imp.index, imp.values, color="#4c72b0")
+    ax.set_xlabel("drop in score when shuffled")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def comparison(table: pd.DataFrame, metric: str) -> Figure:
+    """Candidate vs champion (or baseline) on each metric, the selection metric highlighted."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = np.arange(len(table.index))
+    width = 0.8 / len(table.columns)
+    for i, col in enumerate(table.columns):
+        ax.bar(x + i * width, table[col].astype(float).values, width, label=col)
+    ax.set_xticks(x + width * (len(table.columns) - 1) / 2,
+                  [f"[{m}]" if m == metric else m for m in table.index])  # fmt: skip
+    ax.set_title(f"Same holdout rows (selection metric: {metric})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def score_table(rows: list[dict[str, Any]], total: int, verdict: str) -> Figure:
+    """The decision's score table as a picture, for the HTML report."""
+    fig, ax = plt.subplots(figsize=(8, 0.45 * (len(rows) + 2) + 0.5))
+    ax.axis("off")
+    cells = [[r["criterion"], f"{r['observed']:.4f}", r["rule"], f"{r['points']:+d}"] for r in rows]
+    cells.append(["total", "", f"verdict: {verdict}", f"{total:d}"])
+    tbl = ax.table(cellText=cells, colLabels=["criterion", "observed", "rule", "points"],
+                   loc="center", cellLoc="left")  # fmt: skip
+    tbl.scale(1, 1.4)
+    fig.tight_layout()
+    return fig
