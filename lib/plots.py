@@ -1,4 +1,4 @@
-"""Figures shown in the notebooks and logged to MLflow: one function per figure, no styling magic."""
+"""Figures shown in the notebooks and logged to MLflow: one function per figure."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +184,12 @@ def log_candidate_run(
             metrics["fit_seconds"] = result.fit_seconds
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
             for context, frame in (("training", train_frame), ("holdout", holdout_frame)):
-                dataset = mlflow.data.from_pandas(
-                    frame, source=data_source, targets="label", name=f"playstore-{context}"
-                )
+                with warnings.catch_warnings():  # MLflow's hints here are not actionable
+                    warnings.filterwarnings("ignore", message=".*interpreted in multiple ways")
+                    warnings.filterwarnings("ignore", message=".*integer column")
+                    dataset = mlflow.data.from_pandas(
+                        frame, source=data_source, targets="label", name=f"playstore-{context}"
+                    )
                 mlflow.log_input(dataset, context=context)
             for name, fig in figures.items():
                 mlflow.log_figure(fig, f"plots/{name}.png")

@@ -22,7 +22,6 @@ SMALL = {
 
 def run_pipeline(project: Path, stages=None, force=False, **overrides):
     import runner
-
     from lib.config import load_config
 
     cfg = load_config(project, overrides={**SMALL, **overrides}, environ={})
