@@ -41,3 +41,25 @@ def test_check_parameters_names_missing_and_unknown() -> None:
     path = NOTEBOOKS / "01_detect.ipynb"
     with pytest.raises(PipelineError, match=r"not passed: \['data_path'.*unknown.*\['bogus'\]"):
         runner.check_parameters(path, {"bogus": 1, "run_id": "x"})
+
+
+@pytest.mark.e2e
+def test_each_notebook_runs_with_its_defaults_from_the_notebooks_folder(project: Path) -> None:
+    """What a data scientist does: open notebooks/ in Jupyter and run 01..04 unchanged."""
+    import papermill
+
+    from lib import scraps
+
+    out = project / "executed"
+    out.mkdir()
+    for stage in STAGES:
+        name = f"{runner.NOTEBOOKS[stage]}.ipynb"
+        papermill.execute_notebook(
+            str(project / "notebooks" / name), str(out / name), cwd=str(project / "notebooks"),
+            kernel_name="python3", progress_bar=False,
+        )  # fmt: skip
+    assert (project / "data" / "googleplaystore_clean.csv").exists()
+    assert (project / "mlflow.db").exists()  # the project's default store, found from notebooks/
+    decided = scraps.read(out / "04_decide.ipynb")
+    assert decided["decision"] in {"auto", "manual", "reject"}
+    assert scraps.read(out / "02_train.ipynb")["candidate_version"] == "1"
