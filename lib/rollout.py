@@ -1,0 +1,490 @@
+"""The rollout state machine and its crash-safe state file.
+
+One rollout at a time moves a registered version from `staging` through smoke tests and canary
+steps to `succeeded` (promoted) or `rolled_back`; a rollout the decision stage could not approve
+on its own is parked in `awaiting_approval` until a person approves or rejects it (Argo's
+"Inconclusive" pause). Phase names follow Flagger/Argo where they fit.
+
+The state lives in one JSON file, replaced atomically (temporary file in the same directory,
+fsync, `os.replace`): a SIGKILL at any instant leaves either the old or the new complete file.
+The next runner reads it first: a rollout in an active phase whose owner process is gone was
+interrupted, and must be resumed or rolled back before anything else starts.
+
+Archive policy: a finished rollout stays in the state file (reports read its outcome) until the
+next `begin`, which first copies it to `<state dir>/rollouts/<rollout_id>.json`. `clear()` does
+the same archiving and refuses to drop an unfinished rollout unless forced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from lib.errors import PipelineError
+
+try:  # advisory lock between processes; absent on Windows, where the runner lock suffices
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_STEPS = (5, 25, 50, 100)
+
+
+class Phase(StrEnum):
+    AWAITING_APPROVAL = "awaiting_approval"  # parked: waits for a person (Flagger "Waiting")
+    STAGING = "staging"  # the candidate is deployed beside production, no traffic
+    SMOKE_TESTING = "smoke_testing"  # Flagger's pre-rollout webhooks
+    CANARY = "canary"  # a share of live traffic (Flagger "Progressing")
+    PROMOTING = "promoting"  # the registry and models/ are being switched
+    SUCCEEDED = "succeeded"
+    ROLLED_BACK = "rolled_back"  # Flagger "Failed", Argo "Degraded"
+    REJECTED = "rejected"  # a parked rollout a person (or a newer decision) turned down
+
+
+ACTIVE_PHASES = frozenset({Phase.STAGING, Phase.SMOKE_TESTING, Phase.CANARY, Phase.PROMOTING})
+FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.REJECTED})
+
+# Legal moves. staging -> canary skips smoke tests when none are configured; smoke_testing ->
+# promoting is a first deployment, where there is no champion to compare a canary with.
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.AWAITING_APPROVAL: frozenset({Phase.STAGING, Phase.REJECTED}),
+    Phase.STAGING: frozenset({Phase.SMOKE_TESTING, Phase.CANARY, Phase.ROLLED_BACK}),
+    Phase.SMOKE_TESTING: frozenset({Phase.CANARY, Phase.PROMOTING, Phase.ROLLED_BACK}),
+    Phase.CANARY: frozenset({Phase.CANARY, Phase.PROMOTING, Phase.ROLLED_BACK}),
+    Phase.PROMOTING: frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK}),
+    Phase.SUCCEEDED: frozenset(),
+    Phase.ROLLED_BACK: frozenset(),
+    Phase.REJECTED: frozenset(),
+}
+
+
+class RolloutError(PipelineError):
+    """An illegal transition, a second concurrent rollout, or an unusable state file."""
+
+
+class IllegalTransition(RolloutError):
+    def __init__(self, rollout_id: str, current: Phase, target: Phase, why: str = "") -> None:
+        self.current = current
+        self.target = target
+        allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing (it has finished)"
+        super().__init__(
+            f"rollout {rollout_id}: cannot go from {current.value} to {target.value}"
+            f"{': ' + why if why else ''}; from {current.value} it may go to {allowed}"
+        )
+
+
+class RolloutConflict(RolloutError):
+    """Never two canaries at once: another rollout is active or parked."""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class RolloutState:
+    """Everything a runner needs to resume, report or roll back one rollout."""
+
+    rollout_id: str
+    model_name: str
+    candidate_version: str
+    champion_version: str | None
+    phase: Phase
+    steps: list[int] = field(default_factory=lambda: list(DEFAULT_STEPS))
+    step_index: int = -1  # index of the last step in steps reached; -1 before the first
+    weight: int = 0  # % of live traffic on the canary now
+    started_at: str = ""
+    updated_at: str = ""
+    reason: str = ""  # why it ended, or why it is parked
+    run_id: str | None = None  # the pipeline run that drives it
+    owner_pid: int | None = None
+    serving_url: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    step_results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.phase in ACTIVE_PHASES
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINAL_PHASES
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["phase"] = self.phase.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RolloutState:
+        """Build from a dict; raises ValueError naming what is missing or wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        required = {"rollout_id", "model_name", "candidate_version", "champion_version", "phase"}
+        missing = sorted(required - data.keys())
+        if missing:
+            raise ValueError(f"missing field(s) {', '.join(missing)}")
+        values = {k: v for k, v in data.items() if k in known}
+        try:
+            values["phase"] = Phase(values["phase"])
+        except ValueError:
+            raise ValueError(
+                f"unknown phase {data['phase']!r} (known: {', '.join(p.value for p in Phase)})"
+            ) from None
+        values["candidate_version"] = str(values["candidate_version"])
+        if values.get("champion_version") is not None:
+            values["champion_version"] = str(values["champion_version"])
+        return cls(**values)
+
+    def describe(self) -> str:
+        """One line naming the rollout, for conflict and resume messages."""
+        where = f", canary weight {self.weight}%" if self.phase == Phase.CANARY else ""
+        owner = f", owner pid {self.owner_pid}" if self.owner_pid else ""
+        return (
+            f"rollout {self.rollout_id} of {self.model_name} v{self.candidate_version} "
+            f"(phase {self.phase.value}{where}{owner}, since {self.started_at})"
+        )
+
+
+class RolloutStore:
+    """The state file of the current (or last) rollout, with archives beside it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.path.parent / "rollouts"
+
+    def load(self) -> RolloutState | None:
+        """The stored rollout, or None when there never was one. A damaged file is an error."""
+        if not self.path.exists():
+            return None
+        fix = (
+            f"Inspect it; if no rollout is running, move it aside (mv {self.path} "
+            f"{self.path}.bad) and check the registry aliases, which say what is serving."
+        )
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RolloutError(f"rollout state {self.path} is unreadable ({exc}). {fix}") from exc
+        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+            found = data.get("schema_version") if isinstance(data, dict) else None
+            raise RolloutError(
+                f"rollout state {self.path} has an unknown format (schema_version {found!r}, "
+                f"expected {SCHEMA_VERSION}). {fix}"
+            )
+        try:
+            return RolloutState.from_dict(data["state"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RolloutError(f"rollout state {self.path} is invalid ({exc}). {fix}") from exc
+
+    def save(self, state: RolloutState) -> None:
+        """Replace the file atomically: the old or the new complete file survives any crash."""
+        write_json_atomic(self.path, {"schema_version": SCHEMA_VERSION, "state": state.to_dict()})
+
+    def archive(self, state: RolloutState) -> Path:
+        target = self.archive_dir / f"{state.rollout_id}.json"
+        write_json_atomic(target, {"schema_version": SCHEMA_VERSION, "state": state.to_dict()})
+        return target
+
+    def clear(self, force: bool = False) -> RolloutState | None:
+        """Archive a finished rollout and remove the file; an unfinished one needs force=True."""
+        with self.locked():
+            state = self.load()
+            if state is None:
+                return None
+            if not state.finished and not force:
+                raise RolloutConflict(
+                    f"refusing to clear {state.describe()}: it has not finished; resume or roll "
+                    "it back first (or clear with force=True if you know it is dead)"
+                )
+            self.archive(state)
+            self.path.unlink()
+            log.info("cleared %s (archived in %s)", state.rollout_id, self.archive_dir)
+            return state
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an advisory lock so two processes cannot interleave load-modify-save."""
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / f".{self.path.name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Temp file in the same directory, fsync, rename: readers see the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX only)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id exists (signal 0 checks without sending anything)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def interrupted(
+    state: RolloutState | None, pid_alive: Callable[[int | None], bool] = pid_alive
+) -> bool:
+    """An active rollout whose driving process is gone: resume or roll back before anything."""
+    return state is not None and state.active and not pid_alive(state.owner_pid)
+
+
+def _record(state: RolloutState, target: Phase, weight: int | None, detail: str, at: str) -> None:
+    state.history.append(
+        {
+            "at": at,
+            "from": state.phase.value,
+            "to": target.value,
+            "weight": weight,
+            "detail": detail,
+        }
+    )
+
+
+def transition(
+    state: RolloutState, target: Phase | str, weight: int | None = None, detail: str = ""
+) -> RolloutState:
+    """Apply one move to a state in memory (validated, recorded in history); returns it.
+
+    Entering or staying in `canary` moves to the given weight, or to the next configured step;
+    weights only go up (going down is a rollback). Final phases set the weight to 100
+    (succeeded) or 0.
+    """
+    target = Phase(target)
+    if target not in TRANSITIONS[state.phase]:
+        raise IllegalTransition(state.rollout_id, state.phase, target)
+    at = now_iso()
+    if target == Phase.CANARY:
+        if weight is None:
+            nxt = state.step_index + 1
+            if nxt >= len(state.steps):
+                raise IllegalTransition(
+                    state.rollout_id, state.phase, target,
+                    f"no canary step after {state.weight}% (steps {state.steps}); promote instead",
+                )  # fmt: skip
+            weight = state.steps[nxt]
+        weight = int(weight)
+        if not 0 < weight <= 100:
+            raise IllegalTransition(
+                state.rollout_id, state.phase, target, f"weight {weight}% is not in 1..100"
+            )
+        if state.phase == Phase.CANARY and weight <= state.weight:
+            raise IllegalTransition(
+                state.rollout_id, state.phase, target,
+                f"weight {weight}% does not go above the current {state.weight}%",
+            )  # fmt: skip
+        reached = [i for i, w in enumerate(state.steps) if w <= weight]
+        state.step_index = reached[-1] if reached else -1
+        state.weight = weight
+    elif target == Phase.SUCCEEDED:
+        state.weight = 100
+    elif target in (Phase.ROLLED_BACK, Phase.REJECTED):
+        state.weight = 0
+    elif weight is not None:
+        state.weight = int(weight)
+    _record(state, target, state.weight, detail, at)
+    state.phase = target
+    state.updated_at = at
+    return state
+
+
+def begin(
+    store: RolloutStore,
+    model_name: str,
+    candidate: str,
+    champion: str | None,
+    steps: list[int] | tuple[int, ...] = DEFAULT_STEPS,
+    run_id: str | None = None,
+    serving_url: str | None = None,
+    approved: bool = True,
+    owner_pid: int | None = None,
+    reason: str = "",
+) -> RolloutState:
+    """Start a rollout in `staging`, or park it in `awaiting_approval` when not approved.
+
+    Refuses while another rollout is active (interrupted or not) or parked for another version.
+    Beginning again the version that is parked approves it (approved=True) or keeps it parked.
+    """
+    candidate = str(candidate)
+    champion = None if champion is None else str(champion)
+    steps = [int(s) for s in steps]
+    if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+        raise RolloutError(f"canary steps must be increasing weights in 1..100, got {steps}")
+    pid = os.getpid() if owner_pid is None else owner_pid
+    with store.locked():
+        current = store.load()
+        if current is not None and current.active:
+            state_word = "interrupted" if interrupted(current) else "in progress"
+            raise RolloutConflict(
+                f"cannot begin a rollout of {model_name} v{candidate}: {current.describe()} is "
+                f"{state_word}; resume it or roll it back first (never two canaries at once)"
+            )
+        if current is not None and current.phase == Phase.AWAITING_APPROVAL:
+            if (current.model_name, current.candidate_version) != (model_name, candidate):
+                raise RolloutConflict(
+                    f"cannot begin a rollout of {model_name} v{candidate}: {current.describe()} "
+                    f"is awaiting approval ({current.reason or 'no reason recorded'}); approve "
+                    "or reject it first"
+                )
+            if not approved:
+                return current
+            current.owner_pid, current.run_id = pid, run_id or current.run_id
+            transition(current, Phase.STAGING, detail=reason or "approved")
+            current.reason = ""
+            store.save(current)
+            log.info("approved %s", current.describe())
+            return current
+        if current is not None:  # finished: keep it beside the state file
+            store.archive(current)
+        at = now_iso()
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        phase = Phase.STAGING if approved else Phase.AWAITING_APPROVAL
+        state = RolloutState(
+            rollout_id=f"{model_name}-v{candidate}-{stamp}",
+            model_name=model_name,
+            candidate_version=candidate,
+            champion_version=champion,
+            phase=phase,
+            steps=steps,
+            started_at=at,
+            updated_at=at,
+            reason="" if approved else (reason or "awaiting approval"),
+            run_id=run_id,
+            owner_pid=pid,
+            serving_url=serving_url,
+        )
+        state.history.append(
+            {"at": at, "from": None, "to": phase.value, "weight": 0, "detail": reason}
+        )
+        store.save(state)
+        log.info("began %s", state.describe())
+        return state
+
+
+def _update(store: RolloutStore, change: Callable[[RolloutState], None]) -> RolloutState:
+    with store.locked():
+        state = store.load()
+        if state is None:
+            raise RolloutError(f"no rollout in {store.path}: begin one first")
+        change(state)
+        store.save(state)
+        return state
+
+
+def advance(
+    store: RolloutStore, phase: Phase | str, weight: int | None = None, detail: str = ""
+) -> RolloutState:
+    """Move the stored rollout to an active phase (or the next canary step) and save it."""
+    if Phase(phase) in FINAL_PHASES:
+        raise RolloutError(f"use finish() to end a rollout (asked for {Phase(phase).value})")
+    state = _update(store, lambda s: transition(s, phase, weight, detail))
+    log.info("%s -> %s (weight %d%%) %s", state.rollout_id, state.phase, state.weight, detail)
+    return state
+
+
+def approve(store: RolloutStore, detail: str = "approved") -> RolloutState:
+    """A person approved a parked rollout: it starts in staging, driven by this process."""
+
+    def change(state: RolloutState) -> None:
+        transition(state, Phase.STAGING, detail=detail)
+        state.owner_pid, state.reason = os.getpid(), ""
+
+    return _update(store, change)
+
+
+def claim(store: RolloutStore, pid: int | None = None, detail: str = "") -> RolloutState:
+    """Take over an interrupted rollout; refuses while its owner is still alive."""
+
+    def change(state: RolloutState) -> None:
+        new = os.getpid() if pid is None else pid
+        if state.active and state.owner_pid != new and pid_alive(state.owner_pid):
+            raise RolloutConflict(f"{state.describe()} is still driven by a live process")
+        at = now_iso()
+        state.history.append(
+            {"at": at, "from": state.phase.value, "to": state.phase.value,
+             "weight": state.weight, "detail": detail or f"resumed by pid {new}"}
+        )  # fmt: skip
+        state.owner_pid, state.updated_at = new, at
+
+    return _update(store, change)
+
+
+def record_step(store: RolloutStore, result: dict[str, Any]) -> RolloutState:
+    """Keep what one analysis (or smoke test) saw, tagged with the phase and weight."""
+
+    def change(state: RolloutState) -> None:
+        if not state.active:
+            raise RolloutError(
+                f"cannot record a step result: {state.describe()} is not in an active phase"
+            )
+        state.step_results.append(
+            {"at": now_iso(), "phase": state.phase.value, "step_index": state.step_index,
+             "weight": state.weight, **result}
+        )  # fmt: skip
+        state.updated_at = state.step_results[-1]["at"]
+
+    return _update(store, change)
+
+
+def finish(store: RolloutStore, phase: Phase | str, reason: str) -> RolloutState:
+    """End the rollout as succeeded, rolled_back or rejected, saying why."""
+    target = Phase(phase)
+    if target not in FINAL_PHASES:
+        raise RolloutError(
+            f"finish() takes a final phase ({', '.join(sorted(FINAL_PHASES))}), got {target.value}"
+        )
+
+    def change(state: RolloutState) -> None:
+        transition(state, target, detail=reason)
+        state.reason = reason
+
+    state = _update(store, change)
+    log.info("%s finished: %s (%s)", state.rollout_id, state.phase, reason)
+    return state

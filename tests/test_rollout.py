@@ -1,0 +1,272 @@
+"""The rollout state machine: legal and illegal moves, history, the atomic state file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lib import rollout
+from lib.errors import PipelineError
+from lib.rollout import Phase, RolloutError, RolloutState, RolloutStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RolloutStore:
+    return RolloutStore(tmp_path / "models" / "rollout.json")
+
+
+def _begin(store: RolloutStore, version: str = "2", **kw) -> RolloutState:
+    args = {"steps": [5, 25, 50, 100], "run_id": "run-1", "serving_url": None, **kw}
+    return rollout.begin(store, "m", version, "1", **args)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process has this id now (until the OS reuses it)
+
+
+def test_full_happy_path_is_recorded(store: RolloutStore) -> None:
+    state = _begin(store)
+    assert state.phase == Phase.STAGING and state.owner_pid == os.getpid()
+    rollout.advance(store, "smoke_testing", detail="3 smoke requests ok")
+    for expected in (5, 25, 50, 100):
+        state = rollout.advance(store, Phase.CANARY)
+        assert state.weight == expected
+        rollout.record_step(store, {"verdict": "pass", "weight_seen": expected})
+    rollout.advance(store, Phase.PROMOTING)
+    state = rollout.finish(store, Phase.SUCCEEDED, "all steps passed")
+
+    loaded = store.load()
+    assert loaded == state
+    assert loaded.phase == Phase.SUCCEEDED and loaded.reason == "all steps passed"
+    assert [(h["from"], h["to"]) for h in loaded.history] == [
+        (None, "staging"),
+        ("staging", "smoke_testing"),
+        ("smoke_testing", "canary"),
+        ("canary", "canary"),
+        ("canary", "canary"),
+        ("canary", "canary"),
+        ("canary", "promoting"),
+        ("promoting", "succeeded"),
+    ]
+    assert [h["weight"] for h in loaded.history[2:6]] == [5, 25, 50, 100]
+    assert loaded.history[1]["detail"] == "3 smoke requests ok"
+    assert all(h["at"].endswith("+00:00") for h in loaded.history)
+    assert [r["weight"] for r in loaded.step_results] == [5, 25, 50, 100]
+    assert (
+        loaded.step_results[0]["verdict"] == "pass" and loaded.step_results[0]["phase"] == "canary"
+    )
+    assert loaded.step_index == 3
+
+
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [
+        ([], Phase.PROMOTING),  # staging -> promoting skips every check
+        ([Phase.SMOKE_TESTING], Phase.STAGING),  # no going back
+        ([Phase.SMOKE_TESTING, Phase.CANARY], Phase.SMOKE_TESTING),
+        ([Phase.SMOKE_TESTING, Phase.CANARY, Phase.PROMOTING], Phase.CANARY),
+    ],
+)
+def test_illegal_transitions_name_from_and_to(store, path, target) -> None:
+    _begin(store)
+    for phase in path:
+        rollout.advance(store, phase)
+    before = store.load()
+    with pytest.raises(rollout.IllegalTransition) as err:
+        rollout.advance(store, target)
+    assert isinstance(err.value, PipelineError)
+    assert f"from {before.phase.value} to {target.value}" in str(err.value)
+    assert store.load() == before  # nothing saved
+
+
+def test_finished_rollouts_cannot_move(store: RolloutStore) -> None:
+    _begin(store)
+    rollout.finish(store, Phase.ROLLED_BACK, "smoke test failed")
+    assert store.load().weight == 0
+    with pytest.raises(rollout.IllegalTransition, match="it has finished"):
+        rollout.advance(store, Phase.CANARY)
+    with pytest.raises(rollout.IllegalTransition):
+        rollout.finish(store, Phase.SUCCEEDED, "no")
+
+
+def test_finish_and_advance_are_not_interchangeable(store: RolloutStore) -> None:
+    _begin(store)
+    with pytest.raises(RolloutError, match="finish"):
+        rollout.advance(store, Phase.ROLLED_BACK)
+    with pytest.raises(RolloutError, match="final phase"):
+        rollout.finish(store, Phase.CANARY, "x")
+
+
+def test_canary_weights_only_go_up_and_steps_end(store: RolloutStore) -> None:
+    _begin(store, steps=[10, 100])
+    rollout.advance(store, Phase.CANARY, weight=30)
+    with pytest.raises(rollout.IllegalTransition, match="does not go above"):
+        rollout.advance(store, Phase.CANARY, weight=20)
+    assert rollout.advance(store, Phase.CANARY).weight == 100  # next step after 30
+    with pytest.raises(rollout.IllegalTransition, match="promote instead"):
+        rollout.advance(store, Phase.CANARY)
+
+
+def test_first_deployment_may_promote_after_smoke_tests(store: RolloutStore) -> None:
+    rollout.begin(store, "m", "1", None)
+    rollout.advance(store, Phase.SMOKE_TESTING)
+    assert rollout.advance(store, Phase.PROMOTING).phase == Phase.PROMOTING
+
+
+def test_bad_steps_are_refused(store: RolloutStore) -> None:
+    with pytest.raises(RolloutError, match="increasing"):
+        _begin(store, steps=[50, 25])
+    assert store.load() is None
+
+
+def test_never_two_rollouts_at_once(store: RolloutStore) -> None:
+    first = _begin(store, "2")
+    with pytest.raises(rollout.RolloutConflict) as err:
+        _begin(store, "3")
+    assert first.rollout_id in str(err.value) and "in progress" in str(err.value)
+    assert store.load() == first
+
+
+def test_a_dead_active_rollout_still_blocks_and_says_interrupted(store: RolloutStore) -> None:
+    _begin(store, "2", owner_pid=_dead_pid())
+    with pytest.raises(rollout.RolloutConflict, match="interrupted"):
+        _begin(store, "3")
+
+
+def test_parked_rollout_blocks_other_versions_and_is_approved_by_beginning_it(store) -> None:
+    parked = _begin(store, "2", approved=False, reason="score 62: manual review")
+    assert parked.phase == Phase.AWAITING_APPROVAL and not parked.active
+    assert parked.reason == "score 62: manual review"
+    with pytest.raises(rollout.RolloutConflict, match="awaiting approval"):
+        _begin(store, "3")
+    assert _begin(store, "2", approved=False) == parked  # still parked, unchanged
+    approved = _begin(store, "2")
+    assert approved.rollout_id == parked.rollout_id
+    assert approved.phase == Phase.STAGING and approved.reason == ""
+    assert [h["to"] for h in approved.history] == ["awaiting_approval", "staging"]
+
+
+def test_parked_rollout_can_be_rejected_then_another_begins(store: RolloutStore) -> None:
+    parked = _begin(store, "2", approved=False)
+    rollout.finish(store, Phase.REJECTED, "a person said no")
+    fresh = _begin(store, "3")
+    assert fresh.candidate_version == "3"
+    archived = store.archive_dir / f"{parked.rollout_id}.json"
+    assert json.loads(archived.read_text())["state"]["phase"] == "rejected"
+
+
+def test_approve_and_claim(store: RolloutStore) -> None:
+    _begin(store, approved=False)
+    assert rollout.approve(store, "ok by alice").phase == Phase.STAGING
+    state = store.load()
+    state.owner_pid = _dead_pid()
+    store.save(state)
+    claimed = rollout.claim(store, pid=os.getpid())
+    assert claimed.owner_pid == os.getpid()
+    assert claimed.history[-1]["detail"].startswith("resumed by pid")
+    with pytest.raises(rollout.RolloutConflict, match="live process"):
+        rollout.claim(store, pid=os.getpid() + 1_000_000)
+
+
+def test_interrupted_needs_an_active_phase_and_a_dead_owner(store: RolloutStore) -> None:
+    state = _begin(store)
+    assert not rollout.interrupted(state)  # we are alive
+    state.owner_pid = _dead_pid()
+    assert rollout.interrupted(state)
+    assert rollout.interrupted(state, pid_alive=lambda pid: False)
+    assert not rollout.interrupted(state, pid_alive=lambda pid: True)
+    state.phase = Phase.AWAITING_APPROVAL  # parked is not interrupted
+    assert not rollout.interrupted(state)
+    state.phase = Phase.ROLLED_BACK
+    assert not rollout.interrupted(state)
+    assert not rollout.interrupted(None)
+
+
+def test_pid_alive() -> None:
+    assert rollout.pid_alive(os.getpid())
+    assert not rollout.pid_alive(_dead_pid())
+    assert not rollout.pid_alive(None)
+
+
+def test_save_leaves_no_temp_files(store: RolloutStore) -> None:
+    _begin(store)
+    rollout.advance(store, Phase.SMOKE_TESTING)
+    names = sorted(p.name for p in store.path.parent.iterdir())
+    assert names == [".rollout.json.lock", "rollout.json"]
+
+
+def test_crash_before_rename_keeps_the_old_file(store, monkeypatch) -> None:
+    _begin(store)
+    before = store.path.read_bytes()
+
+    def crash(src, dst):
+        raise OSError("simulated crash between write and rename")
+
+    monkeypatch.setattr(rollout.os, "replace", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        rollout.advance(store, Phase.SMOKE_TESTING)
+    monkeypatch.undo()
+    assert store.path.read_bytes() == before
+    assert store.load().phase == Phase.STAGING
+    assert not [p for p in store.path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_roundtrip_to_from_dict(store: RolloutStore) -> None:
+    state = _begin(store, serving_url="http://localhost:8000")
+    data = json.loads(json.dumps(state.to_dict()))
+    assert data["phase"] == "staging"
+    assert RolloutState.from_dict(data) == state
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("{not json", "unreadable"),
+        (json.dumps({"schema_version": 99, "state": {}}), "unknown format"),
+        (json.dumps([1, 2]), "unknown format"),
+        (json.dumps({"schema_version": 1, "state": {"rollout_id": "x"}}), "missing field"),
+        (
+            json.dumps(
+                {
+                    "schema_version": 1,
+                    "state": {
+                        "rollout_id": "x",
+                        "model_name": "m",
+                        "candidate_version": "2",
+                        "champion_version": None,
+                        "phase": "exploding",
+                    },
+                }
+            ),
+            "unknown phase",
+        ),  # fmt: skip
+    ],
+)
+def test_corrupt_state_is_a_clear_error(store: RolloutStore, content: str, expected: str) -> None:
+    store.path.parent.mkdir(parents=True)
+    store.path.write_text(content)
+    with pytest.raises(RolloutError) as err:
+        store.load()
+    message = str(err.value)
+    assert expected in message and str(store.path) in message and "mv " in message
+    with pytest.raises(RolloutError):  # not silently replaced by a new rollout either
+        _begin(store)
+    assert store.path.read_text() == content
+
+
+def test_clear_archives_finished_and_refuses_active(store: RolloutStore) -> None:
+    assert store.clear() is None
+    state = _begin(store)
+    with pytest.raises(rollout.RolloutConflict, match="has not finished"):
+        store.clear()
+    rollout.finish(store, Phase.ROLLED_BACK, "manual abort")
+    store.clear()
+    assert store.load() is None
+    assert (store.archive_dir / f"{state.rollout_id}.json").exists()
