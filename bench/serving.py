@@ -1,0 +1,384 @@
+"""The model service against `mlflow models serve` of the same champion, single-row requests.
+
+    python bench/serving.py                      # 10 s per cell, concurrency 1, 8 and 32
+    python bench/serving.py --duration 5 --concurrency 1,32 --loadgen python
+
+Works in a temporary directory (MLflow store, artifacts, prediction store; removed at the end
+unless --keep): trains a 300-tree random forest on the generated default data
+(`lib.synth.generate_apps(10000)`), registers it with alias `champion`, then starts, on
+127.0.0.1:
+
+* our service: `python -m lib.serving` (single process, micro-batching, prediction store on);
+* MLflow's: `mlflow models serve -m models:/<name>@champion --env-manager local` (its default of
+  one uvicorn worker).
+
+Each server gets the same apps, one per request: ours as a raw Play Store object on `/predict`,
+MLflow's as `{"dataframe_split": ...}` of the model inputs on `/invocations`. The load comes from
+`wrk` with a Lua script (apt-get install wrk) or, without it, from a Python asyncio + httpx load
+generator in another process. Prints requests/s, p50 and p99 per server and concurrency, the
+ratios the issue asks for, and the in-process floor of `predict_proba` for 1 and 1,000 rows.
+Numbers only, no assertions: the machine may be shared, and the load generator runs on it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+MODEL_NAME = "bench-serving"
+
+WRK_SCRIPT = """
+local bodies = {%(bodies)s}
+local counter = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", "%(path)s", nil, bodies[(counter %% #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %%d %%d %%.1f %%.1f %%d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _median_ms(fn: Any, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+# --------------------------------------------------------------------------------- set-up
+
+
+def train_and_register(work: Path, n_apps: int, trees: int) -> dict[str, Any]:
+    """The champion: a random forest on the generated default data, registered in `work`."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from lib import data, registry, synth, training
+
+    uri = f"sqlite:///{work}/mlflow.db"
+    MlflowClient(uri).create_experiment("bench", artifact_location=(work / "artifacts").as_uri())
+    client = registry.connect(uri, "bench")
+    raw = synth.generate_apps(n_apps)
+    raw.to_csv(work / "apps.csv", index=False)
+    apps = data.read_apps(work / "apps.csv").apps
+    labeled = training.labeled_data(apps, 4.0)
+    started = time.perf_counter()
+    pipe = training.build_candidate("random_forest", 42, trees).fit(labeled.X, labeled.y)
+    training.for_inference(pipe)  # n_jobs=1, as the pipeline registers it
+    fit_s = time.perf_counter() - started
+    with mlflow.start_run():
+        info = registry.log_candidate_model(pipe, labeled.X)
+    version = registry.register(client, info.model_uri, MODEL_NAME, {"bench": "serving"})
+    registry.set_alias(client, MODEL_NAME, "champion", version)
+    mlflow.set_tracking_uri(None)
+    return {"uri": uri, "pipe": pipe, "raw": raw, "apps": apps, "fit_s": fit_s}
+
+
+def request_bodies(raw: Any, apps: Any, n: int = 64) -> tuple[list[str], list[str]]:
+    """The same apps for both servers: raw objects for ours, dataframe_split for MLflow's."""
+    from lib import features
+
+    X = features.model_inputs(apps)
+    complete = X.notna().all(axis=1).to_numpy()  # JSON has no NaN: rows without missing values
+    chosen = [i for i in range(len(apps)) if complete[i]][:n]
+    ours, theirs = [], []
+    raw_records = raw.to_dict("records")
+    for i in chosen:
+        source_row = int(apps["source_row"].iloc[i])  # 1-based row of the CSV = raw record
+        record = {k: v for k, v in raw_records[source_row - 1].items() if v == v}
+        ours.append(json.dumps(record))
+        row = [v.item() if hasattr(v, "item") else v for v in X.iloc[i].tolist()]
+        theirs.append(json.dumps({"dataframe_split": {"columns": list(X.columns), "data": [row]}}))
+    return ours, theirs
+
+
+def start(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    handle = log.open("wb")
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{url} exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def run_wrk(url: str, path: str, bodies: list[str], conc: int, seconds: float, work: Path
+            ) -> dict[str, float]:  # fmt: skip
+    lua = ", ".join("[==[" + b + "]==]" for b in bodies)
+    script = work / f"wrk_{abs(hash(path))}.lua"
+    script.write_text(WRK_SCRIPT % {"bodies": lua, "path": path})
+    threads = min(conc, 2)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{conc}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
+         "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    requests, duration_us, p50_us, p99_us, errors = line.split()[1:]
+    return {
+        "rps": int(requests) / (int(duration_us) / 1e6),
+        "p50": float(p50_us) / 1000,
+        "p99": float(p99_us) / 1000,
+        "errors": int(errors),
+        "requests": int(requests),
+    }
+
+
+async def _python_load(url: str, bodies: list[str], conc: int, seconds: float) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    headers = {"Content-Type": "application/json"}
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        stop_at = time.perf_counter() + seconds
+
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < stop_at:
+                body = bodies[i % len(bodies)]
+                i += conc
+                started = time.perf_counter()
+                try:
+                    resp = await client.post(url, content=body, headers=headers)
+                    ok = resp.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - started)
+                errors += not ok
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(conc)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, math.ceil(q * len(latencies)) - 1)] * 1000
+
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50": pct(0.50),
+        "p99": pct(0.99),
+        "errors": errors,
+        "requests": len(latencies),
+    }
+
+
+def run_python_load(url: str, path: str, bodies: list[str], conc: int, seconds: float, work: Path
+                    ) -> dict[str, float]:  # fmt: skip
+    """The Python load generator in its own process, so it does not share our GIL."""
+    body_file = work / "bodies.json"
+    body_file.write_text(json.dumps(bodies))
+    out = subprocess.run(
+        [sys.executable, __file__, "--loadgen-child", url + path, str(body_file), str(conc),
+         str(seconds)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def floor(pipe: Any, apps: Any) -> dict[str, float]:
+    """predict_proba in-process: scikit-learn's pipeline and the service's compiled form."""
+    from lib import features, serving
+
+    X = features.model_inputs(apps)
+    predictor = serving.Predictor(pipe)
+    rows = [tuple(r) for r in X.itertuples(index=False)]
+    return {
+        "sklearn_1": _median_ms(lambda: pipe.predict_proba(X.iloc[:1]), 100),
+        "sklearn_1000": _median_ms(lambda: pipe.predict_proba(X.iloc[:1000]), 10),
+        "ours_1": _median_ms(lambda: predictor.predict(rows[:1]), 200),
+        "ours_1000": _median_ms(lambda: predictor.predict(rows[:1000]), 10),
+        "kind": predictor.kind,  # type: ignore[dict-item]
+    }
+
+
+def batch_stats(url: str) -> str:
+    """Mean rows per predict call in our service, from its /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    values = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name in ("model_batch_rows_sum", "model_batch_rows_count")
+    }
+    count = values.get("model_batch_rows_count", 0)
+    return f"{values.get('model_batch_rows_sum', 0) / count:.1f}" if count else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--apps", type=int, default=10_000)
+    parser.add_argument("--trees", type=int, default=300)
+    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk"))
+    load = run_wrk if use_wrk else run_python_load
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        print(f"training a {args.trees}-tree random forest on {args.apps} generated apps ...")
+        champion = train_and_register(work, args.apps, args.trees)
+        fl = floor(champion["pipe"], champion["apps"])
+        ours_bodies, mlflow_bodies = request_bodies(champion["raw"], champion["apps"])
+
+        env = {**os.environ, "PYTHONPATH": str(PROJECT), "MLFLOW_TRACKING_URI": champion["uri"]}
+        env.pop("SERVING_ADMIN_TOKEN", None)
+        ours_port, mlflow_port = _free_port(), _free_port()
+        ours_url, mlflow_url = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{mlflow_port}"
+        ours = start(
+            [sys.executable, "-m", "lib.serving", "--host", "127.0.0.1", "--port",
+             str(ours_port), "--model-name", MODEL_NAME, "--tracking-uri", champion["uri"],
+             "--store-url", f"sqlite:///{work}/predictions.db", "--log-level", "WARNING"],
+            PROJECT, env, work / "ours.log",
+        )  # fmt: skip
+        procs.append(ours)
+        theirs = start(
+            [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
+             f"models:/{MODEL_NAME}@champion", "--env-manager", "local", "--host", "127.0.0.1",
+             "--port", str(mlflow_port)],
+            work, env, work / "mlflow.log",
+        )  # fmt: skip
+        procs.append(theirs)
+        wait_ready(ours, ours_url + "/health", work / "ours.log")
+        wait_ready(theirs, mlflow_url + "/ping", work / "mlflow.log")
+
+        import httpx
+
+        a = httpx.post(ours_url + "/predict", content=ours_bodies[0],
+                       headers={"Content-Type": "application/json"}).json()  # fmt: skip
+        b = httpx.post(mlflow_url + "/invocations", content=mlflow_bodies[0],
+                       headers={"Content-Type": "application/json"}).json()  # fmt: skip
+        print(f"same app -> ours: label {a['label']} p={a['probability']:.4f} | "
+              f"mlflow: {b['predictions']}")  # fmt: skip
+
+        results: dict[tuple[str, int], dict[str, float]] = {}
+        for conc in levels:
+            for name, url, path, bodies in (
+                ("ours", ours_url, "/predict", ours_bodies),
+                ("mlflow", mlflow_url, "/invocations", mlflow_bodies),
+            ):
+                load(url, path, bodies, conc, args.warmup, work)
+                results[(name, conc)] = load(url, path, bodies, conc, args.duration, work)
+                r = results[(name, conc)]
+                print(f"  {name:<7} c={conc:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
+                      f"p99 {r['p99']:7.2f} ms  errors {r['errors']}", flush=True)  # fmt: skip
+        mean_batch = batch_stats(ours_url)
+    finally:
+        for proc in procs:
+            stop(proc)
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"load from {'wrk' if use_wrk else 'python asyncio+httpx'} on the same machine, "
+          f"{args.duration:g} s per cell; fit {champion['fit_s']:.1f} s")  # fmt: skip
+    print()
+    print("| server | concurrency | requests/s | p50 ms | p99 ms | errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for conc in levels:
+        for name, label in (("ours", "lib.serving"), ("mlflow", "mlflow models serve")):
+            r = results[(name, conc)]
+            print(f"| {label} | {conc} | {r['rps']:.1f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                  f"{r['errors']} |")  # fmt: skip
+    print()
+    for conc in levels:
+        ratio = results[("ours", conc)]["rps"] / max(results[("mlflow", conc)]["rps"], 1e-9)
+        goal = {1: " (goal >= 2x)", 32: " (goal >= 5x)"}.get(conc, "")
+        print(f"throughput ours / mlflow at concurrency {conc}: {ratio:.1f}x{goal}")
+    if 8 in levels:
+        print(f"p99 of ours at concurrency 8: {results[('ours', 8)]['p99']:.1f} ms (goal < 100 ms)")
+    print(f"mean rows per predict call in our service (micro-batching): {mean_batch}")
+    print()
+    print("in-process floor, median predict_proba time:")
+    print(f"  scikit-learn pipeline: 1 row {fl['sklearn_1']:.2f} ms, "
+          f"1,000 rows {fl['sklearn_1000']:.2f} ms")  # fmt: skip
+    print(f"  service predictor ({fl['kind']}): 1 row {fl['ours_1']:.2f} ms, "
+          f"1,000 rows {fl['ours_1000']:.2f} ms")  # fmt: skip
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--loadgen-child":
+        _, _, target, body_path, conc_arg, seconds_arg = sys.argv
+        loaded = json.loads(Path(body_path).read_text())
+        print(json.dumps(asyncio.run(
+            _python_load(target, loaded, int(conc_arg), float(seconds_arg)))))  # fmt: skip
+    else:
+        main()

@@ -1,0 +1,228 @@
+"""The prediction store: bulk writes, the background writer, feedback, windows, two processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from lib import prediction_store
+from lib.prediction_store import WINDOW_COLUMNS, PredictionStore
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def _row(rid: str, at: float, variant: str = "champion", **kw) -> dict:
+    row = {
+        "request_id": rid,
+        "created_at": at,
+        "variant": variant,
+        "model_version": "1" if variant == "champion" else "2",
+        "label": 1,
+        "probability": 0.8,
+        "latency_ms": 3.5,
+        "error": None,
+        "features": {"category": "GAME", "size_mb": float("nan"), "reviews": 10.0},
+    }
+    row.update(kw)
+    return row
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = PredictionStore(f"sqlite:///{tmp_path}/predictions.db")
+    yield s
+    s.close()
+
+
+def test_window_left_joins_feedback_and_filters(store: PredictionStore) -> None:
+    store.record_predictions(
+        [
+            _row("a", 100.0),
+            _row("b", 101.0, "canary", label=0, probability=0.3),
+            _row("c", 102.0, label=None, probability=None, error="model error: boom"),
+            _row("old", 10.0),
+        ]
+    )
+    stored = store.record_feedback("b", 4.5)
+    assert stored["label"] == 1 and stored["rating"] == 4.5 and stored["replaced"] is False
+    assert stored["prediction"]["variant"] == "canary"
+
+    frame = store.window(since=50.0)
+    assert list(frame.columns) == WINDOW_COLUMNS
+    assert frame["request_id"].tolist() == ["a", "b", "c"]  # ordered by time, "old" left out
+    by_id = frame.set_index("request_id")
+    assert by_id.loc["b", "true_label"] == 1 and by_id.loc["b", "rating"] == 4.5
+    assert pd.isna(by_id.loc["a", "true_label"]) and math.isnan(by_id.loc["a", "rating"])
+    assert by_id.loc["c", "error"] == "model error: boom" and pd.isna(by_id.loc["c", "label"])
+    assert str(frame["label"].dtype) == "Int64" and str(frame["true_label"].dtype) == "Int64"
+
+    assert store.window(since=50.0, variant="canary")["request_id"].tolist() == ["b"]
+    assert store.window(since=100.0, until=102.0)["request_id"].tolist() == ["a", "b"]
+    assert store.window(since=1e12).empty
+    assert list(store.window(since=1e12).columns) == WINDOW_COLUMNS
+
+
+def test_feedback_unknown_id_is_none_and_second_one_replaces(store: PredictionStore) -> None:
+    store.record_predictions([_row("r1", 1.0)])
+    assert store.record_feedback("nope", 4.5) is None
+    assert store.record_feedback("r1", 4.6)["label"] == 1
+    second = store.record_feedback("r1", 3.0)
+    assert second["replaced"] is True and second["label"] == 0
+    frame = store.window(0)
+    assert frame["true_label"].tolist() == [0] and frame["rating"].tolist() == [3.0]
+    # a label without a rating, and the threshold decides the label from a rating
+    assert store.record_feedback("r1", None, label=1)["rating"] is None
+    assert store.record_feedback("r1", 4.2, target_threshold=4.5)["label"] == 0
+    with pytest.raises(ValueError):
+        store.record_feedback("r1", None)
+
+
+def test_repeated_request_id_replaces_the_prediction(store: PredictionStore) -> None:
+    store.record_predictions([_row("dup", 1.0, probability=0.1)])
+    store.record_predictions([_row("dup", 2.0, probability=0.9), _row("other", 2.0)])
+    frame = store.window(0).set_index("request_id")
+    assert len(frame) == 2 and frame.loc["dup", "probability"] == 0.9
+
+
+def test_background_writer_and_flush(tmp_path: Path) -> None:
+    store = PredictionStore(f"sqlite:///{tmp_path}/p.db", batch_size=7)
+    try:
+        for i in range(50):
+            store.submit([_row(f"id-{i}", float(i))])
+        assert store.flush(timeout=30)
+        assert store.pending_rows() == 0
+        assert store.stats()["written"] == 50
+        frame = store.window(0, features=True)
+        assert len(frame) == 50
+        # NaN is stored as JSON null; features come back as dicts
+        assert frame["features"][0] == {"category": "GAME", "size_mb": None, "reviews": 10.0}
+    finally:
+        store.close()
+
+
+def test_feedback_before_its_prediction_was_written(tmp_path: Path) -> None:
+    # The writer gathers for 30 s: the row is surely still queued when the feedback comes.
+    store = PredictionStore(f"sqlite:///{tmp_path}/p.db", min_interval=30.0)
+    try:
+        store.submit([_row("warmup", 1.0)])
+        store.flush(timeout=30)
+        store.submit([_row("fresh", 2.0)])
+        assert store.pending_rows() == 1
+        stored = store.record_feedback("fresh", 4.9)
+        assert stored is not None and stored["label"] == 1
+    finally:
+        store.close()
+
+
+def test_close_writes_what_is_pending(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/p.db"
+    store = PredictionStore(url, min_interval=30.0)
+    store.submit([_row("x1", 1.0)])
+    store.submit([_row("x2", 2.0)])
+    store.submit([_row("warm", 0.5)])
+    store.close()
+    store.submit([_row("late", 3.0)])  # after close: logged, not raised
+    with PredictionStore(url) as again:
+        assert sorted(again.window(0)["request_id"]) == ["warm", "x1", "x2"]
+
+
+def test_in_memory_sqlite_is_shared_with_the_writer_thread() -> None:
+    with PredictionStore("sqlite://") as store:
+        store.submit([_row("m", 1.0)])
+        assert store.flush(timeout=30)
+        assert store.window(0)["request_id"].tolist() == ["m"]
+
+
+def test_sqlite_uses_wal(store: PredictionStore) -> None:
+    store.record_predictions([_row("w", 1.0)])
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+
+
+def test_schema_and_queries_compile_for_postgresql() -> None:
+    """No SQLite-only SQL: the DDL and every statement shape compile for PostgreSQL."""
+    dialect = postgresql.dialect()
+    for table in (prediction_store.predictions, prediction_store.feedback):
+        ddl = str(CreateTable(table).compile(dialect=dialect))
+        assert "DOUBLE PRECISION" in ddl or table is prediction_store.feedback
+        for index in table.indexes:
+            str(CreateIndex(index).compile(dialect=dialect))
+    p, f = prediction_store.predictions, prediction_store.feedback
+    stmt = (
+        sa.select(p.c.request_id, f.c.label.label("true_label"))
+        .select_from(p.outerjoin(f, p.c.request_id == f.c.request_id))
+        .where(p.c.created_at >= 0.0)
+    )
+    assert "LEFT OUTER JOIN" in str(stmt.compile(dialect=dialect))
+    str(sa.delete(p).where(p.c.request_id.in_(["a"])).compile(dialect=dialect))
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from lib.prediction_store import PredictionStore
+    store = PredictionStore(sys.argv[1])
+    for batch in range(20):
+        rows = [
+            {"request_id": f"p-{batch}-{i}", "created_at": time.time(), "variant": "champion",
+             "model_version": "1", "label": i % 2, "probability": 0.5, "latency_ms": 1.0,
+             "error": None, "features": {"reviews": float(i)}}
+            for i in range(50)
+        ]
+        store.submit(rows)
+        time.sleep(0.02)
+    assert store.flush(timeout=60)
+    store.close()
+    print("written", flush=True)
+    """
+)
+
+
+def test_writer_and_reader_in_two_processes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/shared.db"
+    reader = PredictionStore(url)
+    reader.window(0)  # creates the tables; the writer process then finds them
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, url],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        seen = []
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen.append(len(reader.window(0)))  # reads while the other process writes
+            # feedback from this process while the other one writes, too
+            if seen[-1]:
+                rid = reader.window(0)["request_id"].iloc[0]
+                assert reader.record_feedback(rid, 4.5) is not None
+            time.sleep(0.01)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "written" in out
+    assert seen == sorted(seen)  # the reader never saw rows disappear
+    frame = reader.window(0)
+    assert len(frame) == 1000 and frame["request_id"].is_unique
+    assert frame["true_label"].notna().sum() >= 1 or seen[-1] == 0
+    features = reader.window(0, features=True)["features"]
+    assert all(isinstance(f, dict) for f in features)
+    assert json.dumps(features.iloc[0])
+    reader.close()

@@ -1,0 +1,798 @@
+"""The model service against a throw-away MLflow store with two real registered versions."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from threadpoolctl import threadpool_limits
+
+from lib import data, features, registry, serving, synth, training
+from lib.prediction_store import PredictionStore
+from lib.serving import ServingSettings, create_app
+
+PROJECT = Path(__file__).resolve().parents[1]
+TOKEN = "test-admin-token-1234"
+MODEL = "svc-model"
+RAW_APP = {
+    "App": "Some Game",
+    "Category": "GAME",
+    "Rating": "4.1",
+    "Reviews": "1,234",
+    "Size": "19M",
+    "Installs": "10,000+",
+    "Type": "Free",
+    "Price": "0",
+    "Content Rating": "Everyone",
+    "Genres": "Action",
+    "Last Updated": "January 7, 2018",
+}
+
+
+@dataclass
+class Store:
+    uri: str
+    root: Path
+    pipelines: dict[str, Any]  # version -> fitted pipeline
+    apps: pd.DataFrame  # raw generated apps (strings), for requests
+
+
+def _fit(seed: int, X: pd.DataFrame, y: pd.Series):
+    pipe = training.build_candidate("random_forest", seed, 10).fit(X, y)
+    return training.for_inference(pipe)
+
+
+@pytest.fixture(scope="module")
+def mlstore(tmp_path_factory: pytest.TempPathFactory):
+    """MLflow on SQLite in tmp: versions 1 and 2 of MODEL (two small forests), champion -> 1."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    MlflowClient(uri).create_experiment("svc", artifact_location=(root / "artifacts").as_uri())
+    client = registry.connect(uri, "svc")
+    raw = synth.generate_apps(600, seed=3)
+    raw.to_csv(root / "apps.csv", index=False)
+    labeled = training.labeled_data(data.read_apps(root / "apps.csv").apps, 4.0)
+    pipelines = {}
+    for seed in (0, 1):
+        pipe = _fit(seed, labeled.X, labeled.y)
+        with mlflow.start_run():
+            info = registry.log_candidate_model(pipe, labeled.X)
+        version = registry.register(client, info.model_uri, MODEL, {"seed": str(seed)})
+        pipelines[version] = pipe
+    registry.set_alias(client, MODEL, "champion", "1")
+    yield Store(uri, root, pipelines, raw)
+    mlflow.set_tracking_uri(None)
+
+
+def _settings(mlstore: Store, tmp_path: Path, **overrides: Any) -> ServingSettings:
+    values = dict(
+        model_name=MODEL,
+        tracking_uri=mlstore.uri,
+        store_url=f"sqlite:///{tmp_path}/predictions.db",
+        admin_token=TOKEN,
+        lease_check_seconds=0.05,
+    )
+    values.update(overrides)
+    return ServingSettings(**values)
+
+
+@pytest.fixture
+def client(mlstore: Store, tmp_path: Path):
+    with TestClient(create_app(_settings(mlstore, tmp_path))) as c:
+        yield c
+
+
+def _service(c: TestClient) -> serving.ModelService:
+    return c.app.state.service
+
+
+def _admin(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _expected_proba(pipe: Any, apps: list[dict]) -> np.ndarray:
+    """What the full validating parser + the pipeline say for raw apps."""
+    typed = data.parse_records(pd.DataFrame(apps)).apps
+    return pipe.predict_proba(features.model_inputs(typed))[:, 1]
+
+
+def _raw_apps(mlstore: Store, n: int, start: int = 0) -> list[dict]:
+    return mlstore.apps.iloc[start : start + n].to_dict("records")
+
+
+def _metric(c: TestClient, name: str, **labels: str) -> float:
+    text = c.get("/metrics").text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def _id_for(service: serving.ModelService, variant: str, prefix: str = "rid") -> str:
+    """A request id that routes to `variant` under the current weight."""
+    for i in range(100_000):
+        rid = f"{prefix}-{i}"
+        chosen = service.route(rid)
+        if chosen is not None and chosen.name == variant:
+            return rid
+    raise AssertionError(f"no id routes to {variant}")
+
+
+# ------------------------------------------------------------------------------ predictions
+
+
+def test_single_raw_app_matches_the_pipeline(client: TestClient, mlstore: Store) -> None:
+    apps = _raw_apps(mlstore, 5)
+    for app in apps:
+        resp = client.post("/predict", json=app, headers={"X-Request-ID": f"one-{app['App']}"})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert set(body) == {"request_id", "label", "probability", "model_version", "variant"}
+        assert body["request_id"] == f"one-{app['App']}" == resp.headers["x-request-id"]
+        assert (body["variant"], body["model_version"]) == ("champion", "1")
+        expected = _expected_proba(mlstore.pipelines["1"], [app])[0]
+        assert body["probability"] == pytest.approx(expected, abs=1e-12)
+        assert body["label"] == int(mlstore.pipelines["1"].predict(
+            features.model_inputs(data.parse_records(pd.DataFrame([app])).apps))[0])  # fmt: skip
+
+
+def test_request_id_from_body_or_generated(client: TestClient) -> None:
+    from_body = client.post("/predict", json={**RAW_APP, "request_id": "from-body"})
+    assert from_body.json()["request_id"] == "from-body"
+    generated = client.post("/predict", json=RAW_APP).json()["request_id"]
+    assert len(generated) == 32 and int(generated, 16) >= 0
+    resp = client.post("/predict", json={**RAW_APP, "request_id": ["x"]})
+    assert resp.status_code == 422 and "request_id" in resp.json()["detail"]
+
+
+def test_schemas_and_value_styles_give_the_same_answer(client: TestClient) -> None:
+    clean = {
+        "App": "Some Game", "Category": "GAME", "Rating": 4.1, "Reviews": 1234, "Size": 19.0,
+        "Installs": 10000.0, "Type": "Free", "Price": 0.0, "Content Rating": "Everyone",
+        "Last Updated": "January 7, 2018",
+    }  # fmt: skip
+    snake = {
+        "category": "GAME", "reviews": "1234", "size_mb": "19M", "installs": "10000+",
+        "type": "free", "price": "$0", "content_rating": "Everyone", "last_updated": "2018-01-07",
+    }  # fmt: skip
+    snake_size = {**{k: v for k, v in snake.items() if k != "size_mb"}, "size": 19}
+    other_dates = [{**RAW_APP, "Last Updated": d} for d in ("January-7-2018", "Jan 7 2018")]
+    answers = {
+        client.post("/predict", json=body).json()["probability"]
+        for body in [RAW_APP, clean, snake, snake_size, *other_dates]
+    }
+    assert len(answers) == 1
+
+
+def test_batches_in_every_shape(client: TestClient, mlstore: Store) -> None:
+    apps = _raw_apps(mlstore, 6, start=10)
+    expected = _expected_proba(mlstore.pipelines["1"], apps)
+    for body, headers in (
+        (apps, {"X-Request-ID": "b1"}),
+        ({"instances": apps, "request_id": "b1"}, {}),
+    ):
+        resp = client.post("/predict", json=body, headers=headers)
+        assert resp.status_code == 200, resp.text
+        out = resp.json()
+        assert out["request_id"] == "b1"
+        preds = out["predictions"]
+        assert [p["request_id"] for p in preds] == [f"b1-{i}" for i in range(6)]
+        assert {(p["variant"], p["model_version"]) for p in preds} == {("champion", "1")}
+        np.testing.assert_allclose([p["probability"] for p in preds], expected, atol=1e-12)
+    single_batch = client.post("/predict", json={"instances": [RAW_APP]}).json()
+    assert len(single_batch["predictions"]) == 1
+
+
+@pytest.mark.parametrize(
+    "body, needles",
+    [
+        ({**RAW_APP, "Installs": "lots"}, ["Installs", "'lots'", "1,000+"]),
+        ({**RAW_APP, "Size": "huge"}, ["Size", "'huge'"]),
+        ({**RAW_APP, "Type": "Freemium"}, ["Type", "'Freemium'"]),
+        ({**RAW_APP, "Last Updated": "yesterday"}, ["Last Updated", "'yesterday'"]),
+        ({**RAW_APP, "Price": "-$1"}, ["Price", "negative"]),
+        ({**RAW_APP, "Reviews": [1, 2]}, ["Reviews", "list"]),
+        ({**RAW_APP, "Reviews": True}, ["Reviews", "bool"]),
+        ({**RAW_APP, "Category": 7}, ["Category", "int"]),
+        ({**RAW_APP, "Category": "  "}, ["Category", "empty"]),
+        ({**RAW_APP, "Installs": None}, ["Installs", "missing"]),
+        ({k: v for k, v in RAW_APP.items() if k not in ("Installs", "Type")}, ["Installs", "Type"]),
+        ([], ["empty batch"]),
+        ({"instances": []}, ["empty batch"]),
+        ({"instances": {"a": 1}}, ["instances", "list"]),
+        ([RAW_APP, {**RAW_APP, "Reviews": "many"}], ["instances[1]", "Reviews", "'many'"]),
+        ([RAW_APP, "not an app"], ["instances[1]", "app object"]),
+        (5, ["body", "int"]),
+    ],
+)
+def test_invalid_input_is_422_naming_field_and_value(
+    client: TestClient, body: Any, needles: list[str]
+) -> None:
+    resp = client.post("/predict", json=body)
+    assert resp.status_code == 422, resp.text
+    detail = resp.json()["detail"]
+    for needle in needles:
+        assert needle in detail, detail
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"{", b"", b"\xff\xfe"])
+def test_non_json_body_is_422(client: TestClient, raw: bytes) -> None:
+    resp = client.post("/predict", content=raw, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422 and "body" in resp.json()["detail"]
+    assert _metric(client, "model_invalid_requests_total") >= 1
+
+
+def test_no_champion_answers_503_and_health_says_so(mlstore: Store, tmp_path: Path) -> None:
+    settings = _settings(mlstore, tmp_path, model_name="nobody-trained-me")
+    with TestClient(create_app(settings)) as c:
+        resp = c.post("/predict", json=RAW_APP)
+        assert resp.status_code == 503
+        assert resp.json()["detail"].startswith("no champion model yet: ")
+        health = c.get("/health").json()
+        assert health["status"] == "no_champion" and health["ready"] is False
+        assert "no champion model yet" in health["detail"]
+        assert c.post("/admin/reload", headers=_admin()).status_code == 409
+        assert c.post("/predict", json=RAW_APP).status_code == 503
+        assert _metric(c, "model_unavailable_requests_total") == 2
+
+
+def test_health_and_routing_read_only(client: TestClient) -> None:
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["champion_version"] == "1"
+    assert health["canary_version"] is None and health["canary_weight"] == 0.0
+    assert health["uptime_seconds"] >= 0 and health["predictor"] == {"champion": "compiled"}
+    assert health["champion"] == {"version": "1"} and health["canary"] is None
+    assert client.get("/admin/routing").json()["champion_version"] == "1"  # no token needed
+
+
+# ------------------------------------------------------------------------------- routing
+
+
+def test_canary_share_and_sticky_variants(client: TestClient) -> None:
+    resp = client.put(
+        "/admin/routing", json={"canary_version": "2", "weight": 5.0}, headers=_admin()
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["canary_version"] == "2" and resp.json()["canary_weight"] == 5.0
+    variants = []
+    for i in range(2000):
+        body = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": f"user-{i}"}).json()
+        variants.append(body["variant"])
+        assert body["model_version"] == {"champion": "1", "canary": "2"}[body["variant"]]
+    share = 100 * variants.count("canary") / len(variants)
+    assert 3.5 <= share <= 6.5, share
+    for i in range(0, 2000, 97):  # the same caller lands on the same variant again
+        again = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": f"user-{i}"})
+        assert again.json()["variant"] == variants[i]
+    # a batch goes whole to the variant of its request id
+    rid = _id_for(_service(client), "canary")
+    preds = client.post("/predict", json=[RAW_APP] * 3, headers={"X-Request-ID": rid}).json()
+    assert {p["variant"] for p in preds["predictions"]} == {"canary"}
+
+
+def test_variant_bucket_is_stable_and_in_range() -> None:
+    buckets = [serving.variant_bucket(f"id-{i}") for i in range(1000)]
+    assert buckets == [serving.variant_bucket(f"id-{i}") for i in range(1000)]
+    assert min(buckets) >= 0 and max(buckets) < 10_000 and len(set(buckets)) > 900
+
+
+def test_admin_refuses_missing_or_wrong_token(
+    client: TestClient, mlstore: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = client.get("/admin/routing").json()
+    change = {"canary_version": "2", "weight": 50.0}
+    wrong = _admin("guessed-token-xyz")
+    assert client.put("/admin/routing", json=change).status_code == 401
+    assert client.put("/admin/routing", json=change, headers=wrong).status_code == 403
+    assert client.post("/admin/reload", headers=wrong).status_code == 403
+    assert client.post("/admin/reload", headers={"Authorization": TOKEN}).status_code == 401
+    assert client.get("/admin/routing").json() == before
+    assert "guessed-token-xyz" not in caplog.text and TOKEN not in caplog.text
+    # no token configured at all: refused, with a message saying how to enable it
+    with TestClient(create_app(_settings(mlstore, tmp_path, admin_token=None))) as c:
+        resp = c.put("/admin/routing", json=change, headers=_admin())
+        assert resp.status_code == 403 and "SERVING_ADMIN_TOKEN" in resp.json()["detail"]
+        assert c.get("/admin/routing").json()["canary_version"] is None
+
+
+def test_settings_read_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVING_ADMIN_TOKEN", "from-env")
+    settings = ServingSettings()
+    assert settings.admin_token == "from-env" and "from-env" not in repr(settings)
+    monkeypatch.delenv("SERVING_ADMIN_TOKEN")
+    assert ServingSettings().admin_token is None
+
+
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        ({"canary_version": "99", "weight": 5.0}, 404, "99"),
+        ({"canary_version": "2", "weight": 150}, 422, "weight"),
+        ({"canary_version": "2", "weight": "5"}, 422, "weight"),
+        ({"canary_version": None, "weight": 5.0}, 422, "canary"),
+        ({"canary_version": "2", "weight": 5.0, "lease_seconds": -1}, 422, "lease_seconds"),
+        ({"canary_version": "2", "wieght": 5.0}, 422, "wieght"),
+        ({"canary_version": ["2"]}, 422, "canary_version"),
+        ([1, 2], 422, "body"),
+    ],
+)
+def test_bad_routing_changes_leave_routing_unchanged(
+    client: TestClient, body: Any, status: int, needle: str
+) -> None:
+    before = client.get("/admin/routing").json()
+    resp = client.put("/admin/routing", json=body, headers=_admin())
+    assert resp.status_code == status, resp.text
+    assert needle in resp.json()["detail"]
+    assert client.get("/admin/routing").json() == before
+
+
+def test_lease_expiry_drops_canary_weight(client: TestClient) -> None:
+    service = _service(client)
+    change = {"canary_version": "2", "weight": 50.0, "lease_seconds": 0.4}
+    assert client.put("/admin/routing", json=change, headers=_admin()).status_code == 200
+    time.sleep(0.2)
+    renewed = client.put("/admin/routing", json=change, headers=_admin()).json()  # renews
+    assert renewed["canary_weight"] == 50.0 and renewed["lease_expires_in"] > 0.3
+    deadline = time.monotonic() + 10
+    while service.canary_weight > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # no requests meanwhile: the background task must do it
+    assert service.canary_weight == 0.0
+    routing = client.get("/admin/routing").json()
+    assert routing["canary_version"] == "2" and routing["canary_weight"] == 0.0
+    assert routing["lease_expired_at"] is not None and routing["lease_expires_in"] is None
+    assert _metric(client, "model_canary_weight") == 0.0
+    assert _metric(client, "model_canary_lease_expirations_total") == 1
+    for i in range(50):
+        answer = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": f"l{i}"})
+        assert answer.json()["variant"] == "champion"
+
+
+def test_lease_is_also_checked_lazily_on_requests(client: TestClient) -> None:
+    service = _service(client)
+    client.put(
+        "/admin/routing",
+        json={"canary_version": "2", "weight": 100.0, "lease_seconds": 0.01},
+        headers=_admin(),
+    )
+    service.lease_deadline = time.monotonic() - 1  # expired, whatever the watchdog did
+    service.canary_weight = 100.0
+    assert client.post("/predict", json=RAW_APP).json()["variant"] == "champion"
+
+
+def test_reload_follows_the_champion_alias(client: TestClient, mlstore: Store) -> None:
+    from mlflow import MlflowClient
+
+    ml = MlflowClient(tracking_uri=mlstore.uri, registry_uri=mlstore.uri)
+    client.put("/admin/routing", json={"canary_version": "2", "weight": 25.0}, headers=_admin())
+    unchanged = client.post("/admin/reload", headers=_admin()).json()
+    assert unchanged["reloaded"] is False and unchanged["canary_version"] == "2"
+    try:
+        registry.set_alias(ml, MODEL, "champion", "2")  # promotion
+        promoted = client.post("/admin/reload", headers=_admin())
+        assert promoted.status_code == 200, promoted.text
+        body = promoted.json()
+        assert body["reloaded"] is True and body["champion_version"] == "2"
+        assert body["previous_champion_version"] == "1"
+        assert body["canary_version"] is None and body["canary_weight"] == 0.0  # it was promoted
+        assert _service(client).champion.name == "champion"
+        answer = client.post("/predict", json=RAW_APP).json()
+        assert (answer["variant"], answer["model_version"]) == ("champion", "2")
+    finally:
+        registry.set_alias(ml, MODEL, "champion", "1")  # rollback
+    rolled_back = client.post("/admin/reload", headers=_admin()).json()
+    assert rolled_back["champion_version"] == "1"
+    assert client.post("/predict", json=RAW_APP).json()["model_version"] == "1"
+
+
+def test_a_staging_instance_serves_another_alias(mlstore: Store, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    ml = MlflowClient(tracking_uri=mlstore.uri, registry_uri=mlstore.uri)
+    registry.set_alias(ml, MODEL, "staging", "2")
+    with TestClient(create_app(_settings(mlstore, tmp_path, champion_alias="staging"))) as c:
+        assert c.get("/health").json()["champion_version"] == "2"
+        assert c.post("/predict", json=RAW_APP).json()["model_version"] == "2"
+
+
+def test_command_line_builds_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+    monkeypatch.setattr(serving, "serve", lambda s, host, port: seen.update(s=s, at=(host, port)))
+    monkeypatch.setenv("SERVING_ADMIN_TOKEN", "env-token")
+    serving.main(
+        ["--port", "9123", "--model-name", "m", "--tracking-uri", "sqlite:///x.db",
+         "--store-url", "sqlite:///p.db", "--champion-alias", "staging", "--max-batch", "8"]
+    )  # fmt: skip
+    settings = seen["s"]
+    assert seen["at"] == ("127.0.0.1", 9123)
+    assert (settings.model_name, settings.champion_alias, settings.max_batch) == ("m", "staging", 8)
+    assert settings.admin_token == "env-token" and settings.store_url == "sqlite:///p.db"
+
+
+def test_model_error_is_counted_stored_and_isolated(client: TestClient) -> None:
+    service = _service(client)
+    client.put("/admin/routing", json={"canary_version": "2", "weight": 50.0}, headers=_admin())
+
+    def broken(rows):
+        raise RuntimeError("canary exploded")
+
+    service.canary.predictor.predict = broken
+    bad_id, good_id = _id_for(service, "canary"), _id_for(service, "champion")
+    resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": bad_id})
+    assert resp.status_code == 500
+    assert resp.json()["detail"] == "model error: RuntimeError: canary exploded"
+    ok = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": good_id})
+    assert ok.status_code == 200 and ok.json()["variant"] == "champion"
+    assert _metric(client, "model_request_errors_total", variant="canary", model_version="2") == 1
+    assert _metric(client, "model_request_errors_total", variant="champion") == 0
+    frame = service.store.window(0).set_index("request_id")
+    assert frame.loc[bad_id, "error"] == "RuntimeError: canary exploded"
+    assert pd.isna(frame.loc[bad_id, "label"]) and frame.loc[bad_id, "latency_ms"] > 0
+    assert frame.loc[good_id, "error"] is None and frame.loc[good_id, "variant"] == "champion"
+
+
+def test_metrics_exposition(client: TestClient, mlstore: Store) -> None:
+    client.post("/predict", json=RAW_APP)
+    client.post("/predict", json=_raw_apps(mlstore, 4))
+    client.post("/predict", json={**RAW_APP, "Size": "??"})
+    labels = {"variant": "champion", "model_version": "1"}
+    assert _metric(client, "model_requests_total", **labels) == 2
+    assert _metric(client, "model_request_errors_total", **labels) == 0
+    assert _metric(client, "model_predictions_total", **labels) == 5
+    assert _metric(client, "model_request_latency_seconds_count", **labels) == 2
+    assert _metric(client, "model_invalid_requests_total") == 1
+    assert _metric(client, "model_canary_weight") == 0.0
+    text = client.get("/metrics").text
+    assert 'model_request_latency_seconds_bucket{le="0.001",model_version="1"' in text
+    assert 'le="5.0"' in text and 'model_predictions_total{label="' in text
+
+
+# ------------------------------------------------------------------------------- feedback
+
+
+def test_feedback_found_replaced_unknown_invalid(client: TestClient) -> None:
+    rid = client.post("/predict", json=RAW_APP).json()["request_id"]
+    first = client.post("/feedback", json={"request_id": rid, "rating": 4.5})
+    assert first.status_code == 200, first.text
+    assert first.json()["label"] == 1 and first.json()["replaced"] is False
+    second = client.post("/feedback", json={"request_id": rid, "rating": 3.2}).json()
+    assert second["label"] == 0 and second["replaced"] is True
+    assert client.post("/feedback", json={"request_id": rid, "label": 1}).json()["label"] == 1
+    batch = client.post("/predict", json=[RAW_APP, RAW_APP], headers={"X-Request-ID": "fb"})
+    assert batch.status_code == 200
+    assert client.post("/feedback", json={"request_id": "fb-1", "rating": 5}).status_code == 200
+    assert client.post("/feedback", json={"request_id": "nope", "rating": 4}).status_code == 404
+    for bad in (
+        {"request_id": rid, "rating": "x"},
+        {"request_id": rid, "rating": 9},
+        {"request_id": rid, "label": 2},
+        {"request_id": rid},
+        {"rating": 4.0},
+        {"request_id": rid, "rating": 4.5, "label": 0},
+    ):
+        resp = client.post("/feedback", json=bad)
+        assert resp.status_code == 422, (bad, resp.text)
+    assert client.post("/feedback", content=b"{oops").status_code == 422
+    window = _service(client).store.window(0).set_index("request_id")
+    assert window.loc[rid, "true_label"] == 1 and window.loc["fb-1", "rating"] == 5.0
+
+
+# --------------------------------------------------------------------------- micro-batching
+
+
+def _predictor(mlstore: Store, version: str = "1", compile_model: bool = True):
+    return serving.Variant("champion", version, serving.Predictor(
+        mlstore.pipelines[version], compile_model))  # fmt: skip
+
+
+@pytest.mark.parametrize("compile_model", [True, False])
+def test_micro_batched_results_equal_per_row_results(mlstore: Store, compile_model: bool) -> None:
+    variant = _predictor(mlstore, compile_model=compile_model)
+    assert variant.predictor.kind == ("compiled" if compile_model else "sklearn")
+    rows = [serving.parse_app(app) for app in _raw_apps(mlstore, 60)]
+    per_row = [variant.predictor.predict([row]) for row in rows]
+    reference = mlstore.pipelines["1"].predict_proba(serving.rows_frame(rows))[:, 1]
+    original = variant.predictor.predict
+    sizes = []
+
+    def slow_predict(batch):
+        sizes.append(len(batch))
+        time.sleep(0.05)  # while one call runs, the others queue up
+        return original(batch)
+
+    variant.predictor.predict = slow_predict
+
+    async def run():
+        batcher = serving.MicroBatcher(max_rows=16, wait_s=0.002)
+        batcher.active = len(rows)  # as if all 60 requests were inside the service
+        try:
+            return await asyncio.gather(*(batcher.predict(variant, [r]) for r in rows))
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(run())
+    assert max(sizes) > 1 and max(sizes) <= 16 and sum(sizes) == 60  # it did batch
+    assert [r[0][0] for r in results] == [p[0][0] for p in per_row]  # bit for bit
+    assert [r[1][0] for r in results] == [p[1][0] for p in per_row]
+    np.testing.assert_array_equal([r[0][0] for r in results], reference)
+
+
+def test_idle_batcher_does_not_wait(mlstore: Store) -> None:
+    variant = _predictor(mlstore)
+    row = serving.parse_app(RAW_APP)
+
+    async def run():
+        batcher = serving.MicroBatcher(max_rows=64, wait_s=60.0)  # a wait would time out
+        try:
+            for _ in range(3):
+                await asyncio.wait_for(batcher.predict(variant, [row]), timeout=20)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(run())
+
+
+def test_batcher_stops_waiting_when_every_request_is_queued(mlstore: Store) -> None:
+    variant = _predictor(mlstore)
+    row = serving.parse_app(RAW_APP)
+    original = variant.predictor.predict
+    sizes = []
+
+    def slow_predict(batch):
+        sizes.append(len(batch))
+        time.sleep(0.2)  # the first call runs while the two others queue up
+        return original(batch)
+
+    variant.predictor.predict = slow_predict
+
+    async def run():
+        batcher = serving.MicroBatcher(max_rows=64, wait_s=60.0)  # waiting for 64 would time out
+
+        async def request():
+            batcher.enter()
+            try:
+                return await batcher.predict(variant, [row])
+            finally:
+                batcher.leave()
+
+        try:
+            first = asyncio.ensure_future(request())
+            await asyncio.sleep(0.05)
+            return await asyncio.wait_for(asyncio.gather(first, request(), request()), 20)
+        finally:
+            await batcher.stop()
+
+    assert len(asyncio.run(run())) == 3
+    assert sizes == [1, 2]
+
+
+def test_failing_job_fails_alone_in_a_batch(mlstore: Store) -> None:
+    variant = _predictor(mlstore)
+    rows = [serving.parse_app(app) for app in _raw_apps(mlstore, 8)]
+    poison = rows[3]
+    original = variant.predictor.predict
+
+    def picky(batch):
+        time.sleep(0.02)
+        if poison in batch:
+            raise ValueError("poison row")
+        return original(batch)
+
+    variant.predictor.predict = picky
+
+    async def run():
+        batcher = serving.MicroBatcher(max_rows=64, wait_s=0.002)
+        try:
+            return await asyncio.gather(
+                *(batcher.predict(variant, [r]) for r in rows), return_exceptions=True
+            )
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(run())
+    assert isinstance(results[3], ValueError)
+    assert all(not isinstance(r, Exception) for i, r in enumerate(results) if i != 3)
+
+
+def test_concurrent_http_requests_equal_per_row(client: TestClient, mlstore: Store) -> None:
+    apps = _raw_apps(mlstore, 48, start=100)
+    expected = _expected_proba(mlstore.pipelines["1"], apps)
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda a: client.post("/predict", json=a).json(), apps))
+    np.testing.assert_allclose([a["probability"] for a in answers], expected, atol=1e-12)
+
+
+def test_compiled_predictor_equals_sklearn_for_every_candidate(mlstore: Store) -> None:
+    labeled = training.labeled_data(data.read_apps(mlstore.root / "apps.csv").apps, 4.0)
+    rows = [tuple(r) for r in labeled.X.itertuples(index=False)]
+    kinds = {}
+    for name in ("random_forest", "hist_gradient_boosting", "logistic_regression"):
+        with threadpool_limits(limits=1):  # OpenMP fits crawl on a busy shared machine
+            pipe = training.build_candidate(name, 0, 10).fit(labeled.X, labeled.y)
+        predictor = serving.Predictor(serving.single_threaded(pipe))
+        np.testing.assert_array_equal(predictor.predict_proba(rows), pipe.predict_proba(labeled.X))
+        kinds[name] = predictor.kind
+    # the one-hot encoder of the linear family is not compiled: scikit-learn serves it
+    assert kinds == {
+        "random_forest": "compiled",
+        "hist_gradient_boosting": "compiled",
+        "logistic_regression": "sklearn",
+    }
+
+
+# ------------------------------------------------------------------------------- parsing
+
+
+def test_parse_app_value_styles() -> None:
+    base = dict(RAW_APP)
+    parse = serving.parse_app
+    assert parse({**base, "Size": "201k"})[5] == pytest.approx(0.201)
+    assert math.isnan(parse({**base, "Size": "Varies with device"})[5])
+    assert math.isnan(parse({**base, "Size": None})[5])
+    assert parse({**base, "Size": "1.5G"})[5] == 1500.0
+    assert parse({**base, "Size": 5e-05})[5] == 5e-05  # a number is MB, even in e-notation
+    with pytest.raises(serving.InputError, match="Size"):
+        parse({**base, "Size": -3})
+    assert parse({**base, "Installs": "1000000000+"})[4] == 1e9
+    assert parse({**base, "Installs": 10000.0})[4] == 10000.0
+    assert parse({**base, "Price": "$4.99"})[6] == 4.99
+    day = (pd.Timestamp("2026-01-03") - pd.Timestamp("1970-01-01")).days
+    for text in ("January 3 2026", "January-3-2026", "2026-01-03", "Jan 3, 2026", "2026-1-3"):
+        assert parse({**base, "Last Updated": text})[7] == day, text
+    assert parse({**base, "Type": " PAID "})[2] == "Paid"
+    assert parse({**base, "Content Rating": None})[1] == ""
+
+
+def test_parse_app_equals_the_full_parser_on_tricky_values() -> None:
+    """Odd but valid spellings: the same model inputs as lib.data.parse_records."""
+    variants = {
+        "Reviews": ["1,234", " 12 ", "1e3", "+5", "0", 7, 3.5],
+        "Size": ["19M", "201k", "1,000k", "2.5 MB", ".5M", "10", "Varies with device", "NaN", 8,
+                 12.5],
+        "Installs": ["1,000+", "1000000000+", "5 000", 10000.0, 0],
+        "Price": ["0", "$4.99", "$1,299.00", 0.99],
+        "Last Updated": ["January 7, 2018", "march-20-2025", "Dec 1 2017", "2018-01-07",
+                         "2018-01-07 12:30", "2018-01-07T06:00:00.5", "SEPTEMBER 30 2016"],
+        "Type": ["Free", "paid", " FREE "],
+    }  # fmt: skip
+    records = []
+    for column, values in variants.items():
+        for value in values:
+            records.append({**RAW_APP, column: value})
+    expected = features.model_inputs(data.parse_records(pd.DataFrame(records)).apps)
+    assert len(expected) == len(records)
+    got = serving.rows_frame([serving.parse_app(r) for r in records])
+    pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), rtol=1e-12)
+
+
+def test_missing_spellings_match_lib_data() -> None:
+    assert serving.MISSING_TEXT == frozenset(data._MISSING)
+
+
+def _csv_records(path: Path) -> tuple[list[str], dict[int, dict[str, str]]]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        header = [h.strip() for h in next(reader)]
+        rows = [r for r in reader if r]
+    return header, {
+        n: dict(zip(header, r, strict=True))
+        for n, r in enumerate(rows, start=1)
+        if len(r) == len(header)
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "googleplaystore.csv",
+        "googleplaystore_clean.csv",
+        "mlflow_test_150.csv",
+        "new_200_apps.csv",
+        "test_150_apps.csv",
+        "test_250_apps.csv",
+    ],
+)
+def test_parse_app_equals_read_apps_on_real_files(shared_data: Path, name: str) -> None:
+    path = shared_data / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    loaded = data.read_apps(path)
+    expected = features.model_inputs(loaded.apps).reset_index(drop=True)
+    _, records = _csv_records(path)
+    valid_rows = loaded.apps["source_row"].tolist()
+    got = serving.rows_frame([serving.parse_app(records[n]) for n in valid_rows])
+    pd.testing.assert_frame_equal(got, expected, rtol=1e-12)
+    # rows the full parser quarantines for a model input are refused here too
+    for number, reason in zip(
+        loaded.quarantine["source_row"], loaded.quarantine["reason"], strict=True
+    ):
+        if number not in records:
+            continue  # wrong field count: not an object a caller could send
+        about_inputs = [r for r in reason.split("; ") if not r.startswith(("App", "Rating"))]
+        if about_inputs:
+            with pytest.raises(serving.InputError):
+                serving.parse_app(records[number])
+
+
+# ------------------------------------------------------------------------------- real server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_server_over_http(mlstore: Store, tmp_path: Path) -> None:
+    port = _free_port()
+    store_url = f"sqlite:///{tmp_path}/served.db"
+    env = {**os.environ, "SERVING_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(PROJECT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lib.serving", "--host", "127.0.0.1", "--port", str(port),
+         "--model-name", MODEL, "--tracking-uri", mlstore.uri, "--store-url", store_url],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"service exited: {proc.stderr.read().decode()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).json()["status"] == "ok":
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("service did not become healthy within 120 s")
+            time.sleep(0.2)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            answer = http.post("/predict", json=RAW_APP, headers={"X-Request-ID": "real-1"})
+            assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+            assert http.post("/predict", json={"Installs": "lots"}).status_code == 422
+            fb = http.post("/feedback", json={"request_id": "real-1", "rating": 4.8})
+            assert fb.status_code == 200 and fb.json()["label"] == 1
+            routed = http.put(
+                "/admin/routing",
+                json={"canary_version": "2", "weight": 10.0, "lease_seconds": 60},
+                headers=_admin(),
+            )
+            assert routed.status_code == 200 and routed.json()["canary_version"] == "2"
+            assert "model_requests_total" in http.get("/metrics").text
+            http.post("/predict", json=RAW_APP, headers={"X-Request-ID": "real-2"})
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stderr.close()
+    # uvicorn re-raises the SIGTERM it handled, after its graceful shutdown (and our lifespan)
+    assert proc.returncode in (0, -signal.SIGTERM)
+    with PredictionStore(store_url) as store:  # written by the service, flushed at shutdown
+        frame = store.window(0).set_index("request_id")
+    assert {"real-1", "real-2"} <= set(frame.index)
+    assert frame.loc["real-1", "true_label"] == 1
