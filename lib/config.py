@@ -20,7 +20,7 @@ from lib.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "pipeline.yaml"
-STAGES = ("detect", "train", "compare", "decide")
+STAGES = ("detect", "train", "compare", "decide", "deploy")
 METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1", "log_loss")
 CANDIDATES = ("logistic_regression", "random_forest", "hist_gradient_boosting")
 
@@ -51,6 +51,22 @@ class PipelineConfig:
     stage_timeout: int = 1800  # seconds per notebook cell before the stage is failed
     lock_timeout: float = 0.0  # seconds a second runner waits for the first one
     decision: dict[str, Any] = field(default_factory=dict)  # the score table (lib.scoring)
+    # deployment (05 deploy) and the model service
+    logs_dir: str = "logs"
+    canary_steps: list[int] = field(default_factory=lambda: [5, 25, 50, 100])
+    analysis_seconds: float = 300.0  # canary analysis window per step
+    max_wait_seconds: float = 600.0  # extra wait per step for enough samples
+    check_every_seconds: float = 5.0
+    replay_rate: float = 20.0  # requests/s of replayed held-out traffic (no real users)
+    replay: bool = True
+    smoke_rows: int = 40
+    smoke_max_p95_ms: float = 500.0
+    lease_seconds: float = 60.0
+    serving_url: str | None = None  # a running production service; None: started per stage
+    serving_host: str = "127.0.0.1"
+    serving_port: int = 8080
+    store_url: str | None = None  # prediction store; None: sqlite:///<root>/predictions.db
+    canary_analysis: dict[str, Any] = field(default_factory=dict)  # lib.canary.AnalysisConfig
 
     def resolved_tracking_uri(self, root: Path) -> str:
         """The MLflow store: explicit config, else the environment, else SQLite in the project."""
@@ -60,6 +76,10 @@ class PipelineConfig:
         if env:
             return env
         return f"sqlite:///{(root / 'mlflow.db').as_posix()}"
+
+    def resolved_store_url(self, root: Path) -> str:
+        """Where the service writes predictions and feedback (SQLAlchemy URL)."""
+        return self.store_url or f"sqlite:///{(root / 'predictions.db').as_posix()}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,8 +94,21 @@ def _coerce(name: str, value: Any) -> Any:
     default = _fields()[name].default
     if default is dataclasses.MISSING:
         default = _fields()[name].default_factory()  # type: ignore[misc]
-    if name == "tracking_uri":
+    if name in ("tracking_uri", "serving_url", "store_url"):
         return None if value in (None, "", "none", "None") else str(value)
+    if name == "canary_steps":
+        steps = value
+        if isinstance(steps, str):
+            steps = [v for v in steps.replace(";", ",").split(",") if v.strip()]
+        try:
+            steps = [int(v) for v in steps]
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"canary_steps {value!r}: expected weights like 5,25,50,100") from exc
+        if not steps or steps != sorted(steps) or steps[-1] != 100 or steps[0] <= 0:
+            raise ConfigError(
+                f"canary_steps {steps}: weights must increase and end at 100, e.g. 5,25,50,100"
+            )
+        return steps
     try:
         if isinstance(default, bool):
             if isinstance(value, str):

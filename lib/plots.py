@@ -97,3 +97,29 @@ def score_table(rows: list[dict[str, Any]], total: int, verdict: str) -> Figure:
     tbl.scale(1, 1.4)
     fig.tight_layout()
     return fig
+
+
+def rollout_timeline(events: list[dict[str, Any]]) -> Figure:
+    """Canary weight over time, with each step's verdict and the final outcome."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    if not events:
+        ax.text(0.5, 0.5, "no rollout events", ha="center")
+        return fig
+    t = [e["t"] for e in events]
+    w = [e["weight"] for e in events]
+    ax.step(t, w, where="post", color="#4c72b0", lw=2)
+    colors = {"pass": "#55a868", "fail": "#c44e52", "wait": "#dd8452"}
+    for e in events:
+        verdict = next((v for v in colors if e["event"].endswith(v)), None)
+        if verdict or e["phase"] in ("rolled_back", "succeeded", "smoke_testing"):
+            color = colors.get(verdict or "", "#c44e52" if e["phase"] == "rolled_back" else
+                               "#55a868")  # fmt: skip
+            ax.scatter([e["t"]], [e["weight"]], color=color, zorder=3)
+            ax.annotate(e["event"][:40], (e["t"], e["weight"]), fontsize=7,
+                        xytext=(3, 6), textcoords="offset points", rotation=20)  # fmt: skip
+    ax.set_ylim(-5, 115)
+    ax.set_xlabel("seconds since the rollout started")
+    ax.set_ylabel("canary traffic %")
+    ax.set_title("Rollout timeline")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,431 @@
+"""Progressive delivery of an approved candidate: staging, smoke tests, canary steps, promotion.
+
+The sequence follows Flagger and Argo Rollouts: a staging instance serves the candidate for smoke
+tests over HTTP; then the production service sends it 5%, 25%, 50% and 100% of the traffic, each
+step held for an analysis window AND until enough samples arrived; any failed check, a service
+that stops answering or an exception rolls back at once (canary weight 0, aliases restored,
+reason in models/ and logs/). The canary weight is leased: if this process dies, the service
+drops the canary by itself, and the next runner finishes the rollback from the state file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lib import canary, deployments, features, registry, rollout
+from lib.replayer import Replayer, app_request
+from lib.service_process import ServiceProcess
+from lib.smoke import run_smoke_tests
+
+log = logging.getLogger(__name__)
+
+
+class RolloutFailed(Exception):
+    """A step failed: the message is the rollback reason."""
+
+
+@dataclass
+class DeploySettings:
+    """Parameters of one rollout (the 05 deploy notebook's parameters)."""
+
+    steps: list[int] = field(default_factory=lambda: [5, 25, 50, 100])
+    analysis_seconds: float = 300.0  # the mission's canary window
+    max_wait_seconds: float = 600.0  # beyond the window, waiting for enough samples
+    check_every_seconds: float = 5.0  # fail fast between window ends
+    replay_rate: float = 20.0  # requests per second when the stage brings its own traffic
+    replay: bool = True  # False: real users provide the traffic
+    smoke_rows: int = 40
+    smoke_max_p95_ms: float = 500.0
+    lease_seconds: float = 60.0
+    serving_url: str | None = None  # a running production service; None: start one
+    store_url: str = ""  # the production service's prediction store
+    analysis: dict[str, Any] = field(default_factory=dict)  # lib.canary.AnalysisConfig fields
+
+
+@dataclass
+class DeployOutcome:
+    outcome: str  # "promoted" | "rolled_back"
+    version: str
+    champion_before: str | None
+    rollback_reason: str | None
+    timeline: list[dict[str, Any]]
+    smoke: dict[str, Any] | None
+    steps: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def admin_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def set_routing(url: str, token: str | None, version: str | None, weight: float,
+                lease_seconds: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Move traffic on the production service (admin endpoint)."""
+    import httpx
+
+    body: dict[str, Any] = {"canary_version": version, "weight": weight}
+    if lease_seconds:
+        body["lease_seconds"] = lease_seconds
+    resp = httpx.put(f"{url}/admin/routing", json=body, headers=admin_headers(token), timeout=60)
+    if resp.status_code != 200:
+        raise RolloutFailed(f"routing change refused: HTTP {resp.status_code} {resp.text[:200]}")
+    return resp.json()
+
+
+def reload_champion(url: str, token: str | None) -> None:
+    import httpx
+
+    resp = httpx.post(f"{url}/admin/reload", headers=admin_headers(token), timeout=60)
+    if resp.status_code != 200:
+        raise RuntimeError(f"reload refused: HTTP {resp.status_code} {resp.text[:200]}")
+
+
+class Timeline:
+    """What happened when, for the notebook's plot and the report."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.events: list[dict[str, Any]] = []
+
+    def add(self, phase: str, weight: float, event: str, **details: Any) -> None:
+        self.events.append({
+            "t": round(time.monotonic() - self.started, 2),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "phase": phase, "weight": weight, "event": event, **details,
+        })  # fmt: skip
+        log.info("rollout %s @%s%%: %s", phase, weight, event)
+
+
+def known_rows(model: Any, holdout: pd.DataFrame, n: int) -> list[tuple[dict[str, Any], int]]:
+    """Request bodies with the label the registered model gives them offline."""
+    sample = holdout.head(n)
+    labels = model.predict(features.model_inputs(sample))
+    return [(app_request(row), int(label)) for (_, row), label in zip(sample.iterrows(), labels,
+                                                                       strict=True)]  # fmt: skip
+
+
+def deploy(
+    root: Path,
+    client: Any,
+    model_name: str,
+    tracking_uri: str,
+    version: str,
+    holdout: pd.DataFrame,
+    settings: DeploySettings,
+    models_dir: Path,
+    logs_dir: Path,
+    run_id: str,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DeployOutcome:
+    """Run one rollout of `version` to the end: promoted, or rolled back with the reason."""
+    store = rollout.RolloutStore(models_dir / "rollout.json")
+    champion = registry.alias_version(client, model_name, "champion")
+    state = store.load()
+    if state is not None and state.phase == rollout.Phase.AWAITING_APPROVAL and \
+            state.candidate_version == str(version):  # fmt: skip
+        rollout.approve(store, detail=f"approved, resumed by run {run_id}")
+    else:
+        rollout.begin(store, model_name, str(version), champion, settings.steps, run_id,
+                      settings.serving_url, approved=True, owner_pid=os.getpid())  # fmt: skip
+    timeline = Timeline()
+    timeline.add("staging", 0, f"rollout of v{version} started (champion: v{champion})")
+    deployments.log_transition(logs_dir, "rollout_started", version=version, champion=champion,
+                               run_id=run_id)  # fmt: skip
+    records = [(app_request(r), float(r["rating"])) for _, r in holdout.iterrows()]
+    model = registry.load_version(model_name, str(version))
+    token = os.environ.get("SERVING_ADMIN_TOKEN") if settings.serving_url else None
+    token = token or secrets.token_urlsafe(24)
+    production: ServiceProcess | None = None
+    prod_url = settings.serving_url
+    smoke_result: dict[str, Any] | None = None
+    steps: list[dict[str, Any]] = []
+    try:
+        smoke_result = _staging_and_smoke(root, client, model_name, tracking_uri, version, model,
+                                          holdout, settings, store, timeline, logs_dir)  # fmt: skip
+        if champion is None:  # first deployment: nothing to compare a canary with
+            timeline.add("promoting", 100, "no champion yet: promoted after smoke tests")
+        else:
+            if prod_url is None:
+                production = ServiceProcess(root, model_name, tracking_uri, settings.store_url,
+                                            admin_token=token,
+                                            log_path=logs_dir / "service.log").start()  # fmt: skip
+                prod_url = production.url
+                with store.locked():
+                    state = store.load()
+                    state.serving_url = prod_url
+                    store.save(state)
+            _canary_steps(prod_url, token, version, records, settings, store, timeline,
+                          production, sleep, steps)  # fmt: skip
+        rollout.advance(store, rollout.Phase.PROMOTING, detail="all checks passed")
+        deployments.promote(client, model_name, str(version), models_dir, logs_dir,
+                            reason=f"rollout passed ({run_id})",
+                            metrics={"steps": len(steps)})  # fmt: skip
+        if prod_url is not None:
+            reload_champion(prod_url, token)
+        rollout.finish(store, rollout.Phase.SUCCEEDED, f"v{version} promoted to champion")
+        timeline.add("succeeded", 100, f"v{version} is the champion")
+        return DeployOutcome("promoted", str(version), champion, None, timeline.events,
+                             smoke_result, steps)  # fmt: skip
+    except Exception as exc:  # every failure rolls back; the reason is what went wrong
+        reason = str(exc) if isinstance(exc, RolloutFailed) else f"{type(exc).__name__}: {exc}"
+        roll_back_rollout(client, model_name, store, logs_dir, models_dir, version, reason,
+                          prod_url, token)  # fmt: skip
+        timeline.add("rolled_back", 0, f"rolled back: {reason}")
+        return DeployOutcome("rolled_back", str(version), champion, reason, timeline.events,
+                             smoke_result, steps)  # fmt: skip
+    finally:
+        if production is not None:
+            production.stop()
+
+
+def roll_back_rollout(client: Any, model_name: str, store: rollout.RolloutStore, logs_dir: Path,
+                      models_dir: Path, version: str, reason: str, prod_url: str | None,
+                      token: str | None) -> None:  # fmt: skip
+    """Canary to 0% first (traffic), then aliases and records; production stays as it was."""
+    if prod_url:
+        try:
+            set_routing(prod_url, token, None, 0)
+        except Exception as exc:  # the lease drops the canary anyway; say so and go on
+            log.warning("could not set the canary weight to 0 on %s: %s", prod_url, exc)
+    deployments.abort_canary(client, model_name, logs_dir, reason, str(version), models_dir)
+    state = store.load()
+    if state is not None and not state.finished:
+        rollout.finish(store, rollout.Phase.ROLLED_BACK, reason)
+
+
+def _staging_and_smoke(root: Path, client: Any, model_name: str, tracking_uri: str, version: str,
+                       model: Any, holdout: pd.DataFrame, settings: DeploySettings,
+                       store: rollout.RolloutStore, timeline: Timeline, logs_dir: Path
+                       ) -> dict[str, Any]:  # fmt: skip
+    registry.set_alias(client, model_name, "staging", str(version))
+    staging_store = f"sqlite:///{(logs_dir / 'staging-predictions.db').as_posix()}"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        staging = ServiceProcess(root, model_name, tracking_uri, staging_store,
+                                 champion_alias="staging",
+                                 log_path=logs_dir / "staging.log").start()  # fmt: skip
+    except Exception as exc:
+        raise RolloutFailed(f"staging deploy failed: {exc}") from exc
+    try:
+        timeline.add("staging", 0, f"staging instance up at {staging.url}")
+        rollout.advance(store, rollout.Phase.SMOKE_TESTING, detail=staging.url)
+        known = known_rows(model, holdout, settings.smoke_rows)
+        result = run_smoke_tests(staging.url, str(version), known, settings.smoke_max_p95_ms)
+        rollout.record_step(store, {"kind": "smoke", **result.to_dict()})
+        timeline.add("smoke_testing", 0, "smoke tests " + ("passed" if result.passed else "failed"),
+                     checks={c.name: c.passed for c in result.checks})  # fmt: skip
+        if not result.passed:
+            raise RolloutFailed("smoke tests failed: " + "; ".join(result.failures))
+        return result.to_dict()
+    finally:
+        staging.stop()
+        try:
+            client.delete_registered_model_alias(model_name, "staging")
+        except Exception:  # already gone: nothing to undo
+            pass
+
+
+def _canary_steps(url: str, token: str, version: str, records: list[tuple[dict, float]],
+                  settings: DeploySettings, store: rollout.RolloutStore, timeline: Timeline,
+                  production: ServiceProcess | None, sleep: Callable[[float], None],
+                  results: list[dict[str, Any]]) -> None:  # fmt: skip
+    """Run every canary step; each step's summary is appended to `results` as it ends, so a
+    failed rollout still reports what its steps saw."""
+    from lib.prediction_store import PredictionStore
+
+    cfg = canary.AnalysisConfig(**settings.analysis)
+    predictions = PredictionStore(settings.store_url)
+    replayer = Replayer(url, records, rate=settings.replay_rate) if settings.replay else None
+    canary_started = time.time()
+    try:
+        if replayer is not None:
+            replayer.start()
+        for weight in settings.steps:
+            rollout.advance(store, rollout.Phase.CANARY, weight=weight,
+                            detail=f"canary weight {weight}%")  # fmt: skip
+            set_routing(url, token, version, weight, settings.lease_seconds)
+            timeline.add("canary", weight, f"canary at {weight}%")
+            analysis = _hold_step(url, token, version, weight, settings, cfg, predictions,
+                                  canary_started, production, replayer, sleep)  # fmt: skip
+            summary = {"kind": "canary", "weight": weight, **canary.summarize_step(analysis)}
+            results.append(summary)
+            rollout.record_step(store, summary)
+            timeline.add("canary", weight, f"step {weight}% {analysis.verdict}",
+                         checks={c.name: c.status for c in analysis.checks},
+                         samples=analysis.samples)  # fmt: skip
+            if analysis.verdict == "fail":
+                raise RolloutFailed(f"canary step {weight}% failed: {analysis.reason}")
+    finally:
+        if replayer is not None:
+            replayer.stop()
+        predictions.close()
+
+
+def _hold_step(url: str, token: str, version: str, weight: int, settings: DeploySettings,
+               cfg: canary.AnalysisConfig, predictions: Any, canary_started: float,
+               production: ServiceProcess | None, replayer: Replayer | None,
+               sleep: Callable[[float], None]) -> canary.Analysis:  # fmt: skip
+    """Hold one step for its window and until the analysis says pass or fail."""
+    step_started = time.time()
+    last_lease = time.monotonic()
+    last_check = time.monotonic()
+    deadline = settings.analysis_seconds + settings.max_wait_seconds
+    while True:
+        sleep(min(1.0, settings.check_every_seconds))
+        elapsed = time.time() - step_started
+        if production is not None and not production.alive():
+            raise RolloutFailed("the production service stopped answering during the canary")
+        if time.monotonic() - last_lease > settings.lease_seconds / 3:
+            set_routing(url, token, version, weight, settings.lease_seconds)
+            last_lease = time.monotonic()
+        window_end = elapsed >= settings.analysis_seconds
+        if not window_end and time.monotonic() - last_check < settings.check_every_seconds:
+            continue
+        last_check = time.monotonic()
+        analysis = canary.analyze(_window(predictions, step_started, canary_started, weight), cfg)
+        if analysis.verdict == "fail":
+            return analysis
+        if window_end and analysis.verdict == "pass":
+            return analysis
+        if elapsed >= deadline:
+            raise RolloutFailed(
+                f"canary step {weight}%: not enough evidence after {elapsed:.0f} s "
+                f"({analysis.reason}); rolled back rather than passed on no evidence"
+                + (f"; replayer errors: {replayer.stats.last_error}" if replayer and
+                   replayer.stats.errors else "")
+            )  # fmt: skip
+
+
+def _window(predictions: Any, step_started: float, canary_started: float, weight: int
+            ) -> pd.DataFrame:  # fmt: skip
+    """This step's canary rows against the champion's; at 100% the champion's come from the
+    earlier steps of this rollout (it gets no traffic any more)."""
+    predictions.flush(5.0) if hasattr(predictions, "flush") else None
+    canary_rows = predictions.window(step_started, variant="canary")
+    since = canary_started if weight >= 100 else step_started
+    champion_rows = predictions.window(since, variant="champion")
+    return pd.concat([champion_rows, canary_rows], ignore_index=True)
+
+
+def recover_interrupted(root: Path, client: Any, model_name: str, models_dir: Path,
+                        logs_dir: Path) -> str | None:  # fmt: skip
+    """Before anything else, finish a rollout whose runner died: roll it back (or finish a
+    promotion that was under way). Returns what was done, or None when nothing was pending."""
+    store = rollout.RolloutStore(models_dir / "rollout.json")
+    state = store.load()
+    if state is None or not rollout.interrupted(state):
+        return None
+    version = state.candidate_version
+    if state.phase == rollout.Phase.PROMOTING:
+        rollout.claim(store, os.getpid(), detail="recovering an interrupted promotion")
+        deployments.promote(client, model_name, version, models_dir, logs_dir,
+                            reason="promotion finished after an interrupted run")  # fmt: skip
+        if state.serving_url:
+            try:
+                reload_champion(state.serving_url, os.environ.get("SERVING_ADMIN_TOKEN"))
+            except Exception as exc:
+                log.warning("could not tell %s to reload: %s", state.serving_url, exc)
+        rollout.finish(store, rollout.Phase.SUCCEEDED, "promotion completed after interruption")
+        return f"finished the interrupted promotion of v{version}"
+    reason = (f"interrupted: the runner (pid {state.owner_pid}) died during {state.phase} "
+              f"at {state.weight}%")  # fmt: skip
+    rollout.claim(store, os.getpid(), detail="rolling back an interrupted rollout")
+    roll_back_rollout(client, model_name, store, logs_dir, models_dir, version, reason,
+                      state.serving_url, os.environ.get("SERVING_ADMIN_TOKEN"))  # fmt: skip
+    return f"rolled back the interrupted rollout of v{version} ({reason})"
+
+
+# ---------------------------------------------------------------- operator commands
+
+
+def park_for_approval(models_dir: Path, logs_dir: Path, model_name: str, version: str,
+                      champion: str | None, run_id: str, reason: str) -> rollout.RolloutState:  # fmt: skip
+    """A `manual` decision: the rollout waits in awaiting_approval for `runner.py approve`."""
+    store = rollout.RolloutStore(models_dir / "rollout.json")
+    state = rollout.begin(store, model_name, str(version), champion, run_id=run_id,
+                          approved=False, reason=reason)  # fmt: skip
+    deployments.log_transition(logs_dir, "awaiting_approval", version=version, reason=reason)
+    return state
+
+
+def awaiting_version(models_dir: Path) -> str | None:
+    state = rollout.RolloutStore(models_dir / "rollout.json").load()
+    if state is not None and state.phase == rollout.Phase.AWAITING_APPROVAL:
+        return state.candidate_version
+    return None
+
+
+def reject(models_dir: Path, logs_dir: Path, version: str, reason: str) -> rollout.RolloutState:
+    """Close a rollout that waits for approval; production is not touched."""
+    store = rollout.RolloutStore(models_dir / "rollout.json")
+    state = store.load()
+    if state is None or state.phase != rollout.Phase.AWAITING_APPROVAL:
+        raise rollout.RolloutError("no rollout is awaiting approval"
+                                   + (f" (current: {state.describe()})" if state else ""))  # fmt: skip
+    if state.candidate_version != str(version):
+        raise rollout.RolloutError(f"v{version} is not awaiting approval; "
+                                   f"v{state.candidate_version} is")  # fmt: skip
+    done = rollout.finish(store, rollout.Phase.REJECTED, reason)
+    deployments.log_transition(logs_dir, "rejected", version=version, reason=reason)
+    return done
+
+
+def service_url(configured: str | None, host: str, port: int) -> str:
+    return configured or f"http://{host}:{port}"
+
+
+def notify_service(url: str) -> str:
+    """Ask a running service to follow the champion alias; say what happened, never raise."""
+    try:
+        reload_champion(url, os.environ.get("SERVING_ADMIN_TOKEN"))
+        return f"service at {url} reloaded"
+    except Exception as exc:
+        return f"service at {url} not reloaded ({type(exc).__name__}: {str(exc)[:120]})"
+
+
+def manual_rollback(client: Any, model_name: str, models_dir: Path, logs_dir: Path, reason: str,
+                    url: str) -> dict[str, Any]:  # fmt: skip
+    """`runner.py rollback`: previous becomes champion in the registry, models/ and the service.
+
+    Raises deployments.NothingToRollBack, changing nothing, when there is no previous version.
+    """
+    record = deployments.rollback(client, model_name, models_dir, logs_dir, reason)
+    record["service"] = notify_service(url)
+    return record
+
+
+def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str, Any]:
+    """Champion, canary, weight and rollout state, from the registry, the files and the service."""
+    import httpx
+
+    aliases = {a: registry.alias_version(client, model_name, a)
+               for a in ("champion", "previous", "candidate", "canary", "staging")}  # fmt: skip
+    state = rollout.RolloutStore(models_dir / "rollout.json").load()
+    service: dict[str, Any] | str
+    try:
+        service = httpx.get(f"{url}/health", timeout=3).json()
+    except Exception as exc:
+        service = f"not reachable at {url} ({type(exc).__name__})"
+    return {
+        "model": model_name,
+        "aliases": aliases,
+        "production_copy": deployments.production_version(models_dir),
+        "rollout": None if state is None else {
+            "id": state.rollout_id, "phase": state.phase.value, "version": state.candidate_version,
+            "weight": state.weight, "reason": state.reason, "owner_pid": state.owner_pid,
+            "interrupted": rollout.interrupted(state),
+        },
+        "service": service,
+    }  # fmt: skip

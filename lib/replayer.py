@@ -1,0 +1,159 @@
+"""Traffic for analysis windows when there are no real users (locally, in CI).
+
+Held-out labeled apps (never trained on) are sent to the production service as real HTTP
+requests, each with its own request id, and their true rating is posted as feedback, so the
+canary analysis and the monitor judge real requests through the real routing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def holdout_apps(apps: pd.DataFrame, target_threshold: float, test_size: float, seed: int
+                 ) -> pd.DataFrame:  # fmt: skip
+    """Typed rows (lib.data columns) of the identity-stable holdout of lib.training: apps no
+    candidate was trained on, each with its true rating."""
+    from lib import training
+
+    data = training.labeled_data(apps, target_threshold)
+    _, test_idx = training.holdout_split(data.keys, data.y, test_size, seed)
+    keys = set(data.keys.iloc[test_idx])
+    unique = apps[apps["rating"].notna()].drop_duplicates("app_key", keep="last")
+    return unique[unique["app_key"].isin(keys)].reset_index(drop=True)
+
+
+def app_request(row: pd.Series) -> dict[str, Any]:
+    """A typed app (lib.data columns) as a /predict body in the snake_case schema."""
+
+    def num(value: Any) -> float | None:
+        return None if pd.isna(value) else float(value)
+
+    updated = row["last_updated"]
+    return {
+        "app": str(row["app"]),
+        "category": str(row["category"]),
+        "reviews": num(row["reviews"]),
+        "size_mb": num(row["size_mb"]),
+        "installs": num(row["installs"]),
+        "type": str(row["type"]),
+        "price": num(row["price"]),
+        "content_rating": str(row["content_rating"]),
+        "last_updated": None if pd.isna(updated) else pd.Timestamp(updated).date().isoformat(),
+    }
+
+
+@dataclass
+class ReplayStats:
+    sent: int = 0
+    ok: int = 0
+    errors: int = 0
+    feedback: int = 0
+    by_variant: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+
+
+class Replayer:
+    """Sends requests at `rate` per second in a background thread until stopped."""
+
+    def __init__(
+        self,
+        url: str,
+        records: list[tuple[dict[str, Any], float]],
+        rate: float = 20.0,
+        feedback: bool = True,
+        label_flip: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        if not records:
+            raise ValueError("the replayer needs at least one labeled record")
+        self.url = url.rstrip("/")
+        self.records = records
+        self.rate = rate
+        self.feedback = feedback
+        self.label_flip = label_flip  # tests: feedback that disagrees with reality
+        self.timeout = timeout
+        self.stats = ReplayStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Replayer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="replayer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> ReplayStats:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout + 5)
+            self._thread = None
+        return self.stats
+
+    def _loop(self) -> None:
+        import httpx
+
+        interval = 1.0 / self.rate if self.rate > 0 else 0.0
+        with httpx.Client(timeout=self.timeout) as client:
+            next_at = time.monotonic()
+            for body, rating in itertools.cycle(self.records):
+                if self._stop.is_set():
+                    return
+                self.send_one(client, body, rating)
+                next_at += interval
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                else:
+                    next_at = time.monotonic()
+
+    def send_one(self, client: Any, body: dict[str, Any], rating: float) -> None:
+        request_id = uuid.uuid4().hex
+        self.stats.sent += 1
+        try:
+            resp = client.post(f"{self.url}/predict", json=body,
+                               headers={"X-Request-ID": request_id})  # fmt: skip
+        except Exception as exc:  # service down or timing out: counted, the window goes on
+            self._error(f"{type(exc).__name__}: {exc}")
+            return
+        if resp.status_code != 200:
+            self._error(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            return
+        answer = resp.json()
+        with self._lock:
+            self.stats.ok += 1
+            variant = answer.get("variant", "?")
+            self.stats.by_variant[variant] = self.stats.by_variant.get(variant, 0) + 1
+        if self.feedback:
+            true_rating = (5.0 if rating <= 4.0 else 1.0) if self.label_flip else rating
+            try:
+                fb = client.post(f"{self.url}/feedback",
+                                 json={"request_id": answer.get("request_id", request_id),
+                                       "rating": true_rating})  # fmt: skip
+                if fb.status_code == 200:
+                    self.stats.feedback += 1
+            except Exception as exc:
+                self._error(f"feedback: {type(exc).__name__}: {exc}")
+
+    def _error(self, text: str) -> None:
+        with self._lock:
+            self.stats.errors += 1
+            self.stats.last_error = text
+        log.debug("replayer: %s", text)

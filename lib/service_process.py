@@ -1,0 +1,135 @@
+"""Start and stop model-service processes (production or staging) on loopback.
+
+The deploy stage starts the instances it needs and always stops them: a process group per
+instance, SIGTERM then SIGKILL, so no uvicorn is left behind by a failed stage or a test.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this child when the process that started it dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class ServiceError(RuntimeError):
+    """The service did not come up (with what it printed)."""
+
+
+class ServiceProcess:
+    """One `python -m lib.serving` process; a context manager that always stops it."""
+
+    def __init__(
+        self,
+        root: Path,
+        model_name: str,
+        tracking_uri: str,
+        store_url: str,
+        champion_alias: str = "champion",
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        admin_token: str | None = None,
+        log_path: Path | None = None,
+        extra_args: list[str] | None = None,
+        die_with_parent: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.host = host
+        self.port = port or free_port(host)
+        self.args = [
+            sys.executable, "-m", "lib.serving", "--host", host, "--port", str(self.port),
+            "--model-name", model_name, "--tracking-uri", tracking_uri, "--store-url", store_url,
+            "--champion-alias", champion_alias, "--log-level", "WARNING", *(extra_args or []),
+        ]  # fmt: skip
+        self.admin_token = admin_token
+        self.die_with_parent = die_with_parent  # an instance started for a stage ends with it
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> ServiceProcess:
+        env = dict(os.environ)
+        if self.admin_token:
+            env["SERVING_ADMIN_TOKEN"] = self.admin_token
+        out: Any = subprocess.DEVNULL
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.args, cwd=self.root, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent if self.die_with_parent else None,
+        )  # fmt: skip
+        self.wait_ready(timeout)
+        log.info("service up at %s (pid %d)", self.url, self.proc.pid)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServiceError(f"service exited with code {self.proc.returncode}"
+                                   f"{self._tail()}")  # fmt: skip
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code in (200, 503):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise ServiceError(f"service did not answer /health within {timeout:.0f} s{self._tail()}")
+
+    def _tail(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return ": " + self.log_path.read_text(errors="replace")[-800:].strip()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        self.proc = None
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

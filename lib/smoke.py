@@ -1,0 +1,156 @@
+"""Smoke tests of a service instance over HTTP, before it gets any production traffic.
+
+Flagger calls this the pre-rollout webhook: the staging instance must load the right model,
+give the labels the registered model gives offline on known rows, answer in the documented
+schema, refuse bad input with a 422, and answer fast enough.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RESPONSE_FIELDS = {
+    "request_id": str,
+    "label": int,
+    "probability": float,
+    "model_version": str,
+    "variant": str,
+}
+
+
+@dataclass
+class SmokeCheck:
+    name: str
+    passed: bool
+    message: str
+
+
+@dataclass
+class SmokeResult:
+    passed: bool
+    checks: list[SmokeCheck] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{c.name}: {c.message}" for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+
+
+def run_smoke_tests(
+    url: str,
+    expected_version: str,
+    known: list[tuple[dict[str, Any], int]],
+    max_p95_ms: float = 500.0,
+    latency_requests: int = 20,
+    timeout: float = 10.0,
+) -> SmokeResult:
+    """Run every check (a failing one does not hide the others) and say what each saw.
+
+    `known` holds request bodies with the label the registered model gives them offline.
+    """
+    import httpx
+
+    checks: list[SmokeCheck] = []
+    url = url.rstrip("/")
+    with httpx.Client(timeout=timeout) as client:
+        checks.append(_health(client, url, expected_version))
+        checks.append(_known_rows(client, url, expected_version, known))
+        checks.append(_schema(client, url, known[0][0]))
+        checks.append(_bad_input(client, url, known[0][0]))
+        checks.append(_latency(client, url, known, max_p95_ms, latency_requests))
+    result = SmokeResult(all(c.passed for c in checks), checks)
+    log.info("smoke tests on %s: %s", url, "passed" if result.passed else result.failures)
+    return result
+
+
+def _guard(name: str, func: Any) -> SmokeCheck:
+    try:
+        return func()
+    except Exception as exc:  # an unreachable or crashing service fails the check, with why
+        return SmokeCheck(name, False, f"{type(exc).__name__}: {exc}")
+
+
+def _health(client: Any, url: str, version: str) -> SmokeCheck:
+    def check() -> SmokeCheck:
+        resp = client.get(f"{url}/health")
+        body = resp.json()
+        served = str((body.get("champion") or {}).get("version"))
+        ok = resp.status_code == 200 and served == str(version)
+        return SmokeCheck("model_loaded", ok,
+                          f"/health {resp.status_code}, serving version {served} "
+                          f"(expected {version})")  # fmt: skip
+
+    return _guard("model_loaded", check)
+
+
+def _known_rows(client: Any, url: str, version: str, known: list[tuple[dict, int]]) -> SmokeCheck:
+    def check() -> SmokeCheck:
+        resp = client.post(f"{url}/predict", json={"instances": [body for body, _ in known]})
+        if resp.status_code != 200:
+            return SmokeCheck("known_rows", False, f"batch /predict gave HTTP {resp.status_code}: "
+                              f"{resp.text[:200]}")  # fmt: skip
+        preds = resp.json()["predictions"]
+        got = [int(p["label"]) for p in preds]
+        want = [label for _, label in known]
+        wrong = sum(g != w for g, w in zip(got, want, strict=True))
+        versions = {str(p["model_version"]) for p in preds}
+        ok = wrong == 0 and versions == {str(version)}
+        return SmokeCheck("known_rows", ok,
+                          f"{len(want) - wrong}/{len(want)} known rows gave the offline label; "
+                          f"versions answering: {sorted(versions)}")  # fmt: skip
+
+    return _guard("known_rows", check)
+
+
+def _schema(client: Any, url: str, body: dict[str, Any]) -> SmokeCheck:
+    def check() -> SmokeCheck:
+        answer = client.post(f"{url}/predict", json=body).json()
+        problems = [
+            f"{name} missing" if name not in answer else f"{name} is {type(answer[name]).__name__}"
+            for name, kind in RESPONSE_FIELDS.items()
+            if name not in answer or not isinstance(answer[name], kind)
+        ]
+        if "probability" in answer and not 0.0 <= float(answer["probability"]) <= 1.0:
+            problems.append(f"probability {answer['probability']} outside 0..1")
+        return SmokeCheck("response_schema", not problems, "; ".join(problems) or "as documented")
+
+    return _guard("response_schema", check)
+
+
+def _bad_input(client: Any, url: str, body: dict[str, Any]) -> SmokeCheck:
+    def check() -> SmokeCheck:
+        bad = dict(body)
+        key = "installs" if "installs" in bad else "Installs"
+        bad[key] = "lots"
+        resp = client.post(f"{url}/predict", json=bad)
+        ok = resp.status_code == 422 and "nstalls" in resp.text
+        return SmokeCheck("bad_input_422", ok,
+                          f"Installs='lots' gave HTTP {resp.status_code}: {resp.text[:160]}")  # fmt: skip
+
+    return _guard("bad_input_422", check)
+
+
+def _latency(client: Any, url: str, known: list[tuple[dict, int]], bound: float, n: int
+             ) -> SmokeCheck:  # fmt: skip
+    def check() -> SmokeCheck:
+        times = []
+        for i in range(n):
+            started = time.perf_counter()
+            resp = client.post(f"{url}/predict", json=known[i % len(known)][0])
+            times.append((time.perf_counter() - started) * 1000)
+            if resp.status_code != 200:
+                return SmokeCheck("latency", False, f"request {i} gave HTTP {resp.status_code}")
+        p95 = float(np.percentile(times, 95))
+        return SmokeCheck("latency", p95 <= bound,
+                          f"p95 {p95:.1f} ms over {n} single-row requests (bound {bound:.0f} ms)")  # fmt: skip
+
+    return _guard("latency", check)
