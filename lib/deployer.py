@@ -70,8 +70,13 @@ def admin_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def set_routing(url: str, token: str | None, version: str | None, weight: float,
-                lease_seconds: float | None = None) -> dict[str, Any]:  # fmt: skip
+def set_routing(
+    url: str,
+    token: str | None,
+    version: str | None,
+    weight: float,
+    lease_seconds: float | None = None,
+) -> dict[str, Any]:
     """Move traffic on the production service (admin endpoint)."""
     import httpx
 
@@ -100,11 +105,16 @@ class Timeline:
         self.events: list[dict[str, Any]] = []
 
     def add(self, phase: str, weight: float, event: str, **details: Any) -> None:
-        self.events.append({
-            "t": round(time.monotonic() - self.started, 2),
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "phase": phase, "weight": weight, "event": event, **details,
-        })  # fmt: skip
+        self.events.append(
+            {
+                "t": round(time.monotonic() - self.started, 2),
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "phase": phase,
+                "weight": weight,
+                "event": event,
+                **details,
+            }
+        )
         log.info("rollout %s @%s%%: %s", phase, weight, event)
 
 
@@ -112,8 +122,10 @@ def known_rows(model: Any, holdout: pd.DataFrame, n: int) -> list[tuple[dict[str
     """Request bodies with the label the registered model gives them offline."""
     sample = holdout.head(n)
     labels = model.predict(features.model_inputs(sample))
-    return [(app_request(row), int(label)) for (_, row), label in zip(sample.iterrows(), labels,
-                                                                       strict=True)]  # fmt: skip
+    return [
+        (app_request(row), int(label))
+        for (_, row), label in zip(sample.iterrows(), labels, strict=True)
+    ]
 
 
 def deploy(
@@ -133,16 +145,29 @@ def deploy(
     store = rollout.RolloutStore(models_dir / "rollout.json")
     champion = registry.alias_version(client, model_name, "champion")
     state = store.load()
-    if state is not None and state.phase == rollout.Phase.AWAITING_APPROVAL and \
-            state.candidate_version == str(version):  # fmt: skip
+    if (
+        state is not None
+        and state.phase == rollout.Phase.AWAITING_APPROVAL
+        and state.candidate_version == str(version)
+    ):
         rollout.approve(store, detail=f"approved, resumed by run {run_id}")
     else:
-        rollout.begin(store, model_name, str(version), champion, settings.steps, run_id,
-                      settings.serving_url, approved=True, owner_pid=os.getpid())  # fmt: skip
+        rollout.begin(
+            store,
+            model_name,
+            str(version),
+            champion,
+            settings.steps,
+            run_id,
+            settings.serving_url,
+            approved=True,
+            owner_pid=os.getpid(),
+        )
     timeline = Timeline()
     timeline.add("staging", 0, f"rollout of v{version} started (champion: v{champion})")
-    deployments.log_transition(logs_dir, "rollout_started", version=version, champion=champion,
-                               run_id=run_id)  # fmt: skip
+    deployments.log_transition(
+        logs_dir, "rollout_started", version=version, champion=champion, run_id=run_id
+    )
     records = [(app_request(r), float(r["rating"])) for _, r in holdout.iterrows()]
     model = registry.load_version(model_name, str(version))
     token = os.environ.get("SERVING_ADMIN_TOKEN") if settings.serving_url else None
@@ -152,47 +177,90 @@ def deploy(
     smoke_result: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = []
     try:
-        smoke_result = _staging_and_smoke(root, client, model_name, tracking_uri, version, model,
-                                          holdout, settings, store, timeline, logs_dir)  # fmt: skip
+        smoke_result = _staging_and_smoke(
+            root,
+            client,
+            model_name,
+            tracking_uri,
+            version,
+            model,
+            holdout,
+            settings,
+            store,
+            timeline,
+            logs_dir,
+        )
         if champion is None:  # first deployment: nothing to compare a canary with
             timeline.add("promoting", 100, "no champion yet: promoted after smoke tests")
         else:
             if prod_url is None:
-                production = ServiceProcess(root, model_name, tracking_uri, settings.store_url,
-                                            admin_token=token,
-                                            log_path=logs_dir / "service.log").start()  # fmt: skip
+                production = ServiceProcess(
+                    root,
+                    model_name,
+                    tracking_uri,
+                    settings.store_url,
+                    admin_token=token,
+                    log_path=logs_dir / "service.log",
+                ).start()
                 prod_url = production.url
                 with store.locked():
                     state = store.load()
                     state.serving_url = prod_url
                     store.save(state)
-            _canary_steps(prod_url, token, version, records, settings, store, timeline,
-                          production, sleep, steps)  # fmt: skip
+            _canary_steps(
+                prod_url,
+                token,
+                version,
+                records,
+                settings,
+                store,
+                timeline,
+                production,
+                sleep,
+                steps,
+            )
         rollout.advance(store, rollout.Phase.PROMOTING, detail="all checks passed")
-        deployments.promote(client, model_name, str(version), models_dir, logs_dir,
-                            reason=f"rollout passed ({run_id})",
-                            metrics={"steps": len(steps)})  # fmt: skip
+        deployments.promote(
+            client,
+            model_name,
+            str(version),
+            models_dir,
+            logs_dir,
+            reason=f"rollout passed ({run_id})",
+            metrics={"steps": len(steps)},
+        )
         if prod_url is not None:
             reload_champion(prod_url, token)
         rollout.finish(store, rollout.Phase.SUCCEEDED, f"v{version} promoted to champion")
         timeline.add("succeeded", 100, f"v{version} is the champion")
-        return DeployOutcome("promoted", str(version), champion, None, timeline.events,
-                             smoke_result, steps)  # fmt: skip
+        return DeployOutcome(
+            "promoted", str(version), champion, None, timeline.events, smoke_result, steps
+        )
     except Exception as exc:  # every failure rolls back; the reason is what went wrong
         reason = str(exc) if isinstance(exc, RolloutFailed) else f"{type(exc).__name__}: {exc}"
-        roll_back_rollout(client, model_name, store, logs_dir, models_dir, version, reason,
-                          prod_url, token)  # fmt: skip
+        roll_back_rollout(
+            client, model_name, store, logs_dir, models_dir, version, reason, prod_url, token
+        )
         timeline.add("rolled_back", 0, f"rolled back: {reason}")
-        return DeployOutcome("rolled_back", str(version), champion, reason, timeline.events,
-                             smoke_result, steps)  # fmt: skip
+        return DeployOutcome(
+            "rolled_back", str(version), champion, reason, timeline.events, smoke_result, steps
+        )
     finally:
         if production is not None:
             production.stop()
 
 
-def roll_back_rollout(client: Any, model_name: str, store: rollout.RolloutStore, logs_dir: Path,
-                      models_dir: Path, version: str, reason: str, prod_url: str | None,
-                      token: str | None) -> None:  # fmt: skip
+def roll_back_rollout(
+    client: Any,
+    model_name: str,
+    store: rollout.RolloutStore,
+    logs_dir: Path,
+    models_dir: Path,
+    version: str,
+    reason: str,
+    prod_url: str | None,
+    token: str | None,
+) -> None:
     """Canary to 0% first (traffic), then aliases and records; production stays as it was."""
     if prod_url:
         try:
@@ -205,17 +273,31 @@ def roll_back_rollout(client: Any, model_name: str, store: rollout.RolloutStore,
         rollout.finish(store, rollout.Phase.ROLLED_BACK, reason)
 
 
-def _staging_and_smoke(root: Path, client: Any, model_name: str, tracking_uri: str, version: str,
-                       model: Any, holdout: pd.DataFrame, settings: DeploySettings,
-                       store: rollout.RolloutStore, timeline: Timeline, logs_dir: Path
-                       ) -> dict[str, Any]:  # fmt: skip
+def _staging_and_smoke(
+    root: Path,
+    client: Any,
+    model_name: str,
+    tracking_uri: str,
+    version: str,
+    model: Any,
+    holdout: pd.DataFrame,
+    settings: DeploySettings,
+    store: rollout.RolloutStore,
+    timeline: Timeline,
+    logs_dir: Path,
+) -> dict[str, Any]:
     registry.set_alias(client, model_name, "staging", str(version))
     staging_store = f"sqlite:///{(logs_dir / 'staging-predictions.db').as_posix()}"
     logs_dir.mkdir(parents=True, exist_ok=True)
     try:
-        staging = ServiceProcess(root, model_name, tracking_uri, staging_store,
-                                 champion_alias="staging",
-                                 log_path=logs_dir / "staging.log").start()  # fmt: skip
+        staging = ServiceProcess(
+            root,
+            model_name,
+            tracking_uri,
+            staging_store,
+            champion_alias="staging",
+            log_path=logs_dir / "staging.log",
+        ).start()
     except Exception as exc:
         raise RolloutFailed(f"staging deploy failed: {exc}") from exc
     try:
@@ -224,8 +306,12 @@ def _staging_and_smoke(root: Path, client: Any, model_name: str, tracking_uri: s
         known = known_rows(model, holdout, settings.smoke_rows)
         result = run_smoke_tests(staging.url, str(version), known, settings.smoke_max_p95_ms)
         rollout.record_step(store, {"kind": "smoke", **result.to_dict()})
-        timeline.add("smoke_testing", 0, "smoke tests " + ("passed" if result.passed else "failed"),
-                     checks={c.name: c.passed for c in result.checks})  # fmt: skip
+        timeline.add(
+            "smoke_testing",
+            0,
+            "smoke tests " + ("passed" if result.passed else "failed"),
+            checks={c.name: c.passed for c in result.checks},
+        )
         if not result.passed:
             raise RolloutFailed("smoke tests failed: " + "; ".join(result.failures))
         return result.to_dict()
@@ -237,10 +323,18 @@ def _staging_and_smoke(root: Path, client: Any, model_name: str, tracking_uri: s
             pass
 
 
-def _canary_steps(url: str, token: str, version: str, records: list[tuple[dict, float]],
-                  settings: DeploySettings, store: rollout.RolloutStore, timeline: Timeline,
-                  production: ServiceProcess | None, sleep: Callable[[float], None],
-                  results: list[dict[str, Any]]) -> None:  # fmt: skip
+def _canary_steps(
+    url: str,
+    token: str,
+    version: str,
+    records: list[tuple[dict, float]],
+    settings: DeploySettings,
+    store: rollout.RolloutStore,
+    timeline: Timeline,
+    production: ServiceProcess | None,
+    sleep: Callable[[float], None],
+    results: list[dict[str, Any]],
+) -> None:
     """Run every canary step; each step's summary is appended to `results` as it ends, so a
     failed rollout still reports what its steps saw."""
     from lib.prediction_store import PredictionStore
@@ -253,18 +347,34 @@ def _canary_steps(url: str, token: str, version: str, records: list[tuple[dict, 
         if replayer is not None:
             replayer.start()
         for weight in settings.steps:
-            rollout.advance(store, rollout.Phase.CANARY, weight=weight,
-                            detail=f"canary weight {weight}%")  # fmt: skip
+            rollout.advance(
+                store, rollout.Phase.CANARY, weight=weight, detail=f"canary weight {weight}%"
+            )
             set_routing(url, token, version, weight, settings.lease_seconds)
             timeline.add("canary", weight, f"canary at {weight}%")
-            analysis = _hold_step(url, token, version, weight, settings, cfg, predictions,
-                                  canary_started, production, replayer, sleep)  # fmt: skip
+            analysis = _hold_step(
+                url,
+                token,
+                version,
+                weight,
+                settings,
+                cfg,
+                predictions,
+                canary_started,
+                production,
+                replayer,
+                sleep,
+            )
             summary = {"kind": "canary", "weight": weight, **canary.summarize_step(analysis)}
             results.append(summary)
             rollout.record_step(store, summary)
-            timeline.add("canary", weight, f"step {weight}% {analysis.verdict}",
-                         checks={c.name: c.status for c in analysis.checks},
-                         samples=analysis.samples)  # fmt: skip
+            timeline.add(
+                "canary",
+                weight,
+                f"step {weight}% {analysis.verdict}",
+                checks={c.name: c.status for c in analysis.checks},
+                samples=analysis.samples,
+            )
             if analysis.verdict == "fail":
                 raise RolloutFailed(f"canary step {weight}% failed: {analysis.reason}")
     finally:
@@ -273,10 +383,19 @@ def _canary_steps(url: str, token: str, version: str, records: list[tuple[dict, 
         predictions.close()
 
 
-def _hold_step(url: str, token: str, version: str, weight: int, settings: DeploySettings,
-               cfg: canary.AnalysisConfig, predictions: Any, canary_started: float,
-               production: ServiceProcess | None, replayer: Replayer | None,
-               sleep: Callable[[float], None]) -> canary.Analysis:  # fmt: skip
+def _hold_step(
+    url: str,
+    token: str,
+    version: str,
+    weight: int,
+    settings: DeploySettings,
+    cfg: canary.AnalysisConfig,
+    predictions: Any,
+    canary_started: float,
+    production: ServiceProcess | None,
+    replayer: Replayer | None,
+    sleep: Callable[[float], None],
+) -> canary.Analysis:
     """Hold one step for its window and until the analysis says pass or fail."""
     step_started = time.time()
     last_lease = time.monotonic()
@@ -303,13 +422,17 @@ def _hold_step(url: str, token: str, version: str, weight: int, settings: Deploy
             raise RolloutFailed(
                 f"canary step {weight}%: not enough evidence after {elapsed:.0f} s "
                 f"({analysis.reason}); rolled back rather than passed on no evidence"
-                + (f"; replayer errors: {replayer.stats.last_error}" if replayer and
-                   replayer.stats.errors else "")
-            )  # fmt: skip
+                + (
+                    f"; replayer errors: {replayer.stats.last_error}"
+                    if replayer and replayer.stats.errors
+                    else ""
+                )
+            )
 
 
-def _window(predictions: Any, step_started: float, canary_started: float, weight: int
-            ) -> pd.DataFrame:  # fmt: skip
+def _window(
+    predictions: Any, step_started: float, canary_started: float, weight: int
+) -> pd.DataFrame:
     """This step's canary rows against the champion's; at 100% the champion's come from the
     earlier steps of this rollout (it gets no traffic any more)."""
     predictions.flush(5.0) if hasattr(predictions, "flush") else None
@@ -319,8 +442,9 @@ def _window(predictions: Any, step_started: float, canary_started: float, weight
     return pd.concat([champion_rows, canary_rows], ignore_index=True)
 
 
-def recover_interrupted(root: Path, client: Any, model_name: str, models_dir: Path,
-                        logs_dir: Path) -> str | None:  # fmt: skip
+def recover_interrupted(
+    root: Path, client: Any, model_name: str, models_dir: Path, logs_dir: Path
+) -> str | None:
     """Before anything else, finish a rollout whose runner died: roll it back (or finish a
     promotion that was under way). Returns what was done, or None when nothing was pending."""
     store = rollout.RolloutStore(models_dir / "rollout.json")
@@ -330,8 +454,14 @@ def recover_interrupted(root: Path, client: Any, model_name: str, models_dir: Pa
     version = state.candidate_version
     if state.phase == rollout.Phase.PROMOTING:
         rollout.claim(store, os.getpid(), detail="recovering an interrupted promotion")
-        deployments.promote(client, model_name, version, models_dir, logs_dir,
-                            reason="promotion finished after an interrupted run")  # fmt: skip
+        deployments.promote(
+            client,
+            model_name,
+            version,
+            models_dir,
+            logs_dir,
+            reason="promotion finished after an interrupted run",
+        )
         if state.serving_url:
             try:
                 reload_champion(state.serving_url, os.environ.get("SERVING_ADMIN_TOKEN"))
@@ -339,23 +469,42 @@ def recover_interrupted(root: Path, client: Any, model_name: str, models_dir: Pa
                 log.warning("could not tell %s to reload: %s", state.serving_url, exc)
         rollout.finish(store, rollout.Phase.SUCCEEDED, "promotion completed after interruption")
         return f"finished the interrupted promotion of v{version}"
-    reason = (f"interrupted: the runner (pid {state.owner_pid}) died during {state.phase} "
-              f"at {state.weight}%")  # fmt: skip
+    reason = (
+        f"interrupted: the runner (pid {state.owner_pid}) died during {state.phase} "
+        f"at {state.weight}%"
+    )
     rollout.claim(store, os.getpid(), detail="rolling back an interrupted rollout")
-    roll_back_rollout(client, model_name, store, logs_dir, models_dir, version, reason,
-                      state.serving_url, os.environ.get("SERVING_ADMIN_TOKEN"))  # fmt: skip
+    roll_back_rollout(
+        client,
+        model_name,
+        store,
+        logs_dir,
+        models_dir,
+        version,
+        reason,
+        state.serving_url,
+        os.environ.get("SERVING_ADMIN_TOKEN"),
+    )
     return f"rolled back the interrupted rollout of v{version} ({reason})"
 
 
 # ---------------------------------------------------------------- operator commands
 
 
-def park_for_approval(models_dir: Path, logs_dir: Path, model_name: str, version: str,
-                      champion: str | None, run_id: str, reason: str) -> rollout.RolloutState:  # fmt: skip
+def park_for_approval(
+    models_dir: Path,
+    logs_dir: Path,
+    model_name: str,
+    version: str,
+    champion: str | None,
+    run_id: str,
+    reason: str,
+) -> rollout.RolloutState:
     """A `manual` decision: the rollout waits in awaiting_approval for `runner.py approve`."""
     store = rollout.RolloutStore(models_dir / "rollout.json")
-    state = rollout.begin(store, model_name, str(version), champion, run_id=run_id,
-                          approved=False, reason=reason)  # fmt: skip
+    state = rollout.begin(
+        store, model_name, str(version), champion, run_id=run_id, approved=False, reason=reason
+    )
     deployments.log_transition(logs_dir, "awaiting_approval", version=version, reason=reason)
     return state
 
@@ -372,11 +521,13 @@ def reject(models_dir: Path, logs_dir: Path, version: str, reason: str) -> rollo
     store = rollout.RolloutStore(models_dir / "rollout.json")
     state = store.load()
     if state is None or state.phase != rollout.Phase.AWAITING_APPROVAL:
-        raise rollout.RolloutError("no rollout is awaiting approval"
-                                   + (f" (current: {state.describe()})" if state else ""))  # fmt: skip
+        raise rollout.RolloutError(
+            "no rollout is awaiting approval" + (f" (current: {state.describe()})" if state else "")
+        )
     if state.candidate_version != str(version):
-        raise rollout.RolloutError(f"v{version} is not awaiting approval; "
-                                   f"v{state.candidate_version} is")  # fmt: skip
+        raise rollout.RolloutError(
+            f"v{version} is not awaiting approval; v{state.candidate_version} is"
+        )
     done = rollout.finish(store, rollout.Phase.REJECTED, reason)
     deployments.log_transition(logs_dir, "rejected", version=version, reason=reason)
     return done
@@ -395,8 +546,9 @@ def notify_service(url: str) -> str:
         return f"service at {url} not reloaded ({type(exc).__name__}: {str(exc)[:120]})"
 
 
-def manual_rollback(client: Any, model_name: str, models_dir: Path, logs_dir: Path, reason: str,
-                    url: str) -> dict[str, Any]:  # fmt: skip
+def manual_rollback(
+    client: Any, model_name: str, models_dir: Path, logs_dir: Path, reason: str, url: str
+) -> dict[str, Any]:
     """`runner.py rollback`: previous becomes champion in the registry, models/ and the service.
 
     Raises deployments.NothingToRollBack, changing nothing, when there is no previous version.
@@ -410,8 +562,10 @@ def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str
     """Champion, canary, weight and rollout state, from the registry, the files and the service."""
     import httpx
 
-    aliases = {a: registry.alias_version(client, model_name, a)
-               for a in ("champion", "previous", "candidate", "canary", "staging")}  # fmt: skip
+    aliases = {
+        a: registry.alias_version(client, model_name, a)
+        for a in ("champion", "previous", "candidate", "canary", "staging")
+    }
     state = rollout.RolloutStore(models_dir / "rollout.json").load()
     service: dict[str, Any] | str
     try:
@@ -422,10 +576,16 @@ def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str
         "model": model_name,
         "aliases": aliases,
         "production_copy": deployments.production_version(models_dir),
-        "rollout": None if state is None else {
-            "id": state.rollout_id, "phase": state.phase.value, "version": state.candidate_version,
-            "weight": state.weight, "reason": state.reason, "owner_pid": state.owner_pid,
+        "rollout": None
+        if state is None
+        else {
+            "id": state.rollout_id,
+            "phase": state.phase.value,
+            "version": state.candidate_version,
+            "weight": state.weight,
+            "reason": state.reason,
+            "owner_pid": state.owner_pid,
             "interrupted": rollout.interrupted(state),
         },
         "service": service,
-    }  # fmt: skip
+    }

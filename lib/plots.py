@@ -16,11 +16,18 @@ def class_balance(y: pd.Series, target_threshold: float) -> Figure:
     """How many apps are above the threshold: why accuracy alone says little here."""
     counts = pd.Series(np.asarray(y)).value_counts().reindex([0, 1], fill_value=0)
     fig, ax = plt.subplots(figsize=(5, 3))
-    bars = ax.bar([f"≤ {target_threshold}", f"> {target_threshold}"], counts.values,
-                  color=["#c44e52", "#4c72b0"])  # fmt: skip
+    bars = ax.bar(
+        [f"≤ {target_threshold}", f"> {target_threshold}"],
+        counts.values,
+        color=["#c44e52", "#4c72b0"],
+    )
     for bar, n in zip(bars, counts.values, strict=True):
-        ax.annotate(f"{n} ({n / max(counts.sum(), 1):.1%})", (bar.get_x() + bar.get_width() / 2, n),
-                    ha="center", va="bottom")  # fmt: skip
+        ax.annotate(
+            f"{n} ({n / max(counts.sum(), 1):.1%})",
+            (bar.get_x() + bar.get_width() / 2, n),
+            ha="center",
+            va="bottom",
+        )
     ax.set_ylabel("apps")
     ax.set_title("Class balance (rated apps)")
     fig.tight_layout()
@@ -49,8 +56,9 @@ def confusion(y_true: Sequence[int], proba: Sequence[float], title: str) -> Figu
     fig, ax = plt.subplots(figsize=(4, 3.5))
     ax.imshow(cm, cmap="Blues")
     for (i, j), n in np.ndenumerate(cm):
-        ax.text(j, i, str(n), ha="center", va="center",
-                color="white" if n > cm.max() / 2 else "black")  # fmt: skip
+        ax.text(
+            j, i, str(n), ha="center", va="center", color="white" if n > cm.max() / 2 else "black"
+        )
     ax.set_xticks([0, 1], ["≤ 4.0", "> 4.0"])
     ax.set_yticks([0, 1], ["≤ 4.0", "> 4.0"])
     ax.set_xlabel("predicted")
@@ -78,8 +86,10 @@ def comparison(table: pd.DataFrame, metric: str) -> Figure:
     width = 0.8 / len(table.columns)
     for i, col in enumerate(table.columns):
         ax.bar(x + i * width, table[col].astype(float).values, width, label=col)
-    ax.set_xticks(x + width * (len(table.columns) - 1) / 2,
-                  [f"[{m}]" if m == metric else m for m in table.index])  # fmt: skip
+    ax.set_xticks(
+        x + width * (len(table.columns) - 1) / 2,
+        [f"[{m}]" if m == metric else m for m in table.index],
+    )
     ax.set_title(f"Same holdout rows (selection metric: {metric})")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -92,8 +102,12 @@ def score_table(rows: list[dict[str, Any]], total: int, verdict: str) -> Figure:
     ax.axis("off")
     cells = [[r["criterion"], f"{r['observed']:.4f}", r["rule"], f"{r['points']:+d}"] for r in rows]
     cells.append(["total", "", f"verdict: {verdict}", f"{total:d}"])
-    tbl = ax.table(cellText=cells, colLabels=["criterion", "observed", "rule", "points"],
-                   loc="center", cellLoc="left")  # fmt: skip
+    tbl = ax.table(
+        cellText=cells,
+        colLabels=["criterion", "observed", "rule", "points"],
+        loc="center",
+        cellLoc="left",
+    )
     tbl.scale(1, 1.4)
     fig.tight_layout()
     return fig
@@ -112,11 +126,18 @@ def rollout_timeline(events: list[dict[str, Any]]) -> Figure:
     for e in events:
         verdict = next((v for v in colors if e["event"].endswith(v)), None)
         if verdict or e["phase"] in ("rolled_back", "succeeded", "smoke_testing"):
-            color = colors.get(verdict or "", "#c44e52" if e["phase"] == "rolled_back" else
-                               "#55a868")  # fmt: skip
+            color = colors.get(
+                verdict or "", "#c44e52" if e["phase"] == "rolled_back" else "#55a868"
+            )
             ax.scatter([e["t"]], [e["weight"]], color=color, zorder=3)
-            ax.annotate(e["event"][:40], (e["t"], e["weight"]), fontsize=7,
-                        xytext=(3, 6), textcoords="offset points", rotation=20)  # fmt: skip
+            ax.annotate(
+                e["event"][:40],
+                (e["t"], e["weight"]),
+                fontsize=7,
+                xytext=(3, 6),
+                textcoords="offset points",
+                rotation=20,
+            )
     ax.set_ylim(-5, 115)
     ax.set_xlabel("seconds since the rollout started")
     ax.set_ylabel("canary traffic %")

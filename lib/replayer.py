@@ -20,8 +20,9 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 
-def holdout_apps(apps: pd.DataFrame, target_threshold: float, test_size: float, seed: int
-                 ) -> pd.DataFrame:  # fmt: skip
+def holdout_apps(
+    apps: pd.DataFrame, target_threshold: float, test_size: float, seed: int
+) -> pd.DataFrame:
     """Typed rows (lib.data columns) of the identity-stable holdout of lib.training: apps no
     candidate was trained on, each with its true rating."""
     from lib import training
@@ -128,8 +129,9 @@ class Replayer:
         request_id = uuid.uuid4().hex
         self.stats.sent += 1
         try:
-            resp = client.post(f"{self.url}/predict", json=body,
-                               headers={"X-Request-ID": request_id})  # fmt: skip
+            resp = client.post(
+                f"{self.url}/predict", json=body, headers={"X-Request-ID": request_id}
+            )
         except Exception as exc:  # service down or timing out: counted, the window goes on
             self._error(f"{type(exc).__name__}: {exc}")
             return
@@ -144,9 +146,13 @@ class Replayer:
         if self.feedback:
             true_rating = (5.0 if rating <= 4.0 else 1.0) if self.label_flip else rating
             try:
-                fb = client.post(f"{self.url}/feedback",
-                                 json={"request_id": answer.get("request_id", request_id),
-                                       "rating": true_rating})  # fmt: skip
+                fb = client.post(
+                    f"{self.url}/feedback",
+                    json={
+                        "request_id": answer.get("request_id", request_id),
+                        "rating": true_rating,
+                    },
+                )
                 if fb.status_code == 200:
                     self.stats.feedback += 1
             except Exception as exc:

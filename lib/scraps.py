@@ -40,5 +40,6 @@ def read(notebook: str | Path) -> dict[str, Any]:
     import scrapbook as sb
 
     data = sb.read_notebook(str(notebook)).scraps.data_dict
-    return {k: v["value"] if isinstance(v, dict) and set(v) == {"value"} else v
-            for k, v in data.items()}  # fmt: skip
+    return {
+        k: v["value"] if isinstance(v, dict) and set(v) == {"value"} else v for k, v in data.items()
+    }

@@ -60,10 +60,25 @@ class ServiceProcess:
         self.host = host
         self.port = port or free_port(host)
         self.args = [
-            sys.executable, "-m", "lib.serving", "--host", host, "--port", str(self.port),
-            "--model-name", model_name, "--tracking-uri", tracking_uri, "--store-url", store_url,
-            "--champion-alias", champion_alias, "--log-level", "WARNING", *(extra_args or []),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "lib.serving",
+            "--host",
+            host,
+            "--port",
+            str(self.port),
+            "--model-name",
+            model_name,
+            "--tracking-uri",
+            tracking_uri,
+            "--store-url",
+            store_url,
+            "--champion-alias",
+            champion_alias,
+            "--log-level",
+            "WARNING",
+            *(extra_args or []),
+        ]
         self.admin_token = admin_token
         self.die_with_parent = die_with_parent  # an instance started for a stage ends with it
         self.log_path = log_path
@@ -82,9 +97,14 @@ class ServiceProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             out = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.args, cwd=self.root, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent if self.die_with_parent else None,
-        )  # fmt: skip
+            self.args,
+            cwd=self.root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
+        )
         self.wait_ready(timeout)
         log.info("service up at %s (pid %d)", self.url, self.proc.pid)
         return self
@@ -95,8 +115,7 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise ServiceError(f"service exited with code {self.proc.returncode}"
-                                   f"{self._tail()}")  # fmt: skip
+                raise ServiceError(f"service exited with code {self.proc.returncode}{self._tail()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code in (200, 503):
                     return

@@ -85,9 +85,11 @@ def _health(client: Any, url: str, version: str) -> SmokeCheck:
         body = resp.json()
         served = str((body.get("champion") or {}).get("version"))
         ok = resp.status_code == 200 and served == str(version)
-        return SmokeCheck("model_loaded", ok,
-                          f"/health {resp.status_code}, serving version {served} "
-                          f"(expected {version})")  # fmt: skip
+        return SmokeCheck(
+            "model_loaded",
+            ok,
+            f"/health {resp.status_code}, serving version {served} (expected {version})",
+        )
 
     return _guard("model_loaded", check)
 
@@ -96,17 +98,23 @@ def _known_rows(client: Any, url: str, version: str, known: list[tuple[dict, int
     def check() -> SmokeCheck:
         resp = client.post(f"{url}/predict", json={"instances": [body for body, _ in known]})
         if resp.status_code != 200:
-            return SmokeCheck("known_rows", False, f"batch /predict gave HTTP {resp.status_code}: "
-                              f"{resp.text[:200]}")  # fmt: skip
+            return SmokeCheck(
+                "known_rows",
+                False,
+                f"batch /predict gave HTTP {resp.status_code}: {resp.text[:200]}",
+            )
         preds = resp.json()["predictions"]
         got = [int(p["label"]) for p in preds]
         want = [label for _, label in known]
         wrong = sum(g != w for g, w in zip(got, want, strict=True))
         versions = {str(p["model_version"]) for p in preds}
         ok = wrong == 0 and versions == {str(version)}
-        return SmokeCheck("known_rows", ok,
-                          f"{len(want) - wrong}/{len(want)} known rows gave the offline label; "
-                          f"versions answering: {sorted(versions)}")  # fmt: skip
+        return SmokeCheck(
+            "known_rows",
+            ok,
+            f"{len(want) - wrong}/{len(want)} known rows gave the offline label; "
+            f"versions answering: {sorted(versions)}",
+        )
 
     return _guard("known_rows", check)
 
@@ -133,14 +141,16 @@ def _bad_input(client: Any, url: str, body: dict[str, Any]) -> SmokeCheck:
         bad[key] = "lots"
         resp = client.post(f"{url}/predict", json=bad)
         ok = resp.status_code == 422 and "nstalls" in resp.text
-        return SmokeCheck("bad_input_422", ok,
-                          f"Installs='lots' gave HTTP {resp.status_code}: {resp.text[:160]}")  # fmt: skip
+        return SmokeCheck(
+            "bad_input_422", ok, f"Installs='lots' gave HTTP {resp.status_code}: {resp.text[:160]}"
+        )
 
     return _guard("bad_input_422", check)
 
 
-def _latency(client: Any, url: str, known: list[tuple[dict, int]], bound: float, n: int
-             ) -> SmokeCheck:  # fmt: skip
+def _latency(
+    client: Any, url: str, known: list[tuple[dict, int]], bound: float, n: int
+) -> SmokeCheck:
     def check() -> SmokeCheck:
         times = []
         for i in range(n):
@@ -150,7 +160,10 @@ def _latency(client: Any, url: str, known: list[tuple[dict, int]], bound: float,
             if resp.status_code != 200:
                 return SmokeCheck("latency", False, f"request {i} gave HTTP {resp.status_code}")
         p95 = float(np.percentile(times, 95))
-        return SmokeCheck("latency", p95 <= bound,
-                          f"p95 {p95:.1f} ms over {n} single-row requests (bound {bound:.0f} ms)")  # fmt: skip
+        return SmokeCheck(
+            "latency",
+            p95 <= bound,
+            f"p95 {p95:.1f} ms over {n} single-row requests (bound {bound:.0f} ms)",
+        )
 
     return _guard("latency", check)

@@ -117,15 +117,22 @@ def build_candidate(name: str, seed: int, rf_trees: int = 200) -> Pipeline:
         kind = "linear"
     elif name == "random_forest":
         model = RandomForestClassifier(
-            n_estimators=rf_trees, min_samples_leaf=3, max_features="sqrt", n_jobs=-1,
+            n_estimators=rf_trees,
+            min_samples_leaf=3,
+            max_features="sqrt",
+            n_jobs=-1,
             random_state=seed,
-        )  # fmt: skip
+        )
         kind = "tree"
     elif name == "hist_gradient_boosting":
         model = HistGradientBoostingClassifier(
-            max_iter=300, learning_rate=0.05, max_leaf_nodes=31, early_stopping=True,
-            validation_fraction=0.1, random_state=seed,
-        )  # fmt: skip
+            max_iter=300,
+            learning_rate=0.05,
+            max_leaf_nodes=31,
+            early_stopping=True,
+            validation_fraction=0.1,
+            random_state=seed,
+        )
         kind = "tree"
     else:
         raise ValueError(f"unknown candidate {name!r}")

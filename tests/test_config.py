@@ -41,8 +41,9 @@ def test_bad_values_say_what_was_expected(tmp_path: Path) -> None:
 
 
 def test_list_override_from_cli(tmp_path: Path) -> None:
-    cfg = load_config(tmp_path, overrides={"candidates": "random_forest, logistic_regression"},
-                      environ={})  # fmt: skip
+    cfg = load_config(
+        tmp_path, overrides={"candidates": "random_forest, logistic_regression"}, environ={}
+    )
     assert cfg.candidates == ["random_forest", "logistic_regression"]
 
 

@@ -71,14 +71,31 @@ class World:
         return pipe.fit(self.X, 1 - self.y if flip else self.y)
 
     def service(self) -> ServiceProcess:
-        return ServiceProcess(self.root, NAME, self.uri, self.store_url, admin_token=TOKEN,
-                              log_path=self.logs / "prod.log")  # fmt: skip
+        return ServiceProcess(
+            self.root,
+            NAME,
+            self.uri,
+            self.store_url,
+            admin_token=TOKEN,
+            log_path=self.logs / "prod.log",
+        )
 
     def deploy(self, version: str, url: str, **overrides) -> deployer.DeployOutcome:
-        settings = deployer.DeploySettings(**{**FAST, **overrides}, serving_url=url,
-                                           store_url=self.store_url)  # fmt: skip
-        return deployer.deploy(self.root, self.client, NAME, self.uri, version, self.holdout,
-                               settings, self.models, self.logs, "test-run")  # fmt: skip
+        settings = deployer.DeploySettings(
+            **{**FAST, **overrides}, serving_url=url, store_url=self.store_url
+        )
+        return deployer.deploy(
+            self.root,
+            self.client,
+            NAME,
+            self.uri,
+            version,
+            self.holdout,
+            settings,
+            self.models,
+            self.logs,
+            "test-run",
+        )
 
     def champion(self) -> str | None:
         return registry.alias_version(self.client, NAME, "champion")
@@ -112,8 +129,9 @@ def test_good_candidate_goes_through_every_step_to_champion(world: World) -> Non
 
         health = httpx.get(f"{prod.url}/health").json()
         assert str(health["champion"]["version"]) == v2
-        answer = httpx.post(f"{prod.url}/predict", json=replayer.app_request(
-            world.holdout.iloc[0])).json()  # fmt: skip
+        answer = httpx.post(
+            f"{prod.url}/predict", json=replayer.app_request(world.holdout.iloc[0])
+        ).json()
         assert answer["model_version"] == v2 and answer["variant"] == "champion"
     assert world.champion() == v2
     assert registry.alias_version(world.client, NAME, "previous") == v1
@@ -165,10 +183,12 @@ def test_candidate_whose_predictions_raise_is_rolled_back(world: World) -> None:
     v1 = world.champion()
     categories = sorted(world.X["category"].unique())
     known = categories[: len(categories) // 2]  # the other half will raise at prediction time
-    pre = ColumnTransformer([
-        ("cat", OneHotEncoder(categories=[known], handle_unknown="error"), ["category"]),
-        ("num", SimpleImputer(), ["reviews", "installs"]),
-    ])  # fmt: skip
+    pre = ColumnTransformer(
+        [
+            ("cat", OneHotEncoder(categories=[known], handle_unknown="error"), ["category"]),
+            ("num", SimpleImputer(), ["reviews", "installs"]),
+        ]
+    )
     mask = world.X["category"].isin(known)
     model = Pipeline([("features", pre), ("model", RandomForestClassifier(10, random_state=0))])
     model.fit(world.X[mask], world.y[mask])
@@ -176,18 +196,23 @@ def test_candidate_whose_predictions_raise_is_rolled_back(world: World) -> None:
     with world.service() as prod:
         outcome = world.deploy(bad, prod.url)
     _assert_production_unchanged(world, v1, outcome)
-    assert "unknown categor" in outcome.rollback_reason.lower() or \
-        "error" in outcome.rollback_reason.lower()  # fmt: skip
+    assert (
+        "unknown categor" in outcome.rollback_reason.lower()
+        or "error" in outcome.rollback_reason.lower()
+    )
 
 
 def test_slow_candidate_is_rolled_back(world: World) -> None:
     v1 = world.champion()
     # 1,500 trees behind a PCA step: a plain scikit-learn pipeline at ~70 ms a row, which passes
     # the smoke tests' 500 ms bound but is far slower than the champion in the canary analysis
-    slow = Pipeline([
-        ("features", features.preprocessor("tree")), ("pca", PCA(n_components=6)),
-        ("model", RandomForestClassifier(1500, max_depth=5, n_jobs=-1, random_state=0)),
-    ])  # fmt: skip
+    slow = Pipeline(
+        [
+            ("features", features.preprocessor("tree")),
+            ("pca", PCA(n_components=6)),
+            ("model", RandomForestClassifier(1500, max_depth=5, n_jobs=-1, random_state=0)),
+        ]
+    )
     slow = world.register(slow.fit(world.X, world.y))
     with world.service() as prod:
         outcome = world.deploy(slow, prod.url)
@@ -200,8 +225,9 @@ def test_manual_rollback_then_nothing_left(world: World) -> None:
     v2 = world.register(world.forest(5))
     deployments.promote(world.client, NAME, v2, world.models, world.logs, reason="test")
     with world.service() as prod:
-        record = deployer.manual_rollback(world.client, NAME, world.models, world.logs,
-                                          "bad reviews", prod.url)  # fmt: skip
+        record = deployer.manual_rollback(
+            world.client, NAME, world.models, world.logs, "bad reviews", prod.url
+        )
         assert "reloaded" in record["service"]
         import httpx
 
@@ -210,8 +236,9 @@ def test_manual_rollback_then_nothing_left(world: World) -> None:
     assert mlflow.sklearn.load_model(f"models:/{NAME}@champion") is not None
     before = (world.models / "deployments.json").read_text()
     with pytest.raises(deployments.NothingToRollBack):
-        deployer.manual_rollback(world.client, NAME, world.models, world.logs, "again",
-                                 "http://127.0.0.1:9")  # fmt: skip
+        deployer.manual_rollback(
+            world.client, NAME, world.models, world.logs, "again", "http://127.0.0.1:9"
+        )
     assert (world.models / "deployments.json").read_text() == before
     assert world.champion() == v1
 

@@ -28,8 +28,10 @@ def test_counts_by_identity_not_rows(tmp_path: Path) -> None:
     detection.write_state(tmp_path / "s.json", base, "1", "run", "digest")
     state = detection.load_state(tmp_path / "s.json")
     # 3 re-listed known apps (one with more reviews: an update) and 2 new apps
-    grown = pd.concat([base, _apps(["APP 1", "app 2", "app 3"], [10, 99, 10]),
-                       _apps(["new one", "new two"])], ignore_index=True)  # fmt: skip
+    grown = pd.concat(
+        [base, _apps(["APP 1", "app 2", "app 3"], [10, 99, 10]), _apps(["new one", "new two"])],
+        ignore_index=True,
+    )
     result = detection.detect(grown, state, threshold=2)
     assert result.new_apps == 2
     assert result.updated_apps == 1

@@ -55,9 +55,12 @@ def test_each_notebook_runs_with_its_defaults_from_the_notebooks_folder(project:
     for stage in STAGES:
         name = f"{runner.NOTEBOOKS[stage]}.ipynb"
         papermill.execute_notebook(
-            str(project / "notebooks" / name), str(out / name), cwd=str(project / "notebooks"),
-            kernel_name="python3", progress_bar=False,
-        )  # fmt: skip
+            str(project / "notebooks" / name),
+            str(out / name),
+            cwd=str(project / "notebooks"),
+            kernel_name="python3",
+            progress_bar=False,
+        )
     assert (project / "data" / "googleplaystore_clean.csv").exists()
     assert (project / "mlflow.db").exists()  # the project's default store, found from notebooks/
     decided = scraps.read(out / "04_decide.ipynb")

@@ -79,8 +79,11 @@ def test_first_run_trains_then_stops_then_retrains_on_new_apps(project: Path) ->
     # A batch of new apps through the CLI crosses the threshold: a second version is trained.
     cli = subprocess.run(
         [sys.executable, "runner.py", "simulate-new-apps", "--n", "150"],
-        cwd=project, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert cli.returncode == 0, cli.stderr
     assert "appended 150 new apps" in cli.stdout
     third, _ = run_pipeline(project)
@@ -92,8 +95,10 @@ def test_missing_columns_stop_before_anything_is_written(project: Path) -> None:
     from lib.errors import MissingColumnsError
 
     bad = project / "data" / "apps.csv"
-    bad.write_text("App,Category,Reviews,Size,Type,Price,Content Rating,Last Updated\n"
-                   "A,GAME,1,1M,Free,0,Everyone,\"January 7, 2018\"\n")  # fmt: skip
+    bad.write_text(
+        "App,Category,Reviews,Size,Type,Price,Content Rating,Last Updated\n"
+        'A,GAME,1,1M,Free,0,Everyone,"January 7, 2018"\n'
+    )
     with pytest.raises(MissingColumnsError, match="'Rating'.*'Installs'"):
         run_pipeline(project, data_path="data/apps.csv")
     assert not (project / "mlflow.db").exists()
@@ -123,8 +128,11 @@ def test_failing_stage_keeps_its_record_and_names_the_error(project: Path) -> No
 def test_cli_known_errors_are_one_line_with_exit_code(project: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "runner.py", "--set", "treshold=5"],
-        cwd=project, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "treshold" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -143,8 +151,11 @@ def test_second_runner_exits_with_a_clear_message(project: Path) -> None:
     try:
         proc = subprocess.run(
             [sys.executable, "runner.py", "--stages", "detect"],
-            cwd=project, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            cwd=project,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert proc.returncode == 3
         assert "pid 4242" in proc.stderr and "other-run" in proc.stderr
         with pytest.raises(RunnerBusyError):
@@ -168,8 +179,9 @@ def test_stage_subset_resolves_candidate_from_registry(project: Path) -> None:
 def test_raw_file_with_its_broken_row(project: Path, shared_data: Path) -> None:
     raw = project / "data" / "googleplaystore.csv"
     raw.write_bytes((shared_data / "googleplaystore.csv").read_bytes())
-    result, _ = run_pipeline(project, data_path="data/googleplaystore.csv",
-                             candidates=["logistic_regression"])  # fmt: skip
+    result, _ = run_pipeline(
+        project, data_path="data/googleplaystore.csv", candidates=["logistic_regression"]
+    )
     assert result.outcome == "decided"
     quarantine = pd.read_csv(result.report_dir / "quarantine.csv")
     broken = quarantine[quarantine["source_row"] == 10473]

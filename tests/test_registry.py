@@ -49,7 +49,9 @@ def test_log_register_alias_and_load_by_uri(store, fitted) -> None:
     assert run.data.metrics["holdout_roc_auc"] == pytest.approx(result.holdout["roc_auc"])
     assert run.data.metrics["cv_roc_auc_std"] == pytest.approx(result.cv_std("roc_auc"))
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {
-        "playstore-training", "playstore-holdout"}  # fmt: skip
+        "playstore-training",
+        "playstore-holdout",
+    }
     assert registry.alias_version(store, "m", "candidate") is None
     version = registry.register(store, uri, "m", {"pipeline_run_id": "t"})
     registry.set_alias(store, "m", "candidate", version)

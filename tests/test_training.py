@@ -109,8 +109,9 @@ def test_cv_std_is_computed_from_folds() -> None:
 
 def test_select_best_by_metric_direction() -> None:
     def fake(name: str, auc: float, loss: float) -> training.CandidateResult:
-        return training.CandidateResult(name, None, {"roc_auc": auc, "log_loss": loss}, {},
-                                        np.array([]), 0.0)  # fmt: skip
+        return training.CandidateResult(
+            name, None, {"roc_auc": auc, "log_loss": loss}, {}, np.array([]), 0.0
+        )
 
     rs = [fake("a", 0.7, 0.3), fake("b", 0.8, 0.5)]
     assert training.select_best(rs, "roc_auc").name == "b"
