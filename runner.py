@@ -1,13 +1,17 @@
 """Run the pipeline's notebooks in order with Papermill and keep the record of every run.
 
-    python runner.py                       # detect -> train -> compare -> decide
+    python runner.py                       # detect -> train -> compare -> decide -> deploy
     python runner.py --force-retrain       # train whatever the new-app count
     python runner.py --stages train,compare --set cv_folds=3
     python runner.py simulate-new-apps --n 150
+    python runner.py serve                 # the model service (champion + canary)
+    python runner.py status | rollback [--reason TEXT] | approve V | reject V
 
 Each stage's executed notebook and its HTML land in reports/<run-id>/, with report.json, the run's
-summary. Values travel between stages as scraps only. Exit codes: 0 done (or nothing to do),
-1 a stage failed, 2 a known error (bad data, bad config), 3 another runner is busy.
+summary. Values travel between stages as scraps only. 05 deploy runs only after an `auto`
+decision (or `approve`). Exit codes: 0 done (nothing to do, deployed, rolled back automatically,
+awaiting approval or rejected: see the summary), 1 a stage failed, 2 a known error (bad data,
+bad config, nothing to roll back), 3 another runner is busy.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ NOTEBOOKS = {
     "train": "02_train",
     "compare": "03_compare",
     "decide": "04_decide",
+    "deploy": "05_deploy",
 }
 log = logging.getLogger("runner")
 
@@ -151,6 +156,27 @@ def stage_parameters(
             "decision_table": cfg.decision,
             "parent_run_id": ctx.get("parent_run_id"),
         }
+    if stage == "deploy":
+        return {
+            **common,
+            **mlflow_params,
+            **split,
+            "candidate_version": ctx.get("candidate_version"),
+            "steps": list(cfg.canary_steps),
+            "analysis_seconds": cfg.analysis_seconds,
+            "max_wait_seconds": cfg.max_wait_seconds,
+            "check_every_seconds": cfg.check_every_seconds,
+            "replay_rate": cfg.replay_rate,
+            "replay": cfg.replay,
+            "smoke_rows": cfg.smoke_rows,
+            "smoke_max_p95_ms": cfg.smoke_max_p95_ms,
+            "lease_seconds": cfg.lease_seconds,
+            "serving_url": cfg.serving_url,
+            "store_url": cfg.resolved_store_url(root),
+            "analysis": dict(cfg.canary_analysis),
+            "models_dir": cfg.models_dir,
+            "logs_dir": cfg.logs_dir,
+        }
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -171,19 +197,32 @@ def check_parameters(notebook: Path, params: dict[str, Any]) -> None:
 
 def render_html(notebook: Path) -> Path:
     """HTML beside the executed notebook, rendered in-process (a subprocess costs ~3 s)."""
+    import warnings
+
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    with warnings.catch_warnings():  # scrapbook's own mimetype has no HTML form: expected
+        warnings.filterwarnings("ignore", message=".*is not able to be represented")
+        body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
     html = notebook.with_suffix(".html")
     html.write_text(body, encoding="utf-8")
     return html
 
 
 def execute_stage(
-    stage: str, params: dict[str, Any], root: Path, run_dir: Path, timeout: int
+    stage: str,
+    params: dict[str, Any],
+    root: Path,
+    run_dir: Path,
+    timeout: int,
+    kernels: Any = None,  # lib.kernels.KernelPool
 ) -> StageResult:
-    """Execute one notebook; the executed copy and its HTML are kept even when it fails."""
+    """Execute one notebook; the executed copy and its HTML are kept even when it fails.
+
+    With `kernels`, the notebook runs in a fresh kernel that the pool started (and warmed up)
+    while the previous stage ran, instead of one papermill starts cold; the pool shuts it down.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -194,7 +233,13 @@ def execute_stage(
     check_parameters(source, params)
     started = time.perf_counter()
     error: str | None = None
+    km = None
     try:
+        if kernels is not None:
+            try:
+                km = kernels.acquire()
+            except Exception as exc:  # the pool only saves time: papermill can start a kernel
+                log.warning("no pre-started kernel for %s (%s); starting one", stage, exc)
         papermill.execute_notebook(
             str(source),
             str(target),
@@ -203,11 +248,15 @@ def execute_stage(
             kernel_name="python3",
             progress_bar=False,
             execution_timeout=timeout,
+            km=km,  # None: papermill starts (and shuts down) a kernel itself
         )
     except PapermillExecutionError as exc:
         error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
     except Exception as exc:  # kernel died, timeout...: still a failed stage with a record
         error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if km is not None:
+            kernels.release(km)
     seconds = time.perf_counter() - started
     html = None
     if target.exists():
@@ -270,8 +319,13 @@ def run(
     force: bool = False,
     run_id: str | None = None,
     echo: Any = None,
+    kernel_pool: bool = True,
+    context: dict[str, Any] | None = None,
 ) -> RunResult:
-    """Run the pipeline and return its result; the CLI is a thin wrapper around this."""
+    """Run the pipeline and return its result; the CLI is a thin wrapper around this.
+
+    `kernel_pool`: start each stage's kernel while the previous stage runs (lib/kernels.py).
+    """
     from lib import data, registry, synth
 
     say = echo or (lambda msg: None)
@@ -285,38 +339,65 @@ def run(
     lock = _lock(root, cfg.lock_timeout)
     try:
         (root / ".runner.lock.json").write_text(
-            json.dumps({"pid": os.getpid(), "run_id": run_id, "started": datetime.now(UTC).isoformat()})
+            json.dumps(
+                {"pid": os.getpid(), "run_id": run_id, "started": datetime.now(UTC).isoformat()}
+            )
         )
         first = root / _data_paths(cfg)[0]
         if synth.ensure_dataset(first, n=cfg.synth_apps, seed=cfg.synth_seed):
-            say(f"generated {cfg.synth_apps} apps into {os.path.relpath(first, root)} (no data found)")
+            say(
+                f"generated {cfg.synth_apps} apps into {os.path.relpath(first, root)} (no data found)"
+            )
         for path in _data_paths(cfg):
             data.check_columns(root / path)  # missing columns stop here, before MLflow or models/
         run_dir.mkdir(parents=True, exist_ok=True)
         tracking_uri = cfg.resolved_tracking_uri(root)
-        ctx: dict[str, Any] = {"run_id": run_id, "tracking_uri": tracking_uri}
+        recovered = recover_rollout(cfg, root, tracking_uri)
+        if recovered:
+            say(f"recovered: {recovered}")
+        ctx: dict[str, Any] = {**(context or {}), "run_id": run_id, "tracking_uri": tracking_uri}
         ctx["trigger"] = _trigger(force)
+        if recovered:
+            ctx["recovered"] = recovered
         started = datetime.now(UTC)
         say(f"run {run_id}: stages {', '.join(stages)}; MLflow {registry.redact_uri(tracking_uri)}")
         results: list[StageResult] = []
         outcome, exit_code, failure = "completed", 0, None
-        for i, stage in enumerate(stages, 1):
-            params = stage_parameters(stage, cfg, ctx, root, run_dir, force)
-            say(f"[{i}/{len(stages)}] {stage} ...")
-            result = execute_stage(stage, params, root, run_dir, cfg.stage_timeout)
-            results.append(result)
-            if result.status == "failed":
-                outcome, exit_code = "failed", 1
-                failure = StageError(stage, result.error or "unknown error", result.notebook)
-                say(f"[{i}/{len(stages)}] {stage} FAILED after {result.seconds:.1f}s: {result.error}")
-                break
-            ctx.update(result.scraps)
-            say(f"[{i}/{len(stages)}] {stage} ok ({result.seconds:.1f}s){_headline(stage, result.scraps)}")
-            if stage == "detect" and not result.scraps.get("should_train", False):
-                outcome = "no_training"
-                say(f"stopping: {result.scraps.get('reason')}")
-                break
-        if outcome == "completed" and "decide" in stages:
+        from contextlib import nullcontext
+
+        from lib.kernels import KernelPool
+
+        # one fresh kernel per stage; leaving the block shuts down any started ahead (no training,
+        # a failure, Ctrl-C) and waits until every kernel process is gone
+        pool = KernelPool(cwd=root, total=len(stages)) if kernel_pool else nullcontext()
+        with pool as kernels:
+            for i, stage in enumerate(stages, 1):
+                tag = f"[{i}/{len(stages)}] {stage}"
+                params = stage_parameters(stage, cfg, ctx, root, run_dir, force)
+                say(f"{tag} ...")
+                if kernels is not None:  # detect may end the run: warm only the next kernel then
+                    kernels.ahead = 1 if stage == "detect" else 2
+                result = execute_stage(stage, params, root, run_dir, cfg.stage_timeout, kernels)
+                results.append(result)
+                if result.status == "failed":
+                    outcome, exit_code = "failed", 1
+                    failure = StageError(stage, result.error or "unknown error", result.notebook)
+                    say(f"{tag} FAILED after {result.seconds:.1f}s: {result.error}")
+                    break
+                ctx.update(result.scraps)
+                say(f"{tag} ok ({result.seconds:.1f}s){_headline(stage, result.scraps)}")
+                if stage == "detect" and not result.scraps.get("should_train", False):
+                    outcome = "no_training"
+                    say(f"stopping: {result.scraps.get('reason')}")
+                    break
+                if stage == "decide":
+                    gate = _after_decision(cfg, root, ctx, say)
+                    if gate is not None:
+                        outcome = gate
+                        break
+                if stage == "deploy":
+                    outcome = ctx.get("outcome", "completed")
+        if outcome == "completed" and stages[-1] == "decide":
             outcome = "decided"
         summary = _summary(run_id, cfg, root, run_dir, started, results, outcome, ctx, failure)
         _write_json(run_dir / "report.json", summary)
@@ -332,6 +413,52 @@ def run(
         lock.release()
 
 
+def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> str | None:
+    """A rollout whose runner died is finished (rolled back) before anything else happens."""
+    from lib import rollout
+
+    state = rollout.RolloutStore(root / cfg.models_dir / "rollout.json").load()
+    if state is None or not rollout.interrupted(state):
+        return None
+    from lib import deployer, registry
+
+    client = registry.connect(tracking_uri, cfg.experiment)
+    return deployer.recover_interrupted(
+        root, client, cfg.model_name, root / cfg.models_dir, root / cfg.logs_dir
+    )
+
+
+def _after_decision(cfg: PipelineConfig, root: Path, ctx: dict[str, Any], say: Any) -> str | None:
+    """`auto` goes on to 05 deploy; `manual` parks the rollout for approval; `reject` stops."""
+    decision = ctx.get("decision")
+    version = ctx.get("candidate_version")
+    if decision == "auto":
+        return None
+    from lib import deployer, deployments
+
+    reasons = "; ".join(ctx.get("reasons") or [])
+    if decision == "manual":
+        deployer.park_for_approval(
+            root / cfg.models_dir,
+            root / cfg.logs_dir,
+            cfg.model_name,
+            str(version),
+            ctx.get("champion_version"),
+            ctx["run_id"],
+            f"score {ctx.get('score')}: {reasons}",
+        )
+        say(f"v{version} awaits approval: python runner.py approve {version} (or reject {version})")
+        return "awaiting_approval"
+    deployments.log_transition(
+        root / cfg.logs_dir,
+        "rejected",
+        version=version,
+        reason=f"score {ctx.get('score')}: {reasons}",
+    )
+    say(f"v{version} rejected by the decision (score {ctx.get('score')}); production unchanged")
+    return "rejected"
+
+
 def _headline(stage: str, s: dict[str, Any]) -> str:
     if stage == "detect":
         return f": {s.get('new_apps')} new, {s.get('updated_apps')} updated of {s.get('total_apps')} apps"
@@ -342,6 +469,9 @@ def _headline(stage: str, s: dict[str, Any]) -> str:
         return f": improvement {s.get('improvement', 0):+.4f} vs {s.get('reference_label')}"
     if stage == "decide":
         return f": score {s.get('score')} -> {s.get('decision')}"
+    if stage == "deploy":
+        why = f" ({s.get('rollback_reason')})" if s.get("rollback_reason") else ""
+        return f": v{s.get('deployed_version')} {s.get('outcome')}{why}"
     return ""
 
 
@@ -361,7 +491,7 @@ def _summary(
     keys = ("new_apps", "updated_apps", "total_apps", "should_train", "reason", "quarantined_rows",
             "candidate_version", "candidate_name", "metrics", "cv_std", "mlflow_run_id",
             "parent_run_id", "champion_version", "reference_label", "improvement", "score",
-            "decision", "reasons")  # fmt: skip
+            "decision", "reasons", "deployed_version", "champion_before", "rollback_reason", "recovered")  # fmt: skip
     quarantine = run_dir / "quarantine.csv"
     return {
         "run_id": run_id,
@@ -398,16 +528,126 @@ def simulate_new_apps(cfg: PipelineConfig, root: Path, n: int, seed: int | None)
     return len(added)
 
 
+def _client(cfg: PipelineConfig, root: Path) -> Any:
+    from lib import registry
+
+    return registry.connect(cfg.resolved_tracking_uri(root), cfg.experiment)
+
+
+def _service_url(cfg: PipelineConfig) -> str:
+    from lib import deployer
+
+    return deployer.service_url(cfg.serving_url, cfg.serving_host, cfg.serving_port)
+
+
+def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
+    """`python runner.py serve`: the production model service, until Ctrl-C."""
+    from lib import serving
+
+    settings = serving.ServingSettings(
+        model_name=cfg.model_name,
+        tracking_uri=cfg.resolved_tracking_uri(root),
+        store_url=cfg.resolved_store_url(root),
+        target_threshold=cfg.target_threshold,
+    )
+    serving.serve(settings, host=args.host or cfg.serving_host, port=args.port or cfg.serving_port)
+    return 0
+
+
+def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
+    from lib import deployer
+
+    info = deployer.status(_client(cfg, root), cfg.model_name, root / cfg.models_dir,
+                           _service_url(cfg))  # fmt: skip
+    aliases = info["aliases"]
+    print(f"model {info['model']}: champion v{aliases['champion']}, previous v{aliases['previous']}, "
+          f"candidate v{aliases['candidate']}, canary v{aliases['canary']}")  # fmt: skip
+    print(f"models/production: v{info['production_copy']}")
+    ro = info["rollout"]
+    if ro:
+        flag = " (INTERRUPTED: the next run rolls it back)" if ro["interrupted"] else ""
+        print(f"rollout {ro['id']}: v{ro['version']} {ro['phase']} at {ro['weight']}%{flag}"
+              + (f" - {ro['reason']}" if ro["reason"] else ""))  # fmt: skip
+    else:
+        print("rollout: none")
+    service = info["service"]
+    if isinstance(service, dict):
+        canary = service.get("canary") or {}
+        print(f"service {_service_url(cfg)}: {service.get('status')}, champion "
+              f"v{(service.get('champion') or {}).get('version')}, canary "
+              f"v{canary.get('version')} at {canary.get('weight', 0)}%")  # fmt: skip
+    else:
+        print(f"service: {service}")
+    return 0
+
+
+def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
+    """The mission's `deploy.py --rollback`: previous -> champion everywhere, within seconds."""
+    from lib import deployer
+
+    lock = _lock(root, cfg.lock_timeout)
+    try:
+        record = deployer.manual_rollback(_client(cfg, root), cfg.model_name,
+                                          root / cfg.models_dir, root / cfg.logs_dir,
+                                          args.reason, _service_url(cfg))  # fmt: skip
+    finally:
+        lock.release()
+    print(f"rolled back: champion is v{record.get('version')} again "
+          f"(was v{record.get('rolled_back_version')}); {record['service']}")  # fmt: skip
+    return 0
+
+
+def cmd_approve(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
+    """Resume a parked rollout from staging through the 05 deploy stage."""
+    from lib import deployer
+    from lib.rollout import RolloutError
+
+    waiting = deployer.awaiting_version(root / cfg.models_dir)
+    if waiting != str(args.version):
+        raise RolloutError(f"v{args.version} is not awaiting approval"
+                           + (f" (v{waiting} is)" if waiting else " (nothing is)"))  # fmt: skip
+    result = run(cfg, root, stages=["deploy"], echo=print,
+                 context={"candidate_version": str(args.version)})  # fmt: skip
+    return result.exit_code
+
+
+def cmd_reject(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
+    from lib import deployer
+
+    deployer.reject(root / cfg.models_dir, root / cfg.logs_dir, args.version, args.reason)
+    print(f"v{args.version} rejected; production unchanged")
+    return 0
+
+
+OPERATIONS = {
+    "serve": cmd_serve,
+    "status": cmd_status,
+    "rollback": cmd_rollback,
+    "approve": cmd_approve,
+    "reject": cmd_reject,
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runner.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", help="YAML config file (default: pipeline.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set threshold=50 (repeatable)")  # fmt: skip
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # Config options are accepted before or after the command (`runner.py status --set ...`).
+    common = argparse.ArgumentParser(add_help=False)
+    for p, default in ((parser, None), (common, argparse.SUPPRESS)):
+        p.add_argument("--config", default=default,
+                       help="YAML config file (default: pipeline.yaml)")
+        p.add_argument("--set", action="append", default=[] if default is None else default,
+                       metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set threshold=50 (repeatable)")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       default=False if default is None else default, help="debug logging")
     sub = parser.add_subparsers(dest="command")
-    run_p = sub.add_parser("run", help="run the pipeline (the default command)")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, parents=[common])
+
+    run_p = command("run", "run the pipeline (the default command)")
     for p in (parser, run_p):
         p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
         p.add_argument("--force-retrain", action="store_true", help="train whatever the count")
@@ -415,7 +655,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threshold", type=int, help="new apps needed to retrain")
         p.add_argument("--run-id", help="name of the run (default: timestamp + random suffix)")
         p.add_argument("--wait", type=float, help="seconds to wait for another runner to finish")
-    sim = sub.add_parser("simulate-new-apps", help="append generated new apps to the data file")
+    serve = command("serve", "run the model service (champion, and canary in rollouts)")
+    serve.add_argument("--host", help="bind address (default: serving_host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: serving_port, 8080)")
+    command("status", "champion, canary, weight and rollout state")
+    rb = command("rollback", "put the previous champion back (registry, models/, service)")
+    rb.add_argument("--reason", default="manual rollback", help="why (logged and recorded)")
+    ap = command("approve", "deploy a version that awaits approval (from staging)")
+    ap.add_argument("version")
+    rj = command("reject", "close a rollout that awaits approval")
+    rj.add_argument("version")
+    rj.add_argument("--reason", default="rejected by a person")
+    sim = command("simulate-new-apps", "append generated new apps to the data file")
     sim.add_argument("--n", type=int, default=150, help="number of new apps (default 150)")
     sim.add_argument("--seed", type=int, help="seed of the batch (default: derived from the file)")
     return parser
@@ -427,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # nbconvert's accessibility hints about plots are not actionable here
+        logging.getLogger("traitlets").setLevel(logging.ERROR)
     try:
         overrides: dict[str, Any] = parse_set_options(args.set)
         if getattr(args, "data", None):
@@ -436,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "wait", None) is not None:
             overrides["lock_timeout"] = args.wait
         cfg = load_config(ROOT, args.config, overrides)
+        if args.command in OPERATIONS:
+            return OPERATIONS[args.command](cfg, ROOT, args)
         if args.command == "simulate-new-apps":
             n = simulate_new_apps(cfg, ROOT, args.n, args.seed)
             print(f"appended {n} new apps to {cfg.data_path.split(',')[0]}")

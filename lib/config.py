@@ -155,6 +155,9 @@ def _validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"cv_folds {cfg.cv_folds} must be at least 2")
     if cfg.threshold < 1:
         raise ConfigError(f"threshold {cfg.threshold} must be at least 1")
+    from lib.scoring import ScoreTable
+
+    ScoreTable.from_dict(cfg.decision or None)  # a bad score table fails here, before any stage
 
 
 def apply_overrides(cfg: PipelineConfig, values: dict[str, Any], origin: str) -> PipelineConfig:

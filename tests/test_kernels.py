@@ -1,0 +1,259 @@
+"""The kernel pool: fresh kernels only, run in the project root, warmed up, never left behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+import runner
+from lib import kernels
+from lib.config import PipelineConfig
+from lib.errors import StageError
+from lib.kernels import KernelPool, PooledKernelManager
+
+try:
+    import psutil
+except ImportError:  # the pool does not need it; the tests then ask the kernel managers
+    psutil = None
+
+LIGHT = ("decimal", "email.mime.text", "xml.dom.minidom")  # quick to import, rarely preloaded
+PROBE = (
+    "import json, os, sys\n"
+    "print(json.dumps({'cwd': os.getcwd(), 'pid': os.getpid(),\n"
+    "                  'modules': [m for m in %r if m in sys.modules],\n"
+    "                  'names': sorted(k for k in globals() if not k.startswith('_'))}))\n"
+)
+
+
+def pid_of(km: PooledKernelManager) -> int:
+    return km.provisioner.process.pid
+
+
+def gone(pids: list[int], kms: list[PooledKernelManager], timeout: float = 15.0) -> bool:
+    """True once no kernel process is left (psutil when installed, else the managers)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if psutil is not None:
+            alive = [p for p in pids if psutil.pid_exists(p)
+                     and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+        else:
+            alive = [km for km in kms if km.has_kernel]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def own_kernels() -> list[int]:
+    """Kernel processes started by this (test) process, found by their JPY_PARENT_PID."""
+    if psutil is None:
+        return []
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "ipykernel_launcher" in " ".join(proc.info["cmdline"] or []) and proc.environ().get(
+                "JPY_PARENT_PID"
+            ) == str(os.getpid()):
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
+def probe_notebook(path: Path, modules: tuple[str, ...] = LIGHT) -> Path:
+    book = nbformat.v4.new_notebook()
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                   "language": "python"}  # fmt: skip
+    book.cells = [nbformat.v4.new_code_cell(PROBE % (modules,)),
+                  nbformat.v4.new_code_cell("marker = 1")]  # fmt: skip
+    nbformat.write(book, path)
+    return path
+
+
+def run_probe(km: PooledKernelManager, tmp_path: Path, name: str) -> tuple[dict[str, Any], Any]:
+    """Execute the probe notebook in `km` through papermill, as the runner does."""
+    import papermill
+
+    source = probe_notebook(tmp_path / f"{name}_in.ipynb")
+    target = tmp_path / f"{name}_out.ipynb"
+    papermill.execute_notebook(str(source), str(target), kernel_name="python3",
+                               progress_bar=False, km=km)  # fmt: skip
+    book = nbformat.read(target, as_version=4)
+    return json.loads(book.cells[0].outputs[0]["text"]), book
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A directory standing for the project root, away from the test's working directory."""
+    path = tmp_path / "project root"  # a space: paths are passed as they are
+    path.mkdir()
+    return path
+
+
+def test_default_warm_modules_exist() -> None:
+    missing = [m for m in kernels.WARM_MODULES if importlib.util.find_spec(m) is None]
+    assert not missing, f"WARM_MODULES names modules this environment lacks: {missing}"
+    compile(kernels.private(kernels.DEFAULT_WARM_CODE), "<warm-up>", "exec")
+
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_pool_starts_kernels_ahead_and_close_leaves_none(root: Path, transport: str) -> None:
+    if transport == "ipc" and not kernels.ipc_available():
+        pytest.skip("no IPC transport here")
+    pool = KernelPool(cwd=root, total=3, ahead=1, transport=transport)
+    try:
+        km = pool.acquire()
+        assert km.has_kernel and pool.started == 2  # the one handed out and the next one
+        started = [km, *(s.km for s in pool._pending)]
+        pids = [pid_of(k) for k in started]
+        assert all(k.has_kernel for k in started)
+    finally:
+        pool.close()
+    assert gone(pids, started), "kernel processes left after close()"
+    assert not any(Path(k.connection_file).exists() for k in started if k.connection_file)
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.acquire()
+
+
+def test_handed_out_kernel_runs_in_root_warmed_and_clean(
+    root: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with KernelPool(cwd=root, warm_code=kernels.import_code(LIGHT), total=2) as pool:
+        pool.release(pool.acquire())  # the first kernel is started cold; the next one is warm
+        km = pool.acquire()
+        seen, book = run_probe(km, tmp_path, "warm")
+        assert km.has_kernel, "nbclient must leave a kernel it does not own running"
+        pool.release(km)
+    assert gone([seen["pid"]], [km])
+    assert Path(seen["cwd"]).resolve() == root.resolve()
+    assert seen["modules"] == list(LIGHT)
+    # the warm-up left nothing a cold kernel would not have: no names, no history, no output
+    cold = {"In", "Out", "exit", "get_ipython", "open", "quit", "json", "os", "sys"}  # with probe's
+    assert set(seen["names"]) <= cold, f"names left by the warm-up: {set(seen['names']) - cold}"
+    counts = [c.execution_count for c in book.cells]
+    assert counts == [1, 2], f"the warm-up shifted the execution counts: {counts}"
+    assert [o["output_type"] for o in book.cells[0].outputs] == ["stream"]
+    if pool.transport == "ipc":
+        assert "without encryption" not in capfd.readouterr().err
+
+
+def test_consecutive_kernels_are_never_the_same(root: Path, tmp_path: Path) -> None:
+    with KernelPool(cwd=root, total=2) as pool:
+        first = pool.acquire()
+        seen_first, _ = run_probe(first, tmp_path, "first")
+        pool.release(first)
+        second = pool.acquire()
+        seen_second, _ = run_probe(second, tmp_path, "second")
+        pool.release(second)
+    assert second is not first and second.kernel_id != first.kernel_id
+    assert seen_second["pid"] != seen_first["pid"]
+    assert "marker" not in seen_second["names"]  # nothing of the first stage's state
+
+
+def test_errors_and_interrupts_shut_every_kernel_down(root: Path) -> None:
+    for error in (RuntimeError, KeyboardInterrupt):
+        with pytest.raises(error), KernelPool(cwd=root, total=3, ahead=2) as pool:
+            km = pool.acquire()
+            started = [km, *(s.km for s in pool._pending)]
+            pids = [pid_of(k) for k in started]
+            raise error("stage interrupted")
+        assert len(started) == 3
+        assert gone(pids, started), f"kernels left after {error.__name__}"
+
+
+def test_close_waits_for_released_kernels(root: Path) -> None:
+    pool = KernelPool(cwd=root, total=1)
+    km = pool.acquire()
+    pid = pid_of(km)
+    pool.release(km)
+    pool.close()  # waits for the kernel that was asked to shut down
+    assert gone([pid], [km], timeout=0.5)
+
+
+# -- the runner with the pool ----------------------------------------------------------------
+
+
+def stub_notebook(project: Path, stage: str, body: str) -> None:
+    """Replace a stage's notebook by one with the same parameters cell and `body`."""
+    path = project / "notebooks" / f"{runner.NOTEBOOKS[stage]}.ipynb"
+    real = nbformat.read(path, as_version=4)
+    (params,) = [c for c in real.cells if "parameters" in c.metadata.get("tags", [])]
+    setup = next(c for c in real.cells if c.cell_type == "code")  # finds ROOT, imports lib
+    finds_root = setup.source.split("import pandas")[0]
+    book = nbformat.v4.new_notebook(metadata=real.metadata)
+    book.cells = [
+        nbformat.v4.new_code_cell(finds_root + "from lib import scraps\n"),
+        params,
+        nbformat.v4.new_code_cell(body),
+    ]  # fmt: skip
+    nbformat.write(book, path)
+
+
+@pytest.fixture
+def small_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, PipelineConfig]:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = dataclasses.replace(PipelineConfig(), synth_apps=300)
+    return project, cfg
+
+
+def spy_pools(monkeypatch: pytest.MonkeyPatch) -> list[KernelPool]:
+    pools: list[KernelPool] = []
+
+    class SpyPool(KernelPool):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(kernels, "KernelPool", SpyPool)
+    return pools
+
+
+def test_no_training_shuts_the_prestarted_kernel_down(
+    small_project: tuple[Path, PipelineConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, cfg = small_project
+    stub_notebook(project, "detect", 'scraps.glue("should_train", False)\n'
+                                     'scraps.glue("reason", "stub: nothing new")\n')  # fmt: skip
+    pools = spy_pools(monkeypatch)
+    result = runner.run(cfg, project, force=False, run_id="notrain")
+    assert result.outcome == "no_training" and [s.name for s in result.stages] == ["detect"]
+    assert pools[0].started == 2, "the train kernel should have been started during detect"
+    assert own_kernels() == []
+
+
+def test_failing_stage_keeps_its_record_and_leaves_no_kernel(
+    small_project: tuple[Path, PipelineConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, cfg = small_project
+    stub_notebook(project, "detect", 'scraps.glue("should_train", True)\n')
+    stub_notebook(project, "train", 'raise RuntimeError("boom in train")\n')
+    pools = spy_pools(monkeypatch)
+    with pytest.raises(StageError, match="stage train failed: .*boom in train") as caught:
+        runner.run(cfg, project, force=True, run_id="fails")
+    result = caught.value.result  # type: ignore[attr-defined]
+    assert result.exit_code == 1 and result.outcome == "failed"
+    failed = result.stages[-1]
+    assert failed.name == "train" and failed.status == "failed"
+    assert Path(failed.notebook).exists() and failed.html and Path(failed.html).exists()
+    assert pools[0].started == 4  # detect's, train's, and compare's and decide's started ahead
+    assert own_kernels() == []
+
+
+def test_runner_without_pool_still_works(
+    small_project: tuple[Path, PipelineConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, cfg = small_project
+    stub_notebook(project, "detect", 'scraps.glue("should_train", False)\n'
+                                     'scraps.glue("reason", "stub")\n')  # fmt: skip
+    pools = spy_pools(monkeypatch)
+    result = runner.run(cfg, project, run_id="cold", kernel_pool=False)
+    assert result.outcome == "no_training" and result.stages[0].scraps["reason"] == "stub"
+    assert pools == []
