@@ -1,0 +1,374 @@
+"""`reports/index.html`: every pipeline run on one page, newest first.
+
+The executed notebooks are the record of each run (Papermill's idea); this page is only the way
+in. It reads each run's `report.json`, never trusts it (values are HTML-escaped, a malformed or
+partial summary still gets a row saying so), links the notebooks by paths relative to the page so
+the folder can be copied or served anywhere, and needs no JavaScript.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+logger = logging.getLogger(__name__)
+
+INDEX_NAME = "index.html"
+UNREADABLE = "unreadable summary"
+OUTCOMES = {  # report.json outcome -> (label, CSS class)
+    "promoted": ("promoted", "good"),
+    "rolled_back": ("rolled back", "bad"),
+    "rejected": ("rejected", "warn"),
+    "awaiting_approval": ("waiting (awaiting approval)", "wait"),
+    "no_training": ("no training", "muted"),
+    "failed": ("failed", "bad"),
+    "decided": ("decided", "info"),
+    "completed": ("completed", "info"),
+}
+FAILED_CLASS = ' class="failed"'
+RUN_ID_TIME = re.compile(r"(\d{8}-\d{6})")
+
+CSS = """
+body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem;color:#222}
+h1{font-size:1.4rem;margin:0 0 .3rem}
+.meta{color:#666;margin-bottom:1rem}
+table{border-collapse:collapse;width:100%}
+th,td{border-bottom:1px solid #ddd;padding:.4rem .5rem;text-align:left;vertical-align:top}
+th{background:#f4f4f4;position:sticky;top:0}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.badge{display:inline-block;padding:.05rem .45rem;border-radius:.6rem;font-size:.85em;
+  white-space:nowrap}
+.good{background:#d9f2dc;color:#14532d}.bad{background:#fbdada;color:#7f1d1d}
+.warn{background:#fdecc8;color:#7c4a03}.wait{background:#dde8fb;color:#1e3a8a}
+.info{background:#e8e8f4;color:#333}.muted{background:#eee;color:#555}
+.note{color:#555;font-size:.85em;max-width:28rem;overflow-wrap:anywhere}
+.run{font-family:ui-monospace,monospace;font-size:.85em;color:#555}
+a.failed{color:#b91c1c;font-weight:600}
+tr.unreadable td{background:#fff7f7}
+"""
+
+
+@dataclass
+class Link:
+    text: str
+    href: str  # relative to the index page, URL-quoted
+    failed: bool = False
+
+
+@dataclass
+class RunRow:
+    """What the index shows about one run, already reduced to plain text and links."""
+
+    run_id: str
+    folder: str
+    sort_key: float
+    date: str = "—"
+    trigger: str = "—"
+    outcome: str = "—"
+    outcome_class: str = "muted"
+    decision: str = "—"
+    roc_auc: str = "—"
+    accuracy: str = "—"
+    model: str = "—"
+    monitor: str = "—"
+    notifications: str = "—"
+    notifications_failed: int = 0
+    notes: list[str] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
+    summary_href: str | None = None
+    readable: bool = True
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str:
+    return "—" if value is None or value == "" else str(value)
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    if isinstance(value, bool):
+        return "—"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "—"
+    return f"{number:.{digits}f}" if math.isfinite(number) else "—"
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _folder_time(name: str) -> datetime | None:
+    match = RUN_ID_TIME.search(name)
+    if not match:
+        return None
+    try:
+        return datetime.strptime(match.group(1), "%Y%m%d-%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _href(target: Path, reports_dir: Path) -> str | None:
+    """A relative, URL-quoted link to a file inside the reports folder; None otherwise."""
+    try:
+        rel = Path(os.path.relpath(target.resolve(), reports_dir.resolve()))
+    except ValueError:  # another drive on Windows
+        return None
+    if rel.parts and rel.parts[0] == "..":
+        return None
+    return quote(rel.as_posix())
+
+
+def _find(path_value: Any, reports_dir: Path, run_dir: Path) -> str | None:
+    """Where a path of report.json (relative to the project root, or absolute) is now."""
+    if not isinstance(path_value, str) or not path_value.strip():
+        return None
+    path = Path(path_value)
+    candidates = [path] if path.is_absolute() else [reports_dir.parent / path, run_dir / path]
+    candidates.append(run_dir / path.name)  # the folder was moved or copied
+    for candidate in candidates:
+        if candidate.is_file():
+            href = _href(candidate, reports_dir)
+            if href is not None:
+                return href
+    return None
+
+
+def _stage_links(stages: Any, reports_dir: Path, run_dir: Path) -> list[Link]:
+    links = []
+    for stage in stages if isinstance(stages, list) else []:
+        stage = _dict(stage)
+        name = _text(stage.get("name"))
+        failed = stage.get("status") == "failed"
+        href = _find(stage.get("html"), reports_dir, run_dir)
+        text = name
+        if href is None:  # no HTML (export failed): the notebook itself is the record
+            href = _find(stage.get("notebook"), reports_dir, run_dir)
+            text = f"{name} (ipynb)"
+        if href is not None:
+            links.append(Link(text + (" ✗" if failed else ""), href, failed))
+    return links
+
+
+def _outcome(summary: dict[str, Any], monitor: dict[str, Any]) -> tuple[str, str]:
+    raw = summary.get("outcome")
+    if monitor.get("rolled_back") is True and raw != "failed":
+        return "rolled back (monitor)", "bad"
+    if raw in OUTCOMES:
+        return OUTCOMES[raw]
+    return (_text(raw), "muted")
+
+
+def _monitor_text(monitor: dict[str, Any]) -> str:
+    if not monitor:
+        return "—"
+    alerts = monitor.get("alerts")
+    count = len(alerts) if isinstance(alerts, list) else alerts
+    parts = []
+    if monitor.get("rolled_back") is True:
+        parts.append("rolled back")
+    if isinstance(count, int) and not isinstance(count, bool) and count:
+        parts.append(f"{count} alert{'s' if count != 1 else ''}")
+    if not parts:
+        healthy = monitor.get("healthy")
+        parts.append("healthy" if healthy is True else "unhealthy" if healthy is False else "—")
+    return ", ".join(parts)
+
+
+def _notifications(items: Any) -> tuple[str, int, list[str]]:
+    if not isinstance(items, list) or not items:
+        return "—", 0, []
+    failed = [_dict(i) for i in items if not _dict(i).get("ok")]
+    notes = [
+        f"notification {_text(n.get('kind'))} → {_text(n.get('target'))} failed: "
+        f"{_text(n.get('error'))}"
+        for n in failed
+    ]
+    return f"{len(failed)} failed of {len(items)}", len(failed), notes
+
+
+def _model_text(results: dict[str, Any]) -> str:
+    candidate, deployed = results.get("candidate_version"), results.get("deployed_version")
+    parts = []
+    if candidate is not None:
+        name = results.get("candidate_name")
+        parts.append(f"v{candidate}" + (f" {name}" if name else ""))
+    if deployed is not None and deployed != candidate:
+        parts.append(f"deployed v{deployed}")
+    improvement = results.get("improvement")
+    if _number(improvement) != "—":
+        parts.append(f"Δ {float(improvement):+.4f}")
+    return ", ".join(parts) or "—"
+
+
+def read_run(report: Path, reports_dir: Path) -> RunRow:
+    """One run's row; a summary that cannot be read still gives a row that says so."""
+    run_dir = report.parent
+    folder = run_dir.name
+    try:
+        mtime = report.stat().st_mtime
+    except OSError:
+        mtime = 0.0
+    fallback_time = _folder_time(folder)
+    row = RunRow(
+        run_id=folder,
+        folder=folder,
+        sort_key=fallback_time.timestamp() if fallback_time else mtime,
+        summary_href=_href(report, reports_dir),
+    )
+    try:
+        summary = json.loads(report.read_text(encoding="utf-8"))
+        if not isinstance(summary, dict):
+            raise ValueError(f"expected a JSON object, found {type(summary).__name__}")
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+        logger.warning("report index: %s is unreadable: %s", report, exc)
+        row.readable = False
+        row.outcome, row.outcome_class = UNREADABLE, "bad"
+        row.notes.append(f"{type(exc).__name__}: {exc}")
+        row.links = [
+            Link(p.stem, href)
+            for p in sorted(run_dir.glob("*.html"))
+            if (href := _href(p, reports_dir)) is not None
+        ]
+        if fallback_time:
+            row.date = fallback_time.strftime("%Y-%m-%d %H:%M UTC")
+        return row
+
+    results = _dict(summary.get("results"))
+    monitor = _dict(summary.get("monitor")) or _dict(results.get("monitor"))
+    metrics = _dict(results.get("metrics"))
+    started = _parse_time(summary.get("started"))
+    if isinstance(summary.get("run_id"), str) and summary["run_id"].strip():
+        row.run_id = summary["run_id"]
+    if started is not None:
+        row.sort_key = started.timestamp()
+        row.date = started.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    elif fallback_time:
+        row.date = fallback_time.strftime("%Y-%m-%d %H:%M UTC")
+    row.trigger = _text(summary.get("trigger"))
+    row.outcome, row.outcome_class = _outcome(summary, monitor)
+    decision = results.get("decision")
+    score = results.get("score")
+    if decision is not None or score is not None:
+        row.decision = _text(decision) + (f" (score {score})" if score is not None else "")
+    row.roc_auc = _number(metrics.get("roc_auc"))
+    row.accuracy = _number(metrics.get("accuracy"))
+    row.model = _model_text(results)
+    row.monitor = _monitor_text(monitor)
+    row.notifications, row.notifications_failed, notes = _notifications(
+        summary.get("notifications") or results.get("notifications")
+    )
+    for key in ("error", "rollback_reason"):
+        value = summary.get(key) if key == "error" else results.get(key)
+        if value:
+            row.notes.append(str(value))
+    if monitor.get("rollback_reason"):
+        row.notes.append(f"monitor: {monitor['rollback_reason']}")
+    row.notes.extend(notes)
+    row.links = _stage_links(summary.get("stages"), reports_dir, run_dir)
+    return row
+
+
+def collect_runs(reports_dir: Path) -> list[RunRow]:
+    """Every `reports/*/report.json`, newest first (start time, else the run id's timestamp)."""
+    reports_dir = Path(reports_dir)
+    rows = [read_run(p, reports_dir) for p in reports_dir.glob("*/report.json") if p.is_file()]
+    return sorted(rows, key=lambda r: (r.sort_key, r.run_id), reverse=True)
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _row_html(row: RunRow) -> str:
+    run = _e(row.run_id)
+    if row.summary_href:
+        run = f'<a href="{_e(row.summary_href)}">{run}</a>'
+    links = " · ".join(
+        f'<a href="{_e(link.href)}"{FAILED_CLASS if link.failed else ""}>{_e(link.text)}</a>'
+        for link in row.links
+    )
+    notes = "".join(f'<div class="note">{_e(n)}</div>' for n in row.notes)
+    cells = [
+        f'<td>{_e(row.date)}<div class="run">{run}</div></td>',
+        f"<td>{_e(row.trigger)}</td>",
+        f'<td><span class="badge {_e(row.outcome_class)}">{_e(row.outcome)}</span>{notes}</td>',
+        f"<td>{_e(row.decision)}</td>",
+        f'<td class="num">{_e(row.roc_auc)}</td>',
+        f'<td class="num">{_e(row.accuracy)}</td>',
+        f"<td>{_e(row.model)}</td>",
+        f"<td>{_e(row.monitor)}</td>",
+        f"<td>{links or '—'}</td>",
+        f'<td class="num">{_e(row.notifications)}</td>',
+    ]
+    css = ' class="unreadable"' if not row.readable else ""
+    return f'<tr data-run="{_e(row.folder)}"{css}>' + "".join(cells) + "</tr>"
+
+
+def render_index(rows: list[RunRow], generated: datetime | None = None) -> str:
+    """The whole page as one string: inline CSS, no scripts, every value escaped."""
+    generated = generated or datetime.now(UTC)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.outcome] = counts.get(row.outcome, 0) + 1
+    tally = ", ".join(f"{n} {_e(label)}" for label, n in sorted(counts.items()))
+    head = (
+        "<tr><th>Date / run</th><th>Trigger</th><th>Outcome</th><th>Decision</th>"
+        "<th>ROC-AUC</th><th>Accuracy</th><th>Model</th><th>Monitor</th>"
+        "<th>Notebooks</th><th>Notifications</th></tr>"
+    )
+    body = "\n".join(_row_html(r) for r in rows) or '<tr><td colspan="10">no runs yet</td></tr>'
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>Pipeline runs</title><style>{CSS}</style></head><body>"
+        "<h1>Pipeline runs</h1>"
+        f'<div class="meta">{len(rows)} run{"s" if len(rows) != 1 else ""}'
+        f"{': ' + tally if tally else ''} · generated "
+        f"{_e(generated.strftime('%Y-%m-%d %H:%M UTC'))}</div>"
+        f"<table><thead>{head}</thead><tbody>\n{body}\n</tbody></table></body></html>\n"
+    )
+
+
+def write_index(reports_dir: Path) -> Path:
+    """Write `reports_dir/index.html` atomically (a reader never sees half a page)."""
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    page = render_index(collect_runs(reports_dir))
+    target = reports_dir / INDEX_NAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{INDEX_NAME}-", dir=reports_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the page is meant to be served
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.info("report index: %s", target)
+    return target
