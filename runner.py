@@ -38,6 +38,7 @@ NOTEBOOKS = {
     "compare": "03_compare",
     "decide": "04_decide",
     "deploy": "05_deploy",
+    "monitor": "06_monitor",
 }
 log = logging.getLogger("runner")
 
@@ -174,6 +175,19 @@ def stage_parameters(
             "serving_url": cfg.serving_url,
             "store_url": cfg.resolved_store_url(root),
             "analysis": dict(cfg.canary_analysis),
+            "models_dir": cfg.models_dir,
+            "logs_dir": cfg.logs_dir,
+        }
+    if stage == "monitor":
+        return {
+            **common,
+            **mlflow_params,
+            **split,
+            "window_seconds": cfg.monitor_window_seconds,
+            "monitoring_config": dict(cfg.monitoring),
+            "auto_rollback": cfg.auto_rollback,
+            "serving_url": cfg.serving_url,
+            "store_url": cfg.resolved_store_url(root),
             "models_dir": cfg.models_dir,
             "logs_dir": cfg.logs_dir,
         }
@@ -375,8 +389,9 @@ def run(
                 tag = f"[{i}/{len(stages)}] {stage}"
                 params = stage_parameters(stage, cfg, ctx, root, run_dir, force)
                 say(f"{tag} ...")
-                if kernels is not None:  # detect may end the run: warm only the next kernel then
-                    kernels.ahead = 1 if stage == "detect" else 2
+                if kernels is not None:  # detect is short and may end the run: warm only the
+                    # next kernel then, at full priority; later ones warm up in idle CPU time
+                    kernels.ahead, kernels.nice = (1, 0) if stage == "detect" else (2, 19)
                 result = execute_stage(stage, params, root, run_dir, cfg.stage_timeout, kernels)
                 results.append(result)
                 if result.status == "failed":
@@ -397,6 +412,14 @@ def run(
                         break
                 if stage == "deploy":
                     outcome = ctx.get("outcome", "completed")
+                    if outcome != "promoted":  # rolled back: production is the old champion
+                        break
+                if stage == "monitor":
+                    outcome = (
+                        "monitor_rolled_back"
+                        if ctx.get("rolled_back")
+                        else (outcome if outcome != "completed" else "monitored")
+                    )
         if outcome == "completed" and stages[-1] == "decide":
             outcome = "decided"
         summary = _summary(run_id, cfg, root, run_dir, started, results, outcome, ctx, failure)
@@ -472,6 +495,11 @@ def _headline(stage: str, s: dict[str, Any]) -> str:
     if stage == "deploy":
         why = f" ({s.get('rollback_reason')})" if s.get("rollback_reason") else ""
         return f": v{s.get('deployed_version')} {s.get('outcome')}{why}"
+    if stage == "monitor":
+        state = "healthy" if s.get("healthy") else f"{len(s.get('alerts') or [])} alert(s)"
+        return f": v{s.get('monitored_version')} {state}" + (
+            f"; {s.get('rollback_note')}" if s.get("rollback_note") else ""
+        )
     return ""
 
 
@@ -491,7 +519,9 @@ def _summary(
     keys = ("new_apps", "updated_apps", "total_apps", "should_train", "reason", "quarantined_rows",
             "candidate_version", "candidate_name", "metrics", "cv_std", "mlflow_run_id",
             "parent_run_id", "champion_version", "reference_label", "improvement", "score",
-            "decision", "reasons", "deployed_version", "champion_before", "rollback_reason", "recovered")  # fmt: skip
+            "decision", "reasons", "deployed_version", "champion_before", "rollback_reason", "recovered", "healthy",
+            "alerts", "drift", "rolled_back", "monitor_rollback_reason", "rollback_note",
+            "monitored_version", "live_metrics")  # fmt: skip
     quarantine = run_dir / "quarantine.csv"
     return {
         "run_id": run_id,
@@ -635,13 +665,23 @@ def build_parser() -> argparse.ArgumentParser:
     # Config options are accepted before or after the command (`runner.py status --set ...`).
     common = argparse.ArgumentParser(add_help=False)
     for p, default in ((parser, None), (common, argparse.SUPPRESS)):
-        p.add_argument("--config", default=default,
-                       help="YAML config file (default: pipeline.yaml)")
-        p.add_argument("--set", action="append", default=[] if default is None else default,
-                       metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set threshold=50 (repeatable)")
-        p.add_argument("-v", "--verbose", action="store_true",
-                       default=False if default is None else default, help="debug logging")
+        p.add_argument(
+            "--config", default=default, help="YAML config file (default: pipeline.yaml)"
+        )
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[] if default is None else default,
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set threshold=50 (repeatable)",
+        )
+        p.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=False if default is None else default,
+            help="debug logging",
+        )
     sub = parser.add_subparsers(dest="command")
 
     def command(name: str, text: str) -> argparse.ArgumentParser:

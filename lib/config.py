@@ -20,7 +20,7 @@ from lib.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "pipeline.yaml"
-STAGES = ("detect", "train", "compare", "decide", "deploy")
+STAGES = ("detect", "train", "compare", "decide", "deploy", "monitor")
 METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1", "log_loss")
 CANDIDATES = ("logistic_regression", "random_forest", "hist_gradient_boosting")
 
@@ -67,6 +67,10 @@ class PipelineConfig:
     serving_port: int = 8080
     store_url: str | None = None  # prediction store; None: sqlite:///<root>/predictions.db
     canary_analysis: dict[str, Any] = field(default_factory=dict)  # lib.canary.AnalysisConfig
+    # production monitoring (06 monitor)
+    monitor_window_seconds: float = 3600.0
+    auto_rollback: bool = True  # the monitor rolls back on a significant accuracy drop / errors
+    monitoring: dict[str, Any] = field(default_factory=dict)  # lib.monitoring.MonitorConfig
 
     def resolved_tracking_uri(self, root: Path) -> str:
         """The MLflow store: explicit config, else the environment, else SQLite in the project."""

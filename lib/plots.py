@@ -144,3 +144,66 @@ def rollout_timeline(events: list[dict[str, Any]]) -> Figure:
     ax.set_title("Rollout timeline")
     fig.tight_layout()
     return fig
+
+
+def drift_psi(drifts: list[Any], threshold: float) -> Figure:
+    """PSI of every model input against the training data, drifted ones in red."""
+    names = [d.feature for d in drifts]
+    values = [0.0 if d.psi != d.psi else d.psi for d in drifts]
+    colors = ["#c44e52" if d.drifted else "#4c72b0" for d in drifts]
+    fig, ax = plt.subplots(figsize=(6, 0.35 * max(len(names), 1) + 1.2))
+    ax.barh(names, values, color=colors)
+    ax.axvline(threshold, color="k", ls="--", lw=0.8, label=f"PSI threshold {threshold}")
+    ax.set_xlabel("population stability index (current vs training)")
+    ax.set_title("Input drift per feature")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def prediction_distribution(reference: Sequence[float], current: Sequence[float]) -> Figure:
+    """Predicted probabilities now against the champion's on its training data."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    bins = np.linspace(0, 1, 21)
+    ax.hist(reference, bins=bins, alpha=0.5, density=True, label="reference (training data)")
+    if len(current):
+        ax.hist(current, bins=bins, alpha=0.5, density=True, label=f"production (n={len(current)})")
+    ax.set_xlabel("predicted probability of Rating > 4.0")
+    ax.set_title("Prediction drift")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def live_vs_validation(perf: dict[str, Any]) -> Figure:
+    """Accuracy and ROC-AUC on labeled feedback against the champion's validation figures."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    metrics = ["accuracy", "roc_auc"]
+    live = [perf.get(m) or 0.0 for m in metrics]
+    ref = [perf.get(f"reference_{m}") or 0.0 for m in metrics]
+    x = np.arange(len(metrics))
+    ax.bar(x - 0.2, ref, 0.4, label="validation (holdout)")
+    ax.bar(x + 0.2, live, 0.4, label=f"live feedback (n={perf.get('labeled', 0)})")
+    ax.set_xticks(x, metrics)
+    ax.set_ylim(0, 1)
+    ax.set_title("Live performance")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def traffic(window: pd.DataFrame) -> Figure:
+    """Requests and errors per minute, by variant, and latency percentiles."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3))
+    if len(window):
+        minute = pd.to_datetime(window["created_at"], unit="s").dt.floor("min")
+        counts = (
+            window.assign(minute=minute).groupby(["minute", "variant"]).size().unstack(fill_value=0)
+        )
+        counts.plot(ax=ax1)
+        lat = window["latency_ms"].astype(float)
+        ax2.bar(["p50", "p90", "p99"], [lat.quantile(q) for q in (0.5, 0.9, 0.99)])
+    ax1.set_title("Requests per minute")
+    ax2.set_title("Latency (ms)")
+    fig.tight_layout()
+    return fig

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT.parent / "shared" / "data" / "playstore"
+# ../shared/data/playstore beside the project; PLAYSTORE_DATA points elsewhere if needed.
+SHARED_DATA = Path(os.environ.get("PLAYSTORE_DATA", PROJECT.parent / "shared/data/playstore"))
+
+
+def require_shared_data() -> Path:
+    """The real Play Store files. On a developer machine without them the tests are skipped; in
+    CI (CI=true) they must be there, so their absence fails instead of silently skipping."""
+    if not SHARED_DATA.is_dir():
+        message = f"real data not found at {SHARED_DATA} (set PLAYSTORE_DATA)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real Play Store files; CI has them (read-only), so their absence is a failure there."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    return require_shared_data()
 
 
 @pytest.fixture

@@ -24,9 +24,17 @@ from lib.data import (
     write_quarantine,
 )
 from lib.errors import DataError, MissingColumnsError
+from tests.conftest import SHARED_DATA as REAL  # noqa: E402
 
-REAL = Path(__file__).resolve().parents[2] / "shared/data/playstore"
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real data not found at {REAL}")
+
+@pytest.fixture
+def needs_real_data() -> None:
+    from tests.conftest import require_shared_data
+
+    require_shared_data()
+
+
+needs_real = pytest.mark.usefixtures("needs_real_data")
 
 GOOD = {
     "App": "Photo Editor & Candy Camera",
