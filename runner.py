@@ -360,7 +360,8 @@ def run(
         first = root / _data_paths(cfg)[0]
         if synth.ensure_dataset(first, n=cfg.synth_apps, seed=cfg.synth_seed):
             say(
-                f"generated {cfg.synth_apps} apps into {os.path.relpath(first, root)} (no data found)"
+                f"generated {cfg.synth_apps} apps into {os.path.relpath(first, root)} "
+                "(no data found)"
             )
         for path in _data_paths(cfg):
             data.check_columns(root / path)  # missing columns stop here, before MLflow or models/
@@ -484,10 +485,12 @@ def _after_decision(cfg: PipelineConfig, root: Path, ctx: dict[str, Any], say: A
 
 def _headline(stage: str, s: dict[str, Any]) -> str:
     if stage == "detect":
-        return f": {s.get('new_apps')} new, {s.get('updated_apps')} updated of {s.get('total_apps')} apps"
+        new, updated, total = s.get("new_apps"), s.get("updated_apps"), s.get("total_apps")
+        return f": {new} new, {updated} updated of {total} apps"
     if stage == "train":
         m = s.get("metrics") or {}
-        return f": v{s.get('candidate_version')} {s.get('candidate_name')} roc_auc={m.get('roc_auc', 0):.4f}"
+        name = f"v{s.get('candidate_version')} {s.get('candidate_name')}"
+        return f": {name} roc_auc={m.get('roc_auc', 0):.4f}"
     if stage == "compare":
         return f": improvement {s.get('improvement', 0):+.4f} vs {s.get('reference_label')}"
     if stage == "decide":
@@ -516,12 +519,38 @@ def _summary(
 ) -> dict[str, Any]:
     from lib import registry
 
-    keys = ("new_apps", "updated_apps", "total_apps", "should_train", "reason", "quarantined_rows",
-            "candidate_version", "candidate_name", "metrics", "cv_std", "mlflow_run_id",
-            "parent_run_id", "champion_version", "reference_label", "improvement", "score",
-            "decision", "reasons", "deployed_version", "champion_before", "rollback_reason", "recovered", "healthy",
-            "alerts", "drift", "rolled_back", "monitor_rollback_reason", "rollback_note",
-            "monitored_version", "live_metrics")  # fmt: skip
+    keys = (
+        "new_apps",
+        "updated_apps",
+        "total_apps",
+        "should_train",
+        "reason",
+        "quarantined_rows",
+        "candidate_version",
+        "candidate_name",
+        "metrics",
+        "cv_std",
+        "mlflow_run_id",
+        "parent_run_id",
+        "champion_version",
+        "reference_label",
+        "improvement",
+        "score",
+        "decision",
+        "reasons",
+        "deployed_version",
+        "champion_before",
+        "rollback_reason",
+        "recovered",
+        "healthy",
+        "alerts",
+        "drift",
+        "rolled_back",
+        "monitor_rollback_reason",
+        "rollback_note",
+        "monitored_version",
+        "live_metrics",
+    )
     quarantine = run_dir / "quarantine.csv"
     return {
         "run_id": run_id,
@@ -587,25 +616,32 @@ def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
 def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
     from lib import deployer
 
-    info = deployer.status(_client(cfg, root), cfg.model_name, root / cfg.models_dir,
-                           _service_url(cfg))  # fmt: skip
+    info = deployer.status(
+        _client(cfg, root), cfg.model_name, root / cfg.models_dir, _service_url(cfg)
+    )
     aliases = info["aliases"]
-    print(f"model {info['model']}: champion v{aliases['champion']}, previous v{aliases['previous']}, "
-          f"candidate v{aliases['candidate']}, canary v{aliases['canary']}")  # fmt: skip
+    print(
+        f"model {info['model']}: champion v{aliases['champion']}, previous v{aliases['previous']}, "
+        f"candidate v{aliases['candidate']}, canary v{aliases['canary']}"
+    )
     print(f"models/production: v{info['production_copy']}")
     ro = info["rollout"]
     if ro:
         flag = " (INTERRUPTED: the next run rolls it back)" if ro["interrupted"] else ""
-        print(f"rollout {ro['id']}: v{ro['version']} {ro['phase']} at {ro['weight']}%{flag}"
-              + (f" - {ro['reason']}" if ro["reason"] else ""))  # fmt: skip
+        print(
+            f"rollout {ro['id']}: v{ro['version']} {ro['phase']} at {ro['weight']}%{flag}"
+            + (f" - {ro['reason']}" if ro["reason"] else "")
+        )
     else:
         print("rollout: none")
     service = info["service"]
     if isinstance(service, dict):
         canary = service.get("canary") or {}
-        print(f"service {_service_url(cfg)}: {service.get('status')}, champion "
-              f"v{(service.get('champion') or {}).get('version')}, canary "
-              f"v{canary.get('version')} at {canary.get('weight', 0)}%")  # fmt: skip
+        print(
+            f"service {_service_url(cfg)}: {service.get('status')}, champion "
+            f"v{(service.get('champion') or {}).get('version')}, canary "
+            f"v{canary.get('version')} at {canary.get('weight', 0)}%"
+        )
     else:
         print(f"service: {service}")
     return 0
@@ -617,13 +653,20 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> i
 
     lock = _lock(root, cfg.lock_timeout)
     try:
-        record = deployer.manual_rollback(_client(cfg, root), cfg.model_name,
-                                          root / cfg.models_dir, root / cfg.logs_dir,
-                                          args.reason, _service_url(cfg))  # fmt: skip
+        record = deployer.manual_rollback(
+            _client(cfg, root),
+            cfg.model_name,
+            root / cfg.models_dir,
+            root / cfg.logs_dir,
+            args.reason,
+            _service_url(cfg),
+        )
     finally:
         lock.release()
-    print(f"rolled back: champion is v{record.get('version')} again "
-          f"(was v{record.get('rolled_back_version')}); {record['service']}")  # fmt: skip
+    print(
+        f"rolled back: champion is v{record.get('version')} again "
+        f"(was v{record.get('rolled_back_version')}); {record['service']}"
+    )
     return 0
 
 
@@ -634,10 +677,13 @@ def cmd_approve(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> in
 
     waiting = deployer.awaiting_version(root / cfg.models_dir)
     if waiting != str(args.version):
-        raise RolloutError(f"v{args.version} is not awaiting approval"
-                           + (f" (v{waiting} is)" if waiting else " (nothing is)"))  # fmt: skip
-    result = run(cfg, root, stages=["deploy"], echo=print,
-                 context={"candidate_version": str(args.version)})  # fmt: skip
+        raise RolloutError(
+            f"v{args.version} is not awaiting approval"
+            + (f" (v{waiting} is)" if waiting else " (nothing is)")
+        )
+    result = run(
+        cfg, root, stages=["deploy"], echo=print, context={"candidate_version": str(args.version)}
+    )
     return result.exit_code
 
 
