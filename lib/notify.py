@@ -43,8 +43,9 @@ Each apprise URL may carry ``cto=`` / ``rto=`` (connect / read timeout in second
 
 Secrets never leave this module in clear: `Target` keeps the URL out of its repr and exposes a
 redacted `Target.label`; errors and log lines go through `redact()`; apprise's own logger (which
-logs webhook URLs and payloads at DEBUG) is capped at WARNING and gets a `RedactingFilter`;
-`install_redacting_filter()` puts the same filter on the root logger's handlers.
+logs webhook URLs and payloads at DEBUG) is capped at WARNING and, like urllib3's request log,
+gets a `RedactingFilter`; `install_redacting_filter()` puts the same filter on the root logger's
+handlers.
 
 The mission's ``notify.py --rollback --reason "..."`` is ``python runner.py rollback --reason
 "..."``: after the rollback the runner calls ``notify("rolled_back", version=..., reason=...)``.
@@ -481,11 +482,18 @@ def install_redacting_filter(logger: logging.Logger | None = None) -> RedactingF
     return flt
 
 
+# Loggers that write webhook URLs (tokens in the path or query) on their own: apprise at
+# DEBUG/TRACE (URLs and payloads), urllib3 at DEBUG (every request line).
+_URL_LOGGERS = ("apprise", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry")
+
+
 def _harden_apprise_logging() -> None:
-    """apprise logs webhook URLs and payloads at DEBUG/TRACE: cap it and redact what remains."""
+    """Cap apprise at WARNING and redact what apprise and urllib3 log about our requests."""
+    for name in _URL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
     apprise_log = logging.getLogger("apprise")
-    if not any(isinstance(f, RedactingFilter) for f in apprise_log.filters):
-        apprise_log.addFilter(RedactingFilter())
     if apprise_log.level < logging.WARNING:
         apprise_log.setLevel(logging.WARNING)
 

@@ -37,6 +37,25 @@ FAST = {
 }
 
 
+def make_runner_project(root: Path) -> None:
+    """Copy runner.py, lib/, notebooks/ and pipeline.yaml into a test project folder."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("lib", "notebooks"):
+        shutil.copytree(repo / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("runner.py", "pipeline.yaml"):
+        shutil.copy2(repo / name, root / name)
+
+
+def runner_settings(world: World, url: str) -> list[str]:
+    return [
+        "--set", "data_path=data/apps.csv", "--set", f"serving_url={url}",
+        "--set", f"store_url={world.store_url}", "--set", f"tracking_uri={world.uri}",
+        "--set", "experiment=deploy-tests",
+    ]  # fmt: skip
+
+
 class World:
     """A project folder with an MLflow store, a champion, held-out apps and a service."""
 
@@ -50,7 +69,7 @@ class World:
         path = synth.write_default_dataset(root / "data" / "apps.csv", n=2500, seed=5)
         apps = data.read_apps(path).apps
         self.labeled = training.labeled_data(apps, 4.0)
-        self.train_idx, test_idx = training.holdout_split(
+        self.train_idx, self.test_idx = training.holdout_split(
             self.labeled.keys, self.labeled.y, 0.2, 42
         )
         self.holdout = replayer.holdout_apps(apps, 4.0, 0.2, 42)
@@ -60,6 +79,12 @@ class World:
     def register(self, model, example=None) -> str:
         model = training.for_inference(model)
         with mlflow.start_run():
+            if example is None:  # validation figures, as 02 train logs them (06 monitor reads them)
+                X_test = self.labeled.X.iloc[self.test_idx]
+                scores = training.evaluate(
+                    self.labeled.y.iloc[self.test_idx], model.predict_proba(X_test)[:, 1]
+                )
+                mlflow.log_metrics({f"holdout_{k}": v for k, v in scores.items()})
             info = registry.log_candidate_model(
                 model, self.X.head(5) if example is None else example
             )
@@ -266,7 +291,6 @@ def test_approve_and_reject_a_parked_rollout(world: World) -> None:
 def test_sigkill_during_a_canary_step_then_recovery(world: World) -> None:
     """Kill `runner.py` mid-canary: the service keeps answering with the old champion (the
     canary lease runs out) and the next runner rolls the rollout back before anything else."""
-    import shutil
     import signal
     import subprocess
     import sys
@@ -274,13 +298,7 @@ def test_sigkill_during_a_canary_step_then_recovery(world: World) -> None:
 
     import httpx
 
-    repo = Path(__file__).resolve().parents[1]
-    for name in ("lib", "notebooks"):
-        shutil.copytree(
-            repo / name, world.root / name, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    for name in ("runner.py", "pipeline.yaml"):
-        shutil.copy2(repo / name, world.root / name)
+    make_runner_project(world.root)
     v1 = world.champion()
     v2 = world.register(world.forest(8))
     registry.set_alias(world.client, NAME, "candidate", v2)

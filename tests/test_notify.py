@@ -1,0 +1,860 @@
+"""Notifications against real local servers: HTTP(S) webhooks and an SMTP server, all on 127.0.0.1.
+
+Slack and PagerDuty post to fixed https endpoints that apprise keeps in a class attribute
+(`NotifySlack.webhook_url`) and a module dict (`pagerduty.PAGERDUTY_API_LOOKUP`); the tests point
+those at the local server, so the real plugin payloads travel over real HTTP. Teams Workflows
+takes its host from the URL but always speaks https: it gets a local TLS server with a throw-away
+certificate that requests is told to trust (REQUESTS_CA_BUNDLE), certificate checks left on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import ipaddress
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import apprise
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from apprise.plugins import pagerduty as apprise_pagerduty
+from apprise.plugins.slack import NotifySlack
+
+from lib import notify
+
+# The local SMTP server takes AUTH without TLS on purpose (loopback only); aiosmtpd warns about it.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+
+LOOPBACK = "127.0.0.1"
+SLACK_HOOK = "https://hooks.slack.com/services/T0AB12CDE/B0FG34HIJ/Xy9zAbCdEfGhIjKlMnOpQrSt"
+SLACK_TOKENS = ("T0AB12CDE", "B0FG34HIJ", "Xy9zAbCdEfGhIjKlMnOpQrSt")
+TEAMS_WORKFLOW = "643e69f83c8944438d68119179a10a64"
+TEAMS_SIG = "KODuebWbDGYFr0z0eu-6Rj8aUKz7108W3wrNJZxFE5A"
+TEAMS_HOOK = (
+    "https://prod-161.westeurope.logic.azure.com:443/workflows/"
+    f"{TEAMS_WORKFLOW}/triggers/manual/paths/invoke?api-version=2016-06-01"
+    f"&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig={TEAMS_SIG}"
+)
+PD_KEY = "R0uT1ngKey0123456789abcdef012345"
+SMTP_USER = "alerts"
+SMTP_PASSWORD = "s3cr3t-Pa55w0rd"
+METRICS = {"roc_auc": 0.79123, "accuracy": 0.8125, "f1": 0.88}
+REPORT = "reports/20250101-abc123/05_deploy.html"
+
+
+# --- isolation ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No configured targets from the developer's shell, no proxies, and no host but loopback."""
+    for var in notify.ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", f"{LOOPBACK},localhost")
+    real_getaddrinfo = socket.getaddrinfo
+
+    def loopback_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in (LOOPBACK, "localhost", "::1", None):
+            raise OSError(f"test guard: refusing to resolve non-loopback host {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+
+
+# --- local servers ------------------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return parse_qs(urlsplit(self.path).query)
+
+
+@dataclass
+class HttpSink:
+    """A ThreadingHTTPServer that answers 200 "ok" (what Slack webhooks answer) and records."""
+
+    server: ThreadingHTTPServer
+    scheme: str = "http"
+    requests: list[Recorded] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://{LOOPBACK}:{self.port}"
+
+
+class _JoiningServer(ThreadingHTTPServer):
+    # Non-daemon request threads, so server_close() joins every one of them.
+    daemon_threads = False
+
+
+def _start_sink(ssl_context: Any = None) -> tuple[HttpSink, threading.Thread]:
+    lock = threading.Lock()
+    recorded: list[Recorded] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            with lock:
+                recorded.append(Recorded("POST", self.path, dict(self.headers.items()), body))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    server = _JoiningServer((LOOPBACK, 0), Handler)
+    if ssl_context is not None:
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
+    sink = HttpSink(server, "https" if ssl_context else "http", recorded)
+    thread = threading.Thread(target=server.serve_forever, name="notify-test-http")
+    thread.start()
+    return sink, thread
+
+
+def _stop_sink(sink: HttpSink, thread: threading.Thread) -> None:
+    sink.server.shutdown()
+    sink.server.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def http_sink() -> Iterator[HttpSink]:
+    sink, thread = _start_sink()
+    yield sink
+    _stop_sink(sink, thread)
+
+
+@pytest.fixture
+def https_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpSink]:
+    """A TLS sink whose self-signed certificate (for IP 127.0.0.1) requests trusts."""
+    ssl = pytest.importorskip("ssl")
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOOPBACK)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert_file))
+    sink, thread = _start_sink(context)
+    yield sink
+    _stop_sink(sink, thread)
+
+
+class _LocalSMTP(Controller):
+    """aiosmtpd's Controller on an ephemeral port (it has no port-0 support of its own)."""
+
+    async def _bind(self) -> Any:
+        server = await self.loop.create_server(
+            self._factory_invoker, host=self.hostname, port=0, ssl=self.ssl_context
+        )
+        self.port = server.sockets[0].getsockname()[1]
+        return server
+
+    def _create_server(self) -> Any:
+        return self._bind()
+
+
+@dataclass
+class SmtpSink:
+    port: int
+    messages: list[email.message.EmailMessage] = field(default_factory=list)
+    logins: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    """An SMTP server on 127.0.0.1 that wants AUTH (PLAIN/LOGIN, allowed without TLS here)."""
+    sink = SmtpSink(port=0)
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            if not session.authenticated:
+                return "530 5.7.0 Authentication required"
+            parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+            sink.messages.append(parsed)
+            return "250 OK"
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        ok = isinstance(data, LoginPassword) and data.password == SMTP_PASSWORD.encode()
+        if ok:
+            sink.logins.append(data.login.decode())
+        # handled=False: aiosmtpd itself answers (235, or 535 for a wrong password)
+        return AuthResult(success=ok, handled=False)
+
+    controller = _LocalSMTP(
+        Handler(),
+        hostname=LOOPBACK,
+        authenticator=authenticator,
+        auth_require_tls=False,
+        auth_required=True,
+    )
+    controller.start()
+    sink.port = controller.port
+    yield sink
+    controller.stop()
+
+
+def _closed_port() -> int:
+    """A loopback port with nothing listening on it."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def _all_log_text(caplog: pytest.LogCaptureFixture) -> str:
+    parts = [caplog.text]
+    for record in caplog.records:
+        parts.append(record.getMessage())
+        parts.append(record.exc_text or "")
+    return "\n".join(parts)
+
+
+# --- targets from the environment ---------------------------------------------------------------
+
+
+def test_targets_from_env_reads_and_converts_every_variable() -> None:
+    env = {
+        "SLACK_WEBHOOK": SLACK_HOOK,
+        "EMAIL_SMTP": (
+            f"mailtos://{SMTP_USER}:{SMTP_PASSWORD}@smtp.example.com:587"
+            "?from=mlops@example.com&to=team@example.com"
+        ),
+        "TEAMS_WEBHOOK": TEAMS_HOOK,
+        "PAGERDUTY_KEY": PD_KEY,
+        "NOTIFY_URLS": (
+            f"json://{LOOPBACK}:8080/hook, form://{LOOPBACK}:8081/f\n"
+            "  mailto://u:pw@127.0.0.1:2525?from=m@x.org&to=a@x.org,b@x.org,"
+            "discord://1234567/abcdefTOKEN ,, "
+            f"json://{LOOPBACK}:8080/hook"
+        ),
+    }
+    targets = notify.targets_from_env(env)
+
+    assert [(t.kind, t.source) for t in targets] == [
+        ("slack", "SLACK_WEBHOOK"),
+        ("email", "EMAIL_SMTP"),
+        ("teams", "TEAMS_WEBHOOK"),
+        ("pagerduty", "PAGERDUTY_KEY"),
+        ("other", "NOTIFY_URLS"),
+        ("other", "NOTIFY_URLS"),
+        ("email", "NOTIFY_URLS"),
+        ("other", "NOTIFY_URLS"),
+    ]
+    urls = [t.url for t in targets]
+    assert urls[0] == "slack://{}/{}/{}/".format(*SLACK_TOKENS)
+    assert urls[1] == env["EMAIL_SMTP"]
+    assert urls[2] == (
+        f"workflows://prod-161.westeurope.logic.azure.com:443/{TEAMS_WORKFLOW}/{TEAMS_SIG}/"
+        "?ver=2016-06-01"
+    )
+    assert urls[3] == (
+        f"pagerduty://{PD_KEY}@{notify.PAGERDUTY_NO_API_KEY}/"
+        f"{notify.PAGERDUTY_SOURCE}/{notify.PAGERDUTY_COMPONENT}"
+    )
+    # commas split URLs only where a new scheme starts; the duplicate json URL is dropped
+    assert urls[4:] == [
+        f"json://{LOOPBACK}:8080/hook",
+        f"form://{LOOPBACK}:8081/f",
+        "mailto://u:pw@127.0.0.1:2525?from=m@x.org&to=a@x.org,b@x.org",
+        "discord://1234567/abcdefTOKEN",
+    ]
+    # every converted URL is one apprise accepts
+    for target in targets:
+        assert apprise.Apprise.instantiate(target.url) is not None, target.label
+
+    labels = [t.label for t in targets]
+    assert labels[:4] == [
+        "slack:***",
+        "mailtos://***@smtp.example.com:587",
+        "teams:***",
+        "pagerduty:***",
+    ]
+    assert labels[4] == f"json://{LOOPBACK}:8080/***"
+    assert labels[6] == f"mailto://***@{LOOPBACK}:2525"
+    shown = repr(targets) + " ".join(labels) + " ".join(str(t) for t in targets)
+    for secret in (*SLACK_TOKENS, SMTP_PASSWORD, TEAMS_SIG, TEAMS_WORKFLOW, PD_KEY, "abcdefTOKEN"):
+        assert secret not in shown
+
+
+def test_targets_from_env_keeps_apprise_urls_and_uses_the_pagerduty_api_key() -> None:
+    env = {
+        "SLACK_WEBHOOK": "slack://T1/B2/C3/#alerts",
+        "TEAMS_WEBHOOK": f"workflows://example.logic.azure.com/{TEAMS_WORKFLOW}/{TEAMS_SIG}/",
+        "PAGERDUTY_KEY": PD_KEY,
+        "PAGERDUTY_API_KEY": "u+ApiKey123456",
+    }
+    slack, teams, pd = notify.targets_from_env(env)
+    assert slack.url == env["SLACK_WEBHOOK"]
+    assert teams.url == env["TEAMS_WEBHOOK"]
+    assert pd.url.startswith(f"pagerduty://{PD_KEY}@u%2BApiKey123456/")
+    service = apprise.Apprise.instantiate(pd.url)
+    assert (service.integration_key, service.apikey) == (PD_KEY, "u+ApiKey123456")
+
+    full = f"pagerduty://{PD_KEY}@KEY987654321/src/comp?region=eu"
+    assert notify.targets_from_env({"PAGERDUTY_KEY": full})[0].url == full
+
+
+def test_gov_and_workflow_slack_hooks_and_power_automate_teams_hooks_convert() -> None:
+    assert notify.slack_url("https://hooks.slack-gov.com/services/T1/B2/C3") == (
+        "slack://T1/B2/C3/?mode=gov-hook"
+    )
+    assert notify.slack_url("https://hooks.slack.com/triggers/T1/X2/Y3") == (
+        "slack://T1/X2/Y3/?mode=trigger"
+    )
+    power_automate = (
+        "https://default123.environment.api.powerplatform.com:443/powerautomate/automations/"
+        f"direct/workflows/{TEAMS_WORKFLOW}/triggers/manual/paths/invoke"
+        f"?api-version=1&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig={TEAMS_SIG}"
+    )
+    converted = notify.teams_url(power_automate)
+    assert converted.startswith(
+        f"workflows://default123.environment.api.powerplatform.com:443/{TEAMS_WORKFLOW}/{TEAMS_SIG}/"
+    )
+    assert "pa=yes" in converted and "ver=1" in converted
+    assert apprise.Apprise.instantiate(converted) is not None
+
+
+def test_a_retired_teams_connector_is_reported_as_a_failed_target(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    legacy = "https://example.webhook.office.com/webhookb2/abc@def/IncomingWebhook/0123456789/xyz"
+    (target,) = notify.targets_from_env({"TEAMS_WEBHOOK": legacy})
+    assert "retired Office 365 connector" in caplog.text
+
+    (delivery,) = notify.notify("test", targets=[target])
+    assert delivery.kind == "teams" and not delivery.ok
+    assert "unsupported notification URL" in (delivery.error or "")
+
+
+def test_no_targets_returns_nothing_and_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(notify, "_off_logged", False)
+    caplog.set_level(logging.INFO, logger=notify.log.name)
+
+    assert notify.targets_from_env({}) == []
+    assert notify.notify("deployed", version=3) == []
+    assert notify.notify("rolled_back", version=3, reason="x") == []
+    assert notify.send_test() == []
+
+    off = [r for r in caplog.records if "notifications are off" in r.getMessage()]
+    assert len(off) == 1 and off[0].levelno == logging.INFO
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+def test_build_message_covers_every_event_and_rejects_unknown_ones() -> None:
+    for event in notify.EVENTS:
+        message = notify.build_message(event, version=4, reason="why")
+        assert message.title.startswith(notify.TITLE_PREFIX)
+        assert message.level == notify.LEVELS[event]
+        assert "v4" in message.body and "Reason: why" in message.body
+
+    approval = notify.build_message("awaiting_approval", version="v9", metrics={"roc_auc": 0.8})
+    assert "python runner.py approve 9" in approval.body
+    assert "python runner.py reject 9" in approval.body
+
+    rollback = notify.build_message("rolled_back", version=5)
+    assert rollback.level == "failure" and "Reason: not given" in rollback.body
+
+    with pytest.raises(ValueError, match="unknown notification event"):
+        notify.build_message("deploy", version=1)
+    with pytest.raises(ValueError):
+        notify.notify("deploy", targets=[])
+
+
+def test_build_message_is_one_readable_list_and_hides_configured_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SLACK_WEBHOOK", SLACK_HOOK)
+    message = notify.build_message(
+        "deployed",
+        version=12,
+        metrics={"roc_auc": 0.79123, "n": 10, "ll": float("nan")},
+        improvement=0.01234,
+        report=REPORT,
+        reason=f"multi\nline, posted to {SLACK_HOOK}",
+        details={"run_id": "abc123"},
+    )
+    assert message.title == "[mlops] Model v12 deployed to production"
+    lines = message.body.splitlines()
+    assert lines[0] == "Model v12 now serves production."
+    assert lines[1] == ""
+    assert all(line.startswith("- ") for line in lines[2:])
+    assert "- Improvement over production: +0.0123" in lines
+    assert "- Metrics: roc_auc 0.7912, n 10, ll n/a" in lines
+    assert f"- Report: {REPORT}" in lines
+    assert "- run_id: abc123" in lines
+    assert "- Reason: multi line, posted to ***" in lines
+    assert not any(token in message.body for token in SLACK_TOKENS)
+
+
+# --- delivery to real local servers -------------------------------------------------------------
+
+
+def test_deployed_reaches_the_json_webhook_with_version_metrics_improvement_and_report(
+    http_sink: HttpSink,
+) -> None:
+    target = notify.Target("other", f"json://{LOOPBACK}:{http_sink.port}/hooks/mlops")
+    deliveries = notify.notify(
+        "deployed",
+        version=7,
+        metrics=METRICS,
+        improvement=0.0123,
+        report=REPORT,
+        targets=[target],
+    )
+
+    assert deliveries == [
+        notify.Delivery("other", f"json://{LOOPBACK}:{http_sink.port}/***", True, None)
+    ]
+    (request,) = http_sink.requests
+    assert request.path == "/hooks/mlops"
+    assert request.headers["Content-Type"] == "application/json"
+    payload = request.json()
+    assert payload["title"] == "[mlops] Model v7 deployed to production"
+    assert payload["type"] == "success"
+    for expected in ("v7", "roc_auc 0.7912", "accuracy 0.8125", "f1 0.8800", "+0.0123", REPORT):
+        assert expected in payload["message"]
+
+
+def test_rolled_back_carries_the_reason(http_sink: HttpSink) -> None:
+    target = notify.Target("other", f"json://{LOOPBACK}:{http_sink.port}/hook")
+    reason = "canary p99 latency 812 ms > 250 ms at 25%"
+    (delivery,) = notify.notify("rolled_back", version=8, reason=reason, targets=[target])
+
+    assert delivery.ok
+    payload = http_sink.requests[0].json()
+    assert payload["title"] == "[mlops] Model v8 rolled back"
+    assert payload["type"] == "failure"
+    assert f"Reason: {reason}" in payload["message"]
+
+
+def test_form_webhook_gets_the_message_too(http_sink: HttpSink) -> None:
+    target = notify.Target("other", f"form://{LOOPBACK}:{http_sink.port}/form")
+    (delivery,) = notify.notify("alert", reason="accuracy dropped to 0.61", targets=[target])
+
+    assert delivery.ok
+    fields = parse_qs(http_sink.requests[0].body.decode())
+    assert fields["title"] == ["[mlops] Monitoring alert"]
+    assert "accuracy dropped to 0.61" in fields["message"][0]
+
+
+def test_email_with_auth_arrives_and_the_password_never_shows(
+    smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = (
+        f"mailto://{SMTP_USER}:{SMTP_PASSWORD}@{LOOPBACK}:{smtp_sink.port}"
+        "?from=mlops@example.com&to=team@example.com&mode=insecure"
+    )
+    (target,) = notify.targets_from_env({"EMAIL_SMTP": url})
+    deliveries = notify.notify(
+        "deployed", version=11, metrics=METRICS, improvement=0.02, report=REPORT, targets=[target]
+    )
+
+    assert deliveries == [
+        notify.Delivery("email", f"mailto://***@{LOOPBACK}:{smtp_sink.port}", True, None)
+    ]
+    assert smtp_sink.logins == [SMTP_USER]
+    (mail,) = smtp_sink.messages
+    assert mail["Subject"] == "[mlops] Model v11 deployed to production"
+    assert mail["To"] == "team@example.com"
+    content = mail.get_body(preferencelist=("plain", "html")).get_content()
+    for expected in ("v11", "roc_auc 0.7912", "+0.0200", REPORT):
+        assert expected in content
+    assert SMTP_PASSWORD not in repr(deliveries)
+    assert SMTP_PASSWORD not in _all_log_text(caplog)
+
+
+def test_email_with_a_wrong_password_fails_without_leaking_it(
+    smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "Wr0ng-Passw0rd-42"
+    url = (
+        f"mailto://{SMTP_USER}:{wrong}@{LOOPBACK}:{smtp_sink.port}"
+        "?from=mlops@example.com&to=team@example.com&mode=insecure"
+    )
+    (delivery,) = notify.notify("test", targets=[notify.Target("email", url)])
+
+    assert not delivery.ok and delivery.error
+    assert smtp_sink.messages == []
+    assert wrong not in repr(delivery) and wrong not in _all_log_text(caplog)
+    assert any("failed" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_slack_webhook_payload_reaches_a_local_server(
+    http_sink: HttpSink, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(NotifySlack, "webhook_url", f"{http_sink.base}/services")
+    monkeypatch.setenv("SLACK_WEBHOOK", SLACK_HOOK)
+
+    deliveries = notify.notify(
+        "awaiting_approval", version=13, metrics=METRICS, improvement=0.004, report=REPORT
+    )
+
+    assert deliveries == [notify.Delivery("slack", "slack:***", True, None)]
+    (request,) = http_sink.requests
+    assert request.path == "/services/{}/{}/{}".format(*SLACK_TOKENS)
+    payload = request.json()
+    assert payload["mrkdwn"] is True
+    (attachment,) = payload["attachments"]
+    assert attachment["title"] == "[mlops] Model v13 awaits approval"
+    for expected in ("v13", "roc_auc 0.7912", "+0.0040", REPORT, "python runner.py approve 13"):
+        assert expected in attachment["text"]
+    logs = _all_log_text(caplog)
+    assert not any(token in logs for token in SLACK_TOKENS)
+
+
+def test_teams_workflow_payload_reaches_a_local_tls_server(
+    https_sink: HttpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"workflows://{LOOPBACK}:{https_sink.port}/{TEAMS_WORKFLOW}/{TEAMS_SIG}/"
+    target = notify.targets_from_env({"TEAMS_WEBHOOK": url})[0]
+
+    (delivery,) = notify.notify(
+        "rejected", version=14, reason="score 42 < 50", metrics=METRICS, targets=[target]
+    )
+
+    assert delivery == notify.Delivery("teams", "teams:***", True, None)
+    (request,) = https_sink.requests
+    assert urlsplit(request.path).path == (
+        f"/workflows/{TEAMS_WORKFLOW}/triggers/manual/paths/invoke"
+    )
+    assert request.query["sig"] == [TEAMS_SIG]
+    assert request.query["api-version"] == ["2016-06-01"]
+    payload = request.json()
+    assert payload["type"] == "message"
+    (attachment,) = payload["attachments"]
+    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
+    blocks = {b.get("id"): b for b in attachment["content"]["body"] if b["type"] == "TextBlock"}
+    assert blocks["title"]["text"] == "[mlops] Model v14 rejected"
+    assert "- Reason: score 42 < 50" in blocks["body"]["text"]
+    assert "v14" in blocks["body"]["text"]
+    logs = _all_log_text(caplog)
+    assert TEAMS_SIG not in logs and TEAMS_WORKFLOW not in logs
+
+
+def test_pagerduty_gets_rollbacks_on_a_local_server_and_not_routine_deploys(
+    http_sink: HttpSink, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setitem(
+        apprise_pagerduty.PAGERDUTY_API_LOOKUP, "us", f"{http_sink.base}/v2/enqueue"
+    )
+    monkeypatch.setenv("PAGERDUTY_KEY", PD_KEY)
+
+    assert notify.notify("deployed", version=15, metrics=METRICS) == []
+    assert http_sink.requests == []
+
+    deliveries = notify.notify("rolled_back", version=15, reason="error rate 7% > 2%")
+    assert deliveries == [notify.Delivery("pagerduty", "pagerduty:***", True, None)]
+    (request,) = http_sink.requests
+    assert request.path == "/v2/enqueue"
+    payload = request.json()
+    assert payload["routing_key"] == PD_KEY
+    assert payload["event_action"] == "trigger"
+    assert payload["payload"]["severity"] == "critical"
+    assert payload["payload"]["source"] == notify.PAGERDUTY_SOURCE
+    assert payload["payload"]["component"] == notify.PAGERDUTY_COMPONENT
+    assert "[mlops] Model v15 rolled back" in payload["payload"]["summary"]
+    assert "Reason: error rate 7% > 2%" in payload["payload"]["summary"]
+    assert PD_KEY not in _all_log_text(caplog)
+
+
+def test_send_test_reaches_every_target_including_pagerduty(
+    http_sink: HttpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(
+        apprise_pagerduty.PAGERDUTY_API_LOOKUP, "us", f"{http_sink.base}/v2/enqueue"
+    )
+    monkeypatch.setenv("PAGERDUTY_KEY", PD_KEY)
+    monkeypatch.setenv("NOTIFY_URLS", f"json://{LOOPBACK}:{http_sink.port}/test")
+
+    deliveries = notify.send_test()
+
+    assert [(d.kind, d.ok) for d in deliveries] == [("pagerduty", True), ("other", True)]
+    paths = sorted(r.path for r in http_sink.requests)
+    assert paths == ["/test", "/v2/enqueue"]
+    json_payload = next(r.json() for r in http_sink.requests if r.path == "/test")
+    assert json_payload["title"] == "[mlops] Test notification"
+
+
+# --- failures -----------------------------------------------------------------------------------
+
+
+def test_an_unreachable_target_is_reported_and_the_others_still_get_the_message(
+    http_sink: HttpSink, smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    dead = _closed_port()
+    targets = [
+        notify.Target("other", f"json://{LOOPBACK}:{dead}/hook"),
+        notify.Target("other", f"json://{LOOPBACK}:{http_sink.port}/hook"),
+        notify.Target(
+            "email",
+            f"mailto://{SMTP_USER}:{SMTP_PASSWORD}@{LOOPBACK}:{smtp_sink.port}"
+            "?from=mlops@example.com&to=team@example.com&mode=insecure",
+        ),
+        notify.Target("email", f"mailto://{LOOPBACK}:{dead}?from=a@example.com&mode=insecure"),
+    ]
+
+    deliveries = notify.notify(
+        "rolled_back", version=9, reason="smoke test failed", targets=targets
+    )
+
+    assert [d.ok for d in deliveries] == [False, True, True, False]
+    assert deliveries[0].target_label == f"json://{LOOPBACK}:{dead}/***"
+    assert "Connection error" in (deliveries[0].error or "")
+    assert "Connection error" in (deliveries[3].error or "")
+    assert "smoke test failed" in http_sink.requests[0].json()["message"]
+    assert smtp_sink.messages[0]["Subject"] == "[mlops] Model v9 rolled back"
+    failed = [
+        r for r in caplog.records if r.levelno == logging.WARNING and r.name == notify.log.name
+    ]
+    assert len(failed) == 2 and str(dead) in failed[0].getMessage()
+
+
+def test_a_silent_server_costs_only_the_read_timeout() -> None:
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen(1)  # accepts connections in the kernel, never answers
+        port = listener.getsockname()[1]
+        target = notify.Target("other", f"json://{LOOPBACK}:{port}/hook")
+        (delivery,) = notify.notify("test", targets=[target], read_timeout=0.2)
+
+    assert not delivery.ok
+    assert "Connection error" in (delivery.error or "")
+
+
+def test_timeouts_are_applied_unless_the_url_sets_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Any] = []
+    real_instantiate = apprise.Apprise.instantiate
+
+    def spy(url: Any, *args: Any, **kwargs: Any) -> Any:
+        service = real_instantiate(url, *args, **kwargs)
+        seen.append(service)
+        return service
+
+    monkeypatch.setattr(apprise.Apprise, "instantiate", staticmethod(spy))
+    dead = _closed_port()
+    targets = [
+        notify.Target("other", f"json://{LOOPBACK}:{dead}/a"),
+        notify.Target("other", f"json://{LOOPBACK}:{dead}/b?cto=1.5&rto=2.5"),
+    ]
+    notify.notify("test", targets=targets, connect_timeout=2.0, read_timeout=3.0)
+
+    assert [(s.socket_connect_timeout, s.socket_read_timeout) for s in seen] == [
+        (2.0, 3.0),
+        (1.5, 2.5),
+    ]
+
+
+def test_an_invalid_url_or_a_crashing_plugin_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = notify.Target("other", "not a url at all")
+    (delivery,) = notify.notify("alert", reason="x", targets=[bad])
+    assert not delivery.ok and "unsupported notification URL" in (delivery.error or "")
+
+    secret_url = f"json://user:{SMTP_PASSWORD}@{LOOPBACK}:9/x"
+
+    def explode(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"boom while sending to {secret_url}")
+
+    monkeypatch.setattr(apprise.Apprise, "notify", explode)
+    (delivery,) = notify.notify("alert", targets=[notify.Target("other", secret_url)])
+    assert not delivery.ok
+    assert delivery.error is not None and delivery.error.startswith("RuntimeError: boom")
+    assert SMTP_PASSWORD not in delivery.error
+
+
+# --- redaction ----------------------------------------------------------------------------------
+
+
+def _secret_env() -> dict[str, str]:
+    return {
+        "SLACK_WEBHOOK": SLACK_HOOK,
+        "EMAIL_SMTP": f"mailtos://{SMTP_USER}:{SMTP_PASSWORD}@smtp.example.com?to=t@example.com",
+        "TEAMS_WEBHOOK": TEAMS_HOOK,
+        "PAGERDUTY_KEY": PD_KEY,
+        "PAGERDUTY_API_KEY": "ApiKey-0987654321",
+        "NOTIFY_URLS": "tgram://123456789:AAFbotTokenXYZ123/987654, json://127.0.0.1:1/x",
+    }
+
+
+def test_secret_values_lists_whole_values_and_their_parts() -> None:
+    secrets = notify.secret_values(_secret_env())
+
+    for expected in (
+        SLACK_HOOK,
+        *SLACK_TOKENS,
+        SMTP_PASSWORD,
+        TEAMS_HOOK,
+        TEAMS_SIG,
+        TEAMS_WORKFLOW,
+        PD_KEY,
+        "ApiKey-0987654321",
+        "AAFbotTokenXYZ123",
+    ):
+        assert expected in secrets
+    for public in ("hooks.slack.com", "smtp.example.com", "services", "2016-06-01", "127.0.0.1"):
+        assert public not in secrets
+    assert notify.secret_values({}) == []
+
+
+def test_redact_removes_every_secret_and_any_url_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = _secret_env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    text = (
+        f"posting to {SLACK_HOOK} (token {SLACK_TOKENS[2]}); smtp login {SMTP_PASSWORD}; "
+        f"teams sig={TEAMS_SIG}; pd {PD_KEY}; tg AAFbotTokenXYZ123; "
+        "other https://bob:hunter2@db.internal/x and mailto://me@x.org:pw@mail.x.org:25 ok"
+    )
+    cleaned = notify.redact(text)
+
+    for secret in notify.secret_values(env) + ["hunter2", "bob:", ":pw@"]:
+        assert secret not in cleaned
+    assert "https://***@db.internal/x" in cleaned and "mailto://***@mail.x.org:25" in cleaned
+    assert cleaned.startswith("posting to ***")
+    assert notify.redact("nothing secret here") == "nothing secret here"
+    assert notify.redact("key abc-Secret-123 here", ["abc-Secret-123"]) == "key *** here"
+
+
+def test_redacting_filter_cleans_messages_args_and_tracebacks(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name, value in _secret_env().items():
+        monkeypatch.setenv(name, value)
+    caplog.set_level(logging.DEBUG)
+    logger = logging.getLogger("tests.notify.redaction")
+    flt = notify.RedactingFilter()
+    caplog.handler.addFilter(flt)
+    try:
+        logger.info("webhook %s and key %s", SLACK_HOOK, PD_KEY)
+        try:
+            raise ValueError(f"smtp said no to {SMTP_PASSWORD}")
+        except ValueError:
+            logger.exception("send failed for %s", TEAMS_HOOK)
+    finally:
+        caplog.handler.removeFilter(flt)
+
+    logs = _all_log_text(caplog)
+    for secret in (SLACK_HOOK, *SLACK_TOKENS, PD_KEY, SMTP_PASSWORD, TEAMS_SIG):
+        assert secret not in logs
+    assert "webhook *** and key ***" in logs and "ValueError: smtp said no to ***" in logs
+
+
+def test_install_redacting_filter_covers_a_logger_and_its_handlers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PAGERDUTY_KEY", PD_KEY)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    parent = logging.getLogger("tests.notify.install")
+    child = logging.getLogger("tests.notify.install.child")
+    handler = Keep()
+    parent.addHandler(handler)
+    parent.setLevel(logging.INFO)
+    try:
+        flt = notify.install_redacting_filter(parent)
+        assert notify.install_redacting_filter(parent) is flt  # idempotent
+        parent.info("direct %s", PD_KEY)
+        child.info("propagated %s", PD_KEY)  # only the handler's filter sees this one
+    finally:
+        parent.removeHandler(handler)
+        parent.removeFilter(flt)
+        parent.setLevel(logging.NOTSET)
+
+    assert [r.getMessage() for r in records] == ["direct ***", "propagated ***"]
+
+
+def test_apprise_logging_is_capped_and_redacted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("SLACK_WEBHOOK", SLACK_HOOK)
+    caplog.set_level(logging.DEBUG)
+    apprise_log = logging.getLogger("apprise")
+    assert apprise_log.level >= logging.WARNING
+    assert any(isinstance(f, notify.RedactingFilter) for f in apprise_log.filters)
+
+    apprise_log.warning("Slack POST URL: %s", SLACK_HOOK)
+    apprise_log.debug("Slack Payload for %s", SLACK_TOKENS[2])  # below the cap: never created
+
+    logs = _all_log_text(caplog)
+    assert "Slack POST URL: ***" in logs
+    assert not any(token in logs for token in SLACK_TOKENS)
+
+    # even if someone lowers the level, notify() puts the cap back before sending
+    caplog.set_level(logging.DEBUG, logger="apprise")
+    notify.notify("test", targets=[notify.Target("other", f"json://{LOOPBACK}:{_closed_port()}/")])
+    assert apprise_log.level >= logging.WARNING
