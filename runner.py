@@ -423,9 +423,18 @@ def run(
                     )
         if outcome == "completed" and stages[-1] == "decide":
             outcome = "decided"
+        deliveries = notify_run(ctx, outcome, run_dir, root)
         summary = _summary(run_id, cfg, root, run_dir, started, results, outcome, ctx, failure)
+        summary["notifications"] = deliveries
         _write_json(run_dir / "report.json", summary)
         _write_json(root / cfg.reports_dir / f"report_{run_id}.json", summary)
+        _write_index(root / cfg.reports_dir)
+        failed = [d for d in deliveries if not d["ok"]]
+        if failed:
+            say(
+                f"{len(failed)} notification(s) failed (see report.json): "
+                + ", ".join(d["target"] for d in failed)
+            )
         say(f"report: {os.path.relpath(run_dir / 'report.json', root)}")
         run_result = RunResult(run_id, run_dir, outcome, results, summary, exit_code)
         if failure is not None:
@@ -435,6 +444,78 @@ def run(
     finally:
         (root / ".runner.lock.json").unlink(missing_ok=True)
         lock.release()
+
+
+def _write_index(reports_dir: Path) -> None:
+    from lib import report_index
+
+    try:
+        report_index.write_index(reports_dir)
+    except Exception as exc:  # the index is a convenience; the run's own record is written
+        log.warning("could not write %s/index.html: %s", reports_dir, exc)
+
+
+def send(event: str, **fields: Any) -> list[dict[str, Any]]:
+    """Notify every configured target; failures are returned, never raised."""
+    from lib import notify
+
+    try:
+        return [d.to_dict() for d in notify.notify(event, **fields)]
+    except Exception as exc:  # a notification must never fail the pipeline
+        return [{"kind": "all", "target": "notify", "ok": False, "error": notify.redact(str(exc))}]
+
+
+def notify_run(
+    ctx: dict[str, Any], outcome: str, run_dir: Path, root: Path
+) -> list[dict[str, Any]]:
+    """The events of one run: deployed, awaiting approval, rejected, rolled back, alert."""
+    report = os.path.relpath(run_dir / "report.json", root)
+    common = {
+        "metrics": ctx.get("metrics") or ctx.get("candidate_metrics"),
+        "improvement": ctx.get("improvement"),
+        "report": report,
+    }
+    version = ctx.get("deployed_version") or ctx.get("candidate_version")
+    out: list[dict[str, Any]] = []
+    if ctx.get("recovered"):
+        out += send("rolled_back", version=version, reason=ctx["recovered"], report=report)
+    if outcome == "awaiting_approval":
+        out += send(
+            "awaiting_approval",
+            version=version,
+            **common,
+            details={"score": ctx.get("score"), "decision": ctx.get("decision")},
+        )
+    elif outcome == "rejected":
+        out += send(
+            "rejected", version=version, **common, reason="; ".join(ctx.get("reasons") or [])
+        )
+    elif outcome == "rolled_back":
+        out += send("rolled_back", version=version, **common, reason=ctx.get("rollback_reason"))
+    elif ctx.get("outcome") == "promoted":
+        out += send(
+            "deployed",
+            version=version,
+            **common,
+            details={"previous champion": ctx.get("champion_before")},
+        )
+    if ctx.get("rolled_back"):
+        out += send(
+            "rolled_back",
+            version=ctx.get("monitored_version"),
+            report=report,
+            reason=f"monitor: {ctx.get('monitor_rollback_reason')}",
+            metrics=ctx.get("live_metrics"),
+        )
+    elif ctx.get("alerts"):
+        out += send(
+            "alert",
+            version=ctx.get("monitored_version"),
+            report=report,
+            metrics=ctx.get("live_metrics"),
+            reason="; ".join(a["message"] for a in ctx["alerts"]),
+        )
+    return out
 
 
 def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> str | None:
@@ -663,6 +744,13 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> i
         )
     finally:
         lock.release()
+    deliveries = send(
+        "rolled_back",
+        version=record.get("rolled_back_version"),
+        reason=args.reason,
+        details={"champion now": record.get("version")},
+    )
+    print(f"notifications: {sum(d['ok'] for d in deliveries)}/{len(deliveries)} delivered")
     print(
         f"rolled back: champion is v{record.get('version')} again "
         f"(was v{record.get('rolled_back_version')}); {record['service']}"
@@ -695,7 +783,32 @@ def cmd_reject(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int
     return 0
 
 
+def cmd_notify(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
+    """`notify --test`: a test message to every configured target; `notify --rollback` is the
+    mission's `notify.py --rollback --reason ...` (a rollback notice without rolling back)."""
+    from lib import notify
+
+    if args.test:
+        deliveries = [d.to_dict() for d in notify.send_test()]
+    elif args.rollback:
+        deliveries = send("rolled_back", reason=args.reason or "rollback")
+    else:
+        raise PipelineError("notify: say what to send: --test, or --rollback --reason TEXT")
+    if not deliveries:
+        print(
+            "no notification targets configured (SLACK_WEBHOOK, EMAIL_SMTP, TEAMS_WEBHOOK, "
+            "PAGERDUTY_KEY, NOTIFY_URLS)"
+        )
+    for d in deliveries:
+        print(
+            f"{'ok    ' if d['ok'] else 'FAILED'} {d['kind']:<10} {d['target']}"
+            + (f"  {d['error']}" if d.get("error") else "")
+        )
+    return 0 if all(d["ok"] for d in deliveries) else 1
+
+
 OPERATIONS = {
+    "notify": cmd_notify,
     "serve": cmd_serve,
     "status": cmd_status,
     "rollback": cmd_rollback,
@@ -752,6 +865,10 @@ def build_parser() -> argparse.ArgumentParser:
     rj = command("reject", "close a rollout that awaits approval")
     rj.add_argument("version")
     rj.add_argument("--reason", default="rejected by a person")
+    nt = command("notify", "send a test message (or a rollback notice) to every target")
+    nt.add_argument("--test", action="store_true", help="a test message")
+    nt.add_argument("--rollback", action="store_true", help="a rollback notice")
+    nt.add_argument("--reason", help="the reason in a rollback notice")
     sim = command("simulate-new-apps", "append generated new apps to the data file")
     sim.add_argument("--n", type=int, default=150, help="number of new apps (default 150)")
     sim.add_argument("--seed", type=int, help="seed of the batch (default: derived from the file)")
@@ -766,6 +883,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:  # nbconvert's accessibility hints about plots are not actionable here
         logging.getLogger("traitlets").setLevel(logging.ERROR)
+    from lib.notify import install_redacting_filter
+
+    install_redacting_filter()  # webhook URLs, SMTP passwords and keys never reach a log
     try:
         overrides: dict[str, Any] = parse_set_options(args.set)
         if getattr(args, "data", None):

@@ -169,6 +169,7 @@ class KernelPool:
         nice: int = 19,
         transport: str | None = None,
         startup_timeout: float = 120.0,
+        exit_grace: float = 1.0,
     ) -> None:
         self.kernel_name = kernel_name
         self.cwd = str(Path(cwd or os.getcwd()).resolve())
@@ -178,6 +179,10 @@ class KernelPool:
         self.nice = nice  # niceness of the warm-up thread and of released kernels as they exit
         self.transport = transport or ("ipc" if ipc_available() else "tcp")
         self.startup_timeout = startup_timeout
+        # close() gives a released kernel this long to exit before SIGTERM, then SIGKILL: by then
+        # it has answered the shutdown request and run its exit handlers, and what is left is
+        # ~1.5 s of interpreter teardown after the last stage, which nobody needs
+        self.exit_grace = exit_grace
         self.started = 0  # kernels launched so far (tests, bench)
         self._pending: deque[_Starting] = deque()  # started in advance, oldest first
         self._out: list[PooledKernelManager] = []  # handed out, not yet released
@@ -233,7 +238,8 @@ class KernelPool:
             if km.has_kernel:
                 run_sync(km.request_shutdown)()
                 self._stopping.append(km)
-                self._lower_priority(km)  # its exit (~1 s of CPU) must not slow the next stage
+                if self._pending or self.remaining != 0:  # its exit must not slow the next stage
+                    self._lower_priority(km)
                 return
         except Exception as exc:
             log.warning("shutdown request to kernel %s failed: %s", km.kernel_id, exc)
@@ -272,7 +278,7 @@ class KernelPool:
         while self._out:
             self._shutdown(self._out.pop(), now=True)
         while self._stopping:
-            self._finish(self._stopping.pop())
+            self._finish(self._stopping.pop(), self.exit_grace)
         if self._ipc_dir:
             shutil.rmtree(self._ipc_dir, ignore_errors=True)
 
@@ -353,11 +359,11 @@ class KernelPool:
                 self._stopping.remove(km)
                 self._finish(km)
 
-    def _finish(self, km: PooledKernelManager) -> None:
+    def _finish(self, km: PooledKernelManager, waittime: float | None = None) -> None:
         """Wait for a kernel asked to shut down (SIGTERM, then SIGKILL if it lingers); free it."""
         try:
             if km.has_kernel:
-                run_sync(km.finish_shutdown)()
+                run_sync(km.finish_shutdown)(waittime=waittime)
             run_sync(km.cleanup_resources)()
         except Exception as exc:
             log.warning("kernel %s did not stop cleanly: %s", km.kernel_id, exc)

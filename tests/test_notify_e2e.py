@@ -1,0 +1,91 @@
+"""Notifications from a real pipeline run: a local webhook and SMTP server receive them, an
+unreachable target does not fail the run, and no secret lands in reports/ or logs/."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import test_notify
+from tests.test_notify import LOOPBACK, SMTP_PASSWORD, SMTP_USER, _closed_port
+
+pytestmark = pytest.mark.e2e
+http_sink = test_notify.http_sink  # local webhook server fixture
+smtp_sink = test_notify.smtp_sink  # local SMTP server fixture (wants AUTH)
+WEBHOOK_TOKEN = "hook-Tok3n-9f8e7d6c5b4a"  # part of the webhook URL: a secret
+
+
+def _grep_tree(root: Path, secrets: list[str]) -> list[str]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            hits += [f"{path}: {s}" for s in secrets if s in text]
+    return hits
+
+
+def test_run_notifies_every_target_and_never_leaks_a_secret(
+    project: Path,
+    http_sink,
+    smtp_sink,
+) -> None:
+    env = {
+        **os.environ,
+        "NOTIFY_URLS": f"json://{LOOPBACK}:{http_sink.port}/hooks/{WEBHOOK_TOKEN} "
+        f"json://{LOOPBACK}:{_closed_port()}/nobody-listens",
+        "EMAIL_SMTP": f"mailto://{SMTP_USER}:{SMTP_PASSWORD}@{LOOPBACK}:{smtp_sink.port}"
+        "?from=mlops@example.com&to=team@example.com&mode=insecure",
+        "PIPELINE_ANALYSIS_SECONDS": "2",
+        "PIPELINE_CHECK_EVERY_SECONDS": "0.5",
+    }
+    proc = subprocess.run(
+        [sys.executable, "runner.py", "--force-retrain", "--set", "synth_apps=1500",
+         "--set", "cv_folds=3", "--set", "rf_trees=30",
+         "--set", "candidates=logistic_regression,random_forest",
+         "--set", "decision={verdicts: {auto: 40, manual: 30}}", "--stages",
+         "detect,train,compare,decide,deploy"],
+        cwd=project, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(sorted((project / "reports").glob("*/report.json"))[-1].read_text())
+    assert summary["results"]["decision"] == "auto"
+    version = summary["results"]["candidate_version"]
+    # the first deployment (no champion yet) is promoted after its smoke tests
+    assert summary["outcome"] == "promoted"
+    notes = summary["notifications"]
+    assert len(notes) == 3
+    assert sum(n["ok"] for n in notes) == 2
+    failed = next(n for n in notes if not n["ok"])
+    assert failed["error"] and "1 notification(s) failed" in proc.stdout
+    (hook,) = http_sink.requests
+    body = json.loads(hook.body)
+    text = json.dumps(body)
+    assert f"v{version}" in text and "deployed" in text.lower()
+    assert "roc_auc" in text and summary["run_id"] in text  # metrics and the report's path
+    (mail,) = smtp_sink.messages
+    assert f"v{version}" in mail["Subject"]
+    # the index lists the run
+    index = (project / "reports" / "index.html").read_text()
+    assert summary["run_id"] in index and "promoted" in index
+    # secrets nowhere: executed notebooks, HTML, summaries, logs, terminal output
+    secrets = [WEBHOOK_TOKEN, SMTP_PASSWORD]
+    assert _grep_tree(project / "reports", secrets) == []
+    assert _grep_tree(project / "logs", secrets) == []
+    assert not any(s in proc.stdout + proc.stderr for s in secrets)
+
+
+def test_notify_test_command(project: Path, http_sink) -> None:
+    env = {**os.environ, "NOTIFY_URLS": f"json://{LOOPBACK}:{http_sink.port}/t/{WEBHOOK_TOKEN}"}
+    proc = subprocess.run([sys.executable, "runner.py", "notify", "--test"], cwd=project,
+                          env=env, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "ok" in proc.stdout and WEBHOOK_TOKEN not in proc.stdout
+    assert len(http_sink.requests) == 1
+    command = [sys.executable, "runner.py", "notify", "--rollback", "--reason", "bad canary"]
+    rb = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+    assert rb.returncode == 0 and "bad canary" in http_sink.requests[-1].body.decode()
