@@ -389,6 +389,9 @@ def run(
             for i, stage in enumerate(stages, 1):
                 tag = f"[{i}/{len(stages)}] {stage}"
                 params = stage_parameters(stage, cfg, ctx, root, run_dir, force)
+                if stage == "monitor" and not _has_champion(cfg, tracking_uri):
+                    say(f"{tag} skipped: no champion in production yet, nothing to monitor")
+                    continue
                 say(f"{tag} ...")
                 if kernels is not None:  # detect is short and may end the run: warm only the
                     # next kernel then, at full priority; later ones warm up in idle CPU time
@@ -406,7 +409,7 @@ def run(
                     outcome = "no_training"
                     say(f"stopping: {result.scraps.get('reason')}")
                     break
-                if stage == "decide":
+                if stage == "decide" and "deploy" in stages:  # a decision acted upon
                     gate = _after_decision(cfg, root, ctx, say)
                     if gate is not None:
                         outcome = gate
@@ -444,6 +447,13 @@ def run(
     finally:
         (root / ".runner.lock.json").unlink(missing_ok=True)
         lock.release()
+
+
+def _has_champion(cfg: PipelineConfig, tracking_uri: str) -> bool:
+    from lib import registry
+
+    client = registry.connect(tracking_uri, cfg.experiment)
+    return registry.alias_version(client, cfg.model_name, "champion") is not None
 
 
 def _write_index(reports_dir: Path) -> None:

@@ -20,12 +20,17 @@ SMALL = {
 }
 
 
+UP_TO_DECISION = ["detect", "train", "compare", "decide"]
+
+
 def run_pipeline(project: Path, stages=None, force=False, **overrides):
+    """runner.run in the project copy; by default the core stages (deployment has its own tests)."""
     import runner
     from lib.config import load_config
 
     cfg = load_config(project, overrides={**SMALL, **overrides}, environ={})
     lines: list[str] = []
+    stages = stages or UP_TO_DECISION
     result = runner.run(cfg, project, stages=stages, force=force, echo=lines.append)
     return result, lines
 
