@@ -149,7 +149,7 @@ def rollout_timeline(events: list[dict[str, Any]]) -> Figure:
 def drift_psi(drifts: list[Any], threshold: float) -> Figure:
     """PSI of every model input against the training data, drifted ones in red."""
     names = [d.feature for d in drifts]
-    values = [0.0 if d.psi != d.psi else d.psi for d in drifts]
+    values = [0.0 if d.psi is None or d.psi != d.psi else d.psi for d in drifts]
     colors = ["#c44e52" if d.drifted else "#4c72b0" for d in drifts]
     fig, ax = plt.subplots(figsize=(6, 0.35 * max(len(names), 1) + 1.2))
     ax.barh(names, values, color=colors)

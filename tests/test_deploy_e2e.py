@@ -259,7 +259,11 @@ def test_manual_rollback_then_nothing_left(world: World) -> None:
 
         assert str(httpx.get(f"{prod.url}/health").json()["champion"]["version"]) == v1
     assert world.champion() == v1 and deployments.production_version(world.models) == v1
-    assert mlflow.sklearn.load_model(f"models:/{NAME}@champion") is not None
+    X = features.model_inputs(world.holdout.head(20))  # the mission's "load a model" example
+    np.testing.assert_allclose(
+        mlflow.sklearn.load_model(f"models:/{NAME}@champion").predict_proba(X),
+        registry.load_version(NAME, v1).predict_proba(X),
+    )
     before = (world.models / "deployments.json").read_text()
     with pytest.raises(deployments.NothingToRollBack):
         deployer.manual_rollback(
