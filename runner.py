@@ -780,7 +780,11 @@ def cmd_approve(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> in
             + (f" (v{waiting} is)" if waiting else " (nothing is)")
         )
     result = run(
-        cfg, root, stages=["deploy", "monitor"], echo=print, context={"candidate_version": str(args.version)}
+        cfg,
+        root,
+        stages=["deploy", "monitor"],
+        echo=print,
+        context={"candidate_version": str(args.version)},
     )
     return result.exit_code
 
