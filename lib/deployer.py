@@ -207,6 +207,7 @@ def deploy(
                     state = store.load()
                     state.serving_url = prod_url
                     store.save(state)
+            registry.set_alias(client, model_name, "canary", str(version))  # for status/readers
             _canary_steps(
                 prod_url,
                 token,
