@@ -100,9 +100,11 @@ def reload_champion(url: str, token: str | None) -> None:
 class Timeline:
     """What happened when, for the notebook's plot and the report."""
 
-    def __init__(self) -> None:
+    def __init__(self, logs_dir: Path | None = None, version: str | None = None) -> None:
         self.started = time.monotonic()
         self.events: list[dict[str, Any]] = []
+        self.logs_dir = logs_dir  # each event is also one line of logs/deployment.log
+        self.version = version
 
     def add(self, phase: str, weight: float, event: str, **details: Any) -> None:
         self.events.append(
@@ -115,6 +117,10 @@ class Timeline:
                 **details,
             }
         )
+        if self.logs_dir is not None:
+            deployments.log_transition(
+                self.logs_dir, f"rollout_{phase}", version=self.version, weight=weight, detail=event
+            )
         log.info("rollout %s @%s%%: %s", phase, weight, event)
 
 
@@ -163,7 +169,7 @@ def deploy(
             approved=True,
             owner_pid=os.getpid(),
         )
-    timeline = Timeline()
+    timeline = Timeline(logs_dir, str(version))
     timeline.add("staging", 0, f"rollout of v{version} started (champion: v{champion})")
     deployments.log_transition(
         logs_dir, "rollout_started", version=version, champion=champion, run_id=run_id

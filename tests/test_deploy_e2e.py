@@ -173,6 +173,10 @@ def test_good_candidate_goes_through_every_step_to_champion(world: World) -> Non
     assert history[-1]["event"] == "promote" and history[-1]["version"] == v2
     log = (world.logs / "deployment.log").read_text()
     assert "rollout_started" in log and "promote" in log
+    lines = log.splitlines()  # one line per transition, each canary step included
+    for weight in (5, 25, 50, 100):
+        assert any("rollout_canary" in x and f"weight={weight} " in x for x in lines), weight
+    assert any("rollout_smoke_testing" in x for x in lines)
     state = rollout.RolloutStore(world.models / "rollout.json").load()
     assert state.phase == rollout.Phase.SUCCEEDED
     # the mission's "load a model" example gives the promoted version
