@@ -395,7 +395,7 @@ def run(
                 say(f"{tag} ...")
                 if kernels is not None:  # detect is short and may end the run: warm only the
                     # next kernel then, at full priority; later ones warm up in idle CPU time
-                    kernels.ahead, kernels.nice = (1, 0) if stage == "detect" else (2, 19)
+                    kernels.ahead, kernels.idle = (1, False) if stage == "detect" else (2, True)
                 result = execute_stage(stage, params, root, run_dir, cfg.stage_timeout, kernels)
                 results.append(result)
                 if result.status == "failed":

@@ -3,7 +3,7 @@
 A stage run the naive way pays a kernel start and the imports of pandas, scikit-learn and MLflow
 before its first useful line (seconds each). The pool starts the *next* stage's kernel while the
 current stage runs and imports the heavy modules in it, so that cost overlaps real work. The
-warm-up runs at the lowest CPU priority: on a small machine it must use idle cores, not slow down
+warm-up can run at idle CPU priority: on a small machine it must use idle cores, not slow down
 the stage that is running.
 
 Rules it keeps: every kernel is handed out once and shut down after its stage (no state crosses
@@ -78,11 +78,12 @@ def import_code(modules: Sequence[str] = WARM_MODULES) -> str:
 DEFAULT_WARM_CODE = import_code()
 
 
-# Runs the warm-up code in a thread of lowest CPU priority (Linux: niceness is per thread), so a
-# kernel warming up ahead takes only CPU the running stage leaves idle: on 2 cores, three warm-ups
-# at full priority would slow training (and its OpenMP loops badly). The BLAS libraries start
-# their thread pools on import, and threads inherit the niceness of their creator: they are
-# imported first, in the kernel's main thread. An error is re-raised there, so the reply says so.
+# Runs the warm-up code in a thread of its own. With IDLE, that thread is SCHED_IDLE (Linux: per
+# thread): it gets only CPU nobody else wants. On 2 cores, warm-ups at normal priority, and even
+# at nice 19, slow the training stage's OpenMP loops 2-6x; SCHED_IDLE ones do not measurably. The
+# BLAS libraries start their thread pools on import and threads inherit their creator's policy,
+# so those are imported first, in the kernel's main thread. An error is re-raised there, so the
+# reply says so.
 _WRAPPER = """\
 import os, sys, threading
 try:
@@ -92,8 +93,11 @@ except ImportError:
 errors = []
 def warm():
     try:
-        if NICE and sys.platform.startswith("linux"):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+        if IDLE and hasattr(os, "SCHED_IDLE"):
+            try:
+                os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+            except OSError:
+                pass
         exec(compile(CODE, "<kernel warm-up>", "exec"), {"__name__": "__warmup__"})
     except BaseException as exc:
         errors.append(exc)
@@ -105,14 +109,25 @@ if errors:
 """
 
 
-def private(code: str, nice: int = 19) -> str:
-    """`code` wrapped to run in a throw-away namespace, in a low-priority thread.
+def private(code: str, idle: bool = True) -> str:
+    """`code` wrapped to run in a throw-away namespace, in a thread (SCHED_IDLE if `idle`).
 
     The notebook's namespace stays as a cold kernel's; the wrapper is an expression statement
     whose value is None, so nothing is displayed and `_`/`Out` stay untouched.
     """
-    env = f"{{'__name__': '__warmup__', 'CODE': {code!r}, 'NICE': {int(nice)}}}"
+    env = f"{{'__name__': '__warmup__', 'CODE': {code!r}, 'IDLE': {bool(idle)}}}"
     return f"exec(compile({_WRAPPER!r}, '<kernel warm-up>', 'exec'), {env})"
+
+
+def _cpu_sample(pid: int | None) -> tuple[float, float] | None:
+    """(now, CPU seconds used so far by the process, all threads) from /proc; None elsewhere."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return time.monotonic(), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class PooledKernelManager(AsyncKernelManager):
@@ -150,6 +165,11 @@ class _Starting:
     km: PooledKernelManager
     kc: Any
     msg_id: str
+    idle: bool = False  # the warm-up runs at idle priority
+
+
+class _Starved(Exception):
+    """A kernel's idle-priority warm-up makes no progress while a stage waits for it."""
 
 
 class KernelPool:
@@ -166,7 +186,7 @@ class KernelPool:
         warm_code: str | None = DEFAULT_WARM_CODE,
         total: int | None = None,
         ahead: int = 1,
-        nice: int = 19,
+        idle: bool = True,
         transport: str | None = None,
         startup_timeout: float = 120.0,
         exit_grace: float = 1.0,
@@ -176,7 +196,8 @@ class KernelPool:
         self.warm_code = warm_code
         self.remaining = total  # kernels still to be handed out
         self.ahead = ahead
-        self.nice = nice  # niceness of the warm-up thread and of released kernels as they exit
+        # warm up, and let released kernels exit, in idle CPU time only (SCHED_IDLE, Linux)
+        self.idle = idle
         self.transport = transport or ("ipc" if ipc_available() else "tcp")
         self.startup_timeout = startup_timeout
         # close() gives a released kernel this long to exit before SIGTERM, then SIGKILL: by then
@@ -212,6 +233,9 @@ class KernelPool:
         starting = self._pending.popleft() if self._pending else self._start(warm=False)
         try:
             km = self._ready(starting)
+        except _Starved:  # a busy machine: importing in the notebook, at normal priority, is faster
+            log.info("warm-up starved of CPU; starting a kernel without it")
+            km = self._ready(self._start(warm=False))
         except RuntimeError as exc:  # died at start: an IPC socket it could not bind, maybe
             if self.transport != "ipc":
                 raise
@@ -306,30 +330,42 @@ class KernelPool:
             )
             kc = km.client()
             kc.start_channels(iopub=False, stdin=False, hb=False, control=False)
+            idle = warm and self.idle
             if warm and self.warm_code:
-                code = private(self.warm_code, self.nice)
+                code = private(self.warm_code, idle)
                 msg_id = kc.execute(code, silent=True, store_history=False, allow_stdin=False)
             else:
                 msg_id = kc.kernel_info()
         except BaseException:
             self._shutdown(km, now=True)
             raise
-        return _Starting(km, kc, msg_id)
+        return _Starting(km, kc, msg_id, idle)
 
     def _ready(self, starting: _Starting) -> PooledKernelManager:
-        """Block until the kernel has answered its first request; kill it if it never does."""
+        """Block until the kernel has answered its first request; kill it if it never does.
+
+        An idle-priority warm-up that gets under a quarter of a core while we wait for it is
+        abandoned (`_Starved`): other processes keep the CPUs busy, and it could take minutes.
+        """
         km, kc = starting.km, starting.kc
+        process = getattr(km.provisioner, "process", None)
+        pid = process.pid if process is not None else None
         try:
             get_reply, is_alive = run_sync(kc.get_shell_msg), run_sync(km.is_alive)
             deadline = time.monotonic() + self.startup_timeout
+            last = _cpu_sample(pid) if starting.idle else None
             while True:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"kernel not ready after {self.startup_timeout:.0f}s")
                 try:
-                    reply = get_reply(timeout=0.5)
+                    reply = get_reply(timeout=1.0)
                 except queue.Empty:
                     if not is_alive():
                         raise RuntimeError("kernel died while starting") from None
+                    sample = _cpu_sample(pid) if last else None
+                    if last and sample and sample[1] - last[1] < 0.25 * (sample[0] - last[0]):
+                        raise _Starved() from None
+                    last = sample
                     continue
                 if reply.get("parent_header", {}).get("msg_id") == starting.msg_id:
                     break
@@ -344,10 +380,11 @@ class KernelPool:
         return km
 
     def _lower_priority(self, km: PooledKernelManager) -> None:
+        """SCHED_IDLE for the main thread of an exiting kernel (its interpreter teardown)."""
         process = getattr(km.provisioner, "process", None)
-        if self.nice and process is not None and hasattr(os, "setpriority"):
+        if self.idle and process is not None and hasattr(os, "SCHED_IDLE"):
             try:
-                os.setpriority(os.PRIO_PROCESS, process.pid, self.nice)
+                os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
             except OSError:  # gone already, or not allowed: it only costs some CPU
                 pass
 

@@ -27,7 +27,7 @@ TOKEN = "test-admin-token-0123456789"
 FAST = {
     "steps": [5, 25, 50, 100],
     "analysis_seconds": 2.0,
-    "max_wait_seconds": 60.0,
+    "max_wait_seconds": 120.0,
     "check_every_seconds": 0.5,
     "replay_rate": 200.0,
     "smoke_rows": 30,
@@ -35,7 +35,7 @@ FAST = {
     # small samples for speed; alpha 0.01 keeps a healthy canary from failing by chance
     # latency bounds loose enough for a loaded 2-core machine; the slow-candidate test tightens them
     "analysis": {
-        "min_requests": 20,
+        "min_requests": 50,
         "min_feedback": 40,
         "alpha": 0.01,
         "p99_floor_ms": 150.0,

@@ -126,7 +126,8 @@ def test_pool_starts_kernels_ahead_and_close_leaves_none(root: Path, transport: 
 def test_handed_out_kernel_runs_in_root_warmed_and_clean(
     root: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    with KernelPool(cwd=root, warm_code=kernels.import_code(LIGHT), total=2) as pool:
+    warm = kernels.import_code(LIGHT)
+    with KernelPool(cwd=root, warm_code=warm, total=2, idle=False) as pool:
         pool.release(pool.acquire())  # the first kernel is started cold; the next one is warm
         km = pool.acquire()
         seen, book = run_probe(km, tmp_path, "warm")
@@ -167,6 +168,22 @@ def test_errors_and_interrupts_shut_every_kernel_down(root: Path) -> None:
             raise error("stage interrupted")
         assert len(started) == 3
         assert gone(pids, started), f"kernels left after {error.__name__}"
+
+
+def test_a_warm_up_making_no_progress_is_given_up_for_a_cold_kernel(
+    root: Path, tmp_path: Path
+) -> None:
+    stuck = "import time\ntime.sleep(600)\n"  # no CPU used: what starvation looks like
+    with KernelPool(cwd=root, warm_code=stuck, total=2, idle=True) as pool:
+        pool.release(pool.acquire())
+        (starved,) = [s.km for s in pool._pending]
+        starved_pid = pid_of(starved)
+        km = pool.acquire()  # does not wait for the 600 s
+        seen, _ = run_probe(km, tmp_path, "fallback")
+        pool.release(km)
+    assert km is not starved and pool.started == 3
+    assert Path(seen["cwd"]).resolve() == root.resolve()
+    assert gone([starved_pid], [starved])
 
 
 def test_close_waits_for_released_kernels(root: Path) -> None:
