@@ -176,7 +176,8 @@ class KernelPool:
     """Hands out fresh kernels, keeping `ahead` of them started (and warming up) in advance.
 
     `total` is how many kernels the caller will ask for (e.g. the number of stages): the pool
-    starts none in advance beyond it. None: no limit.
+    starts none in advance beyond it. None: no limit. `ahead` and `idle` may change between two
+    `acquire` calls (the runner warms only one kernel, at full priority, while detect runs).
     """
 
     def __init__(
