@@ -1,25 +1,109 @@
-"""Model inputs and the preprocessing half of every candidate pipeline.
+"""Model inputs and the preprocessing half of every candidate model.
 
 The feature set is fixed here, in one place, and never contains `Rating` or anything computed from
 it: the system this project replaces leaked the target into its features and reported 100%.
-Everything is built from scikit-learn's own classes so the saved model loads with skops without
-trusting any code of ours.
+Every derived input (reviews per install, version numbers, statistics of the name) is a function of
+one app's own listing, computed by :func:`derived_values` for the training frame and for a single
+request of the model service alike, so both see the same numbers. Everything learned (scaling,
+encodings, the out-of-fold text score of the name) is built from scikit-learn's own classes, so the
+saved model loads with skops without trusting any code of ours.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
 CATEGORICAL = ["category", "content_rating", "type"]
 SKEWED = ["reviews", "installs", "size_mb", "price"]  # heavy right tails: log1p first
 LINEAR = ["last_updated_days"]
-FEATURE_COLUMNS = CATEGORICAL + SKEWED + LINEAR
+# Derived from the listing itself (see derived_values), grouped so each group can be measured.
+GROUP_COLUMNS: dict[str, list[str]] = {
+    "engagement": ["reviews_per_install"],
+    "versions": ["android_min", "android_varies", "current_major", "current_varies"],
+    "genres": ["genre_count"],
+    "name_stats": [
+        "name_length",
+        "name_words",
+        "name_upper_share",
+        "name_digits",
+        "name_non_ascii",
+    ],
+}
+DERIVED = [c for cols in GROUP_COLUMNS.values() for c in cols]
+NUMERIC = SKEWED + LINEAR + DERIVED
+TEXT = ["name"]  # the app's name, for the out-of-fold text score (group "name_text")
+FEATURE_COLUMNS = CATEGORICAL + NUMERIC + TEXT
+# Feature groups a candidate may use on top of the base listing fields; "name_text" is the
+# text score of the name, learned out-of-fold by stacking (see training.build_candidate).
+FEATURE_GROUPS = (*GROUP_COLUMNS, "name_text")
 EPOCH = pd.Timestamp("1970-01-01")
+
+_LEADING_NUMBER = re.compile(r"^\D{0,3}?(\d+)(?:\.(\d+))?")
+_VARIES = "varies with device"
+
+
+def _text(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def version_number(value: object) -> float:
+    """The leading `major.minor` of a version text ("4.0.3 and up" -> 4.0, "v2.1" -> 2.1).
+
+    NaN when there is none ("Varies with device", "", "NaN"). A date-like build number is capped
+    at 10,000 so one odd listing does not dominate a linear model.
+    """
+    text = _text(value)
+    if not text or text.casefold() == _VARIES:
+        return math.nan
+    match = _LEADING_NUMBER.match(text)
+    if match is None:
+        return math.nan
+    major = min(int(match.group(1)), 10_000)
+    minor = match.group(2)
+    return float(major) + (float(f"0.{minor[:4]}") if minor else 0.0)
+
+
+def derived_values(
+    name: object, genres: object, current_ver: object, android_ver: object,
+    reviews: float, installs: float,
+) -> tuple[float, ...]:  # fmt: skip
+    """The derived inputs of one listing, in DERIVED order (shared by training and serving)."""
+    if reviews is None or installs is None or math.isnan(reviews) or math.isnan(installs):
+        per_install = math.nan
+    else:
+        per_install = math.log10((reviews + 1.0) / (installs + 1.0))
+    android = _text(android_ver)
+    current = _text(current_ver)
+    genre_text = _text(genres)
+    title = unicodedata.normalize("NFKC", _text(name))
+    letters = [c for c in title if c.isalpha()]
+    return (
+        per_install,
+        version_number(android),
+        1.0 if android.casefold() == _VARIES else 0.0,
+        version_number(current),
+        1.0 if current.casefold() == _VARIES else 0.0,
+        float(len([g for g in genre_text.split(";") if g.strip()])) if genre_text else math.nan,
+        float(len(title)),
+        float(len(title.split())),
+        sum(c.isupper() for c in letters) / len(letters) if letters else 0.0,
+        float(sum(c.isdigit() for c in title)),
+        float(sum(ord(c) > 127 for c in title)),
+    )
 
 
 def model_inputs(apps: pd.DataFrame) -> pd.DataFrame:
@@ -35,12 +119,50 @@ def model_inputs(apps: pd.DataFrame) -> pd.DataFrame:
         out[col] = pd.to_numeric(apps[col], errors="coerce").astype(float)
     updated = pd.to_datetime(apps["last_updated"], errors="coerce")
     out["last_updated_days"] = ((updated - EPOCH).dt.total_seconds() / 86400.0).astype(float)
+    derived = [
+        derived_values(*row)
+        for row in zip(
+            _column(apps, "app"),
+            _column(apps, "genres"),
+            _column(apps, "current_ver"),
+            _column(apps, "android_ver"),
+            out["reviews"].tolist(),
+            out["installs"].tolist(),
+            strict=True,
+        )
+    ]
+    values = np.array(derived, dtype=np.float64).reshape(len(out), len(DERIVED))
+    for j, col in enumerate(DERIVED):
+        out[col] = values[:, j]
+    out["name"] = [_text(v) for v in _column(apps, "app")]
+    out["name"] = out["name"].astype(object)
     return out[FEATURE_COLUMNS]
+
+
+def _column(apps: pd.DataFrame, name: str) -> list[object]:
+    return apps[name].tolist() if name in apps else [None] * len(apps)
 
 
 def labels(apps: pd.DataFrame, target_threshold: float) -> pd.Series:
     """Binary target: 1 when the rating is above the threshold (4.0 by default)."""
     return (apps["rating"] > target_threshold).astype(int)
+
+
+def check_groups(groups: Iterable[str]) -> list[str]:
+    """The feature groups in canonical order; an unknown name is an error that lists the known."""
+    groups = list(groups)
+    unknown = [g for g in groups if g not in FEATURE_GROUPS]
+    if unknown:
+        raise ValueError(
+            f"unknown feature group(s) {unknown}; known groups: {', '.join(FEATURE_GROUPS)}"
+        )
+    return [g for g in FEATURE_GROUPS if g in groups]
+
+
+def tabular_columns(groups: Sequence[str]) -> list[str]:
+    """Numeric columns a candidate uses: the base listing fields plus the chosen derived groups."""
+    extra = [c for g in check_groups(groups) for c in GROUP_COLUMNS.get(g, [])]
+    return SKEWED + LINEAR + extra
 
 
 def _numeric(scale: bool) -> Pipeline:
@@ -62,8 +184,12 @@ def _skewed(scale: bool) -> Pipeline:
     return Pipeline(steps)
 
 
-def preprocessor(kind: str) -> ColumnTransformer:
-    """Preprocessing for a model family: one-hot + scaling for linear models, ordinal for trees."""
+def preprocessor(kind: str, groups: Sequence[str] = ()) -> ColumnTransformer:
+    """Preprocessing for a model family: one-hot + scaling for linear models, ordinal for trees.
+
+    Columns outside the chosen groups (and the name text) are dropped here, so every model takes
+    the same FEATURE_COLUMNS frame whatever it uses.
+    """
     if kind == "linear":
         categorical = OneHotEncoder(handle_unknown="ignore", min_frequency=20)
         scale = True
@@ -74,11 +200,24 @@ def preprocessor(kind: str) -> ColumnTransformer:
         scale = False
     else:
         raise ValueError(f"unknown preprocessor kind {kind!r}; use 'linear' or 'tree'")
-    return ColumnTransformer(
+    numeric = tabular_columns(groups)
+    blocks = [
+        ("categorical", categorical, CATEGORICAL),
+        ("skewed", _skewed(scale), SKEWED),
+        ("linear", _numeric(scale), [c for c in numeric if c not in SKEWED]),
+    ]
+    return ColumnTransformer(blocks, verbose_feature_names_out=False, sparse_threshold=0.0)
+
+
+def name_text_model(seed: int) -> Pipeline:
+    """P(rated above the threshold | words of the name): TF-IDF of words and word pairs + LR.
+
+    Used as one input of a stack, whose final estimator only ever sees its out-of-fold scores.
+    """
+    vectorizer = TfidfVectorizer(analyzer="word", ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    return Pipeline(
         [
-            ("categorical", categorical, CATEGORICAL),
-            ("skewed", _skewed(scale), SKEWED),
-            ("linear", _numeric(scale), LINEAR),
-        ],
-        verbose_feature_names_out=False,
+            ("text", ColumnTransformer([("name", vectorizer, "name")])),
+            ("model", LogisticRegression(C=1.0, max_iter=2000, random_state=seed)),
+        ]
     )

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, confusion_matrix, roc_curve
+
+if TYPE_CHECKING:
+    from lib.uncertainty import MetricComparison
 
 
 def class_balance(y: pd.Series, target_threshold: float) -> Figure:
@@ -205,5 +208,67 @@ def traffic(window: pd.DataFrame) -> Figure:
         ax2.bar(["p50", "p90", "p99"], [lat.quantile(q) for q in (0.5, 0.9, 0.99)])
     ax1.set_title("Requests per minute")
     ax2.set_title("Latency (ms)")
+    fig.tight_layout()
+    return fig
+
+
+def comparison_intervals(
+    comparisons: dict[str, MetricComparison], reference_label: str, highlight: str = "roc_auc"
+) -> Figure:
+    """Candidate minus reference with its bootstrap interval per metric, and the highlighted
+    metric's bootstrap distribution: whether the gain is larger than the holdout's noise."""
+    fig, (ax1, ax2) = plt.subplots(
+        1, 2, figsize=(10, 0.45 * max(len(comparisons), 1) + 2.2), width_ratios=[1.2, 1]
+    )
+    if not comparisons:
+        ax1.text(0.5, 0.5, "no comparisons", ha="center")
+        return fig
+    names = list(comparisons)[::-1]  # first metric on top
+    for y, name in enumerate(names):
+        d = comparisons[name].difference
+        color = "#55a868" if d.low > 0 else "#c44e52" if d.high < 0 else "#4c72b0"
+        ax1.errorbar(
+            d.estimate,
+            y,
+            xerr=[[max(d.estimate - d.low, 0.0)], [max(d.high - d.estimate, 0.0)]],
+            fmt="o",
+            color=color,
+            capsize=4,
+            lw=2.5 if name == highlight else 1.5,
+        )
+    labels = []
+    for name in names:
+        c = comparisons[name]
+        if c.p_value is None:
+            p = ""
+        else:
+            p = "\np < 1e-16" if c.p_value < 1e-16 else f"\np = {c.p_value:.3g}"
+        labels.append(f"[{name}]{p}" if name == highlight else f"{name}{p}")
+    ax1.set_yticks(range(len(names)), labels, fontsize=8)
+    ax1.axvline(0, color="k", lw=0.8)
+    ax1.set_ylim(-0.6, len(names) - 0.4)
+    ax1.set_xlabel(f"candidate − {reference_label} (positive = candidate better)")
+    some = comparisons[names[-1]].difference
+    ax1.set_title(f"Differences ({some.method} intervals)", fontsize=9)
+
+    name = highlight if highlight in comparisons else names[-1]
+    c = comparisons[name]
+    draws = np.asarray(c.draws, dtype=float)
+    spread = float(np.ptp(draws)) if len(draws) else 0.0
+    ax2.hist(
+        draws,
+        bins=40,
+        range=None if spread > 0 else (float(draws.mean()) - 1e-3, float(draws.mean()) + 1e-3),
+        color="#4c72b0",
+        alpha=0.7,
+    )
+    ax2.axvline(0, color="k", lw=0.8, label="no difference")
+    ax2.axvline(c.difference.low, color="#dd8452", ls="--", lw=1, label="interval")
+    ax2.axvline(c.difference.high, color="#dd8452", ls="--", lw=1)
+    ax2.axvline(c.difference.estimate, color="#c44e52", lw=1.5, label="on all rows")
+    ax2.set_xlabel(f"{name}: candidate − {reference_label}")
+    ax2.set_ylabel("bootstrap resamples")
+    ax2.set_title(f"{name} over {len(draws)} resamples of the holdout", fontsize=10)
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -1,4 +1,4 @@
-"""The deployment decision: a candidate's score out of 100 and the verdict it earns.
+"""The deployment decision: a gate, then a candidate's score out of 100 and the verdict it earns.
 
 The score table is data (a frozen dataclass, loadable from the YAML config) rather than ``if``
 chains in a notebook, so that every band and boundary is unit-tested and a team can tune it
@@ -9,6 +9,16 @@ without touching code. Three criteria, all on the selection metric (higher is be
 - the candidate's absolute value,
 - stability (the cross-validation standard deviation of the metric).
 
+The score judges on evidence: improvement and absolute value come with an interval
+(:class:`Evidence`) and, by default (``evidence: lower_bound``), the band is picked on the
+interval's lower bound, so a +0.003 difference on a small holdout is not taken at face value.
+``evidence: point`` reads the estimates, i.e. the literal table.
+
+Before the score, a gate: a candidate whose ROC-AUC interval does not clear a no-skill floor, or
+whose served labels are less accurate than always answering the majority class, is rejected
+whatever its points (also for the first deployment, where there is no champion). Without gate
+evidence the verdict is at most ``manual``: no evidence, no automatic deployment.
+
 The total maps to a verdict: ``auto`` (deploy), ``manual`` (wait for a person) or ``reject``. A
 candidate worse than the champion is never deployed automatically, whatever the table says.
 """
@@ -17,6 +27,8 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +37,15 @@ from lib.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 VERDICTS = ("auto", "manual", "reject")
-CRITERIA = ("improvement", "absolute", "stability", "guard")
+CRITERIA = ("gate", "improvement", "absolute", "stability", "guard")
+EVIDENCE_MODES = ("lower_bound", "point")
 
 # Observed values are rounded to this many decimals before comparison, so that a difference
 # computed in floating point (0.91 - 0.90 == 0.010000000000000009) lands in the band a person
 # reading "improvement 0.01" expects. Metrics are never meaningful at this precision.
 _COMPARE_DECIMALS = 9
 
-_LE, _GE = "≤", "≥"
+_LE, _GE, _TO = "≤", "≥", "→"
 _OPS = {">": ">", ">=": _GE}  # op -> human-readable symbol
 _NEGATED = {">": _LE, ">=": "<"}  # op -> symbol of its complement, for "else" texts
 
@@ -47,9 +60,107 @@ _METRIC_LABELS = {
     "average_precision": "average precision",
 }
 
+_GATE_NO_SKILL = '"no skill"'
+_GATE_MAJORITY = '"labels beat the majority answer"'
+
+
+def _is_number(x: Any) -> bool:
+    """A real number (bools are ints in Python but never a meaningful threshold)."""
+    return not isinstance(x, bool) and isinstance(x, (int, float))
+
 
 class ScoreTableError(ConfigError, ValueError):
     """The score table in the configuration is invalid (a ValueError the CLI shows on one line)."""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A metric with its interval, so the decision can tell a real gain from holdout noise.
+
+    Not validated on construction (a bootstrap may legitimately record NaN); :func:`decide`
+    refuses non-finite or inverted intervals with the input's name.
+    """
+
+    estimate: float
+    low: float
+    high: float
+    n: int = 0
+    method: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Evidence:
+        """Read the shape :meth:`to_dict` writes (extra keys ignored, e.g. ``level``)."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"evidence must be a mapping with keys estimate, low, high, got {d!r}")
+        missing = [k for k in ("estimate", "low", "high") if k not in d]
+        if missing:
+            raise ValueError(
+                f"evidence is missing key(s) {', '.join(missing)}; got keys {sorted(map(str, d))} "
+                "(use Evidence.point(x) for a value without an interval)"
+            )
+        values = {}
+        for key in ("estimate", "low", "high"):
+            try:
+                values[key] = float(d[key])
+            except (TypeError, ValueError):
+                raise ValueError(f"evidence {key} must be a number, got {d[key]!r}") from None
+        n = d.get("n", 0)
+        try:
+            n = operator.index(0 if n is None else n)
+        except TypeError:
+            raise ValueError(f"evidence n must be an integer, got {n!r}") from None
+        method = d.get("method", "")
+        return cls(n=n, method="" if method is None else str(method), **values)
+
+    @classmethod
+    def point(cls, value: float) -> Evidence:
+        """A value without an interval (low = high = estimate), for callers that have none."""
+        v = float(value)
+        return cls(v, v, v)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready mapping that :meth:`from_dict` reads back."""
+        return {
+            "estimate": float(self.estimate),
+            "low": float(self.low),
+            "high": float(self.high),
+            "n": int(self.n),
+            "method": str(self.method),
+        }
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The no-skill gate's settings (config key ``decision.gate``)."""
+
+    min_roc_auc_lower: float = 0.55  # the ROC-AUC interval's lower bound must be > this
+    accuracy_tolerance: float = 0.005  # served-label accuracy >= majority share - this
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        floor = self.min_roc_auc_lower
+        if not _is_number(floor) or not math.isfinite(floor) or not 0.5 <= floor < 1:
+            raise ScoreTableError(
+                f"gate.min_roc_auc_lower must be a number in [0.5, 1) (0.5 is a coin toss; the "
+                f"ROC-AUC interval's lower bound must be above it), got {floor!r}"
+            )
+        tolerance = self.accuracy_tolerance
+        if not _is_number(tolerance) or not math.isfinite(tolerance) or tolerance < 0:
+            raise ScoreTableError(
+                f"gate.accuracy_tolerance must be a finite number >= 0, got {tolerance!r}"
+            )
+        if not isinstance(self.enabled, bool):
+            raise ScoreTableError(f"gate.enabled must be true or false, got {self.enabled!r}")
+
+
+@dataclass(frozen=True)
+class GateInputs:
+    """What the gate needs about the candidate, measured on the holdout."""
+
+    roc_auc: Evidence  # the candidate's own ROC-AUC, whatever the selection metric
+    accuracy: float  # accuracy of the labels the candidate would serve
+    majority_share: float  # share of the majority class on the same rows
+    n: int  # holdout rows
 
 
 @dataclass(frozen=True)
@@ -105,7 +216,7 @@ DEFAULT_ABSOLUTE: tuple[Band, ...] = (
 
 @dataclass(frozen=True)
 class ScoreTable:
-    """The whole scoring policy; the defaults are the mission's table."""
+    """The whole scoring policy; the defaults are the mission's table, read on lower bounds."""
 
     improvement: tuple[Band, ...] = DEFAULT_IMPROVEMENT
     absolute: tuple[Band, ...] = DEFAULT_ABSOLUTE
@@ -113,6 +224,8 @@ class ScoreTable:
     stability_points: int = 30
     auto_at: int = 70
     manual_at: int = 50
+    evidence: str = "lower_bound"
+    gate: Gate = Gate()
 
     def __post_init__(self) -> None:
         for name in ("improvement", "absolute"):
@@ -137,10 +250,18 @@ class ScoreTable:
                 f"verdicts.auto ({self.auto_at}) must be greater than verdicts.manual "
                 f"({self.manual_at}): scores >= auto deploy, scores >= manual wait for approval"
             )
+        if not isinstance(self.evidence, str) or self.evidence not in EVIDENCE_MODES:
+            raise ScoreTableError(
+                f"evidence must be one of {', '.join(EVIDENCE_MODES)} (lower_bound: bands are "
+                f"read on the interval's lower bound; point: on the estimate), "
+                f"got {self.evidence!r}"
+            )
+        if not isinstance(self.gate, Gate):
+            raise ScoreTableError(f"gate must be a Gate, got {self.gate!r}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ScoreTable:
-        """Build a table from the config's ``scoring`` mapping; missing keys keep the defaults."""
+        """Build a table from the config's ``decision`` mapping; missing keys keep the defaults."""
         if d is None:
             return cls()
         if not isinstance(d, dict):
@@ -164,6 +285,17 @@ class ScoreTable:
                 kwargs["auto_at"] = _integer("verdicts.auto", verdicts["auto"])
             if "manual" in verdicts:
                 kwargs["manual_at"] = _integer("verdicts.manual", verdicts["manual"])
+        if "evidence" in d:
+            kwargs["evidence"] = d["evidence"]  # validated by __post_init__, naming the key
+        if "gate" in d:
+            gate = _mapping("gate", d["gate"], _GATE_KEYS)
+            gate_kwargs: dict[str, Any] = {}
+            for key in ("min_roc_auc_lower", "accuracy_tolerance"):
+                if key in gate:
+                    gate_kwargs[key] = _number(f"gate.{key}", gate[key])
+            if "enabled" in gate:
+                gate_kwargs["enabled"] = gate["enabled"]  # validated by Gate, naming the key
+            kwargs["gate"] = Gate(**gate_kwargs)
         return cls(**kwargs)
 
     def to_dict(self) -> dict:
@@ -173,10 +305,16 @@ class ScoreTable:
             "absolute": [_band_to_dict(b) for b in self.absolute],
             "stability": {"max_cv_std": self.max_cv_std, "points": self.stability_points},
             "verdicts": {"auto": self.auto_at, "manual": self.manual_at},
+            "evidence": self.evidence,
+            "gate": {
+                "min_roc_auc_lower": self.gate.min_roc_auc_lower,
+                "accuracy_tolerance": self.gate.accuracy_tolerance,
+                "enabled": self.gate.enabled,
+            },
         }
 
     def verdict_for(self, score: int) -> str:
-        """The verdict a score earns, before the worse-than-champion guard."""
+        """The verdict a score earns, before the gate and the worse-than-champion guard."""
         if score >= self.auto_at:
             return "auto"
         if score >= self.manual_at:
@@ -186,10 +324,10 @@ class ScoreTable:
 
 @dataclass(frozen=True)
 class Reason:
-    """Why some points were given (or a verdict capped), with what was observed."""
+    """Why some points were given (or a verdict capped), with the value that was read."""
 
     criterion: str
-    observed: float
+    observed: float  # NaN when nothing was observed (gate not evaluated)
     rule: str
     points: int
     text: str
@@ -202,16 +340,20 @@ class Decision:
     score: int
     verdict: str
     reasons: tuple[Reason, ...] = field(default_factory=tuple)
+    gate_passed: bool | None = None  # None: not evaluated (no inputs) or disabled
+    evidence: str = "lower_bound"  # what the bands were read on
 
     def to_dict(self) -> dict:
         """A JSON-ready mapping, for the decide stage's scraps and the run report."""
         return {
             "score": int(self.score),
             "verdict": self.verdict,
+            "gate_passed": self.gate_passed,
+            "evidence": self.evidence,
             "reasons": [
                 {
                     "criterion": r.criterion,
-                    "observed": float(r.observed),
+                    "observed": float(r.observed) if math.isfinite(r.observed) else None,
                     "rule": r.rule,
                     "points": int(r.points),
                     "text": r.text,
@@ -222,52 +364,59 @@ class Decision:
 
 
 def decide(
-    improvement: float,
-    value: float,
+    improvement: Evidence | float,
+    value: Evidence | float,
     cv_std: float,
     table: ScoreTable | None = None,
     metric: str = "roc_auc",
     baseline_label: str = "champion",
+    gate: GateInputs | None = None,
 ) -> Decision:
-    """Score a candidate and return its verdict with one reason per criterion.
+    """Gate and score a candidate; return its verdict with a reason for every step.
 
     ``improvement`` is candidate - champion (or - the majority-class baseline when there is no
-    champion; say which in ``baseline_label``, e.g. ``"champion v3"``). Non-finite inputs raise
-    ``ValueError``: a score computed on a missing number would look legitimate and is not.
+    champion; say which in ``baseline_label``, e.g. ``"champion v3"``); ``value`` is the
+    candidate's selection metric. Floats mean :meth:`Evidence.point`; a mapping in the shape of
+    :meth:`Evidence.to_dict` (a scrap read back) is accepted too. ``gate`` None means no gate
+    evidence: the verdict is then at most ``manual``. Non-finite inputs raise ``ValueError``: a
+    score computed on a missing number would look legitimate and is not.
     """
     if table is None:
         table = ScoreTable()
-    improvement = _finite_input("improvement", improvement)
-    value = _finite_input("value", value)
+    improvement = _evidence_input("improvement", improvement)
+    value = _evidence_input("value", value)
     cv_std = _finite_input("cv_std", cv_std)
     if cv_std < 0:
         raise ValueError(f"cv_std must be >= 0 (a standard deviation), got {cv_std!r}")
+    if gate is not None:
+        gate = _gate_input(gate)
     label = _METRIC_LABELS.get(metric, metric)
+    on_lower = table.evidence == "lower_bound"
 
-    band = _pick("improvement", table.improvement, improvement)
+    gate_reasons: list[Reason] = []
+    gate_passed: bool | None = None
+    if table.gate.enabled and gate is not None:
+        gate_reasons, gate_passed = _gate_reasons(table.gate, gate)
+
     reasons = [
-        Reason(
+        _band_reason(
             "improvement",
+            table.improvement,
             improvement,
-            band.rule,
-            band.points,
-            f"{label} {_change_phrase(improvement, baseline_label)} "
-            f"({_band_phrase(table.improvement, band)}): {band.points:+d}",
-        )
-    ]
-
-    band = _pick("absolute", table.absolute, value)
-    reasons.append(
-        Reason(
+            on_lower,
+            f"{label} {improvement.estimate:+.4f}{_interval(improvement, signed=True)} "
+            f"vs {baseline_label}",
+            signed=True,
+        ),
+        _band_reason(
             "absolute",
+            table.absolute,
             value,
-            band.rule,
-            band.points,
-            f"candidate {label} is {value:.4f} ({_band_phrase(table.absolute, band)}): "
-            f"{band.points:+d}",
-        )
-    )
-
+            on_lower,
+            f"candidate {label} {value.estimate:.4f}{_interval(value, signed=False)}",
+            signed=False,
+        ),
+    ]
     stable = round(cv_std, _COMPARE_DECIMALS) <= table.max_cv_std
     rule = f"{_LE if stable else '>'} {_fmt_threshold(table.max_cv_std)}"
     points = table.stability_points if stable else 0
@@ -277,28 +426,56 @@ def decide(
             cv_std,
             rule,
             points,
-            f"CV std of {label} is {cv_std:.4f} ({rule}, {'stable' if stable else 'unstable'}): "
-            f"{points:+d}",
+            f"CV std of {label} {cv_std:.4f} {rule} ({'stable' if stable else 'unstable'}) "
+            f"{_TO} {points:+d}",
         )
     )
 
     score = sum(r.points for r in reasons)
     verdict = table.verdict_for(score)
-    if verdict == "auto" and round(improvement, _COMPARE_DECIMALS) < 0:
-        verdict = "manual"
-        reasons.append(
+    if gate_passed is False:
+        verdict = "reject"
+    elif verdict == "auto":
+        guard = _guard_reason(improvement, on_lower, label, baseline_label, score)
+        if guard is not None:
+            verdict = "manual"
+            reasons.append(guard)
+    if not table.gate.enabled:
+        gate_reasons = [
             Reason(
-                "guard",
-                improvement,
-                "< 0",
+                "gate",
+                math.nan,
+                "disabled",
                 0,
-                f"candidate is worse than {baseline_label} ({label} {improvement:+.4f}): "
-                f"verdict capped from auto to manual although the score is {score}",
+                "gate disabled in the configuration (gate.enabled: false): no-skill and "
+                "majority-answer checks not made",
             )
+        ]
+    elif gate is None:
+        text = (
+            "gate not evaluated: no evidence given (ROC-AUC interval, served-label accuracy, "
+            "majority share), so no automatic deployment"
         )
-    decision = Decision(score=score, verdict=verdict, reasons=tuple(reasons))
-    logger.info("decision: score %d -> %s", score, verdict)
-    for reason in reasons:
+        if verdict == "auto":
+            verdict = "manual"
+            text += f": verdict capped from auto to manual although the score is {score}"
+        gate_reasons = [Reason("gate", math.nan, "not evaluated", 0, text)]
+
+    decision = Decision(
+        score=score,
+        verdict=verdict,
+        reasons=tuple(gate_reasons + reasons),
+        gate_passed=gate_passed,
+        evidence=table.evidence,
+    )
+    logger.info(
+        "decision: score %d -> %s (gate %s, bands read on %s)",
+        score,
+        verdict,
+        {True: "passed", False: "failed", None: "not evaluated"}[gate_passed],
+        table.evidence,
+    )
+    for reason in decision.reasons:
         logger.debug("  %s", reason.text)
     return decision
 
@@ -310,9 +487,10 @@ def default_table_dict() -> dict:
 
 # --- helpers -----------------------------------------------------------------------------------
 
-_TOP_KEYS = ("improvement", "absolute", "stability", "verdicts")
+_TOP_KEYS = ("improvement", "absolute", "stability", "verdicts", "evidence", "gate")
 _STABILITY_KEYS = ("max_cv_std", "points")
 _VERDICT_KEYS = ("auto", "manual")
+_GATE_KEYS = ("min_roc_auc_lower", "accuracy_tolerance", "enabled")
 _BAND_KEYS = ("above", "at_least", "else", "points")
 
 
@@ -333,6 +511,137 @@ def _finite_input(name: str, x: Any) -> float:
     return f
 
 
+def _evidence_input(name: str, x: Any) -> Evidence:
+    """``x`` as a validated Evidence of plain floats; a number is a point without interval."""
+    if isinstance(x, Mapping):
+        x = Evidence.from_dict(x)
+    if not isinstance(x, Evidence):
+        return Evidence.point(_finite_input(name, x))
+    estimate = _finite_input(f"{name}.estimate", x.estimate)
+    low = _finite_input(f"{name}.low", x.low)
+    high = _finite_input(f"{name}.high", x.high)
+    if round(low, _COMPARE_DECIMALS) > round(high, _COMPARE_DECIMALS):
+        raise ValueError(f"{name}: interval low {low!r} is above high {high!r}")
+    try:
+        n = operator.index(x.n)
+    except TypeError:
+        raise ValueError(f"{name}.n must be an integer, got {x.n!r}") from None
+    if n < 0:
+        raise ValueError(f"{name}.n must be >= 0, got {n!r}")
+    return Evidence(estimate, low, high, n, str(x.method))
+
+
+def _gate_input(g: Any) -> GateInputs:
+    if not isinstance(g, GateInputs):
+        raise ValueError(f"gate must be GateInputs or None, got {type(g).__name__}")
+    roc_auc = _evidence_input("gate.roc_auc", g.roc_auc)
+    accuracy = _finite_input("gate.accuracy", g.accuracy)
+    majority = _finite_input("gate.majority_share", g.majority_share)
+    for name, x in (
+        ("gate.roc_auc.low", roc_auc.low),
+        ("gate.roc_auc.high", roc_auc.high),
+        ("gate.accuracy", accuracy),
+        ("gate.majority_share", majority),
+    ):
+        if not 0 <= x <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {x!r}")
+    try:
+        n = operator.index(g.n)
+    except TypeError:
+        raise ValueError(f"gate.n must be an integer (holdout rows), got {g.n!r}") from None
+    if n < 0:
+        raise ValueError(f"gate.n must be >= 0 (holdout rows), got {n!r}")
+    return GateInputs(roc_auc, accuracy, majority, n)
+
+
+def _interval(ev: Evidence, signed: bool) -> str:
+    """`` [low, high]`` for a text, or nothing for a point estimate."""
+    if ev.low == ev.high:
+        return ""
+    spec = "+.4f" if signed else ".4f"
+    return f" [{ev.low:{spec}}, {ev.high:{spec}}]"
+
+
+def _band_reason(
+    criterion: str,
+    bands: tuple[Band, ...],
+    ev: Evidence,
+    on_lower: bool,
+    head: str,
+    signed: bool,
+) -> Reason:
+    read = ev.low if on_lower else ev.estimate
+    band = _pick(criterion, bands, read)
+    phrase = _band_phrase(bands, band)
+    if ev.low == ev.high:
+        why = f" (point estimate, no interval): {phrase}"
+    else:
+        spec = "+.4f" if signed else ".4f"
+        why = f": {'lower bound' if on_lower else 'estimate'} {read:{spec}} {phrase}"
+    return Reason(criterion, read, band.rule, band.points, f"{head}{why} {_TO} {band.points:+d}")
+
+
+def _gate_reasons(settings: Gate, g: GateInputs) -> tuple[list[Reason], bool]:
+    """One reason per gate check (both are always reported), and whether both passed."""
+    rows = f"n={g.n:,}"
+    roc = g.roc_auc
+    floor = settings.min_roc_auc_lower
+    skilled = round(roc.low, _COMPARE_DECIMALS) > floor
+    if roc.low == roc.high:
+        detail = f"(point estimate, no interval, {rows})"
+    else:
+        detail = f"(estimate {roc.estimate:.4f}{_interval(roc, signed=False)}, {rows})"
+    no_skill = Reason(
+        "gate",
+        roc.low,
+        f"{'passed' if skilled else 'failed'}: ROC-AUC lower bound > {_fmt_threshold(floor)}",
+        0,
+        f"gate {_GATE_NO_SKILL}: ROC-AUC lower bound {roc.low:.4f} "
+        f"{'>' if skilled else _LE} {_fmt_threshold(floor)} {detail}: "
+        f"{'passed' if skilled else 'reject'}",
+    )
+    tolerance = settings.accuracy_tolerance
+    beats = round(g.accuracy - (g.majority_share - tolerance), _COMPARE_DECIMALS) >= 0
+    majority = Reason(
+        "gate",
+        g.accuracy,
+        f"{'passed' if beats else 'failed'}: accuracy {_GE} majority share - "
+        f"{_fmt_threshold(tolerance)}",
+        0,
+        f"gate {_GATE_MAJORITY}: accuracy {g.accuracy:.4f} {_GE if beats else '<'} majority "
+        f"share {g.majority_share:.4f} - {_fmt_threshold(tolerance)} ({rows}): "
+        f"{'passed' if beats else 'reject'}",
+    )
+    return [no_skill, majority], skilled and beats
+
+
+def _guard_reason(
+    improvement: Evidence, on_lower: bool, label: str, baseline_label: str, score: int
+) -> Reason | None:
+    """The cap for a candidate worse than production, or None when it is not worse."""
+    worse_estimate = round(improvement.estimate, _COMPARE_DECIMALS) < 0
+    worse_interval = on_lower and round(improvement.high, _COMPARE_DECIMALS) < 0
+    if not (worse_estimate or worse_interval):
+        return None
+    observed, rule = (
+        (improvement.estimate, "< 0") if worse_estimate else (improvement.high, "upper bound < 0")
+    )
+    which = " and ".join(
+        w
+        for w, hit in (("estimate < 0", worse_estimate), ("upper bound < 0", worse_interval))
+        if hit
+    )
+    return Reason(
+        "guard",
+        observed,
+        rule,
+        0,
+        f"candidate is worse than {baseline_label} ({label} {improvement.estimate:+.4f}"
+        f"{_interval(improvement, signed=True)}, {which}): verdict capped from auto to manual "
+        f"although the score is {score}",
+    )
+
+
 def _pick(name: str, bands: tuple[Band, ...], value: float) -> Band:
     rounded = round(value, _COMPARE_DECIMALS)
     for band in bands:
@@ -343,16 +652,12 @@ def _pick(name: str, bands: tuple[Band, ...], value: float) -> Band:
 
 def _band_phrase(bands: tuple[Band, ...], band: Band) -> str:
     """The rule for a text; an else band is spelled out as the complement of the band above it."""
-    if band.threshold is not None or len(bands) < 2:
+    if band.threshold is not None:
         return band.rule
+    if len(bands) < 2:
+        return "(any value)"
     above = bands[-2]
-    return f"else: {_NEGATED[above.op]} {_fmt_threshold(above.threshold)}"
-
-
-def _change_phrase(improvement: float, baseline_label: str) -> str:
-    if round(improvement, _COMPARE_DECIMALS) > 0:
-        return f"improved by {improvement:+.4f} over {baseline_label}"
-    return f"changed by {improvement:+.4f} vs {baseline_label}"
+    return f"{_NEGATED[above.op]} {_fmt_threshold(above.threshold)}"
 
 
 def _validate_bands(name: str, bands: tuple[Band, ...]) -> None:
