@@ -120,6 +120,11 @@ def stage_parameters(
             "test_size": cfg.test_size,
             "seed": cfg.seed,
             "rf_trees": cfg.rf_trees,
+            "model_seed": cfg.model_seed,
+            "features": list(cfg.features),
+            "calibration": list(cfg.calibration),
+            "label_objective": cfg.label_objective,
+            "error_costs": dict(cfg.error_costs),
             "selection_metric": cfg.selection_metric,
             "models_dir": cfg.models_dir,
             "state_path": state,
@@ -151,6 +156,9 @@ def stage_parameters(
             "candidate_version": ctx.get("candidate_version"),
             "improvement": ctx.get("improvement"),
             "candidate_value": ctx.get("candidate_value"),
+            "improvement_interval": ctx.get("improvement_interval"),
+            "candidate_interval": ctx.get("candidate_interval"),
+            "gate_inputs": ctx.get("gate_inputs"),
             "cv_std": stability.get("cv_std"),
             "reference_label": ctx.get("reference_label"),
             "selection_metric": cfg.selection_metric,
@@ -581,8 +589,17 @@ def _headline(stage: str, s: dict[str, Any]) -> str:
     if stage == "train":
         m = s.get("metrics") or {}
         name = f"v{s.get('candidate_version')} {s.get('candidate_name')}"
-        return f": {name} roc_auc={m.get('roc_auc', 0):.4f}"
+        return (
+            f": {name} roc_auc={m.get('roc_auc', 0):.4f} accuracy={m.get('accuracy', 0):.4f} "
+            f"brier={m.get('brier', 0):.4f} threshold={s.get('label_threshold', 0.5):.3f}"
+        )
     if stage == "compare":
+        i = s.get("improvement_interval") or {}
+        if i:
+            return (
+                f": improvement {i['estimate']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}] "
+                f"vs {s.get('reference_label')} (n={i.get('n')})"
+            )
         return f": improvement {s.get('improvement', 0):+.4f} vs {s.get('reference_label')}"
     if stage == "decide":
         return f": score {s.get('score')} -> {s.get('decision')}"
@@ -626,9 +643,15 @@ def _summary(
         "champion_version",
         "reference_label",
         "improvement",
+        "improvement_interval",
+        "gate_inputs",
+        "label_threshold",
+        "calibration",
+        "comparison",
         "score",
         "decision",
         "reasons",
+        "decision_detail",
         "deployed_version",
         "champion_before",
         "rollback_reason",

@@ -41,8 +41,18 @@ class PipelineConfig:
     candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))
     cv_folds: int = 5
     test_size: float = 0.2
-    seed: int = 42
+    seed: int = 42  # the holdout split (and, unless model_seed is set, models and folds)
+    model_seed: int | None = None  # seeds models and CV folds only: a retrain with another seed
     rf_trees: int = 200
+    # honest inputs beyond the base listing fields (lib.features.FEATURE_GROUPS)
+    features: list[str] = field(
+        default_factory=lambda: ["engagement", "versions", "genres", "name_stats", "name_text"]
+    )
+    calibration: list[str] = field(default_factory=lambda: ["isotonic", "sigmoid"])  # tried
+    label_objective: str = "accuracy"  # what the served label's threshold maximises
+    error_costs: dict[str, Any] = field(
+        default_factory=lambda: {"false_positive": 1.0, "false_negative": 1.0}
+    )  # label_objective: cost
     model_name: str = "playstore-rating"
     experiment: str = "playstore-rating"
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or sqlite:///<root>/mlflow.db
@@ -100,6 +110,13 @@ def _coerce(name: str, value: Any) -> Any:
         default = _fields()[name].default_factory()  # type: ignore[misc]
     if name in ("tracking_uri", "serving_url", "store_url"):
         return None if value in (None, "", "none", "None") else str(value)
+    if name == "model_seed":
+        if value in (None, "", "none", "None", "null"):
+            return None
+        try:
+            return int(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model_seed {value!r}: expected an integer or null") from exc
     if name == "canary_steps":
         steps = value
         if isinstance(steps, str):
@@ -159,6 +176,31 @@ def _validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"cv_folds {cfg.cv_folds} must be at least 2")
     if cfg.threshold < 1:
         raise ConfigError(f"threshold {cfg.threshold} must be at least 1")
+    from lib import features, training
+
+    try:
+        features.check_groups(cfg.features)
+    except ValueError as exc:
+        raise ConfigError(f"features: {exc}") from None
+    bad = [m for m in cfg.calibration if m not in training.CALIBRATION_METHODS]
+    if bad:
+        raise ConfigError(
+            f"calibration: unknown method(s) {bad}; use a subset of "
+            f"{', '.join(training.CALIBRATION_METHODS)} ([] for none)"
+        )
+    if cfg.label_objective not in training.LABEL_OBJECTIVES:
+        raise ConfigError(
+            f"label_objective {cfg.label_objective!r} is unknown; use one of "
+            f"{', '.join(training.LABEL_OBJECTIVES)}"
+        )
+    unknown_costs = sorted(set(cfg.error_costs) - {"false_positive", "false_negative"})
+    if unknown_costs:
+        raise ConfigError(
+            f"error_costs: unknown key(s) {unknown_costs}; use false_positive, false_negative"
+        )
+    for key, value in cfg.error_costs.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ConfigError(f"error_costs.{key} must be a number >= 0, got {value!r}")
     from lib.scoring import ScoreTable
 
     ScoreTable.from_dict(cfg.decision or None)  # a bad score table fails here, before any stage

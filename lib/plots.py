@@ -52,9 +52,11 @@ def roc_curves(y_true: Sequence[int], probas: Mapping[str, Sequence[float]]) -> 
     return fig
 
 
-def confusion(y_true: Sequence[int], proba: Sequence[float], title: str) -> Figure:
-    """Confusion matrix at the 0.5 threshold."""
-    pred = (np.asarray(proba) >= 0.5).astype(int)
+def confusion(
+    y_true: Sequence[int], proba: Sequence[float], title: str, labels: Sequence[int] | None = None
+) -> Figure:
+    """Confusion matrix of the labels the model serves (default: the 0.5 cut)."""
+    pred = (np.asarray(proba) >= 0.5).astype(int) if labels is None else np.asarray(labels)
     cm = confusion_matrix(y_true, pred, labels=[0, 1])
     fig, ax = plt.subplots(figsize=(4, 3.5))
     ax.imshow(cm, cmap="Blues")
@@ -269,6 +271,117 @@ def comparison_intervals(
     ax2.set_xlabel(f"{name}: candidate − {reference_label}")
     ax2.set_ylabel("bootstrap resamples")
     ax2.set_title(f"{name} over {len(draws)} resamples of the holdout", fontsize=10)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def reliability(
+    y_true: Sequence[int], probas: Mapping[str, Sequence[float]], bins: int = 10
+) -> Figure:
+    """Reliability diagram: predicted probability against the observed share, per bin.
+
+    A calibrated model sits on the diagonal; the Brier score and ECE are in the legend.
+    """
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import brier_score_loss
+
+    from lib.training import expected_calibration_error
+
+    y = np.asarray(y_true)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
+    for name, proba in probas.items():
+        p = np.asarray(proba, dtype=float)
+        observed, predicted = calibration_curve(y, p, n_bins=bins, strategy="quantile")
+        ax.plot(
+            predicted,
+            observed,
+            "o-",
+            ms=3,
+            label=f"{name} (Brier {brier_score_loss(y, p):.4f}, "
+            f"ECE {expected_calibration_error(y, p):.4f})",
+        )
+    ax.set_xlabel("predicted probability of > threshold")
+    ax.set_ylabel("observed share")
+    ax.set_title("Reliability on the holdout (quantile bins)")
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def threshold_curve(
+    curve: Sequence[tuple[float, float]], threshold: float, objective: str
+) -> Figure:
+    """The label objective over decision thresholds (out of fold), with the chosen cut."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    if curve:
+        xs, ys = zip(*curve, strict=True)
+        ax.plot(xs, ys, lw=1.2)
+    ax.axvline(threshold, color="#c44e52", ls="--", label=f"chosen {threshold:.3f}")
+    ax.axvline(0.5, color="grey", ls=":", label="default 0.5")
+    ax.set_xlabel("threshold on the probability")
+    ax.set_ylabel(objective.replace("_", " ") + (" (negated)" if objective == "cost" else ""))
+    ax.set_title("Label threshold, tuned out of fold")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def backtest(table: pd.DataFrame) -> Figure:
+    """Production accuracy per batch for each strategy against the majority share, with the
+    policy's verdicts marked: whether the policy kept production at least as good as the rest."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), width_ratios=[1.4, 1])
+    if table.empty:
+        ax1.text(0.5, 0.5, "no steps", ha="center")
+        return fig
+    x = table["step"].to_numpy()
+    names = {"policy": "policy", "always": "always deploy", "never": "never retrain"}
+    styles = {"policy": ("#4c72b0", "-"), "always": ("#dd8452", "--"), "never": ("#8172b3", ":")}
+    for key, label in names.items():
+        color, ls = styles[key]
+        ax1.plot(x, table[f"accuracy {key}"], ls=ls, color=color, marker=".", label=label)
+        ax2.plot(x, table[f"roc_auc {key}"], ls=ls, color=color, marker=".", label=label)
+    ax1.plot(x, table["majority share"], color="grey", lw=1, ls="-.", label="majority share")
+    marks = {
+        "auto": ("^", "#55a868", "promoted (auto)"),
+        "manual": ("s", "#ccb974", "manual (not deployed)"),
+        "reject": ("x", "#c44e52", "rejected"),
+    }
+    for verdict, (marker, color, label) in marks.items():
+        chosen = table["verdict"] == verdict
+        if chosen.any():
+            ax1.scatter(
+                x[chosen.to_numpy()],
+                table.loc[chosen, "accuracy policy"],
+                marker=marker,
+                s=70,
+                color=color,
+                zorder=3,
+                label=label,
+            )
+    wrong = (table["promoted worse"] | table["rejected better"]).to_numpy()
+    if wrong.any():
+        ax1.scatter(
+            x[wrong],
+            table.loc[wrong, "accuracy policy"],
+            s=200,
+            facecolors="none",
+            edgecolors="k",
+            zorder=4,
+            label="promoted worse / rejected better",
+        )
+    ends = [b.split(" to ")[-1] for b in table["batch"]]
+    ax1.set_xticks(x, [f"{s}\n{end}" for s, end in zip(x, ends, strict=True)])
+    ax1.set_xlabel("step (batch judged, last update up to)")
+    ax1.set_ylabel("accuracy of served labels")
+    ax1.set_title("Production accuracy on the next batch")
+    ax1.legend(fontsize=7, loc="best")
+    ax2.axhline(0.5, color="grey", lw=0.8, ls="-.", label="no skill")
+    ax2.set_xticks(x)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("ROC-AUC")
+    ax2.set_title("Production ROC-AUC on the next batch")
     ax2.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -40,6 +40,9 @@ def app_request(row: pd.Series) -> dict[str, Any]:
     def num(value: Any) -> float | None:
         return None if pd.isna(value) else float(value)
 
+    def text(value: Any) -> str | None:
+        return None if value is None or pd.isna(value) else str(value)
+
     updated = row["last_updated"]
     return {
         "app": str(row["app"]),
@@ -51,6 +54,9 @@ def app_request(row: pd.Series) -> dict[str, Any]:
         "price": num(row["price"]),
         "content_rating": str(row["content_rating"]),
         "last_updated": None if pd.isna(updated) else pd.Timestamp(updated).date().isoformat(),
+        "genres": text(row.get("genres")),
+        "current_ver": text(row.get("current_ver")),
+        "android_ver": text(row.get("android_ver")),
     }
 
 

@@ -197,8 +197,10 @@ def _estimators(model: Any) -> list[Any]:
     """Every estimator nested in a model (pipelines, stacks, calibration and threshold wrappers)."""
     out = [model]
     children: list[Any] = []
-    for attr in ("steps",):
-        children.extend(step for _, step in getattr(model, attr, []) or [])
+    for attr in ("steps", "estimators", "transformer_list"):  # lists of (name, estimator)
+        items = getattr(model, attr, None)
+        if isinstance(items, list):
+            children.extend(step for _, step, *_ in items if not isinstance(step, str))
     for attr in ("estimators_", "calibrated_classifiers_"):
         children.extend(getattr(model, attr, []) or [])
     for attr in ("final_estimator_", "estimator_", "estimator"):
@@ -494,6 +496,38 @@ def train_candidate(
     The registered model is ``FixedThresholdClassifier(FrozenEstimator(model), threshold)``: the
     tuned cut travels inside it, so ``predict`` gives the served label wherever it is loaded.
     """
+    with one_openmp_thread():
+        return _train_candidate(
+            name, data, train_idx, test_idx, folds, seed, rf_trees, groups, calibration,
+            objective, costs,
+        )  # fmt: skip
+
+
+def one_openmp_thread() -> Any:
+    """Gradient boosting's OpenMP threads on a shared 2-core machine: one thread.
+
+    With the cores busy (kernels warming up, a service, other jobs), OpenMP's barriers wait for
+    descheduled threads: a 2,400-row boosting fit measured 72 s with 2 threads against 2 s with
+    one. Forests keep their process-level n_jobs.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="openmp")
+
+
+def _train_candidate(
+    name: str,
+    data: LabeledData,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    folds: int,
+    seed: int,
+    rf_trees: int,
+    groups: Sequence[str],
+    calibration: Sequence[str],
+    objective: str,
+    costs: dict[str, float] | None,
+) -> CandidateResult:
     from sklearn.frozen import FrozenEstimator
     from sklearn.model_selection import FixedThresholdClassifier
 
@@ -587,16 +621,11 @@ def improvement(metric: str, candidate: float, reference: float) -> float:
     return float(diff if GREATER_IS_BETTER[metric] else -diff)
 
 
-def baseline_predictions(y_train: pd.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """A majority-class model's answers for n rows: the training prior and the majority label."""
-    prior = float(np.mean(y_train))
-    majority = 1 if prior >= 0.5 else 0
-    return np.full(n, prior), np.full(n, majority)
-
-
 def baseline_metrics(y_train: pd.Series, y_test: pd.Series) -> dict[str, float]:
     """A majority-class model: what "improvement" means when there is no champion yet."""
-    proba, pred = baseline_predictions(y_train, len(y_test))
+    from lib.uncertainty import majority_baseline
+
+    proba, pred = majority_baseline(y_train, len(y_test))
     scores = evaluate(np.asarray(y_test), proba, pred)
     scores["roc_auc"] = 0.5  # a constant score ranks nothing
     return scores

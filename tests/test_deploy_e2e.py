@@ -98,7 +98,8 @@ class World:
         return registry.register(self.client, info.model_uri, NAME, {})
 
     def forest(self, seed: int, flip: bool = False, trees: int = 40, **kw):
-        pipe = training.build_candidate("random_forest", seed, trees)
+        # a plain pipeline (no name-text stack), so a test can reach the forest's parameters
+        pipe = training.build_candidate("random_forest", seed, trees, groups=["engagement"])
         if kw:
             pipe.named_steps["model"].set_params(**kw)
         return pipe.fit(self.X, 1 - self.y if flip else self.y)

@@ -119,6 +119,103 @@ def test_select_best_by_metric_direction() -> None:
 
 
 def test_inference_models_are_single_threaded() -> None:
-    pipe = training.build_candidate("random_forest", 0, 10)
-    assert pipe.named_steps["model"].n_jobs == -1
+    stack = training.build_candidate("random_forest", 0, 10)
+    forest = stack.estimators[1][1].named_steps["model"]
+    assert forest.n_jobs == -1
+    training.for_inference(stack)
+    assert forest.n_jobs == 1
+    pipe = training.build_candidate("random_forest", 0, 10, groups=[])
     assert training.for_inference(pipe).named_steps["model"].n_jobs == 1
+
+
+def test_tune_threshold_maximises_the_objective_and_prefers_the_cut_nearest_half() -> None:
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    proba = np.array([0.1, 0.2, 0.65, 0.6, 0.7, 0.8, 0.9, 0.95])
+    choice = training.tune_threshold(y, proba, "accuracy")
+    labels = (proba >= choice.threshold).astype(int)
+    assert (labels == y).mean() == choice.value == pytest.approx(7 / 8)
+    assert choice.value >= choice.at_half
+    # every cut between 0.2 and 0.6 gives 7/8; the chosen one is the nearest to 0.5 among them
+    assert 0.2 < choice.threshold <= 0.6
+    # a false negative costing 10x a false positive pushes the cut down: no positive is missed
+    costly = training.tune_threshold(y, proba, "cost", {"false_positive": 1, "false_negative": 10})
+    assert (proba[y == 1] >= costly.threshold).all() and costly.threshold <= 0.6
+    assert costly.value == pytest.approx(1.0)  # the one false positive at 0.65 is the cost
+    with pytest.raises(ValueError, match="unknown label objective"):
+        training.tune_threshold(y, proba, "precision")
+
+
+def test_tuned_threshold_travels_inside_the_registered_model() -> None:
+    data = training.labeled_data(_typed(400), 4.0)
+    tr, te = training.holdout_split(data.keys, data.y, 0.25, 1)
+    result = training.train_candidate(
+        "logistic_regression", data, tr, te, 3, 1, groups=["engagement"]
+    )
+    X_test = data.X.iloc[te]
+    proba = result.model.predict_proba(X_test)[:, 1]
+    expected = (proba >= result.threshold.threshold).astype(int)
+    assert np.array_equal(result.model.predict(X_test), expected)
+    assert np.array_equal(result.labels, expected)
+    assert result.model.threshold == result.threshold.threshold
+    assert result.holdout["accuracy"] == pytest.approx((expected == data.y.iloc[te]).mean())
+
+
+def test_assembled_calibration_equals_calibrated_classifier_cv() -> None:
+    from sklearn.base import clone
+    from sklearn.calibration import CalibratedClassifierCV
+
+    data = training.labeled_data(_typed(300), 4.0)
+    X, y = data.X, data.y
+    base = training.build_candidate("hist_gradient_boosting", 0, groups=["engagement"])
+    oof = training.out_of_fold(base, X, y, 3, 0)
+    for method in training.CALIBRATION_METHODS:
+        mine = training.calibrated(clone(base).fit(X, y), oof, y, method, 3, 0)
+        ref = CalibratedClassifierCV(
+            clone(base), method=method, cv=training.folds_for(3, 0), ensemble=False
+        ).fit(X, y)
+        np.testing.assert_allclose(mine.predict_proba(X), ref.predict_proba(X), rtol=0, atol=1e-12)
+
+
+def test_calibration_is_kept_only_when_it_helps() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.05, 0.95, 4000)
+    y = pd.Series((rng.random(4000) < truth).astype(int))
+    honest = training.OutOfFold(truth, truth, np.zeros(4000, dtype=int))
+    squashed = 1 / (1 + np.exp(-4 * (truth - 0.5) * 4))  # overconfident: far from the truth
+    bent = training.OutOfFold(squashed, squashed, np.zeros(4000, dtype=int))
+    assert training.choose_calibration(honest, y, ["isotonic", "sigmoid"], 5, 0).method is None
+    choice = training.choose_calibration(bent, y, ["isotonic", "sigmoid"], 5, 0)
+    assert choice.method in ("isotonic", "sigmoid")
+    assert choice.scores[choice.method]["log_loss"] < choice.scores["none"]["log_loss"]
+    assert training.choose_calibration(bent, y, [], 5, 0).method is None
+
+
+def test_permuted_target_stays_at_chance() -> None:
+    apps = _typed(800, seed=4)
+    data = training.labeled_data(apps, 4.0)
+    shuffled = data.y.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    noise = training.LabeledData(data.X, shuffled, data.keys, 0, 0)
+    tr, te = training.holdout_split(noise.keys, noise.y, 0.25, 0)
+    result = training.train_candidate("hist_gradient_boosting", noise, tr, te, 3, 0)
+    assert abs(result.cv["roc_auc"]["mean"] - 0.5) < 0.07
+    assert abs(result.holdout["roc_auc"] - 0.5) < 0.1
+
+
+def test_derived_inputs_are_parsed_from_the_listing() -> None:
+    assert features.version_number("4.0.3 and up") == pytest.approx(4.0)
+    assert features.version_number("v2.15") == pytest.approx(2.15)
+    assert np.isnan(features.version_number("Varies with device"))
+    assert np.isnan(features.version_number(None))
+    values = dict(
+        zip(
+            features.DERIVED,
+            features.derived_values(
+                "Photo Editor Pro 2", "Art;Design", "Varies with device", "5.0 and up", 99.0, 9999.0
+            ),  # fmt: skip
+            strict=True,
+        )
+    )
+    assert values["reviews_per_install"] == pytest.approx(-2.0)
+    assert values["genre_count"] == 2 and values["current_varies"] == 1.0
+    assert values["android_min"] == pytest.approx(5.0) and values["name_words"] == 4
+    assert values["name_digits"] == 1
