@@ -39,6 +39,7 @@ NOTEBOOKS = {
     "decide": "04_decide",
     "deploy": "05_deploy",
     "monitor": "06_monitor",
+    "backtest": "07_backtest",  # not a pipeline stage: `python runner.py backtest`
 }
 log = logging.getLogger("runner")
 
@@ -844,7 +845,53 @@ def cmd_notify(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int
     return 0 if all(d["ok"] for d in deliveries) else 1
 
 
+BACKTEST_DATA = "../shared/data/playstore/googleplaystore.csv"  # the raw real file, if present
+
+
+def cmd_backtest(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
+    """Replay the decision policy over time-ordered batches (notebook 07), without touching the
+    registry or models/; the executed notebook, its HTML and backtest.json go to reports/."""
+    data_path = str(Path(args.data).resolve()) if args.data else BACKTEST_DATA
+    run_id = f"backtest-{new_run_id()}"
+    run_dir = root / cfg.reports_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    groups = [g for g in cfg.features if args.with_name_text or g != "name_text"]
+    params = {
+        "data_path": data_path,
+        "decision_table": cfg.decision,
+        "n_batches": args.batches,
+        "initial_share": args.initial_share,
+        "seed": cfg.seed,
+        "family": args.family,
+        "cv_folds": args.cv_folds,
+        "features": groups,
+        "noise": not args.no_noise,
+        "run_id": run_id,
+    }
+    print(f"{run_id}: backtest of the decision policy on {data_path} ({args.batches} batches) ...")
+    result = execute_stage("backtest", params, root, run_dir, cfg.stage_timeout)
+    record = {
+        "run_id": run_id,
+        "status": result.status,
+        "error": result.error,
+        "seconds": round(result.seconds, 1),
+        "parameters": params,
+        **result.scraps,
+    }
+    (run_dir / "backtest.json").write_text(json.dumps(record, indent=2, default=str))
+    if result.status != "ok":
+        print(f"backtest failed: {result.error}; see {os.path.relpath(result.notebook, root)}")
+        return 1
+    summary = result.scraps.get("backtest_summary") or {}
+    for key, value in summary.items():
+        if not isinstance(value, (dict, list)):
+            print(f"  {key}: {value}")
+    print(f"report: {os.path.relpath(run_dir / 'backtest.json', root)}, {result.html}")
+    return 0
+
+
 OPERATIONS = {
+    "backtest": cmd_backtest,
     "notify": cmd_notify,
     "serve": cmd_serve,
     "status": cmd_status,
@@ -906,6 +953,14 @@ def build_parser() -> argparse.ArgumentParser:
     nt.add_argument("--test", action="store_true", help="a test message")
     nt.add_argument("--rollback", action="store_true", help="a rollback notice")
     nt.add_argument("--reason", help="the reason in a rollback notice")
+    bt = command("backtest", "replay the decision policy over time-ordered batches (07)")
+    bt.add_argument("--data", help=f"raw Play Store CSV (default {BACKTEST_DATA})")
+    bt.add_argument("--batches", type=int, default=5, help="later batches (default 5)")
+    bt.add_argument("--initial-share", type=float, default=0.4, help="oldest share (default 0.4)")
+    bt.add_argument("--family", default="hist_gradient_boosting", help="model family")
+    bt.add_argument("--cv-folds", type=int, default=3, help="folds per candidate (default 3)")
+    bt.add_argument("--with-name-text", action="store_true", help="include the name-text stack")
+    bt.add_argument("--no-noise", action="store_true", help="skip the noise candidates")
     sim = command("simulate-new-apps", "append generated new apps to the data file")
     sim.add_argument("--n", type=int, default=150, help="number of new apps (default 150)")
     sim.add_argument("--seed", type=int, help="seed of the batch (default: derived from the file)")

@@ -164,7 +164,7 @@ def build_candidate(
     seed: int,
     rf_trees: int = 200,
     groups: Sequence[str] = DEFAULT_FEATURE_GROUPS,
-    stack_folds: int = 5,
+    stack_folds: int = 3,
 ) -> Any:
     """A fresh, unfitted candidate by model family and feature groups.
 

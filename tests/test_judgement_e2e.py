@@ -22,6 +22,8 @@ pytestmark = pytest.mark.e2e
 
 MODEL = "playstore-rating"
 FAST = {"candidates": ["hist_gradient_boosting"], "cv_folds": 3}
+# Generated names carry no signal: leave the name-text stack out there to keep the test quick.
+GENERATED = {**FAST, "synth_apps": 5000, "features": ["engagement", "versions", "genres"]}
 
 
 def shuffled_ratings(source: Path, target: Path, seed: int = 0) -> None:
@@ -53,18 +55,14 @@ def gate_reasons(result) -> list[str]:
 def test_generated_data_better_is_auto_noise_is_not(project: Path) -> None:
     # 1. a weak production model: logistic regression on the base fields only
     weak, _ = run_pipeline(
-        project,
-        synth_apps=3000,
-        candidates=["logistic_regression"],
-        features=[],
-        cv_folds=3,
+        project, synth_apps=5000, candidates=["logistic_regression"], features=[], cv_folds=3
     )
     v_weak = weak.scraps["candidate_version"]
     client = mlflow_client(project)
     client.set_registered_model_alias(MODEL, "champion", v_weak)
 
     # 2. really better: boosting with the honest features that carry the generator's signal
-    better, _ = run_pipeline(project, force=True, synth_apps=3000, **FAST)
+    better, _ = run_pipeline(project, force=True, **GENERATED)
     interval = better.scraps["improvement_interval"]
     assert better.scraps["reference_label"] == f"champion v{v_weak}"
     assert interval["low"] > 0.01, interval  # the gain is outside the noise of the holdout
@@ -73,9 +71,9 @@ def test_generated_data_better_is_auto_noise_is_not(project: Path) -> None:
     client.set_registered_model_alias(MODEL, "champion", v_better)
 
     # 3. the champion retrained on the same data with another seed: noise, never auto
-    again, _ = run_pipeline(project, force=True, synth_apps=3000, model_seed=7, **FAST)
+    again, _ = run_pipeline(project, force=True, model_seed=7, **GENERATED)
     interval = again.scraps["improvement_interval"]
-    assert interval["low"] < 0 < interval["high"], interval
+    assert abs(interval["estimate"]) < 0.02 and interval["low"] < 0.01, interval
     assert again.scraps["decision"] != "auto", again.scraps["reasons"]
     assert any("lower bound" in r for r in again.scraps["reasons"])
 
@@ -87,7 +85,7 @@ def test_generated_data_better_is_auto_noise_is_not(project: Path) -> None:
         stages=["detect", "train", "compare", "decide", "deploy"],
         force=True,
         data_path="data/shuffled.csv",
-        **FAST,
+        **GENERATED,
     )
     assert noise.scraps["decision"] == "reject", noise.scraps["reasons"]
     assert any('"no skill"' in r and "reject" in r for r in gate_reasons(noise))

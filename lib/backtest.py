@@ -1,0 +1,575 @@
+"""A policy backtest: replay the deployment decision over time-ordered batches of real apps.
+
+The decision policy (gate + score table, :mod:`lib.scoring`) is judged here by what it would
+have done, not by how it reads. Apps (one row per rated app) are ordered by ``last_updated``; the
+oldest share trains the first champion, the rest arrive in consecutive batches. At each step a
+candidate is trained on everything seen so far, the REAL policy decides on a holdout of that data
+(``comparison.compare_predictions`` + ``scoring.decide``, as 03/04 do), and the next batch (the
+future, which nobody saw) says whether the candidate really was better than the champion it would
+replace: better or worse only when the paired 95% bootstrap interval of the ROC-AUC difference on
+that batch excludes 0.
+
+``manual`` counts as not deployed: a person may approve it later, but the backtest has no person.
+Noise candidates check the policy's floor: a model trained on shuffled labels must never be
+promoted, and the champion retrained with another seed (the same model up to noise) should not be
+``auto``. Nothing here touches MLflow, the registry or ``models/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lib import comparison, scoring, training, uncertainty
+from lib.data import latest_per_app
+from lib.errors import DataError
+
+log = logging.getLogger(__name__)
+
+VERDICTS = scoring.VERDICTS
+TRUTHS = ("better", "worse", "no real difference", "undetermined")
+STRATEGIES = ("policy", "always", "never")  # always deploy the new model / never retrain
+NOISE_KINDS = ("permuted", "reseeded")
+MAJORITY = "majority answer"
+TRUTH_RESAMPLES = 2000
+# Default inputs: the name's text score (group name_text) stacks every fit five times over and
+# costs about 15x the time of the other groups, too much for a replay of many trainings.
+DEFAULT_FEATURES = ("engagement", "versions", "genres", "name_stats")
+
+
+# --- batches --------------------------------------------------------------------------------
+
+
+@dataclass
+class TimeBatches:
+    """Labeled apps in time order, cut into the initial training data and later batches.
+
+    Every index is a position in ``data`` (ordered by ``updated``), so the data seen before
+    batch k is a prefix of the rows.
+    """
+
+    data: training.LabeledData
+    updated: pd.Series  # last_updated of each row, non-decreasing
+    initial: np.ndarray
+    batches: list[np.ndarray]
+    undated: int = 0  # rated apps without a last_updated date: cannot be placed in time
+
+    def seen(self, k: int) -> np.ndarray:
+        """Rows known before batch k: the initial data and batches 0..k-1."""
+        end = len(self.initial) + sum(len(b) for b in self.batches[:k])
+        return np.arange(end)
+
+    def span(self, idx: np.ndarray) -> tuple[str, str]:
+        """First and last update date of some rows, as ISO dates."""
+        dates = self.updated.iloc[idx]
+        return dates.min().date().isoformat(), dates.max().date().isoformat()
+
+
+def time_batches(
+    apps: pd.DataFrame, n_batches: int, initial_share: float, target_threshold: float = 4.0
+) -> TimeBatches:
+    """Order rated apps (one row per app) by last update; split off the initial share, then
+    ``n_batches`` consecutive batches of the rest: the order in which a pipeline would meet them.
+
+    Ties on the date are broken by app key, so the same file always gives the same batches.
+    """
+    if not 0.0 < initial_share < 1.0:
+        raise ValueError(f"initial_share must be strictly between 0 and 1, got {initial_share!r}")
+    if int(n_batches) != n_batches or n_batches < 1:
+        raise ValueError(f"n_batches must be an integer >= 1, got {n_batches!r}")
+    unique = latest_per_app(apps)
+    rated = unique[unique["rating"].notna()]
+    dated = rated[rated["last_updated"].notna()]
+    undated = len(rated) - len(dated)
+    if undated:
+        log.warning("%d rated apps have no last_updated date and are left out", undated)
+    ordered = dated.sort_values(["last_updated", "app_key"], kind="stable").reset_index(drop=True)
+    data = training.labeled_data(ordered, target_threshold)  # keeps the order, one row per app
+    n = len(data.y)
+    n_initial = int(round(n * initial_share))
+    if n_initial < 50 or n - n_initial < n_batches:
+        raise DataError(
+            f"{n} rated apps cannot make an initial share of {initial_share} (at least 50 apps) "
+            f"and {n_batches} non-empty batches; lower n_batches or change initial_share"
+        )
+    batches = [np.asarray(b) for b in np.array_split(np.arange(n_initial, n), n_batches)]
+    log.info(
+        "time batches: %d initial apps, then %s (in order of last update)",
+        n_initial,
+        [len(b) for b in batches],
+    )
+    updated = pd.Series(pd.to_datetime(ordered["last_updated"]).to_numpy(), name="last_updated")
+    return TimeBatches(data, updated, np.arange(n_initial), batches, undated)
+
+
+# --- settings and results -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BacktestSettings:
+    """How candidates are trained and judged; defaults keep the replay to a few minutes."""
+
+    families: tuple[str, ...] = ("hist_gradient_boosting",)  # several: the best on the holdout
+    cv_folds: int = 3
+    seed: int = 42
+    test_size: float = 0.2
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    calibration: tuple[str, ...] = training.CALIBRATION_METHODS
+    objective: str = "accuracy"
+    costs: dict[str, float] | None = None
+    metric: str = "roc_auc"  # the selection metric the score table reads
+    table: scoring.ScoreTable = field(default_factory=scoring.ScoreTable)
+    noise: bool = True
+    rf_trees: int = 200
+
+    def __post_init__(self) -> None:
+        if isinstance(self.families, str):
+            object.__setattr__(self, "families", (self.families,))
+        object.__setattr__(self, "families", tuple(self.families))
+        object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "calibration", tuple(self.calibration))
+        if not self.families:
+            raise ValueError("families: name at least one model family")
+        if self.cv_folds < 2:
+            raise ValueError(f"cv_folds must be at least 2, got {self.cv_folds}")
+
+
+@dataclass
+class NoiseRun:
+    """The policy's verdict on one noise candidate (it should never be auto)."""
+
+    kind: str  # "permuted" (shuffled labels) or "reseeded" (champion's data, another seed)
+    step: int
+    verdict: str
+    score: int
+    gate_passed: bool | None
+    improvement: dict[str, Any]  # the selection metric's difference and interval on the holdout
+
+
+@dataclass
+class Step:
+    """One decision and what the next batch said about it."""
+
+    step: int
+    batch_first: str
+    batch_last: str
+    seen_rows: int
+    holdout_rows: int
+    batch_rows: int
+    holdout_seen_by_reference: int  # holdout rows production was trained on (the split drifts)
+    candidate: str  # model family of the step's candidate
+    reference: str  # what the candidate was compared with: production before the decision
+    verdict: str
+    score: int
+    improvement: dict[str, Any]  # selection metric, candidate - reference, on the holdout
+    future: dict[str, Any] | None  # ROC-AUC difference on the batch (None: one class only)
+    truth: str  # better / worse / no real difference / undetermined, on the batch
+    production: str  # what serves after the decision
+    accuracy: dict[str, float]  # per strategy on the batch, plus "majority_share"
+    roc_auc: dict[str, float]  # per strategy on the batch
+    noise: dict[str, str] = field(default_factory=dict)  # kind -> verdict
+    seconds: float = 0.0
+    batch_idx: np.ndarray = field(default_factory=lambda: np.empty(0, int), repr=False)
+    served: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # labels per strategy
+
+    @property
+    def deployed(self) -> bool:
+        return self.verdict == "auto"
+
+    @property
+    def promoted_worse(self) -> bool:
+        return self.deployed and self.truth == "worse"
+
+    @property
+    def rejected_better(self) -> bool:
+        return not self.deployed and self.truth == "better"
+
+
+@dataclass
+class BacktestResult:
+    """The replay: one step per batch, the noise candidates, and how long it took."""
+
+    settings: BacktestSettings
+    steps: list[Step]
+    noise: list[NoiseRun]
+    seconds: float
+    initial_rows: int
+    initial_span: tuple[str, str]
+
+    def table(self) -> pd.DataFrame:
+        """One row per step: the decision, the truth on the next batch, each strategy's figures."""
+        rows = []
+        for s in self.steps:
+            future = s.future or {}
+            rows.append(
+                {
+                    "step": s.step,
+                    "batch": f"{s.batch_first} to {s.batch_last}",
+                    "seen rows": s.seen_rows,
+                    "holdout rows": s.holdout_rows,
+                    "holdout rows reference trained on": s.holdout_seen_by_reference,
+                    "batch rows": s.batch_rows,
+                    "candidate": s.candidate,
+                    "reference": s.reference,
+                    "verdict": s.verdict,
+                    "score": s.score,
+                    "holdout diff": s.improvement["estimate"],
+                    "holdout diff low": s.improvement["low"],
+                    "holdout diff high": s.improvement["high"],
+                    "batch auc diff": future.get("estimate", np.nan),
+                    "batch auc diff low": future.get("low", np.nan),
+                    "batch auc diff high": future.get("high", np.nan),
+                    "truth on batch": s.truth,
+                    "promoted worse": s.promoted_worse,
+                    "rejected better": s.rejected_better,
+                    "production": s.production,
+                    **{f"accuracy {k}": s.accuracy[k] for k in STRATEGIES},
+                    "majority share": s.accuracy["majority_share"],
+                    **{f"roc_auc {k}": s.roc_auc[k] for k in STRATEGIES},
+                    **{f"noise {k}": s.noise.get(k, "") for k in NOISE_KINDS},
+                    "seconds": round(s.seconds, 1),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def noise_table(self) -> pd.DataFrame:
+        """Verdict counts of each kind of noise candidate."""
+        return pd.DataFrame(
+            {k: self._noise_counts(k) for k in NOISE_KINDS}, index=[*VERDICTS, "runs"]
+        ).T
+
+    def _noise_counts(self, kind: str) -> dict[str, int]:
+        counts = Counter(r.verdict for r in self.noise if r.kind == kind)
+        out = {v: int(counts.get(v, 0)) for v in VERDICTS}
+        out["runs"] = sum(out.values())
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The counts and means the README quotes (JSON-ready)."""
+        verdicts = Counter(s.verdict for s in self.steps)
+        outcomes = {
+            t: {v: sum(1 for s in self.steps if s.truth == t and s.verdict == v) for v in VERDICTS}
+            for t in TRUTHS
+        }
+        return {
+            "steps": len(self.steps),
+            "verdicts": {v: int(verdicts.get(v, 0)) for v in VERDICTS},
+            "outcomes": outcomes,  # truth on the next batch -> verdict counts
+            "promoted_worse": sum(s.promoted_worse for s in self.steps),
+            "rejected_better": sum(s.rejected_better for s in self.steps),
+            "promoted_better": sum(s.deployed and s.truth == "better" for s in self.steps),
+            "manual_counts_as": "not deployed",
+            "noise": {k: self._noise_counts(k) for k in NOISE_KINDS},
+            "mean_accuracy": {
+                k: _mean([s.accuracy[k] for s in self.steps])
+                for k in (*STRATEGIES, "majority_share")
+            },
+            "mean_roc_auc": {k: _mean([s.roc_auc[k] for s in self.steps]) for k in STRATEGIES},
+            "final_production": self.steps[-1].production if self.steps else MAJORITY,
+            "initial_rows": self.initial_rows,
+            "batch_rows": [s.batch_rows for s in self.steps],
+            "families": list(self.settings.families),
+            "features": list(self.settings.features),
+            "cv_folds": self.settings.cv_folds,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+# --- the replay -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Served:
+    """What production answers: a trained model, or the majority answer when none was kept."""
+
+    step: int | None  # the step whose candidate this is; None: majority answer
+    result: training.CandidateResult | None = None
+    train_idx: np.ndarray | None = None  # rows the model was trained on (for the reseeded twin)
+
+    @property
+    def label(self) -> str:
+        return MAJORITY if self.result is None else f"model of step {self.step}"
+
+    def answers(self, X: pd.DataFrame, y_prior: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """(probability of class 1, served label); the majority answer follows ``y_prior``."""
+        if self.result is None:
+            return uncertainty.majority_baseline(y_prior, len(X))
+        model = self.result.model
+        return model.predict_proba(X)[:, 1], np.asarray(model.predict(X)).astype(int)
+
+
+def policy_decision(
+    y_holdout: Any,
+    candidate: tuple[np.ndarray, np.ndarray],
+    reference: tuple[np.ndarray, np.ndarray],
+    cv_std: float,
+    table: scoring.ScoreTable,
+    metric: str,
+    reference_label: str,
+) -> tuple[scoring.Decision, dict[str, Any]]:
+    """The pipeline's decision, exactly as 03 compare + 04 decide make it, from predictions.
+
+    Returns the decision and the selection metric's difference with its interval.
+    """
+    evidence = comparison.compare_predictions(y_holdout, candidate, reference, metric)
+    gate = evidence["gate"]
+    decision = scoring.decide(
+        scoring.Evidence.from_dict(evidence["improvement_interval"]),
+        scoring.Evidence.from_dict(evidence["candidate_interval"]),
+        cv_std,
+        table,
+        metric=metric,
+        baseline_label=reference_label,
+        gate=scoring.GateInputs(
+            roc_auc=scoring.Evidence.from_dict(gate["roc_auc"]),
+            accuracy=gate["accuracy"],
+            majority_share=gate["majority_share"],
+            n=gate["n"],
+        ),
+    )
+    return decision, evidence["improvement_interval"]
+
+
+def judge_on_batch(
+    y: Any,
+    candidate: tuple[np.ndarray, np.ndarray],
+    champion: tuple[np.ndarray, np.ndarray],
+    seed: int = 0,
+) -> tuple[str, dict[str, Any] | None]:
+    """Whether the candidate really was better on rows nobody trained on.
+
+    Better (worse) only when the paired 95% bootstrap interval of the ROC-AUC difference is
+    above (below) 0; otherwise "no real difference". A batch of one class ranks nothing:
+    "undetermined".
+    """
+    y = np.asarray(y).astype(int)
+    if len(y) == 0 or y.min() == y.max():
+        return "undetermined", None
+    details = uncertainty.paired_comparison(
+        y, *candidate, *champion, metrics=("roc_auc",), resamples=TRUTH_RESAMPLES, seed=seed
+    )
+    diff = details["roc_auc"].difference.to_dict()
+    if diff["low"] > 0:
+        return "better", diff
+    if diff["high"] < 0:
+        return "worse", diff
+    return "no real difference", diff
+
+
+def _accuracy(y: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.asarray(labels).astype(int) == y)) if len(y) else float("nan")
+
+
+def _roc_auc(y: np.ndarray, proba: np.ndarray) -> float:
+    if len(y) == 0 or y.min() == y.max():
+        return float("nan")
+    return uncertainty.metric_value("roc_auc", y, proba, (np.asarray(proba) >= 0.5).astype(int))
+
+
+def run_backtest(batches: TimeBatches, settings: BacktestSettings | None = None) -> BacktestResult:
+    """Replay the policy over the batches; see the module docstring for what is measured.
+
+    Step 0 decides on the first champion (against the majority answer); step k trains on the
+    initial data and batches < k and is judged on batch k. "always" serves each step's candidate,
+    "never" keeps the model trained at step 0 whatever the policy said.
+    """
+    settings = settings or BacktestSettings()
+    started = time.perf_counter()
+    data = batches.data
+    y_all = data.y.to_numpy().astype(int)
+    production = _Served(None)
+    first: _Served | None = None
+    steps: list[Step] = []
+    noise: list[NoiseRun] = []
+    for k, batch_idx in enumerate(batches.batches):
+        step_started = time.perf_counter()
+        seen = batches.seen(k)
+        train_idx, test_idx = training.holdout_split(
+            data.keys.iloc[seen], data.y.iloc[seen], settings.test_size, settings.seed
+        )
+        train_idx, test_idx = seen[train_idx], seen[test_idx]
+        y_train, y_hold = data.y.iloc[train_idx], y_all[test_idx]
+        X_hold, X_batch, y_batch = data.X.iloc[test_idx], data.X.iloc[batch_idx], y_all[batch_idx]
+        log.info("step %d: %d rows seen, judged on %d later rows", k, len(seen), len(batch_idx))
+
+        candidate = _best_candidate(data, train_idx, test_idx, settings)
+        cand_hold = (candidate.proba, np.asarray(candidate.labels).astype(int))
+        ref_hold = production.answers(X_hold, y_train)
+        decision, improvement = policy_decision(
+            y_hold,
+            cand_hold,
+            ref_hold,
+            candidate.cv_std(settings.metric),
+            settings.table,
+            settings.metric,
+            production.label,
+        )
+        new = _Served(k, candidate, train_idx)
+        if first is None:
+            first = new
+
+        noise_verdicts: dict[str, str] = {}
+        if settings.noise:
+            runs = _noise_runs(
+                k, data, train_idx, test_idx, production, ref_hold, settings, candidate.name
+            )
+            for run in runs:
+                noise.append(run)
+                noise_verdicts[run.kind] = run.verdict
+
+        before = production.answers(X_batch, y_train)
+        cand_batch = new.answers(X_batch, y_train)
+        truth, future = judge_on_batch(y_batch, cand_batch, before, settings.seed)
+        reference_label = production.label
+        reference_rows = production.train_idx if production.train_idx is not None else []
+        if decision.verdict == "auto":
+            production = new
+        served = {
+            "policy": production.answers(X_batch, y_train),
+            "always": cand_batch,
+            "never": first.answers(X_batch, y_train),
+        }
+        share = float(max(y_batch.mean(), 1.0 - y_batch.mean())) if len(y_batch) else np.nan
+        steps.append(
+            Step(
+                step=k,
+                batch_first=batches.span(batch_idx)[0],
+                batch_last=batches.span(batch_idx)[1],
+                seen_rows=len(seen),
+                holdout_rows=len(test_idx),
+                batch_rows=len(batch_idx),
+                holdout_seen_by_reference=len(np.intersect1d(test_idx, reference_rows)),
+                candidate=candidate.name,
+                reference=reference_label,
+                verdict=decision.verdict,
+                score=int(decision.score),
+                improvement=improvement,
+                future=future,
+                truth=truth,
+                production=production.label,
+                accuracy={
+                    **{s: _accuracy(y_batch, served[s][1]) for s in STRATEGIES},
+                    "majority_share": share,
+                },
+                roc_auc={s: _roc_auc(y_batch, served[s][0]) for s in STRATEGIES},
+                noise=noise_verdicts,
+                seconds=time.perf_counter() - step_started,
+                batch_idx=np.asarray(batch_idx),
+                served={s: np.asarray(served[s][1]).astype(int) for s in STRATEGIES},
+            )
+        )
+        log.info(
+            "step %d: %s (score %d) vs %s; on the next batch the candidate is %s (%.0fs)",
+            k,
+            decision.verdict,
+            decision.score,
+            reference_label,
+            truth,
+            steps[-1].seconds,
+        )
+    return BacktestResult(
+        settings,
+        steps,
+        noise,
+        time.perf_counter() - started,
+        len(batches.initial),
+        batches.span(batches.initial),
+    )
+
+
+def _train(
+    name: str,
+    data: training.LabeledData,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    settings: BacktestSettings,
+    seed: int,
+) -> training.CandidateResult:
+    return training.train_candidate(
+        name,
+        data,
+        train_idx,
+        test_idx,
+        settings.cv_folds,
+        seed,
+        settings.rf_trees,
+        groups=settings.features,
+        calibration=settings.calibration,
+        objective=settings.objective,
+        costs=settings.costs,
+    )
+
+
+def _best_candidate(
+    data: training.LabeledData,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    settings: BacktestSettings,
+) -> training.CandidateResult:
+    """As 02 train: every family, the best on the holdout's selection metric."""
+    results = [
+        _train(name, data, train_idx, test_idx, settings, settings.seed)
+        for name in settings.families
+    ]
+    return training.select_best(results, settings.metric)
+
+
+def _noise_runs(
+    k: int,
+    data: training.LabeledData,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    production: _Served,
+    reference: tuple[np.ndarray, np.ndarray],
+    settings: BacktestSettings,
+    family: str,
+) -> list[NoiseRun]:
+    """Two candidates that must not win: shuffled training labels, and the champion reseeded.
+
+    Both are judged like any candidate: against production, on the step's real holdout labels.
+    The reseeded twin needs a champion; while production is the majority answer it is skipped.
+    """
+    y_hold = data.y.to_numpy().astype(int)[test_idx]
+    rng = np.random.default_rng(settings.seed + 1000 + k)
+    y_perm = data.y.copy()
+    y_perm.iloc[train_idx] = rng.permutation(data.y.iloc[train_idx].to_numpy())
+    permuted = training.LabeledData(data.X, y_perm, data.keys, 0, 0)
+    runs: list[tuple[str, training.CandidateResult]] = [
+        ("permuted", _train(family, permuted, train_idx, test_idx, settings, settings.seed))
+    ]
+    if production.result is not None and production.train_idx is not None:
+        twin_seed = settings.seed + 1 + k
+        twin = _train(
+            production.result.name, data, production.train_idx, test_idx, settings, twin_seed
+        )
+        runs.append(("reseeded", twin))
+    out = []
+    for kind, result in runs:
+        decision, improvement = policy_decision(
+            y_hold,
+            (result.proba, np.asarray(result.labels).astype(int)),
+            reference,
+            result.cv_std(settings.metric),
+            settings.table,
+            settings.metric,
+            production.label,
+        )
+        log.info("step %d noise %s: %s (score %d)", k, kind, decision.verdict, decision.score)
+        out.append(
+            NoiseRun(
+                kind, k, decision.verdict, int(decision.score), decision.gate_passed, improvement
+            )
+        )
+    return out
