@@ -173,6 +173,6 @@ def test_runner_backtest_command_renders_the_notebook_and_writes_json(project) -
     (folder,) = [p for p in (project / "reports").iterdir() if p.name.startswith("backtest-")]
     record = json.loads((folder / "backtest.json").read_text())
     assert record["status"] == "ok"
-    assert len(record["backtest_table"]) == 3  # the first champion, then two batches
+    assert len(record["backtest_table"]) == 2  # one step per batch, the first champion at step 0
     assert (folder / "07_backtest.html").exists()
     assert not (project / "mlflow.db").exists() and not any((project / "models").iterdir())
