@@ -43,7 +43,7 @@ def shuffled_ratings(source: Path, target: Path, seed: int = 0) -> None:
 
 def champion(project: Path) -> str | None:
     try:
-        return mlflow_client(project).get_model_version_by_alias(MODEL, "champion").version
+        return str(mlflow_client(project).get_model_version_by_alias(MODEL, "champion").version)
     except Exception:
         return None
 
@@ -90,7 +90,7 @@ def test_generated_data_better_is_auto_noise_is_not(project: Path) -> None:
     assert noise.scraps["decision"] == "reject", noise.scraps["reasons"]
     assert any('"no skill"' in r and "reject" in r for r in gate_reasons(noise))
     assert noise.outcome == "rejected"
-    assert champion(project) == v_better
+    assert champion(project) == str(v_better)
     assert not (project / "models" / "production").exists()
     assert any("production unchanged" in line for line in lines)
 
@@ -120,7 +120,7 @@ def test_raw_real_file_noise_rejected_and_labels_agree_everywhere(
     noise, _ = run_pipeline(project, force=True, data_path="data/shuffled.csv", **FAST)
     assert noise.scraps["decision"] == "reject", noise.scraps["reasons"]
     assert any('"no skill"' in r for r in gate_reasons(noise))
-    assert champion(project) == version
+    assert champion(project) == str(version)
 
     # /predict, load_model(...).predict and the smoke tests agree on every holdout label
     loaded = data.read_apps([raw])
