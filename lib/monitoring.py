@@ -39,7 +39,7 @@ from scipy import stats
 
 from lib import training
 from lib.canary import _clean, _ms, _n, _p, _pct
-from lib.features import CATEGORICAL, FEATURE_COLUMNS
+from lib.features import CATEGORICAL, FEATURE_COLUMNS, TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -230,9 +230,14 @@ def current_inputs(window: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=FEATURE_COLUMNS)
     rows = [f for f in window["features"] if isinstance(f, dict)]
     frame = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+    # Predictions logged before a column existed (e.g. the derived inputs) lack its key: NaN
+    # here, and attrs["logged"] says which rows really carry the column, so drift is judged on
+    # those only (a NaN that is "not logged" is not a missing value of the app).
+    logged = {c: [c in f for f in rows] for c in FEATURE_COLUMNS}
     frame = frame.reindex(columns=FEATURE_COLUMNS)
+    frame.attrs["logged"] = logged
     for col in FEATURE_COLUMNS:
-        if col in CATEGORICAL:
+        if col in CATEGORICAL or col in TEXT:
             frame[col] = frame[col].astype(object)
         else:
             frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
@@ -541,16 +546,28 @@ def _drift_verdict(psi_value: float, p: float, psi_threshold: float, alpha: floa
 def feature_drift(
     reference_X: pd.DataFrame, current_X: pd.DataFrame, cfg: MonitorConfig | None = None
 ) -> list[FeatureDrift]:
-    """PSI and KS / chi-square of every FEATURE_COLUMN; drifted = PSI > threshold AND p < alpha."""
+    """PSI and KS / chi-square of every FEATURE_COLUMN; drifted = PSI > threshold AND p < alpha.
+
+    Free text (the app name) is neither a number nor a category: it is not judged itself, its
+    statistics (name_length, name_words, ...) are derived columns that are.
+    """
     cfg = cfg or MonitorConfig()
     results = []
     for col in FEATURE_COLUMNS:
+        if col in TEXT:
+            continue
         kind = "categorical" if col in CATEGORICAL else "numeric"
         test = "chi2" if kind == "categorical" else "ks"
         n_ref = len(reference_X) if col in reference_X.columns else 0
         n_cur = len(current_X) if col in current_X.columns else 0
         base = {"feature": col, "kind": kind, "test": test, "samples": n_cur}
         base["reference_samples"] = n_ref
+        current = current_X[col] if col in current_X.columns else None
+        logged = current_X.attrs.get("logged", {}).get(col)
+        if current is not None and logged is not None and len(logged) == len(current):
+            current = current[np.asarray(logged, dtype=bool)]  # rows logged with this column
+            n_cur = len(current)
+            base["samples"] = n_cur
         if col not in reference_X.columns or col not in current_X.columns or not n_ref:
             side = "reference" if col not in reference_X.columns or not n_ref else "window"
             msg = f"{col}: not in the {side} data; drift not judged"
@@ -563,11 +580,11 @@ def feature_drift(
                                         drifted=False, status=NO_DATA, message=msg))  # fmt: skip
             continue
         if kind == "categorical":
-            ref, cur = _as_category(reference_X[col]), _as_category(current_X[col])
+            ref, cur = _as_category(reference_X[col]), _as_category(current)
             value = _psi_from_counts(*_categorical_counts(ref, cur))
             statistic, p = _chi2(ref, cur)
         else:
-            ref, cur = _as_float(reference_X[col]), _as_float(current_X[col])
+            ref, cur = _as_float(reference_X[col]), _as_float(current)
             value = _psi_from_counts(*_numeric_counts(ref, cur, 10))
             statistic, p = _ks(ref, cur)
         drifted = _drift_verdict(value, p, cfg.psi_threshold, cfg.drift_alpha)
@@ -588,15 +605,36 @@ def feature_drift(
     return results
 
 
+def _positive_rate(proba: np.ndarray, labels: Any) -> tuple[float, str]:
+    """The share of positive labels: the labels served when known, else probability >= 0.5.
+
+    A tuned model's cut is not 0.5, so its own labels are the only faithful positive rate.
+    """
+    if labels is not None:
+        lab = _as_float(labels)
+        lab = lab[~np.isnan(lab)]
+        if len(lab):
+            return float((lab == 1).mean()), "labels"
+    return (float((proba >= 0.5).mean()) if len(proba) else math.nan), "probability >= 0.5"
+
+
 def prediction_drift(
-    reference_proba: Any, current_proba: Any, cfg: MonitorConfig | None = None
+    reference_proba: Any,
+    current_proba: Any,
+    cfg: MonitorConfig | None = None,
+    reference_labels: Any = None,
+    current_labels: Any = None,
 ) -> dict[str, Any]:
-    """PSI and KS of the predicted probabilities, and the change of the positive rate (>= 0.5)."""
+    """PSI and KS of the predicted probabilities, and the change of the positive rate.
+
+    The positive rate counts the labels served (stored with each prediction) when given; without
+    labels it falls back to probability >= 0.5 (`positive_rate_from` says which was used).
+    """
     cfg = cfg or MonitorConfig()
     ref, cur = _as_float(reference_proba), _as_float(current_proba)
     ref, cur = ref[~np.isnan(ref)], cur[~np.isnan(cur)]
-    r_pos = float((ref >= 0.5).mean()) if len(ref) else math.nan
-    c_pos = float((cur >= 0.5).mean()) if len(cur) else math.nan
+    r_pos, r_from = _positive_rate(ref, reference_labels)
+    c_pos, c_from = _positive_rate(cur, current_labels)
     out: dict[str, Any] = {
         "samples": len(cur),
         "reference_samples": len(ref),
@@ -606,6 +644,7 @@ def prediction_drift(
         "reference_positive_rate": r_pos,
         "current_positive_rate": c_pos,
         "positive_rate_change": c_pos - r_pos,
+        "positive_rate_from": {"reference": r_from, "current": c_from},
         "drifted": False,
         "threshold": cfg.prediction_drift_psi,
     }
@@ -643,6 +682,7 @@ def _drift_section(
     reference_X: pd.DataFrame | None,
     reference_proba: Any,
     cfg: MonitorConfig,
+    reference_labels: Any = None,
 ) -> tuple[dict[str, Any], list[CheckResult]]:
     checks: list[CheckResult] = []
     drift: dict[str, Any] = {"features": [], "drifted_features": [], "share": math.nan,
@@ -701,8 +741,10 @@ def _drift_section(
         msg = "no reference probabilities: prediction drift not judged"
         checks.append(CheckResult("prediction_drift", SKIPPED, msg))
     else:
-        current_proba = frame.loc[~frame["is_error"], "probability"]
-        pred = prediction_drift(reference_proba, current_proba, cfg)
+        served = frame.loc[~frame["is_error"]]
+        pred = prediction_drift(
+            reference_proba, served["probability"], cfg, reference_labels, served["label"]
+        )
         drift["prediction"] = pred
         checks.append(CheckResult("prediction_drift", pred["status"], pred["message"], pred["psi"],
                                   cfg.prediction_drift_psi, pred["samples"],
@@ -720,12 +762,14 @@ def evaluate_health(
     reference_X: pd.DataFrame | None = None,
     reference_proba: Any = None,
     cfg: MonitorConfig | None = None,
+    reference_labels: Any = None,
 ) -> MonitorReport:
     """Every check on one window; rollback only on a significant accuracy drop or error rate.
 
     reference_metrics: the champion's validation figures ({"accuracy", "roc_auc"}, or the MLflow
     run's holdout_* names); reference_X / reference_proba: its training inputs and predicted
-    probabilities, for drift (None skips those checks).
+    probabilities, for drift (None skips those checks); reference_labels: the labels the model
+    served for them (its tuned threshold), for the positive rate (else probability >= 0.5).
     """
     cfg = cfg or MonitorConfig()
     frame = _prepare(window)
@@ -736,7 +780,9 @@ def evaluate_health(
         check_accuracy(perf, cfg),
         check_roc_auc(perf, cfg),
     ]
-    drift, drift_checks = _drift_section(frame, window, reference_X, reference_proba, cfg)
+    drift, drift_checks = _drift_section(
+        frame, window, reference_X, reference_proba, cfg, reference_labels
+    )
     checks.extend(drift_checks)
     alerts = [a for a in (c.alert() for c in checks) if a is not None]
     critical = [a for a in alerts if a.severity == CRITICAL]

@@ -12,11 +12,17 @@ Why it looks the way it does:
 * Routing is a stable hash of the request id (`variant_bucket`), so a caller stays on one variant.
 * Concurrent single-row requests are micro-batched (`MicroBatcher`): one `predict_proba` for many
   rows costs about as much as for one. An idle queue is never made to wait.
-* `Predictor` serves the pipeline through a compiled form of the usual shape (ColumnTransformer of
-  encoders/imputers/scalers, then a random forest): the same arithmetic as scikit-learn without
-  its per-call validation and per-tree joblib overhead (~20 ms for one row with 300 trees). It is
+* `Predictor` serves the model through a compiled form of the shapes training registers:
+  FixedThresholdClassifier -> FrozenEstimator -> CalibratedClassifierCV (one calibrated
+  classifier) -> StackingClassifier -> Pipeline(ColumnTransformer, estimator), whose blocks are
+  ordinal/one-hot encoders, imputers, log1p, scalers and the TF-IDF of the name. It is the same
+  arithmetic as scikit-learn without its per-call validation (random forests without per-tree
+  joblib, gradient boosting with all trees walked at once, ~20x faster for one row). It is
   checked bit for bit against scikit-learn when the model is loaded; any difference, or any
-  unknown step, and the plain scikit-learn pipeline serves instead.
+  unknown step, and the plain scikit-learn model serves instead. Labels are the model's own
+  `predict`: the tuned threshold of a FixedThresholdClassifier, not the most probable class.
+* Requests may carry the listing's App, Genres, Current Ver and Android Ver (optional): the
+  derived inputs come from `features.derived_values`, as in training.
 * Predictions are logged through `PredictionStore.submit` (a background writer): no request waits
   on the disk.
 * A canary weight can carry a lease: if the deployer does not renew it in time (it crashed), the
@@ -62,7 +68,7 @@ from prometheus_client import (
 
 from lib import registry
 from lib.data import ALIASES
-from lib.features import FEATURE_COLUMNS
+from lib.features import CATEGORICAL, DERIVED, FEATURE_COLUMNS, TEXT, derived_values
 from lib.prediction_store import PredictionStore
 
 logger = logging.getLogger(__name__)
@@ -116,7 +122,8 @@ class ServingSettings:
 # ================================================================================================
 # input parsing: the model's input row from one app object, in any schema and value style
 
-# (Play Store name, snake_case spellings) in FEATURE_COLUMNS order
+# (Play Store name, snake_case spellings): the eight required fields, then the optional texts
+# the derived inputs and the name come from (lib.data reads them as stripped text, "" if absent).
 _FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Category", ("category",)),
     ("Content Rating", ("content_rating",)),
@@ -126,13 +133,19 @@ _FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Size", ("size_mb", "size")),
     ("Price", ("price",)),
     ("Last Updated", ("last_updated",)),
+    ("App", ("app",)),
+    ("Genres", ("genres",)),
+    ("Current Ver", ("current_ver",)),
+    ("Android Ver", ("android_ver",)),
 )
+_REQUIRED = 8  # the first eight fields must be present
+_OPTIONAL_MAX_CHARS = (200, 100, 100, 100)  # App, Genres, Current Ver, Android Ver
 _ROW_COLUMNS = [
-    "category", "content_rating", "type", "reviews", "installs", "size_mb", "price",
-    "last_updated_days",
+    *CATEGORICAL, "reviews", "installs", "size_mb", "price", "last_updated_days", *DERIVED, *TEXT,
 ]  # fmt: skip
 if _ROW_COLUMNS != FEATURE_COLUMNS:  # loud, not silently wrong, if the feature set changes
     raise RuntimeError(f"lib.serving parses {_ROW_COLUMNS} but the model wants {FEATURE_COLUMNS}")
+_OBJECT_POSITIONS = frozenset(FEATURE_COLUMNS.index(c) for c in (*CATEGORICAL, *TEXT))
 
 _KEY_TO_FIELD: dict[str, int] = {}
 for _i, (_name, _snake) in enumerate(_FIELDS):
@@ -142,7 +155,7 @@ for _i, (_name, _snake) in enumerate(_FIELDS):
             raise RuntimeError(f"lib.data.ALIASES no longer maps {_alias!r} to {_name!r}")
         _KEY_TO_FIELD[_alias] = _i
 _FIELD_NAMES = [
-    f"{name} (or {'/'.join(snake)})" for name, snake in _FIELDS
+    f"{name} (or {'/'.join(snake)})" for name, snake in _FIELDS[:_REQUIRED]
 ]  # for "missing field" messages
 
 # Spellings of "no value" (the same list as lib.data; a test keeps them equal).
@@ -321,19 +334,33 @@ def _type_field(key: str, value: Any) -> str:
     raise _BadValue(f'{key}: {_show(value)} is not "Free" or "Paid"')
 
 
-Row = tuple[str, str, str, float, float, float, float, float]
+def _optional_text(key: str, value: Any, max_chars: int) -> str:
+    """An optional listing text (name, genres, versions): null is "", as lib.data reads it."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _wrong_type(key, value, "a string or null")
+    text = value.strip()
+    if len(text) > max_chars:
+        raise _BadValue(f"{key}: {len(text)} characters, at most {max_chars}")
+    return text
+
+
+# FEATURE_COLUMNS in order: 3 categories, 4 skewed numbers, days, the derived numbers, the name
+Row = tuple[Any, ...]
 
 
 def parse_app(app: Any) -> Row:
     """One app object (raw Play Store or snake_case keys, any value style) -> the model's row.
 
-    The row is FEATURE_COLUMNS in order, with the semantics of features.model_inputs. Keys the
-    model does not use ("App", "Genres", "Rating", ...) are ignored. Raises InputError with every
-    problem of the object.
+    The row is FEATURE_COLUMNS in order, with the semantics of features.model_inputs: the derived
+    numbers come from features.derived_values, as in training. App, Genres, Current Ver and
+    Android Ver are optional (absent or null reads as empty text). Keys the model does not use
+    ("Rating", ...) are ignored. Raises InputError with every problem of the object.
     """
     if not isinstance(app, dict):
         raise InputError([f"expected an app object, got {type(app).__name__} {_show(app)}"])
-    found: list[tuple[str, Any] | None] = [None] * 8
+    found: list[tuple[str, Any] | None] = [None] * len(_FIELDS)
     for key, value in app.items():
         index = _KEY_TO_FIELD.get(key)
         if index is None:
@@ -342,13 +369,13 @@ def parse_app(app: Any) -> Row:
                 continue
         if found[index] is None:  # the first spelling wins, as in lib.data
             found[index] = (key, value)
-    missing = [_FIELD_NAMES[i] for i, item in enumerate(found) if item is None]
+    missing = [_FIELD_NAMES[i] for i, item in enumerate(found[:_REQUIRED]) if item is None]
     if missing:
         raise InputError([f"missing field(s): {', '.join(missing)}"])
     (
         (k_cat, v_cat), (k_cr, v_cr), (k_type, v_type), (k_rev, v_rev), (k_inst, v_inst),
         (k_size, v_size), (k_price, v_price), (k_date, v_date),
-    ) = found  # type: ignore[misc]  # fmt: skip
+    ) = found[:_REQUIRED]  # type: ignore[misc]  # fmt: skip
     errors: list[str] = []
     out: list[Any] = []
     for parse in (
@@ -365,9 +392,20 @@ def parse_app(app: Any) -> Row:
             out.append(parse())
         except _BadValue as exc:
             errors.append(str(exc))
+    texts: list[str] = []
+    for item, max_chars in zip(found[_REQUIRED:], _OPTIONAL_MAX_CHARS, strict=True):
+        if item is None:
+            texts.append("")
+            continue
+        try:
+            texts.append(_optional_text(item[0], item[1], max_chars))
+        except _BadValue as exc:
+            errors.append(str(exc))
     if errors:
         raise InputError(errors)
-    return tuple(out)  # type: ignore[return-value]
+    name, genres, current_ver, android_ver = texts
+    derived = derived_values(name, genres, current_ver, android_ver, out[3], out[4])
+    return (*out, *derived, name)
 
 
 @dataclass
@@ -441,7 +479,7 @@ def rows_frame(rows: Sequence[Row]) -> pd.DataFrame:
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(FEATURE_COLUMNS)
     data: dict[str, Any] = {}
     for i, name in enumerate(FEATURE_COLUMNS):
-        if i < 3:
+        if i in _OBJECT_POSITIONS:
             data[name] = pd.Series(list(columns[i]), dtype=object)
         else:
             data[name] = np.asarray(columns[i], dtype=np.float64)
@@ -459,26 +497,43 @@ def variant_bucket(request_id: str) -> int:
 
 
 class _Unsupported(Exception):
-    """A pipeline step the compiled path does not know: serve with scikit-learn."""
+    """A model part the compiled path does not know: serve with scikit-learn."""
 
 
 class _Fallback(Exception):
     """An input the compiled path does not handle: this call goes through scikit-learn."""
 
 
-def _final_estimator(model: Any) -> Any:
-    steps = getattr(model, "steps", None)
-    return steps[-1][1] if steps else model
+def _nested(model: Any) -> list[Any]:
+    """Every estimator nested in a model: pipelines, column transformers, stacks, wrappers."""
+    out = [model]
+    children: list[Any] = [step for _, step in getattr(model, "steps", None) or []]
+    children += [t for _, t, _ in getattr(model, "transformers_", None) or []]
+    children += [t for _, t in getattr(model, "transformer_list", None) or []]
+    for attr in ("estimators_", "calibrated_classifiers_"):
+        children.extend(getattr(model, attr, None) or [])
+    for attr in ("final_estimator_", "estimator_", "estimator"):
+        child = getattr(model, attr, None)
+        if child is not None and not isinstance(child, str):
+            children.append(child)
+    for child in children:
+        if not isinstance(child, str) and child is not None:
+            out.extend(_nested(child))
+    return out
 
 
 def single_threaded(model: Any) -> Any:
-    """n_jobs=1 on the final estimator: for a few rows, thread start-up costs more than it saves."""
-    final = _final_estimator(model)
-    try:
-        if final.get_params().get("n_jobs") not in (None, 1):  # None is already one thread
-            final.set_params(n_jobs=1)
-    except Exception:  # not a scikit-learn estimator: leave it
-        logger.debug("cannot set n_jobs on %r", type(final).__name__)
+    """n_jobs=1 everywhere: thread start-up costs more than it saves on a few rows."""
+    seen: set[int] = set()
+    for est in _nested(model):
+        if id(est) in seen or not hasattr(est, "get_params"):
+            continue
+        seen.add(id(est))
+        try:
+            if est.get_params(deep=False).get("n_jobs") not in (None, 1):  # None: one thread
+                est.set_params(n_jobs=1)
+        except Exception:  # not a plain scikit-learn estimator (e.g. frozen): leave it
+            logger.debug("cannot set n_jobs on %r", type(est).__name__)
     return model
 
 
@@ -510,6 +565,69 @@ def _op_ordinal(enc: Any) -> Any:
                         raise ValueError(f"Found unknown category {value!r} during transform")
                     code = unknown
                 out[i, j] = code
+        return out
+
+    return encode
+
+
+def _op_one_hot(enc: Any, dense_output: bool) -> Any:
+    """OneHotEncoder (dense output, ignore or infrequent unknowns) as per-column lookup tables.
+
+    Each category's output slice is taken from the encoder itself at compile time, so the
+    infrequent-category grouping and `drop` are whatever scikit-learn made of them.
+    """
+    from sklearn.preprocessing import OneHotEncoder
+
+    if type(enc) is not OneHotEncoder:
+        raise _Unsupported(type(enc).__name__)
+    if enc.sparse_output and not dense_output:  # a dense ColumnTransformer densifies it anyway
+        raise _Unsupported("sparse OneHotEncoder in a sparse ColumnTransformer")
+    if enc.handle_unknown not in ("ignore", "infrequent_if_exist"):
+        raise _Unsupported(f"OneHotEncoder handle_unknown={enc.handle_unknown!r}")
+    if np.dtype(enc.dtype) != np.float64:
+        raise _Unsupported("OneHotEncoder with a non-float dtype")
+    cats = enc.categories_
+    if not all(isinstance(c, str) for col in cats for c in col):
+        raise _Unsupported("OneHotEncoder with non-string or missing categories")
+    n_in = len(cats)
+    width = len(enc.get_feature_names_out())
+    # one probe frame per column: every known category, plus one unseen value
+    unseen = "\x00__unseen__"
+    tables: list[dict[str, np.ndarray]] = []
+    slices: list[np.ndarray] = []
+    filler = [str(col[0]) for col in cats]
+    for j in range(n_in):
+        values = [*map(str, cats[j]), unseen]
+        frame = np.array([[*filler[:j], v, *filler[j + 1 :]] for v in values], dtype=object)
+        full = enc.transform(frame)
+        full = np.asarray(full.toarray() if hasattr(full, "toarray") else full, dtype=np.float64)
+        varying = np.flatnonzero((full != full[:1]).any(axis=0))
+        tables.append(dict(zip(values, full, strict=True)))
+        slices.append(varying)
+    owner = np.full(width, -1)
+    for j, cols in enumerate(slices):
+        if (owner[cols] != -1).any():
+            raise _Unsupported("OneHotEncoder columns overlap")
+        owner[cols] = j
+    base = enc.transform(np.array([filler], dtype=object))
+    base_row = np.asarray(base.toarray() if hasattr(base, "toarray") else base, np.float64)[0]
+    constant = owner == -1
+    column_of = [np.flatnonzero(owner == j) for j in range(n_in)]
+
+    def encode(columns: list[Sequence[Any]]) -> np.ndarray:
+        n = len(columns[0])
+        out = np.empty((n, width), dtype=np.float64)
+        out[:, constant] = base_row[constant]
+        for j, (col, table) in enumerate(zip(columns, tables, strict=True)):
+            idx = column_of[j]
+            unknown = table[unseen]
+            for i, value in enumerate(col):
+                hit = table.get(value)
+                if hit is None:
+                    if not isinstance(value, str):
+                        raise _Fallback("non-string category")
+                    hit = unknown
+                out[i, idx] = hit[idx]
         return out
 
     return encode
@@ -585,72 +703,554 @@ def _flatten(step: Any) -> list[Any]:
     return [step]
 
 
+_TEXT_TRANSFORMERS = frozenset(
+    ["TfidfVectorizer", "CountVectorizer", "HashingVectorizer", "TfidfTransformer", "Pipeline",
+     "FeatureUnion"]
+)  # fmt: skip
+
+
+def _check_text_transformer(trans: Any) -> None:
+    """A text block: scikit-learn's own vectorizers, alone or in a Pipeline / FeatureUnion."""
+    for est in _nested(trans):
+        module = type(est).__module__
+        if type(est).__name__ not in _TEXT_TRANSFORMERS or not module.startswith("sklearn."):
+            raise _Unsupported(f"text block with {type(est).__name__}")
+        if getattr(est, "_sklearn_output_config", {}).get("transform") not in (None, "default"):
+            raise _Unsupported("text block with set_output")
+
+
+_CATEGORICAL_SET = frozenset(CATEGORICAL)
+_TEXT_SET = frozenset(TEXT)
+
+
 @dataclass
 class _Block:
-    columns: list[int]  # positions in FEATURE_COLUMNS
-    categorical: bool
-    encode: Any  # categorical blocks: the encoder on object columns
+    kind: str  # "categorical", "numeric" or "text"
+    columns: list[int]  # positions in FEATURE_COLUMNS (one for a text block)
+    encode: Any  # categorical: the encoder on object columns; text: the fitted transformer
     ops: list[Any]  # float64 -> float64 steps
 
 
-def _compile_preprocessor(ct: Any) -> list[_Block]:
-    from sklearn.compose import ColumnTransformer
+class _Columns:
+    """A ColumnTransformer as compiled blocks: rows in, the same matrix scikit-learn makes out."""
 
-    if type(ct) is not ColumnTransformer:
-        raise _Unsupported(f"first step {type(ct).__name__}")
-    if getattr(ct, "sparse_output_", False):
-        raise _Unsupported("sparse ColumnTransformer output")
-    if getattr(ct, "_sklearn_output_config", {}).get("transform") not in (None, "default"):
-        raise _Unsupported("ColumnTransformer with set_output")
-    blocks = []
-    for _, trans, columns in ct.transformers_:
-        if isinstance(trans, str) and trans == "drop":
-            continue
-        names = list(columns) if not isinstance(columns, str) else [columns]
+    def __init__(self, ct: Any) -> None:
+        from sklearn.compose import ColumnTransformer
+
+        if type(ct) is not ColumnTransformer:
+            raise _Unsupported(f"first step {type(ct).__name__}")
+        if getattr(ct, "_sklearn_output_config", {}).get("transform") not in (None, "default"):
+            raise _Unsupported("ColumnTransformer with set_output")
+        self.sparse = bool(getattr(ct, "sparse_output_", False))
+        self.blocks: list[_Block] = []
+        for _, trans, columns in ct.transformers_:
+            if isinstance(trans, str) and trans == "drop":
+                continue
+            self.blocks.append(self._block(trans, columns, not self.sparse))
+        if not self.blocks:
+            raise _Unsupported("no output columns")
+
+    @staticmethod
+    def _block(trans: Any, columns: Any, dense_output: bool) -> _Block:
+        scalar = isinstance(columns, str)
+        names = [columns] if scalar else list(columns)
         if not names:
-            continue
+            raise _Unsupported("a block without columns")
         if not all(isinstance(c, str) and c in FEATURE_COLUMNS for c in names):
             raise _Unsupported(f"columns {names!r}")
         positions = [FEATURE_COLUMNS.index(c) for c in names]
-        categorical = [p < 3 for p in positions]
-        if any(categorical) and not all(categorical):
-            raise _Unsupported("a block mixing text and numeric columns")
-        steps = [] if isinstance(trans, str) and trans == "passthrough" else _flatten(trans)
-        if all(categorical):
+        passthrough = isinstance(trans, str) and trans == "passthrough"
+        if all(c in _TEXT_SET for c in names):
+            if not scalar or passthrough:  # a list of text columns gives a 2-D frame, not texts
+                raise _Unsupported(f"text columns {names!r} not given as one column name")
+            _check_text_transformer(trans)
+            try:
+                fast = _Tfidf(trans)
+            except _Unsupported:
+                fast = None  # another vectorizer: its own transform, still exact
+            return _Block("text", positions, fast or trans, [])
+        kinds = {c in _CATEGORICAL_SET for c in names}
+        if len(kinds) > 1 or scalar or any(c in _TEXT_SET for c in names):
+            raise _Unsupported(f"a block mixing kinds of columns: {names!r}")
+        steps = [] if passthrough else _flatten(trans)
+        if kinds == {True}:
             if not steps:
-                raise _Unsupported("passthrough of text columns")
-            blocks.append(
-                _Block(positions, True, _op_ordinal(steps[0]), [_numeric_op(s) for s in steps[1:]])
-            )
+                raise _Unsupported("passthrough of categorical columns")
+            first = steps[0]
+            if type(first).__name__ == "OneHotEncoder":
+                encode = _op_one_hot(first, dense_output)
+            else:
+                encode = _op_ordinal(first)
+            return _Block("categorical", positions, encode, [_numeric_op(s) for s in steps[1:]])
+        return _Block("numeric", positions, None, [_numeric_op(s) for s in steps])
+
+    def transform(self, columns: list[Sequence[Any]]) -> Any:
+        parts = []
+        for block in self.blocks:
+            if block.kind == "text":
+                texts = list(columns[block.columns[0]])
+                if not all(isinstance(t, str) for t in texts):
+                    raise _Fallback("non-string text")
+                parts.append(block.encode.transform(texts))
+                continue
+            if block.kind == "categorical":
+                Z = block.encode([columns[p] for p in block.columns])
+            else:
+                Z = np.array([columns[p] for p in block.columns], dtype=np.float64).T
+            for op in block.ops:
+                Z = op(Z)
+            parts.append(Z)
+        if self.sparse:  # ColumnTransformer._hstack with a sparse output
+            from scipy import sparse
+
+            if len(parts) == 1 and sparse.isspmatrix_csr(parts[0]) and parts[0].has_sorted_indices:
+                return parts[0]  # hstack of one CSR block keeps its data and order
+            from sklearn.utils import check_array
+
+            converted = [check_array(X, accept_sparse=True, ensure_all_finite=False) for X in parts]
+            return sparse.hstack(converted).tocsr()
+        from scipy import sparse
+
+        parts = [p.toarray() if sparse.issparse(p) else p for p in parts]
+        return np.hstack(parts) if len(parts) > 1 else parts[0]
+
+
+class _Tfidf:
+    """TfidfVectorizer.transform on a list of texts, without its per-call validation.
+
+    The same analyzer, vocabulary and arithmetic (counts, sublinear tf, idf, in-place l2 norm).
+    """
+
+    def __init__(self, vec: Any) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        if type(vec) is not TfidfVectorizer or vec.norm not in (None, "l2"):
+            raise _Unsupported("text block other than a plain TfidfVectorizer")
+        self.analyze = vec.build_analyzer()
+        self.vocabulary = vec.vocabulary_
+        self.width = len(vec.vocabulary_)
+        self.dtype = vec.dtype
+        self.binary = vec.binary
+        self.sublinear = vec.sublinear_tf
+        self.idf = np.asarray(vec.idf_) if vec.use_idf else None
+        self.l2 = vec.norm == "l2"
+
+    def transform(self, texts: Sequence[str]) -> Any:
+        from scipy import sparse
+        from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
+
+        indices: list[int] = []
+        values: list[int] = []
+        indptr = [0]
+        vocabulary = self.vocabulary
+        for doc in texts:
+            counts: dict[int, int] = {}
+            for feature in self.analyze(doc):
+                idx = vocabulary.get(feature)
+                if idx is not None:
+                    counts[idx] = counts.get(idx, 0) + 1
+            for idx in sorted(counts):
+                indices.append(idx)
+                values.append(counts[idx])
+            indptr.append(len(indices))
+        X = sparse.csr_matrix(
+            (np.asarray(values, dtype=self.dtype), np.asarray(indices, dtype=np.int32),
+             np.asarray(indptr, dtype=np.int32)),
+            shape=(len(texts), self.width), dtype=self.dtype,
+        )  # fmt: skip
+        if self.binary:
+            X.data.fill(1)
+        if self.sublinear:
+            np.log(X.data, X.data)
+            X.data += 1.0
+        if self.idf is not None:
+            X.data *= self.idf[X.indices]
+        if self.l2:
+            inplace_csr_row_normalize_l2(X)
+        return X
+
+
+class _Logistic:
+    """Binary LogisticRegression's decision_function and predict_proba on a ready matrix."""
+
+    def __init__(self, model: Any) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        if type(model) is not LogisticRegression or len(model.classes_) != 2:
+            raise _Unsupported("not a binary LogisticRegression")
+        self.coef_t = model.coef_.T if model.coef_.ndim == 2 else model.coef_
+        self.intercept = model.intercept_
+        self.width = model.coef_.shape[-1]
+
+    def decision(self, X: Any) -> np.ndarray:
+        if X.shape[1] != self.width:
+            raise ValueError(f"X has {X.shape[1]} features, the model {self.width}")
+        scores = X @ self.coef_t + self.intercept  # safe_sparse_dot of a matrix and a dense array
+        return scores.reshape(-1) if scores.ndim > 1 and scores.shape[1] == 1 else scores
+
+    def proba(self, X: Any) -> np.ndarray:
+        from scipy.special import expit
+
+        prob = self.decision(X)
+        prob = expit(prob, out=prob)
+        return np.stack([1 - prob, prob], axis=1)
+
+
+class _Boosting:
+    """HistGradientBoostingClassifier (binary, numeric splits): all trees walked at once.
+
+    Each tree's leaf is found as its Cython predictor finds it (NaN follows missing_go_to_left,
+    else value <= threshold goes left); the leaf values are added to the baseline one tree after
+    another, in the order scikit-learn adds them, so the sum is the same to the last bit.
+    """
+
+    def __init__(self, model: Any) -> None:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        if type(model) is not HistGradientBoostingClassifier or model.n_trees_per_iteration_ != 1:
+            raise _Unsupported("not a binary HistGradientBoostingClassifier")
+        nodes = [p.nodes for it in model._predictors for p in it]
+        if any(n["is_categorical"].any() for n in nodes):
+            raise _Unsupported("gradient boosting with categorical splits")
+        offsets = np.cumsum([0] + [len(n) for n in nodes[:-1]])
+        allnodes = np.concatenate(nodes)
+        self.roots = offsets.astype(np.intp)
+        shift = np.repeat(offsets, [len(n) for n in nodes])
+        self.left = (allnodes["left"].astype(np.intp) + shift).astype(np.intp)
+        self.right = (allnodes["right"].astype(np.intp) + shift).astype(np.intp)
+        self.feature = allnodes["feature_idx"].astype(np.intp)
+        self.threshold = np.asarray(allnodes["num_threshold"], dtype=np.float64)
+        self.missing_left = allnodes["missing_go_to_left"].astype(bool)
+        self.is_leaf = allnodes["is_leaf"].astype(bool)
+        self.value = np.asarray(allnodes["value"], dtype=np.float64)
+        self.baseline = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1)
+        self.width = model.n_features_in_
+        self.loss = model._loss
+
+    def decision(self, X: Any) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.width:
+            raise ValueError(f"X has shape {X.shape}, the model wants {self.width} features")
+        n = X.shape[0]
+        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        rows = np.arange(n)[:, None]
+        leaf = self.is_leaf[node]
+        while not leaf.all():
+            x = X[rows, self.feature[node]]
+            left = np.where(np.isnan(x), self.missing_left[node], x <= self.threshold[node])
+            node = np.where(leaf, node, np.where(left, self.left[node], self.right[node]))
+            leaf = self.is_leaf[node]
+        terms = np.empty((n, len(self.roots) + 1), dtype=np.float64)
+        terms[:, 0] = self.baseline[0]
+        terms[:, 1:] = self.value[node]
+        return np.add.accumulate(terms, axis=1)[:, -1]  # one addition after another
+
+    def proba(self, X: Any) -> np.ndarray:
+        return self.loss.predict_proba(self.decision(X).reshape(-1, 1))
+
+
+class _Calibrator:
+    """The fitted calibrator's predict without its input validation."""
+
+    def __init__(self, calibrator: Any) -> None:
+        from sklearn.calibration import _SigmoidCalibration
+        from sklearn.isotonic import IsotonicRegression
+
+        self.sigmoid: tuple[float, float] | None = None
+        self.isotonic: Any = None
+        if type(calibrator) is _SigmoidCalibration:
+            self.sigmoid = (calibrator.a_, calibrator.b_)
+        elif type(calibrator) is IsotonicRegression and hasattr(calibrator, "X_thresholds_"):
+            if calibrator.out_of_bounds != "clip" or calibrator.X_thresholds_.dtype != np.float64:
+                raise _Unsupported("IsotonicRegression without clipping or float64 thresholds")
+            self.isotonic = calibrator
         else:
-            blocks.append(_Block(positions, False, None, [_numeric_op(s) for s in steps]))
-    if not blocks:
-        raise _Unsupported("no output columns")
-    return blocks
+            raise _Unsupported(f"calibrator {type(calibrator).__name__}")
+
+    def __call__(self, T: np.ndarray) -> np.ndarray:
+        from scipy.special import expit
+
+        T = np.asarray(T, dtype=np.float64).reshape(-1)
+        if self.sigmoid is not None:
+            a, b = self.sigmoid
+            return expit(-(a * T + b))
+        iso = self.isotonic
+        T = np.clip(T, iso.X_min_, iso.X_max_)
+        return iso.f_(T).astype(T.dtype)
 
 
-def _compile_forest(final: Any) -> tuple[list[Any], list[np.ndarray]] | None:
-    """The trees of a forest classifier and their leaf probabilities; None if not a forest."""
+# ------------------------------------------------------------------------ compiled estimators
+# Each node answers like the scikit-learn object it stands for, on parsed columns:
+# proba(cols) ~ predict_proba(X), decision(cols) ~ decision_function(X) (None: it has none).
+
+
+class _Node:
+    classes: np.ndarray
+    has_decision = False
+
+    def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        raise NotImplementedError
+
+    def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _Forest:
+    """RandomForestClassifier.predict_proba without its per-tree joblib wrappers."""
+
+    def __init__(self, final: Any) -> None:
+        from sklearn.ensemble._forest import ForestClassifier
+        from sklearn.tree import DecisionTreeClassifier
+
+        if type(final).predict_proba is not ForestClassifier.predict_proba or final.n_outputs_ != 1:
+            raise _Unsupported("forest with several outputs or its own predict_proba")
+        self.trees, self.values = [], []
+        for est in final.estimators_:
+            if not isinstance(est, DecisionTreeClassifier) or est.n_outputs_ != 1:
+                raise _Unsupported("forest of unknown trees")
+            self.trees.append(est.tree_)
+            self.values.append(np.ascontiguousarray(est.tree_.value[:, 0, : final.n_classes_]))
+
+    def __call__(self, Z: np.ndarray) -> np.ndarray:
+        # the same float32 input, the same leaf values, summed in the same order, divided the same
+        X32 = np.asarray(Z, dtype=np.float32)
+        out = np.zeros((X32.shape[0], self.values[0].shape[1]), dtype=np.float64)
+        for tree, value in zip(self.trees, self.values, strict=True):
+            out += value.take(tree.apply(X32), axis=0)
+        out /= len(self.trees)
+        return out
+
+
+class _PipelineNode(_Node):
+    """Pipeline(ColumnTransformer, classifier): compiled columns, then the classifier itself."""
+
+    def __init__(self, pipe: Any) -> None:
+        steps = pipe.steps
+        if len(steps) != 2:
+            raise _Unsupported("a Pipeline that is not (ColumnTransformer, estimator)")
+        self.columns = _Columns(steps[0][1])
+        final = steps[1][1]
+        if not hasattr(final, "predict_proba"):
+            raise _Unsupported(f"{type(final).__name__} has no predict_proba")
+        self.final = _matrix_estimator(final)
+        self.classes = np.asarray(final.classes_)
+        self.has_decision = hasattr(final, "decision_function")
+
+    def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        return self.final.proba(self.columns.transform(cols))
+
+    def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        return self.final.decision(self.columns.transform(cols))
+
+
+class _Plain:
+    """Any other classifier: its own methods on the compiled matrix."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def proba(self, X: Any) -> np.ndarray:
+        return self.model.predict_proba(X)
+
+    def decision(self, X: Any) -> np.ndarray:
+        return self.model.decision_function(X)
+
+
+class _ForestEstimator:
+    def __init__(self, model: Any) -> None:
+        self.proba = _Forest(model)
+
+
+def _matrix_estimator(model: Any) -> Any:
+    """The fastest exact form of a classifier that takes the compiled matrix."""
     from sklearn.ensemble._forest import ForestClassifier
-    from sklearn.tree import DecisionTreeClassifier
 
-    if not isinstance(final, ForestClassifier):
-        return None
-    if type(final).predict_proba is not ForestClassifier.predict_proba or final.n_outputs_ != 1:
-        return None
-    trees, values = [], []
-    for est in final.estimators_:
-        if not isinstance(est, DecisionTreeClassifier) or est.n_outputs_ != 1:
-            return None
-        trees.append(est.tree_)
-        values.append(np.ascontiguousarray(est.tree_.value[:, 0, : final.n_classes_]))
-    return trees, values
+    if isinstance(model, ForestClassifier):
+        return _ForestEstimator(model)
+    for fast in (_Logistic, _Boosting):
+        try:
+            return fast(model)
+        except _Unsupported:
+            pass
+    return _Plain(model)
+
+
+class _StackNode(_Node):
+    """StackingClassifier: each estimator's answers side by side, then the final estimator."""
+
+    def __init__(self, stack: Any) -> None:
+        if stack.passthrough:
+            raise _Unsupported("StackingClassifier with passthrough")
+        if isinstance(getattr(stack, "_label_encoder", None), list):
+            raise _Unsupported("multilabel StackingClassifier")
+        self.classes = np.asarray(stack.classes_)
+        self.binary = len(self.classes) == 2
+        self.members: list[tuple[_Node, str]] = []
+        for est, method in zip(stack.estimators_, stack.stack_method_, strict=True):
+            if isinstance(est, str) and est == "drop":
+                continue
+            if method not in ("predict_proba", "decision_function"):
+                raise _Unsupported(f"stack_method {method!r}")
+            node = _compile(est)
+            if method == "decision_function" and not node.has_decision:
+                raise _Unsupported("stack member without decision_function")
+            self.members.append((node, method))
+        self.final = _matrix_estimator(stack.final_estimator_)
+        self.has_decision = hasattr(stack.final_estimator_, "decision_function")
+
+    def meta(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        parts = []
+        for node, method in self.members:
+            preds = node.proba(cols) if method == "predict_proba" else node.decision(cols)
+            if preds.ndim == 1:
+                parts.append(preds.reshape(-1, 1))
+            elif method == "predict_proba" and self.binary:
+                parts.append(preds[:, 1:])
+            else:
+                parts.append(preds)
+        return np.hstack(parts)
+
+    def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        return self.final.proba(self.meta(cols))
+
+    def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        return self.final.decision(self.meta(cols))
+
+
+class _CalibratedNode(_Node):
+    """CalibratedClassifierCV(ensemble=False), binary: _CalibratedClassifier.predict_proba."""
+
+    def __init__(self, model: Any) -> None:
+        if len(model.calibrated_classifiers_) != 1:
+            raise _Unsupported("CalibratedClassifierCV with several calibrated classifiers")
+        cc = model.calibrated_classifiers_[0]
+        self.classes = np.asarray(model.classes_)
+        if len(self.classes) != 2 or cc.method not in ("sigmoid", "isotonic"):
+            raise _Unsupported(f"calibration {cc.method!r} with {len(self.classes)} classes")
+        if len(cc.calibrators) != 1 or not np.array_equal(cc.classes, self.classes):
+            raise _Unsupported("calibrated classifier with unexpected calibrators or classes")
+        inner_classes = np.asarray(cc.estimator.classes_)
+        if len(inner_classes) != 2:
+            raise _Unsupported("calibrated estimator is not binary")
+        self.inner = _compile(cc.estimator)
+        self.calibrator = _Calibrator(cc.calibrators[0])
+        # _get_response_values: decision_function first, else predict_proba of classes_[-1]
+        self.use_decision = hasattr(cc.estimator, "decision_function")
+        if self.use_decision and not self.inner.has_decision:
+            raise _Unsupported("calibrated estimator's decision_function is not compiled")
+
+    def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        if self.use_decision:
+            response = np.ravel(self.inner.decision(cols))
+        else:
+            response = self.inner.proba(cols)[:, -1]
+        proba = np.zeros((len(response), 2))
+        proba[:, 1] = self.calibrator(response)
+        proba[:, 0] = 1.0 - proba[:, 1]
+        proba[(1.0 < proba) & (proba <= 1.0 + 1e-5)] = 1.0
+        return proba
+
+
+class _DelegateNode(_Node):
+    """FrozenEstimator (and the probabilities of FixedThresholdClassifier): the inner model."""
+
+    def __init__(self, inner: Any, classes: Any) -> None:
+        self.inner = _compile(inner)
+        self.classes = np.asarray(classes)
+        self.has_decision = self.inner.has_decision
+
+    def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        return self.inner.proba(cols)
+
+    def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        return self.inner.decision(cols)
+
+
+def _compile(model: Any) -> _Node:
+    """The compiled node of a fitted scikit-learn model, or _Unsupported."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import StackingClassifier
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.model_selection import FixedThresholdClassifier
+    from sklearn.pipeline import Pipeline
+
+    kind = type(model)
+    if kind is FixedThresholdClassifier:
+        return _DelegateNode(getattr(model, "estimator_", model.estimator), model.classes_)
+    if kind is FrozenEstimator:
+        return _DelegateNode(model.estimator, model.classes_)
+    if kind is CalibratedClassifierCV:
+        return _CalibratedNode(model)
+    if kind is StackingClassifier:
+        return _StackNode(model)
+    if kind is Pipeline:
+        return _PipelineNode(model)
+    raise _Unsupported(f"{kind.__name__}")
+
+
+class _Labels:
+    """How a model turns its answers into labels, exactly as its `predict` does."""
+
+    def __init__(self, model: Any) -> None:
+        from sklearn.model_selection import FixedThresholdClassifier
+
+        self.classes = np.asarray(model.classes_)
+        self.threshold: float | None = None
+        self.use_predict = False
+        self.column = 0
+        if type(model) is FixedThresholdClassifier:
+            inner = getattr(model, "estimator_", model.estimator)
+            method = model._get_response_method()
+            if isinstance(method, list):
+                method = next((m for m in method if hasattr(inner, m)), None)
+            pos_label = model.pos_label
+            if method != "predict_proba" or len(self.classes) != 2:
+                self.use_predict = True  # decision scores: ask the model itself
+                return
+            self.threshold = 0.5 if model.threshold == "auto" else float(model.threshold)
+            inner_classes = np.asarray(inner.classes_)
+            target = inner_classes[-1] if pos_label is None else pos_label
+            self.column = int(np.flatnonzero(inner_classes == target)[0])
+            if pos_label is None:
+                self.index_map = np.array([0, 1])
+            else:
+                self.index_map = np.array(
+                    [
+                        np.flatnonzero(self.classes != pos_label)[0],
+                        np.flatnonzero(self.classes == pos_label)[0],
+                    ]
+                )
+        elif not _argmax_predict(model):
+            self.use_predict = True
+
+    def from_proba(self, proba: np.ndarray) -> np.ndarray:
+        if self.threshold is not None:  # _threshold_scores_to_class_labels
+            positive = (proba[:, self.column] >= self.threshold).astype(int)
+            return self.classes[self.index_map[positive]]
+        return self.classes[np.argmax(proba, axis=1)]
+
+
+def _argmax_predict(model: Any) -> bool:
+    """True when `model.predict` is the class of highest predict_proba (no decision rule)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.ensemble._forest import ForestClassifier
+    from sklearn.pipeline import Pipeline
+
+    if type(model) is Pipeline:
+        return _argmax_predict(model.steps[-1][1])
+    if type(model) is CalibratedClassifierCV:
+        return True
+    if type(model) is HistGradientBoostingClassifier:
+        return True
+    return isinstance(model, ForestClassifier) and type(model).predict is ForestClassifier.predict
 
 
 class Predictor:
-    """A fitted pipeline ready to serve. `predict(rows)` -> (probability of class 1, labels).
+    """A fitted model ready to serve. `predict(rows)` -> (probability of class 1, labels).
 
-    Labels follow the pipeline's `predict` (the class with the highest probability).
+    Labels are what the model's own `predict` gives: the tuned cut of a FixedThresholdClassifier,
+    else the class with the highest probability (or the estimator's rule, asked of it).
     """
 
     def __init__(self, model: Any, compile_model: bool = True) -> None:
@@ -658,26 +1258,20 @@ class Predictor:
         self.classes = np.asarray(model.classes_)
         hits = np.flatnonzero(self.classes == 1)
         self.positive = int(hits[0]) if len(hits) else len(self.classes) - 1
+        self.labels = _Labels(model)
         self.kind = "sklearn"
         self.reason = "compilation disabled" if not compile_model else ""
-        self._blocks: list[_Block] | None = None
-        self._forest: tuple[list[Any], list[np.ndarray]] | None = None
-        self._final: Any = None
+        self._root: _Node | None = None
         if compile_model:
             self._try_compile()
 
     # ----------------------------------------------------------------------- compilation
 
     def _try_compile(self) -> None:
-        steps = getattr(self.model, "steps", None)
         try:
-            if not steps or len(steps) != 2:
-                raise _Unsupported("not a two-step Pipeline (preprocessing, estimator)")
-            self._blocks = _compile_preprocessor(steps[0][1])
-            self._final = steps[1][1]
-            if not hasattr(self._final, "predict_proba"):
-                raise _Unsupported("final estimator has no predict_proba")
-            self._forest = _compile_forest(self._final)
+            self._root = _compile(self.model)
+            if not np.array_equal(self._root.classes, self.classes):
+                raise _Unsupported("compiled classes differ from the model's")
             self.kind = "compiled"
             problem = self._verify()
         except _Unsupported as exc:
@@ -686,27 +1280,32 @@ class Predictor:
             problem = f"{type(exc).__name__}: {exc}"
         if problem:
             self.kind, self.reason = "sklearn", problem
-            self._blocks = self._forest = self._final = None
-            logger.info("serving with the scikit-learn pipeline (%s)", problem)
+            self._root = None
+            logger.info("serving with scikit-learn (%s)", problem)
         else:
             self.reason = "matches scikit-learn bit for bit on the probe rows"
 
     def _probe_rows(self, n: int = 240) -> list[Row]:
-        """Deterministic rows over known and unseen categories, NaNs, zeros and wide ranges."""
+        """Deterministic rows: known and unseen categories and words, NaNs, zeros, wide ranges."""
         rng = np.random.default_rng(0)
         choices: list[list[str]] = [["a", "b"], ["a", "b"], ["Free", "Paid"]]
-        steps = getattr(self.model, "steps", None) or []
-        ct = steps[0][1] if steps else None
-        for _, trans, columns in getattr(ct, "transformers_", []):
-            first = _flatten(trans)[0] if not isinstance(trans, str) else None
-            cats = getattr(first, "categories_", None)
-            if cats is None or isinstance(columns, str):
-                continue
-            for name, values in zip(columns, cats, strict=False):
-                if name in FEATURE_COLUMNS[:3]:
-                    choices[FEATURE_COLUMNS.index(name)] = [str(v) for v in values]
+        words: list[str] = []
+        for est in _nested(self.model):
+            for name, values in zip(
+                getattr(est, "feature_names_in_", []), getattr(est, "categories_", []),
+                strict=False,
+            ):  # fmt: skip
+                if name in CATEGORICAL:
+                    choices[CATEGORICAL.index(name)] = [str(v) for v in values]
+            vocabulary = getattr(est, "vocabulary_", None)
+            if isinstance(vocabulary, dict):
+                words.extend(sorted(k for k in vocabulary if isinstance(k, str))[:400])
+        words = words or ["game", "free", "pro"]
+        words += ["ünïcode", "日本語", "X2", "PRO", "zzzunseen", "3d", "-"]
+        genres = ["Action", "Action;Adventure", "", "NaN", "Puzzle;Brain Games;Casual", ";"]
+        versions = ["4.0.3 and up", "Varies with device", "", "1.2.3", "v2", "NaN", "10.0", "7"]
         rows: list[Row] = []
-        for _ in range(n):
+        for k in range(n):
             text = [str(rng.choice(c)) if rng.random() > 0.05 else "__unseen__" for c in choices]
             nums = []
             for j in range(4):
@@ -718,49 +1317,46 @@ class Predictor:
                 else:
                     nums.append(float(np.round(10 ** rng.uniform(-2, 9 if j < 2 else 3), 3)))
             days = math.nan if rng.random() < 0.03 else float(rng.uniform(12_000, 21_000))
-            rows.append((text[0], text[1], text[2], nums[0], nums[1], nums[2], nums[3], days))
+            name = "" if k % 37 == 5 else " ".join(rng.choice(words, rng.integers(1, 6)))
+            if k % 11 == 3:
+                name = name.upper()
+            texts = (name, str(rng.choice(genres)), str(rng.choice(versions)),
+                     str(rng.choice(versions)))  # fmt: skip
+            derived = derived_values(*texts, nums[0], nums[1])
+            rows.append((*text, *nums, days, *derived, name))
         return rows
 
     def _verify(self) -> str:
         """'' when the compiled path equals scikit-learn exactly, else what differed."""
         rows = self._probe_rows()
-        expected = self.model.predict_proba(rows_frame(rows))
+        frame = rows_frame(rows)
+        expected = self.model.predict_proba(frame)
         batched = self._compiled_proba(rows)
-        singles = np.vstack([self._compiled_proba([r]) for r in rows[:24]])
-        if not np.array_equal(expected, batched) or not np.array_equal(expected[:24], singles):
+        if not np.array_equal(expected, batched):
             diff = float(np.nanmax(np.abs(expected - batched)))
             return f"compiled result differs from scikit-learn (max difference {diff:.3g})"
+        # one row at a time too: scikit-learn itself may differ in the last bit between one row
+        # and a batch (a matrix-vector product is not a matrix-matrix product), so compare each
+        # single row with scikit-learn's answer for that single row
+        for i in range(24):
+            one = self.model.predict_proba(frame.iloc[i : i + 1].reset_index(drop=True))
+            if not np.array_equal(one, self._compiled_proba(rows[i : i + 1])):
+                return f"compiled result for probe row {i} alone differs from scikit-learn"
+        if not self.labels.use_predict:
+            labels = self.labels.from_proba(batched)
+            if not np.array_equal(labels, self.model.predict(frame)):
+                return "labels from the compiled probabilities differ from the model's predict"
         return ""
 
     # ------------------------------------------------------------------------ prediction
 
     def _compiled_proba(self, rows: Sequence[Row]) -> np.ndarray:
-        columns = list(zip(*rows, strict=True))
-        parts = []
-        for block in self._blocks or []:
-            if block.categorical:
-                Z = block.encode([columns[p] for p in block.columns])
-            else:
-                Z = np.array([columns[p] for p in block.columns], dtype=np.float64).T
-            for op in block.ops:
-                Z = op(Z)
-            parts.append(Z)
-        Z = np.hstack(parts) if len(parts) > 1 else parts[0]
-        if self._forest is None:
-            return self._final.predict_proba(Z)
-        # RandomForestClassifier.predict_proba without its per-tree wrappers: the same float32
-        # input, the same leaf values, summed in the same order, divided the same way.
-        trees, values = self._forest
-        X32 = np.asarray(Z, dtype=np.float32)
-        out = np.zeros((X32.shape[0], values[0].shape[1]), dtype=np.float64)
-        for tree, value in zip(trees, values, strict=True):
-            out += value.take(tree.apply(X32), axis=0)
-        out /= len(trees)
-        return out
+        assert self._root is not None
+        return self._root.proba(list(zip(*rows, strict=True)))
 
     def predict_proba(self, rows: Sequence[Row]) -> np.ndarray:
         """Class probabilities (columns in `classes` order) for parsed rows."""
-        if self.kind == "compiled":
+        if self._root is not None:
             try:
                 return self._compiled_proba(rows)
             except _Fallback:
@@ -768,8 +1364,13 @@ class Predictor:
         return self.model.predict_proba(rows_frame(rows))
 
     def predict(self, rows: Sequence[Row]) -> tuple[np.ndarray, np.ndarray]:
+        """Probability of class 1 and the label `model.predict` gives, for parsed rows."""
         proba = self.predict_proba(rows)
-        return proba[:, self.positive], self.classes[np.argmax(proba, axis=1)]
+        if self.labels.use_predict:
+            labels = np.asarray(self.model.predict(rows_frame(rows)))
+        else:
+            labels = self.labels.from_proba(proba)
+        return proba[:, self.positive], labels
 
 
 # ================================================================================================

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lib import monitoring
+from lib import features, monitoring
 from lib.features import FEATURE_COLUMNS
 from lib.monitoring import MonitorConfig, evaluate_health, feature_drift, prediction_drift, psi
 
@@ -20,8 +20,18 @@ DRIFTED_CATEGORIES = ["GAME", "AI_TOOLS", "CRYPTO"]  # two the reference never s
 RATINGS = ["Everyone", "Teen", "Mature 17+", "Everyone 10+"]
 
 
+WORDS = ["Photo", "Editor", "Pro", "Game", "Puzzle", "Free", "Chat", "Music", "Daily", "Tracker"]
+GENRES = ["Action", "Puzzle;Brain Games", "Tools", "Education;Pretend Play", "Casual"]
+VERSIONS = ["4.0.3 and up", "4.1 and up", "Varies with device", "5.0 and up", "2.3 and up"]
+CURRENT = ["1.0", "2.3.1", "Varies with device", "10.4", "v3"]
+
+
 def inputs(rng: np.random.Generator, n: int, drift: bool = False) -> pd.DataFrame:
-    """Model inputs shaped like the Play Store's; drift: reviews x100 and a new category mix."""
+    """Model inputs shaped like the Play Store's; drift: reviews x100 and a new category mix.
+
+    The derived columns come from features.derived_values, as the service computes them, so
+    the drifted reviews also drift reviews_per_install.
+    """
     if drift:
         category = rng.choice(DRIFTED_CATEGORIES, n, p=[0.4, 0.3, 0.3])
     else:
@@ -29,16 +39,28 @@ def inputs(rng: np.random.Generator, n: int, drift: bool = False) -> pd.DataFram
     kind = rng.choice(["Free", "Paid"], n, p=[0.92, 0.08])
     size = rng.lognormal(2.5, 1.0, n)
     size[rng.random(n) < 0.1] = np.nan  # "Varies with device"
+    reviews = np.round(rng.lognormal(8, 2, n)) * (100 if drift else 1)
+    installs = 10.0 ** rng.integers(2, 8, n)
+    names = [" ".join(rng.choice(WORDS, rng.integers(1, 4))) for _ in range(n)]
+    genres, android, current = (rng.choice(v, n) for v in (GENRES, VERSIONS, CURRENT))
+    derived = np.array(
+        [
+            features.derived_values(*texts, r, i)
+            for *texts, r, i in zip(names, genres, current, android, reviews, installs, strict=True)
+        ]
+    )
     frame = pd.DataFrame(
         {
             "category": category,
             "content_rating": rng.choice(RATINGS, n, p=[0.7, 0.15, 0.1, 0.05]),
             "type": kind,
-            "reviews": np.round(rng.lognormal(8, 2, n)) * (100 if drift else 1),
-            "installs": 10.0 ** rng.integers(2, 8, n),
+            "reviews": reviews,
+            "installs": installs,
             "size_mb": size,
             "price": np.where(kind == "Paid", np.round(rng.lognormal(1, 0.5, n), 2), 0.0),
             "last_updated_days": rng.normal(17_500, 300, n),
+            **{col: derived[:, j] for j, col in enumerate(features.DERIVED)},
+            "name": pd.Series(names, dtype=object),
         }
     )
     return frame[FEATURE_COLUMNS]
@@ -219,12 +241,13 @@ def test_uninformative_scores_warn_on_roc_auc_only(reference: dict) -> None:
 
 def test_drifted_inputs_alert_on_those_features_without_rollback(reference: dict) -> None:
     report = health(make_window(seed=11, drift=True), reference)
-    assert set(report.drift["drifted_features"]) == {"reviews", "category"}
+    drifted = {"reviews", "reviews_per_install", "category"}
+    assert set(report.drift["drifted_features"]) == drifted
     drift_alerts = [a for a in report.alerts if a.check.startswith("drift:")]
-    assert {a.check for a in drift_alerts} == {"drift:reviews", "drift:category"}
+    assert {a.check for a in drift_alerts} == {f"drift:{c}" for c in drifted}
     assert all(a.severity == "warning" for a in drift_alerts)
     assert not report.rollback and not report.healthy
-    assert not report.drift["dataset_drift"]  # 2 of 8 columns
+    assert not report.drift["dataset_drift"]  # 3 of 18 columns
     category = next(f for f in report.drift["features"] if f["feature"] == "category")
     assert category["test"] == "chi2" and category["psi"] > 1
 
@@ -244,6 +267,9 @@ def test_dataset_drift_when_half_of_the_columns_drift(reference: dict) -> None:
         row["last_updated_days"] -= 2000
         row["content_rating"] = rng.choice(["Teen", "Adults only 18+"])
         row["reviews"] *= 100
+        row["reviews_per_install"] -= 3
+        for col in ("name_length", "name_words", "genre_count", "android_min", "current_major"):
+            row[col] = (row[col] or 0) + 20
     report = health(window, reference)
     assert report.drift["share"] >= 0.5 and report.drift["dataset_drift"]
     assert "dataset_drift" in [a.check for a in report.alerts]
@@ -362,3 +388,58 @@ def test_prediction_drift() -> None:
     assert shifted["current_positive_rate"] > shifted["reference_positive_rate"]
     few = prediction_drift(ref, rng.beta(3, 2, 30), cfg)
     assert few["status"] == "not_enough_data" and not few["drifted"]
+
+
+def test_prediction_drift_counts_the_served_labels() -> None:
+    """A tuned threshold: the positive rate is the labels' share, not probability >= 0.5."""
+    rng = np.random.default_rng(6)
+    ref, cur = rng.beta(3, 2, 3000), rng.beta(3, 2, 800)
+    ref_labels, cur_labels = (ref >= 0.3).astype(int), (cur >= 0.3).astype(float)
+    cur_labels[:5] = np.nan  # failed requests carry no label
+    out = prediction_drift(ref, cur, MonitorConfig(), ref_labels, cur_labels)
+    assert out["reference_positive_rate"] == pytest.approx(ref_labels.mean())
+    assert out["current_positive_rate"] == pytest.approx(np.nanmean(cur_labels))
+    assert out["positive_rate_from"] == {"reference": "labels", "current": "labels"}
+    assert out["current_positive_rate"] != pytest.approx(float((cur >= 0.5).mean()))
+    plain = prediction_drift(ref, cur, MonitorConfig())
+    assert plain["positive_rate_from"]["current"] == "probability >= 0.5"
+
+
+def test_window_labels_feed_the_positive_rate(reference: dict) -> None:
+    window = make_window(seed=31)
+    labels = reference["proba"] >= 0.5
+    report = evaluate_health(
+        window, reference["metrics"], reference["X"], reference["proba"],
+        reference_labels=labels,
+    )  # fmt: skip
+    pred = report.drift["prediction"]
+    served = pd.to_numeric(window["label"], errors="coerce").dropna()
+    assert pred["current_positive_rate"] == pytest.approx(float((served == 1).mean()))
+    assert pred["positive_rate_from"] == {"reference": "labels", "current": "labels"}
+
+
+def test_name_text_is_not_judged_and_old_logs_lack_new_columns(reference: dict) -> None:
+    """Rows logged before the derived columns existed: judged on the rows that carry them."""
+    window = make_window(seed=32, n=600)
+    old = ("reviews_per_install", "name_length", "genre_count", "name")
+    for row in window["features"].iloc[:300]:
+        for key in old:
+            row.pop(key)
+    current = monitoring.current_inputs(window)
+    assert list(current.columns) == FEATURE_COLUMNS
+    assert current["name_length"].iloc[:300].isna().all()
+    assert current["name"].dtype == object
+    report = health(window, reference)
+    by_feature = {f["feature"]: f for f in report.drift["features"]}
+    assert "name" not in by_feature  # free text: its statistics are the derived columns
+    assert by_feature["name_length"]["samples"] == 300
+    assert by_feature["reviews"]["samples"] == 600
+    assert report.drift["drifted_features"] == []
+    only_old = make_window(seed=33, n=600)
+    for row in only_old["features"]:
+        for key in old:
+            row.pop(key)
+    report = health(only_old, reference)
+    by_feature = {f["feature"]: f for f in report.drift["features"]}
+    assert by_feature["genre_count"]["status"] == "not_enough_data"
+    assert report.drift["drifted_features"] == []

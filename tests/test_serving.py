@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import math
 import os
 import signal
@@ -25,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from threadpoolctl import threadpool_limits
 
 from lib import data, features, registry, serving, synth, training
+from lib.features import FEATURE_COLUMNS
 from lib.prediction_store import PredictionStore
 from lib.serving import ServingSettings, create_app
 
@@ -43,6 +45,8 @@ RAW_APP = {
     "Content Rating": "Everyone",
     "Genres": "Action",
     "Last Updated": "January 7, 2018",
+    "Current Ver": "1.2.3",
+    "Android Ver": "4.0.3 and up",
 }
 
 
@@ -50,13 +54,28 @@ RAW_APP = {
 class Store:
     uri: str
     root: Path
-    pipelines: dict[str, Any]  # version -> fitted pipeline
+    pipelines: dict[str, Any]  # version -> fitted model (the served shape, tuned threshold)
     apps: pd.DataFrame  # raw generated apps (strings), for requests
 
 
+def _served(model: Any, X: pd.DataFrame, y: pd.Series, threshold: float) -> Any:
+    """The shape training registers: FixedThresholdClassifier(FrozenEstimator(model))."""
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.model_selection import FixedThresholdClassifier
+
+    return FixedThresholdClassifier(
+        FrozenEstimator(training.for_inference(model)),
+        threshold=threshold,
+        response_method="predict_proba",
+    ).fit(X, y)
+
+
 def _fit(seed: int, X: pd.DataFrame, y: pd.Series):
-    pipe = training.build_candidate("random_forest", seed, 10).fit(X, y)
-    return training.for_inference(pipe)
+    """Version 1: a small forest Pipeline; version 2: the name-text stack. Both thresholded."""
+    groups = features.FEATURE_GROUPS if seed else features.GROUP_COLUMNS
+    with threadpool_limits(limits=1):
+        model = training.build_candidate("random_forest", seed, 10, groups, stack_folds=3)
+        return _served(model.fit(X, y), X, y, 0.45)
 
 
 @pytest.fixture(scope="module")
@@ -171,11 +190,14 @@ def test_schemas_and_value_styles_give_the_same_answer(client: TestClient) -> No
     clean = {
         "App": "Some Game", "Category": "GAME", "Rating": 4.1, "Reviews": 1234, "Size": 19.0,
         "Installs": 10000.0, "Type": "Free", "Price": 0.0, "Content Rating": "Everyone",
-        "Last Updated": "January 7, 2018",
+        "Last Updated": "January 7, 2018", "Genres": " Action", "Current Ver": "1.2.3 ",
+        "Android Ver": "4.0.3 and up",
     }  # fmt: skip
     snake = {
         "category": "GAME", "reviews": "1234", "size_mb": "19M", "installs": "10000+",
         "type": "free", "price": "$0", "content_rating": "Everyone", "last_updated": "2018-01-07",
+        "app": " Some Game ", "genres": "Action", "current_ver": "1.2.3",
+        "android_ver": "4.0.3 and up",
     }  # fmt: skip
     snake_size = {**{k: v for k, v in snake.items() if k != "size_mb"}, "size": 19}
     other_dates = [{**RAW_APP, "Last Updated": d} for d in ("January-7-2018", "Jan 7 2018")]
@@ -205,6 +227,10 @@ def test_batches_in_every_shape(client: TestClient, mlstore: Store) -> None:
     assert len(single_batch["predictions"]) == 1
 
 
+def _without(*keys: str) -> dict[str, Any]:
+    return {k: v for k, v in RAW_APP.items() if k not in keys}
+
+
 @pytest.mark.parametrize(
     "body, needles",
     [
@@ -218,6 +244,14 @@ def test_batches_in_every_shape(client: TestClient, mlstore: Store) -> None:
         ({**RAW_APP, "Category": 7}, ["Category", "int"]),
         ({**RAW_APP, "Category": "  "}, ["Category", "empty"]),
         ({**RAW_APP, "Installs": None}, ["Installs", "missing"]),
+        ({**RAW_APP, "Genres": 5}, ["Genres", "int", "a string or null"]),
+        ({**RAW_APP, "App": ["x"]}, ["App", "list"]),
+        ({**_without("Current Ver"), "current_ver": 1.2}, ["current_ver", "float"]),
+        ({**RAW_APP, "Android Ver": {"min": 4}}, ["Android Ver", "dict"]),
+        ({**RAW_APP, "App": "x" * 201}, ["App", "201 characters", "at most 200"]),
+        ({**RAW_APP, "Genres": "a;" * 51}, ["Genres", "at most 100"]),
+        ({**RAW_APP, "Current Ver": "1" * 101}, ["Current Ver", "at most 100"]),
+        ({**_without("Android Ver"), "android_ver": "9" * 101}, ["android_ver", "at most 100"]),
         ({k: v for k, v in RAW_APP.items() if k not in ("Installs", "Type")}, ["Installs", "Type"]),
         ([], ["empty batch"]),
         ({"instances": []}, ["empty batch"]),
@@ -623,22 +657,157 @@ def test_concurrent_http_requests_equal_per_row(client: TestClient, mlstore: Sto
     np.testing.assert_allclose([a["probability"] for a in answers], expected, atol=1e-12)
 
 
+def _assert_serves_like_sklearn(model: Any, X: pd.DataFrame) -> serving.Predictor:
+    """Compiled, and the same probabilities (bit for bit) and labels as the model itself."""
+    predictor = serving.Predictor(serving.single_threaded(model))
+    assert predictor.kind == "compiled", predictor.reason
+    rows = [tuple(r) for r in X.itertuples(index=False)]
+    proba, labels = predictor.predict(rows)
+    np.testing.assert_array_equal(proba, model.predict_proba(X)[:, 1])
+    np.testing.assert_array_equal(labels, model.predict(X))
+    return predictor
+
+
 def test_compiled_predictor_equals_sklearn_for_every_candidate(mlstore: Store) -> None:
     labeled = training.labeled_data(data.read_apps(mlstore.root / "apps.csv").apps, 4.0)
-    rows = [tuple(r) for r in labeled.X.itertuples(index=False)]
-    kinds = {}
     for name in ("random_forest", "hist_gradient_boosting", "logistic_regression"):
-        with threadpool_limits(limits=1):  # OpenMP fits crawl on a busy shared machine
-            pipe = training.build_candidate(name, 0, 10).fit(labeled.X, labeled.y)
-        predictor = serving.Predictor(serving.single_threaded(pipe))
-        np.testing.assert_array_equal(predictor.predict_proba(rows), pipe.predict_proba(labeled.X))
-        kinds[name] = predictor.kind
-    # the one-hot encoder of the linear family is not compiled: scikit-learn serves it
-    assert kinds == {
-        "random_forest": "compiled",
-        "hist_gradient_boosting": "compiled",
-        "logistic_regression": "sklearn",
-    }
+        for groups in (features.FEATURE_GROUPS, features.GROUP_COLUMNS):  # stack, plain pipeline
+            with threadpool_limits(limits=1):  # OpenMP fits crawl on a busy shared machine
+                model = training.build_candidate(name, 0, 10, groups, stack_folds=3)
+                model.fit(labeled.X, labeled.y)
+            _assert_serves_like_sklearn(model, labeled.X)  # argmax labels
+            _assert_serves_like_sklearn(_served(model, labeled.X, labeled.y, 0.4), labeled.X)
+
+
+@pytest.fixture(scope="module")
+def small_labeled(tmp_path_factory: pytest.TempPathFactory) -> training.LabeledData:
+    root = tmp_path_factory.mktemp("small")
+    synth.generate_apps(500, seed=11).to_csv(root / "apps.csv", index=False)
+    return training.labeled_data(data.read_apps(root / "apps.csv").apps, 4.0)
+
+
+def test_compiled_champion_shapes_equal_sklearn(small_labeled: training.LabeledData) -> None:
+    """FixedThreshold(Frozen(Calibrated(Stacking))) as training makes it: compiled, same answers."""
+    from sklearn.base import clone
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import StackingClassifier
+
+    lab = small_labeled
+    train_idx, test_idx = training.holdout_split(lab.keys, lab.y, 0.2, 0)
+    X, y = lab.X.iloc[train_idx], lab.y.iloc[train_idx]
+    with threadpool_limits(limits=1):
+        result = training.train_candidate("hist_gradient_boosting", lab, train_idx, test_idx, 3, 0)
+        # whichever calibration the data chose above, both calibrated shapes are served too
+        base = training.build_candidate("hist_gradient_boosting", 0, stack_folds=3)
+        oof = training.out_of_fold(base, X, y, 3, 0)
+        fitted = clone(base).fit(X, y)
+    models = [result.model]
+    for method, threshold in (("isotonic", 0.42), ("sigmoid", 0.61)):
+        calibrated = training.calibrated(fitted, oof, y, method, 3, 0)
+        models.append(_served(calibrated, X, y, threshold))
+    for model in models:
+        predictor = _assert_serves_like_sklearn(model, lab.X)
+        assert predictor.labels.threshold == model.threshold
+    inner = models[1].estimator_.estimator
+    assert type(inner) is CalibratedClassifierCV
+    assert type(inner.calibrated_classifiers_[0].estimator) is StackingClassifier
+    # the tuned threshold really decides: labels differ from the 0.5 cut somewhere
+    proba = models[2].predict_proba(lab.X)[:, 1]
+    assert ((proba >= 0.5) != (models[2].predict(lab.X) == 1)).any()
+
+
+def test_unknown_estimator_falls_back_to_sklearn(small_labeled: training.LabeledData) -> None:
+    from sklearn.ensemble import VotingClassifier
+
+    lab = small_labeled
+    with threadpool_limits(limits=1):
+        model = VotingClassifier(
+            [(n, training.build_candidate(n, 0, 5, features.GROUP_COLUMNS))
+             for n in ("random_forest", "logistic_regression")],
+            voting="soft",
+        ).fit(lab.X, lab.y)  # fmt: skip
+    predictor = serving.Predictor(serving.single_threaded(model))
+    assert predictor.kind == "sklearn" and "VotingClassifier" in predictor.reason
+    proba, labels = predictor.predict([tuple(r) for r in lab.X.itertuples(index=False)])
+    np.testing.assert_array_equal(proba, model.predict_proba(lab.X)[:, 1])
+    np.testing.assert_array_equal(labels, model.predict(lab.X))
+
+
+def test_a_compiled_difference_falls_back(mlstore: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never serve a wrong number: a compiled path that differs in the last bit is not used."""
+    original = serving._Logistic.proba
+
+    def off_by_a_bit(self: Any, X: Any) -> np.ndarray:
+        return np.nextafter(original(self, X), 2.0)
+
+    monkeypatch.setattr(serving._Logistic, "proba", off_by_a_bit)
+    predictor = serving.Predictor(mlstore.pipelines["2"])  # its stack ends in a regression
+    assert predictor.kind == "sklearn" and "differs" in predictor.reason
+
+
+def test_predict_labels_are_the_models_labels(client: TestClient, mlstore: Store) -> None:
+    """/predict labels == model.predict on a few hundred apps, for both served shapes."""
+    apps = _raw_apps(mlstore, 300, start=100)
+    X = features.model_inputs(data.parse_records(pd.DataFrame(apps)).apps)
+    for version, weight in (("1", 0.0), ("2", 100.0)):
+        if weight:
+            routed = client.put(
+                "/admin/routing", json={"canary_version": version, "weight": weight},
+                headers=_admin(),
+            )  # fmt: skip
+            assert routed.status_code == 200, routed.text
+        out = client.post("/predict", json={"instances": apps}).json()["predictions"]
+        assert {p["model_version"] for p in out} == {version}
+        expected = mlstore.pipelines[version].predict(X)
+        assert [p["label"] for p in out] == expected.tolist()
+        np.testing.assert_allclose(
+            [p["probability"] for p in out],
+            mlstore.pipelines[version].predict_proba(X)[:, 1], rtol=0, atol=1e-12,
+        )  # fmt: skip
+        assert predictor_kind(client, version) == "compiled"
+
+
+def predictor_kind(client: TestClient, version: str) -> str:
+    service = _service(client)
+    variant = next(v for v in (service.champion, service.canary) if v and v.version == version)
+    return variant.predictor.kind
+
+
+def test_optional_listing_fields_present_absent_null() -> None:
+    parse = serving.parse_app
+    name_at = FEATURE_COLUMNS.index("name")
+    derived_at = [FEATURE_COLUMNS.index(c) for c in features.DERIVED]
+    full = parse({**RAW_APP, "App": "  Photo Editor PRO 2 ", "Genres": "Art;Photo"})
+    assert full[name_at] == "Photo Editor PRO 2"
+    expected = features.derived_values(
+        "Photo Editor PRO 2", "Art;Photo", "1.2.3", "4.0.3 and up", 1234.0, 10000.0
+    )
+    assert [full[i] for i in derived_at] == list(expected)
+    bare = {k: v for k, v in RAW_APP.items()
+            if k not in ("App", "Genres", "Current Ver", "Android Ver")}  # fmt: skip
+    absent = parse(bare)
+    null = parse({**bare, "app": None, "Genres": None, "Current Ver": None, "android_ver": None})
+    empty = parse({**bare, "App": "", "Genres": " ", "Current Ver": "", "Android Ver": ""})
+    assert absent[name_at] == "" and len(absent) == len(FEATURE_COLUMNS)
+    np.testing.assert_array_equal(
+        np.array(absent[3:name_at], dtype=float), np.array(null[3:name_at], dtype=float)
+    )
+    np.testing.assert_array_equal(
+        np.array(absent[3:name_at], dtype=float), np.array(empty[3:name_at], dtype=float)
+    )
+    assert math.isnan(absent[FEATURE_COLUMNS.index("genre_count")])
+    assert absent[FEATURE_COLUMNS.index("name_length")] == 0.0
+
+
+def test_stored_features_include_the_new_inputs(client: TestClient) -> None:
+    client.post("/predict", json={**RAW_APP, "App": "Chess Pro"}, headers={"X-Request-ID": "f-1"})
+    service = _service(client)
+    assert service.store.flush(timeout=30)
+    stored = service.store.window(0, features=True).set_index("request_id").loc["f-1", "features"]
+    stored = json.loads(stored) if isinstance(stored, str) else stored
+    assert set(stored) == set(FEATURE_COLUMNS)
+    assert stored["name"] == "Chess Pro" and stored["name_words"] == 2.0
+    assert stored["android_min"] == 4.0 and stored["current_major"] == 1.2
 
 
 # ------------------------------------------------------------------------------- parsing
@@ -675,14 +844,30 @@ def test_parse_app_equals_the_full_parser_on_tricky_values() -> None:
         "Last Updated": ["January 7, 2018", "march-20-2025", "Dec 1 2017", "2018-01-07",
                          "2018-01-07 12:30", "2018-01-07T06:00:00.5", "SEPTEMBER 30 2016"],
         "Type": ["Free", "paid", " FREE "],
+        "App": ["Photo Editor Pro", "  spaced  out ", "ÜBER app 2", "日本語アプリ", "X", "NaN",
+                "Ｆｕｌｌｗｉｄｔｈ 3D", "A" * 200],
+        "Genres": ["Action", "Action;Adventure", "", " ", "NaN", "Puzzle;Brain Games;", None],
+        "Current Ver": ["1.2.3", "Varies with device", "", "v2.0", "NaN", "2018.01.07", None,
+                        "Build 7"],
+        "Android Ver": ["4.0.3 and up", "Varies with device", "", "7.0 - 7.1.1", "NaN", None],
     }  # fmt: skip
     records = []
     for column, values in variants.items():
         for value in values:
             records.append({**RAW_APP, column: value})
+    bare = {k: v for k, v in RAW_APP.items() if k not in ("Genres", "Current Ver", "Android Ver")}
+    records.append(bare)  # the optional fields absent
     expected = features.model_inputs(data.parse_records(pd.DataFrame(records)).apps)
     assert len(expected) == len(records)
     got = serving.rows_frame([serving.parse_app(r) for r in records])
+    pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), rtol=1e-12)
+    # snake_case spellings of the optional fields (a frame of their own: lib.data takes one
+    # spelling per column)
+    snake = {**bare, "app": "Chess", "genres": "Tools", "current_ver": "3.1",
+             "android_ver": "5.0 and up"}  # fmt: skip
+    snake.pop("App")
+    expected = features.model_inputs(data.parse_records(pd.DataFrame([snake])).apps)
+    got = serving.rows_frame([serving.parse_app(snake)])
     pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), rtol=1e-12)
 
 
