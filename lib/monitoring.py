@@ -340,7 +340,12 @@ def performance(
     if len(scored):
         with warnings.catch_warnings():  # one class in the feedback: AUC is NaN, said below
             warnings.simplefilter("ignore", UserWarning)
-            metrics = training.evaluate(scored["true_label"].astype(int), scored["probability"])
+            served = scored["label"] if "label" in scored else None  # the tuned threshold's labels
+            metrics = training.evaluate(
+                scored["true_label"].astype(int),
+                scored["probability"],
+                None if served is None or served.isna().any() else served.astype(int),
+            )
         out.update({k: v for k, v in metrics.items() if k != "accuracy"})
         n_pos = int((scored["true_label"] == 1).sum())
         n_neg = len(scored) - n_pos
