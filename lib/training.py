@@ -35,22 +35,14 @@ from sklearn.metrics import (
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from lib import features
+from lib import features, uncertainty
 from lib.data import latest_per_app
 from lib.errors import DataError
 
 log = logging.getLogger(__name__)
 
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "log_loss", "brier")
-GREATER_IS_BETTER = {
-    "accuracy": True,
-    "balanced_accuracy": True,
-    "f1": True,
-    "roc_auc": True,
-    "log_loss": False,
-    "brier": False,
-    "ece": False,
-}
+GREATER_IS_BETTER = {**uncertainty.GREATER_IS_BETTER, "ece": False}
 
 
 @dataclass
@@ -623,9 +615,7 @@ def improvement(metric: str, candidate: float, reference: float) -> float:
 
 def baseline_metrics(y_train: pd.Series, y_test: pd.Series) -> dict[str, float]:
     """A majority-class model: what "improvement" means when there is no champion yet."""
-    from lib.uncertainty import majority_baseline
-
-    proba, pred = majority_baseline(y_train, len(y_test))
+    proba, pred = uncertainty.majority_baseline(y_train, len(y_test))
     scores = evaluate(np.asarray(y_test), proba, pred)
     scores["roc_auc"] = 0.5  # a constant score ranks nothing
     return scores
