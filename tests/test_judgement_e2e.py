@@ -128,6 +128,7 @@ def test_raw_real_file_noise_rejected_and_labels_agree_everywhere(
     _, test_idx = training.holdout_split(labeled.keys, labeled.y, 0.2, 42)
     uri = f"sqlite:///{project / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # other tests in this process may have pointed it elsewhere
     model = mlflow.sklearn.load_model(f"models:/{MODEL}@champion")
     apps = data.latest_per_app(loaded.apps)
     apps = apps[apps["rating"].notna()].reset_index(drop=True)
