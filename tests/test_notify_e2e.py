@@ -47,7 +47,10 @@ def test_run_notifies_every_target_and_never_leaks_a_secret(
         [sys.executable, "runner.py", "--force-retrain", "--set", "synth_apps=1500",
          "--set", "cv_folds=3", "--set", "rf_trees=30",
          "--set", "candidates=logistic_regression,random_forest",
-         "--set", "decision={verdicts: {auto: 40, manual: 30}}", "--stages",
+         # this test is about notifications: a 258-row holdout is too small for the gate's
+         # "labels beat the majority answer" at its default tolerance, so widen it here
+         "--set", "decision={verdicts: {auto: 40, manual: 30}, gate: {accuracy_tolerance: 0.05}}",
+         "--stages",
          "detect,train,compare,decide,deploy"],
         cwd=project, env=env, capture_output=True, text=True,
     )  # fmt: skip
