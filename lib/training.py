@@ -8,6 +8,7 @@ on rows it was trained on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -470,6 +471,28 @@ class CandidateResult:
         return self.cv[metric]["std"]
 
 
+def one_openmp_thread() -> Any:
+    """Gradient boosting's OpenMP threads on a shared 2-core machine: one thread.
+
+    With the cores busy (kernels warming up, a service, other jobs), OpenMP's barriers wait for
+    descheduled threads: a 2,400-row boosting fit measured 72 s with 2 threads against 2 s with
+    one. Forests keep their process-level n_jobs.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="openmp")
+
+
+def _with_one_openmp_thread(func: Any) -> Any:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with one_openmp_thread():
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+@_with_one_openmp_thread
 def train_candidate(
     name: str,
     data: LabeledData,
@@ -488,38 +511,6 @@ def train_candidate(
     The registered model is ``FixedThresholdClassifier(FrozenEstimator(model), threshold)``: the
     tuned cut travels inside it, so ``predict`` gives the served label wherever it is loaded.
     """
-    with one_openmp_thread():
-        return _train_candidate(
-            name, data, train_idx, test_idx, folds, seed, rf_trees, groups, calibration,
-            objective, costs,
-        )  # fmt: skip
-
-
-def one_openmp_thread() -> Any:
-    """Gradient boosting's OpenMP threads on a shared 2-core machine: one thread.
-
-    With the cores busy (kernels warming up, a service, other jobs), OpenMP's barriers wait for
-    descheduled threads: a 2,400-row boosting fit measured 72 s with 2 threads against 2 s with
-    one. Forests keep their process-level n_jobs.
-    """
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="openmp")
-
-
-def _train_candidate(
-    name: str,
-    data: LabeledData,
-    train_idx: np.ndarray,
-    test_idx: np.ndarray,
-    folds: int,
-    seed: int,
-    rf_trees: int,
-    groups: Sequence[str],
-    calibration: Sequence[str],
-    objective: str,
-    costs: dict[str, float] | None,
-) -> CandidateResult:
     from sklearn.frozen import FrozenEstimator
     from sklearn.model_selection import FixedThresholdClassifier
 
