@@ -239,7 +239,7 @@ def execute_stage(
     root: Path,
     run_dir: Path,
     timeout: int,
-    kernels: Any = None,  # lib.kernels.KernelPool
+    kernels: Any = None,  # lib.pipeline.kernels.KernelPool
 ) -> StageResult:
     """Execute one notebook; the executed copy and its HTML are kept even when it fails.
 
@@ -249,7 +249,7 @@ def execute_stage(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from lib import scraps
+    from lib.pipeline import scraps
 
     source = root / "notebooks" / f"{NOTEBOOKS[stage]}.ipynb"
     target = run_dir / source.name
@@ -347,9 +347,10 @@ def run(
 ) -> RunResult:
     """Run the pipeline and return its result; the CLI is a thin wrapper around this.
 
-    `kernel_pool`: start each stage's kernel while the previous stage runs (lib/kernels.py).
+    `kernel_pool`: start each stage's kernel while the previous stage runs (pipeline/kernels.py).
     """
-    from lib import data, registry, synth
+    from lib import registry
+    from lib.pipeline import data, synth
 
     say = echo or (lambda msg: None)
     stages = list(stages or STAGES)
@@ -389,7 +390,7 @@ def run(
         outcome, exit_code, failure = "completed", 0, None
         from contextlib import nullcontext
 
-        from lib.kernels import KernelPool
+        from lib.pipeline.kernels import KernelPool
 
         # one fresh kernel per stage; leaving the block shuts down any started ahead (no training,
         # a failure, Ctrl-C) and waits until every kernel process is gone
@@ -466,7 +467,7 @@ def _has_champion(cfg: PipelineConfig, tracking_uri: str) -> bool:
 
 
 def _write_index(reports_dir: Path) -> None:
-    from lib import report_index
+    from lib.watch import report_index
 
     try:
         report_index.write_index(reports_dir)
@@ -476,7 +477,7 @@ def _write_index(reports_dir: Path) -> None:
 
 def send(event: str, **fields: Any) -> list[dict[str, Any]]:
     """Notify every configured target; failures are returned, never raised."""
-    from lib import notify
+    from lib.watch import notify
 
     try:
         return [d.to_dict() for d in notify.notify(event, **fields)]
@@ -539,12 +540,13 @@ def notify_run(
 
 def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> str | None:
     """A rollout whose runner died is finished (rolled back) before anything else happens."""
-    from lib import rollout
+    from lib.delivery import rollout
 
     state = rollout.RolloutStore(root / cfg.models_dir / "rollout.json").load()
     if state is None or not rollout.interrupted(state):
         return None
-    from lib import deployer, registry
+    from lib import registry
+    from lib.delivery import progressive as deployer
 
     client = registry.connect(tracking_uri, cfg.experiment)
     return deployer.recover_interrupted(
@@ -558,7 +560,8 @@ def _after_decision(cfg: PipelineConfig, root: Path, ctx: dict[str, Any], say: A
     version = ctx.get("candidate_version")
     if decision == "auto":
         return None
-    from lib import deployer, deployments
+    from lib.delivery import progressive as deployer
+    from lib.delivery import releases as deployments
 
     reasons = "; ".join(ctx.get("reasons") or [])
     if decision == "manual":
@@ -694,7 +697,7 @@ def _summary(
 
 
 def simulate_new_apps(cfg: PipelineConfig, root: Path, n: int, seed: int | None) -> int:
-    from lib import synth
+    from lib.pipeline import synth
 
     path = root / _data_paths(cfg)[0]
     synth.ensure_dataset(path, n=cfg.synth_apps, seed=cfg.synth_seed)
@@ -709,14 +712,14 @@ def _client(cfg: PipelineConfig, root: Path) -> Any:
 
 
 def _service_url(cfg: PipelineConfig) -> str:
-    from lib import deployer
+    from lib.delivery import progressive as deployer
 
     return deployer.service_url(cfg.serving_url, cfg.serving_host, cfg.serving_port)
 
 
 def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
     """`python runner.py serve`: the production model service, until Ctrl-C."""
-    from lib import serving
+    from lib.serving import service as serving
 
     settings = serving.ServingSettings(
         model_name=cfg.model_name,
@@ -729,7 +732,7 @@ def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
-    from lib import deployer
+    from lib.delivery import progressive as deployer
 
     info = deployer.status(
         _client(cfg, root), cfg.model_name, root / cfg.models_dir, _service_url(cfg)
@@ -764,7 +767,7 @@ def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int
 
 def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
     """The mission's `deploy.py --rollback`: previous -> champion everywhere, within seconds."""
-    from lib import deployer
+    from lib.delivery import progressive as deployer
 
     lock = _lock(root, cfg.lock_timeout)
     try:
@@ -794,8 +797,8 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> i
 
 def cmd_approve(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
     """Resume a parked rollout from staging through the 05 deploy stage."""
-    from lib import deployer
-    from lib.rollout import RolloutError
+    from lib.delivery import progressive as deployer
+    from lib.delivery.rollout import RolloutError
 
     waiting = deployer.awaiting_version(root / cfg.models_dir)
     if waiting != str(args.version):
@@ -814,7 +817,7 @@ def cmd_approve(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> in
 
 
 def cmd_reject(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
-    from lib import deployer
+    from lib.delivery import progressive as deployer
 
     deployer.reject(root / cfg.models_dir, root / cfg.logs_dir, args.version, args.reason)
     print(f"v{args.version} rejected; production unchanged")
@@ -824,7 +827,7 @@ def cmd_reject(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int
 def cmd_notify(cfg: PipelineConfig, root: Path, args: argparse.Namespace) -> int:
     """`notify --test`: a test message to every configured target; `notify --rollback` is the
     mission's `notify.py --rollback --reason ...` (a rollback notice without rolling back)."""
-    from lib import notify
+    from lib.watch import notify
 
     if args.test:
         deliveries = [d.to_dict() for d in notify.send_test()]
@@ -975,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:  # nbconvert's accessibility hints about plots are not actionable here
         logging.getLogger("traitlets").setLevel(logging.ERROR)
-    from lib.notify import install_redacting_filter
+    from lib.watch.notify import install_redacting_filter
 
     install_redacting_filter()  # webhook URLs, SMTP passwords and keys never reach a log
     try:

@@ -31,7 +31,7 @@ DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "playstore" / "googleplaysto
 def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import roc_auc_score
 
-    from lib import data, features, training
+    from lib.pipeline import data, features, training
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)

@@ -44,9 +44,14 @@ def main() -> None:
     import httpx
     import mlflow
 
-    from lib import data, deployer, deployments, monitoring, registry, replayer, synth, training
-    from lib.prediction_store import PredictionStore
-    from lib.service_process import ServiceProcess
+    from lib import registry
+    from lib.delivery import progressive as deployer
+    from lib.delivery import releases as deployments
+    from lib.delivery import replayer
+    from lib.delivery.service_process import ServiceProcess
+    from lib.pipeline import data, synth, training
+    from lib.serving.prediction_store import PredictionStore
+    from lib.watch import monitoring
 
     root = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
     os.chdir(root)

@@ -70,8 +70,8 @@ def plain_main(root: Path, apps: int, stages: list[str], out: Path) -> None:
     import nbformat
 
     import runner
-    from lib import data, scraps, synth
     from lib.config import load_config
+    from lib.pipeline import data, scraps, synth
 
     started = time.perf_counter()
     cfg = load_config(root, None, {"synth_apps": apps})
@@ -208,7 +208,7 @@ def run_plain(root: Path, apps: int, stages: list[str]) -> dict[str, Any]:
 def render_costs(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
     """Per stage: the runner's in-process HTML rendering and scrap reading, done again here."""
     import runner
-    from lib import scraps
+    from lib.pipeline import scraps
 
     html, read = {}, {}
     for stage, name in runner.NOTEBOOKS.items():
@@ -227,7 +227,7 @@ def kernel_costs(root: Path) -> dict[str, float]:
     """A cold kernel's start, the warm-up imports in it, and its exit once asked to shut down."""
     from jupyter_core.utils import run_sync
 
-    from lib.kernels import DEFAULT_WARM_CODE, KernelPool, private
+    from lib.pipeline.kernels import DEFAULT_WARM_CODE, KernelPool, private
 
     with KernelPool(cwd=root, total=1) as pool:
         t0 = time.perf_counter()
@@ -340,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         root = make_project(Path(tmp), args.source.resolve())
         sys.path.insert(0, str(root))  # render and kernel costs with the copy's code
-        from lib import synth
         from lib.config import load_config
+        from lib.pipeline import synth
 
         cfg = load_config(root, None, {"synth_apps": args.apps})
         synth.ensure_dataset(root / cfg.data_path, n=cfg.synth_apps, seed=cfg.synth_seed)

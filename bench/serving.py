@@ -5,7 +5,7 @@
 
 Works in a temporary directory (MLflow store, artifacts, prediction store; removed at the end
 unless --keep): trains the champion the pipeline would produce on the generated default data
-(`lib.synth.generate_apps(10000)`): `training.train_candidate(<family>, ...)` on the identity-stable
+(`synth.generate_apps(10000)`): `training.train_candidate(<family>, ...)` on the identity-stable
 holdout split, so the model is `FixedThresholdClassifier(FrozenEstimator(stack or calibrated
 stack))` with the derived features and the name text model (default family
 hist_gradient_boosting; `--model random_forest|logistic_regression` for the others, or
@@ -98,11 +98,11 @@ def _legacy_forest(trees: int, seed: int) -> Any:
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.pipeline import Pipeline
 
-    from lib import features
+    from lib.pipeline import features
 
     model = RandomForestClassifier(
         n_estimators=trees, min_samples_leaf=3, max_features="sqrt", n_jobs=-1, random_state=seed
-    )  # as lib.training built it at 20a99b5
+    )  # as lib.pipeline.training built it at 20a99b5
     return Pipeline([("features", features.preprocessor("tree", groups=())), ("model", model)])
 
 
@@ -114,7 +114,8 @@ def train_and_register(
     from mlflow import MlflowClient
     from threadpoolctl import threadpool_limits
 
-    from lib import data, registry, synth, training
+    from lib import registry
+    from lib.pipeline import data, synth, training
 
     uri = f"sqlite:///{work}/mlflow.db"
     MlflowClient(uri).create_experiment("bench", artifact_location=(work / "artifacts").as_uri())
@@ -151,7 +152,7 @@ def train_and_register(
 
 def request_bodies(raw: Any, apps: Any, n: int = 64) -> tuple[list[str], list[str]]:
     """The same apps for both servers: raw objects for ours, dataframe_split for MLflow's."""
-    from lib import features
+    from lib.pipeline import features
 
     X = features.model_inputs(apps)
     complete = X.notna().all(axis=1).to_numpy()  # JSON has no NaN: rows without missing values
@@ -292,7 +293,8 @@ def floor(pipe: Any, apps: Any) -> dict[str, Any]:
     """
     from threadpoolctl import threadpool_limits
 
-    from lib import features, serving
+    from lib.pipeline import features
+    from lib.serving import service as serving
 
     X = features.model_inputs(apps)
     rows = [tuple(r) for r in X.itertuples(index=False)]

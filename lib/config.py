@@ -24,6 +24,18 @@ STAGES = ("detect", "train", "compare", "decide", "deploy", "monitor")
 METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1", "log_loss")
 CANDIDATES = ("logistic_regression", "random_forest", "hist_gradient_boosting")
 
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The project directory (the one holding `runner.py`): notebooks resolve their relative
+    paths against it whether Jupyter started them in `notebooks/` or Papermill at the root."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "runner.py").is_file():
+            return candidate
+    return Path(__file__).resolve().parents[1]
+
+
 # Environment variables that override a config key (besides MLFLOW_TRACKING_URI).
 ENV_PREFIX = "PIPELINE_"
 
@@ -44,7 +56,7 @@ class PipelineConfig:
     seed: int = 42  # the holdout split (and, unless model_seed is set, models and folds)
     model_seed: int | None = None  # seeds models and CV folds only: a retrain with another seed
     rf_trees: int = 200
-    # honest inputs beyond the base listing fields (lib.features.FEATURE_GROUPS)
+    # honest inputs beyond the base listing fields (lib.pipeline.features.FEATURE_GROUPS)
     features: list[str] = field(
         default_factory=lambda: ["engagement", "versions", "genres", "name_stats", "name_text"]
     )
@@ -60,7 +72,7 @@ class PipelineConfig:
     models_dir: str = "models"
     stage_timeout: int = 1800  # seconds per notebook cell before the stage is failed
     lock_timeout: float = 0.0  # seconds a second runner waits for the first one
-    decision: dict[str, Any] = field(default_factory=dict)  # the score table (lib.scoring)
+    decision: dict[str, Any] = field(default_factory=dict)  # the score table (lib.pipeline.scoring)
     # deployment (05 deploy) and the model service
     logs_dir: str = "logs"
     canary_steps: list[int] = field(default_factory=lambda: [5, 25, 50, 100])
@@ -76,11 +88,11 @@ class PipelineConfig:
     serving_host: str = "127.0.0.1"
     serving_port: int = 8080
     store_url: str | None = None  # prediction store; None: sqlite:///<root>/predictions.db
-    canary_analysis: dict[str, Any] = field(default_factory=dict)  # lib.canary.AnalysisConfig
+    canary_analysis: dict[str, Any] = field(default_factory=dict)  # canary.AnalysisConfig
     # production monitoring (06 monitor)
     monitor_window_seconds: float = 3600.0
     auto_rollback: bool = True  # the monitor rolls back on a significant accuracy drop / errors
-    monitoring: dict[str, Any] = field(default_factory=dict)  # lib.monitoring.MonitorConfig
+    monitoring: dict[str, Any] = field(default_factory=dict)  # lib.watch.monitoring.MonitorConfig
 
     def resolved_tracking_uri(self, root: Path) -> str:
         """The MLflow store: explicit config, else the environment, else SQLite in the project."""
@@ -176,7 +188,7 @@ def _validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"cv_folds {cfg.cv_folds} must be at least 2")
     if cfg.threshold < 1:
         raise ConfigError(f"threshold {cfg.threshold} must be at least 1")
-    from lib import features, training
+    from lib.pipeline import features, training
 
     try:
         features.check_groups(cfg.features)
@@ -201,7 +213,7 @@ def _validate(cfg: PipelineConfig) -> None:
     for key, value in cfg.error_costs.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ConfigError(f"error_costs.{key} must be a number >= 0, got {value!r}")
-    from lib.scoring import ScoreTable
+    from lib.pipeline.scoring import ScoreTable
 
     ScoreTable.from_dict(cfg.decision or None)  # a bad score table fails here, before any stage
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import backtest, data, scoring, synth
+from lib.pipeline import backtest, data, scoring, synth
 
 FAST = {"families": ("logistic_regression",), "cv_folds": 2, "features": ()}
 # A table that promotes almost anything (no gate, low bars): to exercise the paths after a

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import canary
-from lib.canary import AnalysisConfig, analyze, summarize_step
+from lib.delivery import canary
+from lib.delivery.canary import AnalysisConfig, analyze, summarize_step
 
 
 def _variant(

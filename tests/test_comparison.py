@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib import comparison, scoring, uncertainty
+from lib.pipeline import comparison, scoring, uncertainty
 
 
 def _decide(y, cand, ref, metric="roc_auc") -> scoring.Decision:

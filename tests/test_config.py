@@ -20,7 +20,7 @@ def test_project_config_file_is_valid_and_holds_the_score_table() -> None:
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root, environ={})
     assert cfg.decision["verdicts"] == {"auto": 70, "manual": 50}
-    from lib.scoring import ScoreTable
+    from lib.pipeline.scoring import ScoreTable
 
     assert ScoreTable.from_dict(cfg.decision) == ScoreTable()
 

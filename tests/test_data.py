@@ -1,4 +1,4 @@
-"""Tests of lib.data: parsing every style, quarantine reasons, identity, and the real files."""
+"""Tests of pipeline.data: parsing every style, quarantine reasons, identity, and the real files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.data import (
+from lib.errors import DataError, MissingColumnsError
+from lib.pipeline.data import (
     QUARANTINE_COLUMNS,
     RAW_COLUMNS,
     REQUIRED_COLUMNS,
@@ -23,7 +24,6 @@ from lib.data import (
     read_apps,
     write_quarantine,
 )
-from lib.errors import DataError, MissingColumnsError
 from tests.conftest import SHARED_DATA as REAL  # noqa: E402
 
 
@@ -302,7 +302,7 @@ def test_blank_lines_are_not_rows(tmp_path: Path) -> None:
 
 
 def test_summary_is_logged_per_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="lib.data"):
+    with caplog.at_level(logging.INFO, logger="lib.pipeline.data"):
         load(tmp_path, row(), row(Rating="9"))
     assert "apps.csv: 2 rows read, 1 valid, 1 quarantined" in caplog.text
 
@@ -337,7 +337,10 @@ def test_all_headers_are_checked_before_parsing(
 ) -> None:
     good = write_csv(tmp_path / "good.csv", [row()])
     bad = write_csv(tmp_path / "bad.csv", [row()], header=["App", "Category"])
-    with caplog.at_level(logging.INFO, logger="lib.data"), pytest.raises(MissingColumnsError):
+    with (
+        caplog.at_level(logging.INFO, logger="lib.pipeline.data"),
+        pytest.raises(MissingColumnsError),
+    ):
         read_apps([good, bad])
     assert "rows read" not in caplog.text  # good.csv was not parsed
 

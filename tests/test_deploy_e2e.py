@@ -17,8 +17,12 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from lib import data, deployer, deployments, features, registry, replayer, rollout, synth, training
-from lib.service_process import ServiceProcess
+from lib import registry
+from lib.delivery import progressive as deployer
+from lib.delivery import releases as deployments
+from lib.delivery import replayer, rollout
+from lib.delivery.service_process import ServiceProcess
+from lib.pipeline import data, features, synth, training
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from lib import deployments, registry, training
-from lib.deployments import DeploymentError, NothingToRollBack
+from lib import registry
+from lib.delivery import releases as deployments
+from lib.delivery.releases import DeploymentError, NothingToRollBack
+from lib.pipeline import training
 from tests.test_training import _typed
 
 _names = itertools.count()

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib import detection
+from lib.pipeline import detection
 
 
 def _apps(names: list[str], reviews: list[int] | None = None) -> pd.DataFrame:

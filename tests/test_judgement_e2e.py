@@ -101,8 +101,9 @@ def test_raw_real_file_noise_rejected_and_labels_agree_everywhere(
     import mlflow
     import pandas as pd
 
-    from lib import data, features, smoke, training
-    from lib.service_process import ServiceProcess
+    from lib.delivery import smoke
+    from lib.delivery.service_process import ServiceProcess
+    from lib.pipeline import data, features, training
 
     raw = project / "data" / "googleplaystore.csv"
     raw.write_bytes((shared_data / "googleplaystore.csv").read_bytes())

@@ -14,10 +14,10 @@ import nbformat
 import pytest
 
 import runner
-from lib import kernels
 from lib.config import PipelineConfig
 from lib.errors import StageError
-from lib.kernels import KernelPool, PooledKernelManager
+from lib.pipeline import kernels
+from lib.pipeline.kernels import KernelPool, PooledKernelManager
 
 try:
     import psutil
@@ -207,7 +207,7 @@ def stub_notebook(project: Path, stage: str, body: str) -> None:
     finds_root = setup.source.split("import pandas")[0]
     book = nbformat.v4.new_notebook(metadata=real.metadata)
     book.cells = [
-        nbformat.v4.new_code_cell(finds_root + "from lib import scraps\n"),
+        nbformat.v4.new_code_cell(finds_root + "from lib.pipeline import scraps\n"),
         params,
         nbformat.v4.new_code_cell(body),
     ]  # fmt: skip

@@ -10,7 +10,9 @@ import sys
 import httpx
 import pytest
 
-from lib import deployments, registry, replayer
+from lib import registry
+from lib.delivery import releases as deployments
+from lib.delivery import replayer
 from tests import test_deploy_e2e
 from tests.test_deploy_e2e import NAME, World, make_runner_project, runner_settings
 

@@ -10,9 +10,16 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lib import features, monitoring
-from lib.features import FEATURE_COLUMNS
-from lib.monitoring import MonitorConfig, evaluate_health, feature_drift, prediction_drift, psi
+from lib.pipeline import features
+from lib.pipeline.features import FEATURE_COLUMNS
+from lib.watch import monitoring
+from lib.watch.monitoring import (
+    MonitorConfig,
+    evaluate_health,
+    feature_drift,
+    prediction_drift,
+    psi,
+)
 
 CATEGORIES = ["FAMILY", "GAME", "TOOLS", "MEDICAL", "BUSINESS", "PRODUCTIVITY", "SPORTS"]
 CATEGORY_P = [0.3, 0.2, 0.15, 0.1, 0.1, 0.1, 0.05]

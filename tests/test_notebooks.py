@@ -48,7 +48,7 @@ def test_each_notebook_runs_with_its_defaults_from_the_notebooks_folder(project:
     """What a data scientist does: open notebooks/ in Jupyter and run 01..04 unchanged."""
     import papermill
 
-    from lib import scraps
+    from lib.pipeline import scraps
 
     out = project / "executed"
     out.mkdir()

@@ -31,7 +31,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from apprise.plugins import pagerduty as apprise_pagerduty
 from apprise.plugins.slack import NotifySlack
 
-from lib import notify
+from lib.watch import notify
 
 # The local SMTP server takes AUTH without TLS on purpose (loopback only); aiosmtpd warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from lib import prediction_store
-from lib.prediction_store import WINDOW_COLUMNS, PredictionStore
+from lib.serving import prediction_store
+from lib.serving.prediction_store import WINDOW_COLUMNS, PredictionStore
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -172,7 +172,7 @@ def test_schema_and_queries_compile_for_postgresql() -> None:
 WRITER = textwrap.dedent(
     """
     import sys, time
-    from lib.prediction_store import PredictionStore
+    from lib.serving.prediction_store import PredictionStore
     store = PredictionStore(sys.argv[1])
     for batch in range(20):
         rows = [

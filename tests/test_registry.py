@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import features, registry, training
+from lib import registry
+from lib.pipeline import features, training
 from tests.test_training import _typed
 
 

@@ -9,7 +9,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from lib.report_index import collect_runs, write_index
+from lib.watch.report_index import collect_runs, write_index
 
 
 class Table(HTMLParser):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lib import rollout
+from lib.delivery import rollout
+from lib.delivery.rollout import Phase, RolloutError, RolloutState, RolloutStore
 from lib.errors import PipelineError
-from lib.rollout import Phase, RolloutError, RolloutState, RolloutStore
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lib.errors import ConfigError
-from lib.scoring import (
+from lib.pipeline.scoring import (
     CRITERIA,
     Band,
     Decision,

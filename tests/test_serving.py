@@ -25,10 +25,12 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from threadpoolctl import threadpool_limits
 
-from lib import data, features, registry, serving, synth, training
-from lib.features import FEATURE_COLUMNS
-from lib.prediction_store import PredictionStore
-from lib.serving import ServingSettings, create_app
+from lib import registry
+from lib.pipeline import data, features, synth, training
+from lib.pipeline.features import FEATURE_COLUMNS
+from lib.serving import service as serving
+from lib.serving.prediction_store import PredictionStore
+from lib.serving.service import ServingSettings, create_app
 
 PROJECT = Path(__file__).resolve().parents[1]
 TOKEN = "test-admin-token-1234"
@@ -834,7 +836,7 @@ def test_parse_app_value_styles() -> None:
 
 
 def test_parse_app_equals_the_full_parser_on_tricky_values() -> None:
-    """Odd but valid spellings: the same model inputs as lib.data.parse_records."""
+    """Odd but valid spellings: the same model inputs as lib.pipeline.data.parse_records."""
     variants = {
         "Reviews": ["1,234", " 12 ", "1e3", "+5", "0", 7, 3.5],
         "Size": ["19M", "201k", "1,000k", "2.5 MB", ".5M", "10", "Varies with device", "NaN", 8,
@@ -861,7 +863,7 @@ def test_parse_app_equals_the_full_parser_on_tricky_values() -> None:
     assert len(expected) == len(records)
     got = serving.rows_frame([serving.parse_app(r) for r in records])
     pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), rtol=1e-12)
-    # snake_case spellings of the optional fields (a frame of their own: lib.data takes one
+    # snake_case spellings of the optional fields (a frame of their own: lib.pipeline.data takes one
     # spelling per column)
     snake = {**bare, "app": "Chess", "genres": "Tools", "current_ver": "3.1",
              "android_ver": "5.0 and up"}  # fmt: skip

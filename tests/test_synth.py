@@ -1,4 +1,4 @@
-"""Tests of lib.synth: format, validity, realism and learnability of the generated apps."""
+"""Tests of lib.pipeline.synth: format, validity, realism and learnability of the generated apps."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.data import RAW_COLUMNS, app_key, latest_per_app, parse_records, read_apps
 from lib.errors import DataError
-from lib.synth import CATEGORIES, append_new_apps, generate_apps, write_default_dataset
+from lib.pipeline.data import RAW_COLUMNS, app_key, latest_per_app, parse_records, read_apps
+from lib.pipeline.synth import CATEGORIES, append_new_apps, generate_apps, write_default_dataset
 
 # The category names of the real scrape (33 of them).
 REAL_CATEGORIES = {

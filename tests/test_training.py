@@ -2,12 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import features, training
 from lib.errors import DataError
+from lib.pipeline import features, training
 
 
 def _typed(n: int, seed: int = 0) -> pd.DataFrame:
-    """Typed apps (lib.data's columns) whose rating depends on reviews, with noise."""
+    """Typed apps (lib.pipeline.data's columns) whose rating depends on reviews, with noise."""
     rng = np.random.default_rng(seed)
     reviews = rng.lognormal(7, 2, n)
     rating = np.clip(3.6 + 0.12 * np.log1p(reviews) + rng.normal(0, 0.3, n), 1, 5).round(1)

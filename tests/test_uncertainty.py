@@ -1,4 +1,4 @@
-"""Bootstrap intervals and paired tests of lib.uncertainty: behaviour on simulated holdouts."""
+"""Bootstrap intervals and paired tests of pipeline.uncertainty: behaviour on simulated holdouts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from lib import uncertainty as U
+from lib.pipeline import uncertainty as U
 
 ALL = U.METRICS
 
@@ -275,7 +275,7 @@ def test_plot_comparison_intervals(better) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
-    from lib import plots
+    from lib.pipeline import plots
 
     _, _, _, result = better
     fig = plots.comparison_intervals(result, "champion v3")

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib.data import RAW_COLUMNS, app_key, check_columns
 from lib.errors import DataError
+from lib.pipeline.data import RAW_COLUMNS, app_key, check_columns
 
 logger = logging.getLogger(__name__)
 

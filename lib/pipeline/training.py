@@ -36,9 +36,9 @@ from sklearn.metrics import (
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from lib import features, uncertainty
-from lib.data import latest_per_app
 from lib.errors import DataError
+from lib.pipeline import features, uncertainty
+from lib.pipeline.data import latest_per_app
 
 log = logging.getLogger(__name__)
 

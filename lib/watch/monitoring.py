@@ -1,6 +1,6 @@
 """Production monitoring of the served model: pure functions on a window of logged predictions.
 
-The window is `lib.prediction_store.PredictionStore.window(since, until, variant, features=True)`:
+The window is `PredictionStore.window(since, until, variant, features=True)`:
 one row per request, its feedback joined in. Pass the window of the model you judge (usually the
 `champion` variant): accuracy mixes whatever versions the window holds.
 
@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lib import training
-from lib.canary import _clean, _ms, _n, _p, _pct
-from lib.features import CATEGORICAL, FEATURE_COLUMNS, TEXT
+from lib.delivery.canary import _clean, _ms, _n, _p, _pct
+from lib.pipeline import training
+from lib.pipeline.features import CATEGORICAL, FEATURE_COLUMNS, TEXT
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import auc, confusion_matrix, roc_curve
 
 if TYPE_CHECKING:
-    from lib.uncertainty import MetricComparison
+    from lib.pipeline.uncertainty import MetricComparison
 
 
 def class_balance(y: pd.Series, target_threshold: float) -> Figure:
@@ -286,7 +286,7 @@ def reliability(
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import brier_score_loss
 
-    from lib.training import expected_calibration_error
+    from lib.pipeline.training import expected_calibration_error
 
     y = np.asarray(y_true)
     fig, ax = plt.subplots(figsize=(5, 4.5))

@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 def holdout_apps(
     apps: pd.DataFrame, target_threshold: float, test_size: float, seed: int
 ) -> pd.DataFrame:
-    """Typed rows (lib.data columns) of the identity-stable holdout of lib.training: apps no
+    """Typed rows (data columns) of the identity-stable holdout of pipeline.training: apps no
     candidate was trained on, each with its true rating."""
-    from lib import training
+    from lib.pipeline import training
 
     data = training.labeled_data(apps, target_threshold)
     _, test_idx = training.holdout_split(data.keys, data.y, test_size, seed)
@@ -35,7 +35,7 @@ def holdout_apps(
 
 
 def app_request(row: pd.Series) -> dict[str, Any]:
-    """A typed app (lib.data columns) as a /predict body in the snake_case schema."""
+    """A typed app (lib.pipeline.data columns) as a /predict body in the snake_case schema."""
 
     def num(value: Any) -> float | None:
         return None if pd.isna(value) else float(value)

@@ -1,6 +1,6 @@
 """A policy backtest: replay the deployment decision over time-ordered batches of real apps.
 
-The decision policy (gate + score table, :mod:`lib.scoring`) is judged here by what it would
+The decision policy (gate + score table, `pipeline.scoring`) is judged here by what it would
 have done, not by how it reads. Apps (one row per rated app) are ordered by ``last_updated``; the
 oldest share trains the first champion, the rest arrive in consecutive batches. At each step a
 candidate is trained on everything seen so far, the REAL policy decides on a holdout of that data
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib import comparison, scoring, training, uncertainty
-from lib.data import latest_per_app
 from lib.errors import DataError
+from lib.pipeline import comparison, scoring, training, uncertainty
+from lib.pipeline.data import latest_per_app
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib import registry, training, uncertainty
+from lib import registry
+from lib.pipeline import training, uncertainty
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
 
 Why it looks the way it does:
 
-* Input parsing is hand-written (`parse_app`): `lib.data.parse_records` validates with pandera and
+* Input parsing is hand-written (`parse_app`): `data.parse_records` validates with pandera and
   costs ~22 ms a call. `parse_app` gives the same model inputs as
   `features.model_inputs(data.read_apps(...).apps)` for every value style (tests check it on the
   real files) in a few microseconds, and names the field and the value when it refuses one.
@@ -67,9 +67,9 @@ from prometheus_client import (
 )
 
 from lib import registry
-from lib.data import ALIASES
-from lib.features import CATEGORICAL, DERIVED, FEATURE_COLUMNS, TEXT, derived_values
-from lib.prediction_store import PredictionStore
+from lib.pipeline.data import ALIASES
+from lib.pipeline.features import CATEGORICAL, DERIVED, FEATURE_COLUMNS, TEXT, derived_values
+from lib.serving.prediction_store import PredictionStore
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class ServingSettings:
 # input parsing: the model's input row from one app object, in any schema and value style
 
 # (Play Store name, snake_case spellings): the eight required fields, then the optional texts
-# the derived inputs and the name come from (lib.data reads them as stripped text, "" if absent).
+# the derived inputs and the name come from (data.py reads them stripped, "" if absent).
 _FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Category", ("category",)),
     ("Content Rating", ("content_rating",)),
@@ -144,7 +144,7 @@ _ROW_COLUMNS = [
     *CATEGORICAL, "reviews", "installs", "size_mb", "price", "last_updated_days", *DERIVED, *TEXT,
 ]  # fmt: skip
 if _ROW_COLUMNS != FEATURE_COLUMNS:  # loud, not silently wrong, if the feature set changes
-    raise RuntimeError(f"lib.serving parses {_ROW_COLUMNS} but the model wants {FEATURE_COLUMNS}")
+    raise RuntimeError(f"the service parses {_ROW_COLUMNS} but the model wants {FEATURE_COLUMNS}")
 _OBJECT_POSITIONS = frozenset(FEATURE_COLUMNS.index(c) for c in (*CATEGORICAL, *TEXT))
 
 _KEY_TO_FIELD: dict[str, int] = {}
@@ -152,13 +152,13 @@ for _i, (_name, _snake) in enumerate(_FIELDS):
     _KEY_TO_FIELD[_name] = _i
     for _alias in _snake:
         if ALIASES.get(_alias) != _name:
-            raise RuntimeError(f"lib.data.ALIASES no longer maps {_alias!r} to {_name!r}")
+            raise RuntimeError(f"lib.pipeline.data.ALIASES no longer maps {_alias!r} to {_name!r}")
         _KEY_TO_FIELD[_alias] = _i
 _FIELD_NAMES = [
     f"{name} (or {'/'.join(snake)})" for name, snake in _FIELDS[:_REQUIRED]
 ]  # for "missing field" messages
 
-# Spellings of "no value" (the same list as lib.data; a test keeps them equal).
+# Spellings of "no value" (the same list as lib.pipeline.data; a test keeps them equal).
 MISSING_TEXT = frozenset(
     ["", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "None", "none", "null", "NULL"]
 )
@@ -181,7 +181,7 @@ _MONTH_NAMES = [
 _FULL_MONTHS = {name: i + 1 for i, name in enumerate(_MONTH_NAMES)}
 _SHORT_MONTHS = {name[:3]: i + 1 for i, name in enumerate(_MONTH_NAMES)}
 _EPOCH = datetime(1970, 1, 1)
-# lib.data stores dates as datetime64[ns]: the same bounds, in whole days
+# lib.pipeline.data stores dates as datetime64[ns]: the same bounds, in whole days
 _FIRST_DAY = datetime(1677, 9, 22)
 _LAST_DAY = datetime(2262, 4, 11)
 
@@ -229,7 +229,7 @@ def _text_field(key: str, value: Any, required: bool) -> str:
 
 
 def _number(key: str, value: Any, junk: re.Pattern[str], hint: str) -> float:
-    """A non-negative count or price, accepting the same spellings as lib.data."""
+    """A non-negative count or price, accepting the same spellings as lib.pipeline.data."""
     if isinstance(value, str):
         text = junk.sub("", value.strip())
         if text in MISSING_TEXT:
@@ -260,7 +260,7 @@ def _number(key: str, value: Any, junk: re.Pattern[str], hint: str) -> float:
 
 
 def _size_mb(key: str, value: Any) -> float:
-    """Size in MB; `k` is 1/1000 MB, `Varies with device` and empty are NaN (as in lib.data)."""
+    """Size in MB; `k` is 1/1000 MB, `Varies with device` and empty are NaN (as data.py)."""
     if isinstance(value, str):
         text = value
     elif value is None:
@@ -335,7 +335,7 @@ def _type_field(key: str, value: Any) -> str:
 
 
 def _optional_text(key: str, value: Any, max_chars: int) -> str:
-    """An optional listing text (name, genres, versions): null is "", as lib.data reads it."""
+    """An optional listing text (name, genres, versions): null is "", as pipeline.data reads it."""
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -367,7 +367,7 @@ def parse_app(app: Any) -> Row:
             index = _KEY_TO_FIELD.get(key.strip())
             if index is None:
                 continue
-        if found[index] is None:  # the first spelling wins, as in lib.data
+        if found[index] is None:  # the first spelling wins, as in lib.pipeline.data
             found[index] = (key, value)
     missing = [_FIELD_NAMES[i] for i, item in enumerate(found[:_REQUIRED]) if item is None]
     if missing:
@@ -2277,6 +2277,3 @@ def main(argv: list[str] | None = None) -> None:
     )
     serve(settings, args.host, args.port)
 
-
-if __name__ == "__main__":
-    main()

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from lib import registry
+from lib.delivery.rollout import write_json_atomic
 from lib.errors import PipelineError
-from lib.rollout import write_json_atomic
 
 log = logging.getLogger(__name__)
 

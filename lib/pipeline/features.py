@@ -107,7 +107,7 @@ def derived_values(
 
 
 def model_inputs(apps: pd.DataFrame) -> pd.DataFrame:
-    """The model's input frame from typed apps (lib.data): exactly FEATURE_COLUMNS.
+    """The model's input frame from typed apps (lib.pipeline.data): exactly FEATURE_COLUMNS.
 
     `last_updated_days` is days since 1970-01-01 rather than "days since update": that needs no
     reference date at serving time, and for the models here the two differ by a constant.

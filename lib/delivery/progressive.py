@@ -22,10 +22,13 @@ from typing import Any
 
 import pandas as pd
 
-from lib import canary, deployments, features, registry, rollout
-from lib.replayer import Replayer, app_request
-from lib.service_process import ServiceProcess
-from lib.smoke import run_smoke_tests
+from lib import registry
+from lib.delivery import canary, rollout
+from lib.delivery import releases as deployments
+from lib.delivery.replayer import Replayer, app_request
+from lib.delivery.service_process import ServiceProcess
+from lib.delivery.smoke import run_smoke_tests
+from lib.pipeline import features
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class DeploySettings:
     lease_seconds: float = 60.0
     serving_url: str | None = None  # a running production service; None: start one
     store_url: str = ""  # the production service's prediction store
-    analysis: dict[str, Any] = field(default_factory=dict)  # lib.canary.AnalysisConfig fields
+    analysis: dict[str, Any] = field(default_factory=dict)  # canary.AnalysisConfig fields
 
 
 @dataclass
@@ -344,7 +347,7 @@ def _canary_steps(
 ) -> None:
     """Run every canary step; each step's summary is appended to `results` as it ends, so a
     failed rollout still reports what its steps saw."""
-    from lib.prediction_store import PredictionStore
+    from lib.serving.prediction_store import PredictionStore
 
     cfg = canary.AnalysisConfig(**settings.analysis)
     predictions = PredictionStore(settings.store_url)

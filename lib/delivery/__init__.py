@@ -1,0 +1,1 @@
+"""Getting a candidate into production safely: rollout, canary analysis, promotion and rollback."""

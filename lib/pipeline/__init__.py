@@ -1,0 +1,1 @@
+"""The training pipeline: data, features, training, comparison, decision, stage contracts."""

@@ -1,0 +1,1 @@
+"""Watching production: monitoring and drift, notifications, the run index."""
