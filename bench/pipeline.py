@@ -10,7 +10,7 @@ and nothing is written into the real project. Measures, as subprocesses:
 * `python runner.py --force-retrain --stages ...` (kernel pool on, the default) and the same run
   with `run(..., kernel_pool=False)` (a cold kernel per stage, as papermill does by default);
 * "plain": one Python process that executes the SAME code cells of the notebooks in order in one
-  namespace, with the parameters the runner passes (`runner.stage_parameters`), scraps passed on
+  namespace, with the parameters the runner passes (`orchestrator.inputs_for`), scraps passed on
   like the runner does, `display` stubbed and matplotlib on Agg: literally the same lib calls.
 
 Prints the medians over `--repeat` runs: totals and ratios, and per stage the notebook's wall time
@@ -69,9 +69,11 @@ def plain_main(root: Path, apps: int, stages: list[str], out: Path) -> None:
     IPython.display.display = lambda *args, **kwargs: None  # scrapbook's glue displays its value
     import nbformat
 
-    import runner
     from lib.config import load_config
     from lib.pipeline import data, scraps, synth
+    from lib.pipeline.contracts import STAGES
+    from lib.pipeline.orchestrator import RunContext, inputs_for
+    from lib.pipeline.run_record import RunOutputs
 
     started = time.perf_counter()
     cfg = load_config(root, None, {"synth_apps": apps})
@@ -79,8 +81,8 @@ def plain_main(root: Path, apps: int, stages: list[str], out: Path) -> None:
     data.check_columns(root / cfg.data_path)
     run_dir = root / cfg.reports_dir / "plain"
     run_dir.mkdir(parents=True, exist_ok=True)
-    ctx: dict[str, Any] = {"run_id": "plain", "trigger": "forced"}
-    ctx["tracking_uri"] = cfg.resolved_tracking_uri(root)
+    ctx = RunContext("plain", root, run_dir, cfg.resolved_tracking_uri(root), "forced", True)
+    outputs = RunOutputs()
     glued: dict[str, Any] = {}
     glue = scraps.glue
 
@@ -94,8 +96,8 @@ def plain_main(root: Path, apps: int, stages: list[str], out: Path) -> None:
     seconds: dict[str, float] = {}
     first_cell: dict[str, float] = {}
     for stage in stages:
-        params = runner.stage_parameters(stage, cfg, ctx, root, run_dir, True)
-        book = nbformat.read(root / "notebooks" / f"{runner.NOTEBOOKS[stage]}.ipynb", as_version=4)
+        params = inputs_for(stage, cfg, ctx, outputs).model_dump()
+        book = nbformat.read(root / "notebooks" / f"{STAGES[stage].notebook}.ipynb", as_version=4)
         glued.clear()
         t0 = time.perf_counter()
         for i, cell in enumerate(c for c in book.cells if c.cell_type == "code"):
@@ -108,7 +110,7 @@ def plain_main(root: Path, apps: int, stages: list[str], out: Path) -> None:
             if i == 0:
                 first_cell[stage] = time.perf_counter() - t1
         seconds[stage] = time.perf_counter() - t0
-        ctx.update(glued)
+        outputs[stage] = STAGES[stage].check_outputs(glued)
         if stage == "detect" and not glued.get("should_train"):
             break
     out.write_text(json.dumps({"setup": setup, "stages": seconds, "first_cell": first_cell}))
@@ -207,15 +209,16 @@ def run_plain(root: Path, apps: int, stages: list[str]) -> dict[str, Any]:
 
 def render_costs(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
     """Per stage: the runner's in-process HTML rendering and scrap reading, done again here."""
-    import runner
     from lib.pipeline import scraps
+    from lib.pipeline.contracts import STAGES
+    from lib.pipeline.executors import render_html
 
     html, read = {}, {}
-    for stage, name in runner.NOTEBOOKS.items():
-        notebook = run_dir / f"{name}.ipynb"
+    for stage, spec in STAGES.items():
+        notebook = run_dir / f"{spec.notebook}.ipynb"
         if notebook.exists():
             t0 = time.perf_counter()
-            runner.render_html(notebook)
+            render_html(notebook)
             html[stage] = time.perf_counter() - t0
             t0 = time.perf_counter()
             scraps.read(notebook)

@@ -17,6 +17,7 @@ import runner
 from lib.config import PipelineConfig
 from lib.errors import StageError
 from lib.pipeline import kernels
+from lib.pipeline.contracts import STAGES
 from lib.pipeline.kernels import KernelPool, PooledKernelManager
 
 try:
@@ -200,7 +201,7 @@ def test_close_waits_for_released_kernels(root: Path) -> None:
 
 def stub_notebook(project: Path, stage: str, body: str) -> None:
     """Replace a stage's notebook by one with the same parameters cell and `body`."""
-    path = project / "notebooks" / f"{runner.NOTEBOOKS[stage]}.ipynb"
+    path = project / "notebooks" / f"{STAGES[stage].notebook}.ipynb"
     real = nbformat.read(path, as_version=4)
     (params,) = [c for c in real.cells if "parameters" in c.metadata.get("tags", [])]
     setup = next(c for c in real.cells if c.cell_type == "code")  # finds ROOT, imports lib
@@ -233,12 +234,18 @@ def spy_pools(monkeypatch: pytest.MonkeyPatch) -> list[KernelPool]:
     return pools
 
 
+def detect_glues(should_train: bool, reason: str) -> str:
+    """A stub 01 detect's body: every output its contract declares."""
+    values = {"new_apps": 0, "updated_apps": 0, "total_apps": 10, "should_train": should_train,
+              "reason": reason, "quarantined_rows": 0}  # fmt: skip
+    return "".join(f"scraps.glue({k!r}, {v!r})\n" for k, v in values.items())
+
+
 def test_no_training_shuts_the_prestarted_kernel_down(
     small_project: tuple[Path, PipelineConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project, cfg = small_project
-    stub_notebook(project, "detect", 'scraps.glue("should_train", False)\n'
-                                     'scraps.glue("reason", "stub: nothing new")\n')  # fmt: skip
+    stub_notebook(project, "detect", detect_glues(False, "stub: nothing new"))
     pools = spy_pools(monkeypatch)
     result = runner.run(cfg, project, force=False, run_id="notrain")
     assert result.outcome == "no_training" and [s.name for s in result.stages] == ["detect"]
@@ -250,7 +257,7 @@ def test_failing_stage_keeps_its_record_and_leaves_no_kernel(
     small_project: tuple[Path, PipelineConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project, cfg = small_project
-    stub_notebook(project, "detect", 'scraps.glue("should_train", True)\n')
+    stub_notebook(project, "detect", detect_glues(True, "stub: train"))
     stub_notebook(project, "train", 'raise RuntimeError("boom in train")\n')
     pools = spy_pools(monkeypatch)
     with pytest.raises(StageError, match="stage train failed: .*boom in train") as caught:
@@ -268,9 +275,8 @@ def test_runner_without_pool_still_works(
     small_project: tuple[Path, PipelineConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project, cfg = small_project
-    stub_notebook(project, "detect", 'scraps.glue("should_train", False)\n'
-                                     'scraps.glue("reason", "stub")\n')  # fmt: skip
+    stub_notebook(project, "detect", detect_glues(False, "stub"))
     pools = spy_pools(monkeypatch)
     result = runner.run(cfg, project, run_id="cold", kernel_pool=False)
-    assert result.outcome == "no_training" and result.stages[0].scraps["reason"] == "stub"
+    assert result.outcome == "no_training" and result.stages[0].outputs.reason == "stub"
     assert pools == []

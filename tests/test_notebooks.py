@@ -5,8 +5,11 @@ from pathlib import Path
 
 import pytest
 
-import runner
-from lib.config import STAGES, PipelineConfig
+from lib.config import PipelineConfig
+from lib.pipeline.contracts import PIPELINE, STAGES
+from lib.pipeline.executors import check_parameters
+from lib.pipeline.orchestrator import RunContext, inputs_for
+from lib.pipeline.run_record import RunOutputs
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -20,27 +23,33 @@ def test_stored_without_outputs(path: Path) -> None:
             assert cell["execution_count"] is None, f"{path.name}: a cell has an execution count"
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", PIPELINE)
 def test_one_tagged_parameters_cell_and_runner_passes_exactly_those(tmp_path: Path, stage) -> None:
     import papermill
 
-    path = NOTEBOOKS / f"{runner.NOTEBOOKS[stage]}.ipynb"
+    path = NOTEBOOKS / f"{STAGES[stage].notebook}.ipynb"
     book = json.loads(path.read_text())
     tagged = [c for c in book["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
     declared = set(papermill.inspect_notebook(str(path)))
-    ctx = {"run_id": "r", "tracking_uri": "sqlite:///x.db"}
-    params = runner.stage_parameters(stage, PipelineConfig(), ctx, tmp_path, tmp_path / "r", False)
+    ctx = RunContext("r", tmp_path, tmp_path / "r", "sqlite:///x.db")
+    params = inputs_for(stage, PipelineConfig(), ctx, RunOutputs()).model_dump()
     assert set(params) == declared
-    runner.check_parameters(path, params)  # does not raise
+    check_parameters(path, STAGES[stage])  # does not raise
 
 
-def test_check_parameters_names_missing_and_unknown() -> None:
+def test_check_parameters_names_missing_and_unknown(tmp_path: Path) -> None:
+    import nbformat
+
     from lib.errors import PipelineError
 
-    path = NOTEBOOKS / "01_detect.ipynb"
-    with pytest.raises(PipelineError, match=r"not passed: \['data_path'.*unknown.*\['bogus'\]"):
-        runner.check_parameters(path, {"bogus": 1, "run_id": "x"})
+    book = nbformat.read(NOTEBOOKS / "01_detect.ipynb", as_version=4)
+    (cell,) = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+    cell.source = cell.source.replace("data_path =", "bogus =")
+    path = tmp_path / "01_detect.ipynb"
+    nbformat.write(book, path)
+    with pytest.raises(PipelineError, match=r"missing from the cell: \['data_path'\].*\['bogus'\]"):
+        check_parameters(path, STAGES["detect"])
 
 
 @pytest.mark.e2e
@@ -52,8 +61,8 @@ def test_each_notebook_runs_with_its_defaults_from_the_notebooks_folder(project:
 
     out = project / "executed"
     out.mkdir()
-    for stage in STAGES:
-        name = f"{runner.NOTEBOOKS[stage]}.ipynb"
+    for stage in PIPELINE:
+        name = f"{STAGES[stage].notebook}.ipynb"
         papermill.execute_notebook(
             str(project / "notebooks" / name),
             str(out / name),

@@ -43,3 +43,9 @@ def read(notebook: str | Path) -> dict[str, Any]:
     return {
         k: v["value"] if isinstance(v, dict) and set(v) == {"value"} else v for k, v in data.items()
     }
+
+
+def glue_outputs(outputs: Any) -> None:
+    """Glue every field of a stage's typed outputs (lib.pipeline.contracts), one scrap each."""
+    for name, value in outputs.model_dump(mode="json").items():
+        glue(name, value)

@@ -1,0 +1,230 @@
+"""The operator's commands of `runner.py` besides `run`: serve, status, rollback, approve,
+reject, notify, backtest and simulate-new-apps. Each takes the resolved config, the project root
+and the parsed arguments, prints what a person needs, and returns the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lib.config import PipelineConfig
+from lib.errors import PipelineError
+from lib.pipeline.contracts import STAGES
+from lib.pipeline.executors import PapermillExecutor
+from lib.pipeline.orchestrator import data_paths, lock, new_run_id, plain, run, send, service_url
+
+Echo = Callable[[str], Any]  # where a command writes what the operator reads (the console)
+
+
+def simulate_new_apps(cfg: PipelineConfig, root: Path, n: int, seed: int | None) -> int:
+    from lib.pipeline import synth
+
+    path = root / data_paths(cfg)[0]
+    synth.ensure_dataset(path, n=cfg.synth_apps, seed=cfg.synth_seed)
+    added = synth.append_new_apps(path, n=n, seed=seed)
+    return len(added)
+
+
+def _client(cfg: PipelineConfig, root: Path) -> Any:
+    from lib import registry
+
+    return registry.connect(cfg.resolved_tracking_uri(root), cfg.experiment)
+
+
+def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
+    """`python runner.py serve`: the production model service, until Ctrl-C."""
+    from lib.serving import service as serving
+
+    settings = serving.ServingSettings(
+        model_name=cfg.model_name,
+        tracking_uri=cfg.resolved_tracking_uri(root),
+        store_url=cfg.resolved_store_url(root),
+        target_threshold=cfg.target_threshold,
+    )
+    serving.serve(settings, host=args.host or cfg.serving_host, port=args.port or cfg.serving_port)
+    return 0
+
+
+def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
+    from lib.delivery import progressive as deployer
+
+    info = deployer.status(
+        _client(cfg, root), cfg.model_name, root / cfg.models_dir, service_url(cfg)
+    )
+    aliases = info["aliases"]
+    echo(
+        f"model {info['model']}: champion v{aliases['champion']}, previous v{aliases['previous']}, "
+        f"candidate v{aliases['candidate']}, canary v{aliases['canary']}"
+    )
+    echo(f"models/production: v{info['production_copy']}")
+    ro = info["rollout"]
+    if ro:
+        flag = " (INTERRUPTED: the next run rolls it back)" if ro["interrupted"] else ""
+        echo(
+            f"rollout {ro['id']}: v{ro['version']} {ro['phase']} at {ro['weight']}%{flag}"
+            + (f" - {ro['reason']}" if ro["reason"] else "")
+        )
+    else:
+        echo("rollout: none")
+    service = info["service"]
+    if isinstance(service, dict):
+        canary = service.get("canary") or {}
+        echo(
+            f"service {service_url(cfg)}: {service.get('status')}, champion "
+            f"v{(service.get('champion') or {}).get('version')}, canary "
+            f"v{canary.get('version')} at {canary.get('weight', 0)}%"
+        )
+    else:
+        echo(f"service: {service}")
+    return 0
+
+
+def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
+    """The mission's `deploy.py --rollback`: previous -> champion everywhere, within seconds."""
+    from lib.delivery import progressive as deployer
+
+    held = lock(root, cfg.lock_timeout)
+    try:
+        record = deployer.manual_rollback(
+            _client(cfg, root),
+            cfg.model_name,
+            root / cfg.models_dir,
+            root / cfg.logs_dir,
+            args.reason,
+            service_url(cfg),
+        )
+    finally:
+        held.release()
+    deliveries = send(
+        "rolled_back",
+        version=record.get("rolled_back_version"),
+        reason=args.reason,
+        details={"champion now": record.get("version")},
+    )
+    echo(f"notifications: {sum(d['ok'] for d in deliveries)}/{len(deliveries)} delivered")
+    echo(
+        f"rolled back: champion is v{record.get('version')} again "
+        f"(was v{record.get('rolled_back_version')}); {record['service']}"
+    )
+    return 0
+
+
+def cmd_approve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
+    """Resume a parked rollout from staging through the 05 deploy stage."""
+    from lib.delivery import progressive as deployer
+    from lib.delivery.rollout import RolloutError
+
+    waiting = deployer.awaiting_version(root / cfg.models_dir)
+    if waiting != str(args.version):
+        raise RolloutError(
+            f"v{args.version} is not awaiting approval"
+            + (f" (v{waiting} is)" if waiting else " (nothing is)")
+        )
+    result = run(
+        cfg, root, stages=["deploy", "monitor"], echo=echo, candidate_version=str(args.version)
+    )
+    return result.exit_code
+
+
+def cmd_reject(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
+    from lib.delivery import progressive as deployer
+
+    deployer.reject(root / cfg.models_dir, root / cfg.logs_dir, args.version, args.reason)
+    echo(f"v{args.version} rejected; production unchanged")
+    return 0
+
+
+def cmd_notify(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
+    """`notify --test`: a test message to every configured target; `notify --rollback` is the
+    mission's `notify.py --rollback --reason ...` (a rollback notice without rolling back)."""
+    from lib.watch import notify
+
+    if args.test:
+        deliveries = [d.to_dict() for d in notify.send_test()]
+    elif args.rollback:
+        deliveries = send("rolled_back", reason=args.reason or "rollback")
+    else:
+        raise PipelineError("notify: say what to send: --test, or --rollback --reason TEXT")
+    if not deliveries:
+        echo(
+            "no notification targets configured (SLACK_WEBHOOK, EMAIL_SMTP, TEAMS_WEBHOOK, "
+            "PAGERDUTY_KEY, NOTIFY_URLS)"
+        )
+    for d in deliveries:
+        echo(
+            f"{'ok    ' if d['ok'] else 'FAILED'} {d['kind']:<10} {d['target']}"
+            + (f"  {d['error']}" if d.get("error") else "")
+        )
+    return 0 if all(d["ok"] for d in deliveries) else 1
+
+
+BACKTEST_DATA = "../shared/data/playstore/googleplaystore.csv"  # the raw real file, if present
+
+
+def cmd_backtest(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
+    """Replay the decision policy over time-ordered batches (notebook 07), without touching the
+    registry or models/; the executed notebook, its HTML and backtest.json go to reports/."""
+    data_path = str(Path(args.data).resolve()) if args.data else BACKTEST_DATA
+    run_id = f"backtest-{new_run_id()}"
+    run_dir = root / cfg.reports_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    groups = [g for g in cfg.features if args.with_name_text or g != "name_text"]
+    params = {
+        "data_path": data_path,
+        "decision_table": plain(cfg.decision),
+        "n_batches": args.batches,
+        "initial_share": args.initial_share,
+        "seed": cfg.seed,
+        "family": args.family,
+        "cv_folds": args.cv_folds,
+        "features": groups,
+        "noise": not args.no_noise,
+        "target_threshold": cfg.target_threshold,
+        "test_size": cfg.test_size,
+        "calibration": list(cfg.calibration),
+        "label_objective": cfg.label_objective,
+        "error_costs": dict(cfg.error_costs),
+        "selection_metric": cfg.selection_metric,
+        "fallback_data_path": data_paths(cfg)[0],
+        "synth_apps": cfg.synth_apps,
+        "synth_seed": cfg.synth_seed,
+        "run_id": run_id,
+    }
+    echo(f"{run_id}: backtest of the decision policy on {data_path} ({args.batches} batches) ...")
+    stage = STAGES["backtest"]
+    inputs = stage.check_inputs(params)
+    result = PapermillExecutor(root, cfg.stage_timeout).execute(stage, inputs, run_dir)
+    outputs = result.outputs.model_dump(mode="json") if result.outputs else {}
+    record = {
+        "run_id": run_id,
+        "status": result.status,
+        "error": result.error,
+        "seconds": round(result.seconds, 1),
+        "parameters": inputs.model_dump(mode="json"),
+        **outputs,
+    }
+    (run_dir / "backtest.json").write_text(json.dumps(record, indent=2, default=str))
+    if result.status != "ok":
+        echo(f"backtest failed: {result.error}; see {os.path.relpath(result.notebook, root)}")
+        return 1
+    summary = outputs.get("backtest_summary") or {}
+    for key, value in summary.items():
+        if not isinstance(value, (dict, list)):
+            echo(f"  {key}: {value}")
+    echo(f"report: {os.path.relpath(run_dir / 'backtest.json', root)}, {result.html}")
+    return 0
+
+
+OPERATIONS = {
+    "backtest": cmd_backtest,
+    "notify": cmd_notify,
+    "serve": cmd_serve,
+    "status": cmd_status,
+    "rollback": cmd_rollback,
+    "approve": cmd_approve,
+    "reject": cmd_reject,
+}

@@ -1,0 +1,451 @@
+"""One pipeline run: stages in order, each given exactly what its contract asks, and the
+decisions between them (stop when nothing is new, park or reject after 04 decide, stop after a
+rollback); then report.json, the run index and the notifications.
+
+The executor is a parameter: Papermill (the record: executed notebooks and HTML) for runs and
+CI, in-process for fast tests of this control flow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lib.config import PipelineConfig
+from lib.errors import PipelineError, RunnerBusyError, StageError
+from lib.pipeline import run_record
+from lib.pipeline.contracts import (
+    PIPELINE,
+    STAGES,
+    CompareOutputs,
+    Contract,
+    DecideOutputs,
+    DeployOutputs,
+    DetectOutputs,
+    MonitorOutputs,
+    TrainOutputs,
+)
+from lib.pipeline.executors import Executor, PapermillExecutor, StageResult
+from lib.pipeline.run_record import RunOutputs
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def data_paths(cfg: PipelineConfig) -> list[str]:
+    return [p.strip() for p in cfg.data_path.split(",") if p.strip()]
+
+
+def service_url(cfg: PipelineConfig) -> str:
+    """The production service every stage and command talks to."""
+    return cfg.serving_url or f"http://{cfg.serving_host}:{cfg.serving_port}"
+
+
+@dataclass
+class RunContext:
+    """What the runner knows besides the config: the run, and values given from outside
+    (e.g. `approve` resumes a parked rollout with its candidate version)."""
+
+    run_id: str
+    root: Path
+    run_dir: Path
+    tracking_uri: str
+    trigger: str = "manual"
+    force: bool = False
+    candidate_version: str | None = None
+
+
+def inputs_for(stage: str, cfg: PipelineConfig, ctx: RunContext, outputs: RunOutputs) -> Contract:
+    """The stage's typed inputs: the resolved config, the run's paths and earlier outputs."""
+    rel = os.path.relpath
+    paths = data_paths(cfg)
+    common: dict[str, Any] = {"run_id": ctx.run_id}
+    quarantine = rel(ctx.run_dir / "quarantine.csv", ctx.root)
+    state = rel(ctx.root / cfg.models_dir / "training_state.json", ctx.root)
+    mlflow = {
+        "model_name": cfg.model_name,
+        "experiment": cfg.experiment,
+        "tracking_uri": ctx.tracking_uri,
+    }
+    holdout = {
+        **common,
+        **mlflow,
+        "data_path": paths[0] if len(paths) == 1 else paths,
+        "target_threshold": cfg.target_threshold,
+        "test_size": cfg.test_size,
+        "seed": cfg.seed,
+    }
+    train: TrainOutputs | None = outputs.get("train")  # type: ignore[assignment]
+    compared: CompareOutputs | None = outputs.get("compare")  # type: ignore[assignment]
+    decided: DecideOutputs | None = outputs.get("decide")  # type: ignore[assignment]
+    version = (
+        (decided.candidate_version if decided else None)
+        or (compared.candidate_version if compared else None)
+        or (train.candidate_version if train else None)
+        or ctx.candidate_version
+    )
+    parent_run_id = train.parent_run_id if train else None
+    values: dict[str, Any]
+    if stage == "detect":
+        values = {
+            **common,
+            "data_path": holdout["data_path"],
+            "threshold": cfg.threshold,
+            "force": ctx.force,
+            "state_path": state,
+            "quarantine_path": quarantine,
+            "synth_apps": cfg.synth_apps,
+            "synth_seed": cfg.synth_seed,
+        }
+    elif stage == "train":
+        values = {
+            **holdout,
+            "candidates": list(cfg.candidates),
+            "cv_folds": cfg.cv_folds,
+            "rf_trees": cfg.rf_trees,
+            "model_seed": cfg.model_seed,
+            "features": list(cfg.features),
+            "calibration": list(cfg.calibration),
+            "label_objective": cfg.label_objective,
+            "error_costs": dict(cfg.error_costs),
+            "selection_metric": cfg.selection_metric,
+            "models_dir": cfg.models_dir,
+            "state_path": state,
+            "quarantine_path": quarantine,
+            "trigger": ctx.trigger,
+        }
+    elif stage == "compare":
+        values = {
+            **holdout,
+            "candidate_version": version,
+            "selection_metric": cfg.selection_metric,
+            "holdout_digest": train.holdout_digest if train else None,
+            "parent_run_id": parent_run_id,
+        }
+    elif stage == "decide":
+        values = {
+            **holdout,
+            "candidate_version": version,
+            "selection_metric": cfg.selection_metric,
+            "decision_table": plain(cfg.decision),
+            "parent_run_id": parent_run_id,
+        }
+        if compared is not None:
+            values.update(
+                improvement_interval=compared.improvement_interval,
+                candidate_interval=compared.candidate_interval,
+                gate_inputs=compared.gate_inputs,
+                cv_std=compared.stability.get("cv_std"),
+                reference_label=compared.reference_label,
+            )
+    elif stage == "deploy":
+        values = {
+            **holdout,
+            "candidate_version": version,
+            "steps": list(cfg.canary_steps),
+            "analysis_seconds": cfg.analysis_seconds,
+            "max_wait_seconds": cfg.max_wait_seconds,
+            "check_every_seconds": cfg.check_every_seconds,
+            "replay_rate": cfg.replay_rate,
+            "replay": cfg.replay,
+            "smoke_rows": cfg.smoke_rows,
+            "smoke_max_p95_ms": cfg.smoke_max_p95_ms,
+            "lease_seconds": cfg.lease_seconds,
+            "serving_url": cfg.serving_url,
+            "store_url": cfg.resolved_store_url(ctx.root),
+            "analysis": plain(cfg.canary_analysis),
+            "models_dir": cfg.models_dir,
+            "logs_dir": cfg.logs_dir,
+        }
+    elif stage == "monitor":
+        values = {
+            **holdout,
+            "window_seconds": cfg.monitor_window_seconds,
+            "monitoring_config": plain(cfg.monitoring),
+            "auto_rollback": cfg.auto_rollback,
+            "serving_url": service_url(cfg),
+            "store_url": cfg.resolved_store_url(ctx.root),
+            "models_dir": cfg.models_dir,
+            "logs_dir": cfg.logs_dir,
+        }
+    else:
+        raise PipelineError(f"unknown stage {stage!r}; stages are {', '.join(PIPELINE)}")
+    return STAGES[stage].check_inputs(values)
+
+
+def plain(section: Any) -> dict[str, Any]:
+    """A config section as plain JSON-ready values (a typed model or a mapping)."""
+    if hasattr(section, "model_dump"):
+        return section.model_dump(mode="json", exclude_unset=False)
+    return dict(section or {})
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    report_dir: Path
+    outcome: str  # no_training | decided | awaiting_approval | rejected | promoted | ...
+    stages: list[StageResult]
+    summary: dict[str, Any]
+    exit_code: int = 0
+    outputs: RunOutputs = field(default_factory=RunOutputs)
+
+    @property
+    def scraps(self) -> dict[str, Any]:
+        """Every output of every stage in one flat mapping (later stages win): a convenience
+        for people and tests; the pipeline itself reads `outputs`."""
+        merged: dict[str, Any] = {}
+        for out in self.outputs.values():
+            merged.update(out.model_dump(mode="json"))
+        return merged
+
+
+def lock(root: Path, timeout: float) -> Any:
+    """One runner per project: a second one waits `timeout` seconds, then says who holds it."""
+    from filelock import FileLock, Timeout
+
+    held = FileLock(str(root / ".runner.lock"))
+    try:
+        held.acquire(timeout=timeout)
+    except Timeout:
+        holder = "another runner"
+        try:
+            info = json.loads((root / ".runner.lock.json").read_text())
+            holder = f"runner pid {info['pid']} (run {info['run_id']}, since {info['started']})"
+        except (OSError, ValueError, KeyError):
+            pass
+        raise RunnerBusyError(
+            f"{holder} is using this project; wait for it to finish or pass --wait SECONDS"
+        ) from None
+    return held
+
+
+def trigger(force: bool) -> str:
+    if force:
+        return "forced"
+    return {"schedule": "schedule", "push": "push", "workflow_dispatch": "manual"}.get(
+        os.environ.get("GITHUB_EVENT_NAME", ""), "manual"
+    )
+
+
+def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> str | None:
+    """A rollout whose runner died is finished (rolled back) before anything else happens."""
+    from lib.delivery import rollout
+
+    state = rollout.RolloutStore(root / cfg.models_dir / "rollout.json").load()
+    if state is None or not rollout.interrupted(state):
+        return None
+    from lib import registry
+    from lib.delivery import progressive
+
+    client = registry.connect(tracking_uri, cfg.experiment)
+    return progressive.recover_interrupted(
+        root, client, cfg.model_name, root / cfg.models_dir, root / cfg.logs_dir
+    )
+
+
+def has_champion(cfg: PipelineConfig, tracking_uri: str) -> bool:
+    from lib import registry
+
+    client = registry.connect(tracking_uri, cfg.experiment)
+    return registry.alias_version(client, cfg.model_name, "champion") is not None
+
+
+def send(event: str, **fields: Any) -> list[dict[str, Any]]:
+    """Notify every configured target; failures are returned, never raised."""
+    from lib.watch import notify
+
+    try:
+        return [d.to_dict() for d in notify.notify(event, **fields)]
+    except Exception as exc:  # a notification must never fail the pipeline
+        return [{"kind": "all", "target": "notify", "ok": False, "error": notify.redact(str(exc))}]
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _write_index(reports_dir: Path) -> None:
+    from lib.watch import report_index
+
+    try:
+        report_index.write_index(reports_dir)
+    except Exception as exc:  # the index is a convenience; the run's own record is written
+        log.warning("could not write %s/index.html: %s", reports_dir, exc)
+
+
+def _next_step(
+    stage: str, out: Contract, stages: list[str], cfg: PipelineConfig, ctx: RunContext, say: Any
+) -> str | None:
+    """The outcome that ends the run after this stage, or None to go on."""
+    if isinstance(out, DetectOutputs) and not out.should_train:
+        say(f"stopping: {out.reason}")
+        return "no_training"
+    if isinstance(out, DecideOutputs) and "deploy" in stages:  # a decision acted upon
+        from lib.pipeline.stages import decide
+
+        action = decide.act(
+            out,
+            root=ctx.root,
+            models_dir=cfg.models_dir,
+            logs_dir=cfg.logs_dir,
+            model_name=cfg.model_name,
+            champion_version=_champion_version(cfg, ctx),
+            run_id=ctx.run_id,
+        )
+        v = out.candidate_version
+        if action == "awaiting_approval":
+            say(f"v{v} awaits approval: python runner.py approve {v} (or reject {v})")
+            return action
+        if action == "rejected":
+            say(f"v{v} rejected by the decision (score {out.score}); production unchanged")
+            return action
+    if isinstance(out, DeployOutputs) and out.outcome != "promoted":
+        return out.outcome  # rolled back: production is the old champion
+    return None
+
+
+def _champion_version(cfg: PipelineConfig, ctx: RunContext) -> str | None:
+    from lib import registry
+
+    client = registry.connect(ctx.tracking_uri, cfg.experiment)
+    return registry.alias_version(client, cfg.model_name, "champion")
+
+
+def run(
+    cfg: PipelineConfig,
+    root: Path,
+    stages: list[str] | None = None,
+    force: bool = False,
+    run_id: str | None = None,
+    echo: Callable[[str], Any] | None = None,
+    kernel_pool: bool = True,
+    candidate_version: str | None = None,
+    executor: Executor | None = None,
+) -> RunResult:
+    """Run the pipeline and return its result; the CLI is a thin wrapper around this."""
+    from lib import registry
+    from lib.pipeline import data, synth
+
+    say = echo or (lambda msg: None)
+    stages = list(stages or PIPELINE)
+    unknown = [s for s in stages if s not in PIPELINE]
+    if unknown:
+        raise PipelineError(f"unknown stage(s) {unknown}; stages are {', '.join(PIPELINE)}")
+    stages = [s for s in PIPELINE if s in stages]
+    run_id = run_id or new_run_id()
+    run_dir = root / cfg.reports_dir / run_id
+    held = lock(root, cfg.lock_timeout)
+    try:
+        started_at = datetime.now(UTC).isoformat()
+        (root / ".runner.lock.json").write_text(
+            json.dumps({"pid": os.getpid(), "run_id": run_id, "started": started_at})
+        )
+        first = root / data_paths(cfg)[0]
+        if synth.ensure_dataset(first, n=cfg.synth_apps, seed=cfg.synth_seed):
+            where = os.path.relpath(first, root)
+            say(f"generated {cfg.synth_apps} apps into {where} (no data found)")
+        for path in data_paths(cfg):
+            data.check_columns(root / path)  # missing columns stop here, before MLflow or models/
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tracking_uri = cfg.resolved_tracking_uri(root)
+        recovered = recover_rollout(cfg, root, tracking_uri)
+        if recovered:
+            say(f"recovered: {recovered}")
+        ctx = RunContext(
+            run_id, root, run_dir, tracking_uri, trigger(force), force, candidate_version
+        )
+        started = datetime.now(UTC)
+        say(f"run {run_id}: stages {', '.join(stages)}; MLflow {registry.redact_uri(tracking_uri)}")
+        results: list[StageResult] = []
+        outputs = RunOutputs()
+        outcome, exit_code, failure = "completed", 0, None
+        pool: Any = nullcontext()
+        if executor is None and kernel_pool:
+            from lib.pipeline.kernels import KernelPool
+
+            # one fresh kernel per stage; leaving the block shuts down any started ahead
+            pool = KernelPool(cwd=root, total=len(stages))
+        with pool as kernels:
+            runner = executor or PapermillExecutor(root, cfg.stage_timeout, kernels)
+            for i, stage in enumerate(stages, 1):
+                tag = f"[{i}/{len(stages)}] {stage}"
+                if stage == "monitor" and not has_champion(cfg, tracking_uri):
+                    say(f"{tag} skipped: no champion in production yet, nothing to monitor")
+                    continue
+                inputs = inputs_for(stage, cfg, ctx, outputs)
+                say(f"{tag} ...")
+                if kernels is not None:  # detect is short and may end the run: warm only the
+                    # next kernel then, at full priority; later ones warm up in idle CPU time
+                    kernels.ahead, kernels.idle = (1, False) if stage == "detect" else (2, True)
+                result = runner.execute(STAGES[stage], inputs, run_dir)
+                results.append(result)
+                if not result.ok or result.outputs is None:
+                    outcome, exit_code = "failed", 1
+                    failure = StageError(stage, result.error or "unknown error", result.notebook)
+                    say(f"{tag} FAILED after {result.seconds:.1f}s: {result.error}")
+                    break
+                outputs[stage] = result.outputs
+                headline = run_record.headline(result.outputs)
+                say(f"{tag} ok ({result.seconds:.1f}s){headline}")
+                ended = _next_step(stage, result.outputs, stages, cfg, ctx, say)
+                if ended is not None:
+                    outcome = ended
+                    break
+                if isinstance(result.outputs, DeployOutputs):
+                    outcome = result.outputs.outcome
+                if isinstance(result.outputs, MonitorOutputs):
+                    if result.outputs.rolled_back:
+                        outcome = "monitor_rolled_back"
+                    elif outcome == "completed":
+                        outcome = "monitored"
+        if outcome == "completed" and stages[-1] == "decide":
+            outcome = "decided"
+        report = os.path.relpath(run_dir / "report.json", root)
+        deliveries: list[dict[str, Any]] = []
+        for event, fields in run_record.notifications(outputs, outcome, report, recovered):
+            deliveries += send(event, **fields)
+        summary = run_record.summary(
+            run_id=run_id,
+            model_name=cfg.model_name,
+            tracking_uri=tracking_uri,
+            trigger=ctx.trigger,
+            root=root,
+            run_dir=run_dir,
+            started=started,
+            results=results,
+            outcome=outcome,
+            outputs=outputs,
+            recovered=recovered,
+            failure=failure,
+        )
+        summary["notifications"] = deliveries
+        write_json(run_dir / "report.json", summary)
+        write_json(root / cfg.reports_dir / f"report_{run_id}.json", summary)
+        _write_index(root / cfg.reports_dir)
+        failed = [d for d in deliveries if not d["ok"]]
+        if failed:
+            targets = ", ".join(d["target"] for d in failed)
+            say(f"{len(failed)} notification(s) failed (see report.json): {targets}")
+        say(f"report: {report}")
+        result_ = RunResult(run_id, run_dir, outcome, results, summary, exit_code, outputs)
+        if failure is not None:
+            failure.result = result_  # type: ignore[attr-defined]
+            raise failure
+        return result_
+    finally:
+        (root / ".runner.lock.json").unlink(missing_ok=True)
+        held.release()

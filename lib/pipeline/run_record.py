@@ -1,0 +1,230 @@
+"""What a run leaves for people: one-line headlines, report.json, and the notification events.
+
+Everything here reads the stages' typed outputs (lib.pipeline.contracts); `RunResults` is the
+run's headline figures as one typed model, which report.json stores under "results".
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from lib.pipeline.contracts import (
+    CompareOutputs,
+    Contract,
+    DecideOutputs,
+    DeployOutputs,
+    DetectOutputs,
+    MonitorOutputs,
+    TrainOutputs,
+)
+from lib.pipeline.executors import StageResult
+
+
+class RunOutputs(dict[str, Contract]):
+    """Typed outputs of the stages that ran, by stage name."""
+
+    def of(self, kind: type[Contract]) -> Any:
+        for value in self.values():
+            if isinstance(value, kind):
+                return value
+        return None
+
+
+class RunResults(BaseModel):
+    """The figures a reviewer looks for first; None where the stage did not run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    new_apps: int | None = None
+    updated_apps: int | None = None
+    total_apps: int | None = None
+    should_train: bool | None = None
+    reason: str | None = None
+    quarantined_rows: int | None = None
+    candidate_version: str | None = None
+    candidate_name: str | None = None
+    metrics: dict[str, Any] | None = None
+    cv_std: float | None = None
+    mlflow_run_id: str | None = None
+    parent_run_id: str | None = None
+    label_threshold: float | None = None
+    calibration: str | None = None
+    champion_version: str | None = None
+    reference_label: str | None = None
+    improvement: float | None = None
+    improvement_interval: dict[str, Any] | None = None
+    gate_inputs: dict[str, Any] | None = None
+    comparison: dict[str, Any] | None = None
+    score: int | None = None
+    decision: str | None = None
+    reasons: list[str] | None = None
+    decision_detail: dict[str, Any] | None = None
+    deployed_version: str | None = None
+    champion_before: str | None = None
+    rollback_reason: str | None = None
+    recovered: str | None = None
+    healthy: bool | None = None
+    alerts: list[dict[str, Any]] | None = None
+    drift: dict[str, Any] | None = None
+    rolled_back: bool | None = None
+    monitor_rollback_reason: str | None = None
+    rollback_note: str | None = None
+    monitored_version: str | None = None
+    live_metrics: dict[str, Any] | None = None
+
+    @classmethod
+    def collect(cls, outputs: RunOutputs, recovered: str | None = None) -> RunResults:
+        """Each stage contributes the fields it declares; the latest stage's version wins for
+        `candidate_version` (03 and 04 resolve it when run alone)."""
+        values: dict[str, Any] = {"recovered": recovered}
+        for out in outputs.values():
+            for name in type(out).model_fields:
+                if name in cls.model_fields:
+                    values[name] = getattr(out, name)
+        return cls.model_validate(values)
+
+    def flat(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def headline(out: Contract) -> str:
+    """One line per stage for the console."""
+    if isinstance(out, DetectOutputs):
+        return f": {out.new_apps} new, {out.updated_apps} updated of {out.total_apps} apps"
+    if isinstance(out, TrainOutputs):
+        m = out.metrics
+        return (
+            f": v{out.candidate_version} {out.candidate_name} "
+            f"roc_auc={m.get('roc_auc') or 0:.4f} accuracy={m.get('accuracy') or 0:.4f} "
+            f"brier={m.get('brier') or 0:.4f} threshold={out.label_threshold:.3f}"
+        )
+    if isinstance(out, CompareOutputs):
+        i = out.improvement_interval
+        return (
+            f": improvement {i['estimate']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}] "
+            f"vs {out.reference_label} (n={i.get('n')})"
+        )
+    if isinstance(out, DecideOutputs):
+        return f": score {out.score} -> {out.decision}"
+    if isinstance(out, DeployOutputs):
+        why = f" ({out.rollback_reason})" if out.rollback_reason else ""
+        return f": v{out.deployed_version} {out.outcome}{why}"
+    if isinstance(out, MonitorOutputs):
+        state = "healthy" if out.healthy else f"{len(out.alerts)} alert(s)"
+        note = f"; {out.rollback_note}" if out.rollback_note else ""
+        return f": v{out.monitored_version} {state}{note}"
+    return ""
+
+
+def summary(
+    *,
+    run_id: str,
+    model_name: str,
+    tracking_uri: str,
+    trigger: str,
+    root: Path,
+    run_dir: Path,
+    started: datetime,
+    results: list[StageResult],
+    outcome: str,
+    outputs: RunOutputs,
+    recovered: str | None,
+    failure: Exception | None,
+) -> dict[str, Any]:
+    """report.json: the run, its outcome, its headline results and every stage's record."""
+    from lib import registry
+
+    quarantine = run_dir / "quarantine.csv"
+
+    def rel(path: str | None) -> str | None:
+        return os.path.relpath(path, root) if path else None
+
+    return {
+        "run_id": run_id,
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "trigger": trigger,
+        "outcome": outcome,
+        "error": str(failure) if failure else None,
+        "tracking_uri": registry.redact_uri(tracking_uri),
+        "model_name": model_name,
+        "quarantine_csv": rel(str(quarantine)) if quarantine.exists() else None,
+        "results": RunResults.collect(outputs, recovered).flat(),
+        "stages": [
+            {
+                "name": r.name,
+                "status": r.status,
+                "seconds": round(r.seconds, 2),
+                "notebook": rel(r.notebook),
+                "html": rel(r.html),
+                "error": r.error,
+                "outputs": r.outputs.model_dump(mode="json") if r.outputs else None,
+            }
+            for r in results
+        ],
+    }
+
+
+def notifications(
+    outputs: RunOutputs, outcome: str, report: str, recovered: str | None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The events of one run and their fields: deployed, awaiting approval, rejected, rolled
+    back (by the canary, by recovery or by the monitor), alert."""
+    train: TrainOutputs | None = outputs.of(TrainOutputs)
+    compared: CompareOutputs | None = outputs.of(CompareOutputs)
+    decided: DecideOutputs | None = outputs.of(DecideOutputs)
+    deployed: DeployOutputs | None = outputs.of(DeployOutputs)
+    watched: MonitorOutputs | None = outputs.of(MonitorOutputs)
+    common = {
+        "metrics": train.metrics if train else (compared.candidate_metrics if compared else None),
+        "improvement": compared.improvement if compared else None,
+        "report": report,
+    }
+    version = (
+        deployed.deployed_version
+        if deployed
+        else decided.candidate_version
+        if decided
+        else compared.candidate_version
+        if compared
+        else train.candidate_version
+        if train
+        else None
+    )
+    events: list[tuple[str, dict[str, Any]]] = []
+    if recovered:
+        events.append(("rolled_back", {"version": version, "reason": recovered, "report": report}))
+    if outcome == "awaiting_approval" and decided:
+        details = {"score": decided.score, "decision": decided.decision}
+        events.append(("awaiting_approval", {"version": version, **common, "details": details}))
+    elif outcome == "rejected" and decided:
+        reason = "; ".join(decided.reasons)
+        events.append(("rejected", {"version": version, **common, "reason": reason}))
+    elif outcome == "rolled_back" and deployed:
+        reason = deployed.rollback_reason
+        events.append(("rolled_back", {"version": version, **common, "reason": reason}))
+    elif deployed and deployed.outcome == "promoted":
+        details = {"previous champion": deployed.champion_before}
+        events.append(("deployed", {"version": version, **common, "details": details}))
+    if watched and watched.rolled_back:
+        fields = {
+            "version": watched.monitored_version,
+            "report": report,
+            "reason": f"monitor: {watched.monitor_rollback_reason}",
+            "metrics": watched.live_metrics,
+        }
+        events.append(("rolled_back", fields))
+    elif watched and watched.alerts:
+        fields = {
+            "version": watched.monitored_version,
+            "report": report,
+            "metrics": watched.live_metrics,
+            "reason": "; ".join(a["message"] for a in watched.alerts),
+        }
+        events.append(("alert", fields))
+    return events

@@ -1,0 +1,150 @@
+"""04 decide: the gate, then the score table, read on the evidence 03 compare measured.
+
+`act` is what the runner does with the verdict: `auto` goes on to 05 deploy, `manual` parks the
+rollout for a person's approval, `reject` records why and leaves production as it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from lib import registry
+from lib.delivery import progressive, releases
+from lib.pipeline import plots, scoring
+from lib.pipeline.contracts import CompareInputs, DecideInputs, DecideOutputs
+from lib.pipeline.stages import compare, tracking_uri
+
+
+def evidence(inputs: DecideInputs, root: Path) -> DecideInputs:
+    """The inputs with 03 compare's evidence; run alone (no evidence given), compare again
+    rather than guess."""
+    if inputs.improvement_interval is not None:
+        return inputs
+    again = compare.compare(
+        CompareInputs(
+            **inputs.model_dump(
+                include={
+                    "data_path", "target_threshold", "test_size", "seed", "model_name",
+                    "experiment", "tracking_uri", "run_id", "candidate_version",
+                    "selection_metric",
+                }
+            )
+        ),
+        root,
+    ).result
+    return inputs.model_copy(
+        update={
+            "candidate_version": again.candidate_version,
+            "improvement_interval": again.improvement_interval,
+            "candidate_interval": again.candidate_interval,
+            "gate_inputs": again.gate,
+            "cv_std": again.cv_std,
+            "reference_label": again.reference_label,
+        }
+    )
+
+
+def decide(inputs: DecideInputs) -> scoring.Decision:
+    if inputs.improvement_interval is None or inputs.gate_inputs is None:
+        raise ValueError("no evidence to decide on: call decide.evidence(inputs, root) first")
+    gate = inputs.gate_inputs
+    return scoring.decide(
+        scoring.Evidence.from_dict(inputs.improvement_interval),
+        scoring.Evidence.from_dict(inputs.candidate_interval),
+        inputs.cv_std,
+        scoring.ScoreTable.from_dict(inputs.decision_table or None),
+        metric=inputs.selection_metric,
+        baseline_label=inputs.reference_label or "champion",
+        gate=scoring.GateInputs(
+            roc_auc=scoring.Evidence.from_dict(gate["roc_auc"]),
+            accuracy=gate["accuracy"],
+            majority_share=gate["majority_share"],
+            n=gate["n"],
+        ),
+    )
+
+
+def reasons_table(decision: scoring.Decision) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"criterion": r.criterion, "read": r.observed, "rule": r.rule, "points": r.points,
+             "why": r.text}
+            for r in decision.reasons
+        ]
+    )
+
+
+def plot(decision: scoring.Decision) -> Any:
+    rows = [
+        {"criterion": r.criterion, "observed": r.observed, "rule": r.rule, "points": r.points}
+        for r in decision.reasons
+    ]
+    return plots.score_table(rows, decision.score, decision.verdict)
+
+
+def record(inputs: DecideInputs, root: Path, decision: scoring.Decision) -> DecideOutputs:
+    """The verdict as tags of the version, its run and the pipeline's parent run."""
+    client = registry.connect(tracking_uri(inputs.tracking_uri, root), inputs.experiment)
+    version = compare.candidate_version(client, inputs.model_name, inputs.candidate_version)
+    tags = {
+        "decision": decision.verdict,
+        "decision.score": decision.score,
+        "decision.reasons": " | ".join(r.text for r in decision.reasons),
+    }
+    registry.set_version_tags(client, inputs.model_name, version, tags)
+    registry.tag_run(registry.version_run_id(client, inputs.model_name, version), tags)
+    if inputs.parent_run_id:
+        registry.tag_run(inputs.parent_run_id, tags)
+    return DecideOutputs(
+        candidate_version=version,
+        score=decision.score,
+        decision=decision.verdict,
+        reasons=[r.text for r in decision.reasons],
+        decision_detail=decision.to_dict(),
+    )
+
+
+def run(inputs: DecideInputs, root: Path) -> DecideOutputs:
+    inputs = evidence(inputs, root)
+    return record(inputs, root, decide(inputs))
+
+
+Action = Literal["deploy", "awaiting_approval", "rejected"]
+
+
+def act(
+    decided: DecideOutputs,
+    *,
+    root: Path,
+    models_dir: str,
+    logs_dir: str,
+    model_name: str,
+    champion_version: str | None,
+    run_id: str,
+) -> Action:
+    """What the verdict does: `auto` deploys; `manual` parks the rollout (approve/reject
+    resume it); `reject` is logged, production untouched."""
+    reasons = "; ".join(decided.reasons)
+    if decided.decision == "auto":
+        return "deploy"
+    if decided.decision == "manual":
+        progressive.park_for_approval(
+            root / models_dir,
+            root / logs_dir,
+            model_name,
+            decided.candidate_version,
+            champion_version,
+            run_id,
+            f"score {decided.score}: {reasons}",
+        )
+        return "awaiting_approval"
+    releases.log_transition(
+        root / logs_dir,
+        "rejected",
+        version=decided.candidate_version,
+        reason=f"score {decided.score}: {reasons}",
+    )
+    return "rejected"

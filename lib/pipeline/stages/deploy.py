@@ -1,0 +1,117 @@
+"""05 deploy: staging and smoke tests, then canary steps with analysis, then promotion; any
+failed check rolls back (see lib.delivery.progressive for the sequence and its guarantees)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lib import registry
+from lib.delivery import progressive, replayer
+from lib.pipeline import data
+from lib.pipeline.contracts import DeployInputs, DeployOutputs
+from lib.pipeline.stages import compare, data_paths, store_url, tracking_uri
+
+
+@dataclass
+class Plan:
+    client: Any
+    tracking_uri: str
+    version: str
+    champion: str | None
+    holdout: pd.DataFrame
+    settings: progressive.DeploySettings
+
+
+def plan(inputs: DeployInputs, root: Path) -> Plan:
+    uri = tracking_uri(inputs.tracking_uri, root)
+    client = registry.connect(uri, inputs.experiment)
+    version = compare.candidate_version(client, inputs.model_name, inputs.candidate_version)
+    apps = data.read_apps([root / p for p in data_paths(inputs.data_path)]).apps
+    holdout = replayer.holdout_apps(apps, inputs.target_threshold, inputs.test_size, inputs.seed)
+    settings = progressive.DeploySettings(
+        steps=list(inputs.steps),
+        analysis_seconds=inputs.analysis_seconds,
+        max_wait_seconds=inputs.max_wait_seconds,
+        check_every_seconds=inputs.check_every_seconds,
+        replay_rate=inputs.replay_rate,
+        replay=inputs.replay,
+        smoke_rows=inputs.smoke_rows,
+        smoke_max_p95_ms=inputs.smoke_max_p95_ms,
+        lease_seconds=inputs.lease_seconds,
+        serving_url=inputs.serving_url,
+        store_url=store_url(inputs.store_url, root),
+        analysis=dict(inputs.analysis),
+    )
+    champion = registry.alias_version(client, inputs.model_name, "champion")
+    return Plan(client, uri, version, champion, holdout, settings)
+
+
+def plan_table(inputs: DeployInputs, p: Plan) -> pd.DataFrame:
+    return pd.Series(
+        {
+            "candidate": f"v{p.version}",
+            "champion": f"v{p.champion}",
+            "steps": list(inputs.steps),
+            "window (s)": inputs.analysis_seconds,
+            "held-out apps to replay": len(p.holdout),
+            "service": inputs.serving_url or "started by this stage",
+        },
+        name="rollout",
+    ).to_frame()
+
+
+def deploy(inputs: DeployInputs, root: Path, p: Plan) -> progressive.DeployOutcome:
+    return progressive.deploy(
+        root,
+        p.client,
+        inputs.model_name,
+        p.tracking_uri,
+        p.version,
+        p.holdout,
+        p.settings,
+        root / inputs.models_dir,
+        root / inputs.logs_dir,
+        inputs.run_id,
+    )
+
+
+def checks_table(outcome: progressive.DeployOutcome) -> pd.DataFrame:
+    """What every check of every step saw (or the smoke tests', when no step ran)."""
+    rows = [
+        {
+            "weight %": step["weight"],
+            "verdict": step["verdict"],
+            "check": check["name"],
+            "status": check["status"],
+            "what it saw": check["message"],
+        }
+        for step in outcome.steps
+        for check in step.get("checks", [])
+    ]
+    if rows:
+        return pd.DataFrame(rows)
+    return pd.DataFrame(outcome.smoke["checks"] if outcome.smoke else [])
+
+
+def headline(outcome: progressive.DeployOutcome) -> str:
+    why = f" ({outcome.rollback_reason})" if outcome.rollback_reason else ""
+    return f"outcome: {outcome.outcome}{why}"
+
+
+def outputs(outcome: progressive.DeployOutcome) -> DeployOutputs:
+    return DeployOutputs(
+        outcome=outcome.outcome,
+        deployed_version=str(outcome.version),
+        champion_before=outcome.champion_before,
+        rollback_reason=outcome.rollback_reason,
+        timeline=outcome.timeline,
+        steps=outcome.steps,
+    )
+
+
+def run(inputs: DeployInputs, root: Path) -> DeployOutputs:
+    return outputs(deploy(inputs, root, plan(inputs, root)))

@@ -1,0 +1,169 @@
+"""06 monitor: the champion's live window against its validation figures and training data;
+a significant accuracy drop or error rate rolls production back (when `auto_rollback`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lib import registry
+from lib.delivery import progressive, releases
+from lib.pipeline import data, training
+from lib.pipeline.contracts import MonitorInputs, MonitorOutputs
+from lib.pipeline.stages import data_paths, store_url, tracking_uri
+from lib.serving.prediction_store import PredictionStore
+from lib.watch import monitoring
+
+
+@dataclass
+class Window:
+    """The champion, what it was validated at, its training inputs and its live window."""
+
+    client: Any
+    champion: str
+    reference_metrics: dict[str, float | None]
+    reference_X: pd.DataFrame
+    reference_proba: np.ndarray
+    window: pd.DataFrame
+
+    @property
+    def current_proba(self) -> np.ndarray:
+        known = self.window["probability"].notna()
+        return self.window.loc[known, "probability"].astype(float).values
+
+
+def config(inputs: MonitorInputs) -> monitoring.MonitorConfig:
+    return monitoring.MonitorConfig.from_dict(inputs.monitoring_config)
+
+
+def read_window(inputs: MonitorInputs, root: Path) -> Window:
+    client = registry.connect(tracking_uri(inputs.tracking_uri, root), inputs.experiment)
+    champion = registry.alias_version(client, inputs.model_name, "champion")
+    if champion is None:
+        raise LookupError(
+            f"{inputs.model_name} has no champion yet: nothing is in production to monitor"
+        )
+    run = client.get_run(registry.version_run_id(client, inputs.model_name, champion))
+    reference_metrics = {m: run.data.metrics.get(f"holdout_{m}") for m in ("accuracy", "roc_auc")}
+    apps = data.read_apps([root / p for p in data_paths(inputs.data_path)]).apps
+    labeled = training.labeled_data(apps, inputs.target_threshold)
+    train_idx, _ = training.holdout_split(labeled.keys, labeled.y, inputs.test_size, inputs.seed)
+    reference_X = labeled.X.iloc[train_idx]
+    model = registry.load_version(inputs.model_name, champion)
+    reference_proba = model.predict_proba(reference_X)[:, 1]
+    store = PredictionStore(store_url(inputs.store_url, root))
+    window = store.window(time.time() - inputs.window_seconds, features=True)
+    window = window[window["model_version"].astype(str) == str(champion)]
+    return Window(client, str(champion), reference_metrics, reference_X, reference_proba, window)
+
+
+def window_table(inputs: MonitorInputs, w: Window) -> pd.DataFrame:
+    return pd.Series(
+        {
+            "champion": f"v{w.champion}",
+            "window (s)": inputs.window_seconds,
+            "requests": len(w.window),
+            "labeled feedback": int(w.window["true_label"].notna().sum()),
+            "validation accuracy": w.reference_metrics["accuracy"],
+            "validation ROC-AUC": w.reference_metrics["roc_auc"],
+        },
+        name="monitor",
+    ).to_frame()
+
+
+def service_counters(url: str) -> list[str]:
+    """The service's own request and error counters, or why they could not be read."""
+    import httpx
+
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=3).text
+    except httpx.HTTPError as exc:
+        return [f"service not reachable at {url}: {type(exc).__name__}"]
+    wanted = ("model_requests_total", "model_request_errors_total")
+    return [line for line in text.splitlines() if line.startswith(wanted)]
+
+
+def evaluate(inputs: MonitorInputs, w: Window) -> monitoring.MonitorReport:
+    return monitoring.evaluate_health(
+        w.window, w.reference_metrics, w.reference_X, w.reference_proba, config(inputs)
+    )
+
+
+def checks_table(report: monitoring.MonitorReport) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"check": c.name, "status": c.status, "severity": c.severity, "what it saw": c.message}
+            for c in report.checks
+        ]
+    )
+
+
+def drifts(report: monitoring.MonitorReport) -> list[monitoring.FeatureDrift]:
+    return [monitoring.FeatureDrift(**d) for d in report.drift.get("features", [])]
+
+
+@dataclass
+class Action:
+    rolled_back: bool
+    note: str | None
+
+
+def act(
+    inputs: MonitorInputs, root: Path, w: Window, report: monitoring.MonitorReport
+) -> Action:
+    """Roll back when the report asks for it and auto_rollback is on; say why either way."""
+    if not (report.rollback and inputs.auto_rollback):
+        return Action(False, None)
+    try:
+        record = progressive.manual_rollback(
+            w.client,
+            inputs.model_name,
+            root / inputs.models_dir,
+            root / inputs.logs_dir,
+            f"monitor: {report.rollback_reason}",
+            inputs.serving_url,
+        )
+    except releases.NothingToRollBack as exc:
+        return Action(False, f"rollback needed but impossible: {exc}")
+    return Action(
+        True, f"rolled back v{w.champion} -> v{record.get('version')}; {record['service']}"
+    )
+
+
+def alerts_table(report: monitoring.MonitorReport) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"check": a.check, "severity": a.severity, "message": a.message} for a in report.alerts]
+    )
+
+
+def outputs(w: Window, report: monitoring.MonitorReport, action: Action) -> MonitorOutputs:
+    return MonitorOutputs(
+        healthy=report.healthy,
+        alerts=[
+            {"check": a.check, "severity": a.severity, "message": a.message}
+            for a in report.alerts
+        ],
+        drift={
+            "drifted_features": report.drift.get("drifted_features", []),
+            "dataset_drift": report.drift.get("dataset_drift"),
+        },
+        rolled_back=action.rolled_back,
+        monitor_rollback_reason=report.rollback_reason if action.rolled_back else None,
+        rollback_note=action.note,
+        monitored_version=w.champion,
+        live_metrics={
+            k: report.metrics["performance"].get(k)
+            for k in ("labeled", "accuracy", "roc_auc", "reference_accuracy")
+        },
+    )
+
+
+def run(inputs: MonitorInputs, root: Path) -> MonitorOutputs:
+    w = read_window(inputs, root)
+    report = evaluate(inputs, w)
+    return outputs(w, report, act(inputs, root, w, report))

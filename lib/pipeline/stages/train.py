@@ -1,0 +1,211 @@
+"""02 train: cross-validate every candidate family, pick the best, register it as `candidate`.
+
+Registration is all-or-nothing from the notebook's point of view: the MLflow runs, the
+registered version with the alias `candidate`, the local copy under models/candidate and the
+"last trained" state are written only after every candidate trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lib import registry
+from lib.pipeline import data, detection, plots, training
+from lib.pipeline.contracts import TrainInputs, TrainOutputs
+from lib.pipeline.stages import data_paths, tracking_uri
+
+
+@dataclass
+class TrainingData:
+    """The apps, their labels and the identity-stable holdout split."""
+
+    loaded: data.LoadedApps
+    labeled: training.LabeledData
+    train_idx: Any
+    test_idx: Any
+    digest: str
+
+    @property
+    def y_test(self) -> pd.Series:
+        return self.labeled.y.iloc[self.test_idx]
+
+
+def prepare(inputs: TrainInputs, root: Path) -> TrainingData:
+    loaded = data.read_apps([root / p for p in data_paths(inputs.data_path)])
+    data.write_quarantine(loaded.quarantine, root / inputs.quarantine_path)
+    labeled = training.labeled_data(loaded.apps, inputs.target_threshold)
+    train_idx, test_idx = training.holdout_split(
+        labeled.keys, labeled.y, inputs.test_size, inputs.seed
+    )
+    return TrainingData(
+        loaded, labeled, train_idx, test_idx, training.dataset_digest(labeled.X, labeled.y)
+    )
+
+
+def data_overview(inputs: TrainInputs, td: TrainingData) -> pd.DataFrame:
+    labeled = td.labeled
+    return pd.Series(
+        {
+            "apps with a rating": len(labeled.y),
+            "repeated listings collapsed": labeled.duplicates,
+            "apps without rating (not trainable)": labeled.unlabeled,
+            "training rows": len(td.train_idx),
+            "holdout rows": len(td.test_idx),
+            f"share > {inputs.target_threshold}": round(float(labeled.y.mean()), 4),
+            "features": ", ".join(labeled.X.columns),
+        },
+        name="training data",
+    ).to_frame()
+
+
+def fit_candidates(inputs: TrainInputs, td: TrainingData) -> list[training.CandidateResult]:
+    seed = inputs.seed if inputs.model_seed is None else inputs.model_seed
+    return [
+        training.train_candidate(
+            name,
+            td.labeled,
+            td.train_idx,
+            td.test_idx,
+            inputs.cv_folds,
+            seed,
+            inputs.rf_trees,
+            groups=inputs.features,
+            calibration=inputs.calibration,
+            objective=inputs.label_objective,
+            costs=inputs.error_costs,
+        )
+        for name in inputs.candidates
+    ]
+
+
+def candidate_table(
+    inputs: TrainInputs, td: TrainingData, results: list[training.CandidateResult]
+) -> pd.DataFrame:
+    share = float(td.y_test.mean())
+    metric = inputs.selection_metric
+    return pd.DataFrame(
+        {
+            r.name: {
+                **{f"holdout {m}": round(v, 4) for m, v in r.holdout.items()},
+                "holdout majority share": round(max(share, 1 - share), 4),
+                f"CV {metric}": f"{r.cv[metric]['mean']:.4f} ± {r.cv_std(metric):.4f}",
+                "calibration": r.calibration.method or "none",
+                "label threshold": round(r.threshold.threshold, 3),
+                "fit seconds": round(r.fit_seconds, 1),
+            }
+            for r in results
+        }
+    )
+
+
+def calibration_table(results: list[training.CandidateResult]) -> pd.DataFrame:
+    return (
+        pd.DataFrame(
+            {(r.name, m): scores for r in results for m, scores in r.calibration.scores.items()}
+        )
+        .T.round(4)
+    )
+
+
+def select(
+    inputs: TrainInputs, results: list[training.CandidateResult]
+) -> training.CandidateResult:
+    return training.select_best(results, inputs.selection_metric)
+
+
+def importance(
+    inputs: TrainInputs, td: TrainingData, best: training.CandidateResult
+) -> pd.Series:
+    return training.permutation_importance(
+        best.model, td.labeled.X.iloc[td.test_idx], td.y_test, inputs.selection_metric, inputs.seed
+    )
+
+
+def register(
+    inputs: TrainInputs,
+    root: Path,
+    td: TrainingData,
+    results: list[training.CandidateResult],
+    best: training.CandidateResult,
+) -> TrainOutputs:
+    """One MLflow run per candidate under a parent run; the best becomes the `candidate`."""
+    client = registry.connect(tracking_uri(inputs.tracking_uri, root), inputs.experiment)
+    parent_run_id = registry.start_pipeline_run(
+        f"pipeline-{inputs.run_id}",
+        tags={"pipeline_run_id": inputs.run_id, "trigger": inputs.trigger, "stage": "train"},
+        params={
+            "data_path": inputs.data_path,
+            "target_threshold": inputs.target_threshold,
+            "cv_folds": inputs.cv_folds,
+            "test_size": inputs.test_size,
+            "seed": inputs.seed,
+            "model_seed": inputs.model_seed,
+            "selection_metric": inputs.selection_metric,
+            "candidates": ",".join(inputs.candidates),
+            "data_digest": td.digest,
+            "features": ",".join(inputs.features),
+            "calibration": ",".join(inputs.calibration),
+            "label_objective": inputs.label_objective,
+        },
+    )
+    frame = td.labeled.X.assign(label=td.labeled.y.values)
+    runs = {}
+    for r in results:
+        figures = {
+            "roc": plots.roc_curves(td.y_test, {r.name: r.proba}),
+            "confusion_matrix": plots.confusion(td.y_test, r.proba, r.name, r.labels),
+            "reliability": plots.reliability(td.y_test, {r.name: r.proba}),
+        }
+        runs[r.name] = registry.log_candidate_run(
+            parent_run_id,
+            r,
+            frame.iloc[td.train_idx],
+            frame.iloc[td.test_idx],
+            str(inputs.data_path),
+            figures,
+            tags={"pipeline_run_id": inputs.run_id, "selected": str(r is best).lower()},
+        )
+        plots.plt.close("all")
+    best_run_id, best_model_uri = runs[best.name]
+    version = registry.register(
+        client,
+        best_model_uri,
+        inputs.model_name,
+        tags={"pipeline_run_id": inputs.run_id, "candidate": best.name, "data_digest": td.digest},
+    )
+    registry.set_alias(client, inputs.model_name, "candidate", version)
+    registry.save_local_copy(
+        best.model,
+        root / inputs.models_dir / "candidate",
+        {
+            "model_name": inputs.model_name,
+            "version": version,
+            "run_id": best_run_id,
+            "candidate": best.name,
+        },
+    )
+    detection.write_state(
+        root / inputs.state_path, td.loaded.apps, version, inputs.run_id, td.digest
+    )
+    return TrainOutputs(
+        candidate_version=str(version),
+        candidate_name=best.name,
+        metrics=best.holdout,
+        cv_std=best.cv_std(inputs.selection_metric),
+        mlflow_run_id=best_run_id,
+        parent_run_id=parent_run_id,
+        holdout_digest=training.split_digest(td.labeled.keys, td.test_idx),
+        candidates={r.name: r.holdout for r in results},
+        label_threshold=best.threshold.threshold,
+        calibration=best.calibration.method or "none",
+    )
+
+
+def run(inputs: TrainInputs, root: Path) -> TrainOutputs:
+    td = prepare(inputs, root)
+    results = fit_candidates(inputs, td)
+    return register(inputs, root, td, results, select(inputs, results))
