@@ -1,20 +1,49 @@
 """One typed configuration: defaults, then the YAML file, then the environment, then the CLI.
 
 Every stage parameter that a user may want to change lives here, so the notebooks and the runner
-never carry their own copies of thresholds.
+never carry their own copies of thresholds. `PipelineConfig` is a pydantic model: unknown keys
+(nested ones too), wrong types and out-of-range values fail when the config is loaded, as a
+`ConfigError` naming where the value came from and its dotted key, e.g.
+``pipeline.yaml: canary_analysis.min_request: unknown key``.
+
+Layers, each validated as it is applied so an error names its origin:
+
+1. the defaults of the models below (the only place defaults live);
+2. ``pipeline.yaml`` (or ``--config FILE``);
+3. the environment: ``PIPELINE_<KEY>`` (read by pydantic-settings), nested sections with ``__``,
+   e.g. ``PIPELINE_CANARY_ANALYSIS__MAX_P99_MS=300``; ``MLFLOW_TRACKING_URI`` sets
+   ``tracking_uri`` unless ``PIPELINE_TRACKING_URI`` does;
+4. ``--set key=value`` (values are YAML: ``--set "canary_analysis={min_requests: 5}"``), also
+   with dotted keys: ``--set canary_analysis.min_requests=5``.
+
+A mapping given for a section (``canary_analysis``, ``monitoring``, ``decision``,
+``error_costs``) by a later layer is MERGED into the earlier one key by key (recursively; lists
+and scalars replace), so ``--set "canary_analysis={min_requests: 5}"`` keeps the file's other
+bounds. The merged section is then validated as a whole.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+)
+from pydantic_settings import EnvSettingsSource
 
+from lib.delivery.canary import AnalysisConfig
 from lib.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -24,6 +53,13 @@ STAGES = ("detect", "train", "compare", "decide", "deploy", "monitor")
 METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1", "log_loss")
 CANDIDATES = ("logistic_regression", "random_forest", "hist_gradient_boosting")
 
+# Environment variables that override a config key (besides MLFLOW_TRACKING_URI).
+ENV_PREFIX = "PIPELINE_"
+ENV_NESTED_DELIMITER = "__"
+# Fields that may hold URLs with credentials: kept out of repr, redacted by to_dict().
+URL_FIELDS = ("tracking_uri", "serving_url", "store_url")
+_NONE_WORDS = ("", "none", "None", "null", "~")
+_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#@]*@")
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -36,63 +72,171 @@ def project_root(start: Path | None = None) -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-# Environment variables that override a config key (besides MLFLOW_TRACKING_URI).
-ENV_PREFIX = "PIPELINE_"
+# --- field types ----------------------------------------------------------------------------
 
 
-@dataclass
-class PipelineConfig:
+def _no_bool(value: Any) -> Any:
+    """YAML `true` is not a number, though pydantic would read it as 1."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {value!r}")
+    return value
+
+
+def _listish(value: Any) -> Any:
+    """`a,b` or `a;b` (environment, --set) as a list; a YAML/JSON list string is parsed."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return yaml.safe_load(text)
+        return [v.strip() for v in text.replace(";", ",").split(",") if v.strip()]
+    return value
+
+
+def _mappingish(value: Any) -> Any:
+    """A section given as one string (environment, --set) is YAML/JSON."""
+    return yaml.safe_load(value) if isinstance(value, str) else value
+
+
+def _optional_str(value: Any) -> Any:
+    return None if isinstance(value, str) and value.strip() in _NONE_WORDS else value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+OptionalStr = Annotated[Union[str, None], BeforeValidator(_optional_str)]  # noqa: UP007
+
+
+class ErrorCosts(BaseModel):
+    """Costs of the two errors, for ``label_objective: cost``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    false_positive: Float = Field(1.0, ge=0)
+    false_negative: Float = Field(1.0, ge=0)
+
+
+class PipelineConfig(BaseModel):
     """Everything a pipeline run needs; paths are relative to the project root."""
 
-    data_path: str = "data/googleplaystore_clean.csv"
-    synth_apps: int = 10_000  # size of the generated default data set
-    synth_seed: int = 42
-    threshold: int = 100  # new apps needed to retrain
-    target_threshold: float = 4.0  # label = Rating > target_threshold
-    selection_metric: str = "roc_auc"
-    candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))
-    cv_folds: int = 5
-    test_size: float = 0.2
-    seed: int = 42  # the holdout split (and, unless model_seed is set, models and folds)
-    model_seed: int | None = None  # seeds models and CV folds only: a retrain with another seed
-    rf_trees: int = 200
-    # honest inputs beyond the base listing fields (lib.pipeline.features.FEATURE_GROUPS)
-    features: list[str] = field(
-        default_factory=lambda: ["engagement", "versions", "genres", "name_stats", "name_text"]
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, coerce_numbers_to_str=True
     )
-    calibration: list[str] = field(default_factory=lambda: ["isotonic", "sigmoid"])  # tried
+
+    data_path: str = Field("data/googleplaystore_clean.csv", min_length=1)
+    synth_apps: Int = Field(10_000, ge=1)  # size of the generated default data set
+    synth_seed: Int = Field(42, ge=0)
+    threshold: Int = Field(100, ge=1)  # new apps needed to retrain
+    target_threshold: Float = Field(4.0, ge=0, le=5)  # label = Rating > target_threshold
+    selection_metric: Literal[METRICS] = "roc_auc"  # type: ignore[valid-type]
+    candidates: Annotated[
+        list[Literal[CANDIDATES]],  # type: ignore[valid-type]
+        BeforeValidator(_listish),
+        Field(min_length=1),
+    ] = list(CANDIDATES)
+    cv_folds: Int = Field(5, ge=2)
+    test_size: Float = Field(0.2, ge=0.05, le=0.5)
+    seed: Int = Field(42, ge=0)  # the holdout split (and, unless model_seed is set, models/folds)
+    # seeds models and CV folds only: a retrain with another seed
+    model_seed: Annotated[Union[Int, None], BeforeValidator(_optional_str)] = Field(  # noqa: UP007
+        None, ge=0
+    )
+    rf_trees: Int = Field(200, ge=1)
+    # honest inputs beyond the base listing fields (lib.pipeline.features.FEATURE_GROUPS)
+    features: Annotated[list[str], BeforeValidator(_listish)] = [
+        "engagement", "versions", "genres", "name_stats", "name_text",
+    ]  # fmt: skip
+    calibration: Annotated[list[str], BeforeValidator(_listish)] = ["isotonic", "sigmoid"]
     label_objective: str = "accuracy"  # what the served label's threshold maximises
-    error_costs: dict[str, Any] = field(
-        default_factory=lambda: {"false_positive": 1.0, "false_negative": 1.0}
-    )  # label_objective: cost
-    model_name: str = "playstore-rating"
-    experiment: str = "playstore-rating"
-    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or sqlite:///<root>/mlflow.db
+    error_costs: Annotated[ErrorCosts, BeforeValidator(_mappingish)] = ErrorCosts()
+    model_name: str = Field("playstore-rating", min_length=1)
+    experiment: str = Field("playstore-rating", min_length=1)
+    # None: MLFLOW_TRACKING_URI or sqlite:///<root>/mlflow.db
+    tracking_uri: OptionalStr = Field(None, repr=False)
     reports_dir: str = "reports"
     models_dir: str = "models"
-    stage_timeout: int = 1800  # seconds per notebook cell before the stage is failed
-    lock_timeout: float = 0.0  # seconds a second runner waits for the first one
-    decision: dict[str, Any] = field(default_factory=dict)  # the score table (lib.pipeline.scoring)
+    stage_timeout: Int = Field(1800, ge=1)  # seconds per notebook cell before the stage fails
+    lock_timeout: Float = Field(0.0, ge=0)  # seconds a second runner waits for the first one
+    # The score table (lib.pipeline.scoring.ScoreTable, which owns its defaults and checks): kept
+    # in the config's shape, as given, because the notebooks receive it as a parameter.
+    decision: Annotated[dict[str, Any], BeforeValidator(_mappingish)] = {}
     # deployment (05 deploy) and the model service
     logs_dir: str = "logs"
-    canary_steps: list[int] = field(default_factory=lambda: [5, 25, 50, 100])
-    analysis_seconds: float = 300.0  # canary analysis window per step
-    max_wait_seconds: float = 600.0  # extra wait per step for enough samples
-    check_every_seconds: float = 5.0
-    replay_rate: float = 20.0  # requests/s of replayed held-out traffic (no real users)
+    canary_steps: Annotated[list[Int], BeforeValidator(_listish)] = [5, 25, 50, 100]
+    analysis_seconds: Float = Field(300.0, gt=0)  # canary analysis window per step
+    max_wait_seconds: Float = Field(600.0, ge=0)  # extra wait per step for enough samples
+    check_every_seconds: Float = Field(5.0, gt=0)
+    replay_rate: Float = Field(20.0, gt=0)  # requests/s of replayed held-out traffic
     replay: bool = True
-    smoke_rows: int = 40
-    smoke_max_p95_ms: float = 500.0
-    lease_seconds: float = 60.0
-    serving_url: str | None = None  # a running production service; None: started per stage
-    serving_host: str = "127.0.0.1"
-    serving_port: int = 8080
-    store_url: str | None = None  # prediction store; None: sqlite:///<root>/predictions.db
-    canary_analysis: dict[str, Any] = field(default_factory=dict)  # canary.AnalysisConfig
-    # production monitoring (06 monitor)
-    monitor_window_seconds: float = 3600.0
+    smoke_rows: Int = Field(40, ge=1)
+    smoke_max_p95_ms: Float = Field(500.0, gt=0)
+    lease_seconds: Float = Field(60.0, gt=0)
+    # a running production service; None: started per stage
+    serving_url: OptionalStr = Field(None, repr=False)
+    serving_host: str = Field("127.0.0.1", min_length=1)
+    serving_port: Int = Field(8080, ge=0, le=65535)
+    # prediction store; None: sqlite:///<root>/predictions.db
+    store_url: OptionalStr = Field(None, repr=False)
+    canary_analysis: Annotated[AnalysisConfig, BeforeValidator(_mappingish)] = AnalysisConfig()
+    # production monitoring (06 monitor): how far back the monitor reads the store
+    monitor_window_seconds: Float = Field(3600.0, gt=0)
     auto_rollback: bool = True  # the monitor rolls back on a significant accuracy drop / errors
-    monitoring: dict[str, Any] = field(default_factory=dict)  # lib.watch.monitoring.MonitorConfig
+    # lib.watch.monitoring.MonitorConfig (which owns its defaults and ranges), kept as a mapping
+    # because the 06 notebook receives it as a parameter; every key is checked at load.
+    monitoring: Annotated[dict[str, Any], BeforeValidator(_mappingish)] = {}
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _steps(cls, steps: list[int]) -> list[int]:
+        if not steps or steps != sorted(steps) or steps[-1] != 100 or steps[0] <= 0:
+            raise ValueError(f"weights must increase and end at 100, e.g. 5,25,50,100; got {steps}")
+        return steps
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, groups: list[str]) -> list[str]:
+        from lib.pipeline import features
+
+        features.check_groups(groups)  # ValueError naming the unknown groups
+        return groups
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration(cls, methods: list[str]) -> list[str]:
+        known = _calibration_choices("CALIBRATION_METHODS")
+        bad = [m for m in methods if m not in known]
+        if bad:
+            raise ValueError(
+                f"unknown method(s) {bad}; use a subset of {', '.join(known)} ([] for none)"
+            )
+        return methods
+
+    @field_validator("label_objective")
+    @classmethod
+    def _label_objective(cls, value: str) -> str:
+        known = _calibration_choices("LABEL_OBJECTIVES")
+        if value not in known:
+            raise ValueError(f"must be one of {', '.join(known)}, got {value!r}")
+        return value
+
+    @field_validator("decision")
+    @classmethod
+    def _decision(cls, table: dict[str, Any]) -> dict[str, Any]:
+        from lib.pipeline.scoring import ScoreTable
+
+        ScoreTable.from_dict(table or None)  # a bad score table fails here, before any stage
+        return table
+
+    @field_validator("monitoring")
+    @classmethod
+    def _monitoring(cls, section: dict[str, Any]) -> dict[str, Any]:
+        from lib.watch.monitoring import MonitorConfig
+
+        try:
+            _section_model("monitoring", MonitorConfig).model_validate({"monitoring": section})
+        except ValidationError as exc:
+            # ConfigError is not a ValueError: it leaves pydantic as is, with the nested paths.
+            raise ConfigError(_format_errors(exc)) from None
+        return section
 
     def resolved_tracking_uri(self, root: Path) -> str:
         """The MLflow store: explicit config, else the environment, else SQLite in the project."""
@@ -108,132 +252,186 @@ class PipelineConfig:
         return self.store_url or f"sqlite:///{(root / 'predictions.db').as_posix()}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON data for reports; credentials in URLs are replaced by ``***``."""
+        data = self.model_dump(mode="json")
+        for name in URL_FIELDS:
+            if data.get(name):
+                data[name] = redact_url(data[name])
+        return data
 
 
-def _fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(PipelineConfig)}
+def redact_url(url: str) -> str:
+    """`url` without the ``user:password@`` part (a database or MLflow URL may carry one)."""
+    return _USERINFO_RE.sub(r"\1***@", url)
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Turn a YAML/env/CLI value into the field's type, with a message that says how to fix it."""
-    default = _fields()[name].default
-    if default is dataclasses.MISSING:
-        default = _fields()[name].default_factory()  # type: ignore[misc]
-    if name in ("tracking_uri", "serving_url", "store_url"):
-        return None if value in (None, "", "none", "None") else str(value)
-    if name == "model_seed":
-        if value in (None, "", "none", "None", "null"):
-            return None
-        try:
-            return int(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"model_seed {value!r}: expected an integer or null") from exc
-    if name == "canary_steps":
-        steps = value
-        if isinstance(steps, str):
-            steps = [v for v in steps.replace(";", ",").split(",") if v.strip()]
-        try:
-            steps = [int(v) for v in steps]
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"canary_steps {value!r}: expected weights like 5,25,50,100") from exc
-        if not steps or steps != sorted(steps) or steps[-1] != 100 or steps[0] <= 0:
-            raise ConfigError(
-                f"canary_steps {steps}: weights must increase and end at 100, e.g. 5,25,50,100"
-            )
-        return steps
+def _calibration_choices(name: str) -> tuple[str, ...]:
+    """The calibration methods / label objectives, from the module that owns them."""
     try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if isinstance(default, int) and not isinstance(default, bool):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, list):
-            if isinstance(value, str):
-                return [v.strip() for v in value.replace(";", ",").split(",") if v.strip()]
-            return list(value)
-        if isinstance(default, dict):
-            if isinstance(value, str):
-                value = yaml.safe_load(value)
-            if not isinstance(value, dict):
-                raise ValueError(value)
-            return value
-        return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"config key {name!r}: cannot use {value!r}; expected a value like {default!r}"
-        ) from exc
+        from lib.pipeline import calibration
+    except ImportError:  # before the split of training.py
+        from lib.pipeline import training as calibration
+    return tuple(getattr(calibration, name))
 
 
-def _validate(cfg: PipelineConfig) -> None:
-    if cfg.selection_metric not in METRICS:
-        raise ConfigError(
-            f"selection_metric {cfg.selection_metric!r} is unknown; use one of {', '.join(METRICS)}"
+_SECTIONS: dict[str, type[BaseModel]] = {}
+
+
+def _section_model(name: str, kind: type) -> type[BaseModel]:
+    """A one-field model validating a section typed by a dataclass another module owns."""
+    if name not in _SECTIONS:
+        _SECTIONS[name] = create_model(
+            f"_{name}_section", __config__=ConfigDict(extra="forbid"), **{name: (kind, ...)}
         )
-    unknown = [c for c in cfg.candidates if c not in CANDIDATES]
-    if unknown or not cfg.candidates:
-        raise ConfigError(
-            f"candidates {unknown or '[]'} not available; choose from {', '.join(CANDIDATES)}"
-        )
-    if not 0.05 <= cfg.test_size <= 0.5:
-        raise ConfigError(f"test_size {cfg.test_size} must be between 0.05 and 0.5")
-    if cfg.cv_folds < 2:
-        raise ConfigError(f"cv_folds {cfg.cv_folds} must be at least 2")
-    if cfg.threshold < 1:
-        raise ConfigError(f"threshold {cfg.threshold} must be at least 1")
-    from lib.pipeline import features, training
+    return _SECTIONS[name]
 
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    """One pydantic error as ``must be ..., got ...``."""
+    kind = error["type"]
+    value = error.get("input")
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        return "unknown key"
+    if kind in ("float_parsing", "float_type"):
+        return f"must be a number, got {value!r}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"must be an integer, got {value!r}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"must be true or false, got {value!r}"
+    if kind in ("dict_type", "model_type", "model_attributes_type", "dataclass_type"):
+        return f"must be a mapping of keys, got {value!r}"
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    message = message.replace("Input should be", "must be", 1)
+    message = message[:1].lower() + message[1:]
+    return f"{message}, got {value!r}"
+
+
+def _format_errors(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "")
+        lines.append(f"{path or '(config)'}: {_describe(error)}")
+    return "; ".join(lines)
+
+
+def _known_keys(path: list[str]) -> str:
+    """The keys a model accepts at a dotted path, for the unknown-key message."""
+    model: Any = PipelineConfig
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        model = field.annotation
+        if get_origin(model) is Annotated:
+            model = get_args(model)[0]
+    fields = getattr(model, "model_fields", None)
+    return ", ".join(sorted(fields)) if fields else ""
+
+
+def _validate(data: dict[str, Any], origin: str) -> PipelineConfig:
+    """Build the config from merged layers; any problem is one ConfigError naming `origin`."""
     try:
-        features.check_groups(cfg.features)
-    except ValueError as exc:
-        raise ConfigError(f"features: {exc}") from None
-    bad = [m for m in cfg.calibration if m not in training.CALIBRATION_METHODS]
-    if bad:
-        raise ConfigError(
-            f"calibration: unknown method(s) {bad}; use a subset of "
-            f"{', '.join(training.CALIBRATION_METHODS)} ([] for none)"
-        )
-    if cfg.label_objective not in training.LABEL_OBJECTIVES:
-        raise ConfigError(
-            f"label_objective {cfg.label_objective!r} is unknown; use one of "
-            f"{', '.join(training.LABEL_OBJECTIVES)}"
-        )
-    unknown_costs = sorted(set(cfg.error_costs) - {"false_positive", "false_negative"})
-    if unknown_costs:
-        raise ConfigError(
-            f"error_costs: unknown key(s) {unknown_costs}; use false_positive, false_negative"
-        )
-    for key, value in cfg.error_costs.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ConfigError(f"error_costs.{key} must be a number >= 0, got {value!r}")
-    from lib.pipeline.scoring import ScoreTable
-
-    ScoreTable.from_dict(cfg.decision or None)  # a bad score table fails here, before any stage
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        message = _format_errors(exc)
+        unknown = [e for e in exc.errors() if e["type"] == "extra_forbidden"]
+        if unknown:
+            known = _known_keys([str(p) for p in unknown[0]["loc"][:-1]])
+            if known:
+                message += f" (known keys: {known})"
+        raise ConfigError(f"{origin}: {message}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    except ValueError as exc:  # e.g. ScoreTableError raised outside pydantic's wrapping
+        raise ConfigError(f"{origin}: {exc}") from None
 
 
-def apply_overrides(cfg: PipelineConfig, values: dict[str, Any], origin: str) -> PipelineConfig:
-    """Return a copy of cfg with values applied; unknown keys are an error naming the origin."""
-    known = _fields()
-    unknown = sorted(set(values) - set(known))
-    if unknown:
+# --- layers ---------------------------------------------------------------------------------
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`update` over `base`, mappings merged key by key (recursively); anything else replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _is_plain_str(name: str) -> bool:
+    """Fields whose CLI value is taken literally (a path or a URL), not parsed as YAML."""
+    field = PipelineConfig.model_fields.get(name)
+    if field is None:
+        return False
+    args = get_args(field.annotation)
+    return field.annotation is str or (str in args) or any(str in get_args(a) for a in args)
+
+
+def _cli_value(name: str, value: Any) -> Any:
+    if not isinstance(value, str) or _is_plain_str(name):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
         raise ConfigError(
-            f"{origin}: unknown config key(s) {', '.join(unknown)}; "
-            f"known keys: {', '.join(sorted(known))}"
-        )
-    updated = dataclasses.replace(cfg, **{k: _coerce(k, v) for k, v in values.items()})
-    _validate(updated)
-    return updated
+            f"command line: {name}: not a valid YAML value {value!r} ({exc})"
+        ) from None
+
+
+def expand_dotted(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``; string values are YAML except for path/URL keys."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        parts = [p.strip() for p in str(key).split(".")]
+        if not all(parts):
+            raise ConfigError(f"command line: {key!r}: empty part in a dotted key")
+        value = _cli_value(key, value) if len(parts) == 1 else _cli_value("", value)
+        for part in reversed(parts[1:]):
+            value = {part: value}
+        out = deep_merge(out, {parts[0]: value})
+    return out
+
+
+def env_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The config keys that PIPELINE_* variables (and MLFLOW_TRACKING_URI) set."""
+    env = os.environ if environ is None else environ
+    source = EnvSettingsSource(
+        PipelineConfig,  # type: ignore[arg-type]
+        case_sensitive=False,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+    )
+    source.env_vars = {k.lower(): v for k, v in env.items()}  # type: ignore[assignment]
+    # sections and lists are parsed by PipelineConfig's validators (YAML, "a,b" lists), not JSON
+    source.config = {**source.config, "enable_decoding": False}  # type: ignore[typeddict-item]
+    values = dict(source())
+    known = {f"{ENV_PREFIX}{name}".lower() for name in PipelineConfig.model_fields}
+    for var in env:
+        low = var.lower()
+        if low.startswith(ENV_PREFIX.lower()) and low.split(ENV_NESTED_DELIMITER)[0] not in known:
+            log.warning("%s is not a config key; ignored", var)
+    if "tracking_uri" not in values and env.get("MLFLOW_TRACKING_URI"):
+        values["tracking_uri"] = env["MLFLOW_TRACKING_URI"]
+    return values
+
+
+def apply_overrides(
+    cfg: PipelineConfig, values: Mapping[str, Any], origin: str
+) -> PipelineConfig:
+    """A copy of `cfg` with `values` merged in (dotted keys allowed), validated as a whole."""
+    return _validate(deep_merge(cfg.model_dump(), expand_dotted(values)), origin)
 
 
 def parse_set_options(items: list[str]) -> dict[str, str]:
-    """`--set key=value` pairs from the command line."""
+    """`--set key=value` pairs from the command line (key may be dotted: a.b=1)."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -246,33 +444,29 @@ def parse_set_options(items: list[str]) -> dict[str, str]:
 def load_config(
     root: Path,
     config_file: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> PipelineConfig:
     """Defaults < file < PIPELINE_* environment variables < explicit overrides."""
-    cfg = PipelineConfig()
+    data: dict[str, Any] = {}
     path = Path(config_file) if config_file else root / CONFIG_FILE
     if not path.is_absolute():
         path = root / path
     if path.exists():
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        if not isinstance(data, dict):
+        if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys")
-        cfg = apply_overrides(cfg, data, str(path))
+        data = loaded
+        _validate(data, str(path))
     elif config_file:
         raise ConfigError(f"config file {path} does not exist")
-    env = os.environ if environ is None else environ
-    env_values = {
-        k[len(ENV_PREFIX) :].lower(): v
-        for k, v in env.items()
-        if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX) :].lower() in _fields()
-    }
-    if env_values:
-        cfg = apply_overrides(cfg, env_values, "environment")
+    from_env = env_values(environ)
+    if from_env:
+        data = deep_merge(data, from_env)
+        _validate(data, "environment (PIPELINE_*)")
     if overrides:
-        cfg = apply_overrides(cfg, overrides, "command line")
-    _validate(cfg)
-    return cfg
+        data = deep_merge(data, expand_dotted(overrides))
+    return _validate(data, "command line")

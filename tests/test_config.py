@@ -61,3 +61,118 @@ def test_tracking_uri_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert cfg.resolved_tracking_uri(tmp_path) == "http://127.0.0.1:5000"
     cfg.tracking_uri = "sqlite:///other.db"
     assert cfg.resolved_tracking_uri(tmp_path) == "sqlite:///other.db"
+
+
+# --- typed configuration: every problem fails at load with the key's dotted path ------------
+
+
+def test_unknown_nested_key_fails_with_its_path(tmp_path: Path) -> None:
+    (tmp_path / "pipeline.yaml").write_text("canary_analysis:\n  min_request: 5\n")
+    with pytest.raises(ConfigError, match=r"pipeline\.yaml: canary_analysis\.min_request: unknown"):
+        load_config(tmp_path, environ={})
+    with pytest.raises(ConfigError, match=r"monitoring\.min_feedbak: unknown key"):
+        load_config(tmp_path / "nowhere", overrides={"monitoring.min_feedbak": "1"}, environ={})
+    with pytest.raises(ConfigError, match=r"decision: .*unknown key.*'gatex'"):
+        load_config(tmp_path / "nowhere", overrides={"decision": "{gatex: 1}"}, environ={})
+
+
+def test_wrong_type_names_the_key_and_the_value(tmp_path: Path) -> None:
+    (tmp_path / "pipeline.yaml").write_text("canary_analysis: {max_p99_ms: fast}\n")
+    with pytest.raises(
+        ConfigError, match=r"canary_analysis\.max_p99_ms: must be a number, got 'fast'"
+    ):
+        load_config(tmp_path, environ={})
+    elsewhere = tmp_path / "no-file"
+    with pytest.raises(ConfigError, match=r"canary_analysis\.max_p99_ms: must be a number"):
+        load_config(elsewhere, overrides={"canary_analysis.max_p99_ms": "true"}, environ={})
+    with pytest.raises(ConfigError, match=r"canary_analysis: must be a mapping"):
+        load_config(elsewhere, overrides={"canary_analysis": "[1, 2]"}, environ={})
+
+
+def test_out_of_range_values_fail(tmp_path: Path) -> None:
+    bad = {
+        "canary_analysis.min_requests": ("0", r"canary_analysis\.min_requests: .*greater"),
+        "canary_analysis.alpha": ("1.5", r"canary_analysis\.alpha: .*less than 1"),
+        "error_costs.false_positive": ("-1", r"error_costs\.false_positive: .*greater"),
+        "monitoring.alpha": ("1.5", r"monitoring: .*alpha must be in \(0, 1\)"),
+        "test_size": ("0.9", r"test_size: .*less than or equal to 0.5"),
+        "serving_port": ("70000", r"serving_port: "),
+        "canary_steps": ("5,50", r"canary_steps: weights must increase and end at 100"),
+    }
+    for key, (value, pattern) in bad.items():
+        with pytest.raises(ConfigError, match=pattern):
+            load_config(tmp_path, overrides={key: value}, environ={})
+
+
+def test_environment_overrides_top_level_and_nested_keys(tmp_path: Path) -> None:
+    (tmp_path / "pipeline.yaml").write_text(
+        "canary_analysis: {max_p99_ms: 400, min_requests: 20}\nmonitoring: {min_feedback: 50}\n"
+    )
+    env = {
+        "PIPELINE_CANARY_ANALYSIS__MAX_P99_MS": "250",
+        "PIPELINE_MONITORING__PSI_THRESHOLD": "0.2",
+        "PIPELINE_CANARY_STEPS": "10,100",
+        "PIPELINE_DECISION__GATE__ENABLED": "false",
+        "MLFLOW_TRACKING_URI": "http://mlflow.local:5000",
+    }
+    cfg = load_config(tmp_path, environ=env)
+    assert cfg.canary_analysis.max_p99_ms == 250.0  # environment over file
+    assert cfg.canary_analysis.min_requests == 20  # the file's other bound is kept (merge)
+    assert cfg.monitoring == {"min_feedback": 50, "psi_threshold": "0.2"}
+    from lib.watch.monitoring import MonitorConfig
+
+    assert MonitorConfig.from_dict(cfg.monitoring).psi_threshold == 0.2
+    assert cfg.canary_steps == [10, 100]
+    assert cfg.decision == {"gate": {"enabled": False}}
+    assert cfg.tracking_uri == "http://mlflow.local:5000"
+    env["PIPELINE_TRACKING_URI"] = "sqlite:///x.db"  # the pipeline's own variable wins
+    assert load_config(tmp_path, environ=env).tracking_uri == "sqlite:///x.db"
+    with pytest.raises(ConfigError, match=r"environment.*canary_analysis\.max_p99_ms: must be a"):
+        load_config(tmp_path, environ={"PIPELINE_CANARY_ANALYSIS__MAX_P99_MS": "fast"})
+
+
+def test_set_beats_environment_and_accepts_dotted_keys_and_sections(tmp_path: Path) -> None:
+    (tmp_path / "pipeline.yaml").write_text("canary_analysis: {max_p99_ms: 400, min_feedback: 7}\n")
+    env = {"PIPELINE_CANARY_ANALYSIS__MAX_P99_MS": "250"}
+    dotted = load_config(
+        tmp_path, overrides=parse_set_options(["canary_analysis.max_p99_ms=100"]), environ=env
+    )
+    assert dotted.canary_analysis.max_p99_ms == 100.0
+    section = load_config(
+        tmp_path, overrides={"canary_analysis": "{min_requests: 5}"}, environ=env
+    )
+    # a section given on the command line merges into the file's and the environment's
+    assert section.canary_analysis.min_requests == 5
+    assert section.canary_analysis.max_p99_ms == 250.0
+    assert section.canary_analysis.min_feedback == 7
+    paths = load_config(tmp_path, overrides={"serving_url": "none", "data_path": "a: b.csv"})
+    assert paths.serving_url is None and paths.data_path == "a: b.csv"  # paths are not YAML
+
+
+def test_yaml_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "custom.yaml"
+    path.write_text("monitoring: {alpha: [\n")
+    with pytest.raises(ConfigError, match=r"custom\.yaml: not valid YAML"):
+        load_config(tmp_path, path, environ={})
+    path.write_text("cv_folds: 1\n")
+    with pytest.raises(ConfigError, match=r"custom\.yaml: cv_folds: .*greater than or equal to 2"):
+        load_config(tmp_path, path, environ={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path, tmp_path / "missing.yaml", environ={})
+
+
+def test_valid_config_round_trips_and_hides_url_credentials(tmp_path: Path) -> None:
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(
+        root, overrides={"store_url": "postgresql://app:s3cretpw@db/preds"}, environ={}
+    )
+    dumped = cfg.to_dict()
+    text = json.dumps(dumped)
+    assert "s3cretpw" not in text and "s3cretpw" not in repr(cfg)
+    assert dumped["store_url"] == "postgresql://***@db/preds"
+    assert cfg.model_dump()["store_url"] == "postgresql://app:s3cretpw@db/preds"
+    (tmp_path / "pipeline.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
+    assert load_config(tmp_path, environ={}) == cfg  # JSON is YAML: the dump loads back
+    assert PipelineConfig.model_validate(json.loads(text)).canary_analysis == cfg.canary_analysis

@@ -271,7 +271,7 @@ def _all_log_text(caplog: pytest.LogCaptureFixture) -> str:
 # --- targets from the environment ---------------------------------------------------------------
 
 
-def test_targets_from_env_reads_and_converts_every_variable() -> None:
+def test_targets_from_env_reads_every_variable_and_apprise_parses_native_urls() -> None:
     env = {
         "SLACK_WEBHOOK": SLACK_HOOK,
         "EMAIL_SMTP": (
@@ -300,12 +300,8 @@ def test_targets_from_env_reads_and_converts_every_variable() -> None:
         ("other", "NOTIFY_URLS"),
     ]
     urls = [t.url for t in targets]
-    assert urls[0] == "slack://{}/{}/{}/".format(*SLACK_TOKENS)
-    assert urls[1] == env["EMAIL_SMTP"]
-    assert urls[2] == (
-        f"workflows://prod-161.westeurope.logic.azure.com:443/{TEAMS_WORKFLOW}/{TEAMS_SIG}/"
-        "?ver=2016-06-01"
-    )
+    # the services' own URLs are kept: apprise parses them natively
+    assert urls[:3] == [SLACK_HOOK, env["EMAIL_SMTP"], TEAMS_HOOK]
     assert urls[3] == (
         f"pagerduty://{PD_KEY}@{notify.PAGERDUTY_NO_API_KEY}/"
         f"{notify.PAGERDUTY_SOURCE}/{notify.PAGERDUTY_COMPONENT}"
@@ -317,19 +313,20 @@ def test_targets_from_env_reads_and_converts_every_variable() -> None:
         "mailto://u:pw@127.0.0.1:2525?from=m@x.org&to=a@x.org,b@x.org",
         "discord://1234567/abcdefTOKEN",
     ]
-    # every converted URL is one apprise accepts
+    # every URL is one apprise accepts, and its plugin decides the kind
     for target in targets:
         assert apprise.Apprise.instantiate(target.url) is not None, target.label
+    assert type(apprise.Apprise.instantiate(urls[0])).__name__ == "NotifySlack"
+    assert type(apprise.Apprise.instantiate(urls[2])).__name__ == "NotifyWorkflows"
 
+    # labels are apprise's privacy URLs without their options
     labels = [t.label for t in targets]
-    assert labels[:4] == [
-        "slack:***",
-        "mailtos://***@smtp.example.com:587",
-        "teams:***",
-        "pagerduty:***",
-    ]
-    assert labels[4] == f"json://{LOOPBACK}:8080/***"
-    assert labels[6] == f"mailto://***@{LOOPBACK}:2525"
+    assert labels[0].startswith("slack://") and "?" not in labels[0]
+    assert labels[1] == "mailtos://***@smtp.example.com/team%40example.com"
+    assert labels[2].startswith("workflow://prod-161.westeurope.logic.azure.com:443/")
+    assert labels[3].startswith("pagerduty://***@")
+    assert labels[4] == f"json://{LOOPBACK}:8080/hook"
+    assert labels[6] == f"mailto://***@{LOOPBACK}:2525/a%40x.org/b%40x.org"
     shown = repr(targets) + " ".join(labels) + " ".join(str(t) for t in targets)
     for secret in (*SLACK_TOKENS, SMTP_PASSWORD, TEAMS_SIG, TEAMS_WORKFLOW, PD_KEY, "abcdefTOKEN"):
         assert secret not in shown
@@ -353,24 +350,21 @@ def test_targets_from_env_keeps_apprise_urls_and_uses_the_pagerduty_api_key() ->
     assert notify.targets_from_env({"PAGERDUTY_KEY": full})[0].url == full
 
 
-def test_gov_and_workflow_slack_hooks_and_power_automate_teams_hooks_convert() -> None:
-    assert notify.slack_url("https://hooks.slack-gov.com/services/T1/B2/C3") == (
-        "slack://T1/B2/C3/?mode=gov-hook"
-    )
-    assert notify.slack_url("https://hooks.slack.com/triggers/T1/X2/Y3") == (
-        "slack://T1/X2/Y3/?mode=trigger"
-    )
+def test_gov_and_workflow_slack_hooks_and_power_automate_teams_hooks_are_native() -> None:
     power_automate = (
         "https://default123.environment.api.powerplatform.com:443/powerautomate/automations/"
         f"direct/workflows/{TEAMS_WORKFLOW}/triggers/manual/paths/invoke"
         f"?api-version=1&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig={TEAMS_SIG}"
     )
-    converted = notify.teams_url(power_automate)
-    assert converted.startswith(
-        f"workflows://default123.environment.api.powerplatform.com:443/{TEAMS_WORKFLOW}/{TEAMS_SIG}/"
-    )
-    assert "pa=yes" in converted and "ver=1" in converted
-    assert apprise.Apprise.instantiate(converted) is not None
+    native = {
+        "https://hooks.slack-gov.com/services/T1/B2/C3": ("slack", "mode=gov-hook"),
+        "https://hooks.slack.com/triggers/T1/X2/Y3": ("slack", "mode=trigger"),
+        power_automate: ("teams", "pa=yes"),
+    }
+    for url, (kind, option) in native.items():
+        assert notify.kind_of(url) == kind
+        assert option in apprise.Apprise.instantiate(url).url()
+    assert notify.kind_of("not a url") == "other"
 
 
 def test_a_retired_teams_connector_is_reported_as_a_failed_target(
@@ -467,7 +461,7 @@ def test_deployed_reaches_the_json_webhook_with_version_metrics_improvement_and_
     )
 
     assert deliveries == [
-        notify.Delivery("other", f"json://{LOOPBACK}:{http_sink.port}/***", True, None)
+        notify.Delivery("other", f"json://{LOOPBACK}:{http_sink.port}/hooks/mlops", True, None)
     ]
     (request,) = http_sink.requests
     assert request.path == "/hooks/mlops"
@@ -515,7 +509,9 @@ def test_email_with_auth_arrives_and_the_password_never_shows(
     )
 
     assert deliveries == [
-        notify.Delivery("email", f"mailto://***@{LOOPBACK}:{smtp_sink.port}", True, None)
+        notify.Delivery(
+            "email", f"mailto://***@{LOOPBACK}:{smtp_sink.port}/team%40example.com", True, None
+        )
     ]
     assert smtp_sink.logins == [SMTP_USER]
     (mail,) = smtp_sink.messages
@@ -556,7 +552,9 @@ def test_slack_webhook_payload_reaches_a_local_server(
         "awaiting_approval", version=13, metrics=METRICS, improvement=0.004, report=REPORT
     )
 
-    assert deliveries == [notify.Delivery("slack", "slack:***", True, None)]
+    (delivery,) = deliveries
+    assert delivery.ok and delivery.kind == "slack" and delivery.target_label.startswith("slack")
+    assert not any(token in delivery.target_label for token in SLACK_TOKENS)
     (request,) = http_sink.requests
     assert request.path == "/services/{}/{}/{}".format(*SLACK_TOKENS)
     payload = request.json()
@@ -580,7 +578,8 @@ def test_teams_workflow_payload_reaches_a_local_tls_server(
         "rejected", version=14, reason="score 42 < 50", metrics=METRICS, targets=[target]
     )
 
-    assert delivery == notify.Delivery("teams", "teams:***", True, None)
+    assert delivery.ok and delivery.kind == "teams"
+    assert TEAMS_SIG not in delivery.target_label and TEAMS_WORKFLOW not in delivery.target_label
     (request,) = https_sink.requests
     assert urlsplit(request.path).path == (
         f"/workflows/{TEAMS_WORKFLOW}/triggers/manual/paths/invoke"
@@ -612,7 +611,8 @@ def test_pagerduty_gets_rollbacks_on_a_local_server_and_not_routine_deploys(
     assert http_sink.requests == []
 
     deliveries = notify.notify("rolled_back", version=15, reason="error rate 7% > 2%")
-    assert deliveries == [notify.Delivery("pagerduty", "pagerduty:***", True, None)]
+    assert [(d.kind, d.ok) for d in deliveries] == [("pagerduty", True)]
+    assert PD_KEY not in deliveries[0].target_label
     (request,) = http_sink.requests
     assert request.path == "/v2/enqueue"
     payload = request.json()
@@ -644,6 +644,53 @@ def test_send_test_reaches_every_target_including_pagerduty(
     assert json_payload["title"] == "[mlops] Test notification"
 
 
+# --- routing by apprise tags -------------------------------------------------------------------
+
+
+def test_tags_route_each_event_only_to_the_targets_subscribed_to_it(http_sink: HttpSink) -> None:
+    base = f"json://{LOOPBACK}:{http_sink.port}"
+    env = {
+        "NOTIFY_URLS": f"rollback,failure={base}/ops {base}/all, deploy={base}/releases",
+        "PAGERDUTY_KEY": f"deploy={PD_KEY}",
+    }
+    targets = notify.targets_from_env(env)
+    assert [t.tags for t in targets] == [
+        frozenset({"deploy"}),  # PagerDuty's default (rollbacks and alerts) overridden
+        frozenset({"rollback", "failure"}),
+        frozenset({"always"}),  # no tags: every event
+        frozenset({"deploy"}),
+    ]
+    assert targets[0].url.startswith(f"pagerduty://{PD_KEY}@")
+    web = targets[1:]
+
+    def paths(event: str) -> list[str]:
+        http_sink.requests.clear()
+        deliveries = notify.notify(event, version=3, reason="why", targets=web)
+        assert all(d.ok for d in deliveries)
+        assert [d.target_label.rsplit("/", 1)[1] for d in deliveries] == [
+            r.path.lstrip("/") for r in http_sink.requests
+        ]
+        return [r.path for r in http_sink.requests]
+
+    assert paths("rolled_back") == ["/ops", "/all"]  # by alias
+    assert paths("alert") == ["/ops", "/all"]  # by level: failure
+    assert paths("deployed") == ["/all", "/releases"]
+    assert paths("awaiting_approval") == ["/all"]
+    only_alerts = notify.Target("other", f"{base}/pager", events=frozenset({"alert"}))
+    assert notify.notify("deployed", targets=[only_alerts]) == []
+    assert [d.ok for d in notify.notify("alert", targets=[only_alerts])] == [True]
+    assert notify.event_tags("rolled_back") == {"rolled_back", "failure", "rollback"}
+
+
+def test_a_tag_prefix_is_not_part_of_the_url_or_its_secrets() -> None:
+    tags, url = notify.split_tags(f"rollback, failure = {SLACK_HOOK}")
+    assert tags == {"rollback", "failure"} and url == SLACK_HOOK
+    assert notify.split_tags("json://h/x?a=b") == (None, "json://h/x?a=b")
+    secrets = notify.secret_values({"SLACK_WEBHOOK": f"rollback={SLACK_HOOK}"})
+    assert SLACK_HOOK in secrets and all(t in secrets for t in SLACK_TOKENS)
+    assert "rollback" not in secrets
+
+
 # --- failures -----------------------------------------------------------------------------------
 
 
@@ -668,7 +715,7 @@ def test_an_unreachable_target_is_reported_and_the_others_still_get_the_message(
     )
 
     assert [d.ok for d in deliveries] == [False, True, True, False]
-    assert deliveries[0].target_label == f"json://{LOOPBACK}:{dead}/***"
+    assert deliveries[0].target_label == f"json://{LOOPBACK}:{dead}/hook"
     assert "Connection error" in (deliveries[0].error or "")
     assert "Connection error" in (deliveries[3].error or "")
     assert "smoke test failed" in http_sink.requests[0].json()["message"]
@@ -693,14 +740,13 @@ def test_a_silent_server_costs_only_the_read_timeout() -> None:
 
 def test_timeouts_are_applied_unless_the_url_sets_them(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Any] = []
-    real_instantiate = apprise.Apprise.instantiate
+    real_add = apprise.Apprise.add
 
-    def spy(url: Any, *args: Any, **kwargs: Any) -> Any:
-        service = real_instantiate(url, *args, **kwargs)
-        seen.append(service)
-        return service
+    def spy(self: apprise.Apprise, service: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(service)  # the service apprise is about to notify
+        return real_add(self, service, *args, **kwargs)
 
-    monkeypatch.setattr(apprise.Apprise, "instantiate", staticmethod(spy))
+    monkeypatch.setattr(apprise.Apprise, "add", spy)
     dead = _closed_port()
     targets = [
         notify.Target("other", f"json://{LOOPBACK}:{dead}/a"),

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from scipy import stats
 
 CHAMPION, CANARY = "champion", "canary"
@@ -31,23 +32,40 @@ REQUIRED_COLUMNS = (
 )  # fmt: skip
 
 
-@dataclass
-class AnalysisConfig:
-    """Bounds of one analysis; defaults follow Flagger and the mission's 2-point rule."""
+class AnalysisConfig(BaseModel):
+    """Bounds of one analysis; defaults follow Flagger and the mission's 2-point rule.
 
-    max_error_rate: float = 0.01  # absolute, on the canary (Flagger: success rate >= 99%)
-    max_p99_ms: float = 500.0  # Flagger's request-duration default
-    max_p99_ratio: float = 3.0  # canary p99 / champion p99 ...
-    p99_floor_ms: float = 50.0  # ... only judged when the canary's p99 is above this
-    max_accuracy_drop: float = 0.02  # 2 points below the champion
-    alpha: float = 0.05  # for the error-rate and accuracy tests
-    min_requests: int = 50  # per variant
-    min_feedback: int = 100  # labeled canary (and champion) requests to judge accuracy
-    max_prediction_shift: float = 0.15  # |positive-rate difference| ...
-    shift_alpha: float = 0.001  # ... and significant at this level: both are needed to fail
+    This is also the type of the `canary_analysis` section of `lib.config.PipelineConfig`, so the
+    defaults and the ranges live here only; a typo, a wrong type or an out-of-range bound fails
+    when the config is loaded, naming the key.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # absolute, on the canary (Flagger: success rate >= 99%)
+    max_error_rate: float = Field(0.01, ge=0, lt=1)
+    max_p99_ms: float = Field(500.0, gt=0)  # Flagger's request-duration default
+    max_p99_ratio: float = Field(3.0, gt=0)  # canary p99 / champion p99 ...
+    p99_floor_ms: float = Field(50.0, ge=0)  # ... only judged when the canary's p99 is above this
+    max_accuracy_drop: float = Field(0.02, ge=0, lt=1)  # 2 points below the champion
+    alpha: float = Field(0.05, gt=0, lt=1)  # for the error-rate and accuracy tests
+    min_requests: int = Field(50, ge=1)  # per variant
+    # labeled canary (and champion) requests to judge accuracy
+    min_feedback: int = Field(100, ge=1)
+    max_prediction_shift: float = Field(0.15, ge=0, le=1)  # |positive-rate difference| ...
+    # ... and significant at this level: both are needed to fail
+    shift_alpha: float = Field(0.001, gt=0, lt=1)
     # True: an observed accuracy drop or shift beyond its bound that is not yet significant waits
     # for more data instead of passing (stricter; a healthy canary then waits more often).
     wait_on_inconclusive: bool = False
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """`true` is not a bound: pydantic would read it as 1."""
+        if isinstance(value, bool) and info.field_name != "wait_on_inconclusive":
+            raise ValueError(f"must be a number, got {value!r}")
+        return value
 
     @property
     def fast_fail_requests(self) -> int:

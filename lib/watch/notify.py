@@ -1,59 +1,56 @@
 """Tell people what the pipeline did: deployments, approvals, rejections, rollbacks, alerts.
 
-Delivery goes through `apprise`, one apprise instance per target, so a dead target costs only its
-own connect/read timeout and never stops the others. Nothing here raises because a target failed:
-`notify()` returns one `Delivery` per target (ok or the redacted error) for the run summary, and
-logs the same, redacted.
+Delivery, URL parsing, redacted display of targets and routing are apprise's: a target is any URL
+apprise accepts, including the native webhook URLs services hand out; `Target.label` is apprise's
+``url(privacy=True)``; which targets get an event is decided by apprise tags. One apprise
+instance per target, so a dead target costs only its own connect/read timeout and never stops the
+others. Nothing here raises because a target failed: `notify()` returns one `Delivery` per target
+that the event was routed to (ok or the redacted error) for the run summary, and logs the same.
 
-Targets come from the environment (CI secrets):
+Targets come from the environment (CI secrets), each an apprise URL or a service's own URL:
 
 ``SLACK_WEBHOOK``
-    The incoming-webhook URL Slack gives, ``https://hooks.slack.com/services/T…/B…/XXXX`` (also
-    ``hooks.slack-gov.com`` and the ``/workflows/`` and ``/triggers/`` forms); it becomes
-    apprise's ``slack://T…/B…/XXXX``. An apprise URL (``slack://…``) is used as is.
+    ``https://hooks.slack.com/services/T…/B…/XXXX`` as Slack gives it (apprise also takes
+    ``hooks.slack-gov.com``, the ``/workflows/`` and ``/triggers/`` forms and ``slack://…``).
 ``EMAIL_SMTP``
-    An apprise mail URL, used as is::
-
-        mailtos://USER:PASSWORD@smtp.example.com:587?from=mlops@example.com&to=team@example.com
-
-    ``mailtos://`` is STARTTLS (default port 587); add ``&mode=ssl`` for implicit TLS (465).
-    ``mailto://`` without ``mode`` is plain SMTP (port 25) and is only for a trusted local relay.
-    Add ``&smtp=HOST`` when the SMTP server is not the host of the URL, and several recipients as
-    ``to=a@example.com,b@example.com``. USER and PASSWORD are URL-quoted (``@`` → ``%40``).
+    ``mailtos://USER:PASSWORD@smtp.example.com:587?from=mlops@example.com&to=team@example.com``
+    (STARTTLS; ``&mode=ssl`` for implicit TLS; ``mailto://`` without ``mode`` is plain SMTP, for a
+    trusted local relay only). USER and PASSWORD are URL-quoted (``@`` → ``%40``).
 ``TEAMS_WEBHOOK``
-    The URL of a Teams *Workflows* (Power Automate) webhook,
-    ``https://….logic.azure.com:443/workflows/ID/triggers/manual/paths/invoke?…&sig=SIG`` (or the
-    ``…/powerautomate/automations/direct/workflows/…`` form); it becomes apprise's
-    ``workflows://HOST:PORT/ID/SIG/``. An apprise ``workflows://`` URL is used as is. The old
-    Office 365 connector URLs (``…webhook.office.com/webhookb2/…``, ``msteams://``) are retired by
-    Microsoft and apprise 2.3 has no plugin for them: such a value is reported as a failed target.
+    A Teams *Workflows* (Power Automate) webhook URL, ``https://….logic.azure.com:443/workflows/…``
+    or ``workflows://…``. The retired Office 365 connector URLs have no apprise plugin: such a value
+    is logged as retired and reported as a failed target.
 ``PAGERDUTY_KEY``
-    The Events API v2 integration (routing) key; it becomes ``pagerduty://KEY@APIKEY/…``.
-    apprise's plugin insists on an API key too and sends it as ``Authorization: Token token=…``;
-    the Events API ignores that header, so without ``PAGERDUTY_API_KEY`` a non-secret placeholder
-    is used. A full ``pagerduty://ROUTING_KEY@API_KEY/SOURCE/COMPONENT?region=eu`` URL is used as
-    is. PagerDuty pages people, so it only gets ``rolled_back``, ``alert`` and ``test`` (see
-    `PAGERDUTY_EVENTS`; a `Target` with explicit ``events`` overrides that).
+    The Events API v2 integration (routing) key; it becomes ``pagerduty://KEY@APIKEY/…`` because
+    apprise's plugin insists on an API key the Events API ignores (`PAGERDUTY_API_KEY`, else a
+    non-secret placeholder). A full ``pagerduty://…`` URL is used as is.
 ``NOTIFY_URLS``
-    Any apprise URLs, separated by whitespace or commas. A comma only separates URLs when the next
-    character starts a new ``scheme://``, so ``mailto://…?to=a@x.org,b@x.org`` stays one URL.
+    Any apprise URLs, separated by whitespace or commas (a comma only separates URLs when the next
+    character starts a new ``scheme://``, so ``mailto://…?to=a@x.org,b@x.org`` stays one URL).
 
-Each apprise URL may carry ``cto=`` / ``rto=`` (connect / read timeout in seconds); without them
-`notify()` applies `CONNECT_TIMEOUT` / `READ_TIMEOUT`, so an unreachable target costs seconds.
+Routing: every value may start with apprise's ``TAGS=`` prefix (its text-config syntax), e.g.
+``NOTIFY_URLS="rollback,failure=json://ops.example.com/hook"``: that target then only gets the
+events carrying one of those tags. An event carries its name, its level and a short alias
+(`event_tags`: ``rolled_back`` → ``rolled_back, failure, rollback``). A target without tags gets
+every event (apprise's ``always`` tag), except PagerDuty, which pages people and so defaults to
+`PAGERDUTY_EVENTS`.
 
-Secrets never leave this module in clear: `Target` keeps the URL out of its repr and exposes a
-redacted `Target.label`; errors and log lines go through `redact()`; apprise's own logger (which
-logs webhook URLs and payloads at DEBUG) is capped at WARNING and, like urllib3's request log,
-gets a `RedactingFilter`; `install_redacting_filter()` puts the same filter on the root logger's
-handlers.
+Each URL may carry ``cto=`` / ``rto=`` (connect / read timeout in seconds); without them
+`notify()` applies `CONNECT_TIMEOUT` / `READ_TIMEOUT`.
 
-The mission's ``notify.py --rollback --reason "..."`` is ``python runner.py rollback --reason
-"..."``: after the rollback the runner calls ``notify("rolled_back", version=..., reason=...)``.
-``python runner.py notify --test`` calls `send_test()`.
+Secrets never leave this module in clear: `Target` keeps the URL out of its repr; errors and log
+lines go through `redact()`, which knows the configured values and the parts apprise itself hides
+in ``url(privacy=True)``; apprise's logger (webhook URLs and payloads at DEBUG) is capped at
+WARNING and, like urllib3's request log, gets a `RedactingFilter`; `install_redacting_filter()`
+puts the same filter on the root logger's handlers.
+
+``python runner.py rollback --reason "..."`` calls ``notify("rolled_back", version=...,
+reason=...)`` after the rollback; ``python runner.py notify --test`` calls `send_test()`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -62,9 +59,11 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import apprise
+from apprise.common import MATCH_ALWAYS_TAG
+from apprise.result import AppriseResultStatus
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +76,13 @@ LEVELS = {
     "alert": "failure",
     "test": "info",
 }
+# Short names a target may subscribe to, besides the event names and the levels.
+ALIASES = {
+    "deployed": "deploy",
+    "awaiting_approval": "approval",
+    "rejected": "reject",
+    "rolled_back": "rollback",
+}
 KINDS = ("slack", "email", "teams", "pagerduty", "other")
 ENV_VARS = (
     "SLACK_WEBHOOK",
@@ -86,6 +92,12 @@ ENV_VARS = (
     "PAGERDUTY_API_KEY",
     "NOTIFY_URLS",
 )
+_ENV_KINDS = {
+    "SLACK_WEBHOOK": "slack",
+    "EMAIL_SMTP": "email",
+    "TEAMS_WEBHOOK": "teams",
+    "PAGERDUTY_KEY": "pagerduty",
+}
 # Events worth waking someone up for; the others would open incidents for routine work.
 PAGERDUTY_EVENTS = frozenset({"rolled_back", "alert", "test"})
 PAGERDUTY_SOURCE = "mlops-pipeline"
@@ -105,50 +117,43 @@ _NOTIFY_TYPES = {
     "warning": apprise.NotifyType.WARNING,
     "failure": apprise.NotifyType.FAILURE,
 }
+# apprise plugin class -> the family shown in the summary
+_PLUGIN_KINDS = {
+    "NotifySlack": "slack",
+    "NotifyEmail": "email",
+    "NotifyWorkflows": "teams",
+    "NotifyPagerDuty": "pagerduty",
+}
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _NEXT_URL_RE = re.compile(r",+(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+# apprise's text-config routing prefix: "tag1,tag2=scheme://..."
+_TAGS_PREFIX_RE = re.compile(
+    r"^\s*(?P<tags>[A-Za-z0-9_][A-Za-z0-9_,\s-]*?)\s*=\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)"
+)
+# the same before a bare PagerDuty routing key
+_TAGS_PREFIX_BARE_RE = re.compile(r"^\s*(?P<tags>[A-Za-z0-9_][A-Za-z0-9_,\s-]*?)\s*=\s*(?=\S)")
 # Credentials in any URL: everything between "://" and the last "@" of the authority.
 _USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#'\"<>]*@")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_~+=%-]{8,}")
+_URL_PARTS_RE = re.compile(r"[/:@?&=,#\s]+")
 _SECRET_QUERY_KEYS = frozenset(
-    {
-        "sig",
-        "signature",
-        "token",
-        "key",
-        "apikey",
-        "api_key",
-        "integrationkey",
-        "routing_key",
-        "password",
-        "pass",
-        "secret",
-        "auth",
-        "access_token",
-    }
+    {"sig", "signature", "token", "key", "apikey", "api_key", "password", "pass", "secret"}
 )
 _TIMEOUT_PARAM_RE = re.compile(r"[?&](cto|rto)=", re.I)
-_SLACK_HOOK_RE = re.compile(
-    r"^https?://hooks\.slack(?P<gov>-gov)?\.com/services/"
-    r"(?P<a>[A-Za-z0-9]+)/(?P<b>[A-Za-z0-9]+)/(?P<c>[A-Za-z0-9]+)/?$"
-)
-_SLACK_WORKFLOW_RE = re.compile(
-    r"^https?://hooks\.slack\.com/(?P<kind>workflows|triggers)/(?P<path>[A-Za-z0-9][A-Za-z0-9/_-]*?)/?$"
-)
-_TEAMS_PATH_RE = re.compile(
-    r"^(?P<pa>/powerautomate/automations/direct(?:/cu/(?P<route>[0-9]+))?)?"
-    r"/workflows/(?P<workflow>[A-Za-z0-9_-]+)/triggers/manual/paths/invoke/?$"
-)
 _RETIRED_TEAMS_RE = re.compile(
     r"^(msteams://|https?://[^/]*(webhook\.office\.com|office\.com/webhook))"
 )
-
 # Values that sit where secrets sit but are not secret (and are worth keeping readable).
 _NOT_SECRET = frozenset({PAGERDUTY_NO_API_KEY, PAGERDUTY_SOURCE, PAGERDUTY_COMPONENT})
 
 _registry_lock = threading.Lock()
 _registered_secrets: set[str] = set()
 _off_logged = False
+
+
+def event_tags(event: str) -> frozenset[str]:
+    """The apprise tags `event` is sent with: its name, its level and its alias."""
+    return frozenset({event, LEVELS[event], *([ALIASES[event]] if event in ALIASES else [])})
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,8 @@ class Target:
     kind: str
     url: str = field(repr=False)
     source: str = "explicit"
-    # None: every event, except PagerDuty which gets PAGERDUTY_EVENTS.
+    # apprise tags this target subscribes to (event names, levels, aliases); None: every event,
+    # except PagerDuty which gets PAGERDUTY_EVENTS.
     events: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
@@ -175,15 +181,24 @@ class Target:
         _register_secrets(_url_secrets(self.url))
 
     @property
+    def tags(self) -> frozenset[str]:
+        """The apprise tags the service gets; ``always`` matches every event."""
+        if self.events is not None:
+            return frozenset(self.events)
+        return PAGERDUTY_EVENTS if self.kind == "pagerduty" else frozenset({MATCH_ALWAYS_TAG})
+
+    @property
     def label(self) -> str:
-        """A description that is safe to print."""
-        return _label(self.kind, self.url)
+        """apprise's privacy URL without its options: safe to print."""
+        service = apprise.Apprise.instantiate(self.url)
+        if service is None:
+            return f"{self.kind}:{REDACTED}"
+        shown = service.url(privacy=True).split("?", 1)[0]
+        return redact(shown, _url_secrets(self.url)[1:])  # the parts, not the whole URL
 
     def wants(self, event: str) -> bool:
-        """Whether this target should get `event`."""
-        if self.events is not None:
-            return event in self.events
-        return self.kind != "pagerduty" or event in PAGERDUTY_EVENTS
+        """Whether `event` is routed here (the rule apprise's tag filter applies)."""
+        return MATCH_ALWAYS_TAG in self.tags or bool(self.tags & event_tags(event))
 
     def __str__(self) -> str:
         return self.label
@@ -200,55 +215,10 @@ class Delivery:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON summaries."""
-        return {
-            "kind": self.kind,
-            "target": self.target_label,
-            "ok": self.ok,
-            "error": self.error,
-        }
+        return {"kind": self.kind, "target": self.target_label, "ok": self.ok, "error": self.error}
 
 
 # --- targets ------------------------------------------------------------------------------------
-
-
-def slack_url(webhook: str) -> str:
-    """Slack's incoming-webhook URL in apprise form; anything else unchanged."""
-    value = webhook.strip()
-    match = _SLACK_HOOK_RE.match(value)
-    if match:
-        url = f"slack://{match['a']}/{match['b']}/{match['c']}/"
-        return url + "?mode=gov-hook" if match["gov"] else url
-    match = _SLACK_WORKFLOW_RE.match(value)
-    if match:
-        mode = "trigger" if match["kind"] == "triggers" else "workflow"
-        return f"slack://{match['path']}/?mode={mode}"
-    return value
-
-
-def teams_url(webhook: str) -> str:
-    """A Teams Workflows webhook URL in apprise's ``workflows://`` form; anything else unchanged."""
-    value = webhook.strip()
-    if not value.lower().startswith(("https://", "http://")):
-        return value
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError:
-        return value
-    match = _TEAMS_PATH_RE.match(parts.path)
-    query = dict(parse_qsl(parts.query))
-    if not match or not parts.hostname or not query.get("sig"):
-        return value
-    params: dict[str, str] = {}
-    if match["pa"]:
-        params["pa"] = "yes"
-    if match["route"]:
-        params["route"] = match["route"]
-    if query.get("api-version"):
-        params["ver"] = query["api-version"]
-    host = parts.hostname + (f":{port}" if port else "")
-    url = f"workflows://{host}/{match['workflow']}/{query['sig']}/"
-    return url + ("?" + urlencode(params) if params else "")
 
 
 def pagerduty_url(key: str, api_key: str | None = None) -> str:
@@ -274,19 +244,22 @@ def split_urls(value: str) -> list[str]:
     return urls
 
 
+def split_tags(value: str, bare: bool = False) -> tuple[frozenset[str] | None, str]:
+    """``"rollback,failure=json://…"`` -> ({rollback, failure}, ``json://…``) (apprise's syntax).
+
+    `bare`: the value after the prefix may be a plain key (PAGERDUTY_KEY), not only a URL.
+    """
+    match = (_TAGS_PREFIX_BARE_RE if bare else _TAGS_PREFIX_RE).match(value)
+    if not match:
+        return None, value.strip()
+    tags = frozenset(t.strip().lower() for t in re.split(r"[,\s]+", match["tags"]) if t.strip())
+    return tags or None, value[match.end() :].strip()
+
+
 def kind_of(url: str) -> str:
-    """Which family a URL belongs to, for the summary (slack/email/teams/pagerduty/other)."""
-    lowered = url.strip().lower()
-    scheme = lowered.split("://", 1)[0] if "://" in lowered else ""
-    if scheme == "slack" or _SLACK_HOOK_RE.match(url) or _SLACK_WORKFLOW_RE.match(url):
-        return "slack"
-    if scheme in ("mailto", "mailtos"):
-        return "email"
-    if scheme in ("workflow", "workflows", "msteams") or teams_url(url) != url.strip():
-        return "teams"
-    if scheme == "pagerduty":
-        return "pagerduty"
-    return "other"
+    """Which family apprise puts a URL in (slack/email/teams/pagerduty/other)."""
+    service = apprise.Apprise.instantiate(url)
+    return _PLUGIN_KINDS.get(type(service).__name__, "other") if service else "other"
 
 
 def targets_from_env(environ: Mapping[str, str] | None = None) -> list[Target]:
@@ -295,36 +268,27 @@ def targets_from_env(environ: Mapping[str, str] | None = None) -> list[Target]:
     found: list[Target] = []
     seen: set[str] = set()
 
-    def add(kind: str, url: str, source: str) -> None:
+    def add(kind: str, url: str, source: str, tags: frozenset[str] | None) -> None:
         if url and url not in seen:
             seen.add(url)
-            found.append(Target(kind=kind, url=url, source=source))
+            found.append(Target(kind=kind, url=url, source=source, events=tags))
 
-    slack = env.get("SLACK_WEBHOOK", "").strip()
-    if slack:
-        add("slack", slack_url(slack), "SLACK_WEBHOOK")
-    email = env.get("EMAIL_SMTP", "").strip()
-    if email:
-        add("email", email, "EMAIL_SMTP")
-    teams = env.get("TEAMS_WEBHOOK", "").strip()
-    if teams:
-        if _RETIRED_TEAMS_RE.match(teams):
+    for var, kind in _ENV_KINDS.items():
+        tags, value = split_tags(env.get(var, ""), bare=var == "PAGERDUTY_KEY")
+        if not value:
+            continue
+        if var == "PAGERDUTY_KEY":
+            value = pagerduty_url(value, env.get("PAGERDUTY_API_KEY"))
+        elif var == "TEAMS_WEBHOOK" and _RETIRED_TEAMS_RE.match(value):
             log.warning(
                 "TEAMS_WEBHOOK looks like a retired Office 365 connector URL; apprise %s only "
-                "supports Teams Workflows webhooks (workflows://), so this target will fail",
+                "supports Teams Workflows webhooks, so this target will fail",
                 apprise.__version__,
             )
-        add("teams", teams_url(teams), "TEAMS_WEBHOOK")
-    pagerduty = env.get("PAGERDUTY_KEY", "").strip()
-    if pagerduty:
-        add("pagerduty", pagerduty_url(pagerduty, env.get("PAGERDUTY_API_KEY")), "PAGERDUTY_KEY")
-    for url in split_urls(env.get("NOTIFY_URLS", "")):
-        kind = kind_of(url)
-        if kind == "slack":
-            url = slack_url(url)
-        elif kind == "teams":
-            url = teams_url(url)
-        add(kind, url, "NOTIFY_URLS")
+        add(kind, value, var, tags)
+    for entry in split_urls(env.get("NOTIFY_URLS", "")):
+        tags, url = split_tags(entry)
+        add(kind_of(url), url, "NOTIFY_URLS", tags)
     return found
 
 
@@ -341,47 +305,34 @@ def _looks_secret(value: str) -> bool:
     return (has_digit and has_alpha) or mixed_case or len(value) >= 20
 
 
-def _is_hostname(host: str) -> bool:
-    return "." in host or host.lower() == "localhost" or host.startswith("[")
+@functools.lru_cache(maxsize=512)
+def _url_secrets(value: str) -> tuple[str, ...]:
+    """A configured value and its secret parts: those apprise hides in ``url(privacy=True)``,
+    URL credentials, secret query values and token-like path segments (webhook paths).
 
-
-def _split_netloc(netloc: str) -> tuple[str, str]:
-    """(userinfo, host without port) of a URL authority."""
-    userinfo, _, hostport = netloc.rpartition("@")
-    host = hostport
-    if not hostport.startswith("[") and hostport.count(":") == 1:
-        host, _, port = hostport.partition(":")
-        if not port.isdigit():
-            host = hostport
-    return userinfo, host
-
-
-def _url_secrets(value: str) -> list[str]:
-    """A configured value and the parts of it that are secret on their own."""
-    value = value.strip()
+    Cached: the redacting log filter asks for every record."""
+    value = split_tags(value)[1] if value else value
     found = [value]
     if not _SCHEME_RE.match(value):
-        return found
+        return tuple(found)
+    service = apprise.Apprise.instantiate(value)
+    if service is not None:
+        shown = set(_URL_PARTS_RE.split(unquote(service.url(privacy=True))))
+        full = _URL_PARTS_RE.split(unquote(service.url()))
+        found.extend(p for p in full if p and p not in shown)
     try:
         parts = urlsplit(value)
     except ValueError:
-        return found
-    userinfo, host = _split_netloc(parts.netloc)
+        return tuple(found)
+    userinfo = parts.netloc.rpartition("@")[0]
     if userinfo:
         found.append(userinfo)
-        user, _, password = userinfo.partition(":")
-        if password:
-            found.append(password)
-        if user and _looks_secret(unquote(user)):
-            found.append(user)
-    if host and not _is_hostname(host):
-        # Apprise schemes put tokens where a host would be (slack://T…/, tgram://ID:TOKEN/).
-        found.extend([host, *host.split(":")])
+        found.extend(p for p in userinfo.split(":")[1:] if p)
     found.extend(seg for seg in parts.path.split("/") if _looks_secret(unquote(seg)))
     for key, val in parse_qsl(parts.query):
         if val and (key.lower() in _SECRET_QUERY_KEYS or _looks_secret(val)):
             found.append(val)
-    return found
+    return tuple(found)
 
 
 def _normalize(values: Iterable[str]) -> list[str]:
@@ -404,14 +355,10 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
         value = env.get(var, "").strip()
         if not value:
             continue
-        pieces = split_urls(value) if var == "NOTIFY_URLS" else [value]
-        raw.extend(pieces)
-        if var == "SLACK_WEBHOOK":
-            raw.append(slack_url(value))
-        elif var == "TEAMS_WEBHOOK":
-            raw.append(teams_url(value))
-        elif var == "PAGERDUTY_KEY":
-            raw.append(pagerduty_url(value, env.get("PAGERDUTY_API_KEY")))
+        raw.extend(split_urls(value) if var == "NOTIFY_URLS" else [value])
+        if var == "PAGERDUTY_KEY":
+            key = split_tags(value, bare=True)[1]
+            raw.extend([key, pagerduty_url(key, env.get("PAGERDUTY_API_KEY"))])
     return _normalize(raw)
 
 
@@ -499,29 +446,6 @@ def _harden_apprise_logging() -> None:
 
 
 _harden_apprise_logging()
-
-
-def _label(kind: str, url: str) -> str:
-    """A redacted description: the kind, and for mail and generic URLs the server it talks to."""
-    if kind in ("slack", "teams", "pagerduty"):
-        return f"{kind}:{REDACTED}"
-    value = url.strip()
-    if not _SCHEME_RE.match(value):
-        return f"{kind}:{REDACTED}"
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError:
-        return f"{kind}:{REDACTED}"
-    userinfo, host = _split_netloc(parts.netloc)
-    if kind == "email":
-        host = dict(parse_qsl(parts.query)).get("smtp") or host
-    shown = host if host and _is_hostname(host) and not _looks_secret(host) else REDACTED
-    label = f"{parts.scheme}://{REDACTED + '@' if userinfo else ''}{shown}"
-    label += f":{port}" if port else ""
-    if kind != "email" and (parts.path.strip("/") or parts.query):
-        label += f"/{REDACTED}"
-    return label
 
 
 # --- messages -----------------------------------------------------------------------------------
@@ -621,30 +545,26 @@ def _asset() -> apprise.AppriseAsset:
 
 def _failure_text(result: Any) -> str:
     messages = [
-        entry.message
-        for service in result.results
-        for entry in service.logs()
-        if entry.level in ("WARNING", "ERROR", "CRITICAL")
-    ]
-    messages += [
-        entry.message
-        for entry in result.call_logs()
-        if entry.level in ("WARNING", "ERROR", "CRITICAL")
+        entry.message for entry in result.logs() if entry.level in ("WARNING", "ERROR", "CRITICAL")
     ]
     unique = list(dict.fromkeys(m.strip() for m in messages if m.strip()))
     return "; ".join(unique) or f"delivery failed ({result.status.name.lower()})"
 
 
 def _deliver(
-    target: Target, message: Message, connect_timeout: float, read_timeout: float
-) -> Delivery:
-    """Send to one target; every failure becomes a redacted error, never an exception."""
+    target: Target, event: str, message: Message, connect_timeout: float, read_timeout: float
+) -> Delivery | None:
+    """Send to one target through apprise's tag filter; None when the event is not routed there.
+
+    Every failure becomes a redacted error, never an exception.
+    """
     label = target.label
-    secrets = _url_secrets(target.url)
     try:
         asset = _asset()
-        service = apprise.Apprise.instantiate(target.url, asset=asset)
+        service = apprise.Apprise.instantiate(target.url, asset=asset, tag=set(target.tags))
         if service is None:
+            if not target.wants(event):
+                return None
             return Delivery(
                 target.kind,
                 label,
@@ -661,14 +581,18 @@ def _deliver(
             title=message.title,
             notify_type=_NOTIFY_TYPES[message.level],
             body_format=apprise.NotifyFormat.MARKDOWN,
+            tag=sorted(event_tags(event)),
+            match_always=True,
             log_level=logging.WARNING,
         )
+        if result.status == AppriseResultStatus.NOMATCH:
+            return None
         if result:
             return Delivery(target.kind, label, True)
         error = _failure_text(result)
     except Exception as exc:  # a notification must never break the run
         error = f"{type(exc).__name__}: {exc}"
-    return Delivery(target.kind, label, False, redact(redact(error, secrets)))
+    return Delivery(target.kind, label, False, redact(redact(error, [target.url])))
 
 
 def notify(
@@ -684,11 +608,11 @@ def notify(
     connect_timeout: float = CONNECT_TIMEOUT,
     read_timeout: float = READ_TIMEOUT,
 ) -> list[Delivery]:
-    """Send `event` to every target (default: `targets_from_env()`), one at a time.
+    """Send `event` to every target (default: `targets_from_env()`) its tags route it to.
 
-    Returns one `Delivery` per target that wants the event; failures are in the list and in the
-    log, never raised. With no targets at all it returns [] and says once that notifications are
-    off. An unknown `event` is a programming error and raises ValueError.
+    Returns one `Delivery` per target the event was routed to; failures are in the list and in
+    the log, never raised. With no targets at all it returns [] and says once that notifications
+    are off. An unknown `event` is a programming error and raises ValueError.
     """
     global _off_logged
     message = build_message(event, version, metrics, improvement, report, reason, details)
@@ -705,10 +629,10 @@ def notify(
     _harden_apprise_logging()
     deliveries: list[Delivery] = []
     for target in chosen:
-        if not target.wants(event):
-            log.debug("%s: not sent to %s (not one of its events)", event, target.label)
+        delivery = _deliver(target, event, message, connect_timeout, read_timeout)
+        if delivery is None:
+            log.debug("%s: not sent to %s (not one of its tags)", event, target.label)
             continue
-        delivery = _deliver(target, message, connect_timeout, read_timeout)
         deliveries.append(delivery)
         if delivery.ok:
             log.info("notification %s sent to %s", event, delivery.target_label)
