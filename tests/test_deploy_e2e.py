@@ -3,6 +3,7 @@ replayed traffic, canary analysis, promotion and automatic rollbacks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -23,11 +24,13 @@ from lib.delivery import releases as deployments
 from lib.delivery import replayer, rollout
 from lib.delivery.service_process import ServiceProcess
 from lib.pipeline import data, features, synth, training
+from lib.pipeline.contracts import DeployInputs
 
 pytestmark = pytest.mark.e2e
 
 NAME = "playstore-rating"
 TOKEN = "test-admin-token-0123456789"
+DEPLOY_SETTINGS = [f.name for f in dataclasses.fields(deployer.DeploySettings)]
 FAST = {
     "steps": [5, 25, 50, 100],
     "analysis_seconds": 2.0,
@@ -119,8 +122,9 @@ class World:
         )
 
     def deploy(self, version: str, url: str, **overrides) -> deployer.DeployOutcome:
+        defaults = DeployInputs().model_dump(include=set(DEPLOY_SETTINGS))
         settings = deployer.DeploySettings(
-            **{**FAST, **overrides}, serving_url=url, store_url=self.store_url
+            **{**defaults, **FAST, **overrides, "serving_url": url, "store_url": self.store_url}
         )
         return deployer.deploy(
             self.root,

@@ -15,7 +15,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,20 +39,21 @@ class RolloutFailed(Exception):
 
 @dataclass
 class DeploySettings:
-    """Parameters of one rollout (the 05 deploy notebook's parameters)."""
+    """Parameters of one rollout. No defaults here: they come from the config through the 05
+    deploy stage's contract (lib.pipeline.contracts.DeployInputs), the one place they live."""
 
-    steps: list[int] = field(default_factory=lambda: [5, 25, 50, 100])
-    analysis_seconds: float = 300.0  # the mission's canary window
-    max_wait_seconds: float = 600.0  # beyond the window, waiting for enough samples
-    check_every_seconds: float = 5.0  # fail fast between window ends
-    replay_rate: float = 20.0  # requests per second when the stage brings its own traffic
-    replay: bool = True  # False: real users provide the traffic
-    smoke_rows: int = 40
-    smoke_max_p95_ms: float = 500.0
-    lease_seconds: float = 60.0
-    serving_url: str | None = None  # a running production service; None: start one
-    store_url: str = ""  # the production service's prediction store
-    analysis: dict[str, Any] = field(default_factory=dict)  # canary.AnalysisConfig fields
+    steps: list[int]  # canary weights in percent
+    analysis_seconds: float  # the canary window per step
+    max_wait_seconds: float  # beyond the window, waiting for enough samples
+    check_every_seconds: float  # fail fast between window ends
+    replay_rate: float  # requests per second when the stage brings its own traffic
+    replay: bool  # False: real users provide the traffic
+    smoke_rows: int
+    smoke_max_p95_ms: float
+    lease_seconds: float
+    serving_url: str | None  # a running production service; None: start one
+    store_url: str  # the production service's prediction store
+    analysis: dict[str, Any]  # canary.AnalysisConfig fields
 
 
 @dataclass

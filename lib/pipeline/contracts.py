@@ -182,7 +182,8 @@ class MonitorInputs(HoldoutInputs):
 
 
 class MonitorOutputs(Contract):
-    healthy: bool
+    verdict: Literal["healthy", "alerts", "not_enough_evidence"]
+    healthy: bool | None  # None: not enough evidence either way
     alerts: list[dict[str, Any]]
     drift: dict[str, Any]
     rolled_back: bool

@@ -69,6 +69,7 @@ class RunResults(BaseModel):
     rollback_reason: str | None = None
     recovered: str | None = None
     healthy: bool | None = None
+    verdict: str | None = None
     alerts: list[dict[str, Any]] | None = None
     drift: dict[str, Any] | None = None
     rolled_back: bool | None = None
@@ -115,7 +116,7 @@ def headline(out: Contract) -> str:
         why = f" ({out.rollback_reason})" if out.rollback_reason else ""
         return f": v{out.deployed_version} {out.outcome}{why}"
     if isinstance(out, MonitorOutputs):
-        state = "healthy" if out.healthy else f"{len(out.alerts)} alert(s)"
+        state = f"{len(out.alerts)} alert(s)" if out.alerts else out.verdict.replace("_", " ")
         note = f"; {out.rollback_note}" if out.rollback_note else ""
         return f": v{out.monitored_version} {state}{note}"
     return ""

@@ -107,6 +107,18 @@ def drifts(report: monitoring.MonitorReport) -> list[monitoring.FeatureDrift]:
     return [monitoring.FeatureDrift(**d) for d in report.drift.get("features", [])]
 
 
+EVIDENCE_CHECKS = ("error_rate", "accuracy", "roc_auc")  # what says anything about the model
+
+
+def verdict(report: monitoring.MonitorReport) -> str:
+    """`alerts`, `healthy`, or `not_enough_evidence`: a window in which no model check could
+    be evaluated is not a healthy one."""
+    if report.alerts:
+        return "alerts"
+    evaluated = [c for c in report.checks if c.name in EVIDENCE_CHECKS and c.status in ("ok",)]
+    return "healthy" if evaluated else "not_enough_evidence"
+
+
 @dataclass
 class Action:
     rolled_back: bool
@@ -135,6 +147,17 @@ def act(
     )
 
 
+def verdict_text(report: monitoring.MonitorReport, action: Action) -> str:
+    if action.note:
+        return action.note
+    v = verdict(report)
+    if v == "alerts":
+        return f"{len(report.alerts)} alert(s), no rollback"
+    if v == "not_enough_evidence":
+        return "not enough evidence: no model check could be evaluated in this window"
+    return "healthy"
+
+
 def alerts_table(report: monitoring.MonitorReport) -> pd.DataFrame:
     return pd.DataFrame(
         [{"check": a.check, "severity": a.severity, "message": a.message} for a in report.alerts]
@@ -142,8 +165,10 @@ def alerts_table(report: monitoring.MonitorReport) -> pd.DataFrame:
 
 
 def outputs(w: Window, report: monitoring.MonitorReport, action: Action) -> MonitorOutputs:
+    v = verdict(report)
     return MonitorOutputs(
-        healthy=report.healthy,
+        verdict=v,
+        healthy=None if v == "not_enough_evidence" else report.healthy,
         alerts=[
             {"check": a.check, "severity": a.severity, "message": a.message}
             for a in report.alerts
