@@ -294,13 +294,14 @@ def floor(pipe: Any, apps: Any) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
     from lib.pipeline import features
-    from lib.serving import service as serving
+    from lib.serving.encoders import single_threaded
+    from lib.serving.predictor import Predictor
 
     X = features.model_inputs(apps)
     rows = [tuple(r) for r in X.itertuples(index=False)]
     with threadpool_limits(1):
-        predictor = serving.Predictor(serving.single_threaded(pipe))
-        fallback = serving.Predictor(pipe, compile_model=False)
+        predictor = Predictor(single_threaded(pipe))
+        fallback = Predictor(pipe, compile_model=False)
 
         def sk(n: int) -> None:
             pipe.predict_proba(X.iloc[:n])

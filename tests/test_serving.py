@@ -28,9 +28,13 @@ from threadpoolctl import threadpool_limits
 from lib import registry
 from lib.pipeline import data, features, synth, training
 from lib.pipeline.features import FEATURE_COLUMNS
-from lib.serving import service as serving
+from lib.serving import __main__ as cli
+from lib.serving import batching, compiled, encoders, routing, schemas
+from lib.serving.app import create_app
 from lib.serving.prediction_store import PredictionStore
-from lib.serving.service import ServingSettings, create_app
+from lib.serving.predictor import Predictor
+from lib.serving.rows import rows_frame
+from lib.serving.settings import ServingSettings
 
 PROJECT = Path(__file__).resolve().parents[1]
 TOKEN = "test-admin-token-1234"
@@ -123,7 +127,7 @@ def client(mlstore: Store, tmp_path: Path):
         yield c
 
 
-def _service(c: TestClient) -> serving.ModelService:
+def _service(c: TestClient) -> routing.ModelService:
     return c.app.state.service
 
 
@@ -151,7 +155,7 @@ def _metric(c: TestClient, name: str, **labels: str) -> float:
     return total
 
 
-def _id_for(service: serving.ModelService, variant: str, prefix: str = "rid") -> str:
+def _id_for(service: routing.ModelService, variant: str, prefix: str = "rid") -> str:
     """A request id that routes to `variant` under the current weight."""
     for i in range(100_000):
         rid = f"{prefix}-{i}"
@@ -166,6 +170,7 @@ def _id_for(service: serving.ModelService, variant: str, prefix: str = "rid") ->
 
 def test_single_raw_app_matches_the_pipeline(client: TestClient, mlstore: Store) -> None:
     apps = _raw_apps(mlstore, 5)
+    assert len(apps) == 5
     for app in apps:
         resp = client.post("/predict", json=app, headers={"X-Request-ID": f"one-{app['App']}"})
         assert resp.status_code == 200, resp.text
@@ -329,8 +334,8 @@ def test_canary_share_and_sticky_variants(client: TestClient) -> None:
 
 
 def test_variant_bucket_is_stable_and_in_range() -> None:
-    buckets = [serving.variant_bucket(f"id-{i}") for i in range(1000)]
-    assert buckets == [serving.variant_bucket(f"id-{i}") for i in range(1000)]
+    buckets = [routing.variant_bucket(f"id-{i}") for i in range(1000)]
+    assert buckets == [routing.variant_bucket(f"id-{i}") for i in range(1000)]
     assert min(buckets) >= 0 and max(buckets) < 10_000 and len(set(buckets)) > 900
 
 
@@ -454,9 +459,9 @@ def test_a_staging_instance_serves_another_alias(mlstore: Store, tmp_path: Path)
 
 def test_command_line_builds_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = {}
-    monkeypatch.setattr(serving, "serve", lambda s, host, port: seen.update(s=s, at=(host, port)))
+    monkeypatch.setattr(cli, "serve", lambda s, host, port: seen.update(s=s, at=(host, port)))
     monkeypatch.setenv("SERVING_ADMIN_TOKEN", "env-token")
-    serving.main(
+    cli.main(
         ["--port", "9123", "--model-name", "m", "--tracking-uri", "sqlite:///x.db",
          "--store-url", "sqlite:///p.db", "--champion-alias", "staging", "--max-batch", "8"]
     )  # fmt: skip
@@ -538,7 +543,7 @@ def test_feedback_found_replaced_unknown_invalid(client: TestClient) -> None:
 
 
 def _predictor(mlstore: Store, version: str = "1", compile_model: bool = True):
-    return serving.Variant("champion", version, serving.Predictor(
+    return batching.Variant("champion", version, Predictor(
         mlstore.pipelines[version], compile_model))  # fmt: skip
 
 
@@ -546,9 +551,9 @@ def _predictor(mlstore: Store, version: str = "1", compile_model: bool = True):
 def test_micro_batched_results_equal_per_row_results(mlstore: Store, compile_model: bool) -> None:
     variant = _predictor(mlstore, compile_model=compile_model)
     assert variant.predictor.kind == ("compiled" if compile_model else "sklearn")
-    rows = [serving.parse_app(app) for app in _raw_apps(mlstore, 60)]
+    rows = [schemas.parse_app(app) for app in _raw_apps(mlstore, 60)]
     per_row = [variant.predictor.predict([row]) for row in rows]
-    reference = mlstore.pipelines["1"].predict_proba(serving.rows_frame(rows))[:, 1]
+    reference = mlstore.pipelines["1"].predict_proba(rows_frame(rows))[:, 1]
     original = variant.predictor.predict
     sizes = []
 
@@ -560,7 +565,7 @@ def test_micro_batched_results_equal_per_row_results(mlstore: Store, compile_mod
     variant.predictor.predict = slow_predict
 
     async def run():
-        batcher = serving.MicroBatcher(max_rows=16, wait_s=0.002)
+        batcher = batching.MicroBatcher(max_rows=16, wait_s=0.002)
         batcher.active = len(rows)  # as if all 60 requests were inside the service
         try:
             return await asyncio.gather(*(batcher.predict(variant, [r]) for r in rows))
@@ -576,10 +581,10 @@ def test_micro_batched_results_equal_per_row_results(mlstore: Store, compile_mod
 
 def test_idle_batcher_does_not_wait(mlstore: Store) -> None:
     variant = _predictor(mlstore)
-    row = serving.parse_app(RAW_APP)
+    row = schemas.parse_app(RAW_APP)
 
     async def run():
-        batcher = serving.MicroBatcher(max_rows=64, wait_s=60.0)  # a wait would time out
+        batcher = batching.MicroBatcher(max_rows=64, wait_s=60.0)  # a wait would time out
         try:
             for _ in range(3):
                 await asyncio.wait_for(batcher.predict(variant, [row]), timeout=20)
@@ -591,7 +596,7 @@ def test_idle_batcher_does_not_wait(mlstore: Store) -> None:
 
 def test_batcher_stops_waiting_when_every_request_is_queued(mlstore: Store) -> None:
     variant = _predictor(mlstore)
-    row = serving.parse_app(RAW_APP)
+    row = schemas.parse_app(RAW_APP)
     original = variant.predictor.predict
     sizes = []
 
@@ -603,7 +608,7 @@ def test_batcher_stops_waiting_when_every_request_is_queued(mlstore: Store) -> N
     variant.predictor.predict = slow_predict
 
     async def run():
-        batcher = serving.MicroBatcher(max_rows=64, wait_s=60.0)  # waiting for 64 would time out
+        batcher = batching.MicroBatcher(max_rows=64, wait_s=60.0)  # waiting for 64 would time out
 
         async def request():
             batcher.enter()
@@ -625,7 +630,7 @@ def test_batcher_stops_waiting_when_every_request_is_queued(mlstore: Store) -> N
 
 def test_failing_job_fails_alone_in_a_batch(mlstore: Store) -> None:
     variant = _predictor(mlstore)
-    rows = [serving.parse_app(app) for app in _raw_apps(mlstore, 8)]
+    rows = [schemas.parse_app(app) for app in _raw_apps(mlstore, 8)]
     poison = rows[3]
     original = variant.predictor.predict
 
@@ -638,7 +643,7 @@ def test_failing_job_fails_alone_in_a_batch(mlstore: Store) -> None:
     variant.predictor.predict = picky
 
     async def run():
-        batcher = serving.MicroBatcher(max_rows=64, wait_s=0.002)
+        batcher = batching.MicroBatcher(max_rows=64, wait_s=0.002)
         try:
             return await asyncio.gather(
                 *(batcher.predict(variant, [r]) for r in rows), return_exceptions=True
@@ -659,9 +664,9 @@ def test_concurrent_http_requests_equal_per_row(client: TestClient, mlstore: Sto
     np.testing.assert_allclose([a["probability"] for a in answers], expected, atol=1e-12)
 
 
-def _assert_serves_like_sklearn(model: Any, X: pd.DataFrame) -> serving.Predictor:
+def _assert_serves_like_sklearn(model: Any, X: pd.DataFrame) -> Predictor:
     """Compiled, and the same probabilities (bit for bit) and labels as the model itself."""
-    predictor = serving.Predictor(serving.single_threaded(model))
+    predictor = Predictor(encoders.single_threaded(model))
     assert predictor.kind == "compiled", predictor.reason
     rows = [tuple(r) for r in X.itertuples(index=False)]
     proba, labels = predictor.predict(rows)
@@ -728,7 +733,7 @@ def test_unknown_estimator_falls_back_to_sklearn(small_labeled: training.Labeled
              for n in ("random_forest", "logistic_regression")],
             voting="soft",
         ).fit(lab.X, lab.y)  # fmt: skip
-    predictor = serving.Predictor(serving.single_threaded(model))
+    predictor = Predictor(encoders.single_threaded(model))
     assert predictor.kind == "sklearn" and "VotingClassifier" in predictor.reason
     proba, labels = predictor.predict([tuple(r) for r in lab.X.itertuples(index=False)])
     np.testing.assert_array_equal(proba, model.predict_proba(lab.X)[:, 1])
@@ -737,13 +742,13 @@ def test_unknown_estimator_falls_back_to_sklearn(small_labeled: training.Labeled
 
 def test_a_compiled_difference_falls_back(mlstore: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never serve a wrong number: a compiled path that differs in the last bit is not used."""
-    original = serving._Logistic.proba
+    original = compiled._Logistic.proba
 
     def off_by_a_bit(self: Any, X: Any) -> np.ndarray:
         return np.nextafter(original(self, X), 2.0)
 
-    monkeypatch.setattr(serving._Logistic, "proba", off_by_a_bit)
-    predictor = serving.Predictor(mlstore.pipelines["2"])  # its stack ends in a regression
+    monkeypatch.setattr(compiled._Logistic, "proba", off_by_a_bit)
+    predictor = Predictor(mlstore.pipelines["2"])  # its stack ends in a regression
     assert predictor.kind == "sklearn" and "differs" in predictor.reason
 
 
@@ -776,7 +781,7 @@ def predictor_kind(client: TestClient, version: str) -> str:
 
 
 def test_optional_listing_fields_present_absent_null() -> None:
-    parse = serving.parse_app
+    parse = schemas.parse_app
     name_at = FEATURE_COLUMNS.index("name")
     derived_at = [FEATURE_COLUMNS.index(c) for c in features.DERIVED]
     full = parse({**RAW_APP, "App": "  Photo Editor PRO 2 ", "Genres": "Art;Photo"})
@@ -817,13 +822,13 @@ def test_stored_features_include_the_new_inputs(client: TestClient) -> None:
 
 def test_parse_app_value_styles() -> None:
     base = dict(RAW_APP)
-    parse = serving.parse_app
+    parse = schemas.parse_app
     assert parse({**base, "Size": "201k"})[5] == pytest.approx(0.201)
     assert math.isnan(parse({**base, "Size": "Varies with device"})[5])
     assert math.isnan(parse({**base, "Size": None})[5])
     assert parse({**base, "Size": "1.5G"})[5] == 1500.0
     assert parse({**base, "Size": 5e-05})[5] == 5e-05  # a number is MB, even in e-notation
-    with pytest.raises(serving.InputError, match="Size"):
+    with pytest.raises(schemas.InputError, match="Size"):
         parse({**base, "Size": -3})
     assert parse({**base, "Installs": "1000000000+"})[4] == 1e9
     assert parse({**base, "Installs": 10000.0})[4] == 10000.0
@@ -861,7 +866,7 @@ def test_parse_app_equals_the_full_parser_on_tricky_values() -> None:
     records.append(bare)  # the optional fields absent
     expected = features.model_inputs(data.parse_records(pd.DataFrame(records)).apps)
     assert len(expected) == len(records)
-    got = serving.rows_frame([serving.parse_app(r) for r in records])
+    got = rows_frame([schemas.parse_app(r) for r in records])
     pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), rtol=1e-12)
     # snake_case spellings of the optional fields (a frame of their own: lib.pipeline.data takes one
     # spelling per column)
@@ -869,12 +874,8 @@ def test_parse_app_equals_the_full_parser_on_tricky_values() -> None:
              "android_ver": "5.0 and up"}  # fmt: skip
     snake.pop("App")
     expected = features.model_inputs(data.parse_records(pd.DataFrame([snake])).apps)
-    got = serving.rows_frame([serving.parse_app(snake)])
+    got = rows_frame([schemas.parse_app(snake)])
     pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), rtol=1e-12)
-
-
-def test_missing_spellings_match_lib_data() -> None:
-    assert serving.MISSING_TEXT == frozenset(data._MISSING)
 
 
 def _csv_records(path: Path) -> tuple[list[str], dict[int, dict[str, str]]]:
@@ -902,13 +903,13 @@ def _csv_records(path: Path) -> tuple[list[str], dict[int, dict[str, str]]]:
 )
 def test_parse_app_equals_read_apps_on_real_files(shared_data: Path, name: str) -> None:
     path = shared_data / name
-    if not path.exists():
-        pytest.skip(f"{path} not present")
+    assert path.is_file(), f"{path} is missing from the shared data"
     loaded = data.read_apps(path)
     expected = features.model_inputs(loaded.apps).reset_index(drop=True)
     _, records = _csv_records(path)
     valid_rows = loaded.apps["source_row"].tolist()
-    got = serving.rows_frame([serving.parse_app(records[n]) for n in valid_rows])
+    assert len(valid_rows) > 100, "too few valid rows to compare"
+    got = rows_frame([schemas.parse_app(records[n]) for n in valid_rows])
     pd.testing.assert_frame_equal(got, expected, rtol=1e-12)
     # rows the full parser quarantines for a model input are refused here too
     for number, reason in zip(
@@ -918,8 +919,8 @@ def test_parse_app_equals_read_apps_on_real_files(shared_data: Path, name: str) 
             continue  # wrong field count: not an object a caller could send
         about_inputs = [r for r in reason.split("; ") if not r.startswith(("App", "Rating"))]
         if about_inputs:
-            with pytest.raises(serving.InputError):
-                serving.parse_app(records[number])
+            with pytest.raises(schemas.InputError):
+                schemas.parse_app(records[number])
 
 
 # ------------------------------------------------------------------------------- real server

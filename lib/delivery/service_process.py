@@ -35,6 +35,13 @@ def _die_with_parent() -> None:
         pass
 
 
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # the group is gone already
+        pass
+
+
 class ServiceError(RuntimeError):
     """The service did not come up (with what it printed)."""
 
@@ -83,6 +90,8 @@ class ServiceProcess:
         self.die_with_parent = die_with_parent  # an instance started for a stage ends with it
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
+        self.exit_code: int | None = None  # set by stop(); negative: killed by that signal
+        self.crashed = False  # stop() found it had already exited on its own
 
     @property
     def url(self) -> str:
@@ -133,19 +142,38 @@ class ServiceProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def check(self) -> None:
+        """Raise ServiceError if the process exited on its own (a crash), with its log's tail."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise ServiceError(
+                f"service at {self.url} exited with code {self.proc.returncode}{self._tail()}"
+            )
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM the process group, SIGKILL it after `timeout`; the exit code (None: none ran).
+
+        A process that had already exited is reported (logged as an error, `crashed` set), and
+        whatever it left in its group is killed.
+        """
         if self.proc is None:
-            return
-        if self.proc.poll() is None:
+            return self.exit_code
+        proc, pgid = self.proc, self.proc.pid
+        if proc.poll() is not None:
+            self.crashed = True
+            log.error("service at %s had exited by itself with code %s%s", self.url,
+                      proc.returncode, self._tail())  # fmt: skip
+            _kill_group(pgid, signal.SIGKILL)
+        else:
+            _kill_group(pgid, signal.SIGTERM)
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=timeout)
+                proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
+                _kill_group(pgid, signal.SIGKILL)
+                proc.wait()
+            _kill_group(pgid, signal.SIGKILL)  # anything the leader left behind
+        self.exit_code = proc.returncode
         self.proc = None
+        return self.exit_code
 
     def __enter__(self) -> ServiceProcess:
         return self.start() if self.proc is None else self

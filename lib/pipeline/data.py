@@ -17,14 +17,16 @@ import os
 import re
 import tempfile
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from lib import values as grammar
 from lib.errors import DataError, MissingColumnsError
 
 logger = logging.getLogger(__name__)
@@ -96,13 +98,6 @@ ALIASES: dict[str, str] = {
 # Typed column -> the Play Store column it comes from, to name it in reasons.
 _DISPLAY: dict[str, str] = {v_typed: raw for v_typed, raw in ALIASES.items() if v_typed != "size"}
 _DISPLAY["app_key"] = "App"
-
-# Spellings of "no value" met in the files (the raw scrape writes the string "NaN").
-_MISSING = ["", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "None", "none", "null", "NULL"]
-_SIZE_RE = r"^(?P<num>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[kKmMgG])?[bB]?$"
-# Size units to MB. k is taken as 1/1000 MB (decimal, like the store shows sizes), so 201k -> 0.201.
-_SIZE_UNIT_MB = {"": 1.0, "k": 1e-3, "m": 1.0, "g": 1e3}
-_ISO_DATE_RE = r"^\d{4}-\d{1,2}-\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?$"
 
 # pandera check errors are used as keys to turn failure cases into sentences.
 _E_EMPTY = "empty"
@@ -378,43 +373,9 @@ def parse_records(frame: pd.DataFrame, source: str = "request") -> LoadedApps:
 # parsing
 
 
-def _clean(series: pd.Series, remove: str = "") -> tuple[pd.Series, pd.Series]:
-    """Strip a raw column (and remove decorations like ',' '+' '$'); flag the missing spellings."""
-    text = series.str.strip()
-    if remove:
-        text = text.str.replace(remove, "", regex=True)
-    return text, text.isin(_MISSING)
-
-
-def _number(series: pd.Series, remove: str = "") -> tuple[pd.Series, pd.Series]:
-    """Parse numbers; return values (NaN if missing/bad) and the mask of unparseable fields."""
-    text, missing = _clean(series, remove)
-    values = pd.to_numeric(text.where(~missing), errors="coerce").astype("float64")
-    bad = ~missing & ~np.isfinite(values.to_numpy())
-    return values.where(~bad), pd.Series(bad, index=series.index)
-
-
-def _size_mb(series: pd.Series) -> tuple[pd.Series, pd.Series]:
-    text, missing = _clean(series, ",")
-    missing |= text.str.lower().eq("varies with device")
-    parts = text.str.extract(_SIZE_RE)
-    factor = parts["unit"].fillna("").str.lower().map(_SIZE_UNIT_MB)
-    values = (pd.to_numeric(parts["num"], errors="coerce") * factor).astype("float64")
-    values = values.where(~missing)
-    bad = ~missing & values.isna()
-    return values, bad
-
-
-def _dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
-    text, missing = _clean(series)
-    iso = text.str.match(_ISO_DATE_RE)
-    words = text.str.replace(r"[,\-\s]+", " ", regex=True).str.strip().where(~iso & ~missing)
-    parsed = pd.to_datetime(words, format="%B %d %Y", errors="coerce")
-    abbreviated = pd.to_datetime(words, format="%b %d %Y", errors="coerce")
-    iso_parsed = pd.to_datetime(text.where(iso), format="ISO8601", errors="coerce")
-    values = parsed.fillna(abbreviated).fillna(iso_parsed).astype("datetime64[ns]")
-    bad = ~missing & values.isna()
-    return values, bad
+def _parsed(series: pd.Series, parse: Callable[[str], Any]) -> tuple[pd.Series, pd.Series]:
+    """A raw column through lib.values' grammar: values (NaN/NaT if missing or bad), bad mask."""
+    return grammar.parse_column(series, parse)
 
 
 def _text(series: pd.Series) -> pd.Series:
@@ -423,7 +384,7 @@ def _text(series: pd.Series) -> pd.Series:
 
 def _type(series: pd.Series) -> pd.Series:
     text = series.str.strip()
-    canonical = text.str.lower().map({"free": "Free", "paid": "Paid"})
+    canonical = text.map(grammar.free_or_paid)
     return canonical.fillna(text).where(text.ne(""), None).astype("str")
 
 
@@ -441,12 +402,12 @@ def _parse(
     raw: pd.DataFrame, source_file: str, source_row: np.ndarray
 ) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
     """Turn raw string fields into the typed frame; return it with a per-column unparseable mask."""
-    rating, bad_rating = _number(raw["Rating"])
-    reviews, bad_reviews = _number(raw["Reviews"], r"[,\s]")
-    size_mb, bad_size = _size_mb(raw["Size"])
-    installs, bad_installs = _number(raw["Installs"], r"[,+\s]")
-    price, bad_price = _number(raw["Price"], r"[$,\s]")
-    last_updated, bad_date = _dates(raw["Last Updated"])
+    rating, bad_rating = _parsed(raw["Rating"], grammar.rating)
+    reviews, bad_reviews = _parsed(raw["Reviews"], grammar.reviews)
+    size_mb, bad_size = _parsed(raw["Size"], grammar.size_mb)
+    installs, bad_installs = _parsed(raw["Installs"], grammar.installs)
+    price, bad_price = _parsed(raw["Price"], grammar.price)
+    last_updated, bad_date = _parsed(raw["Last Updated"], grammar.date)
     app = _text(raw["App"])
     typed = pd.DataFrame(
         {

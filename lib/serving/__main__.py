@@ -1,6 +1,51 @@
-"""`python -m lib.serving ...`: run the model service."""
+"""`python -m lib.serving ...`: run the model service (see lib.serving.app)."""
 
-from lib.serving.service import main
+from __future__ import annotations
+
+import argparse
+import logging
+
+from lib.serving.app import serve
+from lib.serving.settings import ServingSettings
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m lib.serving ...`; the admin token is read from SERVING_ADMIN_TOKEN only."""
+    defaults = ServingSettings()
+    parser = argparse.ArgumentParser(prog="python -m lib.serving", description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--model-name", default=defaults.model_name)
+    parser.add_argument("--tracking-uri", default=defaults.tracking_uri)
+    parser.add_argument("--store-url", default=defaults.store_url)
+    parser.add_argument(
+        "--champion-alias",
+        default=defaults.champion_alias,
+        help="the alias served as champion (e.g. 'staging' for a staging instance)",
+    )
+    parser.add_argument("--target-threshold", type=float, default=defaults.target_threshold)
+    parser.add_argument("--max-batch", type=int, default=defaults.max_batch)
+    parser.add_argument("--batch-wait-ms", type=float, default=defaults.batch_wait_ms)
+    parser.add_argument("--no-compile", action="store_true", help="serve the plain sklearn path")
+    parser.add_argument("--access-log", action="store_true")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = ServingSettings(
+        model_name=args.model_name,
+        tracking_uri=args.tracking_uri,
+        store_url=args.store_url,
+        champion_alias=args.champion_alias,
+        target_threshold=args.target_threshold,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        compile_models=not args.no_compile,
+        access_log=args.access_log,
+    )
+    serve(settings, args.host, args.port)
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,391 @@
+"""Compiled estimators: logistic regression, gradient boosting, forests, calibration, stacks
+and thresholded labels, as nodes that take rows column-wise (`_compile`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lib.serving.encoders import (
+    _Columns,
+    _Unsupported,
+)
+
+
+class _Logistic:
+    """Binary LogisticRegression's decision_function and predict_proba on a ready matrix."""
+
+    def __init__(self, model: Any) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        if type(model) is not LogisticRegression or len(model.classes_) != 2:
+            raise _Unsupported("not a binary LogisticRegression")
+        self.coef_t = model.coef_.T if model.coef_.ndim == 2 else model.coef_
+        self.intercept = model.intercept_
+        self.width = model.coef_.shape[-1]
+
+    def decision(self, X: Any) -> np.ndarray:
+        if X.shape[1] != self.width:
+            raise ValueError(f"X has {X.shape[1]} features, the model {self.width}")
+        scores = X @ self.coef_t + self.intercept  # safe_sparse_dot of a matrix and a dense array
+        return scores.reshape(-1) if scores.ndim > 1 and scores.shape[1] == 1 else scores
+
+    def proba(self, X: Any) -> np.ndarray:
+        from scipy.special import expit
+
+        prob = self.decision(X)
+        prob = expit(prob, out=prob)
+        return np.stack([1 - prob, prob], axis=1)
+
+
+class _Boosting:
+    """HistGradientBoostingClassifier (binary, numeric splits): all trees walked at once.
+
+    Each tree's leaf is found as its Cython predictor finds it (NaN follows missing_go_to_left,
+    else value <= threshold goes left); the leaf values are added to the baseline one tree after
+    another, in the order scikit-learn adds them, so the sum is the same to the last bit.
+    """
+
+    def __init__(self, model: Any) -> None:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        if type(model) is not HistGradientBoostingClassifier or model.n_trees_per_iteration_ != 1:
+            raise _Unsupported("not a binary HistGradientBoostingClassifier")
+        nodes = [p.nodes for it in model._predictors for p in it]
+        if any(n["is_categorical"].any() for n in nodes):
+            raise _Unsupported("gradient boosting with categorical splits")
+        offsets = np.cumsum([0] + [len(n) for n in nodes[:-1]])
+        allnodes = np.concatenate(nodes)
+        self.roots = offsets.astype(np.intp)
+        shift = np.repeat(offsets, [len(n) for n in nodes])
+        self.left = (allnodes["left"].astype(np.intp) + shift).astype(np.intp)
+        self.right = (allnodes["right"].astype(np.intp) + shift).astype(np.intp)
+        self.feature = allnodes["feature_idx"].astype(np.intp)
+        self.threshold = np.asarray(allnodes["num_threshold"], dtype=np.float64)
+        self.missing_left = allnodes["missing_go_to_left"].astype(bool)
+        self.is_leaf = allnodes["is_leaf"].astype(bool)
+        self.value = np.asarray(allnodes["value"], dtype=np.float64)
+        self.baseline = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1)
+        self.width = model.n_features_in_
+        self.loss = model._loss
+
+    def decision(self, X: Any) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.width:
+            raise ValueError(f"X has shape {X.shape}, the model wants {self.width} features")
+        n = X.shape[0]
+        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        rows = np.arange(n)[:, None]
+        leaf = self.is_leaf[node]
+        while not leaf.all():
+            x = X[rows, self.feature[node]]
+            left = np.where(np.isnan(x), self.missing_left[node], x <= self.threshold[node])
+            node = np.where(leaf, node, np.where(left, self.left[node], self.right[node]))
+            leaf = self.is_leaf[node]
+        terms = np.empty((n, len(self.roots) + 1), dtype=np.float64)
+        terms[:, 0] = self.baseline[0]
+        terms[:, 1:] = self.value[node]
+        return np.add.accumulate(terms, axis=1)[:, -1]  # one addition after another
+
+    def proba(self, X: Any) -> np.ndarray:
+        return self.loss.predict_proba(self.decision(X).reshape(-1, 1))
+
+
+class _Calibrator:
+    """The fitted calibrator's predict without its input validation."""
+
+    def __init__(self, calibrator: Any) -> None:
+        from sklearn.calibration import _SigmoidCalibration
+        from sklearn.isotonic import IsotonicRegression
+
+        self.sigmoid: tuple[float, float] | None = None
+        self.isotonic: Any = None
+        if type(calibrator) is _SigmoidCalibration:
+            self.sigmoid = (calibrator.a_, calibrator.b_)
+        elif type(calibrator) is IsotonicRegression and hasattr(calibrator, "X_thresholds_"):
+            if calibrator.out_of_bounds != "clip" or calibrator.X_thresholds_.dtype != np.float64:
+                raise _Unsupported("IsotonicRegression without clipping or float64 thresholds")
+            self.isotonic = calibrator
+        else:
+            raise _Unsupported(f"calibrator {type(calibrator).__name__}")
+
+    def __call__(self, T: np.ndarray) -> np.ndarray:
+        from scipy.special import expit
+
+        T = np.asarray(T, dtype=np.float64).reshape(-1)
+        if self.sigmoid is not None:
+            a, b = self.sigmoid
+            return expit(-(a * T + b))
+        iso = self.isotonic
+        T = np.clip(T, iso.X_min_, iso.X_max_)
+        return iso.f_(T).astype(T.dtype)
+
+
+# ------------------------------------------------------------------------ compiled estimators
+# Each node answers like the scikit-learn object it stands for, on parsed columns:
+# proba(cols) ~ predict_proba(X), decision(cols) ~ decision_function(X) (None: it has none).
+
+
+class _Node:
+    classes: np.ndarray
+    has_decision = False
+
+    def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        raise NotImplementedError
+
+    def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _Forest:
+    """RandomForestClassifier.predict_proba without its per-tree joblib wrappers."""
+
+    def __init__(self, final: Any) -> None:
+        from sklearn.ensemble._forest import ForestClassifier
+        from sklearn.tree import DecisionTreeClassifier
+
+        if type(final).predict_proba is not ForestClassifier.predict_proba or final.n_outputs_ != 1:
+            raise _Unsupported("forest with several outputs or its own predict_proba")
+        self.trees, self.values = [], []
+        for est in final.estimators_:
+            if not isinstance(est, DecisionTreeClassifier) or est.n_outputs_ != 1:
+                raise _Unsupported("forest of unknown trees")
+            self.trees.append(est.tree_)
+            self.values.append(np.ascontiguousarray(est.tree_.value[:, 0, : final.n_classes_]))
+
+    def __call__(self, Z: np.ndarray) -> np.ndarray:
+        # the same float32 input, the same leaf values, summed in the same order, divided the same
+        X32 = np.asarray(Z, dtype=np.float32)
+        out = np.zeros((X32.shape[0], self.values[0].shape[1]), dtype=np.float64)
+        for tree, value in zip(self.trees, self.values, strict=True):
+            out += value.take(tree.apply(X32), axis=0)
+        out /= len(self.trees)
+        return out
+
+
+class _PipelineNode(_Node):
+    """Pipeline(ColumnTransformer, classifier): compiled columns, then the classifier itself."""
+
+    def __init__(self, pipe: Any) -> None:
+        steps = pipe.steps
+        if len(steps) != 2:
+            raise _Unsupported("a Pipeline that is not (ColumnTransformer, estimator)")
+        self.columns = _Columns(steps[0][1])
+        final = steps[1][1]
+        if not hasattr(final, "predict_proba"):
+            raise _Unsupported(f"{type(final).__name__} has no predict_proba")
+        self.final = _matrix_estimator(final)
+        self.classes = np.asarray(final.classes_)
+        self.has_decision = hasattr(final, "decision_function")
+
+    def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        return self.final.proba(self.columns.transform(cols))
+
+    def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        return self.final.decision(self.columns.transform(cols))
+
+
+class _Plain:
+    """Any other classifier: its own methods on the compiled matrix."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def proba(self, X: Any) -> np.ndarray:
+        return self.model.predict_proba(X)
+
+    def decision(self, X: Any) -> np.ndarray:
+        return self.model.decision_function(X)
+
+
+class _ForestEstimator:
+    def __init__(self, model: Any) -> None:
+        self.proba = _Forest(model)
+
+
+def _matrix_estimator(model: Any) -> Any:
+    """The fastest exact form of a classifier that takes the compiled matrix."""
+    from sklearn.ensemble._forest import ForestClassifier
+
+    if isinstance(model, ForestClassifier):
+        return _ForestEstimator(model)
+    for fast in (_Logistic, _Boosting):
+        try:
+            return fast(model)
+        except _Unsupported:
+            pass
+    return _Plain(model)
+
+
+class _StackNode(_Node):
+    """StackingClassifier: each estimator's answers side by side, then the final estimator."""
+
+    def __init__(self, stack: Any) -> None:
+        if stack.passthrough:
+            raise _Unsupported("StackingClassifier with passthrough")
+        if isinstance(getattr(stack, "_label_encoder", None), list):
+            raise _Unsupported("multilabel StackingClassifier")
+        self.classes = np.asarray(stack.classes_)
+        self.binary = len(self.classes) == 2
+        self.members: list[tuple[_Node, str]] = []
+        for est, method in zip(stack.estimators_, stack.stack_method_, strict=True):
+            if isinstance(est, str) and est == "drop":
+                continue
+            if method not in ("predict_proba", "decision_function"):
+                raise _Unsupported(f"stack_method {method!r}")
+            node = _compile(est)
+            if method == "decision_function" and not node.has_decision:
+                raise _Unsupported("stack member without decision_function")
+            self.members.append((node, method))
+        self.final = _matrix_estimator(stack.final_estimator_)
+        self.has_decision = hasattr(stack.final_estimator_, "decision_function")
+
+    def meta(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        parts = []
+        for node, method in self.members:
+            preds = node.proba(cols) if method == "predict_proba" else node.decision(cols)
+            if preds.ndim == 1:
+                parts.append(preds.reshape(-1, 1))
+            elif method == "predict_proba" and self.binary:
+                parts.append(preds[:, 1:])
+            else:
+                parts.append(preds)
+        return np.hstack(parts)
+
+    def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        return self.final.proba(self.meta(cols))
+
+    def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        return self.final.decision(self.meta(cols))
+
+
+class _CalibratedNode(_Node):
+    """CalibratedClassifierCV(ensemble=False), binary: _CalibratedClassifier.predict_proba."""
+
+    def __init__(self, model: Any) -> None:
+        if len(model.calibrated_classifiers_) != 1:
+            raise _Unsupported("CalibratedClassifierCV with several calibrated classifiers")
+        cc = model.calibrated_classifiers_[0]
+        self.classes = np.asarray(model.classes_)
+        if len(self.classes) != 2 or cc.method not in ("sigmoid", "isotonic"):
+            raise _Unsupported(f"calibration {cc.method!r} with {len(self.classes)} classes")
+        if len(cc.calibrators) != 1 or not np.array_equal(cc.classes, self.classes):
+            raise _Unsupported("calibrated classifier with unexpected calibrators or classes")
+        inner_classes = np.asarray(cc.estimator.classes_)
+        if len(inner_classes) != 2:
+            raise _Unsupported("calibrated estimator is not binary")
+        self.inner = _compile(cc.estimator)
+        self.calibrator = _Calibrator(cc.calibrators[0])
+        # _get_response_values: decision_function first, else predict_proba of classes_[-1]
+        self.use_decision = hasattr(cc.estimator, "decision_function")
+        if self.use_decision and not self.inner.has_decision:
+            raise _Unsupported("calibrated estimator's decision_function is not compiled")
+
+    def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        if self.use_decision:
+            response = np.ravel(self.inner.decision(cols))
+        else:
+            response = self.inner.proba(cols)[:, -1]
+        proba = np.zeros((len(response), 2))
+        proba[:, 1] = self.calibrator(response)
+        proba[:, 0] = 1.0 - proba[:, 1]
+        proba[(1.0 < proba) & (proba <= 1.0 + 1e-5)] = 1.0
+        return proba
+
+
+class _DelegateNode(_Node):
+    """FrozenEstimator (and the probabilities of FixedThresholdClassifier): the inner model."""
+
+    def __init__(self, inner: Any, classes: Any) -> None:
+        self.inner = _compile(inner)
+        self.classes = np.asarray(classes)
+        self.has_decision = self.inner.has_decision
+
+    def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        return self.inner.proba(cols)
+
+    def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
+        return self.inner.decision(cols)
+
+
+def _compile(model: Any) -> _Node:
+    """The compiled node of a fitted scikit-learn model, or _Unsupported."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import StackingClassifier
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.model_selection import FixedThresholdClassifier
+    from sklearn.pipeline import Pipeline
+
+    kind = type(model)
+    if kind is FixedThresholdClassifier:
+        return _DelegateNode(getattr(model, "estimator_", model.estimator), model.classes_)
+    if kind is FrozenEstimator:
+        return _DelegateNode(model.estimator, model.classes_)
+    if kind is CalibratedClassifierCV:
+        return _CalibratedNode(model)
+    if kind is StackingClassifier:
+        return _StackNode(model)
+    if kind is Pipeline:
+        return _PipelineNode(model)
+    raise _Unsupported(f"{kind.__name__}")
+
+
+class _Labels:
+    """How a model turns its answers into labels, exactly as its `predict` does."""
+
+    def __init__(self, model: Any) -> None:
+        from sklearn.model_selection import FixedThresholdClassifier
+
+        self.classes = np.asarray(model.classes_)
+        self.threshold: float | None = None
+        self.use_predict = False
+        self.column = 0
+        if type(model) is FixedThresholdClassifier:
+            inner = getattr(model, "estimator_", model.estimator)
+            method = model._get_response_method()
+            if isinstance(method, list):
+                method = next((m for m in method if hasattr(inner, m)), None)
+            pos_label = model.pos_label
+            if method != "predict_proba" or len(self.classes) != 2:
+                self.use_predict = True  # decision scores: ask the model itself
+                return
+            self.threshold = 0.5 if model.threshold == "auto" else float(model.threshold)
+            inner_classes = np.asarray(inner.classes_)
+            target = inner_classes[-1] if pos_label is None else pos_label
+            self.column = int(np.flatnonzero(inner_classes == target)[0])
+            if pos_label is None:
+                self.index_map = np.array([0, 1])
+            else:
+                self.index_map = np.array(
+                    [
+                        np.flatnonzero(self.classes != pos_label)[0],
+                        np.flatnonzero(self.classes == pos_label)[0],
+                    ]
+                )
+        elif not _argmax_predict(model):
+            self.use_predict = True
+
+    def from_proba(self, proba: np.ndarray) -> np.ndarray:
+        if self.threshold is not None:  # _threshold_scores_to_class_labels
+            positive = (proba[:, self.column] >= self.threshold).astype(int)
+            return self.classes[self.index_map[positive]]
+        return self.classes[np.argmax(proba, axis=1)]
+
+
+def _argmax_predict(model: Any) -> bool:
+    """True when `model.predict` is the class of highest predict_proba (no decision rule)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.ensemble._forest import ForestClassifier
+    from sklearn.pipeline import Pipeline
+
+    if type(model) is Pipeline:
+        return _argmax_predict(model.steps[-1][1])
+    if type(model) is CalibratedClassifierCV:
+        return True
+    if type(model) is HistGradientBoostingClassifier:
+        return True
+    return isinstance(model, ForestClassifier) and type(model).predict is ForestClassifier.predict
+

@@ -1,0 +1,291 @@
+"""ModelService: the state behind the app. Loaded variants (champion, canary), the canary's
+weight and lease (a dead-man switch), the prediction store, the batcher and the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import threading
+import time
+from typing import Any
+
+from lib import registry
+from lib.serving.batching import MicroBatcher, Variant
+from lib.serving.encoders import single_threaded
+from lib.serving.metrics import Metrics
+from lib.serving.prediction_store import PredictionStore
+from lib.serving.predictor import Predictor
+from lib.serving.schemas import RoutingUpdate
+from lib.serving.settings import ServingSettings
+
+logger = logging.getLogger(__name__)
+
+
+def variant_bucket(request_id: str) -> int:
+    """A stable bucket 0..9999 of a request id: the canary takes the buckets below weight*100."""
+    digest = hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10_000
+
+
+class AdminError(Exception):
+    """An admin request that cannot be applied; routing is left as it was."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_MLFLOW_LOCK = threading.Lock()
+
+
+class ModelService:
+    """The state behind the app: loaded variants, routing, lease, store, batcher, metrics."""
+
+    def __init__(self, settings: ServingSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = PredictionStore(settings.store_url)
+        self.batcher = MicroBatcher(
+            settings.max_batch, settings.batch_wait_ms / 1000.0, self.metrics.batch_rows.observe
+        )
+        self.started = time.monotonic()
+        self.champion: Variant | None = None
+        self.canary: Variant | None = None
+        self.canary_weight = 0.0
+        self.lease_seconds: float | None = None
+        self.lease_deadline: float | None = None  # time.monotonic()
+        self.lease_expired_at: float | None = None  # time.time() of the last expiry
+        self.champion_problem = "not loaded yet (the service is starting)"
+        self._admin_lock: asyncio.Lock | None = None
+        self._lease_task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------------ MLflow
+
+    def _client(self) -> Any:
+        from mlflow import MlflowClient
+
+        uri = self.settings.tracking_uri
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def champion_version(self) -> str | None:
+        """The version behind the champion alias now (None: no model or alias)."""
+        return registry.alias_version(
+            self._client(), self.settings.model_name, self.settings.champion_alias
+        )
+
+    def load_variant(self, name: str, version: str) -> Variant:
+        """Load a registered version (blocking: call it from a thread)."""
+        import mlflow
+
+        with _MLFLOW_LOCK:  # lib.registry loads through MLflow's process-wide URIs
+            mlflow.set_tracking_uri(self.settings.tracking_uri)
+            mlflow.set_registry_uri(self.settings.tracking_uri)
+            model = registry.load_version(self.settings.model_name, str(version))
+        single_threaded(model)
+        predictor = Predictor(model, self.settings.compile_models)
+        logger.info(
+            "loaded %s version %s as %s (%s predictor)",
+            self.settings.model_name,
+            version,
+            name,
+            predictor.kind,
+        )
+        return Variant(name, str(version), predictor)
+
+    def _no_champion_message(self) -> str:
+        return (
+            f"alias {self.settings.champion_alias!r} of model {self.settings.model_name!r} is not "
+            f"set in {registry.redact_uri(self.settings.tracking_uri)}; train and promote a "
+            "version, then POST /admin/reload"
+        )
+
+    def load_champion_at_start(self) -> None:
+        """Start-up: load the champion if there is one; never raise (503s explain it instead)."""
+        try:
+            version = self.champion_version()
+            if version is None:
+                self.champion_problem = self._no_champion_message()
+                logger.warning("no champion model yet: %s", self.champion_problem)
+                return
+            self.champion = self.load_variant(self.settings.champion_label, version)
+            self.champion_problem = ""
+        except Exception as exc:
+            self.champion_problem = f"loading the champion failed: {type(exc).__name__}: {exc}"
+            logger.exception("no champion model yet")
+
+    # ------------------------------------------------------------------------ routing
+
+    def check_lease(self) -> None:
+        """The dead-man switch: an expired lease drops the canary's weight to 0."""
+        deadline = self.lease_deadline
+        if deadline is None or time.monotonic() < deadline:
+            return
+        self.lease_deadline = None
+        self.lease_expired_at = time.time()
+        if self.canary_weight > 0:
+            logger.warning(
+                "canary lease of %.0f s expired without renewal: canary %s weight %.2f%% -> 0",
+                self.lease_seconds or 0,
+                self.canary.version if self.canary else "-",
+                self.canary_weight,
+            )
+            self.metrics.lease_expiries.inc()
+        self.canary_weight = 0.0
+        self.metrics.canary_weight.set(0.0)
+
+    def route(self, request_id: str) -> Variant | None:
+        canary = self.canary
+        if canary is not None and self.canary_weight > 0:
+            if variant_bucket(request_id) < self.canary_weight * 100:
+                return canary
+        return self.champion
+
+    def routing(self) -> dict[str, Any]:
+        self.check_lease()
+        remaining = None
+        if self.lease_deadline is not None:
+            remaining = round(max(0.0, self.lease_deadline - time.monotonic()), 3)
+        return {
+            "model_name": self.settings.model_name,
+            "champion_version": self.champion.version if self.champion else None,
+            "canary_version": self.canary.version if self.canary else None,
+            "canary_weight": self.canary_weight,
+            "lease_seconds": self.lease_seconds if self.lease_deadline is not None else None,
+            "lease_expires_in": remaining,
+            "lease_expired_at": self.lease_expired_at,
+        }
+
+    def set_canary(self, canary: Variant | None, weight: float, lease: float | None) -> None:
+        self.canary = canary
+        self.canary_weight = float(weight) if canary is not None else 0.0
+        self.lease_seconds = lease
+        self.lease_deadline = time.monotonic() + lease if lease and canary is not None else None
+        self.metrics.canary_weight.set(self.canary_weight)
+        logger.info(
+            "routing: canary %s at %.2f%%%s",
+            canary.version if canary else "none",
+            self.canary_weight,
+            f" (lease {lease:g} s)" if self.lease_deadline is not None else "",
+        )
+
+    def admin_lock(self) -> asyncio.Lock:
+        if self._admin_lock is None:
+            self._admin_lock = asyncio.Lock()
+        return self._admin_lock
+
+    async def update_routing(self, update: RoutingUpdate) -> dict[str, Any]:
+        """PUT /admin/routing: load the canary version (if new), set weight and lease."""
+        version: Any = ... if update.keeps_canary else update.canary_version
+        weight, lease = update.weight, update.lease_seconds
+        async with self.admin_lock():
+            canary = self.canary
+            if version is None:
+                canary = None
+            elif version is not ...:
+                if canary is None or canary.version != version:
+                    canary = await self._load_for_admin(self.settings.canary_label, version)
+            if canary is None and weight:
+                raise AdminError(422, "weight > 0 needs a canary: set canary_version")
+            if weight is None:
+                weight = self.canary_weight if canary is self.canary else 0.0
+            self.set_canary(canary, float(weight), float(lease) if lease is not None else None)
+            return self.routing()
+
+    async def _load_for_admin(self, name: str, version: str) -> Variant:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return await asyncio.to_thread(self.load_variant, name, version)
+        except MlflowException as exc:
+            code = getattr(exc, "error_code", "")
+            status = 404 if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") else 422
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise AdminError(
+                status, f"cannot load {self.settings.model_name} version {version}: {first}"
+            ) from exc
+        except Exception as exc:
+            raise AdminError(
+                422,
+                f"cannot load {self.settings.model_name} version {version}: "
+                f"{type(exc).__name__}: {exc}",
+            ) from exc
+
+    async def reload_champion(self) -> dict[str, Any]:
+        """POST /admin/reload: follow the champion alias (promotion or rollback)."""
+        async with self.admin_lock():
+            try:
+                version = await asyncio.to_thread(self.champion_version)
+            except Exception as exc:
+                raise AdminError(503, f"cannot reach the MLflow registry: {exc}") from exc
+            previous = self.champion.version if self.champion else None
+            if version is None:
+                raise AdminError(409, self._no_champion_message())
+            reloaded = False
+            if previous != version:
+                canary = self.canary
+                if canary is not None and canary.version == version:  # promotion: already loaded
+                    self.champion = Variant(self.settings.champion_label, version, canary.predictor)
+                else:
+                    self.champion = await self._load_for_admin(
+                        self.settings.champion_label, version
+                    )
+                self.champion_problem = ""
+                reloaded = True
+                logger.info("champion: version %s -> %s", previous, version)
+            if self.canary is not None and self.canary.version == version:
+                self.set_canary(None, 0.0, None)  # promoted: it is the champion now
+            return {**self.routing(), "reloaded": reloaded, "previous_champion_version": previous}
+
+    def health(self) -> dict[str, Any]:
+        routing = self.routing()
+        champion, canary = self.champion, self.canary
+        ready = champion is not None
+        return {
+            "status": "ok" if ready else "no_champion",
+            "ready": ready,
+            "detail": None if ready else f"no champion model yet: {self.champion_problem}",
+            **routing,
+            "champion": None if champion is None else {"version": champion.version},
+            "canary": None
+            if canary is None
+            else {"version": canary.version, "weight": self.canary_weight},
+            "predictor": {
+                v.name: v.predictor.kind for v in (self.champion, self.canary) if v is not None
+            },
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+        }
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    async def startup(self) -> None:
+        await asyncio.to_thread(self.load_champion_at_start)
+        self.metrics.canary_weight.set(self.canary_weight)
+        self.batcher.start()
+        self._lease_task = asyncio.get_running_loop().create_task(
+            self._watch_lease(), name="canary-lease"
+        )
+
+    async def _watch_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_check_seconds)
+            try:
+                self.check_lease()
+            except Exception:  # the watchdog must survive anything
+                logger.exception("lease check failed")
+
+    async def shutdown(self) -> None:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+        await self.batcher.stop()
+        await asyncio.to_thread(self._close_store)
+
+    def _close_store(self) -> None:
+        if not self.store.flush(timeout=30):
+            logger.error("prediction store: rows still pending at shutdown")
+        self.store.close()
+
+
