@@ -31,7 +31,7 @@ DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "playstore" / "googleplaysto
 def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import roc_auc_score
 
-    from lib.pipeline import data, features, training
+    from lib.pipeline import calibration, data, features, training
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -53,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         f"share > 4.0 = {y.mean():.3f}; {args.family}, {args.folds}-fold shuffled stratified CV"
     )
 
-    def cv_auc(groups: list[str], target=y) -> tuple[float, float, float, training.OutOfFold]:
+    def cv_auc(groups: list[str], target=y) -> tuple[float, float, float, calibration.OutOfFold]:
         started = time.perf_counter()
         model = training.build_candidate(args.family, args.seed, 200, groups)
         with training.one_openmp_thread():
-            oof = training.out_of_fold(model, X, target, args.folds, args.seed)
+            oof = calibration.out_of_fold(model, X, target, args.folds, args.seed)
         folds = [
             roc_auc_score(target[oof.fold == k], oof.proba[oof.fold == k])
             for k in range(args.folds)
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {auc:.4f} ± {sd:.4f} | {auc - base:+.4f} | {secs:.0f} |")
 
     assert full_oof is not None
-    choice = training.choose_calibration(full_oof, y, training.CALIBRATION_METHODS, args.folds, 0)
+    methods = calibration.CALIBRATION_METHODS
+    choice = calibration.choose_calibration(full_oof, y, methods, args.folds, 0)
     print("\ncalibration of the full model, cross-validated on out-of-fold scores:")
     print("| calibration | log-loss | Brier | ECE |")
     print("| --- | ---: | ---: | ---: |")
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {method} | {scores['log_loss']:.4f} | {scores['brier']:.4f} | {scores['ece']:.4f} |"
         )
     print(f"kept: {choice.method or 'none'}")
-    threshold = training.tune_threshold(y, full_oof.proba, "accuracy")
+    threshold = calibration.tune_threshold(y, full_oof.proba, "accuracy")
     print(
         f"label threshold (accuracy, out of fold): {threshold.threshold:.3f} -> "
         f"{threshold.value:.4f} (0.5 cut: {threshold.at_half:.4f}; majority share "

@@ -52,6 +52,7 @@ def main() -> None:
     from lib.pipeline import data, synth, training
     from lib.serving.prediction_store import PredictionStore
     from lib.watch import monitoring
+    from lib.watch.health_report import MonitorConfig
 
     root = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
     os.chdir(root)
@@ -77,7 +78,7 @@ def main() -> None:
     holdout = replayer.holdout_apps(apps, 4.0, 0.2, 42)
     records = [(replayer.app_request(r), float(r["rating"])) for _, r in holdout.iterrows()]
     random.Random(0).shuffle(records)
-    cfg = monitoring.MonitorConfig()
+    cfg = MonitorConfig()
     service = ServiceProcess(root, "bench", uri, store_url, admin_token=token)
     with service, httpx.Client() as http:
         store = PredictionStore(store_url)

@@ -70,6 +70,7 @@ def plain_main(root: Path, apps: int, stages: list[str], out: Path) -> None:
     import nbformat
 
     from lib.config import load_config
+    from lib.json_safe import json_safe
     from lib.pipeline import data, scraps, synth
     from lib.pipeline.contracts import STAGES
     from lib.pipeline.orchestrator import RunContext, inputs_for
@@ -88,7 +89,7 @@ def plain_main(root: Path, apps: int, stages: list[str], out: Path) -> None:
 
     def recording_glue(name: str, value: Any) -> None:
         glue(name, value)
-        glued[name] = json.loads(json.dumps(scraps.jsonable(value)))  # what the runner reads
+        glued[name] = json.loads(json.dumps(json_safe(value)))  # what the runner reads
 
     scraps.glue = recording_glue
     setup = time.perf_counter() - started

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.pipeline import backtest, data, scoring, synth
+from lib.pipeline import backtest, backtest_results, data, scoring, synth
 
 FAST = {"families": ("logistic_regression",), "cv_folds": 2, "features": ()}
 # A table that promotes almost anything (no gate, low bars): to exercise the paths after a
@@ -29,18 +29,18 @@ def batches(apps: pd.DataFrame) -> backtest.TimeBatches:
 
 
 @pytest.fixture(scope="module")
-def result(batches: backtest.TimeBatches) -> backtest.BacktestResult:
-    return backtest.run_backtest(batches, backtest.BacktestSettings(**FAST))
+def result(batches: backtest.TimeBatches) -> backtest_results.BacktestResult:
+    return backtest.run_backtest(batches, backtest_results.BacktestSettings(**FAST))
 
 
 @pytest.fixture(scope="module")
-def lenient() -> backtest.BacktestResult:
+def lenient() -> backtest_results.BacktestResult:
     # more apps than above: the step-0 model must beat the majority answer on the holdout,
     # otherwise the guard (never auto when worse than production) keeps it out
     apps = data.parse_records(synth.generate_apps(n=1500, seed=3), source="synth").apps
     two = backtest.time_batches(apps, n_batches=2, initial_share=0.5)
     table = scoring.ScoreTable.from_dict(LENIENT)
-    return backtest.run_backtest(two, backtest.BacktestSettings(**FAST, table=table))
+    return backtest.run_backtest(two, backtest_results.BacktestSettings(**FAST, table=table))
 
 
 def test_batches_are_disjoint_consecutive_and_in_time_order(batches: backtest.TimeBatches) -> None:
@@ -62,20 +62,20 @@ def test_time_batches_refuses_impossible_splits(apps: pd.DataFrame) -> None:
         backtest.time_batches(apps, 0, 0.4)
 
 
-def test_permuted_target_candidate_is_never_auto(result: backtest.BacktestResult) -> None:
+def test_permuted_target_candidate_is_never_auto(result: backtest_results.BacktestResult) -> None:
     permuted = [r for r in result.noise if r.kind == "permuted"]
     assert len(permuted) == len(result.steps)  # one at every step
     assert all(r.verdict != "auto" for r in permuted)
 
 
 def test_strategies_are_scored_on_the_same_rows(
-    result: backtest.BacktestResult, batches: backtest.TimeBatches
+    result: backtest_results.BacktestResult, batches: backtest.TimeBatches
 ) -> None:
     y = batches.data.y.to_numpy()
     for step, batch_idx in zip(result.steps, batches.batches, strict=True):
         assert np.array_equal(step.batch_idx, batch_idx)
         truth = y[batch_idx]
-        for strategy in backtest.STRATEGIES:
+        for strategy in backtest_results.STRATEGIES:
             labels = step.served[strategy]
             assert len(labels) == len(batch_idx)
             assert step.accuracy[strategy] == pytest.approx(np.mean(labels == truth))
@@ -83,7 +83,7 @@ def test_strategies_are_scored_on_the_same_rows(
         assert step.accuracy["majority_share"] == pytest.approx(share)
 
 
-def test_summary_counts_add_up(result: backtest.BacktestResult) -> None:
+def test_summary_counts_add_up(result: backtest_results.BacktestResult) -> None:
     summary = result.summary()
     steps = len(result.steps)
     assert summary["steps"] == steps == 3
@@ -98,7 +98,7 @@ def test_summary_counts_add_up(result: backtest.BacktestResult) -> None:
     assert summary["rejected_better"] == int(table["rejected better"].sum())
 
 
-def test_production_follows_the_verdicts(lenient: backtest.BacktestResult) -> None:
+def test_production_follows_the_verdicts(lenient: backtest_results.BacktestResult) -> None:
     steps = lenient.steps
     assert steps[0].verdict == "auto"  # the lenient table promotes the first model
     # "never retrain" keeps the step-0 model whatever the policy does
@@ -118,7 +118,7 @@ def test_production_follows_the_verdicts(lenient: backtest.BacktestResult) -> No
 
 
 def test_manual_counts_as_not_deployed() -> None:
-    step = backtest.Step(
+    step = backtest_results.Step(
         step=0,
         batch_first="",
         batch_last="",

@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.pipeline import comparison, scoring, uncertainty
+from lib.pipeline import comparison, score_table, scoring, uncertainty
 
 
 def _decide(y, cand, ref, metric="roc_auc") -> scoring.Decision:
     ev = comparison.compare_predictions(y, cand, ref, metric)
     g = ev["gate"]
-    gate = scoring.GateInputs(
-        scoring.Evidence.from_dict(g["roc_auc"]), g["accuracy"], g["majority_share"], g["n"]
+    gate = score_table.GateInputs(
+        score_table.Evidence.from_dict(g["roc_auc"]), g["accuracy"], g["majority_share"], g["n"]
     )
     return scoring.decide(
-        scoring.Evidence.from_dict(ev["improvement_interval"]),
-        scoring.Evidence.from_dict(ev["candidate_interval"]),
+        score_table.Evidence.from_dict(ev["improvement_interval"]),
+        score_table.Evidence.from_dict(ev["candidate_interval"]),
         0.01,
         metric=metric,
         gate=gate,

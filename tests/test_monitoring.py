@@ -13,13 +13,9 @@ from scipy import stats
 from lib.pipeline import features
 from lib.pipeline.features import FEATURE_COLUMNS
 from lib.watch import monitoring
-from lib.watch.monitoring import (
-    MonitorConfig,
-    evaluate_health,
-    feature_drift,
-    prediction_drift,
-    psi,
-)
+from lib.watch.drift import current_inputs, feature_drift, prediction_drift, psi
+from lib.watch.health_report import MonitorConfig
+from lib.watch.monitoring import evaluate_health
 
 CATEGORIES = ["FAMILY", "GAME", "TOOLS", "MEDICAL", "BUSINESS", "PRODUCTIVITY", "SPORTS"]
 CATEGORY_P = [0.3, 0.2, 0.15, 0.1, 0.1, 0.1, 0.05]
@@ -432,7 +428,7 @@ def test_name_text_is_not_judged_and_old_logs_lack_new_columns(reference: dict) 
     for row in window["features"].iloc[:300]:
         for key in old:
             row.pop(key)
-    current = monitoring.current_inputs(window)
+    current = current_inputs(window)
     assert list(current.columns) == FEATURE_COLUMNS
     assert current["name_length"].iloc[:300].isna().all()
     assert current["name"].dtype == object

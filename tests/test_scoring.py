@@ -10,19 +10,16 @@ import pytest
 import yaml
 
 from lib.errors import ConfigError
-from lib.pipeline.scoring import (
-    CRITERIA,
+from lib.pipeline.score_table import (
     Band,
-    Decision,
     Evidence,
     Gate,
     GateInputs,
-    Reason,
     ScoreTable,
     ScoreTableError,
-    decide,
     default_table_dict,
 )
+from lib.pipeline.scoring import CRITERIA, Decision, Reason, decide
 
 # Inputs that land in a known band of the other two criteria, so one criterion varies at a time.
 GOOD_VALUE = 0.95  # absolute: +30

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from lib.errors import DataError
-from lib.pipeline import features, training
+from lib.pipeline import calibration, evaluation, features, training
 
 
 def _typed(n: int, seed: int = 0) -> pd.DataFrame:
@@ -86,15 +86,15 @@ def test_holdout_is_stratified_deterministic_and_stable_per_app() -> None:
 
 def test_evaluate_and_baseline() -> None:
     y = np.array([1, 1, 1, 0])
-    perfect = training.evaluate(y, np.array([0.9, 0.8, 0.7, 0.1]))
+    perfect = evaluation.evaluate(y, np.array([0.9, 0.8, 0.7, 0.1]))
     assert perfect["roc_auc"] == 1.0 and perfect["accuracy"] == 1.0
-    base = training.baseline_metrics(pd.Series([1, 1, 0]), pd.Series(y))
+    base = evaluation.baseline_metrics(pd.Series([1, 1, 0]), pd.Series(y))
     assert base["roc_auc"] == 0.5 and base["accuracy"] == 0.75 and base["balanced_accuracy"] == 0.5
 
 
 def test_improvement_respects_metric_direction() -> None:
-    assert training.improvement("roc_auc", 0.8, 0.7) == pytest.approx(0.1)
-    assert training.improvement("log_loss", 0.4, 0.5) == pytest.approx(0.1)
+    assert evaluation.improvement("roc_auc", 0.8, 0.7) == pytest.approx(0.1)
+    assert evaluation.improvement("log_loss", 0.4, 0.5) == pytest.approx(0.1)
 
 
 def test_cv_std_is_computed_from_folds() -> None:
@@ -131,18 +131,19 @@ def test_inference_models_are_single_threaded() -> None:
 def test_tune_threshold_maximises_the_objective_and_prefers_the_cut_nearest_half() -> None:
     y = np.array([0, 0, 0, 1, 1, 1, 1, 1])
     proba = np.array([0.1, 0.2, 0.65, 0.6, 0.7, 0.8, 0.9, 0.95])
-    choice = training.tune_threshold(y, proba, "accuracy")
+    choice = calibration.tune_threshold(y, proba, "accuracy")
     labels = (proba >= choice.threshold).astype(int)
     assert (labels == y).mean() == choice.value == pytest.approx(7 / 8)
     assert choice.value >= choice.at_half
     # every cut between 0.2 and 0.6 gives 7/8; the chosen one is the nearest to 0.5 among them
     assert 0.2 < choice.threshold <= 0.6
     # a false negative costing 10x a false positive pushes the cut down: no positive is missed
-    costly = training.tune_threshold(y, proba, "cost", {"false_positive": 1, "false_negative": 10})
+    costs = {"false_positive": 1, "false_negative": 10}
+    costly = calibration.tune_threshold(y, proba, "cost", costs)
     assert (proba[y == 1] >= costly.threshold).all() and costly.threshold <= 0.6
     assert costly.value == pytest.approx(1.0)  # the one false positive at 0.65 is the cost
     with pytest.raises(ValueError, match="unknown label objective"):
-        training.tune_threshold(y, proba, "precision")
+        calibration.tune_threshold(y, proba, "precision")
 
 
 def test_tuned_threshold_travels_inside_the_registered_model() -> None:
@@ -167,11 +168,11 @@ def test_assembled_calibration_equals_calibrated_classifier_cv() -> None:
     data = training.labeled_data(_typed(300), 4.0)
     X, y = data.X, data.y
     base = training.build_candidate("hist_gradient_boosting", 0, groups=["engagement"])
-    oof = training.out_of_fold(base, X, y, 3, 0)
-    for method in training.CALIBRATION_METHODS:
-        mine = training.calibrated(clone(base).fit(X, y), oof, y, method, 3, 0)
+    oof = calibration.out_of_fold(base, X, y, 3, 0)
+    for method in calibration.CALIBRATION_METHODS:
+        mine = calibration.calibrated(clone(base).fit(X, y), oof, y, method, 3, 0)
         ref = CalibratedClassifierCV(
-            clone(base), method=method, cv=training.folds_for(3, 0), ensemble=False
+            clone(base), method=method, cv=calibration.folds_for(3, 0), ensemble=False
         ).fit(X, y)
         np.testing.assert_allclose(mine.predict_proba(X), ref.predict_proba(X), rtol=0, atol=1e-12)
 
@@ -180,14 +181,14 @@ def test_calibration_is_kept_only_when_it_helps() -> None:
     rng = np.random.default_rng(0)
     truth = rng.uniform(0.05, 0.95, 4000)
     y = pd.Series((rng.random(4000) < truth).astype(int))
-    honest = training.OutOfFold(truth, truth, np.zeros(4000, dtype=int))
+    honest = calibration.OutOfFold(truth, truth, np.zeros(4000, dtype=int))
     squashed = 1 / (1 + np.exp(-4 * (truth - 0.5) * 4))  # overconfident: far from the truth
-    bent = training.OutOfFold(squashed, squashed, np.zeros(4000, dtype=int))
-    assert training.choose_calibration(honest, y, ["isotonic", "sigmoid"], 5, 0).method is None
-    choice = training.choose_calibration(bent, y, ["isotonic", "sigmoid"], 5, 0)
+    bent = calibration.OutOfFold(squashed, squashed, np.zeros(4000, dtype=int))
+    assert calibration.choose_calibration(honest, y, ["isotonic", "sigmoid"], 5, 0).method is None
+    choice = calibration.choose_calibration(bent, y, ["isotonic", "sigmoid"], 5, 0)
     assert choice.method in ("isotonic", "sigmoid")
     assert choice.scores[choice.method]["log_loss"] < choice.scores["none"]["log_loss"]
-    assert training.choose_calibration(bent, y, [], 5, 0).method is None
+    assert calibration.choose_calibration(bent, y, [], 5, 0).method is None
 
 
 def test_permuted_target_stays_at_chance() -> None:

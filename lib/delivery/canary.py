@@ -24,6 +24,16 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from scipy import stats
 
+from lib.json_safe import json_safe
+from lib.window_stats import (
+    error_rate_p_value,
+    failed_requests,
+    fmt_count,
+    fmt_ms,
+    fmt_p,
+    fmt_percent,
+)
+
 CHAMPION, CANARY = "champion", "canary"
 PASS, FAIL, WAIT = "pass", "fail", "wait"
 REQUIRED_COLUMNS = (
@@ -106,41 +116,6 @@ class Analysis:
         return "all checks passed: " + "; ".join(c.message for c in self.checks)
 
 
-# ---------------------------------------------------------------------------- formatting
-
-
-def _n(value: int) -> str:
-    return f"{value:,}"
-
-
-def _p(value: float) -> str:
-    if value != value:
-        return "n/a"
-    return f"{value:.2g}" if value < 0.01 else f"{value:.2f}"
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or value != value else f"{100 * value:.1f}%"
-
-
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None or value != value else f"{value:,.0f} ms"
-
-
-def _clean(value: Any) -> Any:
-    """NaN/inf -> None and NumPy scalars -> Python, so the result is plain JSON."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
-
-
 # ---------------------------------------------------------------------------- preparation
 
 
@@ -152,11 +127,9 @@ def _prepare(window: pd.DataFrame) -> pd.DataFrame:
             f"expected {', '.join(REQUIRED_COLUMNS)}"
         )
     frame = window[window["variant"].isin([CHAMPION, CANARY])].copy()
-    error_text = frame["error"].astype("object").where(frame["error"].notna(), "")
-    label = pd.to_numeric(frame["label"], errors="coerce")
     # a request that produced no label failed, whether or not an error message was kept
-    frame["is_error"] = (error_text.astype(str).str.strip() != "") | label.isna()
-    frame["label"] = label
+    frame["is_error"] = failed_requests(frame)
+    frame["label"] = pd.to_numeric(frame["label"], errors="coerce")
     frame["true_label"] = pd.to_numeric(frame["true_label"], errors="coerce")
     frame["latency_ms"] = pd.to_numeric(frame["latency_ms"], errors="coerce")
     frame["probability"] = pd.to_numeric(frame["probability"], errors="coerce")
@@ -175,29 +148,33 @@ def check_error_rate(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     rate = k / n if n else float("nan")
     rate_h = k_h / n_h if n_h else float("nan")
     bound = cfg.max_error_rate
-    # P(at least k errors | true rate = bound): small means the canary is worse than the bound
-    p = float(stats.binom.sf(k - 1, n, bound)) if n else float("nan")
+    p = error_rate_p_value(k, n, bound)  # small: the canary is worse than the bound
     observed = {"canary_rate": rate, "champion_rate": rate_h, "canary_errors": k,
                 "champion_errors": k_h, "p_value": p}  # fmt: skip
     threshold = {"max_error_rate": bound, "alpha": cfg.alpha, "min_requests": cfg.min_requests}
     samples = {CANARY: n, CHAMPION: n_h}
-    seen = f"canary error rate {_pct(rate)} ({k}/{_n(n)} requests)"
-    vs = f"champion {_pct(rate_h)} of {_n(n_h)}"
+    seen = f"canary error rate {fmt_percent(rate)} ({k}/{fmt_count(n)} requests)"
+    vs = f"champion {fmt_percent(rate_h)} of {fmt_count(n_h)}"
     if n < cfg.fast_fail_requests:
         status = WAIT
-        msg = f"only {_n(n)} canary requests, {cfg.fast_fail_requests} needed to judge errors"
+        msg = (
+            f"only {fmt_count(n)} canary requests, {cfg.fast_fail_requests} needed to judge errors"
+        )
     elif rate > bound and p < cfg.alpha:
         status = FAIL
-        msg = f"{seen} > {_pct(bound)} ({vs}), one-sided binomial p={_p(p)}"
+        msg = f"{seen} > {fmt_percent(bound)} ({vs}), one-sided binomial p={fmt_p(p)}"
     elif n < cfg.min_requests:
         status = WAIT
         msg = f"{seen} so far; {cfg.min_requests} canary requests needed to pass ({vs})"
     elif rate > bound:
         status = WAIT
-        msg = f"{seen} above {_pct(bound)} but not conclusively (p={_p(p)}); waiting ({vs})"
+        msg = (
+            f"{seen} above {fmt_percent(bound)} but not conclusively (p={fmt_p(p)}); "
+            f"waiting ({vs})"
+        )
     else:
         status = PASS
-        msg = f"{seen} <= {_pct(bound)} ({vs})"
+        msg = f"{seen} <= {fmt_percent(bound)} ({vs})"
     return Check("error_rate", status, observed, threshold, samples, msg)
 
 
@@ -218,27 +195,27 @@ def check_latency(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     threshold = {"max_p99_ms": cfg.max_p99_ms, "max_p99_ratio": cfg.max_p99_ratio,
                  "p99_floor_ms": cfg.p99_floor_ms, "min_requests": cfg.min_requests}  # fmt: skip
     samples = {CANARY: len(can), CHAMPION: len(cha)}
-    on = f"{_n(len(can))}/{_n(len(cha))} canary/champion requests"
+    on = f"{fmt_count(len(can))}/{fmt_count(len(cha))} canary/champion requests"
     champion_ok = len(cha) >= cfg.min_requests
     if len(can) < cfg.min_requests:
         status = WAIT
-        msg = f"only {_n(len(can))} canary latencies ({cfg.min_requests} needed) for the p99"
+        msg = f"only {fmt_count(len(can))} canary latencies ({cfg.min_requests} needed) for the p99"
     elif p99 > cfg.max_p99_ms:
         status = FAIL
         msg = (
-            f"canary p99 latency {_ms(p99)} > {_ms(cfg.max_p99_ms)} "
-            f"(champion p99 {_ms(p99_h)}; {on})"
+            f"canary p99 latency {fmt_ms(p99)} > {fmt_ms(cfg.max_p99_ms)} "
+            f"(champion p99 {fmt_ms(p99_h)}; {on})"
         )
     elif champion_ok and p99 > cfg.p99_floor_ms and ratio > cfg.max_p99_ratio:
         status = FAIL
         msg = (
-            f"canary p99 latency {_ms(p99)} is {ratio:.1f}x the champion's {_ms(p99_h)} "
-            f"(> {cfg.max_p99_ratio:g}x above the {_ms(cfg.p99_floor_ms)} floor; {on})"
+            f"canary p99 latency {fmt_ms(p99)} is {ratio:.1f}x the champion's {fmt_ms(p99_h)} "
+            f"(> {cfg.max_p99_ratio:g}x above the {fmt_ms(cfg.p99_floor_ms)} floor; {on})"
         )
     else:
         status = PASS
-        rel = f", {ratio:.1f}x the champion's {_ms(p99_h)}" if champion_ok else ""
-        msg = f"canary p99 latency {_ms(p99)} <= {_ms(cfg.max_p99_ms)}{rel} ({on})"
+        rel = f", {ratio:.1f}x the champion's {fmt_ms(p99_h)}" if champion_ok else ""
+        msg = f"canary p99 latency {fmt_ms(p99)} <= {fmt_ms(cfg.max_p99_ms)}{rel} ({on})"
     return Check("latency_p99", status, observed, threshold, samples, msg)
 
 
@@ -275,15 +252,16 @@ def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     samples = {CANARY: n_c, CHAMPION: n_h}
     seen = (
         f"canary accuracy {acc_c:.3f} vs champion {acc_h:.3f} on "
-        f"{_n(n_c)}/{_n(n_h)} labeled requests"
+        f"{fmt_count(n_c)}/{fmt_count(n_h)} labeled requests"
     )
     bound_pts = f"{100 * cfg.max_accuracy_drop:g}"
     if n_c < cfg.min_feedback or n_h < cfg.min_feedback:
         who = "canary" if n_c < cfg.min_feedback else "champion"
         have = n_c if who == "canary" else n_h
         msg = (
-            f"only {_n(have)} labeled {who} requests ({cfg.min_feedback} needed) to judge "
-            f"accuracy; so far canary {_n(k_c)}/{_n(n_c)} correct, champion {_n(k_h)}/{_n(n_h)}"
+            f"only {fmt_count(have)} labeled {who} requests ({cfg.min_feedback} needed) to judge "
+            f"accuracy; so far canary {fmt_count(k_c)}/{fmt_count(n_c)} correct, "
+            f"champion {fmt_count(k_h)}/{fmt_count(n_h)}"
         )
         return Check("accuracy", WAIT, observed, threshold, samples, msg)
     z, p = accuracy_drop_test(k_c, n_c, k_h, n_h, cfg.max_accuracy_drop)
@@ -292,13 +270,13 @@ def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     change = f"drop {drop_pts:.1f} points" if drop_pts >= 0 else f"gain {-drop_pts:.1f} points"
     if p < cfg.alpha:
         status = FAIL
-        msg = f"{seen}: {change} > {bound_pts}, one-sided p={_p(p)}"
+        msg = f"{seen}: {change} > {bound_pts}, one-sided p={fmt_p(p)}"
     elif drop_pts > 100 * cfg.max_accuracy_drop and cfg.wait_on_inconclusive:
         status = WAIT
-        msg = f"{seen}: {change} > {bound_pts} but not significant (p={_p(p)}); waiting"
+        msg = f"{seen}: {change} > {bound_pts} but not significant (p={fmt_p(p)}); waiting"
     else:
         status = PASS
-        msg = f"{seen}: {change}, not significantly more than {bound_pts} (one-sided p={_p(p)})"
+        msg = f"{seen}: {change}, not significantly more than {bound_pts} (one-sided p={fmt_p(p)})"
     return Check("accuracy", status, observed, threshold, samples, msg)
 
 
@@ -325,7 +303,7 @@ def check_prediction_shift(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     samples = {CANARY: n_c, CHAMPION: n_h}
     if n_c < cfg.min_requests or n_h < cfg.min_requests:
         msg = (
-            f"only {_n(n_c)}/{_n(n_h)} canary/champion predictions "
+            f"only {fmt_count(n_c)}/{fmt_count(n_h)} canary/champion predictions "
             f"({cfg.min_requests} each needed) to compare their distributions"
         )
         return Check("prediction_shift", WAIT, observed, threshold, samples, msg)
@@ -336,19 +314,19 @@ def check_prediction_shift(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     observed["p_value"] = p
     big = abs(shift) > cfg.max_prediction_shift
     seen = (
-        f"canary predicts positive for {_pct(r_c)} vs champion {_pct(r_h)} "
-        f"({_n(n_c)}/{_n(n_h)} predictions): shift {100 * abs(shift):.1f} points"
+        f"canary predicts positive for {fmt_percent(r_c)} vs champion {fmt_percent(r_h)} "
+        f"({fmt_count(n_c)}/{fmt_count(n_h)} predictions): shift {100 * abs(shift):.1f} points"
     )
     bound_pts = f"{100 * cfg.max_prediction_shift:g}"
     if big and p < cfg.shift_alpha:
-        status, msg = FAIL, f"{seen} > {bound_pts}, p={_p(p)}"
+        status, msg = FAIL, f"{seen} > {bound_pts}, p={fmt_p(p)}"
     elif big and cfg.wait_on_inconclusive:
-        status, msg = WAIT, f"{seen} > {bound_pts} but not significant (p={_p(p)}); waiting"
+        status, msg = WAIT, f"{seen} > {bound_pts} but not significant (p={fmt_p(p)}); waiting"
     elif big:
         status = PASS
-        msg = f"{seen} > {bound_pts} but not significant (p={_p(p)} >= {cfg.shift_alpha:g})"
+        msg = f"{seen} > {bound_pts} but not significant (p={fmt_p(p)} >= {cfg.shift_alpha:g})"
     else:
-        status, msg = PASS, f"{seen} <= {bound_pts} (p={_p(p)})"
+        status, msg = PASS, f"{seen} <= {bound_pts} (p={fmt_p(p)})"
     return Check("prediction_shift", status, observed, threshold, samples, msg)
 
 
@@ -390,7 +368,7 @@ def analyze(window: pd.DataFrame, cfg: AnalysisConfig | None = None) -> Analysis
 
 def summarize_step(analysis: Analysis) -> dict[str, Any]:
     """A JSON-ready summary for the rollout state file and reports (NaN becomes null)."""
-    return _clean(
+    return json_safe(
         {
             "verdict": analysis.verdict,
             "reason": analysis.reason,

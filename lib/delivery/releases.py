@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lib import registry
-from lib.delivery.rollout import write_json_atomic
+from lib.atomic_files import STAGING_PREFIX, copy_dir_atomic, write_json_atomic
 from lib.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -149,18 +149,6 @@ def previous_copies(models_dir: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _swap_in(staged: Path, target: Path) -> None:
-    """Replace target by staged with renames, so target is whole before and after."""
-    old = target.parent / f".{target.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        target.rename(old)
-    staged.rename(target)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def _archive_production(models_dir: Path, at: datetime) -> Path | None:
     """Copy production/ into previous/<stamp>-v<version>/ (copied, so production never vanishes)."""
     prod = models_dir / PRODUCTION_DIR
@@ -170,19 +158,14 @@ def _archive_production(models_dir: Path, at: datetime) -> Path | None:
     folder = models_dir / PREVIOUS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{at.strftime('%Y%m%dT%H%M%S%fZ')}-v{version}"
-    staged = folder / f".tmp-{target.name}"
-    if staged.exists():
-        shutil.rmtree(staged)
-    shutil.copytree(prod, staged)
-    staged.rename(target)
-    return target
+    return copy_dir_atomic(prod, target)
 
 
 def _prune_previous(models_dir: Path, keep: int = KEEP_PREVIOUS) -> list[Path]:
     folder = models_dir / PREVIOUS_DIR
     removed = previous_copies(models_dir)[:-keep] if keep > 0 else previous_copies(models_dir)
     if folder.is_dir():  # leftovers of an interrupted copy
-        removed += [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(".tmp-")]
+        removed += [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(STAGING_PREFIX)]
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed
@@ -197,12 +180,12 @@ def _find_copy(models_dir: Path, version: str) -> Path | None:
 
 
 def _restore_copy(models_dir: Path, source: Path, metadata: dict[str, Any]) -> None:
-    staged = models_dir / f".{PRODUCTION_DIR}-restore"
-    if staged.exists():
-        shutil.rmtree(staged)
-    shutil.copytree(source, staged)
-    (staged / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
-    _swap_in(staged, models_dir / PRODUCTION_DIR)
+    """Copy a kept production back into place, its metadata rewritten before the swap."""
+
+    def rewrite_metadata(staged: Path) -> None:
+        (staged / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
+
+    copy_dir_atomic(source, models_dir / PRODUCTION_DIR, prepare=rewrite_metadata)
 
 
 # ---------------------------------------------------------------------------- registry helpers

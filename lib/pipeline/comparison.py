@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from lib import registry
-from lib.pipeline import training, uncertainty
+from lib.pipeline import evaluation, training, uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,8 @@ def compare(
         label = "majority-class baseline"
     evidence = compare_predictions(y_test, cand, ref, metric)
     details: dict[str, uncertainty.MetricComparison] = evidence["details"]
-    cand_metrics = training.evaluate(y_test, *cand)
-    ref_metrics = training.evaluate(y_test, *ref)
+    cand_metrics = evaluation.evaluate(y_test, *cand)
+    ref_metrics = evaluation.evaluate(y_test, *ref)
     if champion_version is None:
         ref_metrics["roc_auc"] = 0.5  # a constant score ranks nothing
     cv_mean, cv_std = candidate_cv(client, model_name, candidate_version, metric)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from lib.atomic_files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,4 @@ def write_state(
         "data_digest": data_digest,
         "apps": fingerprints(apps),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(state, fh)
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, state, indent=None)

@@ -1,8 +1,8 @@
 """The deployment decision: a gate, then a candidate's score out of 100 and the verdict it earns.
 
-The score table is data (a frozen dataclass, loadable from the YAML config) rather than ``if``
-chains in a notebook, so that every band and boundary is unit-tested and a team can tune it
-without touching code. Three criteria, all on the selection metric (higher is better):
+The score table (lib.pipeline.score_table, re-exported here) is data loadable from the YAML
+config rather than ``if`` chains in a notebook. Three criteria, all on the selection metric
+(higher is better):
 
 - improvement over production (candidate - champion, or candidate - majority-class baseline when
   there is no champion yet),
@@ -32,22 +32,32 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib.errors import ConfigError
+from lib.pipeline.score_table import (
+    COMPARE_DECIMALS,
+    EVIDENCE_MODES,
+    GE,
+    LE,
+    NEGATED,
+    TO,
+    VERDICTS,
+    Band,
+    Evidence,
+    Gate,
+    GateInputs,
+    ScoreTable,
+    ScoreTableError,
+    default_table_dict,
+    fmt_threshold,
+)
 
 logger = logging.getLogger(__name__)
 
-VERDICTS = ("auto", "manual", "reject")
+__all__ = [  # this module's API, including the score table's (notebooks and config read it here)
+    "CRITERIA", "EVIDENCE_MODES", "VERDICTS", "Band", "Decision", "Evidence", "Gate", "GateInputs",
+    "Reason", "ScoreTable", "ScoreTableError", "decide", "default_table_dict",
+]  # fmt: skip
+
 CRITERIA = ("gate", "improvement", "absolute", "stability", "guard")
-EVIDENCE_MODES = ("lower_bound", "point")
-
-# Observed values are rounded to this many decimals before comparison, so that a difference
-# computed in floating point (0.91 - 0.90 == 0.010000000000000009) lands in the band a person
-# reading "improvement 0.01" expects. Metrics are never meaningful at this precision.
-_COMPARE_DECIMALS = 9
-
-_LE, _GE, _TO = "≤", "≥", "→"
-_OPS = {">": ">", ">=": _GE}  # op -> human-readable symbol
-_NEGATED = {">": _LE, ">=": "<"}  # op -> symbol of its complement, for "else" texts
 
 _METRIC_LABELS = {
     "roc_auc": "ROC-AUC",
@@ -62,264 +72,6 @@ _METRIC_LABELS = {
 
 _GATE_NO_SKILL = '"no skill"'
 _GATE_MAJORITY = '"labels beat the majority answer"'
-
-
-def _is_number(x: Any) -> bool:
-    """A real number (bools are ints in Python but never a meaningful threshold)."""
-    return not isinstance(x, bool) and isinstance(x, (int, float))
-
-
-class ScoreTableError(ConfigError, ValueError):
-    """The score table in the configuration is invalid (a ValueError the CLI shows on one line)."""
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """A metric with its interval, so the decision can tell a real gain from holdout noise.
-
-    Not validated on construction (a bootstrap may legitimately record NaN); :func:`decide`
-    refuses non-finite or inverted intervals with the input's name.
-    """
-
-    estimate: float
-    low: float
-    high: float
-    n: int = 0
-    method: str = ""
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> Evidence:
-        """Read the shape :meth:`to_dict` writes (extra keys ignored, e.g. ``level``)."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"evidence must be a mapping with keys estimate, low, high, got {d!r}")
-        missing = [k for k in ("estimate", "low", "high") if k not in d]
-        if missing:
-            raise ValueError(
-                f"evidence is missing key(s) {', '.join(missing)}; got keys {sorted(map(str, d))} "
-                "(use Evidence.point(x) for a value without an interval)"
-            )
-        values = {}
-        for key in ("estimate", "low", "high"):
-            try:
-                values[key] = float(d[key])
-            except (TypeError, ValueError):
-                raise ValueError(f"evidence {key} must be a number, got {d[key]!r}") from None
-        n = d.get("n", 0)
-        try:
-            n = operator.index(0 if n is None else n)
-        except TypeError:
-            raise ValueError(f"evidence n must be an integer, got {n!r}") from None
-        method = d.get("method", "")
-        return cls(n=n, method="" if method is None else str(method), **values)
-
-    @classmethod
-    def point(cls, value: float) -> Evidence:
-        """A value without an interval (low = high = estimate), for callers that have none."""
-        v = float(value)
-        return cls(v, v, v)
-
-    def to_dict(self) -> dict:
-        """A JSON-ready mapping that :meth:`from_dict` reads back."""
-        return {
-            "estimate": float(self.estimate),
-            "low": float(self.low),
-            "high": float(self.high),
-            "n": int(self.n),
-            "method": str(self.method),
-        }
-
-
-@dataclass(frozen=True)
-class Gate:
-    """The no-skill gate's settings (config key ``decision.gate``)."""
-
-    min_roc_auc_lower: float = 0.55  # the ROC-AUC interval's lower bound must be > this
-    accuracy_tolerance: float = 0.005  # served-label accuracy >= majority share - this
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        floor = self.min_roc_auc_lower
-        if not _is_number(floor) or not math.isfinite(floor) or not 0.5 <= floor < 1:
-            raise ScoreTableError(
-                f"gate.min_roc_auc_lower must be a number in [0.5, 1) (0.5 is a coin toss; the "
-                f"ROC-AUC interval's lower bound must be above it), got {floor!r}"
-            )
-        tolerance = self.accuracy_tolerance
-        if not _is_number(tolerance) or not math.isfinite(tolerance) or tolerance < 0:
-            raise ScoreTableError(
-                f"gate.accuracy_tolerance must be a finite number >= 0, got {tolerance!r}"
-            )
-        if not isinstance(self.enabled, bool):
-            raise ScoreTableError(f"gate.enabled must be true or false, got {self.enabled!r}")
-
-
-@dataclass(frozen=True)
-class GateInputs:
-    """What the gate needs about the candidate, measured on the holdout."""
-
-    roc_auc: Evidence  # the candidate's own ROC-AUC, whatever the selection metric
-    accuracy: float  # accuracy of the labels the candidate would serve
-    majority_share: float  # share of the majority class on the same rows
-    n: int  # holdout rows
-
-
-@dataclass(frozen=True)
-class Band:
-    """One row of a criterion: ``points`` when ``value op threshold``; ``threshold=None`` = else."""
-
-    threshold: float | None
-    points: int
-    op: str = ">"
-
-    def __post_init__(self) -> None:
-        if self.op not in _OPS:
-            raise ScoreTableError(f"band op must be one of {sorted(_OPS)}, got {self.op!r}")
-        if self.threshold is not None and (
-            isinstance(self.threshold, bool)
-            or not isinstance(self.threshold, (int, float))
-            or not math.isfinite(self.threshold)
-        ):
-            raise ScoreTableError(
-                f"band threshold must be a finite number or None, got {self.threshold!r}"
-            )
-        if isinstance(self.points, bool) or not isinstance(self.points, int):
-            raise ScoreTableError(f"band points must be an integer, got {self.points!r}")
-
-    def holds(self, value: float) -> bool:
-        """Whether ``value`` falls in this band (an else band always holds)."""
-        if self.threshold is None:
-            return True
-        if self.op == ">":
-            return value > self.threshold
-        return value >= self.threshold
-
-    @property
-    def rule(self) -> str:
-        """The band as a person reads it: ``"> 0.01"``, ``"≥ -0.005"`` or ``"else"``."""
-        if self.threshold is None:
-            return "else"
-        return f"{_OPS[self.op]} {_fmt_threshold(self.threshold)}"
-
-
-DEFAULT_IMPROVEMENT: tuple[Band, ...] = (
-    Band(0.01, 40),
-    Band(0.0, 20),
-    Band(-0.005, 5, ">="),
-    Band(None, -50),
-)
-DEFAULT_ABSOLUTE: tuple[Band, ...] = (
-    Band(0.90, 30),
-    Band(0.80, 20),
-    Band(None, 10),
-)
-
-
-@dataclass(frozen=True)
-class ScoreTable:
-    """The whole scoring policy; the defaults are the mission's table, read on lower bounds."""
-
-    improvement: tuple[Band, ...] = DEFAULT_IMPROVEMENT
-    absolute: tuple[Band, ...] = DEFAULT_ABSOLUTE
-    max_cv_std: float = 0.02
-    stability_points: int = 30
-    auto_at: int = 70
-    manual_at: int = 50
-    evidence: str = "lower_bound"
-    gate: Gate = Gate()
-
-    def __post_init__(self) -> None:
-        for name in ("improvement", "absolute"):
-            bands = tuple(getattr(self, name))
-            object.__setattr__(self, name, bands)  # accept lists, store tuples (hashable)
-            _validate_bands(name, bands)
-        if (
-            isinstance(self.max_cv_std, bool)
-            or not isinstance(self.max_cv_std, (int, float))
-            or not math.isfinite(self.max_cv_std)
-            or self.max_cv_std < 0
-        ):
-            raise ScoreTableError(
-                f"stability.max_cv_std must be a finite number >= 0, got {self.max_cv_std!r}"
-            )
-        for name in ("stability_points", "auto_at", "manual_at"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ScoreTableError(f"{name} must be an integer, got {value!r}")
-        if self.auto_at <= self.manual_at:
-            raise ScoreTableError(
-                f"verdicts.auto ({self.auto_at}) must be greater than verdicts.manual "
-                f"({self.manual_at}): scores >= auto deploy, scores >= manual wait for approval"
-            )
-        if not isinstance(self.evidence, str) or self.evidence not in EVIDENCE_MODES:
-            raise ScoreTableError(
-                f"evidence must be one of {', '.join(EVIDENCE_MODES)} (lower_bound: bands are "
-                f"read on the interval's lower bound; point: on the estimate), "
-                f"got {self.evidence!r}"
-            )
-        if not isinstance(self.gate, Gate):
-            raise ScoreTableError(f"gate must be a Gate, got {self.gate!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> ScoreTable:
-        """Build a table from the config's ``decision`` mapping; missing keys keep the defaults."""
-        if d is None:
-            return cls()
-        if not isinstance(d, dict):
-            raise ScoreTableError(
-                f"the score table must be a mapping with keys {_TOP_KEYS}, got {type(d).__name__}"
-            )
-        _check_keys("score table", d, _TOP_KEYS)
-        kwargs: dict[str, Any] = {}
-        for name in ("improvement", "absolute"):
-            if name in d:
-                kwargs[name] = _bands_from_list(name, d[name])
-        if "stability" in d:
-            stability = _mapping("stability", d["stability"], _STABILITY_KEYS)
-            if "max_cv_std" in stability:
-                kwargs["max_cv_std"] = _number("stability.max_cv_std", stability["max_cv_std"])
-            if "points" in stability:
-                kwargs["stability_points"] = _integer("stability.points", stability["points"])
-        if "verdicts" in d:
-            verdicts = _mapping("verdicts", d["verdicts"], _VERDICT_KEYS)
-            if "auto" in verdicts:
-                kwargs["auto_at"] = _integer("verdicts.auto", verdicts["auto"])
-            if "manual" in verdicts:
-                kwargs["manual_at"] = _integer("verdicts.manual", verdicts["manual"])
-        if "evidence" in d:
-            kwargs["evidence"] = d["evidence"]  # validated by __post_init__, naming the key
-        if "gate" in d:
-            gate = _mapping("gate", d["gate"], _GATE_KEYS)
-            gate_kwargs: dict[str, Any] = {}
-            for key in ("min_roc_auc_lower", "accuracy_tolerance"):
-                if key in gate:
-                    gate_kwargs[key] = _number(f"gate.{key}", gate[key])
-            if "enabled" in gate:
-                gate_kwargs["enabled"] = gate["enabled"]  # validated by Gate, naming the key
-            kwargs["gate"] = Gate(**gate_kwargs)
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict:
-        """The table in the config's shape (round-trips through :meth:`from_dict`)."""
-        return {
-            "improvement": [_band_to_dict(b) for b in self.improvement],
-            "absolute": [_band_to_dict(b) for b in self.absolute],
-            "stability": {"max_cv_std": self.max_cv_std, "points": self.stability_points},
-            "verdicts": {"auto": self.auto_at, "manual": self.manual_at},
-            "evidence": self.evidence,
-            "gate": {
-                "min_roc_auc_lower": self.gate.min_roc_auc_lower,
-                "accuracy_tolerance": self.gate.accuracy_tolerance,
-                "enabled": self.gate.enabled,
-            },
-        }
-
-    def verdict_for(self, score: int) -> str:
-        """The verdict a score earns, before the gate and the worse-than-champion guard."""
-        if score >= self.auto_at:
-            return "auto"
-        if score >= self.manual_at:
-            return "manual"
-        return "reject"
 
 
 @dataclass(frozen=True)
@@ -417,8 +169,8 @@ def decide(
             signed=False,
         ),
     ]
-    stable = round(cv_std, _COMPARE_DECIMALS) <= table.max_cv_std
-    rule = f"{_LE if stable else '>'} {_fmt_threshold(table.max_cv_std)}"
+    stable = round(cv_std, COMPARE_DECIMALS) <= table.max_cv_std
+    rule = f"{LE if stable else '>'} {fmt_threshold(table.max_cv_std)}"
     points = table.stability_points if stable else 0
     reasons.append(
         Reason(
@@ -427,7 +179,7 @@ def decide(
             rule,
             points,
             f"CV std of {label} {cv_std:.4f} {rule} ({'stable' if stable else 'unstable'}) "
-            f"{_TO} {points:+d}",
+            f"{TO} {points:+d}",
         )
     )
 
@@ -480,24 +232,6 @@ def decide(
     return decision
 
 
-def default_table_dict() -> dict:
-    """The default table in config shape, to write the default config file from one source."""
-    return ScoreTable().to_dict()
-
-
-# --- helpers -----------------------------------------------------------------------------------
-
-_TOP_KEYS = ("improvement", "absolute", "stability", "verdicts", "evidence", "gate")
-_STABILITY_KEYS = ("max_cv_std", "points")
-_VERDICT_KEYS = ("auto", "manual")
-_GATE_KEYS = ("min_roc_auc_lower", "accuracy_tolerance", "enabled")
-_BAND_KEYS = ("above", "at_least", "else", "points")
-
-
-def _fmt_threshold(x: float) -> str:
-    return f"{x:g}"
-
-
 def _finite_input(name: str, x: Any) -> float:
     try:
         f = float(x)
@@ -520,7 +254,7 @@ def _evidence_input(name: str, x: Any) -> Evidence:
     estimate = _finite_input(f"{name}.estimate", x.estimate)
     low = _finite_input(f"{name}.low", x.low)
     high = _finite_input(f"{name}.high", x.high)
-    if round(low, _COMPARE_DECIMALS) > round(high, _COMPARE_DECIMALS):
+    if round(low, COMPARE_DECIMALS) > round(high, COMPARE_DECIMALS):
         raise ValueError(f"{name}: interval low {low!r} is above high {high!r}")
     try:
         n = operator.index(x.n)
@@ -578,7 +312,7 @@ def _band_reason(
     else:
         spec = "+.4f" if signed else ".4f"
         why = f": {'lower bound' if on_lower else 'estimate'} {read:{spec}} {phrase}"
-    return Reason(criterion, read, band.rule, band.points, f"{head}{why} {_TO} {band.points:+d}")
+    return Reason(criterion, read, band.rule, band.points, f"{head}{why} {TO} {band.points:+d}")
 
 
 def _gate_reasons(settings: Gate, g: GateInputs) -> tuple[list[Reason], bool]:
@@ -586,7 +320,7 @@ def _gate_reasons(settings: Gate, g: GateInputs) -> tuple[list[Reason], bool]:
     rows = f"n={g.n:,}"
     roc = g.roc_auc
     floor = settings.min_roc_auc_lower
-    skilled = round(roc.low, _COMPARE_DECIMALS) > floor
+    skilled = round(roc.low, COMPARE_DECIMALS) > floor
     if roc.low == roc.high:
         detail = f"(point estimate, no interval, {rows})"
     else:
@@ -594,22 +328,22 @@ def _gate_reasons(settings: Gate, g: GateInputs) -> tuple[list[Reason], bool]:
     no_skill = Reason(
         "gate",
         roc.low,
-        f"{'passed' if skilled else 'failed'}: ROC-AUC lower bound > {_fmt_threshold(floor)}",
+        f"{'passed' if skilled else 'failed'}: ROC-AUC lower bound > {fmt_threshold(floor)}",
         0,
         f"gate {_GATE_NO_SKILL}: ROC-AUC lower bound {roc.low:.4f} "
-        f"{'>' if skilled else _LE} {_fmt_threshold(floor)} {detail}: "
+        f"{'>' if skilled else LE} {fmt_threshold(floor)} {detail}: "
         f"{'passed' if skilled else 'reject'}",
     )
     tolerance = settings.accuracy_tolerance
-    beats = round(g.accuracy - (g.majority_share - tolerance), _COMPARE_DECIMALS) >= 0
+    beats = round(g.accuracy - (g.majority_share - tolerance), COMPARE_DECIMALS) >= 0
     majority = Reason(
         "gate",
         g.accuracy,
-        f"{'passed' if beats else 'failed'}: accuracy {_GE} majority share - "
-        f"{_fmt_threshold(tolerance)}",
+        f"{'passed' if beats else 'failed'}: accuracy {GE} majority share - "
+        f"{fmt_threshold(tolerance)}",
         0,
-        f"gate {_GATE_MAJORITY}: accuracy {g.accuracy:.4f} {_GE if beats else '<'} majority "
-        f"share {g.majority_share:.4f} - {_fmt_threshold(tolerance)} ({rows}): "
+        f"gate {_GATE_MAJORITY}: accuracy {g.accuracy:.4f} {GE if beats else '<'} majority "
+        f"share {g.majority_share:.4f} - {fmt_threshold(tolerance)} ({rows}): "
         f"{'passed' if beats else 'reject'}",
     )
     return [no_skill, majority], skilled and beats
@@ -619,8 +353,8 @@ def _guard_reason(
     improvement: Evidence, on_lower: bool, label: str, baseline_label: str, score: int
 ) -> Reason | None:
     """The cap for a candidate worse than production, or None when it is not worse."""
-    worse_estimate = round(improvement.estimate, _COMPARE_DECIMALS) < 0
-    worse_interval = on_lower and round(improvement.high, _COMPARE_DECIMALS) < 0
+    worse_estimate = round(improvement.estimate, COMPARE_DECIMALS) < 0
+    worse_interval = on_lower and round(improvement.high, COMPARE_DECIMALS) < 0
     if not (worse_estimate or worse_interval):
         return None
     observed, rule = (
@@ -643,7 +377,7 @@ def _guard_reason(
 
 
 def _pick(name: str, bands: tuple[Band, ...], value: float) -> Band:
-    rounded = round(value, _COMPARE_DECIMALS)
+    rounded = round(value, COMPARE_DECIMALS)
     for band in bands:
         if band.holds(rounded):
             return band
@@ -657,108 +391,4 @@ def _band_phrase(bands: tuple[Band, ...], band: Band) -> str:
     if len(bands) < 2:
         return "(any value)"
     above = bands[-2]
-    return f"{_NEGATED[above.op]} {_fmt_threshold(above.threshold)}"
-
-
-def _validate_bands(name: str, bands: tuple[Band, ...]) -> None:
-    if not bands:
-        raise ScoreTableError(f"{name}: needs at least one band, ending with an else band")
-    for i, band in enumerate(bands):
-        if not isinstance(band, Band):
-            raise ScoreTableError(f"{name}[{i}] must be a Band, got {band!r}")
-    if bands[-1].threshold is not None:
-        raise ScoreTableError(
-            f"{name}: the last band must be the else band (threshold None / else: true), "
-            f"got {bands[-1].rule}"
-        )
-    for i, band in enumerate(bands[:-1]):
-        if band.threshold is None:
-            raise ScoreTableError(
-                f"{name}[{i}]: only the last band may be the else band; bands after it never apply"
-            )
-    for i in range(len(bands) - 2):
-        hi, lo = bands[i], bands[i + 1]
-        # Equal thresholds are fine only as "> t" then ">= t" (the second catches exactly t).
-        ordered = hi.threshold > lo.threshold or (
-            hi.threshold == lo.threshold and hi.op == ">" and lo.op == ">="
-        )
-        if not ordered:
-            raise ScoreTableError(
-                f"{name}: bands must be in decreasing threshold order (first match wins), but "
-                f"band {i} ({hi.rule}) comes before band {i + 1} ({lo.rule}); "
-                f"got order {[b.rule for b in bands]}"
-            )
-
-
-def _check_keys(where: str, d: dict, allowed: tuple[str, ...]) -> None:
-    unknown = [k for k in d if k not in allowed]
-    if unknown:
-        raise ScoreTableError(
-            f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; "
-            f"allowed keys are {', '.join(allowed)}"
-        )
-
-
-def _mapping(where: str, d: Any, allowed: tuple[str, ...]) -> dict:
-    if not isinstance(d, dict):
-        raise ScoreTableError(
-            f"{where} must be a mapping with keys {', '.join(allowed)}, got {d!r}"
-        )
-    _check_keys(where, d, allowed)
-    return d
-
-
-def _number(where: str, x: Any) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        hint = (
-            " (PyYAML reads 1e-2 as a string: write 0.01 or 1.0e-2)" if isinstance(x, str) else ""
-        )
-        raise ScoreTableError(f"{where} must be a number, got {x!r}{hint}")
-    if not math.isfinite(x):
-        raise ScoreTableError(f"{where} must be finite, got {x!r}")
-    return x
-
-
-def _integer(where: str, x: Any) -> int:
-    if isinstance(x, float) and x.is_integer():
-        return int(x)
-    if isinstance(x, bool) or not isinstance(x, int):
-        raise ScoreTableError(f"{where} must be an integer, got {x!r}")
-    return x
-
-
-def _bands_from_list(name: str, items: Any) -> tuple[Band, ...]:
-    if not isinstance(items, list) or not items:
-        raise ScoreTableError(
-            f"{name} must be a non-empty list of bands like {{above: 0.01, points: 40}}, "
-            f"{{at_least: 0, points: 5}}, ending with {{else: true, points: -50}}; got {items!r}"
-        )
-    bands = []
-    for i, item in enumerate(items):
-        where = f"{name}[{i}]"
-        item = _mapping(where, item, _BAND_KEYS)
-        conditions = [k for k in ("above", "at_least", "else") if k in item]
-        if len(conditions) != 1:
-            raise ScoreTableError(
-                f"{where}: needs exactly one of above, at_least, else; got {conditions or 'none'}"
-            )
-        if "points" not in item:
-            raise ScoreTableError(f"{where}: missing 'points'")
-        points = _integer(f"{where}.points", item["points"])
-        if "else" in item:
-            if item["else"] is not True:
-                raise ScoreTableError(f"{where}: 'else' must be true, got {item['else']!r}")
-            bands.append(Band(None, points))
-        elif "above" in item:
-            bands.append(Band(_number(f"{where}.above", item["above"]), points, ">"))
-        else:
-            bands.append(Band(_number(f"{where}.at_least", item["at_least"]), points, ">="))
-    _validate_bands(name, tuple(bands))
-    return tuple(bands)
-
-
-def _band_to_dict(band: Band) -> dict:
-    if band.threshold is None:
-        return {"else": True, "points": band.points}
-    key = "above" if band.op == ">" else "at_least"
-    return {key: band.threshold, "points": band.points}
+    return f"{NEGATED[above.op]} {fmt_threshold(above.threshold)}"

@@ -1,27 +1,16 @@
 """Values passed between stages: glued in a notebook, read back by the runner.
 
 The only module that imports scrapbook (last released 2021), so it stays replaceable. Values are
-JSON: numbers, strings, lists and dicts (NumPy scalars and NaN are converted on the way).
+JSON: numbers, strings, lists and dicts (NumPy scalars and NaN are converted on the way, by
+lib.json_safe).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-
-def jsonable(value: Any) -> Any:
-    """NumPy scalars/arrays to Python, NaN/inf to None: JSON has no NaN."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from lib.json_safe import json_safe
 
 
 def glue(name: str, value: Any) -> None:
@@ -32,7 +21,7 @@ def glue(name: str, value: Any) -> None:
     """
     import scrapbook as sb
 
-    sb.glue(name, {"value": jsonable(value)}, encoder="json")
+    sb.glue(name, {"value": json_safe(value)}, encoder="json")
 
 
 def read(notebook: str | Path) -> dict[str, Any]:

@@ -4,6 +4,9 @@ Each candidate is one scikit-learn Pipeline (preprocessing + estimator) so that 
 registered is exactly what was evaluated. The holdout is chosen by a hash of the app identity:
 the same app stays on the same side across runs, so a champion trained last week is not scored
 on rows it was trained on.
+
+Calibration and the label threshold (lib.pipeline.calibration) and the metrics
+(lib.pipeline.evaluation) live in their own modules and are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,25 +28,43 @@ from sklearn.ensemble import (
     StackingClassifier,
 )
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    brier_score_loss,
-    f1_score,
-    log_loss,
-    roc_auc_score,
-)
-from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 from lib.errors import DataError
-from lib.pipeline import features, uncertainty
+from lib.pipeline import features
+from lib.pipeline.calibration import (
+    CALIBRATION_METHODS,
+    LABEL_OBJECTIVES,
+    CalibrationChoice,
+    OutOfFold,
+    ThresholdChoice,
+    calibrated,
+    choose_calibration,
+    folds_for,
+    out_of_fold,
+    tune_threshold,
+)
 from lib.pipeline.data import latest_per_app
+from lib.pipeline.evaluation import (
+    GREATER_IS_BETTER,
+    METRIC_NAMES,
+    baseline_metrics,
+    evaluate,
+    expected_calibration_error,
+    improvement,
+)
 
 log = logging.getLogger(__name__)
 
-METRIC_NAMES = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "log_loss", "brier")
-GREATER_IS_BETTER = {**uncertainty.GREATER_IS_BETTER, "ece": False}
+__all__ = [  # this module's API, including what moved to calibration / evaluation
+    "CALIBRATION_METHODS", "DEFAULT_FEATURE_GROUPS", "GREATER_IS_BETTER", "LABEL_OBJECTIVES",
+    "METRIC_NAMES", "CalibrationChoice", "CandidateResult", "LabeledData", "OutOfFold",
+    "ThresholdChoice", "baseline_metrics", "build_candidate", "calibrated", "choose_calibration",
+    "cross_validate", "dataset_digest", "evaluate", "expected_calibration_error", "folds_for",
+    "for_inference", "holdout_split", "improvement", "labeled_data", "one_openmp_thread",
+    "out_of_fold", "permutation_importance", "select_best", "split_digest", "train_candidate",
+    "tune_threshold",
+]  # fmt: skip
 
 
 @dataclass
@@ -113,13 +134,6 @@ def split_digest(keys: pd.Series, test_idx: np.ndarray) -> str:
 
 
 DEFAULT_FEATURE_GROUPS: tuple[str, ...] = features.FEATURE_GROUPS
-CALIBRATION_METHODS = ("isotonic", "sigmoid")
-LABEL_OBJECTIVES = ("accuracy", "balanced_accuracy", "f1", "cost")
-
-
-def folds_for(folds: int, seed: int) -> StratifiedKFold:
-    """Shuffled stratified folds: the raw file is ordered by category, unshuffled folds are not."""
-    return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
 
 
 def _tabular(name: str, seed: int, rf_trees: int, groups: Sequence[str]) -> Pipeline:
@@ -204,251 +218,6 @@ def _estimators(model: Any) -> list[Any]:
         if hasattr(child, "get_params") or hasattr(child, "estimator"):
             out.extend(_estimators(child))
     return out
-
-
-def expected_calibration_error(y_true: Any, proba: Any, bins: int = 10) -> float:
-    """ECE: the sample-weighted gap between mean predicted and observed rate over equal bins."""
-    y_true = np.asarray(y_true, dtype=float)
-    proba = np.asarray(proba, dtype=float)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(proba, edges[1:-1], right=True), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            total += mask.sum() * abs(proba[mask].mean() - y_true[mask].mean())
-    return float(total / max(len(y_true), 1))
-
-
-def evaluate(
-    y_true: pd.Series | np.ndarray,
-    proba: np.ndarray,
-    labels: np.ndarray | None = None,
-    threshold: float = 0.5,
-) -> dict[str, float]:
-    """The metrics of one set of predictions: probabilities of class 1 and the labels served.
-
-    ``labels`` default to ``proba >= threshold`` (the rule of scikit-learn's threshold
-    classifiers), so a caller with a tuned model passes what the model really answers.
-    """
-    y_true = np.asarray(y_true)
-    proba = np.clip(np.asarray(proba, dtype=float), 1e-6, 1 - 1e-6)
-    pred = (proba >= threshold).astype(int) if labels is None else np.asarray(labels).astype(int)
-    return {
-        "accuracy": float(accuracy_score(y_true, pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
-        "f1": float(f1_score(y_true, pred, zero_division=0)),
-        "roc_auc": float(roc_auc_score(y_true, proba)) if len(set(y_true)) > 1 else float("nan"),
-        "log_loss": float(log_loss(y_true, proba, labels=[0, 1])),
-        "brier": float(brier_score_loss(y_true, proba, pos_label=1)),
-        "ece": expected_calibration_error(y_true, proba),
-    }
-
-
-@dataclass
-class OutOfFold:
-    """Out-of-fold predictions of one model family on the training part."""
-
-    proba: np.ndarray  # probability of class 1
-    score: np.ndarray  # what a calibrator is fitted on (decision_function when the model has one)
-    fold: np.ndarray  # fold number of each row
-
-
-def out_of_fold(model: Any, X: pd.DataFrame, y: pd.Series, folds: int, seed: int) -> OutOfFold:
-    """Each training row predicted by a model fitted on the other folds (shuffled, stratified)."""
-    proba = np.zeros(len(y))
-    score = np.zeros(len(y))
-    fold = np.zeros(len(y), dtype=int)
-    for k, (train, test) in enumerate(folds_for(folds, seed).split(X, y)):
-        fitted = clone(model).fit(X.iloc[train], y.iloc[train])
-        proba[test] = fitted.predict_proba(X.iloc[test])[:, 1]
-        if hasattr(fitted, "decision_function"):
-            score[test] = np.ravel(fitted.decision_function(X.iloc[test]))
-        else:
-            score[test] = proba[test]
-        fold[test] = k
-        log.info("  fold %d/%d done", k + 1, folds)
-    return OutOfFold(proba, score, fold)
-
-
-def _calibrator(method: str) -> Any:
-    from sklearn.calibration import CalibratedClassifierCV
-
-    # Built exactly as CalibratedClassifierCV builds it, so the CV estimate describes the model.
-    if method == "isotonic":
-        from sklearn.isotonic import IsotonicRegression
-
-        return IsotonicRegression(out_of_bounds="clip")
-    if method == "sigmoid":
-        from sklearn.calibration import _SigmoidCalibration
-
-        return _SigmoidCalibration()
-    raise ValueError(
-        f"unknown calibration method {method!r}; known: {', '.join(CALIBRATION_METHODS)}"
-        f" (see {CalibratedClassifierCV.__name__})"
-    )
-
-
-@dataclass
-class CalibrationChoice:
-    """Which calibration a candidate keeps, with the cross-validated figures that chose it."""
-
-    method: str | None  # None: the model's own probabilities were better
-    scores: dict[str, dict[str, float]]  # "none"/"isotonic"/"sigmoid" -> log_loss, brier, ece
-
-
-def choose_calibration(
-    oof: OutOfFold, y: pd.Series, methods: Sequence[str], folds: int, seed: int
-) -> CalibrationChoice:
-    """Try each calibration on out-of-fold scores, itself cross-validated; keep a real gain.
-
-    A method is kept only when it lowers the cross-validated log-loss and does not raise the
-    Brier score; otherwise the model's own probabilities stay.
-    """
-    y_arr = np.asarray(y)
-    scores = {"none": _calibration_scores(y_arr, oof.proba)}
-    for method in methods:
-        calibrated = np.zeros(len(y_arr))
-        for train, test in folds_for(folds, seed + 1).split(oof.score.reshape(-1, 1), y_arr):
-            cal = _calibrator(method).fit(oof.score[train], y_arr[train])
-            calibrated[test] = np.clip(cal.predict(oof.score[test]), 0.0, 1.0)
-        scores[method] = _calibration_scores(y_arr, calibrated)
-    best = min(scores, key=lambda m: scores[m]["log_loss"])
-    keep = (
-        best != "none"
-        and scores[best]["log_loss"] < scores["none"]["log_loss"]
-        and scores[best]["brier"] <= scores["none"]["brier"]
-    )
-    return CalibrationChoice(best if keep else None, scores)
-
-
-def _calibration_scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    clipped = np.clip(proba, 1e-6, 1 - 1e-6)
-    return {
-        "log_loss": float(log_loss(y, clipped, labels=[0, 1])),
-        "brier": float(brier_score_loss(y, proba, pos_label=1)),
-        "ece": expected_calibration_error(y, proba),
-    }
-
-
-def calibrated(
-    fitted: Any, oof: OutOfFold, y: pd.Series, method: str, folds: int, seed: int
-) -> Any:
-    """The fitted model as ``CalibratedClassifierCV(ensemble=False)`` would make it.
-
-    CalibratedClassifierCV with ``ensemble=False`` fits its calibrator on out-of-fold decision
-    scores from the same shuffled folds, then refits the model on all rows: exactly the
-    out-of-fold scores and the full fit this module already has. Assembling it from them saves
-    k fits per candidate; tests check it equals ``CalibratedClassifierCV(...).fit``.
-    """
-    from sklearn.calibration import CalibratedClassifierCV, _fit_calibrator
-    from sklearn.utils._array_api import get_namespace
-
-    model = CalibratedClassifierCV(
-        clone(fitted), method=method, cv=folds_for(folds, seed), ensemble=False
-    )
-    scores = np.asarray(oof.score, dtype=np.float64).reshape(-1, 1)
-    xp, _ = get_namespace(scores)
-    model.classes_ = np.asarray(fitted.classes_)
-    model.calibrated_classifiers_ = [
-        _fit_calibrator(fitted, scores, np.asarray(y), model.classes_, method, xp=xp)
-    ]
-    for attr in ("n_features_in_", "feature_names_in_"):
-        if hasattr(fitted, attr):
-            setattr(model, attr, getattr(fitted, attr))
-    return model
-
-
-@dataclass
-class ThresholdChoice:
-    """The decision threshold of the served label and how it was chosen."""
-
-    threshold: float
-    objective: str
-    value: float  # the objective at that threshold, out of fold
-    at_half: float  # the objective at the default 0.5 cut, for comparison
-    curve: list[tuple[float, float]] = field(default_factory=list, repr=False)
-
-
-def tune_threshold(
-    y: Any,
-    proba: Any,
-    objective: str = "accuracy",
-    costs: dict[str, float] | None = None,
-) -> ThresholdChoice:
-    """The cut on out-of-fold probabilities that serves the best labels for ``objective``.
-
-    The same idea as scikit-learn's TunedThresholdClassifierCV, on the out-of-fold predictions
-    the candidate's cross-validation already made (no second round of fits). Objectives:
-    accuracy, balanced_accuracy, f1, or cost (``costs`` = false_positive / false_negative, the
-    total cost is minimised). A label is positive when proba >= threshold. Among equal scores the
-    cut nearest 0.5 wins; the cut sits halfway between neighbouring predictions.
-    """
-    if objective not in LABEL_OBJECTIVES:
-        raise ValueError(
-            f"unknown label objective {objective!r}; known: {', '.join(LABEL_OBJECTIVES)}"
-        )
-    y = np.asarray(y).astype(int)
-    proba = np.asarray(proba, dtype=float)
-    values = np.unique(proba)  # ascending; cut at values[j]: positive iff proba >= values[j]
-    cuts = np.concatenate([[0.0], (values[:-1] + values[1:]) / 2.0, [np.nextafter(1.0, 2.0)]])
-    order = np.sort(proba)
-    pos_sorted = np.sort(proba[y == 1])
-    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
-    predicted_pos = len(order) - np.searchsorted(order, cuts, side="left")
-    tp = n_pos - np.searchsorted(pos_sorted, cuts, side="left")
-    fp = predicted_pos - tp
-    fn = n_pos - tp
-    tn = n_neg - fp
-    score = _objective(objective, tp, fp, fn, tn, costs)
-    best = np.max(score)
-    ties = np.flatnonzero(np.isclose(score, best, rtol=0, atol=1e-12))
-    pick = ties[np.argmin(np.abs(cuts[ties] - 0.5))]
-    half = _objective(
-        objective,
-        *_confusion_at(y, proba, 0.5),
-        costs,
-    )
-    step = max(1, len(cuts) // 200)
-    curve = [(float(cuts[i]), float(score[i])) for i in range(0, len(cuts), step)]
-    sign = -1.0 if objective == "cost" else 1.0
-    return ThresholdChoice(
-        float(min(max(cuts[pick], 0.0), 1.0)),
-        objective,
-        float(sign * score[pick]),
-        float(sign * half[0]),
-        curve,
-    )
-
-
-def _confusion_at(y: np.ndarray, proba: np.ndarray, cut: float) -> tuple[np.ndarray, ...]:
-    pred = proba >= cut
-    tp = np.array([np.sum(pred & (y == 1))])
-    fp = np.array([np.sum(pred & (y == 0))])
-    fn = np.array([np.sum(~pred & (y == 1))])
-    tn = np.array([np.sum(~pred & (y == 0))])
-    return tp, fp, fn, tn
-
-
-def _objective(
-    objective: str,
-    tp: np.ndarray,
-    fp: np.ndarray,
-    fn: np.ndarray,
-    tn: np.ndarray,
-    costs: dict[str, float] | None,
-) -> np.ndarray:
-    """Higher is better (cost is returned negated)."""
-    tp, fp, fn, tn = (np.asarray(a, dtype=float) for a in (tp, fp, fn, tn))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if objective == "accuracy":
-            return (tp + tn) / (tp + fp + fn + tn)
-        if objective == "balanced_accuracy":
-            return 0.5 * (tp / np.maximum(tp + fn, 1) + tn / np.maximum(tn + fp, 1))
-        if objective == "f1":
-            return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
-    costs = costs or {}
-    return -(costs.get("false_positive", 1.0) * fp + costs.get("false_negative", 1.0) * fn)
 
 
 @dataclass
@@ -596,20 +365,6 @@ def select_best(results: list[CandidateResult], metric: str) -> CandidateResult:
         raise ValueError("no candidates were trained")
     sign = 1.0 if GREATER_IS_BETTER[metric] else -1.0
     return max(results, key=lambda r: sign * r.holdout[metric])
-
-
-def improvement(metric: str, candidate: float, reference: float) -> float:
-    """Positive when the candidate is better, whichever direction the metric runs."""
-    diff = candidate - reference
-    return float(diff if GREATER_IS_BETTER[metric] else -diff)
-
-
-def baseline_metrics(y_train: pd.Series, y_test: pd.Series) -> dict[str, float]:
-    """A majority-class model: what "improvement" means when there is no champion yet."""
-    proba, pred = uncertainty.majority_baseline(y_train, len(y_test))
-    scores = evaluate(np.asarray(y_test), proba, pred)
-    scores["roc_auc"] = 0.5  # a constant score ranks nothing
-    return scores
 
 
 def dataset_digest(X: pd.DataFrame, y: pd.Series) -> str:

@@ -14,12 +14,13 @@ import logging
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from lib.atomic_files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -361,14 +362,6 @@ def write_index(reports_dir: Path) -> Path:
     reports_dir.mkdir(parents=True, exist_ok=True)
     page = render_index(collect_runs(reports_dir))
     target = reports_dir / INDEX_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{INDEX_NAME}-", dir=reports_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the page is meant to be served
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(target, page, permissions=0o644)  # the page is meant to be served
     logger.info("report index: %s", target)
     return target

@@ -1,0 +1,159 @@
+"""The shape of lib/: no import cycles, no module over 500 lines, no print (issue 8).
+
+Static checks on the source (ast, nothing imported), so they are fast and name every offender.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+LIB = Path(__file__).resolve().parents[1] / "lib"
+MAX_LINES = 500
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(LIB.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def lib_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(LIB.rglob("*.py"))}
+
+
+def imported_lib_modules(path: Path, name: str, known: set[str]) -> set[str]:
+    """Every lib module `path` imports, at module level or inside a function.
+
+    `from lib.x import y` counts as an import of lib.x.y when that is a module, else of lib.x;
+    relative imports are resolved against the importing module's package.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {m for m in found if m in known and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = lib_modules()
+    known = set(modules)
+    return {name: imported_lib_modules(path, name, known) for name, path in modules.items()}
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    counter = 0
+
+    def visit(node: str) -> None:
+        nonlocal counter
+        index[node] = low[node] = counter
+        counter += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def package_parents(name: str) -> set[str]:
+    """Importing lib.a.b runs lib/__init__ and lib/a/__init__ first: not a cycle of the code."""
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+
+def test_cycle_finder_sees_a_cycle_and_ignores_a_chain() -> None:
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_import_graph_sees_function_level_and_from_imports(tmp_path: Path) -> None:
+    source = tmp_path / "mod.py"
+    source.write_text(
+        "from lib import registry\n"
+        "from lib.pipeline.training import evaluate\n"
+        "def f():\n"
+        "    import lib.watch.monitoring\n"
+    )
+    known = {"lib.registry", "lib.pipeline.training", "lib.watch.monitoring", "lib.pipeline"}
+    found = imported_lib_modules(source, "lib.x", known)
+    assert found == {"lib.registry", "lib.pipeline.training", "lib.watch.monitoring"}
+
+
+def test_no_import_cycles_among_lib_modules() -> None:
+    graph = import_graph()
+    # an __init__ importing its own sub-modules is how packages work, not a cycle between them
+    graph = {name: deps - package_parents(name) for name, deps in graph.items()}
+    cycles = find_cycles(graph)
+    assert not cycles, "import cycles in lib/ (each line: modules importing each other):\n" + (
+        "\n".join("  " + " <-> ".join(c) for c in cycles)
+    )
+
+
+def test_no_lib_module_over_500_lines() -> None:
+    too_long = {
+        str(path.relative_to(LIB.parent)): n
+        for path in sorted(LIB.rglob("*.py"))
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert not too_long, f"modules over {MAX_LINES} lines (split them by concern):\n" + "\n".join(
+        f"  {name}: {n} lines" for name, n in sorted(too_long.items(), key=lambda kv: -kv[1])
+    )
+
+
+def print_calls(path: Path) -> list[int]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "print"
+    ]
+
+
+def test_print_finder_sees_a_print(tmp_path: Path) -> None:
+    source = tmp_path / "mod.py"
+    source.write_text("import logging\n\ndef f():\n    print('x')\n    logging.info('y')\n")
+    assert print_calls(source) == [4]
+
+
+def test_lib_has_no_print_calls() -> None:
+    offenders = [
+        f"  {path.relative_to(LIB.parent)}:{line}"
+        for path in sorted(LIB.rglob("*.py"))
+        for line in print_calls(path)
+    ]
+    assert not offenders, "print( in lib/ (use logging):\n" + "\n".join(offenders)
