@@ -5,12 +5,12 @@ and the parsed arguments, prints what a person needs, and returns the exit code.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lib.atomic_files import write_json_atomic
 from lib.config import PipelineConfig
 from lib.errors import PipelineError
 from lib.pipeline.contracts import STAGES
@@ -207,7 +207,7 @@ def cmd_backtest(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
         "parameters": inputs.model_dump(mode="json"),
         **outputs,
     }
-    (run_dir / "backtest.json").write_text(json.dumps(record, indent=2, default=str))
+    write_json_atomic(run_dir / "backtest.json", record)
     if result.status != "ok":
         echo(f"backtest failed: {result.error}; see {os.path.relpath(result.notebook, root)}")
         return 1

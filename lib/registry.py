@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import os
 import shutil
 import tempfile
 import warnings
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from lib.atomic_files import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +138,7 @@ def save_local_copy(model: Any, target: Path, metadata: dict[str, Any]) -> Path:
             pip_requirements=pip_requirements(),
         )
         (model_dir / "deployment.json").write_text(json.dumps(metadata, indent=2, default=str))
-        old = target.parent / f".{target.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.rename(target, old)
-        os.rename(model_dir, target)
-        if old.exists():
-            shutil.rmtree(old)
+        replace_dir(model_dir, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

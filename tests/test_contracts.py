@@ -104,6 +104,7 @@ def test_check_parameters_names_the_difference(tmp_path: Path) -> None:
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nb.metadata["language_info"] = {"name": "python"}
     cell = nbformat.v4.new_code_cell("threshold = 100\nextra = 1\n")
     cell.metadata["tags"] = ["parameters"]
     nb.cells.append(cell)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -218,7 +217,7 @@ def stub_notebook(project: Path, stage: str, body: str) -> None:
 @pytest.fixture
 def small_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, PipelineConfig]:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = dataclasses.replace(PipelineConfig(), synth_apps=300)
+    cfg = PipelineConfig(synth_apps=300)
     return project, cfg
 
 

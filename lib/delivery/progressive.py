@@ -350,7 +350,7 @@ def _canary_steps(
     failed rollout still reports what its steps saw."""
     from lib.serving.prediction_store import PredictionStore
 
-    cfg = canary.AnalysisConfig(**settings.analysis)
+    cfg = canary.AnalysisConfig.model_validate(settings.analysis)
     predictions = PredictionStore(settings.store_url)
     replayer = Replayer(url, records, rate=settings.replay_rate) if settings.replay else None
     canary_started = time.time()

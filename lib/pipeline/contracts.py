@@ -16,6 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lib.errors import PipelineError
 
+
+def _d(name: str) -> Any:
+    """The config's default for `name`: a contract never restates a default of its own."""
+    from lib.config import PipelineConfig
+
+    value = PipelineConfig.model_fields[name].get_default(call_default_factory=True)
+    return value.model_dump() if hasattr(value, "model_dump") else value
+
+
 DataPath = str | list[str]  # one CSV or several, relative to the project root
 Interval = dict[str, Any]  # {estimate, low, high, n, method}: an estimate with its uncertainty
 
@@ -32,8 +41,8 @@ class Contract(BaseModel):
 
 
 class MLflowInputs(Contract):
-    model_name: str = "playstore-rating"
-    experiment: str = "playstore-rating"
+    model_name: str = _d("model_name")
+    experiment: str = _d("experiment")
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or sqlite:///<root>/mlflow.db
     run_id: str = "interactive"
 
@@ -41,21 +50,21 @@ class MLflowInputs(Contract):
 class HoldoutInputs(MLflowInputs):
     """What rebuilds training's holdout: the data, the label and the split."""
 
-    data_path: DataPath = "data/googleplaystore_clean.csv"
-    target_threshold: float = 4.0
-    test_size: float = 0.2
-    seed: int = 42
+    data_path: DataPath = _d("data_path")
+    target_threshold: float = _d("target_threshold")
+    test_size: float = _d("test_size")
+    seed: int = _d("seed")
 
 
 # -- 01 detect ----------------------------------------------------------------------------------
 class DetectInputs(Contract):
-    data_path: DataPath = "data/googleplaystore_clean.csv"
-    threshold: int = Field(100, ge=0)
+    data_path: DataPath = _d("data_path")
+    threshold: int = Field(_d("threshold"), ge=0)
     force: bool = False
     state_path: str = "models/training_state.json"
     quarantine_path: str = "reports/interactive/quarantine.csv"
-    synth_apps: int = Field(10_000, gt=0)
-    synth_seed: int = 42
+    synth_apps: int = Field(_d("synth_apps"), gt=0)
+    synth_seed: int = _d("synth_seed")
     run_id: str = "interactive"
 
 
@@ -70,16 +79,16 @@ class DetectOutputs(Contract):
 
 # -- 02 train -----------------------------------------------------------------------------------
 class TrainInputs(HoldoutInputs):
-    candidates: list[str] = ["logistic_regression", "random_forest", "hist_gradient_boosting"]
-    cv_folds: int = Field(5, ge=2)
-    model_seed: int | None = None
-    rf_trees: int = Field(200, gt=0)
-    features: list[str] = ["engagement", "versions", "genres", "name_stats", "name_text"]
-    calibration: list[str] = ["isotonic", "sigmoid"]
-    label_objective: str = "accuracy"
-    error_costs: dict[str, float] = {"false_positive": 1.0, "false_negative": 1.0}
-    selection_metric: str = "roc_auc"
-    models_dir: str = "models"
+    candidates: list[str] = _d("candidates")
+    cv_folds: int = Field(_d("cv_folds"), ge=2)
+    model_seed: int | None = _d("model_seed")
+    rf_trees: int = Field(_d("rf_trees"), gt=0)
+    features: list[str] = _d("features")
+    calibration: list[str] = _d("calibration")
+    label_objective: str = _d("label_objective")
+    error_costs: dict[str, float] = _d("error_costs")
+    selection_metric: str = _d("selection_metric")
+    models_dir: str = _d("models_dir")
     state_path: str = "models/training_state.json"
     quarantine_path: str = "reports/interactive/quarantine.csv"
     trigger: str = "manual"
@@ -101,7 +110,7 @@ class TrainOutputs(Contract):
 # -- 03 compare ---------------------------------------------------------------------------------
 class CompareInputs(HoldoutInputs):
     candidate_version: str | None = None  # None: the version behind the alias `candidate`
-    selection_metric: str = "roc_auc"
+    selection_metric: str = _d("selection_metric")
     holdout_digest: str | None = None  # 02 train's holdout fingerprint, checked when given
     parent_run_id: str | None = None
 
@@ -129,8 +138,8 @@ class DecideInputs(HoldoutInputs):
     gate_inputs: dict[str, Any] | None = None
     cv_std: float | None = None
     reference_label: str | None = None
-    selection_metric: str = "roc_auc"
-    decision_table: dict[str, Any] = {}  # empty: the mission's table (pipeline.yaml `decision`)
+    selection_metric: str = _d("selection_metric")
+    decision_table: dict[str, Any] = _d("decision")  # empty: the mission's table
     parent_run_id: str | None = None
 
 
@@ -145,20 +154,20 @@ class DecideOutputs(Contract):
 # -- 05 deploy ----------------------------------------------------------------------------------
 class DeployInputs(HoldoutInputs):
     candidate_version: str | None = None
-    steps: list[int] = [5, 25, 50, 100]
-    analysis_seconds: float = Field(300.0, gt=0)
-    max_wait_seconds: float = Field(600.0, ge=0)
-    check_every_seconds: float = Field(5.0, gt=0)
-    replay_rate: float = Field(20.0, gt=0)
-    replay: bool = True
-    smoke_rows: int = Field(40, gt=0)
-    smoke_max_p95_ms: float = Field(500.0, gt=0)
-    lease_seconds: float = Field(60.0, gt=0)
+    steps: list[int] = _d("canary_steps")
+    analysis_seconds: float = Field(_d("analysis_seconds"), gt=0)
+    max_wait_seconds: float = Field(_d("max_wait_seconds"), ge=0)
+    check_every_seconds: float = Field(_d("check_every_seconds"), gt=0)
+    replay_rate: float = Field(_d("replay_rate"), gt=0)
+    replay: bool = _d("replay")
+    smoke_rows: int = Field(_d("smoke_rows"), gt=0)
+    smoke_max_p95_ms: float = Field(_d("smoke_max_p95_ms"), gt=0)
+    lease_seconds: float = Field(_d("lease_seconds"), gt=0)
     serving_url: str | None = None  # a running production service; None: the stage starts one
     store_url: str | None = None  # None: sqlite predictions.db in the project
-    analysis: dict[str, Any] = {}  # canary analysis bounds (pipeline.yaml `canary_analysis`)
-    models_dir: str = "models"
-    logs_dir: str = "logs"
+    analysis: dict[str, Any] = {}  # canary bounds (`canary_analysis`); empty: AnalysisConfig's
+    models_dir: str = _d("models_dir")
+    logs_dir: str = _d("logs_dir")
 
 
 class DeployOutputs(Contract):
@@ -172,13 +181,13 @@ class DeployOutputs(Contract):
 
 # -- 06 monitor ---------------------------------------------------------------------------------
 class MonitorInputs(HoldoutInputs):
-    window_seconds: float = Field(3600.0, gt=0)
-    monitoring_config: dict[str, Any] = {}  # thresholds (pipeline.yaml `monitoring`)
-    auto_rollback: bool = True
-    serving_url: str = "http://127.0.0.1:8080"  # the production service
+    window_seconds: float = Field(_d("monitor_window_seconds"), gt=0)
+    monitoring_config: dict[str, Any] = _d("monitoring")  # thresholds (`monitoring`)
+    auto_rollback: bool = _d("auto_rollback")
+    serving_url: str = f"http://{_d('serving_host')}:{_d('serving_port')}"  # production service
     store_url: str | None = None
-    models_dir: str = "models"
-    logs_dir: str = "logs"
+    models_dir: str = _d("models_dir")
+    logs_dir: str = _d("logs_dir")
 
 
 class MonitorOutputs(Contract):
@@ -199,20 +208,21 @@ class BacktestInputs(Contract):
     decision_table: dict[str, Any] = {}
     n_batches: int = Field(5, ge=1)
     initial_share: float = Field(0.4, gt=0, lt=1)
-    seed: int = 42
+    seed: int = _d("seed")
     family: str | list[str] = "hist_gradient_boosting"
     cv_folds: int = Field(3, ge=2)
-    features: list[str] = ["engagement", "versions", "genres", "name_stats"]
+    # the config's groups without name_text, which makes every fit about 15 times slower
+    features: list[str] = [g for g in _d("features") if g != "name_text"]
     noise: bool = True
-    target_threshold: float = 4.0
-    test_size: float = 0.2
-    calibration: list[str] = ["isotonic", "sigmoid"]
-    label_objective: str = "accuracy"
-    error_costs: dict[str, float] = {"false_positive": 1.0, "false_negative": 1.0}
-    selection_metric: str = "roc_auc"
-    fallback_data_path: str = "data/googleplaystore_clean.csv"  # generated when data_path is absent
-    synth_apps: int = Field(10_000, gt=0)
-    synth_seed: int = 42
+    target_threshold: float = _d("target_threshold")
+    test_size: float = _d("test_size")
+    calibration: list[str] = _d("calibration")
+    label_objective: str = _d("label_objective")
+    error_costs: dict[str, float] = _d("error_costs")
+    selection_metric: str = _d("selection_metric")
+    fallback_data_path: str = _d("data_path")  # generated when data_path is absent
+    synth_apps: int = Field(_d("synth_apps"), gt=0)
+    synth_seed: int = _d("synth_seed")
     run_id: str = "interactive"
 
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lib.atomic_files import write_json_atomic
 from lib.config import PipelineConfig
 from lib.errors import PipelineError, RunnerBusyError, StageError
 from lib.pipeline import run_record
@@ -272,12 +273,6 @@ def send(event: str, **fields: Any) -> list[dict[str, Any]]:
         return [{"kind": "all", "target": "notify", "ok": False, "error": notify.redact(str(exc))}]
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def _write_index(reports_dir: Path) -> None:
     from lib.watch import report_index
 
@@ -433,8 +428,8 @@ def run(
             failure=failure,
         )
         summary["notifications"] = deliveries
-        write_json(run_dir / "report.json", summary)
-        write_json(root / cfg.reports_dir / f"report_{run_id}.json", summary)
+        write_json_atomic(run_dir / "report.json", summary)
+        write_json_atomic(root / cfg.reports_dir / f"report_{run_id}.json", summary)
         _write_index(root / cfg.reports_dir)
         failed = [d for d in deliveries if not d["ok"]]
         if failed:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from lib.atomic_files import atomic_open
 from lib.errors import DataError
 from lib.pipeline.data import RAW_COLUMNS, app_key, check_columns
 
@@ -280,15 +279,8 @@ def generate_apps(n: int = 10_000, seed: int = 42, start_id: int = 0) -> pd.Data
 
 
 def _write_atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            write(out)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, newline="") as out:
+        write(out)
     return path
 
 

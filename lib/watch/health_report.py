@@ -21,7 +21,6 @@ WARNING, CRITICAL = "warning", "critical"
 class MonitorConfig:
     """Bounds of one monitoring pass; defaults follow Flagger, Evidently and the mission."""
 
-    window_seconds: int = 3600  # the window the caller reads from the store
     degradation: float = 0.02  # accuracy more than 2 points below the champion's validation
     min_feedback: int = 100  # labeled requests needed to judge accuracy / ROC-AUC
     alpha: float = 0.05  # for the accuracy, ROC-AUC and error-rate tests
