@@ -1,0 +1,211 @@
+"""Keep notification secrets out of errors, summaries and logs.
+
+Webhook URLs, SMTP passwords and PagerDuty keys are credentials. `redact()` replaces every one it
+knows, with its parts (those apprise itself hides in ``url(privacy=True)``, URL credentials,
+secret query values, token-like path segments) and their quoted spellings, plus any URL
+credentials it does not know. It knows the values of the notification variables
+(`secret_values`) and those of every `Target` created in this process (`register_secrets`).
+
+apprise's logger (webhook URLs and payloads at DEBUG) is capped at WARNING and, like urllib3's
+request log, gets a `RedactingFilter` when this module is imported (`harden_apprise_logging`);
+`install_redacting_filter()` puts the same filter on the root logger's handlers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import apprise
+
+from lib.watch.notify_urls import (
+    ENV_VARS,
+    PAGERDUTY_COMPONENT,
+    PAGERDUTY_NO_API_KEY,
+    PAGERDUTY_SOURCE,
+    SCHEME_RE,
+    pagerduty_url,
+    split_tags,
+    split_urls,
+)
+
+__all__ = [
+    "MIN_SECRET_LEN", "REDACTED", "RedactingFilter", "harden_apprise_logging",
+    "install_redacting_filter", "redact", "register_secrets", "secret_values", "url_secrets",
+]  # fmt: skip
+
+REDACTED = "***"
+# Shorter values are not replaced inside text: they would shred ordinary words.
+MIN_SECRET_LEN = 4
+
+# Credentials in any URL: everything between "://" and the last "@" of the authority.
+_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#'\"<>]*@")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_~+=%-]{8,}")
+_URL_PARTS_RE = re.compile(r"[/:@?&=,#\s]+")
+_SECRET_QUERY_KEYS = frozenset(
+    {"sig", "signature", "token", "key", "apikey", "api_key", "password", "pass", "secret"}
+)
+# Values that sit where secrets sit but are not secret (and are worth keeping readable).
+_NOT_SECRET = frozenset({PAGERDUTY_NO_API_KEY, PAGERDUTY_SOURCE, PAGERDUTY_COMPONENT})
+
+_registry_lock = threading.Lock()
+_registered_secrets: set[str] = set()
+
+
+def _looks_secret(value: str) -> bool:
+    """Token-like: 8+ chars without dots or spaces, mixing digits/letters or cases, or 20+."""
+    if not _TOKEN_RE.fullmatch(value):
+        return False
+    has_digit = any(c.isdigit() for c in value)
+    has_alpha = any(c.isalpha() for c in value)
+    mixed_case = any(c.isupper() for c in value) and any(c.islower() for c in value)
+    return (has_digit and has_alpha) or mixed_case or len(value) >= 20
+
+
+@functools.lru_cache(maxsize=512)
+def url_secrets(value: str) -> tuple[str, ...]:
+    """A configured value and its secret parts: those apprise hides in ``url(privacy=True)``,
+    URL credentials, secret query values and token-like path segments (webhook paths).
+
+    Cached: the redacting log filter asks for every record."""
+    value = split_tags(value)[1] if value else value
+    found = [value]
+    if not SCHEME_RE.match(value):
+        return tuple(found)
+    service = apprise.Apprise.instantiate(value)
+    if service is not None:
+        shown = set(_URL_PARTS_RE.split(unquote(service.url(privacy=True))))
+        full = _URL_PARTS_RE.split(unquote(service.url()))
+        found.extend(p for p in full if p and p not in shown)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return tuple(found)
+    userinfo = parts.netloc.rpartition("@")[0]
+    if userinfo:
+        found.append(userinfo)
+        found.extend(p for p in userinfo.split(":")[1:] if p)
+    found.extend(seg for seg in parts.path.split("/") if _looks_secret(unquote(seg)))
+    for key, val in parse_qsl(parts.query):
+        if val and (key.lower() in _SECRET_QUERY_KEYS or _looks_secret(val)):
+            found.append(val)
+    return tuple(found)
+
+
+def _normalize(values: Iterable[str]) -> list[str]:
+    """Unique secrets with their quoted/unquoted spellings, longest first."""
+    out: set[str] = set()
+    for value in values:
+        for part in url_secrets(value):
+            plain = unquote(part)
+            for variant in (part, plain, quote(part, safe=""), quote(plain, safe="")):
+                if len(variant) >= MIN_SECRET_LEN and variant not in _NOT_SECRET:
+                    out.add(variant)
+    return sorted(out, key=lambda s: (-len(s), s))
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The secret values the notification variables hold, with their tokens and passwords."""
+    env = os.environ if environ is None else environ
+    raw: list[str] = []
+    for var in ENV_VARS:
+        value = env.get(var, "").strip()
+        if not value:
+            continue
+        raw.extend(split_urls(value) if var == "NOTIFY_URLS" else [value])
+        if var == "PAGERDUTY_KEY":
+            key = split_tags(value, bare=True)[1]
+            raw.extend([key, pagerduty_url(key, env.get("PAGERDUTY_API_KEY"))])
+    return _normalize(raw)
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Remember values outside the environment (a `Target`'s URL) so `redact()` hides them too."""
+    with _registry_lock:
+        _registered_secrets.update(v for v in values if v)
+
+
+def _known_secrets() -> list[str]:
+    with _registry_lock:
+        registered = list(_registered_secrets)
+    return _normalize([*secret_values(), *registered])
+
+
+def redact(text: str, secrets: Iterable[str] | None = None) -> str:
+    """`text` with every secret and every URL credential replaced by ``***``.
+
+    Without `secrets`, the configured ones are used: the environment's and those of every
+    `Target` created in this process. URL-shaped secrets also have their parts removed.
+    """
+    if not text:
+        return text
+    values = _known_secrets() if secrets is None else _normalize(secrets)
+    for value in values:
+        if value in text:
+            text = text.replace(value, REDACTED)
+    return _USERINFO_RE.sub(rf"\1{REDACTED}@", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts secrets from log records; put it on handlers (and on loggers that log secrets).
+
+    A filter on a logger only sees records logged through that very logger, not those propagated
+    from its children, which is why `install_redacting_filter` also adds it to the handlers.
+    """
+
+    def __init__(self, secrets: Iterable[str] | None = None, name: str = "") -> None:
+        super().__init__(name)
+        self._secrets = None if secrets is None else list(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record is the handler's problem, not ours
+            return True
+        cleaned = redact(message, self._secrets)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self._secrets)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, self._secrets)
+        return True
+
+
+def install_redacting_filter(logger: logging.Logger | None = None) -> RedactingFilter:
+    """Add one `RedactingFilter` to `logger` (root by default) and to each of its handlers."""
+    logger = logger if logger is not None else logging.getLogger()
+    existing = next((f for f in logger.filters if isinstance(f, RedactingFilter)), None)
+    flt = existing or RedactingFilter()
+    if existing is None:
+        logger.addFilter(flt)
+    for handler in logger.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(flt)
+    return flt
+
+
+# Loggers that write webhook URLs (tokens in the path or query) on their own: apprise at
+# DEBUG/TRACE (URLs and payloads), urllib3 at DEBUG (every request line).
+_URL_LOGGERS = ("apprise", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry")
+
+
+def harden_apprise_logging() -> None:
+    """Cap apprise at WARNING and redact what apprise and urllib3 log about our requests."""
+    for name in _URL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
+    apprise_log = logging.getLogger("apprise")
+    if apprise_log.level < logging.WARNING:
+        apprise_log.setLevel(logging.WARNING)
+
+
+harden_apprise_logging()
