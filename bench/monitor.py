@@ -45,9 +45,8 @@ def main() -> None:
     import mlflow
 
     from lib import registry
-    from lib.delivery import progressive as deployer
+    from lib.delivery import operations, replayer
     from lib.delivery import releases as deployments
-    from lib.delivery import replayer
     from lib.delivery.service_process import ServiceProcess
     from lib.pipeline import data, synth, training
     from lib.serving.prediction_store import PredictionStore
@@ -103,7 +102,7 @@ def main() -> None:
             print(f"no rollback verdict after {args.max_requests} labeled requests")
             return
         t = time.perf_counter()
-        deployer.manual_rollback(
+        operations.manual_rollback(
             client,
             "bench",
             root / "models",

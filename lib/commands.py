@@ -50,9 +50,9 @@ def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: E
 
 
 def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
-    from lib.delivery import progressive as deployer
+    from lib.delivery import operations
 
-    info = deployer.status(
+    info = operations.status(
         _client(cfg, root), cfg.model_name, root / cfg.models_dir, service_url(cfg)
     )
     aliases = info["aliases"]
@@ -85,11 +85,11 @@ def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: 
 
 def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
     """The mission's `deploy.py --rollback`: previous -> champion everywhere, within seconds."""
-    from lib.delivery import progressive as deployer
+    from lib.delivery import operations
 
     held = lock(root, cfg.lock_timeout)
     try:
-        record = deployer.manual_rollback(
+        record = operations.manual_rollback(
             _client(cfg, root),
             cfg.model_name,
             root / cfg.models_dir,
@@ -115,10 +115,10 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
 
 def cmd_approve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
     """Resume a parked rollout from staging through the 05 deploy stage."""
-    from lib.delivery import progressive as deployer
+    from lib.delivery import operations
     from lib.delivery.rollout import RolloutError
 
-    waiting = deployer.awaiting_version(root / cfg.models_dir)
+    waiting = operations.awaiting_version(root / cfg.models_dir)
     if waiting != str(args.version):
         raise RolloutError(
             f"v{args.version} is not awaiting approval"
@@ -131,9 +131,9 @@ def cmd_approve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo:
 
 
 def cmd_reject(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
-    from lib.delivery import progressive as deployer
+    from lib.delivery import operations
 
-    deployer.reject(root / cfg.models_dir, root / cfg.logs_dir, args.version, args.reason)
+    operations.reject(root / cfg.models_dir, root / cfg.logs_dir, args.version, args.reason)
     echo(f"v{args.version} rejected; production unchanged")
     return 0
 

@@ -19,9 +19,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from lib import registry
+from lib.delivery import operations, replayer, rollout
 from lib.delivery import progressive as deployer
 from lib.delivery import releases as deployments
-from lib.delivery import replayer, rollout
 from lib.delivery.service_process import ServiceProcess
 from lib.pipeline import data, features, synth, training
 from lib.pipeline.contracts import DeployInputs
@@ -272,7 +272,7 @@ def test_manual_rollback_then_nothing_left(world: World) -> None:
     v2 = world.register(world.forest(5))
     deployments.promote(world.client, NAME, v2, world.models, world.logs, reason="test")
     with world.service() as prod:
-        record = deployer.manual_rollback(
+        record = operations.manual_rollback(
             world.client, NAME, world.models, world.logs, "bad reviews", prod.url
         )
         assert "reloaded" in record["service"]
@@ -287,7 +287,7 @@ def test_manual_rollback_then_nothing_left(world: World) -> None:
     )
     before = (world.models / "deployments.json").read_text()
     with pytest.raises(deployments.NothingToRollBack):
-        deployer.manual_rollback(
+        operations.manual_rollback(
             world.client, NAME, world.models, world.logs, "again", "http://127.0.0.1:9"
         )
     assert (world.models / "deployments.json").read_text() == before
@@ -296,15 +296,18 @@ def test_manual_rollback_then_nothing_left(world: World) -> None:
 
 def test_approve_and_reject_a_parked_rollout(world: World) -> None:
     v2 = world.register(world.forest(6))
-    deployer.park_for_approval(world.models, world.logs, NAME, v2, world.champion(), "r", "manual")
-    assert deployer.awaiting_version(world.models) == v2
+    champion = world.champion()
+    operations.park_for_approval(world.models, world.logs, NAME, v2, champion, "r", "manual")
+    assert operations.awaiting_version(world.models) == v2
     with pytest.raises(rollout.RolloutError, match="not awaiting"):
-        deployer.reject(world.models, world.logs, "999", "no")
-    deployer.reject(world.models, world.logs, v2, "not convinced")
+        operations.reject(world.models, world.logs, "999", "no")
+    operations.reject(world.models, world.logs, v2, "not convinced")
     state = rollout.RolloutStore(world.models / "rollout.json").load()
-    assert state.phase == rollout.Phase.REJECTED and deployer.awaiting_version(world.models) is None
+    assert state.phase == rollout.Phase.REJECTED
+    assert operations.awaiting_version(world.models) is None
     v3 = world.register(world.forest(7))
-    deployer.park_for_approval(world.models, world.logs, NAME, v3, world.champion(), "r", "manual")
+    champion = world.champion()
+    operations.park_for_approval(world.models, world.logs, NAME, v3, champion, "r", "manual")
     with world.service() as prod:
         outcome = world.deploy(v3, prod.url)  # approval resumes from staging
     assert outcome.outcome == "promoted" and world.champion() == v3

@@ -26,15 +26,12 @@ from lib import registry
 from lib.delivery import canary, rollout
 from lib.delivery import releases as deployments
 from lib.delivery.replayer import Replayer, app_request
+from lib.delivery.service_control import RolloutFailed, reload_champion, set_routing
 from lib.delivery.service_process import ServiceProcess
 from lib.delivery.smoke import run_smoke_tests
 from lib.pipeline import features
 
 log = logging.getLogger(__name__)
-
-
-class RolloutFailed(Exception):
-    """A step failed: the message is the rollback reason."""
 
 
 @dataclass
@@ -68,37 +65,6 @@ class DeployOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def admin_headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def set_routing(
-    url: str,
-    token: str | None,
-    version: str | None,
-    weight: float,
-    lease_seconds: float | None = None,
-) -> dict[str, Any]:
-    """Move traffic on the production service (admin endpoint)."""
-    import httpx
-
-    body: dict[str, Any] = {"canary_version": version, "weight": weight}
-    if lease_seconds:
-        body["lease_seconds"] = lease_seconds
-    resp = httpx.put(f"{url}/admin/routing", json=body, headers=admin_headers(token), timeout=60)
-    if resp.status_code != 200:
-        raise RolloutFailed(f"routing change refused: HTTP {resp.status_code} {resp.text[:200]}")
-    return resp.json()
-
-
-def reload_champion(url: str, token: str | None) -> None:
-    import httpx
-
-    resp = httpx.post(f"{url}/admin/reload", headers=admin_headers(token), timeout=60)
-    if resp.status_code != 200:
-        raise RuntimeError(f"reload refused: HTTP {resp.status_code} {resp.text[:200]}")
 
 
 class Timeline:
@@ -497,106 +463,3 @@ def recover_interrupted(
         os.environ.get("SERVING_ADMIN_TOKEN"),
     )
     return f"rolled back the interrupted rollout of v{version} ({reason})"
-
-
-# ---------------------------------------------------------------- operator commands
-
-
-def park_for_approval(
-    models_dir: Path,
-    logs_dir: Path,
-    model_name: str,
-    version: str,
-    champion: str | None,
-    run_id: str,
-    reason: str,
-) -> rollout.RolloutState:
-    """A `manual` decision: the rollout waits in awaiting_approval for `runner.py approve`."""
-    store = rollout.RolloutStore(models_dir / "rollout.json")
-    state = rollout.begin(
-        store, model_name, str(version), champion, run_id=run_id, approved=False, reason=reason
-    )
-    deployments.log_transition(logs_dir, "awaiting_approval", version=version, reason=reason)
-    return state
-
-
-def awaiting_version(models_dir: Path) -> str | None:
-    state = rollout.RolloutStore(models_dir / "rollout.json").load()
-    if state is not None and state.phase == rollout.Phase.AWAITING_APPROVAL:
-        return state.candidate_version
-    return None
-
-
-def reject(models_dir: Path, logs_dir: Path, version: str, reason: str) -> rollout.RolloutState:
-    """Close a rollout that waits for approval; production is not touched."""
-    store = rollout.RolloutStore(models_dir / "rollout.json")
-    state = store.load()
-    if state is None or state.phase != rollout.Phase.AWAITING_APPROVAL:
-        raise rollout.RolloutError(
-            "no rollout is awaiting approval" + (f" (current: {state.describe()})" if state else "")
-        )
-    if state.candidate_version != str(version):
-        raise rollout.RolloutError(
-            f"v{version} is not awaiting approval; v{state.candidate_version} is"
-        )
-    done = rollout.finish(store, rollout.Phase.REJECTED, reason)
-    deployments.log_transition(logs_dir, "rejected", version=version, reason=reason)
-    return done
-
-
-def service_url(configured: str | None, host: str, port: int) -> str:
-    return configured or f"http://{host}:{port}"
-
-
-def notify_service(url: str) -> str:
-    """Ask a running service to follow the champion alias; say what happened, never raise."""
-    try:
-        reload_champion(url, os.environ.get("SERVING_ADMIN_TOKEN"))
-        return f"service at {url} reloaded"
-    except Exception as exc:
-        return f"service at {url} not reloaded ({type(exc).__name__}: {str(exc)[:120]})"
-
-
-def manual_rollback(
-    client: Any, model_name: str, models_dir: Path, logs_dir: Path, reason: str, url: str
-) -> dict[str, Any]:
-    """`runner.py rollback`: previous becomes champion in the registry, models/ and the service.
-
-    Raises deployments.NothingToRollBack, changing nothing, when there is no previous version.
-    """
-    record = deployments.rollback(client, model_name, models_dir, logs_dir, reason)
-    record["service"] = notify_service(url)
-    return record
-
-
-def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str, Any]:
-    """Champion, canary, weight and rollout state, from the registry, the files and the service."""
-    import httpx
-
-    aliases = {
-        a: registry.alias_version(client, model_name, a)
-        for a in ("champion", "previous", "candidate", "canary", "staging")
-    }
-    state = rollout.RolloutStore(models_dir / "rollout.json").load()
-    service: dict[str, Any] | str
-    try:
-        service = httpx.get(f"{url}/health", timeout=3).json()
-    except Exception as exc:
-        service = f"not reachable at {url} ({type(exc).__name__})"
-    return {
-        "model": model_name,
-        "aliases": aliases,
-        "production_copy": deployments.production_version(models_dir),
-        "rollout": None
-        if state is None
-        else {
-            "id": state.rollout_id,
-            "phase": state.phase.value,
-            "version": state.candidate_version,
-            "weight": state.weight,
-            "reason": state.reason,
-            "owner_pid": state.owner_pid,
-            "interrupted": rollout.interrupted(state),
-        },
-        "service": service,
-    }

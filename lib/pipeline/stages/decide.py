@@ -12,7 +12,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from lib import registry
-from lib.delivery import progressive, releases
+from lib.delivery import operations, releases
 from lib.pipeline import plots, scoring
 from lib.pipeline.contracts import CompareInputs, DecideInputs, DecideOutputs
 from lib.pipeline.stages import compare, tracking_uri
@@ -131,7 +131,7 @@ def act(
     if decided.decision == "auto":
         return "deploy"
     if decided.decision == "manual":
-        progressive.park_for_approval(
+        operations.park_for_approval(
             root / models_dir,
             root / logs_dir,
             model_name,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from lib import registry
-from lib.delivery import progressive, releases
+from lib.delivery import operations, releases
 from lib.pipeline import data, training
 from lib.pipeline.contracts import MonitorInputs, MonitorOutputs
 from lib.pipeline.stages import data_paths, store_url, tracking_uri
@@ -132,7 +132,7 @@ def act(
     if not (report.rollback and inputs.auto_rollback):
         return Action(False, None)
     try:
-        record = progressive.manual_rollback(
+        record = operations.manual_rollback(
             w.client,
             inputs.model_name,
             root / inputs.models_dir,

@@ -1,0 +1,54 @@
+"""Talking to a running model service's admin API: move canary traffic, reload the champion.
+
+The admin token comes from SERVING_ADMIN_TOKEN (never logged); a refusal is a `RolloutFailed`,
+so a rollout step that cannot move traffic rolls back with the service's answer as the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+class RolloutFailed(Exception):
+    """A step failed: the message is the rollback reason."""
+
+
+def admin_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def set_routing(
+    url: str,
+    token: str | None,
+    version: str | None,
+    weight: float,
+    lease_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Move traffic on the production service (admin endpoint)."""
+    import httpx
+
+    body: dict[str, Any] = {"canary_version": version, "weight": weight}
+    if lease_seconds:
+        body["lease_seconds"] = lease_seconds
+    resp = httpx.put(f"{url}/admin/routing", json=body, headers=admin_headers(token), timeout=60)
+    if resp.status_code != 200:
+        raise RolloutFailed(f"routing change refused: HTTP {resp.status_code} {resp.text[:200]}")
+    return resp.json()
+
+
+def reload_champion(url: str, token: str | None) -> None:
+    import httpx
+
+    resp = httpx.post(f"{url}/admin/reload", headers=admin_headers(token), timeout=60)
+    if resp.status_code != 200:
+        raise RuntimeError(f"reload refused: HTTP {resp.status_code} {resp.text[:200]}")
+
+
+def notify_service(url: str) -> str:
+    """Ask a running service to follow the champion alias; say what happened, never raise."""
+    try:
+        reload_champion(url, os.environ.get("SERVING_ADMIN_TOKEN"))
+        return f"service at {url} reloaded"
+    except Exception as exc:
+        return f"service at {url} not reloaded ({type(exc).__name__}: {str(exc)[:120]})"
