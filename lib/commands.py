@@ -37,15 +37,16 @@ def _client(cfg: PipelineConfig, root: Path) -> Any:
 
 def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
     """`python runner.py serve`: the production model service, until Ctrl-C."""
-    from lib.serving import service as serving
+    from lib.serving.app import serve
+    from lib.serving.settings import ServingSettings
 
-    settings = serving.ServingSettings(
+    settings = ServingSettings(
         model_name=cfg.model_name,
         tracking_uri=cfg.resolved_tracking_uri(root),
         store_url=cfg.resolved_store_url(root),
         target_threshold=cfg.target_threshold,
     )
-    serving.serve(settings, host=args.host or cfg.serving_host, port=args.port or cfg.serving_port)
+    serve(settings, host=args.host or cfg.serving_host, port=args.port or cfg.serving_port)
     return 0
 
 
