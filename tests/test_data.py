@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lib import values
 from lib.errors import DataError, MissingColumnsError
 from lib.pipeline.data import (
     QUARANTINE_COLUMNS,
@@ -594,3 +595,120 @@ def test_real_batches_are_mostly_new_apps() -> None:
     reused = set(batches["app_key"]) & known
     assert "wells fargo mobile" in reused
     assert 0 < len(reused) < 0.2 * batches["app_key"].nunique()
+
+
+# ------------------------------------------------------------------------------ lib.values
+# The one value grammar: read_apps and the service both parse through these functions.
+
+
+@pytest.mark.parametrize("text", sorted(values.MISSING) + ["  NaN ", " "])
+def test_values_missing_spellings(text: str) -> None:
+    assert values.reviews(text) is None
+    assert values.installs(text) is None
+    assert values.price(text) is None
+    assert values.date(text) is None
+    assert math.isnan(values.size_mb(text))
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "expected"),
+    [
+        (values.reviews, "1,234", 1234.0), (values.reviews, " 12 ", 12.0),
+        (values.reviews, "1e3", 1000.0), (values.reviews, "+5", 5.0),
+        (values.reviews, "-3", -3.0),  # the sign is the caller's business (pandera, the service)
+        (values.installs, "10,000+", 10000.0), (values.installs, "1000000000+", 1e9),
+        (values.installs, "5 000", 5000.0),
+        (values.price, "$0.99", 0.99), (values.price, "$1,299.00", 1299.0), (values.price, "0", 0),
+        (values.rating, "4.1", 4.1), (values.rating, ".5", 0.5),
+    ],
+)  # fmt: skip
+def test_values_numbers(parse, text: str, expected: float) -> None:
+    assert parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "hint"),
+    [
+        (values.reviews, "many", "like 159"), (values.reviews, "1.2.3", "like 159"),
+        (values.installs, "lots+", "1,000+"), (values.price, "€4", r"\$4\.99"),
+        (values.rating, "inf", "not a number"), (values.rating, "1e999", "not a number"),
+        (values.rating, "0x10", "not a number"), (values.installs, "١٢٣", "1,000+"),
+    ],
+)  # fmt: skip
+def test_values_bad_numbers_say_what_is_expected(parse, text: str, hint: str) -> None:
+    with pytest.raises(ValueError, match=hint):
+        parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("19M", 19.0), ("201k", 0.201), ("201K", 0.201), ("1,000k", 1.0), ("2.5 MB", 2.5),
+     (".5M", 0.5), ("10", 10.0), ("1.5G", 1500.0), ("8kb", 0.008)],
+)  # fmt: skip
+def test_values_sizes(text: str, expected: float) -> None:
+    assert values.size_mb(text) == pytest.approx(expected, rel=1e-15)
+
+
+@pytest.mark.parametrize("text", ["Varies with device", "VARIES WITH DEVICE",
+                                   " varies with device "])
+def test_values_size_varies_is_no_value(text: str) -> None:
+    assert math.isnan(values.size_mb(text))
+
+
+@pytest.mark.parametrize("text", ["19T", "-3M", "M", "19 M B", "1.2.3M", "big"])
+def test_values_bad_sizes(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a size"):
+        values.size_mb(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("January 7, 2018", "2018-01-07"), ("january 7 2018", "2018-01-07"),
+        ("March-20-2025", "2025-03-20"), ("Dec 1 2017", "2017-12-01"),
+        ("SEPTEMBER 30 2016", "2016-09-30"), ("Jan 03, 2026", "2026-01-03"),
+        ("2018-01-07", "2018-01-07"), ("2026-1-3", "2026-01-03"),
+        ("2018-01-07 12:30", "2018-01-07 12:30"),
+        ("2018-01-07T06:00:00.5", "2018-01-07 06:00:00.5"),
+    ],
+)  # fmt: skip
+def test_values_dates(text: str, expected: str) -> None:
+    assert values.date(text) == pd.Timestamp(expected).to_pydatetime()
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [("February 30, 2018", "not a date"), ("Jan 7", "not a date"), ("7 January 2018", "not a date"),
+     ("2018-13-01", "not a date"), ("Smarch 1 2018", "not a date"), ("Jan 7 18", "not a date"),
+     ("1600-01-01", "outside the supported years"), ("Jan 1 2300", "outside the supported years")],
+)  # fmt: skip
+def test_values_bad_dates(text: str, hint: str) -> None:
+    with pytest.raises(ValueError, match=hint):
+        values.date(text)
+
+
+def test_values_days_since_epoch() -> None:
+    assert values.days_since_epoch(values.date("1970-01-02T12:00")) == 1.5
+    assert values.days_since_epoch(values.date("Jan 3 2026")) == (
+        pd.Timestamp("2026-01-03") - pd.Timestamp("1970-01-01")
+    ).days
+
+
+def test_values_free_or_paid() -> None:
+    assert [values.free_or_paid(t) for t in ("Free", " paid ", "FREE", "0", "")] == [
+        "Free", "Paid", "Free", None, None,
+    ]  # fmt: skip
+
+
+def test_values_parse_column_marks_bad_and_missing_apart() -> None:
+    column = pd.Series(["19M", "NaN", "huge", "19M", "Varies with device"], index=[5, 6, 7, 8, 9])
+    parsed, bad = values.parse_column(column, values.size_mb)
+    assert parsed.index.tolist() == [5, 6, 7, 8, 9] and parsed.dtype == "float64"
+    assert parsed[5] == parsed[8] == 19.0
+    assert parsed[[6, 7, 9]].isna().all()
+    assert bad.tolist() == [False, False, True, False, False]
+    dates, bad_dates = values.parse_column(
+        pd.Series(["Jan 7 2018", "", "soon"]), values.date
+    )
+    assert dates.dtype == "datetime64[ns]" and dates[0] == pd.Timestamp("2018-01-07")
+    assert pd.isna(dates[1]) and pd.isna(dates[2]) and bad_dates.tolist() == [False, False, True]

@@ -84,9 +84,13 @@ def _fit(seed: int, X: pd.DataFrame, y: pd.Series):
         return _served(model.fit(X, y), X, y, 0.45)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mlstore(tmp_path_factory: pytest.TempPathFactory):
-    """MLflow on SQLite in tmp: versions 1 and 2 of MODEL (two small forests), champion -> 1."""
+    """MLflow on SQLite in tmp: versions 1 and 2 of MODEL (two small forests), champion -> 1.
+
+    Session-wide: test_service_process and test_service_schema import it, so the models are
+    trained once. A test that moves an alias puts it back.
+    """
     import mlflow
     from mlflow import MlflowClient
 
