@@ -51,6 +51,8 @@ def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: E
 
 
 def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
+    """Champion, canary, weight and rollout state. A registry that cannot answer raises
+    RegistryUnavailable (one line, exit 4 from runner.main), never "v None" for every alias."""
     from lib.delivery import operations
 
     info = operations.status(

@@ -52,3 +52,24 @@ class RunnerBusyError(PipelineError):
     """Another runner holds the project lock."""
 
     exit_code = 3
+
+
+class RegistryUnavailable(PipelineError):
+    """The MLflow tracking server or registry store cannot be reached or failed (connection
+    refused, timeout, 5xx, refused credentials). Not the same as a missing model or alias: acting
+    on "no champion" during an outage would record a wrong state, so callers stop instead."""
+
+    exit_code = 4
+
+    def __init__(self, uri: str, doing: str, reason: str) -> None:
+        self.uri = uri  # already redacted by the caller (lib.registry.redact_uri)
+        self.doing = doing
+        self.reason = reason
+        super().__init__(
+            f"MLflow registry at {uri} is unavailable while {doing}: {reason}. Check that the "
+            "tracking server is running (tracking_uri / MLFLOW_TRACKING_URI), then run the "
+            "command again"
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # picklable across processes
+        return (type(self), (self.uri, self.doing, self.reason))

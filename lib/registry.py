@@ -4,6 +4,11 @@ MLflow is the source of truth for models. Aliases (not the deprecated stages) sa
 version is: `candidate` (just trained), `champion` (production), `previous`. Models are saved
 with skops, trusting only scikit-learn/NumPy/SciPy types, so loading one never runs our code
 or arbitrary pickles.
+
+A registry that cannot answer (server down, timeout, 5xx) raises RegistryUnavailable, never
+"no such alias": a rollout that read an outage as "no champion" recorded `champion None`. The
+MLflow HTTP client's retries are bounded (see bound_http_retries) so an outage is reported in
+seconds, not after minutes of backoff per call.
 """
 
 from __future__ import annotations
@@ -11,15 +16,21 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import os
+import re
 import shutil
 import tempfile
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from lib.atomic_files import replace_dir
+from lib.errors import RegistryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +38,58 @@ SAFE_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.")
 # Pinned from the running environment: MLflow otherwise spends seconds inferring them.
 _REQUIREMENT_PACKAGES = ("scikit-learn", "skops", "numpy", "pandas", "scipy")
 
+# MLflow's HTTP client defaults (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7, ..._BACKOFF_FACTOR=2,
+# ..._TIMEOUT=120 s) retry one call for minutes: a rollback during an outage took 12 minutes.
+# With these, a refused connection fails in ~7 s and a hung server in under a minute, while
+# a server restart of a few seconds is still ridden out. A value the user set is kept.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+# MLflow's answer for a model, version or alias that does not exist. Both stores (SQLite and a
+# tracking server) raise RESOURCE_DOES_NOT_EXIST for a missing model or version and
+# INVALID_PARAMETER_VALUE for a missing alias of an existing model (MLflow 3.x).
+NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+# Errors about the request itself (not an outage): passed through unchanged.
+_CALLER_ERROR_CODES = NOT_FOUND_CODES | {"RESOURCE_ALREADY_EXISTS", "INVALID_STATE"}
+
+
+class _RetriesAtDebug(logging.Filter):
+    """urllib3 warns once per retry ("Retrying (Retry(total=2...") with the request path: during
+    an outage that buried the one-line error. The retries go to this module's DEBUG log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith("Retrying ("):
+            log.debug("HTTP retry: %s", record.getMessage())
+            return False
+        return True
+
+
+def bound_http_retries() -> dict[str, str]:
+    """Bounded MLflow HTTP retries for this process and what it starts (kernels, services),
+    unless the user set them; returns the values in effect."""
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _RetriesAtDebug) for f in pool_log.filters):
+        pool_log.addFilter(_RetriesAtDebug())
+    return {name: os.environ[name] for name in HTTP_RETRY_DEFAULTS}
+
 
 def connect(tracking_uri: str, experiment: str) -> Any:
-    """Point MLflow (tracking and registry) at one store and return a client."""
+    """Point MLflow (tracking and registry) at one store and return a client.
+
+    Raises RegistryUnavailable when the store cannot be reached.
+    """
     import mlflow
     from mlflow import MlflowClient
 
+    bound_http_retries()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
+    with registry_call(tracking_uri, f"opening experiment {experiment!r}"):
+        mlflow.set_experiment(experiment)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -45,6 +99,89 @@ def redact_uri(uri: str) -> str:
         scheme, rest = uri.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return uri
+
+
+_CREDENTIALS_IN_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+
+
+def _redact_text(text: str) -> str:
+    """Every URL in an error text without its user:password (MLflow puts the URL in errors)."""
+    return _CREDENTIALS_IN_URL.sub(r"\1***@", text)
+
+
+def _client_uri(client: Any) -> str:
+    uri = getattr(client, "_registry_uri", None) or getattr(client, "tracking_uri", None)
+    if isinstance(uri, str) and uri:
+        return uri
+    import mlflow
+
+    return mlflow.get_registry_uri()
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """True when MLflow says the model, version or alias does not exist (not an outage)."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.error_code in NOT_FOUND_CODES
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """A failure of the registry itself: unreachable, timed out, 5xx, refused credentials."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, RegistryUnavailable):
+        return False  # already translated
+    if isinstance(exc, MlflowException):
+        return exc.error_code not in _CALLER_ERROR_CODES
+    try:
+        import requests
+
+        if isinstance(exc, requests.exceptions.RequestException):
+            return True
+    except ImportError:  # pragma: no cover - requests comes with MLflow
+        pass
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def _reason(exc: BaseException, seconds: float) -> str:
+    """A short cause for one line: MLflow's transport errors are paragraphs of urllib3 text."""
+    from mlflow.exceptions import MlflowException
+
+    text = _redact_text(exc.message if isinstance(exc, MlflowException) else str(exc))
+    status = re.search(r"too many (\d{3}) error responses", text)
+    if "Connection refused" in text:
+        reason = "connection refused"
+    elif "timed out" in text or "timeout" in text.lower():
+        reason = "no answer (timed out)"
+    elif "Name or service not known" in text or "nodename nor servname" in text:
+        reason = "host name not found"
+    elif status:
+        reason = f"HTTP {status.group(1)} server errors"
+    elif isinstance(exc, MlflowException) and exc.error_code != "INTERNAL_ERROR":
+        reason = f"{exc.error_code}: {text[:200]}"
+    else:
+        reason = f"{type(exc).__name__}: {text[:200]}"
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    tried = f"{retries} retries, " if retries is not None else ""
+    return f"{reason} ({tried}gave up after {seconds:.0f} s)"
+
+
+@contextmanager
+def registry_call(client_or_uri: Any, doing: str) -> Iterator[None]:
+    """Run MLflow calls; turn an outage into RegistryUnavailable naming the (redacted) URI and
+    what was being done. "Not found" and bad-request errors pass through unchanged."""
+    started = time.monotonic()
+    try:
+        yield
+    except Exception as exc:
+        if not _is_outage(exc):
+            raise
+        uri = client_or_uri if isinstance(client_or_uri, str) else _client_uri(client_or_uri)
+        error = RegistryUnavailable(
+            redact_uri(uri), doing, _reason(exc, time.monotonic() - started)
+        )
+        log.debug("%s", error, exc_info=exc)  # the caller reports it; the detail is for -v
+        raise error from exc
 
 
 def pip_requirements() -> list[str]:
@@ -90,35 +227,73 @@ def register(client: Any, model_uri: str, model_name: str, tags: dict[str, str])
     """Register a logged model as a new version and return its version number."""
     import mlflow
 
-    version = mlflow.register_model(model_uri, model_name, tags=tags)
+    with registry_call(client, f"registering a version of {model_name}"):
+        version = mlflow.register_model(model_uri, model_name, tags=tags)
     log.info("registered %s version %s", model_name, version.version)
     return str(version.version)
 
 
 def alias_version(client: Any, model_name: str, alias: str) -> str | None:
-    """The version an alias points at, or None (no model, or alias not set)."""
-    from mlflow.exceptions import MlflowException
+    """The version an alias points at, or None when the model or the alias does not exist.
 
-    try:
-        return str(client.get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
+    Raises RegistryUnavailable when the registry cannot answer: an outage is not "no alias".
+    """
+    with registry_call(client, f"looking up {model_name}@{alias}"):
+        try:
+            return str(client.get_model_version_by_alias(model_name, alias).version)
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+
+def model_version(client: Any, model_name: str, version: str) -> Any | None:
+    """The registry's ModelVersion, or None when it does not exist (RegistryUnavailable when the
+    registry cannot answer)."""
+    with registry_call(client, f"looking up {model_name} v{version}"):
+        try:
+            return client.get_model_version(model_name, str(version))
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+
+def version_exists(client: Any, model_name: str, version: str) -> bool:
+    """Whether a version is registered; an outage raises RegistryUnavailable, never False."""
+    return model_version(client, model_name, version) is not None
 
 
 def set_alias(client: Any, model_name: str, alias: str, version: str) -> None:
-    client.set_registered_model_alias(model_name, alias, str(version))
+    """Point an alias at a version (RegistryUnavailable when the registry cannot be reached)."""
+    with registry_call(client, f"setting {model_name}@{alias} to v{version}"):
+        client.set_registered_model_alias(model_name, alias, str(version))
     log.info("alias %s@%s -> version %s", model_name, alias, version)
+
+
+def delete_alias(client: Any, model_name: str, alias: str) -> None:
+    """Remove an alias (a missing one is fine: the goal is that it does not point anywhere)."""
+    with registry_call(client, f"removing {model_name}@{alias}"):
+        try:
+            client.delete_registered_model_alias(model_name, alias)
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise
+    log.info("alias %s@%s removed", model_name, alias)
 
 
 def load_version(model_name: str, version: str) -> Any:
     """Load a registered version as a scikit-learn pipeline."""
     import mlflow
 
-    return mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
+    with registry_call(mlflow.get_registry_uri(), f"loading {model_name} v{version}"):
+        return mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
 
 
 def version_run_id(client: Any, model_name: str, version: str) -> str | None:
-    return client.get_model_version(model_name, str(version)).run_id
+    """The run that logged a version (MLflow's not-found error when the version is missing)."""
+    with registry_call(client, f"looking up the run of {model_name} v{version}"):
+        return client.get_model_version(model_name, str(version)).run_id
 
 
 def save_local_copy(model: Any, target: Path, metadata: dict[str, Any]) -> Path:
@@ -148,9 +323,10 @@ def start_pipeline_run(run_name: str, tags: dict[str, str], params: dict[str, An
     """The parent run that groups every candidate of one pipeline run; returns its id."""
     import mlflow
 
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        return run.info.run_id
+    with registry_call(mlflow.get_tracking_uri(), f"starting the MLflow run {run_name!r}"):
+        with mlflow.start_run(run_name=run_name, tags=tags) as run:
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            return run.info.run_id
 
 
 def log_candidate_run(
@@ -196,19 +372,22 @@ def tag_run(run_id: str, tags: dict[str, Any]) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    for key, value in tags.items():
-        client.set_tag(run_id, key, str(value)[:5000])
+    with registry_call(client.tracking_uri, f"tagging run {run_id}"):
+        for key, value in tags.items():
+            client.set_tag(run_id, key, str(value)[:5000])
 
 
 def log_metrics_to_run(run_id: str, metrics: dict[str, float]) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    for key, value in metrics.items():
-        if value is not None and value == value:
-            client.log_metric(run_id, key, float(value))
+    with registry_call(client.tracking_uri, f"logging metrics to run {run_id}"):
+        for key, value in metrics.items():
+            if value is not None and value == value:
+                client.log_metric(run_id, key, float(value))
 
 
 def set_version_tags(client: Any, model_name: str, version: str, tags: dict[str, Any]) -> None:
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, str(version), key, str(value)[:5000])
+    with registry_call(client, f"tagging {model_name} v{version}"):
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, str(version), key, str(value)[:5000])
