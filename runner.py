@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(SystemExit):
+    """SIGTERM (CI cancellation, `kill`): unwind like Ctrl-C so that kernels, services and the
+    run's record are cleaned up and written, then exit 128 + 15."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -126,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         stages = args.stages.split(",") if args.stages else None
         result = run(cfg, ROOT, stages, args.force_retrain, args.run_id, echo=print)
         return result.exit_code
+    except Terminated:
+        print("stopped by SIGTERM", file=sys.stderr)
+        return 143
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import psutil
 import pytest
 
 import runner
@@ -18,11 +19,6 @@ from lib.errors import StageError
 from lib.pipeline import kernels
 from lib.pipeline.contracts import STAGES
 from lib.pipeline.kernels import KernelPool, PooledKernelManager
-
-try:
-    import psutil
-except ImportError:  # the pool does not need it; the tests then ask the kernel managers
-    psutil = None
 
 LIGHT = ("decimal", "email.mime.text", "xml.dom.minidom")  # quick to import, rarely preloaded
 PROBE = (
@@ -41,11 +37,8 @@ def gone(pids: list[int], kms: list[PooledKernelManager], timeout: float = 15.0)
     """True once no kernel process is left (psutil when installed, else the managers)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if psutil is not None:
-            alive = [p for p in pids if psutil.pid_exists(p)
-                     and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
-        else:
-            alive = [km for km in kms if km.has_kernel]
+        alive = [p for p in pids if psutil.pid_exists(p)
+                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
         if not alive:
             return True
         time.sleep(0.1)
@@ -54,14 +47,17 @@ def gone(pids: list[int], kms: list[PooledKernelManager], timeout: float = 15.0)
 
 def own_kernels() -> list[int]:
     """Kernel processes started by this (test) process, found by their JPY_PARENT_PID."""
-    if psutil is None:
-        return []
+    return kernels_of(os.getpid())
+
+
+def kernels_of(parent: int) -> list[int]:
+    """Kernel processes whose JPY_PARENT_PID is `parent`."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
             if "ipykernel_launcher" in " ".join(proc.info["cmdline"] or []) and proc.environ().get(
                 "JPY_PARENT_PID"
-            ) == str(os.getpid()):
+            ) == str(parent):
                 found.append(proc.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
@@ -279,3 +275,39 @@ def test_runner_without_pool_still_works(
     result = runner.run(cfg, project, run_id="cold", kernel_pool=False)
     assert result.outcome == "no_training" and result.stages[0].outputs.reason == "stub"
     assert pools == []
+
+
+def test_sigterm_stops_the_runner_its_kernels_and_writes_its_record(
+    small_project: tuple[Path, PipelineConfig],
+) -> None:
+    """What CI cancellation does: SIGTERM to `runner.py` mid-stage. The runner exits (143), shuts
+    down the running and the pre-started kernels, and leaves the run's record so far."""
+    import signal
+    import subprocess
+    import sys
+
+    project, _ = small_project
+    stub_notebook(project, "detect", detect_glues(True, "stub: train"))
+    stub_notebook(project, "train", "import time\ntime.sleep(600)\n")
+    proc = subprocess.Popen(
+        [sys.executable, "runner.py", "--set", "synth_apps=300", "--run-id", "cancelled"],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (project / "reports" / "cancelled" / "report.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.5)
+        started = kernels_of(proc.pid)
+        assert started, "the train kernel (and the next ones) should be running"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out
+    assert "stopped by SIGTERM" in out
+    assert gone(started, [], timeout=30), "kernels left behind after SIGTERM"
+    report = json.loads((project / "reports" / "cancelled" / "report.json").read_text())
+    assert report["outcome"] == "cancelled"
+    assert [s["name"] for s in report["stages"]] == ["detect"]  # what finished before the signal

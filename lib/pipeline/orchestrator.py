@@ -240,7 +240,7 @@ def trigger(force: bool) -> str:
     )
 
 
-def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> str | None:
+def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> Any:
     """A rollout whose runner died is finished (rolled back) before anything else happens."""
     from lib.delivery import rollout
 
@@ -368,69 +368,75 @@ def run(
         results: list[StageResult] = []
         outputs = RunOutputs()
         outcome, exit_code, failure = "completed", 0, None
+
+        def record(outcome: str, failure: Exception | None, deliveries: list | None = None) -> dict:
+            """report.json (and the index) as the run stands: written after every stage, so a
+            run killed later still leaves what it did."""
+            summary = run_record.summary(
+                run_id=run_id, model_name=cfg.model_name, tracking_uri=tracking_uri,
+                trigger=ctx.trigger, root=root, run_dir=run_dir, started=started,
+                results=results, outcome=outcome, outputs=outputs, recovered=recovered,
+                failure=failure,
+            )  # fmt: skip
+            summary["notifications"] = deliveries or []
+            write_json_atomic(run_dir / "report.json", summary)
+            write_json_atomic(root / cfg.reports_dir / f"report_{run_id}.json", summary)
+            _write_index(root / cfg.reports_dir)
+            return summary
+
         pool: Any = nullcontext()
         if executor is None and kernel_pool:
             from lib.pipeline.kernels import KernelPool
 
             # one fresh kernel per stage; leaving the block shuts down any started ahead
             pool = KernelPool(cwd=root, total=len(stages))
-        with pool as kernels:
-            runner = executor or PapermillExecutor(root, cfg.stage_timeout, kernels)
-            for i, stage in enumerate(stages, 1):
-                tag = f"[{i}/{len(stages)}] {stage}"
-                if stage == "monitor" and not has_champion(cfg, tracking_uri):
-                    say(f"{tag} skipped: no champion in production yet, nothing to monitor")
-                    continue
-                inputs = inputs_for(stage, cfg, ctx, outputs)
-                say(f"{tag} ...")
-                if kernels is not None:  # detect is short and may end the run: warm only the
-                    # next kernel then, at full priority; later ones warm up in idle CPU time
-                    kernels.ahead, kernels.idle = (1, False) if stage == "detect" else (2, True)
-                result = runner.execute(STAGES[stage], inputs, run_dir)
-                results.append(result)
-                if not result.ok or result.outputs is None:
-                    outcome, exit_code = "failed", 1
-                    failure = StageError(stage, result.error or "unknown error", result.notebook)
-                    say(f"{tag} FAILED after {result.seconds:.1f}s: {result.error}")
-                    break
-                outputs[stage] = result.outputs
-                headline = run_record.headline(result.outputs)
-                say(f"{tag} ok ({result.seconds:.1f}s){headline}")
-                ended = _next_step(stage, result.outputs, stages, cfg, ctx, say)
-                if ended is not None:
-                    outcome = ended
-                    break
-                if isinstance(result.outputs, DeployOutputs):
-                    outcome = result.outputs.outcome
-                if isinstance(result.outputs, MonitorOutputs):
-                    if result.outputs.rolled_back:
-                        outcome = "monitor_rolled_back"
-                    elif outcome == "completed":
-                        outcome = "monitored"
+        try:
+            with pool as kernels:
+                runner = executor or PapermillExecutor(root, cfg.stage_timeout, kernels)
+                for i, stage in enumerate(stages, 1):
+                    tag = f"[{i}/{len(stages)}] {stage}"
+                    if stage == "monitor" and not has_champion(cfg, tracking_uri):
+                        say(f"{tag} skipped: no champion in production yet, nothing to monitor")
+                        continue
+                    inputs = inputs_for(stage, cfg, ctx, outputs)
+                    say(f"{tag} ...")
+                    if kernels is not None:  # detect is short and may end the run: warm only
+                        # the next kernel then, at full priority; later ones in idle CPU time
+                        ahead = (1, False) if stage == "detect" else (2, True)
+                        kernels.ahead, kernels.idle = ahead
+                    result = runner.execute(STAGES[stage], inputs, run_dir)
+                    results.append(result)
+                    if not result.ok or result.outputs is None:
+                        outcome, exit_code = "failed", 1
+                        error = result.error or "unknown error"
+                        failure = StageError(stage, error, result.notebook)
+                        say(f"{tag} FAILED after {result.seconds:.1f}s: {result.error}")
+                        break
+                    outputs[stage] = result.outputs
+                    record("running", None)
+                    headline = run_record.headline(result.outputs)
+                    say(f"{tag} ok ({result.seconds:.1f}s){headline}")
+                    ended = _next_step(stage, result.outputs, stages, cfg, ctx, say)
+                    if ended is not None:
+                        outcome = ended
+                        break
+                    if isinstance(result.outputs, DeployOutputs):
+                        outcome = result.outputs.outcome
+                    if isinstance(result.outputs, MonitorOutputs):
+                        if result.outputs.rolled_back:
+                            outcome = "monitor_rolled_back"
+                        elif outcome == "completed":
+                            outcome = "monitored"
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: kernels are down by now
+            record("cancelled", None)
+            raise
         if outcome == "completed" and stages[-1] == "decide":
             outcome = "decided"
         report = os.path.relpath(run_dir / "report.json", root)
         deliveries: list[dict[str, Any]] = []
         for event, fields in run_record.notifications(outputs, outcome, report, recovered):
             deliveries += send(event, **fields)
-        summary = run_record.summary(
-            run_id=run_id,
-            model_name=cfg.model_name,
-            tracking_uri=tracking_uri,
-            trigger=ctx.trigger,
-            root=root,
-            run_dir=run_dir,
-            started=started,
-            results=results,
-            outcome=outcome,
-            outputs=outputs,
-            recovered=recovered,
-            failure=failure,
-        )
-        summary["notifications"] = deliveries
-        write_json_atomic(run_dir / "report.json", summary)
-        write_json_atomic(root / cfg.reports_dir / f"report_{run_id}.json", summary)
-        _write_index(root / cfg.reports_dir)
+        summary = record(outcome, failure, deliveries)
         failed = [d for d in deliveries if not d["ok"]]
         if failed:
             targets = ", ".join(d["target"] for d in failed)

@@ -67,7 +67,7 @@ class RunResults(BaseModel):
     deployed_version: str | None = None
     champion_before: str | None = None
     rollback_reason: str | None = None
-    recovered: str | None = None
+    recovered: dict[str, Any] | None = None  # what recovery of an interrupted rollout did
     healthy: bool | None = None
     verdict: str | None = None
     alerts: list[dict[str, Any]] | None = None
@@ -79,10 +79,10 @@ class RunResults(BaseModel):
     live_metrics: dict[str, Any] | None = None
 
     @classmethod
-    def collect(cls, outputs: RunOutputs, recovered: str | None = None) -> RunResults:
+    def collect(cls, outputs: RunOutputs, recovered: Any = None) -> RunResults:
         """Each stage contributes the fields it declares; the latest stage's version wins for
         `candidate_version` (03 and 04 resolve it when run alone)."""
-        values: dict[str, Any] = {"recovered": recovered}
+        values: dict[str, Any] = {"recovered": recovery_dict(recovered)}
         for out in outputs.values():
             for name in type(out).model_fields:
                 if name in cls.model_fields:
@@ -91,6 +91,18 @@ class RunResults(BaseModel):
 
     def flat(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def recovery_dict(recovered: Any) -> dict[str, Any] | None:
+    """lib.delivery's Recovery (outcome, version, champion, reason) as plain values."""
+    if recovered is None:
+        return None
+    return {
+        "outcome": getattr(recovered, "outcome", "rolled_back"),
+        "version": getattr(recovered, "version", None),
+        "champion": getattr(recovered, "champion", None),
+        "reason": getattr(recovered, "reason", str(recovered)),
+    }
 
 
 def headline(out: Contract) -> str:
@@ -134,7 +146,7 @@ def summary(
     results: list[StageResult],
     outcome: str,
     outputs: RunOutputs,
-    recovered: str | None,
+    recovered: Any,
     failure: Exception | None,
 ) -> dict[str, Any]:
     """report.json: the run, its outcome, its headline results and every stage's record."""
@@ -172,7 +184,7 @@ def summary(
 
 
 def notifications(
-    outputs: RunOutputs, outcome: str, report: str, recovered: str | None
+    outputs: RunOutputs, outcome: str, report: str, recovered: Any
 ) -> list[tuple[str, dict[str, Any]]]:
     """The events of one run and their fields: deployed, awaiting approval, rejected, rolled
     back (by the canary, by recovery or by the monitor), alert."""
@@ -198,8 +210,15 @@ def notifications(
         else None
     )
     events: list[tuple[str, dict[str, Any]]] = []
-    if recovered:
-        events.append(("rolled_back", {"version": version, "reason": recovered, "report": report}))
+    recovery = recovery_dict(recovered)
+    if recovery and recovery["outcome"] == "promoted":  # an interrupted promotion, finished
+        details = {"recovered": recovery["reason"]}
+        fields = {"version": recovery["version"], "report": report, "details": details}
+        events.append(("deployed", fields))
+    elif recovery and recovery["outcome"] == "rolled_back":
+        fields = {"version": recovery["version"], "reason": recovery["reason"], "report": report}
+        events.append(("rolled_back", fields))
+    # "superseded": an operator acted after the interruption and was notified then
     if outcome == "awaiting_approval" and decided:
         details = {"score": decided.score, "decision": decided.decision}
         events.append(("awaiting_approval", {"version": version, **common, "details": details}))
