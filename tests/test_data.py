@@ -13,14 +13,13 @@ import pytest
 
 from lib import values
 from lib.errors import DataError, MissingColumnsError
+from lib.pipeline.app_identity import app_key, latest_per_app
 from lib.pipeline.data import (
     QUARANTINE_COLUMNS,
     RAW_COLUMNS,
     REQUIRED_COLUMNS,
     TYPED_COLUMNS,
-    app_key,
     check_columns,
-    latest_per_app,
     parse_records,
     read_apps,
     write_quarantine,

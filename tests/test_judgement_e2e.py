@@ -103,7 +103,7 @@ def test_raw_real_file_noise_rejected_and_labels_agree_everywhere(
 
     from lib.delivery import smoke
     from lib.delivery.service_process import ServiceProcess
-    from lib.pipeline import data, features, training
+    from lib.pipeline import app_identity, data, features, training
 
     raw = project / "data" / "googleplaystore.csv"
     raw.write_bytes((shared_data / "googleplaystore.csv").read_bytes())
@@ -131,7 +131,7 @@ def test_raw_real_file_noise_rejected_and_labels_agree_everywhere(
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # other tests in this process may have pointed it elsewhere
     model = mlflow.sklearn.load_model(f"models:/{MODEL}@champion")
-    apps = data.latest_per_app(loaded.apps)
+    apps = app_identity.latest_per_app(loaded.apps)
     apps = apps[apps["rating"].notna()].reset_index(drop=True)
     holdout = apps.iloc[test_idx]
     offline = model.predict(features.model_inputs(holdout))

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from lib.errors import DataError
-from lib.pipeline.data import RAW_COLUMNS, app_key, latest_per_app, parse_records, read_apps
+from lib.pipeline.app_identity import app_key, latest_per_app
+from lib.pipeline.data import RAW_COLUMNS, parse_records, read_apps
 from lib.pipeline.synth import CATEGORIES, append_new_apps, generate_apps, write_default_dataset
 
 # The category names of the real scrape (33 of them).

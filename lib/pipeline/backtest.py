@@ -27,6 +27,7 @@ import pandas as pd
 
 from lib.errors import DataError
 from lib.pipeline import comparison, scoring, training, uncertainty
+from lib.pipeline.app_identity import latest_per_app
 from lib.pipeline.backtest_results import (
     DEFAULT_FEATURES,
     MAJORITY,
@@ -39,7 +40,6 @@ from lib.pipeline.backtest_results import (
     NoiseRun,
     Step,
 )
-from lib.pipeline.data import latest_per_app
 
 log = logging.getLogger(__name__)
 

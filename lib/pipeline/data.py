@@ -14,9 +14,6 @@ import datetime as dt
 import logging
 import math
 import os
-import re
-import tempfile
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +21,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
 
 from lib import values as grammar
+from lib.atomic_files import atomic_open
 from lib.errors import DataError, MissingColumnsError
+from lib.pipeline.app_identity import app_key
+from lib.pipeline.app_schema import E_EMPTY, E_NEGATIVE, E_RATING, E_TYPE, schema_failures
 
 logger = logging.getLogger(__name__)
 
@@ -99,44 +98,6 @@ ALIASES: dict[str, str] = {
 _DISPLAY: dict[str, str] = {v_typed: raw for v_typed, raw in ALIASES.items() if v_typed != "size"}
 _DISPLAY["app_key"] = "App"
 
-# pandera check errors are used as keys to turn failure cases into sentences.
-_E_EMPTY = "empty"
-_E_RATING = "rating_range"
-_E_NEGATIVE = "negative"
-_E_TYPE = "free_or_paid"
-
-
-def _build_schema() -> pa.DataFrameSchema:
-    """Build the typed-frame schema once: constructing it per request would slow the service."""
-    non_empty = pa.Check(lambda s: s.str.strip().str.len() > 0, error=_E_EMPTY)
-    non_negative = pa.Check.ge(0, error=_E_NEGATIVE)
-    return pa.DataFrameSchema(
-        {
-            "app": pa.Column(str, non_empty),
-            "app_key": pa.Column(str),
-            "category": pa.Column(str, non_empty),
-            "rating": pa.Column(float, pa.Check.in_range(1.0, 5.0, error=_E_RATING), nullable=True),
-            "reviews": pa.Column(float, non_negative),
-            "size_mb": pa.Column(float, non_negative, nullable=True),
-            "installs": pa.Column(float, non_negative),
-            "type": pa.Column(str, pa.Check.isin(["Free", "Paid"], error=_E_TYPE)),
-            "price": pa.Column(float, non_negative),
-            "content_rating": pa.Column(str),
-            "genres": pa.Column(str),
-            "last_updated": pa.Column("datetime64[ns]"),
-            "current_ver": pa.Column(str),
-            "android_ver": pa.Column(str),
-            "source_file": pa.Column(str),
-            "source_row": pa.Column(int),
-        },
-        strict=True,
-        ordered=True,
-    )
-
-
-APPS_SCHEMA: pa.DataFrameSchema = _build_schema()
-
-
 @dataclass
 class LoadedApps:
     """Valid typed rows plus every rejected row with its reason, so nothing vanishes unnoticed."""
@@ -152,49 +113,6 @@ class LoadedApps:
 
 # --------------------------------------------------------------------------------------------
 # identity
-
-
-_SPACES = re.compile(r"\s+")
-_EDGE_CHARS = "\"'`´‘’‚‛“”„‟«»‹›"
-
-
-def _is_edge_junk(ch: str) -> bool:
-    return ch.isspace() or ch in _EDGE_CHARS or unicodedata.category(ch).startswith("P")
-
-
-def app_key(name: str) -> str:
-    """Normalize an app name so repeated listings of one app compare equal across files."""
-    if name is None or (isinstance(name, float) and math.isnan(name)):
-        return ""
-    text = _SPACES.sub(" ", unicodedata.normalize("NFKC", str(name)).casefold()).strip()
-    start, end = 0, len(text)
-    while start < end and _is_edge_junk(text[start]):
-        start += 1
-    while end > start and _is_edge_junk(text[end - 1]):
-        end -= 1
-    # A name made only of punctuation keeps its characters rather than collapsing to "".
-    return text[start:end] or text
-
-
-def latest_per_app(apps: pd.DataFrame) -> pd.DataFrame:
-    """Keep one row per app (most recent update, then most reviews, then last listed).
-
-    Repeated listings of an app would otherwise leak between train and test splits.
-    """
-    if apps.empty:
-        return apps.reset_index(drop=True)
-    keys = apps["app_key"] if "app_key" in apps else apps["app"].map(app_key)
-    order = pd.DataFrame(
-        {
-            "key": keys.to_numpy(),
-            "updated": apps["last_updated"].to_numpy(),
-            "reviews": apps["reviews"].to_numpy(dtype=float),
-            "pos": np.arange(len(apps)),
-        }
-    )
-    ranked = order.sort_values(["key", "updated", "reviews", "pos"], na_position="first")
-    keep = np.sort(ranked.drop_duplicates("key", keep="last")["pos"].to_numpy())
-    return apps.iloc[keep].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,33 +369,15 @@ def _schema_message(column: str, check: str, value: object, raw_value: str) -> s
     name = _DISPLAY.get(column, column)
     if check == "not_nullable":
         return f"{name}: missing (empty field)"
-    if check == _E_EMPTY:
+    if check == E_EMPTY:
         return f"{name}: empty"
-    if check == _E_RATING:
+    if check == E_RATING:
         return f"{name}: {_format_value(value)} is outside 1..5"
-    if check == _E_NEGATIVE:
+    if check == E_NEGATIVE:
         return f"{name}: {_format_value(value)} is negative"
-    if check == _E_TYPE:
+    if check == E_TYPE:
         return f"{name}: {raw_value!r} is not Free or Paid"
     return f"{name}: {raw_value!r} fails {check}"
-
-
-def _schema_failures(typed: pd.DataFrame, source_file: str) -> list[tuple[int, str, str, object]]:
-    """Run the schema lazily; return (row position, column, check, value) for every failure."""
-    try:
-        APPS_SCHEMA.validate(typed, lazy=True)
-    except pa.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
-    else:
-        return []
-    failures = []
-    for column, check, value, index in zip(
-        cases["column"], cases["check"], cases["failure_case"], cases["index"], strict=True
-    ):
-        if index is None or pd.isna(index):  # a whole-column failure means a bug in _parse
-            raise DataError(f"{source_file}: schema failure on column {column}: {check}")
-        failures.append((int(index), str(column), str(check), value))
-    return failures
 
 
 def _validate(
@@ -496,7 +396,7 @@ def _validate(
             message = f"{_DISPLAY[column]}: {raw_column.iat[pos]!r} {_PARSE_HINTS[column]}"
             problems.append((int(pos), order[column], message))
 
-    for pos, column, check, value in _schema_failures(typed, source_file):
+    for pos, column, check, value in schema_failures(typed, source_file):
         if (pos, column) in flagged:
             continue  # already explained by the parser, with the raw value
         raw_value = raw[_DISPLAY[column]].iat[pos] if column in _DISPLAY else ""
@@ -552,15 +452,8 @@ def _concat(parts: list[pd.DataFrame], empty: pd.DataFrame) -> pd.DataFrame:
 def write_quarantine(quarantine: pd.DataFrame, path: str | Path) -> Path:
     """Write the quarantine CSV atomically; header-only when empty so a reviewer sees 'none'."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     frame = quarantine if len(quarantine.columns) else pd.DataFrame(columns=QUARANTINE_COLUMNS)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            frame.to_csv(out, index=False)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, newline="") as out:
+        frame.to_csv(out, index=False)
     logger.info("quarantine: %d row(s) written to %s", len(frame), path)
     return path

@@ -19,7 +19,8 @@ import pandas as pd
 
 from lib.atomic_files import atomic_open
 from lib.errors import DataError
-from lib.pipeline.data import RAW_COLUMNS, app_key, check_columns
+from lib.pipeline.app_identity import app_key
+from lib.pipeline.data import RAW_COLUMNS, check_columns
 
 logger = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from sklearn.pipeline import Pipeline
 
 from lib.errors import DataError
 from lib.pipeline import features
+from lib.pipeline.app_identity import latest_per_app
 from lib.pipeline.calibration import (
     CALIBRATION_METHODS,
     LABEL_OBJECTIVES,
@@ -44,7 +45,6 @@ from lib.pipeline.calibration import (
     out_of_fold,
     tune_threshold,
 )
-from lib.pipeline.data import latest_per_app
 from lib.pipeline.evaluation import (
     GREATER_IS_BETTER,
     METRIC_NAMES,
