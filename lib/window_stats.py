@@ -4,14 +4,22 @@ Both judge a window of logged predictions (lib.delivery.canary the canary agains
 lib.watch.monitoring the champion against its own validation): what counts as a failed request,
 the error-rate test, and how numbers are written in their messages must be one definition, so a
 canary that passed and the monitor that watches it afterwards speak the same language.
+
+The sequential tests below are for a window that is looked at again and again as it grows (a
+canary step is checked every few seconds): each returns an always-valid p-value, the inverse of a
+nonnegative (super)martingale under the null, so by Ville's inequality the chance that it ever
+drops below alpha, at any look, is at most alpha. A fixed-alpha test re-run at every look is not:
+its false alarms add up over the looks. They are vectorised (NumPy broadcasting) so that a
+simulation of thousands of rollouts runs the very same code as one live check.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 
 def failed_requests(frame: pd.DataFrame) -> pd.Series:
@@ -27,6 +35,94 @@ def error_rate_p_value(errors: int, requests: int, bound: float) -> float:
     Small means the error rate is significantly above the bound.
     """
     return float(stats.binom.sf(errors - 1, requests, bound)) if requests else math.nan
+
+
+# ---------------------------------------------------------------------------- sequential tests
+
+
+def _log_upper_beta(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """log of the integral of p^(a-1) (1-p)^(b-1) over [x, 1]."""
+    with np.errstate(divide="ignore"):
+        return special.betaln(a, b) + np.log(special.betainc(b, a, 1.0 - x))
+
+
+def sequential_binomial_p(k: np.ndarray | int, n: np.ndarray | int, bound: np.ndarray | float):
+    """Always-valid p-value of H0 "rate <= bound" after k events in n trials (vectorised).
+
+    A beta mixture of likelihood ratios over rates above the bound (a Beta(1, b) prior with mean
+    about three times the bound, truncated to rates above it): for every rate <= bound each ratio
+    is a supermartingale, so is the mixture, and min(1, 1/mixture) is valid at every look. It is
+    exact (no normal approximation), so it also judges a handful of requests (every one failed).
+    """
+    k = np.asarray(k, dtype=float)
+    n = np.asarray(n, dtype=float)
+    p0 = np.asarray(bound, dtype=float)
+    a = np.ones_like(p0)
+    b = np.maximum(1.0, 1.0 / (3.0 * p0) - 1.0)
+    log_m = (
+        _log_upper_beta(k + a, n - k + b, p0)
+        - _log_upper_beta(a, b, p0)
+        - k * np.log(p0)
+        - (n - k) * np.log1p(-p0)
+    )
+    with np.errstate(over="ignore"):
+        p = np.exp(-np.nan_to_num(log_m, nan=0.0, neginf=-np.inf))
+    return np.where(n > 0, np.clip(p, 0.0, 1.0), 1.0)
+
+
+def _solve_one_sided(rhs: np.ndarray) -> np.ndarray:
+    """u with u^2/2 + log(Phi(u)) = rhs (the left side increases with u, from -inf)."""
+    positive = np.maximum(rhs, 0.0)
+    lo = np.where(rhs >= 0, np.sqrt(2.0 * positive), -10.0)  # alpha > 0.5: u may be negative
+    hi = np.sqrt(2.0 * (positive + math.log(2.0)))
+    for _ in range(48):  # bisection: 2^-48 of a width below 11
+        mid = (lo + hi) / 2
+        above = mid * mid / 2 + special.log_ndtr(mid) > rhs
+        hi = np.where(above, mid, hi)
+        lo = np.where(above, lo, mid)
+    return (lo + hi) / 2
+
+
+def sequential_excess_test(
+    estimate: np.ndarray | float,
+    variance: np.ndarray | float,
+    bound: float,
+    alpha: float,
+    scale: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided mixture SPRT of H0 "true value <= bound" for an asymptotically normal estimate.
+
+    The Gaussian likelihood ratio for an excess d over the bound, mixed over a half-normal prior
+    of scale `scale` on d (Robbins; Johari et al.'s always-valid p-values, asymptotic confidence
+    sequences of Waudby-Smith et al. when the variance is estimated). Returns (lower, p): the
+    always-valid (1 - alpha) lower confidence bound of the true value, and the always-valid
+    p-value of H0. Failing when lower > bound is the same decision as p <= alpha. `scale` is the
+    excess the test finds fastest: the bound it pays for looking at every sample size.
+    """
+    est = np.asarray(estimate, dtype=float)
+    var = np.maximum(np.asarray(variance, dtype=float), 1e-12)
+    tau2 = scale * scale
+    c = 1.0 + tau2 / var  # 1 + tau^2 * information
+    u_star = _solve_one_sided(math.log(1.0 / alpha) - math.log(2.0) + 0.5 * np.log(c))
+    half_width = u_star * np.sqrt(c) * var / scale
+    lower = est - half_width
+    u = scale * (est - bound) / var / np.sqrt(c)
+    log_m = math.log(2.0) - 0.5 * np.log(c) + u * u / 2 + special.log_ndtr(u)
+    with np.errstate(over="ignore"):
+        p = np.clip(np.exp(-log_m), 0.0, 1.0)
+    return lower, p
+
+
+def sequential_two_sided_p(
+    estimate: np.ndarray | float, variance: np.ndarray | float, scale: float
+) -> np.ndarray:
+    """Always-valid p-value of H0 "true value = 0" (normal mixture SPRT, prior N(0, scale^2))."""
+    est = np.asarray(estimate, dtype=float)
+    var = np.maximum(np.asarray(variance, dtype=float), 1e-12)
+    c = 1.0 + scale * scale / var
+    log_m = -0.5 * np.log(c) + (scale * est / var) ** 2 / (2 * c)
+    with np.errstate(over="ignore"):
+        return np.clip(np.exp(-log_m), 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------- message wording

@@ -4,13 +4,24 @@ Four checks compare the canary with the champion over the same window (requests 
 hash of their id, so both variants see the same kind of traffic):
 
 - error rate: Flagger's success rate >= 99%, as an absolute bound on the canary;
-- p99 latency: Flagger's 500 ms bound, and a ratio to the champion's p99 above a noise floor;
-- accuracy on feedback: fail only when a one-sided test says the canary is more than 2 points
-  below the champion (the mission's rollback rule);
+- latency: Flagger's 500 ms p99 bound (at most 1% of canary requests slower), and the canary's
+  quantiles against the champion's (p50/p90/p95/p99, each only once both variants have enough
+  requests beyond it: a p99 of 73 requests is their maximum, not a p99);
+- accuracy on feedback: fail only when the evidence says the canary is more than 2 points below
+  the champion (the mission's rollback rule);
 - prediction shift: the share of positive predictions moved far (big effect and significant).
+
+The step is looked at every few seconds as its window grows, and the first failure rolls it back.
+A fixed-alpha test re-run at each look fails a canary identical to the champion far more often
+than alpha (13% of simulated rollouts at 20 req/s, tests/test_canary_sequential.py), so every
+test here is sequential: an always-valid p-value (mixture SPRT, lib.window_stats) whose chance
+of ever crossing alpha, over all the looks of a step, is at most alpha.
 
 Each check knows its sample size: with too few samples it says "wait", never "pass" on nothing.
 Verdict: any fail -> "fail" (roll back); else any wait -> "wait"; else "pass".
+
+The judgements are vectorised (one row per simulated rollout, or one row for the live check) so
+that the simulations in the tests run the same decision code as the rollout.
 """
 
 from __future__ import annotations
@@ -26,12 +37,14 @@ from scipy import stats
 
 from lib.json_safe import json_safe
 from lib.window_stats import (
-    error_rate_p_value,
     failed_requests,
     fmt_count,
     fmt_ms,
     fmt_p,
     fmt_percent,
+    sequential_binomial_p,
+    sequential_excess_test,
+    sequential_two_sided_p,
 )
 
 CHAMPION, CANARY = "champion", "canary"
@@ -54,16 +67,27 @@ class AnalysisConfig(BaseModel):
 
     # absolute, on the canary (Flagger: success rate >= 99%)
     max_error_rate: float = Field(0.01, ge=0, lt=1)
-    max_p99_ms: float = Field(500.0, gt=0)  # Flagger's request-duration default
-    max_p99_ratio: float = Field(3.0, gt=0)  # canary p99 / champion p99 ...
-    p99_floor_ms: float = Field(50.0, ge=0)  # ... only judged when the canary's p99 is above this
+    # Flagger's request-duration default: at most 1% of canary requests slower than this
+    max_p99_ms: float = Field(500.0, gt=0)
+    # canary quantile / champion quantile, at each of latency_quantiles that has enough samples
+    # (the key keeps its name from when only the p99 was compared) ...
+    max_p99_ratio: float = Field(3.0, gt=0)
+    p99_floor_ms: float = Field(50.0, ge=0)  # ... and a canary faster than this is never "slower"
+    latency_quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.9, 0.95, 0.99])
+    # a quantile q is judged once both variants have this many requests beyond it expected:
+    # n >= min_tail_samples / (1 - q), e.g. 1,000 for the p99, 20 for the median
+    min_tail_samples: int = Field(10, ge=1)
     max_accuracy_drop: float = Field(0.02, ge=0, lt=1)  # 2 points below the champion
-    alpha: float = Field(0.05, gt=0, lt=1)  # for the error-rate and accuracy tests
+    # for the error-rate, latency and accuracy tests, per step, over all of the step's looks
+    alpha: float = Field(0.05, gt=0, lt=1)
+    # the accuracy drop beyond max_accuracy_drop that the sequential test finds fastest (s.d. of
+    # the mixture prior): smaller waits longer for big drops, larger pays more for small ones
+    accuracy_tau: float = Field(0.03, gt=0, le=1)
     min_requests: int = Field(50, ge=1)  # per variant
     # labeled canary (and champion) requests to judge accuracy
     min_feedback: int = Field(100, ge=1)
     max_prediction_shift: float = Field(0.15, ge=0, le=1)  # |positive-rate difference| ...
-    # ... and significant at this level: both are needed to fail
+    # ... and significant at this level (always-valid, against no shift): both are needed to fail
     shift_alpha: float = Field(0.001, gt=0, lt=1)
     # True: an observed accuracy drop or shift beyond its bound that is not yet significant waits
     # for more data instead of passing (stricter; a healthy canary then waits more often).
@@ -73,14 +97,39 @@ class AnalysisConfig(BaseModel):
     @classmethod
     def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """`true` is not a bound: pydantic would read it as 1."""
-        if isinstance(value, bool) and info.field_name != "wait_on_inconclusive":
+        if info.field_name == "latency_quantiles" and isinstance(value, str):
+            # environment or --set: "0.5,0.99", "0.5;0.99" or "[0.5, 0.99]"
+            text = value.strip().removeprefix("[").removesuffix("]")
+            value = [v.strip() for v in text.replace(";", ",").split(",") if v.strip()]
+        items = value if isinstance(value, list) else [value]
+        if info.field_name != "wait_on_inconclusive" and any(isinstance(v, bool) for v in items):
             raise ValueError(f"must be a number, got {value!r}")
         return value
+
+    @field_validator("latency_quantiles")
+    @classmethod
+    def _quantiles(cls, value: list[float]) -> list[float]:
+        """Each strictly between 0 and 1; kept sorted and without repeats."""
+        if not value:
+            raise ValueError("needs at least one quantile, e.g. [0.5, 0.9, 0.95, 0.99]")
+        bad = [q for q in value if not 0 < q < 1]
+        if bad:
+            raise ValueError(f"quantiles must be between 0 and 1 (exclusive), got {bad}")
+        return sorted(set(value))
 
     @property
     def fast_fail_requests(self) -> int:
         """Requests after which a clearly broken canary (e.g. every request errors) fails."""
         return max(1, self.min_requests // 5)
+
+    def samples_for(self, quantile: float) -> int:
+        """Requests needed before `quantile` is judged: min_tail_samples expected beyond it."""
+        return math.ceil(self.min_tail_samples / (1 - quantile) - 1e-9)
+
+    @property
+    def latency_tests(self) -> int:
+        """Latency tests per look (the absolute bound and one per quantile): alpha is split."""
+        return len(self.latency_quantiles) + 1
 
 
 @dataclass
@@ -136,6 +185,127 @@ def _prepare(window: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+# ---------------------------------------------------------------------------- judgements
+# Vectorised over rollouts: every argument is an array (or a scalar) of counts, one per rollout
+# or look, and the result holds one status per element. The checks below call them on one row.
+
+
+def judge_error_rate(errors: Any, requests: Any, cfg: AnalysisConfig) -> dict[str, np.ndarray]:
+    """Status of the canary's error rate: fail when it is above the bound (always-valid test)."""
+    k, n = np.asarray(errors, dtype=float), np.asarray(requests, dtype=float)
+    p = sequential_binomial_p(k, n, cfg.max_error_rate)
+    rate = np.where(n > 0, k / np.maximum(n, 1), np.nan)
+    above = rate > cfg.max_error_rate
+    status = np.where(
+        n < cfg.fast_fail_requests,
+        WAIT,
+        np.where(
+            above & (p <= cfg.alpha), FAIL, np.where((n < cfg.min_requests) | above, WAIT, PASS)
+        ),
+    )
+    return {"status": status, "rate": rate, "p_value": p}
+
+
+def accuracy_drop_estimate(k_c: Any, n_c: Any, k_h: Any, n_h: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Observed drop (champion minus canary accuracy) and its variance.
+
+    Unpooled (the null is a drop of max_accuracy_drop, not equality), with Agresti-Caffo's
+    +1/+1 per group in the variance so that 100% or 0% observed accuracy is not certain.
+    """
+    k_c, n_c = np.asarray(k_c, dtype=float), np.asarray(n_c, dtype=float)
+    k_h, n_h = np.asarray(k_h, dtype=float), np.asarray(n_h, dtype=float)
+    drop = k_h / np.maximum(n_h, 1) - k_c / np.maximum(n_c, 1)
+    a_c, a_h = (k_c + 1) / (n_c + 2), (k_h + 1) / (n_h + 2)
+    return drop, a_c * (1 - a_c) / (n_c + 2) + a_h * (1 - a_h) / (n_h + 2)
+
+
+def judge_accuracy(k_c: Any, n_c: Any, k_h: Any, n_h: Any, cfg: AnalysisConfig) -> dict[str, Any]:
+    """Fail only when the always-valid lower bound of the drop is above max_accuracy_drop.
+
+    One-sided mixture SPRT (lib.window_stats.sequential_excess_test) of H0 "drop <=
+    max_accuracy_drop": over all looks of a step, a canary whose true drop is within the
+    tolerance fails with probability at most alpha. Below min_feedback labels (either variant)
+    it waits, whatever the numbers say.
+    """
+    drop, var = accuracy_drop_estimate(k_c, n_c, k_h, n_h)
+    lower, p = sequential_excess_test(drop, var, cfg.max_accuracy_drop, cfg.alpha, cfg.accuracy_tau)
+    enough = (np.asarray(n_c) >= cfg.min_feedback) & (np.asarray(n_h) >= cfg.min_feedback)
+    fail = enough & (lower > cfg.max_accuracy_drop)
+    inconclusive = enough & ~fail & (drop > cfg.max_accuracy_drop) & cfg.wait_on_inconclusive
+    status = np.where(fail, FAIL, np.where(~enough | inconclusive, WAIT, PASS))
+    return {"status": status, "drop": drop, "lower": lower, "p_value": p}
+
+
+def judge_prediction_shift(
+    pos_c: Any, n_c: Any, pos_h: Any, n_h: Any, cfg: AnalysisConfig
+) -> dict[str, Any]:
+    """Fail when the positive rate moved by more than the bound and the move is significant.
+
+    A new model may legitimately predict a little differently: only a large shift that an
+    always-valid two-sided test (pooled variance, against no shift) finds at shift_alpha fails.
+    """
+    pos_c, n_c = np.asarray(pos_c, dtype=float), np.asarray(n_c, dtype=float)
+    pos_h, n_h = np.asarray(pos_h, dtype=float), np.asarray(n_h, dtype=float)
+    shift = pos_c / np.maximum(n_c, 1) - pos_h / np.maximum(n_h, 1)
+    pooled = (pos_c + pos_h + 1) / (n_c + n_h + 2)
+    var = pooled * (1 - pooled) * (1 / np.maximum(n_c, 1) + 1 / np.maximum(n_h, 1))
+    p = sequential_two_sided_p(shift, var, max(cfg.max_prediction_shift, 0.05))
+    enough = (n_c >= cfg.min_requests) & (n_h >= cfg.min_requests)
+    big = enough & (np.abs(shift) > cfg.max_prediction_shift)
+    fail = big & (p < cfg.shift_alpha)
+    status = np.where(fail, FAIL, np.where(~enough | (big & cfg.wait_on_inconclusive), WAIT, PASS))
+    return {"status": status, "shift": shift, "p_value": p}
+
+
+def judge_latency(canary: Any, champion: Any, cfg: AnalysisConfig) -> dict[str, Any]:
+    """Latency status from the canary's and the champion's latencies in the same window.
+
+    `canary` is (rollouts, n) and `champion` (rollouts, m), or 1-D for one window. Two kinds of
+    tests, each an always-valid binomial test at alpha / cfg.latency_tests:
+
+    - the absolute bound: "p99 <= max_p99_ms" is "at most 1% of requests slower than
+      max_p99_ms", which an exact test judges at any sample size (a few slow requests out of 73
+      prove nothing; 20 out of 400 do);
+    - against the champion, per quantile q with enough samples on both sides: a canary whose q
+      quantile is within max_p99_ratio x the champion's has at most a share 1 - q of requests
+      slower than max(max_p99_ratio x champion's q quantile, p99_floor_ms). Quantiles are
+      compared, not one ratio of two maxima.
+
+    Below min_requests canary latencies, or before any quantile has enough canary samples, the
+    status is wait; without enough champion samples only the absolute bound is judged. The
+    champion's quantile is itself an estimate, so the comparisons are valid up to its error,
+    which the ratio's margin (3x) and the 10 samples required beyond it make small.
+    """
+    can = np.atleast_2d(np.asarray(canary, dtype=float))
+    cha = np.atleast_2d(np.asarray(champion, dtype=float))
+    n, m = can.shape[1], cha.shape[1]
+    level = cfg.alpha / cfg.latency_tests
+    slow = (can > cfg.max_p99_ms).sum(axis=1)
+    p_abs = sequential_binomial_p(slow, n, 0.01)
+    judged = [q for q in cfg.latency_quantiles if min(n, m) >= cfg.samples_for(q)]
+    canary_waits = n < cfg.samples_for(cfg.latency_quantiles[0])
+    rows = can.shape[0]
+    if judged:
+        qs = np.array(judged)
+        can_q = np.quantile(can, qs, axis=1).T  # (rollouts, quantiles)
+        cha_q = np.quantile(cha, qs, axis=1).T
+        limit = np.maximum(cfg.max_p99_ratio * cha_q, cfg.p99_floor_ms)
+        beyond = (can[:, :, None] > limit[:, None, :]).sum(axis=1)
+        p_rel = sequential_binomial_p(beyond, n, 1.0 - qs)
+    else:
+        can_q = cha_q = limit = p_rel = np.empty((rows, 0))
+        beyond = np.empty((rows, 0), dtype=int)
+    fail_abs = (n >= cfg.min_requests) & (slow / max(n, 1) > 0.01) & (p_abs <= level)
+    fail_rel = (n >= cfg.min_requests) & (p_rel <= level).any(axis=1)
+    wait = (n < cfg.min_requests) or canary_waits
+    status = np.where(fail_abs | fail_rel, FAIL, WAIT if wait else PASS)
+    return {
+        "status": status, "slow": slow, "p_abs": p_abs, "quantiles": judged,
+        "canary_q": can_q, "champion_q": cha_q, "limit": limit, "beyond": beyond,
+        "p_rel": p_rel,
+    }  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- checks
 
 
@@ -148,7 +318,8 @@ def check_error_rate(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     rate = k / n if n else float("nan")
     rate_h = k_h / n_h if n_h else float("nan")
     bound = cfg.max_error_rate
-    p = error_rate_p_value(k, n, bound)  # small: the canary is worse than the bound
+    judged = judge_error_rate(k, n, cfg)
+    status, p = str(judged["status"]), float(judged["p_value"])
     observed = {"canary_rate": rate, "champion_rate": rate_h, "canary_errors": k,
                 "champion_errors": k_h, "p_value": p}  # fmt: skip
     threshold = {"max_error_rate": bound, "alpha": cfg.alpha, "min_requests": cfg.min_requests}
@@ -156,86 +327,123 @@ def check_error_rate(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     seen = f"canary error rate {fmt_percent(rate)} ({k}/{fmt_count(n)} requests)"
     vs = f"champion {fmt_percent(rate_h)} of {fmt_count(n_h)}"
     if n < cfg.fast_fail_requests:
-        status = WAIT
         msg = (
             f"only {fmt_count(n)} canary requests, {cfg.fast_fail_requests} needed to judge errors"
         )
-    elif rate > bound and p < cfg.alpha:
-        status = FAIL
-        msg = f"{seen} > {fmt_percent(bound)} ({vs}), one-sided binomial p={fmt_p(p)}"
+    elif status == FAIL:
+        msg = f"{seen} > {fmt_percent(bound)} ({vs}), always-valid p={fmt_p(p)}"
     elif n < cfg.min_requests:
-        status = WAIT
         msg = f"{seen} so far; {cfg.min_requests} canary requests needed to pass ({vs})"
-    elif rate > bound:
-        status = WAIT
+    elif status == WAIT:
         msg = (
-            f"{seen} above {fmt_percent(bound)} but not conclusively (p={fmt_p(p)}); "
-            f"waiting ({vs})"
+            f"{seen} above {fmt_percent(bound)} but not conclusively (always-valid "
+            f"p={fmt_p(p)}); waiting ({vs})"
         )
     else:
-        status = PASS
         msg = f"{seen} <= {fmt_percent(bound)} ({vs})"
     return Check("error_rate", status, observed, threshold, samples, msg)
 
 
-def _p99(values: pd.Series) -> float:
-    values = values.dropna()
-    return float(np.percentile(values, 99)) if len(values) else float("nan")
+def _qname(q: float) -> str:
+    return f"p{100 * q:g}"
 
 
 def check_latency(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
-    """Fail on a canary p99 above the bound, or far above the champion's (beyond a floor)."""
-    can = frame.loc[frame["variant"] == CANARY, "latency_ms"].dropna()
-    cha = frame.loc[frame["variant"] == CHAMPION, "latency_ms"].dropna()
-    p99, p99_h = _p99(can), _p99(cha)
-    ratio = p99 / p99_h if len(cha) and p99_h > 0 else float("nan")
-    observed = {"canary_p99_ms": p99, "champion_p99_ms": p99_h, "ratio": ratio,
-                "canary_p50_ms": float(can.median()) if len(can) else float("nan"),
-                "champion_p50_ms": float(cha.median()) if len(cha) else float("nan")}  # fmt: skip
+    """Fail on too many canary requests above the absolute bound, or on canary quantiles far
+    above the champion's (each quantile judged only with enough samples); see judge_latency."""
+    can = frame.loc[frame["variant"] == CANARY, "latency_ms"].dropna().to_numpy(float)
+    cha = frame.loc[frame["variant"] == CHAMPION, "latency_ms"].dropna().to_numpy(float)
+    n, m = len(can), len(cha)
+    j = judge_latency(can, cha, cfg)
+    status = str(j["status"][0])
+    quantiles: list[float] = j["quantiles"]
+    observed: dict[str, float | int | None] = {
+        "canary_p50_ms": float(np.median(can)) if n else None,
+        "champion_p50_ms": float(np.median(cha)) if m else None,
+        "slow_requests": int(j["slow"][0]), "slow_share": int(j["slow"][0]) / n if n else None,
+        "p_value_bound": float(j["p_abs"][0]),
+        "judged_quantile": quantiles[-1] if quantiles else None, "ratio": None, "p_value": None,
+    }  # fmt: skip
+    for i, q in enumerate(quantiles):
+        observed[f"canary_{_qname(q)}_ms"] = float(j["canary_q"][0, i])
+        observed[f"champion_{_qname(q)}_ms"] = float(j["champion_q"][0, i])
+    if quantiles:
+        top_c, top_h = float(j["canary_q"][0, -1]), float(j["champion_q"][0, -1])
+        observed["ratio"] = top_c / top_h if top_h > 0 else None
+        observed["p_value"] = float(j["p_rel"][0].min())
     threshold = {"max_p99_ms": cfg.max_p99_ms, "max_p99_ratio": cfg.max_p99_ratio,
-                 "p99_floor_ms": cfg.p99_floor_ms, "min_requests": cfg.min_requests}  # fmt: skip
-    samples = {CANARY: len(can), CHAMPION: len(cha)}
-    on = f"{fmt_count(len(can))}/{fmt_count(len(cha))} canary/champion requests"
-    champion_ok = len(cha) >= cfg.min_requests
-    if len(can) < cfg.min_requests:
-        status = WAIT
-        msg = f"only {fmt_count(len(can))} canary latencies ({cfg.min_requests} needed) for the p99"
-    elif p99 > cfg.max_p99_ms:
-        status = FAIL
+                 "p99_floor_ms": cfg.p99_floor_ms, "min_requests": cfg.min_requests,
+                 "min_tail_samples": cfg.min_tail_samples, "alpha": cfg.alpha}  # fmt: skip
+    samples = {CANARY: n, CHAMPION: m}
+    on = f"{fmt_count(n)}/{fmt_count(m)} canary/champion requests"
+    slow, p_abs = int(j["slow"][0]), float(j["p_abs"][0])
+    over = (
+        f"{slow} of {fmt_count(n)} canary requests ({fmt_percent(slow / n if n else None)}) "
+        f"slower than {fmt_ms(cfg.max_p99_ms)}"
+    )
+    level = cfg.alpha / cfg.latency_tests
+    pairs = ", ".join(
+        f"{_qname(q)} {fmt_ms(j['canary_q'][0, i])}/{fmt_ms(j['champion_q'][0, i])}"
+        for i, q in enumerate(quantiles)
+    )
+    missing = [q for q in cfg.latency_quantiles if q not in quantiles]
+    pending = (
+        f"; {_qname(missing[0])} needs {fmt_count(cfg.samples_for(missing[0]))} requests each"
+        if missing
+        else ""
+    )
+    compared = f"canary/champion {pairs}" if pairs else "no quantile compared yet"
+    if n < cfg.min_requests:
+        msg = f"only {fmt_count(n)} canary latencies ({cfg.min_requests} needed); {over}"
+    elif status == FAIL and p_abs <= level and slow / n > 0.01:
         msg = (
-            f"canary p99 latency {fmt_ms(p99)} > {fmt_ms(cfg.max_p99_ms)} "
-            f"(champion p99 {fmt_ms(p99_h)}; {on})"
+            f"canary p99 latency above {fmt_ms(cfg.max_p99_ms)}: {over}, more than the 1% a "
+            f"p99 bound allows (always-valid p={fmt_p(p_abs)}; {compared}; {on})"
         )
-    elif champion_ok and p99 > cfg.p99_floor_ms and ratio > cfg.max_p99_ratio:
-        status = FAIL
+    elif status == FAIL:
+        i = int(np.argmin(j["p_rel"][0]))
+        q = quantiles[i]
+        beyond, lim = int(j["beyond"][0, i]), float(j["limit"][0, i])
         msg = (
-            f"canary p99 latency {fmt_ms(p99)} is {ratio:.1f}x the champion's {fmt_ms(p99_h)} "
-            f"(> {cfg.max_p99_ratio:g}x above the {fmt_ms(cfg.p99_floor_ms)} floor; {on})"
+            f"canary {_qname(q)} latency {fmt_ms(j['canary_q'][0, i])} vs the champion's "
+            f"{fmt_ms(j['champion_q'][0, i])}: {beyond} of {fmt_count(n)} canary requests "
+            f"({fmt_percent(beyond / n)}) slower than {fmt_ms(lim)} (> {cfg.max_p99_ratio:g}x "
+            f"the champion's {_qname(q)}, floor {fmt_ms(cfg.p99_floor_ms)}) where "
+            f"{fmt_percent(1 - q)} are allowed (always-valid p={fmt_p(float(j['p_rel'][0, i]))};"
+            f" {on})"
+        )
+    elif status == WAIT:
+        first = cfg.latency_quantiles[0]
+        msg = (
+            f"only {fmt_count(n)} canary latencies: {_qname(first)} needs "
+            f"{fmt_count(cfg.samples_for(first))} to be compared; {over}"
         )
     else:
-        status = PASS
-        rel = f", {ratio:.1f}x the champion's {fmt_ms(p99_h)}" if champion_ok else ""
-        msg = f"canary p99 latency {fmt_ms(p99)} <= {fmt_ms(cfg.max_p99_ms)}{rel} ({on})"
-    return Check("latency_p99", status, observed, threshold, samples, msg)
+        vs = (
+            compared
+            if m >= cfg.samples_for(cfg.latency_quantiles[0])
+            else (f"only {fmt_count(m)} champion latencies, not compared")
+        )
+        msg = f"canary latency within bounds: {over}; {vs}{pending} ({on})"
+    return Check("latency", status, observed, threshold, samples, msg)
 
 
 def accuracy_drop_test(
     correct_c: int, n_c: int, correct_h: int, n_h: int, drop: float
 ) -> tuple[float, float]:
-    """One-sided test of H0: acc_canary >= acc_champion - drop; returns (z, p).
+    """Fixed-sample one-sided test of H0: acc_canary >= acc_champion - drop; returns (z, p).
 
-    Unpooled two-proportion z (H0 is not equality), with Agresti-Caffo's +1/+1 per group in the
-    standard error so that 100% or 0% observed accuracy does not give a zero variance.
+    Valid for ONE look only (the analysis uses judge_accuracy); kept to show, in the tests, how
+    often re-running it at every look fails an identical canary.
     """
-    diff = correct_c / n_c - correct_h / n_h
-    a_c, a_h = (correct_c + 1) / (n_c + 2), (correct_h + 1) / (n_h + 2)
-    se = math.sqrt(a_c * (1 - a_c) / (n_c + 2) + a_h * (1 - a_h) / (n_h + 2))
-    z = (diff + drop) / se
+    diff, var = accuracy_drop_estimate(correct_c, n_c, correct_h, n_h)
+    z = float((-diff + drop) / math.sqrt(var))
     return z, float(stats.norm.cdf(z))
 
 
 def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
-    """Fail only when the canary is significantly more than max_accuracy_drop below."""
+    """Fail only when the canary is, with always-valid evidence, more than max_accuracy_drop
+    below the champion on the same window (judge_accuracy)."""
     labeled = frame[~frame["is_error"] & frame["true_label"].notna()]
     correct = labeled["label"] == labeled["true_label"]
     can, cha = labeled["variant"] == CANARY, labeled["variant"] == CHAMPION
@@ -245,10 +453,11 @@ def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     acc_h = k_h / n_h if n_h else float("nan")
     observed: dict[str, float | int | None] = {
         "canary_accuracy": acc_c, "champion_accuracy": acc_h, "drop": acc_h - acc_c,
-        "canary_labeled": n_c, "champion_labeled": n_h, "z": None, "p_value": None,
+        "canary_labeled": n_c, "champion_labeled": n_h, "drop_lower_bound": None,
+        "p_value": None,
     }  # fmt: skip
     threshold = {"max_accuracy_drop": cfg.max_accuracy_drop, "alpha": cfg.alpha,
-                 "min_feedback": cfg.min_feedback}  # fmt: skip
+                 "min_feedback": cfg.min_feedback, "accuracy_tau": cfg.accuracy_tau}  # fmt: skip
     samples = {CANARY: n_c, CHAMPION: n_h}
     seen = (
         f"canary accuracy {acc_c:.3f} vs champion {acc_h:.3f} on "
@@ -264,28 +473,26 @@ def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
             f"champion {fmt_count(k_h)}/{fmt_count(n_h)}"
         )
         return Check("accuracy", WAIT, observed, threshold, samples, msg)
-    z, p = accuracy_drop_test(k_c, n_c, k_h, n_h, cfg.max_accuracy_drop)
-    observed.update(z=z, p_value=p)
+    j = judge_accuracy(k_c, n_c, k_h, n_h, cfg)
+    status, lower, p = str(j["status"]), float(j["lower"]), float(j["p_value"])
+    observed.update(drop_lower_bound=lower, p_value=p)
     drop_pts = 100 * (acc_h - acc_c)
     change = f"drop {drop_pts:.1f} points" if drop_pts >= 0 else f"gain {-drop_pts:.1f} points"
-    if p < cfg.alpha:
-        status = FAIL
-        msg = f"{seen}: {change} > {bound_pts}, one-sided p={fmt_p(p)}"
-    elif drop_pts > 100 * cfg.max_accuracy_drop and cfg.wait_on_inconclusive:
-        status = WAIT
-        msg = f"{seen}: {change} > {bound_pts} but not significant (p={fmt_p(p)}); waiting"
+    bound = (
+        f"always-valid {100 * (1 - cfg.alpha):g}% lower bound {100 * lower:.1f} points, "
+        f"p={fmt_p(p)}"
+    )
+    if status == FAIL:
+        msg = f"{seen}: {change} > {bound_pts} ({bound})"
+    elif status == WAIT:
+        msg = f"{seen}: {change} > {bound_pts} but not significant ({bound}); waiting"
     else:
-        status = PASS
-        msg = f"{seen}: {change}, not significantly more than {bound_pts} (one-sided p={fmt_p(p)})"
+        msg = f"{seen}: {change}, not significantly more than {bound_pts} ({bound})"
     return Check("accuracy", status, observed, threshold, samples, msg)
 
 
 def check_prediction_shift(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
-    """Fail when the canary's positive rate moved by more than the bound, significantly.
-
-    A new model may legitimately predict a little differently: only a large and significant
-    shift (two-sided pooled two-proportion z-test) fails.
-    """
+    """Fail when the canary's positive rate moved by more than the bound, significantly."""
     ok = frame[~frame["is_error"]]
     can, cha = ok[ok["variant"] == CANARY], ok[ok["variant"] == CHAMPION]
     n_c, n_h = len(can), len(cha)
@@ -307,26 +514,24 @@ def check_prediction_shift(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
             f"({cfg.min_requests} each needed) to compare their distributions"
         )
         return Check("prediction_shift", WAIT, observed, threshold, samples, msg)
-    pooled = (pos_c + pos_h) / (n_c + n_h)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n_c + 1 / n_h))
-    shift = r_c - r_h
-    p = float(2 * stats.norm.sf(abs(shift) / se)) if se > 0 else (0.0 if shift else 1.0)
+    j = judge_prediction_shift(pos_c, n_c, pos_h, n_h, cfg)
+    status, p = str(j["status"]), float(j["p_value"])
     observed["p_value"] = p
+    shift = r_c - r_h
     big = abs(shift) > cfg.max_prediction_shift
     seen = (
         f"canary predicts positive for {fmt_percent(r_c)} vs champion {fmt_percent(r_h)} "
         f"({fmt_count(n_c)}/{fmt_count(n_h)} predictions): shift {100 * abs(shift):.1f} points"
     )
     bound_pts = f"{100 * cfg.max_prediction_shift:g}"
-    if big and p < cfg.shift_alpha:
-        status, msg = FAIL, f"{seen} > {bound_pts}, p={fmt_p(p)}"
-    elif big and cfg.wait_on_inconclusive:
-        status, msg = WAIT, f"{seen} > {bound_pts} but not significant (p={fmt_p(p)}); waiting"
+    if status == FAIL:
+        msg = f"{seen} > {bound_pts}, always-valid p={fmt_p(p)}"
+    elif status == WAIT:
+        msg = f"{seen} > {bound_pts} but not significant (p={fmt_p(p)}); waiting"
     elif big:
-        status = PASS
         msg = f"{seen} > {bound_pts} but not significant (p={fmt_p(p)} >= {cfg.shift_alpha:g})"
     else:
-        status, msg = PASS, f"{seen} <= {bound_pts} (p={fmt_p(p)})"
+        msg = f"{seen} <= {bound_pts} (p={fmt_p(p)})"
     return Check("prediction_shift", status, observed, threshold, samples, msg)
 
 
