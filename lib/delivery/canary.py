@@ -26,15 +26,24 @@ that the simulations in the tests run the same decision code as the rollout.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
-from scipy import stats
 
+from lib.delivery.canary_config import AnalysisConfig
+from lib.delivery.canary_judgement import (
+    FAIL,
+    PASS,
+    WAIT,
+    accuracy_drop_estimate,
+    accuracy_drop_test,
+    judge_accuracy,
+    judge_error_rate,
+    judge_latency,
+    judge_prediction_shift,
+)
 from lib.json_safe import json_safe
 from lib.window_stats import (
     failed_requests,
@@ -42,94 +51,18 @@ from lib.window_stats import (
     fmt_ms,
     fmt_p,
     fmt_percent,
-    sequential_binomial_p,
-    sequential_excess_test,
-    sequential_two_sided_p,
 )
 
+__all__ = [
+    "FAIL", "PASS", "WAIT", "AnalysisConfig", "accuracy_drop_estimate", "accuracy_drop_test",
+    "judge_accuracy", "judge_error_rate", "judge_latency", "judge_prediction_shift",
+]  # fmt: skip
+
 CHAMPION, CANARY = "champion", "canary"
-PASS, FAIL, WAIT = "pass", "fail", "wait"
 REQUIRED_COLUMNS = (
     "request_id", "created_at", "variant", "model_version", "label", "probability",
     "latency_ms", "error", "true_label",
 )  # fmt: skip
-
-
-class AnalysisConfig(BaseModel):
-    """Bounds of one analysis; defaults follow Flagger and the mission's 2-point rule.
-
-    This is also the type of the `canary_analysis` section of `lib.config.PipelineConfig`, so the
-    defaults and the ranges live here only; a typo, a wrong type or an out-of-range bound fails
-    when the config is loaded, naming the key.
-    """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    # absolute, on the canary (Flagger: success rate >= 99%)
-    max_error_rate: float = Field(0.01, ge=0, lt=1)
-    # Flagger's request-duration default: at most 1% of canary requests slower than this
-    max_p99_ms: float = Field(500.0, gt=0)
-    # canary quantile / champion quantile, at each of latency_quantiles that has enough samples
-    # (the key keeps its name from when only the p99 was compared) ...
-    max_p99_ratio: float = Field(3.0, gt=0)
-    p99_floor_ms: float = Field(50.0, ge=0)  # ... and a canary faster than this is never "slower"
-    latency_quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.9, 0.95, 0.99])
-    # a quantile q is judged once both variants have this many requests beyond it expected:
-    # n >= min_tail_samples / (1 - q), e.g. 1,000 for the p99, 20 for the median
-    min_tail_samples: int = Field(10, ge=1)
-    max_accuracy_drop: float = Field(0.02, ge=0, lt=1)  # 2 points below the champion
-    # for the error-rate, latency and accuracy tests, per step, over all of the step's looks
-    alpha: float = Field(0.05, gt=0, lt=1)
-    # the accuracy drop beyond max_accuracy_drop that the sequential test finds fastest (s.d. of
-    # the mixture prior): smaller waits longer for big drops, larger pays more for small ones
-    accuracy_tau: float = Field(0.03, gt=0, le=1)
-    min_requests: int = Field(50, ge=1)  # per variant
-    # labeled canary (and champion) requests to judge accuracy
-    min_feedback: int = Field(100, ge=1)
-    max_prediction_shift: float = Field(0.15, ge=0, le=1)  # |positive-rate difference| ...
-    # ... and significant at this level (always-valid, against no shift): both are needed to fail
-    shift_alpha: float = Field(0.001, gt=0, lt=1)
-    # True: an observed accuracy drop or shift beyond its bound that is not yet significant waits
-    # for more data instead of passing (stricter; a healthy canary then waits more often).
-    wait_on_inconclusive: bool = False
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """`true` is not a bound: pydantic would read it as 1."""
-        if info.field_name == "latency_quantiles" and isinstance(value, str):
-            # environment or --set: "0.5,0.99", "0.5;0.99" or "[0.5, 0.99]"
-            text = value.strip().removeprefix("[").removesuffix("]")
-            value = [v.strip() for v in text.replace(";", ",").split(",") if v.strip()]
-        items = value if isinstance(value, list) else [value]
-        if info.field_name != "wait_on_inconclusive" and any(isinstance(v, bool) for v in items):
-            raise ValueError(f"must be a number, got {value!r}")
-        return value
-
-    @field_validator("latency_quantiles")
-    @classmethod
-    def _quantiles(cls, value: list[float]) -> list[float]:
-        """Each strictly between 0 and 1; kept sorted and without repeats."""
-        if not value:
-            raise ValueError("needs at least one quantile, e.g. [0.5, 0.9, 0.95, 0.99]")
-        bad = [q for q in value if not 0 < q < 1]
-        if bad:
-            raise ValueError(f"quantiles must be between 0 and 1 (exclusive), got {bad}")
-        return sorted(set(value))
-
-    @property
-    def fast_fail_requests(self) -> int:
-        """Requests after which a clearly broken canary (e.g. every request errors) fails."""
-        return max(1, self.min_requests // 5)
-
-    def samples_for(self, quantile: float) -> int:
-        """Requests needed before `quantile` is judged: min_tail_samples expected beyond it."""
-        return math.ceil(self.min_tail_samples / (1 - quantile) - 1e-9)
-
-    @property
-    def latency_tests(self) -> int:
-        """Latency tests per look (the absolute bound and one per quantile): alpha is split."""
-        return len(self.latency_quantiles) + 1
 
 
 @dataclass
@@ -188,125 +121,6 @@ def _prepare(window: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------- judgements
 # Vectorised over rollouts: every argument is an array (or a scalar) of counts, one per rollout
 # or look, and the result holds one status per element. The checks below call them on one row.
-
-
-def judge_error_rate(errors: Any, requests: Any, cfg: AnalysisConfig) -> dict[str, np.ndarray]:
-    """Status of the canary's error rate: fail when it is above the bound (always-valid test)."""
-    k, n = np.asarray(errors, dtype=float), np.asarray(requests, dtype=float)
-    p = sequential_binomial_p(k, n, cfg.max_error_rate)
-    rate = np.where(n > 0, k / np.maximum(n, 1), np.nan)
-    above = rate > cfg.max_error_rate
-    status = np.where(
-        n < cfg.fast_fail_requests,
-        WAIT,
-        np.where(
-            above & (p <= cfg.alpha), FAIL, np.where((n < cfg.min_requests) | above, WAIT, PASS)
-        ),
-    )
-    return {"status": status, "rate": rate, "p_value": p}
-
-
-def accuracy_drop_estimate(k_c: Any, n_c: Any, k_h: Any, n_h: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Observed drop (champion minus canary accuracy) and its variance.
-
-    Unpooled (the null is a drop of max_accuracy_drop, not equality), with Agresti-Caffo's
-    +1/+1 per group in the variance so that 100% or 0% observed accuracy is not certain.
-    """
-    k_c, n_c = np.asarray(k_c, dtype=float), np.asarray(n_c, dtype=float)
-    k_h, n_h = np.asarray(k_h, dtype=float), np.asarray(n_h, dtype=float)
-    drop = k_h / np.maximum(n_h, 1) - k_c / np.maximum(n_c, 1)
-    a_c, a_h = (k_c + 1) / (n_c + 2), (k_h + 1) / (n_h + 2)
-    return drop, a_c * (1 - a_c) / (n_c + 2) + a_h * (1 - a_h) / (n_h + 2)
-
-
-def judge_accuracy(k_c: Any, n_c: Any, k_h: Any, n_h: Any, cfg: AnalysisConfig) -> dict[str, Any]:
-    """Fail only when the always-valid lower bound of the drop is above max_accuracy_drop.
-
-    One-sided mixture SPRT (lib.window_stats.sequential_excess_test) of H0 "drop <=
-    max_accuracy_drop": over all looks of a step, a canary whose true drop is within the
-    tolerance fails with probability at most alpha. Below min_feedback labels (either variant)
-    it waits, whatever the numbers say.
-    """
-    drop, var = accuracy_drop_estimate(k_c, n_c, k_h, n_h)
-    lower, p = sequential_excess_test(drop, var, cfg.max_accuracy_drop, cfg.alpha, cfg.accuracy_tau)
-    enough = (np.asarray(n_c) >= cfg.min_feedback) & (np.asarray(n_h) >= cfg.min_feedback)
-    fail = enough & (lower > cfg.max_accuracy_drop)
-    inconclusive = enough & ~fail & (drop > cfg.max_accuracy_drop) & cfg.wait_on_inconclusive
-    status = np.where(fail, FAIL, np.where(~enough | inconclusive, WAIT, PASS))
-    return {"status": status, "drop": drop, "lower": lower, "p_value": p}
-
-
-def judge_prediction_shift(
-    pos_c: Any, n_c: Any, pos_h: Any, n_h: Any, cfg: AnalysisConfig
-) -> dict[str, Any]:
-    """Fail when the positive rate moved by more than the bound and the move is significant.
-
-    A new model may legitimately predict a little differently: only a large shift that an
-    always-valid two-sided test (pooled variance, against no shift) finds at shift_alpha fails.
-    """
-    pos_c, n_c = np.asarray(pos_c, dtype=float), np.asarray(n_c, dtype=float)
-    pos_h, n_h = np.asarray(pos_h, dtype=float), np.asarray(n_h, dtype=float)
-    shift = pos_c / np.maximum(n_c, 1) - pos_h / np.maximum(n_h, 1)
-    pooled = (pos_c + pos_h + 1) / (n_c + n_h + 2)
-    var = pooled * (1 - pooled) * (1 / np.maximum(n_c, 1) + 1 / np.maximum(n_h, 1))
-    p = sequential_two_sided_p(shift, var, max(cfg.max_prediction_shift, 0.05))
-    enough = (n_c >= cfg.min_requests) & (n_h >= cfg.min_requests)
-    big = enough & (np.abs(shift) > cfg.max_prediction_shift)
-    fail = big & (p < cfg.shift_alpha)
-    status = np.where(fail, FAIL, np.where(~enough | (big & cfg.wait_on_inconclusive), WAIT, PASS))
-    return {"status": status, "shift": shift, "p_value": p}
-
-
-def judge_latency(canary: Any, champion: Any, cfg: AnalysisConfig) -> dict[str, Any]:
-    """Latency status from the canary's and the champion's latencies in the same window.
-
-    `canary` is (rollouts, n) and `champion` (rollouts, m), or 1-D for one window. Two kinds of
-    tests, each an always-valid binomial test at alpha / cfg.latency_tests:
-
-    - the absolute bound: "p99 <= max_p99_ms" is "at most 1% of requests slower than
-      max_p99_ms", which an exact test judges at any sample size (a few slow requests out of 73
-      prove nothing; 20 out of 400 do);
-    - against the champion, per quantile q with enough samples on both sides: a canary whose q
-      quantile is within max_p99_ratio x the champion's has at most a share 1 - q of requests
-      slower than max(max_p99_ratio x champion's q quantile, p99_floor_ms). Quantiles are
-      compared, not one ratio of two maxima.
-
-    Below min_requests canary latencies, or before any quantile has enough canary samples, the
-    status is wait; without enough champion samples only the absolute bound is judged. The
-    champion's quantile is itself an estimate, so the comparisons are valid up to its error,
-    which the ratio's margin (3x) and the 10 samples required beyond it make small.
-    """
-    can = np.atleast_2d(np.asarray(canary, dtype=float))
-    cha = np.atleast_2d(np.asarray(champion, dtype=float))
-    n, m = can.shape[1], cha.shape[1]
-    level = cfg.alpha / cfg.latency_tests
-    slow = (can > cfg.max_p99_ms).sum(axis=1)
-    p_abs = sequential_binomial_p(slow, n, 0.01)
-    judged = [q for q in cfg.latency_quantiles if min(n, m) >= cfg.samples_for(q)]
-    canary_waits = n < cfg.samples_for(cfg.latency_quantiles[0])
-    rows = can.shape[0]
-    if judged:
-        qs = np.array(judged)
-        can_q = np.quantile(can, qs, axis=1).T  # (rollouts, quantiles)
-        cha_q = np.quantile(cha, qs, axis=1).T
-        limit = np.maximum(cfg.max_p99_ratio * cha_q, cfg.p99_floor_ms)
-        beyond = (can[:, :, None] > limit[:, None, :]).sum(axis=1)
-        p_rel = sequential_binomial_p(beyond, n, 1.0 - qs)
-    else:
-        can_q = cha_q = limit = p_rel = np.empty((rows, 0))
-        beyond = np.empty((rows, 0), dtype=int)
-    fail_abs = (n >= cfg.min_requests) & (slow / max(n, 1) > 0.01) & (p_abs <= level)
-    fail_rel = (n >= cfg.min_requests) & (p_rel <= level).any(axis=1)
-    wait = (n < cfg.min_requests) or canary_waits
-    status = np.where(fail_abs | fail_rel, FAIL, WAIT if wait else PASS)
-    return {
-        "status": status, "slow": slow, "p_abs": p_abs, "quantiles": judged,
-        "canary_q": can_q, "champion_q": cha_q, "limit": limit, "beyond": beyond,
-        "p_rel": p_rel,
-    }  # fmt: skip
-
-
-# ---------------------------------------------------------------------------- checks
 
 
 def check_error_rate(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
@@ -426,19 +240,6 @@ def check_latency(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
         )
         msg = f"canary latency within bounds: {over}; {vs}{pending} ({on})"
     return Check("latency", status, observed, threshold, samples, msg)
-
-
-def accuracy_drop_test(
-    correct_c: int, n_c: int, correct_h: int, n_h: int, drop: float
-) -> tuple[float, float]:
-    """Fixed-sample one-sided test of H0: acc_canary >= acc_champion - drop; returns (z, p).
-
-    Valid for ONE look only (the analysis uses judge_accuracy); kept to show, in the tests, how
-    often re-running it at every look fails an identical canary.
-    """
-    diff, var = accuracy_drop_estimate(correct_c, n_c, correct_h, n_h)
-    z = float((-diff + drop) / math.sqrt(var))
-    return z, float(stats.norm.cdf(z))
 
 
 def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
