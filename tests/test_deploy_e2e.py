@@ -399,6 +399,9 @@ def test_sigkill_during_a_canary_step_then_recovery(world: World) -> None:
             text=True,
         )
         assert "INTERRUPTED" in status.stdout, status.stdout + status.stderr
+        info = operations.status(world.client, NAME, world.models, prod.url)
+        assert info["next_run"].startswith(f"rolls back the rollout of v{v2}"), info
+        assert info["mismatch"] is None  # a canary died: production itself is consistent
         # the next runner rolls the interrupted rollout back before doing anything else
         nxt = subprocess.run(
             [

@@ -13,6 +13,7 @@ import pytest
 
 from lib import registry
 from lib.delivery import releases as deployments
+from lib.delivery import service_control
 from lib.delivery.releases import DeploymentError, NothingToRollBack
 from lib.pipeline import training
 from tests.test_training import _typed
@@ -214,14 +215,22 @@ def test_promoting_the_champion_again_is_idempotent(env) -> None:
     assert len(deployments.previous_copies(env["models"])) == 1
 
 
+class Killed(BaseException):
+    """Stands for kill -9 in-process: no `except Exception` handler sees it."""
+
+
+def _die_at(monkeypatch, point: str) -> None:
+    def fault(name: str) -> None:
+        if name == point:
+            raise Killed(name)
+
+    monkeypatch.setattr(deployments, "fault_point", fault)
+
+
 def test_promotion_interrupted_after_the_registry_is_completed_by_a_rerun(env, monkeypatch):
     _promote(env, "1")
-
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(registry, "save_local_copy", crash)
-    with pytest.raises(OSError, match="disk full"):
+    _die_at(monkeypatch, "after_alias_move")
+    with pytest.raises(Killed):
         _promote(env, "2")
     monkeypatch.undo()
     assert _alias(env, "champion") == "2" and _alias(env, "previous") == "1"
@@ -230,6 +239,74 @@ def test_promotion_interrupted_after_the_registry_is_completed_by_a_rerun(env, m
     _serves(env, "2")
     assert _alias(env, "previous") == "1"  # not overwritten by the re-run
     assert [r["version"] for r in deployments.history(env["models"])] == ["1", "2"]
+
+
+def test_promotion_whose_files_cannot_be_swapped_is_undone_everywhere(env, monkeypatch):
+    """Issue 9 item 2: models/production not writable after the aliases moved."""
+    _promote(env, "1")
+    _promote(env, "2")
+    for _ in range(6):  # repeated failures never pile up copies in models/previous
+        registry.set_alias(env["client"], env["name"], "canary", "3")
+
+        def refuse(*args, **kwargs):
+            raise PermissionError("[Errno 1] Operation not permitted: 'models/production'")
+
+        monkeypatch.setattr(deployments, "_swap_production", refuse)
+        with pytest.raises(deployments.PromotionUndone, match="stay on v2"):
+            _promote(env, "3")
+        monkeypatch.undo()
+        _serves(env, "2")
+        assert _alias(env, "previous") == "1"
+        assert len(deployments.previous_copies(env["models"])) <= 1
+    last = deployments.history(env["models"])[-1]
+    assert last["event"] == "promote_undone" and last["champion_version"] == "2"
+    assert "PermissionError" in last["reason"]
+    assert "champion=2" in _log_lines(env)[-1] and "promote_undone" in _log_lines(env)[-1]
+    assert not [p for p in env["models"].iterdir() if p.name.startswith(".")]
+
+
+def test_first_promotion_undone_leaves_no_champion(env, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(deployments, "_swap_production", refuse)
+    with pytest.raises(deployments.PromotionUndone):
+        _promote(env, "1")
+    assert _alias(env, "champion") is None and _alias(env, "previous") is None
+
+
+def test_service_reload_failure_is_a_note_not_a_rollback(env, monkeypatch):
+    monkeypatch.setattr(service_control, "RELOAD_BACKOFF_SECONDS", 0.01)
+    _promote(env, "1")
+    calls = []
+
+    def unreachable() -> None:
+        calls.append(1)
+        raise ConnectionError("connection refused")
+
+    result = _promote(env, "2", reload=unreachable)
+    assert len(calls) == service_control.RELOAD_ATTEMPTS
+    _serves(env, "2")  # the promotion stands: registry, models/ and the record
+    assert result["service_reloaded"] is False
+    record = deployments.history(env["models"])[-1]
+    assert record["event"] == "promote" and record["champion_version"] == "2"
+    assert record["service"].startswith("not reloaded (ConnectionError")
+    assert "champion=2" in _log_lines(env)[-1] and "not reloaded" in _log_lines(env)[-1]
+    again = _promote(env, "2", reload=lambda: None)  # a re-run finishes the service part
+    assert again["service_reloaded"] is True
+    assert deployments.history(env["models"])[-1]["service"] == "reloaded"
+
+
+def test_rollback_removes_the_canary_alias_and_reloads(env) -> None:
+    _promote(env, "1")
+    _promote(env, "2")
+    registry.set_alias(env["client"], env["name"], "canary", "3")
+    reloads = []
+    result = _rollback(env, reload=lambda: reloads.append(_alias(env, "champion")))
+    assert _alias(env, "canary") is None
+    assert reloads == ["1"]  # the service reloaded after the champion moved
+    assert result["service"] == "reloaded" and result["champion_version"] == "1"
+    assert "champion=1" in _log_lines(env)[-1]
 
 
 def test_rollback_interrupted_after_the_registry_is_completed_by_a_rerun(env, monkeypatch):

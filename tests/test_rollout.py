@@ -270,3 +270,57 @@ def test_clear_archives_finished_and_refuses_active(store: RolloutStore) -> None
     store.clear()
     assert store.load() is None
     assert (store.archive_dir / f"{state.rollout_id}.json").exists()
+
+
+def test_promoting_keeps_its_baseline_and_may_be_superseded(store: RolloutStore) -> None:
+    _begin(store)
+    rollout.advance(store, Phase.SMOKE_TESTING)
+    baseline = {"champion": "1", "previous": None, "records": 3}
+    state = rollout.advance(store, Phase.PROMOTING, promotion=baseline)
+    assert state.promotion == baseline and store.load().promotion == baseline
+    rollout.note_promotion(store, service="reloaded")
+    assert store.load().promotion == {**baseline, "service": "reloaded"}
+    done = rollout.finish(store, Phase.SUPERSEDED, "an operator rolled back since")
+    assert done.finished and not done.active and done.weight == 0
+    with pytest.raises(rollout.IllegalTransition):
+        rollout.finish(store, Phase.SUCCEEDED, "no")
+
+
+def test_only_a_promotion_can_be_superseded(store: RolloutStore) -> None:
+    _begin(store)
+    rollout.advance(store, Phase.SMOKE_TESTING)
+    with pytest.raises(rollout.IllegalTransition, match="to superseded"):
+        rollout.finish(store, Phase.SUPERSEDED, "x")
+
+
+def test_close_open_ends_an_active_rollout_and_leaves_others(store: RolloutStore) -> None:
+    assert rollout.close_open(store, "operator rolled back") is None  # nothing there
+    _begin(store)
+    rollout.advance(store, Phase.SMOKE_TESTING)
+    rollout.advance(store, Phase.PROMOTING)
+    closed = rollout.close_open(store, "operator rolled back: bad reviews")
+    assert closed.phase == Phase.ROLLED_BACK and closed.reason.startswith("operator rolled back")
+    assert rollout.close_open(store, "again") is None  # finished: untouched
+    _begin(store, version="3", approved=False, reason="manual")
+    assert rollout.close_open(store, "x") is None
+    assert store.load().phase == Phase.AWAITING_APPROVAL
+
+
+def test_fault_point_is_inert_unless_named(monkeypatch) -> None:
+    from lib.delivery import faults
+
+    monkeypatch.delenv(faults.FAULT_ENV, raising=False)
+    for point in faults.FAULT_POINTS:
+        faults.fault_point(point)  # unset: nothing happens
+    with pytest.raises(ValueError, match="unknown fault point"):
+        faults.fault_point("nowhere")
+    code = "from lib.delivery import faults; faults.fault_point('after_alias_move'); print('alive')"
+    env = {**os.environ, faults.FAULT_ENV: "after_alias_move"}
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 137 and "alive" not in proc.stdout
+    env[faults.FAULT_ENV] = "after_file_swap"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True)
+    assert proc.returncode == 0

@@ -6,6 +6,14 @@ step held for an analysis window AND until enough samples arrived; any failed ch
 that stops answering or an exception rolls back at once (canary weight 0, aliases restored,
 reason in models/ and logs/). The canary weight is leased: if this process dies, the service
 drops the canary by itself, and the next runner finishes the rollback from the state file.
+
+Promotion (lib.delivery.promotion) is all or nothing (see lib.delivery.releases): a failure to
+swap the files after the aliases moved is undone and ends the rollout `rolled_back`; a service
+that cannot be reloaded at the end leaves a promotion with a "service not reloaded" note (outcome
+`promoted`, `note` set): the registry and models/ name the new version and the service follows
+them on its next reload or restart. Any other failure during `promoting` is not called a
+rollback: the rollout stays `promoting` and the next run finishes it (`recover_interrupted`),
+unless an operator acted since, in which case it is closed as `superseded`.
 """
 
 from __future__ import annotations
@@ -25,8 +33,14 @@ import pandas as pd
 from lib import registry
 from lib.delivery import canary, rollout
 from lib.delivery import releases as deployments
+from lib.delivery.promotion import (  # noqa: F401  (Recovery, recover_interrupted: public here)
+    Recovery,
+    promote_rollout,
+    recover_interrupted,
+    roll_back_rollout,
+)
 from lib.delivery.replayer import Replayer, app_request
-from lib.delivery.service_control import RolloutFailed, reload_champion, set_routing
+from lib.delivery.service_control import RolloutFailed, set_routing
 from lib.delivery.service_process import ServiceProcess
 from lib.delivery.smoke import run_smoke_tests
 from lib.pipeline import features
@@ -62,6 +76,7 @@ class DeployOutcome:
     timeline: list[dict[str, Any]]
     smoke: dict[str, Any] | None
     steps: list[dict[str, Any]]
+    note: str | None = None  # a fault beside the outcome: service not reloaded, promotion undone
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +90,7 @@ class Timeline:
         self.events: list[dict[str, Any]] = []
         self.logs_dir = logs_dir  # each event is also one line of logs/deployment.log
         self.version = version
+        self.champion: str | None = None  # the version in production, on every log line
 
     def add(self, phase: str, weight: float, event: str, **details: Any) -> None:
         self.events.append(
@@ -89,8 +105,9 @@ class Timeline:
         )
         if self.logs_dir is not None:
             deployments.log_transition(
-                self.logs_dir, f"rollout_{phase}", version=self.version, weight=weight, detail=event
-            )
+                self.logs_dir, f"rollout_{phase}", version=self.version, champion=self.champion,
+                weight=weight, detail=event,
+            )  # fmt: skip
         log.info("rollout %s @%s%%: %s", phase, weight, event)
 
 
@@ -140,6 +157,7 @@ def deploy(
             owner_pid=os.getpid(),
         )
     timeline = Timeline(logs_dir, str(version))
+    timeline.champion = champion
     timeline.add("staging", 0, f"rollout of v{version} started (champion: v{champion})")
     deployments.log_transition(
         logs_dir, "rollout_started", version=version, champion=champion, run_id=run_id
@@ -196,58 +214,62 @@ def deploy(
                 sleep,
                 steps,
             )
-        rollout.advance(store, rollout.Phase.PROMOTING, detail="all checks passed")
-        deployments.promote(
+        done = promote_rollout(
             client,
             model_name,
+            store,
             str(version),
             models_dir,
             logs_dir,
+            prod_url,
+            token,
             reason=f"rollout passed ({run_id})",
             metrics={"steps": len(steps)},
         )
-        if prod_url is not None:
-            reload_champion(prod_url, token)
-        rollout.finish(store, rollout.Phase.SUCCEEDED, f"v{version} promoted to champion")
-        timeline.add("succeeded", 100, f"v{version} is the champion")
+        timeline.champion = str(version)
+        timeline.add("succeeded", 100, done.reason)
         return DeployOutcome(
-            "promoted", str(version), champion, None, timeline.events, smoke_result, steps
+            "promoted",
+            str(version),
+            champion,
+            None,
+            timeline.events,
+            smoke_result,
+            steps,
+            note=done.note,
         )
     except Exception as exc:  # every failure rolls back; the reason is what went wrong
+        current = store.load()
+        if (
+            current is not None
+            and current.phase == rollout.Phase.PROMOTING
+            and not isinstance(exc, deployments.PromotionUndone)
+        ):  # neither done nor undone: not a rollback; the next run finishes it (or supersedes)
+            deployments.log_transition(
+                logs_dir, "promotion_incomplete", version=version,
+                champion=registry.alias_version(client, model_name, "champion"),
+                reason=f"{type(exc).__name__}: {exc}",
+            )  # fmt: skip
+            raise
         reason = str(exc) if isinstance(exc, RolloutFailed) else f"{type(exc).__name__}: {exc}"
         roll_back_rollout(
             client, model_name, store, logs_dir, models_dir, version, reason, prod_url, token
         )
         timeline.add("rolled_back", 0, f"rolled back: {reason}")
+        undone = isinstance(exc, deployments.PromotionUndone)  # a fault, not a failed canary
         return DeployOutcome(
-            "rolled_back", str(version), champion, reason, timeline.events, smoke_result, steps
+            "rolled_back",
+            str(version),
+            champion,
+            reason,
+            timeline.events,
+            smoke_result,
+            steps,
+            note=f"promotion failed and was undone everywhere: {exc}" if undone else None,
         )
     finally:
         if production is not None:
             production.stop()
-
-
-def roll_back_rollout(
-    client: Any,
-    model_name: str,
-    store: rollout.RolloutStore,
-    logs_dir: Path,
-    models_dir: Path,
-    version: str,
-    reason: str,
-    prod_url: str | None,
-    token: str | None,
-) -> None:
-    """Canary to 0% first (traffic), then aliases and records; production stays as it was."""
-    if prod_url:
-        try:
-            set_routing(prod_url, token, None, 0)
-        except Exception as exc:  # the lease drops the canary anyway; say so and go on
-            log.warning("could not set the canary weight to 0 on %s: %s", prod_url, exc)
-    deployments.abort_canary(client, model_name, logs_dir, reason, str(version), models_dir)
-    state = store.load()
-    if state is not None and not state.finished:
-        rollout.finish(store, rollout.Phase.ROLLED_BACK, reason)
 
 
 def _staging_and_smoke(
@@ -417,49 +439,3 @@ def _window(
     since = canary_started if weight >= 100 else step_started
     champion_rows = predictions.window(since, variant="champion")
     return pd.concat([champion_rows, canary_rows], ignore_index=True)
-
-
-def recover_interrupted(
-    root: Path, client: Any, model_name: str, models_dir: Path, logs_dir: Path
-) -> str | None:
-    """Before anything else, finish a rollout whose runner died: roll it back (or finish a
-    promotion that was under way). Returns what was done, or None when nothing was pending."""
-    store = rollout.RolloutStore(models_dir / "rollout.json")
-    state = store.load()
-    if state is None or not rollout.interrupted(state):
-        return None
-    version = state.candidate_version
-    if state.phase == rollout.Phase.PROMOTING:
-        rollout.claim(store, os.getpid(), detail="recovering an interrupted promotion")
-        deployments.promote(
-            client,
-            model_name,
-            version,
-            models_dir,
-            logs_dir,
-            reason="promotion finished after an interrupted run",
-        )
-        if state.serving_url:
-            try:
-                reload_champion(state.serving_url, os.environ.get("SERVING_ADMIN_TOKEN"))
-            except Exception as exc:
-                log.warning("could not tell %s to reload: %s", state.serving_url, exc)
-        rollout.finish(store, rollout.Phase.SUCCEEDED, "promotion completed after interruption")
-        return f"finished the interrupted promotion of v{version}"
-    reason = (
-        f"interrupted: the runner (pid {state.owner_pid}) died during {state.phase} "
-        f"at {state.weight}%"
-    )
-    rollout.claim(store, os.getpid(), detail="rolling back an interrupted rollout")
-    roll_back_rollout(
-        client,
-        model_name,
-        store,
-        logs_dir,
-        models_dir,
-        version,
-        reason,
-        state.serving_url,
-        os.environ.get("SERVING_ADMIN_TOKEN"),
-    )
-    return f"rolled back the interrupted rollout of v{version} ({reason})"

@@ -15,177 +15,73 @@ first would let `models/production/` claim a version the registry does not serve
 rollback could trust that lie. Inside (2), promotion sets `previous` before `champion`: a crash
 between leaves previous == champion (harmless) instead of losing the old champion.
 
-Rollback. `champion` goes back to `previous`; `previous` then points at the champion that came
-before the restored one according to deployments.json (so a second rollback walks further back
-and never re-promotes the version just rolled back), or is removed when the history does not say.
-The rolled-back version is recorded in deployments.json, in the restored production metadata and
-as tags on its registry version. Its local copy is discarded (the registry still has it).
+All or nothing. A promotion is the registry aliases, models/production (+ the previous/
+rotation), the service reload and the record, in that order. If the files cannot be swapped once
+the aliases moved (models/production not writable, disk full), every part is undone: the aliases
+go back to what they were, the archived copy is removed, and a `promote_undone` record names the
+version still in production; the caller gets PromotionUndone. The service reload is retried a
+few times; if the service still cannot be reached the promotion stands (the service follows the
+champion alias on its next reload or restart) and the record says `service: not reloaded (...)`
+instead of pretending a rollback. Every record carries `champion_version` and every log line
+`champion=`: the version in production once that line was written.
+
+Rollback. The `canary` alias goes first (no canary outlives a rollback), then `champion` goes
+back to `previous`; `previous` then points at the champion that came before the restored one
+according to deployments.json (so a second rollback walks further back and never re-promotes
+the version just rolled back), or is removed when the history does not say. The rolled-back
+version is recorded in deployments.json, in the restored production metadata and as tags on its
+registry version. Its local copy is discarded (the registry still has it).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import shutil
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lib import registry
-from lib.atomic_files import STAGING_PREFIX, copy_dir_atomic, write_json_atomic
-from lib.errors import PipelineError
+from lib.delivery.faults import fault_point
+from lib.delivery.release_files import (  # noqa: F401  (re-exported: the public names)
+    DEPLOYMENTS_FILE,
+    KEEP_PREVIOUS,
+    LOG_FILE,
+    METADATA_FILE,
+    PREVIOUS_DIR,
+    PRODUCTION_DIR,
+    DeploymentError,
+    _append_record,
+    _archive_production,
+    _find_copy,
+    _iso,
+    _now,
+    _prune_previous,
+    _read_metadata,
+    _repair_half_swap,
+    _restore_copy,
+    _swap_production,
+    history,
+    log_transition,
+    previous_copies,
+    production_metadata,
+    production_version,
+    record_service_reload,
+)
+from lib.delivery.service_control import SERVICE_RELOADED
+from lib.delivery.service_control import reload_with_retries as _reload
 
 log = logging.getLogger(__name__)
 
 CHAMPION, PREVIOUS, CANARY, STAGING = "champion", "previous", "canary", "staging"
-PRODUCTION_DIR = "production"
-PREVIOUS_DIR = "previous"
-KEEP_PREVIOUS = 5
-DEPLOYMENTS_FILE = "deployments.json"
-LOG_FILE = "deployment.log"
-METADATA_FILE = "deployment.json"  # written by registry.save_local_copy
-
-_SECRET_KEY = re.compile(r"token|secret|password|passwd|api_?key|authorization|credential", re.I)
-
-
-class DeploymentError(PipelineError):
-    """A promotion or rollback cannot be done as asked; nothing was changed."""
 
 
 class NothingToRollBack(DeploymentError):
     """There is no earlier champion to go back to."""
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(at: datetime) -> str:
-    return at.isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------------------- records and log
-
-
-def history(models_dir: str | Path) -> list[dict[str, Any]]:
-    """Every recorded deployment event, oldest first; [] when none yet. A damaged file raises."""
-    path = Path(models_dir) / DEPLOYMENTS_FILE
-    if not path.exists():
-        return []
-    try:
-        records = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DeploymentError(
-            f"deployment history {path} is unreadable ({exc}); fix or move it aside "
-            "(the registry aliases still say what serves) before deploying again"
-        ) from exc
-    if not isinstance(records, list):
-        raise DeploymentError(
-            f"deployment history {path} should be a JSON list, found {type(records).__name__}; "
-            "fix or move it aside before deploying again"
-        )
-    return records
-
-
-def _append_record(models_dir: Path, records: list[dict[str, Any]], record: dict[str, Any]) -> None:
-    write_json_atomic(models_dir / DEPLOYMENTS_FILE, [*records, record])
-
-
-def _format_value(key: str, value: Any) -> str:
-    if _SECRET_KEY.search(key):
-        return "***"
-    if value is None:
-        return "-"
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, default=str, separators=(",", ":"))
-    text = str(value)
-    if "://" in text:
-        text = registry.redact_uri(text)
-    if not text or any(c.isspace() or c in "\"'=" for c in text):
-        return json.dumps(text)  # quoted, newlines escaped: always one line
-    return text
-
-
-def log_transition(logs_dir: str | Path, event: str, **fields: Any) -> str:
-    """Append one line `<ISO time> <event> key=value ...` to logs/deployment.log; returns it."""
-    path = Path(logs_dir) / LOG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    parts = [_iso(_now()), _format_value("event", event)]
-    parts += [f"{k}={_format_value(k, v)}" for k, v in fields.items()]
-    line = " ".join(parts)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
-    log.info("deployment: %s", line)
-    return line
-
-
-# ---------------------------------------------------------------------------- local mirror
-
-
-def _read_metadata(model_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((model_dir / METADATA_FILE).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def production_metadata(models_dir: str | Path) -> dict[str, Any] | None:
-    """What models/production/ says it holds, or None (absent or unreadable)."""
-    return _read_metadata(Path(models_dir) / PRODUCTION_DIR)
-
-
-def production_version(models_dir: str | Path) -> str | None:
-    meta = production_metadata(models_dir)
-    return None if meta is None or meta.get("version") is None else str(meta["version"])
-
-
-def previous_copies(models_dir: str | Path) -> list[Path]:
-    """The kept earlier productions, oldest first (names start with a sortable UTC stamp)."""
-    folder = Path(models_dir) / PREVIOUS_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _archive_production(models_dir: Path, at: datetime) -> Path | None:
-    """Copy production/ into previous/<stamp>-v<version>/ (copied, so production never vanishes)."""
-    prod = models_dir / PRODUCTION_DIR
-    if not prod.is_dir():
-        return None
-    version = production_version(models_dir) or "unknown"
-    folder = models_dir / PREVIOUS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{at.strftime('%Y%m%dT%H%M%S%fZ')}-v{version}"
-    return copy_dir_atomic(prod, target)
-
-
-def _prune_previous(models_dir: Path, keep: int = KEEP_PREVIOUS) -> list[Path]:
-    folder = models_dir / PREVIOUS_DIR
-    removed = previous_copies(models_dir)[:-keep] if keep > 0 else previous_copies(models_dir)
-    if folder.is_dir():  # leftovers of an interrupted copy
-        removed += [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(STAGING_PREFIX)]
-    for path in removed:
-        shutil.rmtree(path, ignore_errors=True)
-    return removed
-
-
-def _find_copy(models_dir: Path, version: str) -> Path | None:
-    for path in reversed(previous_copies(models_dir)):
-        meta = _read_metadata(path)
-        if meta is not None and str(meta.get("version")) == version:
-            return path
-    return None
-
-
-def _restore_copy(models_dir: Path, source: Path, metadata: dict[str, Any]) -> None:
-    """Copy a kept production back into place, its metadata rewritten before the swap."""
-
-    def rewrite_metadata(staged: Path) -> None:
-        (staged / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
-
-    copy_dir_atomic(source, models_dir / PRODUCTION_DIR, prepare=rewrite_metadata)
+class PromotionUndone(DeploymentError):
+    """A promotion failed after the aliases moved, and every part was put back as it was."""
 
 
 # ---------------------------------------------------------------------------- registry helpers
@@ -229,11 +125,17 @@ def promote(
     logs_dir: str | Path,
     reason: str = "",
     metrics: dict[str, Any] | None = None,
+    reload: Callable[[], Any] | None = None,
+    before: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Make `version` the champion, remember the old one as `previous`, mirror it locally.
+    """Make `version` the champion, remember the old one as `previous`, mirror it locally,
+    reload the service (`reload`, optional), then record it: all of it, or none of it.
 
     Idempotent: promoting the current champion again only completes what a crash left undone
-    (stale mirror, missing record) and leaves `previous` alone.
+    (stale mirror, service, missing record) and leaves `previous` alone. `before` ({"champion",
+    "previous"}: what production was before the rollout) is where an undo returns the aliases
+    when this call finds them moved already. Raises PromotionUndone when the files could not be
+    swapped: the aliases are back, nothing else changed, and a `promote_undone` record says so.
     """
     version = str(version)
     models_dir, logs_dir = Path(models_dir), Path(logs_dir)
@@ -242,12 +144,19 @@ def promote(
     info = _version_info(client, model_name, version)
     model = registry.load_version(model_name, version)
     old = registry.alias_version(client, model_name, CHAMPION)
+    old_previous = registry.alias_version(client, model_name, PREVIOUS)
     already = old == version
+    if before is not None and str(before.get("champion")) != version:
+        undo_to = (before.get("champion"), before.get("previous"))
+    elif already:
+        undo_to = None  # nothing known to go back to: only the files and records are completed
+    else:
+        undo_to = (old, old_previous)
     at = _now()
 
     # 2. registry: previous before champion, so the old champion is never lost
     if already:
-        previous = registry.alias_version(client, model_name, PREVIOUS)
+        previous = old_previous
     else:
         previous = old
         if old is not None:
@@ -262,39 +171,59 @@ def promote(
             log.warning("canary alias pointed at v%s while promoting v%s", pointed, version)
         _delete_alias(client, model_name, alias)
         removed.append(alias)
+    fault_point("after_alias_move")
 
-    # 3. files: archive the old mirror, then swap the new one in
+    # 3. files: archive the old mirror, then swap the new one in; undo everything if that fails
     archived = None
-    if production_version(models_dir) != version:
-        archived = _archive_production(models_dir, at)
-        metadata = {
-            "model_name": model_name,
-            "version": version,
-            "run_id": info.run_id,
-            "promoted_at": _iso(at),
-            "reason": reason,
-        }
-        registry.save_local_copy(model, models_dir / PRODUCTION_DIR, metadata)
+    try:
+        _repair_half_swap(models_dir)
+        if production_version(models_dir) != version:
+            archived = _archive_production(models_dir, at)
+            metadata = {
+                "model_name": model_name,
+                "version": version,
+                "run_id": info.run_id,
+                "promoted_at": _iso(at),
+                "reason": reason,
+            }
+            _swap_production(models_dir, model, metadata)
+    except Exception as exc:
+        raise _undo_promotion(
+            client, model_name, version, models_dir, logs_dir, records, undo_to, archived, exc
+        ) from exc
     pruned = _prune_previous(models_dir)
+    fault_point("after_file_swap")
 
-    # 4. record and log (once: a re-run after a crash does not duplicate the record)
+    # 4. the service follows the registry; a failure to reach it is noted, not undone
+    service = _reload(reload)
+    fault_point("after_service_reload")
+
+    # 5. record and log (once: a re-run after a crash does not duplicate the record)
     last = records[-1] if records else {}
     record = {
         "event": "promote",
         "model": model_name,
         "version": version,
+        "champion_version": version,
         "previous_version": previous,
         "at": _iso(at),
         "reason": reason,
         "metrics": metrics,
         "run_id": info.run_id,
+        "service": service,
     }
-    repeat = already and last.get("event") == "promote" and str(last.get("version")) == version
+    repeat = (
+        already
+        and last.get("event") == "promote"
+        and str(last.get("version")) == version
+        and (service is None or last.get("service") == service)
+    )
     if not repeat:
         _append_record(models_dir, records, record)
     log_transition(
-        logs_dir, "promote", model=model_name, version=version, previous_version=previous,
-        reason=reason, **({"note": "already champion"} if already else {}),
+        logs_dir, "promote", model=model_name, version=version, champion=version,
+        previous_version=previous, service=service, reason=reason,
+        **({"note": "already champion"} if already else {}),
     )  # fmt: skip
     return {
         **record,
@@ -303,7 +232,63 @@ def promote(
         "production_dir": str(models_dir / PRODUCTION_DIR),
         "archived": None if archived is None else str(archived),
         "pruned": [str(p) for p in pruned if not p.name.startswith(".")],
+        "service_reloaded": None if service is None else service == SERVICE_RELOADED,
     }
+
+
+def _undo_promotion(
+    client: Any,
+    model_name: str,
+    version: str,
+    models_dir: Path,
+    logs_dir: Path,
+    records: list[dict[str, Any]],
+    undo_to: tuple[str | None, str | None] | None,
+    archived: Path | None,
+    exc: Exception,
+) -> DeploymentError:
+    """Put the aliases and previous/ back after a failed file swap, record it; returns the error
+    to raise (PromotionUndone, or DeploymentError when there was nothing to go back to).
+
+    A registry error while undoing propagates as it is: the promotion is then neither done nor
+    undone, and the rollout stays `promoting` for the next run to finish (never hidden).
+    """
+    failure = f"{type(exc).__name__}: {exc}"
+    _repair_half_swap(models_dir)
+    if archived is not None:
+        shutil.rmtree(archived, ignore_errors=True)
+    _prune_previous(models_dir)
+    if undo_to is None:
+        return DeploymentError(
+            f"promotion of {model_name} v{version} could not swap models/production ({failure}) "
+            "and there is no earlier champion to return to; fix models/ and run again"
+        )
+    champion, previous = undo_to
+    for alias, target in ((CHAMPION, champion), (PREVIOUS, previous)):
+        if target is None:
+            if registry.alias_version(client, model_name, alias) is not None:
+                _delete_alias(client, model_name, alias)
+        else:
+            registry.set_alias(client, model_name, alias, str(target))
+    record = {
+        "event": "promote_undone",
+        "model": model_name,
+        "version": version,
+        "champion_version": champion,
+        "previous_version": previous,
+        "at": _iso(_now()),
+        "reason": f"files could not be swapped ({failure}); registry put back",
+        "metrics": None,
+    }
+    _append_record(models_dir, records, record)
+    log_transition(
+        logs_dir, "promote_undone", model=model_name, version=version, champion=champion,
+        previous=previous, reason=record["reason"],
+    )  # fmt: skip
+    return PromotionUndone(
+        f"promotion of {model_name} v{version} undone: models/production could not be "
+        f"replaced ({failure}); the registry, models/ and the service stay on v{champion}"
+    )
 
 
 # ---------------------------------------------------------------------------- rollback
@@ -331,8 +316,10 @@ def rollback(
     logs_dir: str | Path,
     reason: str,
     version: str | None = None,
+    reload: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
-    """Put `previous` back as champion, restore models/production/, log and record it.
+    """Put `previous` back as champion, restore models/production/, reload the service
+    (`reload`, optional), log and record it. The `canary` alias is removed first.
 
     `version` (optional) is the version being rolled back: when the champion is no longer that
     version, an earlier rollback of it was interrupted after the registry step, and only its
@@ -385,7 +372,9 @@ def rollback(
         older = None
     at = _now()
 
-    # 2. registry: the good model serves first, then `previous` moves one further back
+    # 2. registry: no canary any more, the good model serves, then `previous` moves one back
+    if registry.alias_version(client, model_name, CANARY) is not None:
+        _delete_alias(client, model_name, CANARY)
     if champion != target:
         registry.set_alias(client, model_name, CHAMPION, target)
     if older is not None:
@@ -417,24 +406,28 @@ def rollback(
             source = "registry"
     else:
         source = "unchanged"
+    _prune_previous(models_dir)
 
-    # 4. record and log
+    # 4. the service, then record and log
+    service = _reload(reload)
     record = {
         "event": "rollback",
         "model": model_name,
         "version": target,
+        "champion_version": target,
         "previous_version": bad,
         "rolled_back_version": bad,
         "new_previous": older,
         "at": _iso(at),
         "reason": reason,
         "metrics": None,
+        "service": service,
     }
     if not _last_is_rollback_of(records, bad):
         _append_record(models_dir, records, record)
     log_transition(
-        logs_dir, "rollback", model=model_name, version=target, rolled_back_version=bad,
-        previous=older, reason=reason,
+        logs_dir, "rollback", model=model_name, version=target, champion=target,
+        rolled_back_version=bad, previous=older, service=service, reason=reason,
     )  # fmt: skip
     return {**record, "restored_from": source, "already_done": False}
 
@@ -449,11 +442,14 @@ def abort_canary(
     reason: str,
     version: str,
     models_dir: str | Path | None = None,
+    event: str = "canary_rollback",
 ) -> dict[str, Any]:
     """Stop a canary or staging deployment of `version`; production is not touched.
 
     Only aliases pointing at `version` are removed (another version's alias is someone else's).
-    `models_dir` defaults to the `models/` beside `logs_dir` (the project layout).
+    `models_dir` defaults to the `models/` beside `logs_dir` (the project layout). `event`
+    names the record: `canary_rollback`, or `rollout_superseded` when an operator's action
+    overtook an interrupted rollout.
     """
     version = str(version)
     logs_dir = Path(logs_dir)
@@ -471,7 +467,7 @@ def abort_canary(
             )
     champion = registry.alias_version(client, model_name, CHAMPION)
     record = {
-        "event": "canary_rollback",
+        "event": event,
         "model": model_name,
         "version": version,
         "previous_version": champion,
@@ -483,7 +479,7 @@ def abort_canary(
     }
     _append_record(models_dir, records, record)
     log_transition(
-        logs_dir, "canary_rollback", model=model_name, version=version, champion=champion,
+        logs_dir, event, model=model_name, version=version, champion=champion,
         aliases_removed=",".join(removed) or None, reason=reason,
     )  # fmt: skip
     return record

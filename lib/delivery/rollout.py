@@ -10,6 +10,9 @@ fsync, `os.replace`): a SIGKILL at any instant leaves either the old or the new 
 The next runner reads it first: a rollout in an active phase whose owner process is gone was
 interrupted, and must be resumed or rolled back before anything else starts.
 
+A rollout in `promoting` keeps a baseline (`promotion`: champion, previous, number of records)
+so that recovery can tell an operator's later action, which always wins (`superseded`).
+
 Archive policy: a finished rollout stays in the state file (reports read its outcome) until the
 next `begin`, which first copies it to `<state dir>/rollouts/<rollout_id>.json`. `clear()` does
 the same archiving and refuses to drop an unfinished rollout unless forced.
@@ -51,10 +54,11 @@ class Phase(StrEnum):
     SUCCEEDED = "succeeded"
     ROLLED_BACK = "rolled_back"  # Flagger "Failed", Argo "Degraded"
     REJECTED = "rejected"  # a parked rollout a person (or a newer decision) turned down
+    SUPERSEDED = "superseded"  # an interrupted promotion overtaken by a later operator action
 
 
 ACTIVE_PHASES = frozenset({Phase.STAGING, Phase.SMOKE_TESTING, Phase.CANARY, Phase.PROMOTING})
-FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.REJECTED})
+FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.REJECTED, Phase.SUPERSEDED})
 
 # Legal moves. staging -> canary skips smoke tests when none are configured; smoke_testing ->
 # promoting is a first deployment, where there is no champion to compare a canary with.
@@ -63,10 +67,11 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.STAGING: frozenset({Phase.SMOKE_TESTING, Phase.CANARY, Phase.ROLLED_BACK}),
     Phase.SMOKE_TESTING: frozenset({Phase.CANARY, Phase.PROMOTING, Phase.ROLLED_BACK}),
     Phase.CANARY: frozenset({Phase.CANARY, Phase.PROMOTING, Phase.ROLLED_BACK}),
-    Phase.PROMOTING: frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK}),
+    Phase.PROMOTING: frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.SUPERSEDED}),
     Phase.SUCCEEDED: frozenset(),
     Phase.ROLLED_BACK: frozenset(),
     Phase.REJECTED: frozenset(),
+    Phase.SUPERSEDED: frozenset(),
 }
 
 
@@ -113,6 +118,8 @@ class RolloutState:
     serving_url: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     step_results: list[dict[str, Any]] = field(default_factory=list)
+    # set when `promoting` begins: champion/previous/records before, later the service outcome
+    promotion: dict[str, Any] | None = None
 
     @property
     def active(self) -> bool:
@@ -303,7 +310,7 @@ def transition(
         state.weight = weight
     elif target == Phase.SUCCEEDED:
         state.weight = 100
-    elif target in (Phase.ROLLED_BACK, Phase.REJECTED):
+    elif target in (Phase.ROLLED_BACK, Phase.REJECTED, Phase.SUPERSEDED):
         state.weight = 0
     elif weight is not None:
         state.weight = int(weight)
@@ -397,14 +404,39 @@ def _update(store: RolloutStore, change: Callable[[RolloutState], None]) -> Roll
 
 
 def advance(
-    store: RolloutStore, phase: Phase | str, weight: int | None = None, detail: str = ""
+    store: RolloutStore,
+    phase: Phase | str,
+    weight: int | None = None,
+    detail: str = "",
+    promotion: dict[str, Any] | None = None,
 ) -> RolloutState:
-    """Move the stored rollout to an active phase (or the next canary step) and save it."""
+    """Move the stored rollout to an active phase (or the next canary step) and save it.
+
+    `promotion` (entering `promoting`): what production was (champion, previous, number of
+    records), so that recovery can tell the promotion's own half-done work from a later action.
+    """
     if Phase(phase) in FINAL_PHASES:
         raise RolloutError(f"use finish() to end a rollout (asked for {Phase(phase).value})")
-    state = _update(store, lambda s: transition(s, phase, weight, detail))
+
+    def change(state: RolloutState) -> None:
+        transition(state, phase, weight, detail)
+        state.promotion = dict(promotion) if promotion is not None else state.promotion
+
+    state = _update(store, change)
     log.info("%s -> %s (weight %d%%) %s", state.rollout_id, state.phase, state.weight, detail)
     return state
+
+
+def note_promotion(store: RolloutStore, **facts: Any) -> RolloutState:
+    """Add facts to the promotion record (e.g. whether the service reloaded)."""
+    return _update(store, lambda s: setattr(s, "promotion", {**(s.promotion or {}), **facts}))
+
+
+def close_open(store: RolloutStore, reason: str) -> RolloutState | None:
+    """An operator acted on production: end any active rollout as rolled back, saying so.
+    Returns it, or None when none was open (a parked one stays parked)."""
+    state = store.load()
+    return None if state is None or not state.active else finish(store, Phase.ROLLED_BACK, reason)
 
 
 def approve(store: RolloutStore, detail: str = "approved") -> RolloutState:

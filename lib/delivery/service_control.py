@@ -6,8 +6,17 @@ so a rollout step that cannot move traffic rolls back with the service's answer 
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+RELOAD_ATTEMPTS = 3  # tries to reach the service at the end of a promotion or rollback
+RELOAD_BACKOFF_SECONDS = 0.5  # doubled after each failed try
+SERVICE_RELOADED = "reloaded"
 
 
 class RolloutFailed(Exception):
@@ -52,3 +61,23 @@ def notify_service(url: str) -> str:
         return f"service at {url} reloaded"
     except Exception as exc:
         return f"service at {url} not reloaded ({type(exc).__name__}: {str(exc)[:120]})"
+
+
+def reload_with_retries(
+    reload: Callable[[], Any] | None, attempts: int = RELOAD_ATTEMPTS
+) -> str | None:
+    """Tell the service to follow the aliases; a few tries, then say why not (never raise)."""
+    if reload is None:
+        return None
+    delay = RELOAD_BACKOFF_SECONDS
+    for attempt in range(1, attempts + 1):
+        try:
+            reload()
+            return SERVICE_RELOADED
+        except Exception as exc:  # reported in the record, not hidden: see the module doc
+            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            log.warning("service reload %d/%d failed: %s", attempt, attempts, error)
+        if attempt < attempts:
+            time.sleep(delay)
+            delay *= 2
+    return f"not reloaded ({error})"
