@@ -267,10 +267,8 @@ def redact_url(url: str) -> str:
 
 def _calibration_choices(name: str) -> tuple[str, ...]:
     """The calibration methods / label objectives, from the module that owns them."""
-    try:
-        from lib.pipeline import calibration
-    except ImportError:  # before the split of training.py
-        from lib.pipeline import training as calibration
+    from lib.pipeline import calibration
+
     return tuple(getattr(calibration, name))
 
 

@@ -158,8 +158,9 @@ def http_sink() -> Iterator[HttpSink]:
 @pytest.fixture
 def https_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpSink]:
     """A TLS sink whose self-signed certificate (for IP 127.0.0.1) requests trusts."""
-    ssl = pytest.importorskip("ssl")
-    x509 = pytest.importorskip("cryptography.x509")
+    import ssl
+
+    from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID

@@ -153,7 +153,7 @@ def test_append_needs_existing_file(tmp_path: Path) -> None:
 
 
 def test_rating_is_learnable_but_noisy() -> None:
-    sklearn = pytest.importorskip("sklearn")
+    import sklearn
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import train_test_split
