@@ -66,13 +66,17 @@ def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: 
     echo(f"models/production: v{info['production_copy']}")
     ro = info["rollout"]
     if ro:
-        flag = " (INTERRUPTED: the next run rolls it back)" if ro["interrupted"] else ""
+        flag = " (INTERRUPTED)" if ro["interrupted"] else ""
         echo(
             f"rollout {ro['id']}: v{ro['version']} {ro['phase']} at {ro['weight']}%{flag}"
             + (f" - {ro['reason']}" if ro["reason"] else "")
         )
     else:
         echo("rollout: none")
+    if info.get("mismatch"):
+        echo(f"MISMATCH: {info['mismatch']}")
+    if info.get("next_run"):
+        echo(f"next run: {info['next_run']}")
     service = info["service"]
     if isinstance(service, dict):
         canary = service.get("canary") or {}
@@ -102,6 +106,10 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
         )
     finally:
         held.release()
+    if record.get("canary_routing"):
+        echo(f"canary: {record['canary_routing']}")
+    if record.get("rollout_closed"):
+        echo(f"open rollout {record['rollout_closed']} closed (the operator's rollback wins)")
     deliveries = send(
         "rolled_back",
         version=record.get("rolled_back_version"),

@@ -175,6 +175,7 @@ class DeployOutputs(Contract):
     deployed_version: str
     champion_before: str | None
     rollback_reason: str | None
+    note: str | None = None  # a fault beside the outcome (service not reloaded, promotion undone)
     timeline: list[dict[str, Any]]
     steps: list[dict[str, Any]]
 

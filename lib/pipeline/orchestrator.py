@@ -241,11 +241,12 @@ def trigger(force: bool) -> str:
 
 
 def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> Any:
-    """A rollout whose runner died is finished (rolled back) before anything else happens."""
+    """A rollout whose runner died is settled before anything else happens: an interrupted
+    promotion is finished, a canary rolled back, a rollout an operator acted on since is closed
+    as superseded (lib.delivery.promotion decides; it returns a Recovery or None)."""
     from lib.delivery import rollout
 
-    state = rollout.RolloutStore(root / cfg.models_dir / "rollout.json").load()
-    if state is None or not rollout.interrupted(state):
+    if rollout.RolloutStore(root / cfg.models_dir / "rollout.json").load() is None:
         return None
     from lib import registry
     from lib.delivery import progressive
@@ -416,6 +417,8 @@ def run(
                     record("running", None)
                     headline = run_record.headline(result.outputs)
                     say(f"{tag} ok ({result.seconds:.1f}s){headline}")
+                    if getattr(result.outputs, "note", None):  # promoted/rolled back, but a
+                        exit_code = 1  # part failed (reload, file swap): an operator must look
                     ended = _next_step(stage, result.outputs, stages, cfg, ctx, say)
                     if ended is not None:
                         outcome = ended

@@ -67,6 +67,7 @@ class RunResults(BaseModel):
     deployed_version: str | None = None
     champion_before: str | None = None
     rollback_reason: str | None = None
+    note: str | None = None
     recovered: dict[str, Any] | None = None  # what recovery of an interrupted rollout did
     healthy: bool | None = None
     verdict: str | None = None
@@ -126,7 +127,8 @@ def headline(out: Contract) -> str:
         return f": score {out.score} -> {out.decision}"
     if isinstance(out, DeployOutputs):
         why = f" ({out.rollback_reason})" if out.rollback_reason else ""
-        return f": v{out.deployed_version} {out.outcome}{why}"
+        note = f"; NOTE: {out.note}" if out.note else ""
+        return f": v{out.deployed_version} {out.outcome}{why}{note}"
     if isinstance(out, MonitorOutputs):
         state = f"{len(out.alerts)} alert(s)" if out.alerts else out.verdict.replace("_", " ")
         note = f"; {out.rollback_note}" if out.rollback_note else ""

@@ -99,7 +99,8 @@ def checks_table(outcome: progressive.DeployOutcome) -> pd.DataFrame:
 
 def headline(outcome: progressive.DeployOutcome) -> str:
     why = f" ({outcome.rollback_reason})" if outcome.rollback_reason else ""
-    return f"outcome: {outcome.outcome}{why}"
+    note = f"; NOTE: {outcome.note}" if outcome.note else ""
+    return f"outcome: {outcome.outcome}{why}{note}"
 
 
 def outputs(outcome: progressive.DeployOutcome) -> DeployOutputs:
@@ -108,6 +109,7 @@ def outputs(outcome: progressive.DeployOutcome) -> DeployOutputs:
         deployed_version=str(outcome.version),
         champion_before=outcome.champion_before,
         rollback_reason=outcome.rollback_reason,
+        note=outcome.note,
         timeline=outcome.timeline,
         steps=outcome.steps,
     )
