@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from lib import registry
+from lib.errors import RegistryUnavailable
 from tests.test_pipeline_e2e import run_pipeline
 
 pytestmark = pytest.mark.e2e
@@ -24,56 +26,88 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path):
-    """`mlflow server --backend-store-uri sqlite:///mlflow.db ...` as the mission runs it."""
-    home = tmp_path / "server"
-    home.mkdir()
-    port = _free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen(
-        [
-            str(mlflow_bin),
-            "server",
-            "--backend-store-uri",
-            "sqlite:///mlflow.db",
-            "--artifacts-destination",
-            str(home / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=home,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
+class MlflowServer:
+    """`mlflow server --backend-store-uri sqlite:///mlflow.db ...` as the mission runs it, in its
+    own process group on 127.0.0.1; stop() may be called any number of times."""
+
+    def __init__(self, home: Path, port: int | None = None) -> None:
+        self.home = home
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> MlflowServer:
+        mlflow_bin = Path(sys.executable).with_name("mlflow")
+        self.proc = subprocess.Popen(
+            [
+                str(mlflow_bin),
+                "server",
+                "--backend-store-uri",
+                "sqlite:///mlflow.db",
+                "--artifacts-destination",
+                str(self.home / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            cwd=self.home,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
         while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {proc.stderr.read().decode()[-2000:]}")
+            if self.proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {self.proc.stderr.read().decode()[-2000:]}")
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
                     if resp.status == 200:
-                        break
+                        return self
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("mlflow server did not answer /health within 120 s")
+                self.stop()
+                pytest.fail(f"mlflow server did not answer /health within {timeout:.0f} s")
             time.sleep(0.5)
-        yield url, home
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server's whole process group (SIGKILL simulates a crash)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
         try:
+            os.killpg(proc.pid, sig)
             proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
             proc.wait()
+        try:  # workers left behind by a SIGKILLed parent
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@pytest.fixture
+def mlflow_process(tmp_path: Path):
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mlflow_server(mlflow_process: MlflowServer):
+    yield mlflow_process.url, mlflow_process.home
 
 
 def test_everything_lands_on_the_server(project: Path, mlflow_server, monkeypatch) -> None:
@@ -104,3 +138,54 @@ def test_everything_lands_on_the_server(project: Path, mlflow_server, monkeypatc
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
+
+
+def _runner(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """runner.py in a fresh process, without the retry settings this test process holds: the
+    runner must bound MLflow's retries by itself."""
+    env = {k: v for k, v in os.environ.items() if k not in registry.HTTP_RETRY_DEFAULTS}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "runner.py", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_stopped_server_is_an_outage_not_a_missing_alias(
+    project: Path, mlflow_process: MlflowServer
+) -> None:
+    import mlflow
+
+    url = mlflow_process.url
+    try:
+        client = registry.connect(url, "outage")
+        client.create_registered_model("m")
+        # what the real server answers for a missing alias / model: None, not an error
+        assert registry.alias_version(client, "m", "champion") is None
+        assert registry.alias_version(client, "no-such-model", "champion") is None
+        up = _runner(project, "status", "--set", f"tracking_uri={url}")
+        assert up.returncode == 0, up.stderr
+        assert "champion" in up.stdout, up.stdout
+
+        mlflow_process.stop(signal.SIGKILL)  # the server crashes
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable, match="looking up m@champion"):
+            registry.alias_version(client, "m", "champion")
+        assert time.monotonic() - started < 60
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+    started = time.monotonic()
+    down = _runner(project, "status", "--set", f"tracking_uri={url}")
+    assert time.monotonic() - started < 120  # interpreter start + bounded retries, not minutes
+    assert down.returncode == RegistryUnavailable.exit_code != 0, down.stdout + down.stderr
+    assert "Traceback" not in down.stderr
+    lines = [line for line in down.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, down.stderr
+    assert "unavailable" in lines[0] and f"127.0.0.1:{mlflow_process.port}" in lines[0]
+    assert "champion" not in down.stdout  # nothing printed as if the aliases were missing
