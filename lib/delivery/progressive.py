@@ -43,6 +43,7 @@ from lib.delivery.replayer import Replayer, app_request
 from lib.delivery.service_control import RolloutFailed, set_routing
 from lib.delivery.service_process import ServiceProcess
 from lib.delivery.smoke import run_smoke_tests
+from lib.errors import RegistryUnavailable
 from lib.pipeline import features
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ def deploy(
                     store.save(state)
             registry.set_alias(client, model_name, "canary", str(version))  # for status/readers
             _canary_steps(
+                (client, model_name, champion),
                 prod_url,
                 token,
                 version,
@@ -245,17 +247,33 @@ def deploy(
             and current.phase == rollout.Phase.PROMOTING
             and not isinstance(exc, deployments.PromotionUndone)
         ):  # neither done nor undone: not a rollback; the next run finishes it (or supersedes)
+            try:
+                now = registry.alias_version(client, model_name, "champion")
+            except RegistryUnavailable:
+                now = "unknown (registry unavailable)"  # never a None that claims no champion
             deployments.log_transition(
-                logs_dir, "promotion_incomplete", version=version,
-                champion=registry.alias_version(client, model_name, "champion"),
+                logs_dir, "promotion_incomplete", version=version, champion=now,
                 reason=f"{type(exc).__name__}: {exc}",
             )  # fmt: skip
             raise
-        reason = str(exc) if isinstance(exc, RolloutFailed) else f"{type(exc).__name__}: {exc}"
-        roll_back_rollout(
-            client, model_name, store, logs_dir, models_dir, version, reason, prod_url, token
-        )
+        if isinstance(exc, RolloutFailed):
+            reason = str(exc)
+        elif isinstance(exc, RegistryUnavailable):
+            reason = f"registry outage at canary weight {_current_weight(store)}%: {exc}"
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        outage = exc if isinstance(exc, RegistryUnavailable) else None
+        try:
+            roll_back_rollout(
+                client, model_name, store, logs_dir, models_dir, version, reason, prod_url, token
+            )
+        except RegistryUnavailable as during:  # rollout.json is closed; the registry part waits
+            outage = outage or during
         timeline.add("rolled_back", 0, f"rolled back: {reason}")
+        if outage is exc:  # the stage fails naming the outage (the runner exits nonzero)
+            raise
+        if outage is not None:
+            raise outage from exc
         undone = isinstance(exc, deployments.PromotionUndone)  # a fault, not a failed canary
         return DeployOutcome(
             "rolled_back",
@@ -317,12 +335,35 @@ def _staging_and_smoke(
     finally:
         staging.stop()
         try:
-            client.delete_registered_model_alias(model_name, "staging")
-        except Exception:  # already gone: nothing to undo
-            pass
+            registry.delete_alias(client, model_name, "staging")  # a missing alias is fine
+        except RegistryUnavailable as exc:  # the next registry call stops the rollout
+            log.warning("staging alias left on v%s: %s", version, exc)
+
+
+def _current_weight(store: rollout.RolloutStore) -> int:
+    """The canary weight rollout.json holds now (0 when it cannot say)."""
+    state = store.load()
+    return 0 if state is None else state.weight
+
+
+def _registry_still_ours(client: Any, model_name: str, champion: str | None, version: str) -> None:
+    """Before the canary gets more traffic: the registry answers (RegistryUnavailable, which
+    rolls back at this step, when it does not), the champion is still the one the canary is
+    compared with, and the `canary` alias still names this version (else someone acted)."""
+    now = registry.alias_version(client, model_name, "champion")
+    if now != champion:
+        raise RolloutFailed(
+            f"the champion alias moved from v{champion} to v{now} during the canary"
+        )
+    canary_alias = registry.alias_version(client, model_name, "canary")
+    if canary_alias != str(version):
+        raise RolloutFailed(
+            f"the canary alias names v{canary_alias}, not v{version}, during the canary"
+        )
 
 
 def _canary_steps(
+    registry_view: tuple[Any, str, str | None],
     url: str,
     token: str,
     version: str,
@@ -346,6 +387,7 @@ def _canary_steps(
         if replayer is not None:
             replayer.start()
         for weight in settings.steps:
+            _registry_still_ours(*registry_view, version)
             rollout.advance(
                 store, rollout.Phase.CANARY, weight=weight, detail=f"canary weight {weight}%"
             )

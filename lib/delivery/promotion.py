@@ -38,6 +38,7 @@ from lib.delivery import releases as deployments
 from lib.delivery import rollout
 from lib.delivery.faults import fault_point
 from lib.delivery.service_control import reload_champion, set_routing
+from lib.errors import RegistryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,19 @@ def roll_back_rollout(
             set_routing(prod_url, token, None, 0)
         except Exception as exc:  # the lease drops the canary anyway; say so and go on
             log.warning("could not set the canary weight to 0 on %s: %s", prod_url, exc)
-    deployments.abort_canary(client, model_name, logs_dir, reason, str(version), models_dir)
+    try:
+        deployments.abort_canary(client, model_name, logs_dir, reason, str(version), models_dir)
+    except RegistryUnavailable as exc:
+        # rollout.json is local: it says what happened; the aliases and the deployments.json
+        # record need the registry (a record without the real champion would lie) and are left
+        # to the next run (finish_registry_cleanup). The outage propagates: the stage fails.
+        if "registry" not in reason.lower():
+            reason += f"; MLflow registry unavailable during the rollback ({exc.reason})"
+        reason += "; canary alias and deployment record left for the next run"
+        state = store.load()
+        if state is not None and not state.finished:
+            rollout.finish(store, rollout.Phase.ROLLED_BACK, reason)
+        raise
     state = store.load()
     if state is not None and not state.finished:
         rollout.finish(store, rollout.Phase.ROLLED_BACK, reason)
@@ -192,7 +205,8 @@ def recover_interrupted(
         return None
     token = os.environ.get("SERVING_ADMIN_TOKEN")
     if not rollout.interrupted(state):
-        return _reload_missed(client, model_name, store, state, models_dir, logs_dir, token)
+        left = _finish_registry_cleanup(client, model_name, state, models_dir, logs_dir)
+        return left or _reload_missed(client, model_name, store, state, models_dir, logs_dir, token)
     version = state.candidate_version
     if state.phase == rollout.Phase.PROMOTING:
         rollout.claim(store, os.getpid(), detail="recovering an interrupted promotion")
@@ -277,6 +291,34 @@ def _supersede(
     rollout.finish(store, rollout.Phase.SUPERSEDED, reason)
     log.warning("%s", reason)
     return Recovery("superseded", version, record["champion_version"], reason)
+
+
+def _finish_registry_cleanup(
+    client: Any,
+    model_name: str,
+    state: rollout.RolloutState,
+    models_dir: Path,
+    logs_dir: Path,
+) -> Recovery | None:
+    """A rollout that ended rolled back (or superseded) while the registry was unreachable left
+    its `canary`/`staging` alias on the candidate and no deployments.json record: remove the
+    aliases and write the record now that the registry answers. rollout.json is not changed."""
+    if state.phase not in (rollout.Phase.ROLLED_BACK, rollout.Phase.SUPERSEDED):
+        return None
+    version = state.candidate_version
+    aliases = (deployments.CANARY, deployments.STAGING)
+    if all(registry.alias_version(client, model_name, a) != version for a in aliases):
+        return None
+    reason = f"registry cleanup after a rollout ended without the registry: {state.reason}"
+    record = deployments.abort_canary(client, model_name, logs_dir, reason, version, models_dir)
+    removed = ", ".join(record["aliases_removed"]) or "nothing"
+    return Recovery(
+        "rolled_back",
+        version,
+        record["champion_version"],
+        f"removed the alias(es) {removed} of v{version} left by a rollout that ended "
+        f"{state.phase} while the registry was unreachable",
+    )
 
 
 def _reload_missed(

@@ -88,30 +88,22 @@ class PromotionUndone(DeploymentError):
 
 
 def _version_info(client: Any, model_name: str, version: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version(model_name, version)
-    except MlflowException as exc:
+    """The registry's version; DeploymentError when it does not exist, RegistryUnavailable (not
+    "not in the registry") when the registry cannot answer."""
+    info = registry.model_version(client, model_name, version)
+    if info is None:
         raise DeploymentError(
-            f"{model_name} version {version} is not in the registry ({exc.message}); "
-            "nothing was changed"
-        ) from exc
+            f"{model_name} version {version} is not in the registry; nothing was changed"
+        )
+    return info
 
 
 def _delete_alias(client: Any, model_name: str, alias: str) -> None:
-    client.delete_registered_model_alias(model_name, alias)
-    log.info("alias %s@%s removed", model_name, alias)
+    registry.delete_alias(client, model_name, alias)
 
 
 def _exists(client: Any, model_name: str, version: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_model_version(model_name, version)
-    except MlflowException:
-        return False
-    return True
+    return registry.version_exists(client, model_name, version)
 
 
 # ---------------------------------------------------------------------------- promote
