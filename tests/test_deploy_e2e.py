@@ -424,3 +424,20 @@ def test_sigkill_during_a_canary_step_then_recovery(world: World) -> None:
     assert state.phase == rollout.Phase.ROLLED_BACK and "interrupted" in state.reason
     assert world.champion() == v1 and deployments.production_version(world.models) == v1
     assert registry.alias_version(world.client, NAME, "canary") is None
+
+
+def test_a_dead_external_production_service_is_named_and_flagged(world: World) -> None:
+    """`serving_url` points at a service that is gone: the rollout ends rolled back with a reason
+    naming what was unreachable, and a note (the runner exits 1) - an outage, not a verdict."""
+    import socket
+
+    v1 = world.champion()
+    candidate = world.register(world.forest(5))
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    outcome = world.deploy(candidate, dead)
+    assert outcome.outcome == "rolled_back"
+    assert f"production service at {dead} unreachable" in outcome.rollback_reason
+    assert outcome.note and dead in outcome.note
+    assert world.champion() == v1

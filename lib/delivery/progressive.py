@@ -241,6 +241,7 @@ def deploy(
             note=done.note,
         )
     except Exception as exc:  # every failure rolls back; the reason is what went wrong
+        unreachable = False
         current = store.load()
         if (
             current is not None
@@ -260,6 +261,8 @@ def deploy(
             reason = str(exc)
         elif isinstance(exc, RegistryUnavailable):
             reason = f"registry outage at canary weight {_current_weight(store)}%: {exc}"
+        elif unreachable := _is_transport_error(exc):
+            reason = f"production service at {prod_url} unreachable: {type(exc).__name__}: {exc}"
         else:
             reason = f"{type(exc).__name__}: {exc}"
         outage = exc if isinstance(exc, RegistryUnavailable) else None
@@ -283,11 +286,18 @@ def deploy(
             timeline.events,
             smoke_result,
             steps,
-            note=f"promotion failed and was undone everywhere: {exc}" if undone else None,
+            note=f"promotion failed and was undone everywhere: {exc}" if undone
+            else reason if unreachable else None,  # an outage, not a verdict on the model
         )
     finally:
         if production is not None:
             production.stop()
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(exc, httpx.TransportError)
 
 
 def _staging_and_smoke(
