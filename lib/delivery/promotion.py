@@ -242,8 +242,8 @@ def recover_interrupted(
             "promoted", version, version, text + (f"; {done.note}" if done.note else "")
         )
     reason = (
-        f"interrupted: the runner (pid {state.owner_pid}) died during {state.phase} "
-        f"at {state.weight}%"
+        f"interrupted: the process running the rollout (pid {state.owner_pid}, the 05 deploy "
+        f"kernel of run {state.run_id}) died during {state.phase} at {state.weight}%"
     )
     rollout.claim(store, os.getpid(), detail="rolling back an interrupted rollout")
     roll_back_rollout(
