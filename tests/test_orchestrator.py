@@ -161,3 +161,21 @@ def test_serving_port_reaches_the_stages_that_talk_to_the_service(tmp_path: Path
     root2, cfg2 = project(tmp_path / "b", serving_url="http://127.0.0.1:7000")
     assert inputs_for("monitor", cfg2, ctx, RunOutputs()).serving_url == "http://127.0.0.1:7000"
     assert inputs_for("deploy", cfg2, ctx, RunOutputs()).serving_url == "http://127.0.0.1:7000"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "event"),
+    [("promoted", "deployed"), ("rolled_back", "rolled_back"), ("superseded", None)],
+)
+def test_a_recovery_is_notified_as_what_it_did(outcome: str, event: str | None) -> None:
+    """A finished interrupted promotion is a deployment, not a rollback; a rollout an operator
+    superseded was notified when the operator acted."""
+    from lib.delivery.promotion import Recovery
+    from lib.pipeline.run_record import RunResults, notifications
+
+    recovery = Recovery(outcome, "4", "4" if outcome == "promoted" else "3", f"recovery: {outcome}")
+    events = notifications(RunOutputs(), "no_training", "reports/r/report.json", recovery)
+    assert [e for e, _ in events] == ([event] if event else [])
+    if event:
+        assert events[0][1]["version"] == "4"
+    assert RunResults.collect(RunOutputs(), recovery).recovered["outcome"] == outcome
