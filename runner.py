@@ -10,8 +10,10 @@
 Each stage's executed notebook and its HTML land in reports/<run-id>/, with report.json, the run's
 summary. Values travel between stages as scraps only. 05 deploy runs only after an `auto`
 decision (or `approve`). Exit codes: 0 done (nothing to do, deployed, rolled back automatically,
-awaiting approval or rejected: see the summary), 1 a stage failed, 2 a known error (bad data,
-bad config, nothing to roll back), 3 another runner is busy.
+awaiting approval or rejected: see the summary), 1 a stage failed or a deploy left a part undone
+(service not reloaded, promotion undone, production service unreachable), 2 a known error (bad
+data, bad config, nothing to roll back), 3 another runner is busy, 4 the MLflow registry is
+unreachable, 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
