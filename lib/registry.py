@@ -86,8 +86,17 @@ def connect(tracking_uri: str, experiment: str) -> Any:
     from mlflow import MlflowClient
 
     bound_http_retries()
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    exported = {name: os.environ.get(name) for name in names}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    for name, value in exported.items():  # MLflow also exports the URIs to the environment: a
+        # runner that looked at one project's store must not point the next run, or the kernels
+        # it starts, at that store
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     with registry_call(tracking_uri, f"opening experiment {experiment!r}"):
         mlflow.set_experiment(experiment)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

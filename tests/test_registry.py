@@ -289,3 +289,19 @@ def test_registry_unavailable_survives_pickling() -> None:
     error = RegistryUnavailable("http://***@h:1", "looking up m@champion", "connection refused")
     again = pickle.loads(pickle.dumps(error))
     assert str(again) == str(error) and again.exit_code == error.exit_code
+
+
+def test_connect_does_not_leave_the_store_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI; a runner that connected to one
+    project's store would then send its next run (and that run's kernels) to the same store."""
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    registry.connect(f"sqlite:///{tmp_path / 'a.db'}", "exp")
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///chosen-by-the-user.db")
+    registry.connect(f"sqlite:///{tmp_path / 'b.db'}", "exp")
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///chosen-by-the-user.db"
