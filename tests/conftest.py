@@ -29,9 +29,23 @@ def shared_data() -> Path:
     return require_shared_data()
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_mlflow_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow exports the URI it was last pointed at to the environment (mlflow.set_tracking_uri
+    sets MLFLOW_TRACKING_URI): every test starts without it, so a run never lands in an earlier
+    test's store. Tests that want a server set it themselves."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI")
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A copy of the project's code in tmp_path: runs there never touch the real reports/models."""
+    """A copy of the project's code in tmp_path: runs there never touch the real reports/models.
+
+    (`no_inherited_mlflow_uri` keeps it on its own mlflow.db.)
+    """
     root = tmp_path / "project"
     root.mkdir()
     for name in ("lib", "notebooks"):
