@@ -240,16 +240,15 @@ class PipelineConfig(BaseModel):
 
     def resolved_tracking_uri(self, root: Path) -> str:
         """The MLflow store: explicit config, else the environment, else SQLite in the project."""
-        if self.tracking_uri:
-            return self.tracking_uri
-        env = os.environ.get("MLFLOW_TRACKING_URI")
-        if env:
-            return env
-        return f"sqlite:///{(root / 'mlflow.db').as_posix()}"
+        from lib.pipeline.stages import tracking_uri
+
+        return tracking_uri(self.tracking_uri, root)
 
     def resolved_store_url(self, root: Path) -> str:
         """Where the service writes predictions and feedback (SQLAlchemy URL)."""
-        return self.store_url or f"sqlite:///{(root / 'predictions.db').as_posix()}"
+        from lib.pipeline.stages import store_url
+
+        return store_url(self.store_url, root)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data for reports; credentials in URLs are replaced by ``***``."""

@@ -23,6 +23,7 @@ from lib.atomic_files import write_json_atomic
 from lib.config import PipelineConfig
 from lib.errors import PipelineError, RunnerBusyError, StageError
 from lib.pipeline import run_record
+from lib.pipeline import stages as stage_modules
 from lib.pipeline.contracts import (
     PIPELINE,
     STAGES,
@@ -45,7 +46,7 @@ def new_run_id() -> str:
 
 
 def data_paths(cfg: PipelineConfig) -> list[str]:
-    return [p.strip() for p in cfg.data_path.split(",") if p.strip()]
+    return stage_modules.data_paths(cfg.data_path)
 
 
 def service_url(cfg: PipelineConfig) -> str:
