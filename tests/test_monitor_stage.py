@@ -1,31 +1,91 @@
-"""06 monitor's verdict: a window in which no model check could be evaluated is not healthy."""
+"""06 monitor's verdict: healthy (judged, passed), unhealthy (alerts) or not judged (and why).
+A window in which nothing could be judged is never called healthy."""
 
 from __future__ import annotations
 
+import pandas as pd
+import pytest
+
+from lib.pipeline.contracts import MonitorInputs
+from lib.pipeline.run_record import headline
+from lib.pipeline.stages import monitor
 from lib.pipeline.stages.monitor import verdict
 from lib.watch.health_report import Alert, CheckResult, MonitorReport
+from lib.watch.monitoring import REQUIRED_COLUMNS
+
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens on loopback
 
 
-def report(*checks: CheckResult, alerts: list[Alert] | None = None) -> MonitorReport:
+def report(*checks: CheckResult, alerts: list[Alert] | None = None, **kw) -> MonitorReport:
     alerts = alerts or []
-    return MonitorReport(not alerts, alerts, False, None, {}, {}, list(checks))
+    return MonitorReport(not alerts, alerts, False, None, {}, {}, list(checks), **kw)
 
 
-def test_too_few_samples_is_not_enough_evidence_never_healthy() -> None:
+def test_too_few_samples_is_not_judged_never_healthy() -> None:
     quiet = report(
         CheckResult("error_rate", "not_enough_data", "n=0"),
         CheckResult("accuracy", "not_enough_data", "n=0"),
         CheckResult("drift:category", "ok", "PSI 0.01"),  # drift alone says nothing of the model
     )
     assert quiet.healthy  # the report has no alert...
-    assert verdict(quiet) == "not_enough_evidence"  # ...but that is not a healthy verdict
+    assert verdict(quiet) == "not_judged"  # ...but that is not a healthy verdict
+    name, why = quiet.verdict()
+    assert name == "not_judged" and "n=0" in why
 
 
 def test_an_evaluated_model_check_without_alert_is_healthy() -> None:
     assert verdict(report(CheckResult("accuracy", "ok", "0.80 on 300", samples=300))) == "healthy"
 
 
-def test_alerts_win() -> None:
+def test_alerts_are_unhealthy() -> None:
     alert = Alert("accuracy", "critical", "12 points below", 0.68, 0.78, 300)
     checks = CheckResult("accuracy", "alert", "12 points below", samples=300, severity="critical")
-    assert verdict(report(checks, alerts=[alert])) == "alerts"
+    assert verdict(report(checks, alerts=[alert])) == "unhealthy"
+
+
+def test_an_unreachable_service_is_not_judged_even_when_the_store_looks_fine() -> None:
+    fine = report(
+        CheckResult("accuracy", "ok", "0.80 on 300", samples=300),
+        service_unreachable=f"service not reachable at {UNREACHABLE} (ConnectError)",
+    )
+    name, why = fine.verdict()
+    assert name == "not_judged" and UNREACHABLE in why
+    assert fine.to_dict()["verdict"] == "not_judged"
+
+
+def _window(**kw) -> monitor.Window:
+    empty = pd.DataFrame({c: [] for c in REQUIRED_COLUMNS})
+    values = dict(
+        client=None,
+        champion="1",
+        reference_metrics={"accuracy": 0.8, "roc_auc": 0.85},
+        reference_X=None,
+        reference_proba=None,
+        window=empty,
+    )
+    return monitor.Window(**{**values, **kw})
+
+
+@pytest.mark.parametrize("min_requests", [0, 50])
+def test_no_requests_is_not_judged_whatever_the_minimum(min_requests: int) -> None:
+    """With min_requests 0 the error-rate check passes on an empty window: still nothing seen."""
+    inputs = MonitorInputs(monitoring_config={"min_requests": min_requests})
+    w = _window()
+    checked = monitor.evaluate(inputs, w)
+    action = monitor.act(inputs, None, w, checked)
+    out = monitor.outputs(w, checked, action)
+    assert out.verdict == "not_judged" and out.healthy is None
+    assert "no requests" in out.verdict_reason
+    text = monitor.verdict_text(checked, action)
+    assert text.startswith("not judged") and "no requests" in text and "healthy" not in text
+    assert headline(out).startswith(": v1 not judged (no requests")  # the runner's console line
+
+
+def test_the_window_says_when_the_service_cannot_be_reached() -> None:
+    problem = monitor.service_problem(UNREACHABLE)
+    assert problem is not None and UNREACHABLE in problem
+    inputs = MonitorInputs(serving_url=UNREACHABLE)
+    w = _window(unreachable=problem)
+    checked = monitor.evaluate(inputs, w)
+    out = monitor.outputs(w, checked, monitor.act(inputs, None, w, checked))
+    assert out.verdict == "not_judged" and UNREACHABLE in out.verdict_reason

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
+import typing
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 
-from lib.watch.report_index import collect_runs, write_index
+from lib.pipeline import contracts as c
+from lib.pipeline import orchestrator, run_record
+from lib.pipeline.executors import StageResult
+from lib.pipeline.run_record import RunOutputs
+from lib.watch.report_index import (
+    OUTCOMES,
+    collect_runs,
+    record_operator_action,
+    write_index,
+)
 
 
 class Table(HTMLParser):
@@ -217,19 +229,151 @@ def test_partial_and_odd_summaries_do_not_crash(tmp_path: Path) -> None:
     assert "unreadable summary" in write_index(reports).read_text(encoding="utf-8")
 
 
+def _monitored(verdict: str, **kw: object) -> c.MonitorOutputs:
+    values: dict = dict(
+        verdict=verdict, verdict_reason=None, healthy=verdict == "healthy", alerts=[],
+        drift={}, rolled_back=False, monitor_rollback_reason=None, rollback_note=None,
+        monitored_version="1", live_metrics={},
+    )  # fmt: skip
+    return c.MonitorOutputs(**{**values, **kw})
+
+
+def _recorded_run(reports: Path, run_id: str, outcome: str, outputs: dict) -> Path:
+    """A run folder whose report.json is what the runner writes (run_record.summary over the
+    stages' typed outputs), not a hand-made dict that could drift from it."""
+    run_dir = reports / run_id
+    run_dir.mkdir(parents=True)
+    results = []
+    for i, (name, out) in enumerate(outputs.items(), 1):
+        (run_dir / f"0{i}_{name}.html").write_text(f"<html>{name}</html>")
+        html = f"reports/{run_id}/0{i}_{name}.html"
+        results.append(StageResult(name, "ok", 1.0, c.Contract(), out, None, html))
+    summary = run_record.summary(
+        run_id=run_id, model_name="m", tracking_uri="sqlite:///mlflow.db", trigger="schedule",
+        root=reports.parent, run_dir=run_dir, started=datetime(2026, 12, 6, tzinfo=UTC),
+        results=results, outcome=outcome, outputs=RunOutputs(outputs), recovered=None,
+        failure=None,
+    )  # fmt: skip
+    (run_dir / "report.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def _cells(reports: Path) -> dict[str, list[str]]:
+    return {r["run"]: r["cells"] for r in _table(reports).rows}
+
+
+def test_monitor_column_reads_what_the_runner_records(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    alert = {"check": "accuracy", "severity": "critical", "message": "12 points below"}
+    _recorded_run(reports, "20261206-000001-a", "monitored", {"monitor": _monitored("healthy")})
+    why = "service not reachable at http://127.0.0.1:8080 (ConnectError)"
+    quiet = _monitored("not_judged", verdict_reason=why, healthy=None)
+    _recorded_run(reports, "20261206-000002-b", "monitored", {"monitor": quiet})
+    _recorded_run(
+        reports, "20261206-000003-c", "monitored",
+        {"monitor": _monitored("unhealthy", alerts=[alert], healthy=False)},
+    )  # fmt: skip
+    rolled = _monitored(
+        "unhealthy", alerts=[alert], healthy=False, rolled_back=True,
+        monitor_rollback_reason="accuracy 12 points below",
+    )  # fmt: skip
+    _recorded_run(reports, "20261206-000004-d", "monitor_rolled_back", {"monitor": rolled})
+    cells = _cells(reports)
+    monitor = {run: row[7] for run, row in cells.items()}
+    assert monitor["20261206-000001-a"] == "v1 healthy"
+    quiet_cell = monitor["20261206-000002-b"]
+    assert quiet_cell.startswith("v1 not judged") and why in quiet_cell
+    assert monitor["20261206-000003-c"] == "v1 unhealthy, 1 alert"
+    assert monitor["20261206-000004-d"].startswith("v1 rolled back, 1 alert")
+    assert cells["20261206-000001-a"][2] == "monitored"
+    assert cells["20261206-000004-d"][2].startswith("rolled back (monitor)")
+    assert "monitor: accuracy 12 points below" in cells["20261206-000004-d"][2]
+
+
+def test_a_deployed_run_without_monitor_has_no_monitor_verdict(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    deployed = c.DeployOutputs(
+        outcome="promoted", deployed_version="2", champion_before="1", rollback_reason=None,
+        timeline=[], steps=[],
+    )  # fmt: skip
+    _recorded_run(reports, "20261207-000000-a", "promoted", {"deploy": deployed})
+    (row,) = _table(reports).rows
+    assert row["cells"][2] == "promoted" and row["cells"][7] == "—"
+
+
+def _orchestrator_outcomes() -> set[str]:
+    """Every outcome literal lib.pipeline.orchestrator can write, read from its source."""
+    source = Path(orchestrator.__file__).read_text()
+    found = set(re.findall(r'outcome(?:, exit_code)? = "(\w+)"', source))
+    found |= set(re.findall(r'record\("(\w+)"', source))
+    found |= set(typing.get_args(c.DeployOutputs.model_fields["outcome"].annotation))
+    found |= {"awaiting_approval", "rejected", "no_training"}  # _next_step's returns
+    return found
+
+
+def test_every_outcome_the_runner_writes_is_labelled(tmp_path: Path) -> None:
+    assert _orchestrator_outcomes() <= set(run_record.RUN_OUTCOMES)
+    assert set(run_record.RUN_OUTCOMES) <= set(OUTCOMES)
+    reports = tmp_path / "reports"
+    for i, outcome in enumerate(run_record.RUN_OUTCOMES):
+        _run(reports, f"20261208-0000{i:02d}-x", f"2026-12-08T00:00:{i:02d}+00:00", outcome, [])
+    labels = [row["cells"][2] for row in _table(reports).rows]
+    assert labels == [OUTCOMES[o][0] for o in reversed(run_record.RUN_OUTCOMES)]
+
+
 def test_monitor_rollback_and_atomic_rewrite(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
-    _run(
-        reports,
-        "20261206-000000-f",
-        "2026-12-06T00:00:00+00:00",
-        "promoted",
-        ["detect"],
-        {"monitor": {"healthy": False, "alerts": [{"check": "accuracy"}], "rolled_back": True}},
-    )
+    rolled = _monitored(
+        "unhealthy", healthy=False, alerts=[{"check": "accuracy", "message": "down"}],
+        rolled_back=True, monitor_rollback_reason="accuracy down",
+    )  # fmt: skip
+    _recorded_run(reports, "20261206-000000-f", "monitor_rolled_back", {"monitor": rolled})
     first = write_index(reports)
     text = first.read_text(encoding="utf-8")
     assert "rolled back (monitor)" in text and "rolled back, 1 alert" in text
     assert write_index(reports) == first
     assert sorted(p.name for p in reports.iterdir() if p.is_file()) == ["index.html"]
     assert write_index(tmp_path / "empty").read_text().count("no runs yet") == 1
+
+
+def test_operator_actions_have_their_own_section_newest_first(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    _run(reports, "20261101-090000-aaaa", "2026-11-01T09:00:00+00:00", "promoted", ["deploy"])
+    record_operator_action(
+        reports, "rollback", version="2", champion="1", result="done", reason="bad <reviews>"
+    )
+    record_operator_action(
+        reports, "promote", version="3", champion="3", result="done", reason="fixed"
+    )
+    page = (reports / "index.html").read_text(encoding="utf-8")  # rewritten by each action
+    assert "bad &lt;reviews&gt;" in page and "<reviews>" not in page
+    actions = OperatorTable()
+    actions.feed(page)
+    assert [r[1:4] for r in actions.rows] == [["promote", "v3", "v3"], ["rollback", "v2", "v1"]]
+    assert [r["run"] for r in _table(reports).rows] == ["20261101-090000-aaaa"]
+    (reports / "operator_actions.json").write_text("{not json")
+    assert "operator actions unreadable" in write_index(reports).read_text(encoding="utf-8")
+
+
+class OperatorTable(HTMLParser):
+    """The cells of each <tr data-action=...> row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr" and "data-action" in dict(attrs):
+            self.rows.append([])
+        elif self.rows and tag == "td":
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None:
+            self.rows[-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)

@@ -192,8 +192,9 @@ class MonitorInputs(HoldoutInputs):
 
 
 class MonitorOutputs(Contract):
-    verdict: Literal["healthy", "alerts", "not_enough_evidence"]
-    healthy: bool | None  # None: not enough evidence either way
+    verdict: Literal["healthy", "unhealthy", "not_judged"]
+    verdict_reason: str | None = None  # why not judged (or the alerts, when unhealthy)
+    healthy: bool | None  # None: not judged
     alerts: list[dict[str, Any]]
     drift: dict[str, Any]
     rolled_back: bool

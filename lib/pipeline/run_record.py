@@ -24,6 +24,23 @@ from lib.pipeline.contracts import (
 )
 from lib.pipeline.executors import StageResult
 
+# Every `outcome` a run's report.json can hold (lib.pipeline.orchestrator sets them): the index
+# (lib.watch.report_index) labels each; a test checks the orchestrator uses no other.
+RUN_OUTCOMES = (
+    "running",  # written after each stage while the run goes on
+    "cancelled",  # Ctrl-C or SIGTERM
+    "failed",  # a stage failed
+    "no_training",  # 01 detect: nothing new enough
+    "decided",  # stages up to 04 decide only
+    "awaiting_approval",  # 04 decide: manual
+    "rejected",  # 04 decide: reject
+    "promoted",  # 05 deploy
+    "rolled_back",  # 05 deploy
+    "monitored",  # 06 monitor ran (alone, or after a run that deployed nothing)
+    "monitor_rolled_back",  # 06 monitor rolled production back
+    "completed",  # anything else that ran to its end
+)
+
 
 class RunOutputs(dict[str, Contract]):
     """Typed outputs of the stages that ran, by stage name."""
@@ -71,6 +88,7 @@ class RunResults(BaseModel):
     recovered: dict[str, Any] | None = None  # what recovery of an interrupted rollout did
     healthy: bool | None = None
     verdict: str | None = None
+    verdict_reason: str | None = None
     alerts: list[dict[str, Any]] | None = None
     drift: dict[str, Any] | None = None
     rolled_back: bool | None = None
@@ -130,7 +148,12 @@ def headline(out: Contract) -> str:
         note = f"; NOTE: {out.note}" if out.note else ""
         return f": v{out.deployed_version} {out.outcome}{why}{note}"
     if isinstance(out, MonitorOutputs):
-        state = f"{len(out.alerts)} alert(s)" if out.alerts else out.verdict.replace("_", " ")
+        if out.alerts:
+            state = f"unhealthy, {len(out.alerts)} alert(s)"
+        elif out.verdict == "not_judged":
+            state = f"not judged ({out.verdict_reason})"
+        else:
+            state = out.verdict
         note = f"; {out.rollback_note}" if out.rollback_note else ""
         return f": v{out.monitored_version} {state}{note}"
     return ""

@@ -15,6 +15,8 @@ from lib.json_safe import json_safe
 
 OK, ALERT, NO_DATA, SKIPPED = "ok", "alert", "not_enough_data", "skipped"
 WARNING, CRITICAL = "warning", "critical"
+HEALTHY, UNHEALTHY, NOT_JUDGED = "healthy", "unhealthy", "not_judged"  # the three verdicts
+EVIDENCE_CHECKS = ("error_rate", "accuracy", "roc_auc")  # what says anything about the model
 
 
 @dataclass
@@ -115,21 +117,44 @@ class CheckResult:
 class MonitorReport:
     """The verdict of one monitoring pass; `to_dict()` is what notebooks and reports store."""
 
-    healthy: bool  # no alert of any severity
+    healthy: bool  # no alert of any severity (NOT the verdict: an empty window has no alert)
     alerts: list[Alert]
     rollback: bool  # only a significant accuracy drop or error rate sets it
     rollback_reason: str | None
     drift: dict[str, Any]
     metrics: dict[str, Any]
     checks: list[CheckResult] = field(default_factory=list)
+    service_unreachable: str | None = None  # why the live service could not be checked
 
     def by_name(self, name: str) -> CheckResult:
         return next(c for c in self.checks if c.name == name)
 
+    def verdict(self) -> tuple[str, str | None]:
+        """(`healthy`, None): judged and passed; (`unhealthy`, the alerts); (`not_judged`, why):
+        a service that cannot be reached, no request at all, or no model check with enough
+        data. No alert is not the same as healthy: a window that saw nothing has no alert."""
+        if self.alerts:
+            return UNHEALTHY, "; ".join(f"{a.check}: {a.message}" for a in self.alerts)
+        why = []
+        if self.service_unreachable:
+            why.append(self.service_unreachable)
+        requests = (self.metrics.get("traffic") or {}).get("requests")
+        if requests == 0:
+            why.append("no requests in the window: nothing was served to judge")
+        evidence = [c for c in self.checks if c.name in EVIDENCE_CHECKS]
+        if not why and not any(c.status == OK for c in evidence):
+            seen = "; ".join(c.message for c in evidence) or "no model check ran"
+            why.append(f"no model check had enough data ({seen})")
+        return (NOT_JUDGED, "; ".join(why)) if why else (HEALTHY, None)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN and infinities become null, NumPy scalars plain numbers."""
+        name, reason = self.verdict()
         return json_safe(
             {
+                "verdict": name,
+                "verdict_reason": reason,
+                "service_unreachable": self.service_unreachable,
                 "healthy": self.healthy,
                 "rollback": self.rollback,
                 "rollback_reason": self.rollback_reason,

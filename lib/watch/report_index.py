@@ -1,9 +1,15 @@
-"""`reports/index.html`: every pipeline run on one page, newest first.
+"""`reports/index.html`: every pipeline run on one page, newest first, then what operators did.
 
 The executed notebooks are the record of each run (Papermill's idea); this page is only the way
 in. It reads each run's `report.json`, never trusts it (values are HTML-escaped, a malformed or
 partial summary still gets a row saying so), links the notebooks by paths relative to the page so
-the folder can be copied or served anywhere, and needs no JavaScript.
+the folder can be copied or served anywhere, and needs no JavaScript. The Monitor column reads
+what the runner records (`results.verdict`... of lib.pipeline.run_record.RunResults).
+
+Operator actions (`runner.py rollback`, `promote`, `approve`, `reject`) change production outside
+any run: each command appends one entry to `reports/operator_actions.json`
+(`record_operator_action`), shown in its own table, so the page never shows a promotion as the
+last word when a person rolled it back since.
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from lib.atomic_files import write_text_atomic
+from lib.atomic_files import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.html"
+OPERATOR_FILE = "operator_actions.json"
 UNREADABLE = "unreadable summary"
-OUTCOMES = {  # report.json outcome -> (label, CSS class)
+OUTCOMES = {  # report.json outcome (lib.pipeline.run_record.RUN_OUTCOMES) -> (label, CSS class)
     "promoted": ("promoted", "good"),
     "rolled_back": ("rolled back", "bad"),
     "rejected": ("rejected", "warn"),
@@ -35,6 +42,17 @@ OUTCOMES = {  # report.json outcome -> (label, CSS class)
     "failed": ("failed", "bad"),
     "decided": ("decided", "info"),
     "completed": ("completed", "info"),
+    "monitored": ("monitored", "info"),
+    "monitor_rolled_back": ("rolled back (monitor)", "bad"),
+    "running": ("running (unfinished)", "wait"),
+    "cancelled": ("cancelled", "warn"),
+}
+VERDICTS = {  # 06 monitor's verdict -> words; older reports used `alerts` / `not_enough_evidence`
+    "healthy": "healthy",
+    "unhealthy": "unhealthy",
+    "alerts": "unhealthy",
+    "not_judged": "not judged",
+    "not_enough_evidence": "not judged",
 }
 FAILED_CLASS = ' class="failed"'
 RUN_ID_TIME = re.compile(r"(\d{8}-\d{6})")
@@ -42,6 +60,7 @@ RUN_ID_TIME = re.compile(r"(\d{8}-\d{6})")
 CSS = """
 body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem;color:#222}
 h1{font-size:1.4rem;margin:0 0 .3rem}
+h2{font-size:1.15rem;margin:1.5rem 0 .3rem}
 .meta{color:#666;margin-bottom:1rem}
 table{border-collapse:collapse;width:100%}
 th,td{border-bottom:1px solid #ddd;padding:.4rem .5rem;text-align:left;vertical-align:top}
@@ -173,29 +192,44 @@ def _stage_links(stages: Any, reports_dir: Path, run_dir: Path) -> list[Link]:
     return links
 
 
+MONITOR_KEYS = ("verdict", "healthy", "alerts", "rolled_back", "monitored_version")
+
+
+def _monitor(results: dict[str, Any]) -> dict[str, Any]:
+    """06 monitor's part of report.json's `results` (RunResults); {} when it did not run."""
+    if not any(results.get(k) is not None for k in MONITOR_KEYS):
+        return {}
+    return results
+
+
 def _outcome(summary: dict[str, Any], monitor: dict[str, Any]) -> tuple[str, str]:
     raw = summary.get("outcome")
     if monitor.get("rolled_back") is True and raw != "failed":
-        return "rolled back (monitor)", "bad"
+        return OUTCOMES["monitor_rolled_back"]
     if raw in OUTCOMES:
         return OUTCOMES[raw]
     return (_text(raw), "muted")
 
 
 def _monitor_text(monitor: dict[str, Any]) -> str:
+    """`v3 healthy`, `v3 unhealthy, 2 alerts`, `v3 rolled back, 1 alert`, `v3 not judged: why`."""
     if not monitor:
         return "—"
     alerts = monitor.get("alerts")
     count = len(alerts) if isinstance(alerts, list) else alerts
-    parts = []
-    if monitor.get("rolled_back") is True:
-        parts.append("rolled back")
+    verdict = VERDICTS.get(str(monitor.get("verdict")))
+    if verdict is None:  # a report without a verdict: only `healthy` can say anything
+        healthy = monitor.get("healthy")
+        verdict = {True: "healthy", False: "unhealthy"}.get(healthy, "not judged")
+    parts = ["rolled back" if monitor.get("rolled_back") is True else verdict]
     if isinstance(count, int) and not isinstance(count, bool) and count:
         parts.append(f"{count} alert{'s' if count != 1 else ''}")
-    if not parts:
-        healthy = monitor.get("healthy")
-        parts.append("healthy" if healthy is True else "unhealthy" if healthy is False else "—")
-    return ", ".join(parts)
+    version = monitor.get("monitored_version")
+    text = (f"v{version} " if version is not None else "") + ", ".join(parts)
+    reason = monitor.get("verdict_reason")
+    if verdict == "not judged" and reason:
+        text += f": {reason}"
+    return text
 
 
 def _notifications(items: Any) -> tuple[str, int, list[str]]:
@@ -258,7 +292,7 @@ def read_run(report: Path, reports_dir: Path) -> RunRow:
         return row
 
     results = _dict(summary.get("results"))
-    monitor = _dict(summary.get("monitor")) or _dict(results.get("monitor"))
+    monitor = _monitor(results)
     metrics = _dict(results.get("metrics"))
     started = _parse_time(summary.get("started"))
     if isinstance(summary.get("run_id"), str) and summary["run_id"].strip():
@@ -281,12 +315,15 @@ def read_run(report: Path, reports_dir: Path) -> RunRow:
     row.notifications, row.notifications_failed, notes = _notifications(
         summary.get("notifications") or results.get("notifications")
     )
-    for key in ("error", "rollback_reason"):
+    for key in ("error", "rollback_reason", "note"):
         value = summary.get(key) if key == "error" else results.get(key)
         if value:
             row.notes.append(str(value))
-    if monitor.get("rollback_reason"):
-        row.notes.append(f"monitor: {monitor['rollback_reason']}")
+    if monitor.get("monitor_rollback_reason"):
+        row.notes.append(f"monitor: {monitor['monitor_rollback_reason']}")
+    recovered = _dict(results.get("recovered"))
+    if recovered.get("reason"):
+        row.notes.append(f"recovered first: {recovered['reason']}")
     row.notes.extend(notes)
     row.links = _stage_links(summary.get("stages"), reports_dir, run_dir)
     return row
@@ -297,6 +334,85 @@ def collect_runs(reports_dir: Path) -> list[RunRow]:
     reports_dir = Path(reports_dir)
     rows = [read_run(p, reports_dir) for p in reports_dir.glob("*/report.json") if p.is_file()]
     return sorted(rows, key=lambda r: (r.sort_key, r.run_id), reverse=True)
+
+
+# ---------------------------------------------------------------------------- operator actions
+
+
+def read_operator_actions(reports_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The entries of operator_actions.json, oldest first, and what is wrong with the file
+    when it cannot be read (None when it is fine or absent)."""
+    path = Path(reports_dir) / OPERATOR_FILE
+    if not path.exists():
+        return [], None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise ValueError(f"expected a JSON list, found {type(data).__name__}")
+    except (OSError, ValueError) as exc:
+        logger.warning("report index: %s is unreadable: %s", path, exc)
+        return [], f"{type(exc).__name__}: {exc}"
+    return [e for e in data if isinstance(e, dict)], None
+
+
+def record_operator_action(reports_dir: Path, action: str, **fields: Any) -> dict[str, Any]:
+    """Append one operator action (rollback, promote, approve, reject: version, champion after,
+    result, reason...) to operator_actions.json and rewrite the index. An unreadable file is
+    moved aside, never overwritten."""
+    reports_dir = Path(reports_dir)
+    path = reports_dir / OPERATOR_FILE
+    now = datetime.now(UTC)
+    entry = {"at": now.isoformat(timespec="seconds"), "action": action, **fields}
+    entries, problem = read_operator_actions(reports_dir)
+    if problem is not None:
+        aside = path.with_name(f"{path.name}.unreadable-{now.strftime('%Y%m%d-%H%M%S')}")
+        path.replace(aside)
+        logger.warning("moved the unreadable %s to %s", path, aside)
+    write_json_atomic(path, [*entries, entry])
+    write_index(reports_dir)
+    return entry
+
+
+def _version(value: Any) -> str:
+    return "—" if value is None or value == "" else f"v{value}"
+
+
+def _action_html(entry: dict[str, Any]) -> str:
+    at = _parse_time(entry.get("at"))
+    date = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if at else _text(entry.get("at"))
+    result = _text(entry.get("result"))
+    css = {"done": "good", "failed": "bad", "refused": "warn"}.get(result, "info")
+    details = [
+        f"{label}{entry[key]}"
+        for key, label in (("reason", ""), ("detail", ""), ("run_id", "run "),
+                           ("notifications", "notifications: "))
+        if entry.get(key)
+    ]  # fmt: skip
+    notes = "".join(f'<div class="note">{_e(d)}</div>' for d in details) or "—"
+    cells = [
+        f"<td>{_e(date)}</td>",
+        f"<td>{_e(_text(entry.get('action')))}</td>",
+        f"<td>{_e(_version(entry.get('version')))}</td>",
+        f"<td>{_e(_version(entry.get('champion')))}</td>",
+        f'<td><span class="badge {css}">{_e(result)}</span></td>',
+        f"<td>{notes}</td>",
+    ]
+    return f'<tr data-action="{_e(_text(entry.get("action")))}">' + "".join(cells) + "</tr>"
+
+
+def _actions_html(entries: list[dict[str, Any]], problem: str | None) -> str:
+    """Newest first, like the runs."""
+    title = "<h2>Operator actions</h2>"
+    if problem is not None:
+        return f'{title}<div class="note">operator actions unreadable: {_e(problem)}</div>'
+    if not entries:
+        return f'{title}<div class="meta">none recorded</div>'
+    head = (
+        "<tr><th>Date</th><th>Action</th><th>Version</th><th>Champion after</th>"
+        "<th>Result</th><th>Reason / details</th></tr>"
+    )
+    body = "\n".join(_action_html(e) for e in reversed(entries))  # the file is in time order
+    return f"{title}<table><thead>{head}</thead><tbody>\n{body}\n</tbody></table>"
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -331,7 +447,11 @@ def _row_html(row: RunRow) -> str:
     return f'<tr data-run="{_e(row.folder)}"{css}>' + "".join(cells) + "</tr>"
 
 
-def render_index(rows: list[RunRow], generated: datetime | None = None) -> str:
+def render_index(
+    rows: list[RunRow],
+    generated: datetime | None = None,
+    actions: tuple[list[dict[str, Any]], str | None] = ([], None),
+) -> str:
     """The whole page as one string: inline CSS, no scripts, every value escaped."""
     generated = generated or datetime.now(UTC)
     counts: dict[str, int] = {}
@@ -352,7 +472,8 @@ def render_index(rows: list[RunRow], generated: datetime | None = None) -> str:
         f'<div class="meta">{len(rows)} run{"s" if len(rows) != 1 else ""}'
         f"{': ' + tally if tally else ''} · generated "
         f"{_e(generated.strftime('%Y-%m-%d %H:%M UTC'))}</div>"
-        f"<table><thead>{head}</thead><tbody>\n{body}\n</tbody></table></body></html>\n"
+        f"<table><thead>{head}</thead><tbody>\n{body}\n</tbody></table>"
+        f"{_actions_html(*actions)}</body></html>\n"
     )
 
 
@@ -360,7 +481,7 @@ def write_index(reports_dir: Path) -> Path:
     """Write `reports_dir/index.html` atomically (a reader never sees half a page)."""
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    page = render_index(collect_runs(reports_dir))
+    page = render_index(collect_runs(reports_dir), actions=read_operator_actions(reports_dir))
     target = reports_dir / INDEX_NAME
     write_text_atomic(target, page, permissions=0o644)  # the page is meant to be served
     logger.info("report index: %s", target)

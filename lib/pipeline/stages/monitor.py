@@ -1,5 +1,9 @@
 """06 monitor: the champion's live window against its validation figures and training data;
-a significant accuracy drop or error rate rolls production back (when `auto_rollback`)."""
+a significant accuracy drop or error rate rolls production back (when `auto_rollback`).
+
+Three verdicts: healthy (judged, passed), unhealthy (alerts) and not judged (a service that
+cannot be reached, no request in the window, or no model check with enough data; the reason is
+kept). A pass that judged nothing is never reported as healthy."""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ class Window:
     reference_X: pd.DataFrame
     reference_proba: np.ndarray
     window: pd.DataFrame
+    unreachable: str | None = None  # why the live service could not be checked, if it could not
 
     @property
     def current_proba(self) -> np.ndarray:
@@ -59,7 +64,27 @@ def read_window(inputs: MonitorInputs, root: Path) -> Window:
     store = PredictionStore(store_url(inputs.store_url, root))
     window = store.window(time.time() - inputs.window_seconds, features=True)
     window = window[window["model_version"].astype(str) == str(champion)]
-    return Window(client, str(champion), reference_metrics, reference_X, reference_proba, window)
+    return Window(
+        client,
+        str(champion),
+        reference_metrics,
+        reference_X,
+        reference_proba,
+        window,
+        service_problem(inputs.serving_url),
+    )
+
+
+def service_problem(url: str) -> str | None:
+    """None when the production service answers /health; else why not, in words. A window read
+    from the store alone cannot say the service is healthy when the service is down."""
+    import httpx
+
+    try:
+        httpx.get(f"{url}/health", timeout=3).raise_for_status()
+    except httpx.HTTPError as exc:
+        return f"service not reachable at {url} ({type(exc).__name__})"
+    return None
 
 
 def window_table(inputs: MonitorInputs, w: Window) -> pd.DataFrame:
@@ -89,9 +114,11 @@ def service_counters(url: str) -> list[str]:
 
 
 def evaluate(inputs: MonitorInputs, w: Window) -> monitoring.MonitorReport:
-    return monitoring.evaluate_health(
+    report = monitoring.evaluate_health(
         w.window, w.reference_metrics, w.reference_X, w.reference_proba, config(inputs)
     )
+    report.service_unreachable = w.unreachable
+    return report
 
 
 def checks_table(report: monitoring.MonitorReport) -> pd.DataFrame:
@@ -107,16 +134,9 @@ def drifts(report: monitoring.MonitorReport) -> list[monitoring.FeatureDrift]:
     return [monitoring.FeatureDrift(**d) for d in report.drift.get("features", [])]
 
 
-EVIDENCE_CHECKS = ("error_rate", "accuracy", "roc_auc")  # what says anything about the model
-
-
 def verdict(report: monitoring.MonitorReport) -> str:
-    """`alerts`, `healthy`, or `not_enough_evidence`: a window in which no model check could
-    be evaluated is not a healthy one."""
-    if report.alerts:
-        return "alerts"
-    evaluated = [c for c in report.checks if c.name in EVIDENCE_CHECKS and c.status in ("ok",)]
-    return "healthy" if evaluated else "not_enough_evidence"
+    """`healthy`, `unhealthy` or `not_judged` (lib.watch.health_report.MonitorReport.verdict)."""
+    return report.verdict()[0]
 
 
 @dataclass
@@ -150,11 +170,11 @@ def act(
 def verdict_text(report: monitoring.MonitorReport, action: Action) -> str:
     if action.note:
         return action.note
-    v = verdict(report)
-    if v == "alerts":
-        return f"{len(report.alerts)} alert(s), no rollback"
-    if v == "not_enough_evidence":
-        return "not enough evidence: no model check could be evaluated in this window"
+    v, why = report.verdict()
+    if v == "unhealthy":
+        return f"unhealthy: {len(report.alerts)} alert(s), no rollback"
+    if v == "not_judged":
+        return f"not judged: {why}"
     return "healthy"
 
 
@@ -165,10 +185,11 @@ def alerts_table(report: monitoring.MonitorReport) -> pd.DataFrame:
 
 
 def outputs(w: Window, report: monitoring.MonitorReport, action: Action) -> MonitorOutputs:
-    v = verdict(report)
+    v, why = report.verdict()
     return MonitorOutputs(
         verdict=v,
-        healthy=None if v == "not_enough_evidence" else report.healthy,
+        verdict_reason=why,
+        healthy=None if v == "not_judged" else v == "healthy",
         alerts=[
             {"check": a.check, "severity": a.severity, "message": a.message}
             for a in report.alerts
