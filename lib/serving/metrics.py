@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from lib.serving.batching import Variant
+
+# PredictionStore.stats() key -> (counter name without _total, help)
+STORE_COUNTERS = {
+    "submitted": ("model_store_rows_submitted", "Prediction rows handed to the store"),
+    "written": ("model_store_rows_written", "Prediction rows written to the database"),
+    "dropped": (
+        "model_store_rows_dropped",
+        "Prediction rows dropped: the store's backlog was full (database too slow or down)",
+    ),
+    "failed": (
+        "model_store_rows_failed",
+        "Prediction rows not written: the database kept failing (retried 3 times)",
+    ),
+    "rejected": (
+        "model_store_rows_rejected",
+        "Prediction rows the database refused (skipped alone, the rest of the batch written)",
+    ),
+    "recovered": (
+        "model_store_rows_recovered",
+        "Rows answered by a process that died before writing them, written from its journal "
+        "when this service opened the store",
+    ),
+    "lost_at_restart": (
+        "model_store_rows_lost_at_restart",
+        "Rows of a dead process's journal that could not be read back or stored",
+    ),
+}
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
@@ -79,4 +109,23 @@ class Metrics:
                 self._label_children[key] = child
             child.inc(n)
 
+    def watch_store(self, stats: Callable[[], dict[str, int]]) -> None:
+        """Expose a prediction store's row counts (`PredictionStore.stats`) at every scrape."""
+        self.registry.register(_StoreCollector(stats))
 
+
+class _StoreCollector(Collector):
+    """Reads the store's counts when scraped: nothing to update on the request path."""
+
+    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        for key, (name, documentation) in STORE_COUNTERS.items():
+            yield CounterMetricFamily(name, documentation, value=stats.get(key, 0))
+        yield GaugeMetricFamily(
+            "model_store_rows_pending",
+            "Prediction rows answered and not written to the database yet",
+            value=stats.get("pending", 0),
+        )

@@ -3,15 +3,17 @@
 SQLAlchemy Core with portable SQL only, so the default SQLite file and a PostgreSQL URL run the
 same code. On SQLite the database is switched to WAL with a busy timeout: the service (writer) and
 the analysis notebooks (readers, in other processes) work at the same time without "database is
-locked". The service never writes on its request path: `submit` hands rows to a background writer
-thread that inserts them in batches.
+locked". The service never writes the database on its request path: `submit` appends the rows to
+a journal file (`store_journal`: what a kill -9 must not lose) and hands them to a background
+writer thread that inserts them in batches. A row the database refuses costs only itself: the
+batch is then inserted row by row, and the refused rows are counted and logged.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -35,8 +37,12 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
+
+from lib.serving import store_journal, store_queue
+from lib.serving.store_rows import clean_prediction, safe_text
 
 logger = logging.getLogger(__name__)
 
@@ -82,22 +88,12 @@ WINDOW_COLUMNS = [
 ]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# the database itself failed (locked, down, connection lost): retry the rows later
+TRANSIENT_ERRORS = (OperationalError, DisconnectionError, PoolTimeoutError)
 
 
-def _json_value(value: Any) -> Any:
-    """NaN is not JSON: a missing size is stored as null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if hasattr(value, "item"):  # numpy scalars
-        return _json_value(value.item())
-    return value
-
-
-def features_json(features: Any) -> str | None:
-    """The model's input row as JSON text (a dict of column -> value), None if absent."""
-    if features is None or isinstance(features, str):
-        return features
-    return json.dumps({str(k): _json_value(v) for k, v in dict(features).items()})
+class FeedbackRefused(ValueError):
+    """Feedback for a prediction that has no outcome to judge (the model failed on it)."""
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -137,6 +133,7 @@ class PredictionStore:
     """Predictions and feedback in one database; tables are created on first use.
 
     Thread-safe. `submit` is the service's non-blocking path; `record_predictions` writes at once.
+    Opening a store replays the journal of a process that died with rows not written yet.
     """
 
     def __init__(
@@ -145,25 +142,29 @@ class PredictionStore:
         batch_size: int = 500,
         min_interval: float = 0.05,
         max_pending: int = 200_000,
+        journal_dir: str | Path | None = None,
+        journal: bool = True,
     ) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self.batch_size = batch_size
-        self.min_interval = min_interval  # at most ~20 commits/s from the writer under load
-        self.max_pending = max_pending
         self._tables_ready = False
         self._tables_lock = threading.Lock()
-        # writer state, all guarded by _cv
-        self._cv = threading.Condition()
-        self._pending: list[dict[str, Any]] = []
-        self._submitted = 0
-        self._done = 0  # written, or given up on (dropped / failed): flush never hangs
-        self._dropped = 0
-        self._failed = 0
-        self._flush_requested = False
-        self._stopping = False
-        self._closed = False
-        self._writer: threading.Thread | None = None
+        self._recovered = 0
+        self._lost_at_restart = 0
+        if journal_dir is None and journal:
+            journal_dir = store_journal.default_dir(url)
+        self.journal_dir = Path(journal_dir) if journal and journal_dir else None
+        if not store_journal.available():
+            self.journal_dir = None
+        self._queue = store_queue.WriteQueue(
+            self._write_with_retries,
+            batch_size,
+            min_interval,
+            max_pending,
+            None if self.journal_dir is None else store_journal.Journal(self.journal_dir),
+        )
+        if self.journal_dir is not None:
+            self._recover()
 
     # ---------------------------------------------------------------------------------- setup
 
@@ -182,20 +183,67 @@ class PredictionStore:
                     raise
             self._tables_ready = True
 
+    def _recover(self) -> None:
+        """Insert the rows a dead process answered but did not write (its journal segments).
+
+        Rows already in the database are left as they are; the others are counted as
+        recovered, unreadable lines as lost. A database that fails now leaves the segment for
+        the next store opened.
+        """
+        for path, fd in store_journal.orphans(self.journal_dir):
+            try:
+                rows, torn = store_journal.read(fd)
+                self._ensure_tables()
+                recovered, refused = self._insert_missing(rows)
+            except Exception:
+                logger.exception("prediction store: journal %s not replayed (kept)", path.name)
+                os.close(fd)
+                continue
+            store_journal.discard(path, fd)
+            self._recovered += recovered
+            self._lost_at_restart += torn + refused
+            if recovered or torn or refused:
+                logger.warning(
+                    "prediction store: %d answered row(s) recovered from %s after a crash "
+                    "(%d lost: %d unreadable, %d refused by the database)",
+                    recovered, path.name, torn + refused, torn, refused,
+                )  # fmt: skip
+
+    def _insert_missing(self, rows: list[dict[str, Any]]) -> tuple[int, int]:
+        """Insert the rows whose request id is not stored yet: (inserted, refused)."""
+        by_id = {}
+        for row in rows:
+            clean = clean_prediction(row)
+            by_id[clean["request_id"]] = clean
+        ids = list(by_id)
+        missing = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            with self.engine.connect() as conn:
+                stored = set(
+                    conn.execute(
+                        select(predictions.c.request_id).where(predictions.c.request_id.in_(chunk))
+                    ).scalars()
+                )
+            missing.extend(by_id[i] for i in chunk if i not in stored)
+        written, refused, transient = self._insert_isolating(missing)
+        if transient:
+            raise transient[0][1]
+        self._log_refused(refused)
+        return written, len(refused)
+
     # ------------------------------------------------------------------------ direct writes
 
     def record_predictions(self, rows: list[dict[str, Any]]) -> int:
         """Bulk-insert prediction rows; a repeated request id replaces the earlier row."""
         if not rows:
             return 0
+        return self._insert([clean_prediction(row) for row in rows])
+
+    def _insert(self, rows: list[dict[str, Any]]) -> int:
+        """Insert clean rows in one transaction (last one wins for a repeated id)."""
         self._ensure_tables()
-        by_id: dict[str, dict[str, Any]] = {}
-        for row in rows:  # last one wins inside a batch too
-            clean = {name: row.get(name) for name in PREDICTION_FIELDS}
-            clean["features"] = features_json(clean["features"])
-            clean["request_id"] = str(clean["request_id"])
-            clean["model_version"] = str(clean["model_version"])
-            by_id[clean["request_id"]] = clean
+        by_id: dict[str, dict[str, Any]] = {row["request_id"]: row for row in rows}
         values = list(by_id.values())
         try:
             with self.engine.begin() as conn:
@@ -210,6 +258,44 @@ class PredictionStore:
                 conn.execute(insert(predictions), values)
         return len(values)
 
+    def _insert_isolating(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[int, list[tuple[dict[str, Any], Exception]], list[tuple[dict[str, Any], Exception]]]:
+        """Insert clean rows; if the batch fails for a reason of its rows, insert them one by one
+        so that a bad row costs only itself. (written, refused rows, rows to retry)."""
+        if not rows:
+            return 0, [], []
+        try:
+            return self._insert(rows), [], []
+        except TRANSIENT_ERRORS as exc:
+            return 0, [], [(row, exc) for row in rows]
+        except Exception as exc:
+            if len(rows) == 1:
+                return 0, [(rows[0], exc)], []
+        written = 0
+        refused: list[tuple[dict[str, Any], Exception]] = []
+        transient: list[tuple[dict[str, Any], Exception]] = []
+        for row in rows:
+            try:
+                written += self._insert([row])
+            except TRANSIENT_ERRORS as exc:
+                transient.append((row, exc))
+            except Exception as exc:
+                refused.append((row, exc))
+        return written, refused, transient
+
+    @staticmethod
+    def _log_refused(refused: list[tuple[dict[str, Any], Exception]]) -> None:
+        for row, exc in refused[:20]:
+            logger.error(
+                "prediction store: row %r refused by the database, skipped: %s: %s",
+                row.get("request_id"), type(exc).__name__, str(exc).splitlines()[0][:300],
+            )  # fmt: skip
+        if len(refused) > 20:
+            logger.error(
+                "prediction store: %d more row(s) of this batch refused", len(refused) - 20
+            )
+
     def _prediction(self, request_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(
@@ -223,6 +309,10 @@ class PredictionStore:
             ).first()
         return None if row is None else dict(row._mapping)
 
+    def is_pending(self, request_id: str) -> bool:
+        """Submitted in this process and not written (or given up on) yet."""
+        return self._queue.is_pending(safe_text(str(request_id)))
+
     def record_feedback(
         self,
         request_id: str,
@@ -233,18 +323,23 @@ class PredictionStore:
         """Store the true rating (or label) of a prediction; None if the request id is unknown.
 
         A second feedback for the same id replaces the first. Feedback can arrive before the
-        writer thread stored its prediction: then the pending rows are flushed and it looks again.
+        writer thread stored its prediction: only then (the id is pending in this process) is
+        the writer made to write at once; an unknown id costs one indexed read, never a flush.
+        Raises FeedbackRefused for a prediction the model failed on (nothing to compare).
         """
         if rating is None and label is None:
             raise ValueError("feedback needs a rating or a label")
         self._ensure_tables()
-        request_id = str(request_id)
+        request_id = safe_text(str(request_id))
+        self._queue.wait_written(request_id, timeout=10.0)
         found = self._prediction(request_id)
-        if found is None and self.pending_rows():
-            self.flush(timeout=10.0)
-            found = self._prediction(request_id)
         if found is None:
             return None
+        if found["error"] is not None or found["label"] is None:
+            raise FeedbackRefused(
+                f"prediction {request_id!r} failed ({found['error'] or 'no label'}): there is "
+                "no predicted label to compare the feedback with"
+            )
         true_label = int(rating > target_threshold) if rating is not None else int(label)
         row = {
             "request_id": request_id,
@@ -329,116 +424,61 @@ class PredictionStore:
     # --------------------------------------------------------------------- background writer
 
     def submit(self, rows: list[dict[str, Any]]) -> None:
-        """Queue prediction rows for the writer thread; never blocks on the database."""
-        if not rows:
-            return
-        with self._cv:
-            if self._closed:
-                logger.warning("prediction store closed: %d row(s) not recorded", len(rows))
-                return
-            idle = not self._pending
-            self._pending.extend(rows)
-            self._submitted += len(rows)
-            overflow = len(self._pending) - self.max_pending
-            if overflow > 0:  # the database is down or too slow: keep memory bounded
-                del self._pending[:overflow]
-                self._dropped += overflow
-                self._done += overflow
-                if self._dropped == overflow or self._dropped % 10_000 < overflow:
-                    logger.error(
-                        "prediction store backlog full: %d row(s) dropped so far", self._dropped
-                    )
-                self._cv.notify_all()
-            if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._run_writer, name="prediction-store-writer", daemon=True
-                )
-                self._writer.start()
-            if idle:  # the writer sleeps until rows come; while it gathers, leave it alone
-                self._cv.notify_all()
+        """Queue prediction rows for the writer thread, after appending them to the journal.
+
+        Never blocks on the database: the journal is one write to a local file.
+        """
+        self._queue.submit(rows)
 
     def pending_rows(self) -> int:
         """Rows submitted but not yet written (or given up on)."""
-        with self._cv:
-            return self._submitted - self._done
+        return self._queue.pending_rows()
 
     def stats(self) -> dict[str, int]:
-        with self._cv:
-            return {
-                "submitted": self._submitted,
-                "written": self._done - self._dropped - self._failed,
-                "pending": self._submitted - self._done,
-                "dropped": self._dropped,
-                "failed": self._failed,
-            }
+        """Row counts since this store was opened: submitted, written, pending, dropped (backlog
+        full), failed (database down), rejected (refused by the database), and recovered /
+        lost_at_restart (a dead process's journal replayed when this store opened)."""
+        return {
+            **self._queue.counts(),
+            "recovered": self._recovered,
+            "lost_at_restart": self._lost_at_restart,
+        }
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until every row submitted so far is written; False if the timeout came first."""
-        with self._cv:
-            target = self._submitted
-            if self._done >= target:
-                return True
-            self._flush_requested = True
-            self._cv.notify_all()
-            return self._cv.wait_for(lambda: self._done >= target, timeout=timeout)
+        return self._queue.flush(timeout)
 
-    def _run_writer(self) -> None:
-        last_write = 0.0
-        while True:
-            with self._cv:
-                while not self._pending and not self._stopping:
-                    self._cv.wait()
-                if not self._pending and self._stopping:
-                    return
-                # Gather for a moment under load: fewer, larger transactions.
-                gather_until = last_write + self.min_interval
-                while not self._flush_requested and not self._stopping:
-                    remaining = gather_until - time.monotonic()
-                    if remaining <= 0 or len(self._pending) >= self.batch_size:
-                        break
-                    self._cv.wait(timeout=remaining)
-                batch = self._pending[: self.batch_size]
-                del self._pending[: len(batch)]
-                if not self._pending:
-                    self._flush_requested = False
-            if not batch:
-                continue
-            ok = self._write_with_retries(batch)
-            last_write = time.monotonic()
-            with self._cv:
-                self._done += len(batch)
-                if not ok:
-                    self._failed += len(batch)
-                self._cv.notify_all()
-
-    def _write_with_retries(self, batch: list[dict[str, Any]], attempts: int = 3) -> bool:
+    def _write_with_retries(
+        self, batch: list[dict[str, Any]], attempts: int = 3
+    ) -> tuple[int, int]:
+        """Write clean rows: (refused by the database, failed after `attempts`). Refused rows
+        are skipped at once; rows the database failed on (locked, down) are retried."""
+        rows = batch
+        rejected = 0
         for attempt in range(1, attempts + 1):
             try:
-                self.record_predictions(batch)
-                return True
-            except Exception:  # the database is the only thing that can fail here
-                if attempt == attempts:
-                    logger.exception(
-                        "prediction store: %d row(s) lost after %d attempts", len(batch), attempts
-                    )
-                    return False
-                logger.warning("prediction store: write failed (attempt %d), retrying", attempt)
-                time.sleep(0.2 * attempt)
-        return False
+                _written, refused, transient = self._insert_isolating(rows)
+            except Exception as exc:  # e.g. the tables cannot be created: retry it all
+                refused, transient = [], [(row, exc) for row in rows]
+            if refused:
+                rejected += len(refused)
+                self._log_refused(refused)
+            if not transient:
+                return rejected, 0
+            rows = [row for row, _exc in transient]
+            if attempt == attempts:
+                logger.error(
+                    "prediction store: %d row(s) lost after %d attempts: %s",
+                    len(rows), attempts, transient[0][1],
+                )  # fmt: skip
+                return rejected, len(rows)
+            logger.warning("prediction store: write failed (attempt %d), retrying", attempt)
+            time.sleep(0.2 * attempt)
+        return rejected, 0
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is pending, stop the writer and release the database."""
-        with self._cv:
-            if self._closed:
-                return
-            self._closed = True
-            self._stopping = True
-            self._cv.notify_all()
-            writer = self._writer
-        if writer is not None:
-            writer.join(timeout)
-            if writer.is_alive():
-                logger.error("prediction store: writer did not stop within %.0f s", timeout)
+        self._queue.close(timeout)
         self.engine.dispose()
 
     def __enter__(self) -> PredictionStore:

@@ -1,0 +1,301 @@
+"""The prediction store under attack: bad rows, junk values, cheap unknown feedback, kill -9."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from lib.delivery.service_process import ServiceProcess
+from lib.serving import prediction_store
+from lib.serving.prediction_store import PredictionStore
+from tests.test_serving import (  # noqa: F401 (fixtures)
+    MODEL,
+    RAW_APP,
+    TOKEN,
+    Store,
+    _admin,
+    _id_for,
+    _service,
+    client,
+    mlstore,
+)
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def _row(rid: str, at: float = 1.0, **kw) -> dict:
+    row = {
+        "request_id": rid,
+        "created_at": at,
+        "variant": "champion",
+        "model_version": "1",
+        "label": 1,
+        "probability": 0.8,
+        "latency_ms": 3.5,
+        "error": None,
+        "features": {"category": "GAME", "reviews": 10.0},
+    }
+    row.update(kw)
+    return row
+
+
+def _invalid_json_rows(store: PredictionStore) -> int:
+    with store.engine.connect() as conn:
+        return conn.exec_driver_sql(
+            "SELECT count(*) FROM predictions "
+            "WHERE features IS NOT NULL AND NOT json_valid(features)"
+        ).scalar()
+
+
+def _locked(db: Path) -> sqlite3.Connection:
+    """Another process's write transaction: the store's writer waits (busy timeout) behind it."""
+    conn = sqlite3.connect(db, isolation_level=None, timeout=30)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+# --------------------------------------------------------------------------- 1: bad rows
+
+
+def test_a_lone_surrogate_request_id_costs_no_other_row(tmp_path: Path) -> None:
+    store = PredictionStore(f"sqlite:///{tmp_path}/p.db")
+    try:
+        store.submit([_row(f"ok-{i}") for i in range(4)] + [_row("bad-\ud800")])
+        store.submit([_row("after")])
+        assert store.flush(timeout=30)
+        ids = set(store.window(0)["request_id"])
+        assert {f"ok-{i}" for i in range(4)} | {"after"} <= ids
+        # the odd id itself is stored (as safe text) and its feedback finds it again
+        assert len(ids) == 6 and store.stats()["failed"] == 0
+        assert store.record_feedback("bad-\ud800", 4.5) is not None
+        assert store.record_predictions([_row("direct-\udfff", error="boom \ud800")]) == 1
+    finally:
+        store.close()
+
+
+def test_a_row_the_database_refuses_is_skipped_alone_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = PredictionStore(f"sqlite:///{tmp_path}/p.db")
+    try:
+        with caplog.at_level(logging.ERROR, logger="lib.serving.prediction_store"):
+            # created_at is NOT NULL: the database refuses that row, and only that row
+            store.submit([_row("g1"), _row("refused", at=None), _row("g2"), _row("g3")])
+            assert store.flush(timeout=30)
+        assert sorted(store.window(0)["request_id"]) == ["g1", "g2", "g3"]
+        stats = store.stats()
+        assert stats["rejected"] == 1 and stats["failed"] == 0 and stats["written"] == 3
+        assert any("'refused'" in r.getMessage() for r in caplog.records)
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------------------- 2: unknown feedback
+
+
+def test_feedback_for_an_unknown_id_does_not_force_a_write(tmp_path: Path) -> None:
+    # The writer gathers for 30 s: only a flush can write "fresh" during this test.
+    store = PredictionStore(f"sqlite:///{tmp_path}/p.db", min_interval=30.0)
+    try:
+        store.submit([_row("warmup")])
+        assert store.flush(timeout=30)
+        store.submit([_row("fresh")])
+        for i in range(20):
+            assert store.record_feedback(f"unknown-{i}", 4.5) is None
+        assert store.pending_rows() == 1  # no unknown id made the writer write
+        assert store.record_feedback("warmup", 4.5) is not None  # stored: no flush needed
+        assert store.pending_rows() == 1
+        assert store.record_feedback("fresh", 4.5) is not None  # pending: written, then found
+        assert store.pending_rows() == 0
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- 3: junk
+
+
+def test_stored_features_are_always_valid_json(tmp_path: Path) -> None:
+    store = PredictionStore(f"sqlite:///{tmp_path}/p.db")
+    junk = {
+        "inf": float("inf"),
+        "minus_inf": float("-inf"),
+        "nan": float("nan"),
+        "np_inf": np.float64("inf"),
+        "np_int": np.int64(3),
+        "text": "caf\u00e9 \ud800",
+        "when": np.datetime64("2018-01-07"),
+    }
+    try:
+        store.record_predictions([_row("direct", features=junk)])
+        store.record_predictions([_row("as-text", features='{"a": Infinity, "b": NaN, "c": 1}')])
+        store.record_predictions([_row("not-json", features="{oops")])
+        store.submit([_row(f"queued-{i}", features=junk) for i in range(3)])
+        assert store.flush(timeout=30)
+        assert _invalid_json_rows(store) == 0
+        frame = store.window(0, features=True).set_index("request_id")
+        direct = frame.loc["direct", "features"]
+        assert direct["inf"] is None and direct["minus_inf"] is None and direct["nan"] is None
+        assert direct["np_inf"] is None and direct["np_int"] == 3
+        assert frame.loc["as-text", "features"] == {"a": None, "b": None, "c": 1}
+        assert frame.loc["not-json", "features"] is None
+        # a non-finite probability is no probability
+        store.record_predictions([_row("p-inf", probability=float("inf"))])
+        assert np.isnan(store.window(0).set_index("request_id").loc["p-inf", "probability"])
+    finally:
+        store.close()
+
+
+def test_feedback_for_a_failed_prediction_is_refused(tmp_path: Path) -> None:
+    with PredictionStore(f"sqlite:///{tmp_path}/p.db") as store:
+        store.record_predictions(
+            [_row("failed", label=None, probability=None, error="RuntimeError: boom")]
+        )
+        with pytest.raises(prediction_store.FeedbackRefused, match="failed"):
+            store.record_feedback("failed", 4.5)
+        assert store.window(0)["true_label"].isna().all()
+
+
+def test_feedback_for_a_failed_prediction_answers_409(client: TestClient) -> None:  # noqa: F811
+    service = _service(client)
+    client.put("/admin/routing", json={"canary_version": "2", "weight": 50.0}, headers=_admin())
+
+    def broken(rows):
+        raise RuntimeError("canary exploded")
+
+    service.canary.predictor.predict = broken
+    bad_id = _id_for(service, "canary", prefix="fail")
+    failed = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": bad_id})
+    assert failed.status_code == 500
+    resp = client.post("/feedback", json={"request_id": bad_id, "rating": 4.5})
+    assert resp.status_code == 409, resp.text
+    assert "failed" in resp.json()["detail"]
+
+
+# ------------------------------------------------------------------------- 4: kill -9
+
+CRASHING_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from lib.serving.prediction_store import PredictionStore
+    store = PredictionStore(sys.argv[1])
+    store.submit([
+        {"request_id": f"k-{i}", "created_at": time.time(), "variant": "champion",
+         "model_version": "1", "label": 1, "probability": 0.5, "latency_ms": 1.0,
+         "error": None, "features": {"reviews": float(i)}}
+        for i in range(int(sys.argv[2]))
+    ])
+    print("submitted", flush=True)
+    time.sleep(600)  # the writer waits behind the other transaction; killed before it writes
+    """
+)
+
+
+@pytest.mark.e2e
+def test_rows_of_a_killed_writer_are_recovered_by_the_next_store(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    url = f"sqlite:///{db}"
+    with PredictionStore(url) as warm:
+        warm.window(0)  # the tables exist
+    lock = _locked(db)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WRITER, url, "25"],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "submitted"
+        # a live writer's journal is its own: another store leaves it alone
+        with PredictionStore(url) as reader:
+            assert reader.stats()["recovered"] == 0
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        lock.rollback()
+        lock.close()
+    assert proc.returncode == -signal.SIGKILL
+    with PredictionStore(url) as after:
+        stats = after.stats()
+        assert stats["recovered"] == 25 and stats["lost_at_restart"] == 0
+        assert sorted(after.window(0)["request_id"]) == sorted(f"k-{i}" for i in range(25))
+        assert _invalid_json_rows(after) == 0
+    with PredictionStore(url) as again:  # recovered once, not twice
+        assert again.stats()["recovered"] == 0 and len(again.window(0)) == 25
+
+
+def test_journal_does_not_grow_once_rows_are_written(tmp_path: Path) -> None:
+    with PredictionStore(f"sqlite:///{tmp_path}/p.db", batch_size=10) as store:
+        for i in range(50):
+            store.submit([_row(f"j-{i}")])
+        assert store.flush(timeout=30)
+        journal = store.journal_dir
+        assert journal is not None
+        assert sum(p.stat().st_size for p in journal.iterdir()) == 0
+    assert list(journal.iterdir()) == []  # a clean close leaves nothing to recover
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    )
+
+
+@pytest.mark.e2e
+def test_predictions_answered_before_kill_9_are_stored_after_restart(
+    mlstore: Store,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "predictions.db"
+    url = f"sqlite:///{db}"
+    with PredictionStore(url) as warm:
+        warm.window(0)
+
+    def service() -> ServiceProcess:
+        return ServiceProcess(
+            PROJECT, MODEL, mlstore.uri, url, admin_token=TOKEN, log_path=tmp_path / "svc.log"
+        )
+
+    first = service()
+    lock = _locked(db)  # the database is busy: the service answers, its writer waits
+    try:
+        first.start()
+        answered = []
+        for i in range(20):
+            headers = {"X-Request-ID": f"k9-{i}"}
+            resp = httpx.post(f"{first.url}/predict", json=RAW_APP, headers=headers, timeout=30)
+            assert resp.status_code == 200, resp.text
+            answered.append(resp.json()["request_id"])
+        os.killpg(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(timeout=60)
+    finally:
+        first.stop()
+        lock.rollback()
+        lock.close()
+    assert first.exit_code == -signal.SIGKILL
+
+    with service() as second:
+        text = httpx.get(f"{second.url}/metrics", timeout=10).text
+        assert _metric(text, "model_store_rows_recovered_total") == 20
+        assert _metric(text, "model_store_rows_lost_at_restart_total") == 0
+    with PredictionStore(url) as store:
+        assert sorted(store.window(0)["request_id"]) == sorted(answered)
+        assert _invalid_json_rows(store) == 0
