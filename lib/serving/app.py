@@ -27,6 +27,7 @@ from lib import registry
 from lib.pipeline.features import FEATURE_COLUMNS
 from lib.serving import schemas
 from lib.serving.batching import Variant
+from lib.serving.prediction_store import FeedbackRefused
 from lib.serving.routing import AdminError, ModelService
 from lib.serving.rows import Row
 from lib.serving.schemas import InputError
@@ -188,6 +189,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
             200: {"description": "the stored outcome"},
             404: _error("no prediction was made with this request_id"),
             422: _REFUSED,
+            409: _error("the prediction failed: there is no outcome to give feedback on"),
             503: _error("the prediction store is unavailable"),
         },
     )
@@ -203,6 +205,8 @@ def create_app(settings: ServingSettings) -> FastAPI:
                 store.record_feedback, rid, feedback.rating, settings.target_threshold,
                 feedback.label,
             )  # fmt: skip
+        except FeedbackRefused as exc:
+            return _json(409, {"detail": str(exc)})
         except Exception as exc:
             logger.exception("feedback for %s not stored", rid)
             return _json(503, {"detail": f"prediction store unavailable: {type(exc).__name__}"})

@@ -47,6 +47,7 @@ class ModelService:
         self.settings = settings
         self.metrics = Metrics()
         self.store = PredictionStore(settings.store_url)
+        self.metrics.watch_store(self.store.stats)
         self.batcher = MicroBatcher(
             settings.max_batch, settings.batch_wait_ms / 1000.0, self.metrics.batch_rows.observe
         )
