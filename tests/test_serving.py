@@ -309,7 +309,8 @@ def test_health_and_routing_read_only(client: TestClient) -> None:
     assert health["canary_version"] is None and health["canary_weight"] == 0.0
     assert health["uptime_seconds"] >= 0 and health["predictor"] == {"champion": "compiled"}
     assert health["champion"] == {"version": "1"} and health["canary"] is None
-    assert client.get("/admin/routing").json()["champion_version"] == "1"  # no token needed
+    assert client.get("/admin/routing").status_code == 401  # the routing is admin's business
+    assert client.get("/admin/routing", headers=_admin()).json()["champion_version"] == "1"
 
 
 # ------------------------------------------------------------------------------- routing
@@ -346,20 +347,22 @@ def test_variant_bucket_is_stable_and_in_range() -> None:
 def test_admin_refuses_missing_or_wrong_token(
     client: TestClient, mlstore: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    before = client.get("/admin/routing").json()
+    before = client.get("/admin/routing", headers=_admin()).json()
     change = {"canary_version": "2", "weight": 50.0}
     wrong = _admin("guessed-token-xyz")
     assert client.put("/admin/routing", json=change).status_code == 401
     assert client.put("/admin/routing", json=change, headers=wrong).status_code == 403
     assert client.post("/admin/reload", headers=wrong).status_code == 403
     assert client.post("/admin/reload", headers={"Authorization": TOKEN}).status_code == 401
-    assert client.get("/admin/routing").json() == before
+    assert client.get("/admin/routing", headers=wrong).status_code == 403
+    assert client.get("/admin/routing", headers=_admin()).json() == before
     assert "guessed-token-xyz" not in caplog.text and TOKEN not in caplog.text
     # no token configured at all: refused, with a message saying how to enable it
     with TestClient(create_app(_settings(mlstore, tmp_path, admin_token=None))) as c:
         resp = c.put("/admin/routing", json=change, headers=_admin())
         assert resp.status_code == 403 and "SERVING_ADMIN_TOKEN" in resp.json()["detail"]
-        assert c.get("/admin/routing").json()["canary_version"] is None
+        assert c.get("/admin/routing", headers=_admin()).status_code == 403
+        assert c.get("/health").json()["canary_version"] is None
 
 
 def test_settings_read_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -386,11 +389,11 @@ def test_settings_read_token_from_environment(monkeypatch: pytest.MonkeyPatch) -
 def test_bad_routing_changes_leave_routing_unchanged(
     client: TestClient, body: Any, status: int, needle: str
 ) -> None:
-    before = client.get("/admin/routing").json()
+    before = client.get("/admin/routing", headers=_admin()).json()
     resp = client.put("/admin/routing", json=body, headers=_admin())
     assert resp.status_code == status, resp.text
     assert needle in resp.json()["detail"]
-    assert client.get("/admin/routing").json() == before
+    assert client.get("/admin/routing", headers=_admin()).json() == before
 
 
 def test_lease_expiry_drops_canary_weight(client: TestClient) -> None:
@@ -404,7 +407,7 @@ def test_lease_expiry_drops_canary_weight(client: TestClient) -> None:
     while service.canary_weight > 0 and time.monotonic() < deadline:
         time.sleep(0.05)  # no requests meanwhile: the background task must do it
     assert service.canary_weight == 0.0
-    routing = client.get("/admin/routing").json()
+    routing = client.get("/admin/routing", headers=_admin()).json()
     assert routing["canary_version"] == "2" and routing["canary_weight"] == 0.0
     assert routing["lease_expired_at"] is not None and routing["lease_expires_in"] is None
     assert _metric(client, "model_canary_weight") == 0.0
@@ -486,7 +489,8 @@ def test_model_error_is_counted_stored_and_isolated(client: TestClient) -> None:
     bad_id, good_id = _id_for(service, "canary"), _id_for(service, "champion")
     resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": bad_id})
     assert resp.status_code == 500
-    assert resp.json()["detail"] == "model error: RuntimeError: canary exploded"
+    assert resp.json()["request_id"] == bad_id  # the detail is in the log and the store only
+    assert "exploded" not in resp.text and bad_id in resp.json()["detail"]
     ok = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": good_id})
     assert ok.status_code == 200 and ok.json()["variant"] == "champion"
     assert _metric(client, "model_request_errors_total", variant="canary", model_version="2") == 1

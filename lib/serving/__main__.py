@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-threshold", type=float, default=defaults.target_threshold)
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch)
     parser.add_argument("--batch-wait-ms", type=float, default=defaults.batch_wait_ms)
+    parser.add_argument(
+        "--registry-check-seconds",
+        type=float,
+        default=defaults.registry_check_seconds,
+        help="how often /health's view of the champion alias is refreshed (0: never)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="serve the plain sklearn path")
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument("--log-level", default="INFO")
@@ -41,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         target_threshold=args.target_threshold,
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
+        registry_check_seconds=args.registry_check_seconds,
         compile_models=not args.no_compile,
         access_log=args.access_log,
     )

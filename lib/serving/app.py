@@ -4,6 +4,13 @@ Request bodies are validated by the models of `schemas` straight from the raw by
 in pydantic-core) instead of FastAPI's body parameters, which would parse the JSON, validate it
 and then answer errors in another shape. `/openapi.json` still describes every body and every
 error answer: `_openapi` adds the models' JSON schemas to the generated document.
+
+What the service refuses before any parsing (`read_json`): a Content-Type other than
+application/json (415; a missing one is read as JSON), a body over MAX_BODY_BYTES (413, on the
+Content-Length header or while the body streams in, never read whole). `_Guard` turns any
+unexpected exception into a generic 500 (the detail goes to the log, with the request id) and a
+RecursionError into a 400, and keeps the connection open. Swagger UI is not served (it loads
+from a CDN); /docs says where the document is.
 """
 
 from __future__ import annotations
@@ -13,13 +20,14 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -27,11 +35,12 @@ from lib import registry
 from lib.pipeline.features import FEATURE_COLUMNS
 from lib.serving import schemas
 from lib.serving.batching import Variant
+from lib.serving.fields import REQUEST_ID, show
 from lib.serving.prediction_store import FeedbackRefused
 from lib.serving.routing import AdminError, ModelService
 from lib.serving.rows import Row
 from lib.serving.schemas import InputError
-from lib.serving.settings import ServingSettings
+from lib.serving.settings import MAX_BODY_BYTES, ServingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +64,117 @@ def _body(component: str) -> dict[str, Any]:
 
 
 _REFUSED = _error("the body is not valid: every problem, naming the field and the value")
+_BODY_ERRORS = {
+    400: _error("a malformed Content-Length, or JSON nested too deeply"),
+    413: _error(f"the body is larger than {MAX_BODY_BYTES} bytes"),
+    415: _error("a Content-Type other than application/json"),
+}
+
+
+class Refused(Exception):
+    """A request refused before its body is parsed (400, 413, 415): status, detail, headers."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+def _check_content_type(value: str | None) -> None:
+    """application/json (charset utf-8 if any); a missing Content-Type is read as JSON."""
+    if value is None or value == "application/json":
+        return
+    media, _, params = value.partition(";")
+    charset = ""
+    for param in params.split(";"):
+        name, _, given = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = given.strip().strip('"').lower()
+    if media.strip().lower() != "application/json" or charset not in ("", "utf-8", "utf8"):
+        raise Refused(
+            415,
+            f"Content-Type {show(value)} is not accepted: send the body as JSON (UTF-8) with "
+            "'Content-Type: application/json'",
+        )
+
+
+async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body of a JSON request, refused (Refused) before it is read whole when too big:
+    on its Content-Length header first, then chunk by chunk as it streams in."""
+    _check_content_type(request.headers.get("content-type"))
+    close = {"Connection": "close"}  # the rest of the body is not read: the connection ends
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not (length.isascii() and length.isdigit()):
+            raise Refused(400, f"Content-Length {show(length)} is not a number", close)
+        if int(length) > limit:
+            raise Refused(413, f"body of {length} bytes: at most {limit}", close)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, f"body over {limit} bytes: at most {limit}", close)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _refused(exc: Refused | InputError) -> Response:
+    if isinstance(exc, InputError):
+        return _json(422, {"detail": str(exc), "errors": exc.messages})
+    return _json(exc.status, {"detail": exc.detail}, exc.headers)
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class _Guard:
+    """Outermost ASGI layer: an exception a route did not answer becomes a generic 500 (or 400
+    for a RecursionError: input nested too deeply) with a request id, its detail logged; the
+    connection stays open (Starlette's own handler re-raises, and uvicorn then drops it)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise
+            rid = _header_id(scope)
+            where = f"{scope.get('method')} {scope.get('path')}"
+            if isinstance(exc, RecursionError):
+                logger.warning("%s (request %s): input nested too deeply", where, rid)
+                status, detail = 400, "request refused: input nested too deeply"
+            else:
+                logger.exception("%s (request %s) failed", where, rid)
+                status, detail = 500, f"internal error (request {rid}; details in the log)"
+            response = _json(status, {"detail": detail, "request_id": rid})
+            await response(scope, receive, send)
+
+
+def _header_id(scope: Scope) -> str:
+    """The caller's X-Request-ID if it follows the rule, else a new one (for a 500's log line)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = value.decode("latin-1").strip()
+            if REQUEST_ID.fullmatch(text):
+                return text
+    return uuid.uuid4().hex
+
+
 _ADMIN_ERRORS = {
     401: _error("no 'Authorization: Bearer <token>' header"),
     403: _error("wrong token, or the admin API is disabled (no SERVING_ADMIN_TOKEN)"),
@@ -74,7 +194,13 @@ def create_app(settings: ServingSettings) -> FastAPI:
         finally:
             await service.shutdown()
 
-    app = FastAPI(title="Play Store rating model service", lifespan=lifespan)
+    app = FastAPI(
+        title="Play Store rating model service",
+        lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load from a CDN: /docs points at /openapi.json
+        redoc_url=None,
+    )
+    app.add_middleware(_Guard)
     app.state.service = service
     metrics = service.metrics
     store = service.store
@@ -108,8 +234,12 @@ def create_app(settings: ServingSettings) -> FastAPI:
         openapi_extra=_body("PredictRequest"),
         responses={
             200: {"description": "the label and probability (or a list of them for a batch)"},
+            **_BODY_ERRORS,
             422: _REFUSED,
-            500: _error("the model failed on this input (counted, stored, logged)"),
+            500: _error(
+                "the model failed on this input (counted, stored, logged; the answer "
+                "names the request id, not the error)"
+            ),  # fmt: skip
             503: _error("no champion model is loaded yet"),
         },
     )
@@ -129,11 +259,11 @@ def create_app(settings: ServingSettings) -> FastAPI:
             metrics.unavailable.inc()
             return _json(503, {"detail": f"no champion model yet: {service.champion_problem}"})
         try:
-            parsed = schemas.parse_predict(await request.body())
+            parsed = schemas.parse_predict(await read_json(request))
             rid = schemas.request_id(request.headers.get("x-request-id"), parsed.request_id)
-        except InputError as exc:
-            metrics.invalid.inc()
-            return _json(422, {"detail": str(exc), "errors": exc.messages})
+        except (Refused, InputError) as exc:
+            metrics.invalid.inc()  # a client's mistake: never a model error
+            return _refused(exc)
         variant = service.route(rid)
         if variant is None:  # the champion went away between the check and here
             metrics.unavailable.inc()
@@ -156,7 +286,8 @@ def create_app(settings: ServingSettings) -> FastAPI:
                     for i, row in zip(ids, rows, strict=True)
                 ]
             )
-            return _json(500, {"detail": f"model error: {message}", "request_id": rid})
+            detail = f"model error: the model could not answer (request {rid}; details in the log)"
+            return _json(500, {"detail": detail, "request_id": rid})
         latency = time.perf_counter() - started
         latency_h.observe(latency)
         metrics.count_labels(variant, labels)
@@ -187,6 +318,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         openapi_extra=_body("Feedback"),
         responses={
             200: {"description": "the stored outcome"},
+            **_BODY_ERRORS,
             404: _error("no prediction was made with this request_id"),
             422: _REFUSED,
             409: _error("the prediction failed: there is no outcome to give feedback on"),
@@ -196,9 +328,9 @@ def create_app(settings: ServingSettings) -> FastAPI:
     async def post_feedback(request: Request) -> Response:
         """The true rating (or label) of an app a prediction was made for."""
         try:
-            feedback = schemas.parse_feedback(await request.body(), settings.target_threshold)
-        except InputError as exc:
-            return _json(422, {"detail": str(exc), "errors": exc.messages})
+            feedback = schemas.parse_feedback(await read_json(request), settings.target_threshold)
+        except (Refused, InputError) as exc:
+            return _refused(exc)
         rid = feedback.request_id
         try:
             stored = await run_in_threadpool(
@@ -231,7 +363,17 @@ def create_app(settings: ServingSettings) -> FastAPI:
         service.check_lease()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/admin/routing")
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        """No Swagger UI (it would load scripts from a CDN): where the document is."""
+        return HTMLResponse(
+            "<!doctype html><title>Play Store rating model service</title><p>The API is "
+            'described by <a href="/openapi.json">/openapi.json</a> (OpenAPI 3); this service '
+            "does not serve Swagger UI, which loads from a CDN: open the document in any OpenAPI "
+            "viewer.</p>"
+        )
+
+    @app.get("/admin/routing", dependencies=[Depends(admin)], responses={**_ADMIN_ERRORS})
     async def get_routing() -> Response:
         """The routing now: champion and canary versions, the canary's weight and lease."""
         return _json(200, service.routing())
@@ -243,6 +385,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         responses={
             200: {"description": "the routing now"},
             **_ADMIN_ERRORS,
+            **_BODY_ERRORS,
             404: _error("no such model version in the registry"),
             422: _error("the body is not valid, or the version cannot be loaded"),
         },
@@ -250,10 +393,10 @@ def create_app(settings: ServingSettings) -> FastAPI:
     async def put_routing(request: Request) -> Response:
         """Set the canary version, its weight (percent of request ids) and its lease."""
         try:
-            update = schemas.parse_routing(await request.body())
+            update = schemas.parse_routing(await read_json(request))
             return _json(200, await service.update_routing(update))
-        except InputError as exc:
-            return _json(422, {"detail": str(exc), "errors": exc.messages})
+        except (Refused, InputError) as exc:
+            return _refused(exc)
         except AdminError as exc:
             return _json(exc.status, {"detail": str(exc)})
 

@@ -4,9 +4,14 @@ Each validator takes what the JSON held (a string in any style of the grammar, a
 and returns the model's value, or raises a PydanticCustomError whose message names the value
 and what it should look like; `schemas` prefixes the field. The `Annotated` types carry the
 Play Store and clean spellings (validation aliases) and the JSON schema /openapi.json shows.
+
+Every value is bounded (`LIMITS`, string lengths): a number the model could not take (infinity,
+1e308) or a string of megabytes is the caller's mistake, answered 422 naming the field, and never
+reaches the model, the error counter or the prediction store.
 """
 
 import math
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -15,6 +20,16 @@ from pydantic_core import PydanticCustomError
 
 from lib import values
 from lib.pipeline.data import ALIASES
+from lib.serving.settings import MAX_INSTANCES, REQUEST_ID_PATTERN
+
+# Upper bounds of the numeric inputs, far above any real listing (the largest Play Store install
+# bucket is "10,000,000,000+", the highest price $400, the largest app a few GB).
+MAX_REVIEWS = 1e10
+MAX_INSTALLS = 1e11
+MAX_SIZE_MB = 100_000.0  # 100 GB
+MAX_PRICE = 5_000.0
+MAX_VALUE_CHARS = 64  # a number, size, date or "Free"/"Paid" spelled as a string
+MAX_LABEL_CHARS = 100  # category, content rating
 
 
 def show(value: Any) -> str:
@@ -34,9 +49,17 @@ def _wrong_type(value: Any, expected: str) -> PydanticCustomError:
 # ------------------------------------------------------------------------------ app fields
 
 
+def _short(text: str, max_chars: int) -> str:
+    """`text` stripped, refused when longer than `max_chars` (a stored junk string is a cost)."""
+    text = text.strip()
+    if len(text) > max_chars:
+        raise bad(f"{len(text)} characters, at most {max_chars}")
+    return text
+
+
 def _required_text(value: Any) -> str:
     if isinstance(value, str):
-        text = value.strip()
+        text = _short(value, MAX_LABEL_CHARS)
         if not text:
             raise bad("empty")
         return text
@@ -47,7 +70,7 @@ def _required_text(value: Any) -> str:
 
 def _text(value: Any) -> str:
     if isinstance(value, str):
-        return value.strip()
+        return _short(value, MAX_LABEL_CHARS)
     if value is None:
         return ""
     raise _wrong_type(value, "a string")
@@ -60,10 +83,7 @@ def _optional_text(max_chars: int) -> Callable[[Any], str]:
             return ""
         if not isinstance(value, str):
             raise _wrong_type(value, "a string or null")
-        text = value.strip()
-        if len(text) > max_chars:
-            raise bad(f"{len(text)} characters, at most {max_chars}")
-        return text
+        return _short(value, max_chars)
 
     return check
 
@@ -73,16 +93,24 @@ def _free_or_paid(value: Any) -> str:
         if value is None:
             raise bad("missing (null)")
         raise _wrong_type(value, '"Free" or "Paid"')
-    kind = values.free_or_paid(value)
+    kind = values.free_or_paid(_short(value, MAX_VALUE_CHARS))
     if kind is None:
         raise bad(f'{show(value)} is not "Free" or "Paid"')
     return kind
 
 
-def _count(parse: Callable[[str], float | None], hint: str) -> Callable[[Any], float]:
+def _at_most(value: Any, number: float, limit: float, unit: str = "") -> float:
+    """`number` (parsed from `value`) if finite and <= limit; NaN passes (a missing value)."""
+    if number > limit:  # infinity too; NaN (a missing size) compares False
+        raise bad(f"{show(value)} is too large (at most {limit:,.0f}{unit})")
+    return number
+
+
+def _count(parse: Callable[[str], float | None], hint: str, limit: float) -> Callable[[Any], float]:
     def check(value: Any) -> float:
-        """A non-negative count or price: a JSON number, or a string in lib.values' grammar."""
+        """A count or price in 0..limit: a JSON number, or a string in lib.values' grammar."""
         if isinstance(value, str):
+            _short(value, MAX_VALUE_CHARS)
             try:
                 number = parse(value)
             except ValueError as exc:
@@ -104,7 +132,7 @@ def _count(parse: Callable[[str], float | None], hint: str) -> Callable[[Any], f
                 raise bad(f"{show(value)} {hint}")
         if number < 0:
             raise bad(f"{show(value)} is negative")
-        return number
+        return _at_most(value, number, limit)
 
     return check
 
@@ -112,10 +140,12 @@ def _count(parse: Callable[[str], float | None], hint: str) -> Callable[[Any], f
 def _size(value: Any) -> float:
     """Size in MB: a JSON number is MB whatever its repr (5e-05); null is NaN (imputed)."""
     if isinstance(value, str):
+        _short(value, MAX_VALUE_CHARS)
         try:
-            return values.size_mb(value)
+            number = values.size_mb(value)  # "1" + "0" * 306 + "G" is infinity
         except ValueError as exc:
             raise bad(f"{show(value)} {exc}") from None
+        return _at_most(value, number, MAX_SIZE_MB, " MB")
     if value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -128,7 +158,7 @@ def _size(value: Any) -> float:
         return math.nan
     if not math.isfinite(number) or number < 0:
         raise bad(f"{show(value)} {values.HINT_SIZE}")
-    return number
+    return _at_most(value, number, MAX_SIZE_MB, " MB")
 
 
 def _days(value: Any) -> float:
@@ -137,7 +167,7 @@ def _days(value: Any) -> float:
             raise bad("missing (null)")
         raise _wrong_type(value, "a date string")
     try:
-        when = values.date(value)
+        when = values.date(_short(value, MAX_VALUE_CHARS))
     except ValueError as exc:
         raise bad(f"{show(value)} {exc}") from None
     if when is None:
@@ -164,35 +194,74 @@ def _app_field(
     ]
 
 
-_NUMBER_OR_TEXT = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}]}
-_TEXT_OR_NULL = {"anyOf": [{"type": "string"}, {"type": "null"}]}
-_SIZE_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}, {"type": "null"}]}
+def _number_or_text(limit: float) -> dict[str, Any]:
+    number = {"type": "number", "minimum": 0, "maximum": limit}
+    return {"anyOf": [number, {"type": "string", "maxLength": MAX_VALUE_CHARS}]}
+
+
+def _text_or_null(max_chars: int) -> dict[str, Any]:
+    return {"anyOf": [{"type": "string", "maxLength": max_chars}, {"type": "null"}]}
+
+
+_SIZE_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "minimum": 0, "maximum": MAX_SIZE_MB},
+        {"type": "string", "maxLength": MAX_VALUE_CHARS},
+        {"type": "null"},
+    ]
+}
 
 Category = _app_field(str, "Category", ("category",), _required_text,
-                      {"type": "string", "minLength": 1}, "e.g. GAME")  # fmt: skip
-ContentRating = _app_field(str, "Content Rating", ("content_rating",), _text, _TEXT_OR_NULL,
-                           "e.g. Everyone")  # fmt: skip
+                      {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS},
+                      "e.g. GAME")  # fmt: skip
+ContentRating = _app_field(str, "Content Rating", ("content_rating",), _text,
+                           _text_or_null(MAX_LABEL_CHARS), "e.g. Everyone")  # fmt: skip
 AppType = _app_field(str, "Type", ("type",), _free_or_paid,
                      {"type": "string", "enum": ["Free", "Paid"]}, '"Free" or "Paid"')  # fmt: skip
-Reviews = _app_field(float, "Reviews", ("reviews",), _count(values.reviews, values.HINT_REVIEWS),
-                     _NUMBER_OR_TEXT, 'a count, e.g. 159 or "1,234"')  # fmt: skip
+Reviews = _app_field(float, "Reviews", ("reviews",),
+                     _count(values.reviews, values.HINT_REVIEWS, MAX_REVIEWS),
+                     _number_or_text(MAX_REVIEWS), 'a count, e.g. 159 or "1,234"')  # fmt: skip
 Installs = _app_field(float, "Installs", ("installs",),
-                      _count(values.installs, values.HINT_INSTALLS), _NUMBER_OR_TEXT,
-                      'a count, e.g. "10,000+"')  # fmt: skip
+                      _count(values.installs, values.HINT_INSTALLS, MAX_INSTALLS),
+                      _number_or_text(MAX_INSTALLS), 'a count, e.g. "10,000+"')  # fmt: skip
 SizeMB = _app_field(float, "Size", ("size_mb", "size"), _size, _SIZE_SCHEMA,
                     'MB: 19.0, "19M", "201k" or "Varies with device"')  # fmt: skip
-Price = _app_field(float, "Price", ("price",), _count(values.price, values.HINT_PRICE),
-                   _NUMBER_OR_TEXT, 'e.g. 0 or "$4.99"')  # fmt: skip
-LastUpdated = _app_field(float, "Last Updated", ("last_updated",), _days, {"type": "string"},
+Price = _app_field(float, "Price", ("price",), _count(values.price, values.HINT_PRICE, MAX_PRICE),
+                   _number_or_text(MAX_PRICE), 'e.g. 0 or "$4.99"')  # fmt: skip
+LastUpdated = _app_field(float, "Last Updated", ("last_updated",), _days,
+                         {"type": "string", "maxLength": MAX_VALUE_CHARS},
                          'e.g. "January 7, 2018" or "2018-01-07"')  # fmt: skip
-Name = _app_field(str, "App", ("app",), _optional_text(200), _TEXT_OR_NULL, "the listing's name")
-Genres = _app_field(str, "Genres", ("genres",), _optional_text(100), _TEXT_OR_NULL,
+Name = _app_field(str, "App", ("app",), _optional_text(200), _text_or_null(200),
+                  "the listing's name")  # fmt: skip
+Genres = _app_field(str, "Genres", ("genres",), _optional_text(100), _text_or_null(100),
                     'e.g. "Action;Adventure"')  # fmt: skip
-CurrentVer = _app_field(str, "Current Ver", ("current_ver",), _optional_text(100), _TEXT_OR_NULL,
-                        'e.g. "1.2.3"')  # fmt: skip
-AndroidVer = _app_field(str, "Android Ver", ("android_ver",), _optional_text(100), _TEXT_OR_NULL,
-                        'e.g. "4.0.3 and up"')  # fmt: skip
+CurrentVer = _app_field(str, "Current Ver", ("current_ver",), _optional_text(100),
+                        _text_or_null(100), 'e.g. "1.2.3"')  # fmt: skip
+AndroidVer = _app_field(str, "Android Ver", ("android_ver",), _optional_text(100),
+                        _text_or_null(100), 'e.g. "4.0.3 and up"')  # fmt: skip
 
+
+# ------------------------------------------------------------------------------ request ids
+
+REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+REQUEST_ID_RULE = "1..128 characters of A-Z a-z 0-9 . _ : -"
+# an id /feedback can name: a request's id, or "<request id>-<index>" for an item of a batch
+FEEDBACK_ID_MAX = 128 + 1 + len(str(MAX_INSTANCES - 1))
+FEEDBACK_ID_PATTERN = rf"[A-Za-z0-9._:-]{{1,{FEEDBACK_ID_MAX}}}"
+_FEEDBACK_ID = re.compile(FEEDBACK_ID_PATTERN)
+
+
+def request_id_text(value: Any) -> str | None:
+    """A caller's request id as text (an integer is its digits); None when it breaks the rule.
+
+    ASCII only: the id goes back in the X-Request-ID header (Latin-1 at most) and to the store.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value if REQUEST_ID.fullmatch(value) else None
 
 
 # ------------------------------------------------------------------------------ feedback
@@ -201,7 +270,20 @@ AndroidVer = _app_field(str, "Android Ver", ("android_ver",), _optional_text(100
 def feedback_id(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise bad(f"expected a non-empty string, got {show(value)}")
-    return value.strip()
+    text = value.strip()
+    if _FEEDBACK_ID.fullmatch(text) is None:
+        raise bad(f"{show(text)} is not a request id ({REQUEST_ID_RULE}, and '-<index>' for an "
+                  "item of a batch)")  # fmt: skip
+    return text
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON number as a finite float; None for infinity, NaN or an integer beyond float."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def rating(value: Any) -> float | None:
@@ -209,9 +291,10 @@ def rating(value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad(f"expected a number 1..5, got {show(value)}")
-    if not (math.isfinite(value) and 1.0 <= value <= 5.0):
-        raise bad(f"{value!r} is outside 1..5")
-    return float(value)
+    number = _finite(value)
+    if number is None or not 1.0 <= number <= 5.0:
+        raise bad(f"{show(value)} is outside 1..5")
+    return number
 
 
 def label(value: Any) -> int | None:
@@ -222,11 +305,13 @@ def label(value: Any) -> int | None:
     return int(value)
 
 
-
 # ------------------------------------------------------------------------------ admin
+
+_VERSION = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
 
 
 def version(value: Any) -> str | None:
+    """A registered version number ("4" or 4); an alias like "latest" is not resolved: refused."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -234,6 +319,9 @@ def version(value: Any) -> str | None:
     text = str(value).strip()
     if not text:
         raise bad("empty")
+    if _VERSION.fullmatch(text) is None:
+        raise bad(f'{show(value)} is not a version number like "4" (name the registered version, '
+                  "not an alias)")  # fmt: skip
     return text
 
 
@@ -242,9 +330,10 @@ def weight(value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad(f"expected a percentage 0..100, got {show(value)}")
-    if not (math.isfinite(value) and 0 <= value <= 100):
-        raise bad(f"{value!r} is not a percentage in 0..100")
-    return float(value)
+    number = _finite(value)
+    if number is None or not 0 <= number <= 100:
+        raise bad(f"{show(value)} is not a percentage in 0..100")
+    return number
 
 
 def lease(value: Any) -> float | None:
@@ -252,6 +341,7 @@ def lease(value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad(f"expected seconds > 0, got {show(value)}")
-    if not (math.isfinite(value) and value > 0):
-        raise bad(f"{value!r} must be > 0")
-    return float(value)
+    number = _finite(value)
+    if number is None or not number > 0:
+        raise bad(f"{show(value)} must be > 0 and finite")
+    return number

@@ -1,5 +1,10 @@
 """ModelService: the state behind the app. Loaded variants (champion, canary), the canary's
-weight and lease (a dead-man switch), the prediction store, the batcher and the metrics."""
+weight and lease (a dead-man switch), the prediction store, the batcher and the metrics.
+
+A background task reads the registry's champion alias every `registry_check_seconds` so that
+/health can say when the registry names another version than the one served (an interrupted
+promotion) without calling the registry on every probe; an outage is reported, never raised.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import hashlib
 import logging
 import threading
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from lib import registry
@@ -40,6 +47,37 @@ class AdminError(Exception):
 _MLFLOW_LOCK = threading.Lock()
 
 
+def public_store_name(uri: str) -> str:
+    """A tracking URI fit for an answer anyone can read: no directory, user or password.
+
+    "sqlite:////srv/x/mlflow.db" -> "sqlite:///.../mlflow.db"; "https://u:p@host:5000/x" ->
+    "https://host:5000"; a plain path -> ".../mlruns".
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return f".../{uri.rstrip('/').rsplit('/', 1)[-1]}"
+    if scheme.split("+", 1)[0] in ("sqlite", "file"):
+        return f"{scheme}:///.../{rest.rstrip('/').rsplit('/', 1)[-1]}"
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}"
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "never"
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RegistryView:
+    """What the last background look at the champion alias found (times are time.time())."""
+
+    champion_version: str | None = None  # as of the last good check
+    checked_at: float | None = None  # the last attempt
+    last_good_at: float | None = None
+    error: str | None = None  # the last attempt failed: why (no detail, no URI)
+
+
 class ModelService:
     """The state behind the app: loaded variants, routing, lease, store, batcher, metrics."""
 
@@ -61,6 +99,9 @@ class ModelService:
         self.champion_problem = "not loaded yet (the service is starting)"
         self._admin_lock: asyncio.Lock | None = None
         self._lease_task: asyncio.Task | None = None
+        self._registry_task: asyncio.Task | None = None
+        self.registry_view = RegistryView()
+        self.registry_checks = 0  # calls made to the registry for /health (not per request)
 
     # ------------------------------------------------------------------------ MLflow
 
@@ -98,22 +139,24 @@ class ModelService:
     def _no_champion_message(self) -> str:
         return (
             f"alias {self.settings.champion_alias!r} of model {self.settings.model_name!r} is not "
-            f"set in {registry.redact_uri(self.settings.tracking_uri)}; train and promote a "
+            f"set in {public_store_name(self.settings.tracking_uri)}; train and promote a "
             "version, then POST /admin/reload"
         )
 
     def load_champion_at_start(self) -> None:
         """Start-up: load the champion if there is one; never raise (503s explain it instead)."""
         try:
-            version = self.champion_version()
+            version = self._look_up_champion()
             if version is None:
                 self.champion_problem = self._no_champion_message()
                 logger.warning("no champion model yet: %s", self.champion_problem)
                 return
             self.champion = self.load_variant(self.settings.champion_label, version)
             self.champion_problem = ""
-        except Exception as exc:
-            self.champion_problem = f"loading the champion failed: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # the detail (paths, URIs) goes to the log only
+            self.champion_problem = (
+                f"loading the champion failed ({type(exc).__name__}; details in the service log)"
+            )
             logger.exception("no champion model yet")
 
     # ------------------------------------------------------------------------ routing
@@ -217,7 +260,7 @@ class ModelService:
         """POST /admin/reload: follow the champion alias (promotion or rollback)."""
         async with self.admin_lock():
             try:
-                version = await asyncio.to_thread(self.champion_version)
+                version = await asyncio.to_thread(self._look_up_champion)
             except Exception as exc:
                 raise AdminError(503, f"cannot reach the MLflow registry: {exc}") from exc
             previous = self.champion.version if self.champion else None
@@ -239,14 +282,89 @@ class ModelService:
                 self.set_canary(None, 0.0, None)  # promoted: it is the champion now
             return {**self.routing(), "reloaded": reloaded, "previous_champion_version": previous}
 
+    # ------------------------------------------------------------------------ registry check
+
+    def _look_up_champion(self) -> str | None:
+        """The champion alias's version, recorded as a registry check (raises on an outage)."""
+        attempted = time.time()
+        self.registry_checks += 1
+        try:
+            version = self.champion_version()
+        except Exception as exc:
+            before = self.registry_view
+            if before.error is None:
+                logger.warning("registry check failed: %s: %s", type(exc).__name__, exc)
+            self.registry_view = RegistryView(
+                before.champion_version, attempted, before.last_good_at, type(exc).__name__
+            )
+            raise
+        self.registry_view = RegistryView(version, attempted, attempted, None)
+        return version
+
+    async def check_registry(self) -> None:
+        """One background look at the champion alias, in a daemon thread (a hung registry must
+        not hold the event loop or the shutdown); never raises."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finish() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def work() -> None:
+            with contextlib.suppress(Exception):
+                self._look_up_champion()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(finish)
+
+        threading.Thread(target=work, name="registry-check", daemon=True).start()
+        await done
+
+    def registry_report(self) -> tuple[dict[str, Any], str | None]:
+        """/health's `registry` object and a warning when the registry and the service differ
+        or the registry could not be read at the last check."""
+        view = self.registry_view
+        served = self.champion.version if self.champion else None
+        known = view.last_good_at is not None
+        report = {
+            "champion_alias": self.settings.champion_alias,
+            "champion_version": view.champion_version,
+            "checked_at": view.checked_at,
+            "last_good_check_at": view.last_good_at,
+            "reachable": None if view.checked_at is None else view.error is None,
+            "error": None if view.error is None else f"registry unreachable ({view.error})",
+            "matches": (view.champion_version == served) if known else None,
+        }
+        warnings = []
+        if view.error is not None:
+            warnings.append(
+                f"registry unreachable at {_when(view.checked_at)} ({view.error}); last good "
+                f"check {_when(view.last_good_at)}"
+            )
+        if known and view.champion_version != served:
+            alias = self.settings.champion_alias
+            named = (
+                f"names v{view.champion_version} {alias}"
+                if view.champion_version is not None
+                else f"has no {alias!r} alias"
+            )
+            warnings.append(
+                f"the registry {named}, this service serves "
+                f"{'v' + served if served else 'no model'}: POST /admin/reload or run the pipeline"
+            )
+        return report, "; ".join(warnings) or None
+
     def health(self) -> dict[str, Any]:
         routing = self.routing()
         champion, canary = self.champion, self.canary
         ready = champion is not None
+        registry_report, warning = self.registry_report()
         return {
             "status": "ok" if ready else "no_champion",
             "ready": ready,
             "detail": None if ready else f"no champion model yet: {self.champion_problem}",
+            "warning": warning,
+            "registry": registry_report,
             **routing,
             "champion": None if champion is None else {"version": champion.version},
             "canary": None
@@ -264,9 +382,10 @@ class ModelService:
         await asyncio.to_thread(self.load_champion_at_start)
         self.metrics.canary_weight.set(self.canary_weight)
         self.batcher.start()
-        self._lease_task = asyncio.get_running_loop().create_task(
-            self._watch_lease(), name="canary-lease"
-        )
+        loop = asyncio.get_running_loop()
+        self._lease_task = loop.create_task(self._watch_lease(), name="canary-lease")
+        if self.settings.registry_check_seconds > 0:
+            self._registry_task = loop.create_task(self._watch_registry(), name="registry-check")
 
     async def _watch_lease(self) -> None:
         while True:
@@ -276,11 +395,20 @@ class ModelService:
             except Exception:  # the watchdog must survive anything
                 logger.exception("lease check failed")
 
+    async def _watch_registry(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.registry_check_seconds)
+            try:
+                await self.check_registry()
+            except Exception:  # like the lease watchdog: survive anything
+                logger.exception("registry check failed")
+
     async def shutdown(self) -> None:
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lease_task
+        for task in (self._lease_task, self._registry_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.batcher.stop()
         await asyncio.to_thread(self._close_store)
 
@@ -288,5 +416,3 @@ class ModelService:
         if not self.store.flush(timeout=30):
             logger.error("prediction store: rows still pending at shutdown")
         self.store.close()
-
-

@@ -14,7 +14,7 @@ Every validator (`fields`) raises `PydanticCustomError` with a message naming th
 Validation runs on the raw bytes (`validate_json`): the body is parsed once, in pydantic-core.
 """
 
-import re
+import math
 import uuid
 from typing import Annotated, Any
 
@@ -31,11 +31,11 @@ from pydantic import (
     model_validator,
 )
 
-from lib.pipeline.features import derived_values
+from lib.pipeline.features import FEATURE_COLUMNS, derived_values
 from lib.serving import fields
 from lib.serving.fields import show
-from lib.serving.rows import Row
-from lib.serving.settings import MAX_BODY_BYTES, MAX_INSTANCES
+from lib.serving.rows import OBJECT_POSITIONS, Row
+from lib.serving.settings import MAX_BODY_BYTES, MAX_INSTANCES, REQUEST_ID_PATTERN
 
 
 class InputError(ValueError):
@@ -117,8 +117,12 @@ for _name, _info in App.model_fields.items():
     _MISSING_NAMES[_choices[0]] = f"{_choices[0]} (or {'/'.join(_choices[1:])})"
 
 _REQUEST_ID_SCHEMA = {
-    "anyOf": [{"type": "string", "minLength": 1, "maxLength": 200}, {"type": "integer"}],
-    "description": "the caller's id (the X-Request-ID header wins); else a new uuid4 hex",
+    "anyOf": [
+        {"type": "string", "pattern": f"^{REQUEST_ID_PATTERN}$"},
+        {"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
+    ],
+    "description": "the caller's id (the X-Request-ID header wins; both must follow the rule "
+    f"{fields.REQUEST_ID_RULE}); else a new uuid4 hex",
 }
 
 
@@ -186,7 +190,10 @@ def _messages(exc: ValidationError, tagged: bool = False) -> list[str]:
         if kind == "missing":
             missing.append(_MISSING_NAMES.get(field, field))
         elif kind == "json_invalid":
-            bad.append(f"body is not valid JSON: {error['ctx'].get('error', error['msg'])}")
+            why = str(error["ctx"].get("error", error["msg"]))
+            if "recursion limit" in why:  # pydantic-core's parser stops at 201 levels
+                why = f"nested too deeply (at most {MAX_JSON_DEPTH} levels), {why}"
+            bad.append(f"body is not valid JSON: {why}")
         elif kind == "body_shape":
             bad.append(f"body: expected {_BODY_SHAPES}, got {type(got).__name__} {show(got)}")
         elif kind == "too_short":
@@ -207,12 +214,30 @@ def _messages(exc: ValidationError, tagged: bool = False) -> list[str]:
     return out
 
 
+MAX_JSON_DEPTH = 200  # pydantic-core refuses deeper JSON while parsing; an app is 2 levels deep
+
+
 def check_body(body: bytes) -> None:
     """Refuse an oversized or empty body before any parsing."""
     if len(body) > MAX_BODY_BYTES:
         raise InputError([f"body of {len(body)} bytes: at most {MAX_BODY_BYTES}"])
     if not body.strip():
         raise InputError(["body: empty; send a JSON object"])
+
+
+_NUMERIC = [i for i in range(len(FEATURE_COLUMNS)) if i not in OBJECT_POSITIONS]
+_INFINITE = (math.inf, -math.inf)
+
+
+def _finite_rows(rows: list[Row]) -> list[Row]:
+    """The last guard before the queue: no infinite model input, whatever a field let through
+    (the model would fail on it, and its error would count against the variant)."""
+    for n, row in enumerate(rows):
+        for i in _NUMERIC:
+            if row[i] in _INFINITE:
+                where = f"instances[{n}]: " if len(rows) > 1 else ""
+                raise InputError([f"{where}{FEATURE_COLUMNS[i]}: not a finite number"])
+    return rows
 
 
 def parse_predict(body: bytes) -> ParsedRequest:
@@ -223,10 +248,11 @@ def parse_predict(body: bytes) -> ParsedRequest:
     except ValidationError as exc:
         raise InputError(_messages(exc, tagged=True)) from None
     if isinstance(parsed, SingleApp):
-        return ParsedRequest([parsed.row()], False, parsed.request_id)
+        return ParsedRequest(_finite_rows([parsed.row()]), False, parsed.request_id)
     if isinstance(parsed, Instances):
-        return ParsedRequest([a.row() for a in parsed.instances], True, parsed.request_id)
-    return ParsedRequest([a.row() for a in parsed], True, None)
+        rows = _finite_rows([a.row() for a in parsed.instances])
+        return ParsedRequest(rows, True, parsed.request_id)
+    return ParsedRequest(_finite_rows([a.row() for a in parsed]), True, None)
 
 
 _APP = TypeAdapter(App)
@@ -240,23 +266,29 @@ def parse_app(app: Any) -> Row:
         raise InputError(_messages(exc)) from None
 
 
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-
-
 def request_id(header: str | None, body_value: Any) -> str:
-    """The caller's id (header X-Request-ID, else field request_id), else a new uuid4 hex."""
+    """The caller's id (header X-Request-ID, else field request_id), else a new uuid4 hex.
+
+    Both are checked when both are sent, before anything is queued or stored: an id outside
+    REQUEST_ID_PATTERN (emoji, CJK, U+202E, a UTF-8 header read as Latin-1) is refused (422).
+    """
+    chosen: str | None = None
+    problems = []
     for where, value in (("X-Request-ID", header), ("request_id", body_value)):
         if value is None or value == "":
             continue
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            raise InputError([f"{where}: expected a string, got {type(value).__name__}"])
-        value = value.strip()
-        if not value or len(value) > 200 or _CONTROL_CHARS.search(value):
-            raise InputError([f"{where}: {show(value)} is not a usable id (1..200 characters)"])
-        return value
-    return uuid.uuid4().hex
+        text = fields.request_id_text(value)
+        if text is None:
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                problems.append(f"{where}: {show(value)} is not a request id "
+                                f"({fields.REQUEST_ID_RULE})")  # fmt: skip
+            else:
+                problems.append(f"{where}: expected a string, got {type(value).__name__}")
+        elif chosen is None:
+            chosen = text
+    if problems:
+        raise InputError(problems)
+    return chosen or uuid.uuid4().hex
 
 
 # ------------------------------------------------------------------------------ feedback
@@ -267,13 +299,19 @@ class Feedback(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    request_id: Annotated[str, BeforeValidator(fields.feedback_id),
-                          WithJsonSchema({"type": "string", "minLength": 1})]  # fmt: skip
+    request_id: Annotated[
+        str,
+        BeforeValidator(fields.feedback_id),
+        WithJsonSchema({"type": "string", "pattern": f"^{fields.FEEDBACK_ID_PATTERN}$"}),
+    ]
     rating: Annotated[float | None, BeforeValidator(fields.rating),
                       WithJsonSchema({"anyOf": [{"type": "number", "minimum": 1, "maximum": 5},
                                                 {"type": "null"}]})] = None  # fmt: skip
-    label: Annotated[int | None, BeforeValidator(fields.label),
-                     WithJsonSchema({"anyOf": [{"enum": [0, 1]}, {"type": "null"}]})] = None
+    label: Annotated[
+        int | None,
+        BeforeValidator(fields.label),
+        WithJsonSchema({"anyOf": [{"enum": [0, 1]}, {"type": "null"}]}),
+    ] = None
 
 
 _FEEDBACK = TypeAdapter(Feedback)
@@ -311,8 +349,10 @@ class RoutingUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     canary_version: Annotated[str | None, BeforeValidator(fields.version),
-                              WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer"},
-                                                        {"type": "null"}]})] = None  # fmt: skip
+                              WithJsonSchema({"anyOf": [
+                                  {"type": "string", "pattern": "^[1-9][0-9]{0,9}$"},
+                                  {"type": "integer", "minimum": 1, "maximum": 9_999_999_999},
+                                  {"type": "null"}]})] = None  # fmt: skip
     weight: Annotated[float | None, BeforeValidator(fields.weight),
                       WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": 100},
                                                 {"type": "null"}]})] = None  # fmt: skip

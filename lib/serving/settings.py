@@ -8,8 +8,10 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
 CHAMPION_ALIAS = "champion"
-MAX_BODY_BYTES = 20 * 1024 * 1024
+MAX_BODY_BYTES = 20 * 1024 * 1024  # 413 above, refused on Content-Length or while streaming
 MAX_INSTANCES = 10_000
+# A request id: what the X-Request-ID header and the store can carry unchanged (ASCII only).
+REQUEST_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
 
 
 def _default_tracking_uri() -> str:
@@ -41,5 +43,7 @@ class ServingSettings:
     canary_label: str = "canary"
     champion_alias: str = CHAMPION_ALIAS
     lease_check_seconds: float = 1.0  # how often the background task looks at the canary lease
+    # how often a background task reads the champion alias for /health (<= 0: never)
+    registry_check_seconds: float = 15.0
     compile_models: bool = True  # False: always the plain scikit-learn pipeline
     access_log: bool = False  # uvicorn's per-request log line costs ~10% of throughput

@@ -1,0 +1,499 @@
+"""The model service refuses hostile input as the caller's mistake (4xx), never as a model error.
+
+Each test pins down one attack found against the service: overflowing numbers aimed at the
+canary, request ids the response header cannot carry, deep JSON, huge bodies, wrong content
+types, disclosure (paths, exception text, routing without a token, a CDN page), version aliases,
+and /health's view of the registry (an interrupted promotion, a registry outage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from lib import registry
+from lib.serving import schemas
+from lib.serving.app import create_app
+from lib.serving.settings import MAX_BODY_BYTES
+from tests import test_serving
+from tests.test_serving import (
+    MODEL,
+    RAW_APP,
+    TOKEN,
+    Store,
+    _admin,
+    _id_for,
+    _metric,
+    _service,
+    _settings,
+)
+
+# the fixtures of the service tests (a session-wide MLflow store with versions 1 and 2; a client)
+mlstore = test_serving.mlstore
+client = test_serving.client
+
+PROJECT = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+
+
+def _stored_ids(c: TestClient) -> set[str]:
+    store = _service(c).store
+    assert store.flush(timeout=30)
+    return set(store.window(0)["request_id"])
+
+
+def _without(app: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in app.items() if k not in keys}
+
+
+# ------------------------------------------------------------------ 1, 5: numbers and strings
+
+HOSTILE_VALUES = [
+    ({**_without(RAW_APP, "Size"), "size_mb": "9" * 400}, "size_mb"),
+    ({**RAW_APP, "Size": "1" + "0" * 306 + "G"}, "Size"),
+    ({**RAW_APP, "Size": "9" * 60 + "G"}, "Size"),
+    ({**RAW_APP, "Size": 1e300}, "Size"),
+    ({**RAW_APP, "Reviews": 1e308}, "Reviews"),
+    ({**RAW_APP, "Reviews": "9" * 400}, "Reviews"),
+    ({**RAW_APP, "Reviews": 2e10}, "Reviews"),
+    ({**RAW_APP, "Installs": "1" + "0" * 300 + "+"}, "Installs"),
+    ({**RAW_APP, "Installs": 1e12}, "Installs"),
+    ({**RAW_APP, "Price": 1e6}, "Price"),
+    ({**RAW_APP, "Price": "$99999"}, "Price"),
+    ({**RAW_APP, "Category": "GAME" * 250_000}, "Category"),
+    ({**RAW_APP, "Content Rating": "x" * 101}, "Content Rating"),
+    ({**RAW_APP, "Type": " " + "free" * 100}, "Type"),
+    ({**RAW_APP, "Last Updated": "January 7, 2018" * 10}, "Last Updated"),
+]
+
+
+@pytest.mark.parametrize(("app", "field"), HOSTILE_VALUES, ids=lambda v: str(v)[:40])
+def test_out_of_range_values_are_422_and_never_reach_the_model(
+    client: TestClient, app: dict[str, Any], field: str
+) -> None:
+    """Aimed at the canary (the variant follows X-Request-ID): a 422, no model error, no row."""
+    routed = client.put(
+        "/admin/routing", json={"canary_version": "2", "weight": 50.0}, headers=_admin()
+    )
+    assert routed.status_code == 200, routed.text
+    rid = _id_for(_service(client), "canary", prefix="overflow")
+    resp = client.post("/predict", json=app, headers={"X-Request-ID": rid})
+    assert resp.status_code == 422, resp.text[:300]
+    assert resp.json()["errors"][0].startswith(f"{field}: "), resp.json()["errors"]
+    assert len(resp.text) < 2000  # the junk is not echoed back whole
+    assert _metric(client, "model_request_errors_total") == 0
+    assert _metric(client, "model_requests_total") == 0
+    assert _metric(client, "model_invalid_requests_total") == 1
+    assert rid not in _stored_ids(client)
+
+
+def test_bounds_leave_real_listings_alone(client: TestClient) -> None:
+    big = {**RAW_APP, "Reviews": "78,158,306", "Installs": "10,000,000,000+", "Size": "4.5G",
+           "Price": "$399.99", "Category": "AUTO_AND_VEHICLES"}  # fmt: skip
+    assert client.post("/predict", json=big).status_code == 200
+    edge = {**RAW_APP, "Reviews": 1e10, "Installs": 1e11, "Size": 100_000, "Price": 5000}
+    assert client.post("/predict", json=edge).status_code == 200
+
+
+def test_a_bad_row_in_a_batch_refuses_the_batch_before_the_queue(client: TestClient) -> None:
+    batch = [RAW_APP, {**RAW_APP, "Size": "1" + "0" * 306 + "G"}, RAW_APP]
+    resp = client.post("/predict", json=batch, headers={"X-Request-ID": "bad-batch"})
+    assert resp.status_code == 422 and resp.json()["errors"][0].startswith("instances[1]: Size")
+    assert _metric(client, "model_requests_total") == 0
+    assert not {"bad-batch-0", "bad-batch-2"} & _stored_ids(client)
+
+
+def test_overflowing_feedback_and_admin_numbers_are_422(client: TestClient) -> None:
+    big = 10**400  # a JSON integer beyond float
+    rid = client.post("/predict", json=RAW_APP).json()["request_id"]
+    for body in ({"request_id": rid, "rating": big}, {"request_id": rid, "rating": 1e308}):
+        resp = client.post("/feedback", json=body)
+        assert resp.status_code == 422 and "rating" in resp.json()["detail"], resp.text
+    for body in (
+        {"canary_version": "2", "weight": big},
+        {"canary_version": "2", "lease_seconds": big},
+    ):
+        resp = client.put("/admin/routing", json=body, headers=_admin())
+        assert resp.status_code == 422, resp.text
+
+
+# ------------------------------------------------------------------------- 2: request ids
+
+BAD_IDS = ["😀", "用户-1", "\u202eabc", "１２３", "a b", "x" * 129, "tab\there", "semi;colon"]
+
+
+@pytest.mark.parametrize("rid", BAD_IDS)
+def test_request_ids_outside_the_grammar_are_422_before_anything_is_stored(
+    client: TestClient, rid: str
+) -> None:
+    resp = client.post("/predict", json={**RAW_APP, "request_id": rid})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["errors"][0].startswith("request_id: ")
+    assert "A-Z a-z 0-9" in resp.json()["detail"]
+    header = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": rid.encode("utf-8")})
+    assert header.status_code == 422, header.text
+    assert header.json()["errors"][0].startswith("X-Request-ID: ")
+    assert _metric(client, "model_requests_total") == 0
+    assert _stored_ids(client) == set()
+    if len(rid) <= 128:  # (a longer one can name an item of a batch: "<request id>-<index>")
+        feedback = client.post("/feedback", json={"request_id": rid, "rating": 4.0})
+        assert feedback.status_code == 422 and "request_id" in feedback.json()["detail"]
+
+
+def test_a_utf8_request_id_header_is_refused_not_stored_garbled(client: TestClient) -> None:
+    resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "café".encode()})
+    assert resp.status_code == 422 and "X-Request-ID" in resp.json()["detail"]
+    assert _stored_ids(client) == set()
+
+
+def test_good_request_ids_pass_and_both_places_are_checked(client: TestClient) -> None:
+    longest = "A.b_c:d-9" * 14 + "xx"  # 128 characters
+    resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": longest})
+    assert resp.status_code == 200 and resp.headers["x-request-id"] == longest
+    assert client.post("/predict", json={**RAW_APP, "request_id": 12345}).json()[
+        "request_id"] == "12345"  # fmt: skip
+    both = client.post(
+        "/predict", json={**RAW_APP, "request_id": "😀"}, headers={"X-Request-ID": "ok"}
+    )
+    assert both.status_code == 422  # the header wins, but a bad body id is not silently kept
+    assert len(client.post("/predict", json=RAW_APP).json()["request_id"]) == 32  # generated
+    batch = client.post("/predict", json=[RAW_APP] * 2, headers={"X-Request-ID": longest})
+    assert batch.status_code == 200
+    item = f"{longest}-1"
+    assert client.post("/feedback", json={"request_id": item, "rating": 4.5}).status_code == 200
+
+
+def test_lone_surrogates_never_become_ids() -> None:
+    for where in ((None, "\ud800"), ("\ud800", None), (None, "a\udfffb")):
+        with pytest.raises(schemas.InputError):
+            schemas.request_id(*where)
+    body = b'{"Category": "GAME", "request_id": "\\ud800"}'
+    with pytest.raises(schemas.InputError, match="not valid JSON"):
+        schemas.parse_predict(body)
+
+
+# ------------------------------------------------------------------------ 3: deep JSON, 500s
+
+DEEP = 10_000
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/predict"), ("POST", "/feedback"), ("PUT", "/admin/routing")]
+)
+@pytest.mark.parametrize("opener", [b"[", b'{"a":'])
+def test_deeply_nested_json_is_a_4xx_saying_so(
+    client: TestClient, method: str, path: str, opener: bytes
+) -> None:
+    closer = b"]" if opener == b"[" else b"}"
+    body = opener * DEEP + b"1" + closer * DEEP
+    resp = client.request(method, path, content=body, headers=_admin())
+    assert 400 <= resp.status_code < 500, resp.text
+    assert "nested too deeply" in resp.json()["detail"]
+
+
+def test_unexpected_errors_are_generic_and_recursion_is_a_400(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def recursing(body: bytes) -> Any:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(schemas, "parse_predict", recursing)
+    resp = client.post("/predict", json=RAW_APP)
+    assert resp.status_code == 400 and "nested too deeply" in resp.json()["detail"]
+
+    def broken(body: bytes) -> Any:
+        raise RuntimeError("secret detail at /srv/private/path")
+
+    monkeypatch.setattr(schemas, "parse_predict", broken)
+    resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "boom-1"})
+    assert resp.status_code == 500
+    assert resp.json() == {
+        "detail": "internal error (request boom-1; details in the log)",
+        "request_id": "boom-1",
+    }
+    assert "secret detail" in caplog.text and "boom-1" in caplog.text
+
+
+def test_model_error_answer_names_the_request_not_the_exception(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(rows: Any) -> Any:
+        raise ValueError("Input X contains infinity, see /home/someone/models")
+
+    _service(client).champion.predictor.predict = broken
+    resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "m-1"})
+    assert resp.status_code == 500 and resp.json()["request_id"] == "m-1"
+    assert "infinity" not in resp.text and "/home" not in resp.text
+    assert "infinity" in caplog.text  # the detail is logged (and stored with the row)
+
+
+# ---------------------------------------------------------------------------- 4: body size
+
+
+def _asgi(client: TestClient, headers: list[tuple[bytes, bytes]], chunks: int) -> dict[str, Any]:
+    """Call the app directly with a body of `chunks` MiB: the status, headers and how many
+    chunks the app pulled before answering."""
+    pulled = 0
+    out: dict[str, Any] = {}
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        pulled += 1
+        if pulled > chunks:
+            await asyncio.sleep(3600)  # never: the app must have answered by now
+        return {"type": "http.request", "body": b" " * MiB, "more_body": pulled < chunks}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+            out["headers"] = {k.decode(): v.decode() for k, v in message["headers"]}
+        elif message["type"] == "http.response.body":
+            out["body"] = out.get("body", b"") + message.get("body", b"")
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+        "root_path": "", "headers": [(b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+
+    async def call() -> None:
+        await client.app(scope, receive, send)
+
+    client.portal.call(call)
+    return {**out, "pulled": pulled}
+
+
+def test_oversized_body_is_413_on_content_length_before_reading(client: TestClient) -> None:
+    answer = _asgi(client, [(b"content-length", str(200 * MiB).encode())], chunks=200)
+    assert answer["status"] == 413 and answer["pulled"] == 0
+    assert answer["headers"]["connection"] == "close"
+    assert str(MAX_BODY_BYTES) in json.loads(answer["body"])["detail"]
+
+
+def test_oversized_streamed_body_is_413_without_reading_it_all(client: TestClient) -> None:
+    answer = _asgi(client, [], chunks=200)  # chunked: no Content-Length
+    assert answer["status"] == 413
+    assert answer["pulled"] <= MAX_BODY_BYTES // MiB + 1  # stopped at the limit, not at 200 MiB
+    assert _metric(client, "model_requests_total") == 0
+
+
+def test_malformed_content_length_is_400(client: TestClient) -> None:
+    answer = _asgi(client, [(b"content-length", b"12abc")], chunks=1)
+    assert answer["status"] == 400 and answer["pulled"] == 0
+
+
+# ----------------------------------------------------------------------- 6: content types
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "image/png", "multipart/form-data",
+     "application/json; charset=latin-1", "application/jsonx"],
+)  # fmt: skip
+def test_other_content_types_are_415(client: TestClient, content_type: str) -> None:
+    body = json.dumps(RAW_APP).encode()
+    for method, path in (("POST", "/predict"), ("POST", "/feedback"), ("PUT", "/admin/routing")):
+        headers = {**_admin(), "Content-Type": content_type}
+        resp = client.request(method, path, content=body, headers=headers)
+        assert resp.status_code == 415, (path, resp.text)
+        assert "application/json" in resp.json()["detail"]
+    assert _metric(client, "model_requests_total") == 0
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "Application/JSON", None]
+)
+def test_json_content_types_and_a_missing_one_are_read(
+    client: TestClient, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    resp = client.post("/predict", content=json.dumps(RAW_APP).encode(), headers=headers)
+    assert resp.status_code == 200, resp.text
+
+
+# ------------------------------------------------------------------ 6: disclosure, contract
+
+
+def test_no_champion_answers_do_not_show_the_store_path(mlstore: Store, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/private-dir/mlflow.db"
+    (tmp_path / "private-dir").mkdir()
+    settings = _settings(mlstore, tmp_path, tracking_uri=uri, registry_check_seconds=0)
+    with TestClient(create_app(settings)) as c:
+        for resp in (c.get("/health"), c.post("/predict", json=RAW_APP)):
+            assert str(tmp_path) not in resp.text and "private-dir" not in resp.text
+            assert "sqlite:///.../mlflow.db" in resp.text
+
+
+def test_routing_needs_the_admin_token(client: TestClient) -> None:
+    assert client.get("/admin/routing").status_code == 401
+    assert client.get("/admin/routing", headers=_admin("wrong-token-1")).status_code == 403
+    assert client.get("/admin/routing", headers=_admin()).json()["champion_version"] == "1"
+
+
+@pytest.mark.parametrize("version", ["latest", "champion", "1.0", "v2", "0", "-1", " ", 0])
+def test_canary_version_must_be_a_version_number(client: TestClient, version: Any) -> None:
+    resp = client.put(
+        "/admin/routing", json={"canary_version": version, "weight": 5}, headers=_admin()
+    )
+    assert resp.status_code == 422 and "canary_version" in resp.json()["detail"], resp.text
+    assert client.get("/admin/routing", headers=_admin()).json()["canary_version"] is None
+    assert 'variant="canary"' not in client.get("/metrics").text
+
+
+def test_docs_page_loads_nothing_from_the_network(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text
+    assert "http://" not in page.text and "https://" not in page.text
+    assert client.get("/redoc").status_code == 404
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/docs" not in paths
+    assert {"413", "415"} <= set(paths["/predict"]["post"]["responses"])
+
+
+# ------------------------------------------------------------- 7: the registry seen by /health
+
+
+@pytest.fixture
+def own_store(mlstore: Store, tmp_path: Path) -> str:
+    """A private copy of the session's MLflow database (same artifacts): its aliases can move."""
+    shutil.copy2(mlstore.root / "mlflow.db", tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def _until(c: TestClient, check: Any, what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while True:
+        health = c.get("/health").json()
+        if check(health):
+            return health
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/health never showed {what}: {health}")
+        time.sleep(0.05)
+
+
+def test_health_says_when_the_registry_names_another_champion(
+    mlstore: Store, own_store: str, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    settings = _settings(mlstore, tmp_path, tracking_uri=own_store, registry_check_seconds=0.05)
+    with TestClient(create_app(settings)) as c:
+        health = c.get("/health").json()
+        assert health["registry"]["champion_version"] == "1" and health["registry"]["matches"]
+        assert health["warning"] is None and health["registry"]["reachable"] is True
+        ml = MlflowClient(tracking_uri=own_store, registry_uri=own_store)
+        registry.set_alias(ml, MODEL, "champion", "2")  # a promotion interrupted before reload
+        health = _until(c, lambda h: h["registry"]["champion_version"] == "2", "v2")
+        assert health["registry"]["matches"] is False and health["champion_version"] == "1"
+        assert health["warning"] == (
+            "the registry names v2 champion, this service serves v1: POST /admin/reload or run "
+            "the pipeline"
+        )
+        assert health["status"] == "ok"  # it still serves
+        assert c.post("/admin/reload", headers=_admin()).json()["champion_version"] == "2"
+        health = c.get("/health").json()
+        assert health["registry"]["matches"] is True and health["warning"] is None
+
+
+def test_health_reports_a_registry_outage_and_recovers(
+    mlstore: Store, own_store: str, tmp_path: Path
+) -> None:
+    settings = _settings(mlstore, tmp_path, tracking_uri=own_store, registry_check_seconds=0.05)
+    with TestClient(create_app(settings)) as c:
+        service = _service(c)
+        good = c.get("/health").json()["registry"]["last_good_check_at"]
+        assert good is not None
+
+        def outage() -> str | None:
+            raise ConnectionError("registry down")
+
+        service.champion_version = outage  # what MLflow raises when its server is gone
+        health = _until(c, lambda h: h["registry"]["reachable"] is False, "the outage")
+        assert health["registry"]["error"] == "registry unreachable (ConnectionError)"
+        assert health["registry"]["champion_version"] == "1"  # as of the last good check
+        last_good = health["registry"]["last_good_check_at"]
+        assert last_good >= good and health["registry"]["checked_at"] > last_good
+        assert health["warning"].startswith("registry unreachable at ")
+        assert "last good check 20" in health["warning"]
+        assert health["status"] == "ok" and c.post("/predict", json=RAW_APP).status_code == 200
+        del service.champion_version  # the registry is back
+        _until(c, lambda h: h["registry"]["reachable"] is True, "the recovery")
+
+
+def test_health_does_not_call_the_registry_per_request(
+    mlstore: Store, own_store: str, tmp_path: Path
+) -> None:
+    settings = _settings(mlstore, tmp_path, tracking_uri=own_store, registry_check_seconds=3600)
+    with TestClient(create_app(settings)) as c:
+        service = _service(c)
+        checks = service.registry_checks
+        assert checks == 1  # the start-up look at the alias
+        for _ in range(30):
+            assert c.get("/health").json()["registry"]["matches"] is True
+        assert service.registry_checks == checks
+
+
+# --------------------------------------------------------------------------- a real server
+
+
+@pytest.fixture(scope="module")
+def live(mlstore: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from lib.delivery.service_process import ServiceProcess
+
+    tmp = tmp_path_factory.mktemp("hardening")
+    service = ServiceProcess(
+        PROJECT, MODEL, mlstore.uri, f"sqlite:///{tmp}/predictions.db", admin_token=TOKEN,
+        log_path=tmp / "service.log",
+    )  # fmt: skip
+    with service:
+        yield service.url
+        service.check()
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+@pytest.mark.e2e
+def test_deep_json_keeps_the_connection_open(live: str) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", _port(live), timeout=60)
+    try:
+        body = b"[" * DEEP + b"]" * DEEP
+        conn.request("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
+        first = conn.getresponse()
+        assert 400 <= first.status < 500 and b"nested too deeply" in first.read()
+        assert not first.will_close
+        conn.request("POST", "/predict", body=json.dumps(RAW_APP).encode(),
+                     headers={"Content-Type": "application/json"})  # fmt: skip
+        second = conn.getresponse()  # the same connection: uvicorn did not drop it
+        assert second.status == 200, second.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.e2e
+def test_live_server_refuses_a_huge_content_length_without_waiting_for_it(live: str) -> None:
+    with socket.create_connection(("127.0.0.1", _port(live)), timeout=60) as sock:
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {200 * MiB}\r\n\r\n".encode()
+        )  # no body is sent: an answer proves the service did not wait for 200 MiB
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"connection: close" in answer.lower()
