@@ -184,6 +184,12 @@ def _skewed(scale: bool) -> Pipeline:
     return Pipeline(steps)
 
 
+def categorical_positions() -> list[int]:
+    """Where the categorical columns are in the preprocessor's output: first, in CATEGORICAL order
+    (what a boosting model's ``categorical_features`` must name)."""
+    return list(range(len(CATEGORICAL)))
+
+
 def preprocessor(kind: str, groups: Sequence[str] = ()) -> ColumnTransformer:
     """Preprocessing for a model family: one-hot + scaling for linear models, ordinal for trees.
 

@@ -60,7 +60,8 @@ __all__ = [  # this module's API, including what moved to calibration / evaluati
     "CALIBRATION_METHODS", "DEFAULT_FEATURE_GROUPS", "GREATER_IS_BETTER", "LABEL_OBJECTIVES",
     "METRIC_NAMES", "CalibrationChoice", "CandidateResult", "LabeledData", "OutOfFold",
     "ThresholdChoice", "baseline_metrics", "build_candidate", "calibrated", "choose_calibration",
-    "cross_validate", "dataset_digest", "evaluate", "expected_calibration_error", "folds_for",
+    "FAMILIES", "cross_validate", "dataset_digest", "evaluate", "expected_calibration_error",
+    "folds_for",
     "for_inference", "holdout_split", "improvement", "labeled_data", "one_openmp_thread",
     "out_of_fold", "permutation_importance", "select_best", "split_digest", "train_candidate",
     "tune_threshold",
@@ -136,34 +137,53 @@ def split_digest(keys: pd.Series, test_idx: np.ndarray) -> str:
 DEFAULT_FEATURE_GROUPS: tuple[str, ...] = features.FEATURE_GROUPS
 
 
-def _tabular(name: str, seed: int, rf_trees: int, groups: Sequence[str]) -> Pipeline:
+FAMILIES: tuple[str, ...] = (
+    "logistic_regression",
+    "random_forest",
+    "hist_gradient_boosting",
+    "forest_and_boosting",
+)
+
+
+def _forest(seed: int, trees: int) -> RandomForestClassifier:
+    return RandomForestClassifier(
+        n_estimators=trees, min_samples_leaf=3, max_features="sqrt", n_jobs=-1, random_state=seed
+    )
+
+
+def _boosting(seed: int) -> HistGradientBoostingClassifier:
+    """Native categorical splits on the category columns (a subset of categories per split:
+    +0.004 CV ROC-AUC on the raw file against ordinal thresholds), larger leaves and an L2 penalty
+    (steadier on 8,000 apps). The service walks the categorical bitsets compiled."""
+    return HistGradientBoostingClassifier(
+        max_iter=200,
+        learning_rate=0.05,
+        max_leaf_nodes=15,
+        min_samples_leaf=40,
+        l2_regularization=1.0,
+        categorical_features=features.categorical_positions(),
+        early_stopping=False,
+        random_state=seed,
+    )
+
+
+def _tabular(name: str, seed: int, rf_trees: int, groups: Sequence[str]) -> list[tuple[str, Any]]:
+    """The tabular members of a family, each a (preprocessing, estimator) Pipeline."""
     if name == "logistic_regression":
-        model = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
+        models = [("tabular", LogisticRegression(max_iter=2000, C=1.0, random_state=seed))]
         kind = "linear"
     elif name == "random_forest":
-        model = RandomForestClassifier(
-            n_estimators=rf_trees,
-            min_samples_leaf=3,
-            max_features="sqrt",
-            n_jobs=-1,
-            random_state=seed,
-        )
-        kind = "tree"
+        models, kind = [("tabular", _forest(seed, rf_trees))], "tree"
     elif name == "hist_gradient_boosting":
-        model = HistGradientBoostingClassifier(
-            max_iter=200,
-            learning_rate=0.05,
-            max_leaf_nodes=15,
-            early_stopping=False,
-            random_state=seed,
-        )
-        kind = "tree"
+        models, kind = [("tabular", _boosting(seed))], "tree"
+    elif name == "forest_and_boosting":  # two tree learners that err differently, stacked
+        models, kind = [("tabular", _boosting(seed)), ("forest", _forest(seed, rf_trees))], "tree"
     else:
-        raise ValueError(
-            f"unknown candidate {name!r}; known: logistic_regression, random_forest, "
-            "hist_gradient_boosting"
-        )
-    return Pipeline([("features", features.preprocessor(kind, groups)), ("model", model)])
+        raise ValueError(f"unknown candidate {name!r}; known: {', '.join(FAMILIES)}")
+    return [
+        (label, Pipeline([("features", features.preprocessor(kind, groups)), ("model", model)]))
+        for label, model in models
+    ]
 
 
 def build_candidate(
@@ -176,15 +196,18 @@ def build_candidate(
     """A fresh, unfitted candidate by model family and feature groups.
 
     With the group ``name_text`` the family's tabular model is stacked with a text model of the
-    app name: a logistic regression combines the two, trained only on their out-of-fold
-    probabilities (scikit-learn's StackingClassifier), so the name's score never sees its own rows.
+    app name: a logistic regression combines them, trained only on their out-of-fold
+    probabilities (scikit-learn's StackingClassifier), so the name's score never sees its own
+    rows. ``forest_and_boosting`` stacks a forest and a boosting model the same way.
     """
     groups = features.check_groups(groups)
-    tabular = _tabular(name, seed, rf_trees, groups)
-    if "name_text" not in groups:
-        return tabular
+    members = _tabular(name, seed, rf_trees, groups)
+    if "name_text" in groups:
+        members = [("name_text", features.name_text_model(seed)), *members]
+    if len(members) == 1:
+        return members[0][1]
     return StackingClassifier(
-        estimators=[("name_text", features.name_text_model(seed)), ("tabular", tabular)],
+        estimators=members,
         final_estimator=LogisticRegression(max_iter=1000, random_state=seed),
         cv=folds_for(stack_folds, seed),
         stack_method="predict_proba",
@@ -316,14 +339,16 @@ def train_candidate(
         "threshold": round(threshold.threshold, 6),
         "label_objective": objective,
     }
-    tabular = base.named_estimators["tabular"] if hasattr(base, "named_estimators") else base
-    params.update(
-        {
-            f"model__{k}": v
-            for k, v in tabular.named_steps["model"].get_params().items()
-            if isinstance(v, (int, float, str, bool, type(None)))
-        }
-    )
+    members = dict(getattr(base, "named_estimators", None) or {"tabular": base})
+    for label, prefix in (("tabular", "model"), ("forest", "forest")):
+        if label in members:
+            params.update(
+                {
+                    f"{prefix}__{k}": v if not isinstance(v, (list, tuple)) else str(list(v))
+                    for k, v in members[label].named_steps["model"].get_params().items()
+                    if isinstance(v, (int, float, str, bool, type(None), list, tuple))
+                }
+            )
     log.info("%s: holdout %s (%.1fs)", name, {k: round(v, 4) for k, v in holdout.items()}, elapsed)
     return CandidateResult(
         name, model, holdout, cv, proba, elapsed, params, served, threshold, choice, oof_served

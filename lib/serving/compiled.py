@@ -1,5 +1,5 @@
-"""Compiled estimators: logistic regression, gradient boosting, forests, calibration, stacks
-and thresholded labels, as nodes that take rows column-wise (`_compile`)."""
+"""Compiled estimators: logistic regression, calibration, stacks and thresholded labels, as nodes
+that take rows column-wise (`_compile`); tree ensembles are in lib.serving.compiled_trees."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from lib.serving.compiled_trees import _Boosting, _Forest
 from lib.serving.encoders import (
     _Columns,
     _Unsupported,
@@ -38,59 +39,6 @@ class _Logistic:
         prob = self.decision(X)
         prob = expit(prob, out=prob)
         return np.stack([1 - prob, prob], axis=1)
-
-
-class _Boosting:
-    """HistGradientBoostingClassifier (binary, numeric splits): all trees walked at once.
-
-    Each tree's leaf is found as its Cython predictor finds it (NaN follows missing_go_to_left,
-    else value <= threshold goes left); the leaf values are added to the baseline one tree after
-    another, in the order scikit-learn adds them, so the sum is the same to the last bit.
-    """
-
-    def __init__(self, model: Any) -> None:
-        from sklearn.ensemble import HistGradientBoostingClassifier
-
-        if type(model) is not HistGradientBoostingClassifier or model.n_trees_per_iteration_ != 1:
-            raise _Unsupported("not a binary HistGradientBoostingClassifier")
-        nodes = [p.nodes for it in model._predictors for p in it]
-        if any(n["is_categorical"].any() for n in nodes):
-            raise _Unsupported("gradient boosting with categorical splits")
-        offsets = np.cumsum([0] + [len(n) for n in nodes[:-1]])
-        allnodes = np.concatenate(nodes)
-        self.roots = offsets.astype(np.intp)
-        shift = np.repeat(offsets, [len(n) for n in nodes])
-        self.left = (allnodes["left"].astype(np.intp) + shift).astype(np.intp)
-        self.right = (allnodes["right"].astype(np.intp) + shift).astype(np.intp)
-        self.feature = allnodes["feature_idx"].astype(np.intp)
-        self.threshold = np.asarray(allnodes["num_threshold"], dtype=np.float64)
-        self.missing_left = allnodes["missing_go_to_left"].astype(bool)
-        self.is_leaf = allnodes["is_leaf"].astype(bool)
-        self.value = np.asarray(allnodes["value"], dtype=np.float64)
-        self.baseline = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1)
-        self.width = model.n_features_in_
-        self.loss = model._loss
-
-    def decision(self, X: Any) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.width:
-            raise ValueError(f"X has shape {X.shape}, the model wants {self.width} features")
-        n = X.shape[0]
-        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
-        rows = np.arange(n)[:, None]
-        leaf = self.is_leaf[node]
-        while not leaf.all():
-            x = X[rows, self.feature[node]]
-            left = np.where(np.isnan(x), self.missing_left[node], x <= self.threshold[node])
-            node = np.where(leaf, node, np.where(left, self.left[node], self.right[node]))
-            leaf = self.is_leaf[node]
-        terms = np.empty((n, len(self.roots) + 1), dtype=np.float64)
-        terms[:, 0] = self.baseline[0]
-        terms[:, 1:] = self.value[node]
-        return np.add.accumulate(terms, axis=1)[:, -1]  # one addition after another
-
-    def proba(self, X: Any) -> np.ndarray:
-        return self.loss.predict_proba(self.decision(X).reshape(-1, 1))
 
 
 class _Calibrator:
@@ -137,32 +85,6 @@ class _Node:
 
     def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
         raise NotImplementedError
-
-
-class _Forest:
-    """RandomForestClassifier.predict_proba without its per-tree joblib wrappers."""
-
-    def __init__(self, final: Any) -> None:
-        from sklearn.ensemble._forest import ForestClassifier
-        from sklearn.tree import DecisionTreeClassifier
-
-        if type(final).predict_proba is not ForestClassifier.predict_proba or final.n_outputs_ != 1:
-            raise _Unsupported("forest with several outputs or its own predict_proba")
-        self.trees, self.values = [], []
-        for est in final.estimators_:
-            if not isinstance(est, DecisionTreeClassifier) or est.n_outputs_ != 1:
-                raise _Unsupported("forest of unknown trees")
-            self.trees.append(est.tree_)
-            self.values.append(np.ascontiguousarray(est.tree_.value[:, 0, : final.n_classes_]))
-
-    def __call__(self, Z: np.ndarray) -> np.ndarray:
-        # the same float32 input, the same leaf values, summed in the same order, divided the same
-        X32 = np.asarray(Z, dtype=np.float32)
-        out = np.zeros((X32.shape[0], self.values[0].shape[1]), dtype=np.float64)
-        for tree, value in zip(self.trees, self.values, strict=True):
-            out += value.take(tree.apply(X32), axis=0)
-        out /= len(self.trees)
-        return out
 
 
 class _PipelineNode(_Node):
@@ -388,4 +310,3 @@ def _argmax_predict(model: Any) -> bool:
     if type(model) is HistGradientBoostingClassifier:
         return True
     return isinstance(model, ForestClassifier) and type(model).predict is ForestClassifier.predict
-

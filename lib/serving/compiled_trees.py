@@ -1,0 +1,215 @@
+"""Tree ensembles compiled: every tree of a forest or a boosting model walked at once.
+
+scikit-learn walks one tree at a time (a forest: one joblib task per tree), which for a single
+row costs far more than the arithmetic. Here all trees advance one level per numpy step, with
+the same comparisons, the same leaf values and the same order of additions as scikit-learn, so
+the answers are equal to the last bit (the service checks that each time a model loads).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lib.serving.encoders import _Unsupported
+
+
+class _Forest:
+    """RandomForestClassifier.predict_proba: all trees walked at once, summed in tree order.
+
+    As its Cython `apply`: the input as float32, NaN follows missing_go_to_left, else
+    value <= threshold (compared in double) goes left; leaf values are added tree after tree
+    from zero and divided by the number of trees, as `ForestClassifier.predict_proba` does.
+    """
+
+    def __init__(self, final: Any) -> None:
+        from sklearn.ensemble._forest import ForestClassifier
+        from sklearn.tree import DecisionTreeClassifier
+
+        if type(final).predict_proba is not ForestClassifier.predict_proba or final.n_outputs_ != 1:
+            raise _Unsupported("forest with several outputs or its own predict_proba")
+        trees = []
+        for est in final.estimators_:
+            if not isinstance(est, DecisionTreeClassifier) or est.n_outputs_ != 1:
+                raise _Unsupported("forest of unknown trees")
+            trees.append(est.tree_)
+        sizes = [t.node_count for t in trees]
+        offsets = np.cumsum([0] + sizes[:-1])
+        shift = np.repeat(offsets, sizes)
+        left = np.concatenate([t.children_left for t in trees]).astype(np.intp)
+        right = np.concatenate([t.children_right for t in trees]).astype(np.intp)
+        self.is_leaf = left == -1
+        self.left = np.where(self.is_leaf, 0, left + shift).astype(np.intp)
+        self.right = np.where(self.is_leaf, 0, right + shift).astype(np.intp)
+        self.feature = np.maximum(np.concatenate([t.feature for t in trees]), 0).astype(np.intp)
+        self.threshold = np.concatenate([t.threshold for t in trees]).astype(np.float64)
+        self.missing_left = np.concatenate(
+            [np.asarray(t.missing_go_to_left, dtype=bool) for t in trees]
+        )
+        self.value = np.concatenate(
+            [np.ascontiguousarray(t.value[:, 0, : final.n_classes_]) for t in trees]
+        ).astype(np.float64)
+        self.roots = offsets.astype(np.intp)
+        self.n_classes = int(final.n_classes_)
+        self.width = int(final.n_features_in_)
+
+    def __call__(self, Z: np.ndarray) -> np.ndarray:
+        X = np.asarray(Z, dtype=np.float32).astype(np.float64)  # float32, compared in double
+        if X.ndim != 2 or X.shape[1] != self.width:
+            raise ValueError(f"X has shape {X.shape}, the model wants {self.width} features")
+        n = X.shape[0]
+        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        rows = np.arange(n)[:, None]
+        leaf = self.is_leaf[node]
+        while not leaf.all():
+            x = X[rows, self.feature[node]]
+            left = np.where(np.isnan(x), self.missing_left[node], x <= self.threshold[node])
+            node = np.where(leaf, node, np.where(left, self.left[node], self.right[node]))
+            leaf = self.is_leaf[node]
+        terms = np.zeros((n, len(self.roots) + 1, self.n_classes), dtype=np.float64)
+        terms[:, 1:, :] = self.value[node]
+        out = np.add.accumulate(terms, axis=1)[:, -1, :]  # 0 + tree 1 + tree 2 ..., in order
+        out /= len(self.roots)
+        return out
+
+
+class _Boosting:
+    """HistGradientBoostingClassifier (binary, numeric and categorical splits): all trees at once.
+
+    Each tree's leaf is found as its Cython predictor finds it (NaN follows missing_go_to_left;
+    a numeric split sends value <= threshold left; a categorical split sends the categories of its
+    left bitset left, the other known ones right, and unknown or negative ones the missing way);
+    the leaf values are added to the baseline one tree after another, in the order scikit-learn
+    adds them, so the sum is the same to the last bit.
+    """
+
+    def __init__(self, model: Any) -> None:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        if type(model) is not HistGradientBoostingClassifier or model.n_trees_per_iteration_ != 1:
+            raise _Unsupported("not a binary HistGradientBoostingClassifier")
+        predictors = [p for it in model._predictors for p in it]
+        nodes = [p.nodes for p in predictors]
+        offsets = np.cumsum([0] + [len(n) for n in nodes[:-1]])
+        allnodes = np.concatenate(nodes)
+        self.roots = offsets.astype(np.intp)
+        shift = np.repeat(offsets, [len(n) for n in nodes])
+        self.left = (allnodes["left"].astype(np.intp) + shift).astype(np.intp)
+        self.right = (allnodes["right"].astype(np.intp) + shift).astype(np.intp)
+        self.feature = allnodes["feature_idx"].astype(np.intp)
+        self.threshold = np.asarray(allnodes["num_threshold"], dtype=np.float64)
+        self.missing_left = allnodes["missing_go_to_left"].astype(bool)
+        self.is_leaf = allnodes["is_leaf"].astype(bool)
+        self.value = np.asarray(allnodes["value"], dtype=np.float64)
+        self.baseline = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1)
+        self.width = model.n_features_in_
+        self.loss = model._loss
+        self.inputs = _CategoricalInputs(model)
+        self.category_row, self.goes_left = _categorical_tables(model, predictors, offsets)
+
+    def decision(self, X: Any) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.width:
+            raise ValueError(f"X has shape {X.shape}, the model wants {self.width} features")
+        X = self.inputs(X)
+        n = X.shape[0]
+        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        rows = np.arange(n)[:, None]
+        leaf = self.is_leaf[node]
+        while not leaf.all():
+            x = X[rows, self.feature[node]]
+            missing = np.isnan(x)
+            left = x <= self.threshold[node]
+            if self.category_row is not None:
+                table_row = self.category_row[node]
+                categorical = table_row >= 0
+                if categorical.any():
+                    value = x[categorical]
+                    known = value >= 0  # NaN compares False: the missing branch below
+                    code = np.where(known, value, 0).astype(np.intp)  # the Cython cast
+                    left[categorical] = np.where(
+                        known & (code < 256),
+                        self.goes_left[table_row[categorical], np.minimum(code, 255)],
+                        self.missing_left[node[categorical]],
+                    )
+            left = np.where(missing, self.missing_left[node], left)
+            node = np.where(leaf, node, np.where(left, self.left[node], self.right[node]))
+            leaf = self.is_leaf[node]
+        terms = np.empty((n, len(self.roots) + 1), dtype=np.float64)
+        terms[:, 0] = self.baseline[0]
+        terms[:, 1:] = self.value[node]
+        return np.add.accumulate(terms, axis=1)[:, -1]  # one addition after another
+
+    def proba(self, X: Any) -> np.ndarray:
+        return self.loss.predict_proba(self.decision(X).reshape(-1, 1))
+
+
+class _CategoricalInputs:
+    """The model's own input step for categorical features (its internal OrdinalEncoder).
+
+    scikit-learn re-encodes the categorical columns to 0..k-1 (unknown and missing: NaN) and
+    puts them first; this does the same with a sorted lookup, without the ColumnTransformer's
+    validation.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.categories: list[tuple[int, np.ndarray]] = []
+        self.order: np.ndarray | None = None
+        prep = getattr(model, "_preprocessor", None)
+        if prep is None:
+            return
+        mask = np.asarray(model.is_categorical_, dtype=bool)
+        encoder = prep.named_transformers_["encoder"]
+        if prep.output_indices_["encoder"] != slice(0, int(mask.sum())):
+            raise _Unsupported("categorical features not placed first")
+        for column, cats in zip(np.flatnonzero(mask), encoder.categories_, strict=True):
+            cats = np.asarray(cats, dtype=np.float64)
+            known = cats[~np.isnan(cats)]
+            if known.size and np.any(np.diff(known) <= 0):
+                raise _Unsupported("categories not sorted")
+            self.categories.append((int(column), known))
+        self.order = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)])
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        if self.order is None:
+            return X
+        out = X[:, self.order]  # a copy: categorical columns first, as the model's step does
+        for j, (column, known) in enumerate(self.categories):
+            x = X[:, column]
+            index = np.searchsorted(known, x)
+            hit = index < known.size
+            hit[hit] = known[index[hit]] == x[hit]
+            out[:, j] = np.where(hit, index, np.nan)
+        return out
+
+
+def _categorical_tables(
+    model: Any, predictors: list[Any], offsets: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Per categorical node: does category c (0..255) go left? None when no node is categorical.
+
+    Left when c is in the node's left bitset; right when it is another category known at fit
+    time; otherwise (unseen) the missing-value direction, as the Cython predictor decides.
+    """
+    total = int(offsets[-1]) + len(predictors[-1].nodes) if predictors else 0
+    if not any(p.nodes["is_categorical"].any() for p in predictors):
+        return None, np.zeros((0, 256), dtype=bool)
+    known_bitsets, f_idx_map = model._bin_mapper.make_known_categories_bitsets()
+    row = np.full(total, -1, dtype=np.intp)
+    tables: list[np.ndarray] = []
+    for offset, predictor in zip(offsets, predictors, strict=True):
+        for local in np.flatnonzero(predictor.nodes["is_categorical"]):
+            node = predictor.nodes[local]
+            left = _bits(predictor.raw_left_cat_bitsets[node["bitset_idx"]])
+            known = _bits(known_bitsets[f_idx_map[node["feature_idx"]]])
+            missing_left = bool(node["missing_go_to_left"])
+            tables.append(np.where(left, True, np.where(known, False, missing_left)))
+            row[int(offset) + int(local)] = len(tables) - 1
+    return row, np.vstack(tables)
+
+
+def _bits(bitset: np.ndarray) -> np.ndarray:
+    """A scikit-learn bitset (8 x uint32) as 256 booleans: bit c is (w[c // 32] >> c % 32) & 1."""
+    as_bytes = np.ascontiguousarray(bitset, dtype="<u4").view(np.uint8)
+    return np.unpackbits(as_bytes, bitorder="little").astype(bool)
