@@ -176,11 +176,12 @@ def test_single_raw_app_matches_the_pipeline(client: TestClient, mlstore: Store)
     apps = _raw_apps(mlstore, 5)
     assert len(apps) == 5
     for app in apps:
-        resp = client.post("/predict", json=app, headers={"X-Request-ID": f"one-{app['App']}"})
+        rid = "one-" + app["App"].replace(" ", "_")  # (a request id has no spaces)
+        resp = client.post("/predict", json=app, headers={"X-Request-ID": rid})
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert set(body) == {"request_id", "label", "probability", "model_version", "variant"}
-        assert body["request_id"] == f"one-{app['App']}" == resp.headers["x-request-id"]
+        assert body["request_id"] == rid == resp.headers["x-request-id"]
         assert (body["variant"], body["model_version"]) == ("champion", "1")
         expected = _expected_proba(mlstore.pipelines["1"], [app])[0]
         assert body["probability"] == pytest.approx(expected, abs=1e-12)
