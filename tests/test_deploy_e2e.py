@@ -218,7 +218,7 @@ def test_worse_accuracy_is_rolled_back_by_the_canary_analysis(world: World) -> N
         outcome = world.deploy(bad, prod.url, analysis=analysis)
         import httpx
 
-        routing = httpx.get(f"{prod.url}/admin/routing").json()
+        routing = httpx.get(f"{prod.url}/health").json()
         assert routing["canary_weight"] == 0  # canary got 0% at once
     _assert_production_unchanged(world, v1, outcome)
     assert "accuracy" in outcome.rollback_reason
@@ -369,7 +369,7 @@ def test_sigkill_during_a_canary_step_then_recovery(world: World) -> None:
             else:
                 pytest.fail("the rollout never reached the canary phase")
             # the state file says canary just before the service is told: wait for the routing
-            while httpx.get(f"{prod.url}/admin/routing").json()["canary_weight"] != 5:
+            while httpx.get(f"{prod.url}/health").json()["canary_weight"] != 5:
                 assert time.monotonic() < deadline and proc.poll() is None
                 time.sleep(0.2)
         finally:
@@ -377,7 +377,7 @@ def test_sigkill_during_a_canary_step_then_recovery(world: World) -> None:
             proc.wait()
         # the lease runs out: all traffic back on the champion without anyone acting
         deadline = time.monotonic() + 20
-        while httpx.get(f"{prod.url}/admin/routing").json()["canary_weight"] != 0:
+        while httpx.get(f"{prod.url}/health").json()["canary_weight"] != 0:
             assert time.monotonic() < deadline, "the canary kept traffic after its deployer died"
             time.sleep(0.5)
         for i in range(40):

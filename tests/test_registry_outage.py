@@ -98,7 +98,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 
 def _weight(url: str) -> int:
-    return int(httpx.get(f"{url}/admin/routing", timeout=5).json()["canary_weight"])
+    return int(httpx.get(f"{url}/health", timeout=5).json()["canary_weight"])
 
 
 def _no_none_champion(world: ServerWorld) -> None:
