@@ -6,6 +6,7 @@
     python runner.py simulate-new-apps --n 150
     python runner.py serve                 # the model service (champion + canary)
     python runner.py status | rollback [--reason TEXT] | approve V | reject V
+    python runner.py promote V --reason TEXT   # a registered version back in production
 
 Each stage's executed notebook and its HTML land in reports/<run-id>/, with report.json, the run's
 summary. Values travel between stages as scraps only. 05 deploy runs only after an `auto`
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("status", "champion, canary, weight and rollout state")
     rb = command("rollback", "put the previous champion back (registry, models/, service)")
     rb.add_argument("--reason", default="manual rollback", help="why (logged and recorded)")
+    pr = command("promote", "put a registered version into production (staging smoke tests)")
+    pr.add_argument("version")
+    pr.add_argument("--reason", help="why (required; logged and recorded)")
     ap = command("approve", "deploy a version that awaits approval (from staging)")
     ap.add_argument("version")
     rj = command("reject", "close a rollout that awaits approval")

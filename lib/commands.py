@@ -1,10 +1,14 @@
-"""The operator's commands of `runner.py` besides `run`: serve, status, rollback, approve,
-reject, notify, backtest and simulate-new-apps. Each takes the resolved config, the project root
-and the parsed arguments, prints what a person needs, and returns the exit code."""
+"""The operator's commands of `runner.py` besides `run`: serve, status, rollback, promote,
+approve, reject, notify, backtest and simulate-new-apps. Each takes the resolved config, the
+project root and the parsed arguments, prints what a person needs, and returns the exit code.
+
+Every command that changes production or a parked rollout (rollback, promote, approve, reject)
+also leaves an entry in reports/operator_actions.json, which reports/index.html shows."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +19,20 @@ from lib.config import PipelineConfig
 from lib.errors import PipelineError
 from lib.pipeline.contracts import STAGES
 from lib.pipeline.executors import PapermillExecutor
-from lib.pipeline.orchestrator import data_paths, lock, new_run_id, plain, run, send, service_url
+from lib.pipeline.orchestrator import (
+    RunContext,
+    data_paths,
+    inputs_for,
+    lock,
+    new_run_id,
+    plain,
+    run,
+    send,
+    service_url,
+)
+from lib.pipeline.run_record import RunOutputs
+
+log = logging.getLogger(__name__)
 
 Echo = Callable[[str], Any]  # where a command writes what the operator reads (the console)
 
@@ -50,26 +67,58 @@ def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: E
     return 0
 
 
+def _record(cfg: PipelineConfig, root: Path, action: str, **fields: Any) -> None:
+    """An operator action in reports/operator_actions.json and the index; a failure to write it
+    is said, never fatal (production already changed, and deployments.json has the record)."""
+    from lib.watch import report_index
+
+    try:
+        report_index.record_operator_action(root / cfg.reports_dir, action, **fields)
+    except Exception as exc:
+        log.warning("could not record the %s in %s: %s", action, cfg.reports_dir, exc)
+
+
+def _champion_now(cfg: PipelineConfig, root: Path) -> str | None:
+    """The champion after an action, for its record; None when the registry cannot say."""
+    from lib import registry
+
+    try:
+        return registry.alias_version(_client(cfg, root), cfg.model_name, "champion")
+    except Exception as exc:  # the record is a convenience; the action itself is done
+        log.warning("champion unknown for the operator record: %s", exc)
+        return None
+
+
+def _delivered(deliveries: list[dict[str, Any]]) -> str:
+    return f"{sum(bool(d['ok']) for d in deliveries)}/{len(deliveries)} delivered"
+
+
 def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
-    """Champion, canary, weight and rollout state. A registry that cannot answer raises
-    RegistryUnavailable (one line, exit 4 from runner.main), never "v None" for every alias."""
+    """Champion, canary, weight, the last event and the rollout state, consistent with the
+    registry, models/production, the service and deployments.json. A registry that cannot
+    answer raises RegistryUnavailable (one line, exit 4 from runner.main), never "v None"."""
     from lib.delivery import operations
+    from lib.delivery.operations import named
 
     info = operations.status(
         _client(cfg, root), cfg.model_name, root / cfg.models_dir, service_url(cfg)
     )
     aliases = info["aliases"]
     echo(
-        f"model {info['model']}: champion v{aliases['champion']}, previous v{aliases['previous']}, "
-        f"candidate v{aliases['candidate']}, canary v{aliases['canary']}"
+        f"model {info['model']}: champion {named(aliases['champion'])}, previous "
+        f"{named(aliases['previous'])}, candidate {named(aliases['candidate'])}, canary "
+        f"{named(aliases['canary'])}"
     )
-    echo(f"models/production: v{info['production_copy']}")
+    echo(f"models/production: {named(info['production_copy'])}")
+    echo(f"last event: {info.get('last_event') or 'none recorded'}")
     ro = info["rollout"]
     if ro:
         flag = " (INTERRUPTED)" if ro["interrupted"] else ""
         echo(
-            f"rollout {ro['id']}: v{ro['version']} {ro['phase']} at {ro['weight']}%{flag}"
+            f"{'last rollout' if ro['finished'] else 'rollout'} {ro['id']}: v{ro['version']} "
+            f"{ro['phase']} at {ro['weight']}%{flag}"
             + (f" - {ro['reason']}" if ro["reason"] else "")
+            + (f"; since then {ro['since']}" if ro.get("since") else "")
         )
     else:
         echo("rollout: none")
@@ -80,10 +129,11 @@ def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: 
     service = info["service"]
     if isinstance(service, dict):
         canary = service.get("canary") or {}
+        serving = named((service.get("champion") or {}).get("version"))
+        weight = f" at {canary.get('weight', 0)}%" if canary.get("version") else ""
         echo(
-            f"service {service_url(cfg)}: {service.get('status')}, champion "
-            f"v{(service.get('champion') or {}).get('version')}, canary "
-            f"v{canary.get('version')} at {canary.get('weight', 0)}%"
+            f"service {service_url(cfg)}: {service.get('status')}, champion {serving}, "
+            f"canary {named(canary.get('version'))}{weight}"
         )
     else:
         echo(f"service: {service}")
@@ -116,12 +166,78 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
         reason=args.reason,
         details={"champion now": record.get("version")},
     )
-    echo(f"notifications: {sum(d['ok'] for d in deliveries)}/{len(deliveries)} delivered")
+    echo(f"notifications: {_delivered(deliveries)}")
     echo(
         f"rolled back: champion is v{record.get('version')} again "
         f"(was v{record.get('rolled_back_version')}); {record['service']}"
     )
+    _record(
+        cfg, root, "rollback", version=record.get("rolled_back_version"),
+        champion=record.get("version"), result="done", reason=args.reason,
+        detail=record["service"], notifications=_delivered(deliveries),
+    )  # fmt: skip
     return 0
+
+
+def cmd_promote(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
+    """`promote V --reason TEXT`: a registered version into production through the staging
+    smoke tests and the all-or-nothing promotion (no canary steps): the way back to a known
+    good version when `rollback` has nothing left to go back to. Refuses (exit 2, nothing
+    changed) a missing reason, an unknown version, the current champion or an open rollout."""
+    from lib import registry
+    from lib.delivery import operations
+    from lib.pipeline.stages import deploy
+
+    reason = (args.reason or "").strip()
+    if not reason:
+        raise PipelineError(
+            f'promote: say why with --reason "..." (it goes to {cfg.models_dir}/deployments.json '
+            f"and {cfg.logs_dir}/deployment.log); nothing was changed"
+        )
+    version = str(args.version).strip().removeprefix("v")
+    if not version.isdigit():
+        raise PipelineError(f"promote: {args.version!r} is not a version number; nothing changed")
+    client = _client(cfg, root)
+    if registry.model_version(client, cfg.model_name, version) is None:
+        raise PipelineError(
+            f"promote: {cfg.model_name} v{version} is not in the registry; nothing was changed"
+        )
+    if registry.alias_version(client, cfg.model_name, "champion") == version:
+        raise PipelineError(f"promote: v{version} is already the champion; nothing was changed")
+    run_id = f"promote-{new_run_id()}"
+    held = lock(root, cfg.lock_timeout)
+    try:
+        ctx = RunContext(run_id, root, root / cfg.reports_dir / run_id,
+                         cfg.resolved_tracking_uri(root), candidate_version=version)  # fmt: skip
+        plan = deploy.plan(inputs_for("deploy", cfg, ctx, RunOutputs()), root)
+        echo(f"promoting v{version} (champion: {operations.named(plan.champion)}): staging ...")
+        done = operations.promote_version(
+            root, plan.client, cfg.model_name, plan.tracking_uri, version, plan.holdout,
+            plan.settings, root / cfg.models_dir, root / cfg.logs_dir, service_url(cfg),
+            reason, run_id,
+        )  # fmt: skip
+    finally:
+        held.release()
+    fields = dict(version=version, champion=done["champion"], reason=reason, run_id=run_id)
+    if done["outcome"] != "promoted":
+        kept = operations.named(done["champion"])
+        echo(f"NOT promoted: {done['reason']}; production unchanged on {kept}")
+        _record(cfg, root, "promote", result="failed", detail=done["reason"], **fields)
+        return 1
+    deliveries = send(
+        "deployed",
+        version=version,
+        reason=f"promoted by an operator: {reason}",
+        details={"previous champion": done["champion_before"], "how": "runner.py promote"},
+    )
+    echo(f"notifications: {_delivered(deliveries)}")
+    echo(f"promoted: champion is v{version} (was {operations.named(done['champion_before'])})")
+    if done["note"]:
+        echo(f"NOTE: {done['note']}")
+    detail = f"smoke tests passed; {done['note'] or 'service reloaded'}"
+    _record(cfg, root, "promote", result="done", detail=detail,
+            notifications=_delivered(deliveries), **fields)  # fmt: skip
+    return 1 if done["note"] else 0
 
 
 def cmd_approve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
@@ -135,9 +251,24 @@ def cmd_approve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo:
             f"v{args.version} is not awaiting approval"
             + (f" (v{waiting} is)" if waiting else " (nothing is)")
         )
-    result = run(
-        cfg, root, stages=["deploy", "monitor"], echo=echo, candidate_version=str(args.version)
-    )
+    fields: dict[str, Any] = {"version": str(args.version), "reason": "approved by a person"}
+    try:
+        result = run(
+            cfg, root, stages=["deploy", "monitor"], echo=echo, candidate_version=str(args.version)
+        )
+    except PipelineError as exc:
+        done = getattr(exc, "result", None)
+        _record(
+            cfg, root, "approve", result="failed", detail=str(exc),
+            champion=_champion_now(cfg, root), run_id=None if done is None else done.run_id,
+            **fields,
+        )  # fmt: skip
+        raise
+    _record(
+        cfg, root, "approve", result="done" if result.exit_code == 0 else "failed",
+        detail=f"run outcome: {result.outcome}", run_id=result.run_id,
+        champion=_champion_now(cfg, root), **fields,
+    )  # fmt: skip
     return result.exit_code
 
 
@@ -146,6 +277,8 @@ def cmd_reject(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: 
 
     operations.reject(root / cfg.models_dir, root / cfg.logs_dir, args.version, args.reason)
     echo(f"v{args.version} rejected; production unchanged")
+    _record(cfg, root, "reject", version=str(args.version), result="done", reason=args.reason,
+            detail="production unchanged", champion=_champion_now(cfg, root))  # fmt: skip
     return 0
 
 
@@ -236,6 +369,7 @@ OPERATIONS = {
     "serve": cmd_serve,
     "status": cmd_status,
     "rollback": cmd_rollback,
+    "promote": cmd_promote,
     "approve": cmd_approve,
     "reject": cmd_reject,
 }

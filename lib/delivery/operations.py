@@ -1,5 +1,6 @@
 """What an operator does outside a running rollout: park a candidate for approval, reject it,
-roll production back by hand, and read the status of registry, files and service."""
+roll production back by hand, promote a known version through the staging smoke tests, and read
+the status of registry, files and service (with the last thing that happened to production)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from typing import Any
 from lib import registry
 from lib.delivery import releases as deployments
 from lib.delivery import rollout
-from lib.delivery.service_control import notify_service, reload_champion, set_routing
+from lib.delivery.promotion import promote_rollout, roll_back_rollout
+from lib.delivery.service_control import (
+    RolloutFailed,
+    notify_service,
+    reload_champion,
+    set_routing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +144,46 @@ def next_run(state: rollout.RolloutState | None, champion: str | None) -> str | 
     return None
 
 
+def named(version: Any) -> str:
+    """`v3`, or `none` (never `vNone`)."""
+    return "none" if version is None or version == "" else f"v{version}"
+
+
+def describe_record(record: dict[str, Any]) -> str:
+    """One deployments.json record in words: when, what, the champion it left, and why."""
+    v, champion, event = record.get("version"), record.get("champion_version"), record.get("event")
+    what = {
+        "promote": f"v{v} promoted to champion (previous {named(record.get('previous_version'))})",
+        "rollback": f"{named(record.get('rolled_back_version'))} rolled back, v{v} champion again",
+        "canary_rollback": f"rollout of v{v} stopped; production stayed on {named(champion)}",
+        "rollout_superseded": f"rollout of v{v} closed as superseded; champion {named(champion)}",
+        "promote_undone": f"promotion of v{v} undone; {named(champion)} stays champion",
+        "service_reloaded": f"the service reloaded to serve v{v}",
+    }.get(str(event), f"v{v}; champion {named(champion)}")
+    why = record.get("reason")
+    return f"{record.get('at')} {event}: {what}" + (f" ({why})" if why else "")
+
+
+def describe_rollout(state: rollout.RolloutState) -> str:
+    return (
+        f"{state.updated_at} rollout {state.rollout_id}: v{state.candidate_version} "
+        f"{state.phase.value}" + (f" ({state.reason})" if state.reason else "")
+    )
+
+
+def last_event(records: list[dict[str, Any]], state: rollout.RolloutState | None) -> str | None:
+    """The newest of deployments.json's last record and the rollout file's last change: a
+    rollout, a promotion, a rollback (by a person, the monitor or a canary), an approval..."""
+    record = records[-1] if records else None
+    if state is not None and (record is None or state.updated_at > str(record.get("at", ""))):
+        return describe_rollout(state)
+    return None if record is None else describe_record(record)
+
+
 def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str, Any]:
     """Champion, canary, weight and rollout state, from the registry, the files and the service;
-    `mismatch` says when they disagree, `next_run` what the next run will do about it."""
+    `last_event` the latest change of production, `mismatch` says when they disagree (registry,
+    models/production, the service, deployments.json), `next_run` what the next run will do."""
     import httpx
 
     aliases = {
@@ -156,13 +200,22 @@ def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str
     if isinstance(service, dict):
         serving = str((service.get("champion") or {}).get("version") or "") or None
     production = deployments.production_version(models_dir)
+    records = deployments.history(models_dir)
     champion = aliases["champion"]
+    said = f"the registry names {named(champion)} champion"
     mismatch = []
     if isinstance(service, dict) and serving != champion:
-        mismatch.append(f"the registry names v{champion} champion, the service serves v{serving}")
+        mismatch.append(f"{said}, the service serves {named(serving)}")
     if production != champion:
-        mismatch.append(f"the registry names v{champion} champion, models/production v{production}")
+        mismatch.append(f"{said}, models/production {named(production)}")
+    recorded = records[-1].get("champion_version", champion) if records else champion
+    if recorded is not None and str(recorded) != str(champion):
+        mismatch.append(f"{said}, the last record of deployments.json {named(recorded)}")
     todo = next_run(state, champion)
+    since = None
+    if state is not None and state.phase == rollout.Phase.SUCCEEDED:
+        if champion != state.candidate_version:
+            since = f"v{state.candidate_version} is no longer champion ({named(champion)} is)"
     return {
         "model": model_name,
         "aliases": aliases,
@@ -170,6 +223,7 @@ def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str
         "serving_version": serving,
         "mismatch": "; ".join(mismatch) or None,
         "next_run": todo,
+        "last_event": last_event(records, state),
         "rollout": None
         if state is None
         else {
@@ -180,7 +234,90 @@ def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str
             "reason": state.reason,
             "owner_pid": state.owner_pid,
             "interrupted": rollout.interrupted(state),
+            "finished": state.finished,
+            "since": since,
             "next_run": todo,
         },
         "service": service,
+    }
+
+
+def promote_version(
+    root: Path,
+    client: Any,
+    model_name: str,
+    tracking_uri: str,
+    version: str,
+    holdout: Any,
+    settings: Any,
+    models_dir: Path,
+    logs_dir: Path,
+    url: str,
+    reason: str,
+    run_id: str,
+) -> dict[str, Any]:
+    """`runner.py promote`: put a registered version into production by hand, as a rollout
+    without canary steps: staging instance and smoke tests first (production untouched if they
+    fail), then the all-or-nothing promotion of lib.delivery.promotion (registry, models/,
+    service reload, deployments.json and logs/deployment.log). Crash-safe like any rollout: the
+    next run finishes or rolls back what a dead `promote` left in rollout.json.
+
+    `holdout` and `settings` are the 05 deploy stage's (progressive.DeploySettings). Returns
+    {outcome: promoted | failed, version, champion_before, champion, reason, note, smoke}.
+    Raises rollout.RolloutConflict (nothing changed) while another rollout is open or parked.
+    """
+    from lib.delivery import progressive
+
+    version = str(version)
+    store = rollout.RolloutStore(models_dir / "rollout.json")
+    champion = registry.alias_version(client, model_name, "champion")
+    why = f"operator promotion: {reason}"
+    rollout.begin(
+        store, model_name, version, champion, [100], run_id, url, approved=True, reason=why
+    )
+    timeline = progressive.Timeline(logs_dir, version)
+    timeline.champion = champion
+    deployments.log_transition(
+        logs_dir, "operator_promote_started", version=version, champion=champion, reason=reason
+    )
+    token = os.environ.get("SERVING_ADMIN_TOKEN")
+    smoke: dict[str, Any] | None = None
+    try:
+        model = registry.load_version(model_name, version)
+        smoke = progressive._staging_and_smoke(
+            root, client, model_name, tracking_uri, version, model, holdout, settings, store,
+            timeline, logs_dir,
+        )  # fmt: skip
+        done = promote_rollout(
+            client, model_name, store, version, models_dir, logs_dir, url, token, reason=why
+        )
+    except Exception as exc:
+        current = store.load()
+        promoting = current is not None and current.phase == rollout.Phase.PROMOTING
+        if promoting and not isinstance(exc, deployments.PromotionUndone):
+            raise  # neither done nor undone: the next run finishes it (or supersedes it)
+        failure = str(exc) if isinstance(exc, RolloutFailed) else f"{type(exc).__name__}: {exc}"
+        roll_back_rollout(
+            client, model_name, store, logs_dir, models_dir, version,
+            f"operator promotion of v{version} failed: {failure}", None, token,
+        )  # fmt: skip
+        return {
+            "outcome": "failed",
+            "version": version,
+            "champion_before": champion,
+            "champion": registry.alias_version(client, model_name, "champion"),
+            "reason": failure,
+            "note": None,
+            "smoke": smoke,
+        }
+    timeline.champion = version
+    timeline.add("succeeded", 100, done.reason)
+    return {
+        "outcome": "promoted",
+        "version": version,
+        "champion_before": champion,
+        "champion": version,
+        "reason": done.reason,
+        "note": done.note,
+        "smoke": smoke,
     }

@@ -350,8 +350,8 @@ def rollback(
             seen = "is not set" if previous is None else f"also points at v{champion}"
             raise NothingToRollBack(
                 f"cannot roll back {model_name} v{champion}: the `previous` alias {seen}, so "
-                "there is no earlier champion to return to; nothing was changed. Promote a known "
-                "good version instead (deployments.promote)"
+                "there is no earlier champion to return to; nothing was changed. Put a known "
+                'good version back with: python runner.py promote <version> --reason "..."'
             )
         bad, target = champion, previous
 
