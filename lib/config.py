@@ -16,6 +16,12 @@ Layers, each validated as it is applied so an error names its origin:
 4. ``--set key=value`` (values are YAML: ``--set "canary_analysis={min_requests: 5}"``), also
    with dotted keys: ``--set canary_analysis.min_requests=5``.
 
+Data paths (``data_path``, one CSV or several separated by commas): in ``pipeline.yaml`` they are
+relative to the project root (the file travels with the project); given on the command line
+(``--data``, ``--set data_path=``) or in ``PIPELINE_DATA_PATH`` they are relative to the directory
+the command runs from, as a user expects (the runner passes ``cwd``). Only the untouched default
+path is generated when absent (`data_origin` is None); a path a user gave must exist.
+
 A mapping given for a section (``canary_analysis``, ``monitoring``, ``decision``,
 ``error_costs``) by a later layer is MERGED into the earlier one key by key (recursively; lists
 and scalars replace), so ``--set "canary_analysis={min_requests: 5}"`` keeps the file's other
@@ -37,18 +43,21 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     create_model,
     field_validator,
 )
 from pydantic_settings import EnvSettingsSource
 
+from lib.config_errors import format_errors
 from lib.delivery.canary import AnalysisConfig
 from lib.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "pipeline.yaml"
+DEFAULT_DATA_PATH = "data/googleplaystore_clean.csv"  # generated when absent and not configured
 STAGES = ("detect", "train", "compare", "decide", "deploy", "monitor")
 METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1", "log_loss")
 CANDIDATES = ("logistic_regression", "random_forest", "hist_gradient_boosting")
@@ -118,11 +127,9 @@ class ErrorCosts(BaseModel):
 class PipelineConfig(BaseModel):
     """Everything a pipeline run needs; paths are relative to the project root."""
 
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, coerce_numbers_to_str=True
-    )
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
-    data_path: str = Field("data/googleplaystore_clean.csv", min_length=1)
+    data_path: str = Field(DEFAULT_DATA_PATH, min_length=1)
     synth_apps: Int = Field(10_000, ge=1)  # size of the generated default data set
     synth_seed: Int = Field(42, ge=0)
     threshold: Int = Field(100, ge=1)  # new apps needed to retrain
@@ -183,6 +190,8 @@ class PipelineConfig(BaseModel):
     # lib.watch.monitoring.MonitorConfig (which owns its defaults and ranges), kept as a mapping
     # because the 06 notebook receives it as a parameter; every key is checked at load.
     monitoring: Annotated[dict[str, Any], BeforeValidator(_mappingish)] = {}
+    # who chose data_path (None: nobody, the default), set by load_config; not a config key
+    _data_origin: str | None = PrivateAttr(None)
 
     @field_validator("canary_steps")
     @classmethod
@@ -235,8 +244,20 @@ class PipelineConfig(BaseModel):
             _section_model("monitoring", MonitorConfig).model_validate({"monitoring": section})
         except ValidationError as exc:
             # ConfigError is not a ValueError: it leaves pydantic as is, with the nested paths.
-            raise ConfigError(_format_errors(exc)) from None
+            raise ConfigError(format_errors(exc)) from None
         return section
+
+    @property
+    def data_origin(self) -> str | None:
+        """Where `data_path` was set (``pipeline.yaml``, the environment, the command line), or
+        None when it is the default: only then may a missing data file be generated."""
+        return self._data_origin
+
+    def data_files(self, root: Path) -> list[Path]:
+        """The data files, relative paths resolved against the project root."""
+        from lib.pipeline.stages import data_paths
+
+        return [root / p for p in data_paths(self.data_path)]
 
     def resolved_tracking_uri(self, root: Path) -> str:
         """The MLflow store: explicit config, else the environment, else SQLite in the project."""
@@ -286,37 +307,6 @@ def _section_model(name: str, kind: type) -> type[BaseModel]:
 # --- errors ---------------------------------------------------------------------------------
 
 
-def _describe(error: Mapping[str, Any]) -> str:
-    """One pydantic error as ``must be ..., got ...``."""
-    kind = error["type"]
-    value = error.get("input")
-    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        return "unknown key"
-    if kind in ("float_parsing", "float_type"):
-        return f"must be a number, got {value!r}"
-    if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"must be an integer, got {value!r}"
-    if kind in ("bool_parsing", "bool_type"):
-        return f"must be true or false, got {value!r}"
-    if kind in ("dict_type", "model_type", "model_attributes_type", "dataclass_type"):
-        return f"must be a mapping of keys, got {value!r}"
-    message = str(error["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if message.startswith(prefix):
-            return message[len(prefix) :]
-    message = message.replace("Input should be", "must be", 1)
-    message = message[:1].lower() + message[1:]
-    return f"{message}, got {value!r}"
-
-
-def _format_errors(exc: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for error in exc.errors(include_url=False):
-        path = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "")
-        lines.append(f"{path or '(config)'}: {_describe(error)}")
-    return "; ".join(lines)
-
-
 def _known_keys(path: list[str]) -> str:
     """The keys a model accepts at a dotted path, for the unknown-key message."""
     model: Any = PipelineConfig
@@ -336,7 +326,7 @@ def _validate(data: dict[str, Any], origin: str) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        message = _format_errors(exc)
+        message = format_errors(exc)
         unknown = [e for e in exc.errors() if e["type"] == "extra_forbidden"]
         if unknown:
             known = _known_keys([str(p) for p in unknown[0]["loc"][:-1]])
@@ -420,9 +410,7 @@ def env_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return values
 
 
-def apply_overrides(
-    cfg: PipelineConfig, values: Mapping[str, Any], origin: str
-) -> PipelineConfig:
+def apply_overrides(cfg: PipelineConfig, values: Mapping[str, Any], origin: str) -> PipelineConfig:
     """A copy of `cfg` with `values` merged in (dotted keys allowed), validated as a whole."""
     return _validate(deep_merge(cfg.model_dump(), expand_dotted(values)), origin)
 
@@ -438,14 +426,30 @@ def parse_set_options(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _from_cwd(value: Any, cwd: Path | None) -> Any:
+    """A data path typed by a user (one CSV or several, comma-separated) made absolute against
+    the directory they typed it in; None (a library call) leaves it relative to the root."""
+    if cwd is None or not isinstance(value, str):
+        return value
+    from lib.pipeline.stages import data_paths
+
+    return ",".join(os.path.normpath(cwd / Path(p).expanduser()) for p in data_paths(value))
+
+
 def load_config(
     root: Path,
     config_file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> PipelineConfig:
-    """Defaults < file < PIPELINE_* environment variables < explicit overrides."""
+    """Defaults < file < PIPELINE_* environment variables < explicit overrides.
+
+    `cwd`: the directory the user runs from; data paths from the environment and the overrides
+    (the command line) are relative to it. Paths in the file are relative to `root`.
+    """
     data: dict[str, Any] = {}
+    origin: str | None = None
     path = Path(config_file) if config_file else root / CONFIG_FILE
     if not path.is_absolute():
         path = root / path
@@ -458,12 +462,23 @@ def load_config(
             raise ConfigError(f"{path}: expected a mapping of config keys")
         data = loaded
         _validate(data, str(path))
+        if data.get("data_path", DEFAULT_DATA_PATH) != DEFAULT_DATA_PATH:
+            origin = path.name
     elif config_file:
         raise ConfigError(f"config file {path} does not exist")
     from_env = env_values(environ)
+    if "data_path" in from_env:
+        from_env["data_path"] = _from_cwd(from_env["data_path"], cwd)
+        origin = f"the environment variable {ENV_PREFIX}DATA_PATH"
     if from_env:
         data = deep_merge(data, from_env)
         _validate(data, "environment (PIPELINE_*)")
     if overrides:
-        data = deep_merge(data, expand_dotted(overrides))
-    return _validate(data, "command line")
+        more = expand_dotted(overrides)
+        if "data_path" in more:
+            more["data_path"] = _from_cwd(more["data_path"], cwd)
+            origin = "the command line"
+        data = deep_merge(data, more)
+    cfg = _validate(data, "command line")
+    cfg._data_origin = origin
+    return cfg

@@ -138,9 +138,7 @@ def test_set_beats_environment_and_accepts_dotted_keys_and_sections(tmp_path: Pa
         tmp_path, overrides=parse_set_options(["canary_analysis.max_p99_ms=100"]), environ=env
     )
     assert dotted.canary_analysis.max_p99_ms == 100.0
-    section = load_config(
-        tmp_path, overrides={"canary_analysis": "{min_requests: 5}"}, environ=env
-    )
+    section = load_config(tmp_path, overrides={"canary_analysis": "{min_requests: 5}"}, environ=env)
     # a section given on the command line merges into the file's and the environment's
     assert section.canary_analysis.min_requests == 5
     assert section.canary_analysis.max_p99_ms == 250.0
@@ -176,3 +174,39 @@ def test_valid_config_round_trips_and_hides_url_credentials(tmp_path: Path) -> N
     (tmp_path / "pipeline.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
     assert load_config(tmp_path, environ={}) == cfg  # JSON is YAML: the dump loads back
     assert PipelineConfig.model_validate(json.loads(text)).canary_analysis == cfg.canary_analysis
+
+
+# --- where the data comes from: the default, or a path a user gave --------------------------
+
+
+def test_data_path_origin_tells_the_default_from_a_users_choice(tmp_path: Path) -> None:
+    default = PipelineConfig().data_path
+    assert load_config(tmp_path, environ={}).data_origin is None  # nothing configured
+    (tmp_path / "pipeline.yaml").write_text(f"data_path: {default}\n")
+    assert load_config(tmp_path, environ={}).data_origin is None  # the file restates it
+    (tmp_path / "pipeline.yaml").write_text("data_path: data/mine.csv\n")
+    assert load_config(tmp_path, environ={}).data_origin == "pipeline.yaml"
+    env = {"PIPELINE_DATA_PATH": "/srv/apps.csv"}
+    assert "PIPELINE_DATA_PATH" in load_config(tmp_path, environ=env).data_origin
+    given = load_config(tmp_path, overrides={"data_path": default}, environ=env)
+    assert given.data_origin == "the command line"  # named by the user, even if it is the default
+
+
+def test_command_line_and_environment_paths_are_relative_to_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    root, here = tmp_path / "project", tmp_path / "here"
+    root.mkdir()
+    (root / "pipeline.yaml").write_text("data_path: data/a.csv,data/b.csv\n")
+    in_file = load_config(root, environ={}, cwd=here)
+    assert in_file.data_files(root) == [root / "data" / "a.csv", root / "data" / "b.csv"]
+    cli = load_config(root, overrides={"data_path": "x.csv, sub/y.csv"}, environ={}, cwd=here)
+    assert cli.data_files(root) == [here / "x.csv", here / "sub" / "y.csv"]
+    env = load_config(root, environ={"PIPELINE_DATA_PATH": "../z.csv"}, cwd=here)
+    assert env.data_files(root) == [tmp_path / "z.csv"]
+    absolute = load_config(root, overrides={"data_path": "/srv/a.csv"}, environ={}, cwd=here)
+    assert absolute.data_files(root) == [Path("/srv/a.csv")]
+    # without a working directory (a library call), everything is relative to the project
+    assert load_config(root, overrides={"data_path": "x.csv"}, environ={}).data_files(root) == [
+        root / "x.csv"
+    ]

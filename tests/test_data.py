@@ -352,17 +352,80 @@ def test_check_columns_returns_header(tmp_path: Path) -> None:
 def test_empty_file_and_absent_file(tmp_path: Path) -> None:
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    with pytest.raises(MissingColumnsError, match="no columns"):
+    with pytest.raises(DataError, match=r"empty\.csv: empty file \(0 bytes\)"):
         check_columns(empty)
+    with pytest.raises(DataError, match="empty file"):
+        read_apps(empty)
     with pytest.raises(DataError, match="not found"):
         read_apps(tmp_path / "absent.csv")
 
 
-def test_header_only_file_gives_empty_typed_frame(tmp_path: Path) -> None:
-    result = read_apps(write_csv(tmp_path / "none.csv", []))
-    assert result.apps.empty and result.quarantine.empty
+def test_header_only_file_has_no_rows(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "none.csv", [])
+    assert check_columns(path) == RAW_COLUMNS  # a header to append to is fine
+    with pytest.raises(DataError, match=r"none\.csv: no rows \(only a header\)"):
+        read_apps(path)
+    blank_lines = tmp_path / "blank.csv"
+    blank_lines.write_text(",".join(RAW_COLUMNS) + "\n\n\n")
+    with pytest.raises(DataError, match="no rows"):
+        read_apps(blank_lines)
+
+
+def test_empty_typed_frame_keeps_its_types(tmp_path: Path) -> None:
+    result = read_apps(write_csv(tmp_path / "bad.csv", [row(Rating="abc")]))
+    assert result.apps.empty and result.n_quarantined == 1
     assert list(result.apps.columns) == TYPED_COLUMNS
     assert result.apps["last_updated"].dtype == "datetime64[ns]"
+
+
+def test_a_missing_file_suggests_a_close_name(tmp_path: Path) -> None:
+    write_csv(tmp_path / "apps.csv", [row()])
+    with pytest.raises(DataError, match=r"apps\.cvs: file not found \(did you mean .*apps\.csv"):
+        read_apps(tmp_path / "apps.cvs")
+    with pytest.raises(DataError, match=r"no directory .*nowhere"):
+        read_apps(tmp_path / "nowhere" / "apps.csv")
+
+
+def test_a_directory_or_a_non_csv_file_is_named(tmp_path: Path) -> None:
+    write_csv(tmp_path / "apps.csv", [row()])
+    with pytest.raises(DataError, match=r"is a directory, not a CSV file.*apps\.csv"):
+        read_apps(tmp_path)
+    book = tmp_path / "apps.xlsx"
+    book.write_bytes(b"PK\x03\x04 not text")
+    with pytest.raises(DataError, match=r"apps\.xlsx: not a CSV file.*export"):
+        read_apps(book)
+    binary = tmp_path / "apps.dat"
+    binary.write_bytes(b"\xff\xfe\x00App\x00\x81\x82")
+    with pytest.raises(DataError, match=r"apps\.dat: not a readable UTF-8 CSV file"):
+        read_apps(binary)
+
+
+def test_an_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_csv(tmp_path / "locked.csv", [row()])
+    real_open = Path.open
+
+    def refuse(self: Path, *args: object, **kwargs: object):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(DataError, match=r"locked\.csv: cannot read \(Permission denied\)"):
+        read_apps(path)
+
+
+def test_a_file_whose_every_row_is_invalid_is_unusable(tmp_path: Path) -> None:
+    good = write_csv(tmp_path / "good.csv", [row()])
+    bad = write_csv(tmp_path / "bad.csv", [row(Rating="abc"), row(Installs="many")])
+    loaded = read_apps([good, bad])
+    assert len(loaded.apps) == 1 and loaded.n_quarantined == 2
+    with pytest.raises(DataError) as info:
+        loaded.raise_if_unusable("reports/r/quarantine.csv")
+    message = str(info.value)
+    assert "bad.csv: none of its 2 rows is valid" in message and "\n" not in message
+    assert "Rating: 'abc' is not a number" in message  # the first reason
+    assert "reports/r/quarantine.csv" in message
+    read_apps(good).raise_if_unusable()  # a usable file passes
 
 
 # ------------------------------------------------------------------------------------------
@@ -648,8 +711,9 @@ def test_values_sizes(text: str, expected: float) -> None:
     assert values.size_mb(text) == pytest.approx(expected, rel=1e-15)
 
 
-@pytest.mark.parametrize("text", ["Varies with device", "VARIES WITH DEVICE",
-                                   " varies with device "])
+@pytest.mark.parametrize(
+    "text", ["Varies with device", "VARIES WITH DEVICE", " varies with device "]
+)
 def test_values_size_varies_is_no_value(text: str) -> None:
     assert math.isnan(values.size_mb(text))
 
@@ -688,9 +752,10 @@ def test_values_bad_dates(text: str, hint: str) -> None:
 
 def test_values_days_since_epoch() -> None:
     assert values.days_since_epoch(values.date("1970-01-02T12:00")) == 1.5
-    assert values.days_since_epoch(values.date("Jan 3 2026")) == (
-        pd.Timestamp("2026-01-03") - pd.Timestamp("1970-01-01")
-    ).days
+    assert (
+        values.days_since_epoch(values.date("Jan 3 2026"))
+        == (pd.Timestamp("2026-01-03") - pd.Timestamp("1970-01-01")).days
+    )
 
 
 def test_values_free_or_paid() -> None:
@@ -706,8 +771,6 @@ def test_values_parse_column_marks_bad_and_missing_apart() -> None:
     assert parsed[5] == parsed[8] == 19.0
     assert parsed[[6, 7, 9]].isna().all()
     assert bad.tolist() == [False, False, True, False, False]
-    dates, bad_dates = values.parse_column(
-        pd.Series(["Jan 7 2018", "", "soon"]), values.date
-    )
+    dates, bad_dates = values.parse_column(pd.Series(["Jan 7 2018", "", "soon"]), values.date)
     assert dates.dtype == "datetime64[ns]" and dates[0] == pd.Timestamp("2018-01-07")
     assert pd.isna(dates[1]) and pd.isna(dates[2]) and bad_dates.tolist() == [False, False, True]

@@ -54,3 +54,108 @@ def test_help_lists_every_command(project: Path) -> None:
     assert done.returncode == 0
     for command in ("serve", "status", "rollback", "approve", "reject", "notify", "backtest"):
         assert command in done.stdout
+
+
+# --- the data a run reads: generated only for the untouched default path ---------------------
+
+HEADER = "App,Category,Rating,Reviews,Size,Installs,Type,Price,Content Rating,Genres,Last Updated,Current Ver,Android Ver\n"  # noqa: E501
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]
+
+
+def nothing_started(project: Path) -> None:
+    written = {p.name for p in project.iterdir()}
+    assert not {"mlflow.db", "mlruns", "predictions.db"} & written
+    assert list((project / "data").iterdir()) == [] and list((project / "models").iterdir()) == []
+
+
+def test_a_data_path_that_does_not_exist_is_an_error_not_generated_data(
+    project: Path, tmp_path: Path
+) -> None:
+    absent = tmp_path / "nowhere" / "apps.csv"
+    line = one_error_line(runner(project, "--data", str(absent)))
+    assert str(absent) in line and "not found" in line
+    assert not absent.parent.exists()
+    nothing_started(project)
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["--set", "env", "file"],
+)
+def test_every_way_of_naming_the_data_is_checked(project: Path, how: str) -> None:
+    import os
+
+    args, env = [], dict(os.environ)
+    if how == "--set":
+        args = ["--set", "data_path=data/typo.csv"]
+    elif how == "env":
+        env["PIPELINE_DATA_PATH"] = "data/typo.csv"
+    else:
+        text = (project / "pipeline.yaml").read_text()
+        text = text.replace("data_path: data/googleplaystore_clean.csv", "data_path: data/typo.csv")
+        (project / "pipeline.yaml").write_text(text)
+    done = subprocess.run(
+        [sys.executable, "runner.py", *args], cwd=project, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    line = one_error_line(done)
+    assert "typo.csv" in line and "not found" in line
+    nothing_started(project)
+
+
+def test_the_default_path_named_on_the_command_line_is_not_generated(project: Path) -> None:
+    line = one_error_line(runner(project, "--data", "data/googleplaystore_clean.csv"))
+    assert "googleplaystore_clean.csv" in line and "not found" in line
+    nothing_started(project)
+
+
+def test_a_relative_data_path_is_relative_to_the_working_directory(project: Path) -> None:
+    here = project.parent / "elsewhere"
+    here.mkdir()
+    (here / "apps.csv").write_text(HEADER)  # what the user means: unusable (no rows)
+    (project / "apps.csv").write_text(HEADER)  # the project root's namesake
+    done = subprocess.run(
+        [sys.executable, str(project / "runner.py"), "--data", "apps.csv"],
+        cwd=here, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    line = one_error_line(done)
+    assert f"{here / 'apps.csv'}: no rows" in line
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (HEADER, r"apps\.csv: no rows"),
+        ("", r"apps\.csv: empty file \(0 bytes\)"),
+        (None, r"data: is a directory, not a CSV file"),
+    ],
+    ids=["header-only", "zero-bytes", "directory"],
+)
+def test_unusable_data_is_one_line_and_exit_2(project: Path, content, expected) -> None:
+    import re
+
+    target = "data"
+    if content is not None:
+        (project / "data" / "apps.csv").write_text(content)
+        target = "data/apps.csv"
+    line = one_error_line(runner(project, "--data", target))
+    assert re.search(expected, line), line
+    assert not {"mlflow.db", "mlruns"} & {p.name for p in project.iterdir()}
+
+
+def test_all_rows_quarantined_is_exit_2_with_the_quarantine_written(project: Path) -> None:
+    rows = "".join(
+        f"App {i},GAME,high,1,1M,1+,Free,0,Everyone,,2018-01-0{i + 1},,\n" for i in range(4)
+    )
+    (project / "data" / "apps.csv").write_text(HEADER + rows)
+    line = one_error_line(runner(project, "--data", "data/apps.csv", "--run-id", "r1"))
+    assert "apps.csv: none of its 4 rows is valid" in line and "quarantine.csv" in line
+    quarantine = project / "reports" / "r1" / "quarantine.csv"
+    assert len(quarantine.read_text().splitlines()) == 5  # header + every row with its reason
+    assert not {"mlflow.db", "mlruns"} & {p.name for p in project.iterdir()}

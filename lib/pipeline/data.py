@@ -27,6 +27,7 @@ from lib.atomic_files import atomic_open
 from lib.errors import DataError, MissingColumnsError
 from lib.pipeline.app_identity import app_key
 from lib.pipeline.app_schema import E_EMPTY, E_NEGATIVE, E_RATING, E_TYPE, schema_failures
+from lib.pipeline.data_sources import check_file, has_rows, open_csv, read_header
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ ALIASES: dict[str, str] = {
 _DISPLAY: dict[str, str] = {v_typed: raw for v_typed, raw in ALIASES.items() if v_typed != "size"}
 _DISPLAY["app_key"] = "App"
 
+
 @dataclass
 class LoadedApps:
     """Valid typed rows plus every rejected row with its reason, so nothing vanishes unnoticed."""
@@ -105,10 +107,29 @@ class LoadedApps:
     apps: pd.DataFrame
     quarantine: pd.DataFrame
     sources: list[str] = field(default_factory=list)
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # file: (rows, valid rows)
 
     @property
     def n_quarantined(self) -> int:
         return len(self.quarantine)
+
+    def raise_if_unusable(self, quarantine: str | Path | None = None) -> None:
+        """A file none of whose rows is valid is the wrong file or format, not data: stop with
+        one line naming it, its first reason and where every reason was written."""
+        for source, (n_rows, n_valid) in self.counts.items():
+            if n_rows and not n_valid:
+                rejected = self.quarantine[self.quarantine["source_file"] == Path(source).name]
+                first = ""
+                if len(rejected):
+                    reason = str(rejected["reason"].iat[0])
+                    reason = reason if len(reason) <= 160 else reason[:157] + "..."
+                    first = f"; row {rejected['source_row'].iat[0]}: {reason}"
+                where = f"; every reason in {quarantine}" if quarantine else ""
+                plural = "rows" if n_rows != 1 else "row"
+                raise DataError(
+                    f"{source}: none of its {n_rows} {plural} is valid (all quarantined{first})"
+                    f"{where}"
+                )
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,33 +146,27 @@ def _as_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-def _open_csv(path: Path):
-    try:
-        return path.open("r", encoding="utf-8-sig", newline="")
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found") from exc
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from exc
-
-
 def check_columns(path: str | Path) -> list[str]:
     """Read only the header and fail early, naming every missing required column."""
-    path = Path(path)
-    with _open_csv(path) as handle:
-        try:
-            header = next(csv.reader(handle), [])
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: not a readable UTF-8 CSV file ({exc})") from exc
-    header = [name.strip() for name in header]
+    path = check_file(path)
+    header = read_header(path)
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
         raise MissingColumnsError(str(path), missing, header)
     return header
 
 
+def check_source(path: str | Path) -> list[str]:
+    """`check_columns`, then at least one data row: a header alone is no data to learn from."""
+    header = check_columns(path)
+    if not has_rows(Path(path)):
+        raise DataError(f"{path}: no rows (only a header)")
+    return header
+
+
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Return the header and (1-based data-row number, fields) for every non-blank record."""
-    with _open_csv(path) as handle:
+    with open_csv(path) as handle:
         reader = csv.reader(handle)
         try:
             header = [name.strip() for name in next(reader, [])]
@@ -184,16 +199,18 @@ def _field_count_reason(n_fields: int, expected: int) -> str:
 def read_apps(paths: str | Path | Sequence[str | Path]) -> LoadedApps:
     """Read, parse and validate one or several Play Store CSVs in any of the known styles.
 
-    All headers are checked before any file is parsed, so a bad file fails fast.
+    Every file is checked (found, a CSV, its header, at least one row) before any is parsed,
+    so a bad file fails fast. Rows are checked, not files: see `LoadedApps.raise_if_unusable`.
     """
     path_list = _as_paths(paths)
     if not path_list:
         raise DataError("read_apps: no data file given")
     for path in path_list:
-        check_columns(path)
+        check_source(path)
 
     apps_parts: list[pd.DataFrame] = []
     quarantine_parts: list[pd.DataFrame] = []
+    counts: dict[str, tuple[int, int]] = {}
     for path in path_list:
         header, rows = _read_rows(path)
         good_numbers: list[int] = []
@@ -230,11 +247,13 @@ def read_apps(paths: str | Path | Sequence[str | Path]) -> LoadedApps:
         )
         apps_parts.append(apps)
         quarantine_parts.append(quarantine)
+        counts[str(path)] = (len(rows), len(apps))
 
     return LoadedApps(
         apps=_concat(apps_parts, _empty_typed()),
         quarantine=_fix_quarantine_types(_concat(quarantine_parts, _empty_quarantine())),
         sources=[str(p) for p in path_list],
+        counts=counts,
     )
 
 

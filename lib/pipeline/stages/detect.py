@@ -1,24 +1,73 @@
-"""01 detect: read the data (quarantining bad rows) and decide whether there is enough new."""
+"""01 detect: read the data (quarantining bad rows) and decide whether there is enough new.
+
+Generated data only ever lands at the project's default path, and only when nobody chose the data:
+a path a user gave that does not exist, is not a CSV, has no rows or no valid row stops with one
+line naming it (`lib.errors.DataError`, exit 2 from the runner).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from lib.errors import DataError
 from lib.pipeline import data, detection, synth
 from lib.pipeline.contracts import DetectInputs, DetectOutputs
 from lib.pipeline.stages import data_paths
 
+if TYPE_CHECKING:
+    from lib.config import PipelineConfig
+
+DEFAULT_DATA_PATH: str = DetectInputs.model_fields["data_path"].default
+
+
+def generate_default(files: list[Path], default: Path | None, n: int, seed: int) -> int:
+    """Generate `default` when it is the only file asked for and is absent; the apps written."""
+    if default is None or files != [default]:
+        return 0
+    return n if synth.ensure_dataset(default, n=n, seed=seed) else 0
+
+
+def read_data(files: list[Path], quarantine: Path) -> data.LoadedApps:
+    """The apps of every file with the rejected rows written to `quarantine`; a file with no
+    valid row stops here (its rows are in the quarantine)."""
+    loaded = data.read_apps(files)
+    data.write_quarantine(loaded.quarantine, quarantine)
+    loaded.raise_if_unusable(quarantine)
+    return loaded
+
+
+def check_data(cfg: PipelineConfig, root: Path, quarantine: Path) -> int:
+    """The runner's check before MLflow or models/ are touched: the data 01 detect will read is
+    usable, else a DataError naming the file and who chose it (the quarantine is written when
+    every row of a file was rejected). Returns the number of apps generated."""
+    files = cfg.data_files(root)
+    default = None if cfg.data_origin else root / DEFAULT_DATA_PATH
+    try:
+        generated = generate_default(files, default, cfg.synth_apps, cfg.synth_seed)
+        loaded = data.read_apps(files)
+        try:
+            loaded.raise_if_unusable(quarantine)
+        except DataError:
+            data.write_quarantine(loaded.quarantine, quarantine)
+            raise
+    except DataError as exc:
+        if cfg.data_origin is None:
+            raise
+        raise DataError(f"{exc} (data_path from {cfg.data_origin})") from None
+    return generated
+
 
 def load(inputs: DetectInputs, root: Path) -> tuple[data.LoadedApps, int]:
-    """The apps of every data file (generated first when the default file is absent), with the
+    """The apps of every data file (the default file generated first when absent), with the
     rejected rows written to the run's quarantine file; returns them and the generated count."""
-    paths = data_paths(inputs.data_path)
-    generated = synth.ensure_dataset(root / paths[0], n=inputs.synth_apps, seed=inputs.synth_seed)
-    loaded = data.read_apps([root / p for p in paths])
-    data.write_quarantine(loaded.quarantine, root / inputs.quarantine_path)
-    return loaded, generated
+    files = [root / p for p in data_paths(inputs.data_path)]
+    generated = generate_default(
+        files, root / DEFAULT_DATA_PATH, inputs.synth_apps, inputs.synth_seed
+    )
+    return read_data(files, root / inputs.quarantine_path), generated
 
 
 def overview(loaded: data.LoadedApps, generated: int) -> pd.DataFrame:
@@ -34,9 +83,7 @@ def overview(loaded: data.LoadedApps, generated: int) -> pd.DataFrame:
     )
 
 
-def find_new_apps(
-    inputs: DetectInputs, root: Path, loaded: data.LoadedApps
-) -> detection.Detection:
+def find_new_apps(inputs: DetectInputs, root: Path, loaded: data.LoadedApps) -> detection.Detection:
     state = detection.load_state(root / inputs.state_path)
     return detection.detect(loaded.apps, state, threshold=inputs.threshold, force=inputs.force)
 
