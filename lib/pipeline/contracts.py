@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lib.errors import PipelineError
 
@@ -92,15 +92,27 @@ class TrainInputs(HoldoutInputs):
     state_path: str = "models/training_state.json"
     quarantine_path: str = "reports/interactive/quarantine.csv"
     trigger: str = "manual"
+    # An interactive run trains and shows everything but moves no production state: no version,
+    # no alias, no models/candidate, no training_state.json. The runner registers (True).
+    log_to_mlflow: bool = True  # the parent run and one run per candidate (with its model)
+    register_candidate: bool = False
+
+    @model_validator(mode="after")
+    def _register_needs_the_run(self) -> TrainInputs:
+        if self.register_candidate and not self.log_to_mlflow:
+            raise ValueError(
+                "register_candidate=True needs log_to_mlflow=True (a version is a logged model)"
+            )
+        return self
 
 
 class TrainOutputs(Contract):
-    candidate_version: str
+    candidate_version: str | None  # None: not registered (an interactive run)
     candidate_name: str
     metrics: dict[str, float | None]
     cv_std: float
-    mlflow_run_id: str
-    parent_run_id: str
+    mlflow_run_id: str | None  # None: not logged to MLflow
+    parent_run_id: str | None
     holdout_digest: str
     candidates: dict[str, dict[str, float | None]]
     label_threshold: float

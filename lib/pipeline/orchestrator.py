@@ -126,6 +126,8 @@ def inputs_for(stage: str, cfg: PipelineConfig, ctx: RunContext, outputs: RunOut
             "state_path": state,
             "quarantine_path": quarantine,
             "trigger": ctx.trigger,
+            "log_to_mlflow": True,
+            "register_candidate": True,  # the runner moves @candidate; a notebook alone does not
         }
     elif stage == "compare":
         values = {
@@ -335,7 +337,7 @@ def run(
 ) -> RunResult:
     """Run the pipeline and return its result; the CLI is a thin wrapper around this."""
     from lib import registry
-    from lib.pipeline import data, synth
+    from lib.pipeline.stages import detect as detect_stage
 
     say = echo or (lambda msg: None)
     stages = list(stages or PIPELINE)
@@ -351,12 +353,11 @@ def run(
         (root / ".runner.lock.json").write_text(
             json.dumps({"pid": os.getpid(), "run_id": run_id, "started": started_at})
         )
-        first = root / data_paths(cfg)[0]
-        if synth.ensure_dataset(first, n=cfg.synth_apps, seed=cfg.synth_seed):
-            where = os.path.relpath(first, root)
+        # unusable data stops here (exit 2), before MLflow or models/; only the default path,
+        # when nobody chose the data, is generated
+        if detect_stage.check_data(cfg, root, run_dir / "quarantine.csv"):
+            where = detect_stage.DEFAULT_DATA_PATH
             say(f"generated {cfg.synth_apps} apps into {where} (no data found)")
-        for path in data_paths(cfg):
-            data.check_columns(root / path)  # missing columns stop here, before MLflow or models/
         run_dir.mkdir(parents=True, exist_ok=True)
         tracking_uri = cfg.resolved_tracking_uri(root)
         recovered = recover_rollout(cfg, root, tracking_uri)

@@ -27,7 +27,10 @@ def candidate_version(client: Any, model_name: str, given: str | None) -> str:
     version = given or registry.alias_version(client, model_name, "candidate")
     if version is None:
         raise LookupError(
-            f"no version of {model_name} has the alias 'candidate': run 02 train first"
+            f"no version of {model_name} has the alias 'candidate', so there is no registered "
+            "candidate to judge: 02 train registers one only with register_candidate=True (the "
+            "runner passes it; run alone in Jupyter it trains and logs to MLflow, registering "
+            "nothing)"
         )
     return str(version)
 

@@ -2,11 +2,14 @@
 
 Registration is all-or-nothing from the notebook's point of view: the MLflow runs, the
 registered version with the alias `candidate`, the local copy under models/candidate and the
-"last trained" state are written only after every candidate trained.
+"last trained" state are written only after every candidate trained, and only when asked
+(`register_candidate=True`, which the runner passes): a notebook run alone trains, evaluates and
+logs to MLflow but leaves production state as it was.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ from lib import registry
 from lib.pipeline import data, detection, plots, training
 from lib.pipeline.contracts import TrainInputs, TrainOutputs
 from lib.pipeline.stages import data_paths, tracking_uri
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +42,7 @@ class TrainingData:
 def prepare(inputs: TrainInputs, root: Path) -> TrainingData:
     loaded = data.read_apps([root / p for p in data_paths(inputs.data_path)])
     data.write_quarantine(loaded.quarantine, root / inputs.quarantine_path)
+    loaded.raise_if_unusable(root / inputs.quarantine_path)
     labeled = training.labeled_data(loaded.apps, inputs.target_threshold)
     train_idx, test_idx = training.holdout_split(
         labeled.keys, labeled.y, inputs.test_size, inputs.seed
@@ -103,12 +109,9 @@ def candidate_table(
 
 
 def calibration_table(results: list[training.CandidateResult]) -> pd.DataFrame:
-    return (
-        pd.DataFrame(
-            {(r.name, m): scores for r in results for m, scores in r.calibration.scores.items()}
-        )
-        .T.round(4)
-    )
+    return pd.DataFrame(
+        {(r.name, m): scores for r in results for m, scores in r.calibration.scores.items()}
+    ).T.round(4)
 
 
 def select(
@@ -117,41 +120,78 @@ def select(
     return training.select_best(results, inputs.selection_metric)
 
 
-def importance(
-    inputs: TrainInputs, td: TrainingData, best: training.CandidateResult
-) -> pd.Series:
+def importance(inputs: TrainInputs, td: TrainingData, best: training.CandidateResult) -> pd.Series:
     return training.permutation_importance(
         best.model, td.labeled.X.iloc[td.test_idx], td.y_test, inputs.selection_metric, inputs.seed
     )
 
 
-def register(
+def record(
     inputs: TrainInputs,
     root: Path,
     td: TrainingData,
     results: list[training.CandidateResult],
     best: training.CandidateResult,
 ) -> TrainOutputs:
-    """One MLflow run per candidate under a parent run; the best becomes the `candidate`."""
-    client = registry.connect(tracking_uri(inputs.tracking_uri, root), inputs.experiment)
-    parent_run_id = registry.start_pipeline_run(
-        f"pipeline-{inputs.run_id}",
-        tags={"pipeline_run_id": inputs.run_id, "trigger": inputs.trigger, "stage": "train"},
-        params={
-            "data_path": inputs.data_path,
-            "target_threshold": inputs.target_threshold,
-            "cv_folds": inputs.cv_folds,
-            "test_size": inputs.test_size,
-            "seed": inputs.seed,
-            "model_seed": inputs.model_seed,
-            "selection_metric": inputs.selection_metric,
-            "candidates": ",".join(inputs.candidates),
-            "data_digest": td.digest,
-            "features": ",".join(inputs.features),
-            "calibration": ",".join(inputs.calibration),
-            "label_objective": inputs.label_objective,
-        },
+    """One MLflow run per candidate under a parent run (`log_to_mlflow`); with
+    `register_candidate`, the best becomes the `candidate` (version, alias, models/candidate,
+    training_state.json).
+
+    Only the runner registers by default: a notebook run alone must not change what 03 compares
+    or what the next 01 detect counts."""
+    parent_run_id = best_run_id = version = None
+    if inputs.log_to_mlflow:
+        client = registry.connect(tracking_uri(inputs.tracking_uri, root), inputs.experiment)
+        parent_run_id = registry.start_pipeline_run(
+            f"pipeline-{inputs.run_id}",
+            tags={
+                "pipeline_run_id": inputs.run_id,
+                "trigger": inputs.trigger,
+                "stage": "train",
+                "registered": str(inputs.register_candidate).lower(),
+            },
+            params={
+                "data_path": inputs.data_path,
+                "target_threshold": inputs.target_threshold,
+                "cv_folds": inputs.cv_folds,
+                "test_size": inputs.test_size,
+                "seed": inputs.seed,
+                "model_seed": inputs.model_seed,
+                "selection_metric": inputs.selection_metric,
+                "candidates": ",".join(inputs.candidates),
+                "data_digest": td.digest,
+                "features": ",".join(inputs.features),
+                "calibration": ",".join(inputs.calibration),
+                "label_objective": inputs.label_objective,
+            },
+        )
+        best_run_id, best_model_uri = _log_candidates(inputs, td, results, best, parent_run_id)
+        if inputs.register_candidate:
+            version = _register(inputs, root, td, best, client, best_run_id, best_model_uri)
+    if version is None:
+        log.info("not registered (register_candidate=False): @candidate, models/, state unchanged")
+    return TrainOutputs(
+        candidate_version=version,
+        candidate_name=best.name,
+        metrics=best.holdout,
+        cv_std=best.cv_std(inputs.selection_metric),
+        mlflow_run_id=best_run_id,
+        parent_run_id=parent_run_id,
+        holdout_digest=training.split_digest(td.labeled.keys, td.test_idx),
+        candidates={r.name: r.holdout for r in results},
+        label_threshold=best.threshold.threshold,
+        calibration=best.calibration.method or "none",
     )
+
+
+def _log_candidates(
+    inputs: TrainInputs,
+    td: TrainingData,
+    results: list[training.CandidateResult],
+    best: training.CandidateResult,
+    parent_run_id: str,
+) -> tuple[str, str]:
+    """A child run per candidate (metrics, plots, model); the best's run id and model URI."""
     frame = td.labeled.X.assign(label=td.labeled.y.values)
     runs = {}
     for r in results:
@@ -170,10 +210,23 @@ def register(
             tags={"pipeline_run_id": inputs.run_id, "selected": str(r is best).lower()},
         )
         plots.plt.close("all")
-    best_run_id, best_model_uri = runs[best.name]
+    return runs[best.name]
+
+
+def _register(
+    inputs: TrainInputs,
+    root: Path,
+    td: TrainingData,
+    best: training.CandidateResult,
+    client: Any,
+    run_id: str,
+    model_uri: str,
+) -> str:
+    """Production state: a version with the alias `candidate`, its local copy, and the "last
+    trained" state that 01 detect counts new apps from."""
     version = registry.register(
         client,
-        best_model_uri,
+        model_uri,
         inputs.model_name,
         tags={"pipeline_run_id": inputs.run_id, "candidate": best.name, "data_digest": td.digest},
     )
@@ -181,31 +234,40 @@ def register(
     registry.save_local_copy(
         best.model,
         root / inputs.models_dir / "candidate",
-        {
-            "model_name": inputs.model_name,
-            "version": version,
-            "run_id": best_run_id,
-            "candidate": best.name,
-        },
-    )
+        {"model_name": inputs.model_name, "version": version, "run_id": run_id,
+         "candidate": best.name},
+    )  # fmt: skip
     detection.write_state(
         root / inputs.state_path, td.loaded.apps, version, inputs.run_id, td.digest
     )
-    return TrainOutputs(
-        candidate_version=str(version),
-        candidate_name=best.name,
-        metrics=best.holdout,
-        cv_std=best.cv_std(inputs.selection_metric),
-        mlflow_run_id=best_run_id,
-        parent_run_id=parent_run_id,
-        holdout_digest=training.split_digest(td.labeled.keys, td.test_idx),
-        candidates={r.name: r.holdout for r in results},
-        label_threshold=best.threshold.threshold,
-        calibration=best.calibration.method or "none",
-    )
+    return str(version)
+
+
+def outcome(trained: TrainOutputs) -> pd.DataFrame:
+    """What this run changed, said plainly: registered or not, and what 03 compare will judge."""
+    version = trained.candidate_version
+    if version is None:
+        registered = "no (register_candidate=False): @candidate, models/ and state unchanged"
+        next_step = (
+            "03 compare run alone judges the version @candidate already points to (if any), "
+            "not this model: run 02 with register_candidate=True (or the runner) to judge it"
+        )
+    else:
+        registered = f"v{version} as @candidate"
+        next_step = f"03 compare judges v{version}"
+    return pd.Series(
+        {
+            "best candidate": trained.candidate_name,
+            "registered": registered,
+            "MLflow parent run": trained.parent_run_id or "not logged (log_to_mlflow=False)",
+            "MLflow run of the best": trained.mlflow_run_id or "not logged",
+            "next": next_step,
+        },
+        name="training",
+    ).to_frame()
 
 
 def run(inputs: TrainInputs, root: Path) -> TrainOutputs:
     td = prepare(inputs, root)
     results = fit_candidates(inputs, td)
-    return register(inputs, root, td, results, select(inputs, results))
+    return record(inputs, root, td, results, select(inputs, results))
