@@ -46,7 +46,8 @@ def test_categorical_boosting_compiles_bit_for_bit(categorical: list) -> None:
     nodes = np.concatenate([p.nodes for it in model._predictors for p in it])
     assert nodes["is_categorical"].any()  # the test really covers categorical splits
     fast = compiled_trees._Boosting(model)
-    for rows in (X, _hostile_rows(X), X[:1]):
+    complete = X[~np.isnan(X).any(axis=1)]  # the fast walk (no NaN) and the general one
+    for rows in (X, complete, complete[:1], _hostile_rows(X), X[:1]):
         np.testing.assert_array_equal(fast.proba(rows), model.predict_proba(rows))
 
 
@@ -103,5 +104,6 @@ def test_forest_walks_all_trees_at_once_bit_for_bit(leaf: int) -> None:
     edges[:, 1] = np.where(np.isfinite(thresholds), thresholds, 0.0)
     hostile = _hostile_rows(X)
     hostile[21:24, 1] = [3.4e38, -3.4e38, 1e-45]  # scikit-learn's forests refuse infinities
-    for rows in (X, hostile, X[:1], edges):
+    complete = X[~np.isnan(X).any(axis=1)]
+    for rows in (X, complete, complete[:1], hostile, X[:1], edges):
         np.testing.assert_array_equal(fast(rows), model.predict_proba(rows))

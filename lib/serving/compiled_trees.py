@@ -15,6 +15,64 @@ import numpy as np
 from lib.serving.encoders import _Unsupported
 
 
+class _Descent:
+    """The fast walk: every tree one level per numpy step, a fixed number of steps.
+
+    Leaves point to themselves, so after the deepest tree's depth every walk has reached its
+    leaf without asking which ones have. Valid for rows without NaN (the callers check and take
+    the general walk otherwise): then "value <= threshold goes left" is "value > threshold goes
+    right", an index into `child` (left at 2i, right at 2i + 1). Categorical nodes of boosting
+    have threshold +inf and send code c right when `right_table[row[i], c]` says so.
+    """
+
+    def __init__(
+        self,
+        roots: np.ndarray,
+        left: np.ndarray,
+        right: np.ndarray,
+        is_leaf: np.ndarray,
+        feature: np.ndarray,
+        threshold: np.ndarray,
+        categorical: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        index = np.arange(len(left), dtype=np.intp)
+        self.child = np.empty(2 * len(left), dtype=np.intp)
+        self.child[0::2] = np.where(is_leaf, index, left)
+        self.child[1::2] = np.where(is_leaf, index, right)
+        self.feature = np.where(is_leaf, 0, feature).astype(np.intp)
+        self.threshold = np.where(is_leaf, np.inf, threshold).astype(np.float64)
+        self.roots = roots
+        self.categorical = None
+        if categorical is not None:
+            row, goes_left = categorical
+            self.threshold = np.where(row >= 0, np.inf, self.threshold)
+            goes_right = np.vstack([np.zeros((1, 256), dtype=bool), ~goes_left])  # row 0: never
+            self.categorical = (np.where(row >= 0, row + 1, 0).astype(np.intp), goes_right)
+        depth, frontier = 0, roots
+        while not is_leaf[frontier].all():
+            inner = frontier[~is_leaf[frontier]]
+            frontier = np.concatenate([left[inner], right[inner]])
+            depth += 1
+        self.depth = depth
+
+    def leaves(self, X: np.ndarray) -> np.ndarray:
+        """The leaf of every tree for every row of X (float64, no NaN): shape (rows, trees)."""
+        child, feature, threshold, categorical = (
+            self.child, self.feature, self.threshold, self.categorical,
+        )  # fmt: skip
+        node = np.broadcast_to(self.roots, (X.shape[0], len(self.roots))).copy()
+        rows = np.arange(X.shape[0])[:, None]
+        for _ in range(self.depth):
+            x = X[rows, feature[node]]
+            right = x > threshold[node]
+            if categorical is not None:
+                table_row, table = categorical
+                code = np.clip(x, 0, 255).astype(np.intp)
+                right |= table[table_row[node], code]
+            node = child[2 * node + right]
+        return node
+
+
 class _Forest:
     """RandomForestClassifier.predict_proba: all trees walked at once, summed in tree order.
 
@@ -53,20 +111,26 @@ class _Forest:
         self.roots = offsets.astype(np.intp)
         self.n_classes = int(final.n_classes_)
         self.width = int(final.n_features_in_)
+        self.descent = _Descent(
+            self.roots, self.left, self.right, self.is_leaf, self.feature, self.threshold
+        )
 
     def __call__(self, Z: np.ndarray) -> np.ndarray:
         X = np.asarray(Z, dtype=np.float32).astype(np.float64)  # float32, compared in double
         if X.ndim != 2 or X.shape[1] != self.width:
             raise ValueError(f"X has shape {X.shape}, the model wants {self.width} features")
         n = X.shape[0]
-        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
-        rows = np.arange(n)[:, None]
-        leaf = self.is_leaf[node]
-        while not leaf.all():
-            x = X[rows, self.feature[node]]
-            left = np.where(np.isnan(x), self.missing_left[node], x <= self.threshold[node])
-            node = np.where(leaf, node, np.where(left, self.left[node], self.right[node]))
+        if not np.isnan(X).any():
+            node = self.descent.leaves(X)
+        else:  # the general walk: NaN follows each node's missing_go_to_left
+            node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+            rows = np.arange(n)[:, None]
             leaf = self.is_leaf[node]
+            while not leaf.all():
+                x = X[rows, self.feature[node]]
+                left = np.where(np.isnan(x), self.missing_left[node], x <= self.threshold[node])
+                node = np.where(leaf, node, np.where(left, self.left[node], self.right[node]))
+                leaf = self.is_leaf[node]
         terms = np.zeros((n, len(self.roots) + 1, self.n_classes), dtype=np.float64)
         terms[:, 1:, :] = self.value[node]
         out = np.add.accumulate(terms, axis=1)[:, -1, :]  # 0 + tree 1 + tree 2 ..., in order
@@ -107,12 +171,28 @@ class _Boosting:
         self.loss = model._loss
         self.inputs = _CategoricalInputs(model)
         self.category_row, self.goes_left = _categorical_tables(model, predictors, offsets)
+        self.descent = _Descent(
+            self.roots, self.left, self.right, self.is_leaf, self.feature, self.threshold,
+            None if self.category_row is None else (self.category_row, self.goes_left),
+        )  # fmt: skip
 
     def decision(self, X: Any) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.width:
             raise ValueError(f"X has shape {X.shape}, the model wants {self.width} features")
         X = self.inputs(X)
+        n = X.shape[0]
+        if not np.isnan(X).any():
+            node = self.descent.leaves(X)
+        else:
+            node = self._general_walk(X)
+        terms = np.empty((n, len(self.roots) + 1), dtype=np.float64)
+        terms[:, 0] = self.baseline[0]
+        terms[:, 1:] = self.value[node]
+        return np.add.accumulate(terms, axis=1)[:, -1]  # one addition after another
+
+    def _general_walk(self, X: np.ndarray) -> np.ndarray:
+        """Leaves with NaN (missing values, unseen categories) decided node by node."""
         n = X.shape[0]
         node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
         rows = np.arange(n)[:, None]
@@ -136,10 +216,7 @@ class _Boosting:
             left = np.where(missing, self.missing_left[node], left)
             node = np.where(leaf, node, np.where(left, self.left[node], self.right[node]))
             leaf = self.is_leaf[node]
-        terms = np.empty((n, len(self.roots) + 1), dtype=np.float64)
-        terms[:, 0] = self.baseline[0]
-        terms[:, 1:] = self.value[node]
-        return np.add.accumulate(terms, axis=1)[:, -1]  # one addition after another
+        return node
 
     def proba(self, X: Any) -> np.ndarray:
         return self.loss.predict_proba(self.decision(X).reshape(-1, 1))
