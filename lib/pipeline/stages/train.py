@@ -244,27 +244,24 @@ def _register(
 
 
 def outcome(trained: TrainOutputs) -> pd.DataFrame:
-    """What this run changed, said plainly: registered or not, and what 03 compare will judge."""
+    """What this run changed, said plainly: registered or not, and what 03 compare will judge
+    (each value short enough for pandas' display not to cut it)."""
     version = trained.candidate_version
-    if version is None:
-        registered = "no (register_candidate=False): @candidate, models/ and state unchanged"
-        next_step = (
-            "03 compare run alone judges the version @candidate already points to (if any), "
-            "not this model: run 02 with register_candidate=True (or the runner) to judge it"
-        )
-    else:
-        registered = f"v{version} as @candidate"
-        next_step = f"03 compare judges v{version}"
+    registered = version is not None
     return pd.Series(
         {
             "best candidate": trained.candidate_name,
-            "registered": registered,
+            "registered": f"v{version} as @candidate" if registered
+            else "no (register_candidate=False)",
+            "production state": "@candidate, models/candidate, training_state.json"
+            if registered else "unchanged: no alias, models/ or state written",
+            "03 compare run alone judges": f"v{version}" if registered
+            else "@candidate as it was, not this model",
             "MLflow parent run": trained.parent_run_id or "not logged (log_to_mlflow=False)",
             "MLflow run of the best": trained.mlflow_run_id or "not logged",
-            "next": next_step,
         },
         name="training",
-    ).to_frame()
+    ).to_frame()  # fmt: skip
 
 
 def run(inputs: TrainInputs, root: Path) -> TrainOutputs:
