@@ -143,7 +143,16 @@ def _encode(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=True).encode()  # lone surrogates become \ud800
 
 
+# one hostile part in an otherwise valid request: a value alone, or the id alone
+one_number = st.builds(
+    lambda field, value: {**RAW_APP, field: value},
+    st.sampled_from(["Reviews", "Installs", "Size", "Price"]),
+    st.one_of(huge_number, number_text),
+)
 predict_body = st.one_of(
+    one_number.map(_encode),
+    st.builds(lambda rid: _encode({**RAW_APP, "request_id": rid}), body_id),
+    st.just(_encode(RAW_APP)),  # the header id or the content type is the hostile part
     hostile_app.map(_encode),
     st.builds(lambda app, rid: _encode({**app, "request_id": rid}), hostile_app, body_id),
     st.lists(hostile_app, min_size=1, max_size=5).map(_encode),
