@@ -163,11 +163,22 @@ class _StackNode(_Node):
             self.members.append((node, method))
         self.final = _matrix_estimator(stack.final_estimator_)
         self.has_decision = hasattr(stack.final_estimator_, "decision_function")
+        self.shared = _shared_columns(stack.estimators_, [node for node, _ in self.members])
 
     def meta(self, cols: list[Sequence[Any]]) -> np.ndarray:
         parts = []
-        for node, method in self.members:
-            preds = node.proba(cols) if method == "predict_proba" else node.decision(cols)
+        matrices: dict[int, Any] = {}  # one transform per distinct preprocessing
+        for (node, method), key in zip(self.members, self.shared, strict=True):
+            if key is not None and isinstance(node, _PipelineNode):
+                if key not in matrices:
+                    matrices[key] = node.columns.transform(cols)
+                estimator = node.final
+                matrix = matrices[key]
+                preds = estimator.proba(matrix) if method == "predict_proba" else (
+                    estimator.decision(matrix)
+                )  # fmt: skip
+            else:
+                preds = node.proba(cols) if method == "predict_proba" else node.decision(cols)
             if preds.ndim == 1:
                 parts.append(preds.reshape(-1, 1))
             elif method == "predict_proba" and self.binary:
@@ -181,6 +192,29 @@ class _StackNode(_Node):
 
     def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
         return self.final.decision(self.meta(cols))
+
+
+def _shared_columns(estimators: list[Any], nodes: list[_Node]) -> list[int | None]:
+    """For each stack member, a key shared by members whose fitted preprocessing is identical.
+
+    Members of a stack that use the same ColumnTransformer, fitted on the same rows, compute the
+    same matrix; the service computes it once. Identity is the pickled fitted transformer, so
+    any difference (another median, another category) keeps them apart.
+    """
+    import pickle
+
+    from sklearn.pipeline import Pipeline
+
+    keys: dict[bytes, int] = {}
+    out: list[int | None] = []
+    fitted = [e for e in estimators if not (isinstance(e, str) and e == "drop")]
+    for est, node in zip(fitted, nodes, strict=True):
+        if type(est) is not Pipeline or not isinstance(node, _PipelineNode):
+            out.append(None)
+            continue
+        blob = pickle.dumps(est.steps[0][1])
+        out.append(keys.setdefault(blob, len(keys)))
+    return out
 
 
 class _CalibratedNode(_Node):
