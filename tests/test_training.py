@@ -220,3 +220,11 @@ def test_derived_inputs_are_parsed_from_the_listing() -> None:
     assert values["genre_count"] == 2 and values["current_varies"] == 1.0
     assert values["android_min"] == pytest.approx(5.0) and values["name_words"] == 4
     assert values["name_digits"] == 1
+
+
+def test_config_knows_every_model_family() -> None:
+    """The config validates candidate names against its own list: it must be training's."""
+    from lib import config
+
+    assert set(config.CANDIDATES) == set(training.FAMILIES)
+    assert set(config.DEFAULT_CANDIDATES) <= set(training.FAMILIES)
