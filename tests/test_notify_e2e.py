@@ -92,3 +92,66 @@ def test_notify_test_command(project: Path, http_sink) -> None:
     command = [sys.executable, "runner.py", "notify", "--rollback", "--reason", "bad canary"]
     rb = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
     assert rb.returncode == 0 and "bad canary" in http_sink.requests[-1].body.decode()
+
+
+def test_runner_killed_during_monitor_keeps_its_record_and_deployed_notice(
+    project: Path, http_sink
+) -> None:
+    """Issue 9: `kill -9` of the runner while 06 monitor runs, after a promotion. The run's
+    report.json (deploy included), its index entry and its "deployed" notification survive."""
+    import threading
+    import time
+
+    import psutil
+
+    from tests.test_kernels import stub_notebook
+
+    stub_notebook(project, "monitor", "import time\ntime.sleep(600)\n")
+    env = {
+        **os.environ,
+        "NOTIFY_URLS": f"json://{LOOPBACK}:{http_sink.port}/hooks/{WEBHOOK_TOKEN}",
+        "PIPELINE_ANALYSIS_SECONDS": "2",
+        "PIPELINE_CHECK_EVERY_SECONDS": "0.5",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "runner.py", "--force-retrain", "--run-id", "killed",
+         "--set", "synth_apps=1500", "--set", "cv_folds=3", "--set", "rf_trees=30",
+         "--set", "candidates=logistic_regression,random_forest",
+         "--set", "decision={verdicts: {auto: 40, manual: 30}, gate: {accuracy_tolerance: 0.05}}",
+         "--stages", "detect,train,compare,decide,deploy,monitor"],
+        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    family: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 900
+        while not any("monitor ..." in line for line in lines):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.5)
+        time.sleep(3)  # the monitor kernel is running its (stubbed) notebook now
+        family = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()  # kill -9: no handler runs
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for child in family:  # kernels and services the dead runner left behind
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+    assert proc.returncode == -9
+    report = json.loads((project / "reports" / "killed" / "report.json").read_text())
+    names = [s["name"] for s in report["stages"]]
+    assert names == ["detect", "train", "compare", "decide", "deploy"], report["stages"]
+    assert report["outcome"] == "running"  # what it was doing when it died
+    version = report["results"]["candidate_version"]
+    assert report["results"]["deployed_version"] == version
+    assert [n["ok"] for n in report["notifications"]] == [True], report["notifications"]
+    (hook,) = http_sink.requests  # received before the kill
+    text = hook.body.decode() if isinstance(hook.body, bytes) else str(hook.body)
+    assert f"v{version}" in text and "deployed" in text.lower()
+    assert "killed" in (project / "reports" / "index.html").read_text()

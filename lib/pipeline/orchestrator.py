@@ -387,6 +387,20 @@ def run(
             _write_index(root / cfg.reports_dir)
             return summary
 
+        report = os.path.relpath(run_dir / "report.json", root)
+        deliveries: list[dict[str, Any]] = []
+        sent: set[tuple[str, str, str]] = set()
+
+        def notify_new(outcome: str) -> list[dict[str, Any]]:
+            """Send the run's events not sent yet (deploy's are sent as soon as it ends)."""
+            out: list[dict[str, Any]] = []
+            for event, fields in run_record.notifications(outputs, outcome, report, recovered):
+                key = (event, str(fields.get("version")), str(fields.get("reason")))
+                if key not in sent:
+                    sent.add(key)
+                    out += send(event, **fields)
+            return out
+
         pool: Any = nullcontext()
         if executor is None and kernel_pool:
             from lib.pipeline.kernels import KernelPool
@@ -427,20 +441,21 @@ def run(
                         break
                     if isinstance(result.outputs, DeployOutputs):
                         outcome = result.outputs.outcome
+                        # production changed: say so now, not after 06 monitor (a runner
+                        # killed while monitoring must not swallow the "deployed")
+                        deliveries += notify_new(outcome)
+                        record("running", None, deliveries)
                     if isinstance(result.outputs, MonitorOutputs):
                         if result.outputs.rolled_back:
                             outcome = "monitor_rolled_back"
                         elif outcome == "completed":
                             outcome = "monitored"
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: kernels are down by now
-            record("cancelled", None)
+            record("cancelled", None, deliveries)
             raise
         if outcome == "completed" and stages[-1] == "decide":
             outcome = "decided"
-        report = os.path.relpath(run_dir / "report.json", root)
-        deliveries: list[dict[str, Any]] = []
-        for event, fields in run_record.notifications(outputs, outcome, report, recovered):
-            deliveries += send(event, **fields)
+        deliveries += notify_new(outcome)
         summary = record(outcome, failure, deliveries)
         failed = [d for d in deliveries if not d["ok"]]
         if failed:
