@@ -35,6 +35,9 @@ from lib.errors import RegistryUnavailable
 log = logging.getLogger(__name__)
 
 SAFE_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.")
+# A partial runs only a function that skops lists (and that must pass the prefixes) on its own:
+# boosting with native categorical features keeps partial(sklearn...check_array, ...).
+SAFE_TYPES = frozenset({"functools.partial"})
 # Pinned from the running environment: MLflow otherwise spends seconds inferring them.
 _REQUIREMENT_PACKAGES = ("scikit-learn", "skops", "numpy", "pandas", "scipy")
 
@@ -208,7 +211,7 @@ def skops_trusted_types(model: Any) -> list[str]:
     import skops.io as sio
 
     untrusted = sio.get_untrusted_types(data=sio.dumps(model))
-    unsafe = [t for t in untrusted if not t.startswith(SAFE_TYPE_PREFIXES)]
+    unsafe = [t for t in untrusted if not t.startswith(SAFE_TYPE_PREFIXES) and t not in SAFE_TYPES]
     if unsafe:
         raise ValueError(f"model contains types skops should not trust: {unsafe}")
     return sorted(untrusted)

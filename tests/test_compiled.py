@@ -67,6 +67,7 @@ def test_every_family_is_served_compiled_and_equal(tmp_path) -> None:
     from sklearn.frozen import FrozenEstimator
     from sklearn.model_selection import FixedThresholdClassifier
 
+    from lib import registry
     from lib.pipeline import data, synth, training
     from lib.serving import encoders
     from lib.serving.predictor import Predictor
@@ -83,6 +84,7 @@ def test_every_family_is_served_compiled_and_equal(tmp_path) -> None:
         )
         predictor = Predictor(encoders.single_threaded(served))
         assert predictor.kind == "compiled", (family, predictor.reason)
+        assert registry.skops_trusted_types(served)  # it can be registered in the skops format
         rows = [tuple(r) for r in probe_rows.itertuples(index=False)]
         proba, labels = predictor.predict(rows)
         np.testing.assert_array_equal(proba, served.predict_proba(probe_rows)[:, 1])
