@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from lib import progress
 from lib.commands import BACKTEST_DATA, OPERATIONS, simulate_new_apps
 from lib.config import load_config, parse_set_options
 from lib.errors import PipelineError, StageError
@@ -125,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     from lib.watch.notify import install_redacting_filter
 
     install_redacting_filter()  # webhook URLs, SMTP passwords and keys never reach a log
+    # progress of long steps (CV folds, canary steps) on this terminal, from the kernels too
+    # (they inherit the environment); PIPELINE_PROGRESS=0 silences it
+    os.environ.setdefault(progress.ENV, "1")
     try:
         overrides: dict[str, Any] = parse_set_options(args.set)
         if getattr(args, "data", None):

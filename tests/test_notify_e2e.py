@@ -56,6 +56,10 @@ def test_run_notifies_every_target_and_never_leaks_a_secret(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(sorted((project / "reports").glob("*/report.json"))[-1].read_text())
+    # issue 10: progress of the long steps on the terminal (from the kernel), not in the reports
+    assert "candidate 2/2 random_forest" in proc.stderr and "fold 3/3 done" in proc.stderr
+    train_html = (project / "reports" / summary["run_id"] / "02_train.html").read_text()
+    assert "candidate 2/2" not in train_html and "fold 3/3 done" not in train_html
     assert summary["results"]["decision"] == "auto"
     version = summary["results"]["candidate_version"]
     # the first deployment (no champion yet) is promoted after its smoke tests

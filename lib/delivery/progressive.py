@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from lib import registry
+from lib import progress, registry
 from lib.delivery import canary, rollout
 from lib.delivery import releases as deployments
 from lib.delivery.promotion import (  # noqa: F401  (Recovery, recover_interrupted: public here)
@@ -286,8 +286,11 @@ def deploy(
             timeline.events,
             smoke_result,
             steps,
-            note=f"promotion failed and was undone everywhere: {exc}" if undone
-            else reason if unreachable else None,  # an outage, not a verdict on the model
+            note=f"promotion failed and was undone everywhere: {exc}"
+            if undone
+            else reason
+            if unreachable
+            else None,  # an outage, not a verdict on the model
         )
     finally:
         if production is not None:
@@ -452,6 +455,7 @@ def _hold_step(
     last_lease = time.monotonic()
     last_check = time.monotonic()
     deadline = settings.analysis_seconds + settings.max_wait_seconds
+    shown = progress.Throttle(10.0)
     while True:
         sleep(min(1.0, settings.check_every_seconds))
         elapsed = time.time() - step_started
@@ -465,6 +469,8 @@ def _hold_step(
             continue
         last_check = time.monotonic()
         analysis = canary.analyze(_window(predictions, step_started, canary_started, weight), cfg)
+        if shown.ready(force=analysis.verdict == "fail" or window_end):
+            progress.canary_step(weight, elapsed, settings.analysis_seconds, analysis)
         if analysis.verdict == "fail":
             return analysis
         if window_end and analysis.verdict == "pass":

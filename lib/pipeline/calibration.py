@@ -9,6 +9,7 @@ needed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from sklearn.base import clone
 from sklearn.metrics import brier_score_loss, log_loss
 from sklearn.model_selection import StratifiedKFold
 
+from lib import progress
 from lib.pipeline.evaluation import expected_calibration_error
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ def out_of_fold(model: Any, X: pd.DataFrame, y: pd.Series, folds: int, seed: int
     proba = np.zeros(len(y))
     score = np.zeros(len(y))
     fold = np.zeros(len(y), dtype=int)
+    started = time.perf_counter()
     for k, (train, test) in enumerate(folds_for(folds, seed).split(X, y)):
         fitted = clone(model).fit(X.iloc[train], y.iloc[train])
         proba[test] = fitted.predict_proba(X.iloc[test])[:, 1]
@@ -55,6 +58,9 @@ def out_of_fold(model: Any, X: pd.DataFrame, y: pd.Series, folds: int, seed: int
             score[test] = proba[test]
         fold[test] = k
         log.info("  fold %d/%d done", k + 1, folds)
+        progress.report(
+            "  fold %d/%d done (%.0f s so far)", k + 1, folds, time.perf_counter() - started
+        )
     return OutOfFold(proba, score, fold)
 
 

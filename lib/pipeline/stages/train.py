@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from lib import registry
+from lib import progress, registry
 from lib.pipeline import data, detection, plots, training
 from lib.pipeline.contracts import TrainInputs, TrainOutputs
 from lib.pipeline.stages import data_paths, tracking_uri
@@ -70,8 +70,13 @@ def data_overview(inputs: TrainInputs, td: TrainingData) -> pd.DataFrame:
 
 def fit_candidates(inputs: TrainInputs, td: TrainingData) -> list[training.CandidateResult]:
     seed = inputs.seed if inputs.model_seed is None else inputs.model_seed
-    return [
-        training.train_candidate(
+    results = []
+    for i, name in enumerate(inputs.candidates, 1):
+        progress.report(
+            "candidate %d/%d %s: %d-fold CV on %d apps, then the fit",
+            i, len(inputs.candidates), name, inputs.cv_folds, len(td.train_idx),
+        )  # fmt: skip
+        result = training.train_candidate(
             name,
             td.labeled,
             td.train_idx,
@@ -84,8 +89,13 @@ def fit_candidates(inputs: TrainInputs, td: TrainingData) -> list[training.Candi
             objective=inputs.label_objective,
             costs=inputs.error_costs,
         )
-        for name in inputs.candidates
-    ]
+        progress.report(
+            "candidate %d/%d %s done in %.0f s: holdout %s %.4f",
+            i, len(inputs.candidates), name, result.fit_seconds, inputs.selection_metric,
+            result.holdout[inputs.selection_metric],
+        )  # fmt: skip
+        results.append(result)
+    return results
 
 
 def candidate_table(

@@ -1,0 +1,59 @@
+"""Progress of long steps on the terminal of whoever runs the pipeline, never in the reports.
+
+Inside a Papermill kernel, `sys.stdout`/`sys.stderr` are the notebook's outputs: whatever goes
+there ends up in the executed notebook and its HTML. The kernel process's own file descriptor 2
+is inherited from the runner, i.e. the user's terminal. `runner.py` sets PIPELINE_PROGRESS=1
+before it starts kernels; progress lines then go straight to descriptor 2. Elsewhere (a notebook
+opened in Jupyter, a library call) they go to the logger at DEBUG, out of the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+ENV = "PIPELINE_PROGRESS"
+INDENT = "      "  # under the runner's "[2/6] train ..." line
+log = logging.getLogger(__name__)
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV) == "1"
+
+
+def report(message: str, *args: object) -> None:
+    """One progress line (printf-style arguments); never raises."""
+    text = message % args if args else message
+    log.debug("%s", text)
+    if not enabled():
+        return
+    try:
+        os.write(2, f"{INDENT}{text}\n".encode("utf-8", errors="replace"))
+    except OSError:  # no terminal (closed descriptor): progress is optional
+        pass
+
+
+def canary_step(weight: float, elapsed: float, window: float, analysis: object) -> None:
+    """A canary step as it stands: time in the window, requests per variant, the verdict."""
+    samples = getattr(analysis, "samples", {}) or {}
+    report(
+        "canary %s%%: %.0f/%.0f s, %d canary / %d champion requests: %s",
+        weight, elapsed, window, samples.get("canary", 0), samples.get("champion", 0),
+        getattr(analysis, "verdict", "?"),
+    )  # fmt: skip
+
+
+class Throttle:
+    """At most one line per `seconds` (the first and any forced one always pass)."""
+
+    def __init__(self, seconds: float = 10.0) -> None:
+        self.seconds = seconds
+        self.last: float | None = None
+
+    def ready(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if force or self.last is None or now - self.last >= self.seconds:
+            self.last = now
+            return True
+        return False
