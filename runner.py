@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     for p, default in ((parser, None), (common, argparse.SUPPRESS)):
         p.add_argument(
-            "--config", default=default, help="YAML config file (default: pipeline.yaml)"
+            "--config",
+            default=default,
+            help="YAML config file, relative to the current directory (default: the project's "
+            "pipeline.yaml)",
         )
         p.add_argument(
             "--set",
@@ -70,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (parser, run_p):
         p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
         p.add_argument("--force-retrain", action="store_true", help="train whatever the count")
-        p.add_argument("--data", help="data CSV(s), comma-separated (config key data_path)")
+        p.add_argument(
+            "--data",
+            help="data CSV(s), comma-separated, relative to the current directory; they must "
+            "exist (config key data_path)",
+        )
         p.add_argument("--threshold", type=int, help="new apps needed to retrain")
         p.add_argument("--run-id", help="name of the run (default: timestamp + random suffix)")
         p.add_argument("--wait", type=float, help="seconds to wait for another runner to finish")
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides["threshold"] = args.threshold
         if getattr(args, "wait", None) is not None:
             overrides["lock_timeout"] = args.wait
-        cfg = load_config(ROOT, args.config, overrides)
+        cfg = load_config(ROOT, args.config, overrides, cwd=Path.cwd())
         if args.command in OPERATIONS:
             return OPERATIONS[args.command](cfg, ROOT, args, print)
         if args.command == "simulate-new-apps":

@@ -38,10 +38,13 @@ Echo = Callable[[str], Any]  # where a command writes what the operator reads (t
 
 
 def simulate_new_apps(cfg: PipelineConfig, root: Path, n: int, seed: int | None) -> int:
-    from lib.pipeline import synth
+    from lib.pipeline import data_sources, synth
 
-    path = root / data_paths(cfg)[0]
-    synth.ensure_dataset(path, n=cfg.synth_apps, seed=cfg.synth_seed)
+    path = cfg.data_files(root)[0]
+    if cfg.data_origin is None:  # the untouched default: generated when absent
+        synth.ensure_dataset(path, n=cfg.synth_apps, seed=cfg.synth_seed)
+    else:  # a path the user gave must exist: new apps are never appended to a new fake file
+        data_sources.check_file(path)
     added = synth.append_new_apps(path, n=n, seed=seed)
     return len(added)
 
@@ -312,7 +315,12 @@ BACKTEST_DATA = "../shared/data/playstore/googleplaystore.csv"  # the raw real f
 def cmd_backtest(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
     """Replay the decision policy over time-ordered batches (notebook 07), without touching the
     registry or models/; the executed notebook, its HTML and backtest.json go to reports/."""
-    data_path = str(Path(args.data).resolve()) if args.data else BACKTEST_DATA
+    from lib.pipeline import data_sources
+
+    if args.data:  # a file the user names must exist (no silent fallback to generated data)
+        data_path = str(data_sources.check_file(Path(args.data).resolve()))
+    else:  # the raw real file when present, else 07 falls back to the generated default data
+        data_path = BACKTEST_DATA
     run_id = f"backtest-{new_run_id()}"
     run_dir = root / cfg.reports_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -395,6 +395,11 @@ def expand_dotted(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# PIPELINE_* variables that are not config keys: the runner's progress switch (lib.progress)
+# and the fault-injection test hook (lib.delivery.faults); tests/test_config.py keeps them in step
+RUNTIME_ENV = frozenset({"PIPELINE_PROGRESS", "PIPELINE_FAULT"})
+
+
 def env_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The config keys that PIPELINE_* variables (and MLFLOW_TRACKING_URI) set."""
     env = os.environ if environ is None else environ
@@ -411,6 +416,8 @@ def env_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     known = {f"{ENV_PREFIX}{name}".lower() for name in PipelineConfig.model_fields}
     for var in env:
         low = var.lower()
+        if var.upper() in RUNTIME_ENV:
+            continue
         if low.startswith(ENV_PREFIX.lower()) and low.split(ENV_NESTED_DELIMITER)[0] not in known:
             log.warning("%s is not a config key; ignored", var)
     if "tracking_uri" not in values and env.get("MLFLOW_TRACKING_URI"):
@@ -459,8 +466,8 @@ def load_config(
     data: dict[str, Any] = {}
     origin: str | None = None
     path = Path(config_file) if config_file else root / CONFIG_FILE
-    if not path.is_absolute():
-        path = root / path
+    if not path.is_absolute():  # a file the user named is where they stand; else the project's
+        path = (cwd if config_file and cwd is not None else root) / path
     if path.exists():
         try:
             loaded = yaml.safe_load(path.read_text()) or {}

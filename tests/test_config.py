@@ -210,3 +210,20 @@ def test_command_line_and_environment_paths_are_relative_to_the_working_director
     assert load_config(root, overrides={"data_path": "x.csv"}, environ={}).data_files(root) == [
         root / "x.csv"
     ]
+
+
+def test_runtime_switches_are_not_taken_for_mistyped_keys(caplog) -> None:
+    """PIPELINE_PROGRESS (set by runner.py) and PIPELINE_FAULT (a test hook) are read elsewhere:
+    no 'not a config key' warning for them, while a real typo still warns."""
+    import logging
+
+    from lib import progress
+    from lib.config import RUNTIME_ENV, env_values
+    from lib.delivery import faults
+
+    assert {progress.ENV, faults.FAULT_ENV} <= RUNTIME_ENV
+    with caplog.at_level(logging.WARNING, logger="lib.config"):
+        env_values({progress.ENV: "1", faults.FAULT_ENV: "", "PIPELINE_TRESHOLD": "5"})
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "PIPELINE_TRESHOLD" in warned
+    assert progress.ENV not in warned and faults.FAULT_ENV not in warned

@@ -159,3 +159,31 @@ def test_all_rows_quarantined_is_exit_2_with_the_quarantine_written(project: Pat
     quarantine = project / "reports" / "r1" / "quarantine.csv"
     assert len(quarantine.read_text().splitlines()) == 5  # header + every row with its reason
     assert not {"mlflow.db", "mlruns"} & {p.name for p in project.iterdir()}
+
+
+def test_a_config_file_is_relative_to_the_working_directory(project: Path) -> None:
+    here = project.parent / "elsewhere-config"
+    here.mkdir()
+    (here / "mine.yaml").write_text("cv_folds: 1\n")  # what the user means: invalid
+    done = subprocess.run(
+        [sys.executable, str(project / "runner.py"), "--config", "mine.yaml", "status"],
+        cwd=here, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "mine.yaml" in done.stderr and "cv_folds" in done.stderr
+
+
+def test_simulate_new_apps_never_creates_a_user_named_file(project: Path, tmp_path: Path) -> None:
+    absent = tmp_path / "typo" / "apps.csv"
+    line = one_error_line(runner(project, "--data", str(absent), "simulate-new-apps", "--n", "5"))
+    assert str(absent) in line and "not found" in line
+    assert not absent.parent.exists()
+
+
+def test_backtest_with_a_missing_file_is_an_error_not_a_fallback(
+    project: Path, tmp_path: Path
+) -> None:
+    absent = tmp_path / "raw.csv"
+    line = one_error_line(runner(project, "backtest", "--data", str(absent)))
+    assert str(absent) in line and "not found" in line
+    assert not list((project / "reports").glob("backtest-*"))
