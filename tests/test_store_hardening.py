@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from lib.delivery.service_process import ServiceProcess
-from lib.serving import prediction_store
+from lib.serving import prediction_store, store_journal, store_rows
 from lib.serving.prediction_store import PredictionStore
 from tests.test_serving import (  # noqa: F401 (fixtures)
     MODEL,
@@ -193,7 +193,7 @@ CRASHING_WRITER = textwrap.dedent(
     store.submit([
         {"request_id": f"k-{i}", "created_at": time.time(), "variant": "champion",
          "model_version": "1", "label": 1, "probability": 0.5, "latency_ms": 1.0,
-         "error": None, "features": {"reviews": float(i)}}
+         "error": None, "features": {"reviews": float(i) if i else float("nan")}}
         for i in range(int(sys.argv[2]))
     ])
     print("submitted", flush=True)
@@ -237,6 +237,46 @@ def test_rows_of_a_killed_writer_are_recovered_by_the_next_store(tmp_path: Path)
         assert _invalid_json_rows(after) == 0
     with PredictionStore(url) as again:  # recovered once, not twice
         assert again.stats()["recovered"] == 0 and len(again.window(0)) == 25
+
+
+def test_rows_the_database_keeps_failing_on_are_kept_for_the_next_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prediction_store, "SQLITE_BUSY_TIMEOUT_MS", 50)  # fail fast when locked
+    db = tmp_path / "p.db"
+    url = f"sqlite:///{db}"
+    with PredictionStore(url) as warm:
+        warm.window(0)
+    lock = _locked(db)
+    store = PredictionStore(url)
+    try:
+        store.submit([_row("x1"), _row("x2")])
+        assert store.flush(timeout=60)
+        assert store.stats()["failed"] == 2 and store.stats()["written"] == 0
+    finally:
+        lock.rollback()
+        lock.close()
+    store.close()
+    with PredictionStore(url) as after:
+        assert after.stats()["recovered"] == 2
+        assert sorted(after.window(0)["request_id"]) == ["x1", "x2"]
+
+
+def test_a_torn_journal_line_is_counted_as_lost(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/p.db"
+    journal = store_journal.default_dir(url)
+    journal.mkdir()
+    good = store_journal.encode([_row("whole", features={"x": float("inf")})])
+    (journal / "12345-1-1.jsonl").write_bytes(good + b'{"request_id": "torn", "crea')
+    with PredictionStore(url) as store:
+        assert store.stats()["recovered"] == 1 and store.stats()["lost_at_restart"] == 1
+        assert store.window(0, features=True)["features"].tolist() == [{"x": None}]
+    assert list(journal.iterdir()) == []
+
+
+def test_store_rows_have_the_table_columns() -> None:
+    assert list(store_rows.FIELDS) == prediction_store.PREDICTION_FIELDS
+    assert set(store_rows.clean_prediction({})) == set(store_rows.FIELDS)
 
 
 def test_journal_does_not_grow_once_rows_are_written(tmp_path: Path) -> None:

@@ -450,9 +450,9 @@ class PredictionStore:
 
     def _write_with_retries(
         self, batch: list[dict[str, Any]], attempts: int = 3
-    ) -> tuple[int, int]:
-        """Write clean rows: (refused by the database, failed after `attempts`). Refused rows
-        are skipped at once; rows the database failed on (locked, down) are retried."""
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Write clean rows: (how many the database refused, the rows it failed on `attempts`
+        times). Refused rows are skipped at once; rows it failed on (locked, down) are retried."""
         rows = batch
         rejected = 0
         for attempt in range(1, attempts + 1):
@@ -464,17 +464,18 @@ class PredictionStore:
                 rejected += len(refused)
                 self._log_refused(refused)
             if not transient:
-                return rejected, 0
+                return rejected, []
             rows = [row for row, _exc in transient]
             if attempt == attempts:
                 logger.error(
-                    "prediction store: %d row(s) lost after %d attempts: %s",
+                    "prediction store: %d row(s) not written after %d attempts (kept in the "
+                    "journal for the next start, if there is one): %s",
                     len(rows), attempts, transient[0][1],
                 )  # fmt: skip
-                return rejected, len(rows)
+                return rejected, rows
             logger.warning("prediction store: write failed (attempt %d), retrying", attempt)
             time.sleep(0.2 * attempt)
-        return rejected, 0
+        return rejected, []
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is pending, stop the writer and release the database."""

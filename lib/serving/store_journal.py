@@ -23,6 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
+from lib.serving.store_rows import clean_prediction
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no journal (PredictionStore runs without one)
@@ -41,8 +45,6 @@ def available() -> bool:
 def default_dir(url: str) -> Path | None:
     """`<database file>.pending/` beside a SQLite file; None for in-memory and other databases
     (give PredictionStore a journal_dir for those)."""
-    from sqlalchemy.engine import make_url
-
     parsed = make_url(url)
     database = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
@@ -53,11 +55,25 @@ def default_dir(url: str) -> Path | None:
     return path.with_name(path.name + ".pending")
 
 
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)  # numpy scalars, else text
+
+
 def encode(rows: list[dict[str, Any]]) -> bytes:
-    """Rows as JSON lines (the store's clean rows; `default=str` so a junk value cannot raise)."""
-    return b"".join(
-        json.dumps(row, default=str, separators=(",", ":")).encode() + b"\n" for row in rows
-    )
+    """Rows as JSON lines, as they were submitted (one C-level dump each: this runs on the
+    request path). NaN and odd text are written as they are; the replay cleans the rows."""
+    return b"".join(_line(row) for row in rows)
+
+
+_ENCODER = json.JSONEncoder(default=_plain, separators=(",", ":"))  # built once: hot path
+
+
+def _line(row: dict[str, Any]) -> bytes:
+    try:
+        text = _ENCODER.encode(row)
+    except (TypeError, ValueError):  # odd keys, a cycle: the clean row always encodes
+        text = json.dumps(clean_prediction(row), default=str, separators=(",", ":"))
+    return text.encode() + b"\n"
 
 
 class Journal:
@@ -107,6 +123,21 @@ class Journal:
                 "against a crash of the service",
                 self.directory,
             )
+
+    def park(self, data: bytes) -> None:
+        """Rows the database kept failing on: a segment of their own that no process holds,
+        for the next store opened on the database to write. Written whole, then renamed, so a
+        replay never sees half of it. Thread-safe (touches no state of the journal)."""
+        if self.broken or not data:
+            return
+        name = f"{os.getpid()}-{time.time_ns()}-parked"
+        temporary = self.directory / f".{name}.tmp"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            temporary.write_bytes(data)
+            os.replace(temporary, self.directory / f"{name}{SUFFIX}")
+        except OSError:
+            logger.exception("prediction store journal: failed rows not kept in %s", self.directory)
 
     def release(self, done: int, idle: bool) -> None:
         """Every row numbered below `done` is done: drop the segments that hold only such rows;

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lib.serving import store_journal
-from lib.serving.store_rows import clean_prediction
+from lib.serving.store_rows import clean_prediction, safe_text
 
 logger = logging.getLogger(__name__)
 
@@ -20,13 +20,14 @@ Rows = list[dict[str, Any]]
 class WriteQueue:
     """Rows submitted in order (each numbered by its sequence), written by `write` in batches.
 
-    `write(batch)` returns (rows refused by the database, rows failed after retries); it must
-    not raise. Thread-safe; all state is guarded by one condition variable.
+    `write(batch)` returns (how many rows the database refused, the rows it kept failing on).
+    Failed rows are parked in the journal, for the next store opened on the database to write.
+    Thread-safe; all state is guarded by one condition variable.
     """
 
     def __init__(
         self,
-        write: Callable[[Rows], tuple[int, int]],
+        write: Callable[[Rows], tuple[int, Rows]],
         batch_size: int,
         min_interval: float,
         max_pending: int,
@@ -38,7 +39,7 @@ class WriteQueue:
         self.max_pending = max_pending
         self.journal = journal
         self._cv = threading.Condition()
-        self._pending: Rows = []  # clean rows, in sequence order
+        self._pending: Rows = []  # rows as submitted, in sequence order
         self._pending_ids: dict[str, int] = {}  # request id -> its rows queued or being written
         self._submitted = 0  # also the sequence number of the next row
         self._done = 0  # written, or given up on (dropped / failed / rejected): flush never hangs
@@ -51,23 +52,27 @@ class WriteQueue:
         self._writer: threading.Thread | None = None
 
     def submit(self, rows: list[dict[str, Any]]) -> None:
-        """Clean the rows, append them to the journal, queue them; never touches the database."""
+        """Append the rows to the journal and queue them; never touches the database.
+
+        The request path pays for one JSON encoding and one write; the writer thread cleans
+        the rows (`clean_prediction`) before inserting them.
+        """
         if not rows:
             return
-        clean = [clean_prediction(row) for row in rows]
-        data = store_journal.encode(clean) if self.journal is not None else b""
+        data = store_journal.encode(rows) if self.journal is not None else b""
+        keys = [safe_text(row.get("request_id")) for row in rows]
         with self._cv:
             if self._closed:
                 logger.warning("prediction store closed: %d row(s) not recorded", len(rows))
                 return
             idle = not self._pending
-            self._pending.extend(clean)
-            self._submitted += len(clean)
+            self._pending.extend(rows)
+            self._submitted += len(rows)
             if self.journal is not None:
                 self.journal.append(data, self._submitted)
             ids = self._pending_ids
-            for row in clean:
-                ids[row["request_id"]] = ids.get(row["request_id"], 0) + 1
+            for key in keys:
+                ids[key] = ids.get(key, 0) + 1
             overflow = len(self._pending) - self.max_pending
             if overflow > 0:  # the database is down or too slow: keep memory bounded
                 self._forget(self._pending[:overflow])
@@ -91,7 +96,7 @@ class WriteQueue:
         """These rows are done (call under _cv): their ids are no longer pending."""
         ids = self._pending_ids
         for row in rows:
-            rid = row["request_id"]
+            rid = safe_text(row.get("request_id"))
             left = ids.get(rid, 0) - 1
             if left > 0:
                 ids[rid] = left
@@ -162,15 +167,17 @@ class WriteQueue:
             if not batch:
                 continue
             try:
-                rejected, failed = self._write(batch)
+                rejected, failed = self._write([clean_prediction(row) for row in batch])
             except Exception:  # the writer thread must not die
-                logger.exception("prediction store: %d row(s) lost", len(batch))
-                rejected, failed = 0, len(batch)
+                logger.exception("prediction store: %d row(s) not written", len(batch))
+                rejected, failed = 0, batch
+            if failed and self.journal is not None:
+                self.journal.park(store_journal.encode(failed))
             last_write = time.monotonic()
             with self._cv:
                 self._done += len(batch)
                 self._rejected += rejected
-                self._failed += failed
+                self._failed += len(failed)
                 self._forget(batch)
                 if not self._pending:  # a flush asked during this write is answered now
                     self._flush_requested = False
