@@ -240,15 +240,19 @@ def test_model_error_answer_names_the_request_not_the_exception(
 # ---------------------------------------------------------------------------- 4: body size
 
 
-def _asgi(client: TestClient, headers: list[tuple[bytes, bytes]], chunks: int) -> dict[str, Any]:
-    """Call the app directly with a body of `chunks` MiB: the status, headers and how many
-    chunks the app pulled before answering."""
+def _asgi(
+    client: TestClient, headers: list[tuple[bytes, bytes]], chunks: int, leave: bool = False
+) -> dict[str, Any]:
+    """Call the app directly with a body of `chunks` MiB (or a client that `leave`s before
+    sending any): the status, headers and how many chunks the app pulled before answering."""
     pulled = 0
     out: dict[str, Any] = {}
 
     async def receive() -> dict[str, Any]:
         nonlocal pulled
         pulled += 1
+        if leave:
+            return {"type": "http.disconnect"}
         if pulled > chunks:
             await asyncio.sleep(3600)  # never: the app must have answered by now
         return {"type": "http.request", "body": b" " * MiB, "more_body": pulled < chunks}
@@ -286,6 +290,14 @@ def test_oversized_streamed_body_is_413_without_reading_it_all(client: TestClien
     assert answer["status"] == 413
     assert answer["pulled"] <= MAX_BODY_BYTES // MiB + 1  # stopped at the limit, not at 200 MiB
     assert _metric(client, "model_requests_total") == 0
+
+
+def test_a_client_leaving_mid_body_is_no_error(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    answer = _asgi(client, [], chunks=1, leave=True)
+    assert "status" not in answer  # nobody to answer, and nothing raised
+    assert "Traceback" not in caplog.text and _metric(client, "model_requests_total") == 0
 
 
 def test_malformed_content_length_is_400(client: TestClient) -> None:

@@ -30,6 +30,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 from lib import registry
 from lib.pipeline.features import FEATURE_COLUMNS
@@ -130,9 +131,10 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class _Guard:
-    """Outermost ASGI layer: an exception a route did not answer becomes a generic 500 (or 400
-    for a RecursionError: input nested too deeply) with a request id, its detail logged; the
-    connection stays open (Starlette's own handler re-raises, and uvicorn then drops it)."""
+    """ASGI layer around the routes: an exception a route did not answer becomes a generic 500
+    (or 400 for a RecursionError: input nested too deeply) with a request id, its detail
+    logged; the connection stays open (Starlette's ServerErrorMiddleware, outside this layer,
+    would re-raise it, and uvicorn then drops the connection)."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
@@ -154,6 +156,9 @@ class _Guard:
             if started:
                 raise
             rid = _header_id(scope)
+            if isinstance(exc, ClientDisconnect):  # the caller left mid-body: nobody to answer
+                logger.info("%s: client disconnected (request %s)", scope.get("path"), rid)
+                return
             where = f"{scope.get('method')} {scope.get('path')}"
             if isinstance(exc, RecursionError):
                 logger.warning("%s (request %s): input nested too deeply", where, rid)
