@@ -89,10 +89,11 @@ def test_every_family_is_served_compiled_and_equal(tmp_path) -> None:
         proba, labels = predictor.predict(rows)
         np.testing.assert_array_equal(proba, served.predict_proba(probe_rows)[:, 1])
         np.testing.assert_array_equal(labels, served.predict(probe_rows))
+        stack = predictor._root
+        while not hasattr(stack, "shared"):  # threshold and frozen wrappers around the stack
+            stack = stack.inner
+        assert type(stack.final).__name__ == "_LogOddsLogistic"  # the combiner, compiled
         if family == "forest_and_boosting":  # boosting and forest share one preprocessing
-            stack = predictor._root
-            while not hasattr(stack, "shared"):  # threshold and frozen wrappers around it
-                stack = stack.inner
             assert stack.shared[1] is not None and stack.shared[1] == stack.shared[2]
             assert stack.shared[0] != stack.shared[1]  # the name text has its own
 

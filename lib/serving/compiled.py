@@ -127,13 +127,45 @@ class _ForestEstimator:
         self.proba = _Forest(model)
 
 
+class _LogOddsLogistic:
+    """Pipeline(clip, logit, LogisticRegression), the stacks' combiner (training.stack_combiner):
+    the same two NumPy/SciPy functions on the matrix, then the compiled logistic regression."""
+
+    def __init__(self, model: Any) -> None:
+        from scipy.special import logit
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import FunctionTransformer
+
+        steps = [step for _, step in model.steps] if type(model) is Pipeline else []
+        if len(steps) != 3 or any(type(s) is not FunctionTransformer for s in steps[:2]):
+            raise _Unsupported("not the log-odds combiner")
+        clip, log_odds = steps[:2]
+        kw = clip.kw_args or {}
+        if clip.func is not np.clip or set(kw) != {"a_min", "a_max"} or log_odds.func is not logit:
+            raise _Unsupported("not the log-odds combiner")
+        if log_odds.kw_args or clip.validate or log_odds.validate:
+            raise _Unsupported("log-odds combiner with options")
+        self.low, self.high = kw["a_min"], kw["a_max"]
+        self.logit = logit
+        self.final = _Logistic(steps[2])
+
+    def _matrix(self, X: Any) -> np.ndarray:
+        return self.logit(np.clip(X, a_min=self.low, a_max=self.high))
+
+    def proba(self, X: Any) -> np.ndarray:
+        return self.final.proba(self._matrix(X))
+
+    def decision(self, X: Any) -> np.ndarray:
+        return self.final.decision(self._matrix(X))
+
+
 def _matrix_estimator(model: Any) -> Any:
     """The fastest exact form of a classifier that takes the compiled matrix."""
     from sklearn.ensemble._forest import ForestClassifier
 
     if isinstance(model, ForestClassifier):
         return _ForestEstimator(model)
-    for fast in (_Logistic, _Boosting):
+    for fast in (_Logistic, _Boosting, _LogOddsLogistic):
         try:
             return fast(model)
         except _Unsupported:
