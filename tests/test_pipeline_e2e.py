@@ -18,6 +18,10 @@ SMALL = {
     "rf_trees": 30,
     "candidates": ["logistic_regression", "random_forest"],
 }
+# Generated names carry no signal (tests/test_judgement_e2e.py): the tests on generated data
+# that are about the runner's control flow leave the name-text stack out to stay quick. The
+# real-data tests below and the notebooks' defaults (tests/test_notebooks.py) keep it.
+GENERATED = {"features": ["engagement", "versions", "genres"]}
 
 
 UP_TO_DECISION = ["detect", "train", "compare", "decide"]
@@ -43,7 +47,7 @@ def mlflow_client(project: Path):
 
 
 def test_first_run_trains_then_stops_then_retrains_on_new_apps(project: Path) -> None:
-    result, lines = run_pipeline(project)
+    result, lines = run_pipeline(project, **GENERATED)
     assert result.outcome == "decided" and result.exit_code == 0
     assert (project / "data" / "googleplaystore_clean.csv").exists()  # generated, raw format
     names = sorted(p.name for p in result.report_dir.iterdir())
@@ -75,7 +79,7 @@ def test_first_run_trains_then_stops_then_retrains_on_new_apps(project: Path) ->
     assert state["model_version"] == res["candidate_version"]
 
     # Nothing new: the runner stops cleanly after detect and says why.
-    again, lines = run_pipeline(project)
+    again, lines = run_pipeline(project, **GENERATED)
     assert again.outcome == "no_training" and again.exit_code == 0
     assert [s.name for s in again.stages] == ["detect"]
     assert again.scraps["new_apps"] == 0
@@ -91,7 +95,7 @@ def test_first_run_trains_then_stops_then_retrains_on_new_apps(project: Path) ->
     )
     assert cli.returncode == 0, cli.stderr
     assert "appended 150 new apps" in cli.stdout
-    third, _ = run_pipeline(project)
+    third, _ = run_pipeline(project, **GENERATED)
     assert third.scraps["new_apps"] == 150 and third.outcome == "decided"
     assert int(third.scraps["candidate_version"]) == int(res["candidate_version"]) + 1
 
@@ -171,8 +175,8 @@ def test_second_runner_exits_with_a_clear_message(project: Path) -> None:
 
 
 def test_stage_subset_resolves_candidate_from_registry(project: Path) -> None:
-    first, _ = run_pipeline(project, force=True)
-    result, _ = run_pipeline(project, stages=["compare", "decide"])
+    first, _ = run_pipeline(project, force=True, **GENERATED)
+    result, _ = run_pipeline(project, stages=["compare", "decide"], **GENERATED)
     assert [s.name for s in result.stages] == ["compare", "decide"]
     assert result.scraps["candidate_version"] == first.scraps["candidate_version"]
     assert result.scraps["decision"] == first.scraps["decision"]
