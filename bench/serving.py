@@ -394,9 +394,10 @@ def main() -> None:
 
         import httpx
 
-        a = httpx.post(ours_url + "/predict", content=ours_bodies[0],
+        # the first answers (a cold model, a loaded machine) may take seconds: wait for them
+        a = httpx.post(ours_url + "/predict", content=ours_bodies[0], timeout=120,
                        headers={"Content-Type": "application/json"}).json()  # fmt: skip
-        b = httpx.post(mlflow_url + "/invocations", content=mlflow_bodies[0],
+        b = httpx.post(mlflow_url + "/invocations", content=mlflow_bodies[0], timeout=120,
                        headers={"Content-Type": "application/json"}).json()  # fmt: skip
         print(f"same app -> ours: label {a['label']} p={a['probability']:.4f} | "
               f"mlflow: {b['predictions']}")  # fmt: skip
