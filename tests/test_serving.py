@@ -131,6 +131,15 @@ def client(mlstore: Store, tmp_path: Path):
         yield c
 
 
+@pytest.fixture(scope="class")
+def refusing_client(mlstore: Store, tmp_path_factory: pytest.TempPathFactory):
+    """One service for a class of cases that only send requests it must refuse (422): starting a
+    service per case (model load and compile) cost more than the cases; a refused request changes
+    nothing the next case sees."""
+    with TestClient(create_app(_settings(mlstore, tmp_path_factory.mktemp("refusals")))) as c:
+        yield c
+
+
 def _service(c: TestClient) -> routing.ModelService:
     return c.app.state.service
 
@@ -243,44 +252,50 @@ def _without(*keys: str) -> dict[str, Any]:
     return {k: v for k, v in RAW_APP.items() if k not in keys}
 
 
-@pytest.mark.parametrize(
-    "body, needles",
-    [
-        ({**RAW_APP, "Installs": "lots"}, ["Installs", "'lots'", "1,000+"]),
-        ({**RAW_APP, "Size": "huge"}, ["Size", "'huge'"]),
-        ({**RAW_APP, "Type": "Freemium"}, ["Type", "'Freemium'"]),
-        ({**RAW_APP, "Last Updated": "yesterday"}, ["Last Updated", "'yesterday'"]),
-        ({**RAW_APP, "Price": "-$1"}, ["Price", "negative"]),
-        ({**RAW_APP, "Reviews": [1, 2]}, ["Reviews", "list"]),
-        ({**RAW_APP, "Reviews": True}, ["Reviews", "bool"]),
-        ({**RAW_APP, "Category": 7}, ["Category", "int"]),
-        ({**RAW_APP, "Category": "  "}, ["Category", "empty"]),
-        ({**RAW_APP, "Installs": None}, ["Installs", "missing"]),
-        ({**RAW_APP, "Genres": 5}, ["Genres", "int", "a string or null"]),
-        ({**RAW_APP, "App": ["x"]}, ["App", "list"]),
-        ({**_without("Current Ver"), "current_ver": 1.2}, ["current_ver", "float"]),
-        ({**RAW_APP, "Android Ver": {"min": 4}}, ["Android Ver", "dict"]),
-        ({**RAW_APP, "App": "x" * 201}, ["App", "201 characters", "at most 200"]),
-        ({**RAW_APP, "Genres": "a;" * 51}, ["Genres", "at most 100"]),
-        ({**RAW_APP, "Current Ver": "1" * 101}, ["Current Ver", "at most 100"]),
-        ({**_without("Android Ver"), "android_ver": "9" * 101}, ["android_ver", "at most 100"]),
-        ({k: v for k, v in RAW_APP.items() if k not in ("Installs", "Type")}, ["Installs", "Type"]),
-        ([], ["empty batch"]),
-        ({"instances": []}, ["empty batch"]),
-        ({"instances": {"a": 1}}, ["instances", "list"]),
-        ([RAW_APP, {**RAW_APP, "Reviews": "many"}], ["instances[1]", "Reviews", "'many'"]),
-        ([RAW_APP, "not an app"], ["instances[1]", "app object"]),
-        (5, ["body", "int"]),
-    ],
-)
-def test_invalid_input_is_422_naming_field_and_value(
-    client: TestClient, body: Any, needles: list[str]
-) -> None:
-    resp = client.post("/predict", json=body)
-    assert resp.status_code == 422, resp.text
-    detail = resp.json()["detail"]
-    for needle in needles:
-        assert needle in detail, detail
+class TestRefusedInput:
+    """Invalid bodies, all sent to one service (refusing_client)."""
+
+    @pytest.mark.parametrize(
+        "body, needles",
+        [
+            ({**RAW_APP, "Installs": "lots"}, ["Installs", "'lots'", "1,000+"]),
+            ({**RAW_APP, "Size": "huge"}, ["Size", "'huge'"]),
+            ({**RAW_APP, "Type": "Freemium"}, ["Type", "'Freemium'"]),
+            ({**RAW_APP, "Last Updated": "yesterday"}, ["Last Updated", "'yesterday'"]),
+            ({**RAW_APP, "Price": "-$1"}, ["Price", "negative"]),
+            ({**RAW_APP, "Reviews": [1, 2]}, ["Reviews", "list"]),
+            ({**RAW_APP, "Reviews": True}, ["Reviews", "bool"]),
+            ({**RAW_APP, "Category": 7}, ["Category", "int"]),
+            ({**RAW_APP, "Category": "  "}, ["Category", "empty"]),
+            ({**RAW_APP, "Installs": None}, ["Installs", "missing"]),
+            ({**RAW_APP, "Genres": 5}, ["Genres", "int", "a string or null"]),
+            ({**RAW_APP, "App": ["x"]}, ["App", "list"]),
+            ({**_without("Current Ver"), "current_ver": 1.2}, ["current_ver", "float"]),
+            ({**RAW_APP, "Android Ver": {"min": 4}}, ["Android Ver", "dict"]),
+            ({**RAW_APP, "App": "x" * 201}, ["App", "201 characters", "at most 200"]),
+            ({**RAW_APP, "Genres": "a;" * 51}, ["Genres", "at most 100"]),
+            ({**RAW_APP, "Current Ver": "1" * 101}, ["Current Ver", "at most 100"]),
+            ({**_without("Android Ver"), "android_ver": "9" * 101}, ["android_ver", "at most 100"]),
+            (
+                {k: v for k, v in RAW_APP.items() if k not in ("Installs", "Type")},
+                ["Installs", "Type"],
+            ),
+            ([], ["empty batch"]),
+            ({"instances": []}, ["empty batch"]),
+            ({"instances": {"a": 1}}, ["instances", "list"]),
+            ([RAW_APP, {**RAW_APP, "Reviews": "many"}], ["instances[1]", "Reviews", "'many'"]),
+            ([RAW_APP, "not an app"], ["instances[1]", "app object"]),
+            (5, ["body", "int"]),
+        ],
+    )
+    def test_invalid_input_is_422_naming_field_and_value(
+        self, refusing_client: TestClient, body: Any, needles: list[str]
+    ) -> None:
+        resp = refusing_client.post("/predict", json=body)
+        assert resp.status_code == 422, resp.text
+        detail = resp.json()["detail"]
+        for needle in needles:
+            assert needle in detail, detail
 
 
 @pytest.mark.parametrize("raw", [b"not json", b"{", b"", b"\xff\xfe"])
