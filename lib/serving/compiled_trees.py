@@ -22,7 +22,8 @@ class _Descent:
     leaf without asking which ones have. Valid for rows without NaN (the callers check and take
     the general walk otherwise): then "value <= threshold goes left" is "value > threshold goes
     right", an index into `child` (left at 2i, right at 2i + 1). Categorical nodes of boosting
-    have threshold +inf and send code c right when `right_table[row[i], c]` says so.
+    become numeric ones: node k reads a virtual column, 1.0 when the row's category goes right
+    there (its table row), computed once per call for every categorical node, against 0.5.
     """
 
     def __init__(
@@ -33,7 +34,7 @@ class _Descent:
         is_leaf: np.ndarray,
         feature: np.ndarray,
         threshold: np.ndarray,
-        categorical: tuple[np.ndarray, np.ndarray] | None = None,
+        categorical: tuple[np.ndarray, np.ndarray, int] | None = None,
     ) -> None:
         index = np.arange(len(left), dtype=np.intp)
         self.child = np.empty(2 * len(left), dtype=np.intp)
@@ -42,12 +43,14 @@ class _Descent:
         self.feature = np.where(is_leaf, 0, feature).astype(np.intp)
         self.threshold = np.where(is_leaf, np.inf, threshold).astype(np.float64)
         self.roots = roots
-        self.categorical = None
+        self.virtual: tuple[int, np.ndarray, np.ndarray] | None = None
         if categorical is not None:
-            row, goes_left = categorical
-            self.threshold = np.where(row >= 0, np.inf, self.threshold)
-            goes_right = np.vstack([np.zeros((1, 256), dtype=bool), ~goes_left])  # row 0: never
-            self.categorical = (np.where(row >= 0, row + 1, 0).astype(np.intp), goes_right)
+            row, goes_left, width = categorical  # width: the columns of X
+            nodes = np.flatnonzero((row >= 0) & ~is_leaf)
+            columns = self.feature[nodes].copy()  # the category each node reads
+            self.feature[nodes] = width + np.arange(len(nodes))
+            self.threshold[nodes] = 0.5
+            self.virtual = (width, columns, ~goes_left[row[nodes]])  # (K, 256) goes right
         depth, frontier = 0, roots
         while not is_leaf[frontier].all():
             inner = frontier[~is_leaf[frontier]]
@@ -57,19 +60,17 @@ class _Descent:
 
     def leaves(self, X: np.ndarray) -> np.ndarray:
         """The leaf of every tree for every row of X (float64, no NaN): shape (rows, trees)."""
-        child, feature, threshold, categorical = (
-            self.child, self.feature, self.threshold, self.categorical,
-        )  # fmt: skip
+        if self.virtual is not None:
+            width, columns, goes_right = self.virtual
+            if X.shape[1] != width:
+                raise ValueError(f"X has {X.shape[1]} columns, the trees read {width}")
+            code = np.clip(X[:, columns], 0, 255).astype(np.intp)  # the Cython cast
+            X = np.hstack([X, goes_right[np.arange(len(columns)), code].astype(np.float64)])
+        child, feature, threshold = self.child, self.feature, self.threshold
         node = np.broadcast_to(self.roots, (X.shape[0], len(self.roots))).copy()
         rows = np.arange(X.shape[0])[:, None]
         for _ in range(self.depth):
-            x = X[rows, feature[node]]
-            right = x > threshold[node]
-            if categorical is not None:
-                table_row, table = categorical
-                code = np.clip(x, 0, 255).astype(np.intp)
-                right |= table[table_row[node], code]
-            node = child[2 * node + right]
+            node = child[2 * node + (X[rows, feature[node]] > threshold[node])]
         return node
 
 
@@ -173,7 +174,9 @@ class _Boosting:
         self.category_row, self.goes_left = _categorical_tables(model, predictors, offsets)
         self.descent = _Descent(
             self.roots, self.left, self.right, self.is_leaf, self.feature, self.threshold,
-            None if self.category_row is None else (self.category_row, self.goes_left),
+            None
+            if self.category_row is None
+            else (self.category_row, self.goes_left, self.width),
         )  # fmt: skip
 
     def decision(self, X: Any) -> np.ndarray:
