@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import textwrap
@@ -121,6 +123,23 @@ def test_feedback_for_an_unknown_id_does_not_force_a_write(tmp_path: Path) -> No
         assert store.pending_rows() == 0
     finally:
         store.close()
+
+
+def test_feedback_for_a_prediction_the_database_cannot_take_yet_is_not_unknown(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "p.db"
+    with PredictionStore(f"sqlite:///{db}") as store:
+        store.window(0)
+        lock = _locked(db)
+        try:
+            store.submit([_row("stuck")])
+            with pytest.raises(TimeoutError, match="not written yet"):
+                store.record_feedback("stuck", 4.5, wait=0.2)
+        finally:
+            lock.rollback()
+            lock.close()
+        assert store.record_feedback("stuck", 4.5) is not None
 
 
 # --------------------------------------------------------------------------- 3: junk
@@ -267,11 +286,42 @@ def test_a_torn_journal_line_is_counted_as_lost(tmp_path: Path) -> None:
     journal = store_journal.default_dir(url)
     journal.mkdir()
     good = store_journal.encode([_row("whole", features={"x": float("inf")})])
-    (journal / "12345-1-1.jsonl").write_bytes(good + b'{"request_id": "torn", "crea')
+    torn = store_journal.encode([_row("torn")])
+    (journal / "12345-1-1.journal").write_bytes(good + torn[: len(torn) // 2])
     with PredictionStore(url) as store:
         assert store.stats()["recovered"] == 1 and store.stats()["lost_at_restart"] == 1
         assert store.window(0, features=True)["features"].tolist() == [{"x": None}]
     assert list(journal.iterdir()) == []
+
+
+def test_journal_records_hold_plain_values_and_run_no_code(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/p.db"
+    journal = store_journal.default_dir(url)
+    journal.mkdir()
+    marker = tmp_path / "code-ran"
+
+    class Hostile:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    hostile = pickle.dumps({"request_id": "hostile", "features": Hostile()}, protocol=5)
+    odd = {
+        "f32": np.float32(1.5),
+        "i64": np.int64(2),
+        "nat": np.datetime64("NaT"),
+        "day": np.datetime64("2018-01-07"),
+        "text": "x\ud800",
+    }
+    good = store_journal.encode([_row("odd", features=odd, label=np.int64(1))])
+    (journal / "1-1-1.journal").write_bytes(good + struct.pack("<I", len(hostile)) + hostile)
+    with PredictionStore(url) as store:
+        assert store.stats()["recovered"] == 1 and store.stats()["lost_at_restart"] == 1
+        frame = store.window(0, features=True)
+        assert frame["features"].tolist() == [
+            {"f32": 1.5, "i64": 2, "nat": None, "day": "2018-01-07", "text": "x\\ud800"}
+        ]
+        assert frame["label"].tolist() == [1]
+    assert not marker.exists()
 
 
 def test_store_rows_have_the_table_columns() -> None:

@@ -319,19 +319,23 @@ class PredictionStore:
         rating: float | None,
         target_threshold: float = 4.0,
         label: int | None = None,
+        wait: float = 10.0,
     ) -> dict[str, Any] | None:
         """Store the true rating (or label) of a prediction; None if the request id is unknown.
 
         A second feedback for the same id replaces the first. Feedback can arrive before the
         writer thread stored its prediction: only then (the id is pending in this process) is
         the writer made to write at once; an unknown id costs one indexed read, never a flush.
-        Raises FeedbackRefused for a prediction the model failed on (nothing to compare).
+        Raises FeedbackRefused for a prediction the model failed on (nothing to compare), and
+        TimeoutError if its prediction is still not written after `wait` seconds (the database
+        is slow or down: not an unknown id).
         """
         if rating is None and label is None:
             raise ValueError("feedback needs a rating or a label")
         self._ensure_tables()
         request_id = safe_text(str(request_id))
-        self._queue.wait_written(request_id, timeout=10.0)
+        if not self._queue.wait_written(request_id, timeout=wait):
+            raise TimeoutError(f"the prediction {request_id!r} is not written yet")
         found = self._prediction(request_id)
         if found is None:
             return None

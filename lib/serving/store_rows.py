@@ -88,10 +88,32 @@ def features_json(features: Any) -> str | None:
             logger.warning("prediction store: features are not JSON, not stored")
             return None
     if isinstance(features, Mapping):
-        payload: Any = {safe_text(k): json_value(v) for k, v in features.items()}
+        payload: Any = {_plain_text(k): _flat_value(v) for k, v in features.items()}
     else:
         payload = json_value(features)
-    return json.dumps(payload, allow_nan=False)
+    return _STRICT.encode(payload)
+
+
+_STRICT = json.JSONEncoder(allow_nan=False)  # built once: every stored row passes through it
+
+
+def _plain_text(value: Any) -> Any:
+    """safe_text, with a fast path for the usual case (ASCII text without NUL)."""
+    if type(value) is str and value.isascii() and "\x00" not in value:
+        return value
+    return safe_text(value)
+
+
+def _flat_value(value: Any) -> Any:
+    """json_value, with fast paths for the usual feature values (finite floats, plain text)."""
+    kind = type(value)
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is str:
+        return _plain_text(value)
+    if value is None or kind is int or kind is bool:
+        return value
+    return json_value(value)
 
 
 def _number(value: Any, kind: type) -> Any:
@@ -111,13 +133,13 @@ def clean_prediction(row: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(probability, float) and not math.isfinite(probability):
         probability = None
     return {
-        "request_id": safe_text(row.get("request_id")),
+        "request_id": _plain_text(row.get("request_id")),
         "created_at": _number(row.get("created_at"), float),
-        "variant": safe_text(row.get("variant")),
-        "model_version": safe_text(row.get("model_version")),
+        "variant": _plain_text(row.get("variant")),
+        "model_version": _plain_text(row.get("model_version")),
         "label": _number(row.get("label"), int),
         "probability": probability,
         "latency_ms": _number(row.get("latency_ms"), float),
-        "error": safe_text(row.get("error")),
+        "error": None if row.get("error") is None else _plain_text(row["error"]),
         "features": features_json(row.get("features")),
     }
