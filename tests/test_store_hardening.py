@@ -281,7 +281,7 @@ def test_rows_the_database_keeps_failing_on_are_kept_for_the_next_store(
         assert sorted(after.window(0)["request_id"]) == ["x1", "x2"]
 
 
-def test_a_torn_journal_line_is_counted_as_lost(tmp_path: Path) -> None:
+def test_a_torn_journal_record_is_counted_as_lost(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/p.db"
     journal = store_journal.default_dir(url)
     journal.mkdir()
