@@ -340,6 +340,21 @@ def test_journal_does_not_grow_once_rows_are_written(tmp_path: Path) -> None:
     assert list(journal.iterdir()) == []  # a clean close leaves nothing to recover
 
 
+def test_journal_segments_rotate_and_go_once_written(tmp_path: Path) -> None:
+    # Under steady load the open segment never empties: it is closed past a size instead, and
+    # deleted once all its rows are written.
+    with PredictionStore(f"sqlite:///{tmp_path}/p.db", min_interval=30.0) as store:
+        store._queue.journal.segment_bytes = 1  # every submit closes its segment
+        store.submit([_row("warm")])
+        assert store.flush(timeout=30)
+        for i in range(40):
+            store.submit([_row(f"s-{i}")])
+        assert len(list(store.journal_dir.iterdir())) == 40  # one closed segment per row
+        assert store.flush(timeout=30)
+        assert list(store.journal_dir.iterdir()) == []  # all written: all gone
+        assert len(store.window(0)) == 41
+
+
 def _metric(text: str, name: str) -> float:
     return sum(
         s.value

@@ -42,7 +42,9 @@ logger = logging.getLogger(__name__)
 
 SUFFIX = ".journal"
 _LENGTH = struct.Struct("<I")  # each record: its length, then the pickle
-SEGMENT_BYTES = 8 * 1024 * 1024  # under a steady backlog, start a new segment past this size
+# Past this size a new segment is started: under steady load the open one never empties, and
+# a replay re-reads at most this much of rows already written.
+SEGMENT_BYTES = 1 << 20
 
 
 def available() -> bool:
