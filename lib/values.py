@@ -139,7 +139,7 @@ def days_since_epoch(when: datetime) -> float:
 
 
 def free_or_paid(text: str) -> str | None:
-    """"Free" or "Paid" in any case and padding; None for anything else."""
+    """ "Free" or "Paid" in any case and padding; None for anything else."""
     low = text.strip().lower()
     return "Free" if low == "free" else "Paid" if low == "paid" else None
 

@@ -41,7 +41,9 @@ def test_parameters_cell_is_the_contracts_inputs_with_its_defaults(name: str) ->
     declared = parameters(stage)
     assert list(declared) == list(stage.inputs.model_fields)
     defaults = stage.inputs().model_dump()
-    assert declared == defaults, {k: (declared[k], defaults[k]) for k in declared if declared[k] != defaults[k]}  # noqa: E501
+    assert declared == defaults, {
+        k: (declared[k], defaults[k]) for k in declared if declared[k] != defaults[k]
+    }  # noqa: E501
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

@@ -268,6 +268,7 @@ def test_decision_to_dict_without_gate_has_no_nan() -> None:
 
 def test_accepts_numpy_like_numbers() -> None:
     import numpy as np
+
     decision = decide(np.float64(0.02), np.float32(0.95), np.float64(0.01))
     assert decision.score == 100
     json.dumps(decision.to_dict())
@@ -687,6 +688,7 @@ def test_evidence_round_trips_and_ignores_extra_keys() -> None:
     )
     assert Evidence.point(0.8) == Evidence(0.8, 0.8, 0.8)
     import numpy as np
+
     assert Evidence.point(np.float64(0.8)).to_dict()["estimate"] == 0.8
     as_mapping = {"estimate": 0.02, "low": 0.015, "high": 0.03}  # a scrap read back from JSON
     assert decide(as_mapping, 0.95, 0.01, gate=PASSING).score == 100  # type: ignore[arg-type]

@@ -56,7 +56,9 @@ def test_start_serve_stop_leaves_no_process(mlstore: Store, tmp_path: Path) -> N
 
 
 def test_a_crashed_service_is_reported(
-    mlstore: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+    mlstore: Store,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     service = _service(mlstore, tmp_path).start()
     pgid = service.proc.pid

@@ -180,4 +180,3 @@ class InProcessExecutor:
             outputs,
             error=error,
         )
-

@@ -208,5 +208,3 @@ def _settle(future: asyncio.Future, result: Any = None, exc: BaseException | Non
         future.set_exception(exc)
     else:
         future.set_result(result)
-
-

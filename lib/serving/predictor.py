@@ -143,5 +143,3 @@ class Predictor:
         else:
             labels = self.labels.from_proba(proba)
         return proba[:, self.positive], labels
-
-

@@ -27,8 +27,15 @@ def evidence(inputs: DecideInputs, root: Path) -> DecideInputs:
         CompareInputs(
             **inputs.model_dump(
                 include={
-                    "data_path", "target_threshold", "test_size", "seed", "model_name",
-                    "experiment", "tracking_uri", "run_id", "candidate_version",
+                    "data_path",
+                    "target_threshold",
+                    "test_size",
+                    "seed",
+                    "model_name",
+                    "experiment",
+                    "tracking_uri",
+                    "run_id",
+                    "candidate_version",
                     "selection_metric",
                 }
             )
@@ -70,8 +77,13 @@ def decide(inputs: DecideInputs) -> scoring.Decision:
 def reasons_table(decision: scoring.Decision) -> pd.DataFrame:
     return pd.DataFrame(
         [
-            {"criterion": r.criterion, "read": r.observed, "rule": r.rule, "points": r.points,
-             "why": r.text}
+            {
+                "criterion": r.criterion,
+                "read": r.observed,
+                "rule": r.rule,
+                "points": r.points,
+                "why": r.text,
+            }
             for r in decision.reasons
         ]
     )

@@ -145,9 +145,7 @@ class Action:
     note: str | None
 
 
-def act(
-    inputs: MonitorInputs, root: Path, w: Window, report: monitoring.MonitorReport
-) -> Action:
+def act(inputs: MonitorInputs, root: Path, w: Window, report: monitoring.MonitorReport) -> Action:
     """Roll back when the report asks for it and auto_rollback is on; say why either way."""
     if not (report.rollback and inputs.auto_rollback):
         return Action(False, None)
@@ -191,8 +189,7 @@ def outputs(w: Window, report: monitoring.MonitorReport, action: Action) -> Moni
         verdict_reason=why,
         healthy=None if v == "not_judged" else v == "healthy",
         alerts=[
-            {"check": a.check, "severity": a.severity, "message": a.message}
-            for a in report.alerts
+            {"check": a.check, "severity": a.severity, "message": a.message} for a in report.alerts
         ],
         drift={
             "drifted_features": report.drift.get("drifted_features", []),
