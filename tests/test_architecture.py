@@ -9,7 +9,6 @@ import ast
 from pathlib import Path
 
 LIB = Path(__file__).resolve().parents[1] / "lib"
-MAX_LINES = 500
 
 
 def module_name(path: Path) -> str:
@@ -119,17 +118,6 @@ def test_no_import_cycles_among_lib_modules() -> None:
     cycles = find_cycles(graph)
     assert not cycles, "import cycles in lib/ (each line: modules importing each other):\n" + (
         "\n".join("  " + " <-> ".join(c) for c in cycles)
-    )
-
-
-def test_no_lib_module_over_500_lines() -> None:
-    too_long = {
-        str(path.relative_to(LIB.parent)): n
-        for path in sorted(LIB.rglob("*.py"))
-        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
-    }
-    assert not too_long, f"modules over {MAX_LINES} lines (split them by concern):\n" + "\n".join(
-        f"  {name}: {n} lines" for name, n in sorted(too_long.items(), key=lambda kv: -kv[1])
     )
 
 
