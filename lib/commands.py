@@ -16,7 +16,7 @@ from typing import Any
 
 from lib.atomic_files import write_json_atomic
 from lib.config import PipelineConfig
-from lib.errors import PipelineError
+from lib.errors import PipelineError, RunnerBusyError
 from lib.pipeline.contracts import STAGES
 from lib.pipeline.executors import PapermillExecutor
 from lib.pipeline.orchestrator import (
@@ -144,10 +144,28 @@ def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: 
 
 
 def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
-    """The mission's `deploy.py --rollback`: previous -> champion everywhere, within seconds."""
-    from lib.delivery import operations
+    """The mission's `deploy.py --rollback`: previous -> champion everywhere, within seconds.
 
-    held = lock(root, cfg.lock_timeout)
+    During a rollout driven by a live runner this never waits for the runner's lock: a canary
+    (or staging) is stopped through the rollout state (lib.delivery.operations.stop_rollout) and
+    production stays on its champion; a promotion under way is let finish (seconds), then
+    rolled back like any production."""
+    from lib.delivery import operations, rollout
+
+    store = rollout.RolloutStore(root / cfg.models_dir / "rollout.json")
+    state = store.load()
+    if state is not None and state.active and rollout.pid_alive(state.owner_pid):
+        if state.phase != rollout.Phase.PROMOTING:
+            return _stop_rollout(cfg, root, args, echo)
+        echo(f"v{state.candidate_version} is being promoted: waiting for it, then rolling back")
+        if not _finished_within(store, cfg.stop_wait_seconds):
+            raise RunnerBusyError(
+                f"the promotion of v{state.candidate_version} has not finished after "
+                f"{cfg.stop_wait_seconds:g} s; run rollback again in a moment"
+            )
+        held = None  # the runner lives on (06 monitor); the rollback wins over it
+    else:
+        held = lock(root, cfg.lock_timeout)
     try:
         record = operations.manual_rollback(
             _client(cfg, root),
@@ -158,7 +176,8 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
             service_url(cfg),
         )
     finally:
-        held.release()
+        if held is not None:
+            held.release()
     if record.get("canary_routing"):
         echo(f"canary: {record['canary_routing']}")
     if record.get("rollout_closed"):
@@ -178,6 +197,46 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
         cfg, root, "rollback", version=record.get("rolled_back_version"),
         champion=record.get("version"), result="done", reason=args.reason,
         detail=record["service"], notifications=_delivered(deliveries),
+    )  # fmt: skip
+    return 0
+
+
+def _finished_within(store: Any, seconds: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not (state := store.load()).finished and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return state.finished
+
+
+def _stop_rollout(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
+    """`rollback` while a runner drives a rollout: stop it through the rollout state."""
+    from lib.delivery import operations
+
+    done = operations.stop_rollout(
+        root / cfg.models_dir, root / cfg.logs_dir, args.reason, service_url(cfg),
+        cfg.stop_wait_seconds,
+    )  # fmt: skip
+    v, kept = done["version"], operations.named(done["champion"])
+    echo(f"canary: {done['canary_routing']}")
+    if done["finished"]:
+        result, detail = "done", f"rollout {done['rollout']} {done['phase']}: {done['reason']}"
+        echo(f"stopped: the rollout of v{v} is {done['phase']}; production stays on {kept}")
+    elif done["owner_alive"]:
+        result = "requested"
+        detail = (
+            f"stop recorded; v{v} can no longer be promoted; the running deployer finishes "
+            "the rollback at its next look"
+        )
+        echo(f"stop requested: {detail}; production stays on {kept}")
+    else:
+        result = "requested"
+        detail = f"the deployer of v{v} died; the next run rolls the rollout back"
+        echo(f"stop requested: {detail}; production stays on {kept}")
+    _record(
+        cfg, root, "rollback", version=v, champion=done["champion"], result=result,
+        reason=args.reason, detail=detail, rollout=done["rollout"],
     )  # fmt: skip
     return 0
 

@@ -185,6 +185,8 @@ class PipelineConfig(BaseModel):
     smoke_rows: Int = Field(40, ge=1)
     smoke_max_p95_ms: Float = Field(500.0, gt=0)
     lease_seconds: Float = Field(60.0, gt=0)
+    # `rollback` during a rollout: how long it waits for the deployer to finish the rollback
+    stop_wait_seconds: Float = Field(8.0, ge=0)
     # a running production service; None: started per stage
     serving_url: OptionalStr = Field(None, repr=False)
     serving_host: str = Field("127.0.0.1", min_length=1)

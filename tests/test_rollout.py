@@ -324,3 +324,55 @@ def test_fault_point_is_inert_unless_named(monkeypatch) -> None:
     env[faults.FAULT_ENV] = "after_file_swap"
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("reached", [Phase.STAGING, Phase.SMOKE_TESTING, 5, 25, 50])
+def test_a_stop_request_forbids_every_later_step_and_the_promotion(
+    store: RolloutStore, reached
+) -> None:
+    """Issue 15: an operator's stop, written while the deployer runs, is obeyed by the state
+    machine itself: no canary step and no promotion can follow it; only a rollback can."""
+    _begin(store)
+    if reached != Phase.STAGING:
+        rollout.advance(store, Phase.SMOKE_TESTING)
+    for weight in (5, 25, 50):
+        if isinstance(reached, int) and weight <= reached:
+            rollout.advance(store, Phase.CANARY, weight=weight)
+    assert rollout.stop_requested(store) is None
+    stopped = rollout.request_stop(store, "operator rolled back: bad reviews", by="alice")
+    assert stopped.stop_requested["reason"] == "operator rolled back: bad reviews"
+    assert (
+        stopped.history[-1]["detail"]
+        == "stop requested by alice: operator rolled back: bad reviews"
+    )
+    assert rollout.stop_requested(store).rollout_id == stopped.rollout_id
+    before = store.load().to_dict()
+    if reached not in (Phase.STAGING,):
+        for target in (Phase.CANARY, Phase.PROMOTING):
+            with pytest.raises(
+                rollout.RolloutStopped, match="stopped by an operator .*bad reviews"
+            ):
+                rollout.advance(store, target)
+    else:
+        with pytest.raises(rollout.RolloutStopped):
+            rollout.advance(store, Phase.CANARY)
+    assert store.load().to_dict() == before  # a refused move changes nothing
+    again = rollout.request_stop(store, "twice")  # the first request stands
+    assert again.stop_requested["reason"] == "operator rolled back: bad reviews"
+    done = rollout.finish(store, Phase.ROLLED_BACK, "stopped by an operator")
+    assert done.phase == Phase.ROLLED_BACK and done.weight == 0
+    assert rollout.stop_requested(store) is None  # finished: nothing pending
+    with pytest.raises(RolloutError, match="nothing to stop"):
+        rollout.request_stop(store, "late")
+
+
+def test_approve_keeps_the_service_url_of_the_parked_rollout(store: RolloutStore) -> None:
+    """A parked rollout keeps its service from the start; approving may name it too: recovery
+    of a promotion that approval began must know which service to reload (issue 15)."""
+    parked = _begin(store, approved=False, serving_url="http://127.0.0.1:9")
+    assert parked.serving_url == "http://127.0.0.1:9"
+    assert rollout.approve(store, "ok").serving_url == "http://127.0.0.1:9"
+    rollout.finish(store, Phase.ROLLED_BACK, "x")
+    _begin(store, version="3", approved=False)
+    approved = rollout.approve(store, "ok", serving_url="http://127.0.0.1:10")
+    assert store.load().serving_url == approved.serving_url == "http://127.0.0.1:10"

@@ -226,7 +226,7 @@ def test_unwritable_production_undoes_the_whole_promotion(world, monkeypatch) ->
 
 
 def test_unreachable_service_at_the_final_reload_is_a_noted_promotion(world, monkeypatch) -> None:
-    def unreachable(url: str, token: str | None) -> None:
+    def unreachable(url: str, token: str | None, expect: str | None = None) -> None:
         raise httpx.ConnectError(f"connection refused by {url}")
 
     monkeypatch.setattr(promotion, "reload_champion", unreachable)

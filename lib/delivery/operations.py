@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from lib.delivery.service_control import (
     RolloutFailed,
     notify_service,
     reload_champion,
+    served_version,
     set_routing,
 )
 
@@ -31,12 +33,16 @@ def park_for_approval(
     champion: str | None,
     run_id: str,
     reason: str,
+    serving_url: str | None = None,
 ) -> rollout.RolloutState:
-    """A `manual` decision: the rollout waits in awaiting_approval for `runner.py approve`."""
+    """A `manual` decision: the rollout waits in awaiting_approval for `runner.py approve`;
+    it keeps the production service's URL from the start, so that whoever finishes or undoes
+    it later (approve, recovery) reloads that service."""
     store = rollout.RolloutStore(models_dir / "rollout.json")
     state = rollout.begin(
-        store, model_name, str(version), champion, run_id=run_id, approved=False, reason=reason
-    )
+        store, model_name, str(version), champion, run_id=run_id, serving_url=serving_url,
+        approved=False, reason=reason,
+    )  # fmt: skip
     deployments.log_transition(logs_dir, "awaiting_approval", version=version, reason=reason)
     return state
 
@@ -103,11 +109,56 @@ def manual_rollback(
     )  # fmt: skip
     closed = rollout.close_open(store, f"{why} (v{record['rolled_back_version']})")
     note = record.get("service") or "not reloaded"
+    serving = served_version(url)
+    if serving is not None and serving != str(record["version"]):  # verified, never assumed
+        note = f"{note}, but it serves v{serving}: the next run reloads it"
     return {
         **record,
         "service": f"service at {url} {note}",
         "canary_routing": routing,
         "rollout_closed": None if closed is None else closed.rollout_id,
+    }
+
+
+def stop_rollout(
+    models_dir: Path,
+    logs_dir: Path,
+    reason: str,
+    url: str,
+    wait_seconds: float,
+    poll_seconds: float = 0.25,
+) -> dict[str, Any]:
+    """`runner.py rollback` while a live deployer drives a rollout: obeyed within seconds,
+    without the runner's lock. The stop goes into the rollout state first (from then on no
+    canary step or promotion can start), then the canary weight goes to 0 on the service (the
+    deployer's lease renewals only apply while the weight is the one it set, so a 0 is never
+    raised again), then this waits up to `wait_seconds` for the deployer to finish the
+    rollback (aliases, records). A deployer that dies meanwhile leaves it to the next run."""
+    store = rollout.RolloutStore(models_dir / "rollout.json")
+    state = rollout.request_stop(store, f"operator rolled back: {reason}")
+    version = state.candidate_version
+    deployments.log_transition(
+        logs_dir, "operator_stop_requested", version=version, champion=state.champion_version,
+        phase=state.phase.value, weight=state.weight, reason=reason,
+    )  # fmt: skip
+    target = state.serving_url or url
+    routing = _canary_off(target, os.environ.get("SERVING_ADMIN_TOKEN"))
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        state = store.load() or state
+        alive = rollout.pid_alive(state.owner_pid)
+        if state.finished or not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(poll_seconds)
+    return {
+        "rollout": state.rollout_id,
+        "version": version,
+        "champion": state.champion_version,
+        "phase": state.phase.value,
+        "finished": state.finished,
+        "owner_alive": alive,
+        "reason": state.reason,
+        "canary_routing": f"{routing} on {target}",
     }
 
 
@@ -122,9 +173,20 @@ def _canary_off(url: str, token: str | None) -> str:
         return f"canary weight not set ({type(exc).__name__}); its lease drops it"
 
 
-def next_run(state: rollout.RolloutState | None, champion: str | None) -> str | None:
-    """What the next run does first about this rollout, in words; None when nothing."""
-    if state is None:
+def next_run(
+    state: rollout.RolloutState | None,
+    champion: str | None,
+    serving: str | None = None,
+    url: str | None = None,
+) -> str | None:
+    """What the next run does first about this rollout and the service, in words; None when
+    nothing. `serving`/`url`: what the reachable production service serves, and where."""
+    if state is None or not (rollout.interrupted(state) or state.phase == rollout.Phase.SUCCEEDED):
+        if url is not None and champion is not None and serving != champion:
+            return (
+                f"reloads the service at {url} so that it serves v{champion} (to do it now: "
+                f"POST {url}/admin/reload with the admin token)"
+            )
         return None
     v = state.candidate_version
     if rollout.interrupted(state):
@@ -141,6 +203,8 @@ def next_run(state: rollout.RolloutState | None, champion: str | None) -> str | 
         and champion == v
     ):
         return f"reloads the service at {promo.get('service_url')} so that it serves v{v}"
+    if url is not None and champion is not None and serving != champion:
+        return next_run(None, champion, serving, url)
     return None
 
 
@@ -211,7 +275,8 @@ def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str
     recorded = records[-1].get("champion_version", champion) if records else champion
     if recorded is not None and str(recorded) != str(champion):
         mismatch.append(f"{said}, the last record of deployments.json {named(recorded)}")
-    todo = next_run(state, champion)
+    reachable = isinstance(service, dict)
+    todo = next_run(state, champion, serving, url if reachable else None)
     since = None
     if state is not None and state.phase == rollout.Phase.SUCCEEDED:
         if champion != state.candidate_version:

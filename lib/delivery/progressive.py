@@ -40,7 +40,7 @@ from lib.delivery.promotion import (  # noqa: F401  (Recovery, recover_interrupt
     roll_back_rollout,
 )
 from lib.delivery.replayer import Replayer, app_request
-from lib.delivery.service_control import RolloutFailed, set_routing
+from lib.delivery.service_control import RolloutFailed, RoutingChanged, set_routing
 from lib.delivery.service_process import ServiceProcess
 from lib.delivery.smoke import run_smoke_tests
 from lib.errors import RegistryUnavailable
@@ -144,7 +144,9 @@ def deploy(
         and state.phase == rollout.Phase.AWAITING_APPROVAL
         and state.candidate_version == str(version)
     ):
-        rollout.approve(store, detail=f"approved, resumed by run {run_id}")
+        rollout.approve(
+            store, detail=f"approved, resumed by run {run_id}", serving_url=settings.serving_url
+        )
     else:
         rollout.begin(
             store,
@@ -257,7 +259,12 @@ def deploy(
                 reason=f"{type(exc).__name__}: {exc}",
             )  # fmt: skip
             raise
-        if isinstance(exc, RolloutFailed):
+        stopped = rollout.stop_requested(store)  # whatever surfaced first, a stop is a stop
+        if isinstance(exc, rollout.RolloutStopped) or stopped is not None:
+            reason = str(exc if stopped is None else rollout.RolloutStopped(stopped))
+        elif isinstance(exc, RoutingChanged):
+            reason = f"the canary's routing was changed outside this rollout: {exc}"
+        elif isinstance(exc, RolloutFailed):
             reason = str(exc)
         elif isinstance(exc, RegistryUnavailable):
             reason = f"registry outage at canary weight {_current_weight(store)}%: {exc}"
@@ -399,12 +406,16 @@ def _canary_steps(
     try:
         if replayer is not None:
             replayer.start()
+        last_weight = 0  # what this rollout set last: a routing change by anyone else stops it
         for weight in settings.steps:
             _registry_still_ours(*registry_view, version)
-            rollout.advance(
+            rollout.advance(  # refused once an operator asked to stop (RolloutStopped)
                 store, rollout.Phase.CANARY, weight=weight, detail=f"canary weight {weight}%"
             )
-            set_routing(url, token, version, weight, settings.lease_seconds)
+            set_routing(
+                url, token, version, weight, settings.lease_seconds, expected_weight=last_weight
+            )
+            last_weight = weight
             timeline.add("canary", weight, f"canary at {weight}%")
             analysis = _hold_step(
                 url,
@@ -415,8 +426,7 @@ def _canary_steps(
                 cfg,
                 predictions,
                 canary_started,
-                production,
-                replayer,
+                (production, replayer, store),
                 sleep,
             )
             summary = {"kind": "canary", "weight": weight, **canary.summarize_step(analysis)}
@@ -446,11 +456,14 @@ def _hold_step(
     cfg: canary.AnalysisConfig,
     predictions: Any,
     canary_started: float,
-    production: ServiceProcess | None,
-    replayer: Replayer | None,
+    around: tuple[ServiceProcess | None, Replayer | None, rollout.RolloutStore],
     sleep: Callable[[float], None],
 ) -> canary.Analysis:
-    """Hold one step for its window and until the analysis says pass or fail."""
+    """Hold one step for its window and until the analysis says pass or fail. Every second it
+    reads the rollout state (an operator's stop ends the step at once: RolloutStopped) and its
+    lease renewals only apply while the weight is still the one it set (RoutingChanged when a
+    person moved it, e.g. to 0: never raised again)."""
+    production, replayer, store = around
     step_started = time.time()
     last_lease = time.monotonic()
     last_check = time.monotonic()
@@ -459,10 +472,12 @@ def _hold_step(
     while True:
         sleep(min(1.0, settings.check_every_seconds))
         elapsed = time.time() - step_started
+        if (stopped := rollout.stop_requested(store)) is not None:
+            raise rollout.RolloutStopped(stopped)
         if production is not None and not production.alive():
             raise RolloutFailed("the production service stopped answering during the canary")
         if time.monotonic() - last_lease > settings.lease_seconds / 3:
-            set_routing(url, token, version, weight, settings.lease_seconds)
+            set_routing(url, token, version, weight, settings.lease_seconds, expected_weight=weight)
             last_lease = time.monotonic()
         window_end = elapsed >= settings.analysis_seconds
         if not window_end and time.monotonic() - last_check < settings.check_every_seconds:

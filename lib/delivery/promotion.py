@@ -37,7 +37,12 @@ from lib import registry
 from lib.delivery import releases as deployments
 from lib.delivery import rollout
 from lib.delivery.faults import fault_point
-from lib.delivery.service_control import reload_champion, set_routing
+from lib.delivery.service_control import (
+    reload_champion,
+    served_version,
+    service_health,
+    set_routing,
+)
 from lib.errors import RegistryUnavailable
 
 log = logging.getLogger(__name__)
@@ -78,7 +83,9 @@ def promote_rollout(
         logs_dir,
         reason=reason,
         metrics=metrics,
-        reload=None if prod_url is None else (lambda: reload_champion(prod_url, token)),
+        reload=None
+        if prod_url is None
+        else (lambda: reload_champion(prod_url, token, expect=version)),
         before=baseline,
     )
     return close_promotion(store, version, prod_url, result.get("service"), baseline["champion"])
@@ -142,10 +149,12 @@ def roll_back_rollout(
 @dataclass(frozen=True)
 class Recovery:
     """What recovery did: `promoted` (an interrupted promotion finished, or its service reload
-    completed), `rolled_back` (a real rollback of the candidate) or `superseded` (an operator
-    acted after the interruption; production left as the operator set it)."""
+    completed), `rolled_back` (a real rollback of the candidate), `superseded` (an operator
+    acted after the interruption; production left as the operator set it) or `reconciled` (no
+    rollout was pending, but a service served another version than the registry names, or
+    routed a canary no rollout owns, and was brought in line)."""
 
-    outcome: Literal["promoted", "rolled_back", "superseded"]
+    outcome: Literal["promoted", "rolled_back", "superseded", "reconciled"]
     version: str  # the interrupted rollout's candidate
     champion: str | None  # the version in production afterwards
     reason: str
@@ -223,7 +232,7 @@ def recover_interrupted(
                 models_dir,
                 logs_dir,
                 reason="promotion finished after an interrupted run",
-                reload=None if not url else (lambda: reload_champion(url, token)),
+                reload=None if not url else (lambda: reload_champion(url, token, version)),
                 before=base if "champion" in base else None,
             )
         except deployments.PromotionUndone as exc:
@@ -342,7 +351,7 @@ def _reload_missed(
     if champion != version:  # production moved on since: that reload is nobody's business now
         return None
     try:
-        reload_champion(url, token)
+        reload_champion(url, token, expect=version)
     except Exception as exc:
         log.warning("service at %s still not reloaded: %s", url, exc)
         return None
@@ -354,3 +363,51 @@ def _reload_missed(
         champion,
         f"the service at {url} now serves v{version} (its reload had failed after the promotion)",
     )
+
+
+def reconcile_services(
+    client: Any,
+    model_name: str,
+    models_dir: Path,
+    logs_dir: Path,
+    urls: list[str | None],
+    token: str | None,
+) -> str | None:
+    """The last step of recovery, at every runner start: each production service this project
+    knows of (the rollout's, the configured one) serves the version the registry names and,
+    when no rollout is open, routes no canary. A service that does not answer, or serves
+    another model, is left alone; a reload that fails is said (the next run tries again).
+    Returns what was done or found, in words; None when every service already agreed."""
+    champion = registry.alias_version(client, model_name, "champion")
+    state = rollout.RolloutStore(models_dir / "rollout.json").load()
+    rollout_open = state is not None and state.active
+    said: list[str] = []
+    for url in dict.fromkeys(u for u in urls if u):
+        health = service_health(url)
+        if health is None or health.get("model_name") not in (None, model_name):
+            continue
+        if not rollout_open and (health.get("canary_weight") or 0) > 0:
+            try:
+                set_routing(url, token, None, 0)
+                said.append(f"the service at {url} routed a canary no rollout owns: weight 0")
+            except Exception as exc:  # its lease drops it anyway
+                said.append(f"could not take the stray canary off {url} ({type(exc).__name__})")
+        serving = served_version(url)
+        if champion is None or serving == champion:
+            continue
+        what = f"the service at {url} served {_named(serving)}, the registry names v{champion}"
+        try:
+            reload_champion(url, token, expect=champion)
+        except Exception as exc:
+            log.warning("%s; reload failed: %s", what, exc)
+            said.append(f"{what}; reload failed ({type(exc).__name__}), the next run retries")
+            continue
+        deployments.record_service_reload(
+            models_dir, logs_dir, model_name, champion, url, reason=f"{what}: reloaded"
+        )
+        said.append(f"{what}: reloaded, it serves v{champion} now")
+    return "; ".join(said) or None
+
+
+def _named(version: str | None) -> str:
+    return "no model" if version is None else f"v{version}"

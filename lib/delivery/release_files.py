@@ -179,9 +179,15 @@ def _repair_half_swap(models_dir: Path) -> None:
 
 
 def record_service_reload(
-    models_dir: str | Path, logs_dir: str | Path, model_name: str, version: str, url: str
+    models_dir: str | Path,
+    logs_dir: str | Path,
+    model_name: str,
+    version: str,
+    url: str,
+    reason: str | None = None,
 ) -> dict[str, Any]:
-    """A service that missed the end of a promotion now serves the champion: say so."""
+    """A service that missed the end of a promotion (or served another version than the
+    registry names) now serves the champion: say so."""
     models_dir = Path(models_dir)
     record = {
         "event": "service_reloaded",
@@ -189,7 +195,7 @@ def record_service_reload(
         "version": str(version),
         "champion_version": str(version),
         "at": _iso(_now()),
-        "reason": f"the service at {url} had not reloaded when v{version} was promoted",
+        "reason": reason or f"the service at {url} had not reloaded when v{version} was promoted",
         "metrics": None,
         "service": SERVICE_RELOADED,
     }

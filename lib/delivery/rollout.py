@@ -10,6 +10,11 @@ fsync, `os.replace`): a SIGKILL at any instant leaves either the old or the new 
 The next runner reads it first: a rollout in an active phase whose owner process is gone was
 interrupted, and must be resumed or rolled back before anything else starts.
 
+A person can always stop a rollout (Argo Rollouts' `abort`): `request_stop` writes the request
+into the state file under its lock, without waiting for the runner's lock; from then on the
+state machine refuses to enter a canary step or `promoting`, so the candidate can never be
+promoted, and the deployer, which reads the file between its checks, rolls back within seconds.
+
 A rollout in `promoting` keeps a baseline (`promotion`: champion, previous, number of records)
 so that recovery can tell an operator's later action, which always wins (`superseded`).
 
@@ -94,6 +99,19 @@ class RolloutConflict(RolloutError):
     """Never two canaries at once: another rollout is active or parked."""
 
 
+class RolloutStopped(RolloutError):
+    """An operator asked to stop this rollout: no more traffic, never promoted."""
+
+    def __init__(self, state: RolloutState) -> None:
+        asked = state.stop_requested or {}
+        self.reason = str(asked.get("reason") or "no reason given")
+        super().__init__(
+            f"stopped by an operator at {asked.get('at', '?')}: {self.reason} "
+            f"(rollout of v{state.candidate_version} during {state.phase.value} at "
+            f"{state.weight}%)"
+        )
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -120,6 +138,8 @@ class RolloutState:
     step_results: list[dict[str, Any]] = field(default_factory=list)
     # set when `promoting` begins: champion/previous/records before, later the service outcome
     promotion: dict[str, Any] | None = None
+    # an operator's stop ({at, reason, by}): no canary step or promotion may follow it
+    stop_requested: dict[str, Any] | None = None
 
     @property
     def active(self) -> bool:
@@ -285,6 +305,8 @@ def transition(
     target = Phase(target)
     if target not in TRANSITIONS[state.phase]:
         raise IllegalTransition(state.rollout_id, state.phase, target)
+    if state.stop_requested and target in (Phase.CANARY, Phase.PROMOTING):
+        raise RolloutStopped(state)
     at = now_iso()
     if target == Phase.CANARY:
         if weight is None:
@@ -439,14 +461,48 @@ def close_open(store: RolloutStore, reason: str) -> RolloutState | None:
     return None if state is None or not state.active else finish(store, Phase.ROLLED_BACK, reason)
 
 
-def approve(store: RolloutStore, detail: str = "approved") -> RolloutState:
-    """A person approved a parked rollout: it starts in staging, driven by this process."""
+def approve(
+    store: RolloutStore, detail: str = "approved", serving_url: str | None = None
+) -> RolloutState:
+    """A person approved a parked rollout: it starts in staging, driven by this process; the
+    production service it will use is kept (recovery reloads that service)."""
 
     def change(state: RolloutState) -> None:
         transition(state, Phase.STAGING, detail=detail)
         state.owner_pid, state.reason = os.getpid(), ""
+        state.serving_url = serving_url or state.serving_url
 
     return _update(store, change)
+
+
+def request_stop(store: RolloutStore, reason: str, by: str = "operator") -> RolloutState:
+    """An operator stops the active rollout: recorded at once in the state file (no runner lock
+    needed); the state machine then refuses any canary step or promotion, and the deployer rolls
+    back at its next look. Raises RolloutError when no rollout is active (a parked one is
+    rejected instead)."""
+
+    def change(state: RolloutState) -> None:
+        if not state.active:
+            raise RolloutError(f"nothing to stop: {state.describe()} is not active")
+        if state.stop_requested is None:
+            at = now_iso()
+            state.stop_requested = {"at": at, "reason": reason, "by": by, "pid": os.getpid()}
+            state.history.append(
+                {"at": at, "from": state.phase.value, "to": state.phase.value,
+                 "weight": state.weight, "detail": f"stop requested by {by}: {reason}"}
+            )  # fmt: skip
+            state.updated_at = at
+
+    state = _update(store, change)
+    log.warning("stop requested for %s: %s", state.describe(), reason)
+    return state
+
+
+def stop_requested(store: RolloutStore) -> RolloutState | None:
+    """The stored rollout when an operator asked to stop it, else None (a cheap read: the
+    deployer calls it between its checks)."""
+    state = store.load()
+    return state if state is not None and state.stop_requested and state.active else None
 
 
 def claim(store: RolloutStore, pid: int | None = None, detail: str = "") -> RolloutState:

@@ -23,6 +23,11 @@ class RolloutFailed(Exception):
     """A step failed: the message is the rollback reason."""
 
 
+class RoutingChanged(RolloutFailed):
+    """The service refused a routing change whose precondition (`expected_weight`) no longer
+    held: someone else (a person, a lapsed lease) moved the canary weight."""
+
+
 def admin_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -33,25 +38,56 @@ def set_routing(
     version: str | None,
     weight: float,
     lease_seconds: float | None = None,
+    expected_weight: float | None = None,
 ) -> dict[str, Any]:
-    """Move traffic on the production service (admin endpoint)."""
+    """Move traffic on the production service (admin endpoint). With `expected_weight` the
+    change applies only while the canary weight is still that (RoutingChanged otherwise)."""
     import httpx
 
     body: dict[str, Any] = {"canary_version": version, "weight": weight}
     if lease_seconds:
         body["lease_seconds"] = lease_seconds
+    if expected_weight is not None:
+        body["expected_weight"] = expected_weight
     resp = httpx.put(f"{url}/admin/routing", json=body, headers=admin_headers(token), timeout=60)
+    if resp.status_code == 409 and expected_weight is not None:
+        raise RoutingChanged(f"routing change refused: {resp.text[:200]}")
     if resp.status_code != 200:
         raise RolloutFailed(f"routing change refused: HTTP {resp.status_code} {resp.text[:200]}")
     return resp.json()
 
 
-def reload_champion(url: str, token: str | None) -> None:
+def reload_champion(url: str, token: str | None, expect: str | None = None) -> None:
+    """Make the service follow the champion alias, then check what it serves: a service that
+    answers 200 but still serves another version than `expect` is not reloaded (raises)."""
     import httpx
 
     resp = httpx.post(f"{url}/admin/reload", headers=admin_headers(token), timeout=60)
     if resp.status_code != 200:
         raise RuntimeError(f"reload refused: HTTP {resp.status_code} {resp.text[:200]}")
+    if expect is not None:
+        serving = served_version(url)
+        if serving != str(expect):
+            raise RuntimeError(f"after the reload the service serves v{serving}, not v{expect}")
+
+
+def service_health(url: str, timeout: float = 3.0) -> dict[str, Any] | None:
+    """The service's /health, or None when it does not answer (never raises)."""
+    import httpx
+
+    try:
+        body = httpx.get(f"{url}/health", timeout=timeout).json()
+    except Exception as exc:
+        log.info("no /health from %s: %s", url, type(exc).__name__)
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def served_version(url: str) -> str | None:
+    """The champion version the service says it serves now (None: none, or no answer)."""
+    health = service_health(url)
+    version = ((health or {}).get("champion") or {}).get("version")
+    return None if version in (None, "") else str(version)
 
 
 def notify_service(url: str) -> str:

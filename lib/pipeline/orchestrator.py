@@ -14,7 +14,7 @@ import os
 import secrets
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -246,18 +246,32 @@ def trigger(force: bool) -> str:
 def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> Any:
     """A rollout whose runner died is settled before anything else happens: an interrupted
     promotion is finished, a canary rolled back, a rollout an operator acted on since is closed
-    as superseded (lib.delivery.promotion decides; it returns a Recovery or None)."""
+    as superseded (lib.delivery.promotion decides; it returns a Recovery or None). Then every
+    production service the project knows of (the rollout's, the configured one) is brought in
+    line with the registry: it serves the champion, and no canary unless a rollout is open."""
     from lib.delivery import rollout
 
-    if rollout.RolloutStore(root / cfg.models_dir / "rollout.json").load() is None:
-        return None
+    state = rollout.RolloutStore(root / cfg.models_dir / "rollout.json").load()
+    if state is None and not cfg.serving_url:
+        return None  # nothing ever rolled out here and no service configured
     from lib import registry
-    from lib.delivery import progressive
+    from lib.delivery import promotion
 
     client = registry.connect(tracking_uri, cfg.experiment)
-    return progressive.recover_interrupted(
-        root, client, cfg.model_name, root / cfg.models_dir, root / cfg.logs_dir
-    )
+    models, logs = root / cfg.models_dir, root / cfg.logs_dir
+    recovered = None
+    if state is not None:
+        recovered = promotion.recover_interrupted(root, client, cfg.model_name, models, logs)
+        state = rollout.RolloutStore(models / "rollout.json").load()
+    urls = [None if state is None else state.serving_url, service_url(cfg)]
+    token = os.environ.get("SERVING_ADMIN_TOKEN")
+    done = promotion.reconcile_services(client, cfg.model_name, models, logs, urls, token)
+    if done is None:
+        return recovered
+    if recovered is None:
+        champion = registry.alias_version(client, cfg.model_name, "champion")
+        return promotion.Recovery("reconciled", str(champion), champion, done)
+    return replace(recovered, reason=f"{recovered.reason}; {done}")
 
 
 def has_champion(cfg: PipelineConfig, tracking_uri: str) -> bool:
@@ -304,6 +318,7 @@ def _next_step(
             model_name=cfg.model_name,
             champion_version=_champion_version(cfg, ctx),
             run_id=ctx.run_id,
+            serving_url=cfg.serving_url,
         )
         v = out.candidate_version
         if action == "awaiting_approval":

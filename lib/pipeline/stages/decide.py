@@ -136,6 +136,7 @@ def act(
     model_name: str,
     champion_version: str | None,
     run_id: str,
+    serving_url: str | None = None,
 ) -> Action:
     """What the verdict does: `auto` deploys; `manual` parks the rollout (approve/reject
     resume it); `reject` is logged, production untouched."""
@@ -151,6 +152,7 @@ def act(
             champion_version,
             run_id,
             f"score {decided.score}: {reasons}",
+            serving_url,
         )
         return "awaiting_approval"
     releases.log_transition(
