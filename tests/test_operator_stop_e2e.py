@@ -192,11 +192,14 @@ def test_a_weight_of_0_set_by_hand_is_never_raised_again(served: World) -> None:
     assert v2 != world.champion()
 
 
-@pytest.mark.parametrize("point", faults.FAULT_POINTS)
+# the two points where the registry has moved and the service has not (tests/test_rollout_faults
+# kills a promotion at every point against an external service; this is the approve path)
+@pytest.mark.parametrize("point", ["after_alias_move", "after_file_swap"])
 def test_approved_promotion_killed_then_next_run_serves_the_registry(served, point) -> None:
     """A `manual` rollout parked, approved with `runner.py approve`, killed while promoting:
     the next run finishes it AND the running service serves the new champion (the parked
-    record keeps the service URL from the start)."""
+    record keeps the service URL from the start; before issue 15 the service kept serving the
+    old champion through every later run)."""
     from lib.delivery import operations
 
     world = served
@@ -211,8 +214,7 @@ def test_approved_promotion_killed_then_next_run_serves_the_registry(served, poi
     assert approve.returncode != 0, approve.stdout  # the deploy kernel died at the fault point
     wait_for("the dead promoter", lambda: rollout.interrupted(state(world)), seconds=60)
     status = runner(world, world.url, "status")
-    if point in ("after_alias_move", "after_file_swap"):
-        assert "MISMATCH" in status.stdout, status.stdout
+    assert f"the registry names v{v2} champion" in status.stdout, status.stdout  # MISMATCH line
     nxt = runner(world, world.url, "--stages", "detect", "--set", "threshold=100000")
     assert nxt.returncode == 0, nxt.stdout + nxt.stderr
     assert f"recovered: finished the interrupted promotion of v{v2}" in nxt.stdout, nxt.stdout
