@@ -424,8 +424,11 @@ def test_lease_expiry_drops_canary_weight(client: TestClient) -> None:
         time.sleep(0.05)  # no requests meanwhile: the background task must do it
     assert service.canary_weight == 0.0
     routing = client.get("/admin/routing", headers=_admin()).json()
-    assert routing["canary_version"] == "2" and routing["canary_weight"] == 0.0
+    # the deployer that held the lease is gone: the canary is unloaded, not kept at 0%
+    assert routing["canary_version"] is None and routing["canary_weight"] == 0.0
     assert routing["lease_expired_at"] is not None and routing["lease_expires_in"] is None
+    health = client.get("/health").json()
+    assert health["canary"] is None and health["canary_version"] is None
     assert _metric(client, "model_canary_weight") == 0.0
     assert _metric(client, "model_canary_lease_expirations_total") == 1
     for i in range(50):

@@ -162,20 +162,23 @@ class ModelService:
     # ------------------------------------------------------------------------ routing
 
     def check_lease(self) -> None:
-        """The dead-man switch: an expired lease drops the canary's weight to 0."""
+        """The dead-man switch: an expired lease drops the canary's weight to 0 and unloads it
+        (the deployer that held the lease is gone: the canary is rolled back, not paused)."""
         deadline = self.lease_deadline
         if deadline is None or time.monotonic() < deadline:
             return
         self.lease_deadline = None
         self.lease_expired_at = time.time()
-        if self.canary_weight > 0:
+        if self.canary is not None:
             logger.warning(
-                "canary lease of %.0f s expired without renewal: canary %s weight %.2f%% -> 0",
+                "canary lease of %.0f s expired without renewal: canary %s at %.2f%% unloaded",
                 self.lease_seconds or 0,
-                self.canary.version if self.canary else "-",
+                self.canary.version,
                 self.canary_weight,
             )
+        if self.canary_weight > 0:
             self.metrics.lease_expiries.inc()
+        self.canary = None
         self.canary_weight = 0.0
         self.metrics.canary_weight.set(0.0)
 
@@ -367,8 +370,9 @@ class ModelService:
             "registry": registry_report,
             **routing,
             "champion": None if champion is None else {"version": champion.version},
+            # what takes traffic: a canary at weight 0 (paused by an admin) is not routed
             "canary": None
-            if canary is None
+            if canary is None or self.canary_weight <= 0
             else {"version": canary.version, "weight": self.canary_weight},
             "predictor": {
                 v.name: v.predictor.kind for v in (self.champion, self.canary) if v is not None
