@@ -324,7 +324,12 @@ def test_health_and_routing_read_only(client: TestClient) -> None:
     assert health["status"] == "ok" and health["champion_version"] == "1"
     assert health["canary_version"] is None and health["canary_weight"] == 0.0
     assert health["uptime_seconds"] >= 0 and health["predictor"] == {"champion": "compiled"}
-    assert health["champion"] == {"version": "1"} and health["canary"] is None
+    assert health["champion"] == {
+        "version": "1",
+        "source": "registry",
+        "confirmed_by_registry": True,
+    }
+    assert health["canary"] is None and health["warning"] is None
     assert client.get("/admin/routing").status_code == 401  # the routing is admin's business
     assert client.get("/admin/routing", headers=_admin()).json()["champion_version"] == "1"
 
