@@ -65,6 +65,7 @@ def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: E
         tracking_uri=cfg.resolved_tracking_uri(root),
         store_url=cfg.resolved_store_url(root),
         target_threshold=cfg.target_threshold,
+        models_dir=root / cfg.models_dir,
     )
     serve(settings, host=args.host or cfg.serving_host, port=args.port or cfg.serving_port)
     return 0

@@ -206,15 +206,19 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def skops_trusted_types(model: Any) -> list[str]:
-    """The types skops must be told to trust for this model; refuse anything but library types."""
-    import skops.io as sio
-
-    untrusted = sio.get_untrusted_types(data=sio.dumps(model))
+def _only_library_types(untrusted: list[str]) -> list[str]:
+    """The types skops reports as untrusted, if every one is a library type (else ValueError)."""
     unsafe = [t for t in untrusted if not t.startswith(SAFE_TYPE_PREFIXES) and t not in SAFE_TYPES]
     if unsafe:
         raise ValueError(f"model contains types skops should not trust: {unsafe}")
     return sorted(untrusted)
+
+
+def skops_trusted_types(model: Any) -> list[str]:
+    """The types skops must be told to trust for this model; refuse anything but library types."""
+    import skops.io as sio
+
+    return _only_library_types(sio.get_untrusted_types(data=sio.dumps(model)))
 
 
 def log_candidate_model(model: Any, example: pd.DataFrame, name: str = "model") -> Any:
@@ -329,6 +333,28 @@ def save_local_copy(model: Any, target: Path, metadata: dict[str, Any]) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def load_local_copy(model_dir: Path) -> Any:
+    """Load a model that save_local_copy wrote (models/production/ when the registry is down).
+
+    skops only, trusting the types the registry trusts (never the list the copy's own MLmodel
+    file declares, which anyone who can write the directory could extend): loading a tampered
+    copy raises instead of running its code.
+    """
+    import skops.io as sio
+    import yaml
+
+    model_dir = Path(model_dir)
+    spec = yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8"))
+    flavor = (spec.get("flavors") or {}).get("sklearn") if isinstance(spec, dict) else None
+    if not isinstance(flavor, dict) or flavor.get("serialization_format") != "skops":
+        raise ValueError(f"{model_dir} is not a scikit-learn model saved with skops")
+    path = model_dir / str(flavor.get("pickled_model"))
+    if path.resolve().parent != model_dir.resolve():
+        raise ValueError(f"{model_dir}: the model file must be inside the directory")
+    trusted = _only_library_types(sio.get_untrusted_types(file=path))
+    return sio.load(path, trusted=trusted)
 
 
 def start_pipeline_run(run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:

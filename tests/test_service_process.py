@@ -44,7 +44,8 @@ def test_start_serve_stop_leaves_no_process(mlstore: Store, tmp_path: Path) -> N
         pgid = service.proc.pid
         assert os.getpgid(pgid) == pgid  # a group of its own: stop() ends all of it
         health = httpx.get(f"{service.url}/health", timeout=10).json()
-        assert health["ready"] is True and health["champion"] == {"version": "1"}
+        assert health["ready"] is True and health["champion"]["version"] == "1"
+        assert health["champion"]["source"] == "registry"
         answer = httpx.post(f"{service.url}/predict", json=RAW_APP, timeout=30)
         assert answer.status_code == 200 and answer.json()["model_version"] == "1"
         service.check()  # alive: nothing to report

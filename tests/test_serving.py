@@ -324,7 +324,12 @@ def test_health_and_routing_read_only(client: TestClient) -> None:
     assert health["status"] == "ok" and health["champion_version"] == "1"
     assert health["canary_version"] is None and health["canary_weight"] == 0.0
     assert health["uptime_seconds"] >= 0 and health["predictor"] == {"champion": "compiled"}
-    assert health["champion"] == {"version": "1"} and health["canary"] is None
+    assert health["champion"] == {
+        "version": "1",
+        "source": "registry",
+        "confirmed_by_registry": True,
+    }
+    assert health["canary"] is None and health["warning"] is None
     assert client.get("/admin/routing").status_code == 401  # the routing is admin's business
     assert client.get("/admin/routing", headers=_admin()).json()["champion_version"] == "1"
 
@@ -424,8 +429,11 @@ def test_lease_expiry_drops_canary_weight(client: TestClient) -> None:
         time.sleep(0.05)  # no requests meanwhile: the background task must do it
     assert service.canary_weight == 0.0
     routing = client.get("/admin/routing", headers=_admin()).json()
-    assert routing["canary_version"] == "2" and routing["canary_weight"] == 0.0
+    # the deployer that held the lease is gone: the canary is unloaded, not kept at 0%
+    assert routing["canary_version"] is None and routing["canary_weight"] == 0.0
     assert routing["lease_expired_at"] is not None and routing["lease_expires_in"] is None
+    health = client.get("/health").json()
+    assert health["canary"] is None and health["canary_version"] is None
     assert _metric(client, "model_canary_weight") == 0.0
     assert _metric(client, "model_canary_lease_expirations_total") == 1
     for i in range(50):

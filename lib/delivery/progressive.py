@@ -198,6 +198,7 @@ def deploy(
                     settings.store_url,
                     admin_token=token,
                     log_path=logs_dir / "service.log",
+                    models_dir=models_dir,
                 ).start()
                 prod_url = production.url
                 with store.locked():

@@ -62,8 +62,11 @@ class ServiceProcess:
         log_path: Path | None = None,
         extra_args: list[str] | None = None,
         die_with_parent: bool = True,
+        models_dir: Path | None = None,
     ) -> None:
         self.root = Path(root)
+        # models/production/ serves the champion when the registry is down at start-up
+        self.models_dir = Path(models_dir) if models_dir is not None else self.root / "models"
         self.host = host
         self.port = port or free_port(host)
         self.args = [
@@ -82,6 +85,8 @@ class ServiceProcess:
             store_url,
             "--champion-alias",
             champion_alias,
+            "--models-dir",
+            str(self.models_dir),
             "--log-level",
             "WARNING",
             *(extra_args or []),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from lib.serving.app import serve
 from lib.serving.settings import ServingSettings
@@ -32,6 +33,18 @@ def main(argv: list[str] | None = None) -> None:
         default=defaults.registry_check_seconds,
         help="how often /health's view of the champion alias is refreshed (0: never)",
     )
+    parser.add_argument(
+        "--registry-start-seconds",
+        type=float,
+        default=defaults.registry_start_seconds,
+        help="how long start-up waits for the registry before serving models/production",
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=defaults.models_dir,
+        help="the project's models/ (production/ is served when the registry is down at start)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="serve the plain sklearn path")
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument("--log-level", default="INFO")
@@ -48,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
         registry_check_seconds=args.registry_check_seconds,
+        registry_start_seconds=args.registry_start_seconds,
+        models_dir=args.models_dir,
         compile_models=not args.no_compile,
         access_log=args.access_log,
     )

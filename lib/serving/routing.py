@@ -4,6 +4,12 @@ weight and lease (a dead-man switch), the prediction store, the batcher and the 
 A background task reads the registry's champion alias every `registry_check_seconds` so that
 /health can say when the registry names another version than the one served (an interrupted
 promotion) without calling the registry on every probe; an outage is reported, never raised.
+
+A registry that cannot answer at start-up (within `registry_start_seconds`) does not keep the
+service down: the champion alias is served from models/production (the copy promotions keep),
+/health says so, and the first answer of the background check settles it (the same version is
+confirmed, another one is loaded). A staging instance (another alias) never falls back: that
+copy is production's model, not the one it must smoke-test.
 """
 
 from __future__ import annotations
@@ -16,18 +22,24 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from lib import registry
+from lib.delivery import release_files
+from lib.errors import RegistryUnavailable
 from lib.serving.batching import MicroBatcher, Variant
 from lib.serving.encoders import single_threaded
 from lib.serving.metrics import Metrics
 from lib.serving.prediction_store import PredictionStore
 from lib.serving.predictor import Predictor
 from lib.serving.schemas import RoutingUpdate
-from lib.serving.settings import ServingSettings
+from lib.serving.settings import CHAMPION_ALIAS, ServingSettings
 
 logger = logging.getLogger(__name__)
+
+SOURCE_REGISTRY = "registry"  # where the served champion was loaded from (/health)
+SOURCE_LOCAL_COPY = "models/production"
 
 
 def variant_bucket(request_id: str) -> int:
@@ -97,6 +109,9 @@ class ModelService:
         self.lease_deadline: float | None = None  # time.monotonic()
         self.lease_expired_at: float | None = None  # time.time() of the last expiry
         self.champion_problem = "not loaded yet (the service is starting)"
+        self.champion_source: str | None = None  # SOURCE_REGISTRY or SOURCE_LOCAL_COPY
+        self.champion_confirmed = False  # the registry named the served champion since its load
+        self.follow_registry = False  # start-up missed the registry: adopt its next answer
         self._admin_lock: asyncio.Lock | None = None
         self._lease_task: asyncio.Task | None = None
         self._registry_task: asyncio.Task | None = None
@@ -125,16 +140,53 @@ class ModelService:
             mlflow.set_tracking_uri(self.settings.tracking_uri)
             mlflow.set_registry_uri(self.settings.tracking_uri)
             model = registry.load_version(self.settings.model_name, str(version))
+        return self._variant(name, str(version), model, SOURCE_REGISTRY)
+
+    def _variant(self, name: str, version: str, model: Any, source: str) -> Variant:
         single_threaded(model)
         predictor = Predictor(model, self.settings.compile_models)
         logger.info(
-            "loaded %s version %s as %s (%s predictor)",
+            "loaded %s version %s from %s as %s (%s predictor)",
             self.settings.model_name,
             version,
+            source,
             name,
             predictor.kind,
         )
-        return Variant(name, str(version), predictor)
+        return Variant(name, version, predictor)
+
+    def load_production_copy(self) -> tuple[Variant | None, str]:
+        """The champion from models/production (blocking), or None and why not: no copy, no
+        readable metadata, no version in it, another model, a copy that does not load."""
+        models_dir = Path(self.settings.models_dir)
+        where, meta_file = SOURCE_LOCAL_COPY, release_files.METADATA_FILE
+        folder = models_dir / release_files.PRODUCTION_DIR
+        if not folder.is_dir():
+            return None, f"{where} holds no model"
+        meta = release_files.production_metadata(models_dir)
+        if meta is None:
+            return None, f"{where}/{meta_file} is missing or unreadable"
+        version = meta.get("version")
+        if version is None or not str(version).strip():
+            return None, f"{where}/{meta_file} names no version"
+        named = meta.get("model_name")
+        if named is not None and named != self.settings.model_name:
+            return None, f"{where} holds model {named!r}, not {self.settings.model_name!r}"
+        try:
+            model = registry.load_local_copy(folder)
+        except Exception as exc:  # the detail (paths) goes to the log only
+            logger.exception("%s could not be loaded", folder)
+            return None, (
+                f"{where} (v{version}) could not be loaded ({type(exc).__name__}; details in "
+                "the service log)"
+            )
+        return self._variant(self.settings.champion_label, str(version), model, where), ""
+
+    def _set_champion(self, variant: Variant, source: str) -> None:
+        self.champion = variant
+        self.champion_source = source
+        self.champion_confirmed = source == SOURCE_REGISTRY
+        self.champion_problem = ""
 
     def _no_champion_message(self) -> str:
         return (
@@ -144,38 +196,76 @@ class ModelService:
         )
 
     def load_champion_at_start(self) -> None:
-        """Start-up: load the champion if there is one; never raise (503s explain it instead)."""
+        """Start-up: load the champion if there is one; never raise (503s explain it instead).
+
+        The registry gets `registry_start_seconds` to answer (MLflow's own retries would keep
+        the port closed for minutes); an outage falls back to models/production."""
+        registry.bound_http_retries()  # the background checks and reloads report outages fast
         try:
-            version = self._look_up_champion()
+            version = self._look_up_within(self.settings.registry_start_seconds)
             if version is None:
                 self.champion_problem = self._no_champion_message()
                 logger.warning("no champion model yet: %s", self.champion_problem)
                 return
-            self.champion = self.load_variant(self.settings.champion_label, version)
-            self.champion_problem = ""
+            self._set_champion(
+                self.load_variant(self.settings.champion_label, version), SOURCE_REGISTRY
+            )
+        except RegistryUnavailable as exc:
+            self._start_without_registry(exc)
         except Exception as exc:  # the detail (paths, URIs) goes to the log only
             self.champion_problem = (
                 f"loading the champion failed ({type(exc).__name__}; details in the service log)"
             )
             logger.exception("no champion model yet")
 
+    def _start_without_registry(self, outage: RegistryUnavailable) -> None:
+        """Serve the champion alias from models/production until the registry answers."""
+        self.follow_registry = True
+        logger.warning("start-up without the registry: %s", outage)
+        missed = f"the MLflow registry could not be reached at start-up ({outage.reason})"
+        alias = self.settings.champion_alias
+        if alias != CHAMPION_ALIAS:
+            self.champion_problem = (
+                f"{missed}; an instance serving alias {alias!r} does not fall back to "
+                f"{SOURCE_LOCAL_COPY} (only {CHAMPION_ALIAS!r} does): it loads its model when "
+                "the registry answers"
+            )
+            return
+        variant, problem = self.load_production_copy()
+        if variant is None:
+            self.champion_problem = (
+                f"{missed} and {problem}; the service loads the champion when the registry answers"
+            )
+            logger.warning("no champion model yet: %s", self.champion_problem)
+            return
+        self._set_champion(variant, SOURCE_LOCAL_COPY)
+        logger.warning(
+            "serving %s v%s from %s until the registry confirms it",
+            self.settings.model_name,
+            variant.version,
+            SOURCE_LOCAL_COPY,
+        )
+
     # ------------------------------------------------------------------------ routing
 
     def check_lease(self) -> None:
-        """The dead-man switch: an expired lease drops the canary's weight to 0."""
+        """The dead-man switch: an expired lease drops the canary's weight to 0 and unloads it
+        (the deployer that held the lease is gone: the canary is rolled back, not paused)."""
         deadline = self.lease_deadline
         if deadline is None or time.monotonic() < deadline:
             return
         self.lease_deadline = None
         self.lease_expired_at = time.time()
-        if self.canary_weight > 0:
+        if self.canary is not None:
             logger.warning(
-                "canary lease of %.0f s expired without renewal: canary %s weight %.2f%% -> 0",
+                "canary lease of %.0f s expired without renewal: canary %s at %.2f%% unloaded",
                 self.lease_seconds or 0,
-                self.canary.version if self.canary else "-",
+                self.canary.version,
                 self.canary_weight,
             )
+        if self.canary_weight > 0:
             self.metrics.lease_expiries.inc()
+        self.canary = None
         self.canary_weight = 0.0
         self.metrics.canary_weight.set(0.0)
 
@@ -270,14 +360,14 @@ class ModelService:
             if previous != version:
                 canary = self.canary
                 if canary is not None and canary.version == version:  # promotion: already loaded
-                    self.champion = Variant(self.settings.champion_label, version, canary.predictor)
+                    champion = Variant(self.settings.champion_label, version, canary.predictor)
                 else:
-                    self.champion = await self._load_for_admin(
-                        self.settings.champion_label, version
-                    )
-                self.champion_problem = ""
+                    champion = await self._load_for_admin(self.settings.champion_label, version)
+                self._set_champion(champion, SOURCE_REGISTRY)
                 reloaded = True
                 logger.info("champion: version %s -> %s", previous, version)
+            self.champion_confirmed = True  # the registry named it just now
+            self.follow_registry = False
             if self.canary is not None and self.canary.version == version:
                 self.set_canary(None, 0.0, None)  # promoted: it is the champion now
             return {**self.routing(), "reloaded": reloaded, "previous_champion_version": previous}
@@ -291,34 +381,99 @@ class ModelService:
         try:
             version = self.champion_version()
         except Exception as exc:
-            before = self.registry_view
-            if before.error is None:
-                logger.warning("registry check failed: %s: %s", type(exc).__name__, exc)
-            self.registry_view = RegistryView(
-                before.champion_version, attempted, before.last_good_at, type(exc).__name__
-            )
+            self._record_failed_check(attempted, exc)
             raise
         self.registry_view = RegistryView(version, attempted, attempted, None)
         return version
 
-    async def check_registry(self) -> None:
-        """One background look at the champion alias, in a daemon thread (a hung registry must
-        not hold the event loop or the shutdown); never raises."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+    def _record_failed_check(self, attempted: float, exc: BaseException) -> None:
+        before = self.registry_view
+        if before.error is None:
+            logger.warning("registry check failed: %s: %s", type(exc).__name__, exc)
+        self.registry_view = RegistryView(
+            before.champion_version, attempted, before.last_good_at, type(exc).__name__
+        )
 
-        def finish() -> None:
-            if not done.done():
-                done.set_result(None)
+    def _look_up_within(self, seconds: float) -> str | None:
+        """_look_up_champion in a daemon thread, given up after `seconds` (<= 0: no bound) with
+        RegistryUnavailable: a hung server is not bounded by MLflow's retries alone."""
+        answer: dict[str, Any] = {}
+        done = threading.Event()
 
         def work() -> None:
+            try:
+                answer["version"] = self._look_up_champion()
+            except BaseException as exc:  # handed to the waiting caller
+                answer["error"] = exc
+            finally:
+                done.set()
+
+        attempted = time.time()
+        threading.Thread(target=work, name="registry-start", daemon=True).start()
+        if not done.wait(seconds if seconds > 0 else None):
+            outage = RegistryUnavailable(
+                registry.redact_uri(self.settings.tracking_uri),
+                f"looking up {self.settings.model_name}@{self.settings.champion_alias}",
+                f"no answer within {seconds:g} s",
+            )
+            self._record_failed_check(attempted, outage)
+            raise outage
+        if "error" in answer:
+            raise answer["error"]
+        return answer.get("version")
+
+    async def check_registry(self) -> None:
+        """One background look at the champion alias, in a daemon thread (a hung registry must
+        not hold the event loop or the shutdown); never raises. After an outage at start-up,
+        the first answer is followed (see _follow_registry)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[bool, str | None]] = loop.create_future()
+
+        def finish(outcome: tuple[bool, str | None]) -> None:
+            if not done.done():
+                done.set_result(outcome)
+
+        def work() -> None:
+            outcome: tuple[bool, str | None] = (False, None)
             with contextlib.suppress(Exception):
-                self._look_up_champion()
+                outcome = (True, self._look_up_champion())
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(finish)
+                loop.call_soon_threadsafe(finish, outcome)
 
         threading.Thread(target=work, name="registry-check", daemon=True).start()
-        await done
+        answered, version = await done
+        if answered and self.follow_registry:
+            await self._follow_registry(version)
+
+    async def _follow_registry(self, version: str | None) -> None:
+        """The registry answers after an outage at start-up: the same version as served is
+        confirmed, another one is loaded (a failed load is tried again at the next check), no
+        alias leaves what is served (the warning says so); never raises."""
+        async with self.admin_lock():
+            if not self.follow_registry:  # an admin reload settled it meanwhile
+                return
+            served = self.champion.version if self.champion else None
+            alias = self.settings.champion_alias
+            if version is None:
+                logger.warning("the registry has no %r alias (serving %s)", alias, served)
+                if self.champion is None:
+                    self.champion_problem = self._no_champion_message()
+            elif version == served:
+                self.champion_confirmed = True
+                logger.info("the registry confirms v%s as %r", version, alias)
+            else:
+                try:
+                    variant = await asyncio.to_thread(
+                        self.load_variant, self.settings.champion_label, version
+                    )
+                except Exception:
+                    logger.exception("the registry names v%s %r: loading it failed", version, alias)
+                    return  # still following: the next check tries again
+                self._set_champion(variant, SOURCE_REGISTRY)
+                logger.warning(
+                    "champion: v%s -> v%s, which the registry names %r now", served, version, alias
+                )
+            self.follow_registry = False
 
     def registry_report(self) -> tuple[dict[str, Any], str | None]:
         """/health's `registry` object and a warning when the registry and the service differ
@@ -336,6 +491,13 @@ class ModelService:
             "matches": (view.champion_version == served) if known else None,
         }
         warnings = []
+        if self.champion is not None and not self.champion_confirmed:
+            warnings.append(
+                f"serving v{served} from {self.champion_source}: the registry could not be "
+                "reached at start-up and has not confirmed it yet"
+                + ("; the service follows the registry when it answers"
+                   if self.follow_registry else "")
+            )  # fmt: skip
         if view.error is not None:
             warnings.append(
                 f"registry unreachable at {_when(view.checked_at)} ({view.error}); last good "
@@ -366,9 +528,16 @@ class ModelService:
             "warning": warning,
             "registry": registry_report,
             **routing,
-            "champion": None if champion is None else {"version": champion.version},
+            "champion": None
+            if champion is None
+            else {
+                "version": champion.version,
+                "source": self.champion_source,
+                "confirmed_by_registry": self.champion_confirmed,
+            },
+            # what takes traffic: a canary at weight 0 (paused by an admin) is not routed
             "canary": None
-            if canary is None
+            if canary is None or self.canary_weight <= 0
             else {"version": canary.version, "weight": self.canary_weight},
             "predictor": {
                 v.name: v.predictor.kind for v in (self.champion, self.canary) if v is not None

@@ -24,6 +24,14 @@ def _default_store_url() -> str:
     return f"sqlite:///{(PROJECT / 'predictions.db').as_posix()}"
 
 
+def _default_models_dir() -> Path:
+    """models/ of the project found from the working directory, as lib.config finds the root
+    (`runner.py serve` and ServiceProcess pass the configured directory explicitly)."""
+    from lib.config import project_root
+
+    return project_root() / "models"
+
+
 def _env_admin_token() -> str | None:
     return os.environ.get("SERVING_ADMIN_TOKEN") or None
 
@@ -43,7 +51,12 @@ class ServingSettings:
     canary_label: str = "canary"
     champion_alias: str = CHAMPION_ALIAS
     lease_check_seconds: float = 1.0  # how often the background task looks at the canary lease
-    # how often a background task reads the champion alias for /health (<= 0: never)
+    # how often a background task reads the champion alias for /health (<= 0: never); after an
+    # outage at start-up it is also how the service finds and follows the registry again
     registry_check_seconds: float = 15.0
+    # start-up waits this long for the registry's answer, then serves models/production
+    registry_start_seconds: float = 10.0
+    # holds production/ (the champion's copy, served when the registry is down at start-up)
+    models_dir: Path = field(default_factory=_default_models_dir)
     compile_models: bool = True  # False: always the plain scikit-learn pipeline
     access_log: bool = False  # uvicorn's per-request log line costs ~10% of throughput
