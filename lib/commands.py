@@ -135,10 +135,14 @@ def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: 
         canary = service.get("canary") or {}
         serving = named((service.get("champion") or {}).get("version"))
         weight = f" at {canary.get('weight', 0)}%" if canary.get("version") else ""
+        source = (service.get("champion") or {}).get("source")
+        where = f" (from {source})" if source and source != "registry" else ""
         echo(
-            f"service {service_url(cfg)}: {service.get('status')}, champion {serving}, "
+            f"service {service_url(cfg)}: {service.get('status')}, champion {serving}{where}, "
             f"canary {named(canary.get('version'))}{weight}"
         )
+        if service.get("warning"):
+            echo(f"service warning: {service['warning']}")
     else:
         echo(f"service: {service}")
     return 0
