@@ -84,10 +84,12 @@ def test_a_real_run_in_process_trains_compares_and_decides(tmp_path: Path) -> No
     root, cfg = project(tmp_path)
     stages = ["detect", "train", "compare", "decide"]
     result = run(cfg, root, stages, executor=InProcessExecutor(root))
-    assert result.outcome == "decided" and result.exit_code == 0
     decided = result.outputs["decide"]
     assert decided.candidate_version == result.outputs["train"].candidate_version
     assert decided.decision in {"auto", "manual", "reject"} and decided.reasons
+    # the verdict is acted upon without 05 deploy too: parked or rejected, else just decided
+    acted = {"auto": "decided", "manual": "awaiting_approval", "reject": "rejected"}
+    assert result.outcome == acted[decided.decision] and result.exit_code == 0
     report = json.loads((result.report_dir / "report.json").read_text())
     assert report["results"]["decision"] == decided.decision
     assert [s["name"] for s in report["stages"]] == ["detect", "train", "compare", "decide"]
@@ -179,3 +181,59 @@ def test_a_recovery_is_notified_as_what_it_did(outcome: str, event: str | None) 
     if event:
         assert events[0][1]["version"] == "4"
     assert RunResults.collect(RunOutputs(), recovery).recovered["outcome"] == outcome
+
+
+# --- a decision acted upon whatever stages run (issue 15) -------------------------------------
+DECIDING = ["detect", "train", "compare", "decide"]
+
+
+def test_manual_without_the_deploy_stage_parks_and_approve_resumes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--stages detect,train,compare,decide` with a `manual` verdict parks the rollout, so
+    `runner.py approve 7` finds it (it said "not awaiting approval" before)."""
+    import argparse
+
+    from lib import commands
+    from lib.delivery import operations
+
+    root, cfg = project(tmp_path)
+    fns = {"detect": detect(), "train": train, "compare": compare, "decide": decide("manual")}
+    result = run(cfg, root, DECIDING, executor=InProcessExecutor(root, fns))
+    assert result.outcome == "awaiting_approval" and result.exit_code == 0
+    assert operations.awaiting_version(root / "models") == "7"
+    assert "awaiting_approval" in (root / "logs" / "deployment.log").read_text()
+
+    deployed: list[str | None] = []
+
+    def deploy(inputs: c.DeployInputs, root: Path) -> c.DeployOutputs:
+        deployed.append(inputs.candidate_version)
+        return c.DeployOutputs(
+            outcome="promoted", deployed_version=inputs.candidate_version or "?",
+            champion_before=None, rollback_reason=None, timeline=[], steps=[],
+        )  # fmt: skip
+
+    def in_process(*args, **kwargs):  # approve's run, without kernels or a service
+        return run(*args, **kwargs, executor=InProcessExecutor(root, {"deploy": deploy}))
+
+    monkeypatch.setattr(commands, "run", in_process)
+    code = commands.cmd_approve(cfg, root, argparse.Namespace(version="7"), lambda msg: None)
+    assert code == 0 and deployed == ["7"]
+
+
+def test_reject_without_the_deploy_stage_is_logged_and_auto_only_decides(tmp_path: Path) -> None:
+    """A `reject` is logged whatever stages run; an `auto` verdict without 05 deploy deploys
+    nothing and parks nothing."""
+    root, cfg = project(tmp_path / "reject")
+    fns = {"detect": detect(), "train": train, "compare": compare, "decide": decide("reject")}
+    result = run(cfg, root, DECIDING, executor=InProcessExecutor(root, fns))
+    assert result.outcome == "rejected" and result.exit_code == 0
+    assert "rejected" in (root / "logs" / "deployment.log").read_text()
+    assert not (root / "models" / "rollout.json").exists()
+
+    root, cfg = project(tmp_path / "auto")
+    fns = {**fns, "decide": decide("auto")}
+    result = run(cfg, root, DECIDING, executor=InProcessExecutor(root, fns))
+    assert result.outcome == "decided" and result.exit_code == 0
+    assert not (root / "models" / "rollout.json").exists()
+    assert not (root / "models" / "production").exists()
