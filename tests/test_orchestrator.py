@@ -73,6 +73,9 @@ def failing(inputs: c.Contract, root: Path) -> c.Contract:
     raise RuntimeError("the data server went away")
 
 
+DECIDING = ["detect", "train", "compare", "decide"]
+
+
 def project(tmp_path: Path, **overrides):
     root = tmp_path / "project"
     root.mkdir(parents=True)
@@ -143,6 +146,30 @@ def test_a_failed_stage_fails_the_run_with_its_record(tmp_path: Path) -> None:
     assert report["outcome"] == "failed" and report["stages"][-1]["status"] == "failed"
 
 
+OUTAGE = ("http://127.0.0.1:5000", "looking up playstore-rating@champion", "connection refused")
+
+
+@pytest.mark.parametrize("stage", ["train", "decide"])
+def test_a_registry_outage_in_a_stage_fails_the_run_with_exit_4(tmp_path: Path, stage: str) -> None:
+    """The documented exit code of a registry outage, not 1, and its one-line message."""
+    from lib.errors import RegistryUnavailable
+
+    def outage(inputs: c.Contract, root: Path) -> c.Contract:
+        raise RegistryUnavailable(*OUTAGE)
+
+    root, cfg = project(tmp_path)
+    fns = {"detect": detect(), "train": train, "compare": compare, "decide": decide("auto")}
+    fns[stage] = outage
+    with pytest.raises(StageError) as info:
+        run(cfg, root, DECIDING, executor=InProcessExecutor(root, fns))
+    assert info.value.exit_code == RegistryUnavailable.exit_code == 4
+    assert info.value.result.exit_code == 4  # type: ignore[attr-defined]
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"stage {stage} failed: RegistryUnavailable")
+    assert "MLflow registry at http://127.0.0.1:5000 is unavailable while looking up " in message
+    assert "playstore-rating@champion: connection refused" in message
+
+
 def test_outputs_that_break_the_contract_fail_the_stage(tmp_path: Path) -> None:
     root, cfg = project(tmp_path)
 
@@ -184,7 +211,6 @@ def test_a_recovery_is_notified_as_what_it_did(outcome: str, event: str | None) 
 
 
 # --- a decision acted upon whatever stages run (issue 15) -------------------------------------
-DECIDING = ["detect", "train", "compare", "decide"]
 
 
 def test_manual_without_the_deploy_stage_parks_and_approve_resumes_it(

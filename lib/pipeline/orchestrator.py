@@ -423,9 +423,9 @@ def run(
                     result = runner.execute(STAGES[stage], inputs, run_dir)
                     results.append(result)
                     if not result.ok or result.outputs is None:
-                        outcome, exit_code = "failed", 1
+                        outcome, exit_code = "failed", result.exit_code
                         error = result.error or "unknown error"
-                        failure = StageError(stage, error, result.notebook)
+                        failure = StageError(stage, error, result.notebook, result.exit_code)
                         say(f"{tag} FAILED after {result.seconds:.1f}s: {result.error}")
                         break
                     outputs[stage] = result.outputs
