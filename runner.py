@@ -14,7 +14,7 @@ decision (or `approve`). Exit codes: 0 done (nothing to do, deployed, rolled bac
 awaiting approval or rejected: see the summary), 1 a stage failed or a deploy left a part undone
 (service not reloaded, promotion undone, production service unreachable), 2 a known error (bad
 data, bad config, nothing to roll back), 3 another runner is busy, 4 the MLflow registry is
-unreachable, 143 stopped by SIGTERM.
+unreachable (in a stage's kernel too), 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations

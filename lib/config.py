@@ -76,7 +76,11 @@ ENV_NESTED_DELIMITER = "__"
 # Fields that may hold URLs with credentials: kept out of repr, redacted by to_dict().
 URL_FIELDS = ("tracking_uri", "serving_url", "store_url")
 _NONE_WORDS = ("", "none", "None", "null", "~")
-_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#@]*@")
+# URL credentials: the userinfo of `scheme://user:password@host`, up to the last "@" before the
+# authority ends, as HTTP clients split it (a raw "@" in a password stays hidden). It never
+# spans whitespace, "/?#", quotes, backslashes or angle brackets, and a host must follow: an "@"
+# later in the text (`models:/name@champion`, an e-mail address) never ends a userinfo.
+_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#\\\"'`<>]*@(?=[^\s/?#@\\\"'`<>])")
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -290,9 +294,11 @@ class PipelineConfig(BaseModel):
         return data
 
 
-def redact_url(url: str) -> str:
-    """`url` without the ``user:password@`` part (a database or MLflow URL may carry one)."""
-    return _USERINFO_RE.sub(r"\1***@", url)
+def redact_url(text: str) -> str:
+    """`text` with the ``user:password@`` of every URL in it replaced by ``***@``: a database or
+    MLflow URL may carry one, alone or inside an error message. The project's one URL-credential
+    redactor (the registry's messages and the notifications' redaction use it too)."""
+    return _USERINFO_RE.sub(r"\1***@", text)
 
 
 def _calibration_choices(name: str) -> tuple[str, ...]:

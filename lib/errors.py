@@ -37,13 +37,20 @@ class ConfigError(PipelineError):
 
 
 class StageError(PipelineError):
-    """A notebook stage failed; the executed notebook with its traceback is kept."""
+    """A notebook stage failed; the executed notebook with its traceback is kept.
+
+    `exit_code` is 1 unless the stage failed on a known error whose exit code is documented
+    (a registry outage is 4 whether it happened in a kernel or in the runner).
+    """
 
     exit_code = 1
 
-    def __init__(self, stage: str, message: str, notebook: str | None = None) -> None:
+    def __init__(
+        self, stage: str, message: str, notebook: str | None = None, exit_code: int = 1
+    ) -> None:
         self.stage = stage
         self.notebook = notebook
+        self.exit_code = exit_code
         where = f" (executed notebook: {notebook})" if notebook else ""
         super().__init__(f"stage {stage} failed: {message}{where}")
 

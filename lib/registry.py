@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from lib.atomic_files import replace_dir
+from lib.config import redact_url
 from lib.errors import RegistryUnavailable
 
 log = logging.getLogger(__name__)
@@ -106,19 +107,9 @@ def connect(tracking_uri: str, experiment: str) -> Any:
 
 
 def redact_uri(uri: str) -> str:
-    """A tracking URI without user:password, for logs and reports."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
-
-
-_CREDENTIALS_IN_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
-
-
-def _redact_text(text: str) -> str:
-    """Every URL in an error text without its user:password (MLflow puts the URL in errors)."""
-    return _CREDENTIALS_IN_URL.sub(r"\1***@", text)
+    """A tracking URI (or a text naming one) without user:password, for logs and reports; the
+    one redactor, lib.config.redact_url, so an `@alias` later in a text is left alone."""
+    return redact_url(uri)
 
 
 def _client_uri(client: Any) -> str:
@@ -159,7 +150,8 @@ def _reason(exc: BaseException, seconds: float) -> str:
     """A short cause for one line: MLflow's transport errors are paragraphs of urllib3 text."""
     from mlflow.exceptions import MlflowException
 
-    text = _redact_text(exc.message if isinstance(exc, MlflowException) else str(exc))
+    # MLflow puts the URL in its errors
+    text = redact_url(exc.message if isinstance(exc, MlflowException) else str(exc))
     status = re.search(r"too many (\d{3}) error responses", text)
     if "Connection refused" in text:
         reason = "connection refused"

@@ -227,3 +227,49 @@ def test_runtime_switches_are_not_taken_for_mistyped_keys(caplog) -> None:
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "PIPELINE_TRESHOLD" in warned
     assert progress.ENV not in warned and faults.FAULT_ENV not in warned
+
+
+# URL credentials inside messages (issue 15): URLs with and without a userinfo, followed by an
+# `@alias` and e-mail addresses; only a real `scheme://user:password@host` is redacted.
+URL_TEXTS = [
+    (
+        "MLflow registry at http://127.0.0.1:5000 is unavailable while looking up "
+        "playstore-rating@champion: connection refused",
+        None,  # unchanged
+    ),
+    (
+        "MLflow registry at http://ops:s3cret@10.0.0.1:5000 is unavailable while loading "
+        "models:/playstore-rating@champion; mail ops@example.com",
+        "MLflow registry at http://***@10.0.0.1:5000 is unavailable while loading "
+        "models:/playstore-rating@champion; mail ops@example.com",
+    ),
+    (
+        "store postgresql://app:pw%40x@db:5432/preds, owner dba@example.org",
+        "store postgresql://***@db:5432/preds, owner dba@example.org",
+    ),
+    (  # a raw "@" in the password: hidden up to the authority's last "@"
+        "mailto://me@x.org:p@ss@mail.x.org:25/team%40x.org sent; reply to a@b.org",
+        "mailto://***@mail.x.org:25/team%40x.org sent; reply to a@b.org",
+    ),
+    (
+        "uri 'https://tok3nValue@mlflow.example:443'@champion, `http://h:1`@x",
+        "uri 'https://***@mlflow.example:443'@champion, `http://h:1`@x",
+    ),
+    ("sqlite:///m.db and file:///tmp/a@b and models:/m@champion", None),
+]
+URL_SECRETS = ("s3cret", "pw%40x", "p@ss", "me@x.org:", "tok3nValue")
+
+
+def test_one_url_redactor_hides_credentials_and_leaves_aliases_and_emails() -> None:
+    """lib.config.redact_url is the one URL-credential redactor: the registry's messages and the
+    notifications' redaction give the same text."""
+    from lib import registry
+    from lib.config import redact_url
+    from lib.watch import redaction
+
+    for text, expected in URL_TEXTS:
+        want = text if expected is None else expected
+        for redact in (redact_url, registry.redact_uri, lambda t: redaction.redact(t, [])):
+            got = redact(text)
+            assert got == want, (redact, text)
+            assert not any(secret in got for secret in URL_SECRETS), got

@@ -387,6 +387,23 @@ def test_log_line_is_one_line_and_redacted(tmp_path: Path) -> None:
     assert 'reason="two\\nlines"' in text
 
 
+def test_a_registry_outage_reason_reaches_the_log_unmangled(tmp_path: Path) -> None:
+    """An `@alias` later in a reason is not a URL's userinfo (the log said
+    "MLflow registry at http://***@champion"); a real one is still hidden."""
+    outage = (
+        "registry outage at canary weight 5%: MLflow registry at {uri} is unavailable while "
+        "looking up playstore-rating@champion: connection refused"
+    )
+    for uri in ("http://127.0.0.1:5000", "http://ops:s3cret@127.0.0.1:5000"):
+        deployments.log_transition(
+            tmp_path, "rolled_back", version="2", reason=outage.format(uri=uri)
+        )
+    first, second = (tmp_path / "deployment.log").read_text().splitlines()
+    assert outage.format(uri="http://127.0.0.1:5000") in first
+    assert outage.format(uri="http://***@127.0.0.1:5000") in second
+    assert "s3cret" not in second
+
+
 def test_corrupt_history_is_an_error_not_a_reset(tmp_path: Path) -> None:
     assert deployments.history(tmp_path) == []
     (tmp_path / "deployments.json").write_text("{oops")

@@ -73,6 +73,9 @@ def failing(inputs: c.Contract, root: Path) -> c.Contract:
     raise RuntimeError("the data server went away")
 
 
+DECIDING = ["detect", "train", "compare", "decide"]
+
+
 def project(tmp_path: Path, **overrides):
     root = tmp_path / "project"
     root.mkdir(parents=True)
@@ -84,10 +87,12 @@ def test_a_real_run_in_process_trains_compares_and_decides(tmp_path: Path) -> No
     root, cfg = project(tmp_path)
     stages = ["detect", "train", "compare", "decide"]
     result = run(cfg, root, stages, executor=InProcessExecutor(root))
-    assert result.outcome == "decided" and result.exit_code == 0
     decided = result.outputs["decide"]
     assert decided.candidate_version == result.outputs["train"].candidate_version
     assert decided.decision in {"auto", "manual", "reject"} and decided.reasons
+    # the verdict is acted upon without 05 deploy too: parked or rejected, else just decided
+    acted = {"auto": "decided", "manual": "awaiting_approval", "reject": "rejected"}
+    assert result.outcome == acted[decided.decision] and result.exit_code == 0
     report = json.loads((result.report_dir / "report.json").read_text())
     assert report["results"]["decision"] == decided.decision
     assert [s["name"] for s in report["stages"]] == ["detect", "train", "compare", "decide"]
@@ -141,6 +146,30 @@ def test_a_failed_stage_fails_the_run_with_its_record(tmp_path: Path) -> None:
     assert report["outcome"] == "failed" and report["stages"][-1]["status"] == "failed"
 
 
+OUTAGE = ("http://127.0.0.1:5000", "looking up playstore-rating@champion", "connection refused")
+
+
+@pytest.mark.parametrize("stage", ["train", "decide"])
+def test_a_registry_outage_in_a_stage_fails_the_run_with_exit_4(tmp_path: Path, stage: str) -> None:
+    """The documented exit code of a registry outage, not 1, and its one-line message."""
+    from lib.errors import RegistryUnavailable
+
+    def outage(inputs: c.Contract, root: Path) -> c.Contract:
+        raise RegistryUnavailable(*OUTAGE)
+
+    root, cfg = project(tmp_path)
+    fns = {"detect": detect(), "train": train, "compare": compare, "decide": decide("auto")}
+    fns[stage] = outage
+    with pytest.raises(StageError) as info:
+        run(cfg, root, DECIDING, executor=InProcessExecutor(root, fns))
+    assert info.value.exit_code == RegistryUnavailable.exit_code == 4
+    assert info.value.result.exit_code == 4  # type: ignore[attr-defined]
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"stage {stage} failed: RegistryUnavailable")
+    assert "MLflow registry at http://127.0.0.1:5000 is unavailable while looking up " in message
+    assert "playstore-rating@champion: connection refused" in message
+
+
 def test_outputs_that_break_the_contract_fail_the_stage(tmp_path: Path) -> None:
     root, cfg = project(tmp_path)
 
@@ -179,3 +208,58 @@ def test_a_recovery_is_notified_as_what_it_did(outcome: str, event: str | None) 
     if event:
         assert events[0][1]["version"] == "4"
     assert RunResults.collect(RunOutputs(), recovery).recovered["outcome"] == outcome
+
+
+# --- a decision acted upon whatever stages run (issue 15) -------------------------------------
+
+
+def test_manual_without_the_deploy_stage_parks_and_approve_resumes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--stages detect,train,compare,decide` with a `manual` verdict parks the rollout, so
+    `runner.py approve 7` finds it (it said "not awaiting approval" before)."""
+    import argparse
+
+    from lib import commands
+    from lib.delivery import operations
+
+    root, cfg = project(tmp_path)
+    fns = {"detect": detect(), "train": train, "compare": compare, "decide": decide("manual")}
+    result = run(cfg, root, DECIDING, executor=InProcessExecutor(root, fns))
+    assert result.outcome == "awaiting_approval" and result.exit_code == 0
+    assert operations.awaiting_version(root / "models") == "7"
+    assert "awaiting_approval" in (root / "logs" / "deployment.log").read_text()
+
+    deployed: list[str | None] = []
+
+    def deploy(inputs: c.DeployInputs, root: Path) -> c.DeployOutputs:
+        deployed.append(inputs.candidate_version)
+        return c.DeployOutputs(
+            outcome="promoted", deployed_version=inputs.candidate_version or "?",
+            champion_before=None, rollback_reason=None, timeline=[], steps=[],
+        )  # fmt: skip
+
+    def in_process(*args, **kwargs):  # approve's run, without kernels or a service
+        return run(*args, **kwargs, executor=InProcessExecutor(root, {"deploy": deploy}))
+
+    monkeypatch.setattr(commands, "run", in_process)
+    code = commands.cmd_approve(cfg, root, argparse.Namespace(version="7"), lambda msg: None)
+    assert code == 0 and deployed == ["7"]
+
+
+def test_reject_without_the_deploy_stage_is_logged_and_auto_only_decides(tmp_path: Path) -> None:
+    """A `reject` is logged whatever stages run; an `auto` verdict without 05 deploy deploys
+    nothing and parks nothing."""
+    root, cfg = project(tmp_path / "reject")
+    fns = {"detect": detect(), "train": train, "compare": compare, "decide": decide("reject")}
+    result = run(cfg, root, DECIDING, executor=InProcessExecutor(root, fns))
+    assert result.outcome == "rejected" and result.exit_code == 0
+    assert "rejected" in (root / "logs" / "deployment.log").read_text()
+    assert not (root / "models" / "rollout.json").exists()
+
+    root, cfg = project(tmp_path / "auto")
+    fns = {**fns, "decide": decide("auto")}
+    result = run(cfg, root, DECIDING, executor=InProcessExecutor(root, fns))
+    assert result.outcome == "decided" and result.exit_code == 0
+    assert not (root / "models" / "rollout.json").exists()
+    assert not (root / "models" / "production").exists()

@@ -25,6 +25,8 @@ GENERATED = {"features": ["engagement", "versions", "genres"]}
 
 
 UP_TO_DECISION = ["detect", "train", "compare", "decide"]
+# How such a run ends: its verdict is acted upon without 05 deploy too (parked or rejected).
+ACTED = {"auto": "decided", "manual": "awaiting_approval", "reject": "rejected"}
 
 
 def run_pipeline(project: Path, stages=None, force=False, **overrides):
@@ -96,7 +98,8 @@ def test_first_run_trains_then_stops_then_retrains_on_new_apps(project: Path) ->
     assert cli.returncode == 0, cli.stderr
     assert "appended 150 new apps" in cli.stdout
     third, _ = run_pipeline(project, **GENERATED)
-    assert third.scraps["new_apps"] == 150 and third.outcome == "decided"
+    assert third.scraps["new_apps"] == 150
+    assert third.outcome == ACTED[third.scraps["decision"]] and third.exit_code == 0
     assert int(third.scraps["candidate_version"]) == int(res["candidate_version"]) + 1
 
 
@@ -191,7 +194,7 @@ def test_raw_file_with_its_broken_row(project: Path, shared_data: Path) -> None:
     result, _ = run_pipeline(
         project, data_path="data/googleplaystore.csv", candidates=["logistic_regression"]
     )
-    assert result.outcome == "decided"
+    assert result.outcome == ACTED[result.scraps["decision"]]
     quarantine = pd.read_csv(result.report_dir / "quarantine.csv")
     broken = quarantine[quarantine["source_row"] == 10473]
     assert len(broken) == 1 and "12 fields" in broken["reason"].iloc[0]
@@ -207,7 +210,7 @@ def test_train_on_first_rows_then_a_batch_is_detected_and_retrained(
     data = project / "data" / "googleplaystore_clean.csv"
     data.write_text("".join(clean[: 1 + 9167]))
     first, _ = run_pipeline(project)
-    assert first.scraps["new_apps"] > 9000 and first.outcome == "decided"
+    assert first.scraps["new_apps"] > 9000 and first.outcome == ACTED[first.scraps["decision"]]
     v1 = first.scraps["candidate_version"]
     # Deployment is a later stage; here the first model is made champion by hand so the second
     # candidate is compared with a real champion on the same holdout rows.

@@ -187,3 +187,33 @@ def test_backtest_with_a_missing_file_is_an_error_not_a_fallback(
     line = one_error_line(runner(project, "backtest", "--data", str(absent)))
     assert str(absent) in line and "not found" in line
     assert not list((project / "reports").glob("backtest-*"))
+
+
+# --- a registry outage inside a notebook stage (issue 15) -------------------------------------
+
+
+@pytest.mark.e2e  # one kernel
+def test_a_registry_outage_in_05_deploy_exits_4_on_one_line(project: Path) -> None:
+    """The kernel's RegistryUnavailable reaches the CLI as its documented exit 4, not the 1 of
+    any failed stage, with the outage's message on one line."""
+    import nbformat
+
+    from lib.pipeline.contracts import STAGES
+
+    path = project / "notebooks" / f"{STAGES['deploy'].notebook}.ipynb"
+    book = nbformat.read(path, as_version=4)
+    (params,) = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+    outage = ("http://127.0.0.1:5000", "looking up playstore-rating@champion", "connection refused")
+    body = f"from lib.errors import RegistryUnavailable\n\nraise RegistryUnavailable(*{outage!r})\n"
+    book.cells = [params, nbformat.v4.new_code_cell(body)]
+    nbformat.write(book, path)
+    done = runner(project, "--stages", "deploy", "--set", "synth_apps=300", "--run-id", "r1")
+    assert done.returncode == 4, (done.returncode, done.stdout, done.stderr)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: stage deploy failed: cell "), lines[0]
+    assert (
+        "RegistryUnavailable: MLflow registry at http://127.0.0.1:5000 is unavailable while "
+        "looking up playstore-rating@champion: connection refused" in lines[0]
+    ), lines[0]
+    assert (project / "reports" / "r1" / "05_deploy.ipynb").exists()  # the record is kept

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from lib.errors import PipelineError
+from lib.errors import PipelineError, RegistryUnavailable
 from lib.pipeline.contracts import Contract, ContractError, Stage
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,25 @@ class StageResult:
     notebook: str | None = None
     html: str | None = None
     error: str | None = None
+    exit_code: int = 1  # the runner's exit code when it failed (see failure_exit_code)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+# Known errors whose documented exit code a failed stage keeps instead of 1: a registry outage
+# exits 4 whether the stage ran in a kernel or in this process.
+CARRIED_ERRORS: tuple[type[PipelineError], ...] = (RegistryUnavailable,)
+
+
+def failure_exit_code(error: BaseException | str) -> int:
+    """The exit code of a stage that failed with `error`: the exception itself (in-process) or
+    its class name (Papermill's `ename`, as the kernel's exception never reaches us)."""
+    for known in CARRIED_ERRORS:
+        if isinstance(error, known) or error == known.__name__:
+            return known.exit_code
+    return 1
 
 
 class Executor(Protocol):
@@ -93,6 +108,7 @@ class PapermillExecutor:
         check_parameters(source, stage)
         started = time.perf_counter()
         error: str | None = None
+        exit_code = 1
         km = None
         try:
             if self.kernels is not None:
@@ -112,6 +128,7 @@ class PapermillExecutor:
             )
         except PapermillExecutionError as exc:
             error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+            exit_code = failure_exit_code(exc.ename)
         except Exception as exc:  # kernel died, timeout...: still a failed stage with a record
             error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -139,6 +156,7 @@ class PapermillExecutor:
             str(target),
             html,
             error,
+            exit_code,
         )
 
 
@@ -163,7 +181,7 @@ class InProcessExecutor:
     def execute(self, stage: Stage, inputs: Contract, run_dir: Path) -> StageResult:
         function = self.functions.get(stage.name) or stage_function(stage.name)
         started = time.perf_counter()
-        outputs, error = None, None
+        outputs, error, exit_code = None, None, 1
         try:
             produced = function(inputs, self.root)
             outputs = stage.check_outputs(
@@ -172,6 +190,7 @@ class InProcessExecutor:
         except Exception as exc:  # a failed stage, reported like a failed notebook
             log.debug("stage %s failed in-process", stage.name, exc_info=True)
             error = f"{type(exc).__name__}: {exc}"
+            exit_code = failure_exit_code(exc)
         return StageResult(
             stage.name,
             "failed" if error else "ok",
@@ -179,4 +198,5 @@ class InProcessExecutor:
             inputs,
             outputs,
             error=error,
+            exit_code=exit_code,
         )

@@ -300,14 +300,13 @@ def _write_index(reports_dir: Path) -> None:
         log.warning("could not write %s/index.html: %s", reports_dir, exc)
 
 
-def _next_step(
-    stage: str, out: Contract, stages: list[str], cfg: PipelineConfig, ctx: RunContext, say: Any
-) -> str | None:
+def _next_step(out: Contract, cfg: PipelineConfig, ctx: RunContext, say: Any) -> str | None:
     """The outcome that ends the run after this stage, or None to go on."""
     if isinstance(out, DetectOutputs) and not out.should_train:
         say(f"stopping: {out.reason}")
         return "no_training"
-    if isinstance(out, DecideOutputs) and "deploy" in stages:  # a decision acted upon
+    if isinstance(out, DecideOutputs):  # acted upon whatever stages run: a `manual` verdict
+        # parks the rollout so that `approve` finds it; `auto` without 05 deploy only decides
         from lib.pipeline.stages import decide
 
         action = decide.act(
@@ -439,9 +438,9 @@ def run(
                     result = runner.execute(STAGES[stage], inputs, run_dir)
                     results.append(result)
                     if not result.ok or result.outputs is None:
-                        outcome, exit_code = "failed", 1
+                        outcome, exit_code = "failed", result.exit_code
                         error = result.error or "unknown error"
-                        failure = StageError(stage, error, result.notebook)
+                        failure = StageError(stage, error, result.notebook, result.exit_code)
                         say(f"{tag} FAILED after {result.seconds:.1f}s: {result.error}")
                         break
                     outputs[stage] = result.outputs
@@ -450,7 +449,7 @@ def run(
                     say(f"{tag} ok ({result.seconds:.1f}s){headline}")
                     if getattr(result.outputs, "note", None):  # promoted/rolled back, but a
                         exit_code = 1  # part failed (reload, file swap): an operator must look
-                    ended = _next_step(stage, result.outputs, stages, cfg, ctx, say)
+                    ended = _next_step(result.outputs, cfg, ctx, say)
                     if ended is not None:
                         outcome = ended
                         break

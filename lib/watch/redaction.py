@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import apprise
 
+from lib.config import redact_url
 from lib.watch.notify_urls import (
     ENV_VARS,
     PAGERDUTY_COMPONENT,
@@ -43,8 +44,6 @@ REDACTED = "***"
 # Shorter values are not replaced inside text: they would shred ordinary words.
 MIN_SECRET_LEN = 4
 
-# Credentials in any URL: everything between "://" and the last "@" of the authority.
-_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#'\"<>]*@")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_~+=%-]{8,}")
 _URL_PARTS_RE = re.compile(r"[/:@?&=,#\s]+")
 _SECRET_QUERY_KEYS = frozenset(
@@ -148,7 +147,7 @@ def redact(text: str, secrets: Iterable[str] | None = None) -> str:
     for value in values:
         if value in text:
             text = text.replace(value, REDACTED)
-    return _USERINFO_RE.sub(rf"\1{REDACTED}@", text)
+    return redact_url(text)  # URL credentials it does not know, as ``***@``
 
 
 class RedactingFilter(logging.Filter):
