@@ -9,6 +9,7 @@ and /health's view of the registry (an interrupted promotion, a registry outage)
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import json
 import shutil
@@ -321,6 +322,29 @@ def test_other_content_types_are_415(client: TestClient, content_type: str) -> N
         assert resp.status_code == 415, (path, resp.text)
         assert "application/json" in resp.json()["detail"]
     assert _metric(client, "model_requests_total") == 0
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "GZIP", "gzip, identity", "x-own"])
+def test_encoded_bodies_are_415_not_read_as_plain_json(client: TestClient, encoding: str) -> None:
+    """A body the caller says is compressed is never read as plain JSON: neither the gzip bytes
+    (a misleading 422) nor plain JSON mislabelled as compressed (a 200 on bytes it never meant)."""
+    plain = json.dumps(RAW_APP).encode()
+    for body in (gzip.compress(plain), plain):
+        for method, path in (("POST", "/predict"), ("POST", "/feedback"),
+                             ("PUT", "/admin/routing")):  # fmt: skip
+            headers = {**_admin(), "Content-Type": "application/json", "Content-Encoding": encoding}
+            resp = client.request(method, path, content=body, headers=headers)
+            assert resp.status_code == 415, (path, resp.text)
+            assert "Content-Encoding" in resp.json()["detail"]
+            assert resp.headers["accept-encoding"] == "identity"
+    assert _metric(client, "model_requests_total") == 0
+    assert _stored_ids(client) == set()
+
+
+def test_identity_encoding_is_plain_json(client: TestClient) -> None:
+    headers = {"Content-Type": "application/json", "Content-Encoding": "Identity"}
+    resp = client.post("/predict", content=json.dumps(RAW_APP).encode(), headers=headers)
+    assert resp.status_code == 200, resp.text
 
 
 @pytest.mark.parametrize(

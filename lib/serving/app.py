@@ -6,8 +6,10 @@ and then answer errors in another shape. `/openapi.json` still describes every b
 error answer: `_openapi` adds the models' JSON schemas to the generated document.
 
 What the service refuses before any parsing (`read_json`): a Content-Type other than
-application/json (415; a missing one is read as JSON), a body over MAX_BODY_BYTES (413, on the
-Content-Length header or while the body streams in, never read whole). `_Guard` turns any
+application/json (415; a missing one is read as JSON), a Content-Encoding other than identity
+(415: a compressed body is not inflated, and must not be read as plain JSON), a body over
+MAX_BODY_BYTES (413, on the Content-Length header or while the body streams in, never read
+whole). `_Guard` turns any
 unexpected exception into a generic 500 (the detail goes to the log, with the request id) and a
 RecursionError into a 400, and keeps the connection open. Swagger UI is not served (it loads
 from a CDN); /docs says where the document is.
@@ -68,7 +70,9 @@ _REFUSED = _error("the body is not valid: every problem, naming the field and th
 _BODY_ERRORS = {
     400: _error("a malformed Content-Length, or JSON nested too deeply"),
     413: _error(f"the body is larger than {MAX_BODY_BYTES} bytes"),
-    415: _error("a Content-Type other than application/json"),
+    415: _error(
+        "a Content-Type other than application/json, or a Content-Encoding other than identity"
+    ),
 }
 
 
@@ -98,10 +102,26 @@ def _check_content_type(value: str | None) -> None:
         )
 
 
+def _check_content_encoding(value: str | None) -> None:
+    """Only identity: the service inflates nothing (a decompression bomb is not its risk to take),
+    and a body said to be compressed is never read as if it were plain."""
+    if value is None:
+        return
+    codings = [c.strip().lower() for c in value.split(",") if c.strip()]
+    if any(c != "identity" for c in codings):
+        raise Refused(
+            415,
+            f"Content-Encoding {show(value)} is not accepted: send the body uncompressed "
+            "(no Content-Encoding, or identity)",
+            {"Accept-Encoding": "identity"},
+        )
+
+
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The raw body of a JSON request, refused (Refused) before it is read whole when too big:
     on its Content-Length header first, then chunk by chunk as it streams in."""
     _check_content_type(request.headers.get("content-type"))
+    _check_content_encoding(request.headers.get("content-encoding"))
     close = {"Connection": "close"}  # the rest of the body is not read: the connection ends
     length = request.headers.get("content-length")
     if length is not None:
