@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -377,6 +378,55 @@ def test_routing_needs_the_admin_token(client: TestClient) -> None:
     assert client.get("/admin/routing", headers=_admin()).json()["champion_version"] == "1"
 
 
+def _routing_now(c: TestClient) -> dict[str, Any]:
+    routing = c.get("/admin/routing", headers=_admin()).json()
+    return {k: routing[k] for k in ("champion_version", "canary_version", "canary_weight",
+                                    "lease_seconds")}  # fmt: skip
+
+
+def test_expected_weight_refuses_to_undo_an_operators_stop(client: TestClient) -> None:
+    """The deployer's renewal names the weight it set last: after a person's stop (weight 0)
+    it is refused with 409 and changes nothing, so no renewal raises the weight again."""
+
+    def put(body: dict[str, Any]) -> Any:
+        return client.put("/admin/routing", json=body, headers=_admin())
+
+    step = {"canary_version": "2", "weight": 25, "lease_seconds": 60}
+    assert put(step).status_code == 200
+    assert put({**step, "expected_weight": 25}).json()["canary_weight"] == 25  # a renewal
+    assert put({"weight": 0}).status_code == 200  # the operator's stop
+    stopped = _routing_now(client)
+    for body in ({**step, "expected_weight": 25}, {**step, "weight": 50, "expected_weight": 25},
+                 {"canary_version": None, "expected_weight": 25.5}):  # fmt: skip
+        refused = put(body)
+        assert refused.status_code == 409, refused.text
+        expected = body["expected_weight"]
+        assert refused.json()["detail"] == (
+            f"routing changed: canary weight is 0, expected {expected:g}"
+        )
+        assert _routing_now(client) == stopped
+    assert put({**step, "weight": 5, "expected_weight": 0.0}).json()["canary_weight"] == 5
+
+
+def test_expected_weight_is_compared_after_the_lease_check(client: TestClient) -> None:
+    step = {"canary_version": "2", "weight": 25, "lease_seconds": 60}
+    assert client.put("/admin/routing", json=step, headers=_admin()).status_code == 200
+    _service(client).lease_deadline = time.monotonic() - 1  # the lease ran out unrenewed
+    late = client.put("/admin/routing", json={**step, "expected_weight": 25}, headers=_admin())
+    assert late.status_code == 409, late.text
+    assert late.json()["detail"] == "routing changed: canary weight is 0, expected 25"
+    assert _routing_now(client)["canary_weight"] == 0
+
+
+@pytest.mark.parametrize("value", [-1, 100.5, "25", True, 10**400])
+def test_expected_weight_must_be_a_percentage(client: TestClient, value: Any) -> None:
+    body = {"canary_version": "2", "weight": 5, "expected_weight": value}
+    resp = client.put("/admin/routing", json=body, headers=_admin())
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["errors"][0].startswith("expected_weight: "), resp.json()
+    assert _routing_now(client)["canary_version"] is None
+
+
 @pytest.mark.parametrize("version", ["latest", "champion", "1.0", "v2", "0", "-1", " ", 0])
 def test_canary_version_must_be_a_version_number(client: TestClient, version: Any) -> None:
     resp = client.put(
@@ -516,6 +566,31 @@ def test_deep_json_keeps_the_connection_open(live: str) -> None:
         assert second.status == 200, second.read()
     finally:
         conn.close()
+
+
+@pytest.mark.e2e
+def test_set_routing_raises_routing_changed_when_the_weight_moved(live: str) -> None:
+    """The deployer's client: a 409 on expected_weight is its own RolloutFailed, carrying the
+    service's sentence; without expected_weight a call applies as before."""
+    from lib.delivery.service_control import RolloutFailed, RoutingChanged, set_routing
+
+    try:
+        set_routing(live, TOKEN, "2", 25, 60)
+        assert set_routing(live, TOKEN, "2", 25, 60, expected_weight=25)["canary_weight"] == 25
+        stop = httpx.put(f"{live}/admin/routing", json={"weight": 0}, headers=_admin(), timeout=60)
+        assert stop.status_code == 200  # the operator's stop
+        with pytest.raises(RoutingChanged) as caught:
+            set_routing(live, TOKEN, "2", 25, 60, expected_weight=25)
+        assert isinstance(caught.value, RolloutFailed)
+        assert str(caught.value) == "routing changed: canary weight is 0, expected 25"
+        routing = httpx.get(f"{live}/admin/routing", headers=_admin(), timeout=10).json()
+        assert routing["canary_weight"] == 0 and routing["canary_version"] == "2"
+        with pytest.raises(RolloutFailed) as other:  # another refusal is not RoutingChanged
+            set_routing(live, TOKEN, None, 5, expected_weight=0)
+        assert not isinstance(other.value, RoutingChanged) and "HTTP 422" in str(other.value)
+        assert set_routing(live, TOKEN, "2", 5, 60, expected_weight=0)["canary_weight"] == 5
+    finally:
+        set_routing(live, TOKEN, None, 0)
 
 
 @pytest.mark.e2e

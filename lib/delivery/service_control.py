@@ -23,6 +23,11 @@ class RolloutFailed(Exception):
     """A step failed: the message is the rollback reason."""
 
 
+class RoutingChanged(RolloutFailed):
+    """The service's canary weight is not the one the caller set last (`expected_weight`): a
+    person or an expired lease moved it; the message is the service's."""
+
+
 def admin_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -33,17 +38,35 @@ def set_routing(
     version: str | None,
     weight: float,
     lease_seconds: float | None = None,
+    expected_weight: float | None = None,
 ) -> dict[str, Any]:
-    """Move traffic on the production service (admin endpoint)."""
+    """Move traffic on the production service (admin endpoint).
+
+    `expected_weight` (the weight this caller set last) makes the change a compare-and-set:
+    the service refuses it, raised as RoutingChanged, when the weight is another one now.
+    """
     import httpx
 
     body: dict[str, Any] = {"canary_version": version, "weight": weight}
     if lease_seconds:
         body["lease_seconds"] = lease_seconds
+    if expected_weight is not None:
+        body["expected_weight"] = expected_weight
     resp = httpx.put(f"{url}/admin/routing", json=body, headers=admin_headers(token), timeout=60)
+    if resp.status_code == 409 and expected_weight is not None:
+        raise RoutingChanged(_detail(resp))
     if resp.status_code != 200:
         raise RolloutFailed(f"routing change refused: HTTP {resp.status_code} {resp.text[:200]}")
     return resp.json()
+
+
+def _detail(resp: Any) -> str:
+    """The service's sentence (`detail` of its JSON answer), else the start of the body."""
+    try:
+        detail = resp.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return detail if isinstance(detail, str) and detail else resp.text[:200]
 
 
 def reload_champion(url: str, token: str | None) -> None:

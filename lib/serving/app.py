@@ -412,11 +412,16 @@ def create_app(settings: ServingSettings) -> FastAPI:
             **_ADMIN_ERRORS,
             **_BODY_ERRORS,
             404: _error("no such model version in the registry"),
+            409: _error(
+                "expected_weight is not the canary weight now (a person or an expired lease "
+                "changed it): nothing was changed"
+            ),
             422: _error("the body is not valid, or the version cannot be loaded"),
         },
     )
     async def put_routing(request: Request) -> Response:
-        """Set the canary version, its weight (percent of request ids) and its lease."""
+        """Set the canary version, its weight (percent of request ids) and its lease; with
+        expected_weight, only if the weight now is that one (compare-and-set)."""
         try:
             update = schemas.parse_routing(await read_json(request))
             return _json(200, await service.update_routing(update))
