@@ -175,6 +175,89 @@ def test_good_request_ids_pass_and_both_places_are_checked(client: TestClient) -
     assert client.post("/feedback", json={"request_id": item, "rating": 4.5}).status_code == 200
 
 
+OTHER_APP = {**RAW_APP, "Reviews": "3", "Installs": "100+", "Size": "2.5M", "Category": "TOOLS"}
+
+
+def _probability(c: TestClient, app: dict[str, Any]) -> float:
+    return c.post("/predict", json=app).json()["probability"]  # under a generated id
+
+
+@pytest.mark.parametrize("written", [False, True], ids=["pending", "written"])
+def test_a_repeated_request_id_is_409_and_feedback_joins_the_first(
+    client: TestClient, written: bool
+) -> None:
+    """Two answers under one id left one row holding the second prediction, and the feedback
+    for the first joined it. Now the repeat is refused (409): nothing predicted, counted or
+    stored; the row and its feedback stay the first answer's. Whether the first row is still
+    in the writer's queue (pending) or in the database, the answer is the same."""
+    store = _service(client).store
+    first_p, other_p = _probability(client, RAW_APP), _probability(client, OTHER_APP)
+    assert first_p != other_p  # (else the store could not tell the two answers apart)
+    assert store.flush(timeout=30)
+    if not written:
+        store._queue.min_interval = 3600  # the writer gathers: the first row stays queued
+    first = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "dup-1"})
+    assert first.status_code == 200 and first.json()["probability"] == first_p
+    if written:
+        assert store.flush(timeout=30)
+    else:
+        assert store.is_pending("dup-1")
+    requests_before = _metric(client, "model_requests_total")
+    for again in (
+        client.post("/predict", json=OTHER_APP, headers={"X-Request-ID": "dup-1"}),
+        client.post("/predict", json={**OTHER_APP, "request_id": "dup-1"}),
+        client.post(
+            "/predict",
+            json={**OTHER_APP, "request_id": "dup-1"},
+            headers={"X-Request-ID": " dup-1 "},
+        ),
+    ):
+        assert again.status_code == 409, again.text
+        assert again.json()["detail"].startswith("request id 'dup-1' was already used")
+        assert again.json()["request_id"] == "dup-1"
+    assert _metric(client, "model_requests_total") == requests_before
+    assert _metric(client, "model_request_errors_total") == 0
+    assert _metric(client, "model_repeated_request_ids_total") == 3
+    feedback = client.post("/feedback", json={"request_id": "dup-1", "rating": 4.5})
+    assert feedback.status_code == 200, feedback.text
+    assert feedback.json()["prediction"]["probability"] == first_p
+    window = store.window(0).set_index("request_id")
+    assert window.loc["dup-1", "probability"] == first_p and window.loc["dup-1", "true_label"] == 1
+    assert store.stats()["rejected"] == 0  # refused before anything was queued
+
+
+def test_batch_item_ids_are_unique_with_single_ids(client: TestClient) -> None:
+    """A batch's items are '<id>-<index>': they may not reuse an answered id either way."""
+    assert client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "x-1"}).status_code == 200
+    clash = client.post("/predict", json=[RAW_APP] * 3, headers={"X-Request-ID": "x"})
+    assert clash.status_code == 409, clash.text
+    assert clash.json()["detail"].startswith("request id 'x': item id 'x-1' was already used")
+    batch = client.post("/predict", json={"instances": [RAW_APP] * 2, "request_id": "b"})
+    assert batch.status_code == 200
+    for again in (
+        client.post("/predict", json=[OTHER_APP] * 2, headers={"X-Request-ID": "b"}),
+        client.post("/predict", json=OTHER_APP, headers={"X-Request-ID": "b-1"}),
+    ):
+        assert again.status_code == 409, again.text
+    assert client.post("/predict", json=OTHER_APP, headers={"X-Request-ID": "b"}).status_code == 200
+    assert _stored_ids(client) == {"x-1", "b-0", "b-1", "b"}
+    assert _metric(client, "model_repeated_request_ids_total") == 3
+
+
+def test_a_request_id_held_by_a_request_in_flight_is_409(client: TestClient) -> None:
+    """Two requests with one id at the same moment: the second is refused while the first is
+    being answered (its id is held from the check to the store), not after both answered."""
+    store = _service(client).store
+    assert store.claim(["flying"]) is None  # what a request does before it predicts
+    try:
+        resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "flying"})
+        assert resp.status_code == 409, resp.text
+    finally:
+        store.release(["flying"])
+    answered = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "flying"})
+    assert answered.status_code == 200
+
+
 def test_lone_surrogates_never_become_ids() -> None:
     for where in ((None, "\ud800"), ("\ud800", None), (None, "a\udfffb")):
         with pytest.raises(schemas.InputError):

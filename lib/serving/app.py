@@ -17,6 +17,7 @@ from a CDN); /docs says where the document is.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -46,6 +47,10 @@ from lib.serving.schemas import InputError
 from lib.serving.settings import MAX_BODY_BYTES, ServingSettings
 
 logger = logging.getLogger(__name__)
+
+# The longest a request waits for its request id to be looked up in the prediction store; past
+# it the request is answered unchecked (logged): a slow database never holds predictions.
+CLAIM_WAIT_SECONDS = 2.0
 
 
 def _json(status: int, content: Any, headers: dict[str, str] | None = None) -> Response:
@@ -285,16 +290,44 @@ def create_app(settings: ServingSettings) -> FastAPI:
             return _json(503, {"detail": f"no champion model yet: {service.champion_problem}"})
         try:
             parsed = schemas.parse_predict(await read_json(request))
-            rid = schemas.request_id(request.headers.get("x-request-id"), parsed.request_id)
+            given = schemas.caller_request_id(request.headers.get("x-request-id"),
+                                              parsed.request_id)  # fmt: skip
         except (Refused, InputError) as exc:
             metrics.invalid.inc()  # a client's mistake: never a model error
             return _refused(exc)
+        rid = given or uuid.uuid4().hex  # (a new uuid4 is unique: nothing to check)
+        rows = parsed.rows
+        ids = [f"{rid}-{i}" for i in range(len(rows))] if parsed.batch else [rid]
+        if given is None:
+            return await _answer(rid, ids, parsed, started, created)
+        used = await _claim(ids)
+        if used is not None:
+            metrics.repeated_ids.inc()  # a client's mistake: never a model error
+            return _json(409, {"detail": _repeated(rid, used, parsed.batch), "request_id": rid})
+        try:
+            return await _answer(rid, ids, parsed, started, created)
+        finally:
+            store.release(ids)  # (what was submitted is a pending row already)
+
+    async def _claim(ids: list[str]) -> str | None:
+        """The first of `ids` already used for a prediction, else None (they are held).
+
+        Bounded: a database that does not answer in CLAIM_WAIT_SECONDS costs a check (the
+        primary key still keeps the first row of an id), never the prediction."""
+        try:
+            return await asyncio.wait_for(run_in_threadpool(store.claim, ids), CLAIM_WAIT_SECONDS)
+        except TimeoutError:
+            logger.warning("request id %s not checked: the prediction store is slow", ids[0])
+            return None
+
+    async def _answer(
+        rid: str, ids: list[str], parsed: schemas.ParsedRequest, started: float, created: float
+    ) -> Response:
         variant = service.route(rid)
         if variant is None:  # the champion went away between the check and here
             metrics.unavailable.inc()
             return _json(503, {"detail": f"no champion model yet: {service.champion_problem}"})
         rows = parsed.rows
-        ids = [f"{rid}-{i}" for i in range(len(rows))] if parsed.batch else [rid]
         requests_c, errors_c, latency_h = metrics.for_variant(variant)
         requests_c.inc()
         try:
@@ -461,6 +494,16 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components.update(schemas.openapi_components("#/components/schemas/{model}"))
         app.openapi_schema = document
     return app.openapi_schema
+
+
+def _repeated(rid: str, used: str, batch: bool) -> str:
+    """Why a request id is refused: feedback names a prediction by its id, so one id, one."""
+    which = f"request id {rid!r}" if used == rid else f"request id {rid!r}: item id {used!r}"
+    items = "; the items of a batch are '<request id>-<index>'" if batch or used != rid else ""
+    return (
+        f"{which} was already used for a prediction: send a new id for each prediction "
+        f"(feedback for an id joins the prediction answered under it{items})"
+    )
 
 
 def _plain(value: Any) -> Any:

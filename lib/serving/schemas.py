@@ -267,7 +267,12 @@ def parse_app(app: Any) -> Row:
 
 
 def request_id(header: str | None, body_value: Any) -> str:
-    """The caller's id (header X-Request-ID, else field request_id), else a new uuid4 hex.
+    """The caller's id (header X-Request-ID, else field request_id), else a new uuid4 hex."""
+    return caller_request_id(header, body_value) or uuid.uuid4().hex
+
+
+def caller_request_id(header: str | None, body_value: Any) -> str | None:
+    """The caller's id (header X-Request-ID, else field request_id); None if it sent none.
 
     Both are checked when both are sent, before anything is queued or stored: an id outside
     REQUEST_ID_PATTERN (emoji, CJK, U+202E, a UTF-8 header read as Latin-1) is refused (422).
@@ -288,7 +293,7 @@ def request_id(header: str | None, body_value: Any) -> str:
             chosen = text
     if problems:
         raise InputError(problems)
-    return chosen or uuid.uuid4().hex
+    return chosen
 
 
 # ------------------------------------------------------------------------------ feedback
