@@ -88,11 +88,59 @@ def test_feedback_unknown_id_is_none_and_second_one_replaces(store: PredictionSt
         store.record_feedback("r1", None)
 
 
-def test_repeated_request_id_replaces_the_prediction(store: PredictionStore) -> None:
+def test_a_repeated_request_id_keeps_the_first_prediction(
+    store: PredictionStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service refuses a repeated id before answering; what still reaches the database
+    twice (another replica, a database the check could not read) keeps the first row, and
+    the repeat is refused alone, counted and logged: feedback joins the first answer."""
     store.record_predictions([_row("dup", 1.0, probability=0.1)])
-    store.record_predictions([_row("dup", 2.0, probability=0.9), _row("other", 2.0)])
+    assert store.record_predictions([_row("dup", 2.0, probability=0.9), _row("other", 2.0)]) == 1
+    store.submit([_row("dup", 3.0, probability=0.5), _row("queued", 3.0)])
+    store.submit([_row("twice", 4.0, probability=0.2), _row("twice", 4.0, probability=0.7)])
+    assert store.flush(timeout=30)
     frame = store.window(0).set_index("request_id")
-    assert len(frame) == 2 and frame.loc["dup", "probability"] == 0.9
+    assert sorted(frame.index) == ["dup", "other", "queued", "twice"]
+    assert frame.loc["dup", "probability"] == 0.1 and frame.loc["twice", "probability"] == 0.2
+    assert store.stats()["rejected"] == 2 and store.stats()["written"] == 2  # (the queue's)
+    messages = [r.getMessage() for r in caplog.records]
+    refused = [m.split("'")[1] for m in messages if "refused by the database" in m]
+    assert refused == ["dup", "dup", "twice"]
+    assert store.record_feedback("dup", 4.5)["prediction"]["probability"] == 0.1
+
+
+def test_claim_holds_request_ids_until_submitted_or_released(store: PredictionStore) -> None:
+    """What the service asks before it predicts: is any of these ids used (stored, pending, or
+    held by a request in flight)? If not, they are held for this request."""
+    store.record_predictions([_row("stored", 1.0)])
+    assert store.claim(["new-1", "stored"]) == "stored"
+    assert store.claim(["new-1"]) is None  # ("stored" refused the whole claim: new-1 was free)
+    assert store.claim(["a", "b"]) is None
+    assert store.claim(["b"]) == "b"  # held by the request in flight
+    store.submit([_row("a", 2.0)])  # it answered "a" only
+    store.release(["a", "b"])  # done: what it did not submit is free again
+    assert store.claim(["a"]) == "a"  # pending or written: used for good
+    assert store.claim(["b"]) is None
+    store.release(["b", "new-1"])
+    assert store.flush(timeout=30)
+    assert store.claim(["a"]) == "a" and store.claim(["new-1"]) is None
+
+
+def test_claim_answers_when_the_database_cannot_be_read(
+    store: PredictionStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store outage must not stop predictions: the id is then checked in memory only."""
+    store.record_predictions([_row("stored", 1.0)])
+
+    def down(ids: list[str]) -> str | None:
+        raise sa.exc.OperationalError("select", {}, Exception("database is down"))
+
+    monkeypatch.setattr(store, "_first_stored", down)
+    with caplog.at_level("WARNING", logger="lib.serving.prediction_store"):
+        assert store.claim(["stored"]) is None
+        assert store.claim(["other"]) is None
+    assert sum("not checked" in r.getMessage() for r in caplog.records) == 1  # once, not per call
+    assert store.claim(["other"]) == "other"  # still held in memory
 
 
 def test_background_writer_and_flush(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ and /health's view of the registry (an interrupted promotion, a registry outage)
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import json
 import shutil
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -173,6 +175,89 @@ def test_good_request_ids_pass_and_both_places_are_checked(client: TestClient) -
     assert client.post("/feedback", json={"request_id": item, "rating": 4.5}).status_code == 200
 
 
+OTHER_APP = {**RAW_APP, "Reviews": "3", "Installs": "100+", "Size": "2.5M", "Category": "TOOLS"}
+
+
+def _probability(c: TestClient, app: dict[str, Any]) -> float:
+    return c.post("/predict", json=app).json()["probability"]  # under a generated id
+
+
+@pytest.mark.parametrize("written", [False, True], ids=["pending", "written"])
+def test_a_repeated_request_id_is_409_and_feedback_joins_the_first(
+    client: TestClient, written: bool
+) -> None:
+    """Two answers under one id left one row holding the second prediction, and the feedback
+    for the first joined it. Now the repeat is refused (409): nothing predicted, counted or
+    stored; the row and its feedback stay the first answer's. Whether the first row is still
+    in the writer's queue (pending) or in the database, the answer is the same."""
+    store = _service(client).store
+    first_p, other_p = _probability(client, RAW_APP), _probability(client, OTHER_APP)
+    assert first_p != other_p  # (else the store could not tell the two answers apart)
+    assert store.flush(timeout=30)
+    if not written:
+        store._queue.min_interval = 3600  # the writer gathers: the first row stays queued
+    first = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "dup-1"})
+    assert first.status_code == 200 and first.json()["probability"] == first_p
+    if written:
+        assert store.flush(timeout=30)
+    else:
+        assert store.is_pending("dup-1")
+    requests_before = _metric(client, "model_requests_total")
+    for again in (
+        client.post("/predict", json=OTHER_APP, headers={"X-Request-ID": "dup-1"}),
+        client.post("/predict", json={**OTHER_APP, "request_id": "dup-1"}),
+        client.post(
+            "/predict",
+            json={**OTHER_APP, "request_id": "dup-1"},
+            headers={"X-Request-ID": " dup-1 "},
+        ),
+    ):
+        assert again.status_code == 409, again.text
+        assert again.json()["detail"].startswith("request id 'dup-1' was already used")
+        assert again.json()["request_id"] == "dup-1"
+    assert _metric(client, "model_requests_total") == requests_before
+    assert _metric(client, "model_request_errors_total") == 0
+    assert _metric(client, "model_repeated_request_ids_total") == 3
+    feedback = client.post("/feedback", json={"request_id": "dup-1", "rating": 4.5})
+    assert feedback.status_code == 200, feedback.text
+    assert feedback.json()["prediction"]["probability"] == first_p
+    window = store.window(0).set_index("request_id")
+    assert window.loc["dup-1", "probability"] == first_p and window.loc["dup-1", "true_label"] == 1
+    assert store.stats()["rejected"] == 0  # refused before anything was queued
+
+
+def test_batch_item_ids_are_unique_with_single_ids(client: TestClient) -> None:
+    """A batch's items are '<id>-<index>': they may not reuse an answered id either way."""
+    assert client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "x-1"}).status_code == 200
+    clash = client.post("/predict", json=[RAW_APP] * 3, headers={"X-Request-ID": "x"})
+    assert clash.status_code == 409, clash.text
+    assert clash.json()["detail"].startswith("request id 'x': item id 'x-1' was already used")
+    batch = client.post("/predict", json={"instances": [RAW_APP] * 2, "request_id": "b"})
+    assert batch.status_code == 200
+    for again in (
+        client.post("/predict", json=[OTHER_APP] * 2, headers={"X-Request-ID": "b"}),
+        client.post("/predict", json=OTHER_APP, headers={"X-Request-ID": "b-1"}),
+    ):
+        assert again.status_code == 409, again.text
+    assert client.post("/predict", json=OTHER_APP, headers={"X-Request-ID": "b"}).status_code == 200
+    assert _stored_ids(client) == {"x-1", "b-0", "b-1", "b"}
+    assert _metric(client, "model_repeated_request_ids_total") == 3
+
+
+def test_a_request_id_held_by_a_request_in_flight_is_409(client: TestClient) -> None:
+    """Two requests with one id at the same moment: the second is refused while the first is
+    being answered (its id is held from the check to the store), not after both answered."""
+    store = _service(client).store
+    assert store.claim(["flying"]) is None  # what a request does before it predicts
+    try:
+        resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "flying"})
+        assert resp.status_code == 409, resp.text
+    finally:
+        store.release(["flying"])
+    answered = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "flying"})
+    assert answered.status_code == 200
+
+
 def test_lone_surrogates_never_become_ids() -> None:
     for where in ((None, "\ud800"), ("\ud800", None), (None, "a\udfffb")):
         with pytest.raises(schemas.InputError):
@@ -323,6 +408,29 @@ def test_other_content_types_are_415(client: TestClient, content_type: str) -> N
     assert _metric(client, "model_requests_total") == 0
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "GZIP", "gzip, identity", "x-own"])
+def test_encoded_bodies_are_415_not_read_as_plain_json(client: TestClient, encoding: str) -> None:
+    """A body the caller says is compressed is never read as plain JSON: neither the gzip bytes
+    (a misleading 422) nor plain JSON mislabelled as compressed (a 200 on bytes it never meant)."""
+    plain = json.dumps(RAW_APP).encode()
+    for body in (gzip.compress(plain), plain):
+        for method, path in (("POST", "/predict"), ("POST", "/feedback"),
+                             ("PUT", "/admin/routing")):  # fmt: skip
+            headers = {**_admin(), "Content-Type": "application/json", "Content-Encoding": encoding}
+            resp = client.request(method, path, content=body, headers=headers)
+            assert resp.status_code == 415, (path, resp.text)
+            assert "Content-Encoding" in resp.json()["detail"]
+            assert resp.headers["accept-encoding"] == "identity"
+    assert _metric(client, "model_requests_total") == 0
+    assert _stored_ids(client) == set()
+
+
+def test_identity_encoding_is_plain_json(client: TestClient) -> None:
+    headers = {"Content-Type": "application/json", "Content-Encoding": "Identity"}
+    resp = client.post("/predict", content=json.dumps(RAW_APP).encode(), headers=headers)
+    assert resp.status_code == 200, resp.text
+
+
 @pytest.mark.parametrize(
     "content_type", ["application/json; charset=utf-8", "Application/JSON", None]
 )
@@ -351,6 +459,55 @@ def test_routing_needs_the_admin_token(client: TestClient) -> None:
     assert client.get("/admin/routing").status_code == 401
     assert client.get("/admin/routing", headers=_admin("wrong-token-1")).status_code == 403
     assert client.get("/admin/routing", headers=_admin()).json()["champion_version"] == "1"
+
+
+def _routing_now(c: TestClient) -> dict[str, Any]:
+    routing = c.get("/admin/routing", headers=_admin()).json()
+    return {k: routing[k] for k in ("champion_version", "canary_version", "canary_weight",
+                                    "lease_seconds")}  # fmt: skip
+
+
+def test_expected_weight_refuses_to_undo_an_operators_stop(client: TestClient) -> None:
+    """The deployer's renewal names the weight it set last: after a person's stop (weight 0)
+    it is refused with 409 and changes nothing, so no renewal raises the weight again."""
+
+    def put(body: dict[str, Any]) -> Any:
+        return client.put("/admin/routing", json=body, headers=_admin())
+
+    step = {"canary_version": "2", "weight": 25, "lease_seconds": 60}
+    assert put(step).status_code == 200
+    assert put({**step, "expected_weight": 25}).json()["canary_weight"] == 25  # a renewal
+    assert put({"weight": 0}).status_code == 200  # the operator's stop
+    stopped = _routing_now(client)
+    for body in ({**step, "expected_weight": 25}, {**step, "weight": 50, "expected_weight": 25},
+                 {"canary_version": None, "expected_weight": 25.5}):  # fmt: skip
+        refused = put(body)
+        assert refused.status_code == 409, refused.text
+        expected = body["expected_weight"]
+        assert refused.json()["detail"] == (
+            f"routing changed: canary weight is 0, expected {expected:g}"
+        )
+        assert _routing_now(client) == stopped
+    assert put({**step, "weight": 5, "expected_weight": 0.0}).json()["canary_weight"] == 5
+
+
+def test_expected_weight_is_compared_after_the_lease_check(client: TestClient) -> None:
+    step = {"canary_version": "2", "weight": 25, "lease_seconds": 60}
+    assert client.put("/admin/routing", json=step, headers=_admin()).status_code == 200
+    _service(client).lease_deadline = time.monotonic() - 1  # the lease ran out unrenewed
+    late = client.put("/admin/routing", json={**step, "expected_weight": 25}, headers=_admin())
+    assert late.status_code == 409, late.text
+    assert late.json()["detail"] == "routing changed: canary weight is 0, expected 25"
+    assert _routing_now(client)["canary_weight"] == 0
+
+
+@pytest.mark.parametrize("value", [-1, 100.5, "25", True, 10**400])
+def test_expected_weight_must_be_a_percentage(client: TestClient, value: Any) -> None:
+    body = {"canary_version": "2", "weight": 5, "expected_weight": value}
+    resp = client.put("/admin/routing", json=body, headers=_admin())
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["errors"][0].startswith("expected_weight: "), resp.json()
+    assert _routing_now(client)["canary_version"] is None
 
 
 @pytest.mark.parametrize("version", ["latest", "champion", "1.0", "v2", "0", "-1", " ", 0])
@@ -492,6 +649,31 @@ def test_deep_json_keeps_the_connection_open(live: str) -> None:
         assert second.status == 200, second.read()
     finally:
         conn.close()
+
+
+@pytest.mark.e2e
+def test_set_routing_raises_routing_changed_when_the_weight_moved(live: str) -> None:
+    """The deployer's client: a 409 on expected_weight is its own RolloutFailed, carrying the
+    service's sentence; without expected_weight a call applies as before."""
+    from lib.delivery.service_control import RolloutFailed, RoutingChanged, set_routing
+
+    try:
+        set_routing(live, TOKEN, "2", 25, 60)
+        assert set_routing(live, TOKEN, "2", 25, 60, expected_weight=25)["canary_weight"] == 25
+        stop = httpx.put(f"{live}/admin/routing", json={"weight": 0}, headers=_admin(), timeout=60)
+        assert stop.status_code == 200  # the operator's stop
+        with pytest.raises(RoutingChanged) as caught:
+            set_routing(live, TOKEN, "2", 25, 60, expected_weight=25)
+        assert isinstance(caught.value, RolloutFailed)
+        assert str(caught.value) == "routing changed: canary weight is 0, expected 25"
+        routing = httpx.get(f"{live}/admin/routing", headers=_admin(), timeout=10).json()
+        assert routing["canary_weight"] == 0 and routing["canary_version"] == "2"
+        with pytest.raises(RolloutFailed) as other:  # another refusal is not RoutingChanged
+            set_routing(live, TOKEN, None, 5, expected_weight=0)
+        assert not isinstance(other.value, RoutingChanged) and "HTTP 422" in str(other.value)
+        assert set_routing(live, TOKEN, "2", 5, 60, expected_weight=0)["canary_weight"] == 5
+    finally:
+        set_routing(live, TOKEN, None, 0)
 
 
 @pytest.mark.e2e

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lib.delivery.service_process import ServiceProcess
 from lib.serving import prediction_store, store_journal, store_rows
+from lib.serving.app import create_app
 from lib.serving.prediction_store import PredictionStore
 from tests.test_serving import (  # noqa: F401 (fixtures)
     MODEL,
@@ -30,6 +31,7 @@ from tests.test_serving import (  # noqa: F401 (fixtures)
     _admin,
     _id_for,
     _service,
+    _settings,
     client,
     mlstore,
 )
@@ -200,6 +202,25 @@ def test_feedback_for_a_failed_prediction_answers_409(client: TestClient) -> Non
     resp = client.post("/feedback", json={"request_id": bad_id, "rating": 4.5})
     assert resp.status_code == 409, resp.text
     assert "failed" in resp.json()["detail"]
+
+
+def test_request_ids_answered_before_a_restart_stay_used(mlstore: Store, tmp_path: Path) -> None:  # noqa: F811
+    """The restarted service finds the ids in the database: a repeat is still 409, and the
+    feedback still joins the answer given before the restart."""
+    settings = _settings(mlstore, tmp_path)
+    with TestClient(create_app(settings)) as before:
+        first = before.post("/predict", json=RAW_APP, headers={"X-Request-ID": "r-1"}).json()
+        batch = before.post("/predict", json=[RAW_APP] * 2, headers={"X-Request-ID": "rb"})
+        assert batch.status_code == 200
+    with TestClient(create_app(settings)) as after:
+        other = {**RAW_APP, "Reviews": "3", "Category": "TOOLS"}
+        for rid, body in (("r-1", other), ("rb", [other] * 2), ("rb-1", other)):
+            again = after.post("/predict", json=body, headers={"X-Request-ID": rid})
+            assert again.status_code == 409, again.text
+        feedback = after.post("/feedback", json={"request_id": "r-1", "rating": 2.0}).json()
+        assert feedback["prediction"]["probability"] == first["probability"]
+        new = after.post("/predict", json=other, headers={"X-Request-ID": "r-2"})
+        assert new.status_code == 200
 
 
 # ------------------------------------------------------------------------- 4: kill -9
@@ -401,6 +422,10 @@ def test_predictions_answered_before_kill_9_are_stored_after_restart(
         text = httpx.get(f"{second.url}/metrics", timeout=10).text
         assert _metric(text, "model_store_rows_recovered_total") == 20
         assert _metric(text, "model_store_rows_lost_at_restart_total") == 0
+        # answered before the kill, written from the journal at start: still used
+        again = httpx.post(f"{second.url}/predict", json=RAW_APP, timeout=30,
+                           headers={"X-Request-ID": "k9-0"})  # fmt: skip
+        assert again.status_code == 409, again.text
     with PredictionStore(url) as store:
         assert sorted(store.window(0)["request_id"]) == sorted(answered)
         assert _invalid_json_rows(store) == 0

@@ -24,8 +24,8 @@ class RolloutFailed(Exception):
 
 
 class RoutingChanged(RolloutFailed):
-    """The service refused a routing change whose precondition (`expected_weight`) no longer
-    held: someone else (a person, a lapsed lease) moved the canary weight."""
+    """The service's canary weight is not the one the caller set last (`expected_weight`): a
+    person or an expired lease moved it; the message is the service's."""
 
 
 def admin_headers(token: str | None) -> dict[str, str]:
@@ -40,8 +40,11 @@ def set_routing(
     lease_seconds: float | None = None,
     expected_weight: float | None = None,
 ) -> dict[str, Any]:
-    """Move traffic on the production service (admin endpoint). With `expected_weight` the
-    change applies only while the canary weight is still that (RoutingChanged otherwise)."""
+    """Move traffic on the production service (admin endpoint).
+
+    `expected_weight` (the weight this caller set last) makes the change a compare-and-set:
+    the service refuses it, raised as RoutingChanged, when the weight is another one now.
+    """
     import httpx
 
     body: dict[str, Any] = {"canary_version": version, "weight": weight}
@@ -51,10 +54,19 @@ def set_routing(
         body["expected_weight"] = expected_weight
     resp = httpx.put(f"{url}/admin/routing", json=body, headers=admin_headers(token), timeout=60)
     if resp.status_code == 409 and expected_weight is not None:
-        raise RoutingChanged(f"routing change refused: {resp.text[:200]}")
+        raise RoutingChanged(_detail(resp))
     if resp.status_code != 200:
         raise RolloutFailed(f"routing change refused: HTTP {resp.status_code} {resp.text[:200]}")
     return resp.json()
+
+
+def _detail(resp: Any) -> str:
+    """The service's sentence (`detail` of its JSON answer), else the start of the body."""
+    try:
+        detail = resp.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return detail if isinstance(detail, str) and detail else resp.text[:200]
 
 
 def reload_champion(url: str, token: str | None, expect: str | None = None) -> None:

@@ -6,8 +6,10 @@ and then answer errors in another shape. `/openapi.json` still describes every b
 error answer: `_openapi` adds the models' JSON schemas to the generated document.
 
 What the service refuses before any parsing (`read_json`): a Content-Type other than
-application/json (415; a missing one is read as JSON), a body over MAX_BODY_BYTES (413, on the
-Content-Length header or while the body streams in, never read whole). `_Guard` turns any
+application/json (415; a missing one is read as JSON), a Content-Encoding other than identity
+(415: a compressed body is not inflated, and must not be read as plain JSON), a body over
+MAX_BODY_BYTES (413, on the Content-Length header or while the body streams in, never read
+whole). `_Guard` turns any
 unexpected exception into a generic 500 (the detail goes to the log, with the request id) and a
 RecursionError into a 400, and keeps the connection open. Swagger UI is not served (it loads
 from a CDN); /docs says where the document is.
@@ -15,6 +17,7 @@ from a CDN); /docs says where the document is.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -45,6 +48,10 @@ from lib.serving.settings import MAX_BODY_BYTES, ServingSettings
 
 logger = logging.getLogger(__name__)
 
+# The longest a request waits for its request id to be looked up in the prediction store; past
+# it the request is answered unchecked (logged): a slow database never holds predictions.
+CLAIM_WAIT_SECONDS = 2.0
+
 
 def _json(status: int, content: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(
@@ -68,7 +75,9 @@ _REFUSED = _error("the body is not valid: every problem, naming the field and th
 _BODY_ERRORS = {
     400: _error("a malformed Content-Length, or JSON nested too deeply"),
     413: _error(f"the body is larger than {MAX_BODY_BYTES} bytes"),
-    415: _error("a Content-Type other than application/json"),
+    415: _error(
+        "a Content-Type other than application/json, or a Content-Encoding other than identity"
+    ),
 }
 
 
@@ -98,10 +107,26 @@ def _check_content_type(value: str | None) -> None:
         )
 
 
+def _check_content_encoding(value: str | None) -> None:
+    """Only identity: the service inflates nothing (a decompression bomb is not its risk to take),
+    and a body said to be compressed is never read as if it were plain."""
+    if value is None:
+        return
+    codings = [c.strip().lower() for c in value.split(",") if c.strip()]
+    if any(c != "identity" for c in codings):
+        raise Refused(
+            415,
+            f"Content-Encoding {show(value)} is not accepted: send the body uncompressed "
+            "(no Content-Encoding, or identity)",
+            {"Accept-Encoding": "identity"},
+        )
+
+
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The raw body of a JSON request, refused (Refused) before it is read whole when too big:
     on its Content-Length header first, then chunk by chunk as it streams in."""
     _check_content_type(request.headers.get("content-type"))
+    _check_content_encoding(request.headers.get("content-encoding"))
     close = {"Connection": "close"}  # the rest of the body is not read: the connection ends
     length = request.headers.get("content-length")
     if length is not None:
@@ -265,16 +290,44 @@ def create_app(settings: ServingSettings) -> FastAPI:
             return _json(503, {"detail": f"no champion model yet: {service.champion_problem}"})
         try:
             parsed = schemas.parse_predict(await read_json(request))
-            rid = schemas.request_id(request.headers.get("x-request-id"), parsed.request_id)
+            given = schemas.caller_request_id(request.headers.get("x-request-id"),
+                                              parsed.request_id)  # fmt: skip
         except (Refused, InputError) as exc:
             metrics.invalid.inc()  # a client's mistake: never a model error
             return _refused(exc)
+        rid = given or uuid.uuid4().hex  # (a new uuid4 is unique: nothing to check)
+        rows = parsed.rows
+        ids = [f"{rid}-{i}" for i in range(len(rows))] if parsed.batch else [rid]
+        if given is None:
+            return await _answer(rid, ids, parsed, started, created)
+        used = await _claim(ids)
+        if used is not None:
+            metrics.repeated_ids.inc()  # a client's mistake: never a model error
+            return _json(409, {"detail": _repeated(rid, used, parsed.batch), "request_id": rid})
+        try:
+            return await _answer(rid, ids, parsed, started, created)
+        finally:
+            store.release(ids)  # (what was submitted is a pending row already)
+
+    async def _claim(ids: list[str]) -> str | None:
+        """The first of `ids` already used for a prediction, else None (they are held).
+
+        Bounded: a database that does not answer in CLAIM_WAIT_SECONDS costs a check (the
+        primary key still keeps the first row of an id), never the prediction."""
+        try:
+            return await asyncio.wait_for(run_in_threadpool(store.claim, ids), CLAIM_WAIT_SECONDS)
+        except TimeoutError:
+            logger.warning("request id %s not checked: the prediction store is slow", ids[0])
+            return None
+
+    async def _answer(
+        rid: str, ids: list[str], parsed: schemas.ParsedRequest, started: float, created: float
+    ) -> Response:
         variant = service.route(rid)
         if variant is None:  # the champion went away between the check and here
             metrics.unavailable.inc()
             return _json(503, {"detail": f"no champion model yet: {service.champion_problem}"})
         rows = parsed.rows
-        ids = [f"{rid}-{i}" for i in range(len(rows))] if parsed.batch else [rid]
         requests_c, errors_c, latency_h = metrics.for_variant(variant)
         requests_c.inc()
         try:
@@ -392,11 +445,16 @@ def create_app(settings: ServingSettings) -> FastAPI:
             **_ADMIN_ERRORS,
             **_BODY_ERRORS,
             404: _error("no such model version in the registry"),
+            409: _error(
+                "expected_weight is not the canary weight now (a person or an expired lease "
+                "changed it): nothing was changed"
+            ),
             422: _error("the body is not valid, or the version cannot be loaded"),
         },
     )
     async def put_routing(request: Request) -> Response:
-        """Set the canary version, its weight (percent of request ids) and its lease."""
+        """Set the canary version, its weight (percent of request ids) and its lease; with
+        expected_weight, only if the weight now is that one (compare-and-set)."""
         try:
             update = schemas.parse_routing(await read_json(request))
             return _json(200, await service.update_routing(update))
@@ -436,6 +494,16 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components.update(schemas.openapi_components("#/components/schemas/{model}"))
         app.openapi_schema = document
     return app.openapi_schema
+
+
+def _repeated(rid: str, used: str, batch: bool) -> str:
+    """Why a request id is refused: feedback names a prediction by its id, so one id, one."""
+    which = f"request id {rid!r}" if used == rid else f"request id {rid!r}: item id {used!r}"
+    items = "; the items of a batch are '<request id>-<index>'" if batch or used != rid else ""
+    return (
+        f"{which} was already used for a prediction: send a new id for each prediction "
+        f"(feedback for an id joins the prediction answered under it{items})"
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -70,6 +70,11 @@ class Metrics:
         self.invalid = Counter(
             "model_invalid_requests", "Requests refused as invalid input (422)", registry=r
         )
+        self.repeated_ids = Counter(
+            "model_repeated_request_ids",
+            "Requests refused (409): their request id was already used for a prediction",
+            registry=r,
+        )
         self.unavailable = Counter(
             "model_unavailable_requests", "Requests answered 503: no champion model", registry=r
         )

@@ -7,6 +7,11 @@ locked". The service never writes the database on its request path: `submit` app
 a journal file (`store_journal`: what a kill -9 must not lose) and hands them to a background
 writer thread that inserts them in batches. A row the database refuses costs only itself: the
 batch is then inserted row by row, and the refused rows are counted and logged.
+
+A request id names one answered prediction (feedback joins it by that id): before the service
+predicts under a caller's id it `claim`s it, and a used one (stored, pending, or held by a
+request in flight) is refused. The primary key keeps the first row of an id whatever gets past
+that check (another replica at the same moment, a database the check could not read).
 """
 
 from __future__ import annotations
@@ -151,6 +156,7 @@ class PredictionStore:
         self._tables_lock = threading.Lock()
         self._recovered = 0
         self._lost_at_restart = 0
+        self._claims_unchecked = False  # the last claim could not read the database
         if journal_dir is None and journal:
             journal_dir = store_journal.default_dir(url)
         self.journal_dir = Path(journal_dir) if journal and journal_dir else None
@@ -211,10 +217,10 @@ class PredictionStore:
 
     def _insert_missing(self, rows: list[dict[str, Any]]) -> tuple[int, int]:
         """Insert the rows whose request id is not stored yet: (inserted, refused)."""
-        by_id = {}
+        by_id: dict[str, dict[str, Any]] = {}
         for row in rows:
             clean = clean_prediction(row)
-            by_id[clean["request_id"]] = clean
+            by_id.setdefault(clean["request_id"], clean)  # the first answer of an id
         ids = list(by_id)
         missing = []
         for start in range(0, len(ids), 500):
@@ -235,28 +241,23 @@ class PredictionStore:
     # ------------------------------------------------------------------------ direct writes
 
     def record_predictions(self, rows: list[dict[str, Any]]) -> int:
-        """Bulk-insert prediction rows; a repeated request id replaces the earlier row."""
+        """Insert prediction rows at once: how many were written. A request id already stored
+        keeps its first row (the repeat is refused alone, logged); a database error raises."""
         if not rows:
             return 0
-        return self._insert([clean_prediction(row) for row in rows])
+        written, refused, transient = self._insert_isolating([clean_prediction(r) for r in rows])
+        if transient:
+            raise transient[0][1]
+        self._log_refused(refused)
+        return written
 
     def _insert(self, rows: list[dict[str, Any]]) -> int:
-        """Insert clean rows in one transaction (last one wins for a repeated id)."""
+        """Insert clean rows in one transaction; a repeated request id fails it (IntegrityError:
+        the primary key keeps an id's first answer, which its feedback joins)."""
         self._ensure_tables()
-        by_id: dict[str, dict[str, Any]] = {row["request_id"]: row for row in rows}
-        values = list(by_id.values())
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(predictions), values)
-        except IntegrityError:
-            # A client reused a request id (a retry): portable upsert, delete then insert.
-            with self.engine.begin() as conn:
-                ids = list(by_id)
-                for start in range(0, len(ids), 500):
-                    chunk = ids[start : start + 500]
-                    conn.execute(delete(predictions).where(predictions.c.request_id.in_(chunk)))
-                conn.execute(insert(predictions), values)
-        return len(values)
+        with self.engine.begin() as conn:
+            conn.execute(insert(predictions), rows)
+        return len(rows)
 
     def _insert_isolating(
         self, rows: list[dict[str, Any]]
@@ -308,6 +309,57 @@ class PredictionStore:
                 ).where(predictions.c.request_id == request_id)
             ).first()
         return None if row is None else dict(row._mapping)
+
+    # ---------------------------------------------------------------------- request ids
+
+    def claim(self, request_ids: list[str]) -> str | None:
+        """Hold request ids for a prediction about to be answered; or the first one used.
+
+        Used: held by a request in flight, pending in this process's writer, or stored (one
+        indexed read: blocking, call it from a thread). Held ids are freed by `submit` (they
+        become pending rows) or `release`. If the database cannot be read, the ids are checked
+        in memory only (logged once per outage): predictions go on, and the primary key keeps
+        the first row of an id that gets past.
+        """
+        keys = [safe_text(str(i)) for i in request_ids]
+        used = self._queue.hold(keys)
+        if used is not None:
+            return used
+        try:
+            used = self._first_stored(keys)
+        except SQLAlchemyError as exc:
+            if not self._claims_unchecked:
+                logger.warning(
+                    "prediction store: request ids not checked against the database (%s); "
+                    "until it answers, only ids of this process are refused",
+                    type(exc).__name__,
+                )
+            self._claims_unchecked = True
+            return None
+        if self._claims_unchecked:
+            self._claims_unchecked = False
+            logger.info("prediction store: request ids checked against the database again")
+        if used is not None:
+            self._queue.release(keys)
+        return used
+
+    def release(self, request_ids: list[str]) -> None:
+        """Free the ids a request claimed and did not submit (e.g. it answered 503)."""
+        self._queue.release([safe_text(str(i)) for i in request_ids])
+
+    def _first_stored(self, keys: list[str]) -> str | None:
+        """The first of `keys` the predictions table holds, None if none (raises on a database
+        error)."""
+        self._ensure_tables()
+        column = predictions.c.request_id
+        with self.engine.connect() as conn:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                where = column == chunk[0] if len(chunk) == 1 else column.in_(chunk)
+                found = conn.execute(select(column).where(where).limit(1)).scalar()
+                if found is not None:
+                    return found
+        return None
 
     def is_pending(self, request_id: str) -> bool:
         """Submitted in this process and not written (or given up on) yet."""

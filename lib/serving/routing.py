@@ -314,6 +314,7 @@ class ModelService:
         version: Any = ... if update.keeps_canary else update.canary_version
         weight, lease = update.weight, update.lease_seconds
         async with self.admin_lock():
+            self._check_expected_weight(update.expected_weight)  # before a load for nothing
             canary = self.canary
             if version is None:
                 canary = None
@@ -324,8 +325,21 @@ class ModelService:
                 raise AdminError(422, "weight > 0 needs a canary: set canary_version")
             if weight is None:
                 weight = self.canary_weight if canary is self.canary else 0.0
+            self._check_expected_weight(update.expected_weight)  # the lease may have run out
             self.set_canary(canary, float(weight), float(lease) if lease is not None else None)
             return self.routing()
+
+    def _check_expected_weight(self, expected: float | None) -> None:
+        """Compare-and-set: the caller's change was meant for `expected` (the weight it set
+        last); a weight moved since (a person's stop, an expired lease) refuses it (409)."""
+        if expected is None:
+            return
+        self.check_lease()
+        if self.canary_weight != expected:
+            raise AdminError(
+                409,
+                f"routing changed: canary weight is {self.canary_weight:g}, expected {expected:g}",
+            )
 
     async def _load_for_admin(self, name: str, version: str) -> Variant:
         from mlflow.exceptions import MlflowException

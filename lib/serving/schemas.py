@@ -267,7 +267,12 @@ def parse_app(app: Any) -> Row:
 
 
 def request_id(header: str | None, body_value: Any) -> str:
-    """The caller's id (header X-Request-ID, else field request_id), else a new uuid4 hex.
+    """The caller's id (header X-Request-ID, else field request_id), else a new uuid4 hex."""
+    return caller_request_id(header, body_value) or uuid.uuid4().hex
+
+
+def caller_request_id(header: str | None, body_value: Any) -> str | None:
+    """The caller's id (header X-Request-ID, else field request_id); None if it sent none.
 
     Both are checked when both are sent, before anything is queued or stored: an id outside
     REQUEST_ID_PATTERN (emoji, CJK, U+202E, a UTF-8 header read as Latin-1) is refused (422).
@@ -288,7 +293,7 @@ def request_id(header: str | None, body_value: Any) -> str:
             chosen = text
     if problems:
         raise InputError(problems)
-    return chosen or uuid.uuid4().hex
+    return chosen
 
 
 # ------------------------------------------------------------------------------ feedback
@@ -344,7 +349,8 @@ def parse_feedback(body: bytes, threshold: float) -> Feedback:
 
 
 class RoutingUpdate(BaseModel):
-    """PUT /admin/routing: the canary version (null: none; absent: keep), weight %, lease s."""
+    """PUT /admin/routing: the canary version (null: none; absent: keep), weight %, lease s,
+    and the weight the caller believes is set (`expected_weight`: 409 if it is not)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -359,6 +365,11 @@ class RoutingUpdate(BaseModel):
     lease_seconds: Annotated[float | None, BeforeValidator(fields.lease),
                              WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
                                                        {"type": "null"}]})] = None  # fmt: skip
+    # compare-and-set: apply only if the canary weight now (after the lease check) is this one
+    expected_weight: Annotated[float | None, BeforeValidator(fields.weight),
+                               WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0,
+                                                          "maximum": 100},
+                                                         {"type": "null"}]})] = None  # fmt: skip
 
     @property
     def keeps_canary(self) -> bool:
@@ -384,7 +395,10 @@ def parse_routing(body: bytes) -> RoutingUpdate:
         unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
         if unknown:
             raise InputError(
-                [f"unknown field(s) {unknown}; expected canary_version, weight, lease_seconds"]
+                [
+                    f"unknown field(s) {unknown}; expected canary_version, weight, lease_seconds, "
+                    "expected_weight"
+                ]
             ) from None
         raise InputError(_messages(exc)) from None
 

@@ -41,6 +41,7 @@ class WriteQueue:
         self._cv = threading.Condition()
         self._pending: Rows = []  # rows as submitted, in sequence order
         self._pending_ids: dict[str, int] = {}  # request id -> its rows queued or being written
+        self._held: set[str] = set()  # request ids claimed by requests in flight (not submitted)
         self._submitted = 0  # also the sequence number of the next row
         self._done = 0  # written, or given up on (dropped / failed / rejected): flush never hangs
         self._dropped = 0
@@ -73,6 +74,8 @@ class WriteQueue:
             ids = self._pending_ids
             for key in keys:
                 ids[key] = ids.get(key, 0) + 1
+            if self._held:  # a claimed id is now a pending row: never free in between
+                self._held.difference_update(keys)
             overflow = len(self._pending) - self.max_pending
             if overflow > 0:  # the database is down or too slow: keep memory bounded
                 self._forget(self._pending[:overflow])
@@ -102,6 +105,22 @@ class WriteQueue:
                 ids[rid] = left
             else:
                 ids.pop(rid, None)
+
+    def hold(self, keys: list[str]) -> str | None:
+        """Claim request ids for a request in flight: the first one pending or already held
+        (then nothing is held), else None and all are held until `submit` or `release`."""
+        with self._cv:
+            for key in keys:
+                if key in self._pending_ids or key in self._held:
+                    return key
+            self._held.update(keys)
+        return None
+
+    def release(self, keys: list[str]) -> None:
+        """Free the ids a request held and did not submit (submitted ones are pending rows)."""
+        with self._cv:
+            if self._held:
+                self._held.difference_update(keys)
 
     def is_pending(self, request_id: str) -> bool:
         with self._cv:
