@@ -169,6 +169,7 @@ def test_a_weight_of_0_set_by_hand_is_never_raised_again(served: World) -> None:
     world = served
     v1 = world.champion()
     v2 = world.register(world.forest(31))
+    registry.set_alias(world.client, NAME, "candidate", v2)
     proc = start_deploy(world, world.url, *QUICK, "--set", "analysis_seconds=300",
                         "--set", "lease_seconds=3")  # fmt: skip
     try:
@@ -208,10 +209,11 @@ def test_approved_promotion_killed_then_next_run_serves_the_registry(served, poi
         world.models, world.logs, NAME, v2, world.champion(), "r", "manual", world.url
     )
     approve = runner(
-        world, world.url, "approve", v2, *QUICK, "--set", "canary_steps=[50]",
+        world, world.url, "approve", v2, *QUICK, "--set", "canary_steps=[50,100]",
         env={**_env(), faults.FAULT_ENV: point},
     )  # fmt: skip
     assert approve.returncode != 0, approve.stdout  # the deploy kernel died at the fault point
+    assert state(world).phase == rollout.Phase.PROMOTING, approve.stdout + approve.stderr
     wait_for("the dead promoter", lambda: rollout.interrupted(state(world)), seconds=60)
     status = runner(world, world.url, "status")
     assert f"the registry names v{v2} champion" in status.stdout, status.stdout  # MISMATCH line
