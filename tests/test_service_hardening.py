@@ -14,6 +14,7 @@ import http.client
 import json
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,6 +257,35 @@ def test_a_request_id_held_by_a_request_in_flight_is_409(client: TestClient) -> 
         store.release(["flying"])
     answered = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "flying"})
     assert answered.status_code == 200
+
+
+def test_a_store_that_does_not_answer_costs_the_id_check_not_the_prediction(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lib.serving import app as app_module
+
+    store = _service(client).store
+    gate = threading.Event()
+
+    def hung(ids: list[str]) -> str | None:
+        gate.wait(60)  # the database does not answer
+        return None
+
+    def broken(ids: list[str]) -> str | None:
+        raise RuntimeError("a bug in the look-up")
+
+    monkeypatch.setattr(app_module, "CLAIM_WAIT_SECONDS", 0.05)
+    try:
+        monkeypatch.setattr(store, "stored", hung)
+        slow = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "slow-1"})
+        assert slow.status_code == 200, slow.text
+        assert "request id not checked: the prediction store did not answer" in caplog.text
+    finally:
+        gate.set()
+    monkeypatch.setattr(store, "stored", broken)
+    failed = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "slow-2"})
+    assert failed.status_code == 200, failed.text
+    assert _metric(client, "model_request_errors_total") == 0
 
 
 def test_lone_surrogates_never_become_ids() -> None:

@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -49,8 +50,10 @@ from lib.serving.settings import MAX_BODY_BYTES, ServingSettings
 logger = logging.getLogger(__name__)
 
 # The longest a request waits for its request id to be looked up in the prediction store; past
-# it the request is answered unchecked (logged): a slow database never holds predictions.
+# it the request is answered unchecked (logged): a slow database never holds predictions. The
+# look-ups run in a pool of their own: a hung database ties up these threads only.
 CLAIM_WAIT_SECONDS = 2.0
+CLAIM_THREADS = 4
 
 
 def _json(status: int, content: Any, headers: dict[str, str] | None = None) -> Response:
@@ -215,6 +218,7 @@ _bearer = HTTPBearer(auto_error=False, description="the service's SERVING_ADMIN_
 def create_app(settings: ServingSettings) -> FastAPI:
     """The service as an ASGI app; the state is `app.state.service` (a ModelService)."""
     service = ModelService(settings)
+    lookups = ThreadPoolExecutor(CLAIM_THREADS, thread_name_prefix="request-id-lookup")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -222,6 +226,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         try:
             yield
         finally:
+            lookups.shutdown(wait=False, cancel_futures=True)
             await service.shutdown()
 
     app = FastAPI(
@@ -296,32 +301,47 @@ def create_app(settings: ServingSettings) -> FastAPI:
             metrics.invalid.inc()  # a client's mistake: never a model error
             return _refused(exc)
         rid = given or uuid.uuid4().hex  # (a new uuid4 is unique: nothing to check)
-        rows = parsed.rows
-        ids = [f"{rid}-{i}" for i in range(len(rows))] if parsed.batch else [rid]
+        ids = [f"{rid}-{i}" for i in range(len(parsed.rows))] if parsed.batch else [rid]
         if given is None:
-            return await _answer(rid, ids, parsed, started, created)
-        used = await _claim(ids)
+            return await _answer(rid, ids, parsed, started, created, None)
+        used = store.hold(ids)  # a request in flight or a row pending in this process
         if used is not None:
-            metrics.repeated_ids.inc()  # a client's mistake: never a model error
-            return _json(409, {"detail": _repeated(rid, used, parsed.batch), "request_id": rid})
+            return _refuse_repeated(rid, used, parsed.batch)
+        # a row stored before (a restart, another replica): looked up while the model predicts
+        loop = asyncio.get_running_loop()
+        lookup = loop.run_in_executor(lookups, store.stored, ids)
         try:
-            return await _answer(rid, ids, parsed, started, created)
+            return await _answer(rid, ids, parsed, started, created, lookup)
         finally:
+            lookup.cancel()  # (a no-op once done; nobody waits for it on a 503)
             store.release(ids)  # (what was submitted is a pending row already)
 
-    async def _claim(ids: list[str]) -> str | None:
-        """The first of `ids` already used for a prediction, else None (they are held).
+    def _refuse_repeated(rid: str, used: str, batch: bool) -> Response:
+        metrics.repeated_ids.inc()  # a client's mistake: never a model error
+        return _json(409, {"detail": _repeated(rid, used, batch), "request_id": rid})
 
-        Bounded: a database that does not answer in CLAIM_WAIT_SECONDS costs a check (the
-        primary key still keeps the first row of an id), never the prediction."""
-        try:
-            return await asyncio.wait_for(run_in_threadpool(store.claim, ids), CLAIM_WAIT_SECONDS)
-        except TimeoutError:
-            logger.warning("request id %s not checked: the prediction store is slow", ids[0])
+    async def _stored(lookup: asyncio.Future[str | None] | None) -> str | None:
+        """What the look-up found stored. A database that does not answer within
+        CLAIM_WAIT_SECONDS costs the check (the primary key still keeps an id's first row),
+        never the prediction."""
+        if lookup is None:
             return None
+        try:
+            async with asyncio.timeout(CLAIM_WAIT_SECONDS):  # (wait_for would cost a task)
+                return await lookup
+        except TimeoutError:
+            logger.warning("request id not checked: the prediction store did not answer")
+        except Exception:  # a failing check must not cost an answered prediction
+            logger.exception("request id not checked")
+        return None
 
     async def _answer(
-        rid: str, ids: list[str], parsed: schemas.ParsedRequest, started: float, created: float
+        rid: str,
+        ids: list[str],
+        parsed: schemas.ParsedRequest,
+        started: float,
+        created: float,
+        lookup: asyncio.Future[str | None] | None,
     ) -> Response:
         variant = service.route(rid)
         if variant is None:  # the champion went away between the check and here
@@ -329,11 +349,13 @@ def create_app(settings: ServingSettings) -> FastAPI:
             return _json(503, {"detail": f"no champion model yet: {service.champion_problem}"})
         rows = parsed.rows
         requests_c, errors_c, latency_h = metrics.for_variant(variant)
-        requests_c.inc()
         try:
             proba, labels = await service.batcher.predict(variant, rows)
         except Exception as exc:
+            if (used := await _stored(lookup)) is not None:
+                return _refuse_repeated(rid, used, parsed.batch)
             latency = time.perf_counter() - started
+            requests_c.inc()
             errors_c.inc()
             latency_h.observe(latency)
             message = f"{type(exc).__name__}: {exc}"
@@ -346,7 +368,10 @@ def create_app(settings: ServingSettings) -> FastAPI:
             )
             detail = f"model error: the model could not answer (request {rid}; details in the log)"
             return _json(500, {"detail": detail, "request_id": rid})
+        if (used := await _stored(lookup)) is not None:
+            return _refuse_repeated(rid, used, parsed.batch)
         latency = time.perf_counter() - started
+        requests_c.inc()
         latency_h.observe(latency)
         metrics.count_labels(variant, labels)
         store.submit(
