@@ -288,6 +288,33 @@ def test_a_store_that_does_not_answer_costs_the_id_check_not_the_prediction(
     assert _metric(client, "model_request_errors_total") == 0
 
 
+def test_ids_and_versions_as_json_numbers_follow_the_document(client: TestClient) -> None:
+    """/openapi.json says integer (JSON Schema's: 7.0 is one) in 0..2**53-1 for an id and
+    1.. for a version, and a blank id is no id: the service takes what the document allows."""
+    assert client.post("/predict", json={**RAW_APP, "request_id": 7.0}).json()["request_id"] == "7"
+    for bad in (-1, 2**53, 7.5):
+        refused = client.post("/predict", json={**RAW_APP, "request_id": bad})
+        assert refused.status_code == 422, (bad, refused.text)
+    blank = client.post("/predict", json={**RAW_APP, "request_id": "  "},
+                        headers={"X-Request-ID": " "})  # fmt: skip
+    assert blank.status_code == 200 and len(blank.json()["request_id"]) == 32  # a new uuid4
+    routed = client.put("/admin/routing", json={"canary_version": 2.0, "weight": 5},
+                        headers=_admin())  # fmt: skip
+    assert routed.status_code == 200 and routed.json()["canary_version"] == "2"
+
+
+def test_a_weight_without_a_canary_is_409_when_none_is_loaded(client: TestClient) -> None:
+    """The body is fine; the state is not (no canary loaded): 409, as the document says. With
+    "canary_version": null the body contradicts itself: 422, stated in the schema too."""
+    no_canary = client.put("/admin/routing", json={"weight": 5}, headers=_admin())
+    assert no_canary.status_code == 409, no_canary.text
+    assert "none is loaded" in no_canary.json()["detail"]
+    null = client.put("/admin/routing", json={"canary_version": None, "weight": 5},
+                      headers=_admin())  # fmt: skip
+    assert null.status_code == 422, null.text
+    assert _routing_now(client)["canary_version"] is None
+
+
 def test_lone_surrogates_never_become_ids() -> None:
     for where in ((None, "\ud800"), ("\ud800", None), (None, "a\udfffb")):
         with pytest.raises(schemas.InputError):

@@ -30,15 +30,18 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from lib import registry
 from lib.pipeline.features import FEATURE_COLUMNS
-from lib.serving import schemas
+from lib.serving import fields, schemas
 from lib.serving.batching import Variant
 from lib.serving.fields import REQUEST_ID, show
 from lib.serving.prediction_store import FeedbackRefused
@@ -208,6 +211,31 @@ def _header_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+_REQUEST_ID_HEADER = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "description": "the caller's id for this prediction (wins over the body's request_id): "
+    f"{fields.REQUEST_ID_RULE}; blank or absent: a new uuid4 hex. One id, one prediction: an id "
+    "already used (items of a batch are '<id>-<index>') is refused with 409",
+    "schema": {"type": "string", "pattern": fields.REQUEST_ID_HEADER_PATTERN},
+}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer to an HTTPException, with a 405's Allow naming every method of the path
+    (Starlette names only those of the first route that matched it: GET /admin/routing)."""
+    if isinstance(exc, StarletteHTTPException) and exc.status_code == 405:
+        methods = {
+            method
+            for route in request.app.router.routes
+            if route.matches(request.scope)[0] is not Match.NONE
+            for method in getattr(route, "methods", None) or ()
+        }
+        exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
+    return await http_exception_handler(request, exc)  # type: ignore[arg-type]
+
+
 _ADMIN_ERRORS = {
     401: _error("no 'Authorization: Bearer <token>' header"),
     403: _error("wrong token, or the admin API is disabled (no SERVING_ADMIN_TOKEN)"),
@@ -236,6 +264,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         redoc_url=None,
     )
     app.add_middleware(_Guard)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.state.service = service
     metrics = service.metrics
     store = service.store
@@ -266,10 +295,19 @@ def create_app(settings: ServingSettings) -> FastAPI:
 
     @app.post(
         "/predict",
-        openapi_extra=_body("PredictRequest"),
+        openapi_extra={**_body("PredictRequest"), "parameters": [_REQUEST_ID_HEADER]},
         responses={
-            200: {"description": "the label and probability (or a list of them for a batch)"},
+            200: {
+                "description": "the label and probability (or a list of them for a batch)",
+                "headers": {
+                    "X-Request-ID": {
+                        "description": "the request's id",
+                        "schema": {"type": "string"},
+                    }
+                },
+            },
             **_BODY_ERRORS,
+            409: _error("the request id was already used for a prediction: nothing was done"),
             422: _REFUSED,
             500: _error(
                 "the model failed on this input (counted, stored, logged; the answer "
@@ -440,7 +478,11 @@ def create_app(settings: ServingSettings) -> FastAPI:
         """Ready when a champion is loaded; the versions, the routing and the predictor kind."""
         return _json(200, service.health())
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "the Prometheus text exposition format"}},
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus text format."""
         service.check_lease()
@@ -472,7 +514,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
             404: _error("no such model version in the registry"),
             409: _error(
                 "expected_weight is not the canary weight now (a person or an expired lease "
-                "changed it): nothing was changed"
+                "changed it), or a weight above 0 without a canary loaded: nothing was changed"
             ),
             422: _error("the body is not valid, or the version cannot be loaded"),
         },
@@ -507,16 +549,16 @@ def create_app(settings: ServingSettings) -> FastAPI:
         except AdminError as exc:
             return _json(exc.status, {"detail": str(exc)})
 
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings.target_threshold)  # type: ignore[method-assign]
     return app
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
+def _openapi(app: FastAPI, threshold: float) -> dict[str, Any]:
     """FastAPI's document plus the request models' schemas (the routes read raw bodies)."""
     if app.openapi_schema is None:
         document = get_openapi(title=app.title, version=app.version, routes=app.routes)
         components = document.setdefault("components", {}).setdefault("schemas", {})
-        components.update(schemas.openapi_components("#/components/schemas/{model}"))
+        components.update(schemas.openapi_components("#/components/schemas/{model}", threshold))
         app.openapi_schema = document
     return app.openapi_schema
 
