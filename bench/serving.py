@@ -2,6 +2,7 @@
 
     python bench/serving.py                      # 10 s per cell, concurrency 1, 8 and 32
     python bench/serving.py --duration 5 --concurrency 1,32 --loadgen python
+    python bench/serving.py --request-ids --loadgen python   # each request names its own id
 
 Works in a temporary directory (MLflow store, artifacts, prediction store; removed at the end
 unless --keep): trains the champion the pipeline would produce on the generated default data
@@ -20,7 +21,10 @@ compare shapes). It registers it with alias `champion`, then starts, on 127.0.0.
 Each server gets the same apps, one per request: ours as a raw Play Store object on `/predict`,
 MLflow's as `{"dataframe_split": ...}` of the model inputs on `/invocations`. The load comes from
 `wrk` with a Lua script (apt-get install wrk) or, without it, from a Python asyncio + httpx load
-generator in another process. Prints requests/s, p50 and p99 per server and concurrency, the
+generator in another process. `--request-ids` sends a new X-Request-ID with every request to
+ours, as the replayer does (the service then checks that the id was not used before; without
+it the service makes up an id it need not check). Prints requests/s, p50 and p99 per server and
+concurrency, the
 ratios the issue asks for, and the in-process floor of one predict call (probabilities and labels)
 for 1 and 1,000 rows: scikit-learn's model against the service's compiled predictor.
 Numbers only, no assertions: the machine may be shared, and the load generator runs on it too.
@@ -234,13 +238,18 @@ def run_wrk(url: str, path: str, bodies: list[str], conc: int, seconds: float, w
     }
 
 
-async def _python_load(url: str, bodies: list[str], conc: int, seconds: float) -> dict[str, Any]:
+async def _python_load(
+    url: str, bodies: list[str], conc: int, seconds: float, request_ids: bool = False
+) -> dict[str, Any]:
+    import uuid
+
     import httpx
 
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
     headers = {"Content-Type": "application/json"}
+    run = uuid.uuid4().hex[:12]  # this load's ids: a new prefix per measurement
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         stop_at = time.perf_counter() + seconds
 
@@ -250,9 +259,10 @@ async def _python_load(url: str, bodies: list[str], conc: int, seconds: float) -
             while time.perf_counter() < stop_at:
                 body = bodies[i % len(bodies)]
                 i += conc
+                sent = {**headers, "X-Request-ID": f"{run}-{i}"} if request_ids else headers
                 started = time.perf_counter()
                 try:
-                    resp = await client.post(url, content=body, headers=headers)
+                    resp = await client.post(url, content=body, headers=sent)
                     ok = resp.status_code == 200
                 except httpx.HTTPError:
                     ok = False
@@ -276,14 +286,14 @@ async def _python_load(url: str, bodies: list[str], conc: int, seconds: float) -
     }
 
 
-def run_python_load(url: str, path: str, bodies: list[str], conc: int, seconds: float, work: Path
-                    ) -> dict[str, float]:  # fmt: skip
+def run_python_load(url: str, path: str, bodies: list[str], conc: int, seconds: float, work: Path,
+                    request_ids: bool = False) -> dict[str, float]:  # fmt: skip
     """The Python load generator in its own process, so it does not share our GIL."""
     body_file = work / "bodies.json"
     body_file.write_text(json.dumps(bodies))
     out = subprocess.run(
         [sys.executable, __file__, "--loadgen-child", url + path, str(body_file), str(conc),
-         str(seconds)],
+         str(seconds), "ids" if request_ids else "-"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return json.loads(out.strip().splitlines()[-1])
@@ -357,9 +367,16 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--request-ids",
+        action="store_true",
+        help="send a new X-Request-ID with each request to our service (python load generator)",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk"))
+    if args.request_ids and use_wrk:
+        parser.error("--request-ids is implemented by the python load generator: --loadgen python")
     load = run_wrk if use_wrk else run_python_load
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
@@ -408,8 +425,9 @@ def main() -> None:
                 ("ours", ours_url, "/predict", ours_bodies),
                 ("mlflow", mlflow_url, "/invocations", mlflow_bodies),
             ):
-                load(url, path, bodies, conc, args.warmup, work)
-                results[(name, conc)] = load(url, path, bodies, conc, args.duration, work)
+                ids = {"request_ids": True} if args.request_ids and name == "ours" else {}
+                load(url, path, bodies, conc, args.warmup, work, **ids)
+                results[(name, conc)] = load(url, path, bodies, conc, args.duration, work, **ids)
                 r = results[(name, conc)]
                 print(f"  {name:<7} c={conc:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
                       f"p99 {r['p99']:7.2f} ms  errors {r['errors']}", flush=True)  # fmt: skip
@@ -425,7 +443,8 @@ def main() -> None:
     print()
     print(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"load from {'wrk' if use_wrk else 'python asyncio+httpx'} on the same machine, "
-          f"{args.duration:g} s per cell; fit {champion['fit_s']:.1f} s")  # fmt: skip
+          f"{args.duration:g} s per cell; fit {champion['fit_s']:.1f} s"
+          f"{'; a new X-Request-ID per request to ours' if args.request_ids else ''}")  # fmt: skip
     print(f"champion: {args.model}: {type(champion['pipe']).__name__} ({champion['detail']})")
     print()
     print("| server | concurrency | requests/s | p50 ms | p99 ms | errors |")
@@ -453,10 +472,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--loadgen-child":
-        _, _, target, body_path, conc_arg, seconds_arg = sys.argv
+    if len(sys.argv) == 7 and sys.argv[1] == "--loadgen-child":
+        _, _, target, body_path, conc_arg, seconds_arg, ids_arg = sys.argv
         loaded = json.loads(Path(body_path).read_text())
-        print(json.dumps(asyncio.run(
-            _python_load(target, loaded, int(conc_arg), float(seconds_arg)))))  # fmt: skip
+        print(json.dumps(asyncio.run(_python_load(
+            target, loaded, int(conc_arg), float(seconds_arg), ids_arg == "ids"))))  # fmt: skip
     else:
         main()

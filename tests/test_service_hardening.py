@@ -14,6 +14,7 @@ import http.client
 import json
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,6 +257,62 @@ def test_a_request_id_held_by_a_request_in_flight_is_409(client: TestClient) -> 
         store.release(["flying"])
     answered = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "flying"})
     assert answered.status_code == 200
+
+
+def test_a_store_that_does_not_answer_costs_the_id_check_not_the_prediction(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lib.serving import app as app_module
+
+    store = _service(client).store
+    gate = threading.Event()
+
+    def hung(ids: list[str]) -> str | None:
+        gate.wait(60)  # the database does not answer
+        return None
+
+    def broken(ids: list[str]) -> str | None:
+        raise RuntimeError("a bug in the look-up")
+
+    monkeypatch.setattr(app_module, "CLAIM_WAIT_SECONDS", 0.05)
+    try:
+        monkeypatch.setattr(store, "stored", hung)
+        slow = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "slow-1"})
+        assert slow.status_code == 200, slow.text
+        assert "request id not checked: the prediction store did not answer" in caplog.text
+    finally:
+        gate.set()
+    monkeypatch.setattr(store, "stored", broken)
+    failed = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "slow-2"})
+    assert failed.status_code == 200, failed.text
+    assert _metric(client, "model_request_errors_total") == 0
+
+
+def test_ids_and_versions_as_json_numbers_follow_the_document(client: TestClient) -> None:
+    """/openapi.json says integer (JSON Schema's: 7.0 is one) in 0..2**53-1 for an id and
+    1.. for a version, and a blank id is no id: the service takes what the document allows."""
+    assert client.post("/predict", json={**RAW_APP, "request_id": 7.0}).json()["request_id"] == "7"
+    for bad in (-1, 2**53, 7.5):
+        refused = client.post("/predict", json={**RAW_APP, "request_id": bad})
+        assert refused.status_code == 422, (bad, refused.text)
+    blank = client.post("/predict", json={**RAW_APP, "request_id": "  "},
+                        headers={"X-Request-ID": " "})  # fmt: skip
+    assert blank.status_code == 200 and len(blank.json()["request_id"]) == 32  # a new uuid4
+    routed = client.put("/admin/routing", json={"canary_version": 2.0, "weight": 5},
+                        headers=_admin())  # fmt: skip
+    assert routed.status_code == 200 and routed.json()["canary_version"] == "2"
+
+
+def test_a_weight_without_a_canary_is_409_when_none_is_loaded(client: TestClient) -> None:
+    """The body is fine; the state is not (no canary loaded): 409, as the document says. With
+    "canary_version": null the body contradicts itself: 422, stated in the schema too."""
+    no_canary = client.put("/admin/routing", json={"weight": 5}, headers=_admin())
+    assert no_canary.status_code == 409, no_canary.text
+    assert "none is loaded" in no_canary.json()["detail"]
+    null = client.put("/admin/routing", json={"canary_version": None, "weight": 5},
+                      headers=_admin())  # fmt: skip
+    assert null.status_code == 422, null.text
+    assert _routing_now(client)["canary_version"] is None
 
 
 def test_lone_surrogates_never_become_ids() -> None:

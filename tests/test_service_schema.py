@@ -7,17 +7,23 @@ with not_a_server_error. A few hand-written hostile bodies pin down the worst ca
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from lib.delivery.service_process import ServiceProcess
+from lib.serving import schemas
 from tests.test_serving import MODEL, RAW_APP, TOKEN, Store, mlstore  # noqa: F401 (fixture)
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -111,6 +117,42 @@ def test_openapi_describes_bodies_and_errors(live: str) -> None:
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
+def test_schemathesis_with_every_check_finds_nothing(live: str, tmp_path: Path) -> None:
+    """`schemathesis run --checks all` on the live document (every phase: coverage, fuzzing):
+    valid bodies are answered, invalid ones refused, every answer as documented (status,
+    content type, schema, Allow of a 405, 401/403 without the token). Seeded: the same cases
+    every run (other seeds and 300 examples per operation also pass)."""
+    command = [
+        sys.executable, "-m", "schemathesis.cli", "run", f"{live}/openapi.json", "--checks", "all",
+        "--header", f"Authorization: Bearer {TOKEN}", "--max-examples", "20", "--seed", "1",
+        "--generation-database", "none", "--request-timeout", "60", "--no-color",
+        "--output-truncate", "false",
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout.split("SUMMARY")[-1]
+
+
+def test_metrics_are_documented_as_prometheus_text(live: str) -> None:
+    responses = httpx.get(f"{live}/openapi.json", timeout=10).json()["paths"]["/metrics"]["get"]
+    assert set(responses["responses"]["200"]["content"]) == {"text/plain"}
+    answer = httpx.get(f"{live}/metrics", timeout=10)
+    assert answer.headers["content-type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("OPTIONS", "/admin/routing", {"GET", "PUT"}), ("DELETE", "/admin/routing", {"GET", "PUT"}),
+     ("GET", "/predict", {"POST"}), ("PUT", "/health", {"GET"})],
+)  # fmt: skip
+def test_a_405_names_every_method_of_the_path(
+    live: str, method: str, path: str, allowed: set[str]
+) -> None:
+    answer = httpx.request(method, f"{live}{path}", headers=ADMIN, timeout=10)
+    assert answer.status_code == 405
+    assert {m.strip() for m in answer.headers["allow"].split(",")} == allowed
+
+
 HOSTILE = [
     b"\xff\xfe\x00garbage",
     b"[" * 5000 + b"]" * 5000,
@@ -168,3 +210,108 @@ def test_admin_routes_refuse_without_the_token(live: str) -> None:
     assert httpx.put(f"{live}/admin/routing", json={}, timeout=10).status_code == 401
     wrong = {"Authorization": "Bearer not-the-token"}
     assert httpx.post(f"{live}/admin/reload", headers=wrong, timeout=10).status_code == 403
+
+
+# ---------------------------------------------------------- the document states the validators
+
+COMPONENTS = schemas.openapi_components("#/components/schemas/{model}", threshold=4.0)
+APP_FIELDS = COMPONENTS["PlayStoreApp"]["properties"]
+STRING_FIELDS = [
+    name
+    for name, schema in APP_FIELDS.items()
+    if name != "request_id" and any("pattern" in branch for branch in schema.get("anyOf", [schema]))
+]
+
+
+def _pattern(field: str) -> str:
+    schema = APP_FIELDS[field]
+    return next(b["pattern"] for b in schema.get("anyOf", [schema]) if "pattern" in b)
+
+
+def _accepted(field: str, value: Any) -> bool:
+    try:
+        schemas.parse_app({**RAW_APP, field: value})
+    except schemas.InputError:
+        return False
+    return True
+
+
+def _allowed(field: str, value: Any) -> bool:
+    """What a client that reads /openapi.json is told (the validator schemathesis uses)."""
+    return jsonschema_rs.validator_for(APP_FIELDS[field]).is_valid(value)
+
+
+def test_every_string_field_has_a_pattern() -> None:
+    assert set(STRING_FIELDS) == set(APP_FIELDS) - {"request_id"}
+
+
+@pytest.mark.parametrize("field", STRING_FIELDS)
+def test_strings_the_document_allows_are_accepted(field: str) -> None:
+    """Positive side: whatever matches a field's pattern is accepted (no 422 for valid data)."""
+
+    @given(text=st.from_regex(_pattern(field), fullmatch=True))
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    def check(text: str) -> None:
+        assert _allowed(field, text), repr(text)
+        assert _accepted(field, text), repr(text)
+
+    check()
+
+
+@pytest.mark.parametrize("field", STRING_FIELDS)
+def test_strings_the_service_accepts_are_allowed(field: str) -> None:
+    """Negative side: text the service accepts is no invalid data (what schemathesis sends as
+    invalid is random text that does not match: it must be refused)."""
+
+    @given(text=st.text(max_size=24) | st.text(alphabet=GRAMMAR, max_size=12))
+    @settings(max_examples=400, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    def check(text: str) -> None:
+        if _accepted(field, text):
+            assert _allowed(field, text), repr(text)
+
+    check()
+
+
+GRAMMAR = "0123456789,.+-$eE kKmMgGbB\t\x1c\xa0aNnA/-:TJyuMa"
+
+# fmt: off
+SPELLINGS = {
+    "Reviews": [" 1,234 ", "+5", "-0", "-0.0", ".5", "5.", "0e0", "0E9", "-0e5", "1.5e-3",
+                "4.5e9", "1 234", "9999999999"],
+    "Installs": ["10,000+", "+1", "1,000,000,000+", "-0", "0.0", "99999999999"],
+    "Price": ["$4.99", "0", "$0", "4999.99", "-$0", "+1", "$1,000"],
+    "Size": ["19M", "201k", "1.5G", " 19 MB ", ".5M", "Varies with device", "VARIES WITH DEVICE",
+             "NaN", "", " ", "N/A", "1,024k", "99999", "99G", "19b"],
+    "Last Updated": ["January 7, 2018", "Jan 7 2018", "March-20-2025", "2018-01-07", "2018-1-7",
+                     "2018-01-07T12:30", "2018-01-07 12:30:00.5", " sep 30, 2019 ", "Feb 28 1999",
+                     "2261-12-31"],
+    "Type": ["Free", "paid", " FREE "],
+    "Category": ["GAME", " x ", "Ä" * 100],
+    "Content Rating": ["Everyone", "", "  ", None],
+    "App": [None, "", "x" * 200, " " * 300 + "x"],
+}
+# fmt: on
+
+
+@pytest.mark.parametrize(("field", "value"), [(f, v) for f, vs in SPELLINGS.items() for v in vs])
+def test_usual_spellings_are_allowed_and_accepted(field: str, value: Any) -> None:
+    assert _accepted(field, value) and _allowed(field, value)
+
+
+REFUSED = {
+    "Reviews": ["", "-1", "1e400", "abc", "10000000001", "1e11", None],
+    "Installs": ["lots", "-5", "1" * 13],
+    "Price": ["-$1", "$5000.01", "5001"],
+    "Size": ["huge", "1,000,000M", "101G", "-1M", "19.M"],
+    "Last Updated": ["yesterday", "2018-02-30", "Feb 30 2018", "1600-01-01", "2018-13-01", None],
+    "Type": ["Freemium", "", None],
+    "Category": ["", "  ", "x" * 101, None],
+    "App": ["x" * 201, 5],
+}
+
+
+@pytest.mark.parametrize(("field", "value"), [(f, v) for f, vs in REFUSED.items() for v in vs])
+def test_refused_values_are_invalid_in_the_document(field: str, value: Any) -> None:
+    assert not _accepted(field, value) and not _allowed(field, value)

@@ -25,19 +25,23 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from lib import registry
 from lib.pipeline.features import FEATURE_COLUMNS
-from lib.serving import schemas
+from lib.serving import fields, schemas
 from lib.serving.batching import Variant
 from lib.serving.fields import REQUEST_ID, show
 from lib.serving.prediction_store import FeedbackRefused
@@ -49,8 +53,10 @@ from lib.serving.settings import MAX_BODY_BYTES, ServingSettings
 logger = logging.getLogger(__name__)
 
 # The longest a request waits for its request id to be looked up in the prediction store; past
-# it the request is answered unchecked (logged): a slow database never holds predictions.
+# it the request is answered unchecked (logged): a slow database never holds predictions. The
+# look-ups run in a pool of their own: a hung database ties up these threads only.
 CLAIM_WAIT_SECONDS = 2.0
+CLAIM_THREADS = 4
 
 
 def _json(status: int, content: Any, headers: dict[str, str] | None = None) -> Response:
@@ -205,6 +211,31 @@ def _header_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+_REQUEST_ID_HEADER = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "description": "the caller's id for this prediction (wins over the body's request_id): "
+    f"{fields.REQUEST_ID_RULE}; blank or absent: a new uuid4 hex. One id, one prediction: an id "
+    "already used (items of a batch are '<id>-<index>') is refused with 409",
+    "schema": {"type": "string", "pattern": fields.REQUEST_ID_HEADER_PATTERN},
+}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer to an HTTPException, with a 405's Allow naming every method of the path
+    (Starlette names only those of the first route that matched it: GET /admin/routing)."""
+    if isinstance(exc, StarletteHTTPException) and exc.status_code == 405:
+        methods = {
+            method
+            for route in request.app.router.routes
+            if route.matches(request.scope)[0] is not Match.NONE
+            for method in getattr(route, "methods", None) or ()
+        }
+        exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
+    return await http_exception_handler(request, exc)  # type: ignore[arg-type]
+
+
 _ADMIN_ERRORS = {
     401: _error("no 'Authorization: Bearer <token>' header"),
     403: _error("wrong token, or the admin API is disabled (no SERVING_ADMIN_TOKEN)"),
@@ -215,6 +246,7 @@ _bearer = HTTPBearer(auto_error=False, description="the service's SERVING_ADMIN_
 def create_app(settings: ServingSettings) -> FastAPI:
     """The service as an ASGI app; the state is `app.state.service` (a ModelService)."""
     service = ModelService(settings)
+    lookups = ThreadPoolExecutor(CLAIM_THREADS, thread_name_prefix="request-id-lookup")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -222,6 +254,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         try:
             yield
         finally:
+            lookups.shutdown(wait=False, cancel_futures=True)
             await service.shutdown()
 
     app = FastAPI(
@@ -231,6 +264,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         redoc_url=None,
     )
     app.add_middleware(_Guard)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.state.service = service
     metrics = service.metrics
     store = service.store
@@ -261,10 +295,19 @@ def create_app(settings: ServingSettings) -> FastAPI:
 
     @app.post(
         "/predict",
-        openapi_extra=_body("PredictRequest"),
+        openapi_extra={**_body("PredictRequest"), "parameters": [_REQUEST_ID_HEADER]},
         responses={
-            200: {"description": "the label and probability (or a list of them for a batch)"},
+            200: {
+                "description": "the label and probability (or a list of them for a batch)",
+                "headers": {
+                    "X-Request-ID": {
+                        "description": "the request's id",
+                        "schema": {"type": "string"},
+                    }
+                },
+            },
             **_BODY_ERRORS,
+            409: _error("the request id was already used for a prediction: nothing was done"),
             422: _REFUSED,
             500: _error(
                 "the model failed on this input (counted, stored, logged; the answer "
@@ -296,32 +339,47 @@ def create_app(settings: ServingSettings) -> FastAPI:
             metrics.invalid.inc()  # a client's mistake: never a model error
             return _refused(exc)
         rid = given or uuid.uuid4().hex  # (a new uuid4 is unique: nothing to check)
-        rows = parsed.rows
-        ids = [f"{rid}-{i}" for i in range(len(rows))] if parsed.batch else [rid]
+        ids = [f"{rid}-{i}" for i in range(len(parsed.rows))] if parsed.batch else [rid]
         if given is None:
-            return await _answer(rid, ids, parsed, started, created)
-        used = await _claim(ids)
+            return await _answer(rid, ids, parsed, started, created, None)
+        used = store.hold(ids)  # a request in flight or a row pending in this process
         if used is not None:
-            metrics.repeated_ids.inc()  # a client's mistake: never a model error
-            return _json(409, {"detail": _repeated(rid, used, parsed.batch), "request_id": rid})
+            return _refuse_repeated(rid, used, parsed.batch)
+        # a row stored before (a restart, another replica): looked up while the model predicts
+        loop = asyncio.get_running_loop()
+        lookup = loop.run_in_executor(lookups, store.stored, ids)
         try:
-            return await _answer(rid, ids, parsed, started, created)
+            return await _answer(rid, ids, parsed, started, created, lookup)
         finally:
+            lookup.cancel()  # (a no-op once done; nobody waits for it on a 503)
             store.release(ids)  # (what was submitted is a pending row already)
 
-    async def _claim(ids: list[str]) -> str | None:
-        """The first of `ids` already used for a prediction, else None (they are held).
+    def _refuse_repeated(rid: str, used: str, batch: bool) -> Response:
+        metrics.repeated_ids.inc()  # a client's mistake: never a model error
+        return _json(409, {"detail": _repeated(rid, used, batch), "request_id": rid})
 
-        Bounded: a database that does not answer in CLAIM_WAIT_SECONDS costs a check (the
-        primary key still keeps the first row of an id), never the prediction."""
-        try:
-            return await asyncio.wait_for(run_in_threadpool(store.claim, ids), CLAIM_WAIT_SECONDS)
-        except TimeoutError:
-            logger.warning("request id %s not checked: the prediction store is slow", ids[0])
+    async def _stored(lookup: asyncio.Future[str | None] | None) -> str | None:
+        """What the look-up found stored. A database that does not answer within
+        CLAIM_WAIT_SECONDS costs the check (the primary key still keeps an id's first row),
+        never the prediction."""
+        if lookup is None:
             return None
+        try:
+            async with asyncio.timeout(CLAIM_WAIT_SECONDS):  # (wait_for would cost a task)
+                return await lookup
+        except TimeoutError:
+            logger.warning("request id not checked: the prediction store did not answer")
+        except Exception:  # a failing check must not cost an answered prediction
+            logger.exception("request id not checked")
+        return None
 
     async def _answer(
-        rid: str, ids: list[str], parsed: schemas.ParsedRequest, started: float, created: float
+        rid: str,
+        ids: list[str],
+        parsed: schemas.ParsedRequest,
+        started: float,
+        created: float,
+        lookup: asyncio.Future[str | None] | None,
     ) -> Response:
         variant = service.route(rid)
         if variant is None:  # the champion went away between the check and here
@@ -329,11 +387,13 @@ def create_app(settings: ServingSettings) -> FastAPI:
             return _json(503, {"detail": f"no champion model yet: {service.champion_problem}"})
         rows = parsed.rows
         requests_c, errors_c, latency_h = metrics.for_variant(variant)
-        requests_c.inc()
         try:
             proba, labels = await service.batcher.predict(variant, rows)
         except Exception as exc:
+            if (used := await _stored(lookup)) is not None:
+                return _refuse_repeated(rid, used, parsed.batch)
             latency = time.perf_counter() - started
+            requests_c.inc()
             errors_c.inc()
             latency_h.observe(latency)
             message = f"{type(exc).__name__}: {exc}"
@@ -346,7 +406,10 @@ def create_app(settings: ServingSettings) -> FastAPI:
             )
             detail = f"model error: the model could not answer (request {rid}; details in the log)"
             return _json(500, {"detail": detail, "request_id": rid})
+        if (used := await _stored(lookup)) is not None:
+            return _refuse_repeated(rid, used, parsed.batch)
         latency = time.perf_counter() - started
+        requests_c.inc()
         latency_h.observe(latency)
         metrics.count_labels(variant, labels)
         store.submit(
@@ -415,7 +478,11 @@ def create_app(settings: ServingSettings) -> FastAPI:
         """Ready when a champion is loaded; the versions, the routing and the predictor kind."""
         return _json(200, service.health())
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "the Prometheus text exposition format"}},
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus text format."""
         service.check_lease()
@@ -447,7 +514,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
             404: _error("no such model version in the registry"),
             409: _error(
                 "expected_weight is not the canary weight now (a person or an expired lease "
-                "changed it): nothing was changed"
+                "changed it), or a weight above 0 without a canary loaded: nothing was changed"
             ),
             422: _error("the body is not valid, or the version cannot be loaded"),
         },
@@ -482,16 +549,16 @@ def create_app(settings: ServingSettings) -> FastAPI:
         except AdminError as exc:
             return _json(exc.status, {"detail": str(exc)})
 
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings.target_threshold)  # type: ignore[method-assign]
     return app
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
+def _openapi(app: FastAPI, threshold: float) -> dict[str, Any]:
     """FastAPI's document plus the request models' schemas (the routes read raw bodies)."""
     if app.openapi_schema is None:
         document = get_openapi(title=app.title, version=app.version, routes=app.routes)
         components = document.setdefault("components", {}).setdefault("schemas", {})
-        components.update(schemas.openapi_components("#/components/schemas/{model}"))
+        components.update(schemas.openapi_components("#/components/schemas/{model}", threshold))
         app.openapi_schema = document
     return app.openapi_schema
 

@@ -322,6 +322,9 @@ class ModelService:
                 if canary is None or canary.version != version:
                     canary = await self._load_for_admin(self.settings.canary_label, version)
             if canary is None and weight:
+                if version is ...:  # the request is fine, the state is not: no canary loaded
+                    raise AdminError(409, "weight > 0 needs a canary: none is loaded; set "
+                                          "canary_version")  # fmt: skip
                 raise AdminError(422, "weight > 0 needs a canary: set canary_version")
             if weight is None:
                 weight = self.canary_weight if canary is self.canary else 0.0

@@ -12,9 +12,14 @@ Every validator (`fields`) raises `PydanticCustomError` with a message naming th
 `parse_predict`, `parse_feedback` and `parse_routing` turn a ValidationError into `InputError`
 (HTTP 422) with one message per problem, in the words the hand-written parser used.
 Validation runs on the raw bytes (`validate_json`): the body is parsed once, in pydantic-core.
+
+`openapi_components` publishes what these validators accept, in the patterns of `fields` and
+the rules between fields (feedback's label agrees with its rating; no canary, no weight):
+schemathesis with every check (tests/test_service_schema.py) holds the two together.
 """
 
 import math
+import sys
 import uuid
 from typing import Annotated, Any
 
@@ -35,7 +40,7 @@ from lib.pipeline.features import FEATURE_COLUMNS, derived_values
 from lib.serving import fields
 from lib.serving.fields import show
 from lib.serving.rows import OBJECT_POSITIONS, Row
-from lib.serving.settings import MAX_BODY_BYTES, MAX_INSTANCES, REQUEST_ID_PATTERN
+from lib.serving.settings import MAX_BODY_BYTES, MAX_INSTANCES
 
 
 class InputError(ValueError):
@@ -118,11 +123,13 @@ for _name, _info in App.model_fields.items():
 
 _REQUEST_ID_SCHEMA = {
     "anyOf": [
-        {"type": "string", "pattern": f"^{REQUEST_ID_PATTERN}$"},
-        {"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
+        {"type": "string", "pattern": fields.REQUEST_ID_SCHEMA_PATTERN},
+        {"type": "integer", "minimum": 0, "maximum": fields.MAX_INTEGER_ID},
+        {"type": "null"},
     ],
     "description": "the caller's id (the X-Request-ID header wins; both must follow the rule "
-    f"{fields.REQUEST_ID_RULE}); else a new uuid4 hex",
+    f"{fields.REQUEST_ID_RULE}); else (null, blank) a new uuid4 hex. One id, one prediction: "
+    "an id already used (items of a batch are '<id>-<index>') is refused with 409",
 }
 
 
@@ -280,11 +287,11 @@ def caller_request_id(header: str | None, body_value: Any) -> str | None:
     chosen: str | None = None
     problems = []
     for where, value in (("X-Request-ID", header), ("request_id", body_value)):
-        if value is None or value == "":
+        if fields.blank(value):
             continue
         text = fields.request_id_text(value)
         if text is None:
-            if isinstance(value, (str, int)) and not isinstance(value, bool):
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
                 problems.append(f"{where}: {show(value)} is not a request id "
                                 f"({fields.REQUEST_ID_RULE})")  # fmt: skip
             else:
@@ -307,7 +314,7 @@ class Feedback(BaseModel):
     request_id: Annotated[
         str,
         BeforeValidator(fields.feedback_id),
-        WithJsonSchema({"type": "string", "pattern": f"^{fields.FEEDBACK_ID_PATTERN}$"}),
+        WithJsonSchema({"type": "string", "pattern": fields.FEEDBACK_ID_SCHEMA_PATTERN}),
     ]
     rating: Annotated[float | None, BeforeValidator(fields.rating),
                       WithJsonSchema({"anyOf": [{"type": "number", "minimum": 1, "maximum": 5},
@@ -356,14 +363,15 @@ class RoutingUpdate(BaseModel):
 
     canary_version: Annotated[str | None, BeforeValidator(fields.version),
                               WithJsonSchema({"anyOf": [
-                                  {"type": "string", "pattern": "^[1-9][0-9]{0,9}$"},
+                                  {"type": "string", "pattern": fields.VERSION_SCHEMA_PATTERN},
                                   {"type": "integer", "minimum": 1, "maximum": 9_999_999_999},
                                   {"type": "null"}]})] = None  # fmt: skip
     weight: Annotated[float | None, BeforeValidator(fields.weight),
                       WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": 100},
                                                 {"type": "null"}]})] = None  # fmt: skip
     lease_seconds: Annotated[float | None, BeforeValidator(fields.lease),
-                             WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                             WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0,
+                                                        "maximum": sys.float_info.max},
                                                        {"type": "null"}]})] = None  # fmt: skip
     # compare-and-set: apply only if the canary weight now (after the lease check) is this one
     expected_weight: Annotated[float | None, BeforeValidator(fields.weight),
@@ -410,32 +418,34 @@ class ErrorBody(BaseModel):
     errors: list[str] | None = None
 
 
-def openapi_components(ref_template: str) -> dict[str, Any]:
+def openapi_components(ref_template: str, threshold: float) -> dict[str, Any]:
     """JSON schemas of the request bodies for /openapi.json (the routes validate raw bytes).
 
     An app is documented in its two spellings, PlayStoreApp and CleanApp (an object that mixes
-    them is accepted too); PredictRequest is one app, a list of apps or Instances.
+    them is accepted too); PredictRequest is one app (SingleApp: with its request_id), a list of
+    apps or Instances. The constraints between fields are stated too: feedback's rating and
+    label agree (`threshold`), a canary weight above 0 needs a canary.
     """
     schema = App.model_json_schema(ref_template=ref_template, mode="validation")
     spellings = {  # JSON schema key (the Play Store spelling) -> every spelling
         info.validation_alias.choices[0]: info.validation_alias.choices  # type: ignore[union-attr]
         for info in App.model_fields.values()
     }
-    request_id = {**_REQUEST_ID_SCHEMA, "description": "single-app bodies: " + _REQUEST_ID_SCHEMA[
-        "description"]}  # fmt: skip
 
     def spelled(title: str, which: int) -> dict[str, Any]:
         properties = {spellings[k][which]: v for k, v in schema["properties"].items()}
         required = [spellings[k][which] for k in schema.get("required", [])]
-        return {**schema, "title": title, "required": required,
-                "properties": {**properties, "request_id": request_id}}  # fmt: skip
+        return {**schema, "title": title, "required": required, "properties": properties}
 
-    play_store, clean = spelled("PlayStoreApp", 0), spelled("CleanApp", 1)
     ref = ref_template.format
-    app = {
-        "title": "App",
-        "description": App.__doc__,
-        "anyOf": [{"$ref": ref(model="PlayStoreApp")}, {"$ref": ref(model="CleanApp")}],
+    spelled_apps = [{"$ref": ref(model="PlayStoreApp")}, {"$ref": ref(model="CleanApp")}]
+    app = {"title": "App", "description": App.__doc__, "anyOf": spelled_apps}
+    single = {
+        "title": "SingleApp",
+        "description": "one app, and the caller's request id if it has one",
+        "type": "object",
+        "anyOf": spelled_apps,
+        "properties": {"request_id": _REQUEST_ID_SCHEMA},
     }
     batch = {"type": "array", "items": {"$ref": ref(model="App")}, "minItems": 1,
              "maxItems": MAX_INSTANCES}  # fmt: skip
@@ -448,16 +458,45 @@ def openapi_components(ref_template: str) -> dict[str, Any]:
     predict = {
         "title": "PredictRequest",
         "description": f"{_BODY_SHAPES}",
-        "anyOf": [{"$ref": ref(model="App")}, batch, {"$ref": ref(model="Instances")}],
+        "anyOf": [{"$ref": ref(model="SingleApp")}, batch, {"$ref": ref(model="Instances")}],
     }
     return {
-        "PlayStoreApp": play_store,
-        "CleanApp": clean,
+        "PlayStoreApp": spelled("PlayStoreApp", 0),
+        "CleanApp": spelled("CleanApp", 1),
         "App": app,
+        "SingleApp": single,
         "Instances": instances,
         "PredictRequest": predict,
-        "Feedback": Feedback.model_json_schema(ref_template=ref_template, mode="validation"),
-        "RoutingUpdate": RoutingUpdate.model_json_schema(
-            ref_template=ref_template, mode="validation"
-        ),
+        "Feedback": _feedback_schema(ref_template, threshold),
+        "RoutingUpdate": _routing_schema(ref_template),
     }
+
+
+def _feedback_schema(ref_template: str, threshold: float) -> dict[str, Any]:
+    """Feedback, and what parse_feedback checks across fields: a rating or a label, and a label
+    that agrees with the rating (1 when rating > threshold)."""
+    schema = Feedback.model_json_schema(ref_template=ref_template, mode="validation")
+    rating, label = {"type": "number"}, {"enum": [0, 1]}
+    schema["anyOf"] = [
+        {"required": ["rating"], "properties": {"rating": rating, "label": {"type": "null"}}},
+        {"required": ["label"], "properties": {"label": label, "rating": {"type": "null"}}},
+        {"required": ["rating", "label"], "properties": {
+            "rating": {**rating, "exclusiveMinimum": threshold}, "label": {"const": 1}}},
+        {"required": ["rating", "label"], "properties": {
+            "rating": {**rating, "maximum": threshold}, "label": {"const": 0}}},
+    ]  # fmt: skip
+    return schema
+
+
+def _routing_schema(ref_template: str) -> dict[str, Any]:
+    """RoutingUpdate, and the rule update_routing checks: no canary (null), no weight above 0.
+    (Absent canary_version with no canary loaded and a weight is a 409: it depends on state.)"""
+    schema = RoutingUpdate.model_json_schema(ref_template=ref_template, mode="validation")
+    schema["not"] = {
+        "required": ["canary_version", "weight"],
+        "properties": {
+            "canary_version": {"type": "null"},
+            "weight": {"type": "number", "exclusiveMinimum": 0},
+        },
+    }
+    return schema
