@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
@@ -16,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from lib.serving import prediction_store
-from lib.serving.prediction_store import WINDOW_COLUMNS, PredictionStore
+from lib.serving import prediction_store, store_journal
+from lib.serving.prediction_store import WINDOW_COLUMNS, PredictionReader, PredictionStore
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -190,6 +192,86 @@ def test_in_memory_sqlite_is_shared_with_the_writer_thread() -> None:
         store.submit([_row("m", 1.0)])
         assert store.flush(timeout=30)
         assert store.window(0)["request_id"].tolist() == ["m"]
+
+
+def _dead_writer(url: str, rows: list[dict]) -> Path:
+    """A journal segment of a writer killed before it inserted `rows`: on disk beside the
+    database, its lock free (no process holds it)."""
+    journal = store_journal.default_dir(url)
+    journal.mkdir(exist_ok=True)
+    segment = journal / "999999-1-1.journal"
+    segment.write_bytes(store_journal.encode(rows))
+    return segment
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _stored_ids(db: Path) -> list[str]:
+    with closing(sqlite3.connect(db)) as conn:
+        return sorted(r[0] for r in conn.execute("SELECT request_id FROM predictions"))
+
+
+def test_a_reader_of_a_dead_writers_store_inserts_nothing(tmp_path: Path) -> None:
+    """Reading a window (canary, 06 monitor) changes nothing: the rows a dead service left in
+    its journal are neither inserted nor its segments touched; the writer recovers them."""
+    db = tmp_path / "p.db"
+    url = f"sqlite:///{db}"
+    with PredictionStore(url) as service:
+        service.record_predictions([_row("stored", 100.0)])
+        service.record_feedback("stored", 4.5)
+    segment = _dead_writer(url, [_row("orphan-1", 101.0), _row("orphan-2", 102.0, "canary")])
+    journal = _files(segment.parent)
+    with PredictionReader(url) as reader:
+        frame = reader.window(0, features=True)
+        assert frame["request_id"].tolist() == ["stored"]
+        assert frame["true_label"].tolist() == [1]
+        assert reader.window(0, variant="canary").empty
+    assert _stored_ids(db) == ["stored"]
+    assert _files(segment.parent) == journal  # same segments, same bytes
+    with PredictionStore(url) as restarted:  # the writer's business, not the reader's
+        assert restarted.recovery() == {"recovered": 2, "lost": 0, "segments_kept": 0}
+    assert _stored_ids(db) == ["orphan-1", "orphan-2", "stored"]
+
+
+def test_a_reader_returns_what_the_writer_returns(store: PredictionStore) -> None:
+    store.record_predictions([_row("a", 100.0), _row("b", 101.0, "canary", label=0)])
+    store.record_feedback("b", 2.0)
+    with PredictionReader(store.url) as reader:
+        for args in [(0,), (0, None, "canary"), (100.5, 200.0), (1e12,)]:
+            for features in (False, True):
+                pd.testing.assert_frame_equal(
+                    reader.window(*args, features=features), store.window(*args, features=features)
+                )
+
+
+def test_a_reader_of_a_store_not_created_yet_reads_empty_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/not-yet/p.db"
+    empty = PredictionStore("sqlite://").window(0, features=True)
+    with PredictionReader(url) as reader:
+        pd.testing.assert_frame_equal(reader.window(0, features=True), empty)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "not-yet").mkdir()
+    sqlite3.connect(tmp_path / "not-yet/p.db").close()  # a file without the tables yet
+    with PredictionReader(url) as reader:
+        assert list(reader.window(0).columns) == WINDOW_COLUMNS and reader.window(0).empty
+        with PredictionStore(url) as service:  # the service starts: the reader sees its rows
+            service.record_predictions([_row("first", 1.0)])
+        assert reader.window(0)["request_id"].tolist() == ["first"]
+
+
+def test_a_reader_cannot_write(store: PredictionStore) -> None:
+    """SQLite itself refuses: the reader's connections are read-only."""
+    store.record_predictions([_row("a", 1.0)])
+    with (
+        PredictionReader(store.url) as reader,
+        pytest.raises(sa.exc.OperationalError, match="readonly"),
+    ):
+        with reader.engine.begin() as conn:
+            conn.execute(sa.insert(prediction_store.predictions), [_row("b", 2.0, features=None)])
 
 
 def test_sqlite_uses_wal(store: PredictionStore) -> None:

@@ -12,6 +12,11 @@ A request id names one answered prediction (feedback joins it by that id): befor
 predicts under a caller's id it `claim`s it, and a used one (stored, pending, or held by a
 request in flight) is refused. The primary key keeps the first row of an id whatever gets past
 that check (another replica at the same moment, a database the check could not read).
+
+The service's `PredictionStore` is the only writer. Analyses in other processes (canary steps,
+06 monitor) read with a `PredictionReader`: read-only, it never creates a table or a file and
+never replays a dead writer's journal. Those rows are written by the next service opened on the
+store, or by `python runner.py store-recover`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -46,6 +52,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql import Select
 
 from lib.serving import store_journal, store_queue
 from lib.serving.store_rows import clean_prediction, safe_text
@@ -138,6 +145,67 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def _window_statement(
+    since: float, until: float | None, variant: str | None, features: bool
+) -> Select:
+    columns = [
+        predictions.c.request_id,
+        predictions.c.created_at,
+        predictions.c.variant,
+        predictions.c.model_version,
+        predictions.c.label,
+        predictions.c.probability,
+        predictions.c.latency_ms,
+        predictions.c.error,
+        feedback.c.label.label("true_label"),
+        feedback.c.rating,
+    ]
+    if features:
+        columns.append(predictions.c.features)
+    stmt = (
+        select(*columns)
+        .select_from(
+            predictions.outerjoin(feedback, predictions.c.request_id == feedback.c.request_id)
+        )
+        .where(predictions.c.created_at >= since)
+        .order_by(predictions.c.created_at, predictions.c.request_id)
+    )
+    if until is not None:
+        stmt = stmt.where(predictions.c.created_at < until)
+    if variant is not None:
+        stmt = stmt.where(predictions.c.variant == variant)
+    return stmt
+
+
+def _window_frame(rows: list[Any], features: bool) -> pd.DataFrame:
+    """The window's rows as typed columns: the same dtypes whether it holds rows or none."""
+    names = WINDOW_COLUMNS + (["features"] if features else [])
+    values = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+    dtypes = {
+        "created_at": "float64",
+        "label": "Int64",
+        "probability": "float64",
+        "latency_ms": "float64",
+        "true_label": "Int64",
+        "rating": "float64",
+    }
+    data: dict[str, pd.Series] = {}
+    for name, column in zip(names, values, strict=True):
+        if name == "features":
+            column = [json.loads(f) if f else None for f in column]
+        # text columns stay object so that "no error" is None, not NaN
+        data[name] = pd.Series(list(column), dtype=dtypes.get(name, object))
+    return pd.DataFrame(data, columns=names)
+
+
+def _read_window(
+    engine: Engine, since: float, until: float | None, variant: str | None, features: bool
+) -> pd.DataFrame:
+    with engine.connect() as conn:
+        rows = conn.execute(_window_statement(since, until, variant, features)).all()
+    return _window_frame(rows, features)
+
+
 class PredictionStore:
     """Predictions and feedback in one database; tables are created on first use.
 
@@ -160,6 +228,7 @@ class PredictionStore:
         self._tables_lock = threading.Lock()
         self._recovered = 0
         self._lost_at_restart = 0
+        self._segments_kept = 0  # dead writers' segments not replayed (the database failed)
         self._claims_unchecked = False  # the last claim could not read the database
         if journal_dir is None and journal:
             journal_dir = store_journal.default_dir(url)
@@ -208,6 +277,7 @@ class PredictionStore:
             except Exception:
                 logger.exception("prediction store: journal %s not replayed (kept)", path.name)
                 os.close(fd)
+                self._segments_kept += 1
                 continue
             store_journal.discard(path, fd)
             self._recovered += recovered
@@ -447,51 +517,7 @@ class PredictionStore:
         self._ensure_tables()
         if self.pending_rows():
             self.flush(timeout=10.0)  # this process's own unwritten rows belong in the window
-        columns = [
-            predictions.c.request_id,
-            predictions.c.created_at,
-            predictions.c.variant,
-            predictions.c.model_version,
-            predictions.c.label,
-            predictions.c.probability,
-            predictions.c.latency_ms,
-            predictions.c.error,
-            feedback.c.label.label("true_label"),
-            feedback.c.rating,
-        ]
-        if features:
-            columns.append(predictions.c.features)
-        stmt = (
-            select(*columns)
-            .select_from(
-                predictions.outerjoin(feedback, predictions.c.request_id == feedback.c.request_id)
-            )
-            .where(predictions.c.created_at >= since)
-            .order_by(predictions.c.created_at, predictions.c.request_id)
-        )
-        if until is not None:
-            stmt = stmt.where(predictions.c.created_at < until)
-        if variant is not None:
-            stmt = stmt.where(predictions.c.variant == variant)
-        with self.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-        names = WINDOW_COLUMNS + (["features"] if features else [])
-        values = list(zip(*rows, strict=True)) if rows else [()] * len(names)
-        dtypes = {
-            "created_at": "float64",
-            "label": "Int64",
-            "probability": "float64",
-            "latency_ms": "float64",
-            "true_label": "Int64",
-            "rating": "float64",
-        }
-        data: dict[str, pd.Series] = {}
-        for name, column in zip(names, values, strict=True):
-            if name == "features":
-                column = [json.loads(f) if f else None for f in column]
-            # text columns stay object so that "no error" is None, not NaN
-            data[name] = pd.Series(list(column), dtype=dtypes.get(name, object))
-        return pd.DataFrame(data, columns=names)
+        return _read_window(self.engine, since, until, variant, features)
 
     # --------------------------------------------------------------------- background writer
 
@@ -514,6 +540,15 @@ class PredictionStore:
             **self._queue.counts(),
             "recovered": self._recovered,
             "lost_at_restart": self._lost_at_restart,
+        }
+
+    def recovery(self) -> dict[str, int]:
+        """What opening this store did with dead writers' journals: rows recovered, rows lost
+        (unreadable or refused), and segments kept for a later start (the database failed)."""
+        return {
+            "recovered": self._recovered,
+            "lost": self._lost_at_restart,
+            "segments_kept": self._segments_kept,
         }
 
     def flush(self, timeout: float | None = 10.0) -> bool:
@@ -559,3 +594,86 @@ class PredictionStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PredictionReader:
+    """The store's windows, read-only, for analyses in other processes than the service (canary
+    steps, 06 monitor): a look at a window changes nothing.
+
+    It creates no table and no file (a store that does not exist yet, or has no tables yet,
+    reads as empty), never replays a dead writer's journal and never inserts: those rows are
+    the business of the next service opened on the store, or of `runner.py store-recover`.
+    Nothing to flush either: the service's writer thread inserts within its batching delay.
+    An in-memory SQLite store belongs to its process: another reads it as empty.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._file = _sqlite_file(url)
+        self.engine = _read_only_engine(url, self._file)
+        self._tables_seen = False
+
+    def _has_tables(self) -> bool:
+        if self._tables_seen:
+            return True
+        if self.engine is None or (self._file is not None and not self._file.exists()):
+            return False
+        names = set(inspect(self.engine).get_table_names())
+        self._tables_seen = {"predictions", "feedback"} <= names
+        return self._tables_seen
+
+    def window(
+        self,
+        since: float,
+        until: float | None = None,
+        variant: str | None = None,
+        features: bool = False,
+    ) -> pd.DataFrame:
+        """Predictions with created_at in [since, until), left-joined with their feedback, as
+        `PredictionStore.window` returns them (WINDOW_COLUMNS, plus `features` when asked)."""
+        if not self._has_tables():
+            return _window_frame([], features)
+        return _read_window(self.engine, since, until, variant, features)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+
+    def __enter__(self) -> PredictionReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL given as a path; None for other databases, in-memory
+    SQLite and `file:` URIs."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        return None
+    return Path(database).expanduser().absolute()
+
+
+def _read_only_engine(url: str, file: Path | None) -> Engine | None:
+    """An engine that cannot write: a SQLite file opened with mode=ro (SQLite refuses any
+    write, and a missing file is an error instead of a new database); None for in-memory
+    SQLite (nothing of another process to read). Other databases: only SELECTs are sent."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if file is None:
+        if (parsed.database or "").startswith("file:"):
+            return create_engine(url)  # a URI the user wrote: its own mode
+        return None
+    uri = f"{file.as_uri()}?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(
+            uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
+
+    return create_engine(url, creator=connect)

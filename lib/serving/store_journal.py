@@ -6,9 +6,10 @@ written when the process dies (kill -9, OOM kill, crash), not when the machine d
 loss, kernel panic). The writer thread empties the segment whenever every row in it is in the
 database, so the journal holds only what is not written yet.
 
-Each segment is locked (flock) by the process writing it. A store opened on the same database
-later (the restarted service, or any reader) replays the segments whose lock is free, i.e. of
-processes that are gone, inserts the rows not in the database yet, and deletes the segments.
+Each segment is locked (flock) by the process writing it. A `PredictionStore` (the writer)
+opened on the same database later (the restarted service, or `runner.py store-recover`) replays
+the segments whose lock is free, i.e. of processes that are gone, inserts the rows not in the
+database yet, and deletes the segments. A `PredictionReader` never touches them.
 
 Records are pickles of plain values (protocol 5: a few microseconds on the request path, where
 JSON cost several times more), read back by an unpickler that resolves no class or function
