@@ -49,7 +49,7 @@ def main() -> None:
     from lib.delivery import releases as deployments
     from lib.delivery.service_process import ServiceProcess
     from lib.pipeline import data, synth, training
-    from lib.serving.prediction_store import PredictionStore
+    from lib.serving.prediction_store import PredictionReader
     from lib.watch import monitoring
     from lib.watch.health_report import MonitorConfig
 
@@ -80,7 +80,7 @@ def main() -> None:
     cfg = MonitorConfig()
     service = ServiceProcess(root, "bench", uri, store_url, admin_token=token)
     with service, httpx.Client() as http:
-        store = PredictionStore(store_url)
+        store = PredictionReader(store_url)  # reads what the service writes
         honest = replayer.Replayer(service.url, records, rate=0)
         flipped = replayer.Replayer(service.url, records, rate=0, label_flip=True)
         rng = random.Random(1)

@@ -3,6 +3,11 @@ A window in which nothing could be judged is never called healthy."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -10,6 +15,8 @@ from lib.pipeline.contracts import MonitorInputs
 from lib.pipeline.run_record import headline
 from lib.pipeline.stages import monitor
 from lib.pipeline.stages.monitor import verdict
+from lib.serving import store_journal
+from lib.serving.prediction_store import PredictionStore
 from lib.watch.health_report import Alert, CheckResult, MonitorReport
 from lib.watch.monitoring import REQUIRED_COLUMNS
 
@@ -89,3 +96,43 @@ def test_the_window_says_when_the_service_cannot_be_reached() -> None:
     checked = monitor.evaluate(inputs, w)
     out = monitor.outputs(w, checked, monitor.act(inputs, None, w, checked))
     assert out.verdict == "not_judged" and UNREACHABLE in out.verdict_reason
+
+
+def _served(rid: str, at: float, version: str) -> dict:
+    return {
+        "request_id": rid, "created_at": at, "variant": "champion", "model_version": version,
+        "label": 1, "probability": 0.8, "latency_ms": 3.5, "error": None,
+        "features": {"reviews": 10.0},
+    }  # fmt: skip
+
+
+def test_the_live_window_reads_the_champions_rows_and_writes_nothing(tmp_path: Path) -> None:
+    """06 monitor reads what the service wrote; a killed service's journal stays for the next
+    service or `runner.py store-recover` (the monitor does not act for a process it does not
+    own), and the store's rows are unchanged."""
+    db = tmp_path / "predictions.db"
+    url = f"sqlite:///{db}"
+    now = time.time()
+    with PredictionStore(url) as service:
+        service.record_predictions(
+            [_served("new", now, "3"), _served("older", now - 60, "3"),
+             _served("other-version", now, "2"), _served("out-of-window", now - 7200, "3")]
+        )  # fmt: skip
+        service.record_feedback("new", 4.5)
+    orphan = store_journal.default_dir(url) / "999999-1-1.journal"
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(store_journal.encode([_served("orphan", now, "3")]))
+    journal = orphan.read_bytes()
+    window = monitor.live_window(url, 3600, "3")
+    assert sorted(window["request_id"]) == ["new", "older"]
+    assert window.set_index("request_id").loc["new", "true_label"] == 1
+    assert window["features"].tolist() == [{"reviews": 10.0}] * 2
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 4
+    assert orphan.read_bytes() == journal
+
+
+def test_the_live_window_of_a_store_not_created_yet_is_empty(tmp_path: Path) -> None:
+    window = monitor.live_window(f"sqlite:///{tmp_path}/predictions.db", 3600, "1")
+    assert window.empty and set(REQUIRED_COLUMNS) <= set(window.columns)
+    assert list(tmp_path.iterdir()) == []

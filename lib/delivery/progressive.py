@@ -398,10 +398,10 @@ def _canary_steps(
 ) -> None:
     """Run every canary step; each step's summary is appended to `results` as it ends, so a
     failed rollout still reports what its steps saw."""
-    from lib.serving.prediction_store import PredictionStore
+    from lib.serving.prediction_store import PredictionReader
 
     cfg = canary.AnalysisConfig.model_validate(settings.analysis)
-    predictions = PredictionStore(settings.store_url)
+    predictions = PredictionReader(settings.store_url)  # reads what the service writes
     replayer = Replayer(url, records, rate=settings.replay_rate) if settings.replay else None
     canary_started = time.time()
     try:
@@ -507,8 +507,8 @@ def _window(
     predictions: Any, step_started: float, canary_started: float, weight: int
 ) -> pd.DataFrame:
     """This step's canary rows against the champion's; at 100% the champion's come from the
-    earlier steps of this rollout (it gets no traffic any more)."""
-    predictions.flush(5.0) if hasattr(predictions, "flush") else None
+    earlier steps of this rollout (it gets no traffic any more). Rows the service answered
+    in its last batching delay (store min_interval, 50 ms) come at the next look."""
     canary_rows = predictions.window(step_started, variant="canary")
     since = canary_started if weight >= 100 else step_started
     champion_rows = predictions.window(since, variant="champion")

@@ -1,6 +1,6 @@
 """Production monitoring of the served model: pure functions on a window of logged predictions.
 
-The window is `PredictionStore.window(since, until, variant, features=True)`:
+The window is `PredictionReader.window(since, until, variant, features=True)`:
 one row per request, its feedback joined in. Pass the window of the model you judge (usually the
 `champion` variant): accuracy mixes whatever versions the window holds.
 

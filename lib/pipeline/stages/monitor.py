@@ -20,7 +20,7 @@ from lib.delivery import operations, releases
 from lib.pipeline import data, training
 from lib.pipeline.contracts import MonitorInputs, MonitorOutputs
 from lib.pipeline.stages import data_paths, store_url, tracking_uri
-from lib.serving.prediction_store import PredictionStore
+from lib.serving.prediction_store import PredictionReader
 from lib.watch import monitoring
 
 
@@ -61,9 +61,7 @@ def read_window(inputs: MonitorInputs, root: Path) -> Window:
     reference_X = labeled.X.iloc[train_idx]
     model = registry.load_version(inputs.model_name, champion)
     reference_proba = model.predict_proba(reference_X)[:, 1]
-    store = PredictionStore(store_url(inputs.store_url, root))
-    window = store.window(time.time() - inputs.window_seconds, features=True)
-    window = window[window["model_version"].astype(str) == str(champion)]
+    window = live_window(store_url(inputs.store_url, root), inputs.window_seconds, champion)
     return Window(
         client,
         str(champion),
@@ -73,6 +71,15 @@ def read_window(inputs: MonitorInputs, root: Path) -> Window:
         window,
         service_problem(inputs.serving_url),
     )
+
+
+def live_window(url: str, seconds: float, champion: str) -> pd.DataFrame:
+    """The champion's requests of the last `seconds` in the service's store, with their model
+    inputs. Read-only: a dead service's unwritten rows stay for `runner.py store-recover` or
+    the next service (a monitor that inserted them would act for a process it does not own)."""
+    with PredictionReader(url) as store:
+        window = store.window(time.time() - seconds, features=True)
+    return window[window["model_version"].astype(str) == str(champion)]
 
 
 def service_problem(url: str) -> str | None:
