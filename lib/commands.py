@@ -1,6 +1,7 @@
 """The operator's commands of `runner.py` besides `run`: serve, status, rollback, promote,
-approve, reject, notify, backtest and simulate-new-apps. Each takes the resolved config, the
-project root and the parsed arguments, prints what a person needs, and returns the exit code.
+approve, reject, notify, store-recover, backtest and simulate-new-apps. Each takes the
+resolved config, the project root and the parsed arguments, prints what a person needs, and
+returns the exit code.
 
 Every command that changes production or a parked rollout (rollback, promote, approve, reject)
 also leaves an entry in reports/operator_actions.json, which reports/index.html shows."""
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.atomic_files import write_json_atomic
-from lib.config import PipelineConfig
+from lib.config import PipelineConfig, redact_url
 from lib.errors import PipelineError, RunnerBusyError
 from lib.pipeline.contracts import STAGES
 from lib.pipeline.executors import PapermillExecutor
@@ -68,6 +69,35 @@ def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: E
         models_dir=root / cfg.models_dir,
     )
     serve(settings, host=args.host or cfg.serving_host, port=args.port or cfg.serving_port)
+    return 0
+
+
+def cmd_store_recover(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
+    """`store-recover`: write the rows a dead service answered but did not store (its journal
+    segments beside the prediction store), then exit. The service does the same when it starts
+    on the store; readers (canary analysis, 06 monitor) never do. A running service's own
+    segments are left alone. Exit 1 when a segment could not be replayed (kept for later)."""
+    from lib.serving.prediction_store import PredictionStore
+
+    url = cfg.resolved_store_url(root)
+    store = PredictionStore(url)  # opening the writer replays the orphaned segments
+    try:
+        done, journal = store.recovery(), store.journal_dir
+    finally:
+        store.close()
+    if journal is None:
+        echo(f"store {redact_url(url)}: no journal beside it (not a SQLite file): nothing to do")
+        return 0
+    echo(
+        f"store {redact_url(url)}: {done['recovered']} row(s) recovered, {done['lost']} lost "
+        f"(unreadable or refused), from {journal}"
+    )
+    if done["segments_kept"]:
+        echo(
+            f"{done['segments_kept']} journal segment(s) not replayed (the database failed, see "
+            "the log): kept; run store-recover again once the database answers"
+        )
+        return 1
     return 0
 
 
@@ -439,6 +469,7 @@ OPERATIONS = {
     "backtest": cmd_backtest,
     "notify": cmd_notify,
     "serve": cmd_serve,
+    "store-recover": cmd_store_recover,
     "status": cmd_status,
     "rollback": cmd_rollback,
     "promote": cmd_promote,

@@ -7,18 +7,22 @@ import argparse
 import itertools
 import json
 import signal
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from lib import registry
-from lib.commands import cmd_promote, cmd_rollback, cmd_status
+from lib.commands import cmd_promote, cmd_rollback, cmd_status, cmd_store_recover
 from lib.config import load_config
 from lib.delivery import promotion, rollout
 from lib.delivery import releases as deployments
 from lib.errors import PipelineError
 from lib.pipeline import training
+from lib.serving import prediction_store, store_journal
+from lib.serving.prediction_store import PredictionStore
 from tests.test_training import _typed
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: no service listens on loopback
@@ -165,6 +169,77 @@ def test_runner_promote_without_a_reason_exits_2_on_one_line(capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: promote: say why with --reason") and "\n" not in err
     assert "promote" in runner.build_parser().format_help()
+
+
+def _served(rid: str) -> dict:
+    return {
+        "request_id": rid, "created_at": 1.0, "variant": "champion", "model_version": "1",
+        "label": 1, "probability": 0.8, "latency_ms": 3.5, "error": None, "features": {},
+    }  # fmt: skip
+
+
+def _dead_service(url: str, ids: list[str], torn: bool = False) -> Path:
+    """The journal segment of a service killed before it wrote `ids` (lock free), with a torn
+    last record when `torn`: what `store-recover` is for."""
+    data = store_journal.encode([_served(i) for i in ids])
+    if torn:
+        data += store_journal.encode([_served("torn")])[:10]
+    segment = store_journal.default_dir(url) / "999999-1-1.journal"
+    segment.parent.mkdir(exist_ok=True)
+    segment.write_bytes(data)
+    return segment
+
+
+def _stored(db: Path) -> list[str]:
+    with closing(sqlite3.connect(db)) as conn:
+        return sorted(r[0] for r in conn.execute("SELECT request_id FROM predictions"))
+
+
+def test_store_recover_writes_a_dead_services_rows_once(tmp_path: Path, capsys) -> None:
+    import runner
+
+    db = tmp_path / "predictions.db"
+    url = f"sqlite:///{db}"
+    with PredictionStore(url) as service:
+        service.record_predictions([_served("kept")])
+    segment = _dead_service(url, ["kept", "lost-1", "lost-2"], torn=True)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert runner.main(["store-recover", "--set", f"store_url={url}"]) == 0
+        first = capsys.readouterr().out
+        assert runner.main(["store-recover", "--set", f"store_url={url}"]) == 0
+        second = capsys.readouterr().out
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert "2 row(s) recovered, 1 lost" in first  # "kept" was stored already: not recovered
+    assert _stored(db) == ["kept", "lost-1", "lost-2"]
+    assert not segment.exists()
+    assert "0 row(s) recovered, 0 lost" in second
+
+
+def test_store_recover_keeps_what_the_database_refuses_now_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prediction_store, "SQLITE_BUSY_TIMEOUT_MS", 50)  # fail fast when locked
+    db = tmp_path / "predictions.db"
+    url = f"sqlite:///{db}"
+    with PredictionStore(url) as service:
+        service.window(0)  # the tables exist
+    segment = _dead_service(url, ["a", "b"])
+    cfg = load_config(tmp_path, None, {"store_url": url})
+    lines: list[str] = []
+    lock = sqlite3.connect(db, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # another writer holds the database
+        code = cmd_store_recover(cfg, tmp_path, argparse.Namespace(), lines.append)
+    finally:
+        lock.rollback()
+        lock.close()
+    assert code == 1, lines
+    assert "0 row(s) recovered" in lines[0] and "1 journal segment(s) not replayed" in lines[1]
+    assert segment.exists() and _stored(db) == []
+    assert cmd_store_recover(cfg, tmp_path, argparse.Namespace(), lines.append) == 0
+    assert _stored(db) == ["a", "b"] and "2 row(s) recovered" in lines[-1]
 
 
 @pytest.mark.e2e

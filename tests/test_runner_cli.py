@@ -52,7 +52,16 @@ def test_an_unknown_nested_key_in_the_file_names_the_file(project: Path) -> None
 def test_help_lists_every_command(project: Path) -> None:
     done = runner(project, "--help")
     assert done.returncode == 0
-    for command in ("serve", "status", "rollback", "approve", "reject", "notify", "backtest"):
+    for command in (
+        "serve",
+        "status",
+        "rollback",
+        "approve",
+        "reject",
+        "notify",
+        "backtest",
+        "store-recover",
+    ):
         assert command in done.stdout
 
 
