@@ -21,5 +21,6 @@ A request goes through these modules, in this order:
               arithmetic of scikit-learn without its per-call validation, ~20x faster for one
               row), used only when it equals scikit-learn bit for bit on probe rows.
 * `metrics`   Prometheus counters and histograms; `prediction_store` logs every prediction
-              in a background writer (no request waits on the disk).
+              in a background writer (no request waits on the disk); analyses in other
+              processes read it with its read-only `PredictionReader`.
 """
