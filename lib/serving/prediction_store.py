@@ -600,8 +600,9 @@ class PredictionReader:
     """The store's windows, read-only, for analyses in other processes than the service (canary
     steps, 06 monitor): a look at a window changes nothing.
 
-    It creates no table and no file (a store that does not exist yet, or has no tables yet,
-    reads as empty), never replays a dead writer's journal and never inserts: those rows are
+    It creates no table and no database (a store that does not exist yet, or has no tables
+    yet, reads as empty; beside an existing SQLite file, SQLite itself may leave its empty -wal
+    and -shm files), never replays a dead writer's journal and never inserts: those rows are
     the business of the next service opened on the store, or of `runner.py store-recover`.
     Nothing to flush either: the service's writer thread inserts within its batching delay.
     An in-memory SQLite store belongs to its process: another reads it as empty.
