@@ -34,8 +34,7 @@ from lib.config import load_config, parse_set_options
 from lib.errors import PipelineError, StageError
 from lib.pipeline.contracts import PIPELINE as STAGES
 from lib.pipeline.orchestrator import run
-
-ROOT = Path(__file__).resolve().parent
+from lib.settings import project_root
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,15 +146,18 @@ def main(argv: list[str] | None = None) -> int:
             overrides["threshold"] = args.threshold
         if getattr(args, "wait", None) is not None:
             overrides["lock_timeout"] = args.wait
-        cfg = load_config(ROOT, args.config, overrides, cwd=Path.cwd())
+        # the project is this file's directory, or PIPELINE_ROOT (then the kernels, which read it
+        # too, agree); never where lib is installed
+        root = project_root(Path(__file__).resolve().parent)
+        cfg = load_config(root, args.config, overrides, cwd=Path.cwd())
         if args.command in OPERATIONS:
-            return OPERATIONS[args.command](cfg, ROOT, args, print)
+            return OPERATIONS[args.command](cfg, root, args, print)
         if args.command == "simulate-new-apps":
-            n = simulate_new_apps(cfg, ROOT, args.n, args.seed)
+            n = simulate_new_apps(cfg, root, args.n, args.seed)
             print(f"appended {n} new apps to {cfg.data_path.split(',')[0]}")
             return 0
         stages = args.stages.split(",") if args.stages else None
-        result = run(cfg, ROOT, stages, args.force_retrain, args.run_id, echo=print)
+        result = run(cfg, root, stages, args.force_retrain, args.run_id, echo=print)
         return result.exit_code
     except Terminated:
         print("stopped by SIGTERM", file=sys.stderr)

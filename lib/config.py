@@ -53,6 +53,8 @@ from pydantic_settings import EnvSettingsSource
 from lib.config_errors import format_errors
 from lib.delivery.canary import AnalysisConfig
 from lib.errors import ConfigError
+from lib.settings import MODELS_DIR, ROOT_ENV, store_url, tracking_uri
+from lib.settings import project_root as project_root  # where the notebooks import it from
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +83,6 @@ _NONE_WORDS = ("", "none", "None", "null", "~")
 # spans whitespace, "/?#", quotes, backslashes or angle brackets, and a host must follow: an "@"
 # later in the text (`models:/name@champion`, an e-mail address) never ends a userinfo.
 _USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#\\\"'`<>]*@(?=[^\s/?#@\\\"'`<>])")
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The project directory (the one holding `runner.py`): notebooks resolve their relative
-    paths against it whether Jupyter started them in `notebooks/` or Papermill at the root."""
-    here = (start or Path.cwd()).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / "runner.py").is_file():
-            return candidate
-    return Path(__file__).resolve().parents[1]
 
 
 # --- field types ----------------------------------------------------------------------------
@@ -172,7 +164,7 @@ class PipelineConfig(BaseModel):
     # None: MLFLOW_TRACKING_URI or sqlite:///<root>/mlflow.db
     tracking_uri: OptionalStr = Field(None, repr=False)
     reports_dir: str = "reports"
-    models_dir: str = "models"
+    models_dir: str = MODELS_DIR
     stage_timeout: Int = Field(1800, ge=1)  # seconds per notebook cell before the stage fails
     lock_timeout: Float = Field(0.0, ge=0)  # seconds a second runner waits for the first one
     # The score table (lib.pipeline.scoring.ScoreTable, which owns its defaults and checks): kept
@@ -275,14 +267,10 @@ class PipelineConfig(BaseModel):
 
     def resolved_tracking_uri(self, root: Path) -> str:
         """The MLflow store: explicit config, else the environment, else SQLite in the project."""
-        from lib.pipeline.stages import tracking_uri
-
         return tracking_uri(self.tracking_uri, root)
 
     def resolved_store_url(self, root: Path) -> str:
         """Where the service writes predictions and feedback (SQLAlchemy URL)."""
-        from lib.pipeline.stages import store_url
-
         return store_url(self.store_url, root)
 
     def to_dict(self) -> dict[str, Any]:
@@ -403,9 +391,10 @@ def expand_dotted(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# PIPELINE_* variables that are not config keys: the runner's progress switch (lib.progress)
-# and the fault-injection test hook (lib.delivery.faults); tests/test_config.py keeps them in step
-RUNTIME_ENV = frozenset({"PIPELINE_PROGRESS", "PIPELINE_FAULT"})
+# PIPELINE_* variables that are not config keys: the runner's progress switch (lib.progress),
+# the fault-injection test hook (lib.delivery.faults) and the explicit project directory
+# (lib.settings); tests/test_config.py keeps them in step
+RUNTIME_ENV = frozenset({"PIPELINE_PROGRESS", "PIPELINE_FAULT", ROOT_ENV})
 
 
 def env_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

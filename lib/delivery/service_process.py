@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lib import settings
+
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +68,7 @@ class ServiceProcess:
     ) -> None:
         self.root = Path(root)
         # models/production/ serves the champion when the registry is down at start-up
-        self.models_dir = Path(models_dir) if models_dir is not None else self.root / "models"
+        self.models_dir = Path(models_dir or settings.models_dir(self.root))
         self.host = host
         self.port = port or free_port(host)
         self.args = [

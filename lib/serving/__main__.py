@@ -12,13 +12,15 @@ from lib.serving.settings import ServingSettings
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m lib.serving ...`; the admin token is read from SERVING_ADMIN_TOKEN only."""
-    defaults = ServingSettings()
+    # built without the project-dependent defaults: a service given its URIs and models/ runs
+    # from any directory; the ones left out are the working directory's project's (lib.settings)
+    defaults = ServingSettings(tracking_uri="", store_url="", models_dir=Path())
     parser = argparse.ArgumentParser(prog="python -m lib.serving", description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--model-name", default=defaults.model_name)
-    parser.add_argument("--tracking-uri", default=defaults.tracking_uri)
-    parser.add_argument("--store-url", default=defaults.store_url)
+    parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else mlflow.db")
+    parser.add_argument("--store-url", help="default: predictions.db in the project")
     parser.add_argument(
         "--champion-alias",
         default=defaults.champion_alias,
@@ -42,7 +44,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models-dir",
         type=Path,
-        default=defaults.models_dir,
         help="the project's models/ (production/ is served when the registry is down at start)",
     )
     parser.add_argument("--no-compile", action="store_true", help="serve the plain sklearn path")
@@ -52,17 +53,18 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    given = dict(
+        tracking_uri=args.tracking_uri, store_url=args.store_url, models_dir=args.models_dir
+    )
     settings = ServingSettings(
+        **{name: value for name, value in given.items() if value is not None},
         model_name=args.model_name,
-        tracking_uri=args.tracking_uri,
-        store_url=args.store_url,
         champion_alias=args.champion_alias,
         target_threshold=args.target_threshold,
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
         registry_check_seconds=args.registry_check_seconds,
         registry_start_seconds=args.registry_start_seconds,
-        models_dir=args.models_dir,
         compile_models=not args.no_compile,
         access_log=args.access_log,
     )

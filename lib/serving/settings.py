@@ -1,4 +1,7 @@
-"""ServingSettings: everything one service process needs, with the project's defaults."""
+"""ServingSettings: everything one service process needs, with the project's defaults.
+
+The default URIs and models/ are lib.settings' (the working directory's project, never where lib
+is installed); `runner.py serve` and ServiceProcess pass the configured ones explicitly."""
 
 from __future__ import annotations
 
@@ -6,30 +9,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[2]
+from lib import settings
+
 CHAMPION_ALIAS = "champion"
 MAX_BODY_BYTES = 20 * 1024 * 1024  # 413 above, refused on Content-Length or while streaming
 MAX_INSTANCES = 10_000
 # A request id: what the X-Request-ID header and the store can carry unchanged (ASCII only).
 REQUEST_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
-
-
-def _default_tracking_uri() -> str:
-    """Same default as lib.config: the environment, else the project's SQLite store."""
-    default = f"sqlite:///{(PROJECT / 'mlflow.db').as_posix()}"
-    return os.environ.get("MLFLOW_TRACKING_URI") or default
-
-
-def _default_store_url() -> str:
-    return f"sqlite:///{(PROJECT / 'predictions.db').as_posix()}"
-
-
-def _default_models_dir() -> Path:
-    """models/ of the project found from the working directory, as lib.config finds the root
-    (`runner.py serve` and ServiceProcess pass the configured directory explicitly)."""
-    from lib.config import project_root
-
-    return project_root() / "models"
 
 
 def _env_admin_token() -> str | None:
@@ -41,8 +27,8 @@ class ServingSettings:
     """Everything the service needs; the admin token comes from SERVING_ADMIN_TOKEN."""
 
     model_name: str = "playstore-rating"
-    tracking_uri: str = field(default_factory=_default_tracking_uri)
-    store_url: str = field(default_factory=_default_store_url)
+    tracking_uri: str = field(default_factory=settings.tracking_uri)
+    store_url: str = field(default_factory=settings.store_url)
     admin_token: str | None = field(default_factory=_env_admin_token, repr=False)
     target_threshold: float = 4.0  # feedback: true label = rating > threshold
     max_batch: int = 64  # rows per micro-batched predict call
@@ -57,6 +43,6 @@ class ServingSettings:
     # start-up waits this long for the registry's answer, then serves models/production
     registry_start_seconds: float = 10.0
     # holds production/ (the champion's copy, served when the registry is down at start-up)
-    models_dir: Path = field(default_factory=_default_models_dir)
+    models_dir: Path = field(default_factory=settings.models_dir)
     compile_models: bool = True  # False: always the plain scikit-learn pipeline
     access_log: bool = False  # uvicorn's per-request log line costs ~10% of throughput

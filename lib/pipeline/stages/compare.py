@@ -12,7 +12,8 @@ import pandas as pd
 from lib import registry
 from lib.pipeline import comparison, data, training
 from lib.pipeline.contracts import CompareInputs, CompareOutputs
-from lib.pipeline.stages import data_paths, tracking_uri
+from lib.pipeline.stages import data_paths
+from lib.settings import tracking_uri
 
 
 @dataclass

@@ -15,7 +15,8 @@ from lib import registry
 from lib.delivery import operations, releases
 from lib.pipeline import plots, scoring
 from lib.pipeline.contracts import CompareInputs, DecideInputs, DecideOutputs
-from lib.pipeline.stages import compare, tracking_uri
+from lib.pipeline.stages import compare
+from lib.settings import tracking_uri
 
 
 def evidence(inputs: DecideInputs, root: Path) -> DecideInputs:

@@ -13,7 +13,8 @@ from lib import registry
 from lib.delivery import progressive, replayer
 from lib.pipeline import data
 from lib.pipeline.contracts import DeployInputs, DeployOutputs
-from lib.pipeline.stages import compare, data_paths, store_url, tracking_uri
+from lib.pipeline.stages import compare, data_paths
+from lib.settings import store_url, tracking_uri
 
 
 @dataclass

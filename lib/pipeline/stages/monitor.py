@@ -19,8 +19,9 @@ from lib import registry
 from lib.delivery import operations, releases
 from lib.pipeline import data, training
 from lib.pipeline.contracts import MonitorInputs, MonitorOutputs
-from lib.pipeline.stages import data_paths, store_url, tracking_uri
+from lib.pipeline.stages import data_paths
 from lib.serving.prediction_store import PredictionReader
+from lib.settings import store_url, tracking_uri
 from lib.watch import monitoring
 
 

@@ -19,7 +19,8 @@ import pandas as pd
 from lib import progress, registry
 from lib.pipeline import data, detection, plots, training
 from lib.pipeline.contracts import TrainInputs, TrainOutputs
-from lib.pipeline.stages import data_paths, tracking_uri
+from lib.pipeline.stages import data_paths
+from lib.settings import tracking_uri
 
 log = logging.getLogger(__name__)
 

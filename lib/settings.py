@@ -1,0 +1,66 @@
+"""The project root and the default locations under it, each defined once (issue 16).
+
+`lib` is a library: it never finds its data next to its own source files. Installed without
+``-e`` its files sit in site-packages, so the project is the directory the user works in (looked
+up from the working directory for `runner.py`) or the one ``PIPELINE_ROOT`` names. The config
+(`lib.config`), the stages, the service's settings and the notebooks read these functions; this
+module imports nothing of the domain, so any of them may import it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lib.errors import ConfigError
+
+ROOT_ENV = "PIPELINE_ROOT"  # an explicit project directory, over the working directory
+MARKER = "runner.py"  # what makes a directory the project
+TRACKING_DB = "mlflow.db"
+STORE_DB = "predictions.db"
+MODELS_DIR = "models"
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The project directory: ``PIPELINE_ROOT`` if set, else the nearest directory holding
+    `runner.py` at or above `start` (default: the working directory). Notebooks resolve their
+    relative paths against it whether Jupyter started them in `notebooks/` or Papermill at the
+    root; no project found is a ConfigError, never a silent fallback to lib's location."""
+    explicit = os.environ.get(ROOT_ENV, "").strip()
+    if explicit:
+        root = Path(explicit).expanduser().resolve()
+        if not root.is_dir():
+            raise ConfigError(f"{ROOT_ENV}={explicit}: not a directory")
+        return root
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / MARKER).is_file():
+            return candidate
+    raise ConfigError(
+        f"no project found at or above {here} (no {MARKER}): run from the project directory "
+        f"or set {ROOT_ENV}"
+    )
+
+
+def _sqlite(path: Path) -> str:
+    return f"sqlite:///{path.as_posix()}"
+
+
+def tracking_uri(configured: str | None = None, root: Path | None = None) -> str:
+    """The MLflow store: as given, else MLFLOW_TRACKING_URI, else SQLite in the project."""
+    return (
+        configured
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or _sqlite((root or project_root()) / TRACKING_DB)
+    )
+
+
+def store_url(configured: str | None = None, root: Path | None = None) -> str:
+    """Where the service logs predictions and feedback (a SQLAlchemy URL): as given, else SQLite
+    in the project."""
+    return configured or _sqlite((root or project_root()) / STORE_DB)
+
+
+def models_dir(root: Path | None = None) -> Path:
+    """The project's models/ (candidate, production copy, rollout state)."""
+    return (root or project_root()) / MODELS_DIR
