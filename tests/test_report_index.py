@@ -377,3 +377,59 @@ class OperatorTable(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._cell is not None:
             self._cell.append(data)
+
+
+class Tags(HTMLParser):
+    """Every start tag with its attributes, and the page's text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_hostile_run_data_stays_text_in_the_template(tmp_path: Path) -> None:
+    """Run ids, folder names, reasons and operator entries are text in every place the template
+    puts them: element content and attribute values alike."""
+    reports = tmp_path / "reports"
+    folder = '20261209-000000-"><img src=x onerror=alert(1)>'
+    run_id = "<script>alert('id')</script>"
+    reason = '<script>alert("reason")</script> & <b onmouseover=x>'
+    run_dir = _run(
+        reports, folder, "2026-12-09T00:00:00+00:00", "rolled_back", ["deploy"],
+        {"rollback_reason": reason, "decision": "<i>auto</i>", "candidate_name": "<u>m</u>",
+         "candidate_version": "1"},
+        trigger="'\"><svg onload=alert(2)>",
+    )  # fmt: skip
+    summary = json.loads((run_dir / "report.json").read_text())
+    (run_dir / "report.json").write_text(json.dumps({**summary, "run_id": run_id}))
+    record_operator_action(
+        reports, '"><script>alert(3)</script>', version="<1>", champion="2",
+        result="<done>", reason=reason,
+    )  # fmt: skip
+    page = (reports / "index.html").read_text(encoding="utf-8")
+    parsed = Tags()
+    parsed.feed(page)
+    names = {tag for tag, _ in parsed.tags}
+    assert not names & {"script", "img", "svg", "b", "i", "u"}, names
+    assert not any(k.startswith("on") for _, attrs in parsed.tags for k in attrs)
+    assert [a["data-run"] for t, a in parsed.tags if "data-run" in a] == [folder]
+    action_rows = [a["data-action"] for _, a in parsed.tags if "data-action" in a]
+    assert action_rows == ['"><script>alert(3)</script>']
+    text = "".join(parsed.text)
+    for shown in (run_id, reason, "<i>auto</i>", "<u>m</u>", "'\"><svg onload=alert(2)>"):
+        assert shown in text  # shown to the reader as typed, not dropped
+    (row,) = _table(reports).rows
+    assert row["cells"][0].endswith(run_id) and reason in row["cells"][2]
+    assert any(unquote(h).startswith(folder + "/") for h in row["links"])
+    actions = OperatorTable()
+    actions.feed(page)
+    assert actions.rows == [
+        [actions.rows[0][0], '"><script>alert(3)</script>', "v<1>", "v2", "<done>", reason]
+    ]

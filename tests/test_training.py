@@ -177,6 +177,36 @@ def test_assembled_calibration_equals_calibrated_classifier_cv() -> None:
         np.testing.assert_allclose(mine.predict_proba(X), ref.predict_proba(X), rtol=0, atol=1e-12)
 
 
+def test_calibrated_model_keeps_no_trace_of_the_score_column() -> None:
+    """The calibrator is fitted on a frozen score column; the served model must not hold it.
+
+    Anything left of it (a lib type in the params or the calibrated classifier) would be refused
+    by the registry's skops check and would not be compiled.
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    from lib import registry
+
+    data = training.labeled_data(_typed(300), 4.0)
+    X, y = data.X, data.y
+    base = training.build_candidate("logistic_regression", 0, groups=["engagement"])
+    oof = calibration.out_of_fold(base, X, y, 3, 0)
+    fitted = clone(base).fit(X, y)
+    for method in calibration.CALIBRATION_METHODS:
+        model = calibration.calibrated(fitted, oof, y, method, 3, 0)
+        assert model.calibrated_classifiers_[0].estimator is fitted
+        params = model.get_params(deep=False)
+        assert type(params["estimator"]) is type(fitted) and params["method"] == method
+        assert isinstance(params["cv"], StratifiedKFold) and params["ensemble"] is False
+        assert not any(type(e).__module__.startswith("lib.") for e in training._estimators(model))
+        assert model.n_features_in_ == fitted.n_features_in_
+        assert list(model.feature_names_in_) == list(fitted.feature_names_in_)
+        assert all(not t.startswith("lib.") for t in registry.skops_trusted_types(model))
+    with pytest.raises(ValueError, match="unknown calibration method 'temperature'"):
+        calibration.calibrated(fitted, oof, y, "temperature", 3, 0)
+
+
 def test_calibration_is_kept_only_when_it_helps() -> None:
     rng = np.random.default_rng(0)
     truth = rng.uniform(0.05, 0.95, 4000)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.metrics import brier_score_loss, log_loss
 from sklearn.model_selection import StratifiedKFold
 
@@ -64,22 +64,50 @@ def out_of_fold(model: Any, X: pd.DataFrame, y: pd.Series, folds: int, seed: int
     return OutOfFold(proba, score, fold)
 
 
-def _calibrator(method: str) -> Any:
+class _ScoreColumn(ClassifierMixin, BaseEstimator):
+    """A classifier whose decision function is its one input column: precomputed scores.
+
+    Frozen inside :class:`~sklearn.calibration.CalibratedClassifierCV`, it lets scikit-learn's
+    public API fit a calibrator on out-of-fold scores the models already made.
+    """
+
+    def __init__(self, classes: Any = (0, 1)) -> None:
+        self.classes = classes
+
+    def fit(self, X: Any = None, y: Any = None) -> _ScoreColumn:
+        """Nothing to learn: the scores are the input."""
+        self.classes_ = np.asarray(self.classes)
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The scores, as given."""
+        return np.asarray(X, dtype=np.float64)[:, 0]
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The second class where the score is positive (scikit-learn requires a predict)."""
+        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+
+
+def _fit_on_scores(score: np.ndarray, y: np.ndarray, method: str) -> Any:
+    """A CalibratedClassifierCV whose calibrator is fitted on ``score`` (float64) against ``y``.
+
+    scikit-learn has no public "calibrate these predictions"; freezing a score column makes
+    ``CalibratedClassifierCV.fit`` do exactly that, with the calibrator scikit-learn builds
+    itself (isotonic, or Platt's sigmoid with its smoothed targets). One split with every row
+    in its test part: the frozen model's prediction is the score, computed once.
+    """
     from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
 
-    # Built exactly as CalibratedClassifierCV builds it, so the CV estimate describes the model.
-    if method == "isotonic":
-        from sklearn.isotonic import IsotonicRegression
-
-        return IsotonicRegression(out_of_bounds="clip")
-    if method == "sigmoid":
-        from sklearn.calibration import _SigmoidCalibration
-
-        return _SigmoidCalibration()
-    raise ValueError(
-        f"unknown calibration method {method!r}; known: {', '.join(CALIBRATION_METHODS)}"
-        f" (see {CalibratedClassifierCV.__name__})"
-    )
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(
+            f"unknown calibration method {method!r}; known: {', '.join(CALIBRATION_METHODS)}"
+        )
+    y = np.asarray(y)
+    every = np.arange(len(y))
+    scores = np.asarray(score, dtype=np.float64).reshape(-1, 1)
+    column = FrozenEstimator(_ScoreColumn(np.unique(y)).fit())
+    return CalibratedClassifierCV(column, method=method, cv=[(every, every)]).fit(scores, y)
 
 
 @dataclass
@@ -103,8 +131,9 @@ def choose_calibration(
     for method in methods:
         calibrated = np.zeros(len(y_arr))
         for train, test in folds_for(folds, seed + 1).split(oof.score.reshape(-1, 1), y_arr):
-            cal = _calibrator(method).fit(oof.score[train], y_arr[train])
-            calibrated[test] = np.clip(cal.predict(oof.score[test]), 0.0, 1.0)
+            cal = _fit_on_scores(oof.score[train], y_arr[train], method)
+            proba = cal.predict_proba(oof.score[test].reshape(-1, 1))[:, 1]
+            calibrated[test] = np.clip(proba, 0.0, 1.0)
         scores[method] = _calibration_scores(y_arr, calibrated)
     best = min(scores, key=lambda m: scores[m]["log_loss"])
     keep = (
@@ -133,19 +162,17 @@ def calibrated(
     scores from the same shuffled folds, then refits the model on all rows: exactly the
     out-of-fold scores and the full fit this module already has. Assembling it from them saves
     k fits per candidate; tests check it equals ``CalibratedClassifierCV(...).fit``.
-    """
-    from sklearn.calibration import CalibratedClassifierCV, _fit_calibrator
-    from sklearn.utils._array_api import get_namespace
 
-    model = CalibratedClassifierCV(
-        clone(fitted), method=method, cv=folds_for(folds, seed), ensemble=False
-    )
-    scores = np.asarray(oof.score, dtype=np.float64).reshape(-1, 1)
-    xp, _ = get_namespace(scores)
-    model.classes_ = np.asarray(fitted.classes_)
-    model.calibrated_classifiers_ = [
-        _fit_calibrator(fitted, scores, np.asarray(y), model.classes_, method, xp=xp)
-    ]
+    The calibrator is fitted through the public API (:func:`_fit_on_scores`); the one step
+    outside it is putting ``fitted`` in the score column's place in ``calibrated_classifiers_``
+    (the attribute scikit-learn's ``predict_proba`` and lib.serving.compiled read). The
+    parameters are then set to the ones that would have made this model.
+    """
+    model = _fit_on_scores(oof.score, np.asarray(y), method)
+    if not np.array_equal(model.classes_, fitted.classes_):
+        raise ValueError(f"classes {model.classes_} of y differ from the model's {fitted.classes_}")
+    model.calibrated_classifiers_[0].estimator = fitted
+    model.set_params(estimator=clone(fitted), cv=folds_for(folds, seed), ensemble=False)
     for attr in ("n_features_in_", "feature_names_in_"):
         if hasattr(fitted, attr):
             setattr(model, attr, getattr(fitted, attr))

@@ -1,10 +1,12 @@
 """`reports/index.html`: every pipeline run on one page, newest first, then what operators did.
 
 The executed notebooks are the record of each run (Papermill's idea); this page is only the way
-in. It reads each run's `report.json`, never trusts it (values are HTML-escaped, a malformed or
-partial summary still gets a row saying so), links the notebooks by paths relative to the page so
-the folder can be copied or served anywhere, and needs no JavaScript. The Monitor column reads
-what the runner records (`results.verdict`... of lib.pipeline.run_record.RunResults).
+in. It reads each run's `report.json`, never trusts it (a malformed or partial summary still gets
+a row saying so), links the notebooks by paths relative to the page so the folder can be copied or
+served anywhere, and needs no JavaScript. The Monitor column reads what the runner records
+(`results.verdict`... of lib.pipeline.run_record.RunResults). Python reduces each run to plain
+text and links; the markup is the jinja2 template `templates/index.html.j2`, rendered with
+autoescaping, so no value from a report can become markup.
 
 Operator actions (`runner.py rollback`, `promote`, `approve`, `reject`) change production outside
 any run: each command appends one entry to `reports/operator_actions.json`
@@ -14,7 +16,7 @@ last word when a person rolled it back since.
 
 from __future__ import annotations
 
-import html
+import functools
 import json
 import logging
 import math
@@ -25,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+import jinja2
 
 from lib.atomic_files import write_json_atomic, write_text_atomic
 
@@ -54,28 +58,8 @@ VERDICTS = {  # 06 monitor's verdict -> words; older reports used `alerts` / `no
     "not_judged": "not judged",
     "not_enough_evidence": "not judged",
 }
-FAILED_CLASS = ' class="failed"'
 RUN_ID_TIME = re.compile(r"(\d{8}-\d{6})")
-
-CSS = """
-body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem;color:#222}
-h1{font-size:1.4rem;margin:0 0 .3rem}
-h2{font-size:1.15rem;margin:1.5rem 0 .3rem}
-.meta{color:#666;margin-bottom:1rem}
-table{border-collapse:collapse;width:100%}
-th,td{border-bottom:1px solid #ddd;padding:.4rem .5rem;text-align:left;vertical-align:top}
-th{background:#f4f4f4;position:sticky;top:0}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-.badge{display:inline-block;padding:.05rem .45rem;border-radius:.6rem;font-size:.85em;
-  white-space:nowrap}
-.good{background:#d9f2dc;color:#14532d}.bad{background:#fbdada;color:#7f1d1d}
-.warn{background:#fdecc8;color:#7c4a03}.wait{background:#dde8fb;color:#1e3a8a}
-.info{background:#e8e8f4;color:#333}.muted{background:#eee;color:#555}
-.note{color:#555;font-size:.85em;max-width:28rem;overflow-wrap:anywhere}
-.run{font-family:ui-monospace,monospace;font-size:.85em;color:#555}
-a.failed{color:#b91c1c;font-weight:600}
-tr.unreadable td{background:#fff7f7}
-"""
+TEMPLATE = "index.html.j2"  # in lib/watch/templates, shipped as package data
 
 
 @dataclass
@@ -377,74 +361,46 @@ def _version(value: Any) -> str:
     return "—" if value is None or value == "" else f"v{value}"
 
 
-def _action_html(entry: dict[str, Any]) -> str:
+def _action_view(entry: dict[str, Any]) -> dict[str, Any]:
+    """One operator action as the template shows it: plain text, escaped by the template."""
     at = _parse_time(entry.get("at"))
     date = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if at else _text(entry.get("at"))
     result = _text(entry.get("result"))
-    css = {"done": "good", "failed": "bad", "refused": "warn"}.get(result, "info")
     details = [
         f"{label}{entry[key]}"
         for key, label in (("reason", ""), ("detail", ""), ("run_id", "run "),
                            ("notifications", "notifications: "))
         if entry.get(key)
     ]  # fmt: skip
-    notes = "".join(f'<div class="note">{_e(d)}</div>' for d in details) or "—"
-    cells = [
-        f"<td>{_e(date)}</td>",
-        f"<td>{_e(_text(entry.get('action')))}</td>",
-        f"<td>{_e(_version(entry.get('version')))}</td>",
-        f"<td>{_e(_version(entry.get('champion')))}</td>",
-        f'<td><span class="badge {css}">{_e(result)}</span></td>',
-        f"<td>{notes}</td>",
-    ]
-    return f'<tr data-action="{_e(_text(entry.get("action")))}">' + "".join(cells) + "</tr>"
-
-
-def _actions_html(entries: list[dict[str, Any]], problem: str | None) -> str:
-    """Newest first, like the runs."""
-    title = "<h2>Operator actions</h2>"
-    if problem is not None:
-        return f'{title}<div class="note">operator actions unreadable: {_e(problem)}</div>'
-    if not entries:
-        return f'{title}<div class="meta">none recorded</div>'
-    head = (
-        "<tr><th>Date</th><th>Action</th><th>Version</th><th>Champion after</th>"
-        "<th>Result</th><th>Reason / details</th></tr>"
-    )
-    body = "\n".join(_action_html(e) for e in reversed(entries))  # the file is in time order
-    return f"{title}<table><thead>{head}</thead><tbody>\n{body}\n</tbody></table>"
+    return {
+        "date": date,
+        "action": _text(entry.get("action")),
+        "version": _version(entry.get("version")),
+        "champion": _version(entry.get("champion")),
+        "result": result,
+        "css": {"done": "good", "failed": "bad", "refused": "warn"}.get(result, "info"),
+        "details": details,
+    }
 
 
 # ---------------------------------------------------------------------------- rendering
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+@functools.cache
+def _template() -> jinja2.Template:
+    """The page template, loaded once; autoescaping is on, so report data is never markup.
 
-
-def _row_html(row: RunRow) -> str:
-    run = _e(row.run_id)
-    if row.summary_href:
-        run = f'<a href="{_e(row.summary_href)}">{run}</a>'
-    links = " · ".join(
-        f'<a href="{_e(link.href)}"{FAILED_CLASS if link.failed else ""}>{_e(link.text)}</a>'
-        for link in row.links
+    Undefined names raise: a misspelt field fails the tests instead of rendering empty.
+    """
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("lib.watch", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
-    notes = "".join(f'<div class="note">{_e(n)}</div>' for n in row.notes)
-    cells = [
-        f'<td>{_e(row.date)}<div class="run">{run}</div></td>',
-        f"<td>{_e(row.trigger)}</td>",
-        f'<td><span class="badge {_e(row.outcome_class)}">{_e(row.outcome)}</span>{notes}</td>',
-        f"<td>{_e(row.decision)}</td>",
-        f'<td class="num">{_e(row.roc_auc)}</td>',
-        f'<td class="num">{_e(row.accuracy)}</td>',
-        f"<td>{_e(row.model)}</td>",
-        f"<td>{_e(row.monitor)}</td>",
-        f"<td>{links or '—'}</td>",
-        f'<td class="num">{_e(row.notifications)}</td>',
-    ]
-    css = ' class="unreadable"' if not row.readable else ""
-    return f'<tr data-run="{_e(row.folder)}"{css}>' + "".join(cells) + "</tr>"
+    return env.get_template(TEMPLATE)
 
 
 def render_index(
@@ -457,23 +413,13 @@ def render_index(
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.outcome] = counts.get(row.outcome, 0) + 1
-    tally = ", ".join(f"{n} {_e(label)}" for label, n in sorted(counts.items()))
-    head = (
-        "<tr><th>Date / run</th><th>Trigger</th><th>Outcome</th><th>Decision</th>"
-        "<th>ROC-AUC</th><th>Accuracy</th><th>Model</th><th>Monitor</th>"
-        "<th>Notebooks</th><th>Notifications</th></tr>"
-    )
-    body = "\n".join(_row_html(r) for r in rows) or '<tr><td colspan="10">no runs yet</td></tr>'
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>Pipeline runs</title><style>{CSS}</style></head><body>"
-        "<h1>Pipeline runs</h1>"
-        f'<div class="meta">{len(rows)} run{"s" if len(rows) != 1 else ""}'
-        f"{': ' + tally if tally else ''} · generated "
-        f"{_e(generated.strftime('%Y-%m-%d %H:%M UTC'))}</div>"
-        f"<table><thead>{head}</thead><tbody>\n{body}\n</tbody></table>"
-        f"{_actions_html(*actions)}</body></html>\n"
+    entries, problem = actions
+    return _template().render(
+        rows=rows,
+        tally=", ".join(f"{n} {label}" for label, n in sorted(counts.items())),
+        generated=generated.strftime("%Y-%m-%d %H:%M UTC"),
+        actions=[_action_view(e) for e in reversed(entries)],  # newest first, like the runs
+        actions_problem=problem,
     )
 
 
