@@ -60,3 +60,23 @@ def project(tmp_path: Path) -> Path:
     for name in ("data", "models", "reports"):
         (root / name).mkdir()
     return root
+
+
+TIERS = ("unit", "component", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Exactly one tier per test: an unmarked test is `unit`; `component` and `e2e` are marked on
+    the module (pytestmark) or the test. A test marked with two tiers fails the collection."""
+    doubled = []
+    for item in items:
+        tiers = {mark.name for mark in item.iter_markers() if mark.name in TIERS}
+        if len(tiers) > 1:
+            doubled.append(f"{item.nodeid}: {', '.join(sorted(tiers))}")
+        elif not tiers:
+            item.add_marker(pytest.mark.unit)
+    if doubled:
+        raise pytest.UsageError(
+            "tests with more than one tier (unit, component, e2e; mark exactly one):\n  "
+            + "\n  ".join(doubled)
+        )

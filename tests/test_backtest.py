@@ -62,12 +62,14 @@ def test_time_batches_refuses_impossible_splits(apps: pd.DataFrame) -> None:
         backtest.time_batches(apps, 0, 0.4)
 
 
+@pytest.mark.component
 def test_permuted_target_candidate_is_never_auto(result: backtest_results.BacktestResult) -> None:
     permuted = [r for r in result.noise if r.kind == "permuted"]
     assert len(permuted) == len(result.steps)  # one at every step
     assert all(r.verdict != "auto" for r in permuted)
 
 
+@pytest.mark.component
 def test_strategies_are_scored_on_the_same_rows(
     result: backtest_results.BacktestResult, batches: backtest.TimeBatches
 ) -> None:
@@ -83,6 +85,7 @@ def test_strategies_are_scored_on_the_same_rows(
         assert step.accuracy["majority_share"] == pytest.approx(share)
 
 
+@pytest.mark.component
 def test_summary_counts_add_up(result: backtest_results.BacktestResult) -> None:
     summary = result.summary()
     steps = len(result.steps)
@@ -98,6 +101,7 @@ def test_summary_counts_add_up(result: backtest_results.BacktestResult) -> None:
     assert summary["rejected_better"] == int(table["rejected better"].sum())
 
 
+@pytest.mark.component
 def test_production_follows_the_verdicts(lenient: backtest_results.BacktestResult) -> None:
     steps = lenient.steps
     assert steps[0].verdict == "auto"  # the lenient table promotes the first model

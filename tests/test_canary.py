@@ -97,6 +97,7 @@ def test_healthy_canary_passes_whatever_the_seed(seed: int) -> None:
         "error_rate", "latency", "accuracy", "prediction_shift"]  # fmt: skip
 
 
+@pytest.mark.component
 def test_healthy_canary_rarely_fails_on_the_smallest_windows() -> None:
     """At the minimum feedback the accuracy test is noisiest: false rollbacks stay below alpha.
 

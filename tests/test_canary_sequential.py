@@ -28,6 +28,9 @@ from lib.delivery.canary import (
 )
 from lib.window_stats import sequential_binomial_p, sequential_excess_test
 
+# Monte Carlo over thousands of simulated rollouts: seconds per test.
+pytestmark = pytest.mark.component
+
 STEPS = (5, 25, 50, 100)
 RATE = 20  # replayed requests per second
 WINDOW = 300  # analysis_seconds

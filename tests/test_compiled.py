@@ -14,6 +14,9 @@ from threadpoolctl import threadpool_limits
 
 from lib.serving import compiled_trees
 
+# Each test fits real models (boosting, forests, every candidate family).
+pytestmark = pytest.mark.component
+
 
 def _data(seed: int, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)

@@ -646,6 +646,7 @@ def test_real_batches_read_fully(name: str, rows: int) -> None:
     assert result.apps["last_updated"].notna().all()
 
 
+@pytest.mark.component
 @needs_real
 def test_real_batches_are_mostly_new_apps() -> None:
     clean = read_apps(REAL / "googleplaystore_clean.csv").apps

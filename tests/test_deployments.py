@@ -101,6 +101,7 @@ def _snapshot(*roots: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.component
 def test_first_promotion(env) -> None:
     registry.set_alias(env["client"], env["name"], "canary", "1")
     result = _promote(env, "1", reason="score 85", metrics={"roc_auc": 0.77})
@@ -120,6 +121,7 @@ def test_first_promotion(env) -> None:
     assert line.split(" ")[0].endswith("+00:00")
 
 
+@pytest.mark.component
 def test_second_promotion_keeps_the_first_as_previous(env) -> None:
     _promote(env, "1")
     result = _promote(env, "2", reason="better")
@@ -133,6 +135,7 @@ def test_second_promotion_keeps_the_first_as_previous(env) -> None:
     assert not [p for p in env["models"].iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.component
 def test_rollback_restores_previous_and_records_it(env) -> None:
     _promote(env, "1")
     _promote(env, "2")
@@ -152,6 +155,7 @@ def test_rollback_restores_previous_and_records_it(env) -> None:
     assert tags["rollback_reason"] == "accuracy dropped 8.9 points"
 
 
+@pytest.mark.component
 def test_nothing_to_roll_back_changes_nothing(env) -> None:
     with pytest.raises(NothingToRollBack, match="no champion"):
         _rollback(env)
@@ -167,6 +171,7 @@ def test_nothing_to_roll_back_changes_nothing(env) -> None:
     _serves(env, "1")
 
 
+@pytest.mark.component
 def test_repeated_rollbacks_walk_back_and_then_stop(env) -> None:
     for version in ("1", "2", "3"):
         _promote(env, version)
@@ -182,6 +187,7 @@ def test_repeated_rollbacks_walk_back_and_then_stop(env) -> None:
     assert _snapshot(env["models"], env["logs"]) == before
 
 
+@pytest.mark.component
 def test_only_five_previous_copies_are_kept(env) -> None:
     for version in ("1", "2", "1", "2", "1", "2", "1"):
         _promote(env, version)
@@ -193,6 +199,7 @@ def test_only_five_previous_copies_are_kept(env) -> None:
     _serves(env, "1")
 
 
+@pytest.mark.component
 def test_rollback_mirrors_from_the_registry_when_the_copy_is_gone(env) -> None:
     _promote(env, "1")
     _promote(env, "2")
@@ -205,6 +212,7 @@ def test_rollback_mirrors_from_the_registry_when_the_copy_is_gone(env) -> None:
     _serves(env, "1")
 
 
+@pytest.mark.component
 def test_promoting_the_champion_again_is_idempotent(env) -> None:
     _promote(env, "1")
     _promote(env, "2")
@@ -227,6 +235,7 @@ def _die_at(monkeypatch, point: str) -> None:
     monkeypatch.setattr(deployments, "fault_point", fault)
 
 
+@pytest.mark.component
 def test_promotion_interrupted_after_the_registry_is_completed_by_a_rerun(env, monkeypatch):
     _promote(env, "1")
     _die_at(monkeypatch, "after_alias_move")
@@ -241,6 +250,7 @@ def test_promotion_interrupted_after_the_registry_is_completed_by_a_rerun(env, m
     assert [r["version"] for r in deployments.history(env["models"])] == ["1", "2"]
 
 
+@pytest.mark.component
 def test_promotion_whose_files_cannot_be_swapped_is_undone_everywhere(env, monkeypatch):
     """Issue 9 item 2: models/production not writable after the aliases moved."""
     _promote(env, "1")
@@ -265,6 +275,7 @@ def test_promotion_whose_files_cannot_be_swapped_is_undone_everywhere(env, monke
     assert not [p for p in env["models"].iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.component
 def test_first_promotion_undone_leaves_no_champion(env, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError("read-only")
@@ -275,6 +286,7 @@ def test_first_promotion_undone_leaves_no_champion(env, monkeypatch):
     assert _alias(env, "champion") is None and _alias(env, "previous") is None
 
 
+@pytest.mark.component
 def test_service_reload_failure_is_a_note_not_a_rollback(env, monkeypatch):
     monkeypatch.setattr(service_control, "RELOAD_BACKOFF_SECONDS", 0.01)
     _promote(env, "1")
@@ -297,6 +309,7 @@ def test_service_reload_failure_is_a_note_not_a_rollback(env, monkeypatch):
     assert deployments.history(env["models"])[-1]["service"] == "reloaded"
 
 
+@pytest.mark.component
 def test_rollback_removes_the_canary_alias_and_reloads(env) -> None:
     _promote(env, "1")
     _promote(env, "2")
@@ -309,6 +322,7 @@ def test_rollback_removes_the_canary_alias_and_reloads(env) -> None:
     assert "champion=1" in _log_lines(env)[-1]
 
 
+@pytest.mark.component
 def test_rollback_interrupted_after_the_registry_is_completed_by_a_rerun(env, monkeypatch):
     _promote(env, "1")
     _promote(env, "2")
@@ -330,6 +344,7 @@ def test_rollback_interrupted_after_the_registry_is_completed_by_a_rerun(env, mo
         "promote", "promote", "rollback"]  # fmt: skip
 
 
+@pytest.mark.component
 def test_rollback_of_a_version_that_is_not_champion_is_refused(env) -> None:
     _promote(env, "1")
     _promote(env, "2")
@@ -340,6 +355,7 @@ def test_rollback_of_a_version_that_is_not_champion_is_refused(env) -> None:
     assert _alias(env, "champion") == "2"
 
 
+@pytest.mark.component
 def test_promoting_an_unknown_version_changes_nothing(env) -> None:
     _promote(env, "1")
     before = _snapshot(env["models"], env["logs"])
@@ -349,6 +365,7 @@ def test_promoting_an_unknown_version_changes_nothing(env) -> None:
     assert _alias(env, "champion") == "1"
 
 
+@pytest.mark.component
 def test_abort_canary_leaves_production_alone(env) -> None:
     _promote(env, "1")
     registry.set_alias(env["client"], env["name"], "canary", "2")
@@ -367,6 +384,7 @@ def test_abort_canary_leaves_production_alone(env) -> None:
     assert "canary_rollback" in line and "version=2" in line and "champion=1" in line
 
 
+@pytest.mark.component
 def test_abort_canary_keeps_another_versions_alias(env) -> None:
     registry.set_alias(env["client"], env["name"], "canary", "3")
     deployments.abort_canary(

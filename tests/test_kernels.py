@@ -20,6 +20,9 @@ from lib.pipeline import kernels
 from lib.pipeline.contracts import STAGES
 from lib.pipeline.kernels import KernelPool, PooledKernelManager
 
+# Real Jupyter kernels (and one runner.py subprocess).
+pytestmark = pytest.mark.component
+
 LIGHT = ("decimal", "email.mime.text", "xml.dom.minidom")  # quick to import, rarely preloaded
 PROBE = (
     "import json, os, sys\n"

@@ -198,6 +198,7 @@ def test_drop_beyond_bound_but_not_significant_does_not_roll_back(reference: dic
     assert "not significantly" in accuracy.message
 
 
+@pytest.mark.component
 def test_significant_moderate_drop_rolls_back_on_many_samples(reference: dict) -> None:
     report = health(make_window(seed=5, n=3000, accuracy=0.74), reference)
     assert report.rollback and report.by_name("accuracy").p_value < 0.05
@@ -262,6 +263,7 @@ def test_same_distribution_raises_no_drift_alert(reference: dict, seed: int) -> 
     assert report.drift["prediction"]["drifted"] is False
 
 
+@pytest.mark.component
 def test_dataset_drift_when_half_of_the_columns_drift(reference: dict) -> None:
     window = make_window(seed=12)
     rng = np.random.default_rng(12)
@@ -408,6 +410,7 @@ def test_prediction_drift_counts_the_served_labels() -> None:
     assert plain["positive_rate_from"]["current"] == "probability >= 0.5"
 
 
+@pytest.mark.component
 def test_window_labels_feed_the_positive_rate(reference: dict) -> None:
     window = make_window(seed=31)
     labels = reference["proba"] >= 0.5
@@ -421,6 +424,7 @@ def test_window_labels_feed_the_positive_rate(reference: dict) -> None:
     assert pred["positive_rate_from"] == {"reference": "labels", "current": "labels"}
 
 
+@pytest.mark.component
 def test_name_text_is_not_judged_and_old_logs_lack_new_columns(reference: dict) -> None:
     """Rows logged before the derived columns existed: judged on the rows that carry them."""
     window = make_window(seed=32, n=600)

@@ -448,6 +448,7 @@ def test_build_message_is_one_readable_list_and_hides_configured_secrets(
 # --- delivery to real local servers -------------------------------------------------------------
 
 
+@pytest.mark.component
 def test_deployed_reaches_the_json_webhook_with_version_metrics_improvement_and_report(
     http_sink: HttpSink,
 ) -> None:
@@ -474,6 +475,7 @@ def test_deployed_reaches_the_json_webhook_with_version_metrics_improvement_and_
         assert expected in payload["message"]
 
 
+@pytest.mark.component
 def test_rolled_back_carries_the_reason(http_sink: HttpSink) -> None:
     target = notify.Target("other", f"json://{LOOPBACK}:{http_sink.port}/hook")
     reason = "canary p99 latency 812 ms > 250 ms at 25%"
@@ -486,6 +488,7 @@ def test_rolled_back_carries_the_reason(http_sink: HttpSink) -> None:
     assert f"Reason: {reason}" in payload["message"]
 
 
+@pytest.mark.component
 def test_form_webhook_gets_the_message_too(http_sink: HttpSink) -> None:
     target = notify.Target("other", f"form://{LOOPBACK}:{http_sink.port}/form")
     (delivery,) = notify.notify("alert", reason="accuracy dropped to 0.61", targets=[target])
@@ -496,6 +499,7 @@ def test_form_webhook_gets_the_message_too(http_sink: HttpSink) -> None:
     assert "accuracy dropped to 0.61" in fields["message"][0]
 
 
+@pytest.mark.component
 def test_email_with_auth_arrives_and_the_password_never_shows(
     smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -525,6 +529,7 @@ def test_email_with_auth_arrives_and_the_password_never_shows(
     assert SMTP_PASSWORD not in _all_log_text(caplog)
 
 
+@pytest.mark.component
 def test_email_with_a_wrong_password_fails_without_leaking_it(
     smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -542,6 +547,7 @@ def test_email_with_a_wrong_password_fails_without_leaking_it(
     assert any("failed" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
 
 
+@pytest.mark.component
 def test_slack_webhook_payload_reaches_a_local_server(
     http_sink: HttpSink, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -568,6 +574,7 @@ def test_slack_webhook_payload_reaches_a_local_server(
     assert not any(token in logs for token in SLACK_TOKENS)
 
 
+@pytest.mark.component
 def test_teams_workflow_payload_reaches_a_local_tls_server(
     https_sink: HttpSink, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -599,6 +606,7 @@ def test_teams_workflow_payload_reaches_a_local_tls_server(
     assert TEAMS_SIG not in logs and TEAMS_WORKFLOW not in logs
 
 
+@pytest.mark.component
 def test_pagerduty_gets_rollbacks_on_a_local_server_and_not_routine_deploys(
     http_sink: HttpSink, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -627,6 +635,7 @@ def test_pagerduty_gets_rollbacks_on_a_local_server_and_not_routine_deploys(
     assert PD_KEY not in _all_log_text(caplog)
 
 
+@pytest.mark.component
 def test_send_test_reaches_every_target_including_pagerduty(
     http_sink: HttpSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -648,6 +657,7 @@ def test_send_test_reaches_every_target_including_pagerduty(
 # --- routing by apprise tags -------------------------------------------------------------------
 
 
+@pytest.mark.component
 def test_tags_route_each_event_only_to_the_targets_subscribed_to_it(http_sink: HttpSink) -> None:
     base = f"json://{LOOPBACK}:{http_sink.port}"
     env = {
@@ -695,6 +705,7 @@ def test_a_tag_prefix_is_not_part_of_the_url_or_its_secrets() -> None:
 # --- failures -----------------------------------------------------------------------------------
 
 
+@pytest.mark.component
 def test_an_unreachable_target_is_reported_and_the_others_still_get_the_message(
     http_sink: HttpSink, smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -727,6 +738,7 @@ def test_an_unreachable_target_is_reported_and_the_others_still_get_the_message(
     assert len(failed) == 2 and str(dead) in failed[0].getMessage()
 
 
+@pytest.mark.component
 def test_a_silent_server_costs_only_the_read_timeout() -> None:
     with socket.socket() as listener:
         listener.bind((LOOPBACK, 0))
@@ -739,6 +751,7 @@ def test_a_silent_server_costs_only_the_read_timeout() -> None:
     assert "Connection error" in (delivery.error or "")
 
 
+@pytest.mark.component
 def test_timeouts_are_applied_unless_the_url_sets_them(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Any] = []
     real_add = apprise.Apprise.add
@@ -885,6 +898,7 @@ def test_install_redacting_filter_covers_a_logger_and_its_handlers(
     assert [r.getMessage() for r in records] == ["direct ***", "propagated ***"]
 
 
+@pytest.mark.component
 def test_apprise_logging_is_capped_and_redacted(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

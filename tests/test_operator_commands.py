@@ -95,6 +95,7 @@ def ops(store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ops:
     return Ops(store, root, monkeypatch)
 
 
+@pytest.mark.component
 def test_status_after_a_rollback_tells_the_truth(ops: Ops) -> None:
     code, before = ops.say(cmd_status)
     assert code == 0 and "champion v2, previous v1" in before[0]
@@ -113,6 +114,7 @@ def test_status_after_a_rollback_tells_the_truth(ops: Ops) -> None:
     assert "MISMATCH" not in text  # registry, models/production and deployments.json agree
 
 
+@pytest.mark.component
 def test_rollback_is_an_operator_action_in_the_index(ops: Ops) -> None:
     ops.say(cmd_rollback, reason="bad reviews")
     (action,) = ops.actions()
@@ -124,6 +126,7 @@ def test_rollback_is_an_operator_action_in_the_index(ops: Ops) -> None:
     assert [event for event, _ in ops.sent] == ["rolled_back"]
 
 
+@pytest.mark.component
 def test_a_second_rollback_points_to_the_promote_command(ops: Ops) -> None:
     ops.say(cmd_rollback, reason="bad reviews")
     with pytest.raises(deployments.NothingToRollBack) as refused:
@@ -137,6 +140,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     ("version", "reason", "says"),
     [

@@ -17,6 +17,9 @@ from lib.pipeline.executors import InProcessExecutor
 from lib.pipeline.orchestrator import RunContext, inputs_for, run
 from lib.pipeline.run_record import RunOutputs
 
+# Whole runs in-process: stages train real models on generated data.
+pytestmark = pytest.mark.component
+
 SMALL = {
     "synth_apps": 800,
     "cv_folds": 2,

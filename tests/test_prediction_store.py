@@ -324,6 +324,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.component
 def test_writer_and_reader_in_two_processes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/shared.db"
     reader = PredictionStore(url)

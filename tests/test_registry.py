@@ -36,6 +36,7 @@ def fitted():
     return data, tr, te, training.train_candidate("random_forest", data, tr, te, 3, 0, 15)
 
 
+@pytest.mark.component
 def test_trusted_types_are_library_types_only(fitted) -> None:
     *_, result = fitted
     types = registry.skops_trusted_types(result.model)
@@ -43,6 +44,7 @@ def test_trusted_types_are_library_types_only(fitted) -> None:
     assert all(t.startswith(registry.SAFE_TYPE_PREFIXES) for t in types)
 
 
+@pytest.mark.component
 def test_log_register_alias_and_load_by_uri(store, fitted) -> None:
     import mlflow
 
@@ -73,6 +75,7 @@ def test_log_register_alias_and_load_by_uri(store, fitted) -> None:
     assert info.flavors["sklearn"]["serialization_format"] == "skops"
 
 
+@pytest.mark.component
 def test_local_copy_is_swapped_whole(tmp_path: Path, fitted) -> None:
     *_, result = fitted
     target = tmp_path / "models" / "candidate"
@@ -126,6 +129,7 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+@pytest.mark.component
 def test_missing_model_alias_or_version_is_none(store) -> None:
     assert registry.alias_version(store, "nothing", "champion") is None  # no model
     store.create_registered_model("m")
@@ -135,6 +139,7 @@ def test_missing_model_alias_or_version_is_none(store) -> None:
     registry.delete_alias(store, "m", "canary")  # removing a missing alias is not an error
 
 
+@pytest.mark.component
 def test_connect_sets_bounded_retries_but_keeps_the_users(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,6 +156,7 @@ def test_connect_sets_bounded_retries_but_keeps_the_users(
     assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 3
 
 
+@pytest.mark.component
 def test_unreachable_server_is_registry_unavailable_within_a_minute() -> None:
     """Nothing listens on the port: connection refused, reported after bounded retries."""
     import mlflow
@@ -188,6 +194,7 @@ class _Always503(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.component
 def test_server_errors_are_registry_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a user's choice is kept
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Always503)
@@ -209,6 +216,7 @@ def test_server_errors_are_registry_unavailable(monkeypatch: pytest.MonkeyPatch)
         thread.join(timeout=10)
 
 
+@pytest.mark.component
 def test_a_hung_server_times_out_as_registry_unavailable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -291,6 +299,7 @@ def test_registry_unavailable_survives_pickling() -> None:
     assert str(again) == str(error) and again.exit_code == error.exit_code
 
 
+@pytest.mark.component
 def test_connect_does_not_leave_the_store_in_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -93,6 +93,7 @@ def send(replayer: Replayer, times: int) -> None:
             replayer.send_one(client, body, rating)
 
 
+@pytest.mark.component
 def test_each_request_has_its_own_id_and_its_true_rating_as_feedback(service) -> None:
     url, recorder = service
     replayer = Replayer(url, RECORDS)
@@ -109,6 +110,7 @@ def test_each_request_has_its_own_id_and_its_true_rating_as_feedback(service) ->
     assert replayer.stats.errors == 0
 
 
+@pytest.mark.component
 def test_stats_count_what_each_variant_of_the_split_served(service) -> None:
     url, _ = service
     replayer = Replayer(url, RECORDS)
@@ -116,12 +118,14 @@ def test_stats_count_what_each_variant_of_the_split_served(service) -> None:
     assert replayer.stats.by_variant == {"champion": 6, "canary": 2}
 
 
+@pytest.mark.component
 def test_label_flip_posts_the_opposite_rating(service) -> None:
     url, recorder = service
     send(Replayer(url, RECORDS, label_flip=True), 2)
     assert [f["rating"] for f in recorder.feedback] == [1.0, 5.0]  # good -> bad, bad -> good
 
 
+@pytest.mark.component
 def test_without_feedback_only_predictions_are_sent(service) -> None:
     url, recorder = service
     replayer = Replayer(url, RECORDS, feedback=False)
@@ -130,6 +134,7 @@ def test_without_feedback_only_predictions_are_sent(service) -> None:
     assert replayer.stats.feedback == 0
 
 
+@pytest.mark.component
 def test_a_failing_service_is_counted_not_raised(service) -> None:
     url, recorder = service
     recorder.predict_status = 500
@@ -140,6 +145,7 @@ def test_a_failing_service_is_counted_not_raised(service) -> None:
     assert recorder.feedback == []
 
 
+@pytest.mark.component
 def test_an_unreachable_service_is_counted_not_raised() -> None:
     with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as probe:
         port = probe.server_address[1]
@@ -148,6 +154,7 @@ def test_an_unreachable_service_is_counted_not_raised() -> None:
     assert replayer.stats.errors == 1 and "ConnectError" in (replayer.stats.last_error or "")
 
 
+@pytest.mark.component
 def test_the_background_loop_cycles_the_records_and_stops(service) -> None:
     url, recorder = service
     with Replayer(url, RECORDS, rate=50.0) as replayer:

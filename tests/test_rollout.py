@@ -134,6 +134,7 @@ def test_never_two_rollouts_at_once(store: RolloutStore) -> None:
     assert store.load() == first
 
 
+@pytest.mark.component
 def test_a_dead_active_rollout_still_blocks_and_says_interrupted(store: RolloutStore) -> None:
     _begin(store, "2", owner_pid=_dead_pid())
     with pytest.raises(rollout.RolloutConflict, match="interrupted"):
@@ -162,6 +163,7 @@ def test_parked_rollout_can_be_rejected_then_another_begins(store: RolloutStore)
     assert json.loads(archived.read_text())["state"]["phase"] == "rejected"
 
 
+@pytest.mark.component
 def test_approve_and_claim(store: RolloutStore) -> None:
     _begin(store, approved=False)
     assert rollout.approve(store, "ok by alice").phase == Phase.STAGING
@@ -175,6 +177,7 @@ def test_approve_and_claim(store: RolloutStore) -> None:
         rollout.claim(store, pid=os.getpid() + 1_000_000)
 
 
+@pytest.mark.component
 def test_interrupted_needs_an_active_phase_and_a_dead_owner(store: RolloutStore) -> None:
     state = _begin(store)
     assert not rollout.interrupted(state)  # we are alive
@@ -189,6 +192,7 @@ def test_interrupted_needs_an_active_phase_and_a_dead_owner(store: RolloutStore)
     assert not rollout.interrupted(None)
 
 
+@pytest.mark.component
 def test_pid_alive() -> None:
     assert rollout.pid_alive(os.getpid())
     assert not rollout.pid_alive(_dead_pid())
@@ -306,6 +310,7 @@ def test_close_open_ends_an_active_rollout_and_leaves_others(store: RolloutStore
     assert store.load().phase == Phase.AWAITING_APPROVAL
 
 
+@pytest.mark.component
 def test_fault_point_is_inert_unless_named(monkeypatch) -> None:
     from lib.delivery import faults
 

@@ -20,6 +20,7 @@ def runner(project: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     ("setting", "path"),
     [
@@ -41,6 +42,7 @@ def test_a_bad_key_or_value_fails_at_start_naming_its_path(
     assert list((project / "reports").iterdir()) == [] and list((project / "data").iterdir()) == []
 
 
+@pytest.mark.component
 def test_an_unknown_nested_key_in_the_file_names_the_file(project: Path) -> None:
     text = (project / "pipeline.yaml").read_text()
     (project / "pipeline.yaml").write_text(text + "\ncanary_analysis:\n  min_request: 5\n")
@@ -49,6 +51,7 @@ def test_an_unknown_nested_key_in_the_file_names_the_file(project: Path) -> None
     assert "pipeline.yaml" in done.stderr and "canary_analysis.min_request" in done.stderr
 
 
+@pytest.mark.component
 def test_help_lists_every_command(project: Path) -> None:
     done = runner(project, "--help")
     assert done.returncode == 0
@@ -83,6 +86,7 @@ def nothing_started(project: Path) -> None:
     assert list((project / "data").iterdir()) == [] and list((project / "models").iterdir()) == []
 
 
+@pytest.mark.component
 def test_a_data_path_that_does_not_exist_is_an_error_not_generated_data(
     project: Path, tmp_path: Path
 ) -> None:
@@ -93,6 +97,7 @@ def test_a_data_path_that_does_not_exist_is_an_error_not_generated_data(
     nothing_started(project)
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     "how",
     ["--set", "env", "file"],
@@ -118,12 +123,14 @@ def test_every_way_of_naming_the_data_is_checked(project: Path, how: str) -> Non
     nothing_started(project)
 
 
+@pytest.mark.component
 def test_the_default_path_named_on_the_command_line_is_not_generated(project: Path) -> None:
     line = one_error_line(runner(project, "--data", "data/googleplaystore_clean.csv"))
     assert "googleplaystore_clean.csv" in line and "not found" in line
     nothing_started(project)
 
 
+@pytest.mark.component
 def test_a_relative_data_path_is_relative_to_the_working_directory(project: Path) -> None:
     here = project.parent / "elsewhere"
     here.mkdir()
@@ -137,6 +144,7 @@ def test_a_relative_data_path_is_relative_to_the_working_directory(project: Path
     assert f"{here / 'apps.csv'}: no rows" in line
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -158,6 +166,7 @@ def test_unusable_data_is_one_line_and_exit_2(project: Path, content, expected) 
     assert not {"mlflow.db", "mlruns"} & {p.name for p in project.iterdir()}
 
 
+@pytest.mark.component
 def test_all_rows_quarantined_is_exit_2_with_the_quarantine_written(project: Path) -> None:
     rows = "".join(
         f"App {i},GAME,high,1,1M,1+,Free,0,Everyone,,2018-01-0{i + 1},,\n" for i in range(4)
@@ -170,6 +179,7 @@ def test_all_rows_quarantined_is_exit_2_with_the_quarantine_written(project: Pat
     assert not {"mlflow.db", "mlruns"} & {p.name for p in project.iterdir()}
 
 
+@pytest.mark.component
 def test_a_config_file_is_relative_to_the_working_directory(project: Path) -> None:
     here = project.parent / "elsewhere-config"
     here.mkdir()
@@ -182,6 +192,7 @@ def test_a_config_file_is_relative_to_the_working_directory(project: Path) -> No
     assert "mine.yaml" in done.stderr and "cv_folds" in done.stderr
 
 
+@pytest.mark.component
 def test_simulate_new_apps_never_creates_a_user_named_file(project: Path, tmp_path: Path) -> None:
     absent = tmp_path / "typo" / "apps.csv"
     line = one_error_line(runner(project, "--data", str(absent), "simulate-new-apps", "--n", "5"))
@@ -189,6 +200,7 @@ def test_simulate_new_apps_never_creates_a_user_named_file(project: Path, tmp_pa
     assert not absent.parent.exists()
 
 
+@pytest.mark.component
 def test_backtest_with_a_missing_file_is_an_error_not_a_fallback(
     project: Path, tmp_path: Path
 ) -> None:

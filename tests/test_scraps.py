@@ -44,6 +44,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.component
 def test_glued_values_read_back_as_plain_json(executed: Path) -> None:
     values = scraps.read(executed)
     assert values == {
@@ -60,6 +61,7 @@ def test_glued_values_read_back_as_plain_json(executed: Path) -> None:
     json.dumps(values, allow_nan=False)
 
 
+@pytest.mark.component
 def test_a_name_never_glued_is_absent_not_none(executed: Path) -> None:
     values = scraps.read(executed)
     assert "never_glued" not in values

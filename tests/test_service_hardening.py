@@ -80,6 +80,7 @@ HOSTILE_VALUES = [
 ]
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(("app", "field"), HOSTILE_VALUES, ids=lambda v: str(v)[:40])
 def test_out_of_range_values_are_422_and_never_reach_the_model(
     client: TestClient, app: dict[str, Any], field: str
@@ -100,6 +101,7 @@ def test_out_of_range_values_are_422_and_never_reach_the_model(
     assert rid not in _stored_ids(client)
 
 
+@pytest.mark.component
 def test_bounds_leave_real_listings_alone(client: TestClient) -> None:
     big = {**RAW_APP, "Reviews": "78,158,306", "Installs": "10,000,000,000+", "Size": "4.5G",
            "Price": "$399.99", "Category": "AUTO_AND_VEHICLES"}  # fmt: skip
@@ -108,6 +110,7 @@ def test_bounds_leave_real_listings_alone(client: TestClient) -> None:
     assert client.post("/predict", json=edge).status_code == 200
 
 
+@pytest.mark.component
 def test_a_bad_row_in_a_batch_refuses_the_batch_before_the_queue(client: TestClient) -> None:
     batch = [RAW_APP, {**RAW_APP, "Size": "1" + "0" * 306 + "G"}, RAW_APP]
     resp = client.post("/predict", json=batch, headers={"X-Request-ID": "bad-batch"})
@@ -116,6 +119,7 @@ def test_a_bad_row_in_a_batch_refuses_the_batch_before_the_queue(client: TestCli
     assert not {"bad-batch-0", "bad-batch-2"} & _stored_ids(client)
 
 
+@pytest.mark.component
 def test_overflowing_feedback_and_admin_numbers_are_422(client: TestClient) -> None:
     big = 10**400  # a JSON integer beyond float
     rid = client.post("/predict", json=RAW_APP).json()["request_id"]
@@ -135,6 +139,7 @@ def test_overflowing_feedback_and_admin_numbers_are_422(client: TestClient) -> N
 BAD_IDS = ["😀", "用户-1", "\u202eabc", "１２３", "a b", "x" * 129, "tab\there", "semi;colon"]
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("rid", BAD_IDS)
 def test_request_ids_outside_the_grammar_are_422_before_anything_is_stored(
     client: TestClient, rid: str
@@ -153,12 +158,14 @@ def test_request_ids_outside_the_grammar_are_422_before_anything_is_stored(
         assert feedback.status_code == 422 and "request_id" in feedback.json()["detail"]
 
 
+@pytest.mark.component
 def test_a_utf8_request_id_header_is_refused_not_stored_garbled(client: TestClient) -> None:
     resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "café".encode()})
     assert resp.status_code == 422 and "X-Request-ID" in resp.json()["detail"]
     assert _stored_ids(client) == set()
 
 
+@pytest.mark.component
 def test_good_request_ids_pass_and_both_places_are_checked(client: TestClient) -> None:
     longest = "A.b_c:d-9" * 14 + "xx"  # 128 characters
     resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": longest})
@@ -183,6 +190,7 @@ def _probability(c: TestClient, app: dict[str, Any]) -> float:
     return c.post("/predict", json=app).json()["probability"]  # under a generated id
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("written", [False, True], ids=["pending", "written"])
 def test_a_repeated_request_id_is_409_and_feedback_joins_the_first(
     client: TestClient, written: bool
@@ -227,6 +235,7 @@ def test_a_repeated_request_id_is_409_and_feedback_joins_the_first(
     assert store.stats()["rejected"] == 0  # refused before anything was queued
 
 
+@pytest.mark.component
 def test_batch_item_ids_are_unique_with_single_ids(client: TestClient) -> None:
     """A batch's items are '<id>-<index>': they may not reuse an answered id either way."""
     assert client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "x-1"}).status_code == 200
@@ -245,6 +254,7 @@ def test_batch_item_ids_are_unique_with_single_ids(client: TestClient) -> None:
     assert _metric(client, "model_repeated_request_ids_total") == 3
 
 
+@pytest.mark.component
 def test_a_request_id_held_by_a_request_in_flight_is_409(client: TestClient) -> None:
     """Two requests with one id at the same moment: the second is refused while the first is
     being answered (its id is held from the check to the store), not after both answered."""
@@ -259,6 +269,7 @@ def test_a_request_id_held_by_a_request_in_flight_is_409(client: TestClient) -> 
     assert answered.status_code == 200
 
 
+@pytest.mark.component
 def test_a_store_that_does_not_answer_costs_the_id_check_not_the_prediction(
     client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -288,6 +299,7 @@ def test_a_store_that_does_not_answer_costs_the_id_check_not_the_prediction(
     assert _metric(client, "model_request_errors_total") == 0
 
 
+@pytest.mark.component
 def test_ids_and_versions_as_json_numbers_follow_the_document(client: TestClient) -> None:
     """/openapi.json says integer (JSON Schema's: 7.0 is one) in 0..2**53-1 for an id and
     1.. for a version, and a blank id is no id: the service takes what the document allows."""
@@ -303,6 +315,7 @@ def test_ids_and_versions_as_json_numbers_follow_the_document(client: TestClient
     assert routed.status_code == 200 and routed.json()["canary_version"] == "2"
 
 
+@pytest.mark.component
 def test_a_weight_without_a_canary_is_409_when_none_is_loaded(client: TestClient) -> None:
     """The body is fine; the state is not (no canary loaded): 409, as the document says. With
     "canary_version": null the body contradicts itself: 422, stated in the schema too."""
@@ -329,6 +342,7 @@ def test_lone_surrogates_never_become_ids() -> None:
 DEEP = 10_000
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     ("method", "path"), [("POST", "/predict"), ("POST", "/feedback"), ("PUT", "/admin/routing")]
 )
@@ -343,6 +357,7 @@ def test_deeply_nested_json_is_a_4xx_saying_so(
     assert "nested too deeply" in resp.json()["detail"]
 
 
+@pytest.mark.component
 def test_unexpected_errors_are_generic_and_recursion_is_a_400(
     client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -366,6 +381,7 @@ def test_unexpected_errors_are_generic_and_recursion_is_a_400(
     assert "secret detail" in caplog.text and "boom-1" in caplog.text
 
 
+@pytest.mark.component
 def test_model_error_answer_names_the_request_not_the_exception(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -420,6 +436,7 @@ def _asgi(
     return {**out, "pulled": pulled}
 
 
+@pytest.mark.component
 def test_oversized_body_is_413_on_content_length_before_reading(client: TestClient) -> None:
     answer = _asgi(client, [(b"content-length", str(200 * MiB).encode())], chunks=200)
     assert answer["status"] == 413 and answer["pulled"] == 0
@@ -427,6 +444,7 @@ def test_oversized_body_is_413_on_content_length_before_reading(client: TestClie
     assert str(MAX_BODY_BYTES) in json.loads(answer["body"])["detail"]
 
 
+@pytest.mark.component
 def test_oversized_streamed_body_is_413_without_reading_it_all(client: TestClient) -> None:
     answer = _asgi(client, [], chunks=200)  # chunked: no Content-Length
     assert answer["status"] == 413
@@ -434,6 +452,7 @@ def test_oversized_streamed_body_is_413_without_reading_it_all(client: TestClien
     assert _metric(client, "model_requests_total") == 0
 
 
+@pytest.mark.component
 def test_a_client_leaving_mid_body_is_no_error(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -442,6 +461,7 @@ def test_a_client_leaving_mid_body_is_no_error(
     assert "Traceback" not in caplog.text and _metric(client, "model_requests_total") == 0
 
 
+@pytest.mark.component
 def test_malformed_content_length_is_400(client: TestClient) -> None:
     answer = _asgi(client, [(b"content-length", b"12abc")], chunks=1)
     assert answer["status"] == 400 and answer["pulled"] == 0
@@ -450,6 +470,7 @@ def test_malformed_content_length_is_400(client: TestClient) -> None:
 # ----------------------------------------------------------------------- 6: content types
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     "content_type",
     ["text/plain", "application/x-www-form-urlencoded", "image/png", "multipart/form-data",
@@ -465,6 +486,7 @@ def test_other_content_types_are_415(client: TestClient, content_type: str) -> N
     assert _metric(client, "model_requests_total") == 0
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "GZIP", "gzip, identity", "x-own"])
 def test_encoded_bodies_are_415_not_read_as_plain_json(client: TestClient, encoding: str) -> None:
     """A body the caller says is compressed is never read as plain JSON: neither the gzip bytes
@@ -482,12 +504,14 @@ def test_encoded_bodies_are_415_not_read_as_plain_json(client: TestClient, encod
     assert _stored_ids(client) == set()
 
 
+@pytest.mark.component
 def test_identity_encoding_is_plain_json(client: TestClient) -> None:
     headers = {"Content-Type": "application/json", "Content-Encoding": "Identity"}
     resp = client.post("/predict", content=json.dumps(RAW_APP).encode(), headers=headers)
     assert resp.status_code == 200, resp.text
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     "content_type", ["application/json; charset=utf-8", "Application/JSON", None]
 )
@@ -502,6 +526,7 @@ def test_json_content_types_and_a_missing_one_are_read(
 # ------------------------------------------------------------------ 6: disclosure, contract
 
 
+@pytest.mark.component
 def test_no_champion_answers_do_not_show_the_store_path(mlstore: Store, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/private-dir/mlflow.db"
     (tmp_path / "private-dir").mkdir()
@@ -512,6 +537,7 @@ def test_no_champion_answers_do_not_show_the_store_path(mlstore: Store, tmp_path
             assert "sqlite:///.../mlflow.db" in resp.text
 
 
+@pytest.mark.component
 def test_routing_needs_the_admin_token(client: TestClient) -> None:
     assert client.get("/admin/routing").status_code == 401
     assert client.get("/admin/routing", headers=_admin("wrong-token-1")).status_code == 403
@@ -524,6 +550,7 @@ def _routing_now(c: TestClient) -> dict[str, Any]:
                                     "lease_seconds")}  # fmt: skip
 
 
+@pytest.mark.component
 def test_expected_weight_refuses_to_undo_an_operators_stop(client: TestClient) -> None:
     """The deployer's renewal names the weight it set last: after a person's stop (weight 0)
     it is refused with 409 and changes nothing, so no renewal raises the weight again."""
@@ -548,6 +575,7 @@ def test_expected_weight_refuses_to_undo_an_operators_stop(client: TestClient) -
     assert put({**step, "weight": 5, "expected_weight": 0.0}).json()["canary_weight"] == 5
 
 
+@pytest.mark.component
 def test_expected_weight_is_compared_after_the_lease_check(client: TestClient) -> None:
     step = {"canary_version": "2", "weight": 25, "lease_seconds": 60}
     assert client.put("/admin/routing", json=step, headers=_admin()).status_code == 200
@@ -558,6 +586,7 @@ def test_expected_weight_is_compared_after_the_lease_check(client: TestClient) -
     assert _routing_now(client)["canary_weight"] == 0
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("value", [-1, 100.5, "25", True, 10**400])
 def test_expected_weight_must_be_a_percentage(client: TestClient, value: Any) -> None:
     body = {"canary_version": "2", "weight": 5, "expected_weight": value}
@@ -567,6 +596,7 @@ def test_expected_weight_must_be_a_percentage(client: TestClient, value: Any) ->
     assert _routing_now(client)["canary_version"] is None
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("version", ["latest", "champion", "1.0", "v2", "0", "-1", " ", 0])
 def test_canary_version_must_be_a_version_number(client: TestClient, version: Any) -> None:
     resp = client.put(
@@ -577,6 +607,7 @@ def test_canary_version_must_be_a_version_number(client: TestClient, version: An
     assert 'variant="canary"' not in client.get("/metrics").text
 
 
+@pytest.mark.component
 def test_docs_page_loads_nothing_from_the_network(client: TestClient) -> None:
     page = client.get("/docs")
     assert page.status_code == 200 and "/openapi.json" in page.text
@@ -608,6 +639,7 @@ def _until(c: TestClient, check: Any, what: str) -> dict[str, Any]:
         time.sleep(0.05)
 
 
+@pytest.mark.component
 def test_health_says_when_the_registry_names_another_champion(
     mlstore: Store, own_store: str, tmp_path: Path
 ) -> None:
@@ -632,6 +664,7 @@ def test_health_says_when_the_registry_names_another_champion(
         assert health["registry"]["matches"] is True and health["warning"] is None
 
 
+@pytest.mark.component
 def test_health_reports_a_registry_outage_and_recovers(
     mlstore: Store, own_store: str, tmp_path: Path
 ) -> None:
@@ -657,6 +690,7 @@ def test_health_reports_a_registry_outage_and_recovers(
         _until(c, lambda h: h["registry"]["reachable"] is True, "the recovery")
 
 
+@pytest.mark.component
 def test_health_does_not_call_the_registry_per_request(
     mlstore: Store, own_store: str, tmp_path: Path
 ) -> None:

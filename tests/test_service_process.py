@@ -14,6 +14,9 @@ import pytest
 from lib.delivery.service_process import ServiceError, ServiceProcess
 from tests.test_serving import MODEL, RAW_APP, TOKEN, Store, mlstore  # noqa: F401 (fixture)
 
+# A real `python -m lib.serving` process per test.
+pytestmark = pytest.mark.component
+
 PROJECT = Path(__file__).resolve().parents[1]
 
 

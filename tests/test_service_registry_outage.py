@@ -92,6 +92,7 @@ def _wait_for(condition: Any, what: str, seconds: float = 60.0) -> None:
 # ---------------------------------------------------------------------------- start-up
 
 
+@pytest.mark.component
 def test_registry_down_at_start_serves_the_production_copy(
     tmp_path: Path, copies: dict[str, Path], refused_uri: str
 ) -> None:
@@ -112,6 +113,7 @@ def test_registry_down_at_start_serves_the_production_copy(
         assert (answer.json()["model_version"], answer.json()["variant"]) == ("2", "champion")
 
 
+@pytest.mark.component
 def test_a_hung_registry_is_given_up_after_the_start_bound(
     tmp_path: Path, copies: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -152,6 +154,7 @@ def _broken_model(production: Path) -> None:
     (production / "model.skops").write_bytes(b"not a skops file")
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     "damage, reason",
     [
@@ -181,6 +184,7 @@ def test_no_usable_copy_is_a_503_with_the_reason(
         assert health.json()["status"] == "no_champion" and health.json()["detail"] == detail
 
 
+@pytest.mark.component
 def test_a_staging_instance_never_serves_the_production_copy(
     tmp_path: Path, copies: dict[str, Path], refused_uri: str
 ) -> None:
@@ -193,6 +197,7 @@ def test_a_staging_instance_never_serves_the_production_copy(
         assert c.get("/health").json()["champion"] is None
 
 
+@pytest.mark.component
 def test_a_copy_with_untrusted_types_is_refused(tmp_path: Path, copies: dict[str, Path]) -> None:
     """The local loader trusts library types only, whatever the copy's MLmodel file lists."""
     import skops.io as sio
@@ -207,6 +212,7 @@ def test_a_copy_with_untrusted_types_is_refused(tmp_path: Path, copies: dict[str
 # ---------------------------------------------------------------------------- reconciliation
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     "copy, source",
     [("2", "registry"), (None, "registry"), ("1", "models/production")],
@@ -256,6 +262,7 @@ def test_the_service_follows_the_registry_when_it_answers_again(
 # ---------------------------------------------------------------------------- settings
 
 
+@pytest.mark.component
 def test_the_models_dir_reaches_the_service(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -283,6 +290,7 @@ def test_the_models_dir_reaches_the_service(
 # ---------------------------------------------------------------------------- /health canary
 
 
+@pytest.mark.component
 def test_health_lists_a_canary_only_while_it_takes_traffic(
     mlstore: Store,  # noqa: F811
     tmp_path: Path,

@@ -62,11 +62,13 @@ CASES = [
 ]
 
 
+@pytest.mark.component
 def test_every_operation_is_fuzzed(live_schema) -> None:
     found = {(op.ok().method.upper(), op.ok().path) for op in live_schema.get_all_operations()}
     assert found == set(OPERATIONS)
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(("method", "path", "mode"), CASES, ids=lambda v: str(v))
 def test_no_operation_answers_a_server_error(
     live: str, live_schema, method: str, path: str, mode: GenerationMode
@@ -93,6 +95,7 @@ def test_no_operation_answers_a_server_error(
         assert any(400 <= code < 500 for code in calls), calls
 
 
+@pytest.mark.component
 def test_openapi_describes_bodies_and_errors(live: str) -> None:
     doc = httpx.get(f"{live}/openapi.json", timeout=10).json()
     paths = doc["paths"]
@@ -117,6 +120,7 @@ def test_openapi_describes_bodies_and_errors(live: str) -> None:
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
+@pytest.mark.component
 def test_schemathesis_with_every_check_finds_nothing(live: str, tmp_path: Path) -> None:
     """`schemathesis run --checks all` on the live document (every phase: coverage, fuzzing):
     valid bodies are answered, invalid ones refused, every answer as documented (status,
@@ -133,6 +137,7 @@ def test_schemathesis_with_every_check_finds_nothing(live: str, tmp_path: Path) 
     assert " passed" in run.stdout and "failed" not in run.stdout.split("SUMMARY")[-1]
 
 
+@pytest.mark.component
 def test_metrics_are_documented_as_prometheus_text(live: str) -> None:
     responses = httpx.get(f"{live}/openapi.json", timeout=10).json()["paths"]["/metrics"]["get"]
     assert set(responses["responses"]["200"]["content"]) == {"text/plain"}
@@ -140,6 +145,7 @@ def test_metrics_are_documented_as_prometheus_text(live: str) -> None:
     assert answer.headers["content-type"].startswith("text/plain")
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [("OPTIONS", "/admin/routing", {"GET", "PUT"}), ("DELETE", "/admin/routing", {"GET", "PUT"}),
@@ -168,6 +174,7 @@ HOSTILE = [
 ]
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("body", HOSTILE)
 def test_hostile_predict_bodies_get_422(live: str, body: bytes) -> None:
     resp = httpx.post(f"{live}/predict", content=body, timeout=30,
@@ -176,6 +183,7 @@ def test_hostile_predict_bodies_get_422(live: str, body: bytes) -> None:
     assert resp.json()["detail"]
 
 
+@pytest.mark.component
 def test_hostile_values_name_the_field(live: str) -> None:
     app = {**RAW_APP, "Reviews": 10**400, "Size": "-3M", "Last Updated": "Jan 1 3000"}
     resp = httpx.post(f"{live}/predict", json=app, timeout=30)
@@ -188,6 +196,7 @@ def test_hostile_values_name_the_field(live: str) -> None:
     ]
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     ("path", "method", "body", "status"),
     [
@@ -206,6 +215,7 @@ def test_hostile_other_bodies_get_4xx(
     assert resp.status_code == status, resp.text
 
 
+@pytest.mark.component
 def test_admin_routes_refuse_without_the_token(live: str) -> None:
     assert httpx.put(f"{live}/admin/routing", json={}, timeout=10).status_code == 401
     wrong = {"Authorization": "Bearer not-the-token"}

@@ -181,6 +181,7 @@ def _id_for(service: routing.ModelService, variant: str, prefix: str = "rid") ->
 # ------------------------------------------------------------------------------ predictions
 
 
+@pytest.mark.component
 def test_single_raw_app_matches_the_pipeline(client: TestClient, mlstore: Store) -> None:
     apps = _raw_apps(mlstore, 5)
     assert len(apps) == 5
@@ -198,6 +199,7 @@ def test_single_raw_app_matches_the_pipeline(client: TestClient, mlstore: Store)
             features.model_inputs(data.parse_records(pd.DataFrame([app])).apps))[0])  # fmt: skip
 
 
+@pytest.mark.component
 def test_request_id_from_body_or_generated(client: TestClient) -> None:
     from_body = client.post("/predict", json={**RAW_APP, "request_id": "from-body"})
     assert from_body.json()["request_id"] == "from-body"
@@ -207,6 +209,7 @@ def test_request_id_from_body_or_generated(client: TestClient) -> None:
     assert resp.status_code == 422 and "request_id" in resp.json()["detail"]
 
 
+@pytest.mark.component
 def test_schemas_and_value_styles_give_the_same_answer(client: TestClient) -> None:
     clean = {
         "App": "Some Game", "Category": "GAME", "Rating": 4.1, "Reviews": 1234, "Size": 19.0,
@@ -229,6 +232,7 @@ def test_schemas_and_value_styles_give_the_same_answer(client: TestClient) -> No
     assert len(answers) == 1
 
 
+@pytest.mark.component
 def test_batches_in_every_shape(client: TestClient, mlstore: Store) -> None:
     apps = _raw_apps(mlstore, 6, start=10)
     expected = _expected_proba(mlstore.pipelines["1"], apps)
@@ -252,6 +256,7 @@ def _without(*keys: str) -> dict[str, Any]:
     return {k: v for k, v in RAW_APP.items() if k not in keys}
 
 
+@pytest.mark.component
 class TestRefusedInput:
     """Invalid bodies, all sent to one service (refusing_client)."""
 
@@ -298,6 +303,7 @@ class TestRefusedInput:
             assert needle in detail, detail
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("raw", [b"not json", b"{", b"", b"\xff\xfe"])
 def test_non_json_body_is_422(client: TestClient, raw: bytes) -> None:
     resp = client.post("/predict", content=raw, headers={"Content-Type": "application/json"})
@@ -305,6 +311,7 @@ def test_non_json_body_is_422(client: TestClient, raw: bytes) -> None:
     assert _metric(client, "model_invalid_requests_total") >= 1
 
 
+@pytest.mark.component
 def test_no_champion_answers_503_and_health_says_so(mlstore: Store, tmp_path: Path) -> None:
     settings = _settings(mlstore, tmp_path, model_name="nobody-trained-me")
     with TestClient(create_app(settings)) as c:
@@ -319,6 +326,7 @@ def test_no_champion_answers_503_and_health_says_so(mlstore: Store, tmp_path: Pa
         assert _metric(c, "model_unavailable_requests_total") == 2
 
 
+@pytest.mark.component
 def test_health_and_routing_read_only(client: TestClient) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["champion_version"] == "1"
@@ -337,6 +345,7 @@ def test_health_and_routing_read_only(client: TestClient) -> None:
 # ------------------------------------------------------------------------------- routing
 
 
+@pytest.mark.component
 def test_canary_share_and_sticky_variants(client: TestClient) -> None:
     resp = client.put(
         "/admin/routing", json={"canary_version": "2", "weight": 5.0}, headers=_admin()
@@ -366,6 +375,7 @@ def test_variant_bucket_is_stable_and_in_range() -> None:
     assert min(buckets) >= 0 and max(buckets) < 10_000 and len(set(buckets)) > 900
 
 
+@pytest.mark.component
 def test_admin_refuses_missing_or_wrong_token(
     client: TestClient, mlstore: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -395,6 +405,7 @@ def test_settings_read_token_from_environment(monkeypatch: pytest.MonkeyPatch) -
     assert ServingSettings().admin_token is None
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     "body, status, needle",
     [
@@ -418,6 +429,7 @@ def test_bad_routing_changes_leave_routing_unchanged(
     assert client.get("/admin/routing", headers=_admin()).json() == before
 
 
+@pytest.mark.component
 def test_lease_expiry_drops_canary_weight(client: TestClient) -> None:
     service = _service(client)
     change = {"canary_version": "2", "weight": 50.0, "lease_seconds": 0.4}
@@ -442,6 +454,7 @@ def test_lease_expiry_drops_canary_weight(client: TestClient) -> None:
         assert answer.json()["variant"] == "champion"
 
 
+@pytest.mark.component
 def test_lease_is_also_checked_lazily_on_requests(client: TestClient) -> None:
     service = _service(client)
     client.put(
@@ -454,6 +467,7 @@ def test_lease_is_also_checked_lazily_on_requests(client: TestClient) -> None:
     assert client.post("/predict", json=RAW_APP).json()["variant"] == "champion"
 
 
+@pytest.mark.component
 def test_reload_follows_the_champion_alias(client: TestClient, mlstore: Store) -> None:
     from mlflow import MlflowClient
 
@@ -479,6 +493,7 @@ def test_reload_follows_the_champion_alias(client: TestClient, mlstore: Store) -
     assert client.post("/predict", json=RAW_APP).json()["model_version"] == "1"
 
 
+@pytest.mark.component
 def test_a_staging_instance_serves_another_alias(mlstore: Store, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
@@ -503,6 +518,7 @@ def test_command_line_builds_the_settings(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.admin_token == "env-token" and settings.store_url == "sqlite:///p.db"
 
 
+@pytest.mark.component
 def test_model_error_is_counted_stored_and_isolated(client: TestClient) -> None:
     service = _service(client)
     client.put("/admin/routing", json={"canary_version": "2", "weight": 50.0}, headers=_admin())
@@ -526,6 +542,7 @@ def test_model_error_is_counted_stored_and_isolated(client: TestClient) -> None:
     assert frame.loc[good_id, "error"] is None and frame.loc[good_id, "variant"] == "champion"
 
 
+@pytest.mark.component
 def test_metrics_exposition(client: TestClient, mlstore: Store) -> None:
     client.post("/predict", json=RAW_APP)
     client.post("/predict", json=_raw_apps(mlstore, 4))
@@ -545,6 +562,7 @@ def test_metrics_exposition(client: TestClient, mlstore: Store) -> None:
 # ------------------------------------------------------------------------------- feedback
 
 
+@pytest.mark.component
 def test_feedback_found_replaced_unknown_invalid(client: TestClient) -> None:
     rid = client.post("/predict", json=RAW_APP).json()["request_id"]
     first = client.post("/feedback", json={"request_id": rid, "rating": 4.5})
@@ -580,6 +598,7 @@ def _predictor(mlstore: Store, version: str = "1", compile_model: bool = True):
         mlstore.pipelines[version], compile_model))  # fmt: skip
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("compile_model", [True, False])
 def test_micro_batched_results_equal_per_row_results(mlstore: Store, compile_model: bool) -> None:
     variant = _predictor(mlstore, compile_model=compile_model)
@@ -612,6 +631,7 @@ def test_micro_batched_results_equal_per_row_results(mlstore: Store, compile_mod
     np.testing.assert_array_equal([r[0][0] for r in results], reference)
 
 
+@pytest.mark.component
 def test_idle_batcher_does_not_wait(mlstore: Store) -> None:
     variant = _predictor(mlstore)
     row = schemas.parse_app(RAW_APP)
@@ -627,6 +647,7 @@ def test_idle_batcher_does_not_wait(mlstore: Store) -> None:
     asyncio.run(run())
 
 
+@pytest.mark.component
 def test_batcher_stops_waiting_when_every_request_is_queued(mlstore: Store) -> None:
     variant = _predictor(mlstore)
     row = schemas.parse_app(RAW_APP)
@@ -661,6 +682,7 @@ def test_batcher_stops_waiting_when_every_request_is_queued(mlstore: Store) -> N
     assert sizes == [1, 2]
 
 
+@pytest.mark.component
 def test_failing_job_fails_alone_in_a_batch(mlstore: Store) -> None:
     variant = _predictor(mlstore)
     rows = [schemas.parse_app(app) for app in _raw_apps(mlstore, 8)]
@@ -689,6 +711,7 @@ def test_failing_job_fails_alone_in_a_batch(mlstore: Store) -> None:
     assert all(not isinstance(r, Exception) for i, r in enumerate(results) if i != 3)
 
 
+@pytest.mark.component
 def test_concurrent_http_requests_equal_per_row(client: TestClient, mlstore: Store) -> None:
     apps = _raw_apps(mlstore, 48, start=100)
     expected = _expected_proba(mlstore.pipelines["1"], apps)
@@ -708,6 +731,7 @@ def _assert_serves_like_sklearn(model: Any, X: pd.DataFrame) -> Predictor:
     return predictor
 
 
+@pytest.mark.component
 def test_compiled_predictor_equals_sklearn_for_every_candidate(mlstore: Store) -> None:
     labeled = training.labeled_data(data.read_apps(mlstore.root / "apps.csv").apps, 4.0)
     for name in ("random_forest", "hist_gradient_boosting", "logistic_regression"):
@@ -726,6 +750,7 @@ def small_labeled(tmp_path_factory: pytest.TempPathFactory) -> training.LabeledD
     return training.labeled_data(data.read_apps(root / "apps.csv").apps, 4.0)
 
 
+@pytest.mark.component
 def test_compiled_champion_shapes_equal_sklearn(small_labeled: training.LabeledData) -> None:
     """FixedThreshold(Frozen(Calibrated(Stacking))) as training makes it: compiled, same answers."""
     from sklearn.base import clone
@@ -756,6 +781,7 @@ def test_compiled_champion_shapes_equal_sklearn(small_labeled: training.LabeledD
     assert ((proba >= 0.5) != (models[2].predict(lab.X) == 1)).any()
 
 
+@pytest.mark.component
 def test_unknown_estimator_falls_back_to_sklearn(small_labeled: training.LabeledData) -> None:
     from sklearn.ensemble import VotingClassifier
 
@@ -773,6 +799,7 @@ def test_unknown_estimator_falls_back_to_sklearn(small_labeled: training.Labeled
     np.testing.assert_array_equal(labels, model.predict(lab.X))
 
 
+@pytest.mark.component
 def test_a_compiled_difference_falls_back(mlstore: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never serve a wrong number: a compiled path that differs in the last bit is not used."""
     original = compiled._Logistic.proba
@@ -785,6 +812,7 @@ def test_a_compiled_difference_falls_back(mlstore: Store, monkeypatch: pytest.Mo
     assert predictor.kind == "sklearn" and "differs" in predictor.reason
 
 
+@pytest.mark.component
 def test_predict_labels_are_the_models_labels(client: TestClient, mlstore: Store) -> None:
     """/predict labels == model.predict on a few hundred apps, for both served shapes."""
     apps = _raw_apps(mlstore, 300, start=100)
@@ -839,6 +867,7 @@ def test_optional_listing_fields_present_absent_null() -> None:
     assert absent[FEATURE_COLUMNS.index("name_length")] == 0.0
 
 
+@pytest.mark.component
 def test_stored_features_include_the_new_inputs(client: TestClient) -> None:
     client.post("/predict", json={**RAW_APP, "App": "Chess Pro"}, headers={"X-Request-ID": "f-1"})
     service = _service(client)
@@ -965,6 +994,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.component
 def test_real_server_over_http(mlstore: Store, tmp_path: Path) -> None:
     port = _free_port()
     store_url = f"sqlite:///{tmp_path}/served.db"

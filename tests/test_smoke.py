@@ -18,6 +18,9 @@ import pytest
 
 from lib.delivery.smoke import run_smoke_tests
 
+# Every test binds a local HTTP server on a thread (a socket).
+pytestmark = pytest.mark.component
+
 CHECKS = ["model_loaded", "known_rows", "response_schema", "bad_input_422", "latency"]
 
 

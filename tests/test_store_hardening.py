@@ -188,6 +188,7 @@ def test_feedback_for_a_failed_prediction_is_refused(tmp_path: Path) -> None:
         assert store.window(0)["true_label"].isna().all()
 
 
+@pytest.mark.component
 def test_feedback_for_a_failed_prediction_answers_409(client: TestClient) -> None:  # noqa: F811
     service = _service(client)
     client.put("/admin/routing", json={"canary_version": "2", "weight": 50.0}, headers=_admin())
@@ -204,6 +205,7 @@ def test_feedback_for_a_failed_prediction_answers_409(client: TestClient) -> Non
     assert "failed" in resp.json()["detail"]
 
 
+@pytest.mark.component
 def test_request_ids_answered_before_a_restart_stay_used(mlstore: Store, tmp_path: Path) -> None:  # noqa: F811
     """The restarted service finds the ids in the database: a repeat is still 409, and the
     feedback still joins the answer given before the restart."""

@@ -152,6 +152,7 @@ def test_append_needs_existing_file(tmp_path: Path) -> None:
         append_new_apps(tmp_path / "absent.csv")
 
 
+@pytest.mark.component
 def test_rating_is_learnable_but_noisy() -> None:
     import sklearn
     from sklearn.ensemble import RandomForestClassifier

@@ -17,6 +17,9 @@ from lib.pipeline.orchestrator import RunContext, inputs_for
 from lib.pipeline.run_record import RunOutputs
 from lib.pipeline.stages import compare, train
 
+# Fits and an MLflow SQLite store per test.
+pytestmark = pytest.mark.component
+
 SMALL = {
     "candidates": ["logistic_regression"],
     "cv_folds": 2,

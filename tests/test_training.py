@@ -36,6 +36,7 @@ def test_features_never_contain_the_target_or_identity() -> None:
     assert not {"rating", "app", "app_key", "label"} & set(X.columns)
 
 
+@pytest.mark.component
 def test_model_ignores_rating_column_changes() -> None:
     apps = _typed(400)
     data = training.labeled_data(apps, 4.0)
@@ -97,6 +98,7 @@ def test_improvement_respects_metric_direction() -> None:
     assert evaluation.improvement("log_loss", 0.4, 0.5) == pytest.approx(0.1)
 
 
+@pytest.mark.component
 def test_cv_std_is_computed_from_folds() -> None:
     data = training.labeled_data(_typed(300), 4.0)
     tr, te = training.holdout_split(data.keys, data.y, 0.2, 0)
@@ -146,6 +148,7 @@ def test_tune_threshold_maximises_the_objective_and_prefers_the_cut_nearest_half
         calibration.tune_threshold(y, proba, "precision")
 
 
+@pytest.mark.component
 def test_tuned_threshold_travels_inside_the_registered_model() -> None:
     data = training.labeled_data(_typed(400), 4.0)
     tr, te = training.holdout_split(data.keys, data.y, 0.25, 1)
@@ -161,6 +164,7 @@ def test_tuned_threshold_travels_inside_the_registered_model() -> None:
     assert result.holdout["accuracy"] == pytest.approx((expected == data.y.iloc[te]).mean())
 
 
+@pytest.mark.component
 def test_assembled_calibration_equals_calibrated_classifier_cv() -> None:
     from sklearn.base import clone
     from sklearn.calibration import CalibratedClassifierCV
@@ -221,6 +225,7 @@ def test_calibration_is_kept_only_when_it_helps() -> None:
     assert calibration.choose_calibration(bent, y, [], 5, 0).method is None
 
 
+@pytest.mark.component
 def test_permuted_target_stays_at_chance() -> None:
     apps = _typed(800, seed=4)
     data = training.labeled_data(apps, 4.0)

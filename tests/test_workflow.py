@@ -69,6 +69,7 @@ def upload_steps(job: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact@")]
 
 
+@pytest.mark.component
 def test_actionlint_accepts_the_workflow() -> None:
     actionlint = find_actionlint()
     if actionlint is None:
@@ -90,6 +91,7 @@ def test_actionlint_accepts_the_workflow() -> None:
     assert output == ""
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("persona", ["regular", "auditor"])
 def test_zizmor_finds_nothing(persona: str) -> None:
     # regular is zizmor's default; auditor adds secrets-outside-env (secrets only in jobs that
@@ -246,6 +248,7 @@ def test_no_expression_is_expanded_inside_a_script(workflow: dict[str, Any]) -> 
     assert step["env"]["FORCE_RETRAIN"].replace(" ", "") == "${{inputs.force_retrain}}"
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     ("force_retrain", "expected_args"),
     [
@@ -420,6 +423,7 @@ def run_fetch(
     return result, runner_temp, github_env
 
 
+@pytest.mark.component
 def test_fetch_step_unpacks_a_verified_archive_and_points_the_tests_at_it(
     workflow: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -433,6 +437,7 @@ def test_fetch_step_unpacks_a_verified_archive_and_points_the_tests_at_it(
     assert sorted(p.name for p in Path(folder).iterdir()) == sorted(REAL_FILES)
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("fault", ["checksum", "no url", "no checksum", "unreachable"])
 def test_fetch_step_fails_loudly_and_exports_nothing(
     workflow: dict[str, Any], tmp_path: Path, fault: str
@@ -475,11 +480,13 @@ def git(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.component
 def test_runtime_files_are_ignored() -> None:
     ignored = git("check-ignore", "--no-index", *RUNTIME_FILES).stdout.splitlines()
     assert sorted(ignored) == sorted(RUNTIME_FILES)
 
 
+@pytest.mark.component
 def test_no_tracked_file_is_ignored() -> None:
     # A tracked file that .gitignore matches is a runtime file someone committed by mistake.
     tracked_but_ignored = git("ls-files", "--cached", "--ignored", "--exclude-standard").stdout
