@@ -1001,7 +1001,8 @@ def test_real_server_over_http(mlstore: Store, tmp_path: Path) -> None:
     env = {**os.environ, "SERVING_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(PROJECT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lib.serving", "--host", "127.0.0.1", "--port", str(port),
-         "--model-name", MODEL, "--tracking-uri", mlstore.uri, "--store-url", store_url],
+         "--model-name", MODEL, "--tracking-uri", mlstore.uri, "--store-url", store_url,
+         "--models-dir", str(tmp_path / "models")],  # outside a project: every path given
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True,
     )  # fmt: skip
