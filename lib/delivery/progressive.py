@@ -174,7 +174,7 @@ def deploy(
     smoke_result: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = []
     try:
-        smoke_result = _staging_and_smoke(
+        smoke_result = staging_and_smoke(
             root,
             client,
             model_name,
@@ -311,7 +311,7 @@ def _is_transport_error(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
-def _staging_and_smoke(
+def staging_and_smoke(
     root: Path,
     client: Any,
     model_name: str,
@@ -324,6 +324,10 @@ def _staging_and_smoke(
     timeline: Timeline,
     logs_dir: Path,
 ) -> dict[str, Any]:
+    """Deploy `version` to a staging instance and smoke-test it (RolloutFailed when it fails).
+
+    Public because the operator's promote (lib.delivery.operations) runs the same gate.
+    """
     registry.set_alias(client, model_name, "staging", str(version))
     staging_store = f"sqlite:///{(logs_dir / 'staging-predictions.db').as_posix()}"
     logs_dir.mkdir(parents=True, exist_ok=True)
