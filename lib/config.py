@@ -54,7 +54,6 @@ from lib.config_errors import format_errors
 from lib.delivery.canary import AnalysisConfig
 from lib.errors import ConfigError
 from lib.settings import MODELS_DIR, ROOT_ENV, store_url, tracking_uri
-from lib.settings import project_root as project_root  # where the notebooks import it from
 
 log = logging.getLogger(__name__)
 
