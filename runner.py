@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:  # nbconvert's accessibility hints about plots are not actionable here
         logging.getLogger("traitlets").setLevel(logging.ERROR)
-    from lib.watch.notify import install_redacting_filter
+    from lib.watch.redaction import install_redacting_filter
 
     install_redacting_filter()  # webhook URLs, SMTP passwords and keys never reach a log
     # progress of long steps (CV folds, canary steps) on this terminal, from the kernels too

@@ -51,10 +51,9 @@ from pydantic import (
 from pydantic_settings import EnvSettingsSource
 
 from lib.config_errors import format_errors
-from lib.delivery.canary import AnalysisConfig
+from lib.delivery.canary_config import AnalysisConfig
 from lib.errors import ConfigError
 from lib.settings import MODELS_DIR, ROOT_ENV, store_url, tracking_uri
-from lib.settings import project_root as project_root  # where the notebooks import it from
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +235,7 @@ class PipelineConfig(BaseModel):
     @field_validator("decision")
     @classmethod
     def _decision(cls, table: dict[str, Any]) -> dict[str, Any]:
-        from lib.pipeline.scoring import ScoreTable
+        from lib.pipeline.score_table import ScoreTable
 
         ScoreTable.from_dict(table or None)  # a bad score table fails here, before any stage
         return table
@@ -244,7 +243,7 @@ class PipelineConfig(BaseModel):
     @field_validator("monitoring")
     @classmethod
     def _monitoring(cls, section: dict[str, Any]) -> dict[str, Any]:
-        from lib.watch.monitoring import MonitorConfig
+        from lib.watch.health_report import MonitorConfig
 
         try:
             _section_model("monitoring", MonitorConfig).model_validate({"monitoring": section})

@@ -1,4 +1,5 @@
-"""The shape of lib/: no import cycles, no module over 500 lines, no print (issue 8).
+"""The shape of lib/: no import cycles, no print (issue 8), no private name imported from another
+module and no re-export facades (issue 16).
 
 Static checks on the source (ast, nothing imported), so they are fast and name every offender.
 """
@@ -180,3 +181,93 @@ def test_functions_fit_on_a_screen_and_the_allow_list_only_shrinks() -> None:
     assert not new, f"functions over {MAX_FUNCTION_LINES} lines (shorten them): {new}"
     gone = sorted(LONG_FUNCTIONS - found.keys())
     assert not gone, f"no longer over {MAX_FUNCTION_LINES} lines: remove from LONG_FUNCTIONS {gone}"
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_imports(path: Path, known: set[str]) -> list[str]:
+    """Another lib module's private name used as if it were its interface: `from lib.x import _y`,
+    or `x._y` where `x` is a lib module (`known`) this file imported."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: list[str] = []
+    modules: dict[str, str] = {}  # local name -> lib module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "lib":
+            for alias in node.names:
+                if is_private(alias.name):
+                    found.append(f"{node.lineno}: from {node.module} import {alias.name}")
+                elif f"{node.module}.{alias.name}" in known:
+                    modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            modules.update({a.asname: a.name for a in node.names if a.asname and a.name in known})
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and is_private(node.attr)
+        ):
+            found.append(f"{node.lineno}: {modules[node.value.id]}.{node.attr}")
+    return found
+
+
+def reexports(path: Path) -> list[str]:
+    """Names in `__all__` that the module imports from another lib module instead of defining."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    imported = {
+        alias.asname or alias.name: node.module
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "lib"
+        for alias in node.names
+    }
+    listed: list[str] = []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+            elements = getattr(node.value, "elts", [])
+            listed += [e.value for e in elements if isinstance(e, ast.Constant)]
+    return [f"{name} (from {imported[name]})" for name in listed if name in imported]
+
+
+def test_private_and_reexport_finders_see_offenders(tmp_path: Path) -> None:
+    source = tmp_path / "mod.py"
+    source.write_text(
+        "from lib.serving.encoders import _Unsupported, __version__, Columns\n"
+        "from lib.watch.drift import psi\n"
+        "from lib.delivery import progressive\n"
+        "def own(): return progressive._staging(), progressive.__name__\n"
+        '__all__ = ["psi", "own"]\n'
+    )
+    known = {"lib.serving.encoders", "lib.watch.drift", "lib.delivery.progressive"}
+    assert private_imports(source, known) == [
+        "1: from lib.serving.encoders import _Unsupported",
+        "4: lib.delivery.progressive._staging",
+    ]
+    assert reexports(source) == ["psi (from lib.watch.drift)"]
+
+
+def test_no_lib_module_imports_a_private_name_of_another() -> None:
+    known = set(lib_modules())
+    offenders = [
+        f"  {path.relative_to(LIB.parent)}:{found}"
+        for path in sorted(LIB.rglob("*.py"))
+        for found in private_imports(path, known)
+    ]
+    assert not offenders, (
+        "private names imported across lib modules (merge the modules if they are one concern, "
+        "else make the name public):\n" + "\n".join(offenders)
+    )
+
+
+def test_no_lib_module_reexports_what_it_imports() -> None:
+    offenders = [
+        f"  {path.relative_to(LIB.parent)}: {found}"
+        for path in sorted(LIB.rglob("*.py"))
+        for found in reexports(path)
+    ]
+    assert not offenders, (
+        "__all__ re-exports names defined elsewhere (callers import them from where they are "
+        "defined):\n" + "\n".join(offenders)
+    )

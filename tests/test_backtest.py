@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.pipeline import backtest, backtest_results, data, scoring, synth
+from lib.pipeline import backtest, backtest_results, data, score_table, synth
 
 FAST = {"families": ("logistic_regression",), "cv_folds": 2, "features": ()}
 # A table that promotes almost anything (no gate, low bars): to exercise the paths after a
@@ -39,7 +39,7 @@ def lenient() -> backtest_results.BacktestResult:
     # otherwise the guard (never auto when worse than production) keeps it out
     apps = data.parse_records(synth.generate_apps(n=1500, seed=3), source="synth").apps
     two = backtest.time_batches(apps, n_batches=2, initial_share=0.5)
-    table = scoring.ScoreTable.from_dict(LENIENT)
+    table = score_table.ScoreTable.from_dict(LENIENT)
     return backtest.run_backtest(two, backtest_results.BacktestSettings(**FAST, table=table))
 
 

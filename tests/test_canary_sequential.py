@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lib.delivery.canary import (
+from lib.delivery.canary_config import AnalysisConfig
+from lib.delivery.canary_judgement import (
     FAIL,
     PASS,
-    AnalysisConfig,
     accuracy_drop_estimate,
     judge_accuracy,
     judge_error_rate,

@@ -48,7 +48,7 @@ def test_categorical_boosting_compiles_bit_for_bit(categorical: list) -> None:
         ).fit(X, y)
     nodes = np.concatenate([p.nodes for it in model._predictors for p in it])
     assert nodes["is_categorical"].any()  # the test really covers categorical splits
-    fast = compiled_trees._Boosting(model)
+    fast = compiled_trees.Boosting(model)
     complete = X[~np.isnan(X).any(axis=1)]  # the fast walk (no NaN) and the general one
     for rows in (X, complete, complete[:1], _hostile_rows(X), X[:1]):
         np.testing.assert_array_equal(fast.proba(rows), model.predict_proba(rows))
@@ -58,7 +58,7 @@ def test_numeric_boosting_still_compiles_without_tables() -> None:
     X, y = _data(1)
     with threadpool_limits(limits=1):
         model = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(X, y)
-    fast = compiled_trees._Boosting(model)
+    fast = compiled_trees.Boosting(model)
     assert fast.category_row is None
     rows = _hostile_rows(X)
     np.testing.assert_array_equal(fast.proba(rows), model.predict_proba(rows))
@@ -109,7 +109,7 @@ def test_forest_walks_all_trees_at_once_bit_for_bit(leaf: int) -> None:
     X, y = _data(2)
     model = RandomForestClassifier(n_estimators=25, min_samples_leaf=leaf, random_state=0)
     model.fit(X, y)
-    fast = compiled_trees._Forest(model)
+    fast = compiled_trees.Forest(model)
     thresholds = model.estimators_[0].tree_.threshold
     edges = X[: len(thresholds)].copy()
     # exactly on the splits of the first tree (a split of NaN from the rest has threshold inf)

@@ -23,7 +23,7 @@ from lib.delivery import operations, replayer, rollout
 from lib.delivery import progressive as deployer
 from lib.delivery import releases as deployments
 from lib.delivery.service_process import ServiceProcess
-from lib.pipeline import data, features, synth, training
+from lib.pipeline import data, evaluation, features, synth, training
 from lib.pipeline.contracts import DeployInputs
 
 pytestmark = pytest.mark.e2e
@@ -95,7 +95,7 @@ class World:
         with mlflow.start_run():
             if example is None:  # validation figures, as 02 train logs them (06 monitor reads them)
                 X_test = self.labeled.X.iloc[self.test_idx]
-                scores = training.evaluate(
+                scores = evaluation.evaluate(
                     self.labeled.y.iloc[self.test_idx], model.predict_proba(X_test)[:, 1]
                 )
                 mlflow.log_metrics({f"holdout_{k}": v for k, v in scores.items()})

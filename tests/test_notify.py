@@ -31,7 +31,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from apprise.plugins import pagerduty as apprise_pagerduty
 from apprise.plugins.slack import NotifySlack
 
-from lib.watch import notify
+from lib.watch import notify, notify_targets, notify_urls, redaction
 
 # The local SMTP server takes AUTH without TLS on purpose (loopback only); aiosmtpd warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
@@ -59,7 +59,7 @@ REPORT = "reports/20250101-abc123/05_deploy.html"
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
     """No configured targets from the developer's shell, no proxies, and no host but loopback."""
-    for var in notify.ENV_VARS:
+    for var in notify_urls.ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
@@ -288,7 +288,7 @@ def test_targets_from_env_reads_every_variable_and_apprise_parses_native_urls() 
             f"json://{LOOPBACK}:8080/hook"
         ),
     }
-    targets = notify.targets_from_env(env)
+    targets = notify_targets.targets_from_env(env)
 
     assert [(t.kind, t.source) for t in targets] == [
         ("slack", "SLACK_WEBHOOK"),
@@ -304,8 +304,8 @@ def test_targets_from_env_reads_every_variable_and_apprise_parses_native_urls() 
     # the services' own URLs are kept: apprise parses them natively
     assert urls[:3] == [SLACK_HOOK, env["EMAIL_SMTP"], TEAMS_HOOK]
     assert urls[3] == (
-        f"pagerduty://{PD_KEY}@{notify.PAGERDUTY_NO_API_KEY}/"
-        f"{notify.PAGERDUTY_SOURCE}/{notify.PAGERDUTY_COMPONENT}"
+        f"pagerduty://{PD_KEY}@{notify_urls.PAGERDUTY_NO_API_KEY}/"
+        f"{notify_urls.PAGERDUTY_SOURCE}/{notify_urls.PAGERDUTY_COMPONENT}"
     )
     # commas split URLs only where a new scheme starts; the duplicate json URL is dropped
     assert urls[4:] == [
@@ -340,7 +340,7 @@ def test_targets_from_env_keeps_apprise_urls_and_uses_the_pagerduty_api_key() ->
         "PAGERDUTY_KEY": PD_KEY,
         "PAGERDUTY_API_KEY": "u+ApiKey123456",
     }
-    slack, teams, pd = notify.targets_from_env(env)
+    slack, teams, pd = notify_targets.targets_from_env(env)
     assert slack.url == env["SLACK_WEBHOOK"]
     assert teams.url == env["TEAMS_WEBHOOK"]
     assert pd.url.startswith(f"pagerduty://{PD_KEY}@u%2BApiKey123456/")
@@ -348,7 +348,7 @@ def test_targets_from_env_keeps_apprise_urls_and_uses_the_pagerduty_api_key() ->
     assert (service.integration_key, service.apikey) == (PD_KEY, "u+ApiKey123456")
 
     full = f"pagerduty://{PD_KEY}@KEY987654321/src/comp?region=eu"
-    assert notify.targets_from_env({"PAGERDUTY_KEY": full})[0].url == full
+    assert notify_targets.targets_from_env({"PAGERDUTY_KEY": full})[0].url == full
 
 
 def test_gov_and_workflow_slack_hooks_and_power_automate_teams_hooks_are_native() -> None:
@@ -363,9 +363,9 @@ def test_gov_and_workflow_slack_hooks_and_power_automate_teams_hooks_are_native(
         power_automate: ("teams", "pa=yes"),
     }
     for url, (kind, option) in native.items():
-        assert notify.kind_of(url) == kind
+        assert notify_targets.kind_of(url) == kind
         assert option in apprise.Apprise.instantiate(url).url()
-    assert notify.kind_of("not a url") == "other"
+    assert notify_targets.kind_of("not a url") == "other"
 
 
 def test_a_retired_teams_connector_is_reported_as_a_failed_target(
@@ -373,7 +373,7 @@ def test_a_retired_teams_connector_is_reported_as_a_failed_target(
 ) -> None:
     caplog.set_level(logging.WARNING)
     legacy = "https://example.webhook.office.com/webhookb2/abc@def/IncomingWebhook/0123456789/xyz"
-    (target,) = notify.targets_from_env({"TEAMS_WEBHOOK": legacy})
+    (target,) = notify_targets.targets_from_env({"TEAMS_WEBHOOK": legacy})
     assert "retired Office 365 connector" in caplog.text
 
     (delivery,) = notify.notify("test", targets=[target])
@@ -387,7 +387,7 @@ def test_no_targets_returns_nothing_and_says_so_once(
     monkeypatch.setattr(notify, "_off_logged", False)
     caplog.set_level(logging.INFO, logger=notify.log.name)
 
-    assert notify.targets_from_env({}) == []
+    assert notify_targets.targets_from_env({}) == []
     assert notify.notify("deployed", version=3) == []
     assert notify.notify("rolled_back", version=3, reason="x") == []
     assert notify.send_test() == []
@@ -400,10 +400,10 @@ def test_no_targets_returns_nothing_and_says_so_once(
 
 
 def test_build_message_covers_every_event_and_rejects_unknown_ones() -> None:
-    for event in notify.EVENTS:
+    for event in notify_targets.EVENTS:
         message = notify.build_message(event, version=4, reason="why")
         assert message.title.startswith(notify.TITLE_PREFIX)
-        assert message.level == notify.LEVELS[event]
+        assert message.level == notify_targets.LEVELS[event]
         assert "v4" in message.body and "Reason: why" in message.body
 
     approval = notify.build_message("awaiting_approval", version="v9", metrics={"roc_auc": 0.8})
@@ -452,7 +452,7 @@ def test_build_message_is_one_readable_list_and_hides_configured_secrets(
 def test_deployed_reaches_the_json_webhook_with_version_metrics_improvement_and_report(
     http_sink: HttpSink,
 ) -> None:
-    target = notify.Target("other", f"json://{LOOPBACK}:{http_sink.port}/hooks/mlops")
+    target = notify_targets.Target("other", f"json://{LOOPBACK}:{http_sink.port}/hooks/mlops")
     deliveries = notify.notify(
         "deployed",
         version=7,
@@ -477,7 +477,7 @@ def test_deployed_reaches_the_json_webhook_with_version_metrics_improvement_and_
 
 @pytest.mark.component
 def test_rolled_back_carries_the_reason(http_sink: HttpSink) -> None:
-    target = notify.Target("other", f"json://{LOOPBACK}:{http_sink.port}/hook")
+    target = notify_targets.Target("other", f"json://{LOOPBACK}:{http_sink.port}/hook")
     reason = "canary p99 latency 812 ms > 250 ms at 25%"
     (delivery,) = notify.notify("rolled_back", version=8, reason=reason, targets=[target])
 
@@ -490,7 +490,7 @@ def test_rolled_back_carries_the_reason(http_sink: HttpSink) -> None:
 
 @pytest.mark.component
 def test_form_webhook_gets_the_message_too(http_sink: HttpSink) -> None:
-    target = notify.Target("other", f"form://{LOOPBACK}:{http_sink.port}/form")
+    target = notify_targets.Target("other", f"form://{LOOPBACK}:{http_sink.port}/form")
     (delivery,) = notify.notify("alert", reason="accuracy dropped to 0.61", targets=[target])
 
     assert delivery.ok
@@ -508,7 +508,7 @@ def test_email_with_auth_arrives_and_the_password_never_shows(
         f"mailto://{SMTP_USER}:{SMTP_PASSWORD}@{LOOPBACK}:{smtp_sink.port}"
         "?from=mlops@example.com&to=team@example.com&mode=insecure"
     )
-    (target,) = notify.targets_from_env({"EMAIL_SMTP": url})
+    (target,) = notify_targets.targets_from_env({"EMAIL_SMTP": url})
     deliveries = notify.notify(
         "deployed", version=11, metrics=METRICS, improvement=0.02, report=REPORT, targets=[target]
     )
@@ -539,7 +539,7 @@ def test_email_with_a_wrong_password_fails_without_leaking_it(
         f"mailto://{SMTP_USER}:{wrong}@{LOOPBACK}:{smtp_sink.port}"
         "?from=mlops@example.com&to=team@example.com&mode=insecure"
     )
-    (delivery,) = notify.notify("test", targets=[notify.Target("email", url)])
+    (delivery,) = notify.notify("test", targets=[notify_targets.Target("email", url)])
 
     assert not delivery.ok and delivery.error
     assert smtp_sink.messages == []
@@ -580,7 +580,7 @@ def test_teams_workflow_payload_reaches_a_local_tls_server(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     url = f"workflows://{LOOPBACK}:{https_sink.port}/{TEAMS_WORKFLOW}/{TEAMS_SIG}/"
-    target = notify.targets_from_env({"TEAMS_WEBHOOK": url})[0]
+    target = notify_targets.targets_from_env({"TEAMS_WEBHOOK": url})[0]
 
     (delivery,) = notify.notify(
         "rejected", version=14, reason="score 42 < 50", metrics=METRICS, targets=[target]
@@ -628,8 +628,8 @@ def test_pagerduty_gets_rollbacks_on_a_local_server_and_not_routine_deploys(
     assert payload["routing_key"] == PD_KEY
     assert payload["event_action"] == "trigger"
     assert payload["payload"]["severity"] == "critical"
-    assert payload["payload"]["source"] == notify.PAGERDUTY_SOURCE
-    assert payload["payload"]["component"] == notify.PAGERDUTY_COMPONENT
+    assert payload["payload"]["source"] == notify_urls.PAGERDUTY_SOURCE
+    assert payload["payload"]["component"] == notify_urls.PAGERDUTY_COMPONENT
     assert "[mlops] Model v15 rolled back" in payload["payload"]["summary"]
     assert "Reason: error rate 7% > 2%" in payload["payload"]["summary"]
     assert PD_KEY not in _all_log_text(caplog)
@@ -664,7 +664,7 @@ def test_tags_route_each_event_only_to_the_targets_subscribed_to_it(http_sink: H
         "NOTIFY_URLS": f"rollback,failure={base}/ops {base}/all, deploy={base}/releases",
         "PAGERDUTY_KEY": f"deploy={PD_KEY}",
     }
-    targets = notify.targets_from_env(env)
+    targets = notify_targets.targets_from_env(env)
     assert [t.tags for t in targets] == [
         frozenset({"deploy"}),  # PagerDuty's default (rollbacks and alerts) overridden
         frozenset({"rollback", "failure"}),
@@ -687,17 +687,17 @@ def test_tags_route_each_event_only_to_the_targets_subscribed_to_it(http_sink: H
     assert paths("alert") == ["/ops", "/all"]  # by level: failure
     assert paths("deployed") == ["/all", "/releases"]
     assert paths("awaiting_approval") == ["/all"]
-    only_alerts = notify.Target("other", f"{base}/pager", events=frozenset({"alert"}))
+    only_alerts = notify_targets.Target("other", f"{base}/pager", events=frozenset({"alert"}))
     assert notify.notify("deployed", targets=[only_alerts]) == []
     assert [d.ok for d in notify.notify("alert", targets=[only_alerts])] == [True]
-    assert notify.event_tags("rolled_back") == {"rolled_back", "failure", "rollback"}
+    assert notify_targets.event_tags("rolled_back") == {"rolled_back", "failure", "rollback"}
 
 
 def test_a_tag_prefix_is_not_part_of_the_url_or_its_secrets() -> None:
-    tags, url = notify.split_tags(f"rollback, failure = {SLACK_HOOK}")
+    tags, url = notify_urls.split_tags(f"rollback, failure = {SLACK_HOOK}")
     assert tags == {"rollback", "failure"} and url == SLACK_HOOK
-    assert notify.split_tags("json://h/x?a=b") == (None, "json://h/x?a=b")
-    secrets = notify.secret_values({"SLACK_WEBHOOK": f"rollback={SLACK_HOOK}"})
+    assert notify_urls.split_tags("json://h/x?a=b") == (None, "json://h/x?a=b")
+    secrets = redaction.secret_values({"SLACK_WEBHOOK": f"rollback={SLACK_HOOK}"})
     assert SLACK_HOOK in secrets and all(t in secrets for t in SLACK_TOKENS)
     assert "rollback" not in secrets
 
@@ -712,14 +712,16 @@ def test_an_unreachable_target_is_reported_and_the_others_still_get_the_message(
     caplog.set_level(logging.INFO)
     dead = _closed_port()
     targets = [
-        notify.Target("other", f"json://{LOOPBACK}:{dead}/hook"),
-        notify.Target("other", f"json://{LOOPBACK}:{http_sink.port}/hook"),
-        notify.Target(
+        notify_targets.Target("other", f"json://{LOOPBACK}:{dead}/hook"),
+        notify_targets.Target("other", f"json://{LOOPBACK}:{http_sink.port}/hook"),
+        notify_targets.Target(
             "email",
             f"mailto://{SMTP_USER}:{SMTP_PASSWORD}@{LOOPBACK}:{smtp_sink.port}"
             "?from=mlops@example.com&to=team@example.com&mode=insecure",
         ),
-        notify.Target("email", f"mailto://{LOOPBACK}:{dead}?from=a@example.com&mode=insecure"),
+        notify_targets.Target(
+            "email", f"mailto://{LOOPBACK}:{dead}?from=a@example.com&mode=insecure"
+        ),
     ]
 
     deliveries = notify.notify(
@@ -744,7 +746,7 @@ def test_a_silent_server_costs_only_the_read_timeout() -> None:
         listener.bind((LOOPBACK, 0))
         listener.listen(1)  # accepts connections in the kernel, never answers
         port = listener.getsockname()[1]
-        target = notify.Target("other", f"json://{LOOPBACK}:{port}/hook")
+        target = notify_targets.Target("other", f"json://{LOOPBACK}:{port}/hook")
         (delivery,) = notify.notify("test", targets=[target], read_timeout=0.2)
 
     assert not delivery.ok
@@ -763,8 +765,8 @@ def test_timeouts_are_applied_unless_the_url_sets_them(monkeypatch: pytest.Monke
     monkeypatch.setattr(apprise.Apprise, "add", spy)
     dead = _closed_port()
     targets = [
-        notify.Target("other", f"json://{LOOPBACK}:{dead}/a"),
-        notify.Target("other", f"json://{LOOPBACK}:{dead}/b?cto=1.5&rto=2.5"),
+        notify_targets.Target("other", f"json://{LOOPBACK}:{dead}/a"),
+        notify_targets.Target("other", f"json://{LOOPBACK}:{dead}/b?cto=1.5&rto=2.5"),
     ]
     notify.notify("test", targets=targets, connect_timeout=2.0, read_timeout=3.0)
 
@@ -775,7 +777,7 @@ def test_timeouts_are_applied_unless_the_url_sets_them(monkeypatch: pytest.Monke
 
 
 def test_an_invalid_url_or_a_crashing_plugin_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    bad = notify.Target("other", "not a url at all")
+    bad = notify_targets.Target("other", "not a url at all")
     (delivery,) = notify.notify("alert", reason="x", targets=[bad])
     assert not delivery.ok and "unsupported notification URL" in (delivery.error or "")
 
@@ -785,7 +787,7 @@ def test_an_invalid_url_or_a_crashing_plugin_never_raises(monkeypatch: pytest.Mo
         raise RuntimeError(f"boom while sending to {secret_url}")
 
     monkeypatch.setattr(apprise.Apprise, "notify", explode)
-    (delivery,) = notify.notify("alert", targets=[notify.Target("other", secret_url)])
+    (delivery,) = notify.notify("alert", targets=[notify_targets.Target("other", secret_url)])
     assert not delivery.ok
     assert delivery.error is not None and delivery.error.startswith("RuntimeError: boom")
     assert SMTP_PASSWORD not in delivery.error
@@ -806,7 +808,7 @@ def _secret_env() -> dict[str, str]:
 
 
 def test_secret_values_lists_whole_values_and_their_parts() -> None:
-    secrets = notify.secret_values(_secret_env())
+    secrets = redaction.secret_values(_secret_env())
 
     for expected in (
         SLACK_HOOK,
@@ -822,7 +824,7 @@ def test_secret_values_lists_whole_values_and_their_parts() -> None:
         assert expected in secrets
     for public in ("hooks.slack.com", "smtp.example.com", "services", "2016-06-01", "127.0.0.1"):
         assert public not in secrets
-    assert notify.secret_values({}) == []
+    assert redaction.secret_values({}) == []
 
 
 def test_redact_removes_every_secret_and_any_url_credentials(
@@ -836,14 +838,14 @@ def test_redact_removes_every_secret_and_any_url_credentials(
         f"teams sig={TEAMS_SIG}; pd {PD_KEY}; tg AAFbotTokenXYZ123; "
         "other https://bob:hunter2@db.internal/x and mailto://me@x.org:pw@mail.x.org:25 ok"
     )
-    cleaned = notify.redact(text)
+    cleaned = redaction.redact(text)
 
-    for secret in notify.secret_values(env) + ["hunter2", "bob:", ":pw@"]:
+    for secret in redaction.secret_values(env) + ["hunter2", "bob:", ":pw@"]:
         assert secret not in cleaned
     assert "https://***@db.internal/x" in cleaned and "mailto://***@mail.x.org:25" in cleaned
     assert cleaned.startswith("posting to ***")
-    assert notify.redact("nothing secret here") == "nothing secret here"
-    assert notify.redact("key abc-Secret-123 here", ["abc-Secret-123"]) == "key *** here"
+    assert redaction.redact("nothing secret here") == "nothing secret here"
+    assert redaction.redact("key abc-Secret-123 here", ["abc-Secret-123"]) == "key *** here"
 
 
 def test_redacting_filter_cleans_messages_args_and_tracebacks(
@@ -853,7 +855,7 @@ def test_redacting_filter_cleans_messages_args_and_tracebacks(
         monkeypatch.setenv(name, value)
     caplog.set_level(logging.DEBUG)
     logger = logging.getLogger("tests.notify.redaction")
-    flt = notify.RedactingFilter()
+    flt = redaction.RedactingFilter()
     caplog.handler.addFilter(flt)
     try:
         logger.info("webhook %s and key %s", SLACK_HOOK, PD_KEY)
@@ -886,8 +888,8 @@ def test_install_redacting_filter_covers_a_logger_and_its_handlers(
     parent.addHandler(handler)
     parent.setLevel(logging.INFO)
     try:
-        flt = notify.install_redacting_filter(parent)
-        assert notify.install_redacting_filter(parent) is flt  # idempotent
+        flt = redaction.install_redacting_filter(parent)
+        assert redaction.install_redacting_filter(parent) is flt  # idempotent
         parent.info("direct %s", PD_KEY)
         child.info("propagated %s", PD_KEY)  # only the handler's filter sees this one
     finally:
@@ -906,7 +908,7 @@ def test_apprise_logging_is_capped_and_redacted(
     caplog.set_level(logging.DEBUG)
     apprise_log = logging.getLogger("apprise")
     assert apprise_log.level >= logging.WARNING
-    assert any(isinstance(f, notify.RedactingFilter) for f in apprise_log.filters)
+    assert any(isinstance(f, redaction.RedactingFilter) for f in apprise_log.filters)
 
     apprise_log.warning("Slack POST URL: %s", SLACK_HOOK)
     apprise_log.debug("Slack Payload for %s", SLACK_TOKENS[2])  # below the cap: never created
@@ -917,5 +919,7 @@ def test_apprise_logging_is_capped_and_redacted(
 
     # even if someone lowers the level, notify() puts the cap back before sending
     caplog.set_level(logging.DEBUG, logger="apprise")
-    notify.notify("test", targets=[notify.Target("other", f"json://{LOOPBACK}:{_closed_port()}/")])
+    notify.notify(
+        "test", targets=[notify_targets.Target("other", f"json://{LOOPBACK}:{_closed_port()}/")]
+    )
     assert apprise_log.level >= logging.WARNING

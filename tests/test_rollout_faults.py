@@ -25,7 +25,6 @@ if __name__ == "__main__":  # run as the driver subprocess: the project on the p
 
 from lib import registry  # noqa: E402
 from lib.delivery import faults, operations, promotion, rollout, service_control  # noqa: E402
-from lib.delivery import progressive as deployer  # noqa: E402
 from lib.delivery import releases as deployments  # noqa: E402
 
 NAME = "playstore-rating"
@@ -142,8 +141,8 @@ def kill_promotion_at(world: World, url: str, point: str) -> rollout.RolloutStat
     return state
 
 
-def recover(world: World) -> deployer.Recovery | None:
-    return deployer.recover_interrupted(world.root, world.client, NAME, world.models, world.logs)
+def recover(world: World) -> promotion.Recovery | None:
+    return promotion.recover_interrupted(world.root, world.client, NAME, world.models, world.logs)
 
 
 @pytest.mark.parametrize("point", faults.FAULT_POINTS)
@@ -155,7 +154,7 @@ def test_killed_promotion_is_finished_by_the_next_run(world: World, point: str) 
     if point in ("after_alias_move", "after_file_swap"):  # registry moved, service did not
         assert f"the registry names v{world.v2} champion" in info["mismatch"]
     result = recover(world)
-    assert result == deployer.Recovery(
+    assert result == promotion.Recovery(
         "promoted", world.v2, world.v2, f"finished the interrupted promotion of v{world.v2}"
     )
     assert_consistent(world, world.url, world.v2, {"promote"})

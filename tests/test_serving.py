@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from threadpoolctl import threadpool_limits
 
 from lib import registry
-from lib.pipeline import data, features, synth, training
+from lib.pipeline import calibration, data, features, synth, training
 from lib.pipeline.features import FEATURE_COLUMNS
 from lib.serving import __main__ as cli
 from lib.serving import batching, compiled, encoders, routing, schemas
@@ -764,11 +764,11 @@ def test_compiled_champion_shapes_equal_sklearn(small_labeled: training.LabeledD
         result = training.train_candidate("hist_gradient_boosting", lab, train_idx, test_idx, 3, 0)
         # whichever calibration the data chose above, both calibrated shapes are served too
         base = training.build_candidate("hist_gradient_boosting", 0, stack_folds=3)
-        oof = training.out_of_fold(base, X, y, 3, 0)
+        oof = calibration.out_of_fold(base, X, y, 3, 0)
         fitted = clone(base).fit(X, y)
     models = [result.model]
     for method, threshold in (("isotonic", 0.42), ("sigmoid", 0.61)):
-        calibrated = training.calibrated(fitted, oof, y, method, 3, 0)
+        calibrated = calibration.calibrated(fitted, oof, y, method, 3, 0)
         models.append(_served(calibrated, X, y, threshold))
     for model in models:
         predictor = _assert_serves_like_sklearn(model, lab.X)

@@ -37,8 +37,6 @@ from lib.delivery.canary_judgement import (
     FAIL,
     PASS,
     WAIT,
-    accuracy_drop_estimate,
-    accuracy_drop_test,
     judge_accuracy,
     judge_error_rate,
     judge_latency,
@@ -52,11 +50,6 @@ from lib.window_stats import (
     fmt_p,
     fmt_percent,
 )
-
-__all__ = [
-    "FAIL", "PASS", "WAIT", "AnalysisConfig", "accuracy_drop_estimate", "accuracy_drop_test",
-    "judge_accuracy", "judge_error_rate", "judge_latency", "judge_prediction_shift",
-]  # fmt: skip
 
 CHAMPION, CANARY = "champion", "canary"
 REQUIRED_COLUMNS = (

@@ -15,6 +15,7 @@ from lib.delivery import releases as deployments
 from lib.delivery import rollout
 from lib.delivery.promotion import promote_rollout, roll_back_rollout
 from lib.delivery.service_control import (
+    SERVICE_RELOADED,
     RolloutFailed,
     notify_service,
     reload_champion,
@@ -210,7 +211,7 @@ def next_run(
     promo = state.promotion or {}
     if (
         state.phase == rollout.Phase.SUCCEEDED
-        and promo.get("service") not in (None, deployments.SERVICE_RELOADED)
+        and promo.get("service") not in (None, SERVICE_RELOADED)
         and champion == v
     ):
         return f"reloads the service at {promo.get('service_url')} so that it serves v{v}"
@@ -360,7 +361,7 @@ def promote_version(
     smoke: dict[str, Any] | None = None
     try:
         model = registry.load_version(model_name, version)
-        smoke = progressive._staging_and_smoke(
+        smoke = progressive.staging_and_smoke(
             root, client, model_name, tracking_uri, version, model, holdout, settings, store,
             timeline, logs_dir,
         )  # fmt: skip

@@ -12,7 +12,8 @@ swap the files after the aliases moved is undone and ends the rollout `rolled_ba
 that cannot be reloaded at the end leaves a promotion with a "service not reloaded" note (outcome
 `promoted`, `note` set): the registry and models/ name the new version and the service follows
 them on its next reload or restart. Any other failure during `promoting` is not called a
-rollback: the rollout stays `promoting` and the next run finishes it (`recover_interrupted`),
+rollback: the rollout stays `promoting` and the next run finishes it
+(`promotion.recover_interrupted`),
 unless an operator acted since, in which case it is closed as `superseded`.
 """
 
@@ -31,14 +32,9 @@ from typing import Any
 import pandas as pd
 
 from lib import progress, registry
-from lib.delivery import canary, rollout
+from lib.delivery import canary, canary_config, rollout
 from lib.delivery import releases as deployments
-from lib.delivery.promotion import (  # noqa: F401  (Recovery, recover_interrupted: public here)
-    Recovery,
-    promote_rollout,
-    recover_interrupted,
-    roll_back_rollout,
-)
+from lib.delivery.promotion import promote_rollout, roll_back_rollout
 from lib.delivery.replayer import Replayer, app_request
 from lib.delivery.service_control import RolloutFailed, RoutingChanged, set_routing
 from lib.delivery.service_process import ServiceProcess
@@ -65,7 +61,7 @@ class DeploySettings:
     lease_seconds: float
     serving_url: str | None  # a running production service; None: start one
     store_url: str  # the production service's prediction store
-    analysis: dict[str, Any]  # canary.AnalysisConfig fields
+    analysis: dict[str, Any]  # canary_config.AnalysisConfig fields
 
 
 @dataclass
@@ -174,7 +170,7 @@ def deploy(
     smoke_result: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = []
     try:
-        smoke_result = _staging_and_smoke(
+        smoke_result = staging_and_smoke(
             root,
             client,
             model_name,
@@ -311,7 +307,7 @@ def _is_transport_error(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
-def _staging_and_smoke(
+def staging_and_smoke(
     root: Path,
     client: Any,
     model_name: str,
@@ -324,6 +320,10 @@ def _staging_and_smoke(
     timeline: Timeline,
     logs_dir: Path,
 ) -> dict[str, Any]:
+    """Deploy `version` to a staging instance and smoke-test it (RolloutFailed when it fails).
+
+    Public because the operator's promote (lib.delivery.operations) runs the same gate.
+    """
     registry.set_alias(client, model_name, "staging", str(version))
     staging_store = f"sqlite:///{(logs_dir / 'staging-predictions.db').as_posix()}"
     logs_dir.mkdir(parents=True, exist_ok=True)
@@ -400,7 +400,7 @@ def _canary_steps(
     failed rollout still reports what its steps saw."""
     from lib.serving.prediction_store import PredictionReader
 
-    cfg = canary.AnalysisConfig.model_validate(settings.analysis)
+    cfg = canary_config.AnalysisConfig.model_validate(settings.analysis)
     predictions = PredictionReader(settings.store_url)  # reads what the service writes
     replayer = Replayer(url, records, rate=settings.replay_rate) if settings.replay else None
     canary_started = time.time()
@@ -454,7 +454,7 @@ def _hold_step(
     version: str,
     weight: int,
     settings: DeploySettings,
-    cfg: canary.AnalysisConfig,
+    cfg: canary_config.AnalysisConfig,
     predictions: Any,
     canary_started: float,
     around: tuple[ServiceProcess | None, Replayer | None, rollout.RolloutStore],

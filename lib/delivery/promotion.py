@@ -38,6 +38,7 @@ from lib.delivery import releases as deployments
 from lib.delivery import rollout
 from lib.delivery.faults import fault_point
 from lib.delivery.service_control import (
+    SERVICE_RELOADED,
     reload_champion,
     served_version,
     service_health,
@@ -100,7 +101,7 @@ def close_promotion(
     how: str = "promoted to champion",
 ) -> Promoted:
     note = None
-    if service not in (None, deployments.SERVICE_RELOADED):
+    if service not in (None, SERVICE_RELOADED):
         note = (
             f"service at {prod_url} {service}: the registry and models/ name v{version}, the "
             f"service serves v{old} until it is reloaded or restarted (the next run reloads it)"
@@ -344,7 +345,7 @@ def _reload_missed(
     service, url = promo.get("service"), promo.get("service_url")
     if state.phase != rollout.Phase.SUCCEEDED or not url:
         return None
-    if service in (None, deployments.SERVICE_RELOADED):
+    if service in (None, SERVICE_RELOADED):
         return None
     version = state.candidate_version
     champion = registry.alias_version(client, model_name, "champion")
@@ -355,7 +356,7 @@ def _reload_missed(
     except Exception as exc:
         log.warning("service at %s still not reloaded: %s", url, exc)
         return None
-    rollout.note_promotion(store, service=deployments.SERVICE_RELOADED)
+    rollout.note_promotion(store, service=SERVICE_RELOADED)
     deployments.record_service_reload(models_dir, logs_dir, model_name, version, url)
     return Recovery(
         "promoted",

@@ -26,15 +26,11 @@ import numpy as np
 import pandas as pd
 
 from lib.errors import DataError
-from lib.pipeline import comparison, scoring, training, uncertainty
+from lib.pipeline import comparison, score_table, scoring, training, uncertainty
 from lib.pipeline.app_identity import latest_per_app
 from lib.pipeline.backtest_results import (
-    DEFAULT_FEATURES,
     MAJORITY,
-    NOISE_KINDS,
     STRATEGIES,
-    TRUTHS,
-    VERDICTS,
     BacktestResult,
     BacktestSettings,
     NoiseRun,
@@ -43,11 +39,6 @@ from lib.pipeline.backtest_results import (
 
 log = logging.getLogger(__name__)
 
-__all__ = [  # this module's API, including the settings and results of backtest_results
-    "DEFAULT_FEATURES", "MAJORITY", "NOISE_KINDS", "STRATEGIES", "TRUTHS", "VERDICTS",
-    "BacktestResult", "BacktestSettings", "NoiseRun", "Step", "TimeBatches", "judge_on_batch",
-    "policy_decision", "run_backtest", "time_batches",
-]  # fmt: skip
 TRUTH_RESAMPLES = 2000
 
 
@@ -144,7 +135,7 @@ def policy_decision(
     candidate: tuple[np.ndarray, np.ndarray],
     reference: tuple[np.ndarray, np.ndarray],
     cv_std: float,
-    table: scoring.ScoreTable,
+    table: score_table.ScoreTable,
     metric: str,
     reference_label: str,
 ) -> tuple[scoring.Decision, dict[str, Any]]:
@@ -155,14 +146,14 @@ def policy_decision(
     evidence = comparison.compare_predictions(y_holdout, candidate, reference, metric)
     gate = evidence["gate"]
     decision = scoring.decide(
-        scoring.Evidence.from_dict(evidence["improvement_interval"]),
-        scoring.Evidence.from_dict(evidence["candidate_interval"]),
+        score_table.Evidence.from_dict(evidence["improvement_interval"]),
+        score_table.Evidence.from_dict(evidence["candidate_interval"]),
         cv_std,
         table,
         metric=metric,
         baseline_label=reference_label,
-        gate=scoring.GateInputs(
-            roc_auc=scoring.Evidence.from_dict(gate["roc_auc"]),
+        gate=score_table.GateInputs(
+            roc_auc=score_table.Evidence.from_dict(gate["roc_auc"]),
             accuracy=gate["accuracy"],
             majority_share=gate["majority_share"],
             n=gate["n"],

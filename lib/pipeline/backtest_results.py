@@ -1,7 +1,7 @@
 """What a policy backtest is run with and what it found: settings, steps, tables and summary.
 
 Kept apart from the replay (lib.pipeline.backtest) so the results can be read, tabulated and
-reported without the training machinery; re-exported from lib.pipeline.backtest.
+reported without the training machinery.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib.pipeline import calibration, scoring
+from lib.pipeline import calibration, score_table
 
-VERDICTS = scoring.VERDICTS
+VERDICTS = score_table.VERDICTS
 TRUTHS = ("better", "worse", "no real difference", "undetermined")
 STRATEGIES = ("policy", "always", "never")  # always deploy the new model / never retrain
 NOISE_KINDS = ("permuted", "reseeded")
@@ -42,7 +42,7 @@ class BacktestSettings:
     objective: str = "accuracy"
     costs: dict[str, float] | None = None
     metric: str = "roc_auc"  # the selection metric the score table reads
-    table: scoring.ScoreTable = field(default_factory=scoring.ScoreTable)
+    table: score_table.ScoreTable = field(default_factory=score_table.ScoreTable)
     noise: bool = True
     rf_trees: int = 200
 

@@ -283,12 +283,14 @@ def has_champion(cfg: PipelineConfig, tracking_uri: str) -> bool:
 
 def send(event: str, **fields: Any) -> list[dict[str, Any]]:
     """Notify every configured target; failures are returned, never raised."""
-    from lib.watch import notify
+    from lib.watch import notify, redaction
 
     try:
         return [d.to_dict() for d in notify.notify(event, **fields)]
     except Exception as exc:  # a notification must never fail the pipeline
-        return [{"kind": "all", "target": "notify", "ok": False, "error": notify.redact(str(exc))}]
+        return [
+            {"kind": "all", "target": "notify", "ok": False, "error": redaction.redact(str(exc))}
+        ]
 
 
 def _write_index(reports_dir: Path) -> None:

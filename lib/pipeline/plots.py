@@ -286,7 +286,7 @@ def reliability(
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import brier_score_loss
 
-    from lib.pipeline.training import expected_calibration_error
+    from lib.pipeline.evaluation import expected_calibration_error
 
     y = np.asarray(y_true)
     fig, ax = plt.subplots(figsize=(5, 4.5))

@@ -1,6 +1,6 @@
 """The deployment decision: a gate, then a candidate's score out of 100 and the verdict it earns.
 
-The score table (lib.pipeline.score_table, re-exported here) is data loadable from the YAML
+The score table (lib.pipeline.score_table) is data loadable from the YAML
 config rather than ``if`` chains in a notebook. Three criteria, all on the selection metric
 (higher is better):
 
@@ -34,28 +34,20 @@ from typing import Any
 
 from lib.pipeline.score_table import (
     COMPARE_DECIMALS,
-    EVIDENCE_MODES,
     GE,
     LE,
     NEGATED,
     TO,
-    VERDICTS,
     Band,
     Evidence,
     Gate,
     GateInputs,
     ScoreTable,
-    ScoreTableError,
-    default_table_dict,
     fmt_threshold,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = [  # this module's API, including the score table's (notebooks and config read it here)
-    "CRITERIA", "EVIDENCE_MODES", "VERDICTS", "Band", "Decision", "Evidence", "Gate", "GateInputs",
-    "Reason", "ScoreTable", "ScoreTableError", "decide", "default_table_dict",
-]  # fmt: skip
 
 CRITERIA = ("gate", "improvement", "absolute", "stability", "guard")
 

@@ -6,7 +6,7 @@ the same app stays on the same side across runs, so a champion trained last week
 on rows it was trained on.
 
 Calibration and the label threshold (lib.pipeline.calibration) and the metrics
-(lib.pipeline.evaluation) live in their own modules and are re-exported here.
+(lib.pipeline.evaluation) live in their own modules.
 """
 
 from __future__ import annotations
@@ -35,9 +35,7 @@ from lib.pipeline import features
 from lib.pipeline.app_identity import latest_per_app
 from lib.pipeline.calibration import (
     CALIBRATION_METHODS,
-    LABEL_OBJECTIVES,
     CalibrationChoice,
-    OutOfFold,
     ThresholdChoice,
     calibrated,
     choose_calibration,
@@ -48,25 +46,10 @@ from lib.pipeline.calibration import (
 from lib.pipeline.evaluation import (
     GREATER_IS_BETTER,
     METRIC_NAMES,
-    baseline_metrics,
     evaluate,
-    expected_calibration_error,
-    improvement,
 )
 
 log = logging.getLogger(__name__)
-
-__all__ = [  # this module's API, including what moved to calibration / evaluation
-    "CALIBRATION_METHODS", "DEFAULT_FEATURE_GROUPS", "GREATER_IS_BETTER", "LABEL_OBJECTIVES",
-    "METRIC_NAMES", "CalibrationChoice", "CandidateResult", "LabeledData", "OutOfFold",
-    "ThresholdChoice", "baseline_metrics", "build_candidate", "calibrated", "choose_calibration",
-    "FAMILIES", "cross_validate", "dataset_digest", "evaluate", "expected_calibration_error",
-    "folds_for",
-    "for_inference", "holdout_split", "improvement", "labeled_data", "one_openmp_thread",
-    "out_of_fold", "permutation_importance", "select_best", "split_digest", "stack_combiner",
-    "train_candidate",
-    "tune_threshold",
-]  # fmt: skip
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Compiled estimators: logistic regression, calibration, stacks and thresholded labels, as nodes
-that take rows column-wise (`_compile`); tree ensembles are in lib.serving.compiled_trees."""
+that take rows column-wise (`compile_model`); tree ensembles are in lib.serving.compiled_trees."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from lib.serving.compiled_trees import _Boosting, _Forest
-from lib.serving.encoders import (
-    _Columns,
-    _Unsupported,
-)
+from lib.serving.compiled_trees import Boosting, Forest
+from lib.serving.encoders import Columns, Unsupported
 
 
 class _Logistic:
@@ -22,7 +19,7 @@ class _Logistic:
         from sklearn.linear_model import LogisticRegression
 
         if type(model) is not LogisticRegression or len(model.classes_) != 2:
-            raise _Unsupported("not a binary LogisticRegression")
+            raise Unsupported("not a binary LogisticRegression")
         self.coef_t = model.coef_.T if model.coef_.ndim == 2 else model.coef_
         self.intercept = model.intercept_
         self.width = model.coef_.shape[-1]
@@ -54,10 +51,10 @@ class _Calibrator:
             self.sigmoid = (calibrator.a_, calibrator.b_)
         elif type(calibrator) is IsotonicRegression and hasattr(calibrator, "X_thresholds_"):
             if calibrator.out_of_bounds != "clip" or calibrator.X_thresholds_.dtype != np.float64:
-                raise _Unsupported("IsotonicRegression without clipping or float64 thresholds")
+                raise Unsupported("IsotonicRegression without clipping or float64 thresholds")
             self.isotonic = calibrator
         else:
-            raise _Unsupported(f"calibrator {type(calibrator).__name__}")
+            raise Unsupported(f"calibrator {type(calibrator).__name__}")
 
     def __call__(self, T: np.ndarray) -> np.ndarray:
         from scipy.special import expit
@@ -76,7 +73,9 @@ class _Calibrator:
 # proba(cols) ~ predict_proba(X), decision(cols) ~ decision_function(X) (None: it has none).
 
 
-class _Node:
+class Node:
+    """One compiled model part; the Predictor holds the root (`compile_model`)."""
+
     classes: np.ndarray
     has_decision = False
 
@@ -87,17 +86,17 @@ class _Node:
         raise NotImplementedError
 
 
-class _PipelineNode(_Node):
+class _PipelineNode(Node):
     """Pipeline(ColumnTransformer, classifier): compiled columns, then the classifier itself."""
 
     def __init__(self, pipe: Any) -> None:
         steps = pipe.steps
         if len(steps) != 2:
-            raise _Unsupported("a Pipeline that is not (ColumnTransformer, estimator)")
-        self.columns = _Columns(steps[0][1])
+            raise Unsupported("a Pipeline that is not (ColumnTransformer, estimator)")
+        self.columns = Columns(steps[0][1])
         final = steps[1][1]
         if not hasattr(final, "predict_proba"):
-            raise _Unsupported(f"{type(final).__name__} has no predict_proba")
+            raise Unsupported(f"{type(final).__name__} has no predict_proba")
         self.final = _matrix_estimator(final)
         self.classes = np.asarray(final.classes_)
         self.has_decision = hasattr(final, "decision_function")
@@ -124,7 +123,7 @@ class _Plain:
 
 class _ForestEstimator:
     def __init__(self, model: Any) -> None:
-        self.proba = _Forest(model)
+        self.proba = Forest(model)
 
 
 class _LogOddsLogistic:
@@ -138,13 +137,13 @@ class _LogOddsLogistic:
 
         steps = [step for _, step in model.steps] if type(model) is Pipeline else []
         if len(steps) != 3 or any(type(s) is not FunctionTransformer for s in steps[:2]):
-            raise _Unsupported("not the log-odds combiner")
+            raise Unsupported("not the log-odds combiner")
         clip, log_odds = steps[:2]
         kw = clip.kw_args or {}
         if clip.func is not np.clip or set(kw) != {"a_min", "a_max"} or log_odds.func is not logit:
-            raise _Unsupported("not the log-odds combiner")
+            raise Unsupported("not the log-odds combiner")
         if log_odds.kw_args or clip.validate or log_odds.validate:
-            raise _Unsupported("log-odds combiner with options")
+            raise Unsupported("log-odds combiner with options")
         self.low, self.high = kw["a_min"], kw["a_max"]
         self.logit = logit
         self.final = _Logistic(steps[2])
@@ -165,33 +164,33 @@ def _matrix_estimator(model: Any) -> Any:
 
     if isinstance(model, ForestClassifier):
         return _ForestEstimator(model)
-    for fast in (_Logistic, _Boosting, _LogOddsLogistic):
+    for fast in (_Logistic, Boosting, _LogOddsLogistic):
         try:
             return fast(model)
-        except _Unsupported:
+        except Unsupported:
             pass
     return _Plain(model)
 
 
-class _StackNode(_Node):
+class _StackNode(Node):
     """StackingClassifier: each estimator's answers side by side, then the final estimator."""
 
     def __init__(self, stack: Any) -> None:
         if stack.passthrough:
-            raise _Unsupported("StackingClassifier with passthrough")
+            raise Unsupported("StackingClassifier with passthrough")
         if isinstance(getattr(stack, "_label_encoder", None), list):
-            raise _Unsupported("multilabel StackingClassifier")
+            raise Unsupported("multilabel StackingClassifier")
         self.classes = np.asarray(stack.classes_)
         self.binary = len(self.classes) == 2
-        self.members: list[tuple[_Node, str]] = []
+        self.members: list[tuple[Node, str]] = []
         for est, method in zip(stack.estimators_, stack.stack_method_, strict=True):
             if isinstance(est, str) and est == "drop":
                 continue
             if method not in ("predict_proba", "decision_function"):
-                raise _Unsupported(f"stack_method {method!r}")
-            node = _compile(est)
+                raise Unsupported(f"stack_method {method!r}")
+            node = compile_model(est)
             if method == "decision_function" and not node.has_decision:
-                raise _Unsupported("stack member without decision_function")
+                raise Unsupported("stack member without decision_function")
             self.members.append((node, method))
         self.final = _matrix_estimator(stack.final_estimator_)
         self.has_decision = hasattr(stack.final_estimator_, "decision_function")
@@ -226,7 +225,7 @@ class _StackNode(_Node):
         return self.final.decision(self.meta(cols))
 
 
-def _shared_columns(estimators: list[Any], nodes: list[_Node]) -> list[int | None]:
+def _shared_columns(estimators: list[Any], nodes: list[Node]) -> list[int | None]:
     """For each stack member, a key shared by members whose fitted preprocessing is identical.
 
     Members of a stack that use the same ColumnTransformer, fitted on the same rows, compute the
@@ -249,27 +248,27 @@ def _shared_columns(estimators: list[Any], nodes: list[_Node]) -> list[int | Non
     return out
 
 
-class _CalibratedNode(_Node):
+class _CalibratedNode(Node):
     """CalibratedClassifierCV(ensemble=False), binary: _CalibratedClassifier.predict_proba."""
 
     def __init__(self, model: Any) -> None:
         if len(model.calibrated_classifiers_) != 1:
-            raise _Unsupported("CalibratedClassifierCV with several calibrated classifiers")
+            raise Unsupported("CalibratedClassifierCV with several calibrated classifiers")
         cc = model.calibrated_classifiers_[0]
         self.classes = np.asarray(model.classes_)
         if len(self.classes) != 2 or cc.method not in ("sigmoid", "isotonic"):
-            raise _Unsupported(f"calibration {cc.method!r} with {len(self.classes)} classes")
+            raise Unsupported(f"calibration {cc.method!r} with {len(self.classes)} classes")
         if len(cc.calibrators) != 1 or not np.array_equal(cc.classes, self.classes):
-            raise _Unsupported("calibrated classifier with unexpected calibrators or classes")
+            raise Unsupported("calibrated classifier with unexpected calibrators or classes")
         inner_classes = np.asarray(cc.estimator.classes_)
         if len(inner_classes) != 2:
-            raise _Unsupported("calibrated estimator is not binary")
-        self.inner = _compile(cc.estimator)
+            raise Unsupported("calibrated estimator is not binary")
+        self.inner = compile_model(cc.estimator)
         self.calibrator = _Calibrator(cc.calibrators[0])
         # _get_response_values: decision_function first, else predict_proba of classes_[-1]
         self.use_decision = hasattr(cc.estimator, "decision_function")
         if self.use_decision and not self.inner.has_decision:
-            raise _Unsupported("calibrated estimator's decision_function is not compiled")
+            raise Unsupported("calibrated estimator's decision_function is not compiled")
 
     def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
         if self.use_decision:
@@ -283,11 +282,11 @@ class _CalibratedNode(_Node):
         return proba
 
 
-class _DelegateNode(_Node):
+class _DelegateNode(Node):
     """FrozenEstimator (and the probabilities of FixedThresholdClassifier): the inner model."""
 
     def __init__(self, inner: Any, classes: Any) -> None:
-        self.inner = _compile(inner)
+        self.inner = compile_model(inner)
         self.classes = np.asarray(classes)
         self.has_decision = self.inner.has_decision
 
@@ -298,8 +297,8 @@ class _DelegateNode(_Node):
         return self.inner.decision(cols)
 
 
-def _compile(model: Any) -> _Node:
-    """The compiled node of a fitted scikit-learn model, or _Unsupported."""
+def compile_model(model: Any) -> Node:
+    """The compiled node of a fitted scikit-learn model, or Unsupported."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.ensemble import StackingClassifier
     from sklearn.frozen import FrozenEstimator
@@ -317,10 +316,10 @@ def _compile(model: Any) -> _Node:
         return _StackNode(model)
     if kind is Pipeline:
         return _PipelineNode(model)
-    raise _Unsupported(f"{kind.__name__}")
+    raise Unsupported(f"{kind.__name__}")
 
 
-class _Labels:
+class Labels:
     """How a model turns its answers into labels, exactly as its `predict` does."""
 
     def __init__(self, model: Any) -> None:

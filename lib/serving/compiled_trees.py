@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from lib.serving.encoders import _Unsupported
+from lib.serving.encoders import Unsupported
 
 
 class _Descent:
@@ -74,7 +74,7 @@ class _Descent:
         return node
 
 
-class _Forest:
+class Forest:
     """RandomForestClassifier.predict_proba: all trees walked at once, summed in tree order.
 
     As its Cython `apply`: the input as float32, NaN follows missing_go_to_left, else
@@ -87,11 +87,11 @@ class _Forest:
         from sklearn.tree import DecisionTreeClassifier
 
         if type(final).predict_proba is not ForestClassifier.predict_proba or final.n_outputs_ != 1:
-            raise _Unsupported("forest with several outputs or its own predict_proba")
+            raise Unsupported("forest with several outputs or its own predict_proba")
         trees = []
         for est in final.estimators_:
             if not isinstance(est, DecisionTreeClassifier) or est.n_outputs_ != 1:
-                raise _Unsupported("forest of unknown trees")
+                raise Unsupported("forest of unknown trees")
             trees.append(est.tree_)
         sizes = [t.node_count for t in trees]
         offsets = np.cumsum([0] + sizes[:-1])
@@ -139,7 +139,7 @@ class _Forest:
         return out
 
 
-class _Boosting:
+class Boosting:
     """HistGradientBoostingClassifier (binary, numeric and categorical splits): all trees at once.
 
     Each tree's leaf is found as its Cython predictor finds it (NaN follows missing_go_to_left;
@@ -153,7 +153,7 @@ class _Boosting:
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         if type(model) is not HistGradientBoostingClassifier or model.n_trees_per_iteration_ != 1:
-            raise _Unsupported("not a binary HistGradientBoostingClassifier")
+            raise Unsupported("not a binary HistGradientBoostingClassifier")
         predictors = [p for it in model._predictors for p in it]
         nodes = [p.nodes for p in predictors]
         offsets = np.cumsum([0] + [len(n) for n in nodes[:-1]])
@@ -242,12 +242,12 @@ class _CategoricalInputs:
         mask = np.asarray(model.is_categorical_, dtype=bool)
         encoder = prep.named_transformers_["encoder"]
         if prep.output_indices_["encoder"] != slice(0, int(mask.sum())):
-            raise _Unsupported("categorical features not placed first")
+            raise Unsupported("categorical features not placed first")
         for column, cats in zip(np.flatnonzero(mask), encoder.categories_, strict=True):
             cats = np.asarray(cats, dtype=np.float64)
             known = cats[~np.isnan(cats)]
             if known.size and np.any(np.diff(known) <= 0):
-                raise _Unsupported("categories not sorted")
+                raise Unsupported("categories not sorted")
             self.categories.append((int(column), known))
         self.order = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)])
 

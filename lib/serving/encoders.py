@@ -16,15 +16,15 @@ from lib.pipeline.features import CATEGORICAL, FEATURE_COLUMNS, TEXT
 logger = logging.getLogger(__name__)
 
 
-class _Unsupported(Exception):
+class Unsupported(Exception):
     """A model part the compiled path does not know: serve with scikit-learn."""
 
 
-class _Fallback(Exception):
+class Fallback(Exception):
     """An input the compiled path does not handle: this call goes through scikit-learn."""
 
 
-def _nested(model: Any) -> list[Any]:
+def nested_estimators(model: Any) -> list[Any]:
     """Every estimator nested in a model: pipelines, column transformers, stacks, wrappers."""
     out = [model]
     children: list[Any] = [step for _, step in getattr(model, "steps", None) or []]
@@ -38,14 +38,14 @@ def _nested(model: Any) -> list[Any]:
             children.append(child)
     for child in children:
         if not isinstance(child, str) and child is not None:
-            out.extend(_nested(child))
+            out.extend(nested_estimators(child))
     return out
 
 
 def single_threaded(model: Any) -> Any:
     """n_jobs=1 everywhere: thread start-up costs more than it saves on a few rows."""
     seen: set[int] = set()
-    for est in _nested(model):
+    for est in nested_estimators(model):
         if id(est) in seen or not hasattr(est, "get_params"):
             continue
         seen.add(id(est))
@@ -61,15 +61,15 @@ def _op_ordinal(enc: Any) -> Any:
     from sklearn.preprocessing import OrdinalEncoder
 
     if type(enc) is not OrdinalEncoder:
-        raise _Unsupported(type(enc).__name__)
+        raise Unsupported(type(enc).__name__)
     if getattr(enc, "_infrequent_enabled", False) or np.dtype(enc.dtype) != np.float64:
-        raise _Unsupported("OrdinalEncoder with infrequent categories or a non-float dtype")
+        raise Unsupported("OrdinalEncoder with infrequent categories or a non-float dtype")
     if enc.handle_unknown not in ("use_encoded_value", "error"):
-        raise _Unsupported(f"OrdinalEncoder handle_unknown={enc.handle_unknown!r}")
+        raise Unsupported(f"OrdinalEncoder handle_unknown={enc.handle_unknown!r}")
     maps = []
     for cats in enc.categories_:
         if not all(isinstance(c, str) for c in cats):
-            raise _Unsupported("OrdinalEncoder with non-string or missing categories")
+            raise Unsupported("OrdinalEncoder with non-string or missing categories")
         maps.append({c: float(i) for i, c in enumerate(cats)})
     unknown = float(enc.unknown_value) if enc.handle_unknown == "use_encoded_value" else None
 
@@ -80,7 +80,7 @@ def _op_ordinal(enc: Any) -> Any:
                 code = mapping.get(value)
                 if code is None:
                     if not isinstance(value, str):
-                        raise _Fallback("non-string category")
+                        raise Fallback("non-string category")
                     if unknown is None:
                         raise ValueError(f"Found unknown category {value!r} during transform")
                     code = unknown
@@ -99,16 +99,16 @@ def _op_one_hot(enc: Any, dense_output: bool) -> Any:
     from sklearn.preprocessing import OneHotEncoder
 
     if type(enc) is not OneHotEncoder:
-        raise _Unsupported(type(enc).__name__)
+        raise Unsupported(type(enc).__name__)
     if enc.sparse_output and not dense_output:  # a dense ColumnTransformer densifies it anyway
-        raise _Unsupported("sparse OneHotEncoder in a sparse ColumnTransformer")
+        raise Unsupported("sparse OneHotEncoder in a sparse ColumnTransformer")
     if enc.handle_unknown not in ("ignore", "infrequent_if_exist"):
-        raise _Unsupported(f"OneHotEncoder handle_unknown={enc.handle_unknown!r}")
+        raise Unsupported(f"OneHotEncoder handle_unknown={enc.handle_unknown!r}")
     if np.dtype(enc.dtype) != np.float64:
-        raise _Unsupported("OneHotEncoder with a non-float dtype")
+        raise Unsupported("OneHotEncoder with a non-float dtype")
     cats = enc.categories_
     if not all(isinstance(c, str) for col in cats for c in col):
-        raise _Unsupported("OneHotEncoder with non-string or missing categories")
+        raise Unsupported("OneHotEncoder with non-string or missing categories")
     n_in = len(cats)
     width = len(enc.get_feature_names_out())
     # one probe frame per column: every known category, plus one unseen value
@@ -127,7 +127,7 @@ def _op_one_hot(enc: Any, dense_output: bool) -> Any:
     owner = np.full(width, -1)
     for j, cols in enumerate(slices):
         if (owner[cols] != -1).any():
-            raise _Unsupported("OneHotEncoder columns overlap")
+            raise Unsupported("OneHotEncoder columns overlap")
         owner[cols] = j
     base = enc.transform(np.array([filler], dtype=object))
     base_row = np.asarray(base.toarray() if hasattr(base, "toarray") else base, np.float64)[0]
@@ -145,7 +145,7 @@ def _op_one_hot(enc: Any, dense_output: bool) -> Any:
                 hit = table.get(value)
                 if hit is None:
                     if not isinstance(value, str):
-                        raise _Fallback("non-string category")
+                        raise Fallback("non-string category")
                     hit = unknown
                 out[i, idx] = hit[idx]
         return out
@@ -166,12 +166,12 @@ def _numeric_op(step: Any) -> Any:
         if step.func is None:
             return lambda Z: Z
         if step.func is not np.log1p or step.kw_args:
-            raise _Unsupported(f"FunctionTransformer({step.func!r})")
+            raise Unsupported(f"FunctionTransformer({step.func!r})")
         return np.log1p
     if type(step) is SimpleImputer:
         mv = step.missing_values
         if not (isinstance(mv, float) and math.isnan(mv)) or step.statistics_.dtype.kind != "f":
-            raise _Unsupported("SimpleImputer with missing_values other than NaN")
+            raise Unsupported("SimpleImputer with missing_values other than NaN")
         stats = np.asarray(step.statistics_, dtype=np.float64)
         keep = np.ones(len(stats), dtype=bool) if step.keep_empty_features else ~np.isnan(stats)
         kept_stats = stats[keep]
@@ -179,7 +179,7 @@ def _numeric_op(step: Any) -> Any:
         if step.add_indicator:
             ind = step.indicator_
             if getattr(ind, "sparse_", False) is True:
-                raise _Unsupported("sparse missing indicator")
+                raise Unsupported("sparse missing indicator")
             indicator = np.asarray(ind.features_, dtype=np.intp)
         all_kept = bool(keep.all())
 
@@ -207,7 +207,7 @@ def _numeric_op(step: Any) -> Any:
             return X
 
         return standardize
-    raise _Unsupported(type(step).__name__)
+    raise Unsupported(type(step).__name__)
 
 
 def _flatten(step: Any) -> list[Any]:
@@ -231,12 +231,12 @@ _TEXT_TRANSFORMERS = frozenset(
 
 def _check_text_transformer(trans: Any) -> None:
     """A text block: scikit-learn's own vectorizers, alone or in a Pipeline / FeatureUnion."""
-    for est in _nested(trans):
+    for est in nested_estimators(trans):
         module = type(est).__module__
         if type(est).__name__ not in _TEXT_TRANSFORMERS or not module.startswith("sklearn."):
-            raise _Unsupported(f"text block with {type(est).__name__}")
+            raise Unsupported(f"text block with {type(est).__name__}")
         if getattr(est, "_sklearn_output_config", {}).get("transform") not in (None, "default"):
-            raise _Unsupported("text block with set_output")
+            raise Unsupported("text block with set_output")
 
 
 _CATEGORICAL_SET = frozenset(CATEGORICAL)
@@ -251,16 +251,16 @@ class _Block:
     ops: list[Any]  # float64 -> float64 steps
 
 
-class _Columns:
+class Columns:
     """A ColumnTransformer as compiled blocks: rows in, the same matrix scikit-learn makes out."""
 
     def __init__(self, ct: Any) -> None:
         from sklearn.compose import ColumnTransformer
 
         if type(ct) is not ColumnTransformer:
-            raise _Unsupported(f"first step {type(ct).__name__}")
+            raise Unsupported(f"first step {type(ct).__name__}")
         if getattr(ct, "_sklearn_output_config", {}).get("transform") not in (None, "default"):
-            raise _Unsupported("ColumnTransformer with set_output")
+            raise Unsupported("ColumnTransformer with set_output")
         self.sparse = bool(getattr(ct, "sparse_output_", False))
         self.blocks: list[_Block] = []
         for _, trans, columns in ct.transformers_:
@@ -268,34 +268,34 @@ class _Columns:
                 continue
             self.blocks.append(self._block(trans, columns, not self.sparse))
         if not self.blocks:
-            raise _Unsupported("no output columns")
+            raise Unsupported("no output columns")
 
     @staticmethod
     def _block(trans: Any, columns: Any, dense_output: bool) -> _Block:
         scalar = isinstance(columns, str)
         names = [columns] if scalar else list(columns)
         if not names:
-            raise _Unsupported("a block without columns")
+            raise Unsupported("a block without columns")
         if not all(isinstance(c, str) and c in FEATURE_COLUMNS for c in names):
-            raise _Unsupported(f"columns {names!r}")
+            raise Unsupported(f"columns {names!r}")
         positions = [FEATURE_COLUMNS.index(c) for c in names]
         passthrough = isinstance(trans, str) and trans == "passthrough"
         if all(c in _TEXT_SET for c in names):
             if not scalar or passthrough:  # a list of text columns gives a 2-D frame, not texts
-                raise _Unsupported(f"text columns {names!r} not given as one column name")
+                raise Unsupported(f"text columns {names!r} not given as one column name")
             _check_text_transformer(trans)
             try:
                 fast = _Tfidf(trans)
-            except _Unsupported:
+            except Unsupported:
                 fast = None  # another vectorizer: its own transform, still exact
             return _Block("text", positions, fast or trans, [])
         kinds = {c in _CATEGORICAL_SET for c in names}
         if len(kinds) > 1 or scalar or any(c in _TEXT_SET for c in names):
-            raise _Unsupported(f"a block mixing kinds of columns: {names!r}")
+            raise Unsupported(f"a block mixing kinds of columns: {names!r}")
         steps = [] if passthrough else _flatten(trans)
         if kinds == {True}:
             if not steps:
-                raise _Unsupported("passthrough of categorical columns")
+                raise Unsupported("passthrough of categorical columns")
             first = steps[0]
             if type(first).__name__ == "OneHotEncoder":
                 encode = _op_one_hot(first, dense_output)
@@ -310,7 +310,7 @@ class _Columns:
             if block.kind == "text":
                 texts = list(columns[block.columns[0]])
                 if not all(isinstance(t, str) for t in texts):
-                    raise _Fallback("non-string text")
+                    raise Fallback("non-string text")
                 parts.append(block.encode.transform(texts))
                 continue
             if block.kind == "categorical":
@@ -345,7 +345,7 @@ class _Tfidf:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         if type(vec) is not TfidfVectorizer or vec.norm not in (None, "l2"):
-            raise _Unsupported("text block other than a plain TfidfVectorizer")
+            raise Unsupported("text block other than a plain TfidfVectorizer")
         self.analyze = vec.build_analyzer()
         self.vocabulary = vec.vocabulary_
         self.width = len(vec.vocabulary_)

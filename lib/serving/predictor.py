@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from lib.pipeline.features import CATEGORICAL, derived_values
-from lib.serving.compiled import _compile, _Labels, _Node
-from lib.serving.encoders import _Fallback, _nested, _Unsupported
+from lib.serving.compiled import Labels, Node, compile_model
+from lib.serving.encoders import Fallback, Unsupported, nested_estimators
 from lib.serving.rows import Row, rows_frame
 
 logger = logging.getLogger(__name__)
@@ -30,10 +30,10 @@ class Predictor:
         self.classes = np.asarray(model.classes_)
         hits = np.flatnonzero(self.classes == 1)
         self.positive = int(hits[0]) if len(hits) else len(self.classes) - 1
-        self.labels = _Labels(model)
+        self.labels = Labels(model)
         self.kind = "sklearn"
         self.reason = "compilation disabled" if not compile_model else ""
-        self._root: _Node | None = None
+        self._root: Node | None = None
         if compile_model:
             self._try_compile()
 
@@ -41,12 +41,12 @@ class Predictor:
 
     def _try_compile(self) -> None:
         try:
-            self._root = _compile(self.model)
+            self._root = compile_model(self.model)
             if not np.array_equal(self._root.classes, self.classes):
-                raise _Unsupported("compiled classes differ from the model's")
+                raise Unsupported("compiled classes differ from the model's")
             self.kind = "compiled"
             problem = self._verify()
-        except _Unsupported as exc:
+        except Unsupported as exc:
             problem = f"unsupported step: {exc}"
         except Exception as exc:  # compiling must never stop a model from being served
             problem = f"{type(exc).__name__}: {exc}"
@@ -62,7 +62,7 @@ class Predictor:
         rng = np.random.default_rng(0)
         choices: list[list[str]] = [["a", "b"], ["a", "b"], ["Free", "Paid"]]
         words: list[str] = []
-        for est in _nested(self.model):
+        for est in nested_estimators(self.model):
             for name, values in zip(
                 getattr(est, "feature_names_in_", []), getattr(est, "categories_", []),
                 strict=False,
@@ -131,7 +131,7 @@ class Predictor:
         if self._root is not None:
             try:
                 return self._compiled_proba(rows)
-            except _Fallback:
+            except Fallback:
                 pass
         return self.model.predict_proba(rows_frame(rows))
 

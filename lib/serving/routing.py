@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lib import registry
-from lib.delivery import release_files
+from lib.delivery import releases
 from lib.errors import RegistryUnavailable
 from lib.serving.batching import MicroBatcher, Variant
 from lib.serving.encoders import single_threaded
@@ -159,11 +159,11 @@ class ModelService:
         """The champion from models/production (blocking), or None and why not: no copy, no
         readable metadata, no version in it, another model, a copy that does not load."""
         models_dir = Path(self.settings.models_dir)
-        where, meta_file = SOURCE_LOCAL_COPY, release_files.METADATA_FILE
-        folder = models_dir / release_files.PRODUCTION_DIR
+        where, meta_file = SOURCE_LOCAL_COPY, releases.METADATA_FILE
+        folder = models_dir / releases.PRODUCTION_DIR
         if not folder.is_dir():
             return None, f"{where} holds no model"
-        meta = release_files.production_metadata(models_dir)
+        meta = releases.production_metadata(models_dir)
         if meta is None:
             return None, f"{where}/{meta_file} is missing or unreadable"
         version = meta.get("version")

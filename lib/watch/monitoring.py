@@ -18,7 +18,7 @@ drop or a significant error rate. Drift says the world changed; the previous mod
 old data, so drift asks for retraining and a person's look, never for a rollback.
 
 The drift statistics and their rule are in lib.watch.drift, the config and report types in
-lib.watch.health_report; both are re-exported here, where notebooks and the runner read them.
+lib.watch.health_report; import them from there.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pandas as pd
 from scipy import stats
 
 from lib.pipeline import evaluation
-from lib.watch.drift import FeatureDrift, current_inputs, feature_drift, prediction_drift, psi
+from lib.watch.drift import current_inputs, feature_drift, prediction_drift
 from lib.watch.health_report import (
     ALERT,
     CRITICAL,
@@ -42,7 +42,6 @@ from lib.watch.health_report import (
     OK,
     SKIPPED,
     WARNING,
-    Alert,
     CheckResult,
     MonitorConfig,
     MonitorReport,
@@ -59,13 +58,6 @@ from lib.window_stats import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = [  # this module's API, including what moved to drift / health_report
-    "ALERT", "CRITICAL", "NO_DATA", "OK", "SKIPPED", "WARNING",
-    "Alert", "CheckResult", "FeatureDrift", "MonitorConfig", "MonitorReport",
-    "auc_standard_error", "check_accuracy", "check_error_rate", "check_latency", "check_roc_auc",
-    "current_inputs", "evaluate_health", "feature_drift", "performance", "prediction_drift",
-    "psi", "traffic_summary",
-]  # fmt: skip
 REQUIRED_COLUMNS = ("variant", "model_version", "label", "probability", "latency_ms", "error")
 
 

@@ -7,8 +7,7 @@ instance per target, so a dead target costs only its own connect/read timeout an
 others. Nothing here raises because a target failed: `notify()` returns one `Delivery` per target
 that the event was routed to (ok or the redacted error) for the run summary, and logs the same.
 
-This module builds the message and sends it; the rest lives beside it and is re-exported here,
-where the runner, the orchestrator and notebooks import it:
+This module builds the message and sends it; the rest lives beside it (import it from there):
 
 - `lib.watch.notify_targets`: the targets the environment configures (``SLACK_WEBHOOK``,
   ``EMAIL_SMTP``, ``TEAMS_WEBHOOK``, ``PAGERDUTY_KEY``, ``NOTIFY_URLS``), the events, their
@@ -39,44 +38,16 @@ import apprise
 from apprise.result import AppriseResultStatus
 
 from lib.watch.notify_targets import (
-    ALIASES,
     EVENTS,
-    KINDS,
     LEVELS,
-    PAGERDUTY_EVENTS,
     Target,
     event_tags,
-    kind_of,
     targets_from_env,
 )
-from lib.watch.notify_urls import (
-    ENV_VARS,
-    PAGERDUTY_COMPONENT,
-    PAGERDUTY_NO_API_KEY,
-    PAGERDUTY_SOURCE,
-    pagerduty_url,
-    split_tags,
-    split_urls,
-)
 from lib.watch.redaction import (
-    MIN_SECRET_LEN,
-    REDACTED,
-    RedactingFilter,
     harden_apprise_logging,
-    install_redacting_filter,
     redact,
-    secret_values,
 )
-
-__all__ = [  # this module's API, including what moved to notify_targets / notify_urls / redaction
-    "ALIASES", "CONNECT_TIMEOUT", "ENV_VARS", "EVENTS", "KINDS", "LEVELS", "MIN_SECRET_LEN",
-    "PAGERDUTY_COMPONENT", "PAGERDUTY_EVENTS", "PAGERDUTY_NO_API_KEY", "PAGERDUTY_SOURCE",
-    "READ_TIMEOUT", "REDACTED", "TITLE_PREFIX",
-    "Delivery", "Message", "RedactingFilter", "Target",
-    "build_message", "event_tags", "install_redacting_filter", "kind_of", "notify",
-    "pagerduty_url", "redact", "secret_values", "send_test", "split_tags", "split_urls",
-    "targets_from_env",
-]  # fmt: skip
 
 log = logging.getLogger(__name__)
 

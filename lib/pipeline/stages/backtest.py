@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.pipeline import backtest, data, scoring, synth
+from lib.pipeline import backtest, backtest_results, data, score_table, synth
 from lib.pipeline.contracts import BacktestInputs, BacktestOutputs
 
 
@@ -54,9 +54,9 @@ def batches_table(inputs: BacktestInputs, src: Source) -> pd.DataFrame:
     ).to_frame()
 
 
-def settings(inputs: BacktestInputs) -> backtest.BacktestSettings:
+def settings(inputs: BacktestInputs) -> backtest_results.BacktestSettings:
     families = inputs.family if isinstance(inputs.family, list) else [inputs.family]
-    return backtest.BacktestSettings(
+    return backtest_results.BacktestSettings(
         families=tuple(families),
         cv_folds=inputs.cv_folds,
         seed=inputs.seed,
@@ -66,20 +66,20 @@ def settings(inputs: BacktestInputs) -> backtest.BacktestSettings:
         objective=inputs.label_objective,
         costs=inputs.error_costs,
         metric=inputs.selection_metric,
-        table=scoring.ScoreTable.from_dict(inputs.decision_table or None),
+        table=score_table.ScoreTable.from_dict(inputs.decision_table or None),
         noise=inputs.noise,
     )
 
 
-def replay(inputs: BacktestInputs, src: Source) -> backtest.BacktestResult:
+def replay(inputs: BacktestInputs, src: Source) -> backtest_results.BacktestResult:
     return backtest.run_backtest(src.batches, settings(inputs))
 
 
-def summary_table(result: backtest.BacktestResult) -> pd.DataFrame:
+def summary_table(result: backtest_results.BacktestResult) -> pd.DataFrame:
     s = result.summary()
 
     def verdicts(counts: dict) -> str:
-        return " / ".join(str(counts[v]) for v in scoring.VERDICTS)
+        return " / ".join(str(counts[v]) for v in score_table.VERDICTS)
 
     return pd.Series(
         {
@@ -98,7 +98,7 @@ def summary_table(result: backtest.BacktestResult) -> pd.DataFrame:
     ).to_frame()
 
 
-def outputs(src: Source, result: backtest.BacktestResult) -> BacktestOutputs:
+def outputs(src: Source, result: backtest_results.BacktestResult) -> BacktestOutputs:
     return BacktestOutputs(
         backtest_data=src.origin,
         backtest_summary=result.summary(),

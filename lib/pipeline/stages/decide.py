@@ -13,7 +13,7 @@ import pandas as pd
 
 from lib import registry
 from lib.delivery import operations, releases
-from lib.pipeline import plots, scoring
+from lib.pipeline import plots, score_table, scoring
 from lib.pipeline.contracts import CompareInputs, DecideInputs, DecideOutputs
 from lib.pipeline.stages import compare
 from lib.settings import tracking_uri
@@ -60,14 +60,14 @@ def decide(inputs: DecideInputs) -> scoring.Decision:
         raise ValueError("no evidence to decide on: call decide.evidence(inputs, root) first")
     gate = inputs.gate_inputs
     return scoring.decide(
-        scoring.Evidence.from_dict(inputs.improvement_interval),
-        scoring.Evidence.from_dict(inputs.candidate_interval),
+        score_table.Evidence.from_dict(inputs.improvement_interval),
+        score_table.Evidence.from_dict(inputs.candidate_interval),
         inputs.cv_std,
-        scoring.ScoreTable.from_dict(inputs.decision_table or None),
+        score_table.ScoreTable.from_dict(inputs.decision_table or None),
         metric=inputs.selection_metric,
         baseline_label=inputs.reference_label or "champion",
-        gate=scoring.GateInputs(
-            roc_auc=scoring.Evidence.from_dict(gate["roc_auc"]),
+        gate=score_table.GateInputs(
+            roc_auc=score_table.Evidence.from_dict(gate["roc_auc"]),
             accuracy=gate["accuracy"],
             majority_share=gate["majority_share"],
             n=gate["n"],

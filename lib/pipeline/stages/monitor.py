@@ -22,7 +22,7 @@ from lib.pipeline.contracts import MonitorInputs, MonitorOutputs
 from lib.pipeline.stages import data_paths
 from lib.serving.prediction_store import PredictionReader
 from lib.settings import store_url, tracking_uri
-from lib.watch import monitoring
+from lib.watch import drift, health_report, monitoring
 
 
 @dataclass
@@ -43,8 +43,8 @@ class Window:
         return self.window.loc[known, "probability"].astype(float).values
 
 
-def config(inputs: MonitorInputs) -> monitoring.MonitorConfig:
-    return monitoring.MonitorConfig.from_dict(inputs.monitoring_config)
+def config(inputs: MonitorInputs) -> health_report.MonitorConfig:
+    return health_report.MonitorConfig.from_dict(inputs.monitoring_config)
 
 
 def read_window(inputs: MonitorInputs, root: Path) -> Window:
@@ -121,7 +121,7 @@ def service_counters(url: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(wanted)]
 
 
-def evaluate(inputs: MonitorInputs, w: Window) -> monitoring.MonitorReport:
+def evaluate(inputs: MonitorInputs, w: Window) -> health_report.MonitorReport:
     report = monitoring.evaluate_health(
         w.window, w.reference_metrics, w.reference_X, w.reference_proba, config(inputs)
     )
@@ -129,7 +129,7 @@ def evaluate(inputs: MonitorInputs, w: Window) -> monitoring.MonitorReport:
     return report
 
 
-def checks_table(report: monitoring.MonitorReport) -> pd.DataFrame:
+def checks_table(report: health_report.MonitorReport) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {"check": c.name, "status": c.status, "severity": c.severity, "what it saw": c.message}
@@ -138,11 +138,11 @@ def checks_table(report: monitoring.MonitorReport) -> pd.DataFrame:
     )
 
 
-def drifts(report: monitoring.MonitorReport) -> list[monitoring.FeatureDrift]:
-    return [monitoring.FeatureDrift(**d) for d in report.drift.get("features", [])]
+def drifts(report: health_report.MonitorReport) -> list[drift.FeatureDrift]:
+    return [drift.FeatureDrift(**d) for d in report.drift.get("features", [])]
 
 
-def verdict(report: monitoring.MonitorReport) -> str:
+def verdict(report: health_report.MonitorReport) -> str:
     """`healthy`, `unhealthy` or `not_judged` (lib.watch.health_report.MonitorReport.verdict)."""
     return report.verdict()[0]
 
@@ -153,7 +153,9 @@ class Action:
     note: str | None
 
 
-def act(inputs: MonitorInputs, root: Path, w: Window, report: monitoring.MonitorReport) -> Action:
+def act(
+    inputs: MonitorInputs, root: Path, w: Window, report: health_report.MonitorReport
+) -> Action:
     """Roll back when the report asks for it and auto_rollback is on; say why either way."""
     if not (report.rollback and inputs.auto_rollback):
         return Action(False, None)
@@ -173,7 +175,7 @@ def act(inputs: MonitorInputs, root: Path, w: Window, report: monitoring.Monitor
     )
 
 
-def verdict_text(report: monitoring.MonitorReport, action: Action) -> str:
+def verdict_text(report: health_report.MonitorReport, action: Action) -> str:
     if action.note:
         return action.note
     v, why = report.verdict()
@@ -184,13 +186,13 @@ def verdict_text(report: monitoring.MonitorReport, action: Action) -> str:
     return "healthy"
 
 
-def alerts_table(report: monitoring.MonitorReport) -> pd.DataFrame:
+def alerts_table(report: health_report.MonitorReport) -> pd.DataFrame:
     return pd.DataFrame(
         [{"check": a.check, "severity": a.severity, "message": a.message} for a in report.alerts]
     )
 
 
-def outputs(w: Window, report: monitoring.MonitorReport, action: Action) -> MonitorOutputs:
+def outputs(w: Window, report: health_report.MonitorReport, action: Action) -> MonitorOutputs:
     v, why = report.verdict()
     return MonitorOutputs(
         verdict=v,
