@@ -127,9 +127,7 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.mark.parametrize(
-    ("weight", "window"),
-    [(5, "300"), (25, "2"), (50, "2"), (100, "2")],
-    ids=["5%-300s", "25%", "50%", "100%"],
+    ("weight", "window"), [(5, "300"), (25, "2"), (50, "2")], ids=["5%-300s", "25%", "50%"]
 )
 def test_rollback_during_a_canary_step_is_obeyed_at_once(served: World, weight, window) -> None:
     world = served
