@@ -610,7 +610,7 @@ class PredictionReader:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._file = _sqlite_file(url)
+        self._file = store_journal.sqlite_file(url)
         self.engine = _read_only_engine(url, self._file)
         self._tables_seen = False
 
@@ -645,18 +645,6 @@ class PredictionReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL given as a path; None for other databases, in-memory
-    SQLite and `file:` URIs."""
-    parsed = make_url(url)
-    database = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
-        return None
-    if database.startswith("file:"):
-        return None
-    return Path(database).expanduser().absolute()
 
 
 def _read_only_engine(url: str, file: Path | None) -> Engine | None:

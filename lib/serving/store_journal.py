@@ -52,17 +52,23 @@ def available() -> bool:
     return fcntl is not None
 
 
-def default_dir(url: str) -> Path | None:
-    """`<database file>.pending/` beside a SQLite file; None for in-memory and other databases
-    (give PredictionStore a journal_dir for those)."""
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL given as a path; None for other databases, in-memory
+    SQLite and `file:` URIs (where the journal and the read-only reader cannot find it)."""
     parsed = make_url(url)
     database = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
         return None
     if database.startswith("file:"):
         return None
-    path = Path(database).expanduser().absolute()
-    return path.with_name(path.name + ".pending")
+    return Path(database).expanduser().absolute()
+
+
+def default_dir(url: str) -> Path | None:
+    """`<database file>.pending/` beside a SQLite file; None for in-memory and other databases
+    (give PredictionStore a journal_dir for those)."""
+    path = sqlite_file(url)
+    return None if path is None else path.with_name(path.name + ".pending")
 
 
 _PLAIN_TYPES = {"float": float, "int": int, "str": str, "bool": bool}
