@@ -191,13 +191,18 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
     state = store.load()
     if state is not None and state.active and rollout.pid_alive(state.owner_pid):
         if state.phase != rollout.Phase.PROMOTING:
-            return _stop_rollout(cfg, root, args, echo)
-        echo(f"v{state.candidate_version} is being promoted: waiting for it, then rolling back")
-        if not _finished_within(store, cfg.stop_wait_seconds):
-            raise RunnerBusyError(
-                f"the promotion of v{state.candidate_version} has not finished after "
-                f"{cfg.stop_wait_seconds:g} s; run rollback again in a moment"
-            )
+            stopped = _stop_rollout(cfg, root, args, echo)
+            if stopped is not None:
+                return stopped
+            # it entered `promoting` just before the stop landed and is champion now
+            echo(f"v{state.candidate_version} was promoted before the stop: rolling it back")
+        else:
+            echo(f"v{state.candidate_version} is being promoted: waiting, then rolling back")
+            if not _finished_within(store, cfg.stop_wait_seconds):
+                raise RunnerBusyError(
+                    f"the promotion of v{state.candidate_version} has not finished after "
+                    f"{cfg.stop_wait_seconds:g} s; run rollback again in a moment"
+                )
         held = None  # the runner lives on (06 monitor); the rollback wins over it
     else:
         held = lock(root, cfg.lock_timeout)
@@ -245,9 +250,13 @@ def _finished_within(store: Any, seconds: float) -> bool:
     return state.finished
 
 
-def _stop_rollout(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
-    """`rollback` while a runner drives a rollout: stop it through the rollout state."""
-    from lib.delivery import operations
+def _stop_rollout(
+    cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo
+) -> int | None:
+    """`rollback` while a runner drives a rollout: stop it through the rollout state. None when
+    the rollout had entered `promoting` just before the stop and succeeded: production must then
+    be rolled back like any promotion."""
+    from lib.delivery import operations, rollout
 
     done = operations.stop_rollout(
         root / cfg.models_dir, root / cfg.logs_dir, args.reason, service_url(cfg),
@@ -255,6 +264,16 @@ def _stop_rollout(cfg: PipelineConfig, root: Path, args: argparse.Namespace, ech
     )  # fmt: skip
     v, kept = done["version"], operations.named(done["champion"])
     echo(f"canary: {done['canary_routing']}")
+    if done["phase"] == rollout.Phase.PROMOTING:  # it got there just before the stop
+        store = rollout.RolloutStore(root / cfg.models_dir / "rollout.json")
+        if not _finished_within(store, cfg.stop_wait_seconds):
+            raise RunnerBusyError(
+                f"v{v} was being promoted when the stop came and has not finished after "
+                f"{cfg.stop_wait_seconds:g} s; run rollback again in a moment"
+            )
+        done["phase"] = store.load().phase
+    if done["phase"] == rollout.Phase.SUCCEEDED:
+        return None
     if done["finished"]:
         result, detail = "done", f"rollout {done['rollout']} {done['phase']}: {done['reason']}"
         echo(f"stopped: the rollout of v{v} is {done['phase']}; production stays on {kept}")
