@@ -198,7 +198,7 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
             echo(f"v{state.candidate_version} was promoted before the stop: rolling it back")
         else:
             echo(f"v{state.candidate_version} is being promoted: waiting, then rolling back")
-            if not _finished_within(store, cfg.stop_wait_seconds):
+            if not rollout.wait_until_settled(store, cfg.stop_wait_seconds).finished:
                 raise RunnerBusyError(
                     f"the promotion of v{state.candidate_version} has not finished after "
                     f"{cfg.stop_wait_seconds:g} s; run rollback again in a moment"
@@ -241,15 +241,6 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
     return 0
 
 
-def _finished_within(store: Any, seconds: float) -> bool:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while not (state := store.load()).finished and time.monotonic() < deadline:
-        time.sleep(0.25)
-    return state.finished
-
-
 def _stop_rollout(
     cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo
 ) -> int | None:
@@ -266,7 +257,7 @@ def _stop_rollout(
     echo(f"canary: {done['canary_routing']}")
     if done["phase"] == rollout.Phase.PROMOTING:  # it got there just before the stop
         store = rollout.RolloutStore(root / cfg.models_dir / "rollout.json")
-        if not _finished_within(store, cfg.stop_wait_seconds):
+        if not rollout.wait_until_settled(store, cfg.stop_wait_seconds).finished:
             raise RunnerBusyError(
                 f"v{v} was being promoted when the stop came and has not finished after "
                 f"{cfg.stop_wait_seconds:g} s; run rollback again in a moment"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -155,13 +154,8 @@ def stop_rollout(
     )  # fmt: skip
     target = state.serving_url or url
     routing = _canary_off(target, os.environ.get("SERVING_ADMIN_TOKEN"))
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        state = store.load() or state
-        alive = rollout.pid_alive(state.owner_pid)
-        if state.finished or not alive or time.monotonic() >= deadline:
-            break
-        time.sleep(poll_seconds)
+    state = rollout.wait_until_settled(store, wait_seconds, poll_seconds) or state
+    alive = rollout.pid_alive(state.owner_pid)
     return {
         "rollout": state.rollout_id,
         "version": version,

@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -503,6 +504,21 @@ def stop_requested(store: RolloutStore) -> RolloutState | None:
     deployer calls it between its checks)."""
     state = store.load()
     return state if state is not None and state.stop_requested and state.active else None
+
+
+def wait_until_settled(
+    store: RolloutStore, seconds: float, poll_seconds: float = 0.25
+) -> RolloutState | None:
+    """The stored rollout once it has finished, or its driving process is gone, or after
+    `seconds` (whichever comes first): how an operator's command waits for the deployer."""
+    deadline = time.monotonic() + seconds
+    while True:
+        state = store.load()
+        if state is None or state.finished or not pid_alive(state.owner_pid):
+            return state
+        if time.monotonic() >= deadline:
+            return state
+        time.sleep(poll_seconds)
 
 
 def claim(store: RolloutStore, pid: int | None = None, detail: str = "") -> RolloutState:
