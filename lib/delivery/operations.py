@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lib import registry
-from lib.delivery import releases as deployments
-from lib.delivery import rollout
+from lib.delivery import releases, rollout
 from lib.delivery.promotion import promote_rollout, roll_back_rollout
 from lib.delivery.service_control import (
     SERVICE_RELOADED,
@@ -47,14 +46,12 @@ def park_for_approval(
     ):  # a newer candidate replaces the one nobody approved yet (else every later run conflicts)
         why = f"replaced by v{version}, a newer candidate awaiting approval"
         rollout.finish(store, rollout.Phase.REJECTED, why)
-        deployments.log_transition(
-            logs_dir, "rejected", version=waiting.candidate_version, reason=why
-        )
+        releases.log_transition(logs_dir, "rejected", version=waiting.candidate_version, reason=why)
     state = rollout.begin(
         store, model_name, str(version), champion, run_id=run_id, serving_url=serving_url,
         approved=False, reason=reason,
     )  # fmt: skip
-    deployments.log_transition(logs_dir, "awaiting_approval", version=version, reason=reason)
+    releases.log_transition(logs_dir, "awaiting_approval", version=version, reason=reason)
     return state
 
 
@@ -78,7 +75,7 @@ def reject(models_dir: Path, logs_dir: Path, version: str, reason: str) -> rollo
             f"v{version} is not awaiting approval; v{state.candidate_version} is"
         )
     done = rollout.finish(store, rollout.Phase.REJECTED, reason)
-    deployments.log_transition(logs_dir, "rejected", version=version, reason=reason)
+    releases.log_transition(logs_dir, "rejected", version=version, reason=reason)
     return done
 
 
@@ -91,7 +88,7 @@ def manual_rollback(
 
     When a rollout is open and its candidate never became champion (it died before the alias
     moved), rolling back means stopping that rollout: production stays on its champion.
-    Raises deployments.NothingToRollBack, changing nothing in the registry or models/, when
+    Raises releases.NothingToRollBack, changing nothing in the registry or models/, when
     there is no previous version.
     """
     token = os.environ.get("SERVING_ADMIN_TOKEN")
@@ -103,7 +100,7 @@ def manual_rollback(
     why = f"operator rolled back: {reason}"
     if open_rollout is not None and champion != open_rollout.candidate_version:
         candidate = open_rollout.candidate_version
-        record = deployments.abort_canary(client, model_name, logs_dir, why, candidate, models_dir)
+        record = releases.abort_canary(client, model_name, logs_dir, why, candidate, models_dir)
         service = notify_service(url)
         rollout.close_open(store, f"{why} (rollout of v{candidate} stopped, v{champion} kept)")
         return {
@@ -114,7 +111,7 @@ def manual_rollback(
             "canary_routing": routing,
             "rollout_closed": open_rollout.rollout_id,
         }
-    record = deployments.rollback(
+    record = releases.rollback(
         client, model_name, models_dir, logs_dir, reason,
         reload=lambda: reload_champion(url, token),
     )  # fmt: skip
@@ -148,7 +145,7 @@ def stop_rollout(
     store = rollout.RolloutStore(models_dir / "rollout.json")
     state = rollout.request_stop(store, f"operator rolled back: {reason}")
     version = state.candidate_version
-    deployments.log_transition(
+    releases.log_transition(
         logs_dir, "operator_stop_requested", version=version, champion=state.champion_version,
         phase=state.phase.value, weight=state.weight, reason=reason,
     )  # fmt: skip
@@ -269,8 +266,8 @@ def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str
     serving = None
     if isinstance(service, dict):
         serving = str((service.get("champion") or {}).get("version") or "") or None
-    production = deployments.production_version(models_dir)
-    records = deployments.history(models_dir)
+    production = releases.production_version(models_dir)
+    records = releases.history(models_dir)
     champion = aliases["champion"]
     said = f"the registry names {named(champion)} champion"
     mismatch = []
@@ -348,7 +345,7 @@ def promote_version(
     )
     timeline = progressive.Timeline(logs_dir, version)
     timeline.champion = champion
-    deployments.log_transition(
+    releases.log_transition(
         logs_dir, "operator_promote_started", version=version, champion=champion, reason=reason
     )
     token = os.environ.get("SERVING_ADMIN_TOKEN")
@@ -365,7 +362,7 @@ def promote_version(
     except Exception as exc:
         current = store.load()
         promoting = current is not None and current.phase == rollout.Phase.PROMOTING
-        if promoting and not isinstance(exc, deployments.PromotionUndone):
+        if promoting and not isinstance(exc, releases.PromotionUndone):
             raise  # neither done nor undone: the next run finishes it (or supersedes it)
         failure = str(exc) if isinstance(exc, RolloutFailed) else f"{type(exc).__name__}: {exc}"
         roll_back_rollout(

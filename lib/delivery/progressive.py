@@ -32,8 +32,7 @@ from typing import Any
 import pandas as pd
 
 from lib import progress, registry
-from lib.delivery import canary, canary_config, rollout
-from lib.delivery import releases as deployments
+from lib.delivery import canary, canary_config, releases, rollout
 from lib.delivery.promotion import promote_rollout, roll_back_rollout
 from lib.delivery.replayer import Replayer, app_request
 from lib.delivery.service_control import RolloutFailed, RoutingChanged, set_routing
@@ -82,12 +81,17 @@ class DeployOutcome:
 class Timeline:
     """What happened when, for the notebook's plot and the report."""
 
-    def __init__(self, logs_dir: Path | None = None, version: str | None = None) -> None:
+    def __init__(
+        self,
+        logs_dir: Path | None = None,
+        version: str | None = None,
+        champion: str | None = None,
+    ) -> None:
         self.started = time.monotonic()
         self.events: list[dict[str, Any]] = []
         self.logs_dir = logs_dir  # each event is also one line of logs/deployment.log
         self.version = version
-        self.champion: str | None = None  # the version in production, on every log line
+        self.champion = champion  # the version in production, on every log line
 
     def add(self, phase: str, weight: float, event: str, **details: Any) -> None:
         self.events.append(
@@ -101,7 +105,7 @@ class Timeline:
             }
         )
         if self.logs_dir is not None:
-            deployments.log_transition(
+            releases.log_transition(
                 self.logs_dir, f"rollout_{phase}", version=self.version, champion=self.champion,
                 weight=weight, detail=event,
             )  # fmt: skip
@@ -134,31 +138,10 @@ def deploy(
     """Run one rollout of `version` to the end: promoted, or rolled back with the reason."""
     store = rollout.RolloutStore(models_dir / "rollout.json")
     champion = registry.alias_version(client, model_name, "champion")
-    state = store.load()
-    if (
-        state is not None
-        and state.phase == rollout.Phase.AWAITING_APPROVAL
-        and state.candidate_version == str(version)
-    ):
-        rollout.approve(
-            store, detail=f"approved, resumed by run {run_id}", serving_url=settings.serving_url
-        )
-    else:
-        rollout.begin(
-            store,
-            model_name,
-            str(version),
-            champion,
-            settings.steps,
-            run_id,
-            settings.serving_url,
-            approved=True,
-            owner_pid=os.getpid(),
-        )
-    timeline = Timeline(logs_dir, str(version))
-    timeline.champion = champion
+    _begin_or_resume(store, model_name, str(version), champion, settings, run_id)
+    timeline = Timeline(logs_dir, str(version), champion)
     timeline.add("staging", 0, f"rollout of v{version} started (champion: v{champion})")
-    deployments.log_transition(
+    releases.log_transition(
         logs_dir, "rollout_started", version=version, champion=champion, run_id=run_id
     )
     records = [(app_request(r), float(r["rating"])) for _, r in holdout.iterrows()]
@@ -171,104 +154,35 @@ def deploy(
     steps: list[dict[str, Any]] = []
     try:
         smoke_result = staging_and_smoke(
-            root,
-            client,
-            model_name,
-            tracking_uri,
-            version,
-            model,
-            holdout,
-            settings,
-            store,
-            timeline,
-            logs_dir,
-        )
+            root, client, model_name, tracking_uri, version, model, holdout, settings, store,
+            timeline, logs_dir,
+        )  # fmt: skip
         if champion is None:  # first deployment: nothing to compare a canary with
             timeline.add("promoting", 100, "no champion yet: promoted after smoke tests")
         else:
             if prod_url is None:
-                production = ServiceProcess(
-                    root,
-                    model_name,
-                    tracking_uri,
-                    settings.store_url,
-                    admin_token=token,
-                    log_path=logs_dir / "service.log",
-                    models_dir=models_dir,
-                ).start()
+                production = _start_production(
+                    root, model_name, tracking_uri, settings, token, models_dir, logs_dir, store
+                )
                 prod_url = production.url
-                with store.locked():
-                    state = store.load()
-                    state.serving_url = prod_url
-                    store.save(state)
             registry.set_alias(client, model_name, "canary", str(version))  # for status/readers
             _canary_steps(
-                (client, model_name, champion),
-                prod_url,
-                token,
-                version,
-                records,
-                settings,
-                store,
-                timeline,
-                production,
-                sleep,
-                steps,
-            )
+                (client, model_name, champion), prod_url, token, version, records, settings,
+                store, timeline, production, sleep, steps,
+            )  # fmt: skip
         done = promote_rollout(
-            client,
-            model_name,
-            store,
-            str(version),
-            models_dir,
-            logs_dir,
-            prod_url,
-            token,
-            reason=f"rollout passed ({run_id})",
-            metrics={"steps": len(steps)},
-        )
+            client, model_name, store, str(version), models_dir, logs_dir, prod_url, token,
+            reason=f"rollout passed ({run_id})", metrics={"steps": len(steps)},
+        )  # fmt: skip
         timeline.champion = str(version)
         timeline.add("succeeded", 100, done.reason)
         return DeployOutcome(
-            "promoted",
-            str(version),
-            champion,
-            None,
-            timeline.events,
-            smoke_result,
-            steps,
+            "promoted", str(version), champion, None, timeline.events, smoke_result, steps,
             note=done.note,
-        )
+        )  # fmt: skip
     except Exception as exc:  # every failure rolls back; the reason is what went wrong
-        unreachable = False
-        current = store.load()
-        if (
-            current is not None
-            and current.phase == rollout.Phase.PROMOTING
-            and not isinstance(exc, deployments.PromotionUndone)
-        ):  # neither done nor undone: not a rollback; the next run finishes it (or supersedes)
-            try:
-                now = registry.alias_version(client, model_name, "champion")
-            except RegistryUnavailable:
-                now = "unknown (registry unavailable)"  # never a None that claims no champion
-            deployments.log_transition(
-                logs_dir, "promotion_incomplete", version=version, champion=now,
-                reason=f"{type(exc).__name__}: {exc}",
-            )  # fmt: skip
-            raise
-        stopped = rollout.stop_requested(store)  # whatever surfaced first, a stop is a stop
-        if isinstance(exc, rollout.RolloutStopped) or stopped is not None:
-            reason = str(exc if stopped is None else rollout.RolloutStopped(stopped))
-        elif isinstance(exc, RoutingChanged):
-            reason = f"the canary's routing was changed outside this rollout: {exc}"
-        elif isinstance(exc, RolloutFailed):
-            reason = str(exc)
-        elif isinstance(exc, RegistryUnavailable):
-            reason = f"registry outage at canary weight {_current_weight(store)}%: {exc}"
-        elif unreachable := _is_transport_error(exc):
-            reason = f"production service at {prod_url} unreachable: {type(exc).__name__}: {exc}"
-        else:
-            reason = f"{type(exc).__name__}: {exc}"
+        _promotion_left_open(exc, client, model_name, store, logs_dir, version)
+        reason, note = _rollback_reason(exc, store, prod_url)
         outage = exc if isinstance(exc, RegistryUnavailable) else None
         try:
             roll_back_rollout(
@@ -281,24 +195,112 @@ def deploy(
             raise
         if outage is not None:
             raise outage from exc
-        undone = isinstance(exc, deployments.PromotionUndone)  # a fault, not a failed canary
         return DeployOutcome(
-            "rolled_back",
-            str(version),
-            champion,
-            reason,
-            timeline.events,
-            smoke_result,
-            steps,
-            note=f"promotion failed and was undone everywhere: {exc}"
-            if undone
-            else reason
-            if unreachable
-            else None,  # an outage, not a verdict on the model
-        )
+            "rolled_back", str(version), champion, reason, timeline.events, smoke_result, steps,
+            note=note,
+        )  # fmt: skip
     finally:
         if production is not None:
             production.stop()
+
+
+def _begin_or_resume(
+    store: rollout.RolloutStore,
+    model_name: str,
+    version: str,
+    champion: str | None,
+    settings: DeploySettings,
+    run_id: str,
+) -> None:
+    """Resume the rollout a person approved (it waited for this version), or begin a new one."""
+    state = store.load()
+    if (
+        state is not None
+        and state.phase == rollout.Phase.AWAITING_APPROVAL
+        and state.candidate_version == version
+    ):
+        rollout.approve(
+            store, detail=f"approved, resumed by run {run_id}", serving_url=settings.serving_url
+        )
+        return
+    rollout.begin(
+        store, model_name, version, champion, settings.steps, run_id, settings.serving_url,
+        approved=True, owner_pid=os.getpid(),
+    )  # fmt: skip
+
+
+def _start_production(
+    root: Path,
+    model_name: str,
+    tracking_uri: str,
+    settings: DeploySettings,
+    token: str,
+    models_dir: Path,
+    logs_dir: Path,
+    store: rollout.RolloutStore,
+) -> ServiceProcess:
+    """No production service is configured: start one for this rollout, and say where it is in
+    rollout.json (an operator's stop and the next run's recovery reach it there)."""
+    production = ServiceProcess(
+        root, model_name, tracking_uri, settings.store_url, admin_token=token,
+        log_path=logs_dir / "service.log", models_dir=models_dir,
+    ).start()  # fmt: skip
+    with store.locked():
+        state = store.load()
+        state.serving_url = production.url
+        store.save(state)
+    return production
+
+
+def _promotion_left_open(
+    exc: Exception,
+    client: Any,
+    model_name: str,
+    store: rollout.RolloutStore,
+    logs_dir: Path,
+    version: str,
+) -> None:
+    """A failure during `promoting` (other than a promotion undone everywhere) is neither done
+    nor undone: it is not a rollback. Log it and re-raise; the next run finishes it (or
+    supersedes it)."""
+    current = store.load()
+    if (
+        current is None
+        or current.phase != rollout.Phase.PROMOTING
+        or isinstance(exc, releases.PromotionUndone)
+    ):
+        return
+    try:
+        now = registry.alias_version(client, model_name, "champion")
+    except RegistryUnavailable:
+        now = "unknown (registry unavailable)"  # never a None that claims no champion
+    releases.log_transition(
+        logs_dir, "promotion_incomplete", version=version, champion=now,
+        reason=f"{type(exc).__name__}: {exc}",
+    )  # fmt: skip
+    raise exc
+
+
+def _rollback_reason(
+    exc: Exception, store: rollout.RolloutStore, prod_url: str | None
+) -> tuple[str, str | None]:
+    """Why the rollout rolls back, and the outcome's note when the cause is a fault (a promotion
+    undone, an unreachable service), not a verdict on the model."""
+    stopped = rollout.stop_requested(store)  # whatever surfaced first, a stop is a stop
+    if isinstance(exc, rollout.RolloutStopped) or stopped is not None:
+        return str(exc if stopped is None else rollout.RolloutStopped(stopped)), None
+    if isinstance(exc, RoutingChanged):
+        return f"the canary's routing was changed outside this rollout: {exc}", None
+    if isinstance(exc, releases.PromotionUndone):
+        return f"{type(exc).__name__}: {exc}", f"promotion failed and was undone everywhere: {exc}"
+    if isinstance(exc, RolloutFailed):
+        return str(exc), None
+    if isinstance(exc, RegistryUnavailable):
+        return f"registry outage at canary weight {_current_weight(store)}%: {exc}", None
+    if _is_transport_error(exc):
+        reason = f"production service at {prod_url} unreachable: {type(exc).__name__}: {exc}"
+        return reason, reason
+    return f"{type(exc).__name__}: {exc}", None
 
 
 def _is_transport_error(exc: BaseException) -> bool:

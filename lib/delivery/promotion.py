@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lib import registry
-from lib.delivery import releases as deployments
-from lib.delivery import rollout
+from lib.delivery import releases, rollout
 from lib.delivery.faults import fault_point
 from lib.delivery.service_control import (
     SERVICE_RELOADED,
@@ -72,11 +71,11 @@ def promote_rollout(
     baseline = {
         "champion": registry.alias_version(client, model_name, "champion"),
         "previous": registry.alias_version(client, model_name, "previous"),
-        "records": len(deployments.history(models_dir)),
+        "records": len(releases.history(models_dir)),
     }
     rollout.advance(store, rollout.Phase.PROMOTING, detail="all checks passed", promotion=baseline)
     fault_point("after_promoting_write")
-    result = deployments.promote(
+    result = releases.promote(
         client,
         model_name,
         version,
@@ -130,7 +129,7 @@ def roll_back_rollout(
         except Exception as exc:  # the lease drops the canary anyway; say so and go on
             log.warning("could not set the canary weight to 0 on %s: %s", prod_url, exc)
     try:
-        deployments.abort_canary(client, model_name, logs_dir, reason, str(version), models_dir)
+        releases.abort_canary(client, model_name, logs_dir, reason, str(version), models_dir)
     except RegistryUnavailable as exc:
         # rollout.json is local: it says what happened; the aliases and the deployments.json
         # record need the registry (a record without the real champion would lie) and are left
@@ -176,7 +175,7 @@ def changed_since_promotion(
     before = base.get("champion", state.champion_version)
     before = None if before is None else str(before)
     candidate = state.candidate_version
-    records = deployments.history(models_dir)
+    records = releases.history(models_dir)
     count = base.get("records")
     if isinstance(count, int):
         if count > len(records):
@@ -226,7 +225,7 @@ def recover_interrupted(
         base = state.promotion or {}
         url = state.serving_url
         try:
-            result = deployments.promote(
+            result = releases.promote(
                 client,
                 model_name,
                 version,
@@ -236,7 +235,7 @@ def recover_interrupted(
                 reload=None if not url else (lambda: reload_champion(url, token, version)),
                 before=base if "champion" in base else None,
             )
-        except deployments.PromotionUndone as exc:
+        except releases.PromotionUndone as exc:
             reason = f"interrupted promotion of v{version} could not be finished: {exc}"
             roll_back_rollout(
                 client, model_name, store, logs_dir, models_dir, version, reason, url, token
@@ -295,7 +294,7 @@ def _supersede(
             set_routing(state.serving_url, token, None, 0)
         except Exception as exc:  # the lease drops the canary anyway; say so and go on
             log.warning("could not set the canary weight to 0 on %s: %s", state.serving_url, exc)
-    record = deployments.abort_canary(
+    record = releases.abort_canary(
         client, model_name, logs_dir, reason, version, models_dir, event="rollout_superseded"
     )
     rollout.finish(store, rollout.Phase.SUPERSEDED, reason)
@@ -316,11 +315,11 @@ def _finish_registry_cleanup(
     if state.phase not in (rollout.Phase.ROLLED_BACK, rollout.Phase.SUPERSEDED):
         return None
     version = state.candidate_version
-    aliases = (deployments.CANARY, deployments.STAGING)
+    aliases = (releases.CANARY, releases.STAGING)
     if all(registry.alias_version(client, model_name, a) != version for a in aliases):
         return None
     reason = f"registry cleanup after a rollout ended without the registry: {state.reason}"
-    record = deployments.abort_canary(client, model_name, logs_dir, reason, version, models_dir)
+    record = releases.abort_canary(client, model_name, logs_dir, reason, version, models_dir)
     removed = ", ".join(record["aliases_removed"]) or "nothing"
     return Recovery(
         "rolled_back",
@@ -357,7 +356,7 @@ def _reload_missed(
         log.warning("service at %s still not reloaded: %s", url, exc)
         return None
     rollout.note_promotion(store, service=SERVICE_RELOADED)
-    deployments.record_service_reload(models_dir, logs_dir, model_name, version, url)
+    releases.record_service_reload(models_dir, logs_dir, model_name, version, url)
     return Recovery(
         "promoted",
         version,
@@ -403,7 +402,7 @@ def reconcile_services(
             log.warning("%s; reload failed: %s", what, exc)
             said.append(f"{what}; reload failed ({type(exc).__name__}), the next run retries")
             continue
-        deployments.record_service_reload(
+        releases.record_service_reload(
             models_dir, logs_dir, model_name, champion, url, reason=f"{what}: reloaded"
         )
         said.append(f"{what}: reloaded, it serves v{champion} now")

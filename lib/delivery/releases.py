@@ -273,6 +273,49 @@ def _exists(client: Any, model_name: str, version: str) -> bool:
 # ---------------------------------------------------------------------------- promote
 
 
+def _move_aliases_to(
+    client: Any, model_name: str, version: str, old: str | None, already: bool
+) -> list[str]:
+    """Unless `version` is the champion `already`: `previous` to the old champion (when there
+    is one), then `champion` to `version`. The rollout's `canary` and `staging` aliases go.
+    Returns the aliases removed."""
+    if not already:
+        if old is not None:
+            registry.set_alias(client, model_name, PREVIOUS, old)
+        registry.set_alias(client, model_name, CHAMPION, version)
+    removed = []
+    for alias in (CANARY, STAGING):
+        pointed = registry.alias_version(client, model_name, alias)
+        if pointed is None or (alias == STAGING and pointed != version):
+            continue
+        if pointed != version:
+            log.warning("canary alias pointed at v%s while promoting v%s", pointed, version)
+        _delete_alias(client, model_name, alias)
+        removed.append(alias)
+    return removed
+
+
+def _last_is_promotion_of(records: list[dict[str, Any]], version: str, service: Any) -> bool:
+    """The last record already promotes `version` (with this service outcome, when known)."""
+    last = records[-1] if records else {}
+    return (
+        last.get("event") == "promote"
+        and str(last.get("version")) == version
+        and (service is None or last.get("service") == service)
+    )
+
+
+def _undo_target(
+    before: dict[str, Any] | None, version: str, old: str | None, old_previous: str | None
+) -> tuple[str | None, str | None] | None:
+    """Where a failed promotion puts (champion, previous) back: what production was before the
+    rollout when the caller knows it, else what the registry says now. None when `version` is
+    champion already and nothing earlier is known: only the files and records are completed."""
+    if before is not None and str(before.get("champion")) != version:
+        return before.get("champion"), before.get("previous")
+    return None if old == version else (old, old_previous)
+
+
 def promote(
     client: Any,
     model_name: str,
@@ -302,31 +345,12 @@ def promote(
     old = registry.alias_version(client, model_name, CHAMPION)
     old_previous = registry.alias_version(client, model_name, PREVIOUS)
     already = old == version
-    if before is not None and str(before.get("champion")) != version:
-        undo_to = (before.get("champion"), before.get("previous"))
-    elif already:
-        undo_to = None  # nothing known to go back to: only the files and records are completed
-    else:
-        undo_to = (old, old_previous)
+    undo_to = _undo_target(before, version, old, old_previous)
     at = _now()
 
     # 2. registry: previous before champion, so the old champion is never lost
-    if already:
-        previous = old_previous
-    else:
-        previous = old
-        if old is not None:
-            registry.set_alias(client, model_name, PREVIOUS, old)
-        registry.set_alias(client, model_name, CHAMPION, version)
-    removed = []
-    for alias in (CANARY, STAGING):
-        pointed = registry.alias_version(client, model_name, alias)
-        if pointed is None or (alias == STAGING and pointed != version):
-            continue
-        if pointed != version:
-            log.warning("canary alias pointed at v%s while promoting v%s", pointed, version)
-        _delete_alias(client, model_name, alias)
-        removed.append(alias)
+    previous = old_previous if already else old
+    removed = _move_aliases_to(client, model_name, version, old, already)
     fault_point("after_alias_move")
 
     # 3. files: archive the old mirror, then swap the new one in; undo everything if that fails
@@ -336,12 +360,9 @@ def promote(
         if production_version(models_dir) != version:
             archived = _archive_production(models_dir, at)
             metadata = {
-                "model_name": model_name,
-                "version": version,
-                "run_id": info.run_id,
-                "promoted_at": _iso(at),
-                "reason": reason,
-            }
+                "model_name": model_name, "version": version, "run_id": info.run_id,
+                "promoted_at": _iso(at), "reason": reason,
+            }  # fmt: skip
             _swap_production(models_dir, model, metadata)
     except Exception as exc:
         raise _undo_promotion(
@@ -355,26 +376,12 @@ def promote(
     fault_point("after_service_reload")
 
     # 5. record and log (once: a re-run after a crash does not duplicate the record)
-    last = records[-1] if records else {}
     record = {
-        "event": "promote",
-        "model": model_name,
-        "version": version,
-        "champion_version": version,
-        "previous_version": previous,
-        "at": _iso(at),
-        "reason": reason,
-        "metrics": metrics,
-        "run_id": info.run_id,
-        "service": service,
-    }
-    repeat = (
-        already
-        and last.get("event") == "promote"
-        and str(last.get("version")) == version
-        and (service is None or last.get("service") == service)
-    )
-    if not repeat:
+        "event": "promote", "model": model_name, "version": version, "champion_version": version,
+        "previous_version": previous, "at": _iso(at), "reason": reason, "metrics": metrics,
+        "run_id": info.run_id, "service": service,
+    }  # fmt: skip
+    if not (already and _last_is_promotion_of(records, version, service)):
         _append_record(models_dir, records, record)
     log_transition(
         logs_dir, "promote", model=model_name, version=version, champion=version,
@@ -382,14 +389,12 @@ def promote(
         **({"note": "already champion"} if already else {}),
     )  # fmt: skip
     return {
-        **record,
-        "already_champion": already,
-        "aliases_removed": removed,
+        **record, "already_champion": already, "aliases_removed": removed,
         "production_dir": str(models_dir / PRODUCTION_DIR),
         "archived": None if archived is None else str(archived),
         "pruned": [str(p) for p in pruned if not p.name.startswith(".")],
         "service_reloaded": None if service is None else service == SERVICE_RELOADED,
-    }
+    }  # fmt: skip
 
 
 def _undo_promotion(
@@ -465,6 +470,62 @@ def _last_is_rollback_of(records: list[dict[str, Any]], bad: str) -> bool:
     return last.get("event") == "rollback" and str(last.get("rolled_back_version")) == bad
 
 
+def _restore_production(
+    models_dir: Path, target: str, copy: Path | None, model: Any, metadata: dict[str, Any]
+) -> str:
+    """models/production serves `target` again: from its kept copy, else a fresh mirror from the
+    registry (`model`). Returns where it came from ("unchanged" when it already did)."""
+    if production_version(models_dir) == target:
+        source = "unchanged"
+    elif copy is not None:
+        _restore_copy(models_dir, copy, metadata)
+        source = str(copy)
+    else:
+        registry.save_local_copy(model, models_dir / PRODUCTION_DIR, metadata)
+        source = "registry"
+    _prune_previous(models_dir)
+    return source
+
+
+def _what_to_roll_back(
+    model_name: str,
+    models_dir: Path,
+    records: list[dict[str, Any]],
+    champion: str | None,
+    previous: str | None,
+    version: str | None,
+) -> tuple[str, str] | None:
+    """(the version rolled back, the one restored); None when the rollback of `version` is
+    complete already. An interrupted rollback of `version` is resumed; NothingToRollBack
+    (nothing changed) when there is no earlier champion."""
+    if version is not None and champion is not None and champion != version:
+        meta = production_metadata(models_dir) or {}
+        files_pending = str(meta.get("version")) == version
+        record_pending = str(meta.get("rolled_back_version")) == version and not (
+            _last_is_rollback_of(records, version)
+        )
+        if not files_pending and not record_pending:
+            if _last_is_rollback_of(records, version):
+                return None
+            raise NothingToRollBack(
+                f"{model_name} v{version} is not the champion (the champion is v{champion}) and "
+                "no interrupted rollback of it was found: nothing to roll back; nothing was changed"
+            )
+        return version, champion
+    if champion is None:
+        raise NothingToRollBack(
+            f"{model_name} has no champion: nothing to roll back; nothing was changed"
+        )
+    if previous is None or previous == champion:
+        seen = "is not set" if previous is None else f"also points at v{champion}"
+        raise NothingToRollBack(
+            f"cannot roll back {model_name} v{champion}: the `previous` alias {seen}, so "
+            "there is no earlier champion to return to; nothing was changed. Put a known "
+            'good version back with: python runner.py promote <version> --reason "..."'
+        )
+    return champion, previous
+
+
 def rollback(
     client: Any,
     model_name: str,
@@ -489,35 +550,11 @@ def rollback(
     previous = registry.alias_version(client, model_name, PREVIOUS)
     version = None if version is None else str(version)
 
-    resume = version is not None and champion is not None and champion != version
-    if resume:
-        meta = production_metadata(models_dir) or {}
-        files_pending = str(meta.get("version")) == version
-        record_pending = str(meta.get("rolled_back_version")) == version and not (
-            _last_is_rollback_of(records, version)
-        )
-        if not files_pending and not record_pending:
-            if _last_is_rollback_of(records, version):
-                log.info("rollback of %s v%s already complete", model_name, version)
-                return {**records[-1], "already_done": True}
-            raise NothingToRollBack(
-                f"{model_name} v{version} is not the champion (the champion is v{champion}) and "
-                "no interrupted rollback of it was found: nothing to roll back; nothing was changed"
-            )
-        bad, target = version, champion
-    else:
-        if champion is None:
-            raise NothingToRollBack(
-                f"{model_name} has no champion: nothing to roll back; nothing was changed"
-            )
-        if previous is None or previous == champion:
-            seen = "is not set" if previous is None else f"also points at v{champion}"
-            raise NothingToRollBack(
-                f"cannot roll back {model_name} v{champion}: the `previous` alias {seen}, so "
-                "there is no earlier champion to return to; nothing was changed. Put a known "
-                'good version back with: python runner.py promote <version> --reason "..."'
-            )
-        bad, target = champion, previous
+    pair = _what_to_roll_back(model_name, models_dir, records, champion, previous, version)
+    if pair is None:
+        log.info("rollback of %s v%s already complete", model_name, version)
+        return {**records[-1], "already_done": True}
+    bad, target = pair
 
     # 1. read everything first
     target_info = _version_info(client, model_name, target)
@@ -545,40 +582,19 @@ def rollback(
     # 3. files: the kept copy of the restored version, or a fresh mirror from the registry
     old_meta = (copy is not None and _read_metadata(copy)) or {}
     metadata = {
-        "model_name": model_name,
-        "version": target,
-        "run_id": target_info.run_id,
-        "promoted_at": old_meta.get("promoted_at"),
-        "restored_at": _iso(at),
-        "rolled_back_version": bad,
-        "reason": reason,
-    }
-    if production_version(models_dir) != target:
-        if copy is not None:
-            _restore_copy(models_dir, copy, metadata)
-            source = str(copy)
-        else:
-            registry.save_local_copy(model, models_dir / PRODUCTION_DIR, metadata)
-            source = "registry"
-    else:
-        source = "unchanged"
-    _prune_previous(models_dir)
+        "model_name": model_name, "version": target, "run_id": target_info.run_id,
+        "promoted_at": old_meta.get("promoted_at"), "restored_at": _iso(at),
+        "rolled_back_version": bad, "reason": reason,
+    }  # fmt: skip
+    source = _restore_production(models_dir, target, copy, model, metadata)
 
     # 4. the service, then record and log
     service = reload_with_retries(reload)
     record = {
-        "event": "rollback",
-        "model": model_name,
-        "version": target,
-        "champion_version": target,
-        "previous_version": bad,
-        "rolled_back_version": bad,
-        "new_previous": older,
-        "at": _iso(at),
-        "reason": reason,
-        "metrics": None,
-        "service": service,
-    }
+        "event": "rollback", "model": model_name, "version": target, "champion_version": target,
+        "previous_version": bad, "rolled_back_version": bad, "new_previous": older,
+        "at": _iso(at), "reason": reason, "metrics": None, "service": service,
+    }  # fmt: skip
     if not _last_is_rollback_of(records, bad):
         _append_record(models_dir, records, record)
     log_transition(

@@ -228,26 +228,21 @@ def run_backtest(batches: TimeBatches, settings: BacktestSettings | None = None)
         cand_hold = (candidate.proba, np.asarray(candidate.labels).astype(int))
         ref_hold = production.answers(X_hold, y_train)
         decision, improvement = policy_decision(
-            y_hold,
-            cand_hold,
-            ref_hold,
-            candidate.cv_std(settings.metric),
-            settings.table,
-            settings.metric,
-            production.label,
-        )
+            y_hold, cand_hold, ref_hold, candidate.cv_std(settings.metric), settings.table,
+            settings.metric, production.label,
+        )  # fmt: skip
         new = _Served(k, candidate, train_idx)
         if first is None:
             first = new
 
-        noise_verdicts: dict[str, str] = {}
-        if settings.noise:
-            runs = _noise_runs(
+        runs = (
+            _noise_runs(
                 k, data, train_idx, test_idx, production, ref_hold, settings, candidate.name
             )
-            for run in runs:
-                noise.append(run)
-                noise_verdicts[run.kind] = run.verdict
+            if settings.noise
+            else []
+        )
+        noise.extend(runs)
 
         before = production.answers(X_batch, y_train)
         cand_batch = new.answers(X_batch, y_train)
@@ -261,52 +256,39 @@ def run_backtest(batches: TimeBatches, settings: BacktestSettings | None = None)
             "always": cand_batch,
             "never": first.answers(X_batch, y_train),
         }
-        share = float(max(y_batch.mean(), 1.0 - y_batch.mean())) if len(y_batch) else np.nan
+        first_row, last_row = batches.span(batch_idx)
         steps.append(
             Step(
-                step=k,
-                batch_first=batches.span(batch_idx)[0],
-                batch_last=batches.span(batch_idx)[1],
-                seen_rows=len(seen),
-                holdout_rows=len(test_idx),
-                batch_rows=len(batch_idx),
+                step=k, batch_first=first_row, batch_last=last_row, seen_rows=len(seen),
+                holdout_rows=len(test_idx), batch_rows=len(batch_idx),
                 holdout_seen_by_reference=len(np.intersect1d(test_idx, reference_rows)),
-                candidate=candidate.name,
-                reference=reference_label,
-                verdict=decision.verdict,
-                score=int(decision.score),
-                improvement=improvement,
-                future=future,
-                truth=truth,
-                production=production.label,
-                accuracy={
-                    **{s: _accuracy(y_batch, served[s][1]) for s in STRATEGIES},
-                    "majority_share": share,
-                },
-                roc_auc={s: _roc_auc(y_batch, served[s][0]) for s in STRATEGIES},
-                noise=noise_verdicts,
-                seconds=time.perf_counter() - step_started,
-                batch_idx=np.asarray(batch_idx),
-                served={s: np.asarray(served[s][1]).astype(int) for s in STRATEGIES},
+                candidate=candidate.name, reference=reference_label, verdict=decision.verdict,
+                score=int(decision.score), improvement=improvement, future=future, truth=truth,
+                production=production.label, noise={run.kind: run.verdict for run in runs},
+                seconds=time.perf_counter() - step_started, batch_idx=np.asarray(batch_idx),
+                **_batch_scores(y_batch, served),
             )
-        )
+        )  # fmt: skip
         log.info(
             "step %d: %s (score %d) vs %s; on the next batch the candidate is %s (%.0fs)",
-            k,
-            decision.verdict,
-            decision.score,
-            reference_label,
-            truth,
-            steps[-1].seconds,
-        )
-    return BacktestResult(
-        settings,
-        steps,
-        noise,
-        time.perf_counter() - started,
-        len(batches.initial),
-        batches.span(batches.initial),
-    )
+            k, decision.verdict, decision.score, reference_label, truth, steps[-1].seconds,
+        )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    initial = batches.initial
+    return BacktestResult(settings, steps, noise, elapsed, len(initial), batches.span(initial))
+
+
+def _batch_scores(y_batch: np.ndarray, served: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """Each strategy's accuracy and ROC-AUC on the batch it served, and its served labels."""
+    share = float(max(y_batch.mean(), 1.0 - y_batch.mean())) if len(y_batch) else np.nan
+    return {
+        "accuracy": {
+            **{s: _accuracy(y_batch, served[s][1]) for s in STRATEGIES},
+            "majority_share": share,
+        },
+        "roc_auc": {s: _roc_auc(y_batch, served[s][0]) for s in STRATEGIES},
+        "served": {s: np.asarray(served[s][1]).astype(int) for s in STRATEGIES},
+    }
 
 
 def _train(

@@ -142,38 +142,19 @@ def decide(
     if table.gate.enabled and gate is not None:
         gate_reasons, gate_passed = _gate_reasons(table.gate, gate)
 
+    improved = f"{label} {improvement.estimate:+.4f}{_interval(improvement, signed=True)}"
     reasons = [
         _band_reason(
-            "improvement",
-            table.improvement,
-            improvement,
-            on_lower,
-            f"{label} {improvement.estimate:+.4f}{_interval(improvement, signed=True)} "
-            f"vs {baseline_label}",
-            signed=True,
+            "improvement", table.improvement, improvement, on_lower,
+            f"{improved} vs {baseline_label}", signed=True,
         ),
         _band_reason(
-            "absolute",
-            table.absolute,
-            value,
-            on_lower,
+            "absolute", table.absolute, value, on_lower,
             f"candidate {label} {value.estimate:.4f}{_interval(value, signed=False)}",
             signed=False,
         ),
-    ]
-    stable = round(cv_std, COMPARE_DECIMALS) <= table.max_cv_std
-    rule = f"{LE if stable else '>'} {fmt_threshold(table.max_cv_std)}"
-    points = table.stability_points if stable else 0
-    reasons.append(
-        Reason(
-            "stability",
-            cv_std,
-            rule,
-            points,
-            f"CV std of {label} {cv_std:.4f} {rule} ({'stable' if stable else 'unstable'}) "
-            f"{TO} {points:+d}",
-        )
-    )
+        _stability_reason(cv_std, table, label),
+    ]  # fmt: skip
 
     score = sum(r.points for r in reasons)
     verdict = table.verdict_for(score)
@@ -184,26 +165,8 @@ def decide(
         if guard is not None:
             verdict = "manual"
             reasons.append(guard)
-    if not table.gate.enabled:
-        gate_reasons = [
-            Reason(
-                "gate",
-                math.nan,
-                "disabled",
-                0,
-                "gate disabled in the configuration (gate.enabled: false): no-skill and "
-                "majority-answer checks not made",
-            )
-        ]
-    elif gate is None:
-        text = (
-            "gate not evaluated: no evidence given (ROC-AUC interval, served-label accuracy, "
-            "majority share), so no automatic deployment"
-        )
-        if verdict == "auto":
-            verdict = "manual"
-            text += f": verdict capped from auto to manual although the score is {score}"
-        gate_reasons = [Reason("gate", math.nan, "not evaluated", 0, text)]
+    if not table.gate.enabled or gate is None:
+        gate_reasons, verdict = _gate_not_made(table.gate.enabled, verdict, score)
 
     decision = Decision(
         score=score,
@@ -222,6 +185,40 @@ def decide(
     for reason in decision.reasons:
         logger.debug("  %s", reason.text)
     return decision
+
+
+def _stability_reason(cv_std: float, table: ScoreTable, label: str) -> Reason:
+    """Points for a cross-validation spread at most the table's `max_cv_std`."""
+    stable = round(cv_std, COMPARE_DECIMALS) <= table.max_cv_std
+    rule = f"{LE if stable else '>'} {fmt_threshold(table.max_cv_std)}"
+    points = table.stability_points if stable else 0
+    return Reason(
+        "stability",
+        cv_std,
+        rule,
+        points,
+        f"CV std of {label} {cv_std:.4f} {rule} ({'stable' if stable else 'unstable'}) "
+        f"{TO} {points:+d}",
+    )
+
+
+def _gate_not_made(enabled: bool, verdict: str, score: int) -> tuple[list[Reason], str]:
+    """The gate's line when it was not evaluated: disabled by configuration, or no evidence
+    given (then an `auto` verdict is capped to `manual`: no automatic deployment unchecked)."""
+    if not enabled:
+        text = (
+            "gate disabled in the configuration (gate.enabled: false): no-skill and "
+            "majority-answer checks not made"
+        )
+        return [Reason("gate", math.nan, "disabled", 0, text)], verdict
+    text = (
+        "gate not evaluated: no evidence given (ROC-AUC interval, served-label accuracy, "
+        "majority share), so no automatic deployment"
+    )
+    if verdict == "auto":
+        verdict = "manual"
+        text += f": verdict capped from auto to manual although the score is {score}"
+    return [Reason("gate", math.nan, "not evaluated", 0, text)], verdict
 
 
 def _finite_input(name: str, x: Any) -> float:

@@ -156,6 +156,18 @@ def _names(rng: np.random.Generator, categories: np.ndarray, ids: np.ndarray) ->
     return names
 
 
+def _rating_text(rng: np.random.Generator, score: np.ndarray, reviews: np.ndarray) -> np.ndarray:
+    """The `Rating` column from the latent score: noisier with few reviews (a handful of votes
+    makes the average erratic), empty for unrated apps (no or very few reviews; features only)."""
+    m = len(score)
+    noise_sd = NOISE_SD * (1.0 + 1.5 / np.sqrt(reviews + 1))
+    score = score + rng.normal(0.0, 1.0, m) * noise_sd
+    rating = np.clip(5.05 - np.exp(_R_LOG_SCALE - _R_SLOPE * score), 1.0, 5.0)
+    rating = np.round(rating, 1)
+    unrated = (reviews == 0) | ((reviews < 20) & (rng.random(m) < 0.2)) | (rng.random(m) < 0.02)
+    return np.where(unrated, "", np.char.mod("%.1f", rating))
+
+
 def _generate(n: int, seed: int, start_id: int, share_repeated: float) -> pd.DataFrame:
     """Generate n listings; `share_repeated` of them repeat an earlier app of the same batch."""
     if n < 0:
@@ -202,41 +214,14 @@ def _generate(n: int, seed: int, start_id: int, share_repeated: float) -> pd.Dat
         + np.where(varies, 0.15, np.where(big_is_good, 0.25, -0.2) * log_size)
         + 0.2
     )
-    # Few reviews: a handful of votes makes the average erratic.
-    noise_sd = NOISE_SD * (1.0 + 1.5 / np.sqrt(reviews + 1))
-    score = score + rng.normal(0.0, 1.0, m) * noise_sd
-    rating = np.clip(5.05 - np.exp(_R_LOG_SCALE - _R_SLOPE * score), 1.0, 5.0)
-    rating = np.round(rating, 1)
-    # Unrated apps: no reviews yet, or very few (depends on features only).
-    unrated = (reviews == 0) | ((reviews < 20) & (rng.random(m) < 0.2)) | (rng.random(m) < 0.02)
-    rating_text = np.where(unrated, "", np.char.mod("%.1f", rating))
+    rating_text = _rating_text(rng, score, reviews)
 
-    updated = SCRAPE_DATE - age_days.astype("timedelta64[D]")
-    stamp = pd.DatetimeIndex(updated)
-    dates = [
-        f"{month} {day}, {year}"
-        for month, day, year in zip(
-            _MONTHS[stamp.month.to_numpy() - 1].tolist(),
-            stamp.day.tolist(),
-            stamp.year.tolist(),
-            strict=True,
-        )
-    ]
-
+    dates = _update_dates(age_days)
     genres = [
         _CATEGORIES[c][2][int(u * len(_CATEGORIES[c][2]))]
         for c, u in zip(categories.tolist(), rng.random(m).tolist(), strict=True)
     ]
-    major = rng.integers(1, 9, m)
-    minor = rng.integers(0, 10, m)
-    patch = rng.integers(0, 20, m)
-    three_part = rng.random(m) < 0.5
-    versions = [
-        f"{a}.{b}.{c}" if t else f"{a}.{b}"
-        for a, b, c, t in zip(
-            major.tolist(), minor.tolist(), patch.tolist(), three_part.tolist(), strict=True
-        )
-    ]
+    versions = _versions(rng, m)
     android = np.array(_ANDROID)[_pick(rng, m, _ANDROID_SHARES)]
 
     frame = pd.DataFrame(
@@ -259,9 +244,38 @@ def _generate(n: int, seed: int, start_id: int, share_repeated: float) -> pd.Dat
     )
     if n_repeat == 0:
         return frame.astype(str)
+    return _with_repeats(rng, frame, n_repeat)
 
-    # Repeated listings appear later in the file than the original: half identical rows (scraped
-    # twice), half the same app under another category with a few more reviews.
+
+def _update_dates(age_days: np.ndarray) -> list[str]:
+    """`Last Updated` as the Play Store writes it ("January 7, 2018"), `age_days` before the
+    scrape."""
+    stamp = pd.DatetimeIndex(SCRAPE_DATE - age_days.astype("timedelta64[D]"))
+    months = _MONTHS[stamp.month.to_numpy() - 1].tolist()
+    return [
+        f"{month} {day}, {year}"
+        for month, day, year in zip(months, stamp.day.tolist(), stamp.year.tolist(), strict=True)
+    ]
+
+
+def _versions(rng: np.random.Generator, m: int) -> list[str]:
+    """`Current Ver` strings: half major.minor.patch, half major.minor."""
+    major = rng.integers(1, 9, m)
+    minor = rng.integers(0, 10, m)
+    patch = rng.integers(0, 20, m)
+    three_part = rng.random(m) < 0.5
+    return [
+        f"{a}.{b}.{c}" if t else f"{a}.{b}"
+        for a, b, c, t in zip(
+            major.tolist(), minor.tolist(), patch.tolist(), three_part.tolist(), strict=True
+        )
+    ]
+
+
+def _with_repeats(rng: np.random.Generator, frame: pd.DataFrame, n_repeat: int) -> pd.DataFrame:
+    """Repeated listings appear later in the file than the original: half identical rows (scraped
+    twice), half the same app under another category with a few more reviews."""
+    m = len(frame)
     source = rng.integers(0, m, n_repeat)
     repeats = frame.iloc[source].reset_index(drop=True)
     moved = rng.random(n_repeat) < 0.5
