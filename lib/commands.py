@@ -73,31 +73,26 @@ def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: E
 
 
 def cmd_store_recover(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
-    """`store-recover`: write the rows a dead service answered but did not store (its journal
-    segments beside the prediction store), then exit. The service does the same when it starts
-    on the store; readers (canary analysis, 06 monitor) never do. A running service's own
-    segments are left alone. Exit 1 when a segment could not be replayed (kept for later)."""
+    """`store-recover`: nothing of ours to replay any more (the service answers a prediction
+    only once it is committed, and SQLite recovers its own write-ahead log when the database is
+    next opened); for SQLite it checkpoints the log into the database file. Exit 1 when another
+    connection kept the log busy (run it again)."""
     from lib.serving.prediction_store import PredictionStore
 
     url = cfg.resolved_store_url(root)
-    store = PredictionStore(url)  # opening the writer replays the orphaned segments
+    store = PredictionStore(url)
     try:
-        done, journal = store.recovery(), store.journal_dir
+        done = store.checkpoint()
     finally:
         store.close()
-    if journal is None:
-        echo(f"store {redact_url(url)}: no journal beside it (not a SQLite file): nothing to do")
+    head = f"store {redact_url(url)}: every answered prediction was committed"
+    if done is None:
+        echo(f"{head} before its answer: nothing to recover")
         return 0
-    echo(
-        f"store {redact_url(url)}: {done['recovered']} row(s) recovered, {done['lost']} lost "
-        f"(unreadable or refused), from {journal}"
-    )
-    if done["segments_kept"]:
-        echo(
-            f"{done['segments_kept']} journal segment(s) not replayed (the database failed, see "
-            "the log): kept; run store-recover again once the database answers"
-        )
+    if not done:
+        echo(f"{head}; SQLite's write-ahead log is busy (another connection): run again later")
         return 1
+    echo(f"{head}; SQLite recovered its write-ahead log by itself, now checkpointed into the file")
     return 0
 
 
