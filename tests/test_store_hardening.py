@@ -312,13 +312,16 @@ def test_rows_the_database_keeps_failing_on_are_not_answered_as_stored(
 def test_a_prediction_the_store_cannot_record_is_503(client: TestClient) -> None:  # noqa: F811
     store = _service(client).store
     store._queue._write = lambda rows: (0, rows)  # the database fails on every row
-    requests_before = _metric(client, "model_requests_total")
+    def metric(name: str) -> float:
+        return _metric(client.get("/metrics").text, name)
+
+    requests_before = metric("model_requests_total")
     resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "unrecorded"})
     assert resp.status_code == 503, resp.text
     assert "not recorded" in resp.json()["detail"] and resp.json()["request_id"] == "unrecorded"
-    assert _metric(client, "model_requests_total") == requests_before  # no answer was given
-    assert _metric(client, "model_unavailable_requests_total") == 1
-    assert _metric(client, "model_store_rows_failed_total") == 1
+    assert metric("model_requests_total") == requests_before  # no answer was given
+    assert metric("model_unavailable_requests_total") == 1
+    assert metric("model_store_rows_failed_total") == 1
     assert not store.is_pending("unrecorded") and store.claim(["unrecorded"]) is None
 
 
