@@ -7,7 +7,7 @@
     python runner.py serve                 # the model service (champion + canary)
     python runner.py status | rollback [--reason TEXT] | approve V | reject V
     python runner.py promote V --reason TEXT   # a registered version back in production
-    python runner.py store-recover         # checkpoint the prediction store's SQLite log
+    python runner.py store-recover         # store the rows a dead service did not write
 
 Each stage's executed notebook and its HTML land in reports/<run-id>/, with report.json, the run's
 summary. Values travel between stages as scraps only. 05 deploy runs only after an `auto`
@@ -85,10 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default: serving_host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: serving_port, 8080)")
     command("status", "champion, canary, weight and rollout state")
-    command(
-        "store-recover",
-        "checkpoint the prediction store (nothing to replay: answers are committed)",
-    )
+    command("store-recover", "store the predictions a dead service answered but did not write")
     rb = command("rollback", "put the previous champion back (registry, models/, service)")
     rb.add_argument("--reason", default="manual rollback", help="why (logged and recorded)")
     pr = command("promote", "put a registered version into production (staging smoke tests)")

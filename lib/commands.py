@@ -73,26 +73,31 @@ def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: E
 
 
 def cmd_store_recover(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
-    """`store-recover`: nothing of ours to replay any more (the service answers a prediction
-    only once it is committed, and SQLite recovers its own write-ahead log when the database is
-    next opened); for SQLite it checkpoints the log into the database file. Exit 1 when another
-    connection kept the log busy (run it again)."""
+    """`store-recover`: write the rows a dead service answered but did not store (its journal
+    segments beside the prediction store), then exit. The service does the same when it starts
+    on the store; readers (canary analysis, 06 monitor) never do. A running service's own
+    segments are left alone. Exit 1 when a segment could not be replayed (kept for later)."""
     from lib.serving.prediction_store import PredictionStore
 
     url = cfg.resolved_store_url(root)
-    store = PredictionStore(url)
+    store = PredictionStore(url)  # opening the writer replays the orphaned segments
     try:
-        done = store.checkpoint()
+        done, journal = store.recovery(), store.journal_dir
     finally:
         store.close()
-    head = f"store {redact_url(url)}: every answered prediction was committed"
-    if done is None:
-        echo(f"{head} before its answer: nothing to recover")
+    if journal is None:
+        echo(f"store {redact_url(url)}: no journal beside it (not a SQLite file): nothing to do")
         return 0
-    if not done:
-        echo(f"{head}; SQLite's write-ahead log is busy (another connection): run again later")
+    echo(
+        f"store {redact_url(url)}: {done['recovered']} row(s) recovered, {done['lost']} lost "
+        f"(unreadable or refused), from {journal}"
+    )
+    if done["segments_kept"]:
+        echo(
+            f"{done['segments_kept']} journal segment(s) not replayed (the database failed, see "
+            "the log): kept; run store-recover again once the database answers"
+        )
         return 1
-    echo(f"{head}; SQLite recovered its write-ahead log by itself, now checkpointed into the file")
     return 0
 
 

@@ -15,10 +15,10 @@ from lib.pipeline.contracts import MonitorInputs
 from lib.pipeline.run_record import headline
 from lib.pipeline.stages import monitor
 from lib.pipeline.stages.monitor import verdict
+from lib.serving import store_journal
 from lib.serving.prediction_store import PredictionStore
 from lib.watch.health_report import Alert, CheckResult, MonitorReport
 from lib.watch.monitoring import REQUIRED_COLUMNS
-from tests.test_prediction_store import dead_writer, store_files
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens on loopback
 
@@ -107,9 +107,9 @@ def _served(rid: str, at: float, version: str) -> dict:
 
 
 def test_the_live_window_reads_the_champions_rows_and_writes_nothing(tmp_path: Path) -> None:
-    """06 monitor reads what the service wrote, a killed service's commits too (from SQLite's
-    log, as they are: the monitor does not act for a process it does not own), and writes
-    nothing: the database file and its log keep their bytes."""
+    """06 monitor reads what the service wrote; a killed service's journal stays for the next
+    service or `runner.py store-recover` (the monitor does not act for a process it does not
+    own), and the store's rows are unchanged."""
     db = tmp_path / "predictions.db"
     url = f"sqlite:///{db}"
     now = time.time()
@@ -119,14 +119,17 @@ def test_the_live_window_reads_the_champions_rows_and_writes_nothing(tmp_path: P
              _served("other-version", now, "2"), _served("out-of-window", now - 7200, "3")]
         )  # fmt: skip
         service.record_feedback("new", 4.5)
-    files = dead_writer(db, [_served("orphan", now, "3")])
+    orphan = store_journal.default_dir(url) / "999999-1-1.journal"
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(store_journal.encode([_served("orphan", now, "3")]))
+    journal = orphan.read_bytes()
     window = monitor.live_window(url, 3600, "3")
-    assert sorted(window["request_id"]) == ["new", "older", "orphan"]
+    assert sorted(window["request_id"]) == ["new", "older"]
     assert window.set_index("request_id").loc["new", "true_label"] == 1
-    assert window["features"].tolist() == [{"reviews": 10.0}] * 3
-    assert store_files(db) == files
+    assert window["features"].tolist() == [{"reviews": 10.0}] * 2
     with closing(sqlite3.connect(db)) as conn:
-        assert conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 5
+        assert conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 4
+    assert orphan.read_bytes() == journal
 
 
 def test_the_live_window_of_a_store_not_created_yet_is_empty(tmp_path: Path) -> None:

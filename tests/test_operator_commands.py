@@ -21,9 +21,8 @@ from lib.delivery import promotion, rollout
 from lib.delivery import releases as deployments
 from lib.errors import PipelineError
 from lib.pipeline import training
-from lib.serving import prediction_store
+from lib.serving import prediction_store, store_journal
 from lib.serving.prediction_store import PredictionStore
-from tests.test_prediction_store import dead_writer
 from tests.test_training import _typed
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: no service listens on loopback
@@ -183,44 +182,54 @@ def _served(rid: str) -> dict:
     }  # fmt: skip
 
 
+def _dead_service(url: str, ids: list[str], torn: bool = False) -> Path:
+    """The journal segment of a service killed before it wrote `ids` (lock free), with a torn
+    last record when `torn`: what `store-recover` is for."""
+    data = store_journal.encode([_served(i) for i in ids])
+    if torn:
+        data += store_journal.encode([_served("torn")])[:10]
+    segment = store_journal.default_dir(url) / "999999-1-1.journal"
+    segment.parent.mkdir(exist_ok=True)
+    segment.write_bytes(data)
+    return segment
+
+
 def _stored(db: Path) -> list[str]:
     with closing(sqlite3.connect(db)) as conn:
         return sorted(r[0] for r in conn.execute("SELECT request_id FROM predictions"))
 
 
-def test_store_recover_checkpoints_a_dead_services_log(tmp_path: Path, capsys) -> None:
-    """Nothing of ours to replay: what a killed service answered it had committed, and SQLite
-    recovers its own log; `store-recover` says so and moves the log into the database file."""
+def test_store_recover_writes_a_dead_services_rows_once(tmp_path: Path, capsys) -> None:
     import runner
 
     db = tmp_path / "predictions.db"
     url = f"sqlite:///{db}"
     with PredictionStore(url) as service:
         service.record_predictions([_served("kept")])
-    dead_writer(db, [_served("answered-1"), _served("answered-2")])
+    segment = _dead_service(url, ["kept", "lost-1", "lost-2"], torn=True)
     handler = signal.getsignal(signal.SIGTERM)
     try:
         assert runner.main(["store-recover", "--set", f"store_url={url}"]) == 0
         first = capsys.readouterr().out
         assert runner.main(["store-recover", "--set", f"store_url={url}"]) == 0
+        second = capsys.readouterr().out
     finally:
         signal.signal(signal.SIGTERM, handler)
-    assert "every answered prediction was committed" in first and "checkpointed" in first
-    wal = Path(f"{db}-wal")
-    assert not wal.exists() or wal.stat().st_size == 0  # all in the database file now
-    assert _stored(db) == ["answered-1", "answered-2", "kept"]  # (the torn transaction: not)
+    assert "2 row(s) recovered, 1 lost" in first  # "kept" was stored already: not recovered
+    assert _stored(db) == ["kept", "lost-1", "lost-2"]
+    assert not segment.exists()
+    assert "0 row(s) recovered, 0 lost" in second
 
 
-def test_store_recover_with_the_log_busy_exits_1(
+def test_store_recover_keeps_what_the_database_refuses_now_and_exits_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(prediction_store, "SQLITE_BUSY_TIMEOUT_MS", 50)  # fail fast when locked
     db = tmp_path / "predictions.db"
     url = f"sqlite:///{db}"
-    dead_writer_rows = [_served("a"), _served("b")]
     with PredictionStore(url) as service:
         service.window(0)  # the tables exist
-    dead_writer(db, dead_writer_rows)
+    segment = _dead_service(url, ["a", "b"])
     cfg = load_config(tmp_path, None, {"store_url": url})
     lines: list[str] = []
     lock = sqlite3.connect(db, isolation_level=None)
@@ -231,16 +240,10 @@ def test_store_recover_with_the_log_busy_exits_1(
         lock.rollback()
         lock.close()
     assert code == 1, lines
-    assert "busy" in lines[0] and "run again" in lines[0]
+    assert "0 row(s) recovered" in lines[0] and "1 journal segment(s) not replayed" in lines[1]
+    assert segment.exists() and _stored(db) == []
     assert cmd_store_recover(cfg, tmp_path, argparse.Namespace(), lines.append) == 0
-    assert _stored(db) == ["a", "b"] and "checkpointed" in lines[-1]
-
-
-def test_store_recover_of_another_database_has_nothing_to_do(tmp_path: Path) -> None:
-    cfg = load_config(tmp_path, None, {"store_url": "sqlite://"})
-    lines: list[str] = []
-    assert cmd_store_recover(cfg, tmp_path, argparse.Namespace(), lines.append) == 0
-    assert "nothing to recover" in lines[0]
+    assert _stored(db) == ["a", "b"] and "2 row(s) recovered" in lines[-1]
 
 
 @pytest.mark.e2e

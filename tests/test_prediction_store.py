@@ -1,11 +1,9 @@
-"""The prediction store: bulk writes, the writer thread, feedback, windows, two processes."""
+"""The prediction store: bulk writes, the background writer, feedback, windows, two processes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,9 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from lib.serving import prediction_store
+from lib.serving import prediction_store, store_journal
 from lib.serving.prediction_store import WINDOW_COLUMNS, PredictionReader, PredictionStore
-from lib.serving.store_rows import clean_prediction
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -197,36 +194,18 @@ def test_in_memory_sqlite_is_shared_with_the_writer_thread() -> None:
         assert store.window(0)["request_id"].tolist() == ["m"]
 
 
-DEAD_WRITER = textwrap.dedent(
-    """
-    import json, os, signal, sqlite3, sys
-    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-    def insert(row):
-        names = ", ".join(row)
-        marks = ", ".join("?" * len(row))
-        conn.execute(f"INSERT INTO predictions ({names}) VALUES ({marks})", list(row.values()))
-    for row in json.loads(sys.argv[2]):
-        insert(row)  # committed, one transaction each
-    conn.execute("BEGIN")
-    insert({**row, "request_id": "uncommitted"})
-    os.kill(os.getpid(), signal.SIGKILL)  # in the middle of a transaction
-    """
-)
+def _dead_writer(url: str, rows: list[dict]) -> Path:
+    """A journal segment of a writer killed before it inserted `rows`: on disk beside the
+    database, its lock free (no process holds it)."""
+    journal = store_journal.default_dir(url)
+    journal.mkdir(exist_ok=True)
+    segment = journal / "999999-1-1.journal"
+    segment.write_bytes(store_journal.encode(rows))
+    return segment
 
 
-def dead_writer(db: Path, rows: list[dict]) -> dict[str, bytes]:
-    """A service killed (kill -9) after committing `rows` and in the middle of one more
-    transaction: its commits are in SQLite's log (`-wal`), not in the database file yet.
-    Returns the bytes of the database file and of its log."""
-    stored = [clean_prediction(row) for row in rows]  # as the store writes them
-    proc = subprocess.run([sys.executable, "-c", DEAD_WRITER, str(db), json.dumps(stored)])
-    assert proc.returncode == -signal.SIGKILL
-    assert Path(f"{db}-wal").stat().st_size > 0  # not checkpointed
-    return store_files(db)
-
-
-def store_files(db: Path) -> dict[str, bytes]:
-    return {name: Path(f"{db}{name}").read_bytes() for name in ("", "-wal")}
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
 
 def _stored_ids(db: Path) -> list[str]:
@@ -235,43 +214,25 @@ def _stored_ids(db: Path) -> list[str]:
 
 
 def test_a_reader_of_a_dead_writers_store_inserts_nothing(tmp_path: Path) -> None:
-    """Reading a window (canary, 06 monitor) changes nothing: the rows a killed service
-    committed are read from SQLite's log as they are, its torn transaction is not seen, and
-    neither the database file nor the log is written."""
+    """Reading a window (canary, 06 monitor) changes nothing: the rows a dead service left in
+    its journal are neither inserted nor its segments touched; the writer recovers them."""
     db = tmp_path / "p.db"
     url = f"sqlite:///{db}"
     with PredictionStore(url) as service:
         service.record_predictions([_row("stored", 100.0)])
         service.record_feedback("stored", 4.5)
-    files = dead_writer(db, [_row("orphan-1", 101.0), _row("orphan-2", 102.0, "canary")])
+    segment = _dead_writer(url, [_row("orphan-1", 101.0), _row("orphan-2", 102.0, "canary")])
+    journal = _files(segment.parent)
     with PredictionReader(url) as reader:
         frame = reader.window(0, features=True)
-        assert frame["request_id"].tolist() == ["stored", "orphan-1", "orphan-2"]
-        assert frame["true_label"].tolist()[0] == 1 and frame["features"][1]["reviews"] == 10.0
-        assert reader.window(0, variant="canary")["request_id"].tolist() == ["orphan-2"]
-    assert store_files(db) == files  # same bytes: nothing inserted, nothing checkpointed
+        assert frame["request_id"].tolist() == ["stored"]
+        assert frame["true_label"].tolist() == [1]
+        assert reader.window(0, variant="canary").empty
+    assert _stored_ids(db) == ["stored"]
+    assert _files(segment.parent) == journal  # same segments, same bytes
+    with PredictionStore(url) as restarted:  # the writer's business, not the reader's
+        assert restarted.recovery() == {"recovered": 2, "lost": 0, "segments_kept": 0}
     assert _stored_ids(db) == ["orphan-1", "orphan-2", "stored"]
-
-
-def test_record_answers_once_the_rows_are_committed(tmp_path: Path) -> None:
-    """What the service awaits before it answers: the rows are in the database (another
-    connection sees them) when `record` returns True; requests waiting together share a
-    commit."""
-    db = tmp_path / "p.db"
-
-    async def answer_all() -> list[bool]:
-        async def one(i: int) -> bool:
-            ok = await store.record([_row(f"r-{i}", float(i))])
-            assert f"r-{i}" in _stored_ids(db)  # committed before the answer
-            return ok
-
-        return await asyncio.gather(*(one(i) for i in range(20)))
-
-    with PredictionStore(f"sqlite:///{db}") as store:
-        store.window(0)
-        assert asyncio.run(answer_all()) == [True] * 20
-        assert store.stats()["written"] == 20 and store.pending_rows() == 0
-        assert asyncio.run(store.record([])) is True
 
 
 def test_a_reader_returns_what_the_writer_returns(store: PredictionStore) -> None:
@@ -318,7 +279,6 @@ def test_sqlite_uses_wal(store: PredictionStore) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
 
 
 def test_schema_and_queries_compile_for_postgresql() -> None:

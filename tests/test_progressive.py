@@ -12,8 +12,8 @@ import pytest
 
 from lib.delivery import canary, progressive, rollout
 from lib.delivery.service_control import RolloutFailed
+from lib.serving import store_journal
 from lib.serving.prediction_store import PredictionStore
-from tests.test_prediction_store import dead_writer
 
 URL = "http://127.0.0.1:9"  # never called: routing changes are stubbed
 
@@ -41,16 +41,17 @@ def _settings(store_url: str) -> progressive.DeploySettings:
     )  # fmt: skip
 
 
-def test_canary_steps_read_what_the_service_wrote_and_write_nothing(
+def test_canary_steps_read_what_the_service_wrote_and_leave_a_dead_writers_journal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "predictions.db"
     url = f"sqlite:///{db}"
-    with PredictionStore(url) as dead:
-        dead.window(0)
-    dead_writer(db, [_row("orphan", 2.0, "champion")])  # a killed service's commits: kept
-    service = PredictionStore(url)  # the live service's writer
+    service = PredictionStore(url, journal=False)  # the live service's writer
     service.record_predictions([_row("before", 1.0, "champion")])
+    orphan = store_journal.default_dir(url) / "999999-1-1.journal"  # a killed service's rows
+    orphan.parent.mkdir()
+    orphan.write_bytes(store_journal.encode([_row("orphan", 2.0, "champion")]))
+    journal = orphan.read_bytes()
 
     monkeypatch.setattr(progressive, "set_routing", lambda *a, **k: {})
     monkeypatch.setattr(progressive, "_registry_still_ours", lambda *a: None)
@@ -84,4 +85,5 @@ def test_canary_steps_read_what_the_service_wrote_and_write_nothing(
     assert sorted(seen[0]["request_id"]) == ["ca-0", "ca-1", "ch-0", "ch-1", "ch-2"]
     with closing(sqlite3.connect(db)) as conn:
         stored = sorted(r[0] for r in conn.execute("SELECT request_id FROM predictions"))
-    assert "orphan" in stored and len(stored) == 7  # (the dead one's: before the window)
+    assert "orphan" not in stored and len(stored) == 6
+    assert orphan.read_bytes() == journal  # left for the next service or store-recover

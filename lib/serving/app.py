@@ -313,10 +313,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
                 "the model failed on this input (counted, stored, logged; the answer "
                 "names the request id, not the error)"
             ),  # fmt: skip
-            503: _error(
-                "no champion model is loaded yet, or the prediction store could not record the "
-                "prediction (not answered)"
-            ),
+            503: _error("no champion model is loaded yet"),
         },
     )
     async def predict(request: Request) -> Response:
@@ -401,7 +398,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
             latency_h.observe(latency)
             message = f"{type(exc).__name__}: {exc}"
             logger.error("model error (%s %s, %s): %s", variant.name, variant.version, rid, message)
-            await store.record(
+            store.submit(
                 [
                     _store_row(i, created, variant, None, None, latency, message, row)
                     for i, row in zip(ids, rows, strict=True)
@@ -412,21 +409,15 @@ def create_app(settings: ServingSettings) -> FastAPI:
         if (used := await _stored(lookup)) is not None:
             return _refuse_repeated(rid, used, parsed.batch)
         latency = time.perf_counter() - started
-        stored = await store.record(  # answered once committed: a kill -9 cannot lose it
+        requests_c.inc()
+        latency_h.observe(latency)
+        metrics.count_labels(variant, labels)
+        store.submit(
             [
                 _store_row(i, created, variant, lab, p, latency, None, row)
                 for i, row, lab, p in zip(ids, rows, labels, proba, strict=True)
             ]
         )
-        if not stored:
-            metrics.unavailable.inc()
-            detail = (
-                f"prediction store unavailable: the prediction was not recorded (request {rid})"
-            )
-            return _json(503, {"detail": detail, "request_id": rid})
-        requests_c.inc()
-        latency_h.observe(time.perf_counter() - started)
-        metrics.count_labels(variant, labels)
         headers = {"X-Request-ID": rid}
         answers = [
             {

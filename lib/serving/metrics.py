@@ -15,14 +15,26 @@ from lib.serving.batching import Variant
 STORE_COUNTERS = {
     "submitted": ("model_store_rows_submitted", "Prediction rows handed to the store"),
     "written": ("model_store_rows_written", "Prediction rows written to the database"),
+    "dropped": (
+        "model_store_rows_dropped",
+        "Prediction rows dropped: the store's backlog was full (database too slow or down)",
+    ),
     "failed": (
         "model_store_rows_failed",
-        "Prediction rows not written: the database kept failing (retried 3 times; the request "
-        "answered 503)",
+        "Prediction rows not written: the database kept failing (retried 3 times)",
     ),
     "rejected": (
         "model_store_rows_rejected",
         "Prediction rows the database refused (skipped alone, the rest of the batch written)",
+    ),
+    "recovered": (
+        "model_store_rows_recovered",
+        "Rows answered by a process that died before writing them, written from its journal "
+        "when this service opened the store",
+    ),
+    "lost_at_restart": (
+        "model_store_rows_lost_at_restart",
+        "Rows of a dead process's journal that could not be read back or stored",
     ),
 }
 
@@ -64,9 +76,7 @@ class Metrics:
             registry=r,
         )
         self.unavailable = Counter(
-            "model_unavailable_requests",
-            "Requests answered 503: no champion model, or the prediction store failed",
-            registry=r,
+            "model_unavailable_requests", "Requests answered 503: no champion model", registry=r
         )
         self.lease_expiries = Counter(
             "model_canary_lease_expirations", "Canary leases that ran out", registry=r

@@ -3,11 +3,10 @@
 SQLAlchemy Core with portable SQL only, so the default SQLite file and a PostgreSQL URL run the
 same code. On SQLite the database is switched to WAL with a busy timeout: the service (writer) and
 the analysis notebooks (readers, in other processes) work at the same time without "database is
-locked". The service answers a prediction only once its row is committed (`record`): one
-writer thread commits the rows queued meanwhile in one transaction, so waiting requests share a
-commit. SQLite's own write-ahead log then keeps every answered row through a kill -9 of the
-service, with no recovery step of ours. A row the database refuses costs only itself: the batch
-is then inserted row by row, and the refused rows are counted and logged.
+locked". The service never writes the database on its request path: `submit` appends the rows to
+a journal file (`store_journal`: what a kill -9 must not lose) and hands them to a background
+writer thread that inserts them in batches. A row the database refuses costs only itself: the
+batch is then inserted row by row, and the refused rows are counted and logged.
 
 A request id names one answered prediction (feedback joins it by that id): before the service
 predicts under a caller's id it `claim`s it, and a used one (stored, pending, or held by a
@@ -15,15 +14,16 @@ request in flight) is refused. The primary key keeps the first row of an id what
 that check (another replica at the same moment, a database the check could not read).
 
 The service's `PredictionStore` is the only writer. Analyses in other processes (canary steps,
-06 monitor) read with a `PredictionReader`: read-only, it never creates a table or a file.
+06 monitor) read with a `PredictionReader`: read-only, it never creates a table or a file and
+never replays a dead writer's journal. Those rows are written by the next service opened on the
+store, or by `python runner.py store-recover`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -48,13 +48,13 @@ from sqlalchemy import (
     inspect,
     select,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import Select
 
-from lib.serving import store_queue
+from lib.serving import store_journal, store_queue
 from lib.serving.store_rows import clean_prediction, safe_text
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,6 @@ feedback = Table(
 PREDICTION_FIELDS = [c.name for c in predictions.columns]
 _ID = predictions.c.request_id
 _STORED_ID = select(_ID).where(_ID == bindparam("id")).limit(1)
-_INSERT = insert(predictions)
 _STORED_IDS = select(_ID).where(_ID.in_(bindparam("ids", expanding=True))).limit(1)
 WINDOW_COLUMNS = [
     "request_id",
@@ -113,18 +112,6 @@ class FeedbackRefused(ValueError):
     """Feedback for a prediction that has no outcome to judge (the model failed on it)."""
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL given as a path; None for other databases, in-memory
-    SQLite and `file:` URIs (whose file the read-only reader cannot find)."""
-    parsed = make_url(url)
-    database = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
-        return None
-    if database.startswith("file:"):
-        return None
-    return Path(database).expanduser().absolute()
-
-
 def _sqlite_engine(url: str) -> Engine:
     parsed = make_url(url)
     database = parsed.database or ""
@@ -144,11 +131,7 @@ def _sqlite_engine(url: str) -> Engine:
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            # With WAL, NORMAL makes a commit survive the death of the process (the log is in
-            # the OS's hands when COMMIT returns) without an fsync per commit; a power loss or
-            # a kernel panic may roll back the last commits (never corrupts). FULL would fsync
-            # the log at every commit to survive those too.
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; no fsync per commit
         finally:
             cursor.close()
 
@@ -226,18 +209,41 @@ def _read_window(
 class PredictionStore:
     """Predictions and feedback in one database; tables are created on first use.
 
-    Thread-safe. `record` is the service's path (answer once committed); `submit` queues rows
-    without waiting, `record_predictions` writes at once.
+    Thread-safe. `submit` is the service's non-blocking path; `record_predictions` writes at once.
+    Opening a store replays the journal of a process that died with rows not written yet.
     """
 
-    def __init__(self, url: str, batch_size: int = 500, min_interval: float = 0.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        batch_size: int = 500,
+        min_interval: float = 0.05,
+        max_pending: int = 200_000,
+        journal_dir: str | Path | None = None,
+        journal: bool = True,
+    ) -> None:
         self.url = url
         self.engine = make_engine(url)
         self._tables_ready = False
         self._tables_lock = threading.Lock()
+        self._recovered = 0
+        self._lost_at_restart = 0
+        self._segments_kept = 0  # dead writers' segments not replayed (the database failed)
         self._claims_unchecked = False  # the last claim could not read the database
-        self._writer_conn: Connection | None = None  # the writer thread's own
-        self._queue = store_queue.WriteQueue(self._write_with_retries, batch_size, min_interval)
+        if journal_dir is None and journal:
+            journal_dir = store_journal.default_dir(url)
+        self.journal_dir = Path(journal_dir) if journal and journal_dir else None
+        if not store_journal.available():
+            self.journal_dir = None
+        self._queue = store_queue.WriteQueue(
+            self._write_with_retries,
+            batch_size,
+            min_interval,
+            max_pending,
+            None if self.journal_dir is None else store_journal.Journal(self.journal_dir),
+        )
+        if self.journal_dir is not None:
+            self._recover()
 
     # ---------------------------------------------------------------------------------- setup
 
@@ -256,6 +262,56 @@ class PredictionStore:
                     raise
             self._tables_ready = True
 
+    def _recover(self) -> None:
+        """Insert the rows a dead process answered but did not write (its journal segments).
+
+        Rows already in the database are left as they are; the others are counted as
+        recovered, unreadable lines as lost. A database that fails now leaves the segment for
+        the next store opened.
+        """
+        for path, fd in store_journal.orphans(self.journal_dir):
+            try:
+                rows, torn = store_journal.read(fd)
+                self._ensure_tables()
+                recovered, refused = self._insert_missing(rows)
+            except Exception:
+                logger.exception("prediction store: journal %s not replayed (kept)", path.name)
+                os.close(fd)
+                self._segments_kept += 1
+                continue
+            store_journal.discard(path, fd)
+            self._recovered += recovered
+            self._lost_at_restart += torn + refused
+            if recovered or torn or refused:
+                logger.warning(
+                    "prediction store: %d answered row(s) recovered from %s after a crash "
+                    "(%d lost: %d unreadable, %d refused by the database)",
+                    recovered, path.name, torn + refused, torn, refused,
+                )  # fmt: skip
+
+    def _insert_missing(self, rows: list[dict[str, Any]]) -> tuple[int, int]:
+        """Insert the rows whose request id is not stored yet: (inserted, refused)."""
+        by_id: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            clean = clean_prediction(row)
+            by_id.setdefault(clean["request_id"], clean)  # the first answer of an id
+        ids = list(by_id)
+        missing = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            with self.engine.connect() as conn:
+                stored = set(
+                    conn.execute(
+                        select(predictions.c.request_id).where(predictions.c.request_id.in_(chunk))
+                    ).scalars()
+                )
+            missing.extend(by_id[i] for i in chunk if i not in stored)
+        written, refused, transient = self._insert_isolating(missing)
+        if transient:
+            raise transient[0][1]
+        self._log_refused(refused)
+        return written, len(refused)
+
     # ------------------------------------------------------------------------ direct writes
 
     def record_predictions(self, rows: list[dict[str, Any]]) -> int:
@@ -269,37 +325,23 @@ class PredictionStore:
         self._log_refused(refused)
         return written
 
-    def _insert(self, rows: list[dict[str, Any]], writer: bool = False) -> int:
+    def _insert(self, rows: list[dict[str, Any]]) -> int:
         """Insert clean rows in one transaction; a repeated request id fails it (IntegrityError:
-        the primary key keeps an id's first answer, which its feedback joins). The writer
-        thread keeps its connection (a third of the cost of a one-row commit), dropped when the
-        database fails."""
+        the primary key keeps an id's first answer, which its feedback joins)."""
         self._ensure_tables()
-        if not writer:
-            with self.engine.begin() as conn:
-                conn.execute(_INSERT, rows)
-            return len(rows)
-        if self._writer_conn is None:
-            self._writer_conn = self.engine.connect()
-        try:
-            with self._writer_conn.begin():
-                self._writer_conn.execute(_INSERT, rows)
-        except TRANSIENT_ERRORS:
-            with contextlib.suppress(SQLAlchemyError):
-                self._writer_conn.close()
-            self._writer_conn = None
-            raise
+        with self.engine.begin() as conn:
+            conn.execute(insert(predictions), rows)
         return len(rows)
 
     def _insert_isolating(
-        self, rows: list[dict[str, Any]], writer: bool = False
+        self, rows: list[dict[str, Any]]
     ) -> tuple[int, list[tuple[dict[str, Any], Exception]], list[tuple[dict[str, Any], Exception]]]:
         """Insert clean rows; if the batch fails for a reason of its rows, insert them one by one
         so that a bad row costs only itself. (written, refused rows, rows to retry)."""
         if not rows:
             return 0, [], []
         try:
-            return self._insert(rows, writer), [], []
+            return self._insert(rows), [], []
         except TRANSIENT_ERRORS as exc:
             return 0, [], [(row, exc) for row in rows]
         except Exception as exc:
@@ -310,7 +352,7 @@ class PredictionStore:
         transient: list[tuple[dict[str, Any], Exception]] = []
         for row in rows:
             try:
-                written += self._insert([row], writer)
+                written += self._insert([row])
             except TRANSIENT_ERRORS as exc:
                 transient.append((row, exc))
             except Exception as exc:
@@ -479,24 +521,11 @@ class PredictionStore:
 
     # --------------------------------------------------------------------- background writer
 
-    async def record(self, rows: list[dict[str, Any]]) -> bool:
-        """Queue prediction rows for the writer thread and wait until they are committed: True,
-        or False when the database kept failing on them (not stored: do not answer as if).
-
-        A row the database refuses (a request id another replica stored first) is counted and
-        logged, and does not make this False."""
-        loop = asyncio.get_running_loop()
-        committed = loop.create_future()
-
-        def done(ok: bool) -> None:  # in the writer thread
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(_settle, committed, ok)
-
-        self._queue.submit(rows, done)
-        return await committed
-
     def submit(self, rows: list[dict[str, Any]]) -> None:
-        """Queue prediction rows for the writer thread without waiting (`flush` waits)."""
+        """Queue prediction rows for the writer thread, after appending them to the journal.
+
+        Never blocks on the database: the journal is one write to a local file.
+        """
         self._queue.submit(rows)
 
     def pending_rows(self) -> int:
@@ -504,21 +533,23 @@ class PredictionStore:
         return self._queue.pending_rows()
 
     def stats(self) -> dict[str, int]:
-        """Row counts since this store was opened: submitted, written, pending, failed
-        (database down: not stored), rejected (refused by the database)."""
-        return self._queue.counts()
+        """Row counts since this store was opened: submitted, written, pending, dropped (backlog
+        full), failed (database down), rejected (refused by the database), and recovered /
+        lost_at_restart (a dead process's journal replayed when this store opened)."""
+        return {
+            **self._queue.counts(),
+            "recovered": self._recovered,
+            "lost_at_restart": self._lost_at_restart,
+        }
 
-    def checkpoint(self) -> bool | None:
-        """Move SQLite's write-ahead log into the database file and empty it (`store-recover`):
-        True when done, False when another connection kept it busy past the busy timeout, None
-        for other databases and in-memory SQLite (nothing to do). Not needed for safety: SQLite
-        recovers its log by itself when the next connection opens the database."""
-        if sqlite_file(self.url) is None:  # another database, or SQLite in memory
-            return None
-        self._ensure_tables()
-        with self.engine.connect() as conn:
-            busy, _log, _moved = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
-        return busy == 0
+    def recovery(self) -> dict[str, int]:
+        """What opening this store did with dead writers' journals: rows recovered, rows lost
+        (unreadable or refused), and segments kept for a later start (the database failed)."""
+        return {
+            "recovered": self._recovered,
+            "lost": self._lost_at_restart,
+            "segments_kept": self._segments_kept,
+        }
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until every row submitted so far is written; False if the timeout came first."""
@@ -533,7 +564,7 @@ class PredictionStore:
         rejected = 0
         for attempt in range(1, attempts + 1):
             try:
-                _written, refused, transient = self._insert_isolating(rows, writer=True)
+                _written, refused, transient = self._insert_isolating(rows)
             except Exception as exc:  # e.g. the tables cannot be created: retry it all
                 refused, transient = [], [(row, exc) for row in rows]
             if refused:
@@ -544,8 +575,8 @@ class PredictionStore:
             rows = [row for row, _exc in transient]
             if attempt == attempts:
                 logger.error(
-                    "prediction store: %d row(s) not written after %d attempts (not stored; "
-                    "their requests are not answered as predictions): %s",
+                    "prediction store: %d row(s) not written after %d attempts (kept in the "
+                    "journal for the next start, if there is one): %s",
                     len(rows), attempts, transient[0][1],
                 )  # fmt: skip
                 return rejected, rows
@@ -556,9 +587,6 @@ class PredictionStore:
     def close(self, timeout: float = 10.0) -> None:
         """Write what is pending, stop the writer and release the database."""
         self._queue.close(timeout)
-        if self._writer_conn is not None:
-            with contextlib.suppress(SQLAlchemyError):
-                self._writer_conn.close()
         self.engine.dispose()
 
     def __enter__(self) -> PredictionStore:
@@ -574,14 +602,15 @@ class PredictionReader:
 
     It creates no table and no database (a store that does not exist yet, or has no tables
     yet, reads as empty; beside an existing SQLite file, SQLite itself may leave its empty -wal
-    and -shm files) and never inserts. Nothing to flush either: the service answered only what
-    it committed, and a dead service's commits are read from SQLite's log as they are.
+    and -shm files), never replays a dead writer's journal and never inserts: those rows are
+    the business of the next service opened on the store, or of `runner.py store-recover`.
+    Nothing to flush either: the service's writer thread inserts within its batching delay.
     An in-memory SQLite store belongs to its process: another reads it as empty.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._file = sqlite_file(url)
+        self._file = store_journal.sqlite_file(url)
         self.engine = _read_only_engine(url, self._file)
         self._tables_seen = False
 
@@ -616,11 +645,6 @@ class PredictionReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _settle(future: asyncio.Future[bool], ok: bool) -> None:
-    if not future.done():  # (cancelled: the client went away)
-        future.set_result(ok)
 
 
 def _read_only_engine(url: str, file: Path | None) -> Engine | None:

@@ -1,48 +1,50 @@
-"""The prediction store's writer: one thread commits queued rows, a micro-batch per transaction.
-
-A request is answered only once its rows are committed (`PredictionStore.record`), so what was
-answered is in the database: SQLite's own write-ahead log keeps it through a kill -9, and no
-journal of ours is needed. The rows that queue up while a transaction commits go in the next
-one (group commit): the more requests in flight, the more rows per commit.
-"""
+"""The prediction store's background writer: a queue of answered rows, journaled, written in
+batches by one thread, so the service never waits for the database on its request path."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from lib.serving import store_journal
 from lib.serving.store_rows import clean_prediction, safe_text
 
 logger = logging.getLogger(__name__)
 
 Rows = list[dict[str, Any]]
-Done = Callable[[bool], None]  # told True once the rows are committed, False if they never will
 
 
 class WriteQueue:
-    """Rows submitted in order, written by `write` in batches of whole submissions.
+    """Rows submitted in order (each numbered by its sequence), written by `write` in batches.
 
     `write(batch)` returns (how many rows the database refused, the rows it kept failing on).
-    A submission is done (its `done` called) after the batch that holds it: True unless the
-    database failed on one of its rows. Thread-safe; all state is guarded by one condition.
+    Failed rows are parked in the journal, for the next store opened on the database to write.
+    Thread-safe; all state is guarded by one condition variable.
     """
 
     def __init__(
-        self, write: Callable[[Rows], tuple[int, Rows]], batch_size: int, min_interval: float
+        self,
+        write: Callable[[Rows], tuple[int, Rows]],
+        batch_size: int,
+        min_interval: float,
+        max_pending: int,
+        journal: store_journal.Journal | None,
     ) -> None:
         self._write = write
         self.batch_size = batch_size
-        self.min_interval = min_interval  # gather this long after a commit (0: commit at once)
+        self.min_interval = min_interval  # at most ~20 commits/s from the writer under load
+        self.max_pending = max_pending
+        self.journal = journal
         self._cv = threading.Condition()
-        self._pending: deque[tuple[Rows, Done | None]] = deque()  # submissions, in order
+        self._pending: Rows = []  # rows as submitted, in sequence order
         self._pending_ids: dict[str, int] = {}  # request id -> its rows queued or being written
         self._held: set[str] = set()  # request ids claimed by requests in flight (not submitted)
-        self._submitted = 0
-        self._done = 0  # written, or given up on (failed / rejected): flush never hangs
+        self._submitted = 0  # also the sequence number of the next row
+        self._done = 0  # written, or given up on (dropped / failed / rejected): flush never hangs
+        self._dropped = 0
         self._failed = 0
         self._rejected = 0
         self._flush_requested = False
@@ -50,34 +52,47 @@ class WriteQueue:
         self._closed = False
         self._writer: threading.Thread | None = None
 
-    def submit(self, rows: Rows, done: Done | None = None) -> None:
-        """Queue the rows for the writer thread; never touches the database. `done` is called
-        from the writer thread once they are committed (True) or failed (False)."""
+    def submit(self, rows: list[dict[str, Any]]) -> None:
+        """Append the rows to the journal and queue them; never touches the database.
+
+        The request path pays for one JSON encoding and one write; the writer thread cleans
+        the rows (`clean_prediction`) before inserting them.
+        """
         if not rows:
-            if done is not None:
-                done(True)
             return
+        data = store_journal.encode(rows) if self.journal is not None else b""
         keys = [safe_text(row.get("request_id")) for row in rows]
         with self._cv:
             if self._closed:
                 logger.warning("prediction store closed: %d row(s) not recorded", len(rows))
-                if done is not None:
-                    done(False)
                 return
             idle = not self._pending
-            self._pending.append((rows, done))
+            self._pending.extend(rows)
             self._submitted += len(rows)
+            if self.journal is not None:
+                self.journal.append(data, self._submitted)
             ids = self._pending_ids
             for key in keys:
                 ids[key] = ids.get(key, 0) + 1
             if self._held:  # a claimed id is now a pending row: never free in between
                 self._held.difference_update(keys)
+            overflow = len(self._pending) - self.max_pending
+            if overflow > 0:  # the database is down or too slow: keep memory bounded
+                self._forget(self._pending[:overflow])
+                del self._pending[:overflow]
+                self._dropped += overflow
+                self._done += overflow
+                if self._dropped == overflow or self._dropped % 10_000 < overflow:
+                    logger.error(
+                        "prediction store backlog full: %d row(s) dropped so far", self._dropped
+                    )
+                self._cv.notify_all()
             if self._writer is None:
                 self._writer = threading.Thread(
                     target=self._run, name="prediction-store-writer", daemon=True
                 )
                 self._writer.start()
-            if idle:  # the writer sleeps until rows come
+            if idle:  # the writer sleeps until rows come; while it gathers, leave it alone
                 self._cv.notify_all()
 
     def _forget(self, rows: Rows) -> None:
@@ -128,8 +143,9 @@ class WriteQueue:
         with self._cv:
             return {
                 "submitted": self._submitted,
-                "written": self._done - self._failed - self._rejected,
+                "written": self._done - self._dropped - self._failed - self._rejected,
                 "pending": self._submitted - self._done,
+                "dropped": self._dropped,
                 "failed": self._failed,
                 "rejected": self._rejected,
             }
@@ -148,56 +164,51 @@ class WriteQueue:
             self._cv.notify_all()
             return self._cv.wait_for(lambda: self._done >= target, timeout=timeout)
 
-    def _next_batch(self, last_write: float) -> list[tuple[Rows, Done | None]] | None:
-        """Whole submissions up to batch_size rows (at least one), or None to stop."""
-        with self._cv:
-            while not self._pending and not self._stopping:
-                self._cv.wait()
-            if not self._pending:
-                return None
-            gather_until = last_write + self.min_interval
-            while not self._flush_requested and not self._stopping:
-                remaining = gather_until - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cv.wait(timeout=remaining)
-            batch = [self._pending.popleft()]
-            size = len(batch[0][0])
-            while self._pending and size + len(self._pending[0][0]) <= self.batch_size:
-                size += len(self._pending[0][0])
-                batch.append(self._pending.popleft())
-            if not self._pending:
-                self._flush_requested = False
-            return batch
-
     def _run(self) -> None:
         last_write = 0.0
-        while (batch := self._next_batch(last_write)) is not None:
-            rows = [row for submitted, _done in batch for row in submitted]
+        while True:
+            with self._cv:
+                while not self._pending and not self._stopping:
+                    self._cv.wait()
+                if not self._pending and self._stopping:
+                    return
+                # Gather for a moment under load: fewer, larger transactions.
+                gather_until = last_write + self.min_interval
+                while not self._flush_requested and not self._stopping:
+                    remaining = gather_until - time.monotonic()
+                    if remaining <= 0 or len(self._pending) >= self.batch_size:
+                        break
+                    self._cv.wait(timeout=remaining)
+                batch = self._pending[: self.batch_size]
+                del self._pending[: len(batch)]
+                if not self._pending:
+                    self._flush_requested = False
+            if not batch:
+                continue
             try:
-                rejected, failed = self._write([clean_prediction(row) for row in rows])
+                rejected, failed = self._write([clean_prediction(row) for row in batch])
             except Exception:  # the writer thread must not die
-                logger.exception("prediction store: %d row(s) not written", len(rows))
-                rejected, failed = 0, rows
+                logger.exception("prediction store: %d row(s) not written", len(batch))
+                rejected, failed = 0, batch
+            if failed and self.journal is not None:
+                self.journal.park(store_journal.encode(failed))
             last_write = time.monotonic()
             with self._cv:
-                self._done += len(rows)
+                self._done += len(batch)
                 self._rejected += rejected
                 self._failed += len(failed)
-                self._forget(rows)
+                self._forget(batch)
                 if not self._pending:  # a flush asked during this write is answered now
                     self._flush_requested = False
+                if self.journal is not None:
+                    # every row before the oldest queued one is done (batches go in order)
+                    oldest = self._submitted - len(self._pending)
+                    self.journal.release(oldest, idle=not self._pending)
                 self._cv.notify_all()
-            lost = {safe_text(row.get("request_id")) for row in failed}
-            for submitted, done in batch:
-                if done is not None:
-                    done(
-                        not lost
-                        or all(safe_text(r.get("request_id")) not in lost for r in submitted)
-                    )
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued and stop the writer."""
+        """Write what is queued and stop the writer. Rows still not written (the writer is
+        stuck) stay in the journal for the next store opened on the database."""
         with self._cv:
             if self._closed:
                 return
@@ -209,3 +220,6 @@ class WriteQueue:
             writer.join(timeout)
             if writer.is_alive():
                 logger.error("prediction store: writer did not stop within %.0f s", timeout)
+        with self._cv:
+            if self.journal is not None:
+                self.journal.close(complete=self._done >= self._submitted)
