@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import httpx
@@ -431,3 +432,54 @@ def test_predictions_answered_before_kill_9_are_stored_after_restart(
     with PredictionStore(url) as store:
         assert sorted(store.window(0)["request_id"]) == sorted(answered)
         assert _invalid_json_rows(store) == 0
+
+
+@pytest.mark.e2e
+def test_every_request_answered_before_kill_9_under_load_is_stored(
+    mlstore: Store,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The service killed (kill -9) under the load of 8 clients, requests in flight: after the
+    restart, every request answered 200 is in the store."""
+    url = f"sqlite:///{tmp_path}/predictions.db"
+
+    def service() -> ServiceProcess:
+        return ServiceProcess(
+            PROJECT, MODEL, mlstore.uri, url, admin_token=TOKEN, log_path=tmp_path / "svc.log"
+        )
+
+    first = service()
+    answered: list[str] = []
+    killed = threading.Event()
+
+    def client_loop(k: int) -> None:
+        with httpx.Client(base_url=first.url, timeout=30) as http:
+            for i in range(10_000):
+                headers = {"X-Request-ID": f"k9-{k}-{i}"}
+                try:
+                    resp = http.post("/predict", json=RAW_APP, headers=headers)
+                except httpx.HTTPError:
+                    return  # the service is gone
+                if resp.status_code == 200:
+                    answered.append(resp.json()["request_id"])
+                if len(answered) >= 60 and not killed.is_set():
+                    killed.set()  # with the other clients' requests in flight
+                    os.killpg(first.proc.pid, signal.SIGKILL)
+
+    try:
+        first.start()
+        clients = [threading.Thread(target=client_loop, args=(k,)) for k in range(8)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(timeout=300)
+        first.proc.wait(timeout=60)
+    finally:
+        first.stop()
+    assert killed.is_set() and first.exit_code == -signal.SIGKILL
+    with service() as second:  # replays the dead service's journal
+        again = httpx.post(f"{second.url}/predict", json=RAW_APP, timeout=30,
+                           headers={"X-Request-ID": answered[0]})  # fmt: skip
+        assert again.status_code == 409, again.text
+    with prediction_store.PredictionReader(url) as reader:
+        assert set(answered) <= set(reader.window(0)["request_id"])
