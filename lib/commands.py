@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from lib.atomic_files import write_json_atomic
-from lib.config import PipelineConfig, redact_url
+from lib.config import PipelineConfig, data_paths, redact_url
 from lib.errors import PipelineError, RunnerBusyError
 from lib.pipeline.contracts import STAGES
 from lib.pipeline.executors import PapermillExecutor
 from lib.pipeline.orchestrator import (
     RunContext,
-    data_paths,
     inputs_for,
     lock,
     new_run_id,
@@ -445,7 +444,7 @@ def cmd_backtest(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
         "label_objective": cfg.label_objective,
         "error_costs": dict(cfg.error_costs),
         "selection_metric": cfg.selection_metric,
-        "fallback_data_path": data_paths(cfg)[0],
+        "fallback_data_path": data_paths(cfg.data_path)[0],
         "synth_apps": cfg.synth_apps,
         "synth_seed": cfg.synth_seed,
         "run_id": run_id,

@@ -20,7 +20,7 @@ def test_project_config_file_is_valid_and_holds_the_score_table() -> None:
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root, environ={})
     assert cfg.decision["verdicts"] == {"auto": 70, "manual": 50}
-    from lib.pipeline.score_table import ScoreTable
+    from lib.score_table import ScoreTable
 
     assert ScoreTable.from_dict(cfg.decision) == ScoreTable()
 
@@ -119,7 +119,7 @@ def test_environment_overrides_top_level_and_nested_keys(tmp_path: Path) -> None
     assert cfg.canary_analysis.max_p99_ms == 250.0  # environment over file
     assert cfg.canary_analysis.min_requests == 20  # the file's other bound is kept (merge)
     assert cfg.monitoring == {"min_feedback": 50, "psi_threshold": "0.2"}
-    from lib.watch.health_report import MonitorConfig
+    from lib.config_sections import MonitorConfig
 
     assert MonitorConfig.from_dict(cfg.monitoring).psi_threshold == 0.2
     assert cfg.canary_steps == [10, 100]

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from lib.atomic_files import write_json_atomic
-from lib.config import PipelineConfig
+from lib.config import PipelineConfig, data_paths
 from lib.errors import PipelineError, RunnerBusyError, StageError
 from lib.pipeline import run_record
-from lib.pipeline import stages as stage_modules
 from lib.pipeline.contracts import (
     PIPELINE,
     STAGES,
@@ -43,10 +42,6 @@ log = logging.getLogger(__name__)
 
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-
-
-def data_paths(cfg: PipelineConfig) -> list[str]:
-    return stage_modules.data_paths(cfg.data_path)
 
 
 def service_url(cfg: PipelineConfig) -> str:
@@ -71,7 +66,7 @@ class RunContext:
 def inputs_for(stage: str, cfg: PipelineConfig, ctx: RunContext, outputs: RunOutputs) -> Contract:
     """The stage's typed inputs: the resolved config, the run's paths and earlier outputs."""
     rel = os.path.relpath
-    paths = data_paths(cfg)
+    paths = data_paths(cfg.data_path)
     common: dict[str, Any] = {"run_id": ctx.run_id}
     quarantine = rel(ctx.run_dir / "quarantine.csv", ctx.root)
     state = rel(ctx.root / cfg.models_dir / "training_state.json", ctx.root)
