@@ -19,6 +19,7 @@ MARKER = "runner.py"  # what makes a directory the project
 TRACKING_DB = "mlflow.db"
 STORE_DB = "predictions.db"
 MODELS_DIR = "models"
+PRODUCTION_DIR = "production"  # under models/: the mirror of the champion the service falls back to
 
 
 def project_root(start: Path | None = None) -> Path:
