@@ -225,7 +225,6 @@ MAX_FUNCTION_LINES = 80
 LONG_FUNCTIONS = {
     "lib/serving/app.py:create_app",
     "lib/pipeline/orchestrator.py:run",
-    "lib/pipeline/orchestrator.py:inputs_for",
 }
 
 
