@@ -218,7 +218,7 @@ class PipelineConfig(BaseSettings):
         None, ge=0
     )
     rf_trees: Int = Field(200, ge=1)
-    # honest inputs beyond the base listing fields (lib.pipeline.features.FEATURE_GROUPS)
+    # honest inputs beyond the base listing fields (FEATURE_GROUPS)
     features: Annotated[list[str], BeforeValidator(_listish)] = [
         "engagement", "versions", "genres", "name_stats", "name_text",
     ]  # fmt: skip
@@ -233,7 +233,7 @@ class PipelineConfig(BaseSettings):
     models_dir: str = MODELS_DIR
     stage_timeout: Int = Field(1800, ge=1)  # seconds per notebook cell before the stage fails
     lock_timeout: Float = Field(0.0, ge=0)  # seconds a second runner waits for the first one
-    # The score table (lib.pipeline.scoring.ScoreTable, which owns its defaults and checks): kept
+    # The score table (lib.score_table.ScoreTable, which owns its defaults and checks): kept
     # in the config's shape, as given, because the notebooks receive it as a parameter.
     decision: Annotated[dict[str, Any], BeforeValidator(_mappingish)] = {}
     # deployment (05 deploy) and the model service
@@ -259,7 +259,7 @@ class PipelineConfig(BaseSettings):
     # production monitoring (06 monitor): how far back the monitor reads the store
     monitor_window_seconds: Float = Field(3600.0, gt=0)
     auto_rollback: bool = True  # the monitor rolls back on a significant accuracy drop / errors
-    # lib.watch.monitoring.MonitorConfig (which owns its defaults and ranges), kept as a mapping
+    # lib.config_sections.MonitorConfig (which owns its defaults and ranges), kept as a mapping
     # because the 06 notebook receives it as a parameter; every key is checked at load.
     monitoring: Annotated[dict[str, Any], BeforeValidator(_mappingish)] = {}
     # who chose data_path (None: nobody, the default), set by load_config; not a config key

@@ -25,6 +25,24 @@ def test_project_config_file_is_valid_and_holds_the_score_table() -> None:
     assert ScoreTable.from_dict(cfg.decision) == ScoreTable()
 
 
+def test_project_config_file_restates_the_defaults() -> None:
+    """pipeline.yaml restates every default for reading; a default changed in lib/config.py or
+    lib/config_sections.py must change the file too (one value, not two that drift apart)."""
+    from lib.config_sections import MonitorConfig
+    from lib.score_table import ScoreTable
+
+    root = Path(__file__).resolve().parents[1]
+    cfg, default = load_config(root, environ={}), PipelineConfig()
+    assert ScoreTable.from_dict(cfg.decision) == ScoreTable.from_dict(default.decision)
+    assert MonitorConfig.from_dict(cfg.monitoring) == MonitorConfig.from_dict(default.monitoring)
+    differ = {
+        k: (getattr(cfg, k), getattr(default, k))
+        for k in PipelineConfig.model_fields
+        if k not in ("decision", "monitoring") and getattr(cfg, k) != getattr(default, k)
+    }
+    assert not differ
+
+
 def test_unknown_key_names_the_key_and_the_origin(tmp_path: Path) -> None:
     (tmp_path / "pipeline.yaml").write_text("treshold: 5\n")
     with pytest.raises(ConfigError, match=r"pipeline.yaml.*treshold.*known keys"):
