@@ -52,8 +52,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    TypeAdapter,
     ValidationError,
-    create_model,
     field_validator,
 )
 from pydantic_settings import (
@@ -166,6 +166,8 @@ class ErrorCosts(BaseModel):
     false_positive: Float = Field(1.0, ge=0)
     false_negative: Float = Field(1.0, ge=0)
 
+
+_MONITORING = TypeAdapter(MonitorConfig)  # the `monitoring` section, kept as a mapping
 
 # The sources below the init arguments while load_config builds a config; none otherwise, so
 # `PipelineConfig()` is the defaults, whatever the environment.
@@ -306,10 +308,10 @@ class PipelineConfig(BaseSettings):
     @classmethod
     def _monitoring(cls, section: dict[str, Any]) -> dict[str, Any]:
         try:
-            _section_model("monitoring", MonitorConfig).model_validate({"monitoring": section})
+            _MONITORING.validate_python(section)
         except ValidationError as exc:
             # ConfigError is not a ValueError: it leaves pydantic as is, with the nested paths.
-            raise ConfigError(format_errors(exc)) from None
+            raise ConfigError(format_errors(exc, "monitoring")) from None
         return section
 
     @property
@@ -344,18 +346,6 @@ def redact_url(text: str) -> str:
     MLflow URL may carry one, alone or inside an error message. The project's one URL-credential
     redactor (the registry's messages and the notifications' redaction use it too)."""
     return _USERINFO_RE.sub(r"\1***@", text)
-
-
-_SECTIONS: dict[str, type[BaseModel]] = {}
-
-
-def _section_model(name: str, kind: type) -> type[BaseModel]:
-    """A one-field model validating a section typed by a dataclass another module owns."""
-    if name not in _SECTIONS:
-        _SECTIONS[name] = create_model(
-            f"_{name}_section", __config__=ConfigDict(extra="forbid"), **{name: (kind, ...)}
-        )
-    return _SECTIONS[name]
 
 
 # --- errors ---------------------------------------------------------------------------------

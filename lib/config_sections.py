@@ -97,6 +97,9 @@ class AnalysisConfig(BaseModel):
 class MonitorConfig:
     """Bounds of one monitoring pass; defaults follow Flagger, Evidently and the mission."""
 
+    # validated by pydantic as the config's `monitoring` section: an unknown key is refused
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
     degradation: float = 0.02  # accuracy more than 2 points below the champion's validation
     min_feedback: int = 100  # labeled requests needed to judge accuracy / ROC-AUC
     alpha: float = 0.05  # for the accuracy, ROC-AUC and error-rate tests
