@@ -30,7 +30,8 @@ from lib.config import check_groups
 CATEGORICAL = ["category", "content_rating", "type"]
 SKEWED = ["reviews", "installs", "size_mb", "price"]  # heavy right tails: log1p first
 LINEAR = ["last_updated_days"]
-# Derived from the listing itself (see derived_values), grouped so each group can be measured.
+# Derived from the listing itself (see derived_values), grouped so each group can be measured;
+# the names (and "name_text", the stacked text score) are lib.config.FEATURE_GROUPS.
 GROUP_COLUMNS: dict[str, list[str]] = {
     "engagement": ["reviews_per_install"],
     "versions": ["android_min", "android_varies", "current_major", "current_varies"],
