@@ -32,7 +32,8 @@ DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "playstore" / "googleplaysto
 def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import roc_auc_score
 
-    from lib.pipeline import calibration, data, features, training
+    from lib.config import CALIBRATION_METHODS, FEATURE_GROUPS
+    from lib.pipeline import calibration, data, training
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -79,18 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     cumulative: list[str] = []
     full_oof = None
     if args.full_only:
-        auc, sd, secs, full_oof = cv_auc(list(features.FEATURE_GROUPS))
+        auc, sd, secs, full_oof = cv_auc(list(FEATURE_GROUPS))
         rows.append(("all groups", auc, sd, secs))
-    for group in [] if args.full_only else features.FEATURE_GROUPS:
+    for group in [] if args.full_only else FEATURE_GROUPS:
         auc, sd, secs, _ = cv_auc([group])
         rows.append((f"base + {group}", auc, sd, secs))
-    for group in [] if args.full_only else features.FEATURE_GROUPS:
+    for group in [] if args.full_only else FEATURE_GROUPS:
         cumulative.append(group)
         auc, sd, secs, oof = cv_auc(list(cumulative))
         rows.append((f"cumulative: + {group}", auc, sd, secs))
         full_oof = oof
     permuted = y.sample(frac=1.0, random_state=args.seed).reset_index(drop=True)
-    auc, sd, secs, _ = cv_auc(list(features.FEATURE_GROUPS), permuted)
+    auc, sd, secs, _ = cv_auc(list(FEATURE_GROUPS), permuted)
     rows.append(("all groups, ratings permuted", auc, sd, secs))
 
     print("\n| features | CV ROC-AUC (mean ± std) | vs base | seconds |")
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {auc:.4f} ± {sd:.4f} | {auc - base:+.4f} | {secs:.0f} |")
 
     assert full_oof is not None
-    methods = calibration.CALIBRATION_METHODS
+    methods = CALIBRATION_METHODS
     choice = calibration.choose_calibration(full_oof, y, methods, args.folds, 0)
     print("\ncalibration of the full model, cross-validated on out-of-fold scores:")
     print("| calibration | log-loss | Brier | ECE |")

@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from lib.atomic_files import write_json_atomic
-from lib.config import PipelineConfig, redact_url
+from lib.config import PipelineConfig, data_paths, redact_url
 from lib.errors import PipelineError, RunnerBusyError
 from lib.pipeline.contracts import STAGES
 from lib.pipeline.executors import PapermillExecutor
 from lib.pipeline.orchestrator import (
     RunContext,
-    data_paths,
+    config_values,
     inputs_for,
     lock,
     new_run_id,
-    plain,
     run,
     send,
     service_url,
@@ -429,29 +428,20 @@ def cmd_backtest(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
     run_dir = root / cfg.reports_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     groups = [g for g in cfg.features if args.with_name_text or g != "name_text"]
+    stage = STAGES["backtest"]
     params = {
+        **config_values(stage.inputs, cfg),
         "data_path": data_path,
-        "decision_table": plain(cfg.decision),
         "n_batches": args.batches,
         "initial_share": args.initial_share,
-        "seed": cfg.seed,
         "family": args.family,
         "cv_folds": args.cv_folds,
         "features": groups,
         "noise": not args.no_noise,
-        "target_threshold": cfg.target_threshold,
-        "test_size": cfg.test_size,
-        "calibration": list(cfg.calibration),
-        "label_objective": cfg.label_objective,
-        "error_costs": dict(cfg.error_costs),
-        "selection_metric": cfg.selection_metric,
-        "fallback_data_path": data_paths(cfg)[0],
-        "synth_apps": cfg.synth_apps,
-        "synth_seed": cfg.synth_seed,
+        "fallback_data_path": data_paths(cfg.data_path)[0],
         "run_id": run_id,
     }
     echo(f"{run_id}: backtest of the decision policy on {data_path} ({args.batches} batches) ...")
-    stage = STAGES["backtest"]
     inputs = stage.check_inputs(params)
     result = PapermillExecutor(root, cfg.stage_timeout).execute(stage, inputs, run_dir)
     outputs = result.outputs.model_dump(mode="json") if result.outputs else {}

@@ -6,15 +6,20 @@ never carry their own copies of thresholds. `PipelineConfig` is a pydantic model
 `ConfigError` naming where the value came from and its dotted key, e.g.
 ``pipeline.yaml: canary_analysis.min_request: unknown key``.
 
-Layers, each validated as it is applied so an error names its origin:
+Layers are pydantic-settings sources (lowest first), each validated as it is added so an
+error names its origin:
 
-1. the defaults of the models below (the only place defaults live);
-2. ``pipeline.yaml`` (or ``--config FILE``);
-3. the environment: ``PIPELINE_<KEY>`` (read by pydantic-settings), nested sections with ``__``,
+1. the defaults of the models below and of lib.config_sections (the only place defaults live);
+2. ``pipeline.yaml`` (or ``--config FILE``): YamlConfigSettingsSource;
+3. the environment: ``PIPELINE_<KEY>`` (EnvSettingsSource), nested sections with ``__``,
    e.g. ``PIPELINE_CANARY_ANALYSIS__MAX_P99_MS=300``; ``MLFLOW_TRACKING_URI`` sets
    ``tracking_uri`` unless ``PIPELINE_TRACKING_URI`` does;
 4. ``--set key=value`` (values are YAML: ``--set "canary_analysis={min_requests: 5}"``), also
-   with dotted keys: ``--set canary_analysis.min_requests=5``.
+   with dotted keys: ``--set canary_analysis.min_requests=5``: the init source, highest.
+
+This module and lib.config_sections import nothing from lib's packages (pipeline, serving,
+delivery, watch): the vocabularies the config checks (feature groups, calibration methods)
+are defined here and the packages import them.
 
 Data paths (``data_path``, one CSV or several separated by commas): in ``pipeline.yaml`` they are
 relative to the project root (the file travels with the project); given on the command line
@@ -23,17 +28,20 @@ the command runs from, as a user expects (the runner passes ``cwd``). Only the u
 path is generated when absent (`data_origin` is None); a path a user gave must exist.
 
 A mapping given for a section (``canary_analysis``, ``monitoring``, ``decision``,
-``error_costs``) by a later layer is MERGED into the earlier one key by key (recursively; lists
-and scalars replace), so ``--set "canary_analysis={min_requests: 5}"`` keeps the file's other
-bounds. The merged section is then validated as a whole.
+``error_costs``) by a later layer is MERGED into the earlier one key by key (pydantic-settings
+merges its sources recursively; lists and scalars replace), so
+``--set "canary_analysis={min_requests: 5}"`` keeps the file's other bounds.
+The merged section is then validated as a whole.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -44,15 +52,22 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    TypeAdapter,
     ValidationError,
-    create_model,
     field_validator,
 )
-from pydantic_settings import EnvSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from lib.config_errors import format_errors
-from lib.delivery.canary_config import AnalysisConfig
+from lib.config_sections import AnalysisConfig, MonitorConfig
 from lib.errors import ConfigError
+from lib.score_table import ScoreTable
 from lib.settings import MODELS_DIR, ROOT_ENV, store_url, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -70,6 +85,13 @@ CANDIDATES = (
 )
 # trained by default: the forest alone is dominated by forest_and_boosting on the real data
 DEFAULT_CANDIDATES = ("logistic_regression", "hist_gradient_boosting", "forest_and_boosting")
+# Feature groups a candidate may use on top of the base listing fields, in canonical order: the
+# derived groups of lib.pipeline.features.GROUP_COLUMNS (tests/test_training.py keeps them equal)
+# and "name_text", the name's text score learned out-of-fold by stacking.
+FEATURE_GROUPS = ("engagement", "versions", "genres", "name_stats", "name_text")
+# how lib.pipeline.calibration may calibrate, and what the served label's threshold maximises
+CALIBRATION_METHODS = ("isotonic", "sigmoid")
+LABEL_OBJECTIVES = ("accuracy", "balanced_accuracy", "f1", "cost")
 
 # Environment variables that override a config key (besides MLFLOW_TRACKING_URI).
 ENV_PREFIX = "PIPELINE_"
@@ -82,6 +104,24 @@ _NONE_WORDS = ("", "none", "None", "null", "~")
 # spans whitespace, "/?#", quotes, backslashes or angle brackets, and a host must follow: an "@"
 # later in the text (`models:/name@champion`, an e-mail address) never ends a userinfo.
 _USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#\\\"'`<>]*@(?=[^\s/?#@\\\"'`<>])")
+
+
+def check_groups(groups: Iterable[str]) -> list[str]:
+    """The feature groups in canonical order; an unknown name is an error that lists the known."""
+    groups = list(groups)
+    unknown = [g for g in groups if g not in FEATURE_GROUPS]
+    if unknown:
+        raise ValueError(
+            f"unknown feature group(s) {unknown}; known groups: {', '.join(FEATURE_GROUPS)}"
+        )
+    return [g for g in FEATURE_GROUPS if g in groups]
+
+
+def data_paths(data_path: str | list[str]) -> list[str]:
+    """A `data_path` (config key or stage parameter): one CSV, a comma-separated string or a
+    list."""
+    items = data_path if isinstance(data_path, list) else str(data_path).split(",")
+    return [p.strip() for p in items if p.strip()]
 
 
 # --- field types ----------------------------------------------------------------------------
@@ -127,10 +167,39 @@ class ErrorCosts(BaseModel):
     false_negative: Float = Field(1.0, ge=0)
 
 
-class PipelineConfig(BaseModel):
+_MONITORING = TypeAdapter(MonitorConfig)  # the `monitoring` section, kept as a mapping
+
+# The sources below the init arguments while load_config builds a config; none otherwise, so
+# `PipelineConfig()` is the defaults, whatever the environment.
+_LAYERS: ContextVar[tuple[PydanticBaseSettingsSource, ...]] = ContextVar("layers", default=())
+
+
+class PipelineConfig(BaseSettings):
     """Everything a pipeline run needs; paths are relative to the project root."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        validate_default=False,
+        coerce_numbers_to_str=True,
+        case_sensitive=False,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        # sections and lists are parsed by the validators below (YAML, "a,b" lists), not JSON
+        enable_decoding=False,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Highest first: the init arguments (``--set``), then what load_config layers."""
+        return (init_settings, *_LAYERS.get())
 
     data_path: str = Field(DEFAULT_DATA_PATH, min_length=1)
     synth_apps: Int = Field(10_000, ge=1)  # size of the generated default data set
@@ -151,7 +220,7 @@ class PipelineConfig(BaseModel):
         None, ge=0
     )
     rf_trees: Int = Field(200, ge=1)
-    # honest inputs beyond the base listing fields (lib.pipeline.features.FEATURE_GROUPS)
+    # honest inputs beyond the base listing fields (FEATURE_GROUPS)
     features: Annotated[list[str], BeforeValidator(_listish)] = [
         "engagement", "versions", "genres", "name_stats", "name_text",
     ]  # fmt: skip
@@ -166,7 +235,7 @@ class PipelineConfig(BaseModel):
     models_dir: str = MODELS_DIR
     stage_timeout: Int = Field(1800, ge=1)  # seconds per notebook cell before the stage fails
     lock_timeout: Float = Field(0.0, ge=0)  # seconds a second runner waits for the first one
-    # The score table (lib.pipeline.scoring.ScoreTable, which owns its defaults and checks): kept
+    # The score table (lib.score_table.ScoreTable, which owns its defaults and checks): kept
     # in the config's shape, as given, because the notebooks receive it as a parameter.
     decision: Annotated[dict[str, Any], BeforeValidator(_mappingish)] = {}
     # deployment (05 deploy) and the model service
@@ -192,7 +261,7 @@ class PipelineConfig(BaseModel):
     # production monitoring (06 monitor): how far back the monitor reads the store
     monitor_window_seconds: Float = Field(3600.0, gt=0)
     auto_rollback: bool = True  # the monitor rolls back on a significant accuracy drop / errors
-    # lib.watch.monitoring.MonitorConfig (which owns its defaults and ranges), kept as a mapping
+    # lib.config_sections.MonitorConfig (which owns its defaults and ranges), kept as a mapping
     # because the 06 notebook receives it as a parameter; every key is checked at load.
     monitoring: Annotated[dict[str, Any], BeforeValidator(_mappingish)] = {}
     # who chose data_path (None: nobody, the default), set by load_config; not a config key
@@ -208,48 +277,41 @@ class PipelineConfig(BaseModel):
     @field_validator("features")
     @classmethod
     def _features(cls, groups: list[str]) -> list[str]:
-        from lib.pipeline import features
-
-        features.check_groups(groups)  # ValueError naming the unknown groups
+        check_groups(groups)  # ValueError naming the unknown groups
         return groups
 
     @field_validator("calibration")
     @classmethod
     def _calibration(cls, methods: list[str]) -> list[str]:
-        known = _calibration_choices("CALIBRATION_METHODS")
-        bad = [m for m in methods if m not in known]
+        bad = [m for m in methods if m not in CALIBRATION_METHODS]
         if bad:
             raise ValueError(
-                f"unknown method(s) {bad}; use a subset of {', '.join(known)} ([] for none)"
+                f"unknown method(s) {bad}; use a subset of {', '.join(CALIBRATION_METHODS)} "
+                "([] for none)"
             )
         return methods
 
     @field_validator("label_objective")
     @classmethod
     def _label_objective(cls, value: str) -> str:
-        known = _calibration_choices("LABEL_OBJECTIVES")
-        if value not in known:
-            raise ValueError(f"must be one of {', '.join(known)}, got {value!r}")
+        if value not in LABEL_OBJECTIVES:
+            raise ValueError(f"must be one of {', '.join(LABEL_OBJECTIVES)}, got {value!r}")
         return value
 
     @field_validator("decision")
     @classmethod
     def _decision(cls, table: dict[str, Any]) -> dict[str, Any]:
-        from lib.pipeline.score_table import ScoreTable
-
         ScoreTable.from_dict(table or None)  # a bad score table fails here, before any stage
         return table
 
     @field_validator("monitoring")
     @classmethod
     def _monitoring(cls, section: dict[str, Any]) -> dict[str, Any]:
-        from lib.watch.health_report import MonitorConfig
-
         try:
-            _section_model("monitoring", MonitorConfig).model_validate({"monitoring": section})
+            _MONITORING.validate_python(section)
         except ValidationError as exc:
             # ConfigError is not a ValueError: it leaves pydantic as is, with the nested paths.
-            raise ConfigError(format_errors(exc)) from None
+            raise ConfigError(format_errors(exc, "monitoring")) from None
         return section
 
     @property
@@ -260,8 +322,6 @@ class PipelineConfig(BaseModel):
 
     def data_files(self, root: Path) -> list[Path]:
         """The data files, relative paths resolved against the project root."""
-        from lib.pipeline.stages import data_paths
-
         return [root / p for p in data_paths(self.data_path)]
 
     def resolved_tracking_uri(self, root: Path) -> str:
@@ -288,25 +348,6 @@ def redact_url(text: str) -> str:
     return _USERINFO_RE.sub(r"\1***@", text)
 
 
-def _calibration_choices(name: str) -> tuple[str, ...]:
-    """The calibration methods / label objectives, from the module that owns them."""
-    from lib.pipeline import calibration
-
-    return tuple(getattr(calibration, name))
-
-
-_SECTIONS: dict[str, type[BaseModel]] = {}
-
-
-def _section_model(name: str, kind: type) -> type[BaseModel]:
-    """A one-field model validating a section typed by a dataclass another module owns."""
-    if name not in _SECTIONS:
-        _SECTIONS[name] = create_model(
-            f"_{name}_section", __config__=ConfigDict(extra="forbid"), **{name: (kind, ...)}
-        )
-    return _SECTIONS[name]
-
-
 # --- errors ---------------------------------------------------------------------------------
 
 
@@ -324,10 +365,10 @@ def _known_keys(path: list[str]) -> str:
     return ", ".join(sorted(fields)) if fields else ""
 
 
-def _validate(data: dict[str, Any], origin: str) -> PipelineConfig:
-    """Build the config from merged layers; any problem is one ConfigError naming `origin`."""
+def _validate(build: Callable[[], PipelineConfig], origin: str) -> PipelineConfig:
+    """`build()`; any problem is one ConfigError naming `origin`."""
     try:
-        return PipelineConfig.model_validate(data)
+        return build()
     except ValidationError as exc:
         message = format_errors(exc)
         unknown = [e for e in exc.errors() if e["type"] == "extra_forbidden"]
@@ -343,17 +384,6 @@ def _validate(data: dict[str, Any], origin: str) -> PipelineConfig:
 
 
 # --- layers ---------------------------------------------------------------------------------
-
-
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """`update` over `base`, mappings merged key by key (recursively); anything else replaces."""
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _is_plain_str(name: str) -> bool:
@@ -383,10 +413,12 @@ def expand_dotted(values: Mapping[str, Any]) -> dict[str, Any]:
         parts = [p.strip() for p in str(key).split(".")]
         if not all(parts):
             raise ConfigError(f"command line: {key!r}: empty part in a dotted key")
-        value = _cli_value(key, value) if len(parts) == 1 else _cli_value("", value)
-        for part in reversed(parts[1:]):
-            value = {part: value}
-        out = deep_merge(out, {parts[0]: value})
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = _cli_value(key if len(parts) == 1 else "", value)
     return out
 
 
@@ -396,34 +428,46 @@ def expand_dotted(values: Mapping[str, Any]) -> dict[str, Any]:
 RUNTIME_ENV = frozenset({"PIPELINE_PROGRESS", "PIPELINE_FAULT", ROOT_ENV})
 
 
+class PipelineEnv(EnvSettingsSource):
+    """PIPELINE_* variables (sections nested with ``__``) read from `environ` (default: the
+    process's), plus MLFLOW_TRACKING_URI for `tracking_uri`; a PIPELINE_* name that is no key is
+    logged, and a data path is made absolute against `cwd` (where the user typed it)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+        super().__init__(PipelineConfig)
+        self.environ = os.environ if environ is None else environ
+        self.env_vars = {k.lower(): v for k, v in self.environ.items()}
+        self.cwd = cwd
+        self.values: dict[str, Any] | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        """Read once (the warnings too); a copy each time, for pydantic-settings to merge."""
+        if self.values is None:
+            self.values = self._read()
+        return copy.deepcopy(self.values)
+
+    def _read(self) -> dict[str, Any]:
+        values = super().__call__()
+        known = {f"{ENV_PREFIX}{name}".lower() for name in PipelineConfig.model_fields}
+        for var in self.environ:
+            low = var.lower()
+            if var.upper() in RUNTIME_ENV:
+                continue
+            if (
+                low.startswith(ENV_PREFIX.lower())
+                and low.split(ENV_NESTED_DELIMITER)[0] not in known
+            ):
+                log.warning("%s is not a config key; ignored", var)
+        if "tracking_uri" not in values and self.environ.get("MLFLOW_TRACKING_URI"):
+            values["tracking_uri"] = self.environ["MLFLOW_TRACKING_URI"]
+        if "data_path" in values:
+            values["data_path"] = _from_cwd(values["data_path"], self.cwd)
+        return values
+
+
 def env_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The config keys that PIPELINE_* variables (and MLFLOW_TRACKING_URI) set."""
-    env = os.environ if environ is None else environ
-    source = EnvSettingsSource(
-        PipelineConfig,  # type: ignore[arg-type]
-        case_sensitive=False,
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter=ENV_NESTED_DELIMITER,
-    )
-    source.env_vars = {k.lower(): v for k, v in env.items()}  # type: ignore[assignment]
-    # sections and lists are parsed by PipelineConfig's validators (YAML, "a,b" lists), not JSON
-    source.config = {**source.config, "enable_decoding": False}  # type: ignore[typeddict-item]
-    values = dict(source())
-    known = {f"{ENV_PREFIX}{name}".lower() for name in PipelineConfig.model_fields}
-    for var in env:
-        low = var.lower()
-        if var.upper() in RUNTIME_ENV:
-            continue
-        if low.startswith(ENV_PREFIX.lower()) and low.split(ENV_NESTED_DELIMITER)[0] not in known:
-            log.warning("%s is not a config key; ignored", var)
-    if "tracking_uri" not in values and env.get("MLFLOW_TRACKING_URI"):
-        values["tracking_uri"] = env["MLFLOW_TRACKING_URI"]
-    return values
-
-
-def apply_overrides(cfg: PipelineConfig, values: Mapping[str, Any], origin: str) -> PipelineConfig:
-    """A copy of `cfg` with `values` merged in (dotted keys allowed), validated as a whole."""
-    return _validate(deep_merge(cfg.model_dump(), expand_dotted(values)), origin)
+    return PipelineEnv(environ)()
 
 
 def parse_set_options(items: list[str]) -> dict[str, str]:
@@ -442,9 +486,28 @@ def _from_cwd(value: Any, cwd: Path | None) -> Any:
     the directory they typed it in; None (a library call) leaves it relative to the root."""
     if cwd is None or not isinstance(value, str):
         return value
-    from lib.pipeline.stages import data_paths
-
     return ",".join(os.path.normpath(cwd / Path(p).expanduser()) for p in data_paths(value))
+
+
+def _yaml_source(path: Path) -> YamlConfigSettingsSource:
+    try:
+        return YamlConfigSettingsSource(PipelineConfig, yaml_file=path)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    except (AttributeError, TypeError):  # a list or a scalar at the top
+        raise ConfigError(f"{path}: expected a mapping of config keys") from None
+
+
+def _build(
+    layers: list[PydanticBaseSettingsSource], init: dict[str, Any], origin: str
+) -> PipelineConfig:
+    """The config from `init` (the highest) over `layers` (the lowest first), as pydantic-settings
+    merges them; any problem is one ConfigError naming `origin`, the layer added last."""
+    token = _LAYERS.set(tuple(reversed(layers)))
+    try:
+        return _validate(lambda: PipelineConfig(**init), origin)
+    finally:
+        _LAYERS.reset(token)
 
 
 def load_config(
@@ -459,37 +522,28 @@ def load_config(
     `cwd`: the directory the user runs from; data paths from the environment and the overrides
     (the command line) are relative to it. Paths in the file are relative to `root`.
     """
-    data: dict[str, Any] = {}
+    layers: list[PydanticBaseSettingsSource] = []
     origin: str | None = None
     path = Path(config_file) if config_file else root / CONFIG_FILE
     if not path.is_absolute():  # a file the user named is where they stand; else the project's
         path = (cwd if config_file and cwd is not None else root) / path
     if path.exists():
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys")
-        data = loaded
-        _validate(data, str(path))
-        if data.get("data_path", DEFAULT_DATA_PATH) != DEFAULT_DATA_PATH:
+        layers.append(_yaml_source(path))
+        _build(layers, {}, str(path))
+        if layers[0]().get("data_path", DEFAULT_DATA_PATH) != DEFAULT_DATA_PATH:
             origin = path.name
     elif config_file:
         raise ConfigError(f"config file {path} does not exist")
-    from_env = env_values(environ)
-    if "data_path" in from_env:
-        from_env["data_path"] = _from_cwd(from_env["data_path"], cwd)
-        origin = f"the environment variable {ENV_PREFIX}DATA_PATH"
-    if from_env:
-        data = deep_merge(data, from_env)
-        _validate(data, "environment (PIPELINE_*)")
-    if overrides:
-        more = expand_dotted(overrides)
-        if "data_path" in more:
-            more["data_path"] = _from_cwd(more["data_path"], cwd)
-            origin = "the command line"
-        data = deep_merge(data, more)
-    cfg = _validate(data, "command line")
+    env = PipelineEnv(environ, cwd)
+    if env():
+        layers.append(env)
+        _build(layers, {}, "environment (PIPELINE_*)")
+        if "data_path" in env():
+            origin = f"the environment variable {ENV_PREFIX}DATA_PATH"
+    given = expand_dotted(overrides or {})
+    if "data_path" in given:
+        given["data_path"] = _from_cwd(given["data_path"], cwd)
+        origin = "the command line"
+    cfg = _build(layers, given, "command line")
     cfg._data_origin = origin
     return cfg

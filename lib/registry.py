@@ -304,6 +304,18 @@ def version_run_id(client: Any, model_name: str, version: str) -> str | None:
         return client.get_model_version(model_name, str(version)).run_id
 
 
+LOCAL_COPY_METADATA = "deployment.json"  # beside a local copy's model: version, model name...
+
+
+def local_copy_metadata(model_dir: Path) -> dict[str, Any] | None:
+    """What a local copy (save_local_copy) says it holds, or None (absent or unreadable)."""
+    try:
+        data = json.loads((model_dir / LOCAL_COPY_METADATA).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def save_local_copy(model: Any, target: Path, metadata: dict[str, Any]) -> Path:
     """Mirror a model into models/<name>/ atomically: build beside it, then swap by rename."""
     import mlflow
@@ -320,7 +332,7 @@ def save_local_copy(model: Any, target: Path, metadata: dict[str, Any]) -> Path:
             skops_trusted_types=skops_trusted_types(model),
             pip_requirements=pip_requirements(),
         )
-        (model_dir / "deployment.json").write_text(json.dumps(metadata, indent=2, default=str))
+        (model_dir / LOCAL_COPY_METADATA).write_text(json.dumps(metadata, indent=2, default=str))
         replace_dir(model_dir, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

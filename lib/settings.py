@@ -4,7 +4,9 @@
 ``-e`` its files sit in site-packages, so the project is the directory the user works in (looked
 up from the working directory for `runner.py`) or the one ``PIPELINE_ROOT`` names. The config
 (`lib.config`), the stages, the service's settings and the notebooks read these functions; this
-module imports nothing of the domain, so any of them may import it.
+module imports nothing of the domain, so any of them may import it. With lib.config,
+lib.config_sections and lib.score_table it is the settings layer at the bottom of lib, which
+imports no package (tests/test_architecture.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ MARKER = "runner.py"  # what makes a directory the project
 TRACKING_DB = "mlflow.db"
 STORE_DB = "predictions.db"
 MODELS_DIR = "models"
+PRODUCTION_DIR = "production"  # under models/: the mirror of the champion the service falls back to
 
 
 def project_root(start: Path | None = None) -> Path:

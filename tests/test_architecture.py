@@ -122,6 +122,77 @@ def test_no_import_cycles_among_lib_modules() -> None:
     )
 
 
+# The layers of lib, lowest first: a package may import its own layer and those below, never one
+# above, lazily (inside a function) or not. `if TYPE_CHECKING:` imports count too.
+LAYERS = (
+    # base: the settings layer (lib.settings, lib.config, lib.config_sections, lib.score_table,
+    # lib.config_errors) and the shared helpers (lib.errors, lib.values, lib.registry, ...)
+    "lib",
+    "lib.pipeline",  # data, features, training, scoring, contracts: what a stage computes
+    "lib.watch",  # drift and health checks, notifications, the report index
+    "lib.serving",  # the model service and its prediction store
+    "lib.delivery",  # canary rollouts, promotion, rollback: drives the service
+    # the composers, which tie every package together: the stage back-ends of the notebooks,
+    # the run of the stages in order, and the operator commands
+    "composers",
+)
+COMPOSERS = ("lib.pipeline.stages", "lib.pipeline.orchestrator", "lib.commands")
+
+
+def layer_of(module: str) -> str:
+    """The node of the package graph a module belongs to (one of LAYERS)."""
+    if any(module == c or module.startswith(c + ".") for c in COMPOSERS):
+        return "composers"
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 and f"lib.{parts[1]}" in LAYERS else "lib"
+
+
+def package_edges(graph: dict[str, set[str]]) -> dict[tuple[str, str], list[str]]:
+    """(importer's layer, imported layer) -> the module imports behind that edge."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for name, deps in graph.items():
+        for dep in deps:
+            pair = (layer_of(name), layer_of(dep))
+            if pair[0] != pair[1]:
+                edges.setdefault(pair, []).append(f"{name} -> {dep}")
+    return edges
+
+
+def test_layer_of_groups_modules_into_packages() -> None:
+    assert layer_of("lib.config") == layer_of("lib.settings") == layer_of("lib") == "lib"
+    assert layer_of("lib.pipeline.features") == "lib.pipeline"
+    assert layer_of("lib.pipeline.stages.monitor") == layer_of("lib.commands") == "composers"
+    assert package_edges({"lib.config": {"lib.watch.drift", "lib.errors"}}) == {
+        ("lib", "lib.watch"): ["lib.config -> lib.watch.drift"]
+    }
+
+
+def test_packages_import_only_lower_layers_and_have_no_cycle() -> None:
+    """Every import in lib, at module level, inside functions or under TYPE_CHECKING, goes from
+    a layer to one below it (LAYERS, lowest first), so the package graph has no cycle: the
+    settings layer imports no package, and no two packages import each other even lazily."""
+    edges = package_edges(import_graph())
+    graph: dict[str, set[str]] = {}
+    for source, target in edges:
+        graph.setdefault(source, set()).add(target)
+    assert not find_cycles(graph), f"package cycles: {find_cycles(graph)}"
+    upward = {
+        pair: found
+        for pair, found in edges.items()
+        if LAYERS.index(pair[1]) > LAYERS.index(pair[0])
+    }
+    assert not upward, (
+        "imports of a higher layer (order: "
+        + " < ".join(LAYERS)
+        + "):\n"
+        + (
+            "\n".join(
+                f"  {a} -> {b}: {', '.join(sorted(found))}" for (a, b), found in upward.items()
+            )
+        )
+    )
+
+
 def print_calls(path: Path) -> list[int]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     return [
@@ -154,7 +225,6 @@ MAX_FUNCTION_LINES = 80
 LONG_FUNCTIONS = {
     "lib/serving/app.py:create_app",
     "lib/pipeline/orchestrator.py:run",
-    "lib/pipeline/orchestrator.py:inputs_for",
 }
 
 

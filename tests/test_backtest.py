@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.pipeline import backtest, backtest_results, data, score_table, synth
+from lib import score_table
+from lib.pipeline import backtest, backtest_results, data, synth
 
 FAST = {"families": ("logistic_regression",), "cv_folds": 2, "features": ()}
 # A table that promotes almost anything (no gate, low bars): to exercise the paths after a

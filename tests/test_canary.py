@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lib.config_sections import AnalysisConfig
 from lib.delivery import canary_judgement
 from lib.delivery.canary import analyze, summarize_step
-from lib.delivery.canary_config import AnalysisConfig
 
 
 def _variant(

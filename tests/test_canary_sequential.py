@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lib.delivery.canary_config import AnalysisConfig
+from lib.config_sections import AnalysisConfig
 from lib.delivery.canary_judgement import (
     FAIL,
     PASS,

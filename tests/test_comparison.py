@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.pipeline import comparison, score_table, scoring, uncertainty
+from lib import score_table
+from lib.pipeline import comparison, scoring, uncertainty
 
 
 def _decide(y, cand, ref, metric="roc_auc") -> scoring.Decision:

@@ -20,9 +20,27 @@ def test_project_config_file_is_valid_and_holds_the_score_table() -> None:
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root, environ={})
     assert cfg.decision["verdicts"] == {"auto": 70, "manual": 50}
-    from lib.pipeline.score_table import ScoreTable
+    from lib.score_table import ScoreTable
 
     assert ScoreTable.from_dict(cfg.decision) == ScoreTable()
+
+
+def test_project_config_file_restates_the_defaults() -> None:
+    """pipeline.yaml restates every default for reading; a default changed in lib/config.py or
+    lib/config_sections.py must change the file too (one value, not two that drift apart)."""
+    from lib.config_sections import MonitorConfig
+    from lib.score_table import ScoreTable
+
+    root = Path(__file__).resolve().parents[1]
+    cfg, default = load_config(root, environ={}), PipelineConfig()
+    assert ScoreTable.from_dict(cfg.decision) == ScoreTable.from_dict(default.decision)
+    assert MonitorConfig.from_dict(cfg.monitoring) == MonitorConfig.from_dict(default.monitoring)
+    differ = {
+        k: (getattr(cfg, k), getattr(default, k))
+        for k in PipelineConfig.model_fields
+        if k not in ("decision", "monitoring") and getattr(cfg, k) != getattr(default, k)
+    }
+    assert not differ
 
 
 def test_unknown_key_names_the_key_and_the_origin(tmp_path: Path) -> None:
@@ -119,7 +137,7 @@ def test_environment_overrides_top_level_and_nested_keys(tmp_path: Path) -> None
     assert cfg.canary_analysis.max_p99_ms == 250.0  # environment over file
     assert cfg.canary_analysis.min_requests == 20  # the file's other bound is kept (merge)
     assert cfg.monitoring == {"min_feedback": 50, "psi_threshold": "0.2"}
-    from lib.watch.health_report import MonitorConfig
+    from lib.config_sections import MonitorConfig
 
     assert MonitorConfig.from_dict(cfg.monitoring).psi_threshold == 0.2
     assert cfg.canary_steps == [10, 100]

@@ -47,6 +47,21 @@ def test_parameters_cell_is_the_contracts_inputs_with_its_defaults(name: str) ->
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
+def test_parameters_cell_holds_the_configs_defaults(name: str) -> None:
+    """An interactive run uses the runner's defaults: each parameter that is a config key
+    (`setting`), read as that key, gives the config's default (``analysis = {}`` is the
+    canary section's defaults)."""
+    from lib.config import PipelineConfig
+
+    declared, default = parameters(STAGES[name]), PipelineConfig().model_dump()
+    keys = STAGES[name].inputs.config_keys()
+    assert keys, f"{name}: no parameter is a config key"
+    for field, key in keys.items():
+        given = PipelineConfig(**{key: declared[field]}).model_dump()[key]
+        assert given == default[key], (field, declared[field], default[key])
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
 def test_notebook_code_only_calls_lib_displays_and_glues(name: str) -> None:
     stage = STAGES[name]
     glued = 0

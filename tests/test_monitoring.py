@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from lib.config_sections import MonitorConfig
 from lib.pipeline import features
 from lib.pipeline.features import FEATURE_COLUMNS
 from lib.watch import monitoring
 from lib.watch.drift import current_inputs, feature_drift, prediction_drift, psi
-from lib.watch.health_report import MonitorConfig
 from lib.watch.monitoring import evaluate_health
 
 CATEGORIES = ["FAMILY", "GAME", "TOOLS", "MEDICAL", "BUSINESS", "PRODUCTIVITY", "SPORTS"]

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from lib.errors import ConfigError
-from lib.pipeline.score_table import (
+from lib.pipeline.scoring import CRITERIA, Decision, Reason, decide
+from lib.score_table import (
     Band,
     Evidence,
     Gate,
@@ -19,7 +20,6 @@ from lib.pipeline.score_table import (
     ScoreTableError,
     default_table_dict,
 )
-from lib.pipeline.scoring import CRITERIA, Decision, Reason, decide
 
 # Inputs that land in a known band of the other two criteria, so one criterion varies at a time.
 GOOD_VALUE = 0.95  # absolute: +30

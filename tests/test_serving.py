@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from threadpoolctl import threadpool_limits
 
 from lib import registry
+from lib.config import FEATURE_GROUPS
 from lib.pipeline import calibration, data, features, synth, training
 from lib.pipeline.features import FEATURE_COLUMNS
 from lib.serving import __main__ as cli
@@ -78,7 +79,7 @@ def _served(model: Any, X: pd.DataFrame, y: pd.Series, threshold: float) -> Any:
 
 def _fit(seed: int, X: pd.DataFrame, y: pd.Series):
     """Version 1: a small forest Pipeline; version 2: the name-text stack. Both thresholded."""
-    groups = features.FEATURE_GROUPS if seed else features.GROUP_COLUMNS
+    groups = FEATURE_GROUPS if seed else features.GROUP_COLUMNS
     with threadpool_limits(limits=1):
         model = training.build_candidate("random_forest", seed, 10, groups, stack_folds=3)
         return _served(model.fit(X, y), X, y, 0.45)
@@ -735,7 +736,7 @@ def _assert_serves_like_sklearn(model: Any, X: pd.DataFrame) -> Predictor:
 def test_compiled_predictor_equals_sklearn_for_every_candidate(mlstore: Store) -> None:
     labeled = training.labeled_data(data.read_apps(mlstore.root / "apps.csv").apps, 4.0)
     for name in ("random_forest", "hist_gradient_boosting", "logistic_regression"):
-        for groups in (features.FEATURE_GROUPS, features.GROUP_COLUMNS):  # stack, plain pipeline
+        for groups in (FEATURE_GROUPS, features.GROUP_COLUMNS):  # stack, plain pipeline
             with threadpool_limits(limits=1):  # OpenMP fits crawl on a busy shared machine
                 model = training.build_candidate(name, 0, 10, groups, stack_folds=3)
                 model.fit(labeled.X, labeled.y)

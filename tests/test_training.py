@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lib.config import CALIBRATION_METHODS
 from lib.errors import DataError
 from lib.pipeline import calibration, evaluation, features, training
 
@@ -173,7 +174,7 @@ def test_assembled_calibration_equals_calibrated_classifier_cv() -> None:
     X, y = data.X, data.y
     base = training.build_candidate("hist_gradient_boosting", 0, groups=["engagement"])
     oof = calibration.out_of_fold(base, X, y, 3, 0)
-    for method in calibration.CALIBRATION_METHODS:
+    for method in CALIBRATION_METHODS:
         mine = calibration.calibrated(clone(base).fit(X, y), oof, y, method, 3, 0)
         ref = CalibratedClassifierCV(
             clone(base), method=method, cv=calibration.folds_for(3, 0), ensemble=False
@@ -197,7 +198,7 @@ def test_calibrated_model_keeps_no_trace_of_the_score_column() -> None:
     base = training.build_candidate("logistic_regression", 0, groups=["engagement"])
     oof = calibration.out_of_fold(base, X, y, 3, 0)
     fitted = clone(base).fit(X, y)
-    for method in calibration.CALIBRATION_METHODS:
+    for method in CALIBRATION_METHODS:
         model = calibration.calibrated(fitted, oof, y, method, 3, 0)
         assert model.calibrated_classifiers_[0].estimator is fitted
         params = model.get_params(deep=False)
@@ -263,3 +264,11 @@ def test_config_knows_every_model_family() -> None:
 
     assert set(config.CANDIDATES) == set(training.FAMILIES)
     assert set(config.DEFAULT_CANDIDATES) <= set(training.FAMILIES)
+
+
+def test_config_feature_groups_are_the_derived_groups_and_the_name_text() -> None:
+    """The config defines the group names (lib.config imports no package); features defines
+    their columns: the two must name the same groups, in the same order."""
+    from lib import config
+
+    assert config.FEATURE_GROUPS == (*features.GROUP_COLUMNS, "name_text")

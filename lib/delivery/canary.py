@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib.delivery.canary_config import AnalysisConfig
+from lib.config_sections import AnalysisConfig
 from lib.delivery.canary_judgement import (
     FAIL,
     PASS,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from lib.delivery.canary_config import AnalysisConfig
+from lib.config_sections import AnalysisConfig
 from lib.window_stats import sequential_binomial_p, sequential_excess_test, sequential_two_sided_p
 
 PASS, FAIL, WAIT = "pass", "fail", "wait"

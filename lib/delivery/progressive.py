@@ -32,7 +32,8 @@ from typing import Any
 import pandas as pd
 
 from lib import progress, registry
-from lib.delivery import canary, canary_config, releases, rollout
+from lib.config_sections import AnalysisConfig
+from lib.delivery import canary, releases, rollout
 from lib.delivery.promotion import promote_rollout, roll_back_rollout
 from lib.delivery.replayer import Replayer, app_request
 from lib.delivery.service_control import RolloutFailed, RoutingChanged, set_routing
@@ -60,7 +61,7 @@ class DeploySettings:
     lease_seconds: float
     serving_url: str | None  # a running production service; None: start one
     store_url: str  # the production service's prediction store
-    analysis: dict[str, Any]  # canary_config.AnalysisConfig fields
+    analysis: dict[str, Any]  # AnalysisConfig fields
 
 
 @dataclass
@@ -402,7 +403,7 @@ def _canary_steps(
     failed rollout still reports what its steps saw."""
     from lib.serving.prediction_store import PredictionReader
 
-    cfg = canary_config.AnalysisConfig.model_validate(settings.analysis)
+    cfg = AnalysisConfig.model_validate(settings.analysis)
     predictions = PredictionReader(settings.store_url)  # reads what the service writes
     replayer = Replayer(url, records, rate=settings.replay_rate) if settings.replay else None
     canary_started = time.time()
@@ -456,7 +457,7 @@ def _hold_step(
     version: str,
     weight: int,
     settings: DeploySettings,
-    cfg: canary_config.AnalysisConfig,
+    cfg: AnalysisConfig,
     predictions: Any,
     canary_started: float,
     around: tuple[ServiceProcess | None, Replayer | None, rollout.RolloutStore],

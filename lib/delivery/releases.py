@@ -49,15 +49,14 @@ from lib.atomic_files import STAGING_PREFIX, copy_dir_atomic, write_json_atomic
 from lib.delivery.faults import fault_point
 from lib.delivery.service_control import SERVICE_RELOADED, reload_with_retries
 from lib.errors import PipelineError
+from lib.settings import PRODUCTION_DIR
 
 log = logging.getLogger(__name__)
 
-PRODUCTION_DIR = "production"
 PREVIOUS_DIR = "previous"
 KEEP_PREVIOUS = 5
 DEPLOYMENTS_FILE = "deployments.json"
 LOG_FILE = "deployment.log"
-METADATA_FILE = "deployment.json"  # written by registry.save_local_copy
 CHAMPION, PREVIOUS, CANARY, STAGING = "champion", "previous", "canary", "staging"
 
 _SECRET_KEY = re.compile(r"token|secret|password|passwd|api_?key|authorization|credential", re.I)
@@ -141,17 +140,9 @@ def log_transition(logs_dir: str | Path, event: str, **fields: Any) -> str:
 # ---------------------------------------------------------------------------- local mirror
 
 
-def _read_metadata(model_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((model_dir / METADATA_FILE).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def production_metadata(models_dir: str | Path) -> dict[str, Any] | None:
     """What models/production/ says it holds, or None (absent or unreadable)."""
-    return _read_metadata(Path(models_dir) / PRODUCTION_DIR)
+    return registry.local_copy_metadata(Path(models_dir) / PRODUCTION_DIR)
 
 
 def production_version(models_dir: str | Path) -> str | None:
@@ -191,7 +182,7 @@ def _prune_previous(models_dir: Path, keep: int = KEEP_PREVIOUS) -> list[Path]:
 
 def _find_copy(models_dir: Path, version: str) -> Path | None:
     for path in reversed(previous_copies(models_dir)):
-        meta = _read_metadata(path)
+        meta = registry.local_copy_metadata(path)
         if meta is not None and str(meta.get("version")) == version:
             return path
     return None
@@ -201,7 +192,8 @@ def _restore_copy(models_dir: Path, source: Path, metadata: dict[str, Any]) -> N
     """Copy a kept production back into place, its metadata rewritten before the swap."""
 
     def rewrite_metadata(staged: Path) -> None:
-        (staged / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
+        text = json.dumps(metadata, indent=2, default=str)
+        (staged / registry.LOCAL_COPY_METADATA).write_text(text)
 
     copy_dir_atomic(source, models_dir / PRODUCTION_DIR, prepare=rewrite_metadata)
 
@@ -580,7 +572,7 @@ def rollback(
     )
 
     # 3. files: the kept copy of the restored version, or a fresh mirror from the registry
-    old_meta = (copy is not None and _read_metadata(copy)) or {}
+    old_meta = (copy is not None and registry.local_copy_metadata(copy)) or {}
     metadata = {
         "model_name": model_name, "version": target, "run_id": target_info.run_id,
         "promoted_at": old_meta.get("promoted_at"), "restored_at": _iso(at),

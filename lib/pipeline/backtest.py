@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lib import score_table
 from lib.errors import DataError
-from lib.pipeline import comparison, score_table, scoring, training, uncertainty
+from lib.pipeline import comparison, scoring, training, uncertainty
 from lib.pipeline.app_identity import latest_per_app
 from lib.pipeline.backtest_results import (
     MAJORITY,

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib.pipeline import calibration, score_table
+from lib import score_table
+from lib.config import CALIBRATION_METHODS
 
 VERDICTS = score_table.VERDICTS
 TRUTHS = ("better", "worse", "no real difference", "undetermined")
@@ -38,7 +39,7 @@ class BacktestSettings:
     seed: int = 42
     test_size: float = 0.2
     features: tuple[str, ...] = DEFAULT_FEATURES
-    calibration: tuple[str, ...] = calibration.CALIBRATION_METHODS
+    calibration: tuple[str, ...] = CALIBRATION_METHODS
     objective: str = "accuracy"
     costs: dict[str, float] | None = None
     metric: str = "roc_auc"  # the selection metric the score table reads

@@ -21,12 +21,10 @@ from sklearn.metrics import brier_score_loss, log_loss
 from sklearn.model_selection import StratifiedKFold
 
 from lib import progress
+from lib.config import CALIBRATION_METHODS, LABEL_OBJECTIVES
 from lib.pipeline.evaluation import expected_calibration_error
 
 log = logging.getLogger(__name__)
-
-CALIBRATION_METHODS = ("isotonic", "sigmoid")
-LABEL_OBJECTIVES = ("accuracy", "balanced_accuracy", "f1", "cost")
 
 
 def folds_for(folds: int, seed: int) -> StratifiedKFold:

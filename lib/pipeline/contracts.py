@@ -4,6 +4,10 @@ The runner checks a notebook's `parameters` cell against the stage's inputs befo
 validates the glued scraps against the outputs after, and builds the next stage's inputs from
 typed results: nothing travels between stages as a loose string key. Inputs default to the
 values a notebook needs to run alone in Jupyter; the runner always passes every field.
+
+A field declared with `setting(key)` is the config key `key` (lib.config.PipelineConfig): its
+default is the config's, and the runner fills it from the resolved config by that key
+(`Contract.config_keys`), so neither a contract nor the runner restates a config value.
 """
 
 from __future__ import annotations
@@ -14,15 +18,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lib.config import PipelineConfig
 from lib.errors import PipelineError
 
+CONFIG_KEY = "config_key"  # where a field made by setting() keeps its config key
 
-def _d(name: str) -> Any:
-    """The config's default for `name`: a contract never restates a default of its own."""
-    from lib.config import PipelineConfig
 
-    value = PipelineConfig.model_fields[name].get_default(call_default_factory=True)
+def config_default(key: str) -> Any:
+    """The config's default for `key`, as plain data (a section model as its mapping)."""
+    value = PipelineConfig.model_fields[key].get_default(call_default_factory=True)
     return value.model_dump() if hasattr(value, "model_dump") else value
+
+
+def setting(key: str, default: Any = None, **constraints: Any) -> Any:
+    """A contract field that is the config key `key`: the config's default (unless `default`
+    is given, e.g. ``{}`` for "the section's own defaults"), filled by the runner from the
+    config."""
+    value = config_default(key) if default is None else default
+    return Field(value, json_schema_extra={CONFIG_KEY: key}, **constraints)
 
 
 DataPath = str | list[str]  # one CSV or several, relative to the project root
@@ -39,10 +52,20 @@ class Contract(BaseModel):
         """The model from a notebook's globals (its parameters cell), ignoring everything else."""
         return cls.model_validate({k: namespace[k] for k in cls.model_fields if k in namespace})
 
+    @classmethod
+    def config_keys(cls) -> dict[str, str]:
+        """Field name -> the config key it takes (the fields declared with `setting`)."""
+        keys = {}
+        for name, field in cls.model_fields.items():
+            extra = field.json_schema_extra
+            if isinstance(extra, dict) and CONFIG_KEY in extra:
+                keys[name] = str(extra[CONFIG_KEY])
+        return keys
+
 
 class MLflowInputs(Contract):
-    model_name: str = _d("model_name")
-    experiment: str = _d("experiment")
+    model_name: str = setting("model_name")
+    experiment: str = setting("experiment")
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or sqlite:///<root>/mlflow.db
     run_id: str = "interactive"
 
@@ -50,21 +73,21 @@ class MLflowInputs(Contract):
 class HoldoutInputs(MLflowInputs):
     """What rebuilds training's holdout: the data, the label and the split."""
 
-    data_path: DataPath = _d("data_path")
-    target_threshold: float = _d("target_threshold")
-    test_size: float = _d("test_size")
-    seed: int = _d("seed")
+    data_path: DataPath = setting("data_path")
+    target_threshold: float = setting("target_threshold")
+    test_size: float = setting("test_size")
+    seed: int = setting("seed")
 
 
 # -- 01 detect ----------------------------------------------------------------------------------
 class DetectInputs(Contract):
-    data_path: DataPath = _d("data_path")
-    threshold: int = Field(_d("threshold"), ge=0)
+    data_path: DataPath = setting("data_path")
+    threshold: int = setting("threshold", ge=0)
     force: bool = False
     state_path: str = "models/training_state.json"
     quarantine_path: str = "reports/interactive/quarantine.csv"
-    synth_apps: int = Field(_d("synth_apps"), gt=0)
-    synth_seed: int = _d("synth_seed")
+    synth_apps: int = setting("synth_apps", gt=0)
+    synth_seed: int = setting("synth_seed")
     run_id: str = "interactive"
 
 
@@ -79,16 +102,16 @@ class DetectOutputs(Contract):
 
 # -- 02 train -----------------------------------------------------------------------------------
 class TrainInputs(HoldoutInputs):
-    candidates: list[str] = _d("candidates")
-    cv_folds: int = Field(_d("cv_folds"), ge=2)
-    model_seed: int | None = _d("model_seed")
-    rf_trees: int = Field(_d("rf_trees"), gt=0)
-    features: list[str] = _d("features")
-    calibration: list[str] = _d("calibration")
-    label_objective: str = _d("label_objective")
-    error_costs: dict[str, float] = _d("error_costs")
-    selection_metric: str = _d("selection_metric")
-    models_dir: str = _d("models_dir")
+    candidates: list[str] = setting("candidates")
+    cv_folds: int = setting("cv_folds", ge=2)
+    model_seed: int | None = setting("model_seed")
+    rf_trees: int = setting("rf_trees", gt=0)
+    features: list[str] = setting("features")
+    calibration: list[str] = setting("calibration")
+    label_objective: str = setting("label_objective")
+    error_costs: dict[str, float] = setting("error_costs")
+    selection_metric: str = setting("selection_metric")
+    models_dir: str = setting("models_dir")
     state_path: str = "models/training_state.json"
     quarantine_path: str = "reports/interactive/quarantine.csv"
     trigger: str = "manual"
@@ -122,7 +145,7 @@ class TrainOutputs(Contract):
 # -- 03 compare ---------------------------------------------------------------------------------
 class CompareInputs(HoldoutInputs):
     candidate_version: str | None = None  # None: the version behind the alias `candidate`
-    selection_metric: str = _d("selection_metric")
+    selection_metric: str = setting("selection_metric")
     holdout_digest: str | None = None  # 02 train's holdout fingerprint, checked when given
     parent_run_id: str | None = None
 
@@ -150,8 +173,8 @@ class DecideInputs(HoldoutInputs):
     gate_inputs: dict[str, Any] | None = None
     cv_std: float | None = None
     reference_label: str | None = None
-    selection_metric: str = _d("selection_metric")
-    decision_table: dict[str, Any] = _d("decision")  # empty: the mission's table
+    selection_metric: str = setting("selection_metric")
+    decision_table: dict[str, Any] = setting("decision")  # empty: the mission's table
     parent_run_id: str | None = None
 
 
@@ -166,20 +189,21 @@ class DecideOutputs(Contract):
 # -- 05 deploy ----------------------------------------------------------------------------------
 class DeployInputs(HoldoutInputs):
     candidate_version: str | None = None
-    steps: list[int] = _d("canary_steps")
-    analysis_seconds: float = Field(_d("analysis_seconds"), gt=0)
-    max_wait_seconds: float = Field(_d("max_wait_seconds"), ge=0)
-    check_every_seconds: float = Field(_d("check_every_seconds"), gt=0)
-    replay_rate: float = Field(_d("replay_rate"), gt=0)
-    replay: bool = _d("replay")
-    smoke_rows: int = Field(_d("smoke_rows"), gt=0)
-    smoke_max_p95_ms: float = Field(_d("smoke_max_p95_ms"), gt=0)
-    lease_seconds: float = Field(_d("lease_seconds"), gt=0)
+    steps: list[int] = setting("canary_steps")
+    analysis_seconds: float = setting("analysis_seconds", gt=0)
+    max_wait_seconds: float = setting("max_wait_seconds", ge=0)
+    check_every_seconds: float = setting("check_every_seconds", gt=0)
+    replay_rate: float = setting("replay_rate", gt=0)
+    replay: bool = setting("replay")
+    smoke_rows: int = setting("smoke_rows", gt=0)
+    smoke_max_p95_ms: float = setting("smoke_max_p95_ms", gt=0)
+    lease_seconds: float = setting("lease_seconds", gt=0)
     serving_url: str | None = None  # a running production service; None: the stage starts one
     store_url: str | None = None  # None: sqlite predictions.db in the project
-    analysis: dict[str, Any] = {}  # canary bounds (`canary_analysis`); empty: AnalysisConfig's
-    models_dir: str = _d("models_dir")
-    logs_dir: str = _d("logs_dir")
+    # canary bounds over AnalysisConfig's (lib.config_sections); empty: its defaults
+    analysis: dict[str, Any] = setting("canary_analysis", default={})
+    models_dir: str = setting("models_dir")
+    logs_dir: str = setting("logs_dir")
 
 
 class DeployOutputs(Contract):
@@ -194,13 +218,14 @@ class DeployOutputs(Contract):
 
 # -- 06 monitor ---------------------------------------------------------------------------------
 class MonitorInputs(HoldoutInputs):
-    window_seconds: float = Field(_d("monitor_window_seconds"), gt=0)
-    monitoring_config: dict[str, Any] = _d("monitoring")  # thresholds (`monitoring`)
-    auto_rollback: bool = _d("auto_rollback")
-    serving_url: str = f"http://{_d('serving_host')}:{_d('serving_port')}"  # production service
+    window_seconds: float = setting("monitor_window_seconds", gt=0)
+    monitoring_config: dict[str, Any] = setting("monitoring")  # thresholds (`monitoring`)
+    auto_rollback: bool = setting("auto_rollback")
+    # the production service (the runner passes serving_url, else serving_host:serving_port)
+    serving_url: str = f"http://{config_default('serving_host')}:{config_default('serving_port')}"
     store_url: str | None = None
-    models_dir: str = _d("models_dir")
-    logs_dir: str = _d("logs_dir")
+    models_dir: str = setting("models_dir")
+    logs_dir: str = setting("logs_dir")
 
 
 class MonitorOutputs(Contract):
@@ -219,24 +244,24 @@ class MonitorOutputs(Contract):
 # -- 07 backtest (an operator command, not a pipeline stage) ------------------------------------
 class BacktestInputs(Contract):
     data_path: str = "../shared/data/playstore/googleplaystore.csv"
-    decision_table: dict[str, Any] = {}
+    decision_table: dict[str, Any] = setting("decision")
     n_batches: int = Field(5, ge=1)
     initial_share: float = Field(0.4, gt=0, lt=1)
-    seed: int = _d("seed")
+    seed: int = setting("seed")
     family: str | list[str] = "hist_gradient_boosting"
     cv_folds: int = Field(3, ge=2)
     # the config's groups without name_text, which makes every fit about 15 times slower
-    features: list[str] = [g for g in _d("features") if g != "name_text"]
+    features: list[str] = [g for g in config_default("features") if g != "name_text"]
     noise: bool = True
-    target_threshold: float = _d("target_threshold")
-    test_size: float = _d("test_size")
-    calibration: list[str] = _d("calibration")
-    label_objective: str = _d("label_objective")
-    error_costs: dict[str, float] = _d("error_costs")
-    selection_metric: str = _d("selection_metric")
-    fallback_data_path: str = _d("data_path")  # generated when data_path is absent
-    synth_apps: int = Field(_d("synth_apps"), gt=0)
-    synth_seed: int = _d("synth_seed")
+    target_threshold: float = setting("target_threshold")
+    test_size: float = setting("test_size")
+    calibration: list[str] = setting("calibration")
+    label_objective: str = setting("label_objective")
+    error_costs: dict[str, float] = setting("error_costs")
+    selection_metric: str = setting("selection_metric")
+    fallback_data_path: str = config_default("data_path")  # generated when data_path is absent
+    synth_apps: int = setting("synth_apps", gt=0)
+    synth_seed: int = setting("synth_seed")
     run_id: str = "interactive"
 
 

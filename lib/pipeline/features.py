@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,10 +25,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
+from lib.config import check_groups
+
 CATEGORICAL = ["category", "content_rating", "type"]
 SKEWED = ["reviews", "installs", "size_mb", "price"]  # heavy right tails: log1p first
 LINEAR = ["last_updated_days"]
-# Derived from the listing itself (see derived_values), grouped so each group can be measured.
+# Derived from the listing itself (see derived_values), grouped so each group can be measured;
+# the names (and "name_text", the stacked text score) are lib.config.FEATURE_GROUPS.
 GROUP_COLUMNS: dict[str, list[str]] = {
     "engagement": ["reviews_per_install"],
     "versions": ["android_min", "android_varies", "current_major", "current_varies"],
@@ -45,9 +48,6 @@ DERIVED = [c for cols in GROUP_COLUMNS.values() for c in cols]
 NUMERIC = SKEWED + LINEAR + DERIVED
 TEXT = ["name"]  # the app's name, for the out-of-fold text score (group "name_text")
 FEATURE_COLUMNS = CATEGORICAL + NUMERIC + TEXT
-# Feature groups a candidate may use on top of the base listing fields; "name_text" is the
-# text score of the name, learned out-of-fold by stacking (see training.build_candidate).
-FEATURE_GROUPS = (*GROUP_COLUMNS, "name_text")
 EPOCH = pd.Timestamp("1970-01-01")
 
 _LEADING_NUMBER = re.compile(r"^\D{0,3}?(\d+)(?:\.(\d+))?")
@@ -146,17 +146,6 @@ def _column(apps: pd.DataFrame, name: str) -> list[object]:
 def labels(apps: pd.DataFrame, target_threshold: float) -> pd.Series:
     """Binary target: 1 when the rating is above the threshold (4.0 by default)."""
     return (apps["rating"] > target_threshold).astype(int)
-
-
-def check_groups(groups: Iterable[str]) -> list[str]:
-    """The feature groups in canonical order; an unknown name is an error that lists the known."""
-    groups = list(groups)
-    unknown = [g for g in groups if g not in FEATURE_GROUPS]
-    if unknown:
-        raise ValueError(
-            f"unknown feature group(s) {unknown}; known groups: {', '.join(FEATURE_GROUPS)}"
-        )
-    return [g for g in FEATURE_GROUPS if g in groups]
 
 
 def tabular_columns(groups: Sequence[str]) -> list[str]:

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from lib.atomic_files import write_json_atomic
-from lib.config import PipelineConfig
+from lib.config import PipelineConfig, data_paths
 from lib.errors import PipelineError, RunnerBusyError, StageError
 from lib.pipeline import run_record
-from lib.pipeline import stages as stage_modules
 from lib.pipeline.contracts import (
     PIPELINE,
     STAGES,
@@ -45,10 +44,6 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def data_paths(cfg: PipelineConfig) -> list[str]:
-    return stage_modules.data_paths(cfg.data_path)
-
-
 def service_url(cfg: PipelineConfig) -> str:
     """The production service every stage and command talks to."""
     return cfg.serving_url or f"http://{cfg.serving_host}:{cfg.serving_port}"
@@ -68,26 +63,17 @@ class RunContext:
     candidate_version: str | None = None
 
 
-def inputs_for(stage: str, cfg: PipelineConfig, ctx: RunContext, outputs: RunOutputs) -> Contract:
-    """The stage's typed inputs: the resolved config, the run's paths and earlier outputs."""
+def config_values(contract: type[Contract], cfg: PipelineConfig) -> dict[str, Any]:
+    """The contract's config fields (declared with `setting`), taken from `cfg` by their key."""
+    data = cfg.model_dump(mode="json")
+    return {name: data[key] for name, key in contract.config_keys().items()}
+
+
+def run_values(stage: str, cfg: PipelineConfig, ctx: RunContext, outputs: RunOutputs) -> dict:
+    """What a stage gets besides the config: the run, its resolved paths and URLs, and what
+    earlier stages gave; each stage takes the ones its contract names."""
     rel = os.path.relpath
-    paths = data_paths(cfg)
-    common: dict[str, Any] = {"run_id": ctx.run_id}
-    quarantine = rel(ctx.run_dir / "quarantine.csv", ctx.root)
-    state = rel(ctx.root / cfg.models_dir / "training_state.json", ctx.root)
-    mlflow = {
-        "model_name": cfg.model_name,
-        "experiment": cfg.experiment,
-        "tracking_uri": ctx.tracking_uri,
-    }
-    holdout = {
-        **common,
-        **mlflow,
-        "data_path": paths[0] if len(paths) == 1 else paths,
-        "target_threshold": cfg.target_threshold,
-        "test_size": cfg.test_size,
-        "seed": cfg.seed,
-    }
+    paths = data_paths(cfg.data_path)
     train: TrainOutputs | None = outputs.get("train")  # type: ignore[assignment]
     compared: CompareOutputs | None = outputs.get("compare")  # type: ignore[assignment]
     decided: DecideOutputs | None = outputs.get("decide")  # type: ignore[assignment]
@@ -97,102 +83,44 @@ def inputs_for(stage: str, cfg: PipelineConfig, ctx: RunContext, outputs: RunOut
         or (train.candidate_version if train else None)
         or ctx.candidate_version
     )
-    parent_run_id = train.parent_run_id if train else None
-    values: dict[str, Any]
-    if stage == "detect":
-        values = {
-            **common,
-            "data_path": holdout["data_path"],
-            "threshold": cfg.threshold,
-            "force": ctx.force,
-            "state_path": state,
-            "quarantine_path": quarantine,
-            "synth_apps": cfg.synth_apps,
-            "synth_seed": cfg.synth_seed,
-        }
-    elif stage == "train":
-        values = {
-            **holdout,
-            "candidates": list(cfg.candidates),
-            "cv_folds": cfg.cv_folds,
-            "rf_trees": cfg.rf_trees,
-            "model_seed": cfg.model_seed,
-            "features": list(cfg.features),
-            "calibration": list(cfg.calibration),
-            "label_objective": cfg.label_objective,
-            "error_costs": dict(cfg.error_costs),
-            "selection_metric": cfg.selection_metric,
-            "models_dir": cfg.models_dir,
-            "state_path": state,
-            "quarantine_path": quarantine,
-            "trigger": ctx.trigger,
-            "log_to_mlflow": True,
-            "register_candidate": True,  # the runner moves @candidate; a notebook alone does not
-        }
-    elif stage == "compare":
-        values = {
-            **holdout,
-            "candidate_version": version,
-            "selection_metric": cfg.selection_metric,
-            "holdout_digest": train.holdout_digest if train else None,
-            "parent_run_id": parent_run_id,
-        }
-    elif stage == "decide":
-        values = {
-            **holdout,
-            "candidate_version": version,
-            "selection_metric": cfg.selection_metric,
-            "decision_table": plain(cfg.decision),
-            "parent_run_id": parent_run_id,
-        }
-        if compared is not None:
-            values.update(
-                improvement_interval=compared.improvement_interval,
-                candidate_interval=compared.candidate_interval,
-                gate_inputs=compared.gate_inputs,
-                cv_std=compared.stability.get("cv_std"),
-                reference_label=compared.reference_label,
-            )
-    elif stage == "deploy":
-        values = {
-            **holdout,
-            "candidate_version": version,
-            "steps": list(cfg.canary_steps),
-            "analysis_seconds": cfg.analysis_seconds,
-            "max_wait_seconds": cfg.max_wait_seconds,
-            "check_every_seconds": cfg.check_every_seconds,
-            "replay_rate": cfg.replay_rate,
-            "replay": cfg.replay,
-            "smoke_rows": cfg.smoke_rows,
-            "smoke_max_p95_ms": cfg.smoke_max_p95_ms,
-            "lease_seconds": cfg.lease_seconds,
-            "serving_url": cfg.serving_url,
-            "store_url": cfg.resolved_store_url(ctx.root),
-            "analysis": plain(cfg.canary_analysis),
-            "models_dir": cfg.models_dir,
-            "logs_dir": cfg.logs_dir,
-        }
-    elif stage == "monitor":
-        values = {
-            **holdout,
-            "window_seconds": cfg.monitor_window_seconds,
-            "monitoring_config": plain(cfg.monitoring),
-            "auto_rollback": cfg.auto_rollback,
-            "serving_url": service_url(cfg),
-            "store_url": cfg.resolved_store_url(ctx.root),
-            "models_dir": cfg.models_dir,
-            "logs_dir": cfg.logs_dir,
-        }
-    else:
+    values: dict[str, Any] = {
+        "run_id": ctx.run_id,
+        "tracking_uri": ctx.tracking_uri,
+        "data_path": paths[0] if len(paths) == 1 else paths,
+        "force": ctx.force,
+        "trigger": ctx.trigger,
+        "state_path": rel(ctx.root / cfg.models_dir / "training_state.json", ctx.root),
+        "quarantine_path": rel(ctx.run_dir / "quarantine.csv", ctx.root),
+        "log_to_mlflow": True,
+        "register_candidate": True,  # the runner moves @candidate; a notebook alone does not
+        "candidate_version": version,
+        "holdout_digest": train.holdout_digest if train else None,
+        "parent_run_id": train.parent_run_id if train else None,
+        "store_url": cfg.resolved_store_url(ctx.root),
+        # 05 deploy starts a service when none is configured; 06 monitor watches production
+        "serving_url": service_url(cfg) if stage == "monitor" else cfg.serving_url,
+    }
+    if compared is not None:
+        values.update(
+            improvement_interval=compared.improvement_interval,
+            candidate_interval=compared.candidate_interval,
+            gate_inputs=compared.gate_inputs,
+            cv_std=compared.stability.get("cv_std"),
+            reference_label=compared.reference_label,
+        )
+    return values
+
+
+def inputs_for(stage: str, cfg: PipelineConfig, ctx: RunContext, outputs: RunOutputs) -> Contract:
+    """The stage's typed inputs, each field by its name: the config's keys (`setting` fields),
+    then the run's values (run_values) over them."""
+    if stage not in PIPELINE:
         raise PipelineError(f"unknown stage {stage!r}; stages are {', '.join(PIPELINE)}")
-    return STAGES[stage].check_inputs(values)
-
-
-def plain(section: Any) -> dict[str, Any]:
-    """A config section as plain JSON-ready values (a typed model or a mapping)."""
-    if hasattr(section, "model_dump"):
-        return section.model_dump(mode="json", exclude_unset=False)
-    return dict(section or {})
+    contract = STAGES[stage].inputs
+    values = {**config_values(contract, cfg), **run_values(stage, cfg, ctx, outputs)}
+    return STAGES[stage].check_inputs(
+        {k: v for k, v in values.items() if k in contract.model_fields}
+    )
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The deployment decision: a gate, then a candidate's score out of 100 and the verdict it earns.
 
-The score table (lib.pipeline.score_table) is data loadable from the YAML
+The score table (lib.score_table) is data loadable from the YAML
 config rather than ``if`` chains in a notebook. Three criteria, all on the selection metric
 (higher is better):
 
@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib.pipeline.score_table import (
+from lib.score_table import (
     COMPARE_DECIMALS,
     GE,
     LE,

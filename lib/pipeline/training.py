@@ -30,11 +30,11 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
+from lib.config import CALIBRATION_METHODS, FEATURE_GROUPS, check_groups
 from lib.errors import DataError
 from lib.pipeline import features
 from lib.pipeline.app_identity import latest_per_app
 from lib.pipeline.calibration import (
-    CALIBRATION_METHODS,
     CalibrationChoice,
     ThresholdChoice,
     calibrated,
@@ -118,7 +118,7 @@ def split_digest(keys: pd.Series, test_idx: np.ndarray) -> str:
     return hashlib.sha256("\n".join(chosen).encode()).hexdigest()[:16]
 
 
-DEFAULT_FEATURE_GROUPS: tuple[str, ...] = features.FEATURE_GROUPS
+DEFAULT_FEATURE_GROUPS: tuple[str, ...] = FEATURE_GROUPS
 
 
 FAMILIES: tuple[str, ...] = (
@@ -192,7 +192,7 @@ def build_candidate(
     probabilities (scikit-learn's StackingClassifier), so the name's score never sees its own
     rows. ``forest_and_boosting`` stacks a forest and a boosting model the same way.
     """
-    groups = features.check_groups(groups)
+    groups = check_groups(groups)
     members = _tabular(name, seed, rf_trees, groups)
     if "name_text" in groups:
         members = [("name_text", features.name_text_model(seed)), *members]
@@ -345,7 +345,7 @@ def train_candidate(
     holdout = evaluate(data.y.iloc[test_idx], proba, served)
     elapsed = time.perf_counter() - started
     params: dict[str, object] = {
-        "feature_groups": ",".join(features.check_groups(groups)),
+        "feature_groups": ",".join(check_groups(groups)),
         "calibration": choice.method or "none",
         "threshold": round(threshold.threshold, 6),
         "label_objective": objective,

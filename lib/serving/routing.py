@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from lib import registry
-from lib.delivery import releases
 from lib.errors import RegistryUnavailable
 from lib.serving.batching import MicroBatcher, Variant
 from lib.serving.encoders import single_threaded
@@ -35,6 +34,7 @@ from lib.serving.prediction_store import PredictionStore
 from lib.serving.predictor import Predictor
 from lib.serving.schemas import RoutingUpdate
 from lib.serving.settings import CHAMPION_ALIAS, ServingSettings
+from lib.settings import PRODUCTION_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -159,11 +159,11 @@ class ModelService:
         """The champion from models/production (blocking), or None and why not: no copy, no
         readable metadata, no version in it, another model, a copy that does not load."""
         models_dir = Path(self.settings.models_dir)
-        where, meta_file = SOURCE_LOCAL_COPY, releases.METADATA_FILE
-        folder = models_dir / releases.PRODUCTION_DIR
+        where, meta_file = SOURCE_LOCAL_COPY, registry.LOCAL_COPY_METADATA
+        folder = models_dir / PRODUCTION_DIR
         if not folder.is_dir():
             return None, f"{where} holds no model"
-        meta = releases.production_metadata(models_dir)
+        meta = registry.local_copy_metadata(folder)
         if meta is None:
             return None, f"{where}/{meta_file} is missing or unreadable"
         version = meta.get("version")

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lib.config_sections import MonitorConfig
 from lib.pipeline.features import CATEGORICAL, FEATURE_COLUMNS, TEXT
-from lib.watch.health_report import ALERT, NO_DATA, OK, SKIPPED, MonitorConfig
+from lib.watch.health_report import ALERT, NO_DATA, OK, SKIPPED
 from lib.window_stats import (
     fmt_count,
     fmt_p,

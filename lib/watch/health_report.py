@@ -1,13 +1,11 @@
-"""What a monitoring pass is configured with and what it reports.
+"""What a monitoring pass reports (its config, MonitorConfig, is in lib.config_sections).
 
 Kept apart from the checks so that drift statistics (lib.watch.drift) and the verdict
-(lib.watch.monitoring) share one vocabulary of statuses and one config without importing each
-other.
+(lib.watch.monitoring) share one vocabulary of statuses without importing each other.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,68 +15,6 @@ OK, ALERT, NO_DATA, SKIPPED = "ok", "alert", "not_enough_data", "skipped"
 WARNING, CRITICAL = "warning", "critical"
 HEALTHY, UNHEALTHY, NOT_JUDGED = "healthy", "unhealthy", "not_judged"  # the three verdicts
 EVIDENCE_CHECKS = ("error_rate", "accuracy", "roc_auc")  # what says anything about the model
-
-
-@dataclass
-class MonitorConfig:
-    """Bounds of one monitoring pass; defaults follow Flagger, Evidently and the mission."""
-
-    degradation: float = 0.02  # accuracy more than 2 points below the champion's validation
-    min_feedback: int = 100  # labeled requests needed to judge accuracy / ROC-AUC
-    alpha: float = 0.05  # for the accuracy, ROC-AUC and error-rate tests
-    max_error_rate: float = 0.01  # Flagger: success rate >= 99%
-    min_requests: int = 50  # to judge the error rate and the p99 latency
-    max_p99_ms: float = 500.0  # Flagger's request-duration default
-    psi_threshold: float = 0.1  # Evidently's PSI threshold
-    drift_alpha: float = 0.05  # KS (numeric) / chi-square (categorical)
-    min_drift_samples: int = 100  # current rows needed to judge drift
-    dataset_drift_share: float = 0.5  # Evidently: the data set drifts when half its columns do
-    prediction_drift_psi: float = 0.1  # PSI of the predicted probabilities
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("alpha", "drift_alpha"):
-            if not 0 < getattr(self, name) < 1:
-                problems.append(f"{name} must be in (0, 1), got {getattr(self, name)!r}")
-        if not 0 < self.dataset_drift_share <= 1:
-            problems.append(
-                f"dataset_drift_share must be in (0, 1], got {self.dataset_drift_share}"
-            )
-        if not 0 <= self.max_error_rate < 1:
-            problems.append(f"max_error_rate must be in [0, 1), got {self.max_error_rate}")
-        for f in dataclasses.fields(self):
-            if f.name not in ("alpha", "drift_alpha", "dataset_drift_share", "max_error_rate"):
-                if getattr(self, f.name) < 0:
-                    problems.append(f"{f.name} must not be negative, got {getattr(self, f.name)}")
-        if problems:
-            raise ValueError("invalid monitoring config: " + "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> MonitorConfig:
-        """From the YAML config: a typo must not silently fall back to a default."""
-        data = dict(data or {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ValueError(
-                f"unknown monitoring setting(s): {', '.join(unknown)}; known: {', '.join(fields)}"
-            )
-        values: dict[str, Any] = {}
-        for name, value in data.items():
-            kind = int if fields[name].type in ("int", int) else float
-            try:
-                if isinstance(value, bool) or value is None:
-                    raise TypeError
-                number = float(value)
-                if kind is int and not number.is_integer():
-                    raise TypeError
-                values[name] = kind(number)
-            except (TypeError, ValueError):
-                wanted = "an integer" if kind is int else "a number"
-                raise ValueError(
-                    f"monitoring setting {name} must be {wanted}, got {value!r}"
-                ) from None
-        return cls(**values)
 
 
 @dataclass

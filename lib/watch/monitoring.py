@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lib.config_sections import MonitorConfig
 from lib.pipeline import evaluation
 from lib.watch.drift import current_inputs, feature_drift, prediction_drift
 from lib.watch.health_report import (
@@ -43,7 +44,6 @@ from lib.watch.health_report import (
     SKIPPED,
     WARNING,
     CheckResult,
-    MonitorConfig,
     MonitorReport,
 )
 from lib.window_stats import (

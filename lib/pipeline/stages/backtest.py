@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.pipeline import backtest, backtest_results, data, score_table, synth
+from lib import score_table
+from lib.pipeline import backtest, backtest_results, data, synth
 from lib.pipeline.contracts import BacktestInputs, BacktestOutputs
 
 

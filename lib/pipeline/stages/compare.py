@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 
 from lib import registry
+from lib.config import data_paths
 from lib.pipeline import comparison, data, training
 from lib.pipeline.contracts import CompareInputs, CompareOutputs
-from lib.pipeline.stages import data_paths
 from lib.settings import tracking_uri
 
 

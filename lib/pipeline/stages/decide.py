@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from lib import registry
+from lib import registry, score_table
 from lib.delivery import operations, releases
-from lib.pipeline import plots, score_table, scoring
+from lib.pipeline import plots, scoring
 from lib.pipeline.contracts import CompareInputs, DecideInputs, DecideOutputs
 from lib.pipeline.stages import compare
 from lib.settings import tracking_uri

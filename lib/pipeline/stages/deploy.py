@@ -10,10 +10,11 @@ from typing import Any
 import pandas as pd
 
 from lib import registry
+from lib.config import data_paths
 from lib.delivery import progressive, replayer
 from lib.pipeline import data
 from lib.pipeline.contracts import DeployInputs, DeployOutputs
-from lib.pipeline.stages import compare, data_paths
+from lib.pipeline.stages import compare
 from lib.settings import store_url, tracking_uri
 
 

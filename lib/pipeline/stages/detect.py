@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from lib.config import data_paths
 from lib.errors import DataError
 from lib.pipeline import data, detection, synth
 from lib.pipeline.contracts import DetectInputs, DetectOutputs
-from lib.pipeline.stages import data_paths
 
 if TYPE_CHECKING:
     from lib.config import PipelineConfig

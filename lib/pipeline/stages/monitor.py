@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 
 from lib import registry
+from lib.config import data_paths
+from lib.config_sections import MonitorConfig
 from lib.delivery import operations, releases
 from lib.pipeline import data, training
 from lib.pipeline.contracts import MonitorInputs, MonitorOutputs
-from lib.pipeline.stages import data_paths
 from lib.serving.prediction_store import PredictionReader
 from lib.settings import store_url, tracking_uri
 from lib.watch import drift, health_report, monitoring
@@ -43,8 +44,8 @@ class Window:
         return self.window.loc[known, "probability"].astype(float).values
 
 
-def config(inputs: MonitorInputs) -> health_report.MonitorConfig:
-    return health_report.MonitorConfig.from_dict(inputs.monitoring_config)
+def config(inputs: MonitorInputs) -> MonitorConfig:
+    return MonitorConfig.from_dict(inputs.monitoring_config)
 
 
 def read_window(inputs: MonitorInputs, root: Path) -> Window:

@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 
 from lib import progress, registry
+from lib.config import data_paths
 from lib.pipeline import data, detection, plots, training
 from lib.pipeline.contracts import TrainInputs, TrainOutputs
-from lib.pipeline.stages import data_paths
 from lib.settings import tracking_uri
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,8 @@
 
 Data rather than ``if`` chains (a frozen dataclass, loadable from the YAML config key
 ``decision``), so every band and boundary is unit-tested and a team can tune it without touching
-code. lib.pipeline.scoring applies it to a candidate (:func:`lib.pipeline.scoring.decide`).
+code. lib.pipeline.scoring applies it to a candidate (:func:`lib.pipeline.scoring.decide`). It sits
+at the bottom of lib, beside lib.config which validates the ``decision`` section with it.
 """
 
 from __future__ import annotations
