@@ -166,8 +166,8 @@ class KernelPool:
 
     def _stop(self, km: PooledKernelManager, now: bool) -> None:
         """Stop the kernel (a released one gets a second to exit) and free its files."""
-        km.close_clients()
         try:
+            km.close_clients()
             if km.has_kernel and not now:
                 run_sync(km.finish_shutdown)(waittime=1.0)
                 run_sync(km.cleanup_resources)()
