@@ -42,13 +42,15 @@ COPIED = ("lib", "notebooks", "runner.py", "pipeline.yaml")
 # The runner without the kernel pool; otherwise what `python runner.py --force-retrain` does.
 COLD_RUNNER = """
 import logging, sys
+from pathlib import Path
 import runner
 from lib.config import load_config
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 logging.getLogger("traitlets").setLevel(logging.ERROR)
-cfg = load_config(runner.ROOT, None, {"synth_apps": sys.argv[1]})
+root = Path.cwd()  # the project copy (runner.py's directory)
+cfg = load_config(root, None, {"synth_apps": sys.argv[1]})
 stages = sys.argv[2].split(",")
-result = runner.run(cfg, runner.ROOT, stages, True, echo=print, kernel_pool=False)
+result = runner.run(cfg, root, stages, True, echo=print, kernel_pool=False)
 sys.exit(result.exit_code)
 """
 
@@ -231,16 +233,16 @@ def kernel_costs(root: Path) -> dict[str, float]:
     """A cold kernel's start, the warm-up imports in it, and its exit once asked to shut down."""
     from jupyter_core.utils import run_sync
 
-    from lib.pipeline.kernels import DEFAULT_WARM_CODE, KernelPool, private
+    from lib.pipeline.kernels import KernelPool, warm_code
 
     with KernelPool(cwd=root, total=1) as pool:
         t0 = time.perf_counter()
-        km = pool.acquire(prestart_next=False)
+        km = pool.acquire()
         start = time.perf_counter() - t0
         kc = km.client()
         kc.start_channels(iopub=False, stdin=False, hb=False, control=False)
         t0 = time.perf_counter()
-        msg_id = kc.execute(private(DEFAULT_WARM_CODE), silent=True, store_history=False)
+        msg_id = kc.execute(warm_code(), silent=True, store_history=False)
         while run_sync(kc.get_shell_msg)(timeout=300)["parent_header"].get("msg_id") != msg_id:
             pass
         imports = time.perf_counter() - t0

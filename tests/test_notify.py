@@ -31,7 +31,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from apprise.plugins import pagerduty as apprise_pagerduty
 from apprise.plugins.slack import NotifySlack
 
-from lib.watch import notify, notify_targets, notify_urls, redaction
+from lib.watch import notify, notify_targets, redaction
 
 # The local SMTP server takes AUTH without TLS on purpose (loopback only); aiosmtpd warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
@@ -59,7 +59,7 @@ REPORT = "reports/20250101-abc123/05_deploy.html"
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
     """No configured targets from the developer's shell, no proxies, and no host but loopback."""
-    for var in notify_urls.ENV_VARS:
+    for var in redaction.CONFIG_VARS:
         monkeypatch.delenv(var, raising=False)
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
@@ -301,22 +301,24 @@ def test_targets_from_env_reads_every_variable_and_apprise_parses_native_urls() 
         ("other", "NOTIFY_URLS"),
     ]
     urls = [t.url for t in targets]
-    # the services' own URLs are kept: apprise parses them natively
-    assert urls[:3] == [SLACK_HOOK, env["EMAIL_SMTP"], TEAMS_HOOK]
-    assert urls[3] == (
-        f"pagerduty://{PD_KEY}@{notify_urls.PAGERDUTY_NO_API_KEY}/"
-        f"{notify_urls.PAGERDUTY_SOURCE}/{notify_urls.PAGERDUTY_COMPONENT}"
+    # apprise parsed the services' own URLs: each target's URL is apprise's form of the value
+    for target, value in zip(targets[:3], [SLACK_HOOK, env["EMAIL_SMTP"], TEAMS_HOOK], strict=True):
+        assert target.url == apprise.Apprise.instantiate(value).url()
+    assert urls[3].startswith(
+        f"pagerduty://{PD_KEY}@{notify_targets.PAGERDUTY_NO_API_KEY}/"
+        f"{notify_targets.PAGERDUTY_SOURCE}/{notify_targets.PAGERDUTY_COMPONENT}"
     )
     # commas split URLs only where a new scheme starts; the duplicate json URL is dropped
-    assert urls[4:] == [
+    assert [u.split("?")[0] for u in urls[4:]] == [
         f"json://{LOOPBACK}:8080/hook",
         f"form://{LOOPBACK}:8081/f",
-        "mailto://u:pw@127.0.0.1:2525?from=m@x.org&to=a@x.org,b@x.org",
-        "discord://1234567/abcdefTOKEN",
+        "mailto://u:pw@127.0.0.1:2525/a%40x.org/b%40x.org",
+        "discord://1234567/abcdefTOKEN/",
     ]
     # every URL is one apprise accepts, and its plugin decides the kind
     for target in targets:
         assert apprise.Apprise.instantiate(target.url) is not None, target.label
+        assert target.error is None
     assert type(apprise.Apprise.instantiate(urls[0])).__name__ == "NotifySlack"
     assert type(apprise.Apprise.instantiate(urls[2])).__name__ == "NotifyWorkflows"
 
@@ -341,14 +343,15 @@ def test_targets_from_env_keeps_apprise_urls_and_uses_the_pagerduty_api_key() ->
         "PAGERDUTY_API_KEY": "u+ApiKey123456",
     }
     slack, teams, pd = notify_targets.targets_from_env(env)
-    assert slack.url == env["SLACK_WEBHOOK"]
-    assert teams.url == env["TEAMS_WEBHOOK"]
+    assert slack.url == apprise.Apprise.instantiate(env["SLACK_WEBHOOK"]).url()
+    assert teams.url == apprise.Apprise.instantiate(env["TEAMS_WEBHOOK"]).url()
     assert pd.url.startswith(f"pagerduty://{PD_KEY}@u%2BApiKey123456/")
     service = apprise.Apprise.instantiate(pd.url)
     assert (service.integration_key, service.apikey) == (PD_KEY, "u+ApiKey123456")
 
     full = f"pagerduty://{PD_KEY}@KEY987654321/src/comp?region=eu"
-    assert notify_targets.targets_from_env({"PAGERDUTY_KEY": full})[0].url == full
+    (pd,) = notify_targets.targets_from_env({"PAGERDUTY_KEY": full})
+    assert pd.url == apprise.Apprise.instantiate(full).url() and "region=eu" in pd.url
 
 
 def test_gov_and_workflow_slack_hooks_and_power_automate_teams_hooks_are_native() -> None:
@@ -628,8 +631,8 @@ def test_pagerduty_gets_rollbacks_on_a_local_server_and_not_routine_deploys(
     assert payload["routing_key"] == PD_KEY
     assert payload["event_action"] == "trigger"
     assert payload["payload"]["severity"] == "critical"
-    assert payload["payload"]["source"] == notify_urls.PAGERDUTY_SOURCE
-    assert payload["payload"]["component"] == notify_urls.PAGERDUTY_COMPONENT
+    assert payload["payload"]["source"] == notify_targets.PAGERDUTY_SOURCE
+    assert payload["payload"]["component"] == notify_targets.PAGERDUTY_COMPONENT
     assert "[mlops] Model v15 rolled back" in payload["payload"]["summary"]
     assert "Reason: error rate 7% > 2%" in payload["payload"]["summary"]
     assert PD_KEY not in _all_log_text(caplog)
@@ -693,13 +696,93 @@ def test_tags_route_each_event_only_to_the_targets_subscribed_to_it(http_sink: H
     assert notify_targets.event_tags("rolled_back") == {"rolled_back", "failure", "rollback"}
 
 
-def test_a_tag_prefix_is_not_part_of_the_url_or_its_secrets() -> None:
-    tags, url = notify_urls.split_tags(f"rollback, failure = {SLACK_HOOK}")
-    assert tags == {"rollback", "failure"} and url == SLACK_HOOK
-    assert notify_urls.split_tags("json://h/x?a=b") == (None, "json://h/x?a=b")
-    secrets = redaction.secret_values({"SLACK_WEBHOOK": f"rollback={SLACK_HOOK}"})
-    assert SLACK_HOOK in secrets and all(t in secrets for t in SLACK_TOKENS)
-    assert "rollback" not in secrets
+def test_a_tag_prefix_is_not_part_of_the_url_or_its_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (target,) = notify_targets.targets_from_env(
+        {"SLACK_WEBHOOK": f"rollback, failure = {SLACK_HOOK}"}
+    )
+    assert target.tags == {"rollback", "failure"} and target.error is None
+    assert target.url == apprise.Apprise.instantiate(SLACK_HOOK).url()
+    (plain,) = notify_targets.targets_from_env({"NOTIFY_URLS": "json://h/x?a=b"})
+    assert plain.tags == {"always"} and plain.url.startswith("json://h/x?")
+    monkeypatch.setenv("SLACK_WEBHOOK", f"rollback={SLACK_HOOK}")
+    assert redaction.redact(f"rollback to {SLACK_HOOK}") == "rollback to ***"
+    assert not any(t in redaction.redact(" ".join(SLACK_TOKENS)) for t in SLACK_TOKENS)
+
+
+# --- apprise configuration files (NOTIFY_CONFIG) ------------------------------------------------
+
+
+@pytest.mark.component
+@pytest.mark.parametrize("fmt", ["yaml", "text"])
+def test_a_config_file_routes_events_by_its_tags_to_real_receivers(
+    fmt: str,
+    http_sink: HttpSink,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    base = f"json://{LOOPBACK}:{http_sink.port}"
+    mail = (
+        f"mailto://{SMTP_USER}:{SMTP_PASSWORD}@{LOOPBACK}:{smtp_sink.port}"
+        "?from=mlops@example.com&to=team@example.com&mode=insecure"
+    )
+    if fmt == "yaml":
+        path = tmp_path / "notify.yaml"
+        path.write_text(
+            "urls:\n"
+            f"  - {base}/ops:\n      tag: rollback, failure\n"
+            f"  - {base}/releases:\n      tag: deploy\n"
+            f"  - {mail}:\n      tag: failure\n"
+            f"  - {base}/all\n"
+        )
+    else:
+        path = tmp_path / "notify.txt"
+        lines = [f"rollback, failure = {base}/ops", f"deploy={base}/releases", f"failure={mail}"]
+        path.write_text("# apprise TEXT configuration\n" + "\n".join([*lines, f"{base}/all"]))
+    monkeypatch.setenv("NOTIFY_CONFIG", str(path))
+
+    rolled = notify.notify("rolled_back", version=4, reason="error rate 9% > 2%")
+    assert [(d.kind, d.ok) for d in rolled] == [("other", True), ("email", True), ("other", True)]
+    assert sorted(r.path for r in http_sink.requests) == ["/all", "/ops"]
+    assert smtp_sink.messages[0]["Subject"] == "[mlops] Model v4 rolled back"
+    http_sink.requests.clear()
+    deployed = notify.notify("deployed", version=5)
+    assert [d.target_label.rsplit("/", 1)[1] for d in deployed] == ["releases", "all"]
+    assert sorted(r.path for r in http_sink.requests) == ["/all", "/releases"]
+    assert SMTP_PASSWORD not in _all_log_text(caplog) + repr(rolled)
+
+
+def test_a_missing_file_a_mistyped_url_or_tag_are_failed_targets_with_clear_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    dead = _closed_port()
+    missing = tmp_path / "nowhere.yaml"
+    monkeypatch.setenv("NOTIFY_CONFIG", str(missing))
+    (delivery,) = notify.notify("alert", reason="x")
+    assert not delivery.ok and delivery.target_label == str(missing)
+    assert delivery.error == f"NOTIFY_CONFIG: no such file: {missing}"
+    assert "no such file" in caplog.text
+
+    path = tmp_path / "notify.yaml"
+    path.write_text(
+        "urls:\n"
+        f"  - jsn://{LOOPBACK}:{dead}/typo/{SMTP_PASSWORD}\n"
+        f"  - json://{LOOPBACK}:{dead}/tagged:\n      tag: rollbak\n"
+        f"  - json://{LOOPBACK}:{dead}/fine\n"
+    )
+    monkeypatch.setenv("NOTIFY_CONFIG", str(path))
+    tagged, fine, broken = notify.notify("deployed", version=1)
+    assert tagged.error and tagged.error.startswith("unknown tag(s) rollbak; tags are ")
+    assert "rollback" in tagged.error and not tagged.ok
+    assert fine.target_label.endswith("/fine") and "Connection error" in (fine.error or "")
+    assert broken.target_label == str(path) and not broken.ok
+    assert f"rejected entries of {path}: Unparseable URL jsn://" in (broken.error or "")
+    assert SMTP_PASSWORD not in _all_log_text(caplog) + repr([tagged, fine, broken])
 
 
 # --- failures -----------------------------------------------------------------------------------
@@ -807,8 +890,11 @@ def _secret_env() -> dict[str, str]:
     }
 
 
-def test_secret_values_lists_whole_values_and_their_parts() -> None:
-    secrets = redaction.secret_values(_secret_env())
+def test_configured_values_and_their_parts_are_secret_and_the_rest_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in _secret_env().items():
+        monkeypatch.setenv(name, value)
 
     for expected in (
         SLACK_HOOK,
@@ -821,10 +907,9 @@ def test_secret_values_lists_whole_values_and_their_parts() -> None:
         "ApiKey-0987654321",
         "AAFbotTokenXYZ123",
     ):
-        assert expected in secrets
+        assert redaction.redact(f"<{expected}>") == "<***>", expected
     for public in ("hooks.slack.com", "smtp.example.com", "services", "2016-06-01", "127.0.0.1"):
-        assert public not in secrets
-    assert redaction.secret_values({}) == []
+        assert redaction.redact(f"<{public}>") == f"<{public}>"
 
 
 def test_redact_removes_every_secret_and_any_url_credentials(
@@ -840,7 +925,8 @@ def test_redact_removes_every_secret_and_any_url_credentials(
     )
     cleaned = redaction.redact(text)
 
-    for secret in redaction.secret_values(env) + ["hunter2", "bob:", ":pw@"]:
+    secrets = [SLACK_HOOK, *SLACK_TOKENS, SMTP_PASSWORD, TEAMS_SIG, PD_KEY, "AAFbotTokenXYZ123"]
+    for secret in [*secrets, "hunter2", "bob:", ":pw@"]:
         assert secret not in cleaned
     assert "https://***@db.internal/x" in cleaned and "mailto://***@mail.x.org:25" in cleaned
     assert cleaned.startswith("posting to ***")

@@ -349,7 +349,7 @@ def run(
         if executor is None and kernel_pool:
             from lib.pipeline.kernels import KernelPool
 
-            # one fresh kernel per stage; leaving the block shuts down any started ahead
+            # one fresh kernel per stage; leaving the block shuts down the one started ahead
             pool = KernelPool(cwd=root, total=len(stages))
         try:
             with pool as kernels:
@@ -361,10 +361,6 @@ def run(
                         continue
                     inputs = inputs_for(stage, cfg, ctx, outputs)
                     say(f"{tag} ...")
-                    if kernels is not None:  # detect is short and may end the run: warm only
-                        # the next kernel then, at full priority; later ones in idle CPU time
-                        ahead = (1, False) if stage == "detect" else (2, True)
-                        kernels.ahead, kernels.idle = ahead
                     result = runner.execute(STAGES[stage], inputs, run_dir)
                     results.append(result)
                     if not result.ok or result.outputs is None:

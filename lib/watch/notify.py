@@ -1,19 +1,18 @@
 """Tell people what the pipeline did: deployments, approvals, rejections, rollbacks, alerts.
 
-Delivery, URL parsing, redacted display of targets and routing are apprise's: a target is any URL
-apprise accepts, including the native webhook URLs services hand out; `Target.label` is apprise's
-``url(privacy=True)``; which targets get an event is decided by apprise tags. One apprise
+Configuration, URL parsing, redacted display of targets and routing are apprise's: a target is
+any URL apprise accepts, including the native webhook URLs services hand out; `Target.label` is
+apprise's ``url(privacy=True)``; which targets get an event is decided by apprise tags. One apprise
 instance per target, so a dead target costs only its own connect/read timeout and never stops the
 others. Nothing here raises because a target failed: `notify()` returns one `Delivery` per target
-that the event was routed to (ok or the redacted error) for the run summary, and logs the same.
+that the event was routed to (ok or the redacted error; a misconfigured entry always fails) for
+the run summary, and logs the same.
 
 This module builds the message and sends it; the rest lives beside it (import it from there):
 
-- `lib.watch.notify_targets`: the targets the environment configures (``SLACK_WEBHOOK``,
-  ``EMAIL_SMTP``, ``TEAMS_WEBHOOK``, ``PAGERDUTY_KEY``, ``NOTIFY_URLS``), the events, their
-  tags and which target gets which event;
-- `lib.watch.notify_urls`: the syntax of those variables (URL lists, ``TAGS=`` prefixes,
-  PagerDuty routing keys);
+- `lib.watch.notify_targets`: the targets apprise's configuration gives (``NOTIFY_CONFIG``, a
+  YAML or TEXT file, and the older ``SLACK_WEBHOOK``, ``EMAIL_SMTP``, ``TEAMS_WEBHOOK``,
+  ``PAGERDUTY_KEY``, ``NOTIFY_URLS``), the events, their tags and which target gets which;
 - `lib.watch.redaction`: `redact()`, `RedactingFilter` and `install_redacting_filter()`, which
   keep every configured secret out of errors and logs, apprise's and urllib3's included.
 
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -61,7 +59,6 @@ _NOTIFY_TYPES = {
     "warning": apprise.NotifyType.WARNING,
     "failure": apprise.NotifyType.FAILURE,
 }
-_TIMEOUT_PARAM_RE = re.compile(r"[?&](cto|rto)=", re.I)
 
 _off_lock = threading.Lock()
 _off_logged = False
@@ -201,6 +198,8 @@ def _deliver(
     Every failure becomes a redacted error, never an exception.
     """
     label = target.label
+    if target.error:  # a configuration entry apprise rejected: fails whatever the event
+        return Delivery(target.kind, label, False, target.error)
     try:
         asset = _asset()
         service = apprise.Apprise.instantiate(target.url, asset=asset, tag=set(target.tags))
@@ -213,8 +212,10 @@ def _deliver(
                 False,
                 f"invalid or unsupported notification URL for apprise {apprise.__version__}",
             )
-        if not _TIMEOUT_PARAM_RE.search(target.url):
+        default = type(service)  # timeouts the URL does not set (cto=, rto=) are ours
+        if service.socket_connect_timeout == default.socket_connect_timeout:
             service.socket_connect_timeout = connect_timeout
+        if service.socket_read_timeout == default.socket_read_timeout:
             service.socket_read_timeout = read_timeout
         sender = apprise.Apprise(asset=asset)
         sender.add(service)
@@ -264,8 +265,8 @@ def notify(
             first, _off_logged = not _off_logged, True
         if first:
             log.info(
-                "notifications are off: set SLACK_WEBHOOK, EMAIL_SMTP, TEAMS_WEBHOOK, "
-                "PAGERDUTY_KEY or NOTIFY_URLS to turn them on"
+                "notifications are off: set NOTIFY_CONFIG (an apprise YAML or TEXT file), or "
+                "SLACK_WEBHOOK, EMAIL_SMTP, TEAMS_WEBHOOK, PAGERDUTY_KEY or NOTIFY_URLS"
             )
         return []
     harden_apprise_logging()

@@ -1,35 +1,24 @@
-"""Where notifications go: the targets the environment configures and which events each gets.
+"""Where notifications go: apprise's own configuration, and which events each target gets.
 
-Targets come from the environment (CI secrets), each an apprise URL or a service's own URL:
+``NOTIFY_CONFIG`` names an apprise configuration file, YAML (``urls:`` entries with ``tag:``) or
+TEXT (one ``TAGS=URL`` per line); apprise tells them apart by their content and parses it: any
+URL it accepts, the services' own webhook URLs included. The older variables still work, each
+value read as one line of apprise's TEXT configuration (CI secrets):
 
-``SLACK_WEBHOOK``
-    ``https://hooks.slack.com/services/T…/B…/XXXX`` as Slack gives it (apprise also takes
-    ``hooks.slack-gov.com``, the ``/workflows/`` and ``/triggers/`` forms and ``slack://…``).
-``EMAIL_SMTP``
-    ``mailtos://USER:PASSWORD@smtp.example.com:587?from=mlops@example.com&to=team@example.com``
-    (STARTTLS; ``&mode=ssl`` for implicit TLS; ``mailto://`` without ``mode`` is plain SMTP, for a
-    trusted local relay only). USER and PASSWORD are URL-quoted (``@`` → ``%40``).
-``TEAMS_WEBHOOK``
-    A Teams *Workflows* (Power Automate) webhook URL, ``https://….logic.azure.com:443/workflows/…``
-    or ``workflows://…``. The retired Office 365 connector URLs have no apprise plugin: such a value
-    is logged as retired and reported as a failed target.
+``SLACK_WEBHOOK``, ``EMAIL_SMTP``, ``TEAMS_WEBHOOK``
+    a URL (``https://hooks.slack.com/services/…``, ``mailtos://USER:PASS@host:587?to=…``, a Teams
+    Workflows webhook), optionally after ``TAGS=``.
 ``PAGERDUTY_KEY``
-    The Events API v2 integration (routing) key; it becomes ``pagerduty://KEY@APIKEY/…`` because
-    apprise's plugin insists on an API key the Events API ignores (`PAGERDUTY_API_KEY`, else a
-    non-secret placeholder). A full ``pagerduty://…`` URL is used as is.
+    an Events API v2 routing key (optionally ``TAGS=KEY``) or a ``pagerduty://`` URL; apprise's
+    plugin wants an API key the Events API ignores: ``PAGERDUTY_API_KEY`` or a placeholder.
 ``NOTIFY_URLS``
-    Any apprise URLs, separated by whitespace or commas (a comma only separates URLs when the next
-    character starts a new ``scheme://``, so ``mailto://…?to=a@x.org,b@x.org`` stays one URL).
+    apprise URLs separated by whitespace, or by commas where a new ``scheme://`` starts.
 
-Routing: every value may start with apprise's ``TAGS=`` prefix (its text-config syntax), e.g.
-``NOTIFY_URLS="rollback,failure=json://ops.example.com/hook"``: that target then only gets the
-events carrying one of those tags. An event carries its name, its level and a short alias
-(`event_tags`: ``rolled_back`` → ``rolled_back, failure, rollback``). A target without tags gets
-every event (apprise's ``always`` tag), except PagerDuty, which pages people and so defaults to
-`PAGERDUTY_EVENTS`.
-
-The syntax of these values is in `lib.watch.notify_urls`; a `Target` registers its URL with
-`lib.watch.redaction` so that no log line shows it.
+Routing is by apprise tags: an event carries its name, its level and a short alias
+(`event_tags`: ``rolled_back`` → ``rolled_back, failure, rollback``); a target gets the events
+carrying one of its tags, all of them without tags (PagerDuty, which pages people:
+`PAGERDUTY_EVENTS`). A URL apprise rejects, a tag no event carries, or a file that cannot be
+read becomes a `Target` with an `error`: every notification reports it as failed, none raises.
 """
 
 from __future__ import annotations
@@ -39,17 +28,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
 
 import apprise
 from apprise.common import MATCH_ALWAYS_TAG
 
-from lib.watch.notify_urls import pagerduty_url, split_tags, split_urls
-from lib.watch.redaction import REDACTED, redact, register_secrets, url_secrets
-
-__all__ = [
-    "ALIASES", "EVENTS", "KINDS", "LEVELS", "PAGERDUTY_EVENTS", "Target", "event_tags",
-    "kind_of", "targets_from_env",
-]  # fmt: skip
+from lib.watch.redaction import CONFIG_VARS, REDACTED, redact, register_secrets, url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +54,28 @@ ALIASES = {
     "rejected": "reject",
     "rolled_back": "rollback",
 }
-KINDS = ("slack", "email", "teams", "pagerduty", "other")
-_ENV_KINDS = {
+TAGS = frozenset({*EVENTS, *LEVELS.values(), *ALIASES.values(), MATCH_ALWAYS_TAG})
+# Events worth waking someone up for; the others would open incidents for routine work.
+PAGERDUTY_EVENTS = frozenset({"rolled_back", "alert", "test"})
+PAGERDUTY_SOURCE = "mlops-pipeline"
+PAGERDUTY_COMPONENT = "model-service"
+PAGERDUTY_NO_API_KEY = "events-api-v2"  # stands in for the API key apprise insists on
+ENV_KINDS = {
     "SLACK_WEBHOOK": "slack",
     "EMAIL_SMTP": "email",
     "TEAMS_WEBHOOK": "teams",
     "PAGERDUTY_KEY": "pagerduty",
+    "NOTIFY_URLS": "other",
 }
-# Events worth waking someone up for; the others would open incidents for routine work.
-PAGERDUTY_EVENTS = frozenset({"rolled_back", "alert", "test"})
-
-# apprise plugin class -> the family shown in the summary
 _PLUGIN_KINDS = {
     "NotifySlack": "slack",
     "NotifyEmail": "email",
     "NotifyWorkflows": "teams",
     "NotifyPagerDuty": "pagerduty",
 }
-_RETIRED_TEAMS_RE = re.compile(
-    r"^(msteams://|https?://[^/]*(webhook\.office\.com|office\.com/webhook))"
-)
+_NEXT_URL_RE = re.compile(r",+(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+_TAGS_RE = re.compile(r"^\s*[\w\s,:-]*?=\s*(?=[A-Za-z0-9]+://)")  # TEXT's "TAGS=" before a URL
+_RETIRED_TEAMS_RE = re.compile(r"(msteams://|webhook\.office\.com|office\.com/webhook)")
 
 
 def event_tags(event: str) -> frozenset[str]:
@@ -98,18 +85,18 @@ def event_tags(event: str) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class Target:
-    """One place to notify. The URL holds credentials: it stays out of repr and logs."""
+    """One place to notify (an apprise URL, which holds credentials: kept out of repr and logs),
+    or with `error`, a configuration entry that is not one."""
 
     kind: str
     url: str = field(repr=False)
     source: str = "explicit"
-    # apprise tags this target subscribes to (event names, levels, aliases); None: every event,
-    # except PagerDuty which gets PAGERDUTY_EVENTS.
-    events: frozenset[str] | None = None
+    events: frozenset[str] | None = None  # its tags; None: every event (PagerDuty: some)
+    error: str | None = None
 
     def __post_init__(self) -> None:
-        # Registered so that log records mentioning any part of the URL are redacted.
-        register_secrets(url_secrets(self.url))
+        if self.kind != "config":  # a file's path is no secret
+            register_secrets(url_secrets(self.url))  # log records mentioning it are redacted
 
     @property
     def tags(self) -> frozenset[str]:
@@ -121,6 +108,8 @@ class Target:
     @property
     def label(self) -> str:
         """apprise's privacy URL without its options: safe to print."""
+        if self.kind == "config":
+            return self.url  # a configuration file's path
         service = apprise.Apprise.instantiate(self.url)
         if service is None:
             return f"{self.kind}:{REDACTED}"
@@ -141,31 +130,75 @@ def kind_of(url: str) -> str:
     return _PLUGIN_KINDS.get(type(service).__name__, "other") if service else "other"
 
 
+def pagerduty_url(key: str, api_key: str | None = None) -> str:
+    """An Events API v2 routing key as a ``pagerduty://`` URL; a URL is returned unchanged."""
+    if "://" in key:
+        return key
+    api = quote((api_key or "").strip() or PAGERDUTY_NO_API_KEY, safe="")
+    return f"pagerduty://{quote(key, safe='')}@{api}/{PAGERDUTY_SOURCE}/{PAGERDUTY_COMPONENT}"
+
+
+def split_urls(value: str) -> list[str]:
+    """NOTIFY_URLS's entries: split on whitespace, and on commas where a new scheme starts."""
+    pieces = (p.strip(",") for chunk in value.split() for p in _NEXT_URL_RE.split(chunk))
+    return [p for p in pieces if p]
+
+
+def parse(config: str, source: str, kind: str = "other") -> list[Target]:
+    """The targets apprise's configuration parser finds in `config`: a file's path when `source`
+    is NOTIFY_CONFIG (YAML or TEXT), else one TEXT line. What it rejects becomes one target with
+    the error (apprise's own words), so that every notification reports it."""
+    parser = apprise.AppriseConfig()
+    with apprise.LogCapture(level=logging.WARNING) as captured:
+        if source == "NOTIFY_CONFIG":
+            parser.add(config)
+        else:
+            parser.add_config(config, format="text")
+        services = parser.services()
+    found = []
+    for service in services:
+        tags = frozenset(str(t).lower() for t in service.tags) or None
+        unknown = sorted((tags or set()) - TAGS)
+        error = f"unknown tag(s) {', '.join(unknown)}; tags are {', '.join(sorted(TAGS))}"
+        service_kind = _PLUGIN_KINDS.get(type(service).__name__, "other")
+        found.append(Target(service_kind, service.url(), source, tags, error if unknown else None))
+    problems = [line.split(" - ", 2)[-1] for line in captured.getvalue().splitlines()]
+    if problems or not found:
+        if source == "NOTIFY_CONFIG":
+            url, what = config, f"apprise {apprise.__version__} rejected entries of {config}"
+        else:
+            url = _TAGS_RE.sub("", config)
+            what = f"unsupported notification URL for apprise {apprise.__version__}"
+        detail = redact("; ".join(problems) or "no target in it", [url])
+        found.append(Target(kind, url, source, None, f"{source}: {what}: {detail}"))
+    return found
+
+
 def targets_from_env(environ: Mapping[str, str] | None = None) -> list[Target]:
     """Every target the environment configures, in a stable order, without duplicates."""
-    env = os.environ if environ is None else environ
+    source = os.environ if environ is None else environ
+    env = {var: source.get(var, "").strip() for var in CONFIG_VARS}
     found: list[Target] = []
-    seen: set[str] = set()
-
-    def add(kind: str, url: str, source: str, tags: frozenset[str] | None) -> None:
-        if url and url not in seen:
-            seen.add(url)
-            found.append(Target(kind=kind, url=url, source=source, events=tags))
-
-    for var, kind in _ENV_KINDS.items():
-        tags, value = split_tags(env.get(var, ""), bare=var == "PAGERDUTY_KEY")
-        if not value:
-            continue
-        if var == "PAGERDUTY_KEY":
-            value = pagerduty_url(value, env.get("PAGERDUTY_API_KEY"))
-        elif var == "TEAMS_WEBHOOK" and _RETIRED_TEAMS_RE.match(value):
-            log.warning(
-                "TEAMS_WEBHOOK looks like a retired Office 365 connector URL; apprise %s only "
-                "supports Teams Workflows webhooks, so this target will fail",
-                apprise.__version__,
-            )
-        add(kind, value, var, tags)
-    for entry in split_urls(env.get("NOTIFY_URLS", "")):
-        tags, url = split_tags(entry)
-        add(kind_of(url), url, "NOTIFY_URLS", tags)
-    return found
+    for var, kind in ENV_KINDS.items():
+        entries = split_urls(env[var]) if var == "NOTIFY_URLS" else [env[var]] if env[var] else []
+        for entry in entries:
+            if var == "PAGERDUTY_KEY":
+                tags, _, key = entry.rpartition("=") if "://" not in entry else ("", "", entry)
+                entry = (f"{tags}=" if tags else "") + pagerduty_url(key, env["PAGERDUTY_API_KEY"])
+            elif var == "TEAMS_WEBHOOK" and _RETIRED_TEAMS_RE.search(entry):
+                log.warning(
+                    "TEAMS_WEBHOOK looks like a retired Office 365 connector URL; apprise %s only "
+                    "supports Teams Workflows webhooks, so this target will fail",
+                    apprise.__version__,
+                )
+            found += parse(entry, var, kind)
+    if env["NOTIFY_CONFIG"]:
+        path = Path(env["NOTIFY_CONFIG"]).expanduser()
+        if not path.is_file():
+            error = f"NOTIFY_CONFIG: no such file: {path}"
+            log.warning("%s; notifications go to the other targets only", error)
+            found.append(Target("config", str(path), "NOTIFY_CONFIG", None, error))
+        else:
+            found += parse(str(path.resolve()), "NOTIFY_CONFIG", "config")
+    seen: set[tuple[str, str | None]] = set()
+    return [t for t in found if not ((t.url, t.error) in seen or seen.add((t.url, t.error)))]

@@ -3,8 +3,9 @@
 Webhook URLs, SMTP passwords and PagerDuty keys are credentials. `redact()` replaces every one it
 knows, with its parts (those apprise itself hides in ``url(privacy=True)``, URL credentials,
 secret query values, token-like path segments) and their quoted spellings, plus any URL
-credentials it does not know. It knows the values of the notification variables
-(`secret_values`) and those of every `Target` created in this process (`register_secrets`).
+credentials it does not know. It knows those of the notification configuration as written
+(`configured_secrets`: every URL in `CONFIG_VARS` and in the ``NOTIFY_CONFIG`` file, and the
+PagerDuty keys) and of every `Target` created in this process (`register_secrets`).
 
 apprise's logger (webhook URLs and payloads at DEBUG) is capped at WARNING and, like urllib3's
 request log, gets a `RedactingFilter` when this module is imported (`harden_apprise_logging`);
@@ -24,21 +25,6 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import apprise
 
 from lib.config import redact_url
-from lib.watch.notify_urls import (
-    ENV_VARS,
-    PAGERDUTY_COMPONENT,
-    PAGERDUTY_NO_API_KEY,
-    PAGERDUTY_SOURCE,
-    SCHEME_RE,
-    pagerduty_url,
-    split_tags,
-    split_urls,
-)
-
-__all__ = [
-    "MIN_SECRET_LEN", "REDACTED", "RedactingFilter", "harden_apprise_logging",
-    "install_redacting_filter", "redact", "register_secrets", "secret_values", "url_secrets",
-]  # fmt: skip
 
 REDACTED = "***"
 # Shorter values are not replaced inside text: they would shred ordinary words.
@@ -49,11 +35,26 @@ _URL_PARTS_RE = re.compile(r"[/:@?&=,#\s]+")
 _SECRET_QUERY_KEYS = frozenset(
     {"sig", "signature", "token", "key", "apikey", "api_key", "password", "pass", "secret"}
 )
-# Values that sit where secrets sit but are not secret (and are worth keeping readable).
-_NOT_SECRET = frozenset({PAGERDUTY_NO_API_KEY, PAGERDUTY_SOURCE, PAGERDUTY_COMPONENT})
+# The variables that configure notifications (lib.watch.notify_targets): their values are secret.
+CONFIG_VARS = (
+    "NOTIFY_CONFIG",
+    "SLACK_WEBHOOK",
+    "EMAIL_SMTP",
+    "TEAMS_WEBHOOK",
+    "PAGERDUTY_KEY",
+    "PAGERDUTY_API_KEY",
+    "NOTIFY_URLS",
+)
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"',]+")
+# Values that sit where secrets sit but are not secret (notify_targets' PagerDuty placeholders).
+_NOT_SECRET = frozenset({"events-api-v2", "mlops-pipeline", "model-service"})
 
 _registry_lock = threading.Lock()
 _registered_secrets: set[str] = set()
+# set while url_secrets asks apprise about a URL: what apprise logs then (a mistyped URL, in full)
+# is dropped, not redacted (redacting it would ask again)
+_inspecting = threading.local()
 
 
 def _looks_secret(value: str) -> bool:
@@ -72,11 +73,14 @@ def url_secrets(value: str) -> tuple[str, ...]:
     URL credentials, secret query values and token-like path segments (webhook paths).
 
     Cached: the redacting log filter asks for every record."""
-    value = split_tags(value)[1] if value else value
     found = [value]
-    if not SCHEME_RE.match(value):
+    if not _SCHEME_RE.match(value):
         return tuple(found)
-    service = apprise.Apprise.instantiate(value)
+    _inspecting.on = True
+    try:
+        service = apprise.Apprise.instantiate(value)
+    finally:
+        _inspecting.on = False
     if service is not None:
         shown = set(_URL_PARTS_RE.split(unquote(service.url(privacy=True))))
         full = _URL_PARTS_RE.split(unquote(service.url()))
@@ -108,19 +112,26 @@ def _normalize(values: Iterable[str]) -> list[str]:
     return sorted(out, key=lambda s: (-len(s), s))
 
 
-def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The secret values the notification variables hold, with their tokens and passwords."""
+def configured_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The secrets of the notification configuration as written, mistyped entries included:
+    every URL in the variables and the NOTIFY_CONFIG file, with its parts; the PagerDuty keys."""
     env = os.environ if environ is None else environ
-    raw: list[str] = []
-    for var in ENV_VARS:
+    texts = [env.get(var, "") for var in CONFIG_VARS[1:]]
+    path = env.get("NOTIFY_CONFIG", "").strip()
+    if path and os.path.isfile(path):
+        texts.append(_file_text(path, os.stat(path).st_mtime_ns))
+    raw = [url.rstrip(":") for text in texts for url in _URL_RE.findall(text)]
+    for var in ("PAGERDUTY_KEY", "PAGERDUTY_API_KEY"):  # a routing key, maybe after "TAGS="
         value = env.get(var, "").strip()
-        if not value:
-            continue
-        raw.extend(split_urls(value) if var == "NOTIFY_URLS" else [value])
-        if var == "PAGERDUTY_KEY":
-            key = split_tags(value, bare=True)[1]
-            raw.extend([key, pagerduty_url(key, env.get("PAGERDUTY_API_KEY"))])
+        if value and "://" not in value:
+            raw.append(value.rpartition("=")[2].strip())
     return _normalize(raw)
+
+
+@functools.lru_cache(maxsize=4)
+def _file_text(path: str, mtime_ns: int) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
 
 
 def register_secrets(values: Iterable[str]) -> None:
@@ -132,13 +143,13 @@ def register_secrets(values: Iterable[str]) -> None:
 def _known_secrets() -> list[str]:
     with _registry_lock:
         registered = list(_registered_secrets)
-    return _normalize([*secret_values(), *registered])
+    return sorted({*configured_secrets(), *_normalize(registered)}, key=lambda s: (-len(s), s))
 
 
 def redact(text: str, secrets: Iterable[str] | None = None) -> str:
     """`text` with every secret and every URL credential replaced by ``***``.
 
-    Without `secrets`, the configured ones are used: the environment's and those of every
+    Without `secrets`, the configured ones are used: the configuration's and those of every
     `Target` created in this process. URL-shaped secrets also have their parts removed.
     """
     if not text:
@@ -162,6 +173,8 @@ class RedactingFilter(logging.Filter):
         self._secrets = None if secrets is None else list(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(_inspecting, "on", False):
+            return False
         try:
             message = record.getMessage()
         except Exception:  # a broken record is the handler's problem, not ours
