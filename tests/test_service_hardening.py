@@ -332,7 +332,7 @@ def test_a_weight_without_a_canary_is_409_when_none_is_loaded(client: TestClient
 def test_lone_surrogates_never_become_ids(client: TestClient) -> None:
     for where in ((None, "\ud800"), ("\ud800", None), (None, "a\udfffb")):
         with pytest.raises(schemas.InputError):
-            schemas.request_id(*where)
+            schemas.caller_request_id(*where)
     body = b'{"Category": "GAME", "request_id": "\\ud800"}'
     resp = client.post("/predict", content=body)
     assert resp.status_code == 422 and "not valid JSON" in resp.json()["detail"], resp.text

@@ -19,7 +19,6 @@ check (tests/test_service_schema.py) holds the two together.
 
 import math
 import sys
-import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar
 
@@ -232,11 +231,6 @@ def parse_app(app: Any) -> Row:
         return _APP.validate_python(app).row()
     except ValidationError as exc:
         raise InputError(messages(exc.errors(include_url=False), body=False)) from None
-
-
-def request_id(header: str | None, body_value: Any) -> str:
-    """The caller's id (header X-Request-ID, else field request_id), else a new uuid4 hex."""
-    return caller_request_id(header, body_value) or uuid.uuid4().hex
 
 
 def caller_request_id(header: str | None, body_value: Any) -> str | None:
