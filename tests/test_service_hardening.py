@@ -369,10 +369,10 @@ def test_unexpected_errors_are_generic_and_recursion_is_a_400(
     resp = client.post("/predict", json=RAW_APP)
     assert resp.status_code == 400 and "nested too deeply" in resp.json()["detail"]
 
-    def broken(body: bytes) -> Any:
+    def broken(body: schemas.PredictRequest) -> Any:
         raise RuntimeError("secret detail at /srv/private/path")
 
-    monkeypatch.setattr(schemas, "parse_predict", broken)
+    monkeypatch.setattr(schemas.PredictRequest, "parsed", broken)
     resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "boom-1"})
     assert resp.status_code == 500
     assert resp.json() == {

@@ -257,7 +257,9 @@ class _JSONRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def bounded(request: Request) -> Response:
-            return await handler(_JSONRequest(request.scope, request.receive))
+            request = _JSONRequest(request.scope, request.receive)
+            await request.body()  # refused here (415, 413), or the client left: FastAPI would
+            return await handler(request)  # answer either as "error parsing the body" (400)
 
         return bounded
 
@@ -309,6 +311,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # Swagger UI and ReDoc load from a CDN: /docs points at /openapi.json
         redoc_url=None,
+        strict_content_type=False,  # a body without Content-Type is read as JSON
     )
     app.add_middleware(_Guard)
     app.add_exception_handler(StarletteHTTPException, _http_error)
