@@ -328,13 +328,14 @@ def test_a_weight_without_a_canary_is_409_when_none_is_loaded(client: TestClient
     assert _routing_now(client)["canary_version"] is None
 
 
-def test_lone_surrogates_never_become_ids() -> None:
+@pytest.mark.component
+def test_lone_surrogates_never_become_ids(client: TestClient) -> None:
     for where in ((None, "\ud800"), ("\ud800", None), (None, "a\udfffb")):
         with pytest.raises(schemas.InputError):
-            schemas.request_id(*where)
+            schemas.caller_request_id(*where)
     body = b'{"Category": "GAME", "request_id": "\\ud800"}'
-    with pytest.raises(schemas.InputError, match="not valid JSON"):
-        schemas.parse_predict(body)
+    resp = client.post("/predict", content=body)
+    assert resp.status_code == 422 and "not valid JSON" in resp.json()["detail"], resp.text
 
 
 # ------------------------------------------------------------------------ 3: deep JSON, 500s
@@ -361,17 +362,17 @@ def test_deeply_nested_json_is_a_4xx_saying_so(
 def test_unexpected_errors_are_generic_and_recursion_is_a_400(
     client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def recursing(body: bytes) -> Any:
+    def recursing(body: schemas.PredictRequest) -> Any:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(schemas, "parse_predict", recursing)
+    monkeypatch.setattr(schemas.PredictRequest, "parsed", recursing)
     resp = client.post("/predict", json=RAW_APP)
     assert resp.status_code == 400 and "nested too deeply" in resp.json()["detail"]
 
-    def broken(body: bytes) -> Any:
+    def broken(body: schemas.PredictRequest) -> Any:
         raise RuntimeError("secret detail at /srv/private/path")
 
-    monkeypatch.setattr(schemas, "parse_predict", broken)
+    monkeypatch.setattr(schemas.PredictRequest, "parsed", broken)
     resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "boom-1"})
     assert resp.status_code == 500
     assert resp.json() == {

@@ -1,9 +1,9 @@
-"""The FastAPI app: routes over a `ModelService`, and `serve` to run it with uvicorn.
+"""The FastAPI app: routes over a `ModelService` in groups (predictions, feedback, operations,
+admin), and `serve` to run it with uvicorn.
 
-Request bodies are validated by the models of `schemas` straight from the raw bytes (one parse,
-in pydantic-core) instead of FastAPI's body parameters, which would parse the JSON, validate it
-and then answer errors in another shape. `/openapi.json` still describes every body and every
-error answer: `_openapi` adds the models' JSON schemas to the generated document.
+Request bodies are the pydantic models of `schemas`, bound to the routes: FastAPI validates each
+body with them and generates `/openapi.json` from them (with every error answer). A validation
+error is answered 422 with one message per problem (`schemas.messages`), in `detail` and `errors`.
 
 What the service refuses before any parsing (`read_json`): a Content-Type other than
 application/json (415; a missing one is read as JSON), a Content-Encoding other than identity
@@ -15,8 +15,6 @@ RecursionError into a 400, and keeps the connection open. Swagger UI is not serv
 from a CDN); /docs says where the document is.
 """
 
-from __future__ import annotations
-
 import asyncio
 import contextlib
 import hmac
@@ -24,15 +22,17 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+import pydantic_core
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.openapi.utils import get_openapi
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -72,11 +72,6 @@ def _error(description: str) -> dict[str, Any]:
     return {"description": description, "model": schemas.ErrorBody}
 
 
-def _body(component: str) -> dict[str, Any]:
-    schema = {"$ref": f"#/components/schemas/{component}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
 _REFUSED = _error("the body is not valid: every problem, naming the field and the value")
 _BODY_ERRORS = {
     400: _error("a malformed Content-Length, or JSON nested too deeply"),
@@ -87,12 +82,8 @@ _BODY_ERRORS = {
 }
 
 
-class Refused(Exception):
+class Refused(HTTPException):
     """A request refused before its body is parsed (400, 413, 415): status, detail, headers."""
-
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.headers = status, detail, headers
 
 
 def _check_content_type(value: str | None) -> None:
@@ -150,10 +141,8 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-def _refused(exc: Refused | InputError) -> Response:
-    if isinstance(exc, InputError):
-        return _json(422, {"detail": str(exc), "errors": exc.messages})
-    return _json(exc.status, {"detail": exc.detail}, exc.headers)
+def _refused(exc: InputError) -> Response:
+    return _json(422, {"detail": str(exc), "errors": exc.messages})
 
 
 Scope = MutableMapping[str, Any]
@@ -243,6 +232,66 @@ _ADMIN_ERRORS = {
 _bearer = HTTPBearer(auto_error=False, description="the service's SERVING_ADMIN_TOKEN")
 
 
+class _JSONRequest(Request):
+    """A request whose body is read by `read_json` (refused early: 415, 413) and parsed by
+    pydantic-core: JSON nested over 200 levels or a lone surrogate is invalid JSON (422)."""
+
+    _raw: bytes | None = None
+
+    async def body(self) -> bytes:
+        if self._raw is None:
+            self._raw = await read_json(self)
+        return self._raw
+
+    async def json(self) -> Any:
+        try:
+            return pydantic_core.from_json(await self.body())
+        except ValueError as exc:  # FastAPI answers a JSONDecodeError as invalid JSON
+            raise json.JSONDecodeError(str(exc), "", 0) from None
+
+
+class _JSONRoute(APIRoute):
+    """A route whose body model FastAPI validates, read through `_JSONRequest`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def bounded(request: Request) -> Response:
+            request = _JSONRequest(request.scope, request.receive)
+            await request.body()  # refused here (415, 413), or the client left: FastAPI would
+            return await handler(request)  # answer either as "error parsing the body" (400)
+
+        return bounded
+
+
+class _PredictRoute(_JSONRoute):
+    """/predict: a request counts for micro-batching from its first byte (`enter`), and a
+    refused body counts as invalid input (a client's mistake: never a model error)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def counted(request: Request) -> Response:
+            service: ModelService = request.app.state.service
+            service.batcher.enter()
+            try:
+                return await handler(request)
+            except (RequestValidationError, Refused):
+                service.metrics.invalid.inc()
+                raise
+            finally:
+                service.batcher.leave()
+
+        return counted
+
+
+async def _invalid_body(request: Request, exc: Exception) -> Response:
+    """422 naming every problem: 'field: what was expected, got what came'."""
+    assert isinstance(exc, RequestValidationError)
+    tagged = request.url.path == "/predict"
+    return _refused(InputError(schemas.messages(exc.errors(), tagged=tagged)))
+
+
 def create_app(settings: ServingSettings) -> FastAPI:
     """The service as an ASGI app; the state is `app.state.service` (a ModelService)."""
     service = ModelService(settings)
@@ -262,19 +311,253 @@ def create_app(settings: ServingSettings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # Swagger UI and ReDoc load from a CDN: /docs points at /openapi.json
         redoc_url=None,
+        strict_content_type=False,  # a body without Content-Type is read as JSON
     )
     app.add_middleware(_Guard)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_body)
     app.state.service = service
-    metrics = service.metrics
-    store = service.store
+    _Predictions(service, lookups).add_route(app.router)
+    _add_feedback_route(app.router, service, settings.target_threshold)
+    _add_operations_routes(app.router, service)
+    _add_admin_routes(app.router, service, settings.admin_token)
+    return app
+
+
+class _Predictions:
+    """POST /predict: validate, check the caller's request id, predict, store, answer."""
+
+    def __init__(self, service: ModelService, lookups: ThreadPoolExecutor) -> None:
+        self.service, self.lookups = service, lookups
+        self.metrics, self.store = service.metrics, service.store
+
+    def add_route(self, router: APIRouter) -> None:
+        router.add_api_route(
+            "/predict",
+            self.predict,
+            methods=["POST"],
+            route_class_override=_PredictRoute,
+            openapi_extra={"parameters": [_REQUEST_ID_HEADER]},
+            responses={
+                200: {
+                    "description": "the label and probability (or a list of them for a batch)",
+                    "headers": {
+                        "X-Request-ID": {
+                            "description": "the request's id",
+                            "schema": {"type": "string"},
+                        }
+                    },
+                },
+                **_BODY_ERRORS,
+                409: _error("the request id was already used for a prediction: nothing was done"),
+                422: _REFUSED,
+                500: _error(
+                    "the model failed on this input (counted, stored, logged; the answer "
+                    "names the request id, not the error)"
+                ),  # fmt: skip
+                503: _error("no champion model is loaded yet"),
+            },
+        )
+
+    async def predict(self, body: schemas.PredictRequest, request: Request) -> Response:
+        """One app, a list of apps or {"instances": [...]}: the champion's (or canary's) answer."""
+        started = time.perf_counter()
+        created = time.time()
+        service, store = self.service, self.store
+        service.check_lease()
+        if service.champion is None:
+            self.metrics.unavailable.inc()
+            return _json(503, {"detail": f"no champion model yet: {service.champion_problem}"})
+        try:
+            rows, batch, body_id = body.parsed()
+            given = schemas.caller_request_id(request.headers.get("x-request-id"), body_id)
+        except InputError as exc:
+            self.metrics.invalid.inc()  # a client's mistake: never a model error
+            return _refused(exc)
+        rid = given or uuid.uuid4().hex  # (a new uuid4 is unique: nothing to check)
+        ids = [f"{rid}-{i}" for i in range(len(rows))] if batch else [rid]
+        if given is None:
+            return await self._answer(rid, ids, rows, batch, started, created, None)
+        used = store.hold(ids)  # a request in flight or a row pending in this process
+        if used is not None:
+            return self._refuse_repeated(rid, used, batch)
+        # a row stored before (a restart, another replica): looked up while the model predicts
+        loop = asyncio.get_running_loop()
+        lookup = loop.run_in_executor(self.lookups, store.stored, ids)
+        try:
+            return await self._answer(rid, ids, rows, batch, started, created, lookup)
+        finally:
+            lookup.cancel()  # (a no-op once done; nobody waits for it on a 503)
+            store.release(ids)  # (what was submitted is a pending row already)
+
+    def _refuse_repeated(self, rid: str, used: str, batch: bool) -> Response:
+        self.metrics.repeated_ids.inc()  # a client's mistake: never a model error
+        return _json(409, {"detail": _repeated(rid, used, batch), "request_id": rid})
+
+    async def _answer(
+        self,
+        rid: str,
+        ids: list[str],
+        rows: list[Row],
+        batch: bool,
+        started: float,
+        created: float,
+        lookup: asyncio.Future[str | None] | None,
+    ) -> Response:
+        variant = self.service.route(rid)
+        if variant is None:  # the champion went away between the check and here
+            self.metrics.unavailable.inc()
+            detail = f"no champion model yet: {self.service.champion_problem}"
+            return _json(503, {"detail": detail})
+        requests_c, errors_c, latency_h = self.metrics.for_variant(variant)
+        try:
+            proba, labels = await self.service.batcher.predict(variant, rows)
+        except Exception as exc:
+            if (used := await _stored(lookup)) is not None:
+                return self._refuse_repeated(rid, used, batch)
+            latency = time.perf_counter() - started
+            requests_c.inc()
+            errors_c.inc()
+            latency_h.observe(latency)
+            message = f"{type(exc).__name__}: {exc}"
+            logger.error("model error (%s %s, %s): %s", variant.name, variant.version, rid, message)
+            self.store.submit(
+                [
+                    _store_row(i, created, variant, None, None, latency, message, row)
+                    for i, row in zip(ids, rows, strict=True)
+                ]
+            )
+            detail = f"model error: the model could not answer (request {rid}; details in the log)"
+            return _json(500, {"detail": detail, "request_id": rid})
+        if (used := await _stored(lookup)) is not None:
+            return self._refuse_repeated(rid, used, batch)
+        latency = time.perf_counter() - started
+        requests_c.inc()
+        latency_h.observe(latency)
+        self.metrics.count_labels(variant, labels)
+        self.store.submit(
+            [
+                _store_row(i, created, variant, lab, p, latency, None, row)
+                for i, row, lab, p in zip(ids, rows, labels, proba, strict=True)
+            ]
+        )
+        return _json(200, _answers(rid, ids, variant, labels, proba, batch), {"X-Request-ID": rid})
+
+
+async def _stored(lookup: asyncio.Future[str | None] | None) -> str | None:
+    """What the look-up found stored. A database that does not answer within
+    CLAIM_WAIT_SECONDS costs the check (the primary key still keeps an id's first row),
+    never the prediction."""
+    if lookup is None:
+        return None
+    try:
+        async with asyncio.timeout(CLAIM_WAIT_SECONDS):  # (wait_for would cost a task)
+            return await lookup
+    except TimeoutError:
+        logger.warning("request id not checked: the prediction store did not answer")
+    except Exception:  # a failing check must not cost an answered prediction
+        logger.exception("request id not checked")
+    return None
+
+
+def _answers(
+    rid: str, ids: list[str], variant: Variant, labels: Any, proba: Any, batch: bool
+) -> dict[str, Any]:
+    """The body of a 200: one answer, or a batch's answers under the request's id."""
+    answers = [
+        {
+            "request_id": i,
+            "label": _plain(lab),
+            "probability": p,
+            "model_version": variant.version,
+            "variant": variant.name,
+        }
+        for i, lab, p in zip(ids, labels, proba, strict=True)
+    ]
+    if not batch:
+        return answers[0]
+    body = {"request_id": rid, "model_version": variant.version, "variant": variant.name}
+    return {**body, "predictions": answers}
+
+
+def _add_feedback_route(router: APIRouter, service: ModelService, threshold: float) -> None:
+    """POST /feedback: the true rating (or label) of an app a prediction was made for."""
+    feedback_body = schemas.feedback_model(threshold)
+
+    async def post_feedback(feedback: feedback_body) -> Response:  # type: ignore[valid-type]
+        """The true rating (or label) of an app a prediction was made for."""
+        rid = feedback.request_id
+        try:
+            stored = await run_in_threadpool(
+                service.store.record_feedback, rid, feedback.rating, threshold, feedback.label
+            )
+        except FeedbackRefused as exc:
+            return _json(409, {"detail": str(exc)})
+        except Exception as exc:
+            logger.exception("feedback for %s not stored", rid)
+            return _json(503, {"detail": f"prediction store unavailable: {type(exc).__name__}"})
+        if stored is None:
+            return _json(
+                404,
+                {
+                    "detail": f"unknown request_id {rid!r}: no prediction was made with it "
+                    "(items of a batch have ids '<request_id>-<index>')"
+                },
+            )
+        return _json(200, stored)
+
+    router.add_api_route(
+        "/feedback",
+        post_feedback,
+        methods=["POST"],
+        route_class_override=_JSONRoute,
+        responses={
+            200: {"description": "the stored outcome"},
+            **_BODY_ERRORS,
+            404: _error("no prediction was made with this request_id"),
+            422: _REFUSED,
+            409: _error("the prediction failed: there is no outcome to give feedback on"),
+            503: _error("the prediction store is unavailable"),
+        },
+    )
+
+
+def _add_operations_routes(router: APIRouter, service: ModelService) -> None:
+    """/health, /metrics and /docs (which says where the document is)."""
+
+    @router.get("/health")
+    async def health() -> Response:
+        """Ready when a champion is loaded; the versions, the routing and the predictor kind."""
+        return _json(200, service.health())
+
+    @router.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "the Prometheus text exposition format"}},
+    )
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format."""
+        service.check_lease()
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        """No Swagger UI (it would load scripts from a CDN): where the document is."""
+        return HTMLResponse(
+            "<!doctype html><title>Play Store rating model service</title><p>The API is "
+            'described by <a href="/openapi.json">/openapi.json</a> (OpenAPI 3); this service '
+            "does not serve Swagger UI, which loads from a CDN: open the document in any OpenAPI "
+            "viewer.</p>"
+        )
+
+
+def _admin_check(token: str | None) -> Callable[..., None]:
+    """The admin routes' dependency: a bearer token equal (constant-time) to `token`."""
 
     def admin(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
-        """Admin routes: a bearer token equal (constant-time) to SERVING_ADMIN_TOKEN."""
-        token = settings.admin_token
         if not token:
             raise HTTPException(
                 403,
@@ -293,220 +576,32 @@ def create_app(settings: ServingSettings) -> FastAPI:
             logger.warning("admin call refused: wrong token (from %s)", host)
             raise HTTPException(403, "admin token refused")
 
-    @app.post(
-        "/predict",
-        openapi_extra={**_body("PredictRequest"), "parameters": [_REQUEST_ID_HEADER]},
-        responses={
-            200: {
-                "description": "the label and probability (or a list of them for a batch)",
-                "headers": {
-                    "X-Request-ID": {
-                        "description": "the request's id",
-                        "schema": {"type": "string"},
-                    }
-                },
-            },
-            **_BODY_ERRORS,
-            409: _error("the request id was already used for a prediction: nothing was done"),
-            422: _REFUSED,
-            500: _error(
-                "the model failed on this input (counted, stored, logged; the answer "
-                "names the request id, not the error)"
-            ),  # fmt: skip
-            503: _error("no champion model is loaded yet"),
-        },
-    )
-    async def predict(request: Request) -> Response:
-        """One app, a list of apps or {"instances": [...]}: the champion's (or canary's) answer."""
-        service.batcher.enter()
-        try:
-            return await _predict(request)
-        finally:
-            service.batcher.leave()
+    return admin
 
-    async def _predict(request: Request) -> Response:
-        started = time.perf_counter()
-        created = time.time()
-        service.check_lease()
-        if service.champion is None:
-            metrics.unavailable.inc()
-            return _json(503, {"detail": f"no champion model yet: {service.champion_problem}"})
-        try:
-            parsed = schemas.parse_predict(await read_json(request))
-            given = schemas.caller_request_id(request.headers.get("x-request-id"),
-                                              parsed.request_id)  # fmt: skip
-        except (Refused, InputError) as exc:
-            metrics.invalid.inc()  # a client's mistake: never a model error
-            return _refused(exc)
-        rid = given or uuid.uuid4().hex  # (a new uuid4 is unique: nothing to check)
-        ids = [f"{rid}-{i}" for i in range(len(parsed.rows))] if parsed.batch else [rid]
-        if given is None:
-            return await _answer(rid, ids, parsed, started, created, None)
-        used = store.hold(ids)  # a request in flight or a row pending in this process
-        if used is not None:
-            return _refuse_repeated(rid, used, parsed.batch)
-        # a row stored before (a restart, another replica): looked up while the model predicts
-        loop = asyncio.get_running_loop()
-        lookup = loop.run_in_executor(lookups, store.stored, ids)
-        try:
-            return await _answer(rid, ids, parsed, started, created, lookup)
-        finally:
-            lookup.cancel()  # (a no-op once done; nobody waits for it on a 503)
-            store.release(ids)  # (what was submitted is a pending row already)
 
-    def _refuse_repeated(rid: str, used: str, batch: bool) -> Response:
-        metrics.repeated_ids.inc()  # a client's mistake: never a model error
-        return _json(409, {"detail": _repeated(rid, used, batch), "request_id": rid})
+def _add_admin_routes(router: APIRouter, service: ModelService, token: str | None) -> None:
+    """/admin/routing (read, or set with compare-and-set) and /admin/reload."""
+    admin = [Depends(_admin_check(token))]
 
-    async def _stored(lookup: asyncio.Future[str | None] | None) -> str | None:
-        """What the look-up found stored. A database that does not answer within
-        CLAIM_WAIT_SECONDS costs the check (the primary key still keeps an id's first row),
-        never the prediction."""
-        if lookup is None:
-            return None
-        try:
-            async with asyncio.timeout(CLAIM_WAIT_SECONDS):  # (wait_for would cost a task)
-                return await lookup
-        except TimeoutError:
-            logger.warning("request id not checked: the prediction store did not answer")
-        except Exception:  # a failing check must not cost an answered prediction
-            logger.exception("request id not checked")
-        return None
-
-    async def _answer(
-        rid: str,
-        ids: list[str],
-        parsed: schemas.ParsedRequest,
-        started: float,
-        created: float,
-        lookup: asyncio.Future[str | None] | None,
-    ) -> Response:
-        variant = service.route(rid)
-        if variant is None:  # the champion went away between the check and here
-            metrics.unavailable.inc()
-            return _json(503, {"detail": f"no champion model yet: {service.champion_problem}"})
-        rows = parsed.rows
-        requests_c, errors_c, latency_h = metrics.for_variant(variant)
-        try:
-            proba, labels = await service.batcher.predict(variant, rows)
-        except Exception as exc:
-            if (used := await _stored(lookup)) is not None:
-                return _refuse_repeated(rid, used, parsed.batch)
-            latency = time.perf_counter() - started
-            requests_c.inc()
-            errors_c.inc()
-            latency_h.observe(latency)
-            message = f"{type(exc).__name__}: {exc}"
-            logger.error("model error (%s %s, %s): %s", variant.name, variant.version, rid, message)
-            store.submit(
-                [
-                    _store_row(i, created, variant, None, None, latency, message, row)
-                    for i, row in zip(ids, rows, strict=True)
-                ]
-            )
-            detail = f"model error: the model could not answer (request {rid}; details in the log)"
-            return _json(500, {"detail": detail, "request_id": rid})
-        if (used := await _stored(lookup)) is not None:
-            return _refuse_repeated(rid, used, parsed.batch)
-        latency = time.perf_counter() - started
-        requests_c.inc()
-        latency_h.observe(latency)
-        metrics.count_labels(variant, labels)
-        store.submit(
-            [
-                _store_row(i, created, variant, lab, p, latency, None, row)
-                for i, row, lab, p in zip(ids, rows, labels, proba, strict=True)
-            ]
-        )
-        headers = {"X-Request-ID": rid}
-        answers = [
-            {
-                "request_id": i,
-                "label": _plain(lab),
-                "probability": p,
-                "model_version": variant.version,
-                "variant": variant.name,
-            }
-            for i, lab, p in zip(ids, labels, proba, strict=True)
-        ]
-        if not parsed.batch:
-            return _json(200, answers[0], headers)
-        body = {"request_id": rid, "model_version": variant.version, "variant": variant.name}
-        return _json(200, {**body, "predictions": answers}, headers)
-
-    @app.post(
-        "/feedback",
-        openapi_extra=_body("Feedback"),
-        responses={
-            200: {"description": "the stored outcome"},
-            **_BODY_ERRORS,
-            404: _error("no prediction was made with this request_id"),
-            422: _REFUSED,
-            409: _error("the prediction failed: there is no outcome to give feedback on"),
-            503: _error("the prediction store is unavailable"),
-        },
-    )
-    async def post_feedback(request: Request) -> Response:
-        """The true rating (or label) of an app a prediction was made for."""
-        try:
-            feedback = schemas.parse_feedback(await read_json(request), settings.target_threshold)
-        except (Refused, InputError) as exc:
-            return _refused(exc)
-        rid = feedback.request_id
-        try:
-            stored = await run_in_threadpool(
-                store.record_feedback, rid, feedback.rating, settings.target_threshold,
-                feedback.label,
-            )  # fmt: skip
-        except FeedbackRefused as exc:
-            return _json(409, {"detail": str(exc)})
-        except Exception as exc:
-            logger.exception("feedback for %s not stored", rid)
-            return _json(503, {"detail": f"prediction store unavailable: {type(exc).__name__}"})
-        if stored is None:
-            return _json(
-                404,
-                {
-                    "detail": f"unknown request_id {rid!r}: no prediction was made with it "
-                    "(items of a batch have ids '<request_id>-<index>')"
-                },
-            )
-        return _json(200, stored)
-
-    @app.get("/health")
-    async def health() -> Response:
-        """Ready when a champion is loaded; the versions, the routing and the predictor kind."""
-        return _json(200, service.health())
-
-    @app.get(
-        "/metrics",
-        response_class=PlainTextResponse,
-        responses={200: {"description": "the Prometheus text exposition format"}},
-    )
-    async def prometheus_metrics() -> Response:
-        """Prometheus text format."""
-        service.check_lease()
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> Response:
-        """No Swagger UI (it would load scripts from a CDN): where the document is."""
-        return HTMLResponse(
-            "<!doctype html><title>Play Store rating model service</title><p>The API is "
-            'described by <a href="/openapi.json">/openapi.json</a> (OpenAPI 3); this service '
-            "does not serve Swagger UI, which loads from a CDN: open the document in any OpenAPI "
-            "viewer.</p>"
-        )
-
-    @app.get("/admin/routing", dependencies=[Depends(admin)], responses={**_ADMIN_ERRORS})
+    @router.get("/admin/routing", dependencies=admin, responses={**_ADMIN_ERRORS})
     async def get_routing() -> Response:
         """The routing now: champion and canary versions, the canary's weight and lease."""
         return _json(200, service.routing())
 
-    @app.put(
+    async def put_routing(update: schemas.RoutingUpdate) -> Response:
+        """Set the canary version, its weight (percent of request ids) and its lease; with
+        expected_weight, only if the weight now is that one (compare-and-set)."""
+        try:
+            return _json(200, await service.update_routing(update))
+        except AdminError as exc:
+            return _json(exc.status, {"detail": str(exc)})
+
+    router.add_api_route(
         "/admin/routing",
-        dependencies=[Depends(admin)],
-        openapi_extra=_body("RoutingUpdate"),
+        put_routing,
+        methods=["PUT"],
+        dependencies=admin,
+        route_class_override=_JSONRoute,
         responses={
             200: {"description": "the routing now"},
             **_ADMIN_ERRORS,
@@ -519,20 +614,10 @@ def create_app(settings: ServingSettings) -> FastAPI:
             422: _error("the body is not valid, or the version cannot be loaded"),
         },
     )
-    async def put_routing(request: Request) -> Response:
-        """Set the canary version, its weight (percent of request ids) and its lease; with
-        expected_weight, only if the weight now is that one (compare-and-set)."""
-        try:
-            update = schemas.parse_routing(await read_json(request))
-            return _json(200, await service.update_routing(update))
-        except (Refused, InputError) as exc:
-            return _refused(exc)
-        except AdminError as exc:
-            return _json(exc.status, {"detail": str(exc)})
 
-    @app.post(
+    @router.post(
         "/admin/reload",
-        dependencies=[Depends(admin)],
+        dependencies=admin,
         responses={
             200: {"description": "the routing now, and whether the champion changed"},
             **_ADMIN_ERRORS,
@@ -548,19 +633,6 @@ def create_app(settings: ServingSettings) -> FastAPI:
             return _json(200, await service.reload_champion())
         except AdminError as exc:
             return _json(exc.status, {"detail": str(exc)})
-
-    app.openapi = lambda: _openapi(app, settings.target_threshold)  # type: ignore[method-assign]
-    return app
-
-
-def _openapi(app: FastAPI, threshold: float) -> dict[str, Any]:
-    """FastAPI's document plus the request models' schemas (the routes read raw bodies)."""
-    if app.openapi_schema is None:
-        document = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        components = document.setdefault("components", {}).setdefault("schemas", {})
-        components.update(schemas.openapi_components("#/components/schemas/{model}", threshold))
-        app.openapi_schema = document
-    return app.openapi_schema
 
 
 def _repeated(rid: str, used: str, batch: bool) -> str:

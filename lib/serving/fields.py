@@ -396,34 +396,6 @@ def feedback_id(value: Any) -> str:
     return text
 
 
-def _finite(value: Any) -> float | None:
-    """A JSON number as a finite float; None for infinity, NaN or an integer beyond float."""
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def rating(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise bad(f"expected a number 1..5, got {show(value)}")
-    number = _finite(value)
-    if number is None or not 1.0 <= number <= 5.0:
-        raise bad(f"{show(value)} is outside 1..5")
-    return number
-
-
-def label(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or value not in (0, 1):
-        raise bad(f"expected 0 or 1, got {show(value)}")
-    return int(value)
-
-
 # ------------------------------------------------------------------------------ admin
 
 _VERSION = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
@@ -444,25 +416,3 @@ def version(value: Any) -> str | None:
         raise bad(f'{show(value)} is not a version number like "4" (name the registered version, '
                   "not an alias)")  # fmt: skip
     return text
-
-
-def weight(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise bad(f"expected a percentage 0..100, got {show(value)}")
-    number = _finite(value)
-    if number is None or not 0 <= number <= 100:
-        raise bad(f"{show(value)} is not a percentage in 0..100")
-    return number
-
-
-def lease(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise bad(f"expected seconds > 0, got {show(value)}")
-    number = _finite(value)
-    if number is None or not number > 0:
-        raise bad(f"{show(value)} must be > 0 and finite")
-    return number
