@@ -545,6 +545,27 @@ def test_routing_needs_the_admin_token(client: TestClient) -> None:
     assert client.get("/admin/routing", headers=_admin()).json()["champion_version"] == "1"
 
 
+@pytest.mark.component
+@pytest.mark.parametrize(
+    ("content", "headers"),
+    [(b"{not json", {"Content-Type": "application/json"}),
+     (b'{"weight": "x"}', {"Content-Type": "application/json"}),
+     (b"x" * (2 << 20), {"Content-Type": "application/json"}),
+     (b'{"weight": 0}', {"Content-Type": "text/plain"}),
+     (b'{"weight": 0}', {"Content-Type": "application/json", "Content-Encoding": "gzip"})],
+)  # fmt: skip
+def test_admin_body_is_not_looked_at_without_the_token(
+    client: TestClient, content: bytes, headers: dict[str, str]
+) -> None:
+    """A caller without the admin token learns nothing about the body's rules: 401 without a
+    token and 403 with a wrong one, whatever the body (never 413, 415 or 422), nothing changed."""
+    before = _routing_now(client)
+    for auth, status in (({}, 401), (_admin("wrong-token-1"), 403)):
+        resp = client.put("/admin/routing", content=content, headers={**headers, **auth})
+        assert resp.status_code == status, (resp.status_code, resp.text[:200])
+    assert _routing_now(client) == before
+
+
 def _routing_now(c: TestClient) -> dict[str, Any]:
     routing = c.get("/admin/routing", headers=_admin()).json()
     return {k: routing[k] for k in ("champion_version", "canary_version", "canary_weight",

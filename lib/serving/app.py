@@ -551,32 +551,56 @@ def _add_operations_routes(router: APIRouter, service: ModelService) -> None:
         )
 
 
+def _require_admin(request: Request, token: str | None) -> None:
+    """Refuse (HTTPException) unless the request carries a bearer token equal (constant-time)
+    to `token`: 403 when the admin API is disabled, 401 without a token, 403 for a wrong one."""
+    if not token:
+        raise HTTPException(
+            403,
+            "admin API disabled: set SERVING_ADMIN_TOKEN in the service's environment and "
+            "send 'Authorization: Bearer <token>'",
+        )
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    given = given.strip() if scheme.lower() == "bearer" else ""
+    if not given:
+        raise HTTPException(
+            401,
+            "admin call needs 'Authorization: Bearer <token>'",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        host = request.client.host if request.client else "?"
+        logger.warning("admin call refused: wrong token (from %s)", host)
+        raise HTTPException(403, "admin token refused")
+
+
 def _admin_check(token: str | None) -> Callable[..., None]:
-    """The admin routes' dependency: a bearer token equal (constant-time) to `token`."""
+    """The admin routes' dependency (it also documents the bearer scheme in the OpenAPI)."""
 
     def admin(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
-        if not token:
-            raise HTTPException(
-                403,
-                "admin API disabled: set SERVING_ADMIN_TOKEN in the service's environment and "
-                "send 'Authorization: Bearer <token>'",
-            )
-        given = credentials.credentials.strip() if credentials is not None else ""
-        if not given:
-            raise HTTPException(
-                401,
-                "admin call needs 'Authorization: Bearer <token>'",
-                {"WWW-Authenticate": "Bearer"},
-            )
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            host = request.client.host if request.client else "?"
-            logger.warning("admin call refused: wrong token (from %s)", host)
-            raise HTTPException(403, "admin token refused")
+        _require_admin(request, token)
 
     return admin
+
+
+def _admin_json_route(token: str | None) -> type[APIRoute]:
+    """An admin route with a body: the token is checked before the body is read, so a caller
+    without the token learns nothing about the body's rules (401/403, never 413/415/422)."""
+
+    class AdminJSONRoute(_JSONRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def guarded(request: Request) -> Response:
+                _require_admin(request, token)
+                return await handler(request)
+
+            return guarded
+
+    return AdminJSONRoute
 
 
 def _add_admin_routes(router: APIRouter, service: ModelService, token: str | None) -> None:
@@ -601,7 +625,7 @@ def _add_admin_routes(router: APIRouter, service: ModelService, token: str | Non
         put_routing,
         methods=["PUT"],
         dependencies=admin,
-        route_class_override=_JSONRoute,
+        route_class_override=_admin_json_route(token),
         responses={
             200: {"description": "the routing now"},
             **_ADMIN_ERRORS,
