@@ -268,6 +268,100 @@ def _champion_version(cfg: PipelineConfig, ctx: RunContext) -> str | None:
     return registry.alias_version(client, cfg.model_name, "champion")
 
 
+@dataclass
+class _Run:
+    """One run's state between its stages: what ran, what it gave, what was said."""
+
+    cfg: PipelineConfig
+    ctx: RunContext
+    recovered: Any
+    say: Callable[[str], Any]
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    results: list[StageResult] = field(default_factory=list)
+    outputs: RunOutputs = field(default_factory=RunOutputs)
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+    sent: set[tuple[str, str, str]] = field(default_factory=set)
+
+    @property
+    def report(self) -> str:
+        return os.path.relpath(self.ctx.run_dir / "report.json", self.ctx.root)
+
+    def record(self, outcome: str, failure: Exception | None = None) -> dict[str, Any]:
+        """report.json (and the index) as the run stands: written after every stage, so a run
+        killed later still leaves what it did."""
+        ctx, reports = self.ctx, self.ctx.root / self.cfg.reports_dir
+        summary = run_record.summary(
+            run_id=ctx.run_id, model_name=self.cfg.model_name, tracking_uri=ctx.tracking_uri,
+            trigger=ctx.trigger, root=ctx.root, run_dir=ctx.run_dir, started=self.started,
+            results=self.results, outcome=outcome, outputs=self.outputs,
+            recovered=self.recovered, failure=failure,
+        )  # fmt: skip
+        summary["notifications"] = list(self.deliveries)
+        write_json_atomic(ctx.run_dir / "report.json", summary)
+        write_json_atomic(reports / f"report_{ctx.run_id}.json", summary)
+        _write_index(reports)
+        return summary
+
+    def notify_new(self, outcome: str) -> None:
+        """Send the run's events not sent yet (deploy's are sent as soon as it ends)."""
+        events = run_record.notifications(self.outputs, outcome, self.report, self.recovered)
+        for event, fields in events:
+            key = (event, str(fields.get("version")), str(fields.get("reason")))
+            if key not in self.sent:
+                self.sent.add(key)
+                self.deliveries += send(event, **fields)
+
+    def stages(self, stages: list[str], runner: Executor) -> tuple[str, int, StageError | None]:
+        """Run the stages in order until one fails or a decision ends the run: (outcome, exit
+        code, the failure)."""
+        outcome, exit_code = "completed", 0
+        for i, stage in enumerate(stages, 1):
+            tag = f"[{i}/{len(stages)}] {stage}"
+            if stage == "monitor" and not has_champion(self.cfg, self.ctx.tracking_uri):
+                self.say(f"{tag} skipped: no champion in production yet, nothing to monitor")
+                continue
+            inputs = inputs_for(stage, self.cfg, self.ctx, self.outputs)
+            self.say(f"{tag} ...")
+            result = runner.execute(STAGES[stage], inputs, self.ctx.run_dir)
+            self.results.append(result)
+            if not result.ok or result.outputs is None:
+                error = result.error or "unknown error"
+                self.say(f"{tag} FAILED after {result.seconds:.1f}s: {result.error}")
+                failure = StageError(stage, error, result.notebook, result.exit_code)
+                return "failed", result.exit_code, failure
+            self.outputs[stage] = result.outputs
+            self.record("running")
+            self.say(f"{tag} ok ({result.seconds:.1f}s){run_record.headline(result.outputs)}")
+            if getattr(result.outputs, "note", None):  # promoted/rolled back, but a part
+                exit_code = 1  # failed (reload, file swap): an operator must look
+            ended = _next_step(result.outputs, self.cfg, self.ctx, self.say)
+            if ended is not None:
+                return ended, exit_code, None
+            if isinstance(result.outputs, DeployOutputs):
+                outcome = result.outputs.outcome
+                # production changed: say so now, not after 06 monitor (a runner killed while
+                # monitoring must not swallow the "deployed")
+                self.notify_new(outcome)
+                self.record("running")
+            if isinstance(result.outputs, MonitorOutputs):
+                if result.outputs.rolled_back:
+                    outcome = "monitor_rolled_back"
+                elif outcome == "completed":
+                    outcome = "monitored"
+        if outcome == "completed" and stages[-1] == "decide":
+            outcome = "decided"
+        return outcome, exit_code, None
+
+
+def _stage_list(stages: list[str] | None) -> list[str]:
+    """The stages asked for, in pipeline order (PipelineError for an unknown name)."""
+    stages = list(stages or PIPELINE)
+    unknown = [s for s in stages if s not in PIPELINE]
+    if unknown:
+        raise PipelineError(f"unknown stage(s) {unknown}; stages are {', '.join(PIPELINE)}")
+    return [s for s in PIPELINE if s in stages]
+
+
 def run(
     cfg: PipelineConfig,
     root: Path,
@@ -284,11 +378,7 @@ def run(
     from lib.pipeline.stages import detect as detect_stage
 
     say = echo or (lambda msg: None)
-    stages = list(stages or PIPELINE)
-    unknown = [s for s in stages if s not in PIPELINE]
-    if unknown:
-        raise PipelineError(f"unknown stage(s) {unknown}; stages are {', '.join(PIPELINE)}")
-    stages = [s for s in PIPELINE if s in stages]
+    stages = _stage_list(stages)
     run_id = run_id or new_run_id()
     run_dir = root / cfg.reports_dir / run_id
     held = lock(root, cfg.lock_timeout)
@@ -310,41 +400,8 @@ def run(
         ctx = RunContext(
             run_id, root, run_dir, tracking_uri, trigger(force), force, candidate_version
         )
-        started = datetime.now(UTC)
+        state = _Run(cfg, ctx, recovered, say)
         say(f"run {run_id}: stages {', '.join(stages)}; MLflow {registry.redact_uri(tracking_uri)}")
-        results: list[StageResult] = []
-        outputs = RunOutputs()
-        outcome, exit_code, failure = "completed", 0, None
-
-        def record(outcome: str, failure: Exception | None, deliveries: list | None = None) -> dict:
-            """report.json (and the index) as the run stands: written after every stage, so a
-            run killed later still leaves what it did."""
-            summary = run_record.summary(
-                run_id=run_id, model_name=cfg.model_name, tracking_uri=tracking_uri,
-                trigger=ctx.trigger, root=root, run_dir=run_dir, started=started,
-                results=results, outcome=outcome, outputs=outputs, recovered=recovered,
-                failure=failure,
-            )  # fmt: skip
-            summary["notifications"] = deliveries or []
-            write_json_atomic(run_dir / "report.json", summary)
-            write_json_atomic(root / cfg.reports_dir / f"report_{run_id}.json", summary)
-            _write_index(root / cfg.reports_dir)
-            return summary
-
-        report = os.path.relpath(run_dir / "report.json", root)
-        deliveries: list[dict[str, Any]] = []
-        sent: set[tuple[str, str, str]] = set()
-
-        def notify_new(outcome: str) -> list[dict[str, Any]]:
-            """Send the run's events not sent yet (deploy's are sent as soon as it ends)."""
-            out: list[dict[str, Any]] = []
-            for event, fields in run_record.notifications(outputs, outcome, report, recovered):
-                key = (event, str(fields.get("version")), str(fields.get("reason")))
-                if key not in sent:
-                    sent.add(key)
-                    out += send(event, **fields)
-            return out
-
         pool: Any = nullcontext()
         if executor is None and kernel_pool:
             from lib.pipeline.kernels import KernelPool
@@ -354,59 +411,24 @@ def run(
         try:
             with pool as kernels:
                 runner = executor or PapermillExecutor(root, cfg.stage_timeout, kernels)
-                for i, stage in enumerate(stages, 1):
-                    tag = f"[{i}/{len(stages)}] {stage}"
-                    if stage == "monitor" and not has_champion(cfg, tracking_uri):
-                        say(f"{tag} skipped: no champion in production yet, nothing to monitor")
-                        continue
-                    inputs = inputs_for(stage, cfg, ctx, outputs)
-                    say(f"{tag} ...")
-                    result = runner.execute(STAGES[stage], inputs, run_dir)
-                    results.append(result)
-                    if not result.ok or result.outputs is None:
-                        outcome, exit_code = "failed", result.exit_code
-                        error = result.error or "unknown error"
-                        failure = StageError(stage, error, result.notebook, result.exit_code)
-                        say(f"{tag} FAILED after {result.seconds:.1f}s: {result.error}")
-                        break
-                    outputs[stage] = result.outputs
-                    record("running", None)
-                    headline = run_record.headline(result.outputs)
-                    say(f"{tag} ok ({result.seconds:.1f}s){headline}")
-                    if getattr(result.outputs, "note", None):  # promoted/rolled back, but a
-                        exit_code = 1  # part failed (reload, file swap): an operator must look
-                    ended = _next_step(result.outputs, cfg, ctx, say)
-                    if ended is not None:
-                        outcome = ended
-                        break
-                    if isinstance(result.outputs, DeployOutputs):
-                        outcome = result.outputs.outcome
-                        # production changed: say so now, not after 06 monitor (a runner
-                        # killed while monitoring must not swallow the "deployed")
-                        deliveries += notify_new(outcome)
-                        record("running", None, deliveries)
-                    if isinstance(result.outputs, MonitorOutputs):
-                        if result.outputs.rolled_back:
-                            outcome = "monitor_rolled_back"
-                        elif outcome == "completed":
-                            outcome = "monitored"
+                outcome, exit_code, failure = state.stages(stages, runner)
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: kernels are down by now
-            record("cancelled", None, deliveries)
+            state.record("cancelled")
             raise
-        if outcome == "completed" and stages[-1] == "decide":
-            outcome = "decided"
-        deliveries += notify_new(outcome)
-        summary = record(outcome, failure, deliveries)
-        failed = [d for d in deliveries if not d["ok"]]
+        state.notify_new(outcome)
+        summary = state.record(outcome, failure)
+        failed = [d for d in state.deliveries if not d["ok"]]
         if failed:
             targets = ", ".join(d["target"] for d in failed)
             say(f"{len(failed)} notification(s) failed (see report.json): {targets}")
-        say(f"report: {report}")
-        result_ = RunResult(run_id, run_dir, outcome, results, summary, exit_code, outputs)
+        say(f"report: {state.report}")
+        result = RunResult(
+            run_id, run_dir, outcome, state.results, summary, exit_code, state.outputs
+        )
         if failure is not None:
-            failure.result = result_  # type: ignore[attr-defined]
+            failure.result = result  # type: ignore[attr-defined]
             raise failure
-        return result_
+        return result
     finally:
         (root / ".runner.lock.json").unlink(missing_ok=True)
         held.release()
