@@ -24,7 +24,7 @@ from lib import registry
 from lib.delivery import faults, rollout
 from lib.delivery import releases as deployments
 from lib.delivery.service_process import ServiceProcess
-from tests.test_deploy_e2e import NAME, TOKEN, World, make_runner_project, runner_settings
+from tests.support.deploy import NAME, TOKEN, World, make_runner_project, runner_settings
 
 pytestmark = pytest.mark.e2e
 

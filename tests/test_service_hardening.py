@@ -28,22 +28,12 @@ from lib import registry
 from lib.serving import schemas
 from lib.serving.app import create_app
 from lib.serving.settings import MAX_BODY_BYTES
-from tests import test_serving
-from tests.test_serving import (
-    MODEL,
-    RAW_APP,
-    TOKEN,
-    Store,
-    _admin,
-    _id_for,
-    _metric,
-    _service,
-    _settings,
-)
-
-# the fixtures of the service tests (a session-wide MLflow store with versions 1 and 2; a client)
-mlstore = test_serving.mlstore
-client = test_serving.client
+from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
+from tests.support.serving import admin_headers as _admin
+from tests.support.serving import id_for as _id_for
+from tests.support.serving import metric_total as _metric
+from tests.support.serving import model_service as _service
+from tests.support.serving import serving_settings as _settings
 
 PROJECT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
