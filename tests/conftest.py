@@ -94,13 +94,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def mlstore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[serving.Store]:
     """MLflow on SQLite in tmp: versions 1 and 2 of the service tests' model, champion -> 1.
 
-    Built once per session (per worker under xdist) because the service tests only read it; a
-    test that moves an alias puts it back, and one that changes more copies mlflow.db first.
-    """
+    Built once per session (per worker under xdist) because the service tests only read it: a
+    test that moves an alias does it in a copy (`own_store`)."""
     import mlflow
 
     yield serving.build_store(tmp_path_factory.mktemp("mlflow"))
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def own_store(mlstore: serving.Store, tmp_path: Path) -> str:
+    """A private copy of the session's MLflow database (same artifacts, which nobody writes): a
+    test that moves an alias moves it here, never in the shared store."""
+    shutil.copy2(mlstore.root / "mlflow.db", tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+@pytest.fixture
+def own_client(mlstore: serving.Store, own_store: str, tmp_path: Path) -> Iterator[TestClient]:
+    """A model service (in process) on `own_store`."""
+    settings = serving.serving_settings(mlstore, tmp_path, tracking_uri=own_store)
+    with TestClient(create_app(settings)) as c:
+        yield c
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import asyncio
 import gzip
 import http.client
 import json
-import shutil
 import socket
 import threading
 import time
@@ -609,13 +608,6 @@ def test_docs_page_loads_nothing_from_the_network(client: TestClient) -> None:
 
 
 # ------------------------------------------------------------- 7: the registry seen by /health
-
-
-@pytest.fixture
-def own_store(mlstore: Store, tmp_path: Path) -> str:
-    """A private copy of the session's MLflow database (same artifacts): its aliases can move."""
-    shutil.copy2(mlstore.root / "mlflow.db", tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path}/mlflow.db"
 
 
 def _until(c: TestClient, check: Any, what: str) -> dict[str, Any]:

@@ -353,10 +353,11 @@ def test_lease_is_also_checked_lazily_on_requests(client: TestClient) -> None:
 
 
 @pytest.mark.component
-def test_reload_follows_the_champion_alias(client: TestClient, mlstore: Store) -> None:
+def test_reload_follows_the_champion_alias(own_client: TestClient, own_store: str) -> None:
     from mlflow import MlflowClient
 
-    ml = MlflowClient(tracking_uri=mlstore.uri, registry_uri=mlstore.uri)
+    client = own_client  # a service on a private copy of the store: the alias moves there
+    ml = MlflowClient(tracking_uri=own_store, registry_uri=own_store)
     client.put("/admin/routing", json={"canary_version": "2", "weight": 25.0}, headers=_admin())
     unchanged = client.post("/admin/reload", headers=_admin()).json()
     assert unchanged["reloaded"] is False and unchanged["canary_version"] == "2"
@@ -379,12 +380,15 @@ def test_reload_follows_the_champion_alias(client: TestClient, mlstore: Store) -
 
 
 @pytest.mark.component
-def test_a_staging_instance_serves_another_alias(mlstore: Store, tmp_path: Path) -> None:
+def test_a_staging_instance_serves_another_alias(
+    mlstore: Store, own_store: str, tmp_path: Path
+) -> None:
     from mlflow import MlflowClient
 
-    ml = MlflowClient(tracking_uri=mlstore.uri, registry_uri=mlstore.uri)
+    ml = MlflowClient(tracking_uri=own_store, registry_uri=own_store)
     registry.set_alias(ml, MODEL, "staging", "2")
-    with TestClient(create_app(_settings(mlstore, tmp_path, champion_alias="staging"))) as c:
+    settings = _settings(mlstore, tmp_path, champion_alias="staging", tracking_uri=own_store)
+    with TestClient(create_app(settings)) as c:
         assert c.get("/health").json()["champion_version"] == "2"
         assert c.post("/predict", json=RAW_APP).json()["model_version"] == "2"
 
