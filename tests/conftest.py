@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+
+from lib.serving.app import create_app
+from tests.support import deploy, notify, serving
 
 PROJECT = Path(__file__).resolve().parents[1]
 # ../shared/data/playstore beside the project; PLAYSTORE_DATA points elsewhere if needed.
@@ -80,3 +85,85 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "tests with more than one tier (unit, component, e2e; mark exactly one):\n  "
             + "\n  ".join(doubled)
         )
+
+
+# --- fixtures shared by several test modules (their helpers are in tests/support/) ------------
+
+
+@pytest.fixture(scope="session")
+def mlstore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[serving.Store]:
+    """MLflow on SQLite in tmp: versions 1 and 2 of the service tests' model, champion -> 1.
+
+    Built once per session (per worker under xdist) because the service tests only read it: a
+    test that moves an alias does it in a copy (`own_store`)."""
+    import mlflow
+
+    yield serving.build_store(tmp_path_factory.mktemp("mlflow"))
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def own_store(mlstore: serving.Store, tmp_path: Path) -> str:
+    """A private copy of the session's MLflow database (same artifacts, which nobody writes): a
+    test that moves an alias moves it here, never in the shared store."""
+    shutil.copy2(mlstore.root / "mlflow.db", tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+@pytest.fixture
+def own_client(mlstore: serving.Store, own_store: str, tmp_path: Path) -> Iterator[TestClient]:
+    """A model service (in process) on `own_store`."""
+    settings = serving.serving_settings(mlstore, tmp_path, tracking_uri=own_store)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture
+def client(mlstore: serving.Store, tmp_path: Path) -> Iterator[TestClient]:
+    """A model service (in process) on `mlstore`, with its own prediction store."""
+    with TestClient(create_app(serving.serving_settings(mlstore, tmp_path))) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def champion_world_template(tmp_path_factory: pytest.TempPathFactory) -> deploy.World:
+    """The progressive-deployment tests' starting point (a store with a promoted v1), built once
+    per session; tests get a copy (`world`), never this one."""
+    root = tmp_path_factory.mktemp("world-template") / "project"
+    with pytest.MonkeyPatch.context() as mp:
+        root.mkdir()
+        mp.chdir(root)
+        mp.setenv("SERVING_ADMIN_TOKEN", deploy.TOKEN)
+        return deploy.champion_world(root)
+
+
+@pytest.fixture
+def world(
+    champion_world_template: deploy.World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[deploy.World]:
+    """A private project with an MLflow store, champion v1, held-out apps (a copy of the
+    template), as the working directory."""
+    import mlflow
+
+    root = tmp_path / "project"
+    monkeypatch.setenv("SERVING_ADMIN_TOKEN", deploy.TOKEN)
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT))
+    w = deploy.copy_world(champion_world_template, root)
+    monkeypatch.chdir(root)
+    yield w
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def http_sink() -> Iterator[notify.HttpSink]:
+    """A webhook server on 127.0.0.1 that answers 200 and records every request."""
+    sink, thread = notify.start_sink()
+    yield sink
+    notify.stop_sink(sink, thread)
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[notify.SmtpSink]:
+    """An SMTP server on 127.0.0.1 that wants AUTH (PLAIN/LOGIN, allowed without TLS here)."""
+    with notify.serve_smtp() as sink:
+        yield sink

@@ -332,3 +332,47 @@ def test_no_lib_module_reexports_what_it_imports() -> None:
         "__all__ re-exports names defined elsewhere (callers import them from where they are "
         "defined):\n" + "\n".join(offenders)
     )
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def imported_test_modules(path: Path) -> list[str]:
+    """The test modules (tests/test_*.py) that `path` imports, at any level: a test module is
+    collected and run on its own (and under xdist on any worker), so what two test modules
+    share belongs in tests/conftest.py (fixtures) or tests/support/ (helpers)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            base = node.module or ""
+            names = (
+                [base] if base.startswith("tests.") else [f"{base}.{a.name}" for a in node.names]
+            )
+        else:
+            continue
+        found += [n for n in names if n.startswith("tests.test_")]
+    return sorted(set(found))
+
+
+def test_test_module_import_finder_sees_both_forms(tmp_path: Path) -> None:
+    source = tmp_path / "test_x.py"
+    source.write_text(
+        "from tests import test_serving\nfrom tests.support.serving import MODEL\n"
+        "def f():\n    from tests.test_deploy_e2e import World\n"
+    )
+    assert imported_test_modules(source) == ["tests.test_deploy_e2e", "tests.test_serving"]
+
+
+def test_no_test_module_imports_another() -> None:
+    offenders = [
+        f"  {path.relative_to(TESTS.parent)}: {', '.join(found)}"
+        for path in sorted(TESTS.rglob("*.py"))
+        if (found := imported_test_modules(path))
+    ]
+    assert not offenders, (
+        "test modules importing other test modules (move what they share to tests/conftest.py "
+        "or tests/support/):\n" + "\n".join(offenders)
+    )

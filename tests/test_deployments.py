@@ -16,7 +16,7 @@ from lib.delivery import releases as deployments
 from lib.delivery import service_control
 from lib.delivery.releases import DeploymentError, NothingToRollBack
 from lib.pipeline import training
-from tests.test_training import _typed
+from tests.support.apps import typed_apps as _typed
 
 _names = itertools.count()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_pipeline_e2e import mlflow_client, run_pipeline
+from tests.support.pipeline import mlflow_client, run_pipeline
 
 pytestmark = pytest.mark.e2e
 

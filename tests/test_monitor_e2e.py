@@ -13,11 +13,9 @@ import pytest
 from lib import registry
 from lib.delivery import releases as deployments
 from lib.delivery import replayer
-from tests import test_deploy_e2e
-from tests.test_deploy_e2e import NAME, World, make_runner_project, runner_settings
+from tests.support.deploy import NAME, World, make_runner_project, runner_settings
 
 pytestmark = pytest.mark.e2e
-world = test_deploy_e2e.world  # the same fixture: a project with a champion and held-out apps
 
 
 def _promote_second(world: World) -> tuple[str, str]:

@@ -10,33 +10,34 @@ certificate that requests is told to trust (REQUESTS_CA_BUNDLE), certificate che
 from __future__ import annotations
 
 import datetime as dt
-import email
-import email.policy
 import ipaddress
-import json
 import logging
 import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import apprise
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from apprise.plugins import pagerduty as apprise_pagerduty
 from apprise.plugins.slack import NotifySlack
 
 from lib.watch import notify, notify_targets, redaction
+from tests.support.notify import (
+    LOOPBACK,
+    SMTP_PASSWORD,
+    SMTP_USER,
+    HttpSink,
+    SmtpSink,
+    start_sink,
+    stop_sink,
+)
+from tests.support.notify import closed_port as _closed_port
 
 # The local SMTP server takes AUTH without TLS on purpose (loopback only); aiosmtpd warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 
-LOOPBACK = "127.0.0.1"
 SLACK_HOOK = "https://hooks.slack.com/services/T0AB12CDE/B0FG34HIJ/Xy9zAbCdEfGhIjKlMnOpQrSt"
 SLACK_TOKENS = ("T0AB12CDE", "B0FG34HIJ", "Xy9zAbCdEfGhIjKlMnOpQrSt")
 TEAMS_WORKFLOW = "643e69f83c8944438d68119179a10a64"
@@ -47,8 +48,6 @@ TEAMS_HOOK = (
     f"&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig={TEAMS_SIG}"
 )
 PD_KEY = "R0uT1ngKey0123456789abcdef012345"
-SMTP_USER = "alerts"
-SMTP_PASSWORD = "s3cr3t-Pa55w0rd"
 METRICS = {"roc_auc": 0.79123, "accuracy": 0.8125, "f1": 0.88}
 REPORT = "reports/20250101-abc123/05_deploy.html"
 
@@ -75,84 +74,6 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # --- local servers ------------------------------------------------------------------------------
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def query(self) -> dict[str, list[str]]:
-        return parse_qs(urlsplit(self.path).query)
-
-
-@dataclass
-class HttpSink:
-    """A ThreadingHTTPServer that answers 200 "ok" (what Slack webhooks answer) and records."""
-
-    server: ThreadingHTTPServer
-    scheme: str = "http"
-    requests: list[Recorded] = field(default_factory=list)
-
-    @property
-    def port(self) -> int:
-        return self.server.server_address[1]
-
-    @property
-    def base(self) -> str:
-        return f"{self.scheme}://{LOOPBACK}:{self.port}"
-
-
-class _JoiningServer(ThreadingHTTPServer):
-    # Non-daemon request threads, so server_close() joins every one of them.
-    daemon_threads = False
-
-
-def _start_sink(ssl_context: Any = None) -> tuple[HttpSink, threading.Thread]:
-    lock = threading.Lock()
-    recorded: list[Recorded] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length)
-            with lock:
-                recorded.append(Recorded("POST", self.path, dict(self.headers.items()), body))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass
-
-    server = _JoiningServer((LOOPBACK, 0), Handler)
-    if ssl_context is not None:
-        server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
-    sink = HttpSink(server, "https" if ssl_context else "http", recorded)
-    thread = threading.Thread(target=server.serve_forever, name="notify-test-http")
-    thread.start()
-    return sink, thread
-
-
-def _stop_sink(sink: HttpSink, thread: threading.Thread) -> None:
-    sink.server.shutdown()
-    sink.server.server_close()
-    thread.join()
-
-
-@pytest.fixture
-def http_sink() -> Iterator[HttpSink]:
-    sink, thread = _start_sink()
-    yield sink
-    _stop_sink(sink, thread)
 
 
 @pytest.fixture
@@ -195,70 +116,9 @@ def https_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Http
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_file, key_file)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert_file))
-    sink, thread = _start_sink(context)
+    sink, thread = start_sink(context)
     yield sink
-    _stop_sink(sink, thread)
-
-
-class _LocalSMTP(Controller):
-    """aiosmtpd's Controller on an ephemeral port (it has no port-0 support of its own)."""
-
-    async def _bind(self) -> Any:
-        server = await self.loop.create_server(
-            self._factory_invoker, host=self.hostname, port=0, ssl=self.ssl_context
-        )
-        self.port = server.sockets[0].getsockname()[1]
-        return server
-
-    def _create_server(self) -> Any:
-        return self._bind()
-
-
-@dataclass
-class SmtpSink:
-    port: int
-    messages: list[email.message.EmailMessage] = field(default_factory=list)
-    logins: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-def smtp_sink() -> Iterator[SmtpSink]:
-    """An SMTP server on 127.0.0.1 that wants AUTH (PLAIN/LOGIN, allowed without TLS here)."""
-    sink = SmtpSink(port=0)
-
-    class Handler:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-            if not session.authenticated:
-                return "530 5.7.0 Authentication required"
-            parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-            sink.messages.append(parsed)
-            return "250 OK"
-
-    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
-        ok = isinstance(data, LoginPassword) and data.password == SMTP_PASSWORD.encode()
-        if ok:
-            sink.logins.append(data.login.decode())
-        # handled=False: aiosmtpd itself answers (235, or 535 for a wrong password)
-        return AuthResult(success=ok, handled=False)
-
-    controller = _LocalSMTP(
-        Handler(),
-        hostname=LOOPBACK,
-        authenticator=authenticator,
-        auth_require_tls=False,
-        auth_required=True,
-    )
-    controller.start()
-    sink.port = controller.port
-    yield sink
-    controller.stop()
-
-
-def _closed_port() -> int:
-    """A loopback port with nothing listening on it."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    stop_sink(sink, thread)
 
 
 def _all_log_text(caplog: pytest.LogCaptureFixture) -> str:

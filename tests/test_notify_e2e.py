@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_notify
-from tests.test_notify import LOOPBACK, SMTP_PASSWORD, SMTP_USER, _closed_port
+from tests.support.notify import LOOPBACK, SMTP_PASSWORD, SMTP_USER
+from tests.support.notify import closed_port as _closed_port
 
 pytestmark = pytest.mark.e2e
-http_sink = test_notify.http_sink  # local webhook server fixture
-smtp_sink = test_notify.smtp_sink  # local SMTP server fixture (wants AUTH)
 WEBHOOK_TOKEN = "hook-Tok3n-9f8e7d6c5b4a"  # part of the webhook URL: a secret
 # generated names carry no signal: these runs leave the name-text stack out to stay quick
 GENERATED_FEATURES = "features=engagement,versions,genres"
@@ -110,7 +108,7 @@ def test_runner_killed_during_monitor_keeps_its_record_and_deployed_notice(
 
     import psutil
 
-    from tests.test_kernels import stub_notebook
+    from tests.support.notebooks import stub_notebook
 
     stub_notebook(project, "monitor", "import time\ntime.sleep(600)\n")
     env = {

@@ -23,7 +23,7 @@ from lib.errors import PipelineError
 from lib.pipeline import training
 from lib.serving import prediction_store, store_journal
 from lib.serving.prediction_store import PredictionStore
-from tests.test_training import _typed
+from tests.support.apps import typed_apps as _typed
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: no service listens on loopback
 _names = itertools.count()
@@ -254,7 +254,7 @@ def test_promote_puts_a_known_version_back_through_staging(
     a passing one moves registry, models/, the running service and the records together."""
     import httpx
 
-    from tests.test_deploy_e2e import NAME, TOKEN, World
+    from tests.support.deploy import NAME, TOKEN, World
 
     root = tmp_path / "project"
     (root / "data").mkdir(parents=True)

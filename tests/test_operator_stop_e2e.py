@@ -14,17 +14,15 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
-import mlflow
 import pytest
 
 from lib import registry
 from lib.delivery import faults, rollout
 from lib.delivery import releases as deployments
 from lib.delivery.service_process import ServiceProcess
-from tests.test_deploy_e2e import NAME, TOKEN, World, make_runner_project, runner_settings
+from tests.support.deploy import NAME, TOKEN, World, make_runner_project, runner_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -108,22 +106,14 @@ def assert_consistent(world: World, url: str, version: str) -> None:
 
 
 @pytest.fixture
-def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A project with champion v1, runner.py and a `runner.py serve` production service."""
-    root = tmp_path / "project"
-    (root / "data").mkdir(parents=True)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("SERVING_ADMIN_TOKEN", TOKEN)
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+def served(world: World, monkeypatch: pytest.MonkeyPatch):
+    """A project with champion v1 (a copy of the shared one, tests/conftest.py `world`),
+    runner.py and a `runner.py serve` production service."""
     monkeypatch.delenv(faults.FAULT_ENV, raising=False)
-    world = World(root)
-    v1 = world.register(world.forest(1, trees=20))
-    deployments.promote(world.client, NAME, v1, world.models, world.logs, reason="initial")
-    make_runner_project(root)
+    make_runner_project(world.root)
     with runner_serve(world) as prod:
         world.url = prod.url
         yield world
-    mlflow.set_tracking_uri(None)
 
 
 @pytest.mark.parametrize(

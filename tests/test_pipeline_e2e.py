@@ -10,42 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.support.pipeline import ACTED, SMALL, mlflow_client, run_pipeline
+
 pytestmark = pytest.mark.e2e
 
-SMALL = {
-    "synth_apps": 1500,
-    "cv_folds": 3,
-    "rf_trees": 30,
-    "candidates": ["logistic_regression", "random_forest"],
-}
 # Generated names carry no signal (tests/test_judgement_e2e.py): the tests on generated data
 # that are about the runner's control flow leave the name-text stack out to stay quick. The
 # real-data tests below and the notebooks' defaults (tests/test_notebooks.py) keep it.
 GENERATED = {"features": ["engagement", "versions", "genres"]}
-
-
-UP_TO_DECISION = ["detect", "train", "compare", "decide"]
-# How such a run ends: its verdict is acted upon without 05 deploy too (parked or rejected).
-ACTED = {"auto": "decided", "manual": "awaiting_approval", "reject": "rejected"}
-
-
-def run_pipeline(project: Path, stages=None, force=False, **overrides):
-    """runner.run in the project copy; by default the core stages (deployment has its own tests)."""
-    import runner
-    from lib.config import load_config
-
-    cfg = load_config(project, overrides={**SMALL, **overrides}, environ={})
-    lines: list[str] = []
-    stages = stages or UP_TO_DECISION
-    result = runner.run(cfg, project, stages=stages, force=force, echo=lines.append)
-    return result, lines
-
-
-def mlflow_client(project: Path):
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def test_first_run_trains_then_stops_then_retrains_on_new_apps(project: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from lib import registry
 from lib.errors import PipelineError, RegistryUnavailable
 from lib.pipeline import features, training
-from tests.test_training import _typed
+from tests.support.apps import typed_apps as _typed
 
 
 @pytest.fixture

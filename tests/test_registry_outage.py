@@ -27,8 +27,8 @@ from lib import registry
 from lib.delivery import releases as deployments
 from lib.delivery import replayer, rollout
 from lib.errors import RegistryUnavailable
-from tests.test_deploy_e2e import NAME, TOKEN, World, make_runner_project
-from tests.test_mlflow_server import MlflowServer
+from tests.support.deploy import NAME, TOKEN, World, make_runner_project
+from tests.support.mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.e2e
 

@@ -64,7 +64,7 @@ if __name__ == "__main__":
 import httpx  # noqa: E402
 import mlflow  # noqa: E402
 
-from tests.test_deploy_e2e import World  # noqa: E402
+from tests.support.deploy import World  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 

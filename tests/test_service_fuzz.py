@@ -22,11 +22,9 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from lib.delivery.service_process import ServiceProcess
-from tests import test_serving
-from tests.test_serving import MODEL, RAW_APP, TOKEN, Store
+from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
 
 pytestmark = pytest.mark.e2e
-mlstore = test_serving.mlstore  # the session's MLflow store with versions 1 and 2
 PROJECT = Path(__file__).resolve().parents[1]
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 FUZZ = settings(

@@ -12,7 +12,6 @@ import asyncio
 import gzip
 import http.client
 import json
-import shutil
 import socket
 import threading
 import time
@@ -28,22 +27,12 @@ from lib import registry
 from lib.serving import schemas
 from lib.serving.app import create_app
 from lib.serving.settings import MAX_BODY_BYTES
-from tests import test_serving
-from tests.test_serving import (
-    MODEL,
-    RAW_APP,
-    TOKEN,
-    Store,
-    _admin,
-    _id_for,
-    _metric,
-    _service,
-    _settings,
-)
-
-# the fixtures of the service tests (a session-wide MLflow store with versions 1 and 2; a client)
-mlstore = test_serving.mlstore
-client = test_serving.client
+from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
+from tests.support.serving import admin_headers as _admin
+from tests.support.serving import id_for as _id_for
+from tests.support.serving import metric_total as _metric
+from tests.support.serving import model_service as _service
+from tests.support.serving import serving_settings as _settings
 
 PROJECT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -641,13 +630,6 @@ def test_docs_page_loads_nothing_from_the_network(client: TestClient) -> None:
 
 
 # ------------------------------------------------------------- 7: the registry seen by /health
-
-
-@pytest.fixture
-def own_store(mlstore: Store, tmp_path: Path) -> str:
-    """A private copy of the session's MLflow database (same artifacts): its aliases can move."""
-    shutil.copy2(mlstore.root / "mlflow.db", tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path}/mlflow.db"
 
 
 def _until(c: TestClient, check: Any, what: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from lib.delivery.service_process import ServiceError, ServiceProcess
-from tests.test_serving import MODEL, RAW_APP, TOKEN, Store, mlstore  # noqa: F401 (fixture)
+from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
 
 # A real `python -m lib.serving` process per test.
 pytestmark = pytest.mark.component

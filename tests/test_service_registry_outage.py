@@ -31,8 +31,8 @@ from lib.pipeline import data, training
 from lib.serving import routing
 from lib.serving.app import create_app
 from lib.serving.settings import ServingSettings
-from tests.test_mlflow_server import MlflowServer
-from tests.test_serving import MODEL, RAW_APP, TOKEN, Store, mlstore  # noqa: F401 (fixture)
+from tests.support.mlflow_server import MlflowServer
+from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
 
 PROJECT = Path(__file__).resolve().parents[1]
 

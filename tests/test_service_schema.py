@@ -24,7 +24,7 @@ from schemathesis.checks import not_a_server_error
 
 from lib.delivery.service_process import ServiceProcess
 from lib.serving import schemas
-from tests.test_serving import MODEL, RAW_APP, TOKEN, Store, mlstore  # noqa: F401 (fixture)
+from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
 
 PROJECT = Path(__file__).resolve().parents[1]
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

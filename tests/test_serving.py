@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from threadpoolctl import threadpool_limits
 
 from lib import registry
@@ -36,100 +34,15 @@ from lib.serving.prediction_store import PredictionStore
 from lib.serving.predictor import Predictor
 from lib.serving.rows import rows_frame
 from lib.serving.settings import ServingSettings
+from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
+from tests.support.serving import admin_headers as _admin
+from tests.support.serving import id_for as _id_for
+from tests.support.serving import metric_total as _metric
+from tests.support.serving import model_service as _service
+from tests.support.serving import served_model as _served
+from tests.support.serving import serving_settings as _settings
 
 PROJECT = Path(__file__).resolve().parents[1]
-TOKEN = "test-admin-token-1234"
-MODEL = "svc-model"
-RAW_APP = {
-    "App": "Some Game",
-    "Category": "GAME",
-    "Rating": "4.1",
-    "Reviews": "1,234",
-    "Size": "19M",
-    "Installs": "10,000+",
-    "Type": "Free",
-    "Price": "0",
-    "Content Rating": "Everyone",
-    "Genres": "Action",
-    "Last Updated": "January 7, 2018",
-    "Current Ver": "1.2.3",
-    "Android Ver": "4.0.3 and up",
-}
-
-
-@dataclass
-class Store:
-    uri: str
-    root: Path
-    pipelines: dict[str, Any]  # version -> fitted model (the served shape, tuned threshold)
-    apps: pd.DataFrame  # raw generated apps (strings), for requests
-
-
-def _served(model: Any, X: pd.DataFrame, y: pd.Series, threshold: float) -> Any:
-    """The shape training registers: FixedThresholdClassifier(FrozenEstimator(model))."""
-    from sklearn.frozen import FrozenEstimator
-    from sklearn.model_selection import FixedThresholdClassifier
-
-    return FixedThresholdClassifier(
-        FrozenEstimator(training.for_inference(model)),
-        threshold=threshold,
-        response_method="predict_proba",
-    ).fit(X, y)
-
-
-def _fit(seed: int, X: pd.DataFrame, y: pd.Series):
-    """Version 1: a small forest Pipeline; version 2: the name-text stack. Both thresholded."""
-    groups = FEATURE_GROUPS if seed else features.GROUP_COLUMNS
-    with threadpool_limits(limits=1):
-        model = training.build_candidate("random_forest", seed, 10, groups, stack_folds=3)
-        return _served(model.fit(X, y), X, y, 0.45)
-
-
-@pytest.fixture(scope="session")
-def mlstore(tmp_path_factory: pytest.TempPathFactory):
-    """MLflow on SQLite in tmp: versions 1 and 2 of MODEL (two small forests), champion -> 1.
-
-    Session-wide: test_service_process and test_service_schema import it, so the models are
-    trained once. A test that moves an alias puts it back.
-    """
-    import mlflow
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
-    MlflowClient(uri).create_experiment("svc", artifact_location=(root / "artifacts").as_uri())
-    client = registry.connect(uri, "svc")
-    raw = synth.generate_apps(600, seed=3)
-    raw.to_csv(root / "apps.csv", index=False)
-    labeled = training.labeled_data(data.read_apps(root / "apps.csv").apps, 4.0)
-    pipelines = {}
-    for seed in (0, 1):
-        pipe = _fit(seed, labeled.X, labeled.y)
-        with mlflow.start_run():
-            info = registry.log_candidate_model(pipe, labeled.X)
-        version = registry.register(client, info.model_uri, MODEL, {"seed": str(seed)})
-        pipelines[version] = pipe
-    registry.set_alias(client, MODEL, "champion", "1")
-    yield Store(uri, root, pipelines, raw)
-    mlflow.set_tracking_uri(None)
-
-
-def _settings(mlstore: Store, tmp_path: Path, **overrides: Any) -> ServingSettings:
-    values = dict(
-        model_name=MODEL,
-        tracking_uri=mlstore.uri,
-        store_url=f"sqlite:///{tmp_path}/predictions.db",
-        admin_token=TOKEN,
-        lease_check_seconds=0.05,
-    )
-    values.update(overrides)
-    return ServingSettings(**values)
-
-
-@pytest.fixture
-def client(mlstore: Store, tmp_path: Path):
-    with TestClient(create_app(_settings(mlstore, tmp_path))) as c:
-        yield c
 
 
 @pytest.fixture(scope="class")
@@ -141,14 +54,6 @@ def refusing_client(mlstore: Store, tmp_path_factory: pytest.TempPathFactory):
         yield c
 
 
-def _service(c: TestClient) -> routing.ModelService:
-    return c.app.state.service
-
-
-def _admin(token: str = TOKEN) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 def _expected_proba(pipe: Any, apps: list[dict]) -> np.ndarray:
     """What the full validating parser + the pipeline say for raw apps."""
     typed = data.parse_records(pd.DataFrame(apps)).apps
@@ -157,26 +62,6 @@ def _expected_proba(pipe: Any, apps: list[dict]) -> np.ndarray:
 
 def _raw_apps(mlstore: Store, n: int, start: int = 0) -> list[dict]:
     return mlstore.apps.iloc[start : start + n].to_dict("records")
-
-
-def _metric(c: TestClient, name: str, **labels: str) -> float:
-    text = c.get("/metrics").text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-def _id_for(service: routing.ModelService, variant: str, prefix: str = "rid") -> str:
-    """A request id that routes to `variant` under the current weight."""
-    for i in range(100_000):
-        rid = f"{prefix}-{i}"
-        chosen = service.route(rid)
-        if chosen is not None and chosen.name == variant:
-            return rid
-    raise AssertionError(f"no id routes to {variant}")
 
 
 # ------------------------------------------------------------------------------ predictions
@@ -469,10 +354,11 @@ def test_lease_is_also_checked_lazily_on_requests(client: TestClient) -> None:
 
 
 @pytest.mark.component
-def test_reload_follows_the_champion_alias(client: TestClient, mlstore: Store) -> None:
+def test_reload_follows_the_champion_alias(own_client: TestClient, own_store: str) -> None:
     from mlflow import MlflowClient
 
-    ml = MlflowClient(tracking_uri=mlstore.uri, registry_uri=mlstore.uri)
+    client = own_client  # a service on a private copy of the store: the alias moves there
+    ml = MlflowClient(tracking_uri=own_store, registry_uri=own_store)
     client.put("/admin/routing", json={"canary_version": "2", "weight": 25.0}, headers=_admin())
     unchanged = client.post("/admin/reload", headers=_admin()).json()
     assert unchanged["reloaded"] is False and unchanged["canary_version"] == "2"
@@ -495,12 +381,15 @@ def test_reload_follows_the_champion_alias(client: TestClient, mlstore: Store) -
 
 
 @pytest.mark.component
-def test_a_staging_instance_serves_another_alias(mlstore: Store, tmp_path: Path) -> None:
+def test_a_staging_instance_serves_another_alias(
+    mlstore: Store, own_store: str, tmp_path: Path
+) -> None:
     from mlflow import MlflowClient
 
-    ml = MlflowClient(tracking_uri=mlstore.uri, registry_uri=mlstore.uri)
+    ml = MlflowClient(tracking_uri=own_store, registry_uri=own_store)
     registry.set_alias(ml, MODEL, "staging", "2")
-    with TestClient(create_app(_settings(mlstore, tmp_path, champion_alias="staging"))) as c:
+    settings = _settings(mlstore, tmp_path, champion_alias="staging", tracking_uri=own_store)
+    with TestClient(create_app(settings)) as c:
         assert c.get("/health").json()["champion_version"] == "2"
         assert c.post("/predict", json=RAW_APP).json()["model_version"] == "2"
 

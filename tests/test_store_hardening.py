@@ -24,18 +24,11 @@ from lib.delivery.service_process import ServiceProcess
 from lib.serving import prediction_store, store_journal, store_rows
 from lib.serving.app import create_app
 from lib.serving.prediction_store import PredictionStore
-from tests.test_serving import (  # noqa: F401 (fixtures)
-    MODEL,
-    RAW_APP,
-    TOKEN,
-    Store,
-    _admin,
-    _id_for,
-    _service,
-    _settings,
-    client,
-    mlstore,
-)
+from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
+from tests.support.serving import admin_headers as _admin
+from tests.support.serving import id_for as _id_for
+from tests.support.serving import model_service as _service
+from tests.support.serving import serving_settings as _settings
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,13 @@ def triggers(workflow: dict[str, Any]) -> dict[str, Any]:
     on = workflow.get("on", workflow.get(True))
     assert isinstance(on, dict), f"expected a mapping of triggers under 'on', got {on!r}"
     return on
+
+
+def ci_test_command() -> str:
+    """The test command of .ci/run (the local CI): the workflow's test steps run the same one."""
+    text = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    (command,) = re.findall(r"python -m pytest[^&;|\n]*", text)
+    return command.strip()
 
 
 def run_steps(job: dict[str, Any]) -> list[str]:
@@ -231,7 +239,7 @@ def test_pull_request_job_runs_tests_then_pipeline_up_to_decision(workflow: dict
     job = workflow["jobs"]["pull-request"]
     assert job["if"] == "github.event_name == 'pull_request'"
     runs = run_steps(job)
-    tests = runs.index("python -m pytest -q")
+    tests = runs.index(ci_test_command())
     pipeline = runs.index("python runner.py --stages detect,train,compare,decide --force-retrain")
     assert runs.index("pip install -r requirements.txt") < tests < pipeline
     (upload,) = upload_steps(job)
@@ -371,7 +379,7 @@ def test_real_data_job_fetches_the_data_then_runs_every_test(workflow: dict[str,
         "${{vars.PLAYSTORE_DATA_SHA256}}"
     )
     tests = step_running(job, "python -m pytest")
-    assert tests["run"] == "python -m pytest -q"
+    assert tests["run"] == ci_test_command()
     assert job["steps"].index(fetch) < job["steps"].index(tests)
     assert "PLAYSTORE_DATA_ABSENT" not in (tests.get("env") or {})
     (upload,) = upload_steps(job)
