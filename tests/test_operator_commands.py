@@ -17,8 +17,8 @@ import pytest
 from lib import registry
 from lib.commands import cmd_promote, cmd_rollback, cmd_status, cmd_store_recover
 from lib.config import load_config
-from lib.delivery import promotion, rollout
 from lib.delivery import releases as deployments
+from lib.delivery import rollout, rollout_end
 from lib.errors import PipelineError
 from lib.pipeline import training
 from lib.serving import prediction_store, store_journal
@@ -71,7 +71,7 @@ class Ops:
         state = rollout.RolloutStore(self.models / "rollout.json")
         rollout.begin(state, self.name, "2", "1", run_id="run-2")
         rollout.advance(state, rollout.Phase.SMOKE_TESTING)
-        promotion.promote_rollout(
+        rollout_end.promote_rollout(
             self.client, self.name, state, "2", self.models, self.logs, None, None, "rollout passed"
         )
 

@@ -202,7 +202,7 @@ def test_serving_port_reaches_the_stages_that_talk_to_the_service(tmp_path: Path
 def test_a_recovery_is_notified_as_what_it_did(outcome: str, event: str | None) -> None:
     """A finished interrupted promotion is a deployment, not a rollback; a rollout an operator
     superseded was notified when the operator acted."""
-    from lib.delivery.promotion import Recovery
+    from lib.delivery.rollout_end import Recovery
     from lib.pipeline.run_record import RunResults, notifications
 
     recovery = Recovery(outcome, "4", "4" if outcome == "promoted" else "3", f"recovery: {outcome}")

@@ -24,7 +24,7 @@ if __name__ == "__main__":  # run as the driver subprocess: the project on the p
     sys.path.insert(0, str(REPO))
 
 from lib import registry  # noqa: E402
-from lib.delivery import faults, operations, promotion, rollout, service_control  # noqa: E402
+from lib.delivery import faults, operations, rollout, rollout_end, service_control  # noqa: E402
 from lib.delivery import releases as deployments  # noqa: E402
 
 NAME = "playstore-rating"
@@ -48,7 +48,7 @@ def main(root: str, uri: str, version: str, url: str) -> None:
     registry.set_alias(client, NAME, "canary", version)
     rollout.advance(store, rollout.Phase.CANARY, weight=CANARY_WEIGHT)
     service_control.set_routing(url, TOKEN, version, CANARY_WEIGHT, 120)
-    done = promotion.promote_rollout(
+    done = rollout_end.promote_rollout(
         client, NAME, store, version, models, logs, url, TOKEN, reason="fault test"
     )
     print(done.reason)
@@ -141,8 +141,8 @@ def kill_promotion_at(world: World, url: str, point: str) -> rollout.RolloutStat
     return state
 
 
-def recover(world: World) -> promotion.Recovery | None:
-    return promotion.recover_interrupted(world.root, world.client, NAME, world.models, world.logs)
+def recover(world: World) -> rollout_end.Recovery | None:
+    return rollout_end.recover_interrupted(world.root, world.client, NAME, world.models, world.logs)
 
 
 @pytest.mark.parametrize("point", faults.FAULT_POINTS)
@@ -154,7 +154,7 @@ def test_killed_promotion_is_finished_by_the_next_run(world: World, point: str) 
     if point in ("after_alias_move", "after_file_swap"):  # registry moved, service did not
         assert f"the registry names v{world.v2} champion" in info["mismatch"]
     result = recover(world)
-    assert result == promotion.Recovery(
+    assert result == rollout_end.Recovery(
         "promoted", world.v2, world.v2, f"finished the interrupted promotion of v{world.v2}"
     )
     assert_consistent(world, world.url, world.v2, {"promote"})
@@ -228,7 +228,7 @@ def test_unreachable_service_at_the_final_reload_is_a_noted_promotion(world, mon
     def unreachable(url: str, token: str | None, expect: str | None = None) -> None:
         raise httpx.ConnectError(f"connection refused by {url}")
 
-    monkeypatch.setattr(promotion, "reload_champion", unreachable)
+    monkeypatch.setattr(rollout_end, "reload_champion", unreachable)
     outcome = world.deploy(world.v2, world.url, steps=[50])
     assert outcome.outcome == "promoted" and outcome.rollback_reason is None
     assert "not reloaded" in outcome.note and "ConnectError" in outcome.note

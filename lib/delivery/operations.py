@@ -11,7 +11,7 @@ from typing import Any
 
 from lib import registry
 from lib.delivery import releases, rollout
-from lib.delivery.promotion import promote_rollout, roll_back_rollout
+from lib.delivery.rollout_end import promote_rollout, roll_back_rollout
 from lib.delivery.service_control import (
     SERVICE_RELOADED,
     RolloutFailed,
@@ -326,7 +326,7 @@ def promote_version(
 ) -> dict[str, Any]:
     """`runner.py promote`: put a registered version into production by hand, as a rollout
     without canary steps: staging instance and smoke tests first (production untouched if they
-    fail), then the all-or-nothing promotion of lib.delivery.promotion (registry, models/,
+    fail), then the all-or-nothing promotion of lib.delivery.rollout_end (registry, models/,
     service reload, deployments.json and logs/deployment.log). Crash-safe like any rollout: the
     next run finishes or rolls back what a dead `promote` left in rollout.json.
 

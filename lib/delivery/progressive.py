@@ -7,13 +7,13 @@ that stops answering or an exception rolls back at once (canary weight 0, aliase
 reason in models/ and logs/). The canary weight is leased: if this process dies, the service
 drops the canary by itself, and the next runner finishes the rollback from the state file.
 
-Promotion (lib.delivery.promotion) is all or nothing (see lib.delivery.releases): a failure to
+Promotion (lib.delivery.rollout_end) is all or nothing (see lib.delivery.releases): a failure to
 swap the files after the aliases moved is undone and ends the rollout `rolled_back`; a service
 that cannot be reloaded at the end leaves a promotion with a "service not reloaded" note (outcome
 `promoted`, `note` set): the registry and models/ name the new version and the service follows
 them on its next reload or restart. Any other failure during `promoting` is not called a
 rollback: the rollout stays `promoting` and the next run finishes it
-(`promotion.recover_interrupted`),
+(`rollout_end.recover_interrupted`),
 unless an operator acted since, in which case it is closed as `superseded`.
 """
 
@@ -34,8 +34,8 @@ import pandas as pd
 from lib import progress, registry
 from lib.config_sections import AnalysisConfig
 from lib.delivery import canary, releases, rollout
-from lib.delivery.promotion import promote_rollout, roll_back_rollout
 from lib.delivery.replayer import Replayer, app_request
+from lib.delivery.rollout_end import promote_rollout, roll_back_rollout
 from lib.delivery.service_control import RolloutFailed, RoutingChanged, set_routing
 from lib.delivery.service_process import ServiceProcess
 from lib.delivery.smoke import run_smoke_tests

@@ -174,7 +174,7 @@ def trigger(force: bool) -> str:
 def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> Any:
     """A rollout whose runner died is settled before anything else happens: an interrupted
     promotion is finished, a canary rolled back, a rollout an operator acted on since is closed
-    as superseded (lib.delivery.promotion decides; it returns a Recovery or None). Then every
+    as superseded (lib.delivery.rollout_end decides; it returns a Recovery or None). Then every
     production service the project knows of (the rollout's, the configured one) is brought in
     line with the registry: it serves the champion, and no canary unless a rollout is open."""
     from lib.delivery import rollout
@@ -183,22 +183,22 @@ def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> Any:
     if state is None and not cfg.serving_url:
         return None  # nothing ever rolled out here and no service configured
     from lib import registry
-    from lib.delivery import promotion
+    from lib.delivery import rollout_end
 
     client = registry.connect(tracking_uri, cfg.experiment)
     models, logs = root / cfg.models_dir, root / cfg.logs_dir
     recovered = None
     if state is not None:
-        recovered = promotion.recover_interrupted(root, client, cfg.model_name, models, logs)
+        recovered = rollout_end.recover_interrupted(root, client, cfg.model_name, models, logs)
         state = rollout.RolloutStore(models / "rollout.json").load()
     urls = [None if state is None else state.serving_url, service_url(cfg)]
     token = os.environ.get("SERVING_ADMIN_TOKEN")
-    done = promotion.reconcile_services(client, cfg.model_name, models, logs, urls, token)
+    done = rollout_end.reconcile_services(client, cfg.model_name, models, logs, urls, token)
     if done is None:
         return recovered
     if recovered is None:
         champion = registry.alias_version(client, cfg.model_name, "champion")
-        return promotion.Recovery("reconciled", str(champion), champion, done)
+        return rollout_end.Recovery("reconciled", str(champion), champion, done)
     return replace(recovered, reason=f"{recovered.reason}; {done}")
 
 
