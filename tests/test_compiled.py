@@ -94,7 +94,7 @@ def test_every_family_is_served_compiled_and_equal(tmp_path) -> None:
         np.testing.assert_array_equal(labels, served.predict(probe_rows))
         stack = predictor._root
         while not hasattr(stack, "shared"):  # threshold and frozen wrappers around the stack
-            stack = stack.inner
+            stack = stack.final
         assert type(stack.final).__name__ == "_LogOddsLogistic"  # the combiner, compiled
         if family == "forest_and_boosting":  # boosting and forest share one preprocessing
             assert stack.shared[1] is not None and stack.shared[1] == stack.shared[2]
@@ -118,4 +118,4 @@ def test_forest_walks_all_trees_at_once_bit_for_bit(leaf: int) -> None:
     hostile[21:24, 1] = [3.4e38, -3.4e38, 1e-45]  # scikit-learn's forests refuse infinities
     complete = X[~np.isnan(X).any(axis=1)]
     for rows in (X, complete, complete[:1], hostile, X[:1], edges):
-        np.testing.assert_array_equal(fast(rows), model.predict_proba(rows))
+        np.testing.assert_array_equal(fast.proba(rows), model.predict_proba(rows))

@@ -111,21 +111,29 @@ def test_a_repeated_request_id_keeps_the_first_prediction(
     assert store.record_feedback("dup", 4.5)["prediction"]["probability"] == 0.1
 
 
+def _claim(store: PredictionStore, ids: list[str]) -> str | None:
+    """What /predict does with a caller's ids: `hold`, then `stored`, released if one is used."""
+    used = store.hold(ids)
+    if used is None and (used := store.stored(ids)) is not None:
+        store.release(ids)
+    return used
+
+
 def test_claim_holds_request_ids_until_submitted_or_released(store: PredictionStore) -> None:
     """What the service asks before it predicts: is any of these ids used (stored, pending, or
     held by a request in flight)? If not, they are held for this request."""
     store.record_predictions([_row("stored", 1.0)])
-    assert store.claim(["new-1", "stored"]) == "stored"
-    assert store.claim(["new-1"]) is None  # ("stored" refused the whole claim: new-1 was free)
-    assert store.claim(["a", "b"]) is None
-    assert store.claim(["b"]) == "b"  # held by the request in flight
+    assert _claim(store, ["new-1", "stored"]) == "stored"
+    assert _claim(store, ["new-1"]) is None  # ("stored" refused the whole claim: new-1 was free)
+    assert _claim(store, ["a", "b"]) is None
+    assert _claim(store, ["b"]) == "b"  # held by the request in flight
     store.submit([_row("a", 2.0)])  # it answered "a" only
     store.release(["a", "b"])  # done: what it did not submit is free again
-    assert store.claim(["a"]) == "a"  # pending or written: used for good
-    assert store.claim(["b"]) is None
+    assert _claim(store, ["a"]) == "a"  # pending or written: used for good
+    assert _claim(store, ["b"]) is None
     store.release(["b", "new-1"])
     assert store.flush(timeout=30)
-    assert store.claim(["a"]) == "a" and store.claim(["new-1"]) is None
+    assert _claim(store, ["a"]) == "a" and _claim(store, ["new-1"]) is None
 
 
 def test_claim_answers_when_the_database_cannot_be_read(
@@ -139,10 +147,10 @@ def test_claim_answers_when_the_database_cannot_be_read(
 
     monkeypatch.setattr(store, "_first_stored", down)
     with caplog.at_level("WARNING", logger="lib.serving.prediction_store"):
-        assert store.claim(["stored"]) is None
-        assert store.claim(["other"]) is None
+        assert _claim(store, ["stored"]) is None
+        assert _claim(store, ["other"]) is None
     assert sum("not checked" in r.getMessage() for r in caplog.records) == 1  # once, not per call
-    assert store.claim(["other"]) == "other"  # still held in memory
+    assert _claim(store, ["other"]) == "other"  # still held in memory
 
 
 def test_background_writer_and_flush(tmp_path: Path) -> None:

@@ -46,29 +46,20 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         help="the project's models/ (production/ is served when the registry is down at start)",
     )
-    parser.add_argument("--no-compile", action="store_true", help="serve the plain sklearn path")
+    parser.add_argument(
+        "--no-compile",
+        dest="compile_models",
+        action="store_false",
+        help="serve the plain sklearn path",
+    )
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))  # the other options are ServingSettings' fields
+    host, port, level = args.pop("host"), args.pop("port"), args.pop("log_level")
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    given = dict(
-        tracking_uri=args.tracking_uri, store_url=args.store_url, models_dir=args.models_dir
-    )
-    settings = ServingSettings(
-        **{name: value for name, value in given.items() if value is not None},
-        model_name=args.model_name,
-        champion_alias=args.champion_alias,
-        target_threshold=args.target_threshold,
-        max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms,
-        registry_check_seconds=args.registry_check_seconds,
-        registry_start_seconds=args.registry_start_seconds,
-        compile_models=not args.no_compile,
-        access_log=args.access_log,
-    )
-    serve(settings, args.host, args.port)
+    serve(ServingSettings(**{k: v for k, v in args.items() if v is not None}), host, port)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,12 @@
 """The FastAPI app: routes over a `ModelService` in groups (predictions, feedback, operations,
 admin), and `serve` to run it with uvicorn.
 
-Request bodies are the pydantic models of `schemas`, bound to the routes: FastAPI validates each
-body with them and generates `/openapi.json` from them (with every error answer). A validation
-error is answered 422 with one message per problem (`schemas.messages`), in `detail` and `errors`.
-
-What the service refuses before any parsing (`read_json`): a Content-Type other than
-application/json (415; a missing one is read as JSON), a Content-Encoding other than identity
-(415: a compressed body is not inflated, and must not be read as plain JSON), a body over
-MAX_BODY_BYTES (413, on the Content-Length header or while the body streams in, never read
-whole). `_Guard` turns any
-unexpected exception into a generic 500 (the detail goes to the log, with the request id) and a
-RecursionError into a 400, and keeps the connection open. Swagger UI is not served (it loads
-from a CDN); /docs says where the document is.
+Request bodies are the pydantic models of `schemas`: FastAPI validates them and generates
+/openapi.json; a refused body is a 422 with one message per problem (`schemas.messages`). Before
+any parsing (`read_json`): a Content-Type other than JSON or a Content-Encoding other than
+identity is a 415, a body over MAX_BODY_BYTES a 413 (never read whole). `_Guard` answers any
+unexpected exception with a generic 500 (400 for a RecursionError) and keeps the connection.
+No Swagger UI (it loads from a CDN): /docs says where the document is.
 """
 
 import asyncio
@@ -410,37 +404,25 @@ class _Predictions:
             detail = f"no champion model yet: {self.service.champion_problem}"
             return _json(503, {"detail": detail})
         requests_c, errors_c, latency_h = self.metrics.for_variant(variant)
+        error = None
         try:
             proba, labels = await self.service.batcher.predict(variant, rows)
         except Exception as exc:
-            if (used := await _stored(lookup)) is not None:
-                return self._refuse_repeated(rid, used, batch)
-            latency = time.perf_counter() - started
-            requests_c.inc()
-            errors_c.inc()
-            latency_h.observe(latency)
-            message = f"{type(exc).__name__}: {exc}"
-            logger.error("model error (%s %s, %s): %s", variant.name, variant.version, rid, message)
-            self.store.submit(
-                [
-                    _store_row(i, created, variant, None, None, latency, message, row)
-                    for i, row in zip(ids, rows, strict=True)
-                ]
-            )
-            detail = f"model error: the model could not answer (request {rid}; details in the log)"
-            return _json(500, {"detail": detail, "request_id": rid})
+            error = f"{type(exc).__name__}: {exc}"
         if (used := await _stored(lookup)) is not None:
             return self._refuse_repeated(rid, used, batch)
         latency = time.perf_counter() - started
         requests_c.inc()
         latency_h.observe(latency)
+        if error is not None:
+            errors_c.inc()
+            logger.error("model error (%s %s, %s): %s", variant.name, variant.version, rid, error)
+            self.store.submit(_store_rows(ids, rows, created, variant, latency, error=error))
+            detail = f"model error: the model could not answer (request {rid}; details in the log)"
+            return _json(500, {"detail": detail, "request_id": rid})
         self.metrics.count_labels(variant, labels)
-        self.store.submit(
-            [
-                _store_row(i, created, variant, lab, p, latency, None, row)
-                for i, row, lab, p in zip(ids, rows, labels, proba, strict=True)
-            ]
-        )
+        answers = zip(labels, proba, strict=True)
+        self.store.submit(_store_rows(ids, rows, created, variant, latency, answers))
         return _json(200, _answers(rid, ids, variant, labels, proba, batch), {"X-Request-ID": rid})
 
 
@@ -673,27 +655,25 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _store_row(
-    request_id: str,
-    created: float,
-    variant: Variant,
-    label: Any,
-    probability: float | None,
-    latency: float,
-    error: str | None,
-    row: Row,
-) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "created_at": created,
-        "variant": variant.name,
-        "model_version": variant.version,
-        "label": None if label is None else int(label),
-        "probability": probability,
-        "latency_ms": latency * 1000.0,
-        "error": error,
-        "features": dict(zip(FEATURE_COLUMNS, row, strict=True)),
-    }
+def _store_rows(
+    ids: list[str], rows: list[Row], created: float, variant: Variant, latency: float,
+    answers: Any = None, error: str | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """A request's rows for the prediction store: (label, probability) answers, or its error."""
+    return [
+        {
+            "request_id": i,
+            "created_at": created,
+            "variant": variant.name,
+            "model_version": variant.version,
+            "label": None if label is None else int(label),
+            "probability": p,
+            "latency_ms": latency * 1000.0,
+            "error": error,
+            "features": dict(zip(FEATURE_COLUMNS, row, strict=True)),
+        }
+        for i, row, (label, p) in zip(ids, rows, answers or [(None, None)] * len(ids), strict=True)
+    ]
 
 
 def serve(settings: ServingSettings, host: str = "127.0.0.1", port: int = 8080) -> None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lib.serving.predictor import Predictor
@@ -25,11 +24,6 @@ class Variant:
     name: str
     version: str
     predictor: Predictor
-    loaded_at: float = field(default_factory=time.time)
-
-    @property
-    def model(self) -> Any:
-        return self.predictor.model
 
 
 @dataclass
@@ -59,7 +53,6 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = _predict_executor()
-        self.calls = 0
         self.active = 0  # requests inside the service (entered, not yet answered)
 
     def enter(self) -> None:
@@ -143,7 +136,6 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         predictor = batch[0].variant.predictor
         rows = batch[0].rows if len(batch) == 1 else [r for job in batch for r in job.rows]
-        self.calls += 1
         if self.on_batch is not None:
             self.on_batch(len(rows))
         try:
@@ -183,10 +175,8 @@ class MicroBatcher:
 
 
 def _one_openmp_thread() -> None:
-    """Predict-thread initializer: like n_jobs=1, one OpenMP thread (e.g. gradient boosting).
-
-    omp_set_num_threads is per calling thread, so the rest of the process is not affected.
-    """
+    """Predict-thread initializer: like n_jobs=1, one OpenMP thread (e.g. gradient boosting);
+    per calling thread, so the rest of the process is not affected."""
     try:
         from threadpoolctl import threadpool_limits
 

@@ -74,16 +74,21 @@ class _Calibrator:
 
 
 class Node:
-    """One compiled model part; the Predictor holds the root (`compile_model`)."""
+    """One compiled model part (the Predictor holds the root): `final`, a matrix estimator or an
+    inner node, on `matrix(cols)`."""
 
     classes: np.ndarray
+    final: Any
     has_decision = False
 
+    def matrix(self, cols: list[Sequence[Any]]) -> Any:
+        return cols
+
     def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
-        raise NotImplementedError
+        return self.final.proba(self.matrix(cols))
 
     def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
-        raise NotImplementedError
+        return self.final.decision(self.matrix(cols))
 
 
 class _PipelineNode(Node):
@@ -101,11 +106,8 @@ class _PipelineNode(Node):
         self.classes = np.asarray(final.classes_)
         self.has_decision = hasattr(final, "decision_function")
 
-    def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
-        return self.final.proba(self.columns.transform(cols))
-
-    def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
-        return self.final.decision(self.columns.transform(cols))
+    def matrix(self, cols: list[Sequence[Any]]) -> Any:
+        return self.columns.transform(cols)
 
 
 class _Plain:
@@ -119,11 +121,6 @@ class _Plain:
 
     def decision(self, X: Any) -> np.ndarray:
         return self.model.decision_function(X)
-
-
-class _ForestEstimator:
-    def __init__(self, model: Any) -> None:
-        self.proba = Forest(model)
 
 
 class _LogOddsLogistic:
@@ -163,7 +160,7 @@ def _matrix_estimator(model: Any) -> Any:
     from sklearn.ensemble._forest import ForestClassifier
 
     if isinstance(model, ForestClassifier):
-        return _ForestEstimator(model)
+        return Forest(model)
     for fast in (_Logistic, Boosting, _LogOddsLogistic):
         try:
             return fast(model)
@@ -196,20 +193,16 @@ class _StackNode(Node):
         self.has_decision = hasattr(stack.final_estimator_, "decision_function")
         self.shared = _shared_columns(stack.estimators_, [node for node, _ in self.members])
 
-    def meta(self, cols: list[Sequence[Any]]) -> np.ndarray:
+    def matrix(self, cols: list[Sequence[Any]]) -> np.ndarray:
         parts = []
         matrices: dict[int, Any] = {}  # one transform per distinct preprocessing
         for (node, method), key in zip(self.members, self.shared, strict=True):
+            target, data = node, cols
             if key is not None and isinstance(node, _PipelineNode):
                 if key not in matrices:
                     matrices[key] = node.columns.transform(cols)
-                estimator = node.final
-                matrix = matrices[key]
-                preds = estimator.proba(matrix) if method == "predict_proba" else (
-                    estimator.decision(matrix)
-                )  # fmt: skip
-            else:
-                preds = node.proba(cols) if method == "predict_proba" else node.decision(cols)
+                target, data = node.final, matrices[key]
+            preds = target.proba(data) if method == "predict_proba" else target.decision(data)
             if preds.ndim == 1:
                 parts.append(preds.reshape(-1, 1))
             elif method == "predict_proba" and self.binary:
@@ -218,20 +211,10 @@ class _StackNode(Node):
                 parts.append(preds)
         return np.hstack(parts)
 
-    def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
-        return self.final.proba(self.meta(cols))
-
-    def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
-        return self.final.decision(self.meta(cols))
-
 
 def _shared_columns(estimators: list[Any], nodes: list[Node]) -> list[int | None]:
-    """For each stack member, a key shared by members whose fitted preprocessing is identical.
-
-    Members of a stack that use the same ColumnTransformer, fitted on the same rows, compute the
-    same matrix; the service computes it once. Identity is the pickled fitted transformer, so
-    any difference (another median, another category) keeps them apart.
-    """
+    """For each stack member, a key shared by members whose fitted preprocessing is identical
+    (the same pickled ColumnTransformer): their matrix is computed once."""
     import pickle
 
     from sklearn.pipeline import Pipeline
@@ -286,15 +269,9 @@ class _DelegateNode(Node):
     """FrozenEstimator (and the probabilities of FixedThresholdClassifier): the inner model."""
 
     def __init__(self, inner: Any, classes: Any) -> None:
-        self.inner = compile_model(inner)
+        self.final = compile_model(inner)
         self.classes = np.asarray(classes)
-        self.has_decision = self.inner.has_decision
-
-    def proba(self, cols: list[Sequence[Any]]) -> np.ndarray:
-        return self.inner.proba(cols)
-
-    def decision(self, cols: list[Sequence[Any]]) -> np.ndarray:
-        return self.inner.decision(cols)
+        self.has_decision = self.final.has_decision
 
 
 def compile_model(model: Any) -> Node:
@@ -342,15 +319,8 @@ class Labels:
             inner_classes = np.asarray(inner.classes_)
             target = inner_classes[-1] if pos_label is None else pos_label
             self.column = int(np.flatnonzero(inner_classes == target)[0])
-            if pos_label is None:
-                self.index_map = np.array([0, 1])
-            else:
-                self.index_map = np.array(
-                    [
-                        np.flatnonzero(self.classes != pos_label)[0],
-                        np.flatnonzero(self.classes == pos_label)[0],
-                    ]
-                )
+            # (the negative class, the positive one): pos_label's index last
+            self.index_map = np.argsort(self.classes == pos_label, kind="stable")
         elif not _argmax_predict(model):
             self.use_predict = True
 
@@ -370,8 +340,6 @@ def _argmax_predict(model: Any) -> bool:
 
     if type(model) is Pipeline:
         return _argmax_predict(model.steps[-1][1])
-    if type(model) is CalibratedClassifierCV:
-        return True
-    if type(model) is HistGradientBoostingClassifier:
+    if type(model) in (CalibratedClassifierCV, HistGradientBoostingClassifier):
         return True
     return isinstance(model, ForestClassifier) and type(model).predict is ForestClassifier.predict

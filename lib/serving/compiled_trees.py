@@ -16,15 +16,10 @@ from lib.serving.encoders import Unsupported
 
 
 class _Descent:
-    """The fast walk: every tree one level per numpy step, a fixed number of steps.
-
-    Leaves point to themselves, so after the deepest tree's depth every walk has reached its
-    leaf without asking which ones have. Valid for rows without NaN (the callers check and take
-    the general walk otherwise): then "value <= threshold goes left" is "value > threshold goes
-    right", an index into `child` (left at 2i, right at 2i + 1). Categorical nodes of boosting
-    become numeric ones: node k reads a virtual column, 1.0 when the row's category goes right
-    there (its table row), computed once per call for every categorical node, against 0.5.
-    """
+    """The fast walk for rows without NaN: every tree one level per numpy step, depth steps
+    (leaves point to themselves); "value > threshold" indexes `child` (left 2i, right 2i + 1).
+    A categorical node of boosting reads a virtual column against 0.5: 1.0 when the row's
+    category goes right there."""
 
     def __init__(
         self,
@@ -74,7 +69,43 @@ class _Descent:
         return node
 
 
-class Forest:
+class _Trees:
+    """Trees concatenated into node arrays (`roots`: each tree's first node), walked at once."""
+
+    category_row: np.ndarray | None = None  # boosting's categorical nodes (`_categorical_tables`)
+
+    def _leaves(self, X: np.ndarray) -> np.ndarray:
+        """The leaf of every tree for every row: the fast descent, or (NaN: missing values,
+        unseen categories) the general walk, node by node."""
+        if not np.isnan(X).any():
+            return self.descent.leaves(X)
+        n = X.shape[0]
+        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        rows = np.arange(n)[:, None]
+        leaf = self.is_leaf[node]
+        while not leaf.all():
+            x = X[rows, self.feature[node]]
+            missing = np.isnan(x)
+            left = x <= self.threshold[node]
+            if self.category_row is not None:
+                table_row = self.category_row[node]
+                categorical = table_row >= 0
+                if categorical.any():
+                    value = x[categorical]
+                    known = value >= 0  # NaN compares False: the missing branch below
+                    code = np.where(known, value, 0).astype(np.intp)  # the Cython cast
+                    left[categorical] = np.where(
+                        known & (code < 256),
+                        self.goes_left[table_row[categorical], np.minimum(code, 255)],
+                        self.missing_left[node[categorical]],
+                    )
+            left = np.where(missing, self.missing_left[node], left)
+            node = np.where(leaf, node, np.where(left, self.left[node], self.right[node]))
+            leaf = self.is_leaf[node]
+        return node
+
+
+class Forest(_Trees):
     """RandomForestClassifier.predict_proba: all trees walked at once, summed in tree order.
 
     As its Cython `apply`: the input as float32, NaN follows missing_go_to_left, else
@@ -116,30 +147,19 @@ class Forest:
             self.roots, self.left, self.right, self.is_leaf, self.feature, self.threshold
         )
 
-    def __call__(self, Z: np.ndarray) -> np.ndarray:
+    def proba(self, Z: np.ndarray) -> np.ndarray:
         X = np.asarray(Z, dtype=np.float32).astype(np.float64)  # float32, compared in double
         if X.ndim != 2 or X.shape[1] != self.width:
             raise ValueError(f"X has shape {X.shape}, the model wants {self.width} features")
-        n = X.shape[0]
-        if not np.isnan(X).any():
-            node = self.descent.leaves(X)
-        else:  # the general walk: NaN follows each node's missing_go_to_left
-            node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
-            rows = np.arange(n)[:, None]
-            leaf = self.is_leaf[node]
-            while not leaf.all():
-                x = X[rows, self.feature[node]]
-                left = np.where(np.isnan(x), self.missing_left[node], x <= self.threshold[node])
-                node = np.where(leaf, node, np.where(left, self.left[node], self.right[node]))
-                leaf = self.is_leaf[node]
-        terms = np.zeros((n, len(self.roots) + 1, self.n_classes), dtype=np.float64)
+        node = self._leaves(X)
+        terms = np.zeros((X.shape[0], len(self.roots) + 1, self.n_classes), dtype=np.float64)
         terms[:, 1:, :] = self.value[node]
         out = np.add.accumulate(terms, axis=1)[:, -1, :]  # 0 + tree 1 + tree 2 ..., in order
         out /= len(self.roots)
         return out
 
 
-class Boosting:
+class Boosting(_Trees):
     """HistGradientBoostingClassifier (binary, numeric and categorical splits): all trees at once.
 
     Each tree's leaf is found as its Cython predictor finds it (NaN follows missing_go_to_left;
@@ -184,42 +204,11 @@ class Boosting:
         if X.ndim != 2 or X.shape[1] != self.width:
             raise ValueError(f"X has shape {X.shape}, the model wants {self.width} features")
         X = self.inputs(X)
-        n = X.shape[0]
-        if not np.isnan(X).any():
-            node = self.descent.leaves(X)
-        else:
-            node = self._general_walk(X)
-        terms = np.empty((n, len(self.roots) + 1), dtype=np.float64)
+        node = self._leaves(X)
+        terms = np.empty((X.shape[0], len(self.roots) + 1), dtype=np.float64)
         terms[:, 0] = self.baseline[0]
         terms[:, 1:] = self.value[node]
         return np.add.accumulate(terms, axis=1)[:, -1]  # one addition after another
-
-    def _general_walk(self, X: np.ndarray) -> np.ndarray:
-        """Leaves with NaN (missing values, unseen categories) decided node by node."""
-        n = X.shape[0]
-        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
-        rows = np.arange(n)[:, None]
-        leaf = self.is_leaf[node]
-        while not leaf.all():
-            x = X[rows, self.feature[node]]
-            missing = np.isnan(x)
-            left = x <= self.threshold[node]
-            if self.category_row is not None:
-                table_row = self.category_row[node]
-                categorical = table_row >= 0
-                if categorical.any():
-                    value = x[categorical]
-                    known = value >= 0  # NaN compares False: the missing branch below
-                    code = np.where(known, value, 0).astype(np.intp)  # the Cython cast
-                    left[categorical] = np.where(
-                        known & (code < 256),
-                        self.goes_left[table_row[categorical], np.minimum(code, 255)],
-                        self.missing_left[node[categorical]],
-                    )
-            left = np.where(missing, self.missing_left[node], left)
-            node = np.where(leaf, node, np.where(left, self.left[node], self.right[node]))
-            leaf = self.is_leaf[node]
-        return node
 
     def proba(self, X: Any) -> np.ndarray:
         return self.loss.predict_proba(self.decision(X).reshape(-1, 1))

@@ -1,13 +1,9 @@
 """The fields of the service's request bodies: JSON values read through `lib.values`.
 
-Each validator takes what the JSON held (a string in any style of the grammar, a number, null)
-and returns the model's value, or raises a PydanticCustomError whose message names the value
-and what it should look like; `schemas` prefixes the field. The `Annotated` types carry the
-Play Store and clean spellings (validation aliases) and the JSON schema /openapi.json shows.
-
-Every value is bounded (`LIMITS`, string lengths): a number the model could not take (infinity,
-1e308) or a string of megabytes is the caller's mistake, answered 422 naming the field, and never
-reaches the model, the error counter or the prediction store.
+Each validator takes what the JSON held (a string in the grammar, a number, null) and returns the
+model's value, or raises a PydanticCustomError naming the value. Every value is bounded (MAX_*):
+infinity, 1e308 or megabytes of text are a 422 naming the field, and never reach the model, the
+error counter or the prediction store.
 """
 
 import math
@@ -57,43 +53,36 @@ def _short(text: str, max_chars: int) -> str:
     return text
 
 
-def _required_text(value: Any) -> str:
+def _str(value: Any, expected: str, max_chars: int = MAX_VALUE_CHARS) -> str:
+    """A string stripped and bounded; null is missing, another type is refused."""
     if isinstance(value, str):
-        text = _short(value, MAX_LABEL_CHARS)
-        if not text:
-            raise bad("empty")
-        return text
+        return _short(value, max_chars)
     if value is None:
         raise bad("missing (null)")
-    raise _wrong_type(value, "a string")
+    raise _wrong_type(value, expected)
+
+
+def _required_text(value: Any) -> str:
+    text = _str(value, "a string", MAX_LABEL_CHARS)
+    if not text:
+        raise bad("empty")
+    return text
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return _short(value, MAX_LABEL_CHARS)
-    if value is None:
-        return ""
-    raise _wrong_type(value, "a string")
+    return "" if value is None else _str(value, "a string", MAX_LABEL_CHARS)
 
 
 def _optional_text(max_chars: int) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         """An optional listing text (name, genres, versions): null is "", as the reader has it."""
-        if value is None:
-            return ""
-        if not isinstance(value, str):
-            raise _wrong_type(value, "a string or null")
-        return _short(value, max_chars)
+        return "" if value is None else _str(value, "a string or null", max_chars)
 
     return check
 
 
 def _free_or_paid(value: Any) -> str:
-    if not isinstance(value, str):
-        if value is None:
-            raise bad("missing (null)")
-        raise _wrong_type(value, '"Free" or "Paid"')
-    kind = values.free_or_paid(_short(value, MAX_VALUE_CHARS))
+    kind = values.free_or_paid(_str(value, '"Free" or "Paid"'))
     if kind is None:
         raise bad(f'{show(value)} is not "Free" or "Paid"')
     return kind
@@ -106,26 +95,35 @@ def _at_most(value: Any, number: float, limit: float, unit: str = "") -> float:
     return number
 
 
+def _parsed(value: str, parse: Callable[[str], Any]) -> Any:
+    """A string through lib.values' `parse`; its ValueError names what was expected."""
+    _short(value, MAX_VALUE_CHARS)
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise bad(f"{show(value)} {exc}") from None
+
+
+def _json_number(value: Any, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _wrong_type(value, expected)
+    try:
+        return float(value)
+    except OverflowError:
+        raise bad(f"{show(value)} is too large") from None
+
+
 def _count(parse: Callable[[str], float | None], hint: str, limit: float) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         """A count or price in 0..limit: a JSON number, or a string in lib.values' grammar."""
+        if value is None:
+            raise bad("missing (null)")
         if isinstance(value, str):
-            _short(value, MAX_VALUE_CHARS)
-            try:
-                number = parse(value)
-            except ValueError as exc:
-                raise bad(f"{show(value)} {exc}") from None
+            number = _parsed(value, parse)
             if number is None:
                 raise bad(f"missing (got {show(value)})")
-        elif value is None:
-            raise bad("missing (null)")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _wrong_type(value, "a number or a string")
         else:
-            try:
-                number = float(value)
-            except OverflowError:
-                raise bad(f"{show(value)} is too large") from None
+            number = _json_number(value, "a number or a string")
             if math.isnan(number):
                 raise bad("missing (NaN)")
             if not math.isfinite(number):
@@ -139,21 +137,11 @@ def _count(parse: Callable[[str], float | None], hint: str, limit: float) -> Cal
 
 def _size(value: Any) -> float:
     """Size in MB: a JSON number is MB whatever its repr (5e-05); null is NaN (imputed)."""
-    if isinstance(value, str):
-        _short(value, MAX_VALUE_CHARS)
-        try:
-            number = values.size_mb(value)  # "1" + "0" * 306 + "G" is infinity
-        except ValueError as exc:
-            raise bad(f"{show(value)} {exc}") from None
-        return _at_most(value, number, MAX_SIZE_MB, " MB")
     if value is None:
         return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _wrong_type(value, "a size (number of MB or a string)")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise bad(f"{show(value)} is too large") from None
+    if isinstance(value, str):  # "1" + "0" * 306 + "G" is infinity
+        return _at_most(value, _parsed(value, values.size_mb), MAX_SIZE_MB, " MB")
+    number = _json_number(value, "a size (number of MB or a string)")
     if math.isnan(number):
         return math.nan
     if not math.isfinite(number) or number < 0:
@@ -162,14 +150,7 @@ def _size(value: Any) -> float:
 
 
 def _days(value: Any) -> float:
-    if not isinstance(value, str):
-        if value is None:
-            raise bad("missing (null)")
-        raise _wrong_type(value, "a date string")
-    try:
-        when = values.date(_short(value, MAX_VALUE_CHARS))
-    except ValueError as exc:
-        raise bad(f"{show(value)} {exc}") from None
+    when = _parsed(_str(value, "a date string"), values.date)
     if when is None:
         raise bad(f"missing (got {show(value)})")
     return values.days_since_epoch(when)

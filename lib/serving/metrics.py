@@ -11,31 +11,17 @@ from prometheus_client.registry import Collector
 
 from lib.serving.batching import Variant
 
-# PredictionStore.stats() key -> (counter name without _total, help)
+# PredictionStore.stats() key -> help of the counter model_store_rows_<key>_total
 STORE_COUNTERS = {
-    "submitted": ("model_store_rows_submitted", "Prediction rows handed to the store"),
-    "written": ("model_store_rows_written", "Prediction rows written to the database"),
-    "dropped": (
-        "model_store_rows_dropped",
-        "Prediction rows dropped: the store's backlog was full (database too slow or down)",
-    ),
-    "failed": (
-        "model_store_rows_failed",
-        "Prediction rows not written: the database kept failing (retried 3 times)",
-    ),
-    "rejected": (
-        "model_store_rows_rejected",
-        "Prediction rows the database refused (skipped alone, the rest of the batch written)",
-    ),
-    "recovered": (
-        "model_store_rows_recovered",
-        "Rows answered by a process that died before writing them, written from its journal "
-        "when this service opened the store",
-    ),
-    "lost_at_restart": (
-        "model_store_rows_lost_at_restart",
-        "Rows of a dead process's journal that could not be read back or stored",
-    ),
+    "submitted": "Prediction rows handed to the store",
+    "written": "Prediction rows written to the database",
+    "dropped": "Prediction rows dropped: the store's backlog was full (database too slow or down)",
+    "failed": "Prediction rows not written: the database kept failing (retried 3 times)",
+    "rejected": "Prediction rows the database refused (skipped alone, the rest of the batch "
+    "written)",
+    "recovered": "Rows answered by a process that died before writing them, written from its "
+    "journal when this service opened the store",
+    "lost_at_restart": "Rows of a dead process's journal that could not be read back or stored",
 }
 
 LATENCY_BUCKETS = (
@@ -127,7 +113,8 @@ class _StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
-        for key, (name, documentation) in STORE_COUNTERS.items():
+        for key, documentation in STORE_COUNTERS.items():
+            name = f"model_store_rows_{key}"
             yield CounterMetricFamily(name, documentation, value=stats.get(key, 0))
         yield GaugeMetricFamily(
             "model_store_rows_pending",

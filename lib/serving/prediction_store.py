@@ -1,22 +1,14 @@
 """Where the model service logs predictions and ground-truth feedback, for canary analysis.
 
-SQLAlchemy Core with portable SQL only, so the default SQLite file and a PostgreSQL URL run the
-same code. On SQLite the database is switched to WAL with a busy timeout: the service (writer) and
-the analysis notebooks (readers, in other processes) work at the same time without "database is
-locked". The service never writes the database on its request path: `submit` appends the rows to
-a journal file (`store_journal`: what a kill -9 must not lose) and hands them to a background
-writer thread that inserts them in batches. A row the database refuses costs only itself: the
-batch is then inserted row by row, and the refused rows are counted and logged.
+SQLAlchemy Core, portable SQL: a SQLite file (WAL, busy timeout: the service writes while
+notebooks read) or a PostgreSQL URL. `submit` never touches the database: rows go to a journal
+file (`store_journal`: what a kill -9 must not lose) and a writer thread inserts them in batches;
+a row the database refuses costs only itself. One request id names one answered prediction: a
+used id is refused (`hold`, `stored`), and the primary key keeps an id's first row.
 
-A request id names one answered prediction (feedback joins it by that id): before the service
-predicts under a caller's id it `claim`s it, and a used one (stored, pending, or held by a
-request in flight) is refused. The primary key keeps the first row of an id whatever gets past
-that check (another replica at the same moment, a database the check could not read).
-
-The service's `PredictionStore` is the only writer. Analyses in other processes (canary steps,
-06 monitor) read with a `PredictionReader`: read-only, it never creates a table or a file and
-never replays a dead writer's journal. Those rows are written by the next service opened on the
-store, or by `python runner.py store-recover`.
+`PredictionStore` is the only writer; analyses in other processes read with a read-only
+`PredictionReader`, which never replays a dead writer's journal (the next service or
+`runner.py store-recover` does).
 """
 
 from __future__ import annotations
@@ -90,18 +82,7 @@ PREDICTION_FIELDS = [c.name for c in predictions.columns]
 _ID = predictions.c.request_id
 _STORED_ID = select(_ID).where(_ID == bindparam("id")).limit(1)
 _STORED_IDS = select(_ID).where(_ID.in_(bindparam("ids", expanding=True))).limit(1)
-WINDOW_COLUMNS = [
-    "request_id",
-    "created_at",
-    "variant",
-    "model_version",
-    "label",
-    "probability",
-    "latency_ms",
-    "error",
-    "true_label",
-    "rating",
-]
+WINDOW_COLUMNS = [*PREDICTION_FIELDS[:-1], "true_label", "rating"]  # (features when asked)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # the database itself failed (locked, down, connection lost): retry the rows later
@@ -148,18 +129,8 @@ def make_engine(url: str) -> Engine:
 def _window_statement(
     since: float, until: float | None, variant: str | None, features: bool
 ) -> Select:
-    columns = [
-        predictions.c.request_id,
-        predictions.c.created_at,
-        predictions.c.variant,
-        predictions.c.model_version,
-        predictions.c.label,
-        predictions.c.probability,
-        predictions.c.latency_ms,
-        predictions.c.error,
-        feedback.c.label.label("true_label"),
-        feedback.c.rating,
-    ]
+    columns = [predictions.c[name] for name in PREDICTION_FIELDS[:-1]]
+    columns += [feedback.c.label.label("true_label"), feedback.c.rating]
     if features:
         columns.append(predictions.c.features)
     stmt = (
@@ -207,11 +178,8 @@ def _read_window(
 
 
 class PredictionStore:
-    """Predictions and feedback in one database; tables are created on first use.
-
-    Thread-safe. `submit` is the service's non-blocking path; `record_predictions` writes at once.
-    Opening a store replays the journal of a process that died with rows not written yet.
-    """
+    """Predictions and feedback in one database; tables are created on first use. Thread-safe.
+    Opening a store replays the journal of a process that died with rows not written yet."""
 
     def __init__(
         self,
@@ -263,12 +231,8 @@ class PredictionStore:
             self._tables_ready = True
 
     def _recover(self) -> None:
-        """Insert the rows a dead process answered but did not write (its journal segments).
-
-        Rows already in the database are left as they are; the others are counted as
-        recovered, unreadable lines as lost. A database that fails now leaves the segment for
-        the next store opened.
-        """
+        """Insert the rows a dead process answered but did not write (its journal segments);
+        a database that fails now leaves the segment for the next store opened."""
         for path, fd in store_journal.orphans(self.journal_dir):
             try:
                 rows, torn = store_journal.read(fd)
@@ -306,24 +270,20 @@ class PredictionStore:
                     ).scalars()
                 )
             missing.extend(by_id[i] for i in chunk if i not in stored)
-        written, refused, transient = self._insert_isolating(missing)
-        if transient:
-            raise transient[0][1]
-        self._log_refused(refused)
-        return written, len(refused)
-
-    # ------------------------------------------------------------------------ direct writes
+        return self._insert_now(missing)
 
     def record_predictions(self, rows: list[dict[str, Any]]) -> int:
         """Insert prediction rows at once: how many were written. A request id already stored
         keeps its first row (the repeat is refused alone, logged); a database error raises."""
-        if not rows:
-            return 0
-        written, refused, transient = self._insert_isolating([clean_prediction(r) for r in rows])
+        return self._insert_now([clean_prediction(r) for r in rows])[0]
+
+    def _insert_now(self, rows: list[dict[str, Any]]) -> tuple[int, int]:
+        """Insert clean rows: (inserted, refused); a failing database raises."""
+        written, refused, transient = self._insert_isolating(rows)
         if transient:
             raise transient[0][1]
         self._log_refused(refused)
-        return written
+        return written, len(refused)
 
     def _insert(self, rows: list[dict[str, Any]]) -> int:
         """Insert clean rows in one transaction; a repeated request id fails it (IntegrityError:
@@ -386,21 +346,6 @@ class PredictionStore:
 
     # ---------------------------------------------------------------------- request ids
 
-    def claim(self, request_ids: list[str]) -> str | None:
-        """Hold request ids for a prediction about to be answered; or the first one used.
-
-        `hold`, then `stored` (blocking: call it from a thread), releasing what it held if the
-        database has one of them. The service runs the two steps itself, so that the look-up
-        overlaps the prediction.
-        """
-        used = self.hold(request_ids)
-        if used is not None:
-            return used
-        used = self.stored(request_ids)
-        if used is not None:
-            self.release(request_ids)
-        return used
-
     def hold(self, request_ids: list[str]) -> str | None:
         """The first id held by a request in flight or pending in this process's writer; else
         None, and the ids are held until `submit` (they become pending rows) or `release`.
@@ -447,10 +392,6 @@ class PredictionStore:
                     return found
         return None
 
-    def is_pending(self, request_id: str) -> bool:
-        """Submitted in this process and not written (or given up on) yet."""
-        return self._queue.is_pending(safe_text(str(request_id)))
-
     def record_feedback(
         self,
         request_id: str,
@@ -459,15 +400,11 @@ class PredictionStore:
         label: int | None = None,
         wait: float = 10.0,
     ) -> dict[str, Any] | None:
-        """Store the true rating (or label) of a prediction; None if the request id is unknown.
+        """Store (or replace) the true rating or label of a prediction; None for an unknown id.
 
-        A second feedback for the same id replaces the first. Feedback can arrive before the
-        writer thread stored its prediction: only then (the id is pending in this process) is
-        the writer made to write at once; an unknown id costs one indexed read, never a flush.
-        Raises FeedbackRefused for a prediction the model failed on (nothing to compare), and
-        TimeoutError if its prediction is still not written after `wait` seconds (the database
-        is slow or down: not an unknown id).
-        """
+        A prediction still pending in this process is written first (an unknown id costs one
+        read, never a flush); TimeoutError if it is not written within `wait` s, FeedbackRefused
+        for a prediction the model failed on."""
         if rating is None and label is None:
             raise ValueError("feedback needs a rating or a label")
         self._ensure_tables()
@@ -509,11 +446,8 @@ class PredictionStore:
         variant: str | None = None,
         features: bool = False,
     ) -> pd.DataFrame:
-        """Predictions with created_at in [since, until), left-joined with their feedback.
-
-        Columns: WINDOW_COLUMNS (true_label/rating are missing without feedback), plus
-        `features` (dicts) when asked, for drift statistics.
-        """
+        """Predictions with created_at in [since, until), left-joined with their feedback:
+        WINDOW_COLUMNS, plus `features` (dicts) when asked, for drift statistics."""
         self._ensure_tables()
         if self.pending_rows():
             self.flush(timeout=10.0)  # this process's own unwritten rows belong in the window
@@ -522,14 +456,10 @@ class PredictionStore:
     # --------------------------------------------------------------------- background writer
 
     def submit(self, rows: list[dict[str, Any]]) -> None:
-        """Queue prediction rows for the writer thread, after appending them to the journal.
-
-        Never blocks on the database: the journal is one write to a local file.
-        """
+        """Append prediction rows to the journal and queue them: never waits for the database."""
         self._queue.submit(rows)
 
     def pending_rows(self) -> int:
-        """Rows submitted but not yet written (or given up on)."""
         return self._queue.pending_rows()
 
     def stats(self) -> dict[str, int]:
@@ -597,16 +527,9 @@ class PredictionStore:
 
 
 class PredictionReader:
-    """The store's windows, read-only, for analyses in other processes than the service (canary
-    steps, 06 monitor): a look at a window changes nothing.
-
-    It creates no table and no database (a store that does not exist yet, or has no tables
-    yet, reads as empty; beside an existing SQLite file, SQLite itself may leave its empty -wal
-    and -shm files), never replays a dead writer's journal and never inserts: those rows are
-    the business of the next service opened on the store, or of `runner.py store-recover`.
-    Nothing to flush either: the service's writer thread inserts within its batching delay.
-    An in-memory SQLite store belongs to its process: another reads it as empty.
-    """
+    """The store's windows, read-only, for analyses in other processes (canary steps, 06
+    monitor): it creates no table or database (a missing store reads as empty; SQLite may leave
+    empty -wal/-shm files), replays no journal and never writes."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -630,8 +553,7 @@ class PredictionReader:
         variant: str | None = None,
         features: bool = False,
     ) -> pd.DataFrame:
-        """Predictions with created_at in [since, until), left-joined with their feedback, as
-        `PredictionStore.window` returns them (WINDOW_COLUMNS, plus `features` when asked)."""
+        """As `PredictionStore.window`."""
         if not self._has_tables():
             return _window_frame([], features)
         return _read_window(self.engine, since, until, variant, features)
@@ -648,9 +570,8 @@ class PredictionReader:
 
 
 def _read_only_engine(url: str, file: Path | None) -> Engine | None:
-    """An engine that cannot write: a SQLite file opened with mode=ro (SQLite refuses any
-    write, and a missing file is an error instead of a new database); None for in-memory
-    SQLite (nothing of another process to read). Other databases: only SELECTs are sent."""
+    """An engine that cannot write: a SQLite file opened mode=ro (a missing file is an error,
+    not a new database); None for in-memory SQLite. Other databases: only SELECTs are sent."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)

@@ -1,15 +1,11 @@
 """ModelService: the state behind the app. Loaded variants (champion, canary), the canary's
 weight and lease (a dead-man switch), the prediction store, the batcher and the metrics.
 
-A background task reads the registry's champion alias every `registry_check_seconds` so that
-/health can say when the registry names another version than the one served (an interrupted
-promotion) without calling the registry on every probe; an outage is reported, never raised.
-
-A registry that cannot answer at start-up (within `registry_start_seconds`) does not keep the
-service down: the champion alias is served from models/production (the copy promotions keep),
-/health says so, and the first answer of the background check settles it (the same version is
-confirmed, another one is loaded). A staging instance (another alias) never falls back: that
-copy is production's model, not the one it must smoke-test.
+A background task reads the champion alias every `registry_check_seconds`, so /health reports a
+registry that names another version (or is down) without calling it per probe. A registry that
+does not answer at start-up (`registry_start_seconds`) does not keep the service down: the
+champion alias is served from models/production until the registry answers (a staging instance,
+another alias, never falls back: that copy is not the model it must smoke-test).
 """
 
 from __future__ import annotations
@@ -20,6 +16,8 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,11 +58,9 @@ _MLFLOW_LOCK = threading.Lock()
 
 
 def public_store_name(uri: str) -> str:
-    """A tracking URI fit for an answer anyone can read: no directory, user or password.
-
-    "sqlite:////srv/x/mlflow.db" -> "sqlite:///.../mlflow.db"; "https://u:p@host:5000/x" ->
-    "https://host:5000"; a plain path -> ".../mlruns".
-    """
+    """A tracking URI fit for an answer anyone can read: no directory, user or password
+    ("sqlite:////srv/x/mlflow.db" -> "sqlite:///.../mlflow.db", "https://u:p@h:5000/x" ->
+    "https://h:5000", a plain path -> ".../mlruns")."""
     scheme, sep, rest = uri.partition("://")
     if not sep:
         return f".../{uri.rstrip('/').rsplit('/', 1)[-1]}"
@@ -72,6 +68,20 @@ def public_store_name(uri: str) -> str:
         return f"{scheme}:///.../{rest.rstrip('/').rsplit('/', 1)[-1]}"
     host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
     return f"{scheme}://{host}"
+
+
+def _in_daemon_thread(work: Callable[[], Any], name: str) -> futures.Future:
+    """`work()` in a daemon thread: a hung registry holds neither the event loop nor shutdown."""
+    answer: futures.Future = futures.Future()
+
+    def run() -> None:
+        try:
+            answer.set_result(work())
+        except BaseException as exc:  # handed to the waiting caller
+            answer.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return answer
 
 
 def _when(epoch: float | None) -> str:
@@ -412,22 +422,11 @@ class ModelService:
         )
 
     def _look_up_within(self, seconds: float) -> str | None:
-        """_look_up_champion in a daemon thread, given up after `seconds` (<= 0: no bound) with
-        RegistryUnavailable: a hung server is not bounded by MLflow's retries alone."""
-        answer: dict[str, Any] = {}
-        done = threading.Event()
-
-        def work() -> None:
-            try:
-                answer["version"] = self._look_up_champion()
-            except BaseException as exc:  # handed to the waiting caller
-                answer["error"] = exc
-            finally:
-                done.set()
-
+        """_look_up_champion given up after `seconds` (<= 0: no bound) with RegistryUnavailable:
+        a hung server is not bounded by MLflow's retries alone."""
         attempted = time.time()
-        threading.Thread(target=work, name="registry-start", daemon=True).start()
-        if not done.wait(seconds if seconds > 0 else None):
+        answer = _in_daemon_thread(self._look_up_champion, "registry-start")
+        if not futures.wait([answer], seconds if seconds > 0 else None).done:
             outage = RegistryUnavailable(
                 registry.redact_uri(self.settings.tracking_uri),
                 f"looking up {self.settings.model_name}@{self.settings.champion_alias}",
@@ -435,31 +434,18 @@ class ModelService:
             )
             self._record_failed_check(attempted, outage)
             raise outage
-        if "error" in answer:
-            raise answer["error"]
-        return answer.get("version")
+        return answer.result()
 
     async def check_registry(self) -> None:
-        """One background look at the champion alias, in a daemon thread (a hung registry must
-        not hold the event loop or the shutdown); never raises. After an outage at start-up,
-        the first answer is followed (see _follow_registry)."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[tuple[bool, str | None]] = loop.create_future()
-
-        def finish(outcome: tuple[bool, str | None]) -> None:
-            if not done.done():
-                done.set_result(outcome)
-
-        def work() -> None:
-            outcome: tuple[bool, str | None] = (False, None)
-            with contextlib.suppress(Exception):
-                outcome = (True, self._look_up_champion())
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(finish, outcome)
-
-        threading.Thread(target=work, name="registry-check", daemon=True).start()
-        answered, version = await done
-        if answered and self.follow_registry:
+        """One background look at the champion alias; never raises (a failure is recorded).
+        After an outage at start-up, the first answer is followed (see _follow_registry)."""
+        try:
+            version = await asyncio.wrap_future(
+                _in_daemon_thread(self._look_up_champion, "registry-check")
+            )
+        except Exception:
+            return
+        if self.follow_registry:
             await self._follow_registry(version)
 
     async def _follow_registry(self, version: str | None) -> None:

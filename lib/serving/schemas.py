@@ -1,20 +1,12 @@
 """The service's request bodies as pydantic models: bound to the routes, they validate each body
 and FastAPI generates /openapi.json from them.
 
-* `App`: one listing, each field in the Play Store spelling ("Content Rating") or the clean one
-  (content_rating); values in any style of `lib.values` (sizes "19M", installs "10,000+",
-  prices "$0.99", dates "January 7, 2018" or ISO) or as JSON numbers. App, Genres, Current Ver
-  and Android Ver are optional (absent or null read as ""); unknown keys ("Rating") are ignored.
-* `PredictRequest`: one app object (with an optional request_id), a list of them, or
-  {"instances": [...], "request_id": ...}, dispatched on the shape.
-* `Feedback` (`feedback_model`: with the service's threshold), `RoutingUpdate`: the bodies of
-  /feedback and PUT /admin/routing.
-
-The validators (`fields`) raise errors naming the value; `messages` turns a validation error
-into one line per problem, 'field: what is wrong'. The schemas state what the validators accept
-(the patterns of `fields`) and the rules between fields (`json_schema_extra`: an app in either
-spelling, feedback's label agrees with its rating, no canary no weight): schemathesis with every
-check (tests/test_service_schema.py) holds the two together.
+`App` is one listing, each field in the Play Store spelling ("Content Rating") or the clean one
+(content_rating), values in any style of `lib.values` or as JSON numbers; unknown keys are
+ignored. `PredictRequest` is an app, a list of apps or {"instances": [...]}; `Feedback` and
+`RoutingUpdate` are the bodies of /feedback and PUT /admin/routing. `messages` turns a
+validation error into one line per problem. The schemas state what the validators (`fields`)
+accept; tests/test_service_schema.py (schemathesis) holds the two together.
 """
 
 import math
@@ -30,8 +22,6 @@ from pydantic import (
     Field,
     RootModel,
     Tag,
-    TypeAdapter,
-    ValidationError,
     WithJsonSchema,
     model_validator,
 )
@@ -222,23 +212,9 @@ def _finite_rows(rows: list[Row]) -> list[Row]:
     return rows
 
 
-_APP = TypeAdapter(App)
-
-
-def parse_app(app: Any) -> Row:
-    """One app object (a dict) -> the model's row; InputError names every bad field."""
-    try:
-        return _APP.validate_python(app).row()
-    except ValidationError as exc:
-        raise InputError(messages(exc.errors(include_url=False), body=False)) from None
-
-
 def caller_request_id(header: str | None, body_value: Any) -> str | None:
     """The caller's id (header X-Request-ID, else field request_id); None if it sent none.
-
-    Both are checked when both are sent, before anything is queued or stored: an id outside
-    REQUEST_ID_PATTERN (emoji, CJK, U+202E, a UTF-8 header read as Latin-1) is refused (422).
-    """
+    Both are checked, before anything is queued: an id outside REQUEST_ID_PATTERN is a 422."""
     chosen: str | None = None
     problems = []
     for where, value in (("X-Request-ID", header), ("request_id", body_value)):
@@ -380,16 +356,15 @@ def _message(kind: str, field: str, error: dict[str, Any], in_instances: bool) -
     return f"{field or 'body'}: {error['msg']}, got {show(got)}"
 
 
-def messages(errors: Sequence[Any], body: bool = True, tagged: bool = False) -> list[str]:
-    """Validation errors as 'where: what is wrong', one per problem; an object with missing
-    fields is reported for those alone. `body`: locations start with "body" (FastAPI's);
-    `tagged`: then with PredictRequest's shape."""
+def messages(errors: Sequence[Any], tagged: bool = False) -> list[str]:
+    """FastAPI's validation errors as 'where: what is wrong', one per problem (an object with
+    missing fields is reported for those alone); `tagged`: with PredictRequest's shape."""
     places: dict[str, tuple[list[str], list[str]]] = {}
     for error in errors:
         if error["type"] == "json_invalid":  # (FastAPI's location is a character offset)
             places.setdefault("", ([], []))[1].append(_message("json_invalid", "", error, False))
             continue
-        loc = list(error["loc"][1:] if body and error["loc"] else error["loc"])
+        loc = list(error["loc"][1:])  # (FastAPI's locations start with "body")
         if tagged and loc and loc[0] in ("app", "list", "instances"):
             loc = loc[1:]
         in_instances = bool(loc) and loc[0] == "instances"

@@ -1,19 +1,11 @@
 """The prediction store's write-ahead journal: answered predictions that a kill -9 must not lose.
 
-`PredictionStore.submit` appends each row, as one length-prefixed record, to this process's
-journal segment before the service answers: one `os.write`, no fsync. The kernel keeps what was
-written when the process dies (kill -9, OOM kill, crash), not when the machine does (power
-loss, kernel panic). The writer thread empties the segment whenever every row in it is in the
-database, so the journal holds only what is not written yet.
-
-Each segment is locked (flock) by the process writing it. A `PredictionStore` (the writer)
-opened on the same database later (the restarted service, or `runner.py store-recover`) replays
-the segments whose lock is free, i.e. of processes that are gone, inserts the rows not in the
-database yet, and deletes the segments. A `PredictionReader` never touches them.
-
-Records are pickles of plain values (protocol 5: a few microseconds on the request path, where
-JSON cost several times more), read back by an unpickler that resolves no class or function
-but float/int/str/bool: a journal file cannot make the reader run code.
+`submit` appends each row (a length-prefixed record) to this process's flock-ed segment before
+the service answers: one `os.write`, no fsync, so the kernel keeps it when the process dies (not
+when the machine does). Segments are emptied once their rows are in the database. The next
+`PredictionStore` opened on the database replays the segments whose lock is free (their process
+is gone). Records are pickles (JSON costs several times more on the request path) read back by
+an unpickler that resolves only float/int/str/bool: a journal file cannot make it run code.
 """
 
 from __future__ import annotations
@@ -119,11 +111,8 @@ def _dumps(value: Any) -> bytes:
 
 
 class Journal:
-    """This process's segments in `directory`. Not thread-safe: the store calls it under its lock.
-
-    Rows are numbered in submit order (the store's sequence); a segment can go once every row
-    up to its end is done (written, refused or given up on).
-    """
+    """This process's segments in `directory` (not thread-safe: called under the queue's lock).
+    Rows are numbered in submit order; a segment goes once every row up to its end is done."""
 
     def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.directory = directory
@@ -186,7 +175,7 @@ class Journal:
         `idle` (nothing pending at all) empties the open segment too."""
         while self._closed and self._closed[0][0] <= done:
             _end, path, fd = self._closed.popleft()
-            _remove(path, fd)
+            discard(path, fd)
         if idle and self._fd is not None and self._bytes:
             try:
                 os.ftruncate(self._fd, 0)
@@ -204,22 +193,21 @@ class Journal:
         self._fd, self._path = None, None
         for path, fd in segments:
             if complete:
-                _remove(path, fd)
+                discard(path, fd)
             else:
                 os.close(fd)
 
 
-def _remove(path: Path, fd: int) -> None:
+def discard(path: Path, fd: int) -> None:
+    """Delete a segment, then release its lock."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     os.close(fd)
 
 
 def orphans(directory: Path) -> Iterator[tuple[Path, int]]:
-    """Segments of processes that are gone, each locked for the caller: (path, open fd).
-
-    The caller replays it, then `discard`s it (or closes the fd to leave it for later).
-    """
+    """Segments of processes that are gone, each locked for the caller: (path, open fd), to
+    replay then `discard` (or close the fd to leave it for later)."""
     if fcntl is None or not directory.is_dir():
         return
     for path in sorted(directory.glob(f"*{SUFFIX}")):
@@ -265,8 +253,3 @@ def read(fd: int) -> tuple[list[dict[str, Any]], int]:
             torn += 1
         position = end
     return rows, torn
-
-
-def discard(path: Path, fd: int) -> None:
-    """A replayed segment: delete it, then release its lock."""
-    _remove(path, fd)

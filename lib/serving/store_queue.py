@@ -18,12 +18,9 @@ Rows = list[dict[str, Any]]
 
 
 class WriteQueue:
-    """Rows submitted in order (each numbered by its sequence), written by `write` in batches.
-
-    `write(batch)` returns (how many rows the database refused, the rows it kept failing on).
-    Failed rows are parked in the journal, for the next store opened on the database to write.
-    Thread-safe; all state is guarded by one condition variable.
-    """
+    """Rows submitted in order (numbered by sequence), written by `write` in batches; `write`
+    returns (rows refused, rows it kept failing on), and the failed ones are parked in the journal
+    for the next store opened on the database. Thread-safe: one condition variable guards all."""
 
     def __init__(
         self,
@@ -53,11 +50,8 @@ class WriteQueue:
         self._writer: threading.Thread | None = None
 
     def submit(self, rows: list[dict[str, Any]]) -> None:
-        """Append the rows to the journal and queue them; never touches the database.
-
-        The request path pays for one JSON encoding and one write; the writer thread cleans
-        the rows (`clean_prediction`) before inserting them.
-        """
+        """Append the rows to the journal and queue them; never touches the database (the
+        writer thread cleans the rows before inserting them)."""
         if not rows:
             return
         data = store_journal.encode(rows) if self.journal is not None else b""
@@ -122,16 +116,9 @@ class WriteQueue:
             if self._held:
                 self._held.difference_update(keys)
 
-    def is_pending(self, request_id: str) -> bool:
-        with self._cv:
-            return request_id in self._pending_ids
-
     def wait_written(self, request_id: str, timeout: float) -> bool:
-        """If `request_id` is queued, have the writer write now and wait for that id only.
-
-        False if it is still pending after `timeout`. An id that is not pending returns at
-        once: feedback for unknown ids never makes the writer hurry.
-        """
+        """If `request_id` is queued, have the writer write now and wait for that id only (False
+        after `timeout`); an id not pending returns at once: unknown ids never hurry the writer."""
         with self._cv:
             if request_id not in self._pending_ids:
                 return True

@@ -15,18 +15,6 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-FIELDS = (
-    "request_id",
-    "created_at",
-    "variant",
-    "model_version",
-    "label",
-    "probability",
-    "latency_ms",
-    "error",
-    "features",
-)
-
 
 def safe_text(value: Any) -> str | None:
     """Text that encodes as UTF-8 and has no NUL (PostgreSQL refuses NUL, SQLite surrogates).
@@ -128,7 +116,7 @@ def _number(value: Any, kind: type) -> Any:
 
 
 def clean_prediction(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One prediction row ready to insert: exactly FIELDS, safe text, valid features JSON."""
+    """One prediction row ready to insert: the table's columns, safe text, valid features JSON."""
     probability = _number(row.get("probability"), float)
     if isinstance(probability, float) and not math.isfinite(probability):
         probability = None
