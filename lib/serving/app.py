@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lib import registry
 from lib.pipeline.features import FEATURE_COLUMNS
@@ -139,18 +140,13 @@ def _refused(exc: InputError) -> Response:
     return _json(422, {"detail": str(exc), "errors": exc.messages})
 
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
 class _Guard:
     """ASGI layer around the routes: an exception a route did not answer becomes a generic 500
     (or 400 for a RecursionError: input nested too deeply) with a request id, its detail
     logged; the connection stays open (Starlette's ServerErrorMiddleware, outside this layer,
     would re-raise it, and uvicorn then drops the connection)."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -159,7 +155,7 @@ class _Guard:
             return
         started = False
 
-        async def tracked(message: MutableMapping[str, Any]) -> None:
+        async def tracked(message: Message) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -449,7 +445,7 @@ def _answers(
     answers = [
         {
             "request_id": i,
-            "label": _plain(lab),
+            "label": lab,
             "probability": p,
             "model_version": variant.version,
             "variant": variant.name,
@@ -649,10 +645,6 @@ def _repeated(rid: str, used: str, batch: bool) -> str:
         f"{which} was already used for a prediction: send a new id for each prediction "
         f"(feedback for an id joins the prediction answered under it{items})"
     )
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def _store_rows(

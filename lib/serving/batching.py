@@ -36,12 +36,9 @@ class _Job:
 class MicroBatcher:
     """Gathers concurrent requests for one variant into one predict call in a worker thread.
 
-    The first job never waits. While predictions run, new jobs queue up; when more than one is
-    waiting, the batcher waits up to `wait_s` for the batch to fill to `max_rows`, but only while
-    some request in the service (`enter`/`leave`) is not queued yet: with 8 clients it stops at
-    8 jobs instead of waiting for 64 that cannot come. A failing batch is retried job by job so
-    one bad job fails alone.
-    """
+    The first job never waits; with several queued, it waits up to `wait_s` for `max_rows`, but
+    only while a request in the service (`enter`/`leave`) is not queued yet. A failing batch is
+    retried job by job, so one bad job fails alone."""
 
     def __init__(self, max_rows: int = 64, wait_s: float = 0.002, on_batch: Any = None) -> None:
         self.max_rows = max(1, int(max_rows))

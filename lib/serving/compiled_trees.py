@@ -1,10 +1,6 @@
-"""Tree ensembles compiled: every tree of a forest or a boosting model walked at once.
-
-scikit-learn walks one tree at a time (a forest: one joblib task per tree), which for a single
-row costs far more than the arithmetic. Here all trees advance one level per numpy step, with
-the same comparisons, the same leaf values and the same order of additions as scikit-learn, so
-the answers are equal to the last bit (the service checks that each time a model loads).
-"""
+"""Tree ensembles compiled: all trees of a forest or a boosting model advance one level per numpy
+step (scikit-learn walks one tree at a time, which costs far more than the arithmetic for one
+row), with scikit-learn's comparisons, leaf values and order of additions: the same last bit."""
 
 from __future__ import annotations
 
@@ -106,12 +102,8 @@ class _Trees:
 
 
 class Forest(_Trees):
-    """RandomForestClassifier.predict_proba: all trees walked at once, summed in tree order.
-
-    As its Cython `apply`: the input as float32, NaN follows missing_go_to_left, else
-    value <= threshold (compared in double) goes left; leaf values are added tree after tree
-    from zero and divided by the number of trees, as `ForestClassifier.predict_proba` does.
-    """
+    """RandomForestClassifier.predict_proba as its Cython `apply` (float32 input compared in
+    double, NaN follows missing_go_to_left): leaf values added tree after tree, then divided."""
 
     def __init__(self, final: Any) -> None:
         from sklearn.ensemble._forest import ForestClassifier
@@ -160,14 +152,8 @@ class Forest(_Trees):
 
 
 class Boosting(_Trees):
-    """HistGradientBoostingClassifier (binary, numeric and categorical splits): all trees at once.
-
-    Each tree's leaf is found as its Cython predictor finds it (NaN follows missing_go_to_left;
-    a numeric split sends value <= threshold left; a categorical split sends the categories of its
-    left bitset left, the other known ones right, and unknown or negative ones the missing way);
-    the leaf values are added to the baseline one tree after another, in the order scikit-learn
-    adds them, so the sum is the same to the last bit.
-    """
+    """HistGradientBoostingClassifier (binary, numeric and categorical splits): leaves found as
+    its Cython predictor finds them, added to the baseline in scikit-learn's order."""
 
     def __init__(self, model: Any) -> None:
         from sklearn.ensemble import HistGradientBoostingClassifier
@@ -215,12 +201,8 @@ class Boosting(_Trees):
 
 
 class _CategoricalInputs:
-    """The model's own input step for categorical features (its internal OrdinalEncoder).
-
-    scikit-learn re-encodes the categorical columns to 0..k-1 (unknown and missing: NaN) and
-    puts them first; this does the same with a sorted lookup, without the ColumnTransformer's
-    validation.
-    """
+    """The model's own input step for categorical features: re-encoded to 0..k-1 (unknown and
+    missing: NaN) and put first, by a sorted lookup."""
 
     def __init__(self, model: Any) -> None:
         self.categories: list[tuple[int, np.ndarray]] = []
@@ -256,11 +238,8 @@ class _CategoricalInputs:
 def _categorical_tables(
     model: Any, predictors: list[Any], offsets: np.ndarray
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """Per categorical node: does category c (0..255) go left? None when no node is categorical.
-
-    Left when c is in the node's left bitset; right when it is another category known at fit
-    time; otherwise (unseen) the missing-value direction, as the Cython predictor decides.
-    """
+    """Per categorical node: does category c (0..255) go left (in its left bitset; another known
+    category: right; unseen: the missing way)? None when no node is categorical."""
     total = int(offsets[-1]) + len(predictors[-1].nodes) if predictors else 0
     if not any(p.nodes["is_categorical"].any() for p in predictors):
         return None, np.zeros((0, 256), dtype=bool)

@@ -91,11 +91,8 @@ def _op_ordinal(enc: Any) -> Any:
 
 
 def _op_one_hot(enc: Any, dense_output: bool) -> Any:
-    """OneHotEncoder (dense output, ignore or infrequent unknowns) as per-column lookup tables.
-
-    Each category's output slice is taken from the encoder itself at compile time, so the
-    infrequent-category grouping and `drop` are whatever scikit-learn made of them.
-    """
+    """OneHotEncoder (dense output, ignore or infrequent unknowns) as per-column lookup tables,
+    taken from the encoder itself (its infrequent grouping and `drop` included)."""
     from sklearn.preprocessing import OneHotEncoder
 
     if type(enc) is not OneHotEncoder:
@@ -109,30 +106,27 @@ def _op_one_hot(enc: Any, dense_output: bool) -> Any:
     cats = enc.categories_
     if not all(isinstance(c, str) for col in cats for c in col):
         raise Unsupported("OneHotEncoder with non-string or missing categories")
-    n_in = len(cats)
-    width = len(enc.get_feature_names_out())
-    # one probe frame per column: every known category, plus one unseen value
+
+    def dense(frame: list[list[str]]) -> np.ndarray:
+        out = enc.transform(np.array(frame, dtype=object))
+        return np.asarray(out.toarray() if hasattr(out, "toarray") else out, dtype=np.float64)
+
     unseen = "\x00__unseen__"
-    tables: list[dict[str, np.ndarray]] = []
-    slices: list[np.ndarray] = []
     filler = [str(col[0]) for col in cats]
-    for j in range(n_in):
-        values = [*map(str, cats[j]), unseen]
-        frame = np.array([[*filler[:j], v, *filler[j + 1 :]] for v in values], dtype=object)
-        full = enc.transform(frame)
-        full = np.asarray(full.toarray() if hasattr(full, "toarray") else full, dtype=np.float64)
+    width = len(enc.get_feature_names_out())
+    owner = np.full(width, -1)  # the input column each output column belongs to
+    tables: list[dict[str, np.ndarray]] = []
+    for j, col in enumerate(cats):  # a probe frame per column: its categories, one unseen value
+        values = [*map(str, col), unseen]
+        full = dense([[*filler[:j], v, *filler[j + 1 :]] for v in values])
         varying = np.flatnonzero((full != full[:1]).any(axis=0))
-        tables.append(dict(zip(values, full, strict=True)))
-        slices.append(varying)
-    owner = np.full(width, -1)
-    for j, cols in enumerate(slices):
-        if (owner[cols] != -1).any():
+        if (owner[varying] != -1).any():
             raise Unsupported("OneHotEncoder columns overlap")
-        owner[cols] = j
-    base = enc.transform(np.array([filler], dtype=object))
-    base_row = np.asarray(base.toarray() if hasattr(base, "toarray") else base, np.float64)[0]
+        owner[varying] = j
+        tables.append(dict(zip(values, full, strict=True)))
+    base_row = dense([filler])[0]
     constant = owner == -1
-    column_of = [np.flatnonzero(owner == j) for j in range(n_in)]
+    column_of = [np.flatnonzero(owner == j) for j in range(len(cats))]
 
     def encode(columns: list[Sequence[Any]]) -> np.ndarray:
         n = len(columns[0])
@@ -320,26 +314,21 @@ class Columns:
             for op in block.ops:
                 Z = op(Z)
             parts.append(Z)
-        if self.sparse:  # ColumnTransformer._hstack with a sparse output
-            from scipy import sparse
+        from scipy import sparse
 
+        if self.sparse:  # ColumnTransformer._hstack with a sparse output
             if len(parts) == 1 and sparse.isspmatrix_csr(parts[0]) and parts[0].has_sorted_indices:
                 return parts[0]  # hstack of one CSR block keeps its data and order
             from sklearn.utils import check_array
 
             converted = [check_array(X, accept_sparse=True, ensure_all_finite=False) for X in parts]
             return sparse.hstack(converted).tocsr()
-        from scipy import sparse
-
         parts = [p.toarray() if sparse.issparse(p) else p for p in parts]
         return np.hstack(parts) if len(parts) > 1 else parts[0]
 
 
 class _Tfidf:
-    """TfidfVectorizer.transform on a list of texts, without its per-call validation.
-
-    The same analyzer, vocabulary and arithmetic (counts, sublinear tf, idf, in-place l2 norm).
-    """
+    """TfidfVectorizer.transform without its per-call validation (the same arithmetic)."""
 
     def __init__(self, vec: Any) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -80,19 +81,12 @@ class Metrics:
         key = (variant.name, variant.version)
         children = self._children.get(key)
         if children is None:
-            children = (
-                self.requests.labels(*key),
-                self.errors.labels(*key),
-                self.latency.labels(*key),
-            )
-            self._children[key] = children
+            metrics = (self.requests, self.errors, self.latency)
+            children = self._children[key] = tuple(m.labels(*key) for m in metrics)
         return children
 
     def count_labels(self, variant: Variant, labels: list[Any]) -> None:
-        counts: dict[Any, int] = {}
-        for label in labels:
-            counts[label] = counts.get(label, 0) + 1
-        for label, n in counts.items():
+        for label, n in collections.Counter(labels).items():
             key = (variant.name, variant.version, label)
             child = self._label_children.get(key)
             if child is None:

@@ -107,14 +107,10 @@ def _sqlite_engine(url: str) -> Engine:
     )
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; no fsync per commit
-        finally:
-            cursor.close()
+    def _pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; no fsync per commit
 
     return engine
 
@@ -152,14 +148,8 @@ def _window_frame(rows: list[Any], features: bool) -> pd.DataFrame:
     """The window's rows as typed columns: the same dtypes whether it holds rows or none."""
     names = WINDOW_COLUMNS + (["features"] if features else [])
     values = list(zip(*rows, strict=True)) if rows else [()] * len(names)
-    dtypes = {
-        "created_at": "float64",
-        "label": "Int64",
-        "probability": "float64",
-        "latency_ms": "float64",
-        "true_label": "Int64",
-        "rating": "float64",
-    }
+    floats = ("created_at", "probability", "latency_ms", "rating")
+    dtypes = {"label": "Int64", "true_label": "Int64", **dict.fromkeys(floats, "float64")}
     data: dict[str, pd.Series] = {}
     for name, column in zip(names, values, strict=True):
         if name == "features":
@@ -347,10 +337,8 @@ class PredictionStore:
     # ---------------------------------------------------------------------- request ids
 
     def hold(self, request_ids: list[str]) -> str | None:
-        """The first id held by a request in flight or pending in this process's writer; else
-        None, and the ids are held until `submit` (they become pending rows) or `release`.
-        Memory only: `stored` says whether the database has one from before (a restart,
-        another replica)."""
+        """The first id held by a request in flight or pending in this process; else None, and
+        the ids are held until `submit` or `release` (memory only: see `stored`)."""
         return self._queue.hold([safe_text(str(i)) for i in request_ids])
 
     def release(self, request_ids: list[str]) -> None:
@@ -358,10 +346,8 @@ class PredictionStore:
         self._queue.release([safe_text(str(i)) for i in request_ids])
 
     def stored(self, request_ids: list[str]) -> str | None:
-        """The first id the database holds a prediction for, else None: one indexed read.
-
-        A database that cannot be read answers None (logged once per outage): predictions go
-        on, checked in memory only, and the primary key keeps the first row of an id."""
+        """The first id the database holds a prediction for, else None: one indexed read. A
+        database that cannot be read answers None (logged once per outage): predictions go on."""
         try:
             found = self._first_stored([safe_text(str(i)) for i in request_ids])
         except SQLAlchemyError as exc:

@@ -359,19 +359,14 @@ class ModelService:
 
         try:
             return await asyncio.to_thread(self.load_variant, name, version)
-        except MlflowException as exc:
-            code = getattr(exc, "error_code", "")
-            status = 404 if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") else 422
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise AdminError(
-                status, f"cannot load {self.settings.model_name} version {version}: {first}"
-            ) from exc
         except Exception as exc:
-            raise AdminError(
-                422,
-                f"cannot load {self.settings.model_name} version {version}: "
-                f"{type(exc).__name__}: {exc}",
-            ) from exc
+            status, why = 422, f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, MlflowException):
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                    status = 404
+            what = f"cannot load {self.settings.model_name} version {version}"
+            raise AdminError(status, f"{what}: {why}") from exc
 
     async def reload_champion(self) -> dict[str, Any]:
         """POST /admin/reload: follow the champion alias (promotion or rollback)."""

@@ -1,8 +1,5 @@
-"""The model's input row: a tuple in FEATURE_COLUMNS order, and the frame scikit-learn wants.
-
-Requests are parsed straight into rows (`schemas.App.row`); the compiled predictor reads rows
-column-wise, and only the scikit-learn fallback needs a DataFrame (`rows_frame`).
-"""
+"""The model's input row: a tuple in FEATURE_COLUMNS order (`schemas.App.row`), read column-wise
+by the compiled predictor, and the DataFrame the scikit-learn fallback needs (`rows_frame`)."""
 
 from __future__ import annotations
 

@@ -229,12 +229,8 @@ def orphans(directory: Path) -> Iterator[tuple[Path, int]]:
 def read(fd: int) -> tuple[list[dict[str, Any]], int]:
     """The rows of a segment, and how many records could not be read (a torn last write; a
     damaged record ends the reading, as the records after it cannot be found)."""
-    chunks = []
-    offset = 0
-    while chunk := os.pread(fd, 1 << 20, offset):
-        chunks.append(chunk)
-        offset += len(chunk)
-    data = b"".join(chunks)
+    with os.fdopen(fd, "rb", closefd=False) as file:  # (a fresh fd: read from the start)
+        data = file.read()
     rows: list[dict[str, Any]] = []
     torn = 0
     position = 0

@@ -1,9 +1,6 @@
-"""Prediction rows as the store keeps them: text every database takes, features as valid JSON.
-
-The service validates its inputs, but the store does not rely on that: one request id with a
-lone surrogate used to make SQLite refuse a whole batch of other callers' rows, and NaN or
-Infinity written into the features JSON made rows that `json_valid` rejects.
-"""
+"""Prediction rows as the store keeps them: text every database takes, features as valid JSON
+(not relying on the service's validation: a lone surrogate in one id made SQLite refuse a whole
+batch, and NaN in the features JSON made rows that `json_valid` rejects)."""
 
 from __future__ import annotations
 
@@ -17,11 +14,8 @@ logger = logging.getLogger(__name__)
 
 
 def safe_text(value: Any) -> str | None:
-    """Text that encodes as UTF-8 and has no NUL (PostgreSQL refuses NUL, SQLite surrogates).
-
-    Unencodable characters become backslash escapes ('\\ud800'), so the same input always
-    maps to the same stored text: feedback for an odd request id still finds its prediction.
-    """
+    """Text that encodes as UTF-8 and has no NUL (PostgreSQL refuses NUL, SQLite surrogates):
+    backslash escapes ('\\ud800'), the same for the same input (feedback finds its prediction)."""
     if value is None:
         return None
     text = value if isinstance(value, str) else str(value)
@@ -38,13 +32,13 @@ def safe_text(value: Any) -> str | None:
 
 def json_value(value: Any) -> Any:
     """A value JSON can hold: non-finite numbers and missing values are null, other objects
-    (dates, decimals, ...) their text."""
-    if value is None or isinstance(value, bool | int):
-        return value
+    (dates, decimals, ...) their text. (The usual feature values, floats and text, first.)"""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
         return safe_text(value)
+    if value is None or isinstance(value, bool | int):
+        return value
     if isinstance(value, Mapping):
         return {safe_text(k): json_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -62,11 +56,8 @@ def json_value(value: Any) -> Any:
 
 
 def features_json(features: Any) -> str | None:
-    """The model's input row as valid JSON text (RFC 8259: no NaN/Infinity), None if absent.
-
-    Text is parsed and written again, so JSON with NaN or Infinity from a caller is cleaned;
-    text that is not JSON at all is not stored (logged).
-    """
+    """The model's input row as valid JSON text (RFC 8259: no NaN/Infinity), None if absent;
+    JSON text is parsed and cleaned, other text is not stored (logged)."""
     if features is None:
         return None
     if isinstance(features, str | bytes):
@@ -75,33 +66,10 @@ def features_json(features: Any) -> str | None:
         except ValueError:
             logger.warning("prediction store: features are not JSON, not stored")
             return None
-    if isinstance(features, Mapping):
-        payload: Any = {_plain_text(k): _flat_value(v) for k, v in features.items()}
-    else:
-        payload = json_value(features)
-    return _STRICT.encode(payload)
+    return _STRICT.encode(json_value(features))
 
 
 _STRICT = json.JSONEncoder(allow_nan=False)  # built once: every stored row passes through it
-
-
-def _plain_text(value: Any) -> Any:
-    """safe_text, with a fast path for the usual case (ASCII text without NUL)."""
-    if type(value) is str and value.isascii() and "\x00" not in value:
-        return value
-    return safe_text(value)
-
-
-def _flat_value(value: Any) -> Any:
-    """json_value, with fast paths for the usual feature values (finite floats, plain text)."""
-    kind = type(value)
-    if kind is float:
-        return value if math.isfinite(value) else None
-    if kind is str:
-        return _plain_text(value)
-    if value is None or kind is int or kind is bool:
-        return value
-    return json_value(value)
 
 
 def _number(value: Any, kind: type) -> Any:
@@ -121,13 +89,13 @@ def clean_prediction(row: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(probability, float) and not math.isfinite(probability):
         probability = None
     return {
-        "request_id": _plain_text(row.get("request_id")),
+        "request_id": safe_text(row.get("request_id")),
         "created_at": _number(row.get("created_at"), float),
-        "variant": _plain_text(row.get("variant")),
-        "model_version": _plain_text(row.get("model_version")),
+        "variant": safe_text(row.get("variant")),
+        "model_version": safe_text(row.get("model_version")),
         "label": _number(row.get("label"), int),
         "probability": probability,
         "latency_ms": _number(row.get("latency_ms"), float),
-        "error": None if row.get("error") is None else _plain_text(row["error"]),
+        "error": None if row.get("error") is None else safe_text(row["error"]),
         "features": features_json(row.get("features")),
     }
