@@ -475,13 +475,11 @@ def _add_feedback_route(router: APIRouter, service: ModelService, threshold: flo
             logger.exception("feedback for %s not stored", rid)
             return _json(503, {"detail": f"prediction store unavailable: {type(exc).__name__}"})
         if stored is None:
-            return _json(
-                404,
-                {
-                    "detail": f"unknown request_id {rid!r}: no prediction was made with it "
-                    "(items of a batch have ids '<request_id>-<index>')"
-                },
+            detail = (
+                f"unknown request_id {rid!r}: no prediction was made with it "
+                "(items of a batch have ids '<request_id>-<index>')"
             )
+            return _json(404, {"detail": detail})
         return _json(200, stored)
 
     router.add_api_route(

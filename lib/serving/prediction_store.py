@@ -483,9 +483,8 @@ class PredictionStore:
                 _written, refused, transient = self._insert_isolating(rows)
             except Exception as exc:  # e.g. the tables cannot be created: retry it all
                 refused, transient = [], [(row, exc) for row in rows]
-            if refused:
-                rejected += len(refused)
-                self._log_refused(refused)
+            rejected += len(refused)
+            self._log_refused(refused)
             if not transient:
                 return rejected, []
             rows = [row for row, _exc in transient]
