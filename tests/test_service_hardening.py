@@ -199,7 +199,7 @@ def test_a_repeated_request_id_is_409_and_feedback_joins_the_first(
     if written:
         assert store.flush(timeout=30)
     else:
-        assert store.is_pending("dup-1")
+        assert store.pending_rows() == 1  # dup-1's row, the only one since the flush
     requests_before = _metric(client, "model_requests_total")
     for again in (
         client.post("/predict", json=OTHER_APP, headers={"X-Request-ID": "dup-1"}),
@@ -248,7 +248,7 @@ def test_a_request_id_held_by_a_request_in_flight_is_409(client: TestClient) -> 
     """Two requests with one id at the same moment: the second is refused while the first is
     being answered (its id is held from the check to the store), not after both answered."""
     store = _service(client).store
-    assert store.claim(["flying"]) is None  # what a request does before it predicts
+    assert store.hold(["flying"]) is None  # what a request does before it predicts
     try:
         resp = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": "flying"})
         assert resp.status_code == 409, resp.text

@@ -155,22 +155,15 @@ class ModelService:
     def _variant(self, name: str, version: str, model: Any, source: str) -> Variant:
         single_threaded(model)
         predictor = Predictor(model, self.settings.compile_models)
-        logger.info(
-            "loaded %s version %s from %s as %s (%s predictor)",
-            self.settings.model_name,
-            version,
-            source,
-            name,
-            predictor.kind,
-        )
+        loaded = f"{self.settings.model_name} version {version} from {source} as {name}"
+        logger.info("loaded %s (%s predictor)", loaded, predictor.kind)
         return Variant(name, version, predictor)
 
     def load_production_copy(self) -> tuple[Variant | None, str]:
         """The champion from models/production (blocking), or None and why not: no copy, no
         readable metadata, no version in it, another model, a copy that does not load."""
-        models_dir = Path(self.settings.models_dir)
         where, meta_file = SOURCE_LOCAL_COPY, registry.LOCAL_COPY_METADATA
-        folder = models_dir / PRODUCTION_DIR
+        folder = Path(self.settings.models_dir) / PRODUCTION_DIR
         if not folder.is_dir():
             return None, f"{where} holds no model"
         meta = registry.local_copy_metadata(folder)

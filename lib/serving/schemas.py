@@ -84,13 +84,20 @@ class App(BaseModel):
         """An object; keys match after stripping, and the first spelling of a field wins."""
         if not isinstance(data, dict):
             raise fields.bad(f"expected an app object, got {type(data).__name__} {show(data)}")
-        exact = [_KEY_TO_FIELD[key] for key in data if key in _KEY_TO_FIELD]
-        if len(exact) == len(set(exact)) and not any(
-            isinstance(key, str) and key not in _KEY_TO_FIELD and key.strip() in _KEY_TO_FIELD
-            for key in data
-        ):
-            return data  # the usual case: one exact spelling per field
         seen: set[str] = set()
+        rewrite = False
+        for key in data:
+            name = _KEY_TO_FIELD.get(key)
+            if name is None:
+                if not isinstance(key, str) or key.strip() not in _KEY_TO_FIELD:
+                    continue
+                name, rewrite = _KEY_TO_FIELD[key.strip()], True
+            if name in seen:
+                rewrite = True
+            seen.add(name)
+        if not rewrite:
+            return data  # the usual case: one exact spelling per field
+        seen.clear()
         clean: dict[Any, Any] = {}
         for key, value in data.items():
             stripped = key.strip() if isinstance(key, str) else key
