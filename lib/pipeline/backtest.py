@@ -1,18 +1,11 @@
 """A policy backtest: replay the deployment decision over time-ordered batches of real apps.
 
-The decision policy (gate + score table, `pipeline.scoring`) is judged here by what it would
-have done, not by how it reads. Apps (one row per rated app) are ordered by ``last_updated``; the
-oldest share trains the first champion, the rest arrive in consecutive batches. At each step a
-candidate is trained on everything seen so far, the REAL policy decides on a holdout of that data
-(``comparison.compare_predictions`` + ``scoring.decide``, as 03/04 do), and the next batch (the
-future, which nobody saw) says whether the candidate really was better than the champion it would
-replace: better or worse only when the paired 95% bootstrap interval of the ROC-AUC difference on
-that batch excludes 0.
-
-``manual`` counts as not deployed: a person may approve it later, but the backtest has no person.
-Noise candidates check the policy's floor: a model trained on shuffled labels must never be
-promoted, and the champion retrained with another seed (the same model up to noise) should not be
-``auto``. Nothing here touches MLflow, the registry or ``models/``.
+The policy (gate + score table) is judged by what it would have done. Apps are ordered by
+``last_updated``; the oldest share trains the first champion, the rest arrive in batches. At each
+step a candidate trained on everything seen so far is decided on exactly as 03/04 do, and the next
+batch (the future) says whether it really beat the champion: only when the paired 95% interval of
+the ROC-AUC difference excludes 0. ``manual`` counts as not deployed. Noise candidates (shuffled
+labels, the champion reseeded) check the policy's floor. Nothing here touches MLflow or models/.
 """
 
 from __future__ import annotations
@@ -145,20 +138,14 @@ def policy_decision(
     Returns the decision and the selection metric's difference with its interval.
     """
     evidence = comparison.compare_predictions(y_holdout, candidate, reference, metric)
-    gate = evidence["gate"]
     decision = scoring.decide(
-        score_table.Evidence.from_dict(evidence["improvement_interval"]),
-        score_table.Evidence.from_dict(evidence["candidate_interval"]),
+        evidence["improvement_interval"],
+        evidence["candidate_interval"],
         cv_std,
         table,
         metric=metric,
         baseline_label=reference_label,
-        gate=score_table.GateInputs(
-            roc_auc=score_table.Evidence.from_dict(gate["roc_auc"]),
-            accuracy=gate["accuracy"],
-            majority_share=gate["majority_share"],
-            n=gate["n"],
-        ),
+        gate=evidence["gate"],
     )
     return decision, evidence["improvement_interval"]
 
@@ -225,7 +212,13 @@ def run_backtest(batches: TimeBatches, settings: BacktestSettings | None = None)
         X_hold, X_batch, y_batch = data.X.iloc[test_idx], data.X.iloc[batch_idx], y_all[batch_idx]
         log.info("step %d: %d rows seen, judged on %d later rows", k, len(seen), len(batch_idx))
 
-        candidate = _best_candidate(data, train_idx, test_idx, settings)
+        candidate = training.select_best(  # as 02 train: the best family on the holdout
+            [
+                _train(f, data, train_idx, test_idx, settings, settings.seed)
+                for f in settings.families
+            ],
+            settings.metric,
+        )
         cand_hold = (candidate.proba, np.asarray(candidate.labels).astype(int))
         ref_hold = production.answers(X_hold, y_train)
         decision, improvement = policy_decision(
@@ -313,20 +306,6 @@ def _train(
         objective=settings.objective,
         costs=settings.costs,
     )
-
-
-def _best_candidate(
-    data: training.LabeledData,
-    train_idx: np.ndarray,
-    test_idx: np.ndarray,
-    settings: BacktestSettings,
-) -> training.CandidateResult:
-    """As 02 train: every family, the best on the holdout's selection metric."""
-    results = [
-        _train(name, data, train_idx, test_idx, settings, settings.seed)
-        for name in settings.families
-    ]
-    return training.select_best(results, settings.metric)
 
 
 def _noise_runs(

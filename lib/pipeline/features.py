@@ -154,20 +154,10 @@ def tabular_columns(groups: Sequence[str]) -> list[str]:
     return SKEWED + LINEAR + extra
 
 
-def _numeric(scale: bool) -> Pipeline:
-    steps = [
-        ("impute", SimpleImputer(strategy="median", add_indicator=True)),
-    ]
-    if scale:
-        steps.append(("scale", StandardScaler()))
-    return Pipeline(steps)
-
-
-def _skewed(scale: bool) -> Pipeline:
-    steps = [
-        ("log", FunctionTransformer(np.log1p, feature_names_out="one-to-one")),
-        ("impute", SimpleImputer(strategy="median", add_indicator=True)),
-    ]
+def _numeric(scale: bool, log: bool = False) -> Pipeline:
+    steps = [("impute", SimpleImputer(strategy="median", add_indicator=True))]
+    if log:  # heavy right tails
+        steps.insert(0, ("log", FunctionTransformer(np.log1p, feature_names_out="one-to-one")))
     if scale:
         steps.append(("scale", StandardScaler()))
     return Pipeline(steps)
@@ -198,7 +188,7 @@ def preprocessor(kind: str, groups: Sequence[str] = ()) -> ColumnTransformer:
     numeric = tabular_columns(groups)
     blocks = [
         ("categorical", categorical, CATEGORICAL),
-        ("skewed", _skewed(scale), SKEWED),
+        ("skewed", _numeric(scale, log=True), SKEWED),
         ("linear", _numeric(scale), [c for c in numeric if c not in SKEWED]),
     ]
     return ColumnTransformer(blocks, verbose_feature_names_out=False, sparse_threshold=0.0)

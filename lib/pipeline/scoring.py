@@ -1,26 +1,12 @@
 """The deployment decision: a gate, then a candidate's score out of 100 and the verdict it earns.
 
-The score table (lib.score_table) is data loadable from the YAML
-config rather than ``if`` chains in a notebook. Three criteria, all on the selection metric
-(higher is better):
-
-- improvement over production (candidate - champion, or candidate - majority-class baseline when
-  there is no champion yet),
-- the candidate's absolute value,
-- stability (the cross-validation standard deviation of the metric).
-
-The score judges on evidence: improvement and absolute value come with an interval
-(:class:`Evidence`) and, by default (``evidence: lower_bound``), the band is picked on the
-interval's lower bound, so a +0.003 difference on a small holdout is not taken at face value.
-``evidence: point`` reads the estimates, i.e. the literal table.
-
-Before the score, a gate: a candidate whose ROC-AUC interval does not clear a no-skill floor, or
-whose served labels are less accurate than always answering the majority class, is rejected
-whatever its points (also for the first deployment, where there is no champion). Without gate
-evidence the verdict is at most ``manual``: no evidence, no automatic deployment.
-
-The total maps to a verdict: ``auto`` (deploy), ``manual`` (wait for a person) or ``reject``. A
-candidate worse than the champion is never deployed automatically, whatever the table says.
+The score table (lib.score_table, loadable from the YAML config) gives points for the improvement
+over production (or over a majority-class baseline), the candidate's value and its CV stability.
+By default (``evidence: lower_bound``) bands are read on the interval's lower bound, so a +0.003
+difference on a small holdout is not taken at face value. Before the score, a gate rejects a
+candidate without skill or whose labels lose to the majority answer; without gate evidence the
+verdict is at most ``manual``. A candidate worse than the champion is never deployed
+automatically, whatever the table says.
 """
 
 from __future__ import annotations
@@ -56,10 +42,6 @@ _METRIC_LABELS = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced accuracy",
     "f1": "F1",
-    "f1_macro": "macro F1",
-    "precision": "precision",
-    "recall": "recall",
-    "average_precision": "average precision",
 }
 
 _GATE_NO_SKILL = '"no skill"'
@@ -114,15 +96,16 @@ def decide(
     table: ScoreTable | None = None,
     metric: str = "roc_auc",
     baseline_label: str = "champion",
-    gate: GateInputs | None = None,
+    gate: GateInputs | Mapping | None = None,
 ) -> Decision:
     """Gate and score a candidate; return its verdict with a reason for every step.
 
     ``improvement`` is candidate - champion (or - the majority-class baseline when there is no
     champion; say which in ``baseline_label``, e.g. ``"champion v3"``); ``value`` is the
     candidate's selection metric. Floats mean :meth:`Evidence.point`; a mapping in the shape of
-    :meth:`Evidence.to_dict` (a scrap read back) is accepted too. ``gate`` None means no gate
-    evidence: the verdict is then at most ``manual``. Non-finite inputs raise ``ValueError``: a
+    :meth:`Evidence.to_dict` (a scrap read back) is accepted too, and ``gate`` may be the
+    mapping 03 compare writes. ``gate`` None means no gate evidence: the verdict is then at most
+    ``manual``. Non-finite inputs raise ``ValueError``: a
     score computed on a missing number would look legitimate and is not.
     """
     if table is None:
@@ -255,8 +238,10 @@ def _evidence_input(name: str, x: Any) -> Evidence:
 
 
 def _gate_input(g: Any) -> GateInputs:
+    if isinstance(g, Mapping):
+        g = GateInputs(g["roc_auc"], g["accuracy"], g["majority_share"], g["n"])
     if not isinstance(g, GateInputs):
-        raise ValueError(f"gate must be GateInputs or None, got {type(g).__name__}")
+        raise ValueError(f"gate must be GateInputs, a mapping or None, got {type(g).__name__}")
     roc_auc = _evidence_input("gate.roc_auc", g.roc_auc)
     accuracy = _finite_input("gate.accuracy", g.accuracy)
     majority = _finite_input("gate.majority_share", g.majority_share)

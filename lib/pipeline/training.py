@@ -1,17 +1,12 @@
 """Candidate models, the holdout split, cross-validation and selection.
 
-Each candidate is one scikit-learn Pipeline (preprocessing + estimator) so that what is
-registered is exactly what was evaluated. The holdout is chosen by a hash of the app identity:
-the same app stays on the same side across runs, so a champion trained last week is not scored
-on rows it was trained on.
-
-Calibration and the label threshold (lib.pipeline.calibration) and the metrics
-(lib.pipeline.evaluation) live in their own modules.
+Each candidate is one scikit-learn Pipeline (preprocessing + estimator): what is registered is
+what was evaluated. The holdout is chosen by a hash of the app identity, so a champion trained
+last week is not scored on rows it was trained on.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import time
@@ -29,6 +24,7 @@ from sklearn.ensemble import (
 )
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
 
 from lib.config import CALIBRATION_METHODS, FEATURE_GROUPS, check_groups
 from lib.errors import DataError
@@ -118,9 +114,6 @@ def split_digest(keys: pd.Series, test_idx: np.ndarray) -> str:
     return hashlib.sha256("\n".join(chosen).encode()).hexdigest()[:16]
 
 
-DEFAULT_FEATURE_GROUPS: tuple[str, ...] = FEATURE_GROUPS
-
-
 FAMILIES: tuple[str, ...] = (
     "logistic_regression",
     "random_forest",
@@ -182,7 +175,7 @@ def build_candidate(
     name: str,
     seed: int,
     rf_trees: int = 200,
-    groups: Sequence[str] = DEFAULT_FEATURE_GROUPS,
+    groups: Sequence[str] = FEATURE_GROUPS,
     stack_folds: int = 3,
 ) -> Any:
     """A fresh, unfitted candidate by model family and feature groups.
@@ -281,21 +274,10 @@ def one_openmp_thread() -> Any:
     descheduled threads: a 2,400-row boosting fit measured 72 s with 2 threads against 2 s with
     one. Forests keep their process-level n_jobs.
     """
-    from threadpoolctl import threadpool_limits
-
     return threadpool_limits(limits=1, user_api="openmp")
 
 
-def _with_one_openmp_thread(func: Any) -> Any:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with one_openmp_thread():
-            return func(*args, **kwargs)
-
-    return wrapper
-
-
-@_with_one_openmp_thread
+@threadpool_limits.wrap(limits=1, user_api="openmp")  # as one_openmp_thread
 def train_candidate(
     name: str,
     data: LabeledData,
@@ -304,7 +286,7 @@ def train_candidate(
     folds: int,
     seed: int,
     rf_trees: int = 200,
-    groups: Sequence[str] = DEFAULT_FEATURE_GROUPS,
+    groups: Sequence[str] = FEATURE_GROUPS,
     calibration: Sequence[str] = CALIBRATION_METHODS,
     objective: str = "accuracy",
     costs: dict[str, float] | None = None,
@@ -385,14 +367,6 @@ def _cv_summary(
         }
         for m, v in per_fold.items()
     }
-
-
-def cross_validate(
-    model: Any, X: pd.DataFrame, y: pd.Series, folds: int, seed: int
-) -> dict[str, dict[str, Any]]:
-    """Stratified k-fold (shuffled): mean and std (ddof=1) of every metric at the 0.5 cut."""
-    oof = out_of_fold(model, X, y, folds, seed)
-    return _cv_summary(y, oof.proba, oof.fold, 0.5)
 
 
 def select_best(results: list[CandidateResult], metric: str) -> CandidateResult:

@@ -1,13 +1,9 @@
 """How sure we are that a candidate beats its reference on the same holdout rows.
 
-A point difference on one holdout can be noise. Every metric here comes with a stratified paired
-bootstrap interval (positives and negatives resampled separately, class counts fixed, the same
-resampled rows for candidate and reference), and ROC-AUC and accuracy also get a paired test
-(DeLong, exact McNemar). The reference is the champion, or a constant-score majority-class
-baseline (see ``majority_baseline``) when there is none.
-
-The bootstrap is vectorized: each resample is a vector of per-row counts, every metric is a
-weighted sum over rows, so 2000 resamples of 2000 rows take a fraction of a second.
+Every metric comes with a stratified paired bootstrap interval (class counts fixed, the same
+resampled rows for both models), and ROC-AUC and accuracy with a paired test (DeLong, exact
+McNemar). The bootstrap is vectorized: a resample is a vector of per-row counts and every metric
+a weighted sum over rows, so 2000 resamples of 2000 rows take a fraction of a second.
 """
 
 from __future__ import annotations
@@ -25,14 +21,7 @@ from scipy import stats
 log = logging.getLogger(__name__)
 
 METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1", "log_loss", "brier")
-GREATER_IS_BETTER = {
-    "roc_auc": True,
-    "accuracy": True,
-    "balanced_accuracy": True,
-    "f1": True,
-    "log_loss": False,
-    "brier": False,
-}
+GREATER_IS_BETTER = {m: m not in ("log_loss", "brier") for m in METRICS}
 MIN_RESAMPLES = 1000
 PROBA_CLIP = 1e-6  # log_loss only, as in lib.pipeline.training.evaluate
 
@@ -109,12 +98,17 @@ def _check_settings(resamples: int, confidence: float) -> None:
         raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence}")
 
 
-def _binary(name: str, values: ArrayLike, n: int | None) -> np.ndarray:
-    arr = np.asarray(values)
+def _vector(name: str, values: ArrayLike, n: int | None, dtype: Any = None) -> np.ndarray:
+    arr = np.asarray(values, dtype=dtype)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
     if n is not None and len(arr) != n:
         raise ValueError(f"{name} has {len(arr)} rows but y_true has {n}: inputs must be paired")
+    return arr
+
+
+def _binary(name: str, values: ArrayLike, n: int | None) -> np.ndarray:
+    arr = _vector(name, values, n)
     if arr.dtype == bool:
         return arr.astype(np.int8)
     if not np.isin(arr, (0, 1)).all():
@@ -123,11 +117,7 @@ def _binary(name: str, values: ArrayLike, n: int | None) -> np.ndarray:
 
 
 def _proba(name: str, values: ArrayLike, n: int) -> np.ndarray:
-    arr = np.asarray(values, dtype=float)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    if len(arr) != n:
-        raise ValueError(f"{name} has {len(arr)} rows but y_true has {n}: inputs must be paired")
+    arr = _vector(name, values, n, float)
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} has {int((~np.isfinite(arr)).sum())} non-finite probabilities")
     if arr.min() < 0.0 or arr.max() > 1.0:
@@ -235,30 +225,14 @@ class _Model:
         return np.einsum("bi,bi->b", w.pos, twice.astype(float)) / (2.0 * n1 * n0)
 
 
-class _Bootstrap:
-    """The stratified resamples shared by every model and metric of one comparison."""
-
-    def __init__(self, y: np.ndarray, resamples: int, seed: int) -> None:
-        n1 = int(y.sum())
-        self.full = _Weights.ones(n1, len(y) - n1)
-        self.resampled = _Weights.bootstrap(y, resamples, seed)
-
-    def estimate(self, model: _Model, metric: str) -> float:
-        return float(model.draws(metric, self.full)[0])
-
-    def draws(self, model: _Model, metric: str) -> np.ndarray:
-        return model.draws(metric, self.resampled)
-
-
 def _percentiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(draws, [alpha, 1.0 - alpha])
     return float(low), float(high)
 
 
-def _method(paired: bool, resamples: int, confidence: float) -> str:
-    kind = "stratified paired bootstrap" if paired else "stratified bootstrap"
-    return f"{kind}, {resamples} resamples, {confidence * 100:g}%"
+def _method(resamples: int, confidence: float) -> str:
+    return f"stratified paired bootstrap, {resamples} resamples, {confidence * 100:g}%"
 
 
 # --- tests ------------------------------------------------------------------------------------
@@ -332,29 +306,6 @@ def metric_value(metric: str, y_true: ArrayLike, proba: ArrayLike, labels: Array
     return float(model.draws(metric, _Weights.ones(n1, len(y) - n1))[0])
 
 
-def interval(
-    metric: str,
-    y_true: ArrayLike,
-    proba: ArrayLike,
-    labels: ArrayLike,
-    *,
-    resamples: int = 2000,
-    seed: int = 0,
-    confidence: float = 0.95,
-) -> Interval:
-    """One model's metric with its stratified bootstrap interval (same resamples as
-    ``paired_comparison`` with the same seed, so the two agree)."""
-    (metric,) = _check_metrics((metric,))
-    _check_settings(resamples, confidence)
-    y = _targets(y_true)
-    model = _Model(y, _proba("proba", proba, len(y)), _binary("labels", labels, len(y)))
-    boot = _Bootstrap(y, int(resamples), seed)
-    low, high = _percentiles(boot.draws(model, metric), confidence)
-    return Interval(
-        boot.estimate(model, metric), low, high, len(y), _method(False, resamples, confidence)
-    )
-
-
 def paired_comparison(
     y_true: ArrayLike,
     cand_proba: ArrayLike,
@@ -387,14 +338,15 @@ def paired_comparison(
     cand_p, ref_p = _proba("cand_proba", cand_proba, n), _proba("ref_proba", ref_proba, n)
     cand_l, ref_l = _binary("cand_labels", cand_labels, n), _binary("ref_labels", ref_labels, n)
     cand, ref = _Model(y, cand_p, cand_l), _Model(y, ref_p, ref_l)
-    boot = _Bootstrap(y, int(resamples), seed)
-    paired = _method(True, resamples, confidence)
+    n1 = int(y.sum())  # the full rows once (the estimate), and the shared stratified resamples
+    full, resampled = _Weights.ones(n1, n - n1), _Weights.bootstrap(y, int(resamples), seed)
+    paired = _method(resamples, confidence)
 
     out: dict[str, MetricComparison] = {}
     for metric in metrics:
         sign = 1.0 if GREATER_IS_BETTER[metric] else -1.0
-        cand_draws, ref_draws = boot.draws(cand, metric), boot.draws(ref, metric)
-        cand_est, ref_est = boot.estimate(cand, metric), boot.estimate(ref, metric)
+        cand_draws, ref_draws = cand.draws(metric, resampled), ref.draws(metric, resampled)
+        cand_est, ref_est = float(cand.draws(metric, full)[0]), float(ref.draws(metric, full)[0])
         diff_draws = sign * (cand_draws - ref_draws)
         p_value: float | None = None
         test: str | None = None

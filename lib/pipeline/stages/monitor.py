@@ -187,10 +187,12 @@ def verdict_text(report: health_report.MonitorReport, action: Action) -> str:
     return "healthy"
 
 
+def _alerts(report: health_report.MonitorReport) -> list[dict[str, str]]:
+    return [{"check": a.check, "severity": a.severity, "message": a.message} for a in report.alerts]
+
+
 def alerts_table(report: health_report.MonitorReport) -> pd.DataFrame:
-    return pd.DataFrame(
-        [{"check": a.check, "severity": a.severity, "message": a.message} for a in report.alerts]
-    )
+    return pd.DataFrame(_alerts(report))
 
 
 def outputs(w: Window, report: health_report.MonitorReport, action: Action) -> MonitorOutputs:
@@ -199,9 +201,7 @@ def outputs(w: Window, report: health_report.MonitorReport, action: Action) -> M
         verdict=v,
         verdict_reason=why,
         healthy=None if v == "not_judged" else v == "healthy",
-        alerts=[
-            {"check": a.check, "severity": a.severity, "message": a.message} for a in report.alerts
-        ],
+        alerts=_alerts(report),
         drift={
             "drifted_features": report.drift.get("drifted_features", []),
             "dataset_drift": report.drift.get("dataset_drift"),
