@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,13 +213,7 @@ def run_backtest(batches: TimeBatches, settings: BacktestSettings | None = None)
         X_hold, X_batch, y_batch = data.X.iloc[test_idx], data.X.iloc[batch_idx], y_all[batch_idx]
         log.info("step %d: %d rows seen, judged on %d later rows", k, len(seen), len(batch_idx))
 
-        candidate = training.select_best(  # as 02 train: the best family on the holdout
-            [
-                _train(f, data, train_idx, test_idx, settings, settings.seed)
-                for f in settings.families
-            ],
-            settings.metric,
-        )
+        candidate = _train(settings.families, data, train_idx, test_idx, settings, settings.seed)
         cand_hold = (candidate.proba, np.asarray(candidate.labels).astype(int))
         ref_hold = production.answers(X_hold, y_train)
         decision, improvement = policy_decision(
@@ -286,26 +281,31 @@ def _batch_scores(y_batch: np.ndarray, served: dict[str, tuple[Any, Any]]) -> di
 
 
 def _train(
-    name: str,
+    families: Sequence[str],
     data: training.LabeledData,
     train_idx: np.ndarray,
     test_idx: np.ndarray,
     settings: BacktestSettings,
     seed: int,
 ) -> training.CandidateResult:
-    return training.train_candidate(
-        name,
-        data,
-        train_idx,
-        test_idx,
-        settings.cv_folds,
-        seed,
-        settings.rf_trees,
-        groups=settings.features,
-        calibration=settings.calibration,
-        objective=settings.objective,
-        costs=settings.costs,
-    )
+    """As 02 train: every family, the best on the holdout's selection metric."""
+    results = [
+        training.train_candidate(
+            name,
+            data,
+            train_idx,
+            test_idx,
+            settings.cv_folds,
+            seed,
+            settings.rf_trees,
+            groups=settings.features,
+            calibration=settings.calibration,
+            objective=settings.objective,
+            costs=settings.costs,
+        )
+        for name in families
+    ]
+    return training.select_best(results, settings.metric)
 
 
 def _noise_runs(
@@ -329,12 +329,12 @@ def _noise_runs(
     y_perm.iloc[train_idx] = rng.permutation(data.y.iloc[train_idx].to_numpy())
     permuted = training.LabeledData(data.X, y_perm, data.keys, 0, 0)
     runs: list[tuple[str, training.CandidateResult]] = [
-        ("permuted", _train(family, permuted, train_idx, test_idx, settings, settings.seed))
+        ("permuted", _train([family], permuted, train_idx, test_idx, settings, settings.seed))
     ]
     if production.result is not None and production.train_idx is not None:
         twin_seed = settings.seed + 1 + k
         twin = _train(
-            production.result.name, data, production.train_idx, test_idx, settings, twin_seed
+            [production.result.name], data, production.train_idx, test_idx, settings, twin_seed
         )
         runs.append(("reseeded", twin))
     out = []

@@ -1,9 +1,7 @@
 """What is learned from out-of-fold predictions: the calibration and the served label's cut.
 
-Every training row is predicted by a model that did not see it (:func:`out_of_fold`); the
-calibration (isotonic / sigmoid / none) and the decision threshold are chosen on those
-predictions, so neither is tuned on rows the model was fitted on, and no second round of fits is
-needed.
+Both are chosen on predictions of models that did not see the row (:func:`out_of_fold`), so
+neither is tuned on rows the model was fitted on, and no second round of fits is needed.
 """
 
 from __future__ import annotations
@@ -189,11 +187,9 @@ def tune_threshold(
 ) -> ThresholdChoice:
     """The cut on out-of-fold probabilities that serves the best labels for ``objective``.
 
-    The same idea as scikit-learn's TunedThresholdClassifierCV, on the out-of-fold predictions
-    the candidate's cross-validation already made (no second round of fits). Objectives:
-    accuracy, balanced_accuracy, f1, or cost (``costs`` = false_positive / false_negative, the
-    total cost is minimised). A label is positive when proba >= threshold. Among equal scores the
-    cut nearest 0.5 wins; the cut sits halfway between neighbouring predictions.
+    TunedThresholdClassifierCV's idea on the predictions cross-validation already made (no second
+    round of fits). ``cost`` minimises false_positive / false_negative ``costs``. Among equal
+    scores the cut nearest 0.5 wins; a cut sits halfway between neighbouring predictions.
     """
     if objective not in LABEL_OBJECTIVES:
         raise ValueError(

@@ -27,7 +27,7 @@ from lib.atomic_files import atomic_open
 from lib.errors import DataError, MissingColumnsError
 from lib.pipeline.app_identity import app_key
 from lib.pipeline.app_schema import E_EMPTY, E_NEGATIVE, E_RATING, E_TYPE, schema_failures
-from lib.pipeline.data_sources import check_file, has_rows, open_csv, read_header
+from lib.pipeline.data_sources import check_file, open_csv, read_header
 
 logger = logging.getLogger(__name__)
 
@@ -107,20 +107,15 @@ def _as_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-def check_columns(path: str | Path) -> list[str]:
-    """Read only the header and fail early, naming every missing required column."""
+def check_columns(path: str | Path, need_rows: bool = False) -> list[str]:
+    """Read only the header and fail early, naming every missing required column; with
+    `need_rows`, also a file without data rows (a header alone is no data to learn from)."""
     path = check_file(path)
-    header = read_header(path)
+    header, has_rows = read_header(path)
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
         raise MissingColumnsError(str(path), missing, header)
-    return header
-
-
-def check_source(path: str | Path) -> list[str]:
-    """`check_columns`, then at least one data row: a header alone is no data to learn from."""
-    header = check_columns(path)
-    if not has_rows(Path(path)):
+    if need_rows and not has_rows:
         raise DataError(f"{path}: no rows (only a header)")
     return header
 
@@ -164,7 +159,7 @@ def read_apps(paths: str | Path | Sequence[str | Path]) -> LoadedApps:
     if not path_list:
         raise DataError("read_apps: no data file given")
     for path in path_list:
-        check_source(path)
+        check_columns(path, need_rows=True)
 
     apps_parts: list[pd.DataFrame] = []
     quarantine_parts: list[pd.DataFrame] = []

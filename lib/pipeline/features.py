@@ -1,12 +1,9 @@
 """Model inputs and the preprocessing half of every candidate model.
 
-The feature set is fixed here, in one place, and never contains `Rating` or anything computed from
-it: the system this project replaces leaked the target into its features and reported 100%.
-Every derived input (reviews per install, version numbers, statistics of the name) is a function of
-one app's own listing, computed by :func:`derived_values` for the training frame and for a single
-request of the model service alike, so both see the same numbers. Everything learned (scaling,
-encodings, the out-of-fold text score of the name) is built from scikit-learn's own classes, so the
-saved model loads with skops without trusting any code of ours.
+The features never contain `Rating` or anything computed from it (the system this project replaces
+leaked the target and reported 100%). Derived inputs are computed by :func:`derived_values` for the
+training frame and for one request of the model service alike; everything learned is made of
+scikit-learn's own classes, so the saved model loads with skops without trusting our code.
 """
 
 from __future__ import annotations

@@ -100,13 +100,10 @@ def decide(
 ) -> Decision:
     """Gate and score a candidate; return its verdict with a reason for every step.
 
-    ``improvement`` is candidate - champion (or - the majority-class baseline when there is no
-    champion; say which in ``baseline_label``, e.g. ``"champion v3"``); ``value`` is the
-    candidate's selection metric. Floats mean :meth:`Evidence.point`; a mapping in the shape of
-    :meth:`Evidence.to_dict` (a scrap read back) is accepted too, and ``gate`` may be the
-    mapping 03 compare writes. ``gate`` None means no gate evidence: the verdict is then at most
-    ``manual``. Non-finite inputs raise ``ValueError``: a
-    score computed on a missing number would look legitimate and is not.
+    ``improvement`` is candidate - reference (``baseline_label``), ``value`` the candidate's
+    metric: floats (points) or mappings as 03 compare writes them, like ``gate`` (None: no gate
+    evidence, so at most ``manual``). Non-finite inputs raise: a score on a missing number would
+    look legitimate and is not.
     """
     if table is None:
         table = ScoreTable()
@@ -228,13 +225,17 @@ def _evidence_input(name: str, x: Any) -> Evidence:
     high = _finite_input(f"{name}.high", x.high)
     if round(low, COMPARE_DECIMALS) > round(high, COMPARE_DECIMALS):
         raise ValueError(f"{name}: interval low {low!r} is above high {high!r}")
+    return Evidence(estimate, low, high, _count(f"{name}.n", x.n), str(x.method))
+
+
+def _count(name: str, x: Any, what: str = "") -> int:
     try:
-        n = operator.index(x.n)
+        n = operator.index(x)
     except TypeError:
-        raise ValueError(f"{name}.n must be an integer, got {x.n!r}") from None
+        raise ValueError(f"{name} must be an integer{what}, got {x!r}") from None
     if n < 0:
-        raise ValueError(f"{name}.n must be >= 0, got {n!r}")
-    return Evidence(estimate, low, high, n, str(x.method))
+        raise ValueError(f"{name} must be >= 0{what}, got {n!r}")
+    return n
 
 
 def _gate_input(g: Any) -> GateInputs:
@@ -253,13 +254,7 @@ def _gate_input(g: Any) -> GateInputs:
     ):
         if not 0 <= x <= 1:
             raise ValueError(f"{name} must be in [0, 1], got {x!r}")
-    try:
-        n = operator.index(g.n)
-    except TypeError:
-        raise ValueError(f"gate.n must be an integer (holdout rows), got {g.n!r}") from None
-    if n < 0:
-        raise ValueError(f"gate.n must be >= 0 (holdout rows), got {n!r}")
-    return GateInputs(roc_auc, accuracy, majority, n)
+    return GateInputs(roc_auc, accuracy, majority, _count("gate.n", g.n, " (holdout rows)"))
 
 
 def _interval(ev: Evidence, signed: bool) -> str:

@@ -1,11 +1,9 @@
 """Generated Play Store apps, so a fresh clone runs end to end without downloading anything.
 
-Rows use the raw scrape's exact styles (`19M`, `201k`, `"10,000+"`, `$4.99`, `"January 7, 2018"`)
-so the generated file exercises the same parser as the real data. The rating comes from a latent
-score built from the other features (reviews, installs, category, recency, price, size, content
-rating) plus substantial noise: a model can learn it, but not perfectly (random forest ROC-AUC
-about 0.77 for `Rating > 4.0`, logistic regression about 0.69), much like the real file. Nothing is
-derived from the rating itself.
+Rows use the raw scrape's styles (`19M`, `"10,000+"`, `$4.99`, `"January 7, 2018"`) so they go
+through the real parser. The rating comes from a latent score of the other features plus noise:
+learnable but not perfectly (ROC-AUC about 0.77 for a forest, 0.69 for a logistic regression),
+much like the real file.
 """
 
 from __future__ import annotations

@@ -320,11 +320,8 @@ def paired_comparison(
 ) -> dict[str, MetricComparison]:
     """Candidate against reference on the same rows, metric by metric, with intervals and tests.
 
-    ``cand_labels``/``ref_labels`` are the labels each model would serve (already thresholded).
-    For a majority-class reference pass a constant ``ref_proba`` (the training prior) and
-    constant ``ref_labels`` (see ``majority_baseline``): its ROC-AUC is then exactly 0.5 in
-    every resample. The difference is sign-adjusted: positive means the candidate is better,
-    also for log_loss and brier where lower is better.
+    Labels are those each model serves. A constant reference (``majority_baseline``) has ROC-AUC
+    exactly 0.5 in every resample. Differences are sign-adjusted: positive = candidate better.
     """
     metrics = _check_metrics(metrics)
     _check_settings(resamples, confidence)

@@ -143,11 +143,6 @@ def drifts(report: health_report.MonitorReport) -> list[drift.FeatureDrift]:
     return [drift.FeatureDrift(**d) for d in report.drift.get("features", [])]
 
 
-def verdict(report: health_report.MonitorReport) -> str:
-    """`healthy`, `unhealthy` or `not_judged` (lib.watch.health_report.MonitorReport.verdict)."""
-    return report.verdict()[0]
-
-
 @dataclass
 class Action:
     rolled_back: bool
