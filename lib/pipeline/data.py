@@ -203,8 +203,8 @@ def read_apps(paths: str | Path | Sequence[str | Path]) -> LoadedApps:
         counts[str(path)] = (len(rows), len(apps))
 
     return LoadedApps(
-        apps=_concat(apps_parts, _empty_typed()),
-        quarantine=_fix_quarantine_types(_concat(quarantine_parts, _empty_quarantine())),
+        apps=_concat(apps_parts),
+        quarantine=_fix_quarantine_types(_concat(quarantine_parts)),
         sources=[str(p) for p in path_list],
         counts=counts,
     )
@@ -348,17 +348,6 @@ def _validate(
     return apps, quarantine.reset_index(drop=True)[QUARANTINE_COLUMNS]
 
 
-def _empty_typed() -> pd.DataFrame:
-    typed, _ = _parse(
-        pd.DataFrame({c: [] for c in RAW_COLUMNS}, dtype="str"), "", np.array([], dtype="int64")
-    )
-    return typed
-
-
-def _empty_quarantine() -> pd.DataFrame:
-    return pd.DataFrame({c: [] for c in QUARANTINE_COLUMNS}, dtype="str")
-
-
 def _fix_quarantine_types(quarantine: pd.DataFrame) -> pd.DataFrame:
     out = quarantine.reset_index(drop=True)
     out["source_row"] = out["source_row"].astype("int64")
@@ -368,11 +357,9 @@ def _fix_quarantine_types(quarantine: pd.DataFrame) -> pd.DataFrame:
     return out[QUARANTINE_COLUMNS]
 
 
-def _concat(parts: list[pd.DataFrame], empty: pd.DataFrame) -> pd.DataFrame:
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return empty
-    return pd.concat(parts, ignore_index=True)
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The non-empty parts (one per file) together, else the first: empty, typed and named."""
+    return pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from sklearn.ensemble import (
 )
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from threadpoolctl import threadpool_limits
 
 from lib.config import CALIBRATION_METHODS, FEATURE_GROUPS, check_groups
 from lib.errors import DataError
@@ -152,8 +151,8 @@ def _boosting(seed: int) -> HistGradientBoostingClassifier:
 def _tabular(name: str, seed: int, rf_trees: int, groups: Sequence[str]) -> list[tuple[str, Any]]:
     """The tabular members of a family, each a (preprocessing, estimator) Pipeline."""
     if name == "logistic_regression":
-        models = [("tabular", LogisticRegression(max_iter=2000, C=1.0, random_state=seed))]
-        kind = "linear"
+        model = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
+        models, kind = [("tabular", model)], "linear"
     elif name == "random_forest":
         models, kind = [("tabular", _forest(seed, rf_trees))], "tree"
     elif name == "hist_gradient_boosting":
@@ -271,10 +270,11 @@ def one_openmp_thread() -> Any:
     With the cores busy, OpenMP's barriers wait for descheduled threads: a 2,400-row boosting fit
     took 72 s with 2 threads against 2 s with one. Forests keep their process-level n_jobs.
     """
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits=1, user_api="openmp")
 
 
-@threadpool_limits.wrap(limits=1, user_api="openmp")  # as one_openmp_thread
 def train_candidate(
     name: str,
     data: LabeledData,
@@ -296,53 +296,56 @@ def train_candidate(
     from sklearn.frozen import FrozenEstimator
     from sklearn.model_selection import FixedThresholdClassifier
 
-    started = time.perf_counter()
-    base = build_candidate(name, seed, rf_trees, groups)
-    X_train, y_train = data.X.iloc[train_idx], data.y.iloc[train_idx]
-    log.info("%s: %d-fold cross-validation on %d rows", name, folds, len(y_train))
-    oof = out_of_fold(base, X_train, y_train, folds, seed)
-    choice = choose_calibration(oof, y_train, calibration, folds, seed)
-    if choice.method is None:
-        fitted = clone(base).fit(X_train, y_train)
-        oof_served = oof.proba
-    else:
-        fitted = calibrated(
-            clone(base).fit(X_train, y_train), oof, y_train, choice.method, folds, seed
-        )
-        calibrator = fitted.calibrated_classifiers_[0].calibrators[0]
-        oof_served = np.clip(calibrator.predict(oof.score), 0.0, 1.0)
-    threshold = tune_threshold(y_train, oof_served, objective, costs)
-    model = FixedThresholdClassifier(
-        FrozenEstimator(for_inference(fitted)),
-        threshold=threshold.threshold,
-        response_method="predict_proba",
-    ).fit(X_train, y_train)  # the frozen model is not refitted
-    cv = _cv_summary(y_train, oof_served, oof.fold, threshold.threshold)
-    X_test = data.X.iloc[test_idx]
-    proba = model.predict_proba(X_test)[:, 1]
-    served = model.predict(X_test)
-    holdout = evaluate(data.y.iloc[test_idx], proba, served)
-    elapsed = time.perf_counter() - started
-    params: dict[str, object] = {
-        "feature_groups": ",".join(check_groups(groups)),
-        "calibration": choice.method or "none",
-        "threshold": round(threshold.threshold, 6),
-        "label_objective": objective,
-    }
-    members = dict(getattr(base, "named_estimators", None) or {"tabular": base})
-    for label, prefix in (("tabular", "model"), ("forest", "forest")):
-        if label in members:
-            params.update(
-                {
-                    f"{prefix}__{k}": v if not isinstance(v, (list, tuple)) else str(list(v))
-                    for k, v in members[label].named_steps["model"].get_params().items()
-                    if isinstance(v, (int, float, str, bool, type(None), list, tuple))
-                }
+    with one_openmp_thread():
+        started = time.perf_counter()
+        base = build_candidate(name, seed, rf_trees, groups)
+        X_train, y_train = data.X.iloc[train_idx], data.y.iloc[train_idx]
+        log.info("%s: %d-fold cross-validation on %d rows", name, folds, len(y_train))
+        oof = out_of_fold(base, X_train, y_train, folds, seed)
+        choice = choose_calibration(oof, y_train, calibration, folds, seed)
+        if choice.method is None:
+            fitted = clone(base).fit(X_train, y_train)
+            oof_served = oof.proba
+        else:
+            fitted = calibrated(
+                clone(base).fit(X_train, y_train), oof, y_train, choice.method, folds, seed
             )
-    log.info("%s: holdout %s (%.1fs)", name, {k: round(v, 4) for k, v in holdout.items()}, elapsed)
-    return CandidateResult(
-        name, model, holdout, cv, proba, elapsed, params, served, threshold, choice, oof_served
-    )
+            calibrator = fitted.calibrated_classifiers_[0].calibrators[0]
+            oof_served = np.clip(calibrator.predict(oof.score), 0.0, 1.0)
+        threshold = tune_threshold(y_train, oof_served, objective, costs)
+        model = FixedThresholdClassifier(
+            FrozenEstimator(for_inference(fitted)),
+            threshold=threshold.threshold,
+            response_method="predict_proba",
+        ).fit(X_train, y_train)  # the frozen model is not refitted
+        cv = _cv_summary(y_train, oof_served, oof.fold, threshold.threshold)
+        X_test = data.X.iloc[test_idx]
+        proba = model.predict_proba(X_test)[:, 1]
+        served = model.predict(X_test)
+        holdout = evaluate(data.y.iloc[test_idx], proba, served)
+        elapsed = time.perf_counter() - started
+        params: dict[str, object] = {
+            "feature_groups": ",".join(check_groups(groups)),
+            "calibration": choice.method or "none",
+            "threshold": round(threshold.threshold, 6),
+            "label_objective": objective,
+        }
+        members = dict(getattr(base, "named_estimators", None) or {"tabular": base})
+        for label, prefix in (("tabular", "model"), ("forest", "forest")):
+            if label in members:
+                params.update(
+                    {
+                        f"{prefix}__{k}": v if not isinstance(v, (list, tuple)) else str(list(v))
+                        for k, v in members[label].named_steps["model"].get_params().items()
+                        if isinstance(v, (int, float, str, bool, type(None), list, tuple))
+                    }
+                )
+        log.info(
+            "%s: holdout %s (%.1fs)", name, {k: round(v, 4) for k, v in holdout.items()}, elapsed
+        )
+        return CandidateResult(
+            name, model, holdout, cv, proba, elapsed, params, served, threshold, choice, oof_served
+        )
 
 
 def _cv_summary(

@@ -112,10 +112,6 @@ def record(inputs: CompareInputs, compared: Compared) -> CompareOutputs:
         registry.tag_run(inputs.parent_run_id, tags)
         registry.log_metrics_to_run(inputs.parent_run_id, bounds)
     registry.set_version_tags(client, inputs.model_name, r.candidate_version, tags)
-    return outputs(r)
-
-
-def outputs(r: comparison.Comparison) -> CompareOutputs:
     return CompareOutputs(
         candidate_version=str(r.candidate_version),
         champion_version=r.champion_version,
