@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -212,11 +211,7 @@ def read_apps(paths: str | Path | Sequence[str | Path]) -> LoadedApps:
 
 def _cell_to_str(value: object) -> str:
     """Render one in-memory value the way a CSV field would hold it."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    if value is pd.NaT or value is pd.NA:
+    if pd.api.types.is_scalar(value) and pd.isna(value):  # None, NaN, NaT, NA
         return ""
     if isinstance(value, (pd.Timestamp, dt.datetime)):
         if value.hour == value.minute == value.second == 0:
