@@ -263,8 +263,7 @@ def run_backtest(batches: TimeBatches, settings: BacktestSettings | None = None)
             k, decision.verdict, decision.score, reference_label, truth, steps[-1].seconds,
         )  # fmt: skip
     elapsed = time.perf_counter() - started
-    initial = batches.initial
-    return BacktestResult(settings, steps, noise, elapsed, len(initial), batches.span(initial))
+    return BacktestResult(settings, steps, noise, elapsed, len(batches.initial))
 
 
 def _batch_scores(y_batch: np.ndarray, served: dict[str, tuple[Any, Any]]) -> dict[str, Any]:

@@ -119,7 +119,6 @@ class BacktestResult:
     noise: list[NoiseRun]
     seconds: float
     initial_rows: int
-    initial_span: tuple[str, str]
 
     def table(self) -> pd.DataFrame:
         """One row per step: the decision, the truth on the next batch, each strategy's figures."""

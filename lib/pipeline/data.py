@@ -227,10 +227,8 @@ def _cell_to_str(value: object) -> str:
 
 
 def parse_records(frame: pd.DataFrame, source: str = "request") -> LoadedApps:
-    """Parse and validate in-memory records (raw or clean values, Play Store or snake_case names).
-
-    Used by the model service for single requests, so it reuses the prebuilt schema.
-    """
+    """Parse and validate in-memory records (raw or clean values, Play Store or snake_case names)
+    exactly as rows of a file: the reference the model service's own parser is tested against."""
     renamed: dict[str, pd.Series] = {}
     for column in frame.columns:
         name = str(column).strip()

@@ -231,12 +231,9 @@ def comparison_intervals(
         )
     labels = []
     for name in names:
-        c = comparisons[name]
-        if c.p_value is None:
-            p = ""
-        else:
-            p = "\np < 1e-16" if c.p_value < 1e-16 else f"\np = {c.p_value:.3g}"
-        labels.append(f"[{name}]{p}" if name == highlight else f"{name}{p}")
+        p = comparisons[name].p_value
+        p_text = "" if p is None else "\np < 1e-16" if p < 1e-16 else f"\np = {p:.3g}"
+        labels.append(f"[{name}]{p_text}" if name == highlight else f"{name}{p_text}")
     ax1.set_yticks(range(len(names)), labels, fontsize=8)
     ax1.axvline(0, color="k", lw=0.8)
     ax1.set_ylim(-0.6, len(names) - 0.4)

@@ -189,7 +189,8 @@ def _generate(n: int, seed: int, start_id: int, share_repeated: float) -> pd.Dat
 
     varies = rng.random(m) < SHARE_VARIES
     size_mb = np.clip(np.exp(rng.normal(np.log(12), 1.0, m)), 0.008, 100.0)
-    age_days = np.minimum(rng.exponential(260, m) * rng.choice([1, 3], m, p=[0.8, 0.2]), 3000)
+    age_days = rng.exponential(260, m) * rng.choice([1, 3], m, p=[0.8, 0.2])
+    age_days = np.minimum(age_days, MAX_AGE_DAYS)
     age_days = np.floor(age_days).astype(int)
     content = _pick(rng, m, _CONTENT_SHARES)
 

@@ -258,7 +258,6 @@ class CandidateResult:
     labels: np.ndarray | None = None  # holdout labels the model serves
     threshold: ThresholdChoice | None = None
     calibration: CalibrationChoice | None = None
-    oof_proba: np.ndarray | None = field(default=None, repr=False)  # training part, as served
 
     def cv_std(self, metric: str) -> float:
         return self.cv[metric]["std"]
@@ -344,7 +343,7 @@ def train_candidate(
             "%s: holdout %s (%.1fs)", name, {k: round(v, 4) for k, v in holdout.items()}, elapsed
         )
         return CandidateResult(
-            name, model, holdout, cv, proba, elapsed, params, served, threshold, choice, oof_served
+            name, model, holdout, cv, proba, elapsed, params, served, threshold, choice
         )
 
 
