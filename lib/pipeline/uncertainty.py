@@ -18,39 +18,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
+from lib.score_table import Evidence
+
 log = logging.getLogger(__name__)
 
 METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1", "log_loss", "brier")
 GREATER_IS_BETTER = {m: m not in ("log_loss", "brier") for m in METRICS}
 MIN_RESAMPLES = 1000
-PROBA_CLIP = 1e-6  # log_loss only, as in lib.pipeline.training.evaluate
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A metric (or a difference of metrics) with its bootstrap interval."""
-
-    estimate: float
-    low: float
-    high: float
-    n: int  # rows it was computed on
-    method: str  # e.g. "stratified paired bootstrap, 2000 resamples, 95%"
-
-    def __post_init__(self) -> None:
-        if math.isfinite(self.estimate) and not (
-            math.isfinite(self.low) and math.isfinite(self.high)
-        ):
-            raise ValueError(f"interval bounds must be finite when the estimate is: {self}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain floats, ints and str, ready for JSON and MLflow."""
-        return {
-            "estimate": float(self.estimate),
-            "low": float(self.low),
-            "high": float(self.high),
-            "n": int(self.n),
-            "method": str(self.method),
-        }
+PROBA_CLIP = 1e-6  # log_loss only, as in lib.pipeline.evaluation.evaluate
 
 
 @dataclass
@@ -58,9 +33,9 @@ class MetricComparison:
     """Candidate, reference and their sign-adjusted difference (positive = candidate better)."""
 
     metric: str
-    candidate: Interval
-    reference: Interval
-    difference: Interval
+    candidate: Evidence  # each an estimate with its bootstrap interval
+    reference: Evidence
+    difference: Evidence
     p_value: float | None
     test: str | None
     draws: np.ndarray = field(repr=False)  # bootstrap draws of the sign-adjusted difference
@@ -359,9 +334,9 @@ def paired_comparison(
             test = "exact McNemar (binomial on discordant pairs), two-sided"
         out[metric] = MetricComparison(
             metric=metric,
-            candidate=Interval(cand_est, *_percentiles(cand_draws, confidence), len(y), paired),
-            reference=Interval(ref_est, *_percentiles(ref_draws, confidence), len(y), paired),
-            difference=Interval(
+            candidate=Evidence(cand_est, *_percentiles(cand_draws, confidence), len(y), paired),
+            reference=Evidence(ref_est, *_percentiles(ref_draws, confidence), len(y), paired),
+            difference=Evidence(
                 sign * (cand_est - ref_est), *_percentiles(diff_draws, confidence), len(y), paired
             ),
             p_value=p_value,
