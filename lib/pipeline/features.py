@@ -116,18 +116,9 @@ def model_inputs(apps: pd.DataFrame) -> pd.DataFrame:
         out[col] = pd.to_numeric(apps[col], errors="coerce").astype(float)
     updated = pd.to_datetime(apps["last_updated"], errors="coerce")
     out["last_updated_days"] = ((updated - EPOCH).dt.total_seconds() / 86400.0).astype(float)
-    derived = [
-        derived_values(*row)
-        for row in zip(
-            _column(apps, "app"),
-            _column(apps, "genres"),
-            _column(apps, "current_ver"),
-            _column(apps, "android_ver"),
-            out["reviews"].tolist(),
-            out["installs"].tolist(),
-            strict=True,
-        )
-    ]
+    texts = [_column(apps, c) for c in ("app", "genres", "current_ver", "android_ver")]
+    rows = zip(*texts, out["reviews"].tolist(), out["installs"].tolist(), strict=True)
+    derived = [derived_values(*row) for row in rows]
     values = np.array(derived, dtype=np.float64).reshape(len(out), len(DERIVED))
     for j, col in enumerate(DERIVED):
         out[col] = values[:, j]

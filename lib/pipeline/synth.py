@@ -140,14 +140,8 @@ def _names(rng: np.random.Generator, categories: np.ndarray, ids: np.ndarray) ->
     suffixes = rng.integers(0, len(_SUFFIXES), len(ids))
     topic_pick = rng.random(len(ids))
     names = []
-    for cat, adj, suf, pick, app_id in zip(
-        categories.tolist(),
-        adjectives.tolist(),
-        suffixes.tolist(),
-        topic_pick.tolist(),
-        ids.tolist(),
-        strict=True,
-    ):
+    columns = (categories, adjectives, suffixes, topic_pick, ids)
+    for cat, adj, suf, pick, app_id in zip(*(c.tolist() for c in columns), strict=True):
         words = _CATEGORIES[cat][3]
         topic = words[int(pick * len(words))]
         names.append(f"{_ADJECTIVES[adj]} {topic} {_SUFFIXES[suf]} {int(app_id):0{width}d}")
@@ -263,12 +257,8 @@ def _versions(rng: np.random.Generator, m: int) -> list[str]:
     minor = rng.integers(0, 10, m)
     patch = rng.integers(0, 20, m)
     three_part = rng.random(m) < 0.5
-    return [
-        f"{a}.{b}.{c}" if t else f"{a}.{b}"
-        for a, b, c, t in zip(
-            major.tolist(), minor.tolist(), patch.tolist(), three_part.tolist(), strict=True
-        )
-    ]
+    parts = zip(*(x.tolist() for x in (major, minor, patch, three_part)), strict=True)
+    return [f"{a}.{b}.{c}" if t else f"{a}.{b}" for a, b, c, t in parts]
 
 
 def _with_repeats(rng: np.random.Generator, frame: pd.DataFrame, n_repeat: int) -> pd.DataFrame:
