@@ -15,7 +15,7 @@ import logging
 import math
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lib.score_table import (
@@ -65,28 +65,20 @@ class Decision:
 
     score: int
     verdict: str
-    reasons: tuple[Reason, ...] = field(default_factory=tuple)
     gate_passed: bool | None = None  # None: not evaluated (no inputs) or disabled
     evidence: str = "lower_bound"  # what the bands were read on
+    reasons: tuple[Reason, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
-        """A JSON-ready mapping, for the decide stage's scraps and the run report."""
-        return {
-            "score": int(self.score),
-            "verdict": self.verdict,
-            "gate_passed": self.gate_passed,
-            "evidence": self.evidence,
-            "reasons": [
-                {
-                    "criterion": r.criterion,
-                    "observed": float(r.observed) if math.isfinite(r.observed) else None,
-                    "rule": r.rule,
-                    "points": int(r.points),
-                    "text": r.text,
-                }
-                for r in self.reasons
-            ],
-        }
+        """A JSON-ready mapping (a NaN observed is None), for the decide stage's scraps and the
+        run report."""
+        out = asdict(self)
+        out["score"] = int(self.score)
+        out["reasons"] = [
+            {**r, "observed": r["observed"] if math.isfinite(r["observed"]) else None}
+            for r in out["reasons"]
+        ]
+        return out
 
 
 def decide(
