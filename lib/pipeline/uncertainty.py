@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,15 +41,8 @@ class MetricComparison:
     draws: np.ndarray = field(repr=False)  # bootstrap draws of the sign-adjusted difference
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; the draws stay out (they are for plots)."""
-        return {
-            "metric": self.metric,
-            "candidate": self.candidate.to_dict(),
-            "reference": self.reference.to_dict(),
-            "difference": self.difference.to_dict(),
-            "p_value": None if self.p_value is None else float(self.p_value),
-            "test": self.test,
-        }
+        """JSON-ready (every number is a Python float or int); the draws stay out (for plots)."""
+        return {k: v for k, v in asdict(self).items() if k != "draws"}
 
 
 # --- input checks ---------------------------------------------------------------------------
