@@ -83,14 +83,8 @@ def find_new_apps(inputs: DetectInputs, root: Path, loaded: data.LoadedApps) -> 
 
 
 def outputs(result: detection.Detection, loaded: data.LoadedApps) -> DetectOutputs:
-    return DetectOutputs(
-        new_apps=result.new_apps,
-        updated_apps=result.updated_apps,
-        total_apps=result.total_apps,
-        should_train=result.should_train,
-        reason=result.reason,
-        quarantined_rows=loaded.n_quarantined,
-    )
+    same_names = {k: v for k, v in result.to_dict().items() if k in DetectOutputs.model_fields}
+    return DetectOutputs(**same_names, quarantined_rows=loaded.n_quarantined)
 
 
 def run(inputs: DetectInputs, root: Path) -> DetectOutputs:
