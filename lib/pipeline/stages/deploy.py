@@ -96,15 +96,8 @@ def headline(outcome: progressive.DeployOutcome) -> str:
 
 
 def outputs(outcome: progressive.DeployOutcome) -> DeployOutputs:
-    return DeployOutputs(
-        outcome=outcome.outcome,
-        deployed_version=str(outcome.version),
-        champion_before=outcome.champion_before,
-        rollback_reason=outcome.rollback_reason,
-        note=outcome.note,
-        timeline=outcome.timeline,
-        steps=outcome.steps,
-    )
+    same_names = {k: v for k, v in outcome.to_dict().items() if k in DeployOutputs.model_fields}
+    return DeployOutputs(**same_names, deployed_version=str(outcome.version))
 
 
 def run(inputs: DeployInputs, root: Path) -> DeployOutputs:
