@@ -30,16 +30,9 @@ def evidence(inputs: DecideInputs, root: Path) -> DecideInputs:
         ),
         root,
     ).result
-    return inputs.model_copy(
-        update={
-            "candidate_version": again.candidate_version,
-            "improvement_interval": again.improvement_interval,
-            "candidate_interval": again.candidate_interval,
-            "gate_inputs": again.gate,
-            "cv_std": again.cv_std,
-            "reference_label": again.reference_label,
-        }
-    )
+    # candidate_version, improvement_interval, candidate_interval, cv_std, reference_label
+    same_names = {k: v for k, v in again.to_dict().items() if k in DecideInputs.model_fields}
+    return inputs.model_copy(update={**same_names, "gate_inputs": again.gate})
 
 
 def decide(inputs: DecideInputs) -> scoring.Decision:
