@@ -174,11 +174,8 @@ def compare(
         cv_std=cv_std,
         holdout_rows=len(test_idx),
         holdout_digest=training.split_digest(data.keys, test_idx),
-        improvement_interval=evidence["improvement_interval"],
-        candidate_interval=evidence["candidate_interval"],
-        gate=evidence["gate"],
         intervals={m: c.to_dict() for m, c in details.items()},
         candidate_proba=cand[0].tolist(),
         reference_proba=None if champion_version is None else ref[0].tolist(),
-        details=details,
+        **evidence,  # details, improvement_interval, candidate_interval, gate
     )
