@@ -112,13 +112,13 @@ def record(inputs: CompareInputs, compared: Compared) -> CompareOutputs:
         registry.tag_run(inputs.parent_run_id, tags)
         registry.log_metrics_to_run(inputs.parent_run_id, bounds)
     registry.set_version_tags(client, inputs.model_name, r.candidate_version, tags)
-    comparison = r.to_dict()
+    detail = r.to_dict()
     return CompareOutputs(
-        **{k: v for k, v in comparison.items() if k in CompareOutputs.model_fields},
+        **{k: v for k, v in detail.items() if k in CompareOutputs.model_fields},
         champion_metrics=r.reference_metrics,
         stability={"cv_mean": r.cv_mean, "cv_std": r.cv_std},
         gate_inputs=r.gate,
-        comparison=comparison,
+        comparison=detail,
     )
 
 
