@@ -165,14 +165,13 @@ def preprocessor(kind: str, groups: Sequence[str] = ()) -> ColumnTransformer:
     """
     if kind == "linear":
         categorical = OneHotEncoder(handle_unknown="ignore", min_frequency=20)
-        scale = True
     elif kind == "tree":
         categorical = OrdinalEncoder(
             handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1
         )
-        scale = False
     else:
         raise ValueError(f"unknown preprocessor kind {kind!r}; use 'linear' or 'tree'")
+    scale = kind == "linear"  # trees need no scaling
     numeric = tabular_columns(groups)
     blocks = [
         ("categorical", categorical, CATEGORICAL),

@@ -352,12 +352,10 @@ def _cv_summary(
 ) -> dict[str, dict[str, Any]]:
     """Mean and std (ddof=1) of every metric over the folds of the out-of-fold predictions."""
     y_arr = np.asarray(y)
-    per_fold: dict[str, list[float]] = {m: [] for m in METRIC_NAMES}
-    for k in np.unique(fold):
-        mask = fold == k
-        scores = evaluate(y_arr[mask], proba[mask], threshold=threshold)
-        for m in METRIC_NAMES:
-            per_fold[m].append(scores[m])
+    folds = [
+        evaluate(y_arr[fold == k], proba[fold == k], threshold=threshold) for k in np.unique(fold)
+    ]
+    per_fold = {m: [scores[m] for scores in folds] for m in METRIC_NAMES}
     return {
         m: {
             "mean": float(np.mean(v)),
