@@ -257,7 +257,7 @@ def mcnemar_test(y_true: ArrayLike, cand_labels: ArrayLike, ref_labels: ArrayLik
 
 def majority_baseline(y_train: ArrayLike, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The reference when there is no champion: the training prior as a constant score and the
-    majority label (ties go to 1, as in training.baseline_metrics), for n holdout rows."""
+    majority label (ties go to 1), for n holdout rows."""
     y = _binary("y_train", y_train, None)
     if len(y) == 0:
         raise ValueError("y_train is empty")
