@@ -14,7 +14,6 @@ import pytest
 from lib.pipeline.contracts import MonitorInputs
 from lib.pipeline.run_record import headline
 from lib.pipeline.stages import monitor
-from lib.pipeline.stages.monitor import verdict
 from lib.serving import store_journal
 from lib.serving.prediction_store import PredictionStore
 from lib.watch.health_report import Alert, CheckResult, MonitorReport
@@ -35,19 +34,20 @@ def test_too_few_samples_is_not_judged_never_healthy() -> None:
         CheckResult("drift:category", "ok", "PSI 0.01"),  # drift alone says nothing of the model
     )
     assert quiet.healthy  # the report has no alert...
-    assert verdict(quiet) == "not_judged"  # ...but that is not a healthy verdict
+    assert quiet.verdict()[0] == "not_judged"  # ...but that is not a healthy verdict
     name, why = quiet.verdict()
     assert name == "not_judged" and "n=0" in why
 
 
 def test_an_evaluated_model_check_without_alert_is_healthy() -> None:
-    assert verdict(report(CheckResult("accuracy", "ok", "0.80 on 300", samples=300))) == "healthy"
+    judged = report(CheckResult("accuracy", "ok", "0.80 on 300", samples=300))
+    assert judged.verdict()[0] == "healthy"
 
 
 def test_alerts_are_unhealthy() -> None:
     alert = Alert("accuracy", "critical", "12 points below", 0.68, 0.78, 300)
     checks = CheckResult("accuracy", "alert", "12 points below", samples=300, severity="critical")
-    assert verdict(report(checks, alerts=[alert])) == "unhealthy"
+    assert report(checks, alerts=[alert]).verdict()[0] == "unhealthy"
 
 
 def test_an_unreachable_service_is_not_judged_even_when_the_store_looks_fine() -> None:

@@ -52,7 +52,6 @@ def test_estimates_equal_scikit_learn(metric: str) -> None:
     lab = labels(p)
     expected = sklearn_value(metric, y, p, lab)
     assert U.metric_value(metric, y, p, lab) == pytest.approx(expected, rel=1e-12, abs=1e-12)
-    assert U.interval(metric, y, p, lab, resamples=1000).estimate == pytest.approx(expected)
     _, (q,) = simulate(700, (0.3,), seed=4)
     comp = U.paired_comparison(y, p, lab, q, labels(q), metrics=(metric,), resamples=1000)[metric]
     assert comp.candidate.estimate == pytest.approx(expected)
@@ -186,21 +185,19 @@ def test_interval_narrows_as_n_grows() -> None:
     widths = []
     for n in (200, 3000):
         y, (p,) = simulate(n, (1.0,), seed=10)
-        iv = U.interval("roc_auc", y, p, labels(p), resamples=1000)
+        iv = U.paired_comparison(
+            y, p, labels(p), *U.majority_baseline(y, n), metrics=("roc_auc",), resamples=1000
+        )["roc_auc"].candidate
         widths.append(iv.high - iv.low)
     assert widths[1] < widths[0] / 2
 
 
-def test_deterministic_with_seed_and_consistent_single_interval(better) -> None:
+def test_deterministic_with_seed(better) -> None:
     y, cand, ref, result = better
     again = U.paired_comparison(y, cand, labels(cand), ref, labels(ref), resamples=1000)
     for metric in ALL:
         assert again[metric].to_dict() == result[metric].to_dict()
         np.testing.assert_array_equal(again[metric].draws, result[metric].draws)
-        # the single-model interval uses the same resamples for the same seed
-        single = U.interval(metric, y, cand, labels(cand), resamples=1000, seed=0)
-        assert single.low == result[metric].candidate.low
-        assert single.high == result[metric].candidate.high
     other = U.paired_comparison(
         y, cand, labels(cand), ref, labels(ref), metrics=("roc_auc",), resamples=1000, seed=1
     )
@@ -222,10 +219,15 @@ def test_to_dict_is_json_ready(better) -> None:
 
 def test_confidence_level_widens_interval() -> None:
     y, (p,) = simulate(500, (1.0,), seed=11)
-    narrow = U.interval("accuracy", y, p, labels(p), resamples=1000, confidence=0.8)
-    wide = U.interval("accuracy", y, p, labels(p), resamples=1000, confidence=0.99)
+    ref = U.majority_baseline(y, len(y))
+    narrow, wide = (
+        U.paired_comparison(
+            y, p, labels(p), *ref, metrics=("accuracy",), resamples=1000, confidence=level
+        )["accuracy"].candidate
+        for level in (0.8, 0.99)
+    )
     assert wide.low <= narrow.low and wide.high >= narrow.high
-    assert "99%" in wide.method and "paired" not in wide.method
+    assert "99%" in wide.method
 
 
 @pytest.mark.parametrize(
@@ -263,7 +265,7 @@ def test_bad_input_single_model() -> None:
     with pytest.raises(ValueError, match="allowed"):
         U.metric_value("precision", y, p, labels(p))
     with pytest.raises(ValueError, match=">= 1000"):
-        U.interval("roc_auc", y, p, labels(p), resamples=500)
+        U.paired_comparison(y, p, labels(p), p, labels(p), resamples=500)
     with pytest.raises(ValueError, match="paired"):
         U.metric_value("accuracy", y, p, labels(p)[:-1])
 

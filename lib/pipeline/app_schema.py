@@ -14,36 +14,30 @@ E_RATING = "rating_range"
 E_NEGATIVE = "negative"
 E_TYPE = "free_or_paid"
 
-
-def _build_schema() -> pa.DataFrameSchema:
-    """Build the typed-frame schema once: constructing it per request would slow the service."""
-    non_empty = pa.Check(lambda s: s.str.strip().str.len() > 0, error=E_EMPTY)
-    non_negative = pa.Check.ge(0, error=E_NEGATIVE)
-    return pa.DataFrameSchema(
-        {
-            "app": pa.Column(str, non_empty),
-            "app_key": pa.Column(str),
-            "category": pa.Column(str, non_empty),
-            "rating": pa.Column(float, pa.Check.in_range(1.0, 5.0, error=E_RATING), nullable=True),
-            "reviews": pa.Column(float, non_negative),
-            "size_mb": pa.Column(float, non_negative, nullable=True),
-            "installs": pa.Column(float, non_negative),
-            "type": pa.Column(str, pa.Check.isin(["Free", "Paid"], error=E_TYPE)),
-            "price": pa.Column(float, non_negative),
-            "content_rating": pa.Column(str),
-            "genres": pa.Column(str),
-            "last_updated": pa.Column("datetime64[ns]"),
-            "current_ver": pa.Column(str),
-            "android_ver": pa.Column(str),
-            "source_file": pa.Column(str),
-            "source_row": pa.Column(int),
-        },
-        strict=True,
-        ordered=True,
-    )
-
-
-APPS_SCHEMA: pa.DataFrameSchema = _build_schema()
+_non_empty = pa.Check(lambda s: s.str.strip().str.len() > 0, error=E_EMPTY)
+_non_negative = pa.Check.ge(0, error=E_NEGATIVE)
+APPS_SCHEMA = pa.DataFrameSchema(
+    {
+        "app": pa.Column(str, _non_empty),
+        "app_key": pa.Column(str),
+        "category": pa.Column(str, _non_empty),
+        "rating": pa.Column(float, pa.Check.in_range(1.0, 5.0, error=E_RATING), nullable=True),
+        "reviews": pa.Column(float, _non_negative),
+        "size_mb": pa.Column(float, _non_negative, nullable=True),
+        "installs": pa.Column(float, _non_negative),
+        "type": pa.Column(str, pa.Check.isin(["Free", "Paid"], error=E_TYPE)),
+        "price": pa.Column(float, _non_negative),
+        "content_rating": pa.Column(str),
+        "genres": pa.Column(str),
+        "last_updated": pa.Column("datetime64[ns]"),
+        "current_ver": pa.Column(str),
+        "android_ver": pa.Column(str),
+        "source_file": pa.Column(str),
+        "source_row": pa.Column(int),
+    },
+    strict=True,
+    ordered=True,
+)
 
 
 def schema_failures(typed: pd.DataFrame, source_file: str) -> list[tuple[int, str, str, object]]:

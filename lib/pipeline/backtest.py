@@ -1,24 +1,18 @@
 """A policy backtest: replay the deployment decision over time-ordered batches of real apps.
 
-The decision policy (gate + score table, `pipeline.scoring`) is judged here by what it would
-have done, not by how it reads. Apps (one row per rated app) are ordered by ``last_updated``; the
-oldest share trains the first champion, the rest arrive in consecutive batches. At each step a
-candidate is trained on everything seen so far, the REAL policy decides on a holdout of that data
-(``comparison.compare_predictions`` + ``scoring.decide``, as 03/04 do), and the next batch (the
-future, which nobody saw) says whether the candidate really was better than the champion it would
-replace: better or worse only when the paired 95% bootstrap interval of the ROC-AUC difference on
-that batch excludes 0.
-
-``manual`` counts as not deployed: a person may approve it later, but the backtest has no person.
-Noise candidates check the policy's floor: a model trained on shuffled labels must never be
-promoted, and the champion retrained with another seed (the same model up to noise) should not be
-``auto``. Nothing here touches MLflow, the registry or ``models/``.
+The policy (gate + score table) is judged by what it would have done. Apps are ordered by
+``last_updated``; the oldest share trains the first champion, the rest arrive in batches. At each
+step a candidate trained on everything seen so far is decided on exactly as 03/04 do, and the next
+batch (the future) says whether it really beat the champion: only when the paired 95% interval of
+the ROC-AUC difference excludes 0. ``manual`` counts as not deployed. Noise candidates (shuffled
+labels, the champion reseeded) check the policy's floor. Nothing here touches MLflow or models/.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,20 +139,14 @@ def policy_decision(
     Returns the decision and the selection metric's difference with its interval.
     """
     evidence = comparison.compare_predictions(y_holdout, candidate, reference, metric)
-    gate = evidence["gate"]
     decision = scoring.decide(
-        score_table.Evidence.from_dict(evidence["improvement_interval"]),
-        score_table.Evidence.from_dict(evidence["candidate_interval"]),
+        evidence["improvement_interval"],
+        evidence["candidate_interval"],
         cv_std,
         table,
         metric=metric,
         baseline_label=reference_label,
-        gate=score_table.GateInputs(
-            roc_auc=score_table.Evidence.from_dict(gate["roc_auc"]),
-            accuracy=gate["accuracy"],
-            majority_share=gate["majority_share"],
-            n=gate["n"],
-        ),
+        gate=evidence["gate"],
     )
     return decision, evidence["improvement_interval"]
 
@@ -225,7 +213,7 @@ def run_backtest(batches: TimeBatches, settings: BacktestSettings | None = None)
         X_hold, X_batch, y_batch = data.X.iloc[test_idx], data.X.iloc[batch_idx], y_all[batch_idx]
         log.info("step %d: %d rows seen, judged on %d later rows", k, len(seen), len(batch_idx))
 
-        candidate = _best_candidate(data, train_idx, test_idx, settings)
+        candidate = _train(settings.families, data, train_idx, test_idx, settings, settings.seed)
         cand_hold = (candidate.proba, np.asarray(candidate.labels).astype(int))
         ref_hold = production.answers(X_hold, y_train)
         decision, improvement = policy_decision(
@@ -275,8 +263,7 @@ def run_backtest(batches: TimeBatches, settings: BacktestSettings | None = None)
             k, decision.verdict, decision.score, reference_label, truth, steps[-1].seconds,
         )  # fmt: skip
     elapsed = time.perf_counter() - started
-    initial = batches.initial
-    return BacktestResult(settings, steps, noise, elapsed, len(initial), batches.span(initial))
+    return BacktestResult(settings, steps, noise, elapsed, len(batches.initial))
 
 
 def _batch_scores(y_batch: np.ndarray, served: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
@@ -293,38 +280,29 @@ def _batch_scores(y_batch: np.ndarray, served: dict[str, tuple[Any, Any]]) -> di
 
 
 def _train(
-    name: str,
+    families: Sequence[str],
     data: training.LabeledData,
     train_idx: np.ndarray,
     test_idx: np.ndarray,
     settings: BacktestSettings,
     seed: int,
 ) -> training.CandidateResult:
-    return training.train_candidate(
-        name,
-        data,
-        train_idx,
-        test_idx,
-        settings.cv_folds,
-        seed,
-        settings.rf_trees,
-        groups=settings.features,
-        calibration=settings.calibration,
-        objective=settings.objective,
-        costs=settings.costs,
-    )
-
-
-def _best_candidate(
-    data: training.LabeledData,
-    train_idx: np.ndarray,
-    test_idx: np.ndarray,
-    settings: BacktestSettings,
-) -> training.CandidateResult:
     """As 02 train: every family, the best on the holdout's selection metric."""
     results = [
-        _train(name, data, train_idx, test_idx, settings, settings.seed)
-        for name in settings.families
+        training.train_candidate(
+            name,
+            data,
+            train_idx,
+            test_idx,
+            settings.cv_folds,
+            seed,
+            settings.rf_trees,
+            groups=settings.features,
+            calibration=settings.calibration,
+            objective=settings.objective,
+            costs=settings.costs,
+        )
+        for name in families
     ]
     return training.select_best(results, settings.metric)
 
@@ -350,12 +328,12 @@ def _noise_runs(
     y_perm.iloc[train_idx] = rng.permutation(data.y.iloc[train_idx].to_numpy())
     permuted = training.LabeledData(data.X, y_perm, data.keys, 0, 0)
     runs: list[tuple[str, training.CandidateResult]] = [
-        ("permuted", _train(family, permuted, train_idx, test_idx, settings, settings.seed))
+        ("permuted", _train([family], permuted, train_idx, test_idx, settings, settings.seed))
     ]
     if production.result is not None and production.train_idx is not None:
         twin_seed = settings.seed + 1 + k
         twin = _train(
-            production.result.name, data, production.train_idx, test_idx, settings, twin_seed
+            [production.result.name], data, production.train_idx, test_idx, settings, twin_seed
         )
         runs.append(("reseeded", twin))
     out = []

@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib import score_table
 from lib.config import CALIBRATION_METHODS
+from lib.score_table import VERDICTS, ScoreTable
 
-VERDICTS = score_table.VERDICTS
 TRUTHS = ("better", "worse", "no real difference", "undetermined")
 STRATEGIES = ("policy", "always", "never")  # always deploy the new model / never retrain
 NOISE_KINDS = ("permuted", "reseeded")
@@ -43,7 +42,7 @@ class BacktestSettings:
     objective: str = "accuracy"
     costs: dict[str, float] | None = None
     metric: str = "roc_auc"  # the selection metric the score table reads
-    table: score_table.ScoreTable = field(default_factory=score_table.ScoreTable)
+    table: ScoreTable = field(default_factory=ScoreTable)
     noise: bool = True
     rf_trees: int = 200
 
@@ -119,7 +118,6 @@ class BacktestResult:
     noise: list[NoiseRun]
     seconds: float
     initial_rows: int
-    initial_span: tuple[str, str]
 
     def table(self) -> pd.DataFrame:
         """One row per step: the decision, the truth on the next batch, each strategy's figures."""

@@ -1,9 +1,7 @@
 """What is learned from out-of-fold predictions: the calibration and the served label's cut.
 
-Every training row is predicted by a model that did not see it (:func:`out_of_fold`); the
-calibration (isotonic / sigmoid / none) and the decision threshold are chosen on those
-predictions, so neither is tuned on rows the model was fitted on, and no second round of fits is
-needed.
+Both are chosen on predictions of models that did not see the row (:func:`out_of_fold`), so
+neither is tuned on rows the model was fitted on, and no second round of fits is needed.
 """
 
 from __future__ import annotations
@@ -89,10 +87,8 @@ class _ScoreColumn(ClassifierMixin, BaseEstimator):
 def _fit_on_scores(score: np.ndarray, y: np.ndarray, method: str) -> Any:
     """A CalibratedClassifierCV whose calibrator is fitted on ``score`` (float64) against ``y``.
 
-    scikit-learn has no public "calibrate these predictions"; freezing a score column makes
-    ``CalibratedClassifierCV.fit`` do exactly that, with the calibrator scikit-learn builds
-    itself (isotonic, or Platt's sigmoid with its smoothed targets). One split with every row
-    in its test part: the frozen model's prediction is the score, computed once.
+    scikit-learn has no public "calibrate these predictions"; a frozen score column and one
+    split with every row in its test part make ``CalibratedClassifierCV.fit`` do exactly that.
     """
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.frozen import FrozenEstimator
@@ -156,15 +152,10 @@ def calibrated(
 ) -> Any:
     """The fitted model as ``CalibratedClassifierCV(ensemble=False)`` would make it.
 
-    CalibratedClassifierCV with ``ensemble=False`` fits its calibrator on out-of-fold decision
-    scores from the same shuffled folds, then refits the model on all rows: exactly the
-    out-of-fold scores and the full fit this module already has. Assembling it from them saves
-    k fits per candidate; tests check it equals ``CalibratedClassifierCV(...).fit``.
-
-    The calibrator is fitted through the public API (:func:`_fit_on_scores`); the one step
-    outside it is putting ``fitted`` in the score column's place in ``calibrated_classifiers_``
-    (the attribute scikit-learn's ``predict_proba`` and lib.serving.compiled read). The
-    parameters are then set to the ones that would have made this model.
+    That class fits its calibrator on out-of-fold scores of the same shuffled folds, then refits
+    the model on all rows: what this module already has, so assembling it saves k fits per
+    candidate (tests check it equals ``CalibratedClassifierCV(...).fit``). The one step outside
+    the public API is putting ``fitted`` in the score column's place in ``calibrated_classifiers_``.
     """
     model = _fit_on_scores(oof.score, np.asarray(y), method)
     if not np.array_equal(model.classes_, fitted.classes_):
@@ -196,11 +187,9 @@ def tune_threshold(
 ) -> ThresholdChoice:
     """The cut on out-of-fold probabilities that serves the best labels for ``objective``.
 
-    The same idea as scikit-learn's TunedThresholdClassifierCV, on the out-of-fold predictions
-    the candidate's cross-validation already made (no second round of fits). Objectives:
-    accuracy, balanced_accuracy, f1, or cost (``costs`` = false_positive / false_negative, the
-    total cost is minimised). A label is positive when proba >= threshold. Among equal scores the
-    cut nearest 0.5 wins; the cut sits halfway between neighbouring predictions.
+    TunedThresholdClassifierCV's idea on the predictions cross-validation already made (no second
+    round of fits). ``cost`` minimises false_positive / false_negative ``costs``. Among equal
+    scores the cut nearest 0.5 wins; a cut sits halfway between neighbouring predictions.
     """
     if objective not in LABEL_OBJECTIVES:
         raise ValueError(
@@ -213,20 +202,18 @@ def tune_threshold(
     order = np.sort(proba)
     pos_sorted = np.sort(proba[y == 1])
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
-    predicted_pos = len(order) - np.searchsorted(order, cuts, side="left")
-    tp = n_pos - np.searchsorted(pos_sorted, cuts, side="left")
-    fp = predicted_pos - tp
-    fn = n_pos - tp
-    tn = n_neg - fp
-    score = _objective(objective, tp, fp, fn, tn, costs)
+
+    def confusion(at: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(tp, fp, fn, tn) when a label is positive iff proba >= each cut in ``at``."""
+        predicted_pos = len(order) - np.searchsorted(order, at, side="left")
+        tp = n_pos - np.searchsorted(pos_sorted, at, side="left")
+        return tp, predicted_pos - tp, n_pos - tp, n_neg - predicted_pos + tp
+
+    score = _objective(objective, *confusion(cuts), costs)
     best = np.max(score)
     ties = np.flatnonzero(np.isclose(score, best, rtol=0, atol=1e-12))
     pick = ties[np.argmin(np.abs(cuts[ties] - 0.5))]
-    half = _objective(
-        objective,
-        *_confusion_at(y, proba, 0.5),
-        costs,
-    )
+    half = _objective(objective, *confusion(np.array([0.5])), costs)
     step = max(1, len(cuts) // 200)
     curve = [(float(cuts[i]), float(score[i])) for i in range(0, len(cuts), step)]
     sign = -1.0 if objective == "cost" else 1.0
@@ -237,15 +224,6 @@ def tune_threshold(
         float(sign * half[0]),
         curve,
     )
-
-
-def _confusion_at(y: np.ndarray, proba: np.ndarray, cut: float) -> tuple[np.ndarray, ...]:
-    pred = proba >= cut
-    tp = np.array([np.sum(pred & (y == 1))])
-    fp = np.array([np.sum(pred & (y == 0))])
-    fn = np.array([np.sum(~pred & (y == 1))])
-    tn = np.array([np.sum(~pred & (y == 0))])
-    return tp, fp, fn, tn
 
 
 def _objective(

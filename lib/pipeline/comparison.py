@@ -1,11 +1,9 @@
 """Candidate versus champion on the same holdout rows, with the uncertainty of every difference.
 
-With no champion yet the reference is a majority-class baseline (a constant score: ROC-AUC 0.5,
-accuracy = the majority share), so "improvement" still means something. Each metric's difference
-carries a 95% interval from a stratified paired bootstrap (and DeLong / exact McNemar tests), so
-the decision can tell a real gain from the noise of one holdout. Labels are the ones each model
-serves (``model.predict``: the tuned threshold travels inside the registered model). Stability is
-the candidate's CV spread as logged by its training run, never a constant.
+With no champion the reference is a majority-class baseline (ROC-AUC 0.5, accuracy = the majority
+share). Each difference carries a paired bootstrap interval so the decision can tell a real gain
+from holdout noise; labels are those each model serves, and stability is the candidate's CV spread
+as logged by its training run.
 """
 
 from __future__ import annotations
@@ -176,11 +174,8 @@ def compare(
         cv_std=cv_std,
         holdout_rows=len(test_idx),
         holdout_digest=training.split_digest(data.keys, test_idx),
-        improvement_interval=evidence["improvement_interval"],
-        candidate_interval=evidence["candidate_interval"],
-        gate=evidence["gate"],
         intervals={m: c.to_dict() for m, c in details.items()},
         candidate_proba=cand[0].tolist(),
         reference_proba=None if champion_version is None else ref[0].tolist(),
-        details=details,
+        **evidence,  # details, improvement_interval, candidate_interval, gate
     )

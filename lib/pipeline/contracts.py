@@ -1,13 +1,9 @@
 """The declared contract of every stage: its notebook, its typed inputs and its typed outputs.
 
-The runner checks a notebook's `parameters` cell against the stage's inputs before running it,
-validates the glued scraps against the outputs after, and builds the next stage's inputs from
-typed results: nothing travels between stages as a loose string key. Inputs default to the
-values a notebook needs to run alone in Jupyter; the runner always passes every field.
-
-A field declared with `setting(key)` is the config key `key` (lib.config.PipelineConfig): its
-default is the config's, and the runner fills it from the resolved config by that key
-(`Contract.config_keys`), so neither a contract nor the runner restates a config value.
+The runner checks a notebook's `parameters` cell against the stage's inputs, validates the glued
+scraps against the outputs, and builds the next stage's inputs from typed results. Inputs default
+to what a notebook needs to run alone. A field declared with `setting(key)` is the config key `key`
+(lib.config.PipelineConfig): the config's default, filled by the runner from the resolved config.
 """
 
 from __future__ import annotations
@@ -281,16 +277,16 @@ class Stage:
     outputs: type[Contract]
 
     def check_inputs(self, values: Mapping[str, Any]) -> Contract:
-        try:
-            return self.inputs.model_validate(dict(values))
-        except ValidationError as exc:
-            raise ContractError(self.name, "inputs", exc) from None
+        return self._check("inputs", values)
 
     def check_outputs(self, values: Mapping[str, Any]) -> Contract:
+        return self._check("outputs", values)
+
+    def _check(self, side: str, values: Mapping[str, Any]) -> Contract:
         try:
-            return self.outputs.model_validate(dict(values))
+            return getattr(self, side).model_validate(dict(values))
         except ValidationError as exc:
-            raise ContractError(self.name, "outputs", exc) from None
+            raise ContractError(self.name, side, exc) from None
 
 
 class ContractError(PipelineError):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,77 +26,42 @@ from lib.atomic_files import atomic_open
 from lib.errors import DataError, MissingColumnsError
 from lib.pipeline.app_identity import app_key
 from lib.pipeline.app_schema import E_EMPTY, E_NEGATIVE, E_RATING, E_TYPE, schema_failures
-from lib.pipeline.data_sources import check_file, has_rows, open_csv, read_header
+from lib.pipeline.data_sources import check_file, open_csv, read_header
 
 logger = logging.getLogger(__name__)
 
 RAW_COLUMNS: list[str] = [
-    "App",
-    "Category",
-    "Rating",
-    "Reviews",
-    "Size",
-    "Installs",
-    "Type",
-    "Price",
-    "Content Rating",
-    "Genres",
-    "Last Updated",
-    "Current Ver",
-    "Android Ver",
-]
+    "App", "Category", "Rating", "Reviews", "Size", "Installs", "Type", "Price", "Content Rating",
+    "Genres", "Last Updated", "Current Ver", "Android Ver",
+]  # fmt: skip
 REQUIRED_COLUMNS: list[str] = [
-    "App",
-    "Category",
-    "Rating",
-    "Reviews",
-    "Size",
-    "Installs",
-    "Type",
-    "Price",
-    "Content Rating",
-    "Last Updated",
+    c for c in RAW_COLUMNS if c not in ("Genres", "Current Ver", "Android Ver")
 ]
 TYPED_COLUMNS: list[str] = [
-    "app",
-    "app_key",
-    "category",
-    "rating",
-    "reviews",
-    "size_mb",
-    "installs",
-    "type",
-    "price",
-    "content_rating",
-    "genres",
-    "last_updated",
-    "current_ver",
-    "android_ver",
-    "source_file",
+    "app", "app_key", "category", "rating", "reviews", "size_mb", "installs", "type", "price",
+    "content_rating", "genres", "last_updated", "current_ver", "android_ver", "source_file",
     "source_row",
-]
+]  # fmt: skip
 QUARANTINE_COLUMNS: list[str] = ["source_file", "source_row", "reason", *RAW_COLUMNS]
 
 # snake_case (typed) name -> Play Store name; lets the service accept either spelling.
-ALIASES: dict[str, str] = {
-    "app": "App",
-    "category": "Category",
-    "rating": "Rating",
-    "reviews": "Reviews",
-    "size": "Size",
-    "size_mb": "Size",
-    "installs": "Installs",
-    "type": "Type",
-    "price": "Price",
-    "content_rating": "Content Rating",
-    "genres": "Genres",
-    "last_updated": "Last Updated",
-    "current_ver": "Current Ver",
-    "android_ver": "Android Ver",
+ALIASES: dict[str, str] = {c.lower().replace(" ", "_"): c for c in RAW_COLUMNS} | {
+    "size_mb": "Size"
 }
 # Typed column -> the Play Store column it comes from, to name it in reasons.
-_DISPLAY: dict[str, str] = {v_typed: raw for v_typed, raw in ALIASES.items() if v_typed != "size"}
-_DISPLAY["app_key"] = "App"
+_DISPLAY: dict[str, str] = {t: raw for t, raw in ALIASES.items() if t != "size"} | {
+    "app_key": "App"
+}
+# Typed columns parsed by lib.values' grammar: (parser, what a bad value is not).
+_PARSED: dict[str, tuple[Callable[[str], Any], str]] = {
+    "rating": (grammar.rating, "is not a number"),
+    "reviews": (grammar.reviews, "is not a count"),
+    "size_mb": (grammar.size_mb, "is not a size like 19M, 201k, 19.0 or 'Varies with device'"),
+    "installs": (grammar.installs, "is not a count like 1,000+"),
+    "price": (grammar.price, "is not a price like 0 or $4.99"),
+    "last_updated": (grammar.date, "is not a date like 'January 7, 2018' or 2018-01-07"),
+}
+_TEXT = ["app", "category", "content_rating", "genres", "current_ver", "android_ver"]
 
 
 @dataclass
@@ -133,10 +97,6 @@ class LoadedApps:
 
 
 # --------------------------------------------------------------------------------------------
-# identity
-
-
-# --------------------------------------------------------------------------------------------
 # reading
 
 
@@ -146,20 +106,15 @@ def _as_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-def check_columns(path: str | Path) -> list[str]:
-    """Read only the header and fail early, naming every missing required column."""
+def check_columns(path: str | Path, need_rows: bool = False) -> list[str]:
+    """Read only the header and fail early, naming every missing required column; with
+    `need_rows`, also a file without data rows (a header alone is no data to learn from)."""
     path = check_file(path)
-    header = read_header(path)
+    header, has_rows = read_header(path)
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
         raise MissingColumnsError(str(path), missing, header)
-    return header
-
-
-def check_source(path: str | Path) -> list[str]:
-    """`check_columns`, then at least one data row: a header alone is no data to learn from."""
-    header = check_columns(path)
-    if not has_rows(Path(path)):
+    if need_rows and not has_rows:
         raise DataError(f"{path}: no rows (only a header)")
     return header
 
@@ -185,15 +140,12 @@ def _to_raw_fields(header: list[str], fields: list[str]) -> list[str]:
 
 
 def _field_count_reason(n_fields: int, expected: int) -> str:
-    if n_fields < expected:
-        return (
-            f"row has {n_fields} fields, expected {expected} "
-            "(a column is missing, values are shifted)"
-        )
-    return (
-        f"row has {n_fields} fields, expected {expected} "
-        "(extra values, probably an unquoted comma; values are shifted)"
+    why = (
+        "a column is missing,"
+        if n_fields < expected
+        else "extra values, probably an unquoted comma;"
     )
+    return f"row has {n_fields} fields, expected {expected} ({why} values are shifted)"
 
 
 def read_apps(paths: str | Path | Sequence[str | Path]) -> LoadedApps:
@@ -206,7 +158,7 @@ def read_apps(paths: str | Path | Sequence[str | Path]) -> LoadedApps:
     if not path_list:
         raise DataError("read_apps: no data file given")
     for path in path_list:
-        check_source(path)
+        check_columns(path, need_rows=True)
 
     apps_parts: list[pd.DataFrame] = []
     quarantine_parts: list[pd.DataFrame] = []
@@ -250,8 +202,8 @@ def read_apps(paths: str | Path | Sequence[str | Path]) -> LoadedApps:
         counts[str(path)] = (len(rows), len(apps))
 
     return LoadedApps(
-        apps=_concat(apps_parts, _empty_typed()),
-        quarantine=_fix_quarantine_types(_concat(quarantine_parts, _empty_quarantine())),
+        apps=_concat(apps_parts),
+        quarantine=_fix_quarantine_types(_concat(quarantine_parts)),
         sources=[str(p) for p in path_list],
         counts=counts,
     )
@@ -259,11 +211,7 @@ def read_apps(paths: str | Path | Sequence[str | Path]) -> LoadedApps:
 
 def _cell_to_str(value: object) -> str:
     """Render one in-memory value the way a CSV field would hold it."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    if value is pd.NaT or value is pd.NA:
+    if pd.api.types.is_scalar(value) and pd.isna(value):  # None, NaN, NaT, NA
         return ""
     if isinstance(value, (pd.Timestamp, dt.datetime)):
         if value.hour == value.minute == value.second == 0:
@@ -279,10 +227,8 @@ def _cell_to_str(value: object) -> str:
 
 
 def parse_records(frame: pd.DataFrame, source: str = "request") -> LoadedApps:
-    """Parse and validate in-memory records (raw or clean values, Play Store or snake_case names).
-
-    Used by the model service for single requests, so it reuses the prebuilt schema.
-    """
+    """Parse and validate in-memory records (raw or clean values, Play Store or snake_case names)
+    exactly as rows of a file: the reference the model service's own parser is tested against."""
     renamed: dict[str, pd.Series] = {}
     for column in frame.columns:
         name = str(column).strip()
@@ -310,72 +256,30 @@ def parse_records(frame: pd.DataFrame, source: str = "request") -> LoadedApps:
 # parsing
 
 
-def _parsed(series: pd.Series, parse: Callable[[str], Any]) -> tuple[pd.Series, pd.Series]:
-    """A raw column through lib.values' grammar: values (NaN/NaT if missing or bad), bad mask."""
-    return grammar.parse_column(series, parse)
-
-
-def _text(series: pd.Series) -> pd.Series:
-    return series.str.strip().astype("str")
-
-
 def _type(series: pd.Series) -> pd.Series:
     text = series.str.strip()
     canonical = text.map(grammar.free_or_paid)
     return canonical.fillna(text).where(text.ne(""), None).astype("str")
 
 
-_PARSE_HINTS: dict[str, str] = {
-    "rating": "is not a number",
-    "reviews": "is not a count",
-    "size_mb": "is not a size like 19M, 201k, 19.0 or 'Varies with device'",
-    "installs": "is not a count like 1,000+",
-    "price": "is not a price like 0 or $4.99",
-    "last_updated": "is not a date like 'January 7, 2018' or 2018-01-07",
-}
-
-
 def _parse(
     raw: pd.DataFrame, source_file: str, source_row: np.ndarray
 ) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
     """Turn raw string fields into the typed frame; return it with a per-column unparseable mask."""
-    rating, bad_rating = _parsed(raw["Rating"], grammar.rating)
-    reviews, bad_reviews = _parsed(raw["Reviews"], grammar.reviews)
-    size_mb, bad_size = _parsed(raw["Size"], grammar.size_mb)
-    installs, bad_installs = _parsed(raw["Installs"], grammar.installs)
-    price, bad_price = _parsed(raw["Price"], grammar.price)
-    last_updated, bad_date = _parsed(raw["Last Updated"], grammar.date)
-    app = _text(raw["App"])
+    parsed = {c: grammar.parse_column(raw[_DISPLAY[c]], p) for c, (p, _) in _PARSED.items()}
+    columns = {c: raw[_DISPLAY[c]].str.strip().astype("str") for c in _TEXT}
     typed = pd.DataFrame(
         {
-            "app": app,
-            "app_key": app.map(app_key).astype("str"),
-            "category": _text(raw["Category"]),
-            "rating": rating,
-            "reviews": reviews,
-            "size_mb": size_mb,
-            "installs": installs,
+            **columns,
+            **{c: values for c, (values, _) in parsed.items()},
+            "app_key": columns["app"].map(app_key).astype("str"),
             "type": _type(raw["Type"]),
-            "price": price,
-            "content_rating": _text(raw["Content Rating"]),
-            "genres": _text(raw["Genres"]),
-            "last_updated": last_updated,
-            "current_ver": _text(raw["Current Ver"]),
-            "android_ver": _text(raw["Android Ver"]),
             "source_file": pd.Series([source_file] * len(raw), index=raw.index, dtype="str"),
             "source_row": pd.Series(source_row, index=raw.index, dtype="int64"),
         },
         columns=TYPED_COLUMNS,
     )
-    bad = {
-        "rating": bad_rating,
-        "reviews": bad_reviews,
-        "size_mb": bad_size,
-        "installs": bad_installs,
-        "price": bad_price,
-        "last_updated": bad_date,
-    }
-    return typed, bad
+    return typed, {c: bad for c, (_, bad) in parsed.items()}
 
 
 def _format_value(value: object) -> str:
@@ -412,7 +316,7 @@ def _validate(
         raw_column = raw[_DISPLAY[column]]
         for pos in np.flatnonzero(mask.to_numpy()):
             flagged.add((int(pos), column))
-            message = f"{_DISPLAY[column]}: {raw_column.iat[pos]!r} {_PARSE_HINTS[column]}"
+            message = f"{_DISPLAY[column]}: {raw_column.iat[pos]!r} {_PARSED[column][1]}"
             problems.append((int(pos), order[column], message))
 
     for pos, column, check, value in schema_failures(typed, source_file):
@@ -437,17 +341,6 @@ def _validate(
     return apps, quarantine.reset_index(drop=True)[QUARANTINE_COLUMNS]
 
 
-def _empty_typed() -> pd.DataFrame:
-    typed, _ = _parse(
-        pd.DataFrame({c: [] for c in RAW_COLUMNS}, dtype="str"), "", np.array([], dtype="int64")
-    )
-    return typed
-
-
-def _empty_quarantine() -> pd.DataFrame:
-    return pd.DataFrame({c: [] for c in QUARANTINE_COLUMNS}, dtype="str")
-
-
 def _fix_quarantine_types(quarantine: pd.DataFrame) -> pd.DataFrame:
     out = quarantine.reset_index(drop=True)
     out["source_row"] = out["source_row"].astype("int64")
@@ -457,11 +350,9 @@ def _fix_quarantine_types(quarantine: pd.DataFrame) -> pd.DataFrame:
     return out[QUARANTINE_COLUMNS]
 
 
-def _concat(parts: list[pd.DataFrame], empty: pd.DataFrame) -> pd.DataFrame:
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return empty
-    return pd.concat(parts, ignore_index=True)
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The non-empty parts (one per file) together, else the first: empty, typed and named."""
+    return pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -63,22 +63,13 @@ def check_file(path: str | Path) -> Path:
     return path
 
 
-def read_header(path: Path) -> list[str]:
-    """The column names of the first record, stripped."""
-    with open_csv(path) as handle:
-        try:
-            header = next(csv.reader(handle), [])
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: not a readable UTF-8 CSV file ({exc})") from exc
-    return [name.strip() for name in header]
-
-
-def has_rows(path: Path) -> bool:
-    """Whether a non-blank record follows the header (reads only up to the first one)."""
+def read_header(path: Path) -> tuple[list[str], bool]:
+    """The column names of the first record, stripped, and whether a non-blank record follows
+    (read only up to it)."""
     with open_csv(path) as handle:
         reader = csv.reader(handle)
         try:
-            next(reader, None)
-            return any(fields for fields in reader)
+            header = next(reader, [])
+            return [name.strip() for name in header], any(fields for fields in reader)
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not a readable UTF-8 CSV file ({exc})") from exc

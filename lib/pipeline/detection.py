@@ -1,9 +1,5 @@
-"""Is there enough new data to retrain? Counted by app identity, not by row counts.
-
-A re-listed app (same normalized name) is an update, not a new app; a row-count difference
-would count it twice. The state of the last successful training lives in one JSON file that is
-written only after a model was trained and registered.
-"""
+"""Is there enough new data to retrain? Counted by app identity, not by row counts (a re-listed
+app is an update, not a new app). The last successful training's state is one JSON file."""
 
 from __future__ import annotations
 

@@ -62,17 +62,3 @@ def evaluate(
         "brier": float(brier_score_loss(y_true, proba, pos_label=1)),
         "ece": expected_calibration_error(y_true, proba),
     }
-
-
-def improvement(metric: str, candidate: float, reference: float) -> float:
-    """Positive when the candidate is better, whichever direction the metric runs."""
-    diff = candidate - reference
-    return float(diff if GREATER_IS_BETTER[metric] else -diff)
-
-
-def baseline_metrics(y_train: pd.Series, y_test: pd.Series) -> dict[str, float]:
-    """A majority-class model: what "improvement" means when there is no champion yet."""
-    proba, pred = uncertainty.majority_baseline(y_train, len(y_test))
-    scores = evaluate(np.asarray(y_test), proba, pred)
-    scores["roc_auc"] = 0.5  # a constant score ranks nothing
-    return scores

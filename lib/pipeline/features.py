@@ -1,12 +1,9 @@
 """Model inputs and the preprocessing half of every candidate model.
 
-The feature set is fixed here, in one place, and never contains `Rating` or anything computed from
-it: the system this project replaces leaked the target into its features and reported 100%.
-Every derived input (reviews per install, version numbers, statistics of the name) is a function of
-one app's own listing, computed by :func:`derived_values` for the training frame and for a single
-request of the model service alike, so both see the same numbers. Everything learned (scaling,
-encodings, the out-of-fold text score of the name) is built from scikit-learn's own classes, so the
-saved model loads with skops without trusting any code of ours.
+The features never contain `Rating` or anything computed from it (the system this project replaces
+leaked the target and reported 100%). Derived inputs are computed by :func:`derived_values` for the
+training frame and for one request of the model service alike; everything learned is made of
+scikit-learn's own classes, so the saved model loads with skops without trusting our code.
 """
 
 from __future__ import annotations
@@ -119,18 +116,9 @@ def model_inputs(apps: pd.DataFrame) -> pd.DataFrame:
         out[col] = pd.to_numeric(apps[col], errors="coerce").astype(float)
     updated = pd.to_datetime(apps["last_updated"], errors="coerce")
     out["last_updated_days"] = ((updated - EPOCH).dt.total_seconds() / 86400.0).astype(float)
-    derived = [
-        derived_values(*row)
-        for row in zip(
-            _column(apps, "app"),
-            _column(apps, "genres"),
-            _column(apps, "current_ver"),
-            _column(apps, "android_ver"),
-            out["reviews"].tolist(),
-            out["installs"].tolist(),
-            strict=True,
-        )
-    ]
+    texts = [_column(apps, c) for c in ("app", "genres", "current_ver", "android_ver")]
+    rows = zip(*texts, out["reviews"].tolist(), out["installs"].tolist(), strict=True)
+    derived = [derived_values(*row) for row in rows]
     values = np.array(derived, dtype=np.float64).reshape(len(out), len(DERIVED))
     for j, col in enumerate(DERIVED):
         out[col] = values[:, j]
@@ -154,20 +142,10 @@ def tabular_columns(groups: Sequence[str]) -> list[str]:
     return SKEWED + LINEAR + extra
 
 
-def _numeric(scale: bool) -> Pipeline:
-    steps = [
-        ("impute", SimpleImputer(strategy="median", add_indicator=True)),
-    ]
-    if scale:
-        steps.append(("scale", StandardScaler()))
-    return Pipeline(steps)
-
-
-def _skewed(scale: bool) -> Pipeline:
-    steps = [
-        ("log", FunctionTransformer(np.log1p, feature_names_out="one-to-one")),
-        ("impute", SimpleImputer(strategy="median", add_indicator=True)),
-    ]
+def _numeric(scale: bool, log: bool = False) -> Pipeline:
+    steps = [("impute", SimpleImputer(strategy="median", add_indicator=True))]
+    if log:  # heavy right tails
+        steps.insert(0, ("log", FunctionTransformer(np.log1p, feature_names_out="one-to-one")))
     if scale:
         steps.append(("scale", StandardScaler()))
     return Pipeline(steps)
@@ -187,18 +165,17 @@ def preprocessor(kind: str, groups: Sequence[str] = ()) -> ColumnTransformer:
     """
     if kind == "linear":
         categorical = OneHotEncoder(handle_unknown="ignore", min_frequency=20)
-        scale = True
     elif kind == "tree":
         categorical = OrdinalEncoder(
             handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1
         )
-        scale = False
     else:
         raise ValueError(f"unknown preprocessor kind {kind!r}; use 'linear' or 'tree'")
+    scale = kind == "linear"  # trees need no scaling
     numeric = tabular_columns(groups)
     blocks = [
         ("categorical", categorical, CATEGORICAL),
-        ("skewed", _skewed(scale), SKEWED),
+        ("skewed", _numeric(scale, log=True), SKEWED),
         ("linear", _numeric(scale), [c for c in numeric if c not in SKEWED]),
     ]
     return ColumnTransformer(blocks, verbose_feature_names_out=False, sparse_threshold=0.0)

@@ -12,13 +12,14 @@ from matplotlib.figure import Figure
 from sklearn.metrics import auc, confusion_matrix, roc_curve
 
 if TYPE_CHECKING:
+    from lib.pipeline.scoring import Decision
     from lib.pipeline.uncertainty import MetricComparison
 
 
 def class_balance(y: pd.Series, target_threshold: float) -> Figure:
     """How many apps are above the threshold: why accuracy alone says little here."""
     counts = pd.Series(np.asarray(y)).value_counts().reindex([0, 1], fill_value=0)
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = plt.subplots(figsize=(5, 3), layout="tight")
     bars = ax.bar(
         [f"≤ {target_threshold}", f"> {target_threshold}"],
         counts.values,
@@ -31,24 +32,19 @@ def class_balance(y: pd.Series, target_threshold: float) -> Figure:
             ha="center",
             va="bottom",
         )
-    ax.set_ylabel("apps")
-    ax.set_title("Class balance (rated apps)")
-    fig.tight_layout()
+    ax.set(ylabel="apps", title="Class balance (rated apps)")
     return fig
 
 
 def roc_curves(y_true: Sequence[int], probas: Mapping[str, Sequence[float]]) -> Figure:
     """ROC of every candidate on the same holdout."""
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = plt.subplots(figsize=(5, 4.5), layout="tight")
     for name, proba in probas.items():
         fpr, tpr, _ = roc_curve(y_true, proba)
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title("ROC on the holdout")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on the holdout")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
     return fig
 
 
@@ -58,7 +54,7 @@ def confusion(
     """Confusion matrix of the labels the model serves (default: the 0.5 cut)."""
     pred = (np.asarray(proba) >= 0.5).astype(int) if labels is None else np.asarray(labels)
     cm = confusion_matrix(y_true, pred, labels=[0, 1])
-    fig, ax = plt.subplots(figsize=(4, 3.5))
+    fig, ax = plt.subplots(figsize=(4, 3.5), layout="tight")
     ax.imshow(cm, cmap="Blues")
     for (i, j), n in np.ndenumerate(cm):
         ax.text(
@@ -66,27 +62,22 @@ def confusion(
         )
     ax.set_xticks([0, 1], ["≤ 4.0", "> 4.0"])
     ax.set_yticks([0, 1], ["≤ 4.0", "> 4.0"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title(title)
-    fig.tight_layout()
+    ax.set(xlabel="predicted", ylabel="actual", title=title)
     return fig
 
 
 def feature_importance(importance: pd.Series, title: str) -> Figure:
     """Permutation importance (drop in the selection metric when a column is shuffled)."""
     imp = importance.sort_values()
-    fig, ax = plt.subplots(figsize=(5, 0.35 * len(imp) + 1))
+    fig, ax = plt.subplots(figsize=(5, 0.35 * len(imp) + 1), layout="tight")
     ax.barh(imp.index, imp.values, color="#4c72b0")
-    ax.set_xlabel("drop in score when shuffled")
-    ax.set_title(title)
-    fig.tight_layout()
+    ax.set(xlabel="drop in score when shuffled", title=title)
     return fig
 
 
 def comparison(table: pd.DataFrame, metric: str) -> Figure:
     """Candidate vs champion (or baseline) on each metric, the selection metric highlighted."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 3.5), layout="tight")
     x = np.arange(len(table.index))
     width = 0.8 / len(table.columns)
     for i, col in enumerate(table.columns):
@@ -97,16 +88,16 @@ def comparison(table: pd.DataFrame, metric: str) -> Figure:
     )
     ax.set_title(f"Same holdout rows (selection metric: {metric})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
-def score_table(rows: list[dict[str, Any]], total: int, verdict: str) -> Figure:
+def score_table(decision: Decision) -> Figure:
     """The decision's score table as a picture, for the HTML report."""
-    fig, ax = plt.subplots(figsize=(8, 0.45 * (len(rows) + 2) + 0.5))
+    rows = decision.reasons
+    fig, ax = plt.subplots(figsize=(8, 0.45 * (len(rows) + 2) + 0.5), layout="tight")
     ax.axis("off")
-    cells = [[r["criterion"], f"{r['observed']:.4f}", r["rule"], f"{r['points']:+d}"] for r in rows]
-    cells.append(["total", "", f"verdict: {verdict}", f"{total:d}"])
+    cells = [[r.criterion, f"{r.observed:.4f}", r.rule, f"{r.points:+d}"] for r in rows]
+    cells.append(["total", "", f"verdict: {decision.verdict}", f"{decision.score:d}"])
     tbl = ax.table(
         cellText=cells,
         colLabels=["criterion", "observed", "rule", "points"],
@@ -114,13 +105,12 @@ def score_table(rows: list[dict[str, Any]], total: int, verdict: str) -> Figure:
         cellLoc="left",
     )
     tbl.scale(1, 1.4)
-    fig.tight_layout()
     return fig
 
 
 def rollout_timeline(events: list[dict[str, Any]]) -> Figure:
     """Canary weight over time, with each step's verdict and the final outcome."""
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.5), layout="tight")
     if not events:
         ax.text(0.5, 0.5, "no rollout events", ha="center")
         return fig
@@ -144,10 +134,11 @@ def rollout_timeline(events: list[dict[str, Any]]) -> Figure:
                 rotation=20,
             )
     ax.set_ylim(-5, 115)
-    ax.set_xlabel("seconds since the rollout started")
-    ax.set_ylabel("canary traffic %")
-    ax.set_title("Rollout timeline")
-    fig.tight_layout()
+    ax.set(
+        xlabel="seconds since the rollout started",
+        ylabel="canary traffic %",
+        title="Rollout timeline",
+    )
     return fig
 
 
@@ -156,33 +147,31 @@ def drift_psi(drifts: list[Any], threshold: float) -> Figure:
     names = [d.feature for d in drifts]
     values = [0.0 if d.psi is None or d.psi != d.psi else d.psi for d in drifts]
     colors = ["#c44e52" if d.drifted else "#4c72b0" for d in drifts]
-    fig, ax = plt.subplots(figsize=(6, 0.35 * max(len(names), 1) + 1.2))
+    fig, ax = plt.subplots(figsize=(6, 0.35 * max(len(names), 1) + 1.2), layout="tight")
     ax.barh(names, values, color=colors)
     ax.axvline(threshold, color="k", ls="--", lw=0.8, label=f"PSI threshold {threshold}")
-    ax.set_xlabel("population stability index (current vs training)")
-    ax.set_title("Input drift per feature")
+    ax.set(
+        xlabel="population stability index (current vs training)", title="Input drift per feature"
+    )
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
 def prediction_distribution(reference: Sequence[float], current: Sequence[float]) -> Figure:
     """Predicted probabilities now against the champion's on its training data."""
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = plt.subplots(figsize=(6, 3), layout="tight")
     bins = np.linspace(0, 1, 21)
     ax.hist(reference, bins=bins, alpha=0.5, density=True, label="reference (training data)")
     if len(current):
         ax.hist(current, bins=bins, alpha=0.5, density=True, label=f"production (n={len(current)})")
-    ax.set_xlabel("predicted probability of Rating > 4.0")
-    ax.set_title("Prediction drift")
+    ax.set(xlabel="predicted probability of Rating > 4.0", title="Prediction drift")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
 def live_vs_validation(perf: dict[str, Any]) -> Figure:
     """Accuracy and ROC-AUC on labeled feedback against the champion's validation figures."""
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = plt.subplots(figsize=(5, 3), layout="tight")
     metrics = ["accuracy", "roc_auc"]
     live = [perf.get(m) or 0.0 for m in metrics]
     ref = [perf.get(f"reference_{m}") or 0.0 for m in metrics]
@@ -193,13 +182,12 @@ def live_vs_validation(perf: dict[str, Any]) -> Figure:
     ax.set_ylim(0, 1)
     ax.set_title("Live performance")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
     return fig
 
 
 def traffic(window: pd.DataFrame) -> Figure:
     """Requests and errors per minute, by variant, and latency percentiles."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3), layout="tight")
     if len(window):
         minute = pd.to_datetime(window["created_at"], unit="s").dt.floor("min")
         counts = (
@@ -210,7 +198,6 @@ def traffic(window: pd.DataFrame) -> Figure:
         ax2.bar(["p50", "p90", "p99"], [lat.quantile(q) for q in (0.5, 0.9, 0.99)])
     ax1.set_title("Requests per minute")
     ax2.set_title("Latency (ms)")
-    fig.tight_layout()
     return fig
 
 
@@ -220,7 +207,11 @@ def comparison_intervals(
     """Candidate minus reference with its bootstrap interval per metric, and the highlighted
     metric's bootstrap distribution: whether the gain is larger than the holdout's noise."""
     fig, (ax1, ax2) = plt.subplots(
-        1, 2, figsize=(10, 0.45 * max(len(comparisons), 1) + 2.2), width_ratios=[1.2, 1]
+        1,
+        2,
+        figsize=(10, 0.45 * max(len(comparisons), 1) + 2.2),
+        width_ratios=[1.2, 1],
+        layout="tight",
     )
     if not comparisons:
         ax1.text(0.5, 0.5, "no comparisons", ha="center")
@@ -240,12 +231,9 @@ def comparison_intervals(
         )
     labels = []
     for name in names:
-        c = comparisons[name]
-        if c.p_value is None:
-            p = ""
-        else:
-            p = "\np < 1e-16" if c.p_value < 1e-16 else f"\np = {c.p_value:.3g}"
-        labels.append(f"[{name}]{p}" if name == highlight else f"{name}{p}")
+        p = comparisons[name].p_value
+        p_text = "" if p is None else "\np < 1e-16" if p < 1e-16 else f"\np = {p:.3g}"
+        labels.append(f"[{name}]{p_text}" if name == highlight else f"{name}{p_text}")
     ax1.set_yticks(range(len(names)), labels, fontsize=8)
     ax1.axvline(0, color="k", lw=0.8)
     ax1.set_ylim(-0.6, len(names) - 0.4)
@@ -272,7 +260,6 @@ def comparison_intervals(
     ax2.set_ylabel("bootstrap resamples")
     ax2.set_title(f"{name} over {len(draws)} resamples of the holdout", fontsize=10)
     ax2.legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 
@@ -289,7 +276,7 @@ def reliability(
     from lib.pipeline.evaluation import expected_calibration_error
 
     y = np.asarray(y_true)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = plt.subplots(figsize=(5, 4.5), layout="tight")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
     for name, proba in probas.items():
         p = np.asarray(proba, dtype=float)
@@ -302,11 +289,12 @@ def reliability(
             label=f"{name} (Brier {brier_score_loss(y, p):.4f}, "
             f"ECE {expected_calibration_error(y, p):.4f})",
         )
-    ax.set_xlabel("predicted probability of > threshold")
-    ax.set_ylabel("observed share")
-    ax.set_title("Reliability on the holdout (quantile bins)")
+    ax.set(
+        xlabel="predicted probability of > threshold",
+        ylabel="observed share",
+        title="Reliability on the holdout (quantile bins)",
+    )
     ax.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
     return fig
 
 
@@ -314,7 +302,7 @@ def threshold_curve(
     curve: Sequence[tuple[float, float]], threshold: float, objective: str
 ) -> Figure:
     """The label objective over decision thresholds (out of fold), with the chosen cut."""
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = plt.subplots(figsize=(5, 3), layout="tight")
     if curve:
         xs, ys = zip(*curve, strict=True)
         ax.plot(xs, ys, lw=1.2)
@@ -324,14 +312,13 @@ def threshold_curve(
     ax.set_ylabel(objective.replace("_", " ") + (" (negated)" if objective == "cost" else ""))
     ax.set_title("Label threshold, tuned out of fold")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
 def backtest(table: pd.DataFrame) -> Figure:
     """Production accuracy per batch for each strategy against the majority share, with the
     policy's verdicts marked: whether the policy kept production at least as good as the rest."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), width_ratios=[1.4, 1])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), width_ratios=[1.4, 1], layout="tight")
     if table.empty:
         ax1.text(0.5, 0.5, "no steps", ha="center")
         return fig
@@ -373,15 +360,14 @@ def backtest(table: pd.DataFrame) -> Figure:
         )
     ends = [b.split(" to ")[-1] for b in table["batch"]]
     ax1.set_xticks(x, [f"{s}\n{end}" for s, end in zip(x, ends, strict=True)])
-    ax1.set_xlabel("step (batch judged, last update up to)")
-    ax1.set_ylabel("accuracy of served labels")
-    ax1.set_title("Production accuracy on the next batch")
+    ax1.set(
+        xlabel="step (batch judged, last update up to)",
+        ylabel="accuracy of served labels",
+        title="Production accuracy on the next batch",
+    )
     ax1.legend(fontsize=7, loc="best")
     ax2.axhline(0.5, color="grey", lw=0.8, ls="-.", label="no skill")
     ax2.set_xticks(x)
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("ROC-AUC")
-    ax2.set_title("Production ROC-AUC on the next batch")
+    ax2.set(xlabel="step", ylabel="ROC-AUC", title="Production ROC-AUC on the next batch")
     ax2.legend(fontsize=7)
-    fig.tight_layout()
     return fig

@@ -1,26 +1,12 @@
 """The deployment decision: a gate, then a candidate's score out of 100 and the verdict it earns.
 
-The score table (lib.score_table) is data loadable from the YAML
-config rather than ``if`` chains in a notebook. Three criteria, all on the selection metric
-(higher is better):
-
-- improvement over production (candidate - champion, or candidate - majority-class baseline when
-  there is no champion yet),
-- the candidate's absolute value,
-- stability (the cross-validation standard deviation of the metric).
-
-The score judges on evidence: improvement and absolute value come with an interval
-(:class:`Evidence`) and, by default (``evidence: lower_bound``), the band is picked on the
-interval's lower bound, so a +0.003 difference on a small holdout is not taken at face value.
-``evidence: point`` reads the estimates, i.e. the literal table.
-
-Before the score, a gate: a candidate whose ROC-AUC interval does not clear a no-skill floor, or
-whose served labels are less accurate than always answering the majority class, is rejected
-whatever its points (also for the first deployment, where there is no champion). Without gate
-evidence the verdict is at most ``manual``: no evidence, no automatic deployment.
-
-The total maps to a verdict: ``auto`` (deploy), ``manual`` (wait for a person) or ``reject``. A
-candidate worse than the champion is never deployed automatically, whatever the table says.
+The score table (lib.score_table, loadable from the YAML config) gives points for the improvement
+over production (or over a majority-class baseline), the candidate's value and its CV stability.
+By default (``evidence: lower_bound``) bands are read on the interval's lower bound, so a +0.003
+difference on a small holdout is not taken at face value. Before the score, a gate rejects a
+candidate without skill or whose labels lose to the majority answer; without gate evidence the
+verdict is at most ``manual``. A candidate worse than the champion is never deployed
+automatically, whatever the table says.
 """
 
 from __future__ import annotations
@@ -29,7 +15,7 @@ import logging
 import math
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lib.score_table import (
@@ -56,10 +42,6 @@ _METRIC_LABELS = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced accuracy",
     "f1": "F1",
-    "f1_macro": "macro F1",
-    "precision": "precision",
-    "recall": "recall",
-    "average_precision": "average precision",
 }
 
 _GATE_NO_SKILL = '"no skill"'
@@ -83,28 +65,20 @@ class Decision:
 
     score: int
     verdict: str
-    reasons: tuple[Reason, ...] = field(default_factory=tuple)
     gate_passed: bool | None = None  # None: not evaluated (no inputs) or disabled
     evidence: str = "lower_bound"  # what the bands were read on
+    reasons: tuple[Reason, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
-        """A JSON-ready mapping, for the decide stage's scraps and the run report."""
-        return {
-            "score": int(self.score),
-            "verdict": self.verdict,
-            "gate_passed": self.gate_passed,
-            "evidence": self.evidence,
-            "reasons": [
-                {
-                    "criterion": r.criterion,
-                    "observed": float(r.observed) if math.isfinite(r.observed) else None,
-                    "rule": r.rule,
-                    "points": int(r.points),
-                    "text": r.text,
-                }
-                for r in self.reasons
-            ],
-        }
+        """A JSON-ready mapping (a NaN observed is None), for the decide stage's scraps and the
+        run report."""
+        out = asdict(self)
+        out["score"] = int(self.score)
+        out["reasons"] = [
+            {**r, "observed": r["observed"] if math.isfinite(r["observed"]) else None}
+            for r in out["reasons"]
+        ]
+        return out
 
 
 def decide(
@@ -114,16 +88,14 @@ def decide(
     table: ScoreTable | None = None,
     metric: str = "roc_auc",
     baseline_label: str = "champion",
-    gate: GateInputs | None = None,
+    gate: GateInputs | Mapping | None = None,
 ) -> Decision:
     """Gate and score a candidate; return its verdict with a reason for every step.
 
-    ``improvement`` is candidate - champion (or - the majority-class baseline when there is no
-    champion; say which in ``baseline_label``, e.g. ``"champion v3"``); ``value`` is the
-    candidate's selection metric. Floats mean :meth:`Evidence.point`; a mapping in the shape of
-    :meth:`Evidence.to_dict` (a scrap read back) is accepted too. ``gate`` None means no gate
-    evidence: the verdict is then at most ``manual``. Non-finite inputs raise ``ValueError``: a
-    score computed on a missing number would look legitimate and is not.
+    ``improvement`` is candidate - reference (``baseline_label``), ``value`` the candidate's
+    metric: floats (points) or mappings as 03 compare writes them, like ``gate`` (None: no gate
+    evidence, so at most ``manual``). Non-finite inputs raise: a score on a missing number would
+    look legitimate and is not.
     """
     if table is None:
         table = ScoreTable()
@@ -245,18 +217,24 @@ def _evidence_input(name: str, x: Any) -> Evidence:
     high = _finite_input(f"{name}.high", x.high)
     if round(low, COMPARE_DECIMALS) > round(high, COMPARE_DECIMALS):
         raise ValueError(f"{name}: interval low {low!r} is above high {high!r}")
+    return Evidence(estimate, low, high, _count(f"{name}.n", x.n), str(x.method))
+
+
+def _count(name: str, x: Any, what: str = "") -> int:
     try:
-        n = operator.index(x.n)
+        n = operator.index(x)
     except TypeError:
-        raise ValueError(f"{name}.n must be an integer, got {x.n!r}") from None
+        raise ValueError(f"{name} must be an integer{what}, got {x!r}") from None
     if n < 0:
-        raise ValueError(f"{name}.n must be >= 0, got {n!r}")
-    return Evidence(estimate, low, high, n, str(x.method))
+        raise ValueError(f"{name} must be >= 0{what}, got {n!r}")
+    return n
 
 
 def _gate_input(g: Any) -> GateInputs:
+    if isinstance(g, Mapping):
+        g = GateInputs(g["roc_auc"], g["accuracy"], g["majority_share"], g["n"])
     if not isinstance(g, GateInputs):
-        raise ValueError(f"gate must be GateInputs or None, got {type(g).__name__}")
+        raise ValueError(f"gate must be GateInputs, a mapping or None, got {type(g).__name__}")
     roc_auc = _evidence_input("gate.roc_auc", g.roc_auc)
     accuracy = _finite_input("gate.accuracy", g.accuracy)
     majority = _finite_input("gate.majority_share", g.majority_share)
@@ -268,13 +246,7 @@ def _gate_input(g: Any) -> GateInputs:
     ):
         if not 0 <= x <= 1:
             raise ValueError(f"{name} must be in [0, 1], got {x!r}")
-    try:
-        n = operator.index(g.n)
-    except TypeError:
-        raise ValueError(f"gate.n must be an integer (holdout rows), got {g.n!r}") from None
-    if n < 0:
-        raise ValueError(f"gate.n must be >= 0 (holdout rows), got {n!r}")
-    return GateInputs(roc_auc, accuracy, majority, n)
+    return GateInputs(roc_auc, accuracy, majority, _count("gate.n", g.n, " (holdout rows)"))
 
 
 def _interval(ev: Evidence, signed: bool) -> str:

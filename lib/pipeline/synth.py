@@ -1,11 +1,9 @@
 """Generated Play Store apps, so a fresh clone runs end to end without downloading anything.
 
-Rows use the raw scrape's exact styles (`19M`, `201k`, `"10,000+"`, `$4.99`, `"January 7, 2018"`)
-so the generated file exercises the same parser as the real data. The rating comes from a latent
-score built from the other features (reviews, installs, category, recency, price, size, content
-rating) plus substantial noise: a model can learn it, but not perfectly (random forest ROC-AUC
-about 0.77 for `Rating > 4.0`, logistic regression about 0.69), much like the real file. Nothing is
-derived from the rating itself.
+Rows use the raw scrape's styles (`19M`, `"10,000+"`, `$4.99`, `"January 7, 2018"`) so they go
+through the real parser. The rating comes from a latent score of the other features plus noise:
+learnable but not perfectly (ROC-AUC about 0.77 for a forest, 0.69 for a logistic regression),
+much like the real file.
 """
 
 from __future__ import annotations
@@ -142,14 +140,8 @@ def _names(rng: np.random.Generator, categories: np.ndarray, ids: np.ndarray) ->
     suffixes = rng.integers(0, len(_SUFFIXES), len(ids))
     topic_pick = rng.random(len(ids))
     names = []
-    for cat, adj, suf, pick, app_id in zip(
-        categories.tolist(),
-        adjectives.tolist(),
-        suffixes.tolist(),
-        topic_pick.tolist(),
-        ids.tolist(),
-        strict=True,
-    ):
+    columns = (categories, adjectives, suffixes, topic_pick, ids)
+    for cat, adj, suf, pick, app_id in zip(*(c.tolist() for c in columns), strict=True):
         words = _CATEGORIES[cat][3]
         topic = words[int(pick * len(words))]
         names.append(f"{_ADJECTIVES[adj]} {topic} {_SUFFIXES[suf]} {int(app_id):0{width}d}")
@@ -191,7 +183,8 @@ def _generate(n: int, seed: int, start_id: int, share_repeated: float) -> pd.Dat
 
     varies = rng.random(m) < SHARE_VARIES
     size_mb = np.clip(np.exp(rng.normal(np.log(12), 1.0, m)), 0.008, 100.0)
-    age_days = np.minimum(rng.exponential(260, m) * rng.choice([1, 3], m, p=[0.8, 0.2]), 3000)
+    age_days = rng.exponential(260, m) * rng.choice([1, 3], m, p=[0.8, 0.2])
+    age_days = np.minimum(age_days, MAX_AGE_DAYS)
     age_days = np.floor(age_days).astype(int)
     content = _pick(rng, m, _CONTENT_SHARES)
 
@@ -264,12 +257,8 @@ def _versions(rng: np.random.Generator, m: int) -> list[str]:
     minor = rng.integers(0, 10, m)
     patch = rng.integers(0, 20, m)
     three_part = rng.random(m) < 0.5
-    return [
-        f"{a}.{b}.{c}" if t else f"{a}.{b}"
-        for a, b, c, t in zip(
-            major.tolist(), minor.tolist(), patch.tolist(), three_part.tolist(), strict=True
-        )
-    ]
+    parts = zip(*(x.tolist() for x in (major, minor, patch, three_part)), strict=True)
+    return [f"{a}.{b}.{c}" if t else f"{a}.{b}" for a, b, c, t in parts]
 
 
 def _with_repeats(rng: np.random.Generator, frame: pd.DataFrame, n_repeat: int) -> pd.DataFrame:

@@ -1,17 +1,12 @@
 """Candidate models, the holdout split, cross-validation and selection.
 
-Each candidate is one scikit-learn Pipeline (preprocessing + estimator) so that what is
-registered is exactly what was evaluated. The holdout is chosen by a hash of the app identity:
-the same app stays on the same side across runs, so a champion trained last week is not scored
-on rows it was trained on.
-
-Calibration and the label threshold (lib.pipeline.calibration) and the metrics
-(lib.pipeline.evaluation) live in their own modules.
+Each candidate is one scikit-learn Pipeline (preprocessing + estimator): what is registered is
+what was evaluated. The holdout is chosen by a hash of the app identity, so a champion trained
+last week is not scored on rows it was trained on.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import time
@@ -118,9 +113,6 @@ def split_digest(keys: pd.Series, test_idx: np.ndarray) -> str:
     return hashlib.sha256("\n".join(chosen).encode()).hexdigest()[:16]
 
 
-DEFAULT_FEATURE_GROUPS: tuple[str, ...] = FEATURE_GROUPS
-
-
 FAMILIES: tuple[str, ...] = (
     "logistic_regression",
     "random_forest",
@@ -159,8 +151,8 @@ def _boosting(seed: int) -> HistGradientBoostingClassifier:
 def _tabular(name: str, seed: int, rf_trees: int, groups: Sequence[str]) -> list[tuple[str, Any]]:
     """The tabular members of a family, each a (preprocessing, estimator) Pipeline."""
     if name == "logistic_regression":
-        models = [("tabular", LogisticRegression(max_iter=2000, C=1.0, random_state=seed))]
-        kind = "linear"
+        model = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
+        models, kind = [("tabular", model)], "linear"
     elif name == "random_forest":
         models, kind = [("tabular", _forest(seed, rf_trees))], "tree"
     elif name == "hist_gradient_boosting":
@@ -182,15 +174,14 @@ def build_candidate(
     name: str,
     seed: int,
     rf_trees: int = 200,
-    groups: Sequence[str] = DEFAULT_FEATURE_GROUPS,
+    groups: Sequence[str] = FEATURE_GROUPS,
     stack_folds: int = 3,
 ) -> Any:
     """A fresh, unfitted candidate by model family and feature groups.
 
-    With the group ``name_text`` the family's tabular model is stacked with a text model of the
-    app name: a logistic regression combines them, trained only on their out-of-fold
-    probabilities (scikit-learn's StackingClassifier), so the name's score never sees its own
-    rows. ``forest_and_boosting`` stacks a forest and a boosting model the same way.
+    With ``name_text`` the tabular model is stacked with a text model of the app name, combined on
+    out-of-fold probabilities (StackingClassifier) so the name's score never sees its own rows;
+    ``forest_and_boosting`` stacks a forest and a boosting model the same way.
     """
     groups = check_groups(groups)
     members = _tabular(name, seed, rf_trees, groups)
@@ -209,9 +200,8 @@ def build_candidate(
 def stack_combiner(seed: int) -> Pipeline:
     """The stack's final estimator: a logistic regression on the log-odds of its members.
 
-    Combining probabilities linearly bends them; on log-odds the combination is a calibrated
-    logistic model (raw file, 5-fold CV: ECE 0.020 -> 0.009, log-loss 0.4924 -> 0.4892, Brier
-    0.1628 -> 0.1622, ROC-AUC unchanged). Clipping keeps a forest's 0 or 1 finite.
+    On log-odds the combination stays calibrated (raw file, 5-fold CV: ECE 0.020 -> 0.009,
+    log-loss 0.4924 -> 0.4892, ROC-AUC unchanged). Clipping keeps a forest's 0 or 1 finite.
     """
     from scipy.special import logit
     from sklearn.preprocessing import FunctionTransformer
@@ -268,7 +258,6 @@ class CandidateResult:
     labels: np.ndarray | None = None  # holdout labels the model serves
     threshold: ThresholdChoice | None = None
     calibration: CalibrationChoice | None = None
-    oof_proba: np.ndarray | None = field(default=None, repr=False)  # training part, as served
 
     def cv_std(self, metric: str) -> float:
         return self.cv[metric]["std"]
@@ -277,25 +266,14 @@ class CandidateResult:
 def one_openmp_thread() -> Any:
     """Gradient boosting's OpenMP threads on a shared 2-core machine: one thread.
 
-    With the cores busy (kernels warming up, a service, other jobs), OpenMP's barriers wait for
-    descheduled threads: a 2,400-row boosting fit measured 72 s with 2 threads against 2 s with
-    one. Forests keep their process-level n_jobs.
+    With the cores busy, OpenMP's barriers wait for descheduled threads: a 2,400-row boosting fit
+    took 72 s with 2 threads against 2 s with one. Forests keep their process-level n_jobs.
     """
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="openmp")
 
 
-def _with_one_openmp_thread(func: Any) -> Any:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with one_openmp_thread():
-            return func(*args, **kwargs)
-
-    return wrapper
-
-
-@_with_one_openmp_thread
 def train_candidate(
     name: str,
     data: LabeledData,
@@ -304,7 +282,7 @@ def train_candidate(
     folds: int,
     seed: int,
     rf_trees: int = 200,
-    groups: Sequence[str] = DEFAULT_FEATURE_GROUPS,
+    groups: Sequence[str] = FEATURE_GROUPS,
     calibration: Sequence[str] = CALIBRATION_METHODS,
     objective: str = "accuracy",
     costs: dict[str, float] | None = None,
@@ -317,53 +295,56 @@ def train_candidate(
     from sklearn.frozen import FrozenEstimator
     from sklearn.model_selection import FixedThresholdClassifier
 
-    started = time.perf_counter()
-    base = build_candidate(name, seed, rf_trees, groups)
-    X_train, y_train = data.X.iloc[train_idx], data.y.iloc[train_idx]
-    log.info("%s: %d-fold cross-validation on %d rows", name, folds, len(y_train))
-    oof = out_of_fold(base, X_train, y_train, folds, seed)
-    choice = choose_calibration(oof, y_train, calibration, folds, seed)
-    if choice.method is None:
-        fitted = clone(base).fit(X_train, y_train)
-        oof_served = oof.proba
-    else:
-        fitted = calibrated(
-            clone(base).fit(X_train, y_train), oof, y_train, choice.method, folds, seed
-        )
-        calibrator = fitted.calibrated_classifiers_[0].calibrators[0]
-        oof_served = np.clip(calibrator.predict(oof.score), 0.0, 1.0)
-    threshold = tune_threshold(y_train, oof_served, objective, costs)
-    model = FixedThresholdClassifier(
-        FrozenEstimator(for_inference(fitted)),
-        threshold=threshold.threshold,
-        response_method="predict_proba",
-    ).fit(X_train, y_train)  # the frozen model is not refitted
-    cv = _cv_summary(y_train, oof_served, oof.fold, threshold.threshold)
-    X_test = data.X.iloc[test_idx]
-    proba = model.predict_proba(X_test)[:, 1]
-    served = model.predict(X_test)
-    holdout = evaluate(data.y.iloc[test_idx], proba, served)
-    elapsed = time.perf_counter() - started
-    params: dict[str, object] = {
-        "feature_groups": ",".join(check_groups(groups)),
-        "calibration": choice.method or "none",
-        "threshold": round(threshold.threshold, 6),
-        "label_objective": objective,
-    }
-    members = dict(getattr(base, "named_estimators", None) or {"tabular": base})
-    for label, prefix in (("tabular", "model"), ("forest", "forest")):
-        if label in members:
-            params.update(
-                {
-                    f"{prefix}__{k}": v if not isinstance(v, (list, tuple)) else str(list(v))
-                    for k, v in members[label].named_steps["model"].get_params().items()
-                    if isinstance(v, (int, float, str, bool, type(None), list, tuple))
-                }
+    with one_openmp_thread():
+        started = time.perf_counter()
+        base = build_candidate(name, seed, rf_trees, groups)
+        X_train, y_train = data.X.iloc[train_idx], data.y.iloc[train_idx]
+        log.info("%s: %d-fold cross-validation on %d rows", name, folds, len(y_train))
+        oof = out_of_fold(base, X_train, y_train, folds, seed)
+        choice = choose_calibration(oof, y_train, calibration, folds, seed)
+        if choice.method is None:
+            fitted = clone(base).fit(X_train, y_train)
+            oof_served = oof.proba
+        else:
+            fitted = calibrated(
+                clone(base).fit(X_train, y_train), oof, y_train, choice.method, folds, seed
             )
-    log.info("%s: holdout %s (%.1fs)", name, {k: round(v, 4) for k, v in holdout.items()}, elapsed)
-    return CandidateResult(
-        name, model, holdout, cv, proba, elapsed, params, served, threshold, choice, oof_served
-    )
+            calibrator = fitted.calibrated_classifiers_[0].calibrators[0]
+            oof_served = np.clip(calibrator.predict(oof.score), 0.0, 1.0)
+        threshold = tune_threshold(y_train, oof_served, objective, costs)
+        model = FixedThresholdClassifier(
+            FrozenEstimator(for_inference(fitted)),
+            threshold=threshold.threshold,
+            response_method="predict_proba",
+        ).fit(X_train, y_train)  # the frozen model is not refitted
+        cv = _cv_summary(y_train, oof_served, oof.fold, threshold.threshold)
+        X_test = data.X.iloc[test_idx]
+        proba = model.predict_proba(X_test)[:, 1]
+        served = model.predict(X_test)
+        holdout = evaluate(data.y.iloc[test_idx], proba, served)
+        elapsed = time.perf_counter() - started
+        params: dict[str, object] = {
+            "feature_groups": ",".join(check_groups(groups)),
+            "calibration": choice.method or "none",
+            "threshold": round(threshold.threshold, 6),
+            "label_objective": objective,
+        }
+        members = dict(getattr(base, "named_estimators", None) or {"tabular": base})
+        for label, prefix in (("tabular", "model"), ("forest", "forest")):
+            if label in members:
+                params.update(
+                    {
+                        f"{prefix}__{k}": v if not isinstance(v, (list, tuple)) else str(list(v))
+                        for k, v in members[label].named_steps["model"].get_params().items()
+                        if isinstance(v, (int, float, str, bool, type(None), list, tuple))
+                    }
+                )
+        log.info(
+            "%s: holdout %s (%.1fs)", name, {k: round(v, 4) for k, v in holdout.items()}, elapsed
+        )
+        return CandidateResult(
+            name, model, holdout, cv, proba, elapsed, params, served, threshold, choice
+        )
 
 
 def _cv_summary(
@@ -371,12 +352,10 @@ def _cv_summary(
 ) -> dict[str, dict[str, Any]]:
     """Mean and std (ddof=1) of every metric over the folds of the out-of-fold predictions."""
     y_arr = np.asarray(y)
-    per_fold: dict[str, list[float]] = {m: [] for m in METRIC_NAMES}
-    for k in np.unique(fold):
-        mask = fold == k
-        scores = evaluate(y_arr[mask], proba[mask], threshold=threshold)
-        for m in METRIC_NAMES:
-            per_fold[m].append(scores[m])
+    folds = [
+        evaluate(y_arr[fold == k], proba[fold == k], threshold=threshold) for k in np.unique(fold)
+    ]
+    per_fold = {m: [scores[m] for scores in folds] for m in METRIC_NAMES}
     return {
         m: {
             "mean": float(np.mean(v)),
@@ -385,14 +364,6 @@ def _cv_summary(
         }
         for m, v in per_fold.items()
     }
-
-
-def cross_validate(
-    model: Any, X: pd.DataFrame, y: pd.Series, folds: int, seed: int
-) -> dict[str, dict[str, Any]]:
-    """Stratified k-fold (shuffled): mean and std (ddof=1) of every metric at the 0.5 cut."""
-    oof = out_of_fold(model, X, y, folds, seed)
-    return _cv_summary(y, oof.proba, oof.fold, 0.5)
 
 
 def select_best(results: list[CandidateResult], metric: str) -> CandidateResult:

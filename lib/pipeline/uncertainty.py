@@ -1,13 +1,9 @@
 """How sure we are that a candidate beats its reference on the same holdout rows.
 
-A point difference on one holdout can be noise. Every metric here comes with a stratified paired
-bootstrap interval (positives and negatives resampled separately, class counts fixed, the same
-resampled rows for candidate and reference), and ROC-AUC and accuracy also get a paired test
-(DeLong, exact McNemar). The reference is the champion, or a constant-score majority-class
-baseline (see ``majority_baseline``) when there is none.
-
-The bootstrap is vectorized: each resample is a vector of per-row counts, every metric is a
-weighted sum over rows, so 2000 resamples of 2000 rows take a fraction of a second.
+Every metric comes with a stratified paired bootstrap interval (class counts fixed, the same
+resampled rows for both models), and ROC-AUC and accuracy with a paired test (DeLong, exact
+McNemar). The bootstrap is vectorized: a resample is a vector of per-row counts and every metric
+a weighted sum over rows, so 2000 resamples of 2000 rows take a fraction of a second.
 """
 
 from __future__ import annotations
@@ -15,53 +11,21 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
+from lib.score_table import Evidence
+
 log = logging.getLogger(__name__)
 
 METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1", "log_loss", "brier")
-GREATER_IS_BETTER = {
-    "roc_auc": True,
-    "accuracy": True,
-    "balanced_accuracy": True,
-    "f1": True,
-    "log_loss": False,
-    "brier": False,
-}
+GREATER_IS_BETTER = {m: m not in ("log_loss", "brier") for m in METRICS}
 MIN_RESAMPLES = 1000
-PROBA_CLIP = 1e-6  # log_loss only, as in lib.pipeline.training.evaluate
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A metric (or a difference of metrics) with its bootstrap interval."""
-
-    estimate: float
-    low: float
-    high: float
-    n: int  # rows it was computed on
-    method: str  # e.g. "stratified paired bootstrap, 2000 resamples, 95%"
-
-    def __post_init__(self) -> None:
-        if math.isfinite(self.estimate) and not (
-            math.isfinite(self.low) and math.isfinite(self.high)
-        ):
-            raise ValueError(f"interval bounds must be finite when the estimate is: {self}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain floats, ints and str, ready for JSON and MLflow."""
-        return {
-            "estimate": float(self.estimate),
-            "low": float(self.low),
-            "high": float(self.high),
-            "n": int(self.n),
-            "method": str(self.method),
-        }
+PROBA_CLIP = 1e-6  # log_loss only, as in lib.pipeline.evaluation.evaluate
 
 
 @dataclass
@@ -69,23 +33,16 @@ class MetricComparison:
     """Candidate, reference and their sign-adjusted difference (positive = candidate better)."""
 
     metric: str
-    candidate: Interval
-    reference: Interval
-    difference: Interval
+    candidate: Evidence  # each an estimate with its bootstrap interval
+    reference: Evidence
+    difference: Evidence
     p_value: float | None
     test: str | None
     draws: np.ndarray = field(repr=False)  # bootstrap draws of the sign-adjusted difference
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; the draws stay out (they are for plots)."""
-        return {
-            "metric": self.metric,
-            "candidate": self.candidate.to_dict(),
-            "reference": self.reference.to_dict(),
-            "difference": self.difference.to_dict(),
-            "p_value": None if self.p_value is None else float(self.p_value),
-            "test": self.test,
-        }
+        """JSON-ready (every number is a Python float or int); the draws stay out (for plots)."""
+        return {k: v for k, v in asdict(self).items() if k != "draws"}
 
 
 # --- input checks ---------------------------------------------------------------------------
@@ -109,12 +66,17 @@ def _check_settings(resamples: int, confidence: float) -> None:
         raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence}")
 
 
-def _binary(name: str, values: ArrayLike, n: int | None) -> np.ndarray:
-    arr = np.asarray(values)
+def _vector(name: str, values: ArrayLike, n: int | None, dtype: Any = None) -> np.ndarray:
+    arr = np.asarray(values, dtype=dtype)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
     if n is not None and len(arr) != n:
         raise ValueError(f"{name} has {len(arr)} rows but y_true has {n}: inputs must be paired")
+    return arr
+
+
+def _binary(name: str, values: ArrayLike, n: int | None) -> np.ndarray:
+    arr = _vector(name, values, n)
     if arr.dtype == bool:
         return arr.astype(np.int8)
     if not np.isin(arr, (0, 1)).all():
@@ -123,11 +85,7 @@ def _binary(name: str, values: ArrayLike, n: int | None) -> np.ndarray:
 
 
 def _proba(name: str, values: ArrayLike, n: int) -> np.ndarray:
-    arr = np.asarray(values, dtype=float)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    if len(arr) != n:
-        raise ValueError(f"{name} has {len(arr)} rows but y_true has {n}: inputs must be paired")
+    arr = _vector(name, values, n, float)
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} has {int((~np.isfinite(arr)).sum())} non-finite probabilities")
     if arr.min() < 0.0 or arr.max() > 1.0:
@@ -235,30 +193,14 @@ class _Model:
         return np.einsum("bi,bi->b", w.pos, twice.astype(float)) / (2.0 * n1 * n0)
 
 
-class _Bootstrap:
-    """The stratified resamples shared by every model and metric of one comparison."""
-
-    def __init__(self, y: np.ndarray, resamples: int, seed: int) -> None:
-        n1 = int(y.sum())
-        self.full = _Weights.ones(n1, len(y) - n1)
-        self.resampled = _Weights.bootstrap(y, resamples, seed)
-
-    def estimate(self, model: _Model, metric: str) -> float:
-        return float(model.draws(metric, self.full)[0])
-
-    def draws(self, model: _Model, metric: str) -> np.ndarray:
-        return model.draws(metric, self.resampled)
-
-
 def _percentiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(draws, [alpha, 1.0 - alpha])
     return float(low), float(high)
 
 
-def _method(paired: bool, resamples: int, confidence: float) -> str:
-    kind = "stratified paired bootstrap" if paired else "stratified bootstrap"
-    return f"{kind}, {resamples} resamples, {confidence * 100:g}%"
+def _method(resamples: int, confidence: float) -> str:
+    return f"stratified paired bootstrap, {resamples} resamples, {confidence * 100:g}%"
 
 
 # --- tests ------------------------------------------------------------------------------------
@@ -315,7 +257,7 @@ def mcnemar_test(y_true: ArrayLike, cand_labels: ArrayLike, ref_labels: ArrayLik
 
 def majority_baseline(y_train: ArrayLike, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The reference when there is no champion: the training prior as a constant score and the
-    majority label (ties go to 1, as in training.baseline_metrics), for n holdout rows."""
+    majority label (ties go to 1), for n holdout rows."""
     y = _binary("y_train", y_train, None)
     if len(y) == 0:
         raise ValueError("y_train is empty")
@@ -332,29 +274,6 @@ def metric_value(metric: str, y_true: ArrayLike, proba: ArrayLike, labels: Array
     return float(model.draws(metric, _Weights.ones(n1, len(y) - n1))[0])
 
 
-def interval(
-    metric: str,
-    y_true: ArrayLike,
-    proba: ArrayLike,
-    labels: ArrayLike,
-    *,
-    resamples: int = 2000,
-    seed: int = 0,
-    confidence: float = 0.95,
-) -> Interval:
-    """One model's metric with its stratified bootstrap interval (same resamples as
-    ``paired_comparison`` with the same seed, so the two agree)."""
-    (metric,) = _check_metrics((metric,))
-    _check_settings(resamples, confidence)
-    y = _targets(y_true)
-    model = _Model(y, _proba("proba", proba, len(y)), _binary("labels", labels, len(y)))
-    boot = _Bootstrap(y, int(resamples), seed)
-    low, high = _percentiles(boot.draws(model, metric), confidence)
-    return Interval(
-        boot.estimate(model, metric), low, high, len(y), _method(False, resamples, confidence)
-    )
-
-
 def paired_comparison(
     y_true: ArrayLike,
     cand_proba: ArrayLike,
@@ -369,11 +288,8 @@ def paired_comparison(
 ) -> dict[str, MetricComparison]:
     """Candidate against reference on the same rows, metric by metric, with intervals and tests.
 
-    ``cand_labels``/``ref_labels`` are the labels each model would serve (already thresholded).
-    For a majority-class reference pass a constant ``ref_proba`` (the training prior) and
-    constant ``ref_labels`` (see ``majority_baseline``): its ROC-AUC is then exactly 0.5 in
-    every resample. The difference is sign-adjusted: positive means the candidate is better,
-    also for log_loss and brier where lower is better.
+    Labels are those each model serves. A constant reference (``majority_baseline``) has ROC-AUC
+    exactly 0.5 in every resample. Differences are sign-adjusted: positive = candidate better.
     """
     metrics = _check_metrics(metrics)
     _check_settings(resamples, confidence)
@@ -387,14 +303,15 @@ def paired_comparison(
     cand_p, ref_p = _proba("cand_proba", cand_proba, n), _proba("ref_proba", ref_proba, n)
     cand_l, ref_l = _binary("cand_labels", cand_labels, n), _binary("ref_labels", ref_labels, n)
     cand, ref = _Model(y, cand_p, cand_l), _Model(y, ref_p, ref_l)
-    boot = _Bootstrap(y, int(resamples), seed)
-    paired = _method(True, resamples, confidence)
+    n1 = int(y.sum())  # the full rows once (the estimate), and the shared stratified resamples
+    full, resampled = _Weights.ones(n1, n - n1), _Weights.bootstrap(y, int(resamples), seed)
+    paired = _method(resamples, confidence)
 
     out: dict[str, MetricComparison] = {}
     for metric in metrics:
         sign = 1.0 if GREATER_IS_BETTER[metric] else -1.0
-        cand_draws, ref_draws = boot.draws(cand, metric), boot.draws(ref, metric)
-        cand_est, ref_est = boot.estimate(cand, metric), boot.estimate(ref, metric)
+        cand_draws, ref_draws = cand.draws(metric, resampled), ref.draws(metric, resampled)
+        cand_est, ref_est = float(cand.draws(metric, full)[0]), float(ref.draws(metric, full)[0])
         diff_draws = sign * (cand_draws - ref_draws)
         p_value: float | None = None
         test: str | None = None
@@ -410,9 +327,9 @@ def paired_comparison(
             test = "exact McNemar (binomial on discordant pairs), two-sided"
         out[metric] = MetricComparison(
             metric=metric,
-            candidate=Interval(cand_est, *_percentiles(cand_draws, confidence), len(y), paired),
-            reference=Interval(ref_est, *_percentiles(ref_draws, confidence), len(y), paired),
-            difference=Interval(
+            candidate=Evidence(cand_est, *_percentiles(cand_draws, confidence), len(y), paired),
+            reference=Evidence(ref_est, *_percentiles(ref_draws, confidence), len(y), paired),
+            difference=Evidence(
                 sign * (cand_est - ref_est), *_percentiles(diff_draws, confidence), len(y), paired
             ),
             p_value=p_value,

@@ -56,14 +56,13 @@ def batches_table(inputs: BacktestInputs, src: Source) -> pd.DataFrame:
 
 
 def settings(inputs: BacktestInputs) -> backtest_results.BacktestSettings:
-    families = inputs.family if isinstance(inputs.family, list) else [inputs.family]
-    return backtest_results.BacktestSettings(
-        families=tuple(families),
+    return backtest_results.BacktestSettings(  # a family or a list of them, made tuples there
+        families=inputs.family,
         cv_folds=inputs.cv_folds,
         seed=inputs.seed,
         test_size=inputs.test_size,
-        features=tuple(inputs.features),
-        calibration=tuple(inputs.calibration),
+        features=inputs.features,
+        calibration=inputs.calibration,
         objective=inputs.label_objective,
         costs=inputs.error_costs,
         metric=inputs.selection_metric,

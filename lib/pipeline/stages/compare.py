@@ -112,23 +112,13 @@ def record(inputs: CompareInputs, compared: Compared) -> CompareOutputs:
         registry.tag_run(inputs.parent_run_id, tags)
         registry.log_metrics_to_run(inputs.parent_run_id, bounds)
     registry.set_version_tags(client, inputs.model_name, r.candidate_version, tags)
-    return outputs(r)
-
-
-def outputs(r: comparison.Comparison) -> CompareOutputs:
+    detail = r.to_dict()
     return CompareOutputs(
-        candidate_version=str(r.candidate_version),
-        champion_version=r.champion_version,
-        reference_label=r.reference_label,
-        candidate_metrics=r.candidate_metrics,
+        **{k: v for k, v in detail.items() if k in CompareOutputs.model_fields},
         champion_metrics=r.reference_metrics,
-        improvement=r.improvement,
-        candidate_value=r.candidate_value,
         stability={"cv_mean": r.cv_mean, "cv_std": r.cv_std},
-        improvement_interval=r.improvement_interval,
-        candidate_interval=r.candidate_interval,
         gate_inputs=r.gate,
-        comparison=r.to_dict(),
+        comparison=detail,
     )
 
 

@@ -7,13 +7,13 @@ rollout for a person's approval, `reject` records why and leaves production as i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pandas as pd
 
 from lib import registry, score_table
 from lib.delivery import operations, releases
-from lib.pipeline import plots, scoring
+from lib.pipeline import scoring
 from lib.pipeline.contracts import CompareInputs, DecideInputs, DecideOutputs
 from lib.pipeline.stages import compare
 from lib.settings import tracking_uri
@@ -26,52 +26,26 @@ def evidence(inputs: DecideInputs, root: Path) -> DecideInputs:
         return inputs
     again = compare.compare(
         CompareInputs(
-            **inputs.model_dump(
-                include={
-                    "data_path",
-                    "target_threshold",
-                    "test_size",
-                    "seed",
-                    "model_name",
-                    "experiment",
-                    "tracking_uri",
-                    "run_id",
-                    "candidate_version",
-                    "selection_metric",
-                }
-            )
+            **inputs.model_dump(include=set(CompareInputs.model_fields) - {"parent_run_id"})
         ),
         root,
     ).result
-    return inputs.model_copy(
-        update={
-            "candidate_version": again.candidate_version,
-            "improvement_interval": again.improvement_interval,
-            "candidate_interval": again.candidate_interval,
-            "gate_inputs": again.gate,
-            "cv_std": again.cv_std,
-            "reference_label": again.reference_label,
-        }
-    )
+    # candidate_version, improvement_interval, candidate_interval, cv_std, reference_label
+    same_names = {k: v for k, v in again.to_dict().items() if k in DecideInputs.model_fields}
+    return inputs.model_copy(update={**same_names, "gate_inputs": again.gate})
 
 
 def decide(inputs: DecideInputs) -> scoring.Decision:
     if inputs.improvement_interval is None or inputs.gate_inputs is None:
         raise ValueError("no evidence to decide on: call decide.evidence(inputs, root) first")
-    gate = inputs.gate_inputs
     return scoring.decide(
-        score_table.Evidence.from_dict(inputs.improvement_interval),
-        score_table.Evidence.from_dict(inputs.candidate_interval),
+        inputs.improvement_interval,
+        inputs.candidate_interval,
         inputs.cv_std,
         score_table.ScoreTable.from_dict(inputs.decision_table or None),
         metric=inputs.selection_metric,
         baseline_label=inputs.reference_label or "champion",
-        gate=score_table.GateInputs(
-            roc_auc=score_table.Evidence.from_dict(gate["roc_auc"]),
-            accuracy=gate["accuracy"],
-            majority_share=gate["majority_share"],
-            n=gate["n"],
-        ),
+        gate=inputs.gate_inputs,
     )
 
 
@@ -88,14 +62,6 @@ def reasons_table(decision: scoring.Decision) -> pd.DataFrame:
             for r in decision.reasons
         ]
     )
-
-
-def plot(decision: scoring.Decision) -> Any:
-    rows = [
-        {"criterion": r.criterion, "observed": r.observed, "rule": r.rule, "points": r.points}
-        for r in decision.reasons
-    ]
-    return plots.score_table(rows, decision.score, decision.verdict)
 
 
 def record(inputs: DecideInputs, root: Path, decision: scoring.Decision) -> DecideOutputs:

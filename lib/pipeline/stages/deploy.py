@@ -3,7 +3,7 @@ failed check rolls back (see lib.delivery.progressive for the sequence and its g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +34,9 @@ def plan(inputs: DeployInputs, root: Path) -> Plan:
     version = compare.candidate_version(client, inputs.model_name, inputs.candidate_version)
     apps = data.read_apps([root / p for p in data_paths(inputs.data_path)]).apps
     holdout = replayer.holdout_apps(apps, inputs.target_threshold, inputs.test_size, inputs.seed)
+    same_names = {f.name for f in fields(progressive.DeploySettings)} - {"store_url"}
     settings = progressive.DeploySettings(
-        steps=list(inputs.steps),
-        analysis_seconds=inputs.analysis_seconds,
-        max_wait_seconds=inputs.max_wait_seconds,
-        check_every_seconds=inputs.check_every_seconds,
-        replay_rate=inputs.replay_rate,
-        replay=inputs.replay,
-        smoke_rows=inputs.smoke_rows,
-        smoke_max_p95_ms=inputs.smoke_max_p95_ms,
-        lease_seconds=inputs.lease_seconds,
-        serving_url=inputs.serving_url,
-        store_url=store_url(inputs.store_url, root),
-        analysis=dict(inputs.analysis),
+        **inputs.model_dump(include=same_names), store_url=store_url(inputs.store_url, root)
     )
     champion = registry.alias_version(client, inputs.model_name, "champion")
     return Plan(client, uri, version, champion, holdout, settings)
@@ -106,15 +96,8 @@ def headline(outcome: progressive.DeployOutcome) -> str:
 
 
 def outputs(outcome: progressive.DeployOutcome) -> DeployOutputs:
-    return DeployOutputs(
-        outcome=outcome.outcome,
-        deployed_version=str(outcome.version),
-        champion_before=outcome.champion_before,
-        rollback_reason=outcome.rollback_reason,
-        note=outcome.note,
-        timeline=outcome.timeline,
-        steps=outcome.steps,
-    )
+    same_names = {k: v for k, v in outcome.to_dict().items() if k in DeployOutputs.model_fields}
+    return DeployOutputs(**same_names, deployed_version=str(outcome.version))
 
 
 def run(inputs: DeployInputs, root: Path) -> DeployOutputs:

@@ -30,15 +30,6 @@ def generate_default(files: list[Path], default: Path | None, n: int, seed: int)
     return n if synth.ensure_dataset(default, n=n, seed=seed) else 0
 
 
-def read_data(files: list[Path], quarantine: Path) -> data.LoadedApps:
-    """The apps of every file with the rejected rows written to `quarantine`; a file with no
-    valid row stops here (its rows are in the quarantine)."""
-    loaded = data.read_apps(files)
-    data.write_quarantine(loaded.quarantine, quarantine)
-    loaded.raise_if_unusable(quarantine)
-    return loaded
-
-
 def check_data(cfg: PipelineConfig, root: Path, quarantine: Path) -> int:
     """The runner's check before MLflow or models/ are touched: the data 01 detect will read is
     usable, else a DataError naming the file and who chose it (the quarantine is written when
@@ -67,7 +58,10 @@ def load(inputs: DetectInputs, root: Path) -> tuple[data.LoadedApps, int]:
     generated = generate_default(
         files, root / DEFAULT_DATA_PATH, inputs.synth_apps, inputs.synth_seed
     )
-    return read_data(files, root / inputs.quarantine_path), generated
+    loaded = data.read_apps(files)
+    data.write_quarantine(loaded.quarantine, root / inputs.quarantine_path)
+    loaded.raise_if_unusable(root / inputs.quarantine_path)  # a file without a valid row stops
+    return loaded, generated
 
 
 def overview(loaded: data.LoadedApps, generated: int) -> pd.DataFrame:
@@ -89,14 +83,8 @@ def find_new_apps(inputs: DetectInputs, root: Path, loaded: data.LoadedApps) -> 
 
 
 def outputs(result: detection.Detection, loaded: data.LoadedApps) -> DetectOutputs:
-    return DetectOutputs(
-        new_apps=result.new_apps,
-        updated_apps=result.updated_apps,
-        total_apps=result.total_apps,
-        should_train=result.should_train,
-        reason=result.reason,
-        quarantined_rows=loaded.n_quarantined,
-    )
+    same_names = {k: v for k, v in result.to_dict().items() if k in DetectOutputs.model_fields}
+    return DetectOutputs(**same_names, quarantined_rows=loaded.n_quarantined)
 
 
 def run(inputs: DetectInputs, root: Path) -> DetectOutputs:

@@ -143,11 +143,6 @@ def drifts(report: health_report.MonitorReport) -> list[drift.FeatureDrift]:
     return [drift.FeatureDrift(**d) for d in report.drift.get("features", [])]
 
 
-def verdict(report: health_report.MonitorReport) -> str:
-    """`healthy`, `unhealthy` or `not_judged` (lib.watch.health_report.MonitorReport.verdict)."""
-    return report.verdict()[0]
-
-
 @dataclass
 class Action:
     rolled_back: bool
@@ -187,10 +182,12 @@ def verdict_text(report: health_report.MonitorReport, action: Action) -> str:
     return "healthy"
 
 
+def _alerts(report: health_report.MonitorReport) -> list[dict[str, str]]:
+    return [{"check": a.check, "severity": a.severity, "message": a.message} for a in report.alerts]
+
+
 def alerts_table(report: health_report.MonitorReport) -> pd.DataFrame:
-    return pd.DataFrame(
-        [{"check": a.check, "severity": a.severity, "message": a.message} for a in report.alerts]
-    )
+    return pd.DataFrame(_alerts(report))
 
 
 def outputs(w: Window, report: health_report.MonitorReport, action: Action) -> MonitorOutputs:
@@ -199,9 +196,7 @@ def outputs(w: Window, report: health_report.MonitorReport, action: Action) -> M
         verdict=v,
         verdict_reason=why,
         healthy=None if v == "not_judged" else v == "healthy",
-        alerts=[
-            {"check": a.check, "severity": a.severity, "message": a.message} for a in report.alerts
-        ],
+        alerts=_alerts(report),
         drift={
             "drifted_features": report.drift.get("drifted_features", []),
             "dataset_drift": report.drift.get("dataset_drift"),

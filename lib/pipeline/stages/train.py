@@ -1,10 +1,8 @@
 """02 train: cross-validate every candidate family, pick the best, register it as `candidate`.
 
-Registration is all-or-nothing from the notebook's point of view: the MLflow runs, the
-registered version with the alias `candidate`, the local copy under models/candidate and the
-"last trained" state are written only after every candidate trained, and only when asked
-(`register_candidate=True`, which the runner passes): a notebook run alone trains, evaluates and
-logs to MLflow but leaves production state as it was.
+Production state (version, alias, models/candidate, training state) is written only after every
+candidate trained, and only with `register_candidate=True` (the runner's): a notebook run alone
+trains and logs to MLflow but leaves production as it was.
 """
 
 from __future__ import annotations
@@ -145,11 +143,8 @@ def record(
     best: training.CandidateResult,
 ) -> TrainOutputs:
     """One MLflow run per candidate under a parent run (`log_to_mlflow`); with
-    `register_candidate`, the best becomes the `candidate` (version, alias, models/candidate,
-    training_state.json).
-
-    Only the runner registers by default: a notebook run alone must not change what 03 compares
-    or what the next 01 detect counts."""
+    `register_candidate` (the runner's) the best becomes the `candidate`: a notebook run alone
+    must not change what 03 compares or what the next 01 detect counts."""
     parent_run_id = best_run_id = version = None
     if inputs.log_to_mlflow:
         client = registry.connect(tracking_uri(inputs.tracking_uri, root), inputs.experiment)
