@@ -311,13 +311,13 @@ def floor(pipe: Any, apps: Any) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
     from lib.pipeline import features
-    from lib.serving.encoders import single_threaded
+    from lib.pipeline.training import for_inference
     from lib.serving.predictor import Predictor
 
     X = features.model_inputs(apps)
     rows = [tuple(r) for r in X.itertuples(index=False)]
     with threadpool_limits(1):
-        predictor = Predictor(single_threaded(pipe))
+        predictor = Predictor(for_inference(pipe))
         fallback = Predictor(pipe, compile_model=False)
 
         def sk(n: int) -> None:

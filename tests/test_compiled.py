@@ -72,7 +72,6 @@ def test_every_family_is_served_compiled_and_equal(tmp_path) -> None:
 
     from lib import registry
     from lib.pipeline import data, synth, training
-    from lib.serving import encoders
     from lib.serving.predictor import Predictor
 
     synth.generate_apps(600, seed=5).to_csv(tmp_path / "apps.csv", index=False)
@@ -85,7 +84,7 @@ def test_every_family_is_served_compiled_and_equal(tmp_path) -> None:
         served = FixedThresholdClassifier(FrozenEstimator(model), threshold=0.45).fit(
             fit_rows, labeled.y.iloc[:450]
         )
-        predictor = Predictor(encoders.single_threaded(served))
+        predictor = Predictor(training.for_inference(served))
         assert predictor.kind == "compiled", (family, predictor.reason)
         assert registry.skops_trusted_types(served)  # it can be registered in the skops format
         rows = [tuple(r) for r in probe_rows.itertuples(index=False)]

@@ -29,7 +29,7 @@ from lib.config import FEATURE_GROUPS
 from lib.pipeline import calibration, data, features, synth, training
 from lib.pipeline.features import FEATURE_COLUMNS
 from lib.serving import __main__ as cli
-from lib.serving import batching, compiled, encoders, routing, schemas
+from lib.serving import batching, compiled, routing, schemas
 from lib.serving.app import create_app
 from lib.serving.prediction_store import PredictionStore
 from lib.serving.predictor import Predictor
@@ -618,7 +618,7 @@ def test_concurrent_http_requests_equal_per_row(client: TestClient, mlstore: Sto
 
 def _assert_serves_like_sklearn(model: Any, X: pd.DataFrame) -> Predictor:
     """Compiled, and the same probabilities (bit for bit) and labels as the model itself."""
-    predictor = Predictor(encoders.single_threaded(model))
+    predictor = Predictor(training.for_inference(model))
     assert predictor.kind == "compiled", predictor.reason
     rows = [tuple(r) for r in X.itertuples(index=False)]
     proba, labels = predictor.predict(rows)
@@ -688,7 +688,7 @@ def test_unknown_estimator_falls_back_to_sklearn(small_labeled: training.Labeled
              for n in ("random_forest", "logistic_regression")],
             voting="soft",
         ).fit(lab.X, lab.y)  # fmt: skip
-    predictor = Predictor(encoders.single_threaded(model))
+    predictor = Predictor(training.for_inference(model))
     assert predictor.kind == "sklearn" and "VotingClassifier" in predictor.reason
     proba, labels = predictor.predict([tuple(r) for r in lab.X.itertuples(index=False)])
     np.testing.assert_array_equal(proba, model.predict_proba(lab.X)[:, 1])

@@ -91,7 +91,7 @@ def test_select_best_by_metric_direction() -> None:
     assert training.select_best(rs, "log_loss").name == "a"
 
 
-def test_inference_models_are_single_threaded() -> None:
+def test_inference_models_are_for_inference() -> None:
     stack = training.build_candidate("random_forest", 0, 10)
     forest = stack.estimators[1][1].named_steps["model"]
     assert forest.n_jobs == -1
@@ -174,7 +174,9 @@ def test_calibrated_model_keeps_no_trace_of_the_score_column() -> None:
         params = model.get_params(deep=False)
         assert type(params["estimator"]) is type(fitted) and params["method"] == method
         assert isinstance(params["cv"], StratifiedKFold) and params["ensemble"] is False
-        assert not any(type(e).__module__.startswith("lib.") for e in training._estimators(model))
+        assert not any(
+            type(e).__module__.startswith("lib.") for e in training.nested_estimators(model)
+        )
         assert model.n_features_in_ == fitted.n_features_in_
         assert list(model.feature_names_in_) == list(fitted.feature_names_in_)
         assert all(not t.startswith("lib.") for t in registry.skops_trusted_types(model))

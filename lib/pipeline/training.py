@@ -215,33 +215,38 @@ def stack_combiner(seed: int) -> Pipeline:
     )
 
 
-def for_inference(model: Any) -> Any:
-    """Single-threaded prediction: one row with n_jobs=-1 costs 4x more in thread start-up."""
-    for est in _estimators(model):
-        params = est.get_params(deep=False) if hasattr(est, "get_params") else {}
-        if params.get("n_jobs") not in (None, 1):
-            est.set_params(n_jobs=1)
-    return model
-
-
-def _estimators(model: Any) -> list[Any]:
-    """Every estimator nested in a model (pipelines, stacks, calibration and threshold wrappers)."""
+def nested_estimators(model: Any) -> list[Any]:
+    """Every estimator nested in a model: pipelines, column transformers, stacks, wrappers."""
     out = [model]
-    children: list[Any] = []
-    for attr in ("steps", "estimators", "transformer_list"):  # lists of (name, estimator)
-        items = getattr(model, attr, None)
-        if isinstance(items, list):
-            children.extend(step for _, step, *_ in items if not isinstance(step, str))
+    children: list[Any] = [step for _, step in getattr(model, "steps", None) or []]
+    children += [t for _, t, _ in getattr(model, "transformers_", None) or []]
+    children += [t for _, t, *_ in getattr(model, "transformer_list", None) or []]
+    children += [e for _, e in getattr(model, "estimators", None) or [] if not isinstance(e, str)]
     for attr in ("estimators_", "calibrated_classifiers_"):
-        children.extend(getattr(model, attr, []) or [])
+        children.extend(getattr(model, attr, None) or [])
     for attr in ("final_estimator_", "estimator_", "estimator"):
         child = getattr(model, attr, None)
         if child is not None and not isinstance(child, str):
             children.append(child)
     for child in children:
-        if hasattr(child, "get_params") or hasattr(child, "estimator"):
-            out.extend(_estimators(child))
+        if not isinstance(child, str) and child is not None:
+            out.extend(nested_estimators(child))
     return out
+
+
+def for_inference(model: Any) -> Any:
+    """n_jobs=1 everywhere: one row with n_jobs=-1 costs 4x more in thread start-up."""
+    seen: set[int] = set()
+    for est in nested_estimators(model):
+        if id(est) in seen or not hasattr(est, "get_params"):
+            continue
+        seen.add(id(est))
+        try:
+            if est.get_params(deep=False).get("n_jobs") not in (None, 1):  # None: one thread
+                est.set_params(n_jobs=1)
+        except Exception:  # not a plain scikit-learn estimator (e.g. frozen): leave it
+            log.debug("cannot set n_jobs on %r", type(est).__name__)
+    return model
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from lib.pipeline.features import CATEGORICAL, FEATURE_COLUMNS, TEXT
+from lib.pipeline.training import nested_estimators
 
 logger = logging.getLogger(__name__)
 
@@ -22,39 +23,6 @@ class Unsupported(Exception):
 
 class Fallback(Exception):
     """An input the compiled path does not handle: this call goes through scikit-learn."""
-
-
-def nested_estimators(model: Any) -> list[Any]:
-    """Every estimator nested in a model: pipelines, column transformers, stacks, wrappers."""
-    out = [model]
-    children: list[Any] = [step for _, step in getattr(model, "steps", None) or []]
-    children += [t for _, t, _ in getattr(model, "transformers_", None) or []]
-    children += [t for _, t in getattr(model, "transformer_list", None) or []]
-    for attr in ("estimators_", "calibrated_classifiers_"):
-        children.extend(getattr(model, attr, None) or [])
-    for attr in ("final_estimator_", "estimator_", "estimator"):
-        child = getattr(model, attr, None)
-        if child is not None and not isinstance(child, str):
-            children.append(child)
-    for child in children:
-        if not isinstance(child, str) and child is not None:
-            out.extend(nested_estimators(child))
-    return out
-
-
-def single_threaded(model: Any) -> Any:
-    """n_jobs=1 everywhere: thread start-up costs more than it saves on a few rows."""
-    seen: set[int] = set()
-    for est in nested_estimators(model):
-        if id(est) in seen or not hasattr(est, "get_params"):
-            continue
-        seen.add(id(est))
-        try:
-            if est.get_params(deep=False).get("n_jobs") not in (None, 1):  # None: one thread
-                est.set_params(n_jobs=1)
-        except Exception:  # not a plain scikit-learn estimator (e.g. frozen): leave it
-            logger.debug("cannot set n_jobs on %r", type(est).__name__)
-    return model
 
 
 def _op_ordinal(enc: Any) -> Any:

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from lib.pipeline.features import CATEGORICAL, derived_values
+from lib.pipeline.training import nested_estimators
 from lib.serving.compiled import Labels, Node, compile_model
-from lib.serving.encoders import Fallback, Unsupported, nested_estimators
+from lib.serving.encoders import Fallback, Unsupported
 from lib.serving.rows import Row, rows_frame
 
 logger = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from typing import Any
 
 from lib import registry
 from lib.errors import RegistryUnavailable
+from lib.pipeline.training import for_inference
 from lib.serving.batching import MicroBatcher, Variant
-from lib.serving.encoders import single_threaded
 from lib.serving.metrics import Metrics
 from lib.serving.prediction_store import PredictionStore
 from lib.serving.predictor import Predictor
@@ -153,7 +153,7 @@ class ModelService:
         return self._variant(name, str(version), model, SOURCE_REGISTRY)
 
     def _variant(self, name: str, version: str, model: Any, source: str) -> Variant:
-        single_threaded(model)
+        for_inference(model)
         predictor = Predictor(model, self.settings.compile_models)
         loaded = f"{self.settings.model_name} version {version} from {source} as {name}"
         logger.info("loaded %s (%s predictor)", loaded, predictor.kind)
