@@ -52,7 +52,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    TypeAdapter,
     ValidationError,
     field_validator,
 )
@@ -65,7 +64,7 @@ from pydantic_settings import (
 )
 
 from lib.config_errors import format_errors
-from lib.config_sections import AnalysisConfig, MonitorConfig
+from lib.config_sections import AnalysisConfig, Float, Int, MonitorConfig, listish
 from lib.errors import ConfigError
 from lib.score_table import ScoreTable
 from lib.settings import MODELS_DIR, ROOT_ENV, store_url, tracking_uri
@@ -127,23 +126,6 @@ def data_paths(data_path: str | list[str]) -> list[str]:
 # --- field types ----------------------------------------------------------------------------
 
 
-def _no_bool(value: Any) -> Any:
-    """YAML `true` is not a number, though pydantic would read it as 1."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, got {value!r}")
-    return value
-
-
-def _listish(value: Any) -> Any:
-    """`a,b` or `a;b` (environment, --set) as a list; a YAML/JSON list string is parsed."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return yaml.safe_load(text)
-        return [v.strip() for v in text.replace(";", ",").split(",") if v.strip()]
-    return value
-
-
 def _mappingish(value: Any) -> Any:
     """A section given as one string (environment, --set) is YAML/JSON."""
     return yaml.safe_load(value) if isinstance(value, str) else value
@@ -153,8 +135,6 @@ def _optional_str(value: Any) -> Any:
     return None if isinstance(value, str) and value.strip() in _NONE_WORDS else value
 
 
-Int = Annotated[int, BeforeValidator(_no_bool)]
-Float = Annotated[float, BeforeValidator(_no_bool)]
 OptionalStr = Annotated[Union[str, None], BeforeValidator(_optional_str)]  # noqa: UP007
 
 
@@ -166,8 +146,6 @@ class ErrorCosts(BaseModel):
     false_positive: Float = Field(1.0, ge=0)
     false_negative: Float = Field(1.0, ge=0)
 
-
-_MONITORING = TypeAdapter(MonitorConfig)  # the `monitoring` section, kept as a mapping
 
 # The sources below the init arguments while load_config builds a config; none otherwise, so
 # `PipelineConfig()` is the defaults, whatever the environment.
@@ -209,7 +187,7 @@ class PipelineConfig(BaseSettings):
     selection_metric: Literal[METRICS] = "roc_auc"  # type: ignore[valid-type]
     candidates: Annotated[
         list[Literal[CANDIDATES]],  # type: ignore[valid-type]
-        BeforeValidator(_listish),
+        BeforeValidator(listish),
         Field(min_length=1),
     ] = list(DEFAULT_CANDIDATES)
     cv_folds: Int = Field(5, ge=2)
@@ -221,10 +199,10 @@ class PipelineConfig(BaseSettings):
     )
     rf_trees: Int = Field(200, ge=1)
     # honest inputs beyond the base listing fields (FEATURE_GROUPS)
-    features: Annotated[list[str], BeforeValidator(_listish)] = [
+    features: Annotated[list[str], BeforeValidator(listish)] = [
         "engagement", "versions", "genres", "name_stats", "name_text",
     ]  # fmt: skip
-    calibration: Annotated[list[str], BeforeValidator(_listish)] = ["isotonic", "sigmoid"]
+    calibration: Annotated[list[str], BeforeValidator(listish)] = ["isotonic", "sigmoid"]
     label_objective: str = "accuracy"  # what the served label's threshold maximises
     error_costs: Annotated[ErrorCosts, BeforeValidator(_mappingish)] = ErrorCosts()
     model_name: str = Field("playstore-rating", min_length=1)
@@ -240,7 +218,7 @@ class PipelineConfig(BaseSettings):
     decision: Annotated[dict[str, Any], BeforeValidator(_mappingish)] = {}
     # deployment (05 deploy) and the model service
     logs_dir: str = "logs"
-    canary_steps: Annotated[list[Int], BeforeValidator(_listish)] = [5, 25, 50, 100]
+    canary_steps: Annotated[list[Int], BeforeValidator(listish)] = [5, 25, 50, 100]
     analysis_seconds: Float = Field(300.0, gt=0)  # canary analysis window per step
     max_wait_seconds: Float = Field(600.0, ge=0)  # extra wait per step for enough samples
     check_every_seconds: Float = Field(5.0, gt=0)
@@ -308,10 +286,10 @@ class PipelineConfig(BaseSettings):
     @classmethod
     def _monitoring(cls, section: dict[str, Any]) -> dict[str, Any]:
         try:
-            _MONITORING.validate_python(section)
-        except ValidationError as exc:
+            MonitorConfig.from_dict(section)
+        except ValueError as exc:
             # ConfigError is not a ValueError: it leaves pydantic as is, with the nested paths.
-            raise ConfigError(format_errors(exc, "monitoring")) from None
+            raise ConfigError(str(exc)) from None
         return section
 
     @property
