@@ -394,7 +394,7 @@ def cmd_notify(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: 
     from lib.watch import notify
 
     if args.test:
-        deliveries = [d.to_dict() for d in notify.send_test()]
+        deliveries = [d.to_dict() for d in notify.notify("test")]
     elif args.rollback:
         deliveries = send("rolled_back", reason=args.reason or "rollback")
     else:
