@@ -1,8 +1,7 @@
 """Files and directories replaced in one step: a reader sees the old or the new, never half.
 
-The pattern: write under a hidden temporary name in the same directory (a rename is atomic only
-within one file system), flush and fsync, then rename over the target. A SIGKILL at any instant
-leaves either the old or the new complete file, and at most a stray hidden temporary.
+Written under a hidden temporary name in the same directory (a rename is atomic only within one
+file system), fsynced, then renamed over the target.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""The operator's commands of `runner.py` besides `run`: serve, status, rollback, promote,
-approve, reject, notify, store-recover, backtest and simulate-new-apps. Each takes the
-resolved config, the project root and the parsed arguments, prints what a person needs, and
-returns the exit code.
-
-Every command that changes production or a parked rollout (rollback, promote, approve, reject)
-also leaves an entry in reports/operator_actions.json, which reports/index.html shows."""
+"""The operator's commands of `runner.py` besides `run`; each takes the config, the project root
+and the parsed arguments, prints what a person needs and returns the exit code. Those that change
+production or a parked rollout also append to reports/operator_actions.json (the index shows it).
+"""
 
 from __future__ import annotations
 

@@ -1,37 +1,18 @@
 """One typed configuration: defaults, then the YAML file, then the environment, then the CLI.
 
-Every stage parameter that a user may want to change lives here, so the notebooks and the runner
-never carry their own copies of thresholds. `PipelineConfig` is a pydantic model: unknown keys
-(nested ones too), wrong types and out-of-range values fail when the config is loaded, as a
-`ConfigError` naming where the value came from and its dotted key, e.g.
-``pipeline.yaml: canary_analysis.min_request: unknown key``.
+Every stage parameter a user may change lives here, so notebooks and runner carry no copies of
+thresholds. Layers are pydantic-settings sources, lowest first, each validated as it is added so
+an error is a `ConfigError` naming its origin and dotted key (``pipeline.yaml:
+canary_analysis.min_request: unknown key``): the model defaults; ``pipeline.yaml`` (or
+``--config``); ``PIPELINE_<KEY>`` variables, sections nested with ``__``
+(``MLFLOW_TRACKING_URI`` sets ``tracking_uri`` unless ``PIPELINE_TRACKING_URI`` does); ``--set
+key=value`` (YAML values, dotted keys allowed). A section mapping given by a later layer is merged
+into the earlier one key by key, then validated as a whole.
 
-Layers are pydantic-settings sources (lowest first), each validated as it is added so an
-error names its origin:
-
-1. the defaults of the models below and of lib.config_sections (the only place defaults live);
-2. ``pipeline.yaml`` (or ``--config FILE``): YamlConfigSettingsSource;
-3. the environment: ``PIPELINE_<KEY>`` (EnvSettingsSource), nested sections with ``__``,
-   e.g. ``PIPELINE_CANARY_ANALYSIS__MAX_P99_MS=300``; ``MLFLOW_TRACKING_URI`` sets
-   ``tracking_uri`` unless ``PIPELINE_TRACKING_URI`` does;
-4. ``--set key=value`` (values are YAML: ``--set "canary_analysis={min_requests: 5}"``), also
-   with dotted keys: ``--set canary_analysis.min_requests=5``: the init source, highest.
-
-This module and lib.config_sections import nothing from lib's packages (pipeline, serving,
-delivery, watch): the vocabularies the config checks (feature groups, calibration methods)
-are defined here and the packages import them.
-
-Data paths (``data_path``, one CSV or several separated by commas): in ``pipeline.yaml`` they are
-relative to the project root (the file travels with the project); given on the command line
-(``--data``, ``--set data_path=``) or in ``PIPELINE_DATA_PATH`` they are relative to the directory
-the command runs from, as a user expects (the runner passes ``cwd``). Only the untouched default
-path is generated when absent (`data_origin` is None); a path a user gave must exist.
-
-A mapping given for a section (``canary_analysis``, ``monitoring``, ``decision``,
-``error_costs``) by a later layer is MERGED into the earlier one key by key (pydantic-settings
-merges its sources recursively; lists and scalars replace), so
-``--set "canary_analysis={min_requests: 5}"`` keeps the file's other bounds.
-The merged section is then validated as a whole.
+Data paths in ``pipeline.yaml`` are relative to the project root; given on the command line or
+in the environment, to the directory the command runs from. Only the untouched default data path
+is generated when absent (`data_origin` is None). This module imports none of lib's packages: the
+vocabularies it checks (feature groups, calibration methods) are defined here.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""The typed sections of the pipeline configuration that the packages share.
-
-`canary_analysis` (AnalysisConfig: lib.delivery's canary analysis) and `monitoring`
-(MonitorConfig: lib.watch's health checks) are defined here, at the bottom of lib beside
-`lib.config`, so the config validates them without importing the packages that use them and
-each default lives in one place (issue 16).
+"""The typed config sections the packages share: `canary_analysis` (AnalysisConfig, for
+lib.delivery) and `monitoring` (MonitorConfig, for lib.watch), at the bottom of lib so the config
+validates them without importing those packages, and each default lives in one place.
 """
 
 from __future__ import annotations

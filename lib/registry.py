@@ -1,14 +1,8 @@
-"""MLflow: the tracking store, candidate runs, the registry and its aliases.
-
-MLflow is the source of truth for models. Aliases (not the deprecated stages) say what each
-version is: `candidate` (just trained), `champion` (production), `previous`. Models are saved
-with skops, trusting only scikit-learn/NumPy/SciPy types, so loading one never runs our code
-or arbitrary pickles.
-
-A registry that cannot answer (server down, timeout, 5xx) raises RegistryUnavailable, never
-"no such alias": a rollout that read an outage as "no champion" recorded `champion None`. The
-MLflow HTTP client's retries are bounded (see bound_http_retries) so an outage is reported in
-seconds, not after minutes of backoff per call.
+"""MLflow: the tracking store, candidate runs, the registry and its aliases (`candidate`,
+`champion`, `previous`). Models are saved with skops trusting only library types, so loading one
+never runs arbitrary code. A registry that cannot answer raises RegistryUnavailable, never "no
+such alias" (a rollout once recorded `champion None` during an outage), within seconds thanks to
+bounded HTTP retries (bound_http_retries).
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """The score table: the bands, gate settings and verdict cut-offs a decision is scored with.
 
-Data rather than ``if`` chains (a frozen dataclass, loadable from the YAML config key
-``decision``), so every band and boundary is unit-tested and a team can tune it without touching
-code. lib.pipeline.scoring applies it to a candidate (:func:`lib.pipeline.scoring.decide`). It sits
-at the bottom of lib, beside lib.config which validates the ``decision`` section with it.
+Data rather than ``if`` chains (frozen dataclasses loaded from the config key ``decision``), so
+each band is unit-tested and tunable without code; lib.pipeline.scoring applies it.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """Statistics and their wording shared by canary analysis and production monitoring.
 
-Both judge a window of logged predictions (lib.delivery.canary the canary against the champion,
-lib.watch.monitoring the champion against its own validation): what counts as a failed request,
-the error-rate test, and how numbers are written in their messages must be one definition, so a
-canary that passed and the monitor that watches it afterwards speak the same language.
-
-The sequential tests below are for a window that is looked at again and again as it grows (a
-canary step is checked every few seconds): each returns an always-valid p-value, the inverse of a
-nonnegative (super)martingale under the null, so by Ville's inequality the chance that it ever
-drops below alpha, at any look, is at most alpha. A fixed-alpha test re-run at every look is not:
-its false alarms add up over the looks. They are vectorised (NumPy broadcasting) so that a
-simulation of thousands of rollouts runs the very same code as one live check.
+One definition of a failed request, the error-rate test and the message wording, so a canary and
+the monitor that watches it afterwards speak the same language. The sequential tests return
+always-valid p-values (inverse of a nonnegative supermartingale: by Ville's inequality the chance
+of ever dropping below alpha, at any look, is at most alpha), for windows checked again and again
+as they grow; they are vectorised so simulations run the very code of a live check.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Drift of the model inputs and of its predictions between the training data and a window.
 
-Drift rule: a column drifts when PSI > psi_threshold (the size of the shift) AND its test (KS for
-numeric, chi-square for categorical) has p < drift_alpha (the shift is not sampling noise). PSI
-alone false-alarms on small samples (30 categories seen in 100 requests give PSI ~0.3 with no
-drift at all); a test alone flags negligible shifts once samples are large. The data set drifts
-when at least `dataset_drift_share` of the judged columns drift (Evidently's rule).
+A column drifts when PSI > psi_threshold (the shift is large) AND its test (KS numeric,
+chi-square categorical) has p < drift_alpha (it is not noise): PSI alone false-alarms on small
+samples, a test alone flags negligible shifts on large ones. The data set drifts when at least
+`dataset_drift_share` of the judged columns drift (Evidently's rule).
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """`reports/index.html`: every pipeline run on one page, newest first, then what operators did.
 
-The executed notebooks are the record of each run (Papermill's idea); this page is only the way
-in. It reads each run's `report.json`, never trusts it (a malformed or partial summary still gets
-a row saying so), links the notebooks by paths relative to the page so the folder can be copied or
-served anywhere, and needs no JavaScript. The Monitor column reads what the runner records
-(`results.verdict`... of lib.pipeline.run_record.RunResults). Python reduces each run to plain
-text and links; the markup is the jinja2 template `templates/index.html.j2`, rendered with
-autoescaping, so no value from a report can become markup.
-
-Operator actions (`runner.py rollback`, `promote`, `approve`, `reject`) change production outside
-any run: each command appends one entry to `reports/operator_actions.json`
-(`record_operator_action`), shown in its own table, so the page never shows a promotion as the
-last word when a person rolled it back since.
+The executed notebooks are the record; this page is the way in. It reads each `report.json`
+without trusting it (an unreadable one still gets a row saying so), links by relative paths so
+the folder can be copied anywhere, and renders `templates/index.html.j2` with autoescaping, so
+no report value becomes markup. Operator commands (rollback, promote, approve, reject) append to
+`operator_actions.json` (`record_operator_action`), shown in their own table.
 """
 
 from __future__ import annotations
