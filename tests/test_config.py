@@ -236,12 +236,12 @@ def test_runtime_switches_are_not_taken_for_mistyped_keys(caplog) -> None:
     import logging
 
     from lib import progress
-    from lib.config import RUNTIME_ENV, env_values
+    from lib.config import RUNTIME_ENV, PipelineEnv
     from lib.delivery import faults
 
     assert {progress.ENV, faults.FAULT_ENV} <= RUNTIME_ENV
     with caplog.at_level(logging.WARNING, logger="lib.config"):
-        env_values({progress.ENV: "1", faults.FAULT_ENV: "", "PIPELINE_TRESHOLD": "5"})
+        PipelineEnv({progress.ENV: "1", faults.FAULT_ENV: "", "PIPELINE_TRESHOLD": "5"})()
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "PIPELINE_TRESHOLD" in warned
     assert progress.ENV not in warned and faults.FAULT_ENV not in warned
