@@ -32,11 +32,8 @@ def _fsync_dir(folder: Path) -> None:
 def atomic_open(
     path: str | Path, *, newline: str | None = None, permissions: int | None = None
 ) -> Iterator[IO[str]]:
-    """A text handle whose content replaces `path` only when the block ends without error.
-
-    `permissions` (e.g. 0o644 for a page a web server reads) replaces the owner-only mode the
-    temporary file is created with.
-    """
+    """A text handle whose content replaces `path` only when the block ends without error;
+    `permissions` (0o644 for a served page) replaces the temporary file's owner-only mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -69,11 +66,8 @@ def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2) ->
 
 
 def replace_dir(staged: str | Path, target: str | Path) -> None:
-    """Replace the directory `target` by `staged` with renames, so target is whole before and after.
-
-    `staged` must be on the same file system (build it beside the target). The old content is
-    moved to a hidden `.<name>.old` first and removed last.
-    """
+    """Replace the directory `target` by `staged` (built beside it) with renames, the old one
+    moved to a hidden `.<name>.old` first and removed last."""
     staged, target = Path(staged), Path(target)
     old = target.parent / f".{target.name}.old"
     if old.exists():

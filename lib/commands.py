@@ -176,11 +176,8 @@ def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: 
 
 def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
     """The mission's `deploy.py --rollback`: previous -> champion everywhere, within seconds.
-
-    During a rollout driven by a live runner this never waits for the runner's lock: a canary
-    (or staging) is stopped through the rollout state (lib.delivery.operations.stop_rollout) and
-    production stays on its champion; a promotion under way is let finish (seconds), then
-    rolled back like any production."""
+    During a live runner's rollout it never waits for the runner's lock: a canary is stopped
+    through the rollout state, a promotion under way is let finish, then rolled back."""
     from lib.delivery import operations, rollout
 
     store = rollout.RolloutStore(root / cfg.models_dir / "rollout.json")
@@ -194,11 +191,7 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
             echo(f"v{state.candidate_version} was promoted before the stop: rolling it back")
         else:
             echo(f"v{state.candidate_version} is being promoted: waiting, then rolling back")
-            if not rollout.wait_until_settled(store, cfg.stop_wait_seconds).finished:
-                raise RunnerBusyError(
-                    f"the promotion of v{state.candidate_version} has not finished after "
-                    f"{cfg.stop_wait_seconds:g} s; run rollback again in a moment"
-                )
+            _await_promotion(store, cfg, f"the promotion of v{state.candidate_version}")
         held = None  # the runner lives on (06 monitor); the rollback wins over it
     else:
         held = lock(root, cfg.lock_timeout)
@@ -237,6 +230,17 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
     return 0
 
 
+def _await_promotion(store: Any, cfg: PipelineConfig, what: str) -> None:
+    """A promotion under way takes seconds: wait for it, or say to try again."""
+    from lib.delivery import rollout
+
+    if not rollout.wait_until_settled(store, cfg.stop_wait_seconds).finished:
+        raise RunnerBusyError(
+            f"{what} has not finished after {cfg.stop_wait_seconds:g} s; run rollback again in a "
+            "moment"
+        )
+
+
 def _stop_rollout(
     cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo
 ) -> int | None:
@@ -253,11 +257,7 @@ def _stop_rollout(
     echo(f"canary: {done['canary_routing']}")
     if done["phase"] == rollout.Phase.PROMOTING:  # it got there just before the stop
         store = rollout.RolloutStore(root / cfg.models_dir / "rollout.json")
-        if not rollout.wait_until_settled(store, cfg.stop_wait_seconds).finished:
-            raise RunnerBusyError(
-                f"v{v} was being promoted when the stop came and has not finished after "
-                f"{cfg.stop_wait_seconds:g} s; run rollback again in a moment"
-            )
+        _await_promotion(store, cfg, f"v{v} was being promoted when the stop came and")
         done["phase"] = store.load().phase
     if done["phase"] == rollout.Phase.SUCCEEDED:
         return None

@@ -37,12 +37,8 @@ Float = Annotated[float, BeforeValidator(_no_bool)]
 
 
 class AnalysisConfig(BaseModel):
-    """Bounds of one analysis; defaults follow Flagger and the mission's 2-point rule.
-
-    This is also the type of the `canary_analysis` section of `lib.config.PipelineConfig`, so the
-    defaults and the ranges live here only; a typo, a wrong type or an out-of-range bound fails
-    when the config is loaded, naming the key.
-    """
+    """Bounds of one analysis (the config's `canary_analysis`); defaults follow Flagger and the
+    mission's 2-point rule."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

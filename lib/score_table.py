@@ -39,11 +39,8 @@ class ScoreTableError(ConfigError, ValueError):
 
 @dataclass(frozen=True)
 class Evidence:
-    """A metric with its interval, so the decision can tell a real gain from holdout noise.
-
-    Not validated on construction (a bootstrap may legitimately record NaN); :func:`decide`
-    refuses non-finite or inverted intervals with the input's name.
-    """
+    """A metric with its interval, so the decision can tell a real gain from holdout noise; not
+    validated here (a bootstrap may record NaN): `decide` refuses bad ones by name."""
 
     estimate: float
     low: float

@@ -137,11 +137,8 @@ def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
 def performance(
     window: pd.DataFrame, reference: dict[str, float], cfg: MonitorConfig | None = None
 ) -> dict[str, Any]:
-    """Accuracy and ROC-AUC on labeled feedback vs the champion's validation figures.
-
-    Labeled = feedback present and the request did not fail. The p-values are one-sided tests of
-    "live value >= reference - degradation": small means significantly worse than the bound.
-    """
+    """Accuracy and ROC-AUC on labeled feedback (requests that did not fail) vs the champion's
+    validation; p-values test "live >= reference - degradation" (small: worse than the bound)."""
     cfg = cfg or MonitorConfig()
     frame = _prepare(window)
     labeled = frame[~frame["is_error"] & frame["true_label"].notna()]
@@ -359,12 +356,8 @@ def evaluate_health(
     reference_labels: Any = None,
 ) -> MonitorReport:
     """Every check on one window; rollback only on a significant accuracy drop or error rate.
-
-    reference_metrics: the champion's validation figures ({"accuracy", "roc_auc"}, or the MLflow
-    run's holdout_* names); reference_X / reference_proba: its training inputs and predicted
-    probabilities, for drift (None skips those checks); reference_labels: the labels the model
-    served for them (its tuned threshold), for the positive rate (else probability >= 0.5).
-    """
+    reference_X / reference_proba (None skips drift) and reference_labels (the labels served at
+    the tuned threshold, for the positive rate) describe the champion's training data."""
     cfg = cfg or MonitorConfig()
     frame = _prepare(window)
     perf = performance(frame, reference_metrics, cfg)

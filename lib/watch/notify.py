@@ -88,12 +88,8 @@ def build_message(
     reason: str | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> Message:
-    """The title and body for `event`: version, key metrics, improvement, reason, report.
-
-    The body is a markdown bullet list: plain text in Slack and PagerDuty, a list in Teams and in
-    the HTML e-mail. `improvement` is candidate minus production on the selection metric.
-    Configured secrets are removed from both title and body.
-    """
+    """The title and a markdown bullet body (plain text in Slack and PagerDuty) for `event`,
+    without configured secrets; `improvement` is candidate minus production."""
     if event not in LEVELS:
         raise ValueError(f"unknown notification event {event!r}; expected one of {EVENTS}")
     tag = _version_tag(version) if version is not None else None
@@ -232,12 +228,9 @@ def notify(
     connect_timeout: float = CONNECT_TIMEOUT,
     read_timeout: float = READ_TIMEOUT,
 ) -> list[Delivery]:
-    """Send `event` to every target (default: `targets_from_env()`) its tags route it to.
-
-    Returns one `Delivery` per target the event was routed to; failures are in the list and in
-    the log, never raised. With no targets at all it returns [] and says once that notifications
-    are off. An unknown `event` is a programming error and raises ValueError.
-    """
+    """Send `event` to every target (default: `targets_from_env()`) its tags route it to; one
+    `Delivery` each, failures listed and logged, never raised (an unknown `event` is a bug:
+    ValueError)."""
     message = build_message(event, version, metrics, improvement, report, reason, details)
     chosen = targets_from_env() if targets is None else list(targets)
     if not chosen:

@@ -141,11 +141,8 @@ def _known_secrets() -> list[str]:
 
 
 def redact(text: str, secrets: Iterable[str] | None = None) -> str:
-    """`text` with every secret and every URL credential replaced by ``***``.
-
-    Without `secrets`, the configured ones are used: the configuration's and those of every
-    `Target` created in this process. URL-shaped secrets also have their parts removed.
-    """
+    """`text` with every secret (default: the configured ones and every `Target`'s, with their
+    parts) and every URL credential replaced by ``***``."""
     if not text:
         return text
     values = _known_secrets() if secrets is None else _normalize(secrets)
@@ -156,11 +153,8 @@ def redact(text: str, secrets: Iterable[str] | None = None) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Redacts secrets from log records; put it on handlers (and on loggers that log secrets).
-
-    A filter on a logger only sees records logged through that very logger, not those propagated
-    from its children, which is why `install_redacting_filter` also adds it to the handlers.
-    """
+    """Redacts secrets from log records. A logger's filter misses records propagated from its
+    children: `install_redacting_filter` also puts it on the handlers."""
 
     def __init__(self, secrets: Iterable[str] | None = None, name: str = "") -> None:
         super().__init__(name)
