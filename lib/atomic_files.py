@@ -79,21 +79,16 @@ def replace_dir(staged: str | Path, target: str | Path) -> None:
         shutil.rmtree(old)
 
 
-def staging_dir(target: str | Path) -> Path:
-    """The hidden name a copy of `target` is built under (a leftover marks an interrupted copy)."""
-    target = Path(target)
-    return target.parent / f"{STAGING_PREFIX}{target.name}"
-
-
 def copy_dir_atomic(
     source: str | Path, target: str | Path, prepare: Callable[[Path], None] | None = None
 ) -> Path:
     """Copy the directory `source` into place as `target` (replacing it) in one step.
 
-    The copy is built under `staging_dir(target)`; `prepare` may edit it before it is swapped in.
+    The copy is built under a hidden name (a leftover marks an interrupted copy); `prepare` may
+    edit it before it is swapped in.
     """
     target = Path(target)
-    staged = staging_dir(target)
+    staged = target.parent / f"{STAGING_PREFIX}{target.name}"
     if staged.exists():
         shutil.rmtree(staged)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -115,13 +115,6 @@ def _client_uri(client: Any) -> str:
     return mlflow.get_registry_uri()
 
 
-def is_not_found(exc: BaseException) -> bool:
-    """True when MLflow says the model, version or alias does not exist (not an outage)."""
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(exc, MlflowException) and exc.error_code in NOT_FOUND_CODES
-
-
 def _is_outage(exc: BaseException) -> bool:
     """A failure of the registry itself: unreachable, timed out, 5xx, refused credentials."""
     from mlflow.exceptions import MlflowException
@@ -233,11 +226,13 @@ def register(client: Any, model_uri: str, model_name: str, tags: dict[str, str])
 def _unless_missing(client: Any, doing: str, call: Callable[..., Any], *args: Any) -> Any:
     """`call(*args)`, or None when MLflow says what it names does not exist; an outage raises
     RegistryUnavailable."""
+    from mlflow.exceptions import MlflowException
+
     with registry_call(client, doing):
         try:
             return call(*args)
-        except Exception as exc:
-            if is_not_found(exc):
+        except MlflowException as exc:
+            if exc.error_code in NOT_FOUND_CODES:
                 return None
             raise
 

@@ -1,8 +1,5 @@
-"""What a monitoring pass reports (its config, MonitorConfig, is in lib.config_sections).
-
-Kept apart from the checks so that drift statistics (lib.watch.drift) and the verdict
-(lib.watch.monitoring) share one vocabulary of statuses without importing each other.
-"""
+"""What a monitoring pass reports: apart from the checks, so lib.watch.drift and
+lib.watch.monitoring share one vocabulary of statuses without importing each other."""
 
 from __future__ import annotations
 
