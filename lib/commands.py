@@ -158,10 +158,9 @@ def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: 
         echo(f"next run: {info['next_run']}")
     service = info["service"]
     if isinstance(service, dict):
-        canary = service.get("canary") or {}
-        serving = named((service.get("champion") or {}).get("version"))
+        canary, champion = service.get("canary") or {}, service.get("champion") or {}
+        serving, source = named(champion.get("version")), champion.get("source")
         weight = f" at {canary.get('weight', 0)}%" if canary.get("version") else ""
-        source = (service.get("champion") or {}).get("source")
         where = f" (from {source})" if source and source != "registry" else ""
         echo(
             f"service {service_url(cfg)}: {service.get('status')}, champion {serving}{where}, "
@@ -264,16 +263,13 @@ def _stop_rollout(
     if done["finished"]:
         result, detail = "done", f"rollout {done['rollout']} {done['phase']}: {done['reason']}"
         echo(f"stopped: the rollout of v{v} is {done['phase']}; production stays on {kept}")
-    elif done["owner_alive"]:
-        result = "requested"
-        detail = (
-            f"stop recorded; v{v} can no longer be promoted; the running deployer finishes "
-            "the rollback at its next look"
-        )
-        echo(f"stop requested: {detail}; production stays on {kept}")
     else:
         result = "requested"
-        detail = f"the deployer of v{v} died; the next run rolls the rollout back"
+        if done["owner_alive"]:
+            detail = f"stop recorded; v{v} can no longer be promoted; the running deployer "
+            detail += "finishes the rollback at its next look"
+        else:
+            detail = f"the deployer of v{v} died; the next run rolls the rollout back"
         echo(f"stop requested: {detail}; production stays on {kept}")
     _record(
         cfg, root, "rollback", version=v, champion=done["champion"], result=result,

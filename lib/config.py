@@ -386,26 +386,18 @@ class PipelineEnv(EnvSettingsSource):
     def __call__(self) -> dict[str, Any]:
         """Read once (the warnings too); a copy each time, for pydantic-settings to merge."""
         if self.values is None:
-            self.values = self._read()
+            self.values = values = super().__call__()
+            known = {f"{ENV_PREFIX}{name}".lower() for name in PipelineConfig.model_fields}
+            for var in self.environ:
+                low = var.lower()
+                ours = low.startswith(ENV_PREFIX.lower()) and var.upper() not in RUNTIME_ENV
+                if ours and low.split(ENV_NESTED_DELIMITER)[0] not in known:
+                    log.warning("%s is not a config key; ignored", var)
+            if "tracking_uri" not in values and self.environ.get("MLFLOW_TRACKING_URI"):
+                values["tracking_uri"] = self.environ["MLFLOW_TRACKING_URI"]
+            if "data_path" in values:
+                values["data_path"] = _from_cwd(values["data_path"], self.cwd)
         return copy.deepcopy(self.values)
-
-    def _read(self) -> dict[str, Any]:
-        values = super().__call__()
-        known = {f"{ENV_PREFIX}{name}".lower() for name in PipelineConfig.model_fields}
-        for var in self.environ:
-            low = var.lower()
-            if var.upper() in RUNTIME_ENV:
-                continue
-            if (
-                low.startswith(ENV_PREFIX.lower())
-                and low.split(ENV_NESTED_DELIMITER)[0] not in known
-            ):
-                log.warning("%s is not a config key; ignored", var)
-        if "tracking_uri" not in values and self.environ.get("MLFLOW_TRACKING_URI"):
-            values["tracking_uri"] = self.environ["MLFLOW_TRACKING_URI"]
-        if "data_path" in values:
-            values["data_path"] = _from_cwd(values["data_path"], self.cwd)
-        return values
 
 
 def parse_set_options(items: list[str]) -> dict[str, str]:

@@ -62,13 +62,10 @@ def _prepare(window: pd.DataFrame) -> pd.DataFrame:
         )
     frame = window.copy()
     frame["is_error"] = failed_requests(frame)
-    frame["label"] = pd.to_numeric(frame["label"], errors="coerce")
-    for col in ("probability", "latency_ms"):
-        frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    if "true_label" in frame.columns:
-        frame["true_label"] = pd.to_numeric(frame["true_label"], errors="coerce")
-    else:
+    if "true_label" not in frame.columns:
         frame["true_label"] = np.nan
+    for col in ("label", "probability", "latency_ms", "true_label"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
     frame["variant"] = frame["variant"].astype(str)
     frame["model_version"] = frame["model_version"].astype(str)
     return frame

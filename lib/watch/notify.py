@@ -180,11 +180,10 @@ def _deliver(
                 False,
                 f"invalid or unsupported notification URL for apprise {apprise.__version__}",
             )
-        default = type(service)  # timeouts the URL does not set (cto=, rto=) are ours
-        if service.socket_connect_timeout == default.socket_connect_timeout:
-            service.socket_connect_timeout = connect_timeout
-        if service.socket_read_timeout == default.socket_read_timeout:
-            service.socket_read_timeout = read_timeout
+        timeouts = {"socket_connect_timeout": connect_timeout, "socket_read_timeout": read_timeout}
+        for name, value in timeouts.items():  # the timeouts the URL does not set (cto=, rto=)
+            if getattr(service, name) == getattr(type(service), name):
+                setattr(service, name, value)
         sender = apprise.Apprise(asset=asset)
         sender.add(service)
         result = sender.notify(
