@@ -15,15 +15,11 @@ INDENT = "      "  # under the runner's "[2/6] train ..." line
 log = logging.getLogger(__name__)
 
 
-def enabled() -> bool:
-    return os.environ.get(ENV) == "1"
-
-
 def report(message: str, *args: object) -> None:
     """One progress line (printf-style arguments); never raises."""
     text = message % args if args else message
     log.debug("%s", text)
-    if not enabled():
+    if os.environ.get(ENV) != "1":
         return
     try:
         os.write(2, f"{INDENT}{text}\n".encode("utf-8", errors="replace"))

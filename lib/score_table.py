@@ -213,11 +213,7 @@ class ScoreTable:
         """Build a table from the config's ``decision`` mapping; missing keys keep the defaults."""
         if d is None:
             return cls()
-        if not isinstance(d, dict):
-            raise ScoreTableError(
-                f"the score table must be a mapping with keys {_TOP_KEYS}, got {type(d).__name__}"
-            )
-        _check_keys("score table", d, _TOP_KEYS)
+        _mapping("the score table", d, _TOP_KEYS)
         kwargs: dict[str, Any] = {}
         for name in ("improvement", "absolute"):
             if name in d:
@@ -301,21 +297,17 @@ def _validate_bands(name: str, bands: tuple[Band, ...]) -> None:
             )
 
 
-def _check_keys(where: str, d: dict, allowed: tuple[str, ...]) -> None:
+def _mapping(where: str, d: Any, allowed: tuple[str, ...]) -> dict:
+    if not isinstance(d, dict):
+        raise ScoreTableError(
+            f"{where} must be a mapping with keys {', '.join(allowed)}, got {d!r}"
+        )
     unknown = [k for k in d if k not in allowed]
     if unknown:
         raise ScoreTableError(
             f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; "
             f"allowed keys are {', '.join(allowed)}"
         )
-
-
-def _mapping(where: str, d: Any, allowed: tuple[str, ...]) -> dict:
-    if not isinstance(d, dict):
-        raise ScoreTableError(
-            f"{where} must be a mapping with keys {', '.join(allowed)}, got {d!r}"
-        )
-    _check_keys(where, d, allowed)
     return d
 
 

@@ -60,10 +60,7 @@ def number(text: str, junk: re.Pattern[str] | None = None, hint: str = HINT_NUMB
         text = junk.sub("", text)
     if text in MISSING:
         return None
-    if NUMBER_RE.fullmatch(text) is None:
-        raise ValueError(hint)
-    value = float(text)
-    if not math.isfinite(value):
+    if NUMBER_RE.fullmatch(text) is None or not math.isfinite(value := float(text)):
         raise ValueError(hint)
     return value
 
