@@ -45,13 +45,13 @@ def main() -> None:
     import mlflow
 
     from lib import registry
+    from lib.config_sections import MonitorConfig
     from lib.delivery import operations, replayer
     from lib.delivery import releases as deployments
     from lib.delivery.service_process import ServiceProcess
     from lib.pipeline import data, synth, training
     from lib.serving.prediction_store import PredictionReader
     from lib.watch import monitoring
-    from lib.watch.health_report import MonitorConfig
 
     root = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
     os.chdir(root)

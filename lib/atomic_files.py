@@ -1,8 +1,7 @@
 """Files and directories replaced in one step: a reader sees the old or the new, never half.
 
-The pattern: write under a hidden temporary name in the same directory (a rename is atomic only
-within one file system), flush and fsync, then rename over the target. A SIGKILL at any instant
-leaves either the old or the new complete file, and at most a stray hidden temporary.
+Written under a hidden temporary name in the same directory (a rename is atomic only within one
+file system), fsynced, then renamed over the target.
 """
 
 from __future__ import annotations
@@ -33,11 +32,8 @@ def _fsync_dir(folder: Path) -> None:
 def atomic_open(
     path: str | Path, *, newline: str | None = None, permissions: int | None = None
 ) -> Iterator[IO[str]]:
-    """A text handle whose content replaces `path` only when the block ends without error.
-
-    `permissions` (e.g. 0o644 for a page a web server reads) replaces the owner-only mode the
-    temporary file is created with.
-    """
+    """A text handle whose content replaces `path` only when the block ends without error;
+    `permissions` (0o644 for a served page) replaces the temporary file's owner-only mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -70,11 +66,8 @@ def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2) ->
 
 
 def replace_dir(staged: str | Path, target: str | Path) -> None:
-    """Replace the directory `target` by `staged` with renames, so target is whole before and after.
-
-    `staged` must be on the same file system (build it beside the target). The old content is
-    moved to a hidden `.<name>.old` first and removed last.
-    """
+    """Replace the directory `target` by `staged` (built beside it) with renames, the old one
+    moved to a hidden `.<name>.old` first and removed last."""
     staged, target = Path(staged), Path(target)
     old = target.parent / f".{target.name}.old"
     if old.exists():
@@ -86,21 +79,16 @@ def replace_dir(staged: str | Path, target: str | Path) -> None:
         shutil.rmtree(old)
 
 
-def staging_dir(target: str | Path) -> Path:
-    """The hidden name a copy of `target` is built under (a leftover marks an interrupted copy)."""
-    target = Path(target)
-    return target.parent / f"{STAGING_PREFIX}{target.name}"
-
-
 def copy_dir_atomic(
     source: str | Path, target: str | Path, prepare: Callable[[Path], None] | None = None
 ) -> Path:
     """Copy the directory `source` into place as `target` (replacing it) in one step.
 
-    The copy is built under `staging_dir(target)`; `prepare` may edit it before it is swapped in.
+    The copy is built under a hidden name (a leftover marks an interrupted copy); `prepare` may
+    edit it before it is swapped in.
     """
     target = Path(target)
-    staged = staging_dir(target)
+    staged = target.parent / f"{STAGING_PREFIX}{target.name}"
     if staged.exists():
         shutil.rmtree(staged)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,7 @@
-"""The operator's commands of `runner.py` besides `run`: serve, status, rollback, promote,
-approve, reject, notify, store-recover, backtest and simulate-new-apps. Each takes the
-resolved config, the project root and the parsed arguments, prints what a person needs, and
-returns the exit code.
-
-Every command that changes production or a parked rollout (rollback, promote, approve, reject)
-also leaves an entry in reports/operator_actions.json, which reports/index.html shows."""
+"""The operator's commands of `runner.py` besides `run`; each takes the config, the project root
+and the parsed arguments, prints what a person needs and returns the exit code. Those that change
+production or a parked rollout also append to reports/operator_actions.json (the index shows it).
+"""
 
 from __future__ import annotations
 
@@ -161,10 +158,9 @@ def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: 
         echo(f"next run: {info['next_run']}")
     service = info["service"]
     if isinstance(service, dict):
-        canary = service.get("canary") or {}
-        serving = named((service.get("champion") or {}).get("version"))
+        canary, champion = service.get("canary") or {}, service.get("champion") or {}
+        serving, source = named(champion.get("version")), champion.get("source")
         weight = f" at {canary.get('weight', 0)}%" if canary.get("version") else ""
-        source = (service.get("champion") or {}).get("source")
         where = f" (from {source})" if source and source != "registry" else ""
         echo(
             f"service {service_url(cfg)}: {service.get('status')}, champion {serving}{where}, "
@@ -179,11 +175,8 @@ def cmd_status(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: 
 
 def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
     """The mission's `deploy.py --rollback`: previous -> champion everywhere, within seconds.
-
-    During a rollout driven by a live runner this never waits for the runner's lock: a canary
-    (or staging) is stopped through the rollout state (lib.delivery.operations.stop_rollout) and
-    production stays on its champion; a promotion under way is let finish (seconds), then
-    rolled back like any production."""
+    During a live runner's rollout it never waits for the runner's lock: a canary is stopped
+    through the rollout state, a promotion under way is let finish, then rolled back."""
     from lib.delivery import operations, rollout
 
     store = rollout.RolloutStore(root / cfg.models_dir / "rollout.json")
@@ -197,11 +190,7 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
             echo(f"v{state.candidate_version} was promoted before the stop: rolling it back")
         else:
             echo(f"v{state.candidate_version} is being promoted: waiting, then rolling back")
-            if not rollout.wait_until_settled(store, cfg.stop_wait_seconds).finished:
-                raise RunnerBusyError(
-                    f"the promotion of v{state.candidate_version} has not finished after "
-                    f"{cfg.stop_wait_seconds:g} s; run rollback again in a moment"
-                )
+            _await_promotion(store, cfg, f"the promotion of v{state.candidate_version}")
         held = None  # the runner lives on (06 monitor); the rollback wins over it
     else:
         held = lock(root, cfg.lock_timeout)
@@ -240,6 +229,17 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
     return 0
 
 
+def _await_promotion(store: Any, cfg: PipelineConfig, what: str) -> None:
+    """A promotion under way takes seconds: wait for it, or say to try again."""
+    from lib.delivery import rollout
+
+    if not rollout.wait_until_settled(store, cfg.stop_wait_seconds).finished:
+        raise RunnerBusyError(
+            f"{what} has not finished after {cfg.stop_wait_seconds:g} s; run rollback again in a "
+            "moment"
+        )
+
+
 def _stop_rollout(
     cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo
 ) -> int | None:
@@ -256,27 +256,20 @@ def _stop_rollout(
     echo(f"canary: {done['canary_routing']}")
     if done["phase"] == rollout.Phase.PROMOTING:  # it got there just before the stop
         store = rollout.RolloutStore(root / cfg.models_dir / "rollout.json")
-        if not rollout.wait_until_settled(store, cfg.stop_wait_seconds).finished:
-            raise RunnerBusyError(
-                f"v{v} was being promoted when the stop came and has not finished after "
-                f"{cfg.stop_wait_seconds:g} s; run rollback again in a moment"
-            )
+        _await_promotion(store, cfg, f"v{v} was being promoted when the stop came and")
         done["phase"] = store.load().phase
     if done["phase"] == rollout.Phase.SUCCEEDED:
         return None
     if done["finished"]:
         result, detail = "done", f"rollout {done['rollout']} {done['phase']}: {done['reason']}"
         echo(f"stopped: the rollout of v{v} is {done['phase']}; production stays on {kept}")
-    elif done["owner_alive"]:
-        result = "requested"
-        detail = (
-            f"stop recorded; v{v} can no longer be promoted; the running deployer finishes "
-            "the rollback at its next look"
-        )
-        echo(f"stop requested: {detail}; production stays on {kept}")
     else:
         result = "requested"
-        detail = f"the deployer of v{v} died; the next run rolls the rollout back"
+        if done["owner_alive"]:
+            detail = f"stop recorded; v{v} can no longer be promoted; the running deployer "
+            detail += "finishes the rollback at its next look"
+        else:
+            detail = f"the deployer of v{v} died; the next run rolls the rollout back"
         echo(f"stop requested: {detail}; production stays on {kept}")
     _record(
         cfg, root, "rollback", version=v, champion=done["champion"], result=result,
@@ -394,7 +387,7 @@ def cmd_notify(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: 
     from lib.watch import notify
 
     if args.test:
-        deliveries = [d.to_dict() for d in notify.send_test()]
+        deliveries = [d.to_dict() for d in notify.notify("test")]
     elif args.rollback:
         deliveries = send("rolled_back", reason=args.reason or "rollback")
     else:

@@ -1,37 +1,18 @@
 """One typed configuration: defaults, then the YAML file, then the environment, then the CLI.
 
-Every stage parameter that a user may want to change lives here, so the notebooks and the runner
-never carry their own copies of thresholds. `PipelineConfig` is a pydantic model: unknown keys
-(nested ones too), wrong types and out-of-range values fail when the config is loaded, as a
-`ConfigError` naming where the value came from and its dotted key, e.g.
-``pipeline.yaml: canary_analysis.min_request: unknown key``.
+Every stage parameter a user may change lives here, so notebooks and runner carry no copies of
+thresholds. Layers are pydantic-settings sources, lowest first, each validated as it is added so
+an error is a `ConfigError` naming its origin and dotted key (``pipeline.yaml:
+canary_analysis.min_request: unknown key``): the model defaults; ``pipeline.yaml`` (or
+``--config``); ``PIPELINE_<KEY>`` variables, sections nested with ``__``
+(``MLFLOW_TRACKING_URI`` sets ``tracking_uri`` unless ``PIPELINE_TRACKING_URI`` does); ``--set
+key=value`` (YAML values, dotted keys allowed). A section mapping given by a later layer is merged
+into the earlier one key by key, then validated as a whole.
 
-Layers are pydantic-settings sources (lowest first), each validated as it is added so an
-error names its origin:
-
-1. the defaults of the models below and of lib.config_sections (the only place defaults live);
-2. ``pipeline.yaml`` (or ``--config FILE``): YamlConfigSettingsSource;
-3. the environment: ``PIPELINE_<KEY>`` (EnvSettingsSource), nested sections with ``__``,
-   e.g. ``PIPELINE_CANARY_ANALYSIS__MAX_P99_MS=300``; ``MLFLOW_TRACKING_URI`` sets
-   ``tracking_uri`` unless ``PIPELINE_TRACKING_URI`` does;
-4. ``--set key=value`` (values are YAML: ``--set "canary_analysis={min_requests: 5}"``), also
-   with dotted keys: ``--set canary_analysis.min_requests=5``: the init source, highest.
-
-This module and lib.config_sections import nothing from lib's packages (pipeline, serving,
-delivery, watch): the vocabularies the config checks (feature groups, calibration methods)
-are defined here and the packages import them.
-
-Data paths (``data_path``, one CSV or several separated by commas): in ``pipeline.yaml`` they are
-relative to the project root (the file travels with the project); given on the command line
-(``--data``, ``--set data_path=``) or in ``PIPELINE_DATA_PATH`` they are relative to the directory
-the command runs from, as a user expects (the runner passes ``cwd``). Only the untouched default
-path is generated when absent (`data_origin` is None); a path a user gave must exist.
-
-A mapping given for a section (``canary_analysis``, ``monitoring``, ``decision``,
-``error_costs``) by a later layer is MERGED into the earlier one key by key (pydantic-settings
-merges its sources recursively; lists and scalars replace), so
-``--set "canary_analysis={min_requests: 5}"`` keeps the file's other bounds.
-The merged section is then validated as a whole.
+Data paths in ``pipeline.yaml`` are relative to the project root; given on the command line or
+in the environment, to the directory the command runs from. Only the untouched default data path
+is generated when absent (`data_origin` is None). This module imports none of lib's packages: the
+vocabularies it checks (feature groups, calibration methods) are defined here.
 """
 
 from __future__ import annotations
@@ -52,7 +33,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    TypeAdapter,
     ValidationError,
     field_validator,
 )
@@ -65,7 +45,7 @@ from pydantic_settings import (
 )
 
 from lib.config_errors import format_errors
-from lib.config_sections import AnalysisConfig, MonitorConfig
+from lib.config_sections import AnalysisConfig, Float, Int, MonitorConfig, listish
 from lib.errors import ConfigError
 from lib.score_table import ScoreTable
 from lib.settings import MODELS_DIR, ROOT_ENV, store_url, tracking_uri
@@ -127,23 +107,6 @@ def data_paths(data_path: str | list[str]) -> list[str]:
 # --- field types ----------------------------------------------------------------------------
 
 
-def _no_bool(value: Any) -> Any:
-    """YAML `true` is not a number, though pydantic would read it as 1."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, got {value!r}")
-    return value
-
-
-def _listish(value: Any) -> Any:
-    """`a,b` or `a;b` (environment, --set) as a list; a YAML/JSON list string is parsed."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return yaml.safe_load(text)
-        return [v.strip() for v in text.replace(";", ",").split(",") if v.strip()]
-    return value
-
-
 def _mappingish(value: Any) -> Any:
     """A section given as one string (environment, --set) is YAML/JSON."""
     return yaml.safe_load(value) if isinstance(value, str) else value
@@ -153,8 +116,6 @@ def _optional_str(value: Any) -> Any:
     return None if isinstance(value, str) and value.strip() in _NONE_WORDS else value
 
 
-Int = Annotated[int, BeforeValidator(_no_bool)]
-Float = Annotated[float, BeforeValidator(_no_bool)]
 OptionalStr = Annotated[Union[str, None], BeforeValidator(_optional_str)]  # noqa: UP007
 
 
@@ -166,8 +127,6 @@ class ErrorCosts(BaseModel):
     false_positive: Float = Field(1.0, ge=0)
     false_negative: Float = Field(1.0, ge=0)
 
-
-_MONITORING = TypeAdapter(MonitorConfig)  # the `monitoring` section, kept as a mapping
 
 # The sources below the init arguments while load_config builds a config; none otherwise, so
 # `PipelineConfig()` is the defaults, whatever the environment.
@@ -209,7 +168,7 @@ class PipelineConfig(BaseSettings):
     selection_metric: Literal[METRICS] = "roc_auc"  # type: ignore[valid-type]
     candidates: Annotated[
         list[Literal[CANDIDATES]],  # type: ignore[valid-type]
-        BeforeValidator(_listish),
+        BeforeValidator(listish),
         Field(min_length=1),
     ] = list(DEFAULT_CANDIDATES)
     cv_folds: Int = Field(5, ge=2)
@@ -221,11 +180,15 @@ class PipelineConfig(BaseSettings):
     )
     rf_trees: Int = Field(200, ge=1)
     # honest inputs beyond the base listing fields (FEATURE_GROUPS)
-    features: Annotated[list[str], BeforeValidator(_listish)] = [
+    features: Annotated[list[str], BeforeValidator(listish)] = [
         "engagement", "versions", "genres", "name_stats", "name_text",
     ]  # fmt: skip
-    calibration: Annotated[list[str], BeforeValidator(_listish)] = ["isotonic", "sigmoid"]
-    label_objective: str = "accuracy"  # what the served label's threshold maximises
+    calibration: Annotated[
+        list[Literal[CALIBRATION_METHODS]],  # type: ignore[valid-type]
+        BeforeValidator(listish),
+    ] = ["isotonic", "sigmoid"]
+    # what the served label's threshold maximises
+    label_objective: Literal[LABEL_OBJECTIVES] = "accuracy"  # type: ignore[valid-type]
     error_costs: Annotated[ErrorCosts, BeforeValidator(_mappingish)] = ErrorCosts()
     model_name: str = Field("playstore-rating", min_length=1)
     experiment: str = Field("playstore-rating", min_length=1)
@@ -240,7 +203,7 @@ class PipelineConfig(BaseSettings):
     decision: Annotated[dict[str, Any], BeforeValidator(_mappingish)] = {}
     # deployment (05 deploy) and the model service
     logs_dir: str = "logs"
-    canary_steps: Annotated[list[Int], BeforeValidator(_listish)] = [5, 25, 50, 100]
+    canary_steps: Annotated[list[Int], BeforeValidator(listish)] = [5, 25, 50, 100]
     analysis_seconds: Float = Field(300.0, gt=0)  # canary analysis window per step
     max_wait_seconds: Float = Field(600.0, ge=0)  # extra wait per step for enough samples
     check_every_seconds: Float = Field(5.0, gt=0)
@@ -280,24 +243,6 @@ class PipelineConfig(BaseSettings):
         check_groups(groups)  # ValueError naming the unknown groups
         return groups
 
-    @field_validator("calibration")
-    @classmethod
-    def _calibration(cls, methods: list[str]) -> list[str]:
-        bad = [m for m in methods if m not in CALIBRATION_METHODS]
-        if bad:
-            raise ValueError(
-                f"unknown method(s) {bad}; use a subset of {', '.join(CALIBRATION_METHODS)} "
-                "([] for none)"
-            )
-        return methods
-
-    @field_validator("label_objective")
-    @classmethod
-    def _label_objective(cls, value: str) -> str:
-        if value not in LABEL_OBJECTIVES:
-            raise ValueError(f"must be one of {', '.join(LABEL_OBJECTIVES)}, got {value!r}")
-        return value
-
     @field_validator("decision")
     @classmethod
     def _decision(cls, table: dict[str, Any]) -> dict[str, Any]:
@@ -308,10 +253,10 @@ class PipelineConfig(BaseSettings):
     @classmethod
     def _monitoring(cls, section: dict[str, Any]) -> dict[str, Any]:
         try:
-            _MONITORING.validate_python(section)
-        except ValidationError as exc:
+            MonitorConfig.from_dict(section)
+        except ValueError as exc:
             # ConfigError is not a ValueError: it leaves pydantic as is, with the nested paths.
-            raise ConfigError(format_errors(exc, "monitoring")) from None
+            raise ConfigError(str(exc)) from None
         return section
 
     @property
@@ -377,9 +322,7 @@ def _validate(build: Callable[[], PipelineConfig], origin: str) -> PipelineConfi
             if known:
                 message += f" (known keys: {known})"
         raise ConfigError(f"{origin}: {message}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"{origin}: {exc}") from None
-    except ValueError as exc:  # e.g. ScoreTableError raised outside pydantic's wrapping
+    except (ConfigError, ValueError) as exc:  # e.g. ScoreTableError outside pydantic's wrapping
         raise ConfigError(f"{origin}: {exc}") from None
 
 
@@ -443,31 +386,18 @@ class PipelineEnv(EnvSettingsSource):
     def __call__(self) -> dict[str, Any]:
         """Read once (the warnings too); a copy each time, for pydantic-settings to merge."""
         if self.values is None:
-            self.values = self._read()
+            self.values = values = super().__call__()
+            known = {f"{ENV_PREFIX}{name}".lower() for name in PipelineConfig.model_fields}
+            for var in self.environ:
+                low = var.lower()
+                ours = low.startswith(ENV_PREFIX.lower()) and var.upper() not in RUNTIME_ENV
+                if ours and low.split(ENV_NESTED_DELIMITER)[0] not in known:
+                    log.warning("%s is not a config key; ignored", var)
+            if "tracking_uri" not in values and self.environ.get("MLFLOW_TRACKING_URI"):
+                values["tracking_uri"] = self.environ["MLFLOW_TRACKING_URI"]
+            if "data_path" in values:
+                values["data_path"] = _from_cwd(values["data_path"], self.cwd)
         return copy.deepcopy(self.values)
-
-    def _read(self) -> dict[str, Any]:
-        values = super().__call__()
-        known = {f"{ENV_PREFIX}{name}".lower() for name in PipelineConfig.model_fields}
-        for var in self.environ:
-            low = var.lower()
-            if var.upper() in RUNTIME_ENV:
-                continue
-            if (
-                low.startswith(ENV_PREFIX.lower())
-                and low.split(ENV_NESTED_DELIMITER)[0] not in known
-            ):
-                log.warning("%s is not a config key; ignored", var)
-        if "tracking_uri" not in values and self.environ.get("MLFLOW_TRACKING_URI"):
-            values["tracking_uri"] = self.environ["MLFLOW_TRACKING_URI"]
-        if "data_path" in values:
-            values["data_path"] = _from_cwd(values["data_path"], self.cwd)
-        return values
-
-
-def env_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The config keys that PIPELINE_* variables (and MLFLOW_TRACKING_URI) set."""
-    return PipelineEnv(environ)()
 
 
 def parse_set_options(items: list[str]) -> dict[str, str]:

@@ -1,8 +1,5 @@
-"""The project's exception types.
-
-Every error a user can cause or fix carries a message that says what was expected, what came and
-how to fix it. The CLI prints one line for these (exit code 2) and a traceback for anything else.
-"""
+"""The project's exception types: messages say what was expected, what came and how to fix it;
+the CLI prints one line for these (exit code 2) and a traceback for anything else."""
 
 from __future__ import annotations
 
@@ -37,11 +34,8 @@ class ConfigError(PipelineError):
 
 
 class StageError(PipelineError):
-    """A notebook stage failed; the executed notebook with its traceback is kept.
-
-    `exit_code` is 1 unless the stage failed on a known error whose exit code is documented
-    (a registry outage is 4 whether it happened in a kernel or in the runner).
-    """
+    """A notebook stage failed (its executed notebook is kept); `exit_code` is 1 unless a known
+    error's documented code applies (a registry outage is 4, in a kernel as in the runner)."""
 
     exit_code = 1
 

@@ -1,8 +1,5 @@
-"""Values made plain JSON: JSON has no NaN or infinity, and NumPy types are not serialisable.
-
-One converter for every report, state file and scrap, so they all write the same JSON for the
-same value (NaN and infinities become null everywhere, not in some files only).
-"""
+"""Values made plain JSON (no NaN or infinity, no NumPy types): one converter for every report,
+state file and scrap, so they all write the same JSON for the same value."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
 """Progress of long steps on the terminal of whoever runs the pipeline, never in the reports.
 
-Inside a Papermill kernel, `sys.stdout`/`sys.stderr` are the notebook's outputs: whatever goes
-there ends up in the executed notebook and its HTML. The kernel process's own file descriptor 2
-is inherited from the runner, i.e. the user's terminal. `runner.py` sets PIPELINE_PROGRESS=1
-before it starts kernels; progress lines then go straight to descriptor 2. Elsewhere (a notebook
-opened in Jupyter, a library call) they go to the logger at DEBUG, out of the way.
+Inside a Papermill kernel stdout/stderr are the notebook's outputs, but file descriptor 2 is the
+runner's terminal: with PIPELINE_PROGRESS=1 (set by runner.py) lines go there, else to DEBUG.
 """
 
 from __future__ import annotations
@@ -18,15 +15,11 @@ INDENT = "      "  # under the runner's "[2/6] train ..." line
 log = logging.getLogger(__name__)
 
 
-def enabled() -> bool:
-    return os.environ.get(ENV) == "1"
-
-
 def report(message: str, *args: object) -> None:
     """One progress line (printf-style arguments); never raises."""
     text = message % args if args else message
     log.debug("%s", text)
-    if not enabled():
+    if os.environ.get(ENV) != "1":
         return
     try:
         os.write(2, f"{INDENT}{text}\n".encode("utf-8", errors="replace"))

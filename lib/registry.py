@@ -1,14 +1,8 @@
-"""MLflow: the tracking store, candidate runs, the registry and its aliases.
-
-MLflow is the source of truth for models. Aliases (not the deprecated stages) say what each
-version is: `candidate` (just trained), `champion` (production), `previous`. Models are saved
-with skops, trusting only scikit-learn/NumPy/SciPy types, so loading one never runs our code
-or arbitrary pickles.
-
-A registry that cannot answer (server down, timeout, 5xx) raises RegistryUnavailable, never
-"no such alias": a rollout that read an outage as "no champion" recorded `champion None`. The
-MLflow HTTP client's retries are bounded (see bound_http_retries) so an outage is reported in
-seconds, not after minutes of backoff per call.
+"""MLflow: the tracking store, candidate runs, the registry and its aliases (`candidate`,
+`champion`, `previous`). Models are saved with skops trusting only library types, so loading one
+never runs arbitrary code. A registry that cannot answer raises RegistryUnavailable, never "no
+such alias" (a rollout once recorded `champion None` during an outage), within seconds thanks to
+bounded HTTP retries (bound_http_retries).
 """
 
 from __future__ import annotations
@@ -22,7 +16,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -121,13 +115,6 @@ def _client_uri(client: Any) -> str:
     return mlflow.get_registry_uri()
 
 
-def is_not_found(exc: BaseException) -> bool:
-    """True when MLflow says the model, version or alias does not exist (not an outage)."""
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(exc, MlflowException) and exc.error_code in NOT_FOUND_CODES
-
-
 def _is_outage(exc: BaseException) -> bool:
     """A failure of the registry itself: unreachable, timed out, 5xx, refused credentials."""
     from mlflow.exceptions import MlflowException
@@ -136,14 +123,9 @@ def _is_outage(exc: BaseException) -> bool:
         return False  # already translated
     if isinstance(exc, MlflowException):
         return exc.error_code not in _CALLER_ERROR_CODES
-    try:
-        import requests
+    import requests  # MLflow's HTTP client
 
-        if isinstance(exc, requests.exceptions.RequestException):
-            return True
-    except ImportError:  # pragma: no cover - requests comes with MLflow
-        pass
-    return isinstance(exc, (ConnectionError, TimeoutError))
+    return isinstance(exc, (requests.exceptions.RequestException, ConnectionError, TimeoutError))
 
 
 def _reason(exc: BaseException, seconds: float) -> str:
@@ -241,30 +223,35 @@ def register(client: Any, model_uri: str, model_name: str, tags: dict[str, str])
     return str(version.version)
 
 
+def _unless_missing(client: Any, doing: str, call: Callable[..., Any], *args: Any) -> Any:
+    """`call(*args)`, or None when MLflow says what it names does not exist; an outage raises
+    RegistryUnavailable."""
+    from mlflow.exceptions import MlflowException
+
+    with registry_call(client, doing):
+        try:
+            return call(*args)
+        except MlflowException as exc:
+            if exc.error_code in NOT_FOUND_CODES:
+                return None
+            raise
+
+
 def alias_version(client: Any, model_name: str, alias: str) -> str | None:
     """The version an alias points at, or None when the model or the alias does not exist.
 
     Raises RegistryUnavailable when the registry cannot answer: an outage is not "no alias".
     """
-    with registry_call(client, f"looking up {model_name}@{alias}"):
-        try:
-            return str(client.get_model_version_by_alias(model_name, alias).version)
-        except Exception as exc:
-            if is_not_found(exc):
-                return None
-            raise
+    doing = f"looking up {model_name}@{alias}"
+    found = _unless_missing(client, doing, client.get_model_version_by_alias, model_name, alias)
+    return None if found is None else str(found.version)
 
 
 def model_version(client: Any, model_name: str, version: str) -> Any | None:
     """The registry's ModelVersion, or None when it does not exist (RegistryUnavailable when the
     registry cannot answer)."""
-    with registry_call(client, f"looking up {model_name} v{version}"):
-        try:
-            return client.get_model_version(model_name, str(version))
-        except Exception as exc:
-            if is_not_found(exc):
-                return None
-            raise
+    doing = f"looking up {model_name} v{version}"
+    return _unless_missing(client, doing, client.get_model_version, model_name, str(version))
 
 
 def version_exists(client: Any, model_name: str, version: str) -> bool:
@@ -281,12 +268,8 @@ def set_alias(client: Any, model_name: str, alias: str, version: str) -> None:
 
 def delete_alias(client: Any, model_name: str, alias: str) -> None:
     """Remove an alias (a missing one is fine: the goal is that it does not point anywhere)."""
-    with registry_call(client, f"removing {model_name}@{alias}"):
-        try:
-            client.delete_registered_model_alias(model_name, alias)
-        except Exception as exc:
-            if not is_not_found(exc):
-                raise
+    doing = f"removing {model_name}@{alias}"
+    _unless_missing(client, doing, client.delete_registered_model_alias, model_name, alias)
     log.info("alias %s@%s removed", model_name, alias)
 
 
@@ -340,12 +323,9 @@ def save_local_copy(model: Any, target: Path, metadata: dict[str, Any]) -> Path:
 
 
 def load_local_copy(model_dir: Path) -> Any:
-    """Load a model that save_local_copy wrote (models/production/ when the registry is down).
-
-    skops only, trusting the types the registry trusts (never the list the copy's own MLmodel
-    file declares, which anyone who can write the directory could extend): loading a tampered
-    copy raises instead of running its code.
-    """
+    """Load a model that save_local_copy wrote (models/production/ when the registry is down),
+    trusting the registry's types, never the copy's own MLmodel list (anyone who can write the
+    directory could extend it): a tampered copy raises instead of running its code."""
     import skops.io as sio
     import yaml
 

@@ -1,13 +1,12 @@
 """The score table: the bands, gate settings and verdict cut-offs a decision is scored with.
 
-Data rather than ``if`` chains (a frozen dataclass, loadable from the YAML config key
-``decision``), so every band and boundary is unit-tested and a team can tune it without touching
-code. lib.pipeline.scoring applies it to a candidate (:func:`lib.pipeline.scoring.decide`). It sits
-at the bottom of lib, beside lib.config which validates the ``decision`` section with it.
+Data rather than ``if`` chains (frozen dataclasses loaded from the config key ``decision``), so
+each band is unit-tested and tunable without code; lib.pipeline.scoring applies it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from collections.abc import Mapping
@@ -29,9 +28,9 @@ _OPS = {">": ">", ">=": GE}  # op -> human-readable symbol
 NEGATED = {">": LE, ">=": "<"}  # op -> symbol of its complement, for "else" texts
 
 
-def _is_number(x: Any) -> bool:
-    """A real number (bools are ints in Python but never a meaningful threshold)."""
-    return not isinstance(x, bool) and isinstance(x, (int, float))
+def _finite(x: Any) -> bool:
+    """A finite real number (bools are ints in Python but never a meaningful threshold)."""
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
 
 
 class ScoreTableError(ConfigError, ValueError):
@@ -40,11 +39,8 @@ class ScoreTableError(ConfigError, ValueError):
 
 @dataclass(frozen=True)
 class Evidence:
-    """A metric with its interval, so the decision can tell a real gain from holdout noise.
-
-    Not validated on construction (a bootstrap may legitimately record NaN); :func:`decide`
-    refuses non-finite or inverted intervals with the input's name.
-    """
+    """A metric with its interval, so the decision can tell a real gain from holdout noise; not
+    validated here (a bootstrap may record NaN): `decide` refuses bad ones by name."""
 
     estimate: float
     low: float
@@ -104,13 +100,13 @@ class Gate:
 
     def __post_init__(self) -> None:
         floor = self.min_roc_auc_lower
-        if not _is_number(floor) or not math.isfinite(floor) or not 0.5 <= floor < 1:
+        if not _finite(floor) or not 0.5 <= floor < 1:
             raise ScoreTableError(
                 f"gate.min_roc_auc_lower must be a number in [0.5, 1) (0.5 is a coin toss; the "
                 f"ROC-AUC interval's lower bound must be above it), got {floor!r}"
             )
         tolerance = self.accuracy_tolerance
-        if not _is_number(tolerance) or not math.isfinite(tolerance) or tolerance < 0:
+        if not _finite(tolerance) or tolerance < 0:
             raise ScoreTableError(
                 f"gate.accuracy_tolerance must be a finite number >= 0, got {tolerance!r}"
             )
@@ -139,11 +135,7 @@ class Band:
     def __post_init__(self) -> None:
         if self.op not in _OPS:
             raise ScoreTableError(f"band op must be one of {sorted(_OPS)}, got {self.op!r}")
-        if self.threshold is not None and (
-            isinstance(self.threshold, bool)
-            or not isinstance(self.threshold, (int, float))
-            or not math.isfinite(self.threshold)
-        ):
+        if self.threshold is not None and not _finite(self.threshold):
             raise ScoreTableError(
                 f"band threshold must be a finite number or None, got {self.threshold!r}"
             )
@@ -152,11 +144,8 @@ class Band:
 
     def holds(self, value: float) -> bool:
         """Whether ``value`` falls in this band (an else band always holds)."""
-        if self.threshold is None:
-            return True
-        if self.op == ">":
-            return value > self.threshold
-        return value >= self.threshold
+        t = self.threshold
+        return t is None or (value > t if self.op == ">" else value >= t)
 
     @property
     def rule(self) -> str:
@@ -197,12 +186,7 @@ class ScoreTable:
             bands = tuple(getattr(self, name))
             object.__setattr__(self, name, bands)  # accept lists, store tuples (hashable)
             _validate_bands(name, bands)
-        if (
-            isinstance(self.max_cv_std, bool)
-            or not isinstance(self.max_cv_std, (int, float))
-            or not math.isfinite(self.max_cv_std)
-            or self.max_cv_std < 0
-        ):
+        if not _finite(self.max_cv_std) or self.max_cv_std < 0:
             raise ScoreTableError(
                 f"stability.max_cv_std must be a finite number >= 0, got {self.max_cv_std!r}"
             )
@@ -229,38 +213,21 @@ class ScoreTable:
         """Build a table from the config's ``decision`` mapping; missing keys keep the defaults."""
         if d is None:
             return cls()
-        if not isinstance(d, dict):
-            raise ScoreTableError(
-                f"the score table must be a mapping with keys {_TOP_KEYS}, got {type(d).__name__}"
-            )
-        _check_keys("score table", d, _TOP_KEYS)
+        _mapping("the score table", d, _TOP_KEYS)
         kwargs: dict[str, Any] = {}
         for name in ("improvement", "absolute"):
             if name in d:
                 kwargs[name] = _bands_from_list(name, d[name])
-        if "stability" in d:
-            stability = _mapping("stability", d["stability"], _STABILITY_KEYS)
-            if "max_cv_std" in stability:
-                kwargs["max_cv_std"] = _number("stability.max_cv_std", stability["max_cv_std"])
-            if "points" in stability:
-                kwargs["stability_points"] = _integer("stability.points", stability["points"])
-        if "verdicts" in d:
-            verdicts = _mapping("verdicts", d["verdicts"], _VERDICT_KEYS)
-            if "auto" in verdicts:
-                kwargs["auto_at"] = _integer("verdicts.auto", verdicts["auto"])
-            if "manual" in verdicts:
-                kwargs["manual_at"] = _integer("verdicts.manual", verdicts["manual"])
+        for section, fields in _SECTIONS.items():
+            given = _mapping(section, d[section], tuple(fields)) if section in d else {}
+            for key, name in fields.items():
+                if key in given:
+                    read = _number if name == "max_cv_std" else _integer
+                    kwargs[name] = read(f"{section}.{key}", given[key])
         if "evidence" in d:
             kwargs["evidence"] = d["evidence"]  # validated by __post_init__, naming the key
-        if "gate" in d:
-            gate = _mapping("gate", d["gate"], _GATE_KEYS)
-            gate_kwargs: dict[str, Any] = {}
-            for key in ("min_roc_auc_lower", "accuracy_tolerance"):
-                if key in gate:
-                    gate_kwargs[key] = _number(f"gate.{key}", gate[key])
-            if "enabled" in gate:
-                gate_kwargs["enabled"] = gate["enabled"]  # validated by Gate, naming the key
-            kwargs["gate"] = Gate(**gate_kwargs)
+        if "gate" in d:  # validated by Gate, naming the keys
+            kwargs["gate"] = Gate(**_mapping("gate", d["gate"], _GATE_KEYS))
         return cls(**kwargs)
 
     def to_dict(self) -> dict:
@@ -268,14 +235,12 @@ class ScoreTable:
         return {
             "improvement": [_band_to_dict(b) for b in self.improvement],
             "absolute": [_band_to_dict(b) for b in self.absolute],
-            "stability": {"max_cv_std": self.max_cv_std, "points": self.stability_points},
-            "verdicts": {"auto": self.auto_at, "manual": self.manual_at},
-            "evidence": self.evidence,
-            "gate": {
-                "min_roc_auc_lower": self.gate.min_roc_auc_lower,
-                "accuracy_tolerance": self.gate.accuracy_tolerance,
-                "enabled": self.gate.enabled,
+            **{
+                section: {key: getattr(self, name) for key, name in fields.items()}
+                for section, fields in _SECTIONS.items()
             },
+            "evidence": self.evidence,
+            "gate": dataclasses.asdict(self.gate),
         }
 
     def verdict_for(self, score: int) -> str:
@@ -287,16 +252,13 @@ class ScoreTable:
         return "reject"
 
 
-def default_table_dict() -> dict:
-    """The default table in config shape, to write the default config file from one source."""
-    return ScoreTable().to_dict()
-
-
 # --- helpers -----------------------------------------------------------------------------------
 
 _TOP_KEYS = ("improvement", "absolute", "stability", "verdicts", "evidence", "gate")
-_STABILITY_KEYS = ("max_cv_std", "points")
-_VERDICT_KEYS = ("auto", "manual")
+_SECTIONS = {  # the config's sections of plain settings: {key: ScoreTable field}
+    "stability": {"max_cv_std": "max_cv_std", "points": "stability_points"},
+    "verdicts": {"auto": "auto_at", "manual": "manual_at"},
+}
 _GATE_KEYS = ("min_roc_auc_lower", "accuracy_tolerance", "enabled")
 _BAND_KEYS = ("above", "at_least", "else", "points")
 
@@ -335,21 +297,17 @@ def _validate_bands(name: str, bands: tuple[Band, ...]) -> None:
             )
 
 
-def _check_keys(where: str, d: dict, allowed: tuple[str, ...]) -> None:
+def _mapping(where: str, d: Any, allowed: tuple[str, ...]) -> dict:
+    if not isinstance(d, dict):
+        raise ScoreTableError(
+            f"{where} must be a mapping with keys {', '.join(allowed)}, got {d!r}"
+        )
     unknown = [k for k in d if k not in allowed]
     if unknown:
         raise ScoreTableError(
             f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; "
             f"allowed keys are {', '.join(allowed)}"
         )
-
-
-def _mapping(where: str, d: Any, allowed: tuple[str, ...]) -> dict:
-    if not isinstance(d, dict):
-        raise ScoreTableError(
-            f"{where} must be a mapping with keys {', '.join(allowed)}, got {d!r}"
-        )
-    _check_keys(where, d, allowed)
     return d
 
 

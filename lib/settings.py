@@ -1,12 +1,8 @@
 """The project root and the default locations under it, each defined once (issue 16).
 
-`lib` is a library: it never finds its data next to its own source files. Installed without
-``-e`` its files sit in site-packages, so the project is the directory the user works in (looked
-up from the working directory for `runner.py`) or the one ``PIPELINE_ROOT`` names. The config
-(`lib.config`), the stages, the service's settings and the notebooks read these functions; this
-module imports nothing of the domain, so any of them may import it. With lib.config,
-lib.config_sections and lib.score_table it is the settings layer at the bottom of lib, which
-imports no package (tests/test_architecture.py).
+`lib` never finds its data next to its own source (installed, it sits in site-packages): the
+project is ``PIPELINE_ROOT`` or the nearest directory holding `runner.py`. This module imports
+nothing of the domain, so any module may import it.
 """
 
 from __future__ import annotations

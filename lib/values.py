@@ -1,19 +1,10 @@
 """The value grammar of Play Store listings: one definition for the CSV reader and the service.
 
-`lib.pipeline.data` (pandera validation, quarantine) and `lib.serving.schemas` (request models)
-both read values through these functions, so a spelling that trains also serves and vice versa:
-
-* missing values: "", "NaN", "NA", "N/A", "None", "null", ... (`MISSING`);
-* counts with decorations: reviews "1,234", installs "10,000+", prices "$0.99";
-* sizes in MB with units: "19M", "201k" (k is 1/1000 MB, as the store shows it), "1.5G",
-  "Varies with device" (no value);
-* dates: "January 7, 2018", "Jan 7 2018", "March-20-2025", ISO 8601 "2018-01-07[T12:30[:00.5]]",
-  between 1677-09-22 and 2262-04-11 (the datetime64[ns] range the reader stores);
-* the type: "Free" / "Paid" in any case.
-
-Each parser takes one string and returns the value, None (or NaN for a size) for a missing one,
-or raises `ValueError` whose text completes a sentence starting with the value ("is not ...").
-`parse_column` applies a parser to a pandas column, once per distinct value.
+lib.pipeline.data and lib.serving.schemas read values through these parsers, so a spelling that
+trains also serves: missing words (`MISSING`), decorated counts ("1,234", "10,000+", "$0.99"),
+sizes ("19M", "201k", "Varies with device"), dates (store styles and ISO 8601, within the
+datetime64[ns] range) and "Free"/"Paid". A parser returns the value, None (NaN for a size) when
+missing, or raises a `ValueError` whose text completes "<value> ...".
 """
 
 from __future__ import annotations
@@ -69,10 +60,7 @@ def number(text: str, junk: re.Pattern[str] | None = None, hint: str = HINT_NUMB
         text = junk.sub("", text)
     if text in MISSING:
         return None
-    if NUMBER_RE.fullmatch(text) is None:
-        raise ValueError(hint)
-    value = float(text)
-    if not math.isfinite(value):
+    if NUMBER_RE.fullmatch(text) is None or not math.isfinite(value := float(text)):
         raise ValueError(hint)
     return value
 

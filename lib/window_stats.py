@@ -1,16 +1,10 @@
 """Statistics and their wording shared by canary analysis and production monitoring.
 
-Both judge a window of logged predictions (lib.delivery.canary the canary against the champion,
-lib.watch.monitoring the champion against its own validation): what counts as a failed request,
-the error-rate test, and how numbers are written in their messages must be one definition, so a
-canary that passed and the monitor that watches it afterwards speak the same language.
-
-The sequential tests below are for a window that is looked at again and again as it grows (a
-canary step is checked every few seconds): each returns an always-valid p-value, the inverse of a
-nonnegative (super)martingale under the null, so by Ville's inequality the chance that it ever
-drops below alpha, at any look, is at most alpha. A fixed-alpha test re-run at every look is not:
-its false alarms add up over the looks. They are vectorised (NumPy broadcasting) so that a
-simulation of thousands of rollouts runs the very same code as one live check.
+One definition of a failed request, the error-rate test and the message wording, so a canary and
+the monitor that watches it afterwards speak the same language. The sequential tests return
+always-valid p-values (inverse of a nonnegative supermartingale: by Ville's inequality the chance
+of ever dropping below alpha, at any look, is at most alpha), for windows checked again and again
+as they grow; they are vectorised so simulations run the very code of a live check.
 """
 
 from __future__ import annotations
@@ -47,13 +41,9 @@ def _log_upper_beta(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def sequential_binomial_p(k: np.ndarray | int, n: np.ndarray | int, bound: np.ndarray | float):
-    """Always-valid p-value of H0 "rate <= bound" after k events in n trials (vectorised).
-
-    A beta mixture of likelihood ratios over rates above the bound (a Beta(1, b) prior with mean
-    about three times the bound, truncated to rates above it): for every rate <= bound each ratio
-    is a supermartingale, so is the mixture, and min(1, 1/mixture) is valid at every look. It is
-    exact (no normal approximation), so it also judges a handful of requests (every one failed).
-    """
+    """Always-valid p-value of H0 "rate <= bound" after k events in n trials (vectorised): the
+    inverse of a mixture of likelihood ratios over rates above the bound (Beta(1, b), mean about
+    three times the bound), exact, so it also judges a handful of requests that all failed."""
     k = np.asarray(k, dtype=float)
     n = np.asarray(n, dtype=float)
     p0 = np.asarray(bound, dtype=float)
@@ -90,14 +80,10 @@ def sequential_excess_test(
     alpha: float,
     scale: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One-sided mixture SPRT of H0 "true value <= bound" for an asymptotically normal estimate.
-
-    The Gaussian likelihood ratio for an excess d over the bound, mixed over a half-normal prior
-    of scale `scale` on d (Robbins; Johari et al.'s always-valid p-values, asymptotic confidence
-    sequences of Waudby-Smith et al. when the variance is estimated). Returns (lower, p): the
-    always-valid (1 - alpha) lower confidence bound of the true value, and the always-valid
-    p-value of H0. Failing when lower > bound is the same decision as p <= alpha. `scale` is the
-    excess the test finds fastest: the bound it pays for looking at every sample size.
+    """One-sided mixture SPRT of H0 "true value <= bound" for an asymptotically normal estimate:
+    the Gaussian likelihood ratio mixed over a half-normal prior of scale `scale` (the excess it
+    finds fastest) on the excess (Robbins; Johari et al.; Waudby-Smith et al.). Returns the
+    always-valid (1 - alpha) lower bound and p-value; lower > bound is the same as p <= alpha.
     """
     est = np.asarray(estimate, dtype=float)
     var = np.maximum(np.asarray(variance, dtype=float), 1e-12)

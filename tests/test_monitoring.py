@@ -155,7 +155,7 @@ def test_config_from_dict_sets_known_keys_and_names_unknown_ones() -> None:
     assert MonitorConfig.from_dict(None) == MonitorConfig()
     with pytest.raises(ValueError, match="min_feedbak.*psi_treshold|psi_treshold.*min_feedbak"):
         MonitorConfig.from_dict({"min_feedbak": 1, "psi_treshold": 0.2, "alpha": 0.01})
-    with pytest.raises(ValueError, match="min_requests must be an integer"):
+    with pytest.raises(ValueError, match=r"monitoring\.min_requests: must be an integer"):
         MonitorConfig.from_dict({"min_requests": 2.5})
     with pytest.raises(ValueError, match="alpha"):
         MonitorConfig.from_dict({"alpha": 1.5})

@@ -226,9 +226,11 @@ def test_gov_and_workflow_slack_hooks_and_power_automate_teams_hooks_are_native(
         power_automate: ("teams", "pa=yes"),
     }
     for url, (kind, option) in native.items():
-        assert notify_targets.kind_of(url) == kind
+        (target,) = notify_targets.targets_from_env({"NOTIFY_URLS": url})
+        assert target.kind == kind and target.error is None
         assert option in apprise.Apprise.instantiate(url).url()
-    assert notify_targets.kind_of("not a url") == "other"
+    (target,) = notify_targets.targets_from_env({"NOTIFY_URLS": "not-a-url"})
+    assert target.kind == "other" and target.error is not None
 
 
 def test_a_retired_teams_connector_is_reported_as_a_failed_target(
@@ -247,13 +249,13 @@ def test_a_retired_teams_connector_is_reported_as_a_failed_target(
 def test_no_targets_returns_nothing_and_says_so_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(notify, "_off_logged", False)
+    notify._say_off.cache_clear()
     caplog.set_level(logging.INFO, logger=notify.log.name)
 
     assert notify_targets.targets_from_env({}) == []
     assert notify.notify("deployed", version=3) == []
     assert notify.notify("rolled_back", version=3, reason="x") == []
-    assert notify.send_test() == []
+    assert notify.notify("test") == []
 
     off = [r for r in caplog.records if "notifications are off" in r.getMessage()]
     assert len(off) == 1 and off[0].levelno == logging.INFO
@@ -508,7 +510,7 @@ def test_send_test_reaches_every_target_including_pagerduty(
     monkeypatch.setenv("PAGERDUTY_KEY", PD_KEY)
     monkeypatch.setenv("NOTIFY_URLS", f"json://{LOOPBACK}:{http_sink.port}/test")
 
-    deliveries = notify.send_test()
+    deliveries = notify.notify("test")
 
     assert [(d.kind, d.ok) for d in deliveries] == [("pagerduty", True), ("other", True)]
     paths = sorted(r.path for r in http_sink.requests)

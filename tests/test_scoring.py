@@ -18,7 +18,6 @@ from lib.score_table import (
     GateInputs,
     ScoreTable,
     ScoreTableError,
-    default_table_dict,
 )
 
 # Inputs that land in a known band of the other two criteria, so one criterion varies at a time.
@@ -299,7 +298,7 @@ def test_non_numeric_input_raises() -> None:
 
 
 def test_default_table_dict_has_the_mission_table() -> None:
-    assert default_table_dict() == {
+    assert ScoreTable().to_dict() == {
         "improvement": [
             {"above": 0.01, "points": 40},
             {"above": 0.0, "points": 20},
@@ -371,7 +370,7 @@ def test_from_dict_reads_the_documented_yaml_shape() -> None:
 
 
 def _with(path: tuple, value: object) -> dict:
-    d = copy.deepcopy(default_table_dict())
+    d = copy.deepcopy(ScoreTable().to_dict())
     target = d
     for key in path[:-1]:
         target = target[key]

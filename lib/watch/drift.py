@@ -1,10 +1,9 @@
 """Drift of the model inputs and of its predictions between the training data and a window.
 
-Drift rule: a column drifts when PSI > psi_threshold (the size of the shift) AND its test (KS for
-numeric, chi-square for categorical) has p < drift_alpha (the shift is not sampling noise). PSI
-alone false-alarms on small samples (30 categories seen in 100 requests give PSI ~0.3 with no
-drift at all); a test alone flags negligible shifts once samples are large. The data set drifts
-when at least `dataset_drift_share` of the judged columns drift (Evidently's rule).
+A column drifts when PSI > psi_threshold (the shift is large) AND its test (KS numeric,
+chi-square categorical) has p < drift_alpha (it is not noise): PSI alone false-alarms on small
+samples, a test alone flags negligible shifts on large ones. The data set drifts when at least
+`dataset_drift_share` of the judged columns drift (Evidently's rule).
 """
 
 from __future__ import annotations
@@ -39,14 +38,14 @@ class FeatureDrift:
     feature: str
     kind: str  # numeric / categorical
     test: str  # ks / chi2
-    psi: float | None
-    statistic: float | None
-    p_value: float | None
-    drifted: bool
     samples: int  # current rows
     reference_samples: int
     status: str  # ok / alert / not_enough_data / skipped
     message: str
+    psi: float | None = None
+    statistic: float | None = None
+    p_value: float | None = None
+    drifted: bool = False
 
 
 def current_inputs(window: pd.DataFrame) -> pd.DataFrame:
@@ -127,12 +126,9 @@ def _categorical_counts(ref: pd.Series, cur: pd.Series) -> tuple[np.ndarray, np.
 def psi(
     reference_values: Any, current_values: Any, bins: int = 10, categorical: bool | None = None
 ) -> float:
-    """Population stability index: sum over bins of (cur - ref) * ln(cur / ref) of the shares.
-
-    Numeric: `bins` quantile bins of the reference (ties merge bins) and a missing-value bin.
-    Categorical (inferred from the dtype unless given): one bin per reference category and one
-    for all unseen ones. Empty bins get a share of PSI_EPS. NaN when either side is empty.
-    """
+    """Population stability index over the reference's quantile bins (numeric) or categories
+    (categorical: unseen ones share a bin), missing values in a bin of their own; NaN when a side
+    is empty."""
     ref_s, cur_s = pd.Series(reference_values), pd.Series(current_values)
     if categorical is None:
         categorical = _is_categorical(ref_s.dropna()) or _is_categorical(cur_s.dropna())
@@ -171,11 +167,8 @@ def _drift_verdict(psi_value: float, p: float, psi_threshold: float, alpha: floa
 def feature_drift(
     reference_X: pd.DataFrame, current_X: pd.DataFrame, cfg: MonitorConfig | None = None
 ) -> list[FeatureDrift]:
-    """PSI and KS / chi-square of every FEATURE_COLUMN; drifted = PSI > threshold AND p < alpha.
-
-    Free text (the app name) is neither a number nor a category: it is not judged itself, its
-    statistics (name_length, name_words, ...) are derived columns that are.
-    """
+    """PSI and KS / chi-square of every FEATURE_COLUMN but free text (the app name is judged
+    through its derived columns); drifted = PSI > threshold AND p < alpha."""
     cfg = cfg or MonitorConfig()
     results = []
     for col in FEATURE_COLUMNS:
@@ -184,25 +177,21 @@ def feature_drift(
         kind = "categorical" if col in CATEGORICAL else "numeric"
         test = "chi2" if kind == "categorical" else "ks"
         n_ref = len(reference_X) if col in reference_X.columns else 0
-        n_cur = len(current_X) if col in current_X.columns else 0
+        current = current_X[col] if col in current_X.columns else pd.Series([], dtype=object)
+        logged = current_X.attrs.get("logged", {}).get(col)
+        if logged is not None and len(logged) == len(current):
+            current = current[np.asarray(logged, dtype=bool)]  # rows logged with this column
+        n_cur = len(current)
         base = {"feature": col, "kind": kind, "test": test, "samples": n_cur}
         base["reference_samples"] = n_ref
-        current = current_X[col] if col in current_X.columns else None
-        logged = current_X.attrs.get("logged", {}).get(col)
-        if current is not None and logged is not None and len(logged) == len(current):
-            current = current[np.asarray(logged, dtype=bool)]  # rows logged with this column
-            n_cur = len(current)
-            base["samples"] = n_cur
-        if col not in reference_X.columns or col not in current_X.columns or not n_ref:
-            side = "reference" if col not in reference_X.columns or not n_ref else "window"
+        if not n_ref or col not in current_X.columns:
+            side = "reference" if not n_ref else "window"
             msg = f"{col}: not in the {side} data; drift not judged"
-            results.append(FeatureDrift(**base, psi=None, statistic=None, p_value=None,
-                                        drifted=False, status=SKIPPED, message=msg))  # fmt: skip
+            results.append(FeatureDrift(**base, status=SKIPPED, message=msg))
             continue
         if n_cur < cfg.min_drift_samples:
             msg = f"{col}: not enough data (n={n_cur}, {cfg.min_drift_samples} needed) for drift"
-            results.append(FeatureDrift(**base, psi=None, statistic=None, p_value=None,
-                                        drifted=False, status=NO_DATA, message=msg))  # fmt: skip
+            results.append(FeatureDrift(**base, status=NO_DATA, message=msg))
             continue
         if kind == "categorical":
             ref, cur = _as_category(reference_X[col]), _as_category(current)
@@ -224,17 +213,15 @@ def feature_drift(
             msg = f"{seen}: PSI above threshold but not significant, no drift"
         else:
             msg = f"{seen}: no drift"
-        results.append(FeatureDrift(**base, psi=value, statistic=statistic, p_value=p,
-                                    drifted=drifted, status=ALERT if drifted else OK,
-                                    message=msg))  # fmt: skip
+        status = ALERT if drifted else OK
+        results.append(FeatureDrift(**base, status=status, message=msg, psi=value,
+                                    statistic=statistic, p_value=p, drifted=drifted))  # fmt: skip
     return results
 
 
 def _positive_rate(proba: np.ndarray, labels: Any) -> tuple[float, str]:
-    """The share of positive labels: the labels served when known, else probability >= 0.5.
-
-    A tuned model's cut is not 0.5, so its own labels are the only faithful positive rate.
-    """
+    """The share of positive labels served when known (a tuned model's cut is not 0.5), else of
+    probability >= 0.5."""
     if labels is not None:
         lab = _as_float(labels)
         lab = lab[~np.isnan(lab)]
@@ -250,11 +237,8 @@ def prediction_drift(
     reference_labels: Any = None,
     current_labels: Any = None,
 ) -> dict[str, Any]:
-    """PSI and KS of the predicted probabilities, and the change of the positive rate.
-
-    The positive rate counts the labels served (stored with each prediction) when given; without
-    labels it falls back to probability >= 0.5 (`positive_rate_from` says which was used).
-    """
+    """PSI and KS of the predicted probabilities, and the change of the positive rate (of the
+    labels served when given, else probability >= 0.5: `positive_rate_from` says which)."""
     cfg = cfg or MonitorConfig()
     ref, cur = _as_float(reference_proba), _as_float(current_proba)
     ref, cur = ref[~np.isnan(ref)], cur[~np.isnan(cur)]

@@ -1,8 +1,5 @@
-"""What a monitoring pass reports (its config, MonitorConfig, is in lib.config_sections).
-
-Kept apart from the checks so that drift statistics (lib.watch.drift) and the verdict
-(lib.watch.monitoring) share one vocabulary of statuses without importing each other.
-"""
+"""What a monitoring pass reports: apart from the checks, so lib.watch.drift and
+lib.watch.monitoring share one vocabulary of statuses without importing each other."""
 
 from __future__ import annotations
 
@@ -86,17 +83,4 @@ class MonitorReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN and infinities become null, NumPy scalars plain numbers."""
         name, reason = self.verdict()
-        return json_safe(
-            {
-                "verdict": name,
-                "verdict_reason": reason,
-                "service_unreachable": self.service_unreachable,
-                "healthy": self.healthy,
-                "rollback": self.rollback,
-                "rollback_reason": self.rollback_reason,
-                "alerts": [asdict(a) for a in self.alerts],
-                "checks": [asdict(c) for c in self.checks],
-                "metrics": self.metrics,
-                "drift": self.drift,
-            }
-        )
+        return json_safe({"verdict": name, "verdict_reason": reason, **asdict(self)})

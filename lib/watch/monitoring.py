@@ -1,24 +1,12 @@
 """Production monitoring of the served model: pure functions on a window of logged predictions.
 
-The window is `PredictionReader.window(since, until, variant, features=True)`:
-one row per request, its feedback joined in. Pass the window of the model you judge (usually the
-`champion` variant): accuracy mixes whatever versions the window holds.
-
-Checks (each knows its sample size and says "not enough data (n=...)" rather than pass or fail):
-
-- error rate: Flagger's success rate >= 99%, one-sided exact binomial test against the bound;
-- p99 latency: Flagger's 500 ms bound (warning only);
-- accuracy on feedback: the mission's rule, more than `degradation` below the champion's
-  validation (holdout) accuracy, one-sided exact binomial test against that bound;
-- ROC-AUC on feedback: same bound, Hanley-McNeil standard error (warning only);
-- drift of every model input and of the predicted probabilities (warning only).
-
-Rollback is reserved for what hurts users now and is measured directly: a significant accuracy
-drop or a significant error rate. Drift says the world changed; the previous model saw the same
-old data, so drift asks for retraining and a person's look, never for a rollback.
-
-The drift statistics and their rule are in lib.watch.drift, the config and report types in
-lib.watch.health_report; import them from there.
+The window is `PredictionReader.window(since, until, variant, features=True)`, one row per request
+with its feedback; pass the variant you judge (usually `champion`). Each check knows its sample
+size and says "not enough data" rather than pass or fail. Only what hurts users now and is
+measured directly rolls back: a significant error rate (Flagger's 99% success, exact binomial) or
+accuracy drop (more than `degradation` below the champion's validation accuracy, exact binomial).
+p99 latency, ROC-AUC (Hanley-McNeil) and drift (lib.watch.drift) only warn: the previous model saw
+the same old data, so drift asks for retraining and a person's look, never for a rollback.
 """
 
 from __future__ import annotations
@@ -74,13 +62,10 @@ def _prepare(window: pd.DataFrame) -> pd.DataFrame:
         )
     frame = window.copy()
     frame["is_error"] = failed_requests(frame)
-    frame["label"] = pd.to_numeric(frame["label"], errors="coerce")
-    for col in ("probability", "latency_ms"):
-        frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    if "true_label" in frame.columns:
-        frame["true_label"] = pd.to_numeric(frame["true_label"], errors="coerce")
-    else:
+    if "true_label" not in frame.columns:
         frame["true_label"] = np.nan
+    for col in ("label", "probability", "latency_ms", "true_label"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
     frame["variant"] = frame["variant"].astype(str)
     frame["model_version"] = frame["model_version"].astype(str)
     return frame
@@ -149,11 +134,8 @@ def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
 def performance(
     window: pd.DataFrame, reference: dict[str, float], cfg: MonitorConfig | None = None
 ) -> dict[str, Any]:
-    """Accuracy and ROC-AUC on labeled feedback vs the champion's validation figures.
-
-    Labeled = feedback present and the request did not fail. The p-values are one-sided tests of
-    "live value >= reference - degradation": small means significantly worse than the bound.
-    """
+    """Accuracy and ROC-AUC on labeled feedback (requests that did not fail) vs the champion's
+    validation; p-values test "live >= reference - degradation" (small: worse than the bound)."""
     cfg = cfg or MonitorConfig()
     frame = _prepare(window)
     labeled = frame[~frame["is_error"] & frame["true_label"].notna()]
@@ -297,6 +279,14 @@ def check_roc_auc(perf: dict[str, Any], cfg: MonitorConfig) -> CheckResult:
     )
 
 
+def _drift_check(
+    name: str, status: str, message: str, observed: Any, threshold: float, n: int, p: Any = None
+) -> CheckResult:
+    """A drift check: its alert is a warning (drift asks for retraining, never a rollback)."""
+    severity = WARNING if status == ALERT else None
+    return CheckResult(name, status, message, observed, threshold, n, severity, p)
+
+
 def _drift_section(
     frame: pd.DataFrame,
     window: pd.DataFrame,
@@ -326,19 +316,8 @@ def _drift_section(
             dataset_drift=bool(judged) and share >= cfg.dataset_drift_share,
         )
         for f in features:
-            severity = WARNING if f.status == ALERT else None
-            checks.append(
-                CheckResult(
-                    f"drift:{f.feature}",
-                    f.status,
-                    f.message,
-                    f.psi,
-                    cfg.psi_threshold,
-                    f.samples,
-                    severity,
-                    f.p_value,
-                )
-            )
+            check = (f.status, f.message, f.psi, cfg.psi_threshold, f.samples, f.p_value)
+            checks.append(_drift_check(f"drift:{f.feature}", *check))
         if judged:
             msg = (
                 f"{len(drifted)} of {len(judged)} input columns drifted "
@@ -346,18 +325,8 @@ def _drift_section(
                 f"{fmt_percent(cfg.dataset_drift_share)} or more"
             )
             status = ALERT if drift["dataset_drift"] else OK
-            severity = WARNING if status == ALERT else None
-            checks.append(
-                CheckResult(
-                    "dataset_drift",
-                    status,
-                    msg,
-                    share,
-                    cfg.dataset_drift_share,
-                    len(current_X),
-                    severity,
-                )
-            )
+            check = (status, msg, share, cfg.dataset_drift_share, len(current_X))
+            checks.append(_drift_check("dataset_drift", *check))
     if reference_proba is None:
         msg = "no reference probabilities: prediction drift not judged"
         checks.append(CheckResult("prediction_drift", SKIPPED, msg))
@@ -367,10 +336,8 @@ def _drift_section(
             reference_proba, served["probability"], cfg, reference_labels, served["label"]
         )
         drift["prediction"] = pred
-        checks.append(CheckResult("prediction_drift", pred["status"], pred["message"], pred["psi"],
-                                  cfg.prediction_drift_psi, pred["samples"],
-                                  WARNING if pred["status"] == ALERT else None,
-                                  pred["p_value"]))  # fmt: skip
+        check = (pred["status"], pred["message"], pred["psi"], cfg.prediction_drift_psi)
+        checks.append(_drift_check("prediction_drift", *check, pred["samples"], pred["p_value"]))
     return drift, checks
 
 
@@ -386,12 +353,8 @@ def evaluate_health(
     reference_labels: Any = None,
 ) -> MonitorReport:
     """Every check on one window; rollback only on a significant accuracy drop or error rate.
-
-    reference_metrics: the champion's validation figures ({"accuracy", "roc_auc"}, or the MLflow
-    run's holdout_* names); reference_X / reference_proba: its training inputs and predicted
-    probabilities, for drift (None skips those checks); reference_labels: the labels the model
-    served for them (its tuned threshold), for the positive rate (else probability >= 0.5).
-    """
+    reference_X / reference_proba (None skips drift) and reference_labels (the labels served at
+    the tuned threshold, for the positive rate) describe the champion's training data."""
     cfg = cfg or MonitorConfig()
     frame = _prepare(window)
     perf = performance(frame, reference_metrics, cfg)

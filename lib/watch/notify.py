@@ -1,33 +1,17 @@
 """Tell people what the pipeline did: deployments, approvals, rejections, rollbacks, alerts.
 
-Configuration, URL parsing, redacted display of targets and routing are apprise's: a target is
-any URL apprise accepts, including the native webhook URLs services hand out; `Target.label` is
-apprise's ``url(privacy=True)``; which targets get an event is decided by apprise tags. One apprise
-instance per target, so a dead target costs only its own connect/read timeout and never stops the
-others. Nothing here raises because a target failed: `notify()` returns one `Delivery` per target
-that the event was routed to (ok or the redacted error; a misconfigured entry always fails) for
-the run summary, and logs the same.
-
-This module builds the message and sends it; the rest lives beside it (import it from there):
-
-- `lib.watch.notify_targets`: the targets apprise's configuration gives (``NOTIFY_CONFIG``, a
-  YAML or TEXT file, and the older ``SLACK_WEBHOOK``, ``EMAIL_SMTP``, ``TEAMS_WEBHOOK``,
-  ``PAGERDUTY_KEY``, ``NOTIFY_URLS``), the events, their tags and which target gets which;
-- `lib.watch.redaction`: `redact()`, `RedactingFilter` and `install_redacting_filter()`, which
-  keep every configured secret out of errors and logs, apprise's and urllib3's included.
-
-Each URL may carry ``cto=`` / ``rto=`` (connect / read timeout in seconds); without them
-`notify()` applies `CONNECT_TIMEOUT` / `READ_TIMEOUT`.
-
-``python runner.py rollback --reason "..."`` calls ``notify("rolled_back", version=...,
-reason=...)`` after the rollback; ``python runner.py notify --test`` calls `send_test()`.
+Configuration, URL parsing, redacted labels and routing (tags) are apprise's; the targets are in
+lib.watch.notify_targets, the redaction of secrets in lib.watch.redaction. One apprise instance
+per target, so a dead target costs only its own timeouts (``cto=`` / ``rto=`` in its URL, else
+`CONNECT_TIMEOUT` / `READ_TIMEOUT`). A failed target never raises: `notify()` returns one
+`Delivery` per target the event was routed to, for the run summary, and logs the same.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,17 +19,8 @@ from typing import Any
 import apprise
 from apprise.result import AppriseResultStatus
 
-from lib.watch.notify_targets import (
-    EVENTS,
-    LEVELS,
-    Target,
-    event_tags,
-    targets_from_env,
-)
-from lib.watch.redaction import (
-    harden_apprise_logging,
-    redact,
-)
+from lib.watch.notify_targets import EVENTS, LEVELS, Target, event_tags, targets_from_env
+from lib.watch.redaction import harden_apprise_logging, redact
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +34,6 @@ _NOTIFY_TYPES = {
     "warning": apprise.NotifyType.WARNING,
     "failure": apprise.NotifyType.FAILURE,
 }
-
-_off_lock = threading.Lock()
-_off_logged = False
 
 
 @dataclass(frozen=True)
@@ -116,12 +88,8 @@ def build_message(
     reason: str | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> Message:
-    """The title and body for `event`: version, key metrics, improvement, reason, report.
-
-    The body is a markdown bullet list: plain text in Slack and PagerDuty, a list in Teams and in
-    the HTML e-mail. `improvement` is candidate minus production on the selection metric.
-    Configured secrets are removed from both title and body.
-    """
+    """The title and a markdown bullet body (plain text in Slack and PagerDuty) for `event`,
+    without configured secrets; `improvement` is candidate minus production."""
     if event not in LEVELS:
         raise ValueError(f"unknown notification event {event!r}; expected one of {EVENTS}")
     tag = _version_tag(version) if version is not None else None
@@ -212,11 +180,10 @@ def _deliver(
                 False,
                 f"invalid or unsupported notification URL for apprise {apprise.__version__}",
             )
-        default = type(service)  # timeouts the URL does not set (cto=, rto=) are ours
-        if service.socket_connect_timeout == default.socket_connect_timeout:
-            service.socket_connect_timeout = connect_timeout
-        if service.socket_read_timeout == default.socket_read_timeout:
-            service.socket_read_timeout = read_timeout
+        timeouts = {"socket_connect_timeout": connect_timeout, "socket_read_timeout": read_timeout}
+        for name, value in timeouts.items():  # the timeouts the URL does not set (cto=, rto=)
+            if getattr(service, name) == getattr(type(service), name):
+                setattr(service, name, value)
         sender = apprise.Apprise(asset=asset)
         sender.add(service)
         result = sender.notify(
@@ -238,6 +205,15 @@ def _deliver(
     return Delivery(target.kind, label, False, redact(redact(error, [target.url])))
 
 
+@functools.cache
+def _say_off() -> None:
+    """Once per process: every stage would repeat it."""
+    log.info(
+        "notifications are off: set NOTIFY_CONFIG (an apprise YAML or TEXT file), or "
+        "SLACK_WEBHOOK, EMAIL_SMTP, TEAMS_WEBHOOK, PAGERDUTY_KEY or NOTIFY_URLS"
+    )
+
+
 def notify(
     event: str,
     version: str | int | None = None,
@@ -251,23 +227,13 @@ def notify(
     connect_timeout: float = CONNECT_TIMEOUT,
     read_timeout: float = READ_TIMEOUT,
 ) -> list[Delivery]:
-    """Send `event` to every target (default: `targets_from_env()`) its tags route it to.
-
-    Returns one `Delivery` per target the event was routed to; failures are in the list and in
-    the log, never raised. With no targets at all it returns [] and says once that notifications
-    are off. An unknown `event` is a programming error and raises ValueError.
-    """
-    global _off_logged
+    """Send `event` to every target (default: `targets_from_env()`) its tags route it to; one
+    `Delivery` each, failures listed and logged, never raised (an unknown `event` is a bug:
+    ValueError)."""
     message = build_message(event, version, metrics, improvement, report, reason, details)
     chosen = targets_from_env() if targets is None else list(targets)
     if not chosen:
-        with _off_lock:
-            first, _off_logged = not _off_logged, True
-        if first:
-            log.info(
-                "notifications are off: set NOTIFY_CONFIG (an apprise YAML or TEXT file), or "
-                "SLACK_WEBHOOK, EMAIL_SMTP, TEAMS_WEBHOOK, PAGERDUTY_KEY or NOTIFY_URLS"
-            )
+        _say_off()
         return []
     harden_apprise_logging()
     deliveries: list[Delivery] = []
@@ -284,8 +250,3 @@ def notify(
                 "notification %s to %s failed: %s", event, delivery.target_label, delivery.error
             )
     return deliveries
-
-
-def send_test(targets: Sequence[Target] | None = None, **kwargs: Any) -> list[Delivery]:
-    """A test message to every target, for ``python runner.py notify --test``."""
-    return notify("test", targets=targets, **kwargs)

@@ -1,24 +1,14 @@
 """Where notifications go: apprise's own configuration, and which events each target gets.
 
-``NOTIFY_CONFIG`` names an apprise configuration file, YAML (``urls:`` entries with ``tag:``) or
-TEXT (one ``TAGS=URL`` per line); apprise tells them apart by their content and parses it: any
-URL it accepts, the services' own webhook URLs included. The older variables still work, each
-value read as one line of apprise's TEXT configuration (CI secrets):
+``NOTIFY_CONFIG`` names an apprise configuration file (YAML or TEXT, apprise tells them apart);
+the older variables still work, each read as one line of apprise's TEXT configuration (``TAGS=``
+optional): ``SLACK_WEBHOOK``, ``EMAIL_SMTP``, ``TEAMS_WEBHOOK`` (a URL), ``PAGERDUTY_KEY`` (an
+Events API v2 routing key or a ``pagerduty://`` URL; ``PAGERDUTY_API_KEY`` for apprise's API
+key), ``NOTIFY_URLS`` (URLs separated by whitespace, or by commas before a new ``scheme://``).
 
-``SLACK_WEBHOOK``, ``EMAIL_SMTP``, ``TEAMS_WEBHOOK``
-    a URL (``https://hooks.slack.com/services/…``, ``mailtos://USER:PASS@host:587?to=…``, a Teams
-    Workflows webhook), optionally after ``TAGS=``.
-``PAGERDUTY_KEY``
-    an Events API v2 routing key (optionally ``TAGS=KEY``) or a ``pagerduty://`` URL; apprise's
-    plugin wants an API key the Events API ignores: ``PAGERDUTY_API_KEY`` or a placeholder.
-``NOTIFY_URLS``
-    apprise URLs separated by whitespace, or by commas where a new ``scheme://`` starts.
-
-Routing is by apprise tags: an event carries its name, its level and a short alias
-(`event_tags`: ``rolled_back`` → ``rolled_back, failure, rollback``); a target gets the events
-carrying one of its tags, all of them without tags (PagerDuty, which pages people:
-`PAGERDUTY_EVENTS`). A URL apprise rejects, a tag no event carries, or a file that cannot be
-read becomes a `Target` with an `error`: every notification reports it as failed, none raises.
+Routing is by apprise tags (`event_tags`: name, level, alias); a target without tags gets every
+event, PagerDuty only `PAGERDUTY_EVENTS`. A URL apprise rejects, an unknown tag or an unreadable
+file becomes a `Target` with an `error`, reported as failed by every notification.
 """
 
 from __future__ import annotations
@@ -122,12 +112,6 @@ class Target:
 
     def __str__(self) -> str:
         return self.label
-
-
-def kind_of(url: str) -> str:
-    """Which family apprise puts a URL in (slack/email/teams/pagerduty/other)."""
-    service = apprise.Apprise.instantiate(url)
-    return _PLUGIN_KINDS.get(type(service).__name__, "other") if service else "other"
 
 
 def pagerduty_url(key: str, api_key: str | None = None) -> str:

@@ -1,15 +1,9 @@
 """Keep notification secrets out of errors, summaries and logs.
 
-Webhook URLs, SMTP passwords and PagerDuty keys are credentials. `redact()` replaces every one it
-knows, with its parts (those apprise itself hides in ``url(privacy=True)``, URL credentials,
-secret query values, token-like path segments) and their quoted spellings, plus any URL
-credentials it does not know. It knows those of the notification configuration as written
-(`configured_secrets`: every URL in `CONFIG_VARS` and in the ``NOTIFY_CONFIG`` file, and the
-PagerDuty keys) and of every `Target` created in this process (`register_secrets`).
-
-apprise's logger (webhook URLs and payloads at DEBUG) is capped at WARNING and, like urllib3's
-request log, gets a `RedactingFilter` when this module is imported (`harden_apprise_logging`);
-`install_redacting_filter()` puts the same filter on the root logger's handlers.
+`redact()` replaces every secret it knows (the notification configuration's, `configured_secrets`,
+and every `Target`'s, `register_secrets`) with its parts and quoted spellings, plus any URL
+credentials. apprise's and urllib3's loggers, which log webhook URLs, get a `RedactingFilter`
+on import; `install_redacting_filter()` puts one on the root logger's handlers.
 """
 
 from __future__ import annotations
@@ -147,11 +141,8 @@ def _known_secrets() -> list[str]:
 
 
 def redact(text: str, secrets: Iterable[str] | None = None) -> str:
-    """`text` with every secret and every URL credential replaced by ``***``.
-
-    Without `secrets`, the configured ones are used: the configuration's and those of every
-    `Target` created in this process. URL-shaped secrets also have their parts removed.
-    """
+    """`text` with every secret (default: the configured ones and every `Target`'s, with their
+    parts) and every URL credential replaced by ``***``."""
     if not text:
         return text
     values = _known_secrets() if secrets is None else _normalize(secrets)
@@ -162,11 +153,8 @@ def redact(text: str, secrets: Iterable[str] | None = None) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Redacts secrets from log records; put it on handlers (and on loggers that log secrets).
-
-    A filter on a logger only sees records logged through that very logger, not those propagated
-    from its children, which is why `install_redacting_filter` also adds it to the handlers.
-    """
+    """Redacts secrets from log records. A logger's filter misses records propagated from its
+    children: `install_redacting_filter` also puts it on the handlers."""
 
     def __init__(self, secrets: Iterable[str] | None = None, name: str = "") -> None:
         super().__init__(name)
@@ -194,14 +182,15 @@ class RedactingFilter(logging.Filter):
 def install_redacting_filter(logger: logging.Logger | None = None) -> RedactingFilter:
     """Add one `RedactingFilter` to `logger` (root by default) and to each of its handlers."""
     logger = logger if logger is not None else logging.getLogger()
-    existing = next((f for f in logger.filters if isinstance(f, RedactingFilter)), None)
-    flt = existing or RedactingFilter()
-    if existing is None:
-        logger.addFilter(flt)
-    for handler in logger.handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(flt)
+    flt = _filter_of(logger) or RedactingFilter()
+    for each in (logger, *logger.handlers):
+        if _filter_of(each) is None:
+            each.addFilter(flt)
     return flt
+
+
+def _filter_of(each: logging.Filterer) -> RedactingFilter | None:
+    return next((f for f in each.filters if isinstance(f, RedactingFilter)), None)
 
 
 # Loggers that write webhook URLs (tokens in the path or query) on their own: apprise at
@@ -212,9 +201,8 @@ _URL_LOGGERS = ("apprise", "urllib3.connectionpool", "urllib3.poolmanager", "url
 def harden_apprise_logging() -> None:
     """Cap apprise at WARNING and redact what apprise and urllib3 log about our requests."""
     for name in _URL_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-            logger.addFilter(RedactingFilter())
+        if _filter_of(logging.getLogger(name)) is None:
+            logging.getLogger(name).addFilter(RedactingFilter())
     apprise_log = logging.getLogger("apprise")
     if apprise_log.level < logging.WARNING:
         apprise_log.setLevel(logging.WARNING)

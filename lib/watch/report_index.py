@@ -1,17 +1,10 @@
 """`reports/index.html`: every pipeline run on one page, newest first, then what operators did.
 
-The executed notebooks are the record of each run (Papermill's idea); this page is only the way
-in. It reads each run's `report.json`, never trusts it (a malformed or partial summary still gets
-a row saying so), links the notebooks by paths relative to the page so the folder can be copied or
-served anywhere, and needs no JavaScript. The Monitor column reads what the runner records
-(`results.verdict`... of lib.pipeline.run_record.RunResults). Python reduces each run to plain
-text and links; the markup is the jinja2 template `templates/index.html.j2`, rendered with
-autoescaping, so no value from a report can become markup.
-
-Operator actions (`runner.py rollback`, `promote`, `approve`, `reject`) change production outside
-any run: each command appends one entry to `reports/operator_actions.json`
-(`record_operator_action`), shown in its own table, so the page never shows a promotion as the
-last word when a person rolled it back since.
+The executed notebooks are the record; this page is the way in. It reads each `report.json`
+without trusting it (an unreadable one still gets a row saying so), links by relative paths so
+the folder can be copied anywhere, and renders `templates/index.html.j2` with autoescaping, so
+no report value becomes markup. Operator commands (rollback, promote, approve, reject) append to
+`operator_actions.json` (`record_operator_action`), shown in their own table.
 """
 
 from __future__ import annotations
@@ -124,6 +117,10 @@ def _parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _date(when: datetime | None) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if when else "—"
+
+
 def _folder_time(name: str) -> datetime | None:
     match = RUN_ID_TIME.search(name)
     if not match:
@@ -177,13 +174,6 @@ def _stage_links(stages: Any, reports_dir: Path, run_dir: Path) -> list[Link]:
 
 
 MONITOR_KEYS = ("verdict", "healthy", "alerts", "rolled_back", "monitored_version")
-
-
-def _monitor(results: dict[str, Any]) -> dict[str, Any]:
-    """06 monitor's part of report.json's `results` (RunResults); {} when it did not run."""
-    if not any(results.get(k) is not None for k in MONITOR_KEYS):
-        return {}
-    return results
 
 
 def _outcome(summary: dict[str, Any], monitor: dict[str, Any]) -> tuple[str, str]:
@@ -255,6 +245,7 @@ def read_run(report: Path, reports_dir: Path) -> RunRow:
         run_id=folder,
         folder=folder,
         sort_key=fallback_time.timestamp() if fallback_time else mtime,
+        date=_date(fallback_time),
         summary_href=_href(report, reports_dir),
     )
     try:
@@ -271,21 +262,17 @@ def read_run(report: Path, reports_dir: Path) -> RunRow:
             for p in sorted(run_dir.glob("*.html"))
             if (href := _href(p, reports_dir)) is not None
         ]
-        if fallback_time:
-            row.date = fallback_time.strftime("%Y-%m-%d %H:%M UTC")
         return row
 
     results = _dict(summary.get("results"))
-    monitor = _monitor(results)
+    # 06 monitor's part of `results` (RunResults); {} when it did not run
+    monitor = results if any(results.get(k) is not None for k in MONITOR_KEYS) else {}
     metrics = _dict(results.get("metrics"))
     started = _parse_time(summary.get("started"))
     if isinstance(summary.get("run_id"), str) and summary["run_id"].strip():
         row.run_id = summary["run_id"]
     if started is not None:
-        row.sort_key = started.timestamp()
-        row.date = started.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    elif fallback_time:
-        row.date = fallback_time.strftime("%Y-%m-%d %H:%M UTC")
+        row.sort_key, row.date = started.timestamp(), _date(started)
     row.trigger = _text(summary.get("trigger"))
     row.outcome, row.outcome_class = _outcome(summary, monitor)
     decision = results.get("decision")
@@ -364,7 +351,6 @@ def _version(value: Any) -> str:
 def _action_view(entry: dict[str, Any]) -> dict[str, Any]:
     """One operator action as the template shows it: plain text, escaped by the template."""
     at = _parse_time(entry.get("at"))
-    date = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if at else _text(entry.get("at"))
     result = _text(entry.get("result"))
     details = [
         f"{label}{entry[key]}"
@@ -373,7 +359,7 @@ def _action_view(entry: dict[str, Any]) -> dict[str, Any]:
         if entry.get(key)
     ]  # fmt: skip
     return {
-        "date": date,
+        "date": _date(at) if at else _text(entry.get("at")),
         "action": _text(entry.get("action")),
         "version": _version(entry.get("version")),
         "champion": _version(entry.get("champion")),
@@ -388,10 +374,8 @@ def _action_view(entry: dict[str, Any]) -> dict[str, Any]:
 
 @functools.cache
 def _template() -> jinja2.Template:
-    """The page template, loaded once; autoescaping is on, so report data is never markup.
-
-    Undefined names raise: a misspelt field fails the tests instead of rendering empty.
-    """
+    """The page template, loaded once; autoescaped (report data is never markup), and strict: a
+    misspelt field fails the tests instead of rendering empty."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("lib.watch", "templates"),
         autoescape=True,
