@@ -25,10 +25,7 @@ FAULT_POINTS = (
 
 
 def fault_point(name: str) -> None:
-    """Test hook: die like `kill -9` here when PIPELINE_FAULT=<name>; nothing when unset.
-
-    Lets end-to-end tests prove what a crash at an exact point of a promotion leaves behind.
-    """
+    """Die like `kill -9` here when PIPELINE_FAULT=<name>; nothing when unset."""
     if name not in FAULT_POINTS:
         raise ValueError(f"unknown fault point {name!r} (known: {', '.join(FAULT_POINTS)})")
     if os.environ.get(FAULT_ENV) == name:

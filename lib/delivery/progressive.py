@@ -1,20 +1,11 @@
 """Progressive delivery of an approved candidate: staging, smoke tests, canary steps, promotion.
 
-The sequence follows Flagger and Argo Rollouts: a staging instance serves the candidate for smoke
-tests over HTTP; then the production service sends it 5%, 25%, 50% and 100% of the traffic, each
-step held for an analysis window AND until enough samples arrived; any failed check, a service
-that stops answering or an exception rolls back at once (canary weight 0, aliases restored,
-reason in models/ and logs/). The canary weight is leased: if this process dies, the service
-drops the canary by itself, and the next runner finishes the rollback from the state file.
-
-Promotion (lib.delivery.rollout_end) is all or nothing (see lib.delivery.releases): a failure to
-swap the files after the aliases moved is undone and ends the rollout `rolled_back`; a service
-that cannot be reloaded at the end leaves a promotion with a "service not reloaded" note (outcome
-`promoted`, `note` set): the registry and models/ name the new version and the service follows
-them on its next reload or restart. Any other failure during `promoting` is not called a
-rollback: the rollout stays `promoting` and the next run finishes it
-(`rollout_end.recover_interrupted`),
-unless an operator acted since, in which case it is closed as `superseded`.
+As in Flagger and Argo Rollouts: a staging instance serves the candidate for smoke tests, then the
+production service sends it each canary weight, held for the analysis window and until enough
+samples arrived. Any failed check, a service that stops answering or an exception rolls back at
+once; the weight is leased, so if this process dies the service drops the canary itself and the
+next runner rolls back from the state file. A failure during `promoting` other than a promotion
+undone everywhere is not a rollback: the next run finishes it (lib.delivery.rollout_end).
 """
 
 from __future__ import annotations
@@ -24,7 +15,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +26,7 @@ from lib import progress, registry
 from lib.config_sections import AnalysisConfig
 from lib.delivery import canary, releases, rollout
 from lib.delivery.replayer import Replayer, app_request
-from lib.delivery.rollout_end import promote_rollout, roll_back_rollout
+from lib.delivery.rollout_end import promote_rollout, raise_if_promotion_open, roll_back_rollout
 from lib.delivery.service_control import RolloutFailed, RoutingChanged, set_routing
 from lib.delivery.service_process import ServiceProcess
 from lib.delivery.smoke import run_smoke_tests
@@ -75,35 +66,22 @@ class DeployOutcome:
     steps: list[dict[str, Any]]
     note: str | None = None  # a fault beside the outcome: service not reloaded, promotion undone
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-
+@dataclass
 class Timeline:
     """What happened when, for the notebook's plot and the report."""
 
-    def __init__(
-        self,
-        logs_dir: Path | None = None,
-        version: str | None = None,
-        champion: str | None = None,
-    ) -> None:
-        self.started = time.monotonic()
-        self.events: list[dict[str, Any]] = []
-        self.logs_dir = logs_dir  # each event is also one line of logs/deployment.log
-        self.version = version
-        self.champion = champion  # the version in production, on every log line
+    logs_dir: Path | None = None  # each event is also one line of logs/deployment.log
+    version: str | None = None
+    champion: str | None = None  # the version in production, on every log line
+    events: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
     def add(self, phase: str, weight: float, event: str, **details: Any) -> None:
+        t = round(time.monotonic() - self.started, 2)
+        at = datetime.now(UTC).isoformat(timespec="seconds")
         self.events.append(
-            {
-                "t": round(time.monotonic() - self.started, 2),
-                "at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "phase": phase,
-                "weight": weight,
-                "event": event,
-                **details,
-            }
+            {"t": t, "at": at, "phase": phase, "weight": weight, "event": event, **details}
         )
         if self.logs_dir is not None:
             releases.log_transition(
@@ -139,7 +117,9 @@ def deploy(
     """Run one rollout of `version` to the end: promoted, or rolled back with the reason."""
     store = rollout.RolloutStore(models_dir / "rollout.json")
     champion = registry.alias_version(client, model_name, "champion")
-    _begin_or_resume(store, model_name, str(version), champion, settings, run_id)
+    rollout.begin(  # or resume the rollout a person approved (it waited for this version)
+        store, model_name, str(version), champion, settings.steps, run_id, settings.serving_url
+    )
     timeline = Timeline(logs_dir, str(version), champion)
     timeline.add("staging", 0, f"rollout of v{version} started (champion: v{champion})")
     releases.log_transition(
@@ -182,7 +162,7 @@ def deploy(
             note=done.note,
         )  # fmt: skip
     except Exception as exc:  # every failure rolls back; the reason is what went wrong
-        _promotion_left_open(exc, client, model_name, store, logs_dir, version)
+        raise_if_promotion_open(exc, client, model_name, store, logs_dir, version)
         reason, note = _rollback_reason(exc, store, prod_url)
         outage = exc if isinstance(exc, RegistryUnavailable) else None
         try:
@@ -205,31 +185,6 @@ def deploy(
             production.stop()
 
 
-def _begin_or_resume(
-    store: rollout.RolloutStore,
-    model_name: str,
-    version: str,
-    champion: str | None,
-    settings: DeploySettings,
-    run_id: str,
-) -> None:
-    """Resume the rollout a person approved (it waited for this version), or begin a new one."""
-    state = store.load()
-    if (
-        state is not None
-        and state.phase == rollout.Phase.AWAITING_APPROVAL
-        and state.candidate_version == version
-    ):
-        rollout.approve(
-            store, detail=f"approved, resumed by run {run_id}", serving_url=settings.serving_url
-        )
-        return
-    rollout.begin(
-        store, model_name, version, champion, settings.steps, run_id, settings.serving_url,
-        approved=True, owner_pid=os.getpid(),
-    )  # fmt: skip
-
-
 def _start_production(
     root: Path,
     model_name: str,
@@ -246,40 +201,8 @@ def _start_production(
         root, model_name, tracking_uri, settings.store_url, admin_token=token,
         log_path=logs_dir / "service.log", models_dir=models_dir,
     ).start()  # fmt: skip
-    with store.locked():
-        state = store.load()
-        state.serving_url = production.url
-        store.save(state)
+    rollout.update(store, lambda state: setattr(state, "serving_url", production.url))
     return production
-
-
-def _promotion_left_open(
-    exc: Exception,
-    client: Any,
-    model_name: str,
-    store: rollout.RolloutStore,
-    logs_dir: Path,
-    version: str,
-) -> None:
-    """A failure during `promoting` (other than a promotion undone everywhere) is neither done
-    nor undone: it is not a rollback. Log it and re-raise; the next run finishes it (or
-    supersedes it)."""
-    current = store.load()
-    if (
-        current is None
-        or current.phase != rollout.Phase.PROMOTING
-        or isinstance(exc, releases.PromotionUndone)
-    ):
-        return
-    try:
-        now = registry.alias_version(client, model_name, "champion")
-    except RegistryUnavailable:
-        now = "unknown (registry unavailable)"  # never a None that claims no champion
-    releases.log_transition(
-        logs_dir, "promotion_incomplete", version=version, champion=now,
-        reason=f"{type(exc).__name__}: {exc}",
-    )  # fmt: skip
-    raise exc
 
 
 def _rollback_reason(
@@ -287,6 +210,8 @@ def _rollback_reason(
 ) -> tuple[str, str | None]:
     """Why the rollout rolls back, and the outcome's note when the cause is a fault (a promotion
     undone, an unreachable service), not a verdict on the model."""
+    import httpx
+
     stopped = rollout.stop_requested(store)  # whatever surfaced first, a stop is a stop
     if isinstance(exc, rollout.RolloutStopped) or stopped is not None:
         return str(exc if stopped is None else rollout.RolloutStopped(stopped)), None
@@ -297,17 +222,12 @@ def _rollback_reason(
     if isinstance(exc, RolloutFailed):
         return str(exc), None
     if isinstance(exc, RegistryUnavailable):
-        return f"registry outage at canary weight {_current_weight(store)}%: {exc}", None
-    if _is_transport_error(exc):
+        weight = getattr(store.load(), "weight", 0)
+        return f"registry outage at canary weight {weight}%: {exc}", None
+    if isinstance(exc, httpx.TransportError):
         reason = f"production service at {prod_url} unreachable: {type(exc).__name__}: {exc}"
         return reason, reason
     return f"{type(exc).__name__}: {exc}", None
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    import httpx
-
-    return isinstance(exc, httpx.TransportError)
 
 
 def staging_and_smoke(
@@ -362,12 +282,6 @@ def staging_and_smoke(
             registry.delete_alias(client, model_name, "staging")  # a missing alias is fine
         except RegistryUnavailable as exc:  # the next registry call stops the rollout
             log.warning("staging alias left on v%s: %s", version, exc)
-
-
-def _current_weight(store: rollout.RolloutStore) -> int:
-    """The canary weight rollout.json holds now (0 when it cannot say)."""
-    state = store.load()
-    return 0 if state is None else state.weight
 
 
 def _registry_still_ours(client: Any, model_name: str, champion: str | None, version: str) -> None:

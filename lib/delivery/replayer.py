@@ -151,14 +151,9 @@ class Replayer:
             self.stats.by_variant[variant] = self.stats.by_variant.get(variant, 0) + 1
         if self.feedback:
             true_rating = (5.0 if rating <= 4.0 else 1.0) if self.label_flip else rating
+            feedback = {"request_id": answer.get("request_id", request_id), "rating": true_rating}
             try:
-                fb = client.post(
-                    f"{self.url}/feedback",
-                    json={
-                        "request_id": answer.get("request_id", request_id),
-                        "rating": true_rating,
-                    },
-                )
+                fb = client.post(f"{self.url}/feedback", json=feedback)
                 if fb.status_code == 200:
                     self.stats.feedback += 1
             except Exception as exc:

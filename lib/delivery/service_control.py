@@ -7,7 +7,6 @@ so a rollout step that cannot move traffic rolls back with the service's answer 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,11 +39,8 @@ def set_routing(
     lease_seconds: float | None = None,
     expected_weight: float | None = None,
 ) -> dict[str, Any]:
-    """Move traffic on the production service (admin endpoint).
-
-    `expected_weight` (the weight this caller set last) makes the change a compare-and-set:
-    the service refuses it, raised as RoutingChanged, when the weight is another one now.
-    """
+    """Move traffic on the production service. With `expected_weight` (the weight this caller
+    set last) a compare-and-set: RoutingChanged when the weight is another one now."""
     import httpx
 
     body: dict[str, Any] = {"canary_version": version, "weight": weight}
@@ -58,6 +54,17 @@ def set_routing(
     if resp.status_code != 200:
         raise RolloutFailed(f"routing change refused: HTTP {resp.status_code} {resp.text[:200]}")
     return resp.json()
+
+
+def canary_off(url: str, token: str | None) -> str:
+    """Canary weight 0 before anything else moves; says what happened, never raises (a service
+    that cannot be reached drops the canary itself when its lease ends)."""
+    try:
+        set_routing(url, token, None, 0)
+        return "canary weight 0"
+    except Exception as exc:
+        log.warning("could not set the canary weight to 0 on %s: %s", url, exc)
+        return f"canary weight not set ({type(exc).__name__}); its lease drops it"
 
 
 def _detail(resp: Any) -> str:
@@ -100,15 +107,6 @@ def served_version(url: str) -> str | None:
     health = service_health(url)
     version = ((health or {}).get("champion") or {}).get("version")
     return None if version in (None, "") else str(version)
-
-
-def notify_service(url: str) -> str:
-    """Ask a running service to follow the champion alias; say what happened, never raise."""
-    try:
-        reload_champion(url, os.environ.get("SERVING_ADMIN_TOKEN"))
-        return f"service at {url} reloaded"
-    except Exception as exc:
-        return f"service at {url} not reloaded ({type(exc).__name__}: {str(exc)[:120]})"
 
 
 def reload_with_retries(
