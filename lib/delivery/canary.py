@@ -75,9 +75,6 @@ class Analysis:
         return "all checks passed: " + "; ".join(c.message for c in self.checks)
 
 
-# ---------------------------------------------------------------------------- preparation
-
-
 def _prepare(window: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in window.columns]
     if missing:
@@ -113,11 +110,8 @@ def judge_error_rate(errors: Any, requests: Any, cfg: AnalysisConfig) -> dict[st
 
 
 def accuracy_drop_estimate(k_c: Any, n_c: Any, k_h: Any, n_h: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Observed drop (champion minus canary accuracy) and its variance.
-
-    Unpooled (the null is a drop of max_accuracy_drop, not equality), with Agresti-Caffo's
-    +1/+1 per group in the variance so that 100% or 0% observed accuracy is not certain.
-    """
+    """Observed drop (champion minus canary accuracy) and its unpooled variance (the null is a
+    drop of max_accuracy_drop), with Agresti-Caffo's +1/+1 so that 0% or 100% is not certain."""
     k_c, n_c = np.asarray(k_c, dtype=float), np.asarray(n_c, dtype=float)
     k_h, n_h = np.asarray(k_h, dtype=float), np.asarray(n_h, dtype=float)
     drop = k_h / np.maximum(n_h, 1) - k_c / np.maximum(n_c, 1)
@@ -126,13 +120,9 @@ def accuracy_drop_estimate(k_c: Any, n_c: Any, k_h: Any, n_h: Any) -> tuple[np.n
 
 
 def judge_accuracy(k_c: Any, n_c: Any, k_h: Any, n_h: Any, cfg: AnalysisConfig) -> dict[str, Any]:
-    """Fail only when the always-valid lower bound of the drop is above max_accuracy_drop.
-
-    One-sided mixture SPRT (lib.window_stats.sequential_excess_test) of H0 "drop <=
-    max_accuracy_drop": over all looks of a step, a canary whose true drop is within the
-    tolerance fails with probability at most alpha. Below min_feedback labels (either variant)
-    it waits, whatever the numbers say.
-    """
+    """Fail only when the always-valid lower bound of the drop is above max_accuracy_drop: over
+    all looks of a step, a canary within the tolerance fails with probability at most alpha.
+    Below min_feedback labels (either variant) it waits, whatever the numbers say."""
     drop, var = accuracy_drop_estimate(k_c, n_c, k_h, n_h)
     lower, p = sequential_excess_test(drop, var, cfg.max_accuracy_drop, cfg.alpha, cfg.accuracy_tau)
     enough = (np.asarray(n_c) >= cfg.min_feedback) & (np.asarray(n_h) >= cfg.min_feedback)
@@ -145,11 +135,8 @@ def judge_accuracy(k_c: Any, n_c: Any, k_h: Any, n_h: Any, cfg: AnalysisConfig) 
 def judge_prediction_shift(
     pos_c: Any, n_c: Any, pos_h: Any, n_h: Any, cfg: AnalysisConfig
 ) -> dict[str, Any]:
-    """Fail when the positive rate moved by more than the bound and the move is significant.
-
-    A new model may legitimately predict a little differently: only a large shift that an
-    always-valid two-sided test (pooled variance, against no shift) finds at shift_alpha fails.
-    """
+    """Fail when the positive rate moved by more than the bound, significantly (always-valid,
+    two-sided, pooled): a new model may legitimately predict a little differently."""
     pos_c, n_c = np.asarray(pos_c, dtype=float), np.asarray(n_c, dtype=float)
     pos_h, n_h = np.asarray(pos_h, dtype=float), np.asarray(n_h, dtype=float)
     shift = pos_c / np.maximum(n_c, 1) - pos_h / np.maximum(n_h, 1)
@@ -164,13 +151,9 @@ def judge_prediction_shift(
 
 
 def judge_latency(canary: Any, champion: Any, cfg: AnalysisConfig) -> dict[str, Any]:
-    """Latency status; `canary` (rollouts, n) and `champion` (rollouts, m), or 1-D.
-
-    Always-valid binomial tests at alpha / cfg.latency_tests: "p99 <= max_p99_ms" as "at most
-    1% of requests slower" (exact at any sample size), and per quantile q with enough samples on
-    both sides, at most a share 1 - q slower than max(max_p99_ratio x the champion's q quantile,
-    p99_floor_ms): quantiles compared, not a ratio of two maxima. Too few canary samples: wait.
-    """
+    """Latency status; `canary` (rollouts, n) and `champion` (rollouts, m), or 1-D. Binomial
+    always-valid tests: at most 1% slower than max_p99_ms, and per quantile q with enough
+    samples at most 1 - q slower than max(max_p99_ratio x the champion's q, p99_floor_ms)."""
     can = np.atleast_2d(np.asarray(canary, dtype=float))
     cha = np.atleast_2d(np.asarray(champion, dtype=float))
     n, m = can.shape[1], cha.shape[1]
@@ -205,10 +188,7 @@ def accuracy_drop_test(
     correct_c: int, n_c: int, correct_h: int, n_h: int, drop: float
 ) -> tuple[float, float]:
     """Fixed-sample one-sided test of H0: acc_canary >= acc_champion - drop; returns (z, p).
-
-    Valid for ONE look only (the analysis uses judge_accuracy); kept to show, in the tests, how
-    often re-running it at every look fails an identical canary.
-    """
+    Valid for ONE look only: the tests show how often re-running it fails an identical canary."""
     diff, var = accuracy_drop_estimate(correct_c, n_c, correct_h, n_h)
     z = float((-diff + drop) / math.sqrt(var))
     return z, float(stats.norm.cdf(z))
@@ -231,7 +211,6 @@ def check_error_rate(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     observed = {"canary_rate": rate, "champion_rate": rate_h, "canary_errors": k,
                 "champion_errors": k_h, "p_value": p}  # fmt: skip
     threshold = {"max_error_rate": bound, "alpha": cfg.alpha, "min_requests": cfg.min_requests}
-    samples = {CANARY: n, CHAMPION: n_h}
     seen = f"canary error rate {fmt_percent(rate)} ({k}/{fmt_count(n)} requests)"
     vs = f"champion {fmt_percent(rate_h)} of {fmt_count(n_h)}"
     if n < cfg.fast_fail_requests:
@@ -249,7 +228,7 @@ def check_error_rate(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
         )
     else:
         msg = f"{seen} <= {fmt_percent(bound)} ({vs})"
-    return Check("error_rate", status, observed, threshold, samples, msg)
+    return Check("error_rate", status, observed, threshold, {CANARY: n, CHAMPION: n_h}, msg)
 
 
 def _qname(q: float) -> str:
@@ -282,7 +261,6 @@ def check_latency(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     threshold = {"max_p99_ms": cfg.max_p99_ms, "max_p99_ratio": cfg.max_p99_ratio,
                  "p99_floor_ms": cfg.p99_floor_ms, "min_requests": cfg.min_requests,
                  "min_tail_samples": cfg.min_tail_samples, "alpha": cfg.alpha}  # fmt: skip
-    samples = {CANARY: n, CHAMPION: m}
     on = f"{fmt_count(n)}/{fmt_count(m)} canary/champion requests"
     slow, p_abs = int(j["slow"][0]), float(j["p_abs"][0])
     over = (
@@ -333,7 +311,7 @@ def check_latency(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
             else (f"only {fmt_count(m)} champion latencies, not compared")
         )
         msg = f"canary latency within bounds: {over}; {vs}{pending} ({on})"
-    return Check("latency", status, observed, threshold, samples, msg)
+    return Check("latency", status, observed, threshold, {CANARY: n, CHAMPION: m}, msg)
 
 
 def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
@@ -428,9 +406,6 @@ def check_prediction_shift(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     else:
         msg = f"{seen} <= {bound_pts} (p={fmt_p(p)})"
     return Check("prediction_shift", status, observed, threshold, samples, msg)
-
-
-# ---------------------------------------------------------------------------- analysis
 
 
 def analyze(window: pd.DataFrame, cfg: AnalysisConfig | None = None) -> Analysis:

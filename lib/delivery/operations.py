@@ -234,11 +234,9 @@ def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str
     service: dict[str, Any] | str
     try:
         service = httpx.get(f"{url}/health", timeout=3).json()
-    except Exception as exc:
-        service = f"not reachable at {url} ({type(exc).__name__})"
-    serving = None
-    if isinstance(service, dict):
         serving = str((service.get("champion") or {}).get("version") or "") or None
+    except Exception as exc:
+        service, serving = f"not reachable at {url} ({type(exc).__name__})", None
     production = releases.production_version(models_dir)
     records = releases.history(models_dir)
     champion = aliases["champion"]

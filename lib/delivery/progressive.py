@@ -115,22 +115,20 @@ def deploy(
     sleep: Callable[[float], None] = time.sleep,
 ) -> DeployOutcome:
     """Run one rollout of `version` to the end: promoted, or rolled back with the reason."""
+    version, prod_url = version, settings.serving_url
     store = rollout.RolloutStore(models_dir / "rollout.json")
     champion = registry.alias_version(client, model_name, "champion")
-    rollout.begin(  # or resume the rollout a person approved (it waited for this version)
-        store, model_name, str(version), champion, settings.steps, run_id, settings.serving_url
-    )
-    timeline = Timeline(logs_dir, str(version), champion)
+    # begins, or resumes the rollout a person approved (it waited for this version)
+    rollout.begin(store, model_name, version, champion, settings.steps, run_id, prod_url)
+    timeline = Timeline(logs_dir, version, champion)
     timeline.add("staging", 0, f"rollout of v{version} started (champion: v{champion})")
     releases.log_transition(
         logs_dir, "rollout_started", version=version, champion=champion, run_id=run_id
     )
     records = [(app_request(r), float(r["rating"])) for _, r in holdout.iterrows()]
-    model = registry.load_version(model_name, str(version))
-    token = os.environ.get("SERVING_ADMIN_TOKEN") if settings.serving_url else None
-    token = token or secrets.token_urlsafe(24)
+    model = registry.load_version(model_name, version)
+    token = (prod_url and os.environ.get("SERVING_ADMIN_TOKEN")) or secrets.token_urlsafe(24)
     production: ServiceProcess | None = None
-    prod_url = settings.serving_url
     smoke_result: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = []
     try:
@@ -146,19 +144,19 @@ def deploy(
                     root, model_name, tracking_uri, settings, token, models_dir, logs_dir, store
                 )
                 prod_url = production.url
-            registry.set_alias(client, model_name, "canary", str(version))  # for status/readers
+            registry.set_alias(client, model_name, "canary", version)  # for status/readers
             _canary_steps(
                 (client, model_name, champion), prod_url, token, version, records, settings,
                 store, timeline, production, sleep, steps,
             )  # fmt: skip
         done = promote_rollout(
-            client, model_name, store, str(version), models_dir, logs_dir, prod_url, token,
+            client, model_name, store, version, models_dir, logs_dir, prod_url, token,
             reason=f"rollout passed ({run_id})", metrics={"steps": len(steps)},
         )  # fmt: skip
-        timeline.champion = str(version)
+        timeline.champion = version
         timeline.add("succeeded", 100, done.reason)
         return DeployOutcome(
-            "promoted", str(version), champion, None, timeline.events, smoke_result, steps,
+            "promoted", version, champion, None, timeline.events, smoke_result, steps,
             note=done.note,
         )  # fmt: skip
     except Exception as exc:  # every failure rolls back; the reason is what went wrong
@@ -177,7 +175,7 @@ def deploy(
         if outage is not None:
             raise outage from exc
         return DeployOutcome(
-            "rolled_back", str(version), champion, reason, timeline.events, smoke_result, steps,
+            "rolled_back", version, champion, reason, timeline.events, smoke_result, steps,
             note=note,
         )  # fmt: skip
     finally:
@@ -320,7 +318,7 @@ def _canary_steps(
     cfg = AnalysisConfig.model_validate(settings.analysis)
     predictions = PredictionReader(settings.store_url)  # reads what the service writes
     replayer = Replayer(url, records, rate=settings.replay_rate) if settings.replay else None
-    canary_started = time.time()
+    began, around = time.time(), (production, replayer, store)
     try:
         if replayer is not None:
             replayer.start()
@@ -336,16 +334,7 @@ def _canary_steps(
             last_weight = weight
             timeline.add("canary", weight, f"canary at {weight}%")
             analysis = _hold_step(
-                url,
-                token,
-                version,
-                weight,
-                settings,
-                cfg,
-                predictions,
-                canary_started,
-                (production, replayer, store),
-                sleep,
+                url, token, version, weight, settings, cfg, predictions, began, around, sleep
             )
             summary = {"kind": "canary", "weight": weight, **canary.summarize_step(analysis)}
             results.append(summary)
@@ -378,9 +367,8 @@ def _hold_step(
     sleep: Callable[[float], None],
 ) -> canary.Analysis:
     """Hold one step for its window and until the analysis says pass or fail. Every second it
-    reads the rollout state (an operator's stop ends the step at once: RolloutStopped) and its
-    lease renewals only apply while the weight is still the one it set (RoutingChanged when a
-    person moved it, e.g. to 0: never raised again)."""
+    reads the rollout state (an operator's stop: RolloutStopped); its lease renewals only apply
+    while the weight is the one it set (RoutingChanged when a person moved it, e.g. to 0)."""
     production, replayer, store = around
     step_started = time.time()
     last_lease = time.monotonic()
@@ -404,19 +392,14 @@ def _hold_step(
         analysis = canary.analyze(_window(predictions, step_started, canary_started, weight), cfg)
         if shown.ready(force=analysis.verdict == "fail" or window_end):
             progress.canary_step(weight, elapsed, settings.analysis_seconds, analysis)
-        if analysis.verdict == "fail":
-            return analysis
-        if window_end and analysis.verdict == "pass":
+        if analysis.verdict == "fail" or (window_end and analysis.verdict == "pass"):
             return analysis
         if elapsed >= deadline:
+            errors = replayer.stats.last_error if replayer and replayer.stats.errors else None
             raise RolloutFailed(
                 f"canary step {weight}%: not enough evidence after {elapsed:.0f} s "
                 f"({analysis.reason}); rolled back rather than passed on no evidence"
-                + (
-                    f"; replayer errors: {replayer.stats.last_error}"
-                    if replayer and replayer.stats.errors
-                    else ""
-                )
+                + (f"; replayer errors: {errors}" if errors else "")
             )
 
 

@@ -246,15 +246,11 @@ def _version_info(client: Any, model_name: str, version: str) -> Any:
     return info
 
 
-# ---------------------------------------------------------------------------- promote
-
-
 def _undo_target(
     before: dict[str, Any] | None, version: str, old: str | None, old_previous: str | None
 ) -> tuple[str | None, str | None] | None:
-    """Where a failed promotion puts (champion, previous) back: what production was before the
-    rollout when the caller knows it, else what the registry says now. None when `version` is
-    champion already and nothing earlier is known: only the files and records are completed."""
+    """Where a failed promotion puts (champion, previous) back: `before` the rollout, else what
+    the registry says now; None when `version` is champion already and nothing earlier is known."""
     if before is not None and str(before.get("champion")) != version:
         return before.get("champion"), before.get("previous")
     return None if old == version else (old, old_previous)
@@ -272,11 +268,9 @@ def promote(
     before: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Make `version` the champion (the old one `previous`), mirror it, reload the service
-    (`reload`, optional) and record it: all of it, or PromotionUndone with everything put back.
-
-    Idempotent: promoting the champion again only completes what a crash left undone. `before`
-    ({"champion", "previous"} before the rollout) is where an undo returns the aliases.
-    """
+    (`reload`, optional) and record it: all of it, or PromotionUndone with everything put back
+    (the aliases to `before`, {"champion", "previous"} before the rollout, when given).
+    Idempotent: promoting the champion again only completes what a crash left undone."""
     version = str(version)
     models_dir, logs_dir = Path(models_dir), Path(logs_dir)
     # 1. read everything first: a failure here changes nothing
@@ -395,9 +389,6 @@ def _undo_promotion(
     )
 
 
-# ---------------------------------------------------------------------------- rollback
-
-
 def _older_champion(records: list[dict[str, Any]], restored: str, bad: str) -> str | None:
     """Who was champion before `restored` was last promoted (never `bad` or `restored`)."""
     for record in reversed(records):
@@ -473,12 +464,9 @@ def rollback(
     reload: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Remove the `canary` alias, put `previous` back as champion, restore models/production/,
-    reload the service (`reload`, optional), log and record it.
-
-    `version` (optional), the version rolled back, makes the call resume an interrupted
-    rollback of it (or do nothing when it is complete); without it the call goes one champion
-    back. NothingToRollBack, changing nothing, when there is no earlier champion.
-    """
+    reload the service (`reload`, optional), log and record it. With `version` (the version
+    rolled back) it resumes an interrupted rollback of it, or does nothing when it is complete.
+    NothingToRollBack, changing nothing, when there is no earlier champion."""
     models_dir, logs_dir = Path(models_dir), Path(logs_dir)
     records = history(models_dir)
     champion = registry.alias_version(client, model_name, CHAMPION)
@@ -537,9 +525,6 @@ def rollback(
         rolled_back_version=bad, previous=older, service=service, reason=reason,
     )  # fmt: skip
     return {**record, "restored_from": source, "already_done": False}
-
-
-# ---------------------------------------------------------------------------- canary abort
 
 
 def abort_canary(

@@ -1,9 +1,6 @@
-"""Traffic for analysis windows when there are no real users (locally, in CI).
-
-Held-out labeled apps (never trained on) are sent to the production service as real HTTP
-requests, each with its own request id, and their true rating is posted as feedback, so the
-canary analysis and the monitor judge real requests through the real routing.
-"""
+"""Traffic for analysis windows when there are no real users (locally, in CI): held-out apps
+sent to the production service as real HTTP requests, their true rating posted as feedback, so
+the canary analysis and the monitor judge real requests through the real routing."""
 
 from __future__ import annotations
 

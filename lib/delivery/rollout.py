@@ -87,9 +87,9 @@ class RolloutStopped(RolloutError):
 
     def __init__(self, state: RolloutState) -> None:
         asked = state.stop_requested or {}
-        self.reason = str(asked.get("reason") or "no reason given")
         super().__init__(
-            f"stopped by an operator at {asked.get('at', '?')}: {self.reason} "
+            f"stopped by an operator at {asked.get('at', '?')}: "
+            f"{asked.get('reason') or 'no reason given'} "
             f"(rollout of v{state.candidate_version} during {state.phase.value} at "
             f"{state.weight}%)"
         )
@@ -261,11 +261,7 @@ def transition(
     state: RolloutState, target: Phase | str, weight: int | None = None, detail: str = ""
 ) -> RolloutState:
     """Apply one move to a state in memory (validated, recorded in history); returns it.
-
-    Entering or staying in `canary` moves to the given weight, or to the next configured step;
-    weights only go up (going down is a rollback). Final phases set the weight to 100
-    (succeeded) or 0.
-    """
+    `canary` moves to the given weight or the next step, only upwards (down is a rollback)."""
     target = Phase(target)
 
     def illegal(why: str = "") -> IllegalTransition:
@@ -396,10 +392,7 @@ def advance(
     promotion: dict[str, Any] | None = None,
 ) -> RolloutState:
     """Move the stored rollout to an active phase (or the next canary step) and save it.
-
-    `promotion` (entering `promoting`): what production was (champion, previous, number of
-    records), so that recovery can tell the promotion's own half-done work from a later action.
-    """
+    `promotion`: the baseline recovery compares with (champion, previous, number of records)."""
     if Phase(phase) in FINAL_PHASES:
         raise RolloutError(f"use finish() to end a rollout (asked for {Phase(phase).value})")
 
@@ -425,10 +418,9 @@ def close_open(store: RolloutStore, reason: str) -> RolloutState | None:
 
 
 def request_stop(store: RolloutStore, reason: str, by: str = "operator") -> RolloutState:
-    """An operator stops the active rollout: recorded at once in the state file (no runner lock
-    needed); the state machine then refuses any canary step or promotion, and the deployer rolls
-    back at its next look. Raises RolloutError when no rollout is active (a parked one is
-    rejected instead)."""
+    """An operator stops the active rollout (no runner lock needed): from then on no canary step
+    or promotion, and the deployer rolls back at its next look. RolloutError when none is active
+    (a parked one is rejected instead)."""
 
     def change(state: RolloutState) -> None:
         if not state.active:

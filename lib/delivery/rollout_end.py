@@ -106,16 +106,21 @@ def roll_back_rollout(
     reason: str,
     prod_url: str | None,
     token: str | None,
-) -> None:
-    """Canary to 0% first (traffic), then aliases and records; production stays as it was.
+    final: rollout.Phase = rollout.Phase.ROLLED_BACK,
+) -> dict[str, Any] | None:
+    """Canary to 0% first (traffic), then aliases and records; production stays as it was. The
+    rollout ends `final` (rolled back, or superseded); returns the deployments.json record.
 
     Without the registry, rollout.json (local) still closes; the aliases and the record (which
     must name the real champion) are left to the next run, and the outage propagates."""
     if prod_url:
         canary_off(prod_url, token)
-    outage = None
+    outage, record = None, None
+    event = "rollout_superseded" if final == rollout.Phase.SUPERSEDED else "canary_rollback"
     try:
-        releases.abort_canary(client, model_name, logs_dir, reason, str(version), models_dir)
+        record = releases.abort_canary(
+            client, model_name, logs_dir, reason, str(version), models_dir, event
+        )
     except RegistryUnavailable as exc:
         outage = exc
         if "registry" not in reason.lower():
@@ -123,9 +128,10 @@ def roll_back_rollout(
         reason += "; canary alias and deployment record left for the next run"
     state = store.load()
     if state is not None and not state.finished:
-        rollout.finish(store, rollout.Phase.ROLLED_BACK, reason)
+        rollout.finish(store, final, reason)
     if outage is not None:
         raise outage
+    return record
 
 
 def raise_if_promotion_open(
@@ -155,11 +161,9 @@ def raise_if_promotion_open(
 
 @dataclass(frozen=True)
 class Recovery:
-    """What recovery did: `promoted` (an interrupted promotion finished, or its service reload
-    completed), `rolled_back` (a real rollback of the candidate), `superseded` (an operator
-    acted after the interruption; production left as the operator set it) or `reconciled` (no
-    rollout was pending, but a service served another version than the registry names, or
-    routed a canary no rollout owns, and was brought in line)."""
+    """What recovery did: `promoted` (a promotion or its service reload finished), `rolled_back`,
+    `superseded` (an operator acted after the interruption: production left as set) or
+    `reconciled` (no rollout pending, but a service was brought in line with the registry)."""
 
     outcome: Literal["promoted", "rolled_back", "superseded", "reconciled"]
     version: str  # the interrupted rollout's candidate
@@ -208,9 +212,8 @@ def recover_interrupted(
     root: Path, client: Any, model_name: str, models_dir: Path, logs_dir: Path
 ) -> Recovery | None:
     """Before anything else, finish what a dead runner left: roll back a rollout that died
-    before `promoting`; finish a promotion that died during `promoting` unless production
-    changed since (then close it as superseded, touching nothing); reload a service that missed
-    the end of a finished promotion. None when nothing was pending. Registry errors propagate.
+    before `promoting`, finish one that died during it (superseded, touching nothing, when
+    production changed since), reload a service that missed a promotion. None: nothing pending.
     """
     store = rollout.RolloutStore(models_dir / "rollout.json")
     state = store.load()
@@ -268,14 +271,12 @@ def _supersede(
 ) -> Recovery:
     """Close an interrupted promotion overtaken by a later action, without promoting: no canary
     traffic, no alias of the candidate left; the champion stays whatever the operator set."""
-    version = state.candidate_version
+    version, url = state.candidate_version, state.serving_url
     reason = f"interrupted promotion of v{version} superseded: {changed}; not promoted"
-    if state.serving_url:
-        canary_off(state.serving_url, os.environ.get("SERVING_ADMIN_TOKEN"))
-    record = releases.abort_canary(
-        client, model_name, logs_dir, reason, version, models_dir, event="rollout_superseded"
+    token, superseded = os.environ.get("SERVING_ADMIN_TOKEN"), rollout.Phase.SUPERSEDED
+    record = roll_back_rollout(
+        client, model_name, store, logs_dir, models_dir, version, reason, url, token, superseded
     )
-    rollout.finish(store, rollout.Phase.SUPERSEDED, reason)
     log.warning("%s", reason)
     return Recovery("superseded", version, record["champion_version"], reason)
 
@@ -343,11 +344,10 @@ def reconcile_services(
     urls: list[str | None],
     token: str | None,
 ) -> str | None:
-    """The last step of recovery, at every runner start: each production service this project
-    knows of (the rollout's, the configured one) serves the version the registry names and,
-    when no rollout is open, routes no canary. A service that does not answer, or serves
-    another model, is left alone; a reload that fails is said (the next run tries again).
-    Returns what was done or found, in words; None when every service already agreed."""
+    """At every runner start, each known production service (the rollout's, the configured one)
+    is made to serve the registry's champion and, with no rollout open, route no canary (one
+    that does not answer or serves another model is left alone). Returns what was done, in
+    words; None when every service already agreed."""
     champion = registry.alias_version(client, model_name, "champion")
     state = rollout.RolloutStore(models_dir / "rollout.json").load()
     rollout_open = state is not None and state.active
@@ -362,7 +362,8 @@ def reconcile_services(
         serving = served_version(url)
         if champion is None or serving == champion:
             continue
-        what = f"the service at {url} served {_named(serving)}, the registry names v{champion}"
+        served = "no model" if serving is None else f"v{serving}"
+        what = f"the service at {url} served {served}, the registry names v{champion}"
         try:
             reload_champion(url, token, expect=champion)
         except Exception as exc:
@@ -374,7 +375,3 @@ def reconcile_services(
         )
         said.append(f"{what}: reloaded, it serves v{champion} now")
     return "; ".join(said) or None
-
-
-def _named(version: str | None) -> str:
-    return "no model" if version is None else f"v{version}"

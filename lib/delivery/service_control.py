@@ -1,8 +1,5 @@
 """Talking to a running model service's admin API: move canary traffic, reload the champion.
-
-The admin token comes from SERVING_ADMIN_TOKEN (never logged); a refusal is a `RolloutFailed`,
-so a rollout step that cannot move traffic rolls back with the service's answer as the reason.
-"""
+A refused routing change is a `RolloutFailed`: the step rolls back with the service's answer."""
 
 from __future__ import annotations
 
@@ -49,8 +46,12 @@ def set_routing(
     if expected_weight is not None:
         body["expected_weight"] = expected_weight
     resp = httpx.put(f"{url}/admin/routing", json=body, headers=admin_headers(token), timeout=60)
-    if resp.status_code == 409 and expected_weight is not None:
-        raise RoutingChanged(_detail(resp))
+    if resp.status_code == 409 and expected_weight is not None:  # the service's sentence
+        try:
+            detail = resp.json().get("detail")
+        except (ValueError, AttributeError):
+            detail = None
+        raise RoutingChanged(detail if isinstance(detail, str) and detail else resp.text[:200])
     if resp.status_code != 200:
         raise RolloutFailed(f"routing change refused: HTTP {resp.status_code} {resp.text[:200]}")
     return resp.json()
@@ -67,15 +68,6 @@ def canary_off(url: str, token: str | None) -> str:
         return f"canary weight not set ({type(exc).__name__}); its lease drops it"
 
 
-def _detail(resp: Any) -> str:
-    """The service's sentence (`detail` of its JSON answer), else the start of the body."""
-    try:
-        detail = resp.json().get("detail")
-    except (ValueError, AttributeError):
-        detail = None
-    return detail if isinstance(detail, str) and detail else resp.text[:200]
-
-
 def reload_champion(url: str, token: str | None, expect: str | None = None) -> None:
     """Make the service follow the champion alias, then check what it serves: a service that
     answers 200 but still serves another version than `expect` is not reloaded (raises)."""
@@ -84,10 +76,8 @@ def reload_champion(url: str, token: str | None, expect: str | None = None) -> N
     resp = httpx.post(f"{url}/admin/reload", headers=admin_headers(token), timeout=60)
     if resp.status_code != 200:
         raise RuntimeError(f"reload refused: HTTP {resp.status_code} {resp.text[:200]}")
-    if expect is not None:
-        serving = served_version(url)
-        if serving != str(expect):
-            raise RuntimeError(f"after the reload the service serves v{serving}, not v{expect}")
+    if expect is not None and (serving := served_version(url)) != str(expect):
+        raise RuntimeError(f"after the reload the service serves v{serving}, not v{expect}")
 
 
 def service_health(url: str, timeout: float = 3.0) -> dict[str, Any] | None:

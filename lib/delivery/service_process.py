@@ -1,8 +1,5 @@
-"""Start and stop model-service processes (production or staging) on loopback.
-
-The deploy stage starts the instances it needs and always stops them: a process group per
-instance, SIGTERM then SIGKILL, so no uvicorn is left behind by a failed stage or a test.
-"""
+"""Start and stop model-service processes (production or staging) on loopback: a process
+group each, SIGTERM then SIGKILL, so no uvicorn outlives a failed stage or a test."""
 
 from __future__ import annotations
 
@@ -149,7 +146,6 @@ class ServiceProcess:
             self.crashed = True
             log.error("service at %s had exited by itself with code %s%s", self.url,
                       proc.returncode, self._tail())  # fmt: skip
-            _kill_group(pgid, signal.SIGKILL)
         else:
             _kill_group(pgid, signal.SIGTERM)
             try:
@@ -157,7 +153,7 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 _kill_group(pgid, signal.SIGKILL)
                 proc.wait()
-            _kill_group(pgid, signal.SIGKILL)  # anything the leader left behind
+        _kill_group(pgid, signal.SIGKILL)  # anything the leader left behind
         self.exit_code = proc.returncode
         self.proc = None
         return self.exit_code

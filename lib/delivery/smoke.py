@@ -1,9 +1,6 @@
-"""Smoke tests of a service instance over HTTP, before it gets any production traffic.
-
-Flagger calls this the pre-rollout webhook: the staging instance must load the right model,
-give the labels the registered model gives offline on known rows, answer in the documented
-schema, refuse bad input with a 422, and answer fast enough.
-"""
+"""Smoke tests of a staging instance over HTTP before it gets traffic (Flagger's pre-rollout
+webhook): the right model, the offline labels on known rows, the documented schema, a 422 for
+bad input, and fast enough."""
 
 from __future__ import annotations
 
@@ -128,9 +125,7 @@ def _schema(client: Any, url: str, body: dict[str, Any]) -> SmokeCheck:
 
 
 def _bad_input(client: Any, url: str, body: dict[str, Any]) -> SmokeCheck:
-    bad = dict(body)
-    key = "installs" if "installs" in bad else "Installs"
-    bad[key] = "lots"
+    bad = {**body, ("installs" if "installs" in body else "Installs"): "lots"}
     resp = client.post(f"{url}/predict", json=bad)
     ok = resp.status_code == 422 and "nstalls" in resp.text
     return SmokeCheck(
