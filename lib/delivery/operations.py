@@ -38,15 +38,12 @@ def park_for_approval(
     it keeps the production service's URL from the start, so that whoever finishes or undoes
     it later (approve, recovery) reloads that service."""
     store = rollout.RolloutStore(models_dir / "rollout.json")
-    waiting = store.load()
-    if (
-        waiting is not None
-        and waiting.phase == rollout.Phase.AWAITING_APPROVAL
-        and waiting.candidate_version != str(version)
-    ):  # a newer candidate replaces the one nobody approved yet (else every later run conflicts)
+    waiting = awaiting_version(models_dir)
+    # a newer candidate replaces the one nobody approved yet (else every later run conflicts)
+    if waiting not in (None, str(version)):
         why = f"replaced by v{version}, a newer candidate awaiting approval"
         rollout.finish(store, rollout.Phase.REJECTED, why)
-        releases.log_transition(logs_dir, "rejected", version=waiting.candidate_version, reason=why)
+        releases.log_transition(logs_dir, "rejected", version=waiting, reason=why)
     state = rollout.begin(
         store, model_name, str(version), champion, run_id=run_id, serving_url=serving_url,
         approved=False, reason=reason,
