@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lib.config_sections import AnalysisConfig
-from lib.delivery import canary_judgement
+from lib.delivery import canary
 from lib.delivery.canary import analyze, summarize_step
 
 
@@ -140,7 +140,7 @@ def test_the_two_point_tolerance_is_part_of_the_test() -> None:
     check = result.by_name("accuracy")
     assert check.status == "pass", check.message
     assert "drop 1.5 points" in check.message
-    _, p_equality = canary_judgement.accuracy_drop_test(4710, 6000, 4800, 6000, 0.0)
+    _, p_equality = canary.accuracy_drop_test(4710, 6000, 4800, 6000, 0.0)
     assert p_equality < 0.05  # a plain "is it worse?" test would have rolled it back
 
 
@@ -308,8 +308,8 @@ def test_missing_columns_are_named() -> None:
 
 
 def test_accuracy_drop_test_direction() -> None:
-    _, p_worse = canary_judgement.accuracy_drop_test(280, 400, 2400, 3000, 0.02)
-    _, p_same = canary_judgement.accuracy_drop_test(320, 400, 2400, 3000, 0.02)
+    _, p_worse = canary.accuracy_drop_test(280, 400, 2400, 3000, 0.02)
+    _, p_same = canary.accuracy_drop_test(320, 400, 2400, 3000, 0.02)
     assert p_worse < 0.001 < 0.5 < p_same
 
 

@@ -17,7 +17,7 @@ import pytest
 from scipy import stats
 
 from lib.config_sections import AnalysisConfig
-from lib.delivery.canary_judgement import (
+from lib.delivery.canary import (
     FAIL,
     PASS,
     accuracy_drop_estimate,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lib.delivery import operations, rollout
+from lib.delivery import operations, rollout, service_control
 from lib.delivery.rollout import Phase, RolloutStore
 
 
@@ -72,7 +72,7 @@ def test_stop_rollout_waits_for_the_deployer_and_takes_the_canary_off(tmp_path, 
     import threading
 
     calls: list[tuple] = []
-    monkeypatch.setattr(operations, "set_routing", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(service_control, "set_routing", lambda *a, **k: calls.append(a))
     store = _canary_rollout(tmp_path)
     events: list[str] = []
     deployer = threading.Thread(target=_deployer, args=(store, False, events))
@@ -97,7 +97,7 @@ def test_a_promotion_that_beat_the_stop_is_rolled_back_like_any_promotion(
     from lib import commands
     from lib.config import PipelineConfig
 
-    monkeypatch.setattr(operations, "set_routing", lambda *a, **k: None)
+    monkeypatch.setattr(service_control, "set_routing", lambda *a, **k: None)
     store = _canary_rollout(tmp_path)
     events: list[str] = []
     deployer = threading.Thread(target=_deployer, args=(store, True, events))

@@ -166,7 +166,7 @@ def test_parked_rollout_can_be_rejected_then_another_begins(store: RolloutStore)
 @pytest.mark.component
 def test_approve_and_claim(store: RolloutStore) -> None:
     _begin(store, approved=False)
-    assert rollout.approve(store, "ok by alice").phase == Phase.STAGING
+    assert _begin(store).phase == Phase.STAGING  # beginning the parked version approves it
     state = store.load()
     state.owner_pid = _dead_pid()
     store.save(state)
@@ -263,17 +263,6 @@ def test_corrupt_state_is_a_clear_error(store: RolloutStore, content: str, expec
     with pytest.raises(RolloutError):  # not silently replaced by a new rollout either
         _begin(store)
     assert store.path.read_text() == content
-
-
-def test_clear_archives_finished_and_refuses_active(store: RolloutStore) -> None:
-    assert store.clear() is None
-    state = _begin(store)
-    with pytest.raises(rollout.RolloutConflict, match="has not finished"):
-        store.clear()
-    rollout.finish(store, Phase.ROLLED_BACK, "manual abort")
-    store.clear()
-    assert store.load() is None
-    assert (store.archive_dir / f"{state.rollout_id}.json").exists()
 
 
 def test_promoting_keeps_its_baseline_and_may_be_superseded(store: RolloutStore) -> None:
@@ -376,8 +365,8 @@ def test_approve_keeps_the_service_url_of_the_parked_rollout(store: RolloutStore
     of a promotion that approval began must know which service to reload (issue 15)."""
     parked = _begin(store, approved=False, serving_url="http://127.0.0.1:9")
     assert parked.serving_url == "http://127.0.0.1:9"
-    assert rollout.approve(store, "ok").serving_url == "http://127.0.0.1:9"
+    assert _begin(store).serving_url == "http://127.0.0.1:9"
     rollout.finish(store, Phase.ROLLED_BACK, "x")
     _begin(store, version="3", approved=False)
-    approved = rollout.approve(store, "ok", serving_url="http://127.0.0.1:10")
+    approved = _begin(store, version="3", serving_url="http://127.0.0.1:10")
     assert store.load().serving_url == approved.serving_url == "http://127.0.0.1:10"

@@ -1,47 +1,27 @@
 """Canary analysis of one rollout step: pure functions on a window of logged predictions.
 
 Four checks compare the canary with the champion over the same window (requests are split by a
-hash of their id, so both variants see the same kind of traffic):
-
-- error rate: Flagger's success rate >= 99%, as an absolute bound on the canary;
-- latency: Flagger's 500 ms p99 bound (at most 1% of canary requests slower), and the canary's
-  quantiles against the champion's (p50/p90/p95/p99, each only once both variants have enough
-  requests beyond it: a p99 of 73 requests is their maximum, not a p99);
-- accuracy on feedback: fail only when the evidence says the canary is more than 2 points below
-  the champion (the mission's rollback rule);
-- prediction shift: the share of positive predictions moved far (big effect and significant).
-
-The step is looked at every few seconds as its window grows, and the first failure rolls it back.
-A fixed-alpha test re-run at each look fails a canary identical to the champion far more often
-than alpha (13% of simulated rollouts at 20 req/s, tests/test_canary_sequential.py), so every
-test here is sequential: an always-valid p-value (mixture SPRT, lib.window_stats) whose chance
-of ever crossing alpha, over all the looks of a step, is at most alpha.
-
-Each check knows its sample size: with too few samples it says "wait", never "pass" on nothing.
-Verdict: any fail -> "fail" (roll back); else any wait -> "wait"; else "pass".
-
-The judgements are vectorised (one row per simulated rollout, or one row for the live check) so
-that the simulations in the tests run the same decision code as the rollout.
+hash of their id): error rate (Flagger's 99% success), latency (Flagger's 500 ms p99 bound, and
+each quantile against the champion's once both have enough requests beyond it), accuracy on
+feedback (fail only when the canary is evidently more than 2 points below) and prediction shift.
+The step is looked at every few seconds, so every test is sequential (always-valid p-values,
+lib.window_stats): a fixed-alpha test re-run at each look fails an identical canary far more
+often than alpha (tests/test_canary_sequential.py). A check with too few samples says "wait",
+never "pass" on nothing. The decision rules (judge_*) are vectorised, one row per look or per
+simulated rollout, so the simulations in the tests run the same code as the rollout.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from lib.config_sections import AnalysisConfig
-from lib.delivery.canary_judgement import (
-    FAIL,
-    PASS,
-    WAIT,
-    judge_accuracy,
-    judge_error_rate,
-    judge_latency,
-    judge_prediction_shift,
-)
 from lib.json_safe import json_safe
 from lib.window_stats import (
     failed_requests,
@@ -49,9 +29,13 @@ from lib.window_stats import (
     fmt_ms,
     fmt_p,
     fmt_percent,
+    sequential_binomial_p,
+    sequential_excess_test,
+    sequential_two_sided_p,
 )
 
 CHAMPION, CANARY = "champion", "canary"
+PASS, FAIL, WAIT = "pass", "fail", "wait"
 REQUIRED_COLUMNS = (
     "request_id", "created_at", "variant", "model_version", "label", "probability",
     "latency_ms", "error", "true_label",
@@ -91,9 +75,6 @@ class Analysis:
         return "all checks passed: " + "; ".join(c.message for c in self.checks)
 
 
-# ---------------------------------------------------------------------------- preparation
-
-
 def _prepare(window: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in window.columns]
     if missing:
@@ -104,16 +85,116 @@ def _prepare(window: pd.DataFrame) -> pd.DataFrame:
     frame = window[window["variant"].isin([CHAMPION, CANARY])].copy()
     # a request that produced no label failed, whether or not an error message was kept
     frame["is_error"] = failed_requests(frame)
-    frame["label"] = pd.to_numeric(frame["label"], errors="coerce")
-    frame["true_label"] = pd.to_numeric(frame["true_label"], errors="coerce")
-    frame["latency_ms"] = pd.to_numeric(frame["latency_ms"], errors="coerce")
-    frame["probability"] = pd.to_numeric(frame["probability"], errors="coerce")
+    for column in ("label", "true_label", "latency_ms", "probability"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 
 
-# ---------------------------------------------------------------------------- judgements
-# Vectorised over rollouts: every argument is an array (or a scalar) of counts, one per rollout
-# or look, and the result holds one status per element. The checks below call them on one row.
+# ---------------------------------------------------------------------------- decision rules
+
+
+def judge_error_rate(errors: Any, requests: Any, cfg: AnalysisConfig) -> dict[str, np.ndarray]:
+    """Status of the canary's error rate: fail when it is above the bound (always-valid test)."""
+    k, n = np.asarray(errors, dtype=float), np.asarray(requests, dtype=float)
+    p = sequential_binomial_p(k, n, cfg.max_error_rate)
+    rate = np.where(n > 0, k / np.maximum(n, 1), np.nan)
+    above = rate > cfg.max_error_rate
+    status = np.where(
+        n < cfg.fast_fail_requests,
+        WAIT,
+        np.where(
+            above & (p <= cfg.alpha), FAIL, np.where((n < cfg.min_requests) | above, WAIT, PASS)
+        ),
+    )
+    return {"status": status, "rate": rate, "p_value": p}
+
+
+def accuracy_drop_estimate(k_c: Any, n_c: Any, k_h: Any, n_h: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Observed drop (champion minus canary accuracy) and its unpooled variance (the null is a
+    drop of max_accuracy_drop), with Agresti-Caffo's +1/+1 so that 0% or 100% is not certain."""
+    k_c, n_c = np.asarray(k_c, dtype=float), np.asarray(n_c, dtype=float)
+    k_h, n_h = np.asarray(k_h, dtype=float), np.asarray(n_h, dtype=float)
+    drop = k_h / np.maximum(n_h, 1) - k_c / np.maximum(n_c, 1)
+    a_c, a_h = (k_c + 1) / (n_c + 2), (k_h + 1) / (n_h + 2)
+    return drop, a_c * (1 - a_c) / (n_c + 2) + a_h * (1 - a_h) / (n_h + 2)
+
+
+def judge_accuracy(k_c: Any, n_c: Any, k_h: Any, n_h: Any, cfg: AnalysisConfig) -> dict[str, Any]:
+    """Fail only when the always-valid lower bound of the drop is above max_accuracy_drop: over
+    all looks of a step, a canary within the tolerance fails with probability at most alpha.
+    Below min_feedback labels (either variant) it waits, whatever the numbers say."""
+    drop, var = accuracy_drop_estimate(k_c, n_c, k_h, n_h)
+    lower, p = sequential_excess_test(drop, var, cfg.max_accuracy_drop, cfg.alpha, cfg.accuracy_tau)
+    enough = (np.asarray(n_c) >= cfg.min_feedback) & (np.asarray(n_h) >= cfg.min_feedback)
+    fail = enough & (lower > cfg.max_accuracy_drop)
+    inconclusive = enough & ~fail & (drop > cfg.max_accuracy_drop) & cfg.wait_on_inconclusive
+    status = np.where(fail, FAIL, np.where(~enough | inconclusive, WAIT, PASS))
+    return {"status": status, "drop": drop, "lower": lower, "p_value": p}
+
+
+def judge_prediction_shift(
+    pos_c: Any, n_c: Any, pos_h: Any, n_h: Any, cfg: AnalysisConfig
+) -> dict[str, Any]:
+    """Fail when the positive rate moved by more than the bound, significantly (always-valid,
+    two-sided, pooled): a new model may legitimately predict a little differently."""
+    pos_c, n_c = np.asarray(pos_c, dtype=float), np.asarray(n_c, dtype=float)
+    pos_h, n_h = np.asarray(pos_h, dtype=float), np.asarray(n_h, dtype=float)
+    shift = pos_c / np.maximum(n_c, 1) - pos_h / np.maximum(n_h, 1)
+    pooled = (pos_c + pos_h + 1) / (n_c + n_h + 2)
+    var = pooled * (1 - pooled) * (1 / np.maximum(n_c, 1) + 1 / np.maximum(n_h, 1))
+    p = sequential_two_sided_p(shift, var, max(cfg.max_prediction_shift, 0.05))
+    enough = (n_c >= cfg.min_requests) & (n_h >= cfg.min_requests)
+    big = enough & (np.abs(shift) > cfg.max_prediction_shift)
+    fail = big & (p < cfg.shift_alpha)
+    status = np.where(fail, FAIL, np.where(~enough | (big & cfg.wait_on_inconclusive), WAIT, PASS))
+    return {"status": status, "shift": shift, "p_value": p}
+
+
+def judge_latency(canary: Any, champion: Any, cfg: AnalysisConfig) -> dict[str, Any]:
+    """Latency status; `canary` (rollouts, n) and `champion` (rollouts, m), or 1-D. Binomial
+    always-valid tests: at most 1% slower than max_p99_ms, and per quantile q with enough
+    samples at most 1 - q slower than max(max_p99_ratio x the champion's q, p99_floor_ms)."""
+    can = np.atleast_2d(np.asarray(canary, dtype=float))
+    cha = np.atleast_2d(np.asarray(champion, dtype=float))
+    n, m = can.shape[1], cha.shape[1]
+    level = cfg.alpha / cfg.latency_tests
+    slow = (can > cfg.max_p99_ms).sum(axis=1)
+    p_abs = sequential_binomial_p(slow, n, 0.01)
+    judged = [q for q in cfg.latency_quantiles if min(n, m) >= cfg.samples_for(q)]
+    canary_waits = n < cfg.samples_for(cfg.latency_quantiles[0])
+    rows = can.shape[0]
+    if judged:
+        qs = np.array(judged)
+        can_q = np.quantile(can, qs, axis=1).T  # (rollouts, quantiles)
+        cha_q = np.quantile(cha, qs, axis=1).T
+        limit = np.maximum(cfg.max_p99_ratio * cha_q, cfg.p99_floor_ms)
+        beyond = (can[:, :, None] > limit[:, None, :]).sum(axis=1)
+        p_rel = sequential_binomial_p(beyond, n, 1.0 - qs)
+    else:
+        can_q = cha_q = limit = p_rel = np.empty((rows, 0))
+        beyond = np.empty((rows, 0), dtype=int)
+    fail_abs = (n >= cfg.min_requests) & (slow / max(n, 1) > 0.01) & (p_abs <= level)
+    fail_rel = (n >= cfg.min_requests) & (p_rel <= level).any(axis=1)
+    wait = (n < cfg.min_requests) or canary_waits
+    status = np.where(fail_abs | fail_rel, FAIL, WAIT if wait else PASS)
+    return {
+        "status": status, "slow": slow, "p_abs": p_abs, "quantiles": judged,
+        "canary_q": can_q, "champion_q": cha_q, "limit": limit, "beyond": beyond,
+        "p_rel": p_rel,
+    }  # fmt: skip
+
+
+def accuracy_drop_test(
+    correct_c: int, n_c: int, correct_h: int, n_h: int, drop: float
+) -> tuple[float, float]:
+    """Fixed-sample one-sided test of H0: acc_canary >= acc_champion - drop; returns (z, p).
+    Valid for ONE look only: the tests show how often re-running it fails an identical canary."""
+    diff, var = accuracy_drop_estimate(correct_c, n_c, correct_h, n_h)
+    z = float((-diff + drop) / math.sqrt(var))
+    return z, float(stats.norm.cdf(z))
+
+
+# ---------------------------------------------------------------------------- checks
 
 
 def check_error_rate(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
@@ -130,7 +211,6 @@ def check_error_rate(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     observed = {"canary_rate": rate, "champion_rate": rate_h, "canary_errors": k,
                 "champion_errors": k_h, "p_value": p}  # fmt: skip
     threshold = {"max_error_rate": bound, "alpha": cfg.alpha, "min_requests": cfg.min_requests}
-    samples = {CANARY: n, CHAMPION: n_h}
     seen = f"canary error rate {fmt_percent(rate)} ({k}/{fmt_count(n)} requests)"
     vs = f"champion {fmt_percent(rate_h)} of {fmt_count(n_h)}"
     if n < cfg.fast_fail_requests:
@@ -148,7 +228,7 @@ def check_error_rate(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
         )
     else:
         msg = f"{seen} <= {fmt_percent(bound)} ({vs})"
-    return Check("error_rate", status, observed, threshold, samples, msg)
+    return Check("error_rate", status, observed, threshold, {CANARY: n, CHAMPION: n_h}, msg)
 
 
 def _qname(q: float) -> str:
@@ -181,7 +261,6 @@ def check_latency(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     threshold = {"max_p99_ms": cfg.max_p99_ms, "max_p99_ratio": cfg.max_p99_ratio,
                  "p99_floor_ms": cfg.p99_floor_ms, "min_requests": cfg.min_requests,
                  "min_tail_samples": cfg.min_tail_samples, "alpha": cfg.alpha}  # fmt: skip
-    samples = {CANARY: n, CHAMPION: m}
     on = f"{fmt_count(n)}/{fmt_count(m)} canary/champion requests"
     slow, p_abs = int(j["slow"][0]), float(j["p_abs"][0])
     over = (
@@ -232,7 +311,7 @@ def check_latency(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
             else (f"only {fmt_count(m)} champion latencies, not compared")
         )
         msg = f"canary latency within bounds: {over}; {vs}{pending} ({on})"
-    return Check("latency", status, observed, threshold, samples, msg)
+    return Check("latency", status, observed, threshold, {CANARY: n, CHAMPION: m}, msg)
 
 
 def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
@@ -329,18 +408,6 @@ def check_prediction_shift(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     return Check("prediction_shift", status, observed, threshold, samples, msg)
 
 
-# ---------------------------------------------------------------------------- analysis
-
-
-def verdict_of(checks: list[Check]) -> str:
-    statuses = {c.status for c in checks}
-    if FAIL in statuses:
-        return FAIL
-    if WAIT in statuses:
-        return WAIT
-    return PASS
-
-
 def analyze(window: pd.DataFrame, cfg: AnalysisConfig | None = None) -> Analysis:
     """Run every check on one window of predictions and combine them into a verdict."""
     cfg = cfg or AnalysisConfig()
@@ -357,12 +424,11 @@ def analyze(window: pd.DataFrame, cfg: AnalysisConfig | None = None) -> Analysis
         v: sorted({str(x) for x in frame.loc[frame["variant"] == v, "model_version"].dropna()})
         for v in (CHAMPION, CANARY)
     }
-    created = pd.to_numeric(frame["created_at"], errors="coerce")
-    span = {
-        "start": float(created.min()) if len(created.dropna()) else None,
-        "end": float(created.max()) if len(created.dropna()) else None,
-    }
-    return Analysis(verdict_of(checks), checks, samples, versions, span)
+    created = pd.to_numeric(frame["created_at"], errors="coerce").dropna()
+    span = {"start": float(created.min()), "end": float(created.max())} if len(created) else {}
+    statuses = {c.status for c in checks}
+    verdict = next((s for s in (FAIL, WAIT) if s in statuses), PASS)
+    return Analysis(verdict, checks, samples, versions, {"start": None, "end": None, **span})
 
 
 def summarize_step(analysis: Analysis) -> dict[str, Any]:

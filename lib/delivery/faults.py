@@ -1,8 +1,5 @@
-"""Test hook: die like `kill -9` at a named point of a promotion.
-
-End-to-end tests set PIPELINE_FAULT=<point> in a subprocess that promotes, to prove what a crash
-exactly there leaves behind and that the next run (or an operator) repairs it. Unset (always, in
-production) `fault_point` does nothing.
+"""Test hook: die like `kill -9` at a named point of a promotion (PIPELINE_FAULT=<point>), so
+end-to-end tests prove what a crash exactly there leaves and that it is repaired. Unset, nothing.
 """
 
 from __future__ import annotations
@@ -25,10 +22,7 @@ FAULT_POINTS = (
 
 
 def fault_point(name: str) -> None:
-    """Test hook: die like `kill -9` here when PIPELINE_FAULT=<name>; nothing when unset.
-
-    Lets end-to-end tests prove what a crash at an exact point of a promotion leaves behind.
-    """
+    """Die like `kill -9` here when PIPELINE_FAULT=<name>; nothing when unset."""
     if name not in FAULT_POINTS:
         raise ValueError(f"unknown fault point {name!r} (known: {', '.join(FAULT_POINTS)})")
     if os.environ.get(FAULT_ENV) == name:

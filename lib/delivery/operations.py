@@ -11,14 +11,14 @@ from typing import Any
 
 from lib import registry
 from lib.delivery import releases, rollout
-from lib.delivery.rollout_end import promote_rollout, roll_back_rollout
+from lib.delivery.rollout_end import promote_rollout, raise_if_promotion_open, roll_back_rollout
 from lib.delivery.service_control import (
     SERVICE_RELOADED,
     RolloutFailed,
-    notify_service,
+    canary_off,
     reload_champion,
+    reload_with_retries,
     served_version,
-    set_routing,
 )
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,12 @@ def park_for_approval(
     it keeps the production service's URL from the start, so that whoever finishes or undoes
     it later (approve, recovery) reloads that service."""
     store = rollout.RolloutStore(models_dir / "rollout.json")
-    waiting = store.load()
-    if (
-        waiting is not None
-        and waiting.phase == rollout.Phase.AWAITING_APPROVAL
-        and waiting.candidate_version != str(version)
-    ):  # a newer candidate replaces the one nobody approved yet (else every later run conflicts)
+    waiting = awaiting_version(models_dir)
+    # a newer candidate replaces the one nobody approved yet (else every later run conflicts)
+    if waiting not in (None, str(version)):
         why = f"replaced by v{version}, a newer candidate awaiting approval"
         rollout.finish(store, rollout.Phase.REJECTED, why)
-        releases.log_transition(logs_dir, "rejected", version=waiting.candidate_version, reason=why)
+        releases.log_transition(logs_dir, "rejected", version=waiting, reason=why)
     state = rollout.begin(
         store, model_name, str(version), champion, run_id=run_id, serving_url=serving_url,
         approved=False, reason=reason,
@@ -82,26 +79,21 @@ def reject(models_dir: Path, logs_dir: Path, version: str, reason: str) -> rollo
 def manual_rollback(
     client: Any, model_name: str, models_dir: Path, logs_dir: Path, reason: str, url: str
 ) -> dict[str, Any]:
-    """`runner.py rollback`: canary traffic to 0% and the `canary` alias removed first, then
-    `previous` becomes champion in the registry and models/, then the service reloads; any open
-    rollout is closed as rolled back by the operator, so that no later run undoes this.
-
-    When a rollout is open and its candidate never became champion (it died before the alias
-    moved), rolling back means stopping that rollout: production stays on its champion.
-    Raises releases.NothingToRollBack, changing nothing in the registry or models/, when
-    there is no previous version.
-    """
+    """`runner.py rollback`: canary to 0%, then releases.rollback and the service reload; any
+    open rollout is closed as rolled back by the operator, so that no later run undoes this. An
+    open rollout whose candidate never became champion is only stopped (production stays)."""
     token = os.environ.get("SERVING_ADMIN_TOKEN")
     store = rollout.RolloutStore(models_dir / "rollout.json")
     state = store.load()
     open_rollout = state if state is not None and state.active else None
-    routing = _canary_off(url, token)
+    routing = canary_off(url, token)
     champion = registry.alias_version(client, model_name, "champion")
     why = f"operator rolled back: {reason}"
     if open_rollout is not None and champion != open_rollout.candidate_version:
         candidate = open_rollout.candidate_version
         record = releases.abort_canary(client, model_name, logs_dir, why, candidate, models_dir)
-        service = notify_service(url)
+        reloaded = reload_with_retries(lambda: reload_champion(url, token), attempts=1)
+        service = f"service at {url} {reloaded}"
         rollout.close_open(store, f"{why} (rollout of v{candidate} stopped, v{champion} kept)")
         return {
             **record,
@@ -134,14 +126,10 @@ def stop_rollout(
     reason: str,
     url: str,
     wait_seconds: float,
-    poll_seconds: float = 0.25,
 ) -> dict[str, Any]:
-    """`runner.py rollback` while a live deployer drives a rollout: obeyed within seconds,
-    without the runner's lock. The stop goes into the rollout state first (from then on no
-    canary step or promotion can start), then the canary weight goes to 0 on the service (the
-    deployer's lease renewals only apply while the weight is the one it set, so a 0 is never
-    raised again), then this waits up to `wait_seconds` for the deployer to finish the
-    rollback (aliases, records). A deployer that dies meanwhile leaves it to the next run."""
+    """`runner.py rollback` while a live deployer drives a rollout, without the runner's lock:
+    the stop into the rollout state, canary weight 0 (never raised again: the deployer's lease
+    renewals are compare-and-set), then wait up to `wait_seconds` for the deployer's rollback."""
     store = rollout.RolloutStore(models_dir / "rollout.json")
     state = rollout.request_stop(store, f"operator rolled back: {reason}")
     version = state.candidate_version
@@ -150,8 +138,8 @@ def stop_rollout(
         phase=state.phase.value, weight=state.weight, reason=reason,
     )  # fmt: skip
     target = state.serving_url or url
-    routing = _canary_off(target, os.environ.get("SERVING_ADMIN_TOKEN"))
-    state = rollout.wait_until_settled(store, wait_seconds, poll_seconds) or state
+    routing = canary_off(target, os.environ.get("SERVING_ADMIN_TOKEN"))
+    state = rollout.wait_until_settled(store, wait_seconds) or state
     alive = rollout.pid_alive(state.owner_pid)
     return {
         "rollout": state.rollout_id,
@@ -165,17 +153,6 @@ def stop_rollout(
     }
 
 
-def _canary_off(url: str, token: str | None) -> str:
-    """Canary weight 0 before anything else moves; an unreachable service is said, not fatal
-    (its lease drops the canary by itself)."""
-    try:
-        set_routing(url, token, None, 0)
-        return "canary weight 0"
-    except Exception as exc:
-        log.warning("could not set the canary weight to 0 on %s: %s", url, exc)
-        return f"canary weight not set ({type(exc).__name__}); its lease drops it"
-
-
 def next_run(
     state: rollout.RolloutState | None,
     champion: str | None,
@@ -184,30 +161,27 @@ def next_run(
 ) -> str | None:
     """What the next run does first about this rollout and the service, in words; None when
     nothing. `serving`/`url`: what the reachable production service serves, and where."""
-    if state is None or not (rollout.interrupted(state) or state.phase == rollout.Phase.SUCCEEDED):
-        if url is not None and champion is not None and serving != champion:
-            return (
-                f"reloads the service at {url} so that it serves v{champion} (to do it now: "
-                f"POST {url}/admin/reload with the admin token)"
-            )
-        return None
-    v = state.candidate_version
-    if rollout.interrupted(state):
+    if state is not None and rollout.interrupted(state):
+        v = state.candidate_version
         if state.phase == rollout.Phase.PROMOTING:
             return (
                 f"finishes the promotion of v{v} (registry, models/, service, records), unless "
                 "production changed since; then it closes the rollout as superseded"
             )
         return f"rolls back the rollout of v{v} (canary off, its aliases removed)"
-    promo = state.promotion or {}
+    promo = (state.promotion if state is not None else None) or {}
     if (
-        state.phase == rollout.Phase.SUCCEEDED
+        state is not None
+        and state.phase == rollout.Phase.SUCCEEDED
         and promo.get("service") not in (None, SERVICE_RELOADED)
-        and champion == v
+        and champion == state.candidate_version
     ):
-        return f"reloads the service at {promo.get('service_url')} so that it serves v{v}"
+        return f"reloads the service at {promo.get('service_url')} so that it serves v{champion}"
     if url is not None and champion is not None and serving != champion:
-        return next_run(None, champion, serving, url)
+        return (
+            f"reloads the service at {url} so that it serves v{champion} (to do it now: "
+            f"POST {url}/admin/reload with the admin token)"
+        )
     return None
 
 
@@ -231,19 +205,15 @@ def describe_record(record: dict[str, Any]) -> str:
     return f"{record.get('at')} {event}: {what}" + (f" ({why})" if why else "")
 
 
-def describe_rollout(state: rollout.RolloutState) -> str:
-    return (
-        f"{state.updated_at} rollout {state.rollout_id}: v{state.candidate_version} "
-        f"{state.phase.value}" + (f" ({state.reason})" if state.reason else "")
-    )
-
-
 def last_event(records: list[dict[str, Any]], state: rollout.RolloutState | None) -> str | None:
     """The newest of deployments.json's last record and the rollout file's last change: a
     rollout, a promotion, a rollback (by a person, the monitor or a canary), an approval..."""
     record = records[-1] if records else None
     if state is not None and (record is None or state.updated_at > str(record.get("at", ""))):
-        return describe_rollout(state)
+        return (
+            f"{state.updated_at} rollout {state.rollout_id}: v{state.candidate_version} "
+            f"{state.phase.value}" + (f" ({state.reason})" if state.reason else "")
+        )
     return None if record is None else describe_record(record)
 
 
@@ -261,11 +231,9 @@ def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str
     service: dict[str, Any] | str
     try:
         service = httpx.get(f"{url}/health", timeout=3).json()
-    except Exception as exc:
-        service = f"not reachable at {url} ({type(exc).__name__})"
-    serving = None
-    if isinstance(service, dict):
         serving = str((service.get("champion") or {}).get("version") or "") or None
+    except Exception as exc:
+        service, serving = f"not reachable at {url} ({type(exc).__name__})", None
     production = releases.production_version(models_dir)
     records = releases.history(models_dir)
     champion = aliases["champion"]
@@ -324,15 +292,10 @@ def promote_version(
     reason: str,
     run_id: str,
 ) -> dict[str, Any]:
-    """`runner.py promote`: put a registered version into production by hand, as a rollout
-    without canary steps: staging instance and smoke tests first (production untouched if they
-    fail), then the all-or-nothing promotion of lib.delivery.rollout_end (registry, models/,
-    service reload, deployments.json and logs/deployment.log). Crash-safe like any rollout: the
-    next run finishes or rolls back what a dead `promote` left in rollout.json.
-
-    `holdout` and `settings` are the 05 deploy stage's (progressive.DeploySettings). Returns
-    {outcome: promoted | failed, version, champion_before, champion, reason, note, smoke}.
-    Raises rollout.RolloutConflict (nothing changed) while another rollout is open or parked.
+    """`runner.py promote`: a rollout without canary steps (staging and smoke tests, then the
+    all-or-nothing promotion), crash-safe like any rollout. `holdout` and `settings` are the 05
+    deploy stage's; RolloutConflict (nothing changed) while another rollout is open or parked.
+    Returns {outcome: promoted | failed, version, champion_before, champion, reason, note, smoke}.
     """
     from lib.delivery import progressive
 
@@ -343,8 +306,7 @@ def promote_version(
     rollout.begin(
         store, model_name, version, champion, [100], run_id, url, approved=True, reason=why
     )
-    timeline = progressive.Timeline(logs_dir, version)
-    timeline.champion = champion
+    timeline = progressive.Timeline(logs_dir, version, champion)
     releases.log_transition(
         logs_dir, "operator_promote_started", version=version, champion=champion, reason=reason
     )
@@ -360,32 +322,19 @@ def promote_version(
             client, model_name, store, version, models_dir, logs_dir, url, token, reason=why
         )
     except Exception as exc:
-        current = store.load()
-        promoting = current is not None and current.phase == rollout.Phase.PROMOTING
-        if promoting and not isinstance(exc, releases.PromotionUndone):
-            raise  # neither done nor undone: the next run finishes it (or supersedes it)
+        raise_if_promotion_open(exc, client, model_name, store, logs_dir, version)
         failure = str(exc) if isinstance(exc, RolloutFailed) else f"{type(exc).__name__}: {exc}"
         roll_back_rollout(
             client, model_name, store, logs_dir, models_dir, version,
             f"operator promotion of v{version} failed: {failure}", None, token,
         )  # fmt: skip
-        return {
-            "outcome": "failed",
-            "version": version,
-            "champion_before": champion,
-            "champion": registry.alias_version(client, model_name, "champion"),
-            "reason": failure,
-            "note": None,
-            "smoke": smoke,
-        }
-    timeline.champion = version
-    timeline.add("succeeded", 100, done.reason)
+        now = registry.alias_version(client, model_name, "champion")
+        outcome, reason, note = "failed", failure, None
+    else:
+        timeline.champion = now = version
+        timeline.add("succeeded", 100, done.reason)
+        outcome, reason, note = "promoted", done.reason, done.note
     return {
-        "outcome": "promoted",
-        "version": version,
-        "champion_before": champion,
-        "champion": version,
-        "reason": done.reason,
-        "note": done.note,
-        "smoke": smoke,
-    }
+        "outcome": outcome, "version": version, "champion_before": champion, "champion": now,
+        "reason": reason, "note": note, "smoke": smoke,
+    }  # fmt: skip

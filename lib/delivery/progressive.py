@@ -1,20 +1,11 @@
 """Progressive delivery of an approved candidate: staging, smoke tests, canary steps, promotion.
 
-The sequence follows Flagger and Argo Rollouts: a staging instance serves the candidate for smoke
-tests over HTTP; then the production service sends it 5%, 25%, 50% and 100% of the traffic, each
-step held for an analysis window AND until enough samples arrived; any failed check, a service
-that stops answering or an exception rolls back at once (canary weight 0, aliases restored,
-reason in models/ and logs/). The canary weight is leased: if this process dies, the service
-drops the canary by itself, and the next runner finishes the rollback from the state file.
-
-Promotion (lib.delivery.rollout_end) is all or nothing (see lib.delivery.releases): a failure to
-swap the files after the aliases moved is undone and ends the rollout `rolled_back`; a service
-that cannot be reloaded at the end leaves a promotion with a "service not reloaded" note (outcome
-`promoted`, `note` set): the registry and models/ name the new version and the service follows
-them on its next reload or restart. Any other failure during `promoting` is not called a
-rollback: the rollout stays `promoting` and the next run finishes it
-(`rollout_end.recover_interrupted`),
-unless an operator acted since, in which case it is closed as `superseded`.
+As in Flagger and Argo Rollouts: a staging instance serves the candidate for smoke tests, then the
+production service sends it each canary weight, held for the analysis window and until enough
+samples arrived. Any failed check, a service that stops answering or an exception rolls back at
+once; the weight is leased, so if this process dies the service drops the canary itself and the
+next runner rolls back from the state file. A failure during `promoting` other than a promotion
+undone everywhere is not a rollback: the next run finishes it (lib.delivery.rollout_end).
 """
 
 from __future__ import annotations
@@ -24,7 +15,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +26,7 @@ from lib import progress, registry
 from lib.config_sections import AnalysisConfig
 from lib.delivery import canary, releases, rollout
 from lib.delivery.replayer import Replayer, app_request
-from lib.delivery.rollout_end import promote_rollout, roll_back_rollout
+from lib.delivery.rollout_end import promote_rollout, raise_if_promotion_open, roll_back_rollout
 from lib.delivery.service_control import RolloutFailed, RoutingChanged, set_routing
 from lib.delivery.service_process import ServiceProcess
 from lib.delivery.smoke import run_smoke_tests
@@ -75,35 +66,22 @@ class DeployOutcome:
     steps: list[dict[str, Any]]
     note: str | None = None  # a fault beside the outcome: service not reloaded, promotion undone
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-
+@dataclass
 class Timeline:
     """What happened when, for the notebook's plot and the report."""
 
-    def __init__(
-        self,
-        logs_dir: Path | None = None,
-        version: str | None = None,
-        champion: str | None = None,
-    ) -> None:
-        self.started = time.monotonic()
-        self.events: list[dict[str, Any]] = []
-        self.logs_dir = logs_dir  # each event is also one line of logs/deployment.log
-        self.version = version
-        self.champion = champion  # the version in production, on every log line
+    logs_dir: Path | None = None  # each event is also one line of logs/deployment.log
+    version: str | None = None
+    champion: str | None = None  # the version in production, on every log line
+    events: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
     def add(self, phase: str, weight: float, event: str, **details: Any) -> None:
+        t = round(time.monotonic() - self.started, 2)
+        at = datetime.now(UTC).isoformat(timespec="seconds")
         self.events.append(
-            {
-                "t": round(time.monotonic() - self.started, 2),
-                "at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "phase": phase,
-                "weight": weight,
-                "event": event,
-                **details,
-            }
+            {"t": t, "at": at, "phase": phase, "weight": weight, "event": event, **details}
         )
         if self.logs_dir is not None:
             releases.log_transition(
@@ -137,20 +115,20 @@ def deploy(
     sleep: Callable[[float], None] = time.sleep,
 ) -> DeployOutcome:
     """Run one rollout of `version` to the end: promoted, or rolled back with the reason."""
+    version, prod_url = version, settings.serving_url
     store = rollout.RolloutStore(models_dir / "rollout.json")
     champion = registry.alias_version(client, model_name, "champion")
-    _begin_or_resume(store, model_name, str(version), champion, settings, run_id)
-    timeline = Timeline(logs_dir, str(version), champion)
+    # begins, or resumes the rollout a person approved (it waited for this version)
+    rollout.begin(store, model_name, version, champion, settings.steps, run_id, prod_url)
+    timeline = Timeline(logs_dir, version, champion)
     timeline.add("staging", 0, f"rollout of v{version} started (champion: v{champion})")
     releases.log_transition(
         logs_dir, "rollout_started", version=version, champion=champion, run_id=run_id
     )
     records = [(app_request(r), float(r["rating"])) for _, r in holdout.iterrows()]
-    model = registry.load_version(model_name, str(version))
-    token = os.environ.get("SERVING_ADMIN_TOKEN") if settings.serving_url else None
-    token = token or secrets.token_urlsafe(24)
+    model = registry.load_version(model_name, version)
+    token = (prod_url and os.environ.get("SERVING_ADMIN_TOKEN")) or secrets.token_urlsafe(24)
     production: ServiceProcess | None = None
-    prod_url = settings.serving_url
     smoke_result: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = []
     try:
@@ -166,23 +144,23 @@ def deploy(
                     root, model_name, tracking_uri, settings, token, models_dir, logs_dir, store
                 )
                 prod_url = production.url
-            registry.set_alias(client, model_name, "canary", str(version))  # for status/readers
+            registry.set_alias(client, model_name, "canary", version)  # for status/readers
             _canary_steps(
                 (client, model_name, champion), prod_url, token, version, records, settings,
                 store, timeline, production, sleep, steps,
             )  # fmt: skip
         done = promote_rollout(
-            client, model_name, store, str(version), models_dir, logs_dir, prod_url, token,
+            client, model_name, store, version, models_dir, logs_dir, prod_url, token,
             reason=f"rollout passed ({run_id})", metrics={"steps": len(steps)},
         )  # fmt: skip
-        timeline.champion = str(version)
+        timeline.champion = version
         timeline.add("succeeded", 100, done.reason)
         return DeployOutcome(
-            "promoted", str(version), champion, None, timeline.events, smoke_result, steps,
+            "promoted", version, champion, None, timeline.events, smoke_result, steps,
             note=done.note,
         )  # fmt: skip
     except Exception as exc:  # every failure rolls back; the reason is what went wrong
-        _promotion_left_open(exc, client, model_name, store, logs_dir, version)
+        raise_if_promotion_open(exc, client, model_name, store, logs_dir, version)
         reason, note = _rollback_reason(exc, store, prod_url)
         outage = exc if isinstance(exc, RegistryUnavailable) else None
         try:
@@ -197,37 +175,12 @@ def deploy(
         if outage is not None:
             raise outage from exc
         return DeployOutcome(
-            "rolled_back", str(version), champion, reason, timeline.events, smoke_result, steps,
+            "rolled_back", version, champion, reason, timeline.events, smoke_result, steps,
             note=note,
         )  # fmt: skip
     finally:
         if production is not None:
             production.stop()
-
-
-def _begin_or_resume(
-    store: rollout.RolloutStore,
-    model_name: str,
-    version: str,
-    champion: str | None,
-    settings: DeploySettings,
-    run_id: str,
-) -> None:
-    """Resume the rollout a person approved (it waited for this version), or begin a new one."""
-    state = store.load()
-    if (
-        state is not None
-        and state.phase == rollout.Phase.AWAITING_APPROVAL
-        and state.candidate_version == version
-    ):
-        rollout.approve(
-            store, detail=f"approved, resumed by run {run_id}", serving_url=settings.serving_url
-        )
-        return
-    rollout.begin(
-        store, model_name, version, champion, settings.steps, run_id, settings.serving_url,
-        approved=True, owner_pid=os.getpid(),
-    )  # fmt: skip
 
 
 def _start_production(
@@ -246,40 +199,8 @@ def _start_production(
         root, model_name, tracking_uri, settings.store_url, admin_token=token,
         log_path=logs_dir / "service.log", models_dir=models_dir,
     ).start()  # fmt: skip
-    with store.locked():
-        state = store.load()
-        state.serving_url = production.url
-        store.save(state)
+    rollout.update(store, lambda state: setattr(state, "serving_url", production.url))
     return production
-
-
-def _promotion_left_open(
-    exc: Exception,
-    client: Any,
-    model_name: str,
-    store: rollout.RolloutStore,
-    logs_dir: Path,
-    version: str,
-) -> None:
-    """A failure during `promoting` (other than a promotion undone everywhere) is neither done
-    nor undone: it is not a rollback. Log it and re-raise; the next run finishes it (or
-    supersedes it)."""
-    current = store.load()
-    if (
-        current is None
-        or current.phase != rollout.Phase.PROMOTING
-        or isinstance(exc, releases.PromotionUndone)
-    ):
-        return
-    try:
-        now = registry.alias_version(client, model_name, "champion")
-    except RegistryUnavailable:
-        now = "unknown (registry unavailable)"  # never a None that claims no champion
-    releases.log_transition(
-        logs_dir, "promotion_incomplete", version=version, champion=now,
-        reason=f"{type(exc).__name__}: {exc}",
-    )  # fmt: skip
-    raise exc
 
 
 def _rollback_reason(
@@ -287,6 +208,8 @@ def _rollback_reason(
 ) -> tuple[str, str | None]:
     """Why the rollout rolls back, and the outcome's note when the cause is a fault (a promotion
     undone, an unreachable service), not a verdict on the model."""
+    import httpx
+
     stopped = rollout.stop_requested(store)  # whatever surfaced first, a stop is a stop
     if isinstance(exc, rollout.RolloutStopped) or stopped is not None:
         return str(exc if stopped is None else rollout.RolloutStopped(stopped)), None
@@ -297,17 +220,12 @@ def _rollback_reason(
     if isinstance(exc, RolloutFailed):
         return str(exc), None
     if isinstance(exc, RegistryUnavailable):
-        return f"registry outage at canary weight {_current_weight(store)}%: {exc}", None
-    if _is_transport_error(exc):
+        weight = getattr(store.load(), "weight", 0)
+        return f"registry outage at canary weight {weight}%: {exc}", None
+    if isinstance(exc, httpx.TransportError):
         reason = f"production service at {prod_url} unreachable: {type(exc).__name__}: {exc}"
         return reason, reason
     return f"{type(exc).__name__}: {exc}", None
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    import httpx
-
-    return isinstance(exc, httpx.TransportError)
 
 
 def staging_and_smoke(
@@ -364,12 +282,6 @@ def staging_and_smoke(
             log.warning("staging alias left on v%s: %s", version, exc)
 
 
-def _current_weight(store: rollout.RolloutStore) -> int:
-    """The canary weight rollout.json holds now (0 when it cannot say)."""
-    state = store.load()
-    return 0 if state is None else state.weight
-
-
 def _registry_still_ours(client: Any, model_name: str, champion: str | None, version: str) -> None:
     """Before the canary gets more traffic: the registry answers (RegistryUnavailable, which
     rolls back at this step, when it does not), the champion is still the one the canary is
@@ -406,7 +318,7 @@ def _canary_steps(
     cfg = AnalysisConfig.model_validate(settings.analysis)
     predictions = PredictionReader(settings.store_url)  # reads what the service writes
     replayer = Replayer(url, records, rate=settings.replay_rate) if settings.replay else None
-    canary_started = time.time()
+    began, around = time.time(), (production, replayer, store)
     try:
         if replayer is not None:
             replayer.start()
@@ -422,16 +334,7 @@ def _canary_steps(
             last_weight = weight
             timeline.add("canary", weight, f"canary at {weight}%")
             analysis = _hold_step(
-                url,
-                token,
-                version,
-                weight,
-                settings,
-                cfg,
-                predictions,
-                canary_started,
-                (production, replayer, store),
-                sleep,
+                url, token, version, weight, settings, cfg, predictions, began, around, sleep
             )
             summary = {"kind": "canary", "weight": weight, **canary.summarize_step(analysis)}
             results.append(summary)
@@ -464,9 +367,8 @@ def _hold_step(
     sleep: Callable[[float], None],
 ) -> canary.Analysis:
     """Hold one step for its window and until the analysis says pass or fail. Every second it
-    reads the rollout state (an operator's stop ends the step at once: RolloutStopped) and its
-    lease renewals only apply while the weight is still the one it set (RoutingChanged when a
-    person moved it, e.g. to 0: never raised again)."""
+    reads the rollout state (an operator's stop: RolloutStopped); its lease renewals only apply
+    while the weight is the one it set (RoutingChanged when a person moved it, e.g. to 0)."""
     production, replayer, store = around
     step_started = time.time()
     last_lease = time.monotonic()
@@ -490,19 +392,14 @@ def _hold_step(
         analysis = canary.analyze(_window(predictions, step_started, canary_started, weight), cfg)
         if shown.ready(force=analysis.verdict == "fail" or window_end):
             progress.canary_step(weight, elapsed, settings.analysis_seconds, analysis)
-        if analysis.verdict == "fail":
-            return analysis
-        if window_end and analysis.verdict == "pass":
+        if analysis.verdict == "fail" or (window_end and analysis.verdict == "pass"):
             return analysis
         if elapsed >= deadline:
+            errors = replayer.stats.last_error if replayer and replayer.stats.errors else None
             raise RolloutFailed(
                 f"canary step {weight}%: not enough evidence after {elapsed:.0f} s "
                 f"({analysis.reason}); rolled back rather than passed on no evidence"
-                + (
-                    f"; replayer errors: {replayer.stats.last_error}"
-                    if replayer and replayer.stats.errors
-                    else ""
-                )
+                + (f"; replayer errors: {errors}" if errors else "")
             )
 
 

@@ -1,36 +1,13 @@
 """What promotion and rollback do to the registry, `models/` and `logs/`.
 
-The registry aliases are the source of truth: the service and every stage resolve
-`models:/<name>@champion`. `models/production/` is a mirror of that alias, `models/previous/`
-keeps the 5 most recent earlier productions, `models/deployments.json` is the history MLflow does
-not keep (where an alias pointed, when and why: mlflow/mlflow#2169) and `logs/deployment.log` has
-one line per transition.
-
-Crash order. Every operation (1) reads and loads everything it needs, changing nothing, so a bad
-version, a missing artifact or a corrupt history fails with nothing touched; (2) moves the
-registry aliases; (3) refreshes the files; (4) appends the record and the log line. The registry
-goes first because it is what serves: a crash after (2) leaves the right model serving and a stale
-mirror, and running the same call again finishes the job (both are idempotent, see below). Files
-first would let `models/production/` claim a version the registry does not serve, and a later
-rollback could trust that lie. Inside (2), promotion sets `previous` before `champion`: a crash
-between leaves previous == champion (harmless) instead of losing the old champion.
-
-All or nothing. A promotion is the registry aliases, models/production (+ the previous/
-rotation), the service reload and the record, in that order. If the files cannot be swapped once
-the aliases moved (models/production not writable, disk full), every part is undone: the aliases
-go back to what they were, the archived copy is removed, and a `promote_undone` record names the
-version still in production; the caller gets PromotionUndone. The service reload is retried a
-few times; if the service still cannot be reached the promotion stands (the service follows the
-champion alias on its next reload or restart) and the record says `service: not reloaded (...)`
-instead of pretending a rollback. Every record carries `champion_version` and every log line
-`champion=`: the version in production once that line was written.
-
-Rollback. The `canary` alias goes first (no canary outlives a rollback), then `champion` goes
-back to `previous`; `previous` then points at the champion that came before the restored one
-according to deployments.json (so a second rollback walks further back and never re-promotes
-the version just rolled back), or is removed when the history does not say. The rolled-back
-version is recorded in deployments.json, in the restored production metadata and as tags on its
-registry version. Its local copy is discarded (the registry still has it).
+The registry aliases are the source of truth (the service resolves `models:/<name>@champion`);
+`models/production/` mirrors the champion, `models/previous/` keeps the 5 latest earlier
+productions, `models/deployments.json` is the history MLflow does not keep (mlflow/mlflow#2169)
+and `logs/deployment.log` has one line per transition. Every operation reads everything first
+(a failure changes nothing), then moves the aliases (what serves), then the files, then writes
+the record, so running it again after a crash finishes the job; promotion is all or nothing
+(README, "When the process dies"). Every record carries `champion_version` and every log line
+`champion=`: the version in production once it was written.
 """
 
 from __future__ import annotations
@@ -74,12 +51,8 @@ class PromotionUndone(DeploymentError):
     """A promotion failed after the aliases moved, and every part was put back as it was."""
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(at: datetime) -> str:
-    return at.isoformat(timespec="seconds")
+def _iso(at: datetime | None = None) -> str:
+    return (at or datetime.now(UTC)).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------------- records and log
@@ -105,6 +78,16 @@ def history(models_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def _record(
+    event: str, model_name: str, version: str, champion: str | None, reason: str, **extra: Any
+) -> dict[str, Any]:
+    """A deployments.json record: the fields every event has, then its own (`extra`)."""
+    return {
+        "event": event, "model": model_name, "version": str(version),
+        "champion_version": champion, "at": _iso(), "reason": reason, "metrics": None, **extra,
+    }  # fmt: skip
+
+
 def _append_record(models_dir: Path, records: list[dict[str, Any]], record: dict[str, Any]) -> None:
     write_json_atomic(models_dir / DEPLOYMENTS_FILE, [*records, record])
 
@@ -128,7 +111,7 @@ def log_transition(logs_dir: str | Path, event: str, **fields: Any) -> str:
     """Append one line `<ISO time> <event> key=value ...` to logs/deployment.log; returns it."""
     path = Path(logs_dir) / LOG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    parts = [_iso(_now()), _format_value("event", event)]
+    parts = [_iso(), _format_value("event", event)]
     parts += [f"{k}={_format_value(k, v)}" for k, v in fields.items()]
     line = " ".join(parts)
     with open(path, "a", encoding="utf-8") as handle:
@@ -164,16 +147,16 @@ def _archive_production(models_dir: Path, at: datetime) -> Path | None:
     if not prod.is_dir():
         return None
     version = production_version(models_dir) or "unknown"
-    folder = models_dir / PREVIOUS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{at.strftime('%Y%m%dT%H%M%S%fZ')}-v{version}"
+    target = models_dir / PREVIOUS_DIR / f"{at.strftime('%Y%m%dT%H%M%S%fZ')}-v{version}"
+    target.parent.mkdir(parents=True, exist_ok=True)
     return copy_dir_atomic(prod, target)
 
 
-def _prune_previous(models_dir: Path, keep: int = KEEP_PREVIOUS) -> list[Path]:
+def _prune_previous(models_dir: Path) -> list[Path]:
+    """Keep the KEEP_PREVIOUS latest copies; remove the rest and any interrupted copy."""
     folder = models_dir / PREVIOUS_DIR
-    removed = previous_copies(models_dir)[:-keep] if keep > 0 else previous_copies(models_dir)
-    if folder.is_dir():  # leftovers of an interrupted copy
+    removed = previous_copies(models_dir)[:-KEEP_PREVIOUS]
+    if folder.is_dir():
         removed += [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(STAGING_PREFIX)]
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
@@ -222,30 +205,39 @@ def record_service_reload(
     """A service that missed the end of a promotion (or served another version than the
     registry names) now serves the champion: say so."""
     models_dir = Path(models_dir)
-    record = {
-        "event": "service_reloaded",
-        "model": model_name,
-        "version": str(version),
-        "champion_version": str(version),
-        "at": _iso(_now()),
-        "reason": reason or f"the service at {url} had not reloaded when v{version} was promoted",
-        "metrics": None,
-        "service": SERVICE_RELOADED,
-    }
+    reason = reason or f"the service at {url} had not reloaded when v{version} was promoted"
+    record = _record(
+        "service_reloaded", model_name, version, str(version), reason, service=SERVICE_RELOADED
+    )
     _append_record(models_dir, history(models_dir), record)
     log_transition(
         logs_dir, "service_reloaded", model=model_name, version=version, champion=version,
-        url=url, reason=record["reason"],
+        url=url, reason=reason,
     )  # fmt: skip
     return record
 
 
-# ---------------------------------------------------------------------------- registry helpers
+def _remove_aliases(client: Any, model_name: str, version: str, other_canary: bool) -> list[str]:
+    """Remove the `canary`/`staging` aliases that name `version`, and with `other_canary` a
+    canary of another version too (a promotion ends every canary); returns those removed."""
+    removed = []
+    for alias in (CANARY, STAGING):
+        pointed = registry.alias_version(client, model_name, alias)
+        if pointed is None:
+            continue
+        drop = pointed == version or (other_canary and alias == CANARY)
+        if pointed != version:
+            how = "removed" if drop else "left"
+            log.warning("%s %s@%s (v%s), not v%s", how, model_name, alias, pointed, version)
+        if drop:
+            registry.delete_alias(client, model_name, alias)
+            removed.append(alias)
+    return removed
 
 
 def _version_info(client: Any, model_name: str, version: str) -> Any:
-    """The registry's version; DeploymentError when it does not exist, RegistryUnavailable (not
-    "not in the registry") when the registry cannot answer."""
+    """The registry's version, DeploymentError when there is none (an outage raises
+    RegistryUnavailable, never "not in the registry")."""
     info = registry.model_version(client, model_name, version)
     if info is None:
         raise DeploymentError(
@@ -254,55 +246,11 @@ def _version_info(client: Any, model_name: str, version: str) -> Any:
     return info
 
 
-def _delete_alias(client: Any, model_name: str, alias: str) -> None:
-    registry.delete_alias(client, model_name, alias)
-
-
-def _exists(client: Any, model_name: str, version: str) -> bool:
-    return registry.version_exists(client, model_name, version)
-
-
-# ---------------------------------------------------------------------------- promote
-
-
-def _move_aliases_to(
-    client: Any, model_name: str, version: str, old: str | None, already: bool
-) -> list[str]:
-    """Unless `version` is the champion `already`: `previous` to the old champion (when there
-    is one), then `champion` to `version`. The rollout's `canary` and `staging` aliases go.
-    Returns the aliases removed."""
-    if not already:
-        if old is not None:
-            registry.set_alias(client, model_name, PREVIOUS, old)
-        registry.set_alias(client, model_name, CHAMPION, version)
-    removed = []
-    for alias in (CANARY, STAGING):
-        pointed = registry.alias_version(client, model_name, alias)
-        if pointed is None or (alias == STAGING and pointed != version):
-            continue
-        if pointed != version:
-            log.warning("canary alias pointed at v%s while promoting v%s", pointed, version)
-        _delete_alias(client, model_name, alias)
-        removed.append(alias)
-    return removed
-
-
-def _last_is_promotion_of(records: list[dict[str, Any]], version: str, service: Any) -> bool:
-    """The last record already promotes `version` (with this service outcome, when known)."""
-    last = records[-1] if records else {}
-    return (
-        last.get("event") == "promote"
-        and str(last.get("version")) == version
-        and (service is None or last.get("service") == service)
-    )
-
-
 def _undo_target(
     before: dict[str, Any] | None, version: str, old: str | None, old_previous: str | None
 ) -> tuple[str | None, str | None] | None:
-    """Where a failed promotion puts (champion, previous) back: what production was before the
-    rollout when the caller knows it, else what the registry says now. None when `version` is
-    champion already and nothing earlier is known: only the files and records are completed."""
+    """Where a failed promotion puts (champion, previous) back: `before` the rollout, else what
+    the registry says now; None when `version` is champion already and nothing earlier is known."""
     if before is not None and str(before.get("champion")) != version:
         return before.get("champion"), before.get("previous")
     return None if old == version else (old, old_previous)
@@ -319,15 +267,10 @@ def promote(
     reload: Callable[[], Any] | None = None,
     before: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Make `version` the champion, remember the old one as `previous`, mirror it locally,
-    reload the service (`reload`, optional), then record it: all of it, or none of it.
-
-    Idempotent: promoting the current champion again only completes what a crash left undone
-    (stale mirror, service, missing record) and leaves `previous` alone. `before` ({"champion",
-    "previous"}: what production was before the rollout) is where an undo returns the aliases
-    when this call finds them moved already. Raises PromotionUndone when the files could not be
-    swapped: the aliases are back, nothing else changed, and a `promote_undone` record says so.
-    """
+    """Make `version` the champion (the old one `previous`), mirror it, reload the service
+    (`reload`, optional) and record it: all of it, or PromotionUndone with everything put back
+    (the aliases to `before`, {"champion", "previous"} before the rollout, when given).
+    Idempotent: promoting the champion again only completes what a crash left undone."""
     version = str(version)
     models_dir, logs_dir = Path(models_dir), Path(logs_dir)
     # 1. read everything first: a failure here changes nothing
@@ -338,11 +281,16 @@ def promote(
     old_previous = registry.alias_version(client, model_name, PREVIOUS)
     already = old == version
     undo_to = _undo_target(before, version, old, old_previous)
-    at = _now()
+    at = datetime.now(UTC)
 
-    # 2. registry: previous before champion, so the old champion is never lost
+    # 2. registry: previous before champion (a crash between leaves previous == champion, never
+    # loses the old champion); the rollout's canary and staging aliases go
     previous = old_previous if already else old
-    removed = _move_aliases_to(client, model_name, version, old, already)
+    if not already:
+        if old is not None:
+            registry.set_alias(client, model_name, PREVIOUS, old)
+        registry.set_alias(client, model_name, CHAMPION, version)
+    removed = _remove_aliases(client, model_name, version, other_canary=True)
     fault_point("after_alias_move")
 
     # 3. files: archive the old mirror, then swap the new one in; undo everything if that fails
@@ -368,12 +316,13 @@ def promote(
     fault_point("after_service_reload")
 
     # 5. record and log (once: a re-run after a crash does not duplicate the record)
-    record = {
-        "event": "promote", "model": model_name, "version": version, "champion_version": version,
-        "previous_version": previous, "at": _iso(at), "reason": reason, "metrics": metrics,
-        "run_id": info.run_id, "service": service,
-    }  # fmt: skip
-    if not (already and _last_is_promotion_of(records, version, service)):
+    record = _record(
+        "promote", model_name, version, version, reason, previous_version=previous,
+        metrics=metrics, run_id=info.run_id, service=service, at=_iso(at),
+    )  # fmt: skip
+    last = records[-1] if records else {}
+    repeat = already and _is_record_of(last, "promote", version)
+    if not (repeat and service in (None, last.get("service"))):
         _append_record(models_dir, records, record)
     log_transition(
         logs_dir, "promote", model=model_name, version=version, champion=version,
@@ -389,6 +338,12 @@ def promote(
     }  # fmt: skip
 
 
+def _is_record_of(record: dict[str, Any], event: str, version: str) -> bool:
+    """`record` is this event about this version (a rollback: the version rolled back)."""
+    key = "rolled_back_version" if event == "rollback" else "version"
+    return record.get("event") == event and str(record.get(key)) == version
+
+
 def _undo_promotion(
     client: Any,
     model_name: str,
@@ -400,12 +355,9 @@ def _undo_promotion(
     archived: Path | None,
     exc: Exception,
 ) -> DeploymentError:
-    """Put the aliases and previous/ back after a failed file swap, record it; returns the error
-    to raise (PromotionUndone, or DeploymentError when there was nothing to go back to).
-
-    A registry error while undoing propagates as it is: the promotion is then neither done nor
-    undone, and the rollout stays `promoting` for the next run to finish (never hidden).
-    """
+    """Put the aliases and previous/ back after a failed file swap and record it; returns the
+    error to raise. A registry error here propagates: the rollout stays `promoting` for the
+    next run to finish (neither done nor undone, never hidden)."""
     failure = f"{type(exc).__name__}: {exc}"
     _repair_half_swap(models_dir)
     if archived is not None:
@@ -418,25 +370,18 @@ def _undo_promotion(
         )
     champion, previous = undo_to
     for alias, target in ((CHAMPION, champion), (PREVIOUS, previous)):
-        if target is None:
-            if registry.alias_version(client, model_name, alias) is not None:
-                _delete_alias(client, model_name, alias)
-        else:
+        if target is not None:
             registry.set_alias(client, model_name, alias, str(target))
-    record = {
-        "event": "promote_undone",
-        "model": model_name,
-        "version": version,
-        "champion_version": champion,
-        "previous_version": previous,
-        "at": _iso(_now()),
-        "reason": f"files could not be swapped ({failure}); registry put back",
-        "metrics": None,
-    }
+        elif registry.alias_version(client, model_name, alias) is not None:
+            registry.delete_alias(client, model_name, alias)
+    reason = f"files could not be swapped ({failure}); registry put back"
+    record = _record(
+        "promote_undone", model_name, version, champion, reason, previous_version=previous
+    )
     _append_record(models_dir, records, record)
     log_transition(
         logs_dir, "promote_undone", model=model_name, version=version, champion=champion,
-        previous=previous, reason=record["reason"],
+        previous=previous, reason=reason,
     )  # fmt: skip
     return PromotionUndone(
         f"promotion of {model_name} v{version} undone: models/production could not be "
@@ -444,22 +389,14 @@ def _undo_promotion(
     )
 
 
-# ---------------------------------------------------------------------------- rollback
-
-
 def _older_champion(records: list[dict[str, Any]], restored: str, bad: str) -> str | None:
     """Who was champion before `restored` was last promoted (never `bad` or `restored`)."""
     for record in reversed(records):
-        if record.get("event") == "promote" and str(record.get("version")) == restored:
+        if _is_record_of(record, "promote", restored):
             older = record.get("previous_version")
             older = None if older is None else str(older)
             return None if older in (bad, restored) else older
     return None
-
-
-def _last_is_rollback_of(records: list[dict[str, Any]], bad: str) -> bool:
-    last = records[-1] if records else {}
-    return last.get("event") == "rollback" and str(last.get("rolled_back_version")) == bad
 
 
 def _restore_production(
@@ -492,12 +429,11 @@ def _what_to_roll_back(
     (nothing changed) when there is no earlier champion."""
     if version is not None and champion is not None and champion != version:
         meta = production_metadata(models_dir) or {}
-        files_pending = str(meta.get("version")) == version
-        record_pending = str(meta.get("rolled_back_version")) == version and not (
-            _last_is_rollback_of(records, version)
-        )
-        if not files_pending and not record_pending:
-            if _last_is_rollback_of(records, version):
+        done = bool(records) and _is_record_of(records[-1], "rollback", version)
+        if str(meta.get("version")) != version and (
+            str(meta.get("rolled_back_version")) != version or done
+        ):
+            if done:
                 return None
             raise NothingToRollBack(
                 f"{model_name} v{version} is not the champion (the champion is v{champion}) and "
@@ -527,15 +463,10 @@ def rollback(
     version: str | None = None,
     reload: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
-    """Put `previous` back as champion, restore models/production/, reload the service
-    (`reload`, optional), log and record it. The `canary` alias is removed first.
-
-    `version` (optional) is the version being rolled back: when the champion is no longer that
-    version, an earlier rollback of it was interrupted after the registry step, and only its
-    files/records are completed; when it is complete already, nothing changes. Without it the
-    call always goes one champion back. Raises NothingToRollBack, changing nothing, when there
-    is no earlier champion.
-    """
+    """Remove the `canary` alias, put `previous` back as champion, restore models/production/,
+    reload the service (`reload`, optional), log and record it. With `version` (the version
+    rolled back) it resumes an interrupted rollback of it, or does nothing when it is complete.
+    NothingToRollBack, changing nothing, when there is no earlier champion."""
     models_dir, logs_dir = Path(models_dir), Path(logs_dir)
     records = history(models_dir)
     champion = registry.alias_version(client, model_name, CHAMPION)
@@ -553,20 +484,21 @@ def rollback(
     copy = _find_copy(models_dir, target)
     model = None if copy is not None else registry.load_version(model_name, target)
     older = _older_champion(records, target, bad)
-    if older is not None and not _exists(client, model_name, older):
+    if older is not None and not registry.version_exists(client, model_name, older):
         older = None
-    at = _now()
+    at = datetime.now(UTC)
 
     # 2. registry: no canary any more, the good model serves, then `previous` moves one back
+    # (to the champion before the restored one, so a second rollback never re-promotes `bad`)
     if registry.alias_version(client, model_name, CANARY) is not None:
-        _delete_alias(client, model_name, CANARY)
+        registry.delete_alias(client, model_name, CANARY)
     if champion != target:
         registry.set_alias(client, model_name, CHAMPION, target)
     if older is not None:
         if previous != older:
             registry.set_alias(client, model_name, PREVIOUS, older)
     elif registry.alias_version(client, model_name, PREVIOUS) is not None:
-        _delete_alias(client, model_name, PREVIOUS)
+        registry.delete_alias(client, model_name, PREVIOUS)
     registry.set_version_tags(
         client, model_name, bad, {"rolled_back_at": _iso(at), "rollback_reason": reason}
     )
@@ -582,12 +514,11 @@ def rollback(
 
     # 4. the service, then record and log
     service = reload_with_retries(reload)
-    record = {
-        "event": "rollback", "model": model_name, "version": target, "champion_version": target,
-        "previous_version": bad, "rolled_back_version": bad, "new_previous": older,
-        "at": _iso(at), "reason": reason, "metrics": None, "service": service,
-    }  # fmt: skip
-    if not _last_is_rollback_of(records, bad):
+    record = _record(
+        "rollback", model_name, target, target, reason, previous_version=bad,
+        rolled_back_version=bad, new_previous=older, service=service, at=_iso(at),
+    )  # fmt: skip
+    if not (records and _is_record_of(records[-1], "rollback", bad)):
         _append_record(models_dir, records, record)
     log_transition(
         logs_dir, "rollback", model=model_name, version=target, champion=target,
@@ -596,51 +527,26 @@ def rollback(
     return {**record, "restored_from": source, "already_done": False}
 
 
-# ---------------------------------------------------------------------------- canary abort
-
-
 def abort_canary(
     client: Any,
     model_name: str,
     logs_dir: str | Path,
     reason: str,
     version: str,
-    models_dir: str | Path | None = None,
+    models_dir: str | Path,
     event: str = "canary_rollback",
 ) -> dict[str, Any]:
-    """Stop a canary or staging deployment of `version`; production is not touched.
-
-    Only aliases pointing at `version` are removed (another version's alias is someone else's).
-    `models_dir` defaults to the `models/` beside `logs_dir` (the project layout). `event`
-    names the record: `canary_rollback`, or `rollout_superseded` when an operator's action
-    overtook an interrupted rollout.
-    """
-    version = str(version)
-    logs_dir = Path(logs_dir)
-    models_dir = Path(models_dir) if models_dir is not None else logs_dir.parent / "models"
+    """Stop a canary or staging deployment of `version`; production is not touched. Only
+    aliases naming `version` go. `event` is `canary_rollback`, or `rollout_superseded` when an
+    operator's action overtook an interrupted rollout."""
+    version, models_dir = str(version), Path(models_dir)
     records = history(models_dir)
-    removed = []
-    for alias in (CANARY, STAGING):
-        pointed = registry.alias_version(client, model_name, alias)
-        if pointed == version:
-            _delete_alias(client, model_name, alias)
-            removed.append(alias)
-        elif pointed is not None:
-            log.warning(
-                "left %s@%s (v%s): not the aborted v%s", model_name, alias, pointed, version
-            )
+    removed = _remove_aliases(client, model_name, version, other_canary=False)
     champion = registry.alias_version(client, model_name, CHAMPION)
-    record = {
-        "event": event,
-        "model": model_name,
-        "version": version,
-        "previous_version": champion,
-        "champion_version": champion,
-        "aliases_removed": removed,
-        "at": _iso(_now()),
-        "reason": reason,
-        "metrics": None,
-    }
+    record = _record(
+        event, model_name, version, champion, reason, previous_version=champion,
+        aliases_removed=removed,
+    )  # fmt: skip
     _append_record(models_dir, records, record)
     log_transition(
         logs_dir, event, model=model_name, version=version, champion=champion,

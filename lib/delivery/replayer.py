@@ -1,9 +1,6 @@
-"""Traffic for analysis windows when there are no real users (locally, in CI).
-
-Held-out labeled apps (never trained on) are sent to the production service as real HTTP
-requests, each with its own request id, and their true rating is posted as feedback, so the
-canary analysis and the monitor judge real requests through the real routing.
-"""
+"""Traffic for analysis windows when there are no real users (locally, in CI): held-out apps
+sent to the production service as real HTTP requests, their true rating posted as feedback, so
+the canary analysis and the monitor judge real requests through the real routing."""
 
 from __future__ import annotations
 
@@ -151,14 +148,9 @@ class Replayer:
             self.stats.by_variant[variant] = self.stats.by_variant.get(variant, 0) + 1
         if self.feedback:
             true_rating = (5.0 if rating <= 4.0 else 1.0) if self.label_flip else rating
+            feedback = {"request_id": answer.get("request_id", request_id), "rating": true_rating}
             try:
-                fb = client.post(
-                    f"{self.url}/feedback",
-                    json={
-                        "request_id": answer.get("request_id", request_id),
-                        "rating": true_rating,
-                    },
-                )
+                fb = client.post(f"{self.url}/feedback", json=feedback)
                 if fb.status_code == 200:
                     self.stats.feedback += 1
             except Exception as exc:

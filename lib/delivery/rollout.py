@@ -1,26 +1,13 @@
-"""The rollout state machine and its crash-safe state file.
+"""The rollout state machine and its crash-safe state file (`models/rollout.json`).
 
-One rollout at a time moves a registered version from `staging` through smoke tests and canary
-steps to `succeeded` (promoted) or `rolled_back`; a rollout the decision stage could not approve
-on its own is parked in `awaiting_approval` until a person approves or rejects it (Argo's
-"Inconclusive" pause). Phase names follow Flagger/Argo where they fit.
-
-The state lives in one JSON file, replaced atomically (temporary file in the same directory,
-fsync, `os.replace`): a SIGKILL at any instant leaves either the old or the new complete file.
-The next runner reads it first: a rollout in an active phase whose owner process is gone was
-interrupted, and must be resumed or rolled back before anything else starts.
-
-A person can always stop a rollout (Argo Rollouts' `abort`): `request_stop` writes the request
-into the state file under its lock, without waiting for the runner's lock; from then on the
-state machine refuses to enter a canary step or `promoting`, so the candidate can never be
-promoted, and the deployer, which reads the file between its checks, rolls back within seconds.
-
-A rollout in `promoting` keeps a baseline (`promotion`: champion, previous, number of records)
-so that recovery can tell an operator's later action, which always wins (`superseded`).
-
-Archive policy: a finished rollout stays in the state file (reports read its outcome) until the
-next `begin`, which first copies it to `<state dir>/rollouts/<rollout_id>.json`. `clear()` does
-the same archiving and refuses to drop an unfinished rollout unless forced.
+One rollout at a time moves a version from `staging` through smoke tests and canary steps to
+`succeeded` or `rolled_back`, or waits in `awaiting_approval` for a person (Flagger/Argo names).
+The file is replaced atomically, so a SIGKILL leaves the old or the new file; an active rollout
+whose owner process is gone was interrupted and is resumed or rolled back before anything else.
+An operator's `request_stop` is written under the file lock only (not the runner's): from then on
+no canary step or promotion may start. `promoting` keeps a baseline (champion, previous, number
+of records) so recovery can tell a later operator action (`superseded`). A finished rollout stays
+in the file until the next `begin` archives it to `rollouts/<rollout_id>.json`.
 """
 
 from __future__ import annotations
@@ -74,10 +61,7 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.SMOKE_TESTING: frozenset({Phase.CANARY, Phase.PROMOTING, Phase.ROLLED_BACK}),
     Phase.CANARY: frozenset({Phase.CANARY, Phase.PROMOTING, Phase.ROLLED_BACK}),
     Phase.PROMOTING: frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.SUPERSEDED}),
-    Phase.SUCCEEDED: frozenset(),
-    Phase.ROLLED_BACK: frozenset(),
-    Phase.REJECTED: frozenset(),
-    Phase.SUPERSEDED: frozenset(),
+    **{phase: frozenset() for phase in FINAL_PHASES},
 }
 
 
@@ -87,8 +71,6 @@ class RolloutError(PipelineError):
 
 class IllegalTransition(RolloutError):
     def __init__(self, rollout_id: str, current: Phase, target: Phase, why: str = "") -> None:
-        self.current = current
-        self.target = target
         allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing (it has finished)"
         super().__init__(
             f"rollout {rollout_id}: cannot go from {current.value} to {target.value}"
@@ -105,9 +87,9 @@ class RolloutStopped(RolloutError):
 
     def __init__(self, state: RolloutState) -> None:
         asked = state.stop_requested or {}
-        self.reason = str(asked.get("reason") or "no reason given")
         super().__init__(
-            f"stopped by an operator at {asked.get('at', '?')}: {self.reason} "
+            f"stopped by an operator at {asked.get('at', '?')}: "
+            f"{asked.get('reason') or 'no reason given'} "
             f"(rollout of v{state.candidate_version} during {state.phase.value} at "
             f"{state.weight}%)"
         )
@@ -220,30 +202,13 @@ class RolloutStore:
         except (KeyError, TypeError, ValueError) as exc:
             raise RolloutError(f"rollout state {self.path} is invalid ({exc}). {fix}") from exc
 
-    def save(self, state: RolloutState) -> None:
-        """Replace the file atomically: the old or the new complete file survives any crash."""
-        write_json_atomic(self.path, {"schema_version": SCHEMA_VERSION, "state": state.to_dict()})
+    def save(self, state: RolloutState, path: Path | None = None) -> Path:
+        """Replace the file (or `path`) atomically: the old or the new file survives any crash."""
+        payload = {"schema_version": SCHEMA_VERSION, "state": state.to_dict()}
+        return write_json_atomic(path or self.path, payload)
 
     def archive(self, state: RolloutState) -> Path:
-        target = self.archive_dir / f"{state.rollout_id}.json"
-        write_json_atomic(target, {"schema_version": SCHEMA_VERSION, "state": state.to_dict()})
-        return target
-
-    def clear(self, force: bool = False) -> RolloutState | None:
-        """Archive a finished rollout and remove the file; an unfinished one needs force=True."""
-        with self.locked():
-            state = self.load()
-            if state is None:
-                return None
-            if not state.finished and not force:
-                raise RolloutConflict(
-                    f"refusing to clear {state.describe()}: it has not finished; resume or roll "
-                    "it back first (or clear with force=True if you know it is dead)"
-                )
-            self.archive(state)
-            self.path.unlink()
-            log.info("cleared %s (archived in %s)", state.rollout_id, self.archive_dir)
-            return state
+        return self.save(state, self.archive_dir / f"{state.rollout_id}.json")
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -266,11 +231,9 @@ def pid_alive(pid: int | None) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     except PermissionError:  # exists, owned by someone else
         return True
-    except OSError:
+    except OSError:  # ProcessLookupError: no such process
         return False
     return True
 
@@ -282,52 +245,43 @@ def interrupted(
     return state is not None and state.active and not pid_alive(state.owner_pid)
 
 
-def _record(state: RolloutState, target: Phase, weight: int | None, detail: str, at: str) -> None:
+def _note(state: RolloutState, detail: str, to: Phase | None = None) -> str:
+    """Add a history entry (the move to `to`, else staying in the phase) at the current weight."""
+    at = now_iso()
+    to_value = (to or state.phase).value
     state.history.append(
-        {
-            "at": at,
-            "from": state.phase.value,
-            "to": target.value,
-            "weight": weight,
-            "detail": detail,
-        }
-    )
+        {"at": at, "from": state.phase.value, "to": to_value, "weight": state.weight,
+         "detail": detail}
+    )  # fmt: skip
+    state.updated_at = at
+    return at
 
 
 def transition(
     state: RolloutState, target: Phase | str, weight: int | None = None, detail: str = ""
 ) -> RolloutState:
     """Apply one move to a state in memory (validated, recorded in history); returns it.
-
-    Entering or staying in `canary` moves to the given weight, or to the next configured step;
-    weights only go up (going down is a rollback). Final phases set the weight to 100
-    (succeeded) or 0.
-    """
+    `canary` moves to the given weight or the next step, only upwards (down is a rollback)."""
     target = Phase(target)
+
+    def illegal(why: str = "") -> IllegalTransition:
+        return IllegalTransition(state.rollout_id, state.phase, target, why)
+
     if target not in TRANSITIONS[state.phase]:
-        raise IllegalTransition(state.rollout_id, state.phase, target)
+        raise illegal()
     if state.stop_requested and target in (Phase.CANARY, Phase.PROMOTING):
         raise RolloutStopped(state)
-    at = now_iso()
     if target == Phase.CANARY:
         if weight is None:
-            nxt = state.step_index + 1
-            if nxt >= len(state.steps):
-                raise IllegalTransition(
-                    state.rollout_id, state.phase, target,
-                    f"no canary step after {state.weight}% (steps {state.steps}); promote instead",
-                )  # fmt: skip
-            weight = state.steps[nxt]
+            if state.step_index + 1 >= len(state.steps):
+                steps = f"(steps {state.steps}); promote instead"
+                raise illegal(f"no canary step after {state.weight}% {steps}")
+            weight = state.steps[state.step_index + 1]
         weight = int(weight)
         if not 0 < weight <= 100:
-            raise IllegalTransition(
-                state.rollout_id, state.phase, target, f"weight {weight}% is not in 1..100"
-            )
+            raise illegal(f"weight {weight}% is not in 1..100")
         if state.phase == Phase.CANARY and weight <= state.weight:
-            raise IllegalTransition(
-                state.rollout_id, state.phase, target,
-                f"weight {weight}% does not go above the current {state.weight}%",
-            )  # fmt: skip
+            raise illegal(f"weight {weight}% does not go above the current {state.weight}%")
         reached = [i for i, w in enumerate(state.steps) if w <= weight]
         state.step_index = reached[-1] if reached else -1
         state.weight = weight
@@ -337,9 +291,8 @@ def transition(
         state.weight = 0
     elif weight is not None:
         state.weight = int(weight)
-    _record(state, target, state.weight, detail, at)
+    _note(state, detail, target)
     state.phase = target
-    state.updated_at = at
     return state
 
 
@@ -358,7 +311,8 @@ def begin(
     """Start a rollout in `staging`, or park it in `awaiting_approval` when not approved.
 
     Refuses while another rollout is active (interrupted or not) or parked for another version.
-    Beginning again the version that is parked approves it (approved=True) or keeps it parked.
+    Beginning again the version that is parked approves it (approved=True; this process drives
+    it, on `serving_url` when given) or keeps it parked.
     """
     candidate = str(candidate)
     champion = None if champion is None else str(champion)
@@ -383,9 +337,12 @@ def begin(
                 )
             if not approved:
                 return current
-            current.owner_pid, current.run_id = pid, run_id or current.run_id
-            transition(current, Phase.STAGING, detail=reason or "approved")
-            current.reason = ""
+            transition(
+                current, Phase.STAGING, detail=reason or f"approved, resumed by run {run_id}"
+            )
+            current.owner_pid, current.reason = pid, ""
+            current.serving_url = serving_url or current.serving_url
+            current.run_id = run_id or current.run_id
             store.save(current)
             log.info("approved %s", current.describe())
             return current
@@ -416,7 +373,8 @@ def begin(
         return state
 
 
-def _update(store: RolloutStore, change: Callable[[RolloutState], None]) -> RolloutState:
+def update(store: RolloutStore, change: Callable[[RolloutState], None]) -> RolloutState:
+    """Load, change and save the stored rollout under the lock."""
     with store.locked():
         state = store.load()
         if state is None:
@@ -434,10 +392,7 @@ def advance(
     promotion: dict[str, Any] | None = None,
 ) -> RolloutState:
     """Move the stored rollout to an active phase (or the next canary step) and save it.
-
-    `promotion` (entering `promoting`): what production was (champion, previous, number of
-    records), so that recovery can tell the promotion's own half-done work from a later action.
-    """
+    `promotion`: the baseline recovery compares with (champion, previous, number of records)."""
     if Phase(phase) in FINAL_PHASES:
         raise RolloutError(f"use finish() to end a rollout (asked for {Phase(phase).value})")
 
@@ -445,14 +400,14 @@ def advance(
         transition(state, phase, weight, detail)
         state.promotion = dict(promotion) if promotion is not None else state.promotion
 
-    state = _update(store, change)
+    state = update(store, change)
     log.info("%s -> %s (weight %d%%) %s", state.rollout_id, state.phase, state.weight, detail)
     return state
 
 
 def note_promotion(store: RolloutStore, **facts: Any) -> RolloutState:
     """Add facts to the promotion record (e.g. whether the service reloaded)."""
-    return _update(store, lambda s: setattr(s, "promotion", {**(s.promotion or {}), **facts}))
+    return update(store, lambda s: setattr(s, "promotion", {**(s.promotion or {}), **facts}))
 
 
 def close_open(store: RolloutStore, reason: str) -> RolloutState | None:
@@ -462,39 +417,19 @@ def close_open(store: RolloutStore, reason: str) -> RolloutState | None:
     return None if state is None or not state.active else finish(store, Phase.ROLLED_BACK, reason)
 
 
-def approve(
-    store: RolloutStore, detail: str = "approved", serving_url: str | None = None
-) -> RolloutState:
-    """A person approved a parked rollout: it starts in staging, driven by this process; the
-    production service it will use is kept (recovery reloads that service)."""
-
-    def change(state: RolloutState) -> None:
-        transition(state, Phase.STAGING, detail=detail)
-        state.owner_pid, state.reason = os.getpid(), ""
-        state.serving_url = serving_url or state.serving_url
-
-    return _update(store, change)
-
-
 def request_stop(store: RolloutStore, reason: str, by: str = "operator") -> RolloutState:
-    """An operator stops the active rollout: recorded at once in the state file (no runner lock
-    needed); the state machine then refuses any canary step or promotion, and the deployer rolls
-    back at its next look. Raises RolloutError when no rollout is active (a parked one is
-    rejected instead)."""
+    """An operator stops the active rollout (no runner lock needed): from then on no canary step
+    or promotion, and the deployer rolls back at its next look. RolloutError when none is active
+    (a parked one is rejected instead)."""
 
     def change(state: RolloutState) -> None:
         if not state.active:
             raise RolloutError(f"nothing to stop: {state.describe()} is not active")
         if state.stop_requested is None:
-            at = now_iso()
+            at = _note(state, f"stop requested by {by}: {reason}")
             state.stop_requested = {"at": at, "reason": reason, "by": by, "pid": os.getpid()}
-            state.history.append(
-                {"at": at, "from": state.phase.value, "to": state.phase.value,
-                 "weight": state.weight, "detail": f"stop requested by {by}: {reason}"}
-            )  # fmt: skip
-            state.updated_at = at
 
-    state = _update(store, change)
+    state = update(store, change)
     log.warning("stop requested for %s: %s", state.describe(), reason)
     return state
 
@@ -516,7 +451,7 @@ def wait_until_settled(
         state = store.load()
         if state is None or state.finished or not pid_alive(state.owner_pid):
             return state
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline:  # the deployer is still at it
             return state
         time.sleep(poll_seconds)
 
@@ -528,14 +463,10 @@ def claim(store: RolloutStore, pid: int | None = None, detail: str = "") -> Roll
         new = os.getpid() if pid is None else pid
         if state.active and state.owner_pid != new and pid_alive(state.owner_pid):
             raise RolloutConflict(f"{state.describe()} is still driven by a live process")
-        at = now_iso()
-        state.history.append(
-            {"at": at, "from": state.phase.value, "to": state.phase.value,
-             "weight": state.weight, "detail": detail or f"resumed by pid {new}"}
-        )  # fmt: skip
-        state.owner_pid, state.updated_at = new, at
+        _note(state, detail or f"resumed by pid {new}")
+        state.owner_pid = new
 
-    return _update(store, change)
+    return update(store, change)
 
 
 def record_step(store: RolloutStore, result: dict[str, Any]) -> RolloutState:
@@ -552,7 +483,7 @@ def record_step(store: RolloutStore, result: dict[str, Any]) -> RolloutState:
         )  # fmt: skip
         state.updated_at = state.step_results[-1]["at"]
 
-    return _update(store, change)
+    return update(store, change)
 
 
 def finish(store: RolloutStore, phase: Phase | str, reason: str) -> RolloutState:
@@ -567,6 +498,6 @@ def finish(store: RolloutStore, phase: Phase | str, reason: str) -> RolloutState
         transition(state, target, detail=reason)
         state.reason = reason
 
-    state = _update(store, change)
+    state = update(store, change)
     log.info("%s finished: %s (%s)", state.rollout_id, state.phase, reason)
     return state

@@ -1,35 +1,17 @@
 """The end of a rollout, and recovery from a dead runner: promote all or nothing, roll back, or
-close as superseded when an operator acted after the runner died.
+close as `superseded` when an operator acted after the runner died (an operator's action wins).
 
-Rule for the service: a promotion whose registry, models/ and records are done but whose
-service could not be reloaded is `succeeded` with a "service not reloaded" note (the service
-follows the champion alias on its next reload or restart; the next run retries the reload), never
-"rolled back". Recovery of an interrupted `promoting` first checks that production is still what
-the rollout left (champion alias, deployments.json since the promotion began): anything else is
-an operator's action, which wins; the rollout is then closed as `superseded` without promoting.
-A manual rollback (lib.delivery.operations) closes any open rollout itself.
-
-When the process dies in a phase, what holds and what the next run does first:
-
-  phase (fault point)              guaranteed                                   next run
-  staging, smoke_testing           production untouched                         rolls back
-  canary n%                        champion serves; the lease drops the canary  rolls back
-  promoting/after_promoting_write  nothing moved; the baseline is saved         finishes it
-  promoting/after_alias_move       registry names the candidate; files,         finishes it
-                                   service and records on the old champion
-  promoting/after_file_swap        registry and models/ new; service old        reload, record
-  promoting/after_service_reload   all new but the record                       the record
-  succeeded, service not reloaded  registry, models/, record new; service old   reloads it
-  rolled_back/rejected/superseded  final                                        nothing
-
-"Finishes" always checks first that nothing happened since (else: superseded, not promoted).
+A promotion done but for the service reload is `succeeded` with a "service not reloaded" note,
+never "rolled back": the service follows the champion alias on its next reload, and the next
+run retries it. What a death in each phase leaves and what the next run does is the table of
+README, "When the process dies"; the fault points are lib.delivery.faults'.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,10 +20,10 @@ from lib.delivery import releases, rollout
 from lib.delivery.faults import fault_point
 from lib.delivery.service_control import (
     SERVICE_RELOADED,
+    canary_off,
     reload_champion,
     served_version,
     service_health,
-    set_routing,
 )
 from lib.errors import RegistryUnavailable
 
@@ -75,37 +57,40 @@ def promote_rollout(
     }
     rollout.advance(store, rollout.Phase.PROMOTING, detail="all checks passed", promotion=baseline)
     fault_point("after_promoting_write")
-    result = releases.promote(
-        client,
-        model_name,
-        version,
-        models_dir,
-        logs_dir,
-        reason=reason,
-        metrics=metrics,
-        reload=None
-        if prod_url is None
-        else (lambda: reload_champion(prod_url, token, expect=version)),
-        before=baseline,
-    )
-    return close_promotion(store, version, prod_url, result.get("service"), baseline["champion"])
+    return _promote(
+        client, model_name, store, version, (models_dir, logs_dir), prod_url, token, reason,
+        baseline, "promoted to champion", metrics,
+    )  # fmt: skip
 
 
-def close_promotion(
+def _promote(
+    client: Any,
+    model_name: str,
     store: rollout.RolloutStore,
     version: str,
-    prod_url: str | None,
-    service: str | None,
-    old: str | None,
-    how: str = "promoted to champion",
+    dirs: tuple[Path, Path],
+    url: str | None,
+    token: str | None,
+    reason: str,
+    before: dict[str, Any] | None,
+    how: str,
+    metrics: dict[str, Any] | None = None,
 ) -> Promoted:
-    note = None
+    """releases.promote (`before`: the baseline), then `succeeded`, with a note when the
+    service at `url` could not be reloaded."""
+    result = releases.promote(
+        client, model_name, version, *dirs, reason=reason, metrics=metrics,
+        reload=(lambda: reload_champion(url, token, expect=version)) if url else None,
+        before=before,
+    )  # fmt: skip
+    service, note = result.get("service"), None
     if service not in (None, SERVICE_RELOADED):
         note = (
-            f"service at {prod_url} {service}: the registry and models/ name v{version}, the "
-            f"service serves v{old} until it is reloaded or restarted (the next run reloads it)"
+            f"service at {url} {service}: the registry and models/ name v{version}, the service "
+            f"serves v{(before or {}).get('champion')} until it is reloaded or restarted (the "
+            "next run reloads it)"
         )
-    rollout.note_promotion(store, service=service, service_url=prod_url)
+    rollout.note_promotion(store, service=service, service_url=url)
     reason = f"v{version} {how}" + (f"; {note}" if note else "")
     rollout.finish(store, rollout.Phase.SUCCEEDED, reason)
     return Promoted(reason, note)
@@ -121,38 +106,64 @@ def roll_back_rollout(
     reason: str,
     prod_url: str | None,
     token: str | None,
-) -> None:
-    """Canary to 0% first (traffic), then aliases and records; production stays as it was."""
+    final: rollout.Phase = rollout.Phase.ROLLED_BACK,
+) -> dict[str, Any] | None:
+    """Canary to 0% first (traffic), then aliases and records; production stays as it was. The
+    rollout ends `final` (rolled back, or superseded); returns the deployments.json record.
+
+    Without the registry, rollout.json (local) still closes; the aliases and the record (which
+    must name the real champion) are left to the next run, and the outage propagates."""
     if prod_url:
-        try:
-            set_routing(prod_url, token, None, 0)
-        except Exception as exc:  # the lease drops the canary anyway; say so and go on
-            log.warning("could not set the canary weight to 0 on %s: %s", prod_url, exc)
+        canary_off(prod_url, token)
+    outage, record = None, None
+    event = "rollout_superseded" if final == rollout.Phase.SUPERSEDED else "canary_rollback"
     try:
-        releases.abort_canary(client, model_name, logs_dir, reason, str(version), models_dir)
+        record = releases.abort_canary(
+            client, model_name, logs_dir, reason, str(version), models_dir, event
+        )
     except RegistryUnavailable as exc:
-        # rollout.json is local: it says what happened; the aliases and the deployments.json
-        # record need the registry (a record without the real champion would lie) and are left
-        # to the next run (finish_registry_cleanup). The outage propagates: the stage fails.
+        outage = exc
         if "registry" not in reason.lower():
             reason += f"; MLflow registry unavailable during the rollback ({exc.reason})"
         reason += "; canary alias and deployment record left for the next run"
-        state = store.load()
-        if state is not None and not state.finished:
-            rollout.finish(store, rollout.Phase.ROLLED_BACK, reason)
-        raise
     state = store.load()
     if state is not None and not state.finished:
-        rollout.finish(store, rollout.Phase.ROLLED_BACK, reason)
+        rollout.finish(store, final, reason)
+    if outage is not None:
+        raise outage
+    return record
+
+
+def raise_if_promotion_open(
+    exc: Exception,
+    client: Any,
+    model_name: str,
+    store: rollout.RolloutStore,
+    logs_dir: Path,
+    version: str,
+) -> None:
+    """A failure during `promoting` (other than a promotion undone everywhere) is neither done
+    nor undone: it is not a rollback. Log it and re-raise; the next run finishes it (or
+    supersedes it)."""
+    phase = getattr(store.load(), "phase", None)
+    if phase != rollout.Phase.PROMOTING or isinstance(exc, releases.PromotionUndone):
+        return
+    try:
+        now = registry.alias_version(client, model_name, "champion")
+    except RegistryUnavailable:
+        now = "unknown (registry unavailable)"  # never a None that claims no champion
+    releases.log_transition(
+        logs_dir, "promotion_incomplete", version=version, champion=now,
+        reason=f"{type(exc).__name__}: {exc}",
+    )  # fmt: skip
+    raise exc
 
 
 @dataclass(frozen=True)
 class Recovery:
-    """What recovery did: `promoted` (an interrupted promotion finished, or its service reload
-    completed), `rolled_back` (a real rollback of the candidate), `superseded` (an operator
-    acted after the interruption; production left as the operator set it) or `reconciled` (no
-    rollout was pending, but a service served another version than the registry names, or
-    routed a canary no rollout owns, and was brought in line)."""
+    """What recovery did: `promoted` (a promotion or its service reload finished), `rolled_back`,
+    `superseded` (an operator acted after the interruption: production left as set) or
+    `reconciled` (no rollout pending, but a service was brought in line with the registry)."""
 
     outcome: Literal["promoted", "rolled_back", "superseded", "reconciled"]
     version: str  # the interrupted rollout's candidate
@@ -161,9 +172,6 @@ class Recovery:
 
     def __str__(self) -> str:
         return self.reason
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def changed_since_promotion(
@@ -204,9 +212,8 @@ def recover_interrupted(
     root: Path, client: Any, model_name: str, models_dir: Path, logs_dir: Path
 ) -> Recovery | None:
     """Before anything else, finish what a dead runner left: roll back a rollout that died
-    before `promoting`; finish a promotion that died during `promoting` unless production
-    changed since (then close it as superseded, touching nothing); reload a service that missed
-    the end of a finished promotion. None when nothing was pending. Registry errors propagate.
+    before `promoting`, finish one that died during it (superseded, touching nothing, when
+    production changed since), reload a service that missed a promotion. None: nothing pending.
     """
     store = rollout.RolloutStore(models_dir / "rollout.json")
     state = store.load()
@@ -225,16 +232,11 @@ def recover_interrupted(
         base = state.promotion or {}
         url = state.serving_url
         try:
-            result = releases.promote(
-                client,
-                model_name,
-                version,
-                models_dir,
-                logs_dir,
-                reason="promotion finished after an interrupted run",
-                reload=None if not url else (lambda: reload_champion(url, token, version)),
-                before=base if "champion" in base else None,
-            )
+            done = _promote(
+                client, model_name, store, version, (models_dir, logs_dir), url, token,
+                "promotion finished after an interrupted run", base if "champion" in base else None,
+                "promoted: finished the promotion an interrupted run had begun",
+            )  # fmt: skip
         except releases.PromotionUndone as exc:
             reason = f"interrupted promotion of v{version} could not be finished: {exc}"
             roll_back_rollout(
@@ -242,10 +244,6 @@ def recover_interrupted(
             )
             champion = registry.alias_version(client, model_name, "champion")
             return Recovery("rolled_back", version, champion, reason)
-        done = close_promotion(
-            store, version, url, result.get("service"), base.get("champion"),
-            how="promoted: finished the promotion an interrupted run had begun",
-        )  # fmt: skip
         text = f"finished the interrupted promotion of v{version}"
         return Recovery(
             "promoted", version, version, text + (f"; {done.note}" if done.note else "")
@@ -255,24 +253,11 @@ def recover_interrupted(
         f"kernel of run {state.run_id}) died during {state.phase} at {state.weight}%"
     )
     rollout.claim(store, os.getpid(), detail="rolling back an interrupted rollout")
-    roll_back_rollout(
-        client,
-        model_name,
-        store,
-        logs_dir,
-        models_dir,
-        version,
-        reason,
-        state.serving_url,
-        token,
-    )
+    url = state.serving_url
+    roll_back_rollout(client, model_name, store, logs_dir, models_dir, version, reason, url, token)
     champion = registry.alias_version(client, model_name, "champion")
-    return Recovery(
-        "rolled_back",
-        version,
-        champion,
-        f"rolled back the interrupted rollout of v{version} ({reason})",
-    )
+    text = f"rolled back the interrupted rollout of v{version} ({reason})"
+    return Recovery("rolled_back", version, champion, text)
 
 
 def _supersede(
@@ -286,18 +271,12 @@ def _supersede(
 ) -> Recovery:
     """Close an interrupted promotion overtaken by a later action, without promoting: no canary
     traffic, no alias of the candidate left; the champion stays whatever the operator set."""
-    version = state.candidate_version
+    version, url = state.candidate_version, state.serving_url
     reason = f"interrupted promotion of v{version} superseded: {changed}; not promoted"
-    token = os.environ.get("SERVING_ADMIN_TOKEN")
-    if state.serving_url:
-        try:
-            set_routing(state.serving_url, token, None, 0)
-        except Exception as exc:  # the lease drops the canary anyway; say so and go on
-            log.warning("could not set the canary weight to 0 on %s: %s", state.serving_url, exc)
-    record = releases.abort_canary(
-        client, model_name, logs_dir, reason, version, models_dir, event="rollout_superseded"
+    token, superseded = os.environ.get("SERVING_ADMIN_TOKEN"), rollout.Phase.SUPERSEDED
+    record = roll_back_rollout(
+        client, model_name, store, logs_dir, models_dir, version, reason, url, token, superseded
     )
-    rollout.finish(store, rollout.Phase.SUPERSEDED, reason)
     log.warning("%s", reason)
     return Recovery("superseded", version, record["champion_version"], reason)
 
@@ -321,13 +300,11 @@ def _finish_registry_cleanup(
     reason = f"registry cleanup after a rollout ended without the registry: {state.reason}"
     record = releases.abort_canary(client, model_name, logs_dir, reason, version, models_dir)
     removed = ", ".join(record["aliases_removed"]) or "nothing"
-    return Recovery(
-        "rolled_back",
-        version,
-        record["champion_version"],
+    text = (
         f"removed the alias(es) {removed} of v{version} left by a rollout that ended "
-        f"{state.phase} while the registry was unreachable",
+        f"{state.phase} while the registry was unreachable"
     )
+    return Recovery("rolled_back", version, record["champion_version"], text)
 
 
 def _reload_missed(
@@ -342,9 +319,7 @@ def _reload_missed(
     """A finished promotion whose service reload failed: try again, once per run."""
     promo = state.promotion or {}
     service, url = promo.get("service"), promo.get("service_url")
-    if state.phase != rollout.Phase.SUCCEEDED or not url:
-        return None
-    if service in (None, SERVICE_RELOADED):
+    if state.phase != rollout.Phase.SUCCEEDED or not url or service in (None, SERVICE_RELOADED):
         return None
     version = state.candidate_version
     champion = registry.alias_version(client, model_name, "champion")
@@ -357,12 +332,8 @@ def _reload_missed(
         return None
     rollout.note_promotion(store, service=SERVICE_RELOADED)
     releases.record_service_reload(models_dir, logs_dir, model_name, version, url)
-    return Recovery(
-        "promoted",
-        version,
-        champion,
-        f"the service at {url} now serves v{version} (its reload had failed after the promotion)",
-    )
+    text = f"the service at {url} now serves v{version} (its reload had failed after the promotion)"
+    return Recovery("promoted", version, champion, text)
 
 
 def reconcile_services(
@@ -373,11 +344,10 @@ def reconcile_services(
     urls: list[str | None],
     token: str | None,
 ) -> str | None:
-    """The last step of recovery, at every runner start: each production service this project
-    knows of (the rollout's, the configured one) serves the version the registry names and,
-    when no rollout is open, routes no canary. A service that does not answer, or serves
-    another model, is left alone; a reload that fails is said (the next run tries again).
-    Returns what was done or found, in words; None when every service already agreed."""
+    """At every runner start, each known production service (the rollout's, the configured one)
+    is made to serve the registry's champion and, with no rollout open, route no canary (one
+    that does not answer or serves another model is left alone). Returns what was done, in
+    words; None when every service already agreed."""
     champion = registry.alias_version(client, model_name, "champion")
     state = rollout.RolloutStore(models_dir / "rollout.json").load()
     rollout_open = state is not None and state.active
@@ -387,15 +357,13 @@ def reconcile_services(
         if health is None or health.get("model_name") not in (None, model_name):
             continue
         if not rollout_open and (health.get("canary_weight") or 0) > 0:
-            try:
-                set_routing(url, token, None, 0)
-                said.append(f"the service at {url} routed a canary no rollout owns: weight 0")
-            except Exception as exc:  # its lease drops it anyway
-                said.append(f"could not take the stray canary off {url} ({type(exc).__name__})")
+            off = canary_off(url, token)  # its lease drops it anyway
+            said.append(f"the service at {url} routed a canary no rollout owns: {off}")
         serving = served_version(url)
         if champion is None or serving == champion:
             continue
-        what = f"the service at {url} served {_named(serving)}, the registry names v{champion}"
+        served = "no model" if serving is None else f"v{serving}"
+        what = f"the service at {url} served {served}, the registry names v{champion}"
         try:
             reload_champion(url, token, expect=champion)
         except Exception as exc:
@@ -407,7 +375,3 @@ def reconcile_services(
         )
         said.append(f"{what}: reloaded, it serves v{champion} now")
     return "; ".join(said) or None
-
-
-def _named(version: str | None) -> str:
-    return "no model" if version is None else f"v{version}"

@@ -1,13 +1,9 @@
 """Talking to a running model service's admin API: move canary traffic, reload the champion.
-
-The admin token comes from SERVING_ADMIN_TOKEN (never logged); a refusal is a `RolloutFailed`,
-so a rollout step that cannot move traffic rolls back with the service's answer as the reason.
-"""
+A refused routing change is a `RolloutFailed`: the step rolls back with the service's answer."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,11 +36,8 @@ def set_routing(
     lease_seconds: float | None = None,
     expected_weight: float | None = None,
 ) -> dict[str, Any]:
-    """Move traffic on the production service (admin endpoint).
-
-    `expected_weight` (the weight this caller set last) makes the change a compare-and-set:
-    the service refuses it, raised as RoutingChanged, when the weight is another one now.
-    """
+    """Move traffic on the production service. With `expected_weight` (the weight this caller
+    set last) a compare-and-set: RoutingChanged when the weight is another one now."""
     import httpx
 
     body: dict[str, Any] = {"canary_version": version, "weight": weight}
@@ -53,20 +46,26 @@ def set_routing(
     if expected_weight is not None:
         body["expected_weight"] = expected_weight
     resp = httpx.put(f"{url}/admin/routing", json=body, headers=admin_headers(token), timeout=60)
-    if resp.status_code == 409 and expected_weight is not None:
-        raise RoutingChanged(_detail(resp))
+    if resp.status_code == 409 and expected_weight is not None:  # the service's sentence
+        try:
+            detail = resp.json().get("detail")
+        except (ValueError, AttributeError):
+            detail = None
+        raise RoutingChanged(detail if isinstance(detail, str) and detail else resp.text[:200])
     if resp.status_code != 200:
         raise RolloutFailed(f"routing change refused: HTTP {resp.status_code} {resp.text[:200]}")
     return resp.json()
 
 
-def _detail(resp: Any) -> str:
-    """The service's sentence (`detail` of its JSON answer), else the start of the body."""
+def canary_off(url: str, token: str | None) -> str:
+    """Canary weight 0 before anything else moves; says what happened, never raises (a service
+    that cannot be reached drops the canary itself when its lease ends)."""
     try:
-        detail = resp.json().get("detail")
-    except (ValueError, AttributeError):
-        detail = None
-    return detail if isinstance(detail, str) and detail else resp.text[:200]
+        set_routing(url, token, None, 0)
+        return "canary weight 0"
+    except Exception as exc:
+        log.warning("could not set the canary weight to 0 on %s: %s", url, exc)
+        return f"canary weight not set ({type(exc).__name__}); its lease drops it"
 
 
 def reload_champion(url: str, token: str | None, expect: str | None = None) -> None:
@@ -77,10 +76,8 @@ def reload_champion(url: str, token: str | None, expect: str | None = None) -> N
     resp = httpx.post(f"{url}/admin/reload", headers=admin_headers(token), timeout=60)
     if resp.status_code != 200:
         raise RuntimeError(f"reload refused: HTTP {resp.status_code} {resp.text[:200]}")
-    if expect is not None:
-        serving = served_version(url)
-        if serving != str(expect):
-            raise RuntimeError(f"after the reload the service serves v{serving}, not v{expect}")
+    if expect is not None and (serving := served_version(url)) != str(expect):
+        raise RuntimeError(f"after the reload the service serves v{serving}, not v{expect}")
 
 
 def service_health(url: str, timeout: float = 3.0) -> dict[str, Any] | None:
@@ -100,15 +97,6 @@ def served_version(url: str) -> str | None:
     health = service_health(url)
     version = ((health or {}).get("champion") or {}).get("version")
     return None if version in (None, "") else str(version)
-
-
-def notify_service(url: str) -> str:
-    """Ask a running service to follow the champion alias; say what happened, never raise."""
-    try:
-        reload_champion(url, os.environ.get("SERVING_ADMIN_TOKEN"))
-        return f"service at {url} reloaded"
-    except Exception as exc:
-        return f"service at {url} not reloaded ({type(exc).__name__}: {str(exc)[:120]})"
 
 
 def reload_with_retries(

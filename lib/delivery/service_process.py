@@ -1,11 +1,9 @@
-"""Start and stop model-service processes (production or staging) on loopback.
-
-The deploy stage starts the instances it needs and always stops them: a process group per
-instance, SIGTERM then SIGKILL, so no uvicorn is left behind by a failed stage or a test.
-"""
+"""Start and stop model-service processes (production or staging) on loopback: a process
+group each, SIGTERM then SIGKILL, so no uvicorn outlives a failed stage or a test."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -38,10 +36,8 @@ def _die_with_parent() -> None:
 
 
 def _kill_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the group is gone already
         os.killpg(pgid, sig)
-    except ProcessLookupError:  # the group is gone already
-        pass
 
 
 class ServiceError(RuntimeError):
@@ -63,7 +59,6 @@ class ServiceProcess:
         admin_token: str | None = None,
         log_path: Path | None = None,
         extra_args: list[str] | None = None,
-        die_with_parent: bool = True,
         models_dir: Path | None = None,
     ) -> None:
         self.root = Path(root)
@@ -71,30 +66,16 @@ class ServiceProcess:
         self.models_dir = Path(models_dir or settings.models_dir(self.root))
         self.host = host
         self.port = port or free_port(host)
-        self.args = [
-            sys.executable,
-            "-m",
-            "lib.serving",
-            "--host",
-            host,
-            "--port",
-            str(self.port),
-            "--model-name",
-            model_name,
-            "--tracking-uri",
-            tracking_uri,
-            "--store-url",
-            store_url,
-            "--champion-alias",
-            champion_alias,
-            "--models-dir",
-            str(self.models_dir),
-            "--log-level",
-            "WARNING",
-            *(extra_args or []),
-        ]
+        options = {
+            "host": host, "port": self.port, "model-name": model_name,
+            "tracking-uri": tracking_uri, "store-url": store_url,
+            "champion-alias": champion_alias, "models-dir": self.models_dir, "log-level": "WARNING",
+        }  # fmt: skip
+        self.args = [sys.executable, "-m", "lib.serving"]
+        self.args += [a for k, v in options.items() for a in (f"--{k}", str(v))] + (
+            extra_args or []
+        )
         self.admin_token = admin_token
-        self.die_with_parent = die_with_parent  # an instance started for a stage ends with it
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self.exit_code: int | None = None  # set by stop(); negative: killed by that signal
@@ -119,7 +100,7 @@ class ServiceProcess:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if self.die_with_parent else None,
+            preexec_fn=_die_with_parent,  # an instance started for a stage ends with it
         )
         self.wait_ready(timeout)
         log.info("service up at %s (pid %d)", self.url, self.proc.pid)
@@ -130,8 +111,7 @@ class ServiceProcess:
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ServiceError(f"service exited with code {self.proc.returncode}{self._tail()}")
+            self.check()
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code in (200, 503):
                     return
@@ -158,10 +138,7 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM the process group, SIGKILL it after `timeout`; the exit code (None: none ran).
-
-        A process that had already exited is reported (logged as an error, `crashed` set), and
-        whatever it left in its group is killed.
-        """
+        A process that had exited already is logged as an error (`crashed`)."""
         if self.proc is None:
             return self.exit_code
         proc, pgid = self.proc, self.proc.pid
@@ -169,7 +146,6 @@ class ServiceProcess:
             self.crashed = True
             log.error("service at %s had exited by itself with code %s%s", self.url,
                       proc.returncode, self._tail())  # fmt: skip
-            _kill_group(pgid, signal.SIGKILL)
         else:
             _kill_group(pgid, signal.SIGTERM)
             try:
@@ -177,7 +153,7 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 _kill_group(pgid, signal.SIGKILL)
                 proc.wait()
-            _kill_group(pgid, signal.SIGKILL)  # anything the leader left behind
+        _kill_group(pgid, signal.SIGKILL)  # anything the leader left behind
         self.exit_code = proc.returncode
         self.proc = None
         return self.exit_code

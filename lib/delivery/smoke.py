@@ -1,9 +1,6 @@
-"""Smoke tests of a service instance over HTTP, before it gets any production traffic.
-
-Flagger calls this the pre-rollout webhook: the staging instance must load the right model,
-give the labels the registered model gives offline on known rows, answer in the documented
-schema, refuse bad input with a 422, and answer fast enough.
-"""
+"""Smoke tests of a staging instance over HTTP before it gets traffic (Flagger's pre-rollout
+webhook): the right model, the offline labels on known rows, the documented schema, a 422 for
+bad input, and fast enough."""
 
 from __future__ import annotations
 
@@ -59,14 +56,16 @@ def run_smoke_tests(
     """
     import httpx
 
-    checks: list[SmokeCheck] = []
-    url = url.rstrip("/")
+    url, body = url.rstrip("/"), known[0][0]
     with httpx.Client(timeout=timeout) as client:
-        checks.append(_health(client, url, expected_version))
-        checks.append(_known_rows(client, url, expected_version, known))
-        checks.append(_schema(client, url, known[0][0]))
-        checks.append(_bad_input(client, url, known[0][0]))
-        checks.append(_latency(client, url, known, max_p95_ms, latency_requests))
+        runs = {
+            "model_loaded": lambda: _health(client, url, expected_version),
+            "known_rows": lambda: _known_rows(client, url, expected_version, known),
+            "response_schema": lambda: _schema(client, url, body),
+            "bad_input_422": lambda: _bad_input(client, url, body),
+            "latency": lambda: _latency(client, url, known, max_p95_ms, latency_requests),
+        }
+        checks = [_guard(name, run) for name, run in runs.items()]
     result = SmokeResult(all(c.passed for c in checks), checks)
     log.info("smoke tests on %s: %s", url, "passed" if result.passed else result.failures)
     return result
@@ -80,90 +79,73 @@ def _guard(name: str, func: Any) -> SmokeCheck:
 
 
 def _health(client: Any, url: str, version: str) -> SmokeCheck:
-    def check() -> SmokeCheck:
-        resp = client.get(f"{url}/health")
-        body = resp.json()
-        served = str((body.get("champion") or {}).get("version"))
-        ok = resp.status_code == 200 and served == str(version)
-        return SmokeCheck(
-            "model_loaded",
-            ok,
-            f"/health {resp.status_code}, serving version {served} (expected {version})",
-        )
-
-    return _guard("model_loaded", check)
+    resp = client.get(f"{url}/health")
+    body = resp.json()
+    served = str((body.get("champion") or {}).get("version"))
+    ok = resp.status_code == 200 and served == str(version)
+    return SmokeCheck(
+        "model_loaded",
+        ok,
+        f"/health {resp.status_code}, serving version {served} (expected {version})",
+    )
 
 
 def _known_rows(client: Any, url: str, version: str, known: list[tuple[dict, int]]) -> SmokeCheck:
-    def check() -> SmokeCheck:
-        resp = client.post(f"{url}/predict", json={"instances": [body for body, _ in known]})
-        if resp.status_code != 200:
-            return SmokeCheck(
-                "known_rows",
-                False,
-                f"batch /predict gave HTTP {resp.status_code}: {resp.text[:200]}",
-            )
-        preds = resp.json()["predictions"]
-        got = [int(p["label"]) for p in preds]
-        want = [label for _, label in known]
-        wrong = sum(g != w for g, w in zip(got, want, strict=True))
-        versions = {str(p["model_version"]) for p in preds}
-        ok = wrong == 0 and versions == {str(version)}
+    resp = client.post(f"{url}/predict", json={"instances": [body for body, _ in known]})
+    if resp.status_code != 200:
         return SmokeCheck(
             "known_rows",
-            ok,
-            f"{len(want) - wrong}/{len(want)} known rows gave the offline label; "
-            f"versions answering: {sorted(versions)}",
+            False,
+            f"batch /predict gave HTTP {resp.status_code}: {resp.text[:200]}",
         )
-
-    return _guard("known_rows", check)
+    preds = resp.json()["predictions"]
+    got = [int(p["label"]) for p in preds]
+    want = [label for _, label in known]
+    wrong = sum(g != w for g, w in zip(got, want, strict=True))
+    versions = {str(p["model_version"]) for p in preds}
+    ok = wrong == 0 and versions == {str(version)}
+    return SmokeCheck(
+        "known_rows",
+        ok,
+        f"{len(want) - wrong}/{len(want)} known rows gave the offline label; "
+        f"versions answering: {sorted(versions)}",
+    )
 
 
 def _schema(client: Any, url: str, body: dict[str, Any]) -> SmokeCheck:
-    def check() -> SmokeCheck:
-        answer = client.post(f"{url}/predict", json=body).json()
-        problems = [
-            f"{name} missing" if name not in answer else f"{name} is {type(answer[name]).__name__}"
-            for name, kind in RESPONSE_FIELDS.items()
-            if name not in answer or not isinstance(answer[name], kind)
-        ]
-        if "probability" in answer and not 0.0 <= float(answer["probability"]) <= 1.0:
-            problems.append(f"probability {answer['probability']} outside 0..1")
-        return SmokeCheck("response_schema", not problems, "; ".join(problems) or "as documented")
-
-    return _guard("response_schema", check)
+    answer = client.post(f"{url}/predict", json=body).json()
+    problems = [
+        f"{name} missing" if name not in answer else f"{name} is {type(answer[name]).__name__}"
+        for name, kind in RESPONSE_FIELDS.items()
+        if name not in answer or not isinstance(answer[name], kind)
+    ]
+    if "probability" in answer and not 0.0 <= float(answer["probability"]) <= 1.0:
+        problems.append(f"probability {answer['probability']} outside 0..1")
+    return SmokeCheck("response_schema", not problems, "; ".join(problems) or "as documented")
 
 
 def _bad_input(client: Any, url: str, body: dict[str, Any]) -> SmokeCheck:
-    def check() -> SmokeCheck:
-        bad = dict(body)
-        key = "installs" if "installs" in bad else "Installs"
-        bad[key] = "lots"
-        resp = client.post(f"{url}/predict", json=bad)
-        ok = resp.status_code == 422 and "nstalls" in resp.text
-        return SmokeCheck(
-            "bad_input_422", ok, f"Installs='lots' gave HTTP {resp.status_code}: {resp.text[:160]}"
-        )
-
-    return _guard("bad_input_422", check)
+    bad = {**body, ("installs" if "installs" in body else "Installs"): "lots"}
+    resp = client.post(f"{url}/predict", json=bad)
+    ok = resp.status_code == 422 and "nstalls" in resp.text
+    return SmokeCheck(
+        "bad_input_422", ok, f"Installs='lots' gave HTTP {resp.status_code}: {resp.text[:160]}"
+    )
 
 
 def _latency(
     client: Any, url: str, known: list[tuple[dict, int]], bound: float, n: int
 ) -> SmokeCheck:
-    def check() -> SmokeCheck:
-        times = []
-        for i in range(n):
-            started = time.perf_counter()
-            resp = client.post(f"{url}/predict", json=known[i % len(known)][0])
-            times.append((time.perf_counter() - started) * 1000)
-            if resp.status_code != 200:
-                return SmokeCheck("latency", False, f"request {i} gave HTTP {resp.status_code}")
-        p95 = float(np.percentile(times, 95))
-        return SmokeCheck(
-            "latency",
-            p95 <= bound,
-            f"p95 {p95:.1f} ms over {n} single-row requests (bound {bound:.0f} ms)",
-        )
-
-    return _guard("latency", check)
+    times = []
+    for i in range(n):
+        started = time.perf_counter()
+        resp = client.post(f"{url}/predict", json=known[i % len(known)][0])
+        times.append((time.perf_counter() - started) * 1000)
+        if resp.status_code != 200:
+            return SmokeCheck("latency", False, f"request {i} gave HTTP {resp.status_code}")
+    p95 = float(np.percentile(times, 95))
+    return SmokeCheck(
+        "latency",
+        p95 <= bound,
+        f"p95 {p95:.1f} ms over {n} single-row requests (bound {bound:.0f} ms)",
+    )
