@@ -235,17 +235,20 @@ def _next_step(out: Contract, cfg: PipelineConfig, ctx: RunContext, say: Any) ->
     if isinstance(out, DetectOutputs) and not out.should_train:
         say(f"stopping: {out.reason}")
         return "no_training"
-    if isinstance(out, DecideOutputs):  # acted upon whatever stages run: a `manual` verdict
-        # parks the rollout so that `approve` finds it; `auto` without 05 deploy only decides
+    if isinstance(out, DecideOutputs) and out.decision != "auto":
+        # acted upon whatever stages run: a `manual` verdict parks the rollout so that `approve`
+        # finds it, `reject` is logged; `auto` only goes on (to 05 deploy when it runs), so the
+        # runner neither imports the stage (scikit-learn, matplotlib) nor opens MLflow for it
         from lib.pipeline.stages import decide
 
+        manual = out.decision == "manual"
         action = decide.act(
             out,
             root=ctx.root,
             models_dir=cfg.models_dir,
             logs_dir=cfg.logs_dir,
             model_name=cfg.model_name,
-            champion_version=_champion_version(cfg, ctx),
+            champion_version=_champion_version(cfg, ctx) if manual else None,
             run_id=ctx.run_id,
             serving_url=cfg.serving_url,
         )
