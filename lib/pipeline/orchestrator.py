@@ -13,7 +13,6 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -377,15 +376,21 @@ def run(
     executor: Executor | None = None,
 ) -> RunResult:
     """Run the pipeline and return its result; the CLI is a thin wrapper around this."""
-    from lib import registry
-    from lib.pipeline.stages import detect as detect_stage
-
     say = echo or (lambda msg: None)
     stages = _stage_list(stages)
     run_id = run_id or new_run_id()
     run_dir = root / cfg.reports_dir / run_id
     held = lock(root, cfg.lock_timeout)
+    kernels = None
     try:
+        if executor is None and kernel_pool:
+            from lib.pipeline.kernels import KernelPool
+
+            # one fresh kernel per stage; the first ones start now, while the data is checked
+            kernels = KernelPool(cwd=root, total=len(stages))
+        from lib import registry
+        from lib.pipeline.stages import detect as detect_stage
+
         started_at = datetime.now(UTC).isoformat()
         (root / ".runner.lock.json").write_text(
             json.dumps({"pid": os.getpid(), "run_id": run_id, "started": started_at})
@@ -405,17 +410,12 @@ def run(
         )
         state = _Run(cfg, ctx, recovered, say)
         say(f"run {run_id}: stages {', '.join(stages)}; MLflow {registry.redact_uri(tracking_uri)}")
-        pool: Any = nullcontext()
-        if executor is None and kernel_pool:
-            from lib.pipeline.kernels import KernelPool
-
-            # one fresh kernel per stage; leaving the block shuts down the one started ahead
-            pool = KernelPool(cwd=root, total=len(stages))
+        runner = executor or PapermillExecutor(root, cfg.stage_timeout, kernels)
         try:
-            with pool as kernels:
-                runner = executor or PapermillExecutor(root, cfg.stage_timeout, kernels)
-                outcome, exit_code, failure = state.stages(stages, runner)
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: kernels are down by now
+            outcome, exit_code, failure = state.stages(stages, runner)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: kernels down, then record
+            if kernels is not None:
+                kernels.close()
             state.record("cancelled")
             raise
         state.notify_new(outcome)
@@ -433,5 +433,7 @@ def run(
             raise failure
         return result
     finally:
+        if kernels is not None:  # the last kernel exits while the run's record is written
+            kernels.close()
         (root / ".runner.lock.json").unlink(missing_ok=True)
         held.release()
