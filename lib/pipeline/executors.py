@@ -99,37 +99,6 @@ def render_html(notebook: Path) -> Path:
     return html
 
 
-@functools.cache
-def papermill_engine() -> str:
-    """Papermill's nbclient engine, saving the notebook when each cell ends but not also when
-    it starts: half the writes, each of which validates and serializes the whole notebook."""
-    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
-
-    class Manager(NotebookExecutionManager):
-        def cell_start(self, cell: Any, cell_index: int | None = None, **kwargs: Any) -> None:
-            cell.metadata.papermill.update(
-                start_time=self.now().isoformat(), status=self.RUNNING, exception=False
-            )
-
-    class Engine(NBClientEngine):
-        @classmethod
-        def execute_notebook(cls, nb: Any, kernel_name: str, **kwargs: Any) -> Any:
-            """As papermill's `Engine.execute_notebook`, with the manager above."""
-            keys = ("output_path", "progress_bar", "log_output", "autosave_cell_every")
-            nb_man = Manager(nb, **{k: kwargs.pop(k) for k in keys if k in kwargs})
-            nb_man.notebook_start()
-            try:
-                log_output = nb_man.log_output
-                cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
-            finally:
-                nb_man.cleanup_pbar()
-                nb_man.notebook_complete()
-            return nb_man.nb
-
-    papermill_engines.register("pipeline", Engine)
-    return "pipeline"
-
-
 class PapermillExecutor:
     """Runs the stage's notebook; with a kernel pool, in a kernel started ahead of time."""
 
@@ -161,7 +130,6 @@ class PapermillExecutor:
                 parameters=inputs.model_dump(mode="json"),
                 cwd=str(self.root),
                 kernel_name="python3",
-                engine_name=papermill_engine(),
                 progress_bar=False,
                 execution_timeout=self.timeout,
                 km=km,  # None: papermill starts (and shuts down) a kernel itself
