@@ -97,12 +97,13 @@ def plain_main(root: Path, apps: int, stages: list[str], out: Path) -> None:
     setup = time.perf_counter() - started
     namespace: dict[str, Any] = {"__name__": "__main__"}
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     first_cell: dict[str, float] = {}
     for stage in stages:
         params = inputs_for(stage, cfg, ctx, outputs).model_dump()
         book = nbformat.read(root / "notebooks" / f"{STAGES[stage].notebook}.ipynb", as_version=4)
         glued.clear()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), process_cpu()
         for i, cell in enumerate(c for c in book.cells if c.cell_type == "code"):
             t1 = time.perf_counter()
             exec(compile(cell.source, f"<{stage} cell {i + 1}>", "exec"), namespace)
@@ -113,10 +114,37 @@ def plain_main(root: Path, apps: int, stages: list[str], out: Path) -> None:
             if i == 0:
                 first_cell[stage] = time.perf_counter() - t1
         seconds[stage] = time.perf_counter() - t0
+        cpu[stage] = process_cpu() - c0
         outputs[stage] = STAGES[stage].check_outputs(glued)
         if stage == "detect" and not glued.get("should_train"):
             break
-    out.write_text(json.dumps({"setup": setup, "stages": seconds, "first_cell": first_cell}))
+    out.write_text(json.dumps({"setup": setup, "stages": seconds, "stage_cpu": cpu,
+                               "first_cell": first_cell}))  # fmt: skip
+
+
+def process_cpu() -> float:
+    """User + system seconds of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# Loaded by every kernel of a measured run (IPYTHONDIR points at it): at exit, the kernel's CPU
+# seconds and its stage, found in the notebook's first cell (`from ... import TrainInputs`).
+KERNEL_CPU = r"""
+import atexit, json, os, re, resource
+
+
+def _bench_kernel_cpu(path=os.environ.get("BENCH_KERNEL_CPU")):
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    stage = re.search(r"import (\w+)Inputs", "\n".join(get_ipython().user_ns.get("In", [])))
+    with open(path, "a") as f:
+        f.write(json.dumps({"stage": stage and stage[1].lower(),
+                            "cpu": usage.ru_utime + usage.ru_stime}) + "\n")
+
+
+if os.environ.get("BENCH_KERNEL_CPU"):
+    atexit.register(_bench_kernel_cpu)
+"""
 
 
 # -- measurements -----------------------------------------------------------------------------
@@ -185,7 +213,17 @@ def run_runner(root: Path, apps: int, stages: list[str], pool: bool) -> dict[str
                "--stages", ",".join(stages)]  # fmt: skip
     else:
         cmd = [sys.executable, "-c", COLD_RUNNER, str(apps), ",".join(stages)]
-    wall, cpu = timed(cmd, root, clean_env())
+    env, kernel_log = clean_env(), root.parent / "kernel_cpu.jsonl"
+    startup = root.parent / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True, exist_ok=True)
+    (startup / "00-bench-cpu.py").write_text(KERNEL_CPU)
+    env.update(IPYTHONDIR=str(startup.parents[1]), BENCH_KERNEL_CPU=str(kernel_log))
+    kernel_log.unlink(missing_ok=True)
+    wall, cpu = timed(cmd, root, env)
+    kernel_cpu = {}  # a kernel started ahead and never used is killed: not recorded
+    for line in kernel_log.read_text().splitlines() if kernel_log.exists() else []:
+        rec = json.loads(line)
+        kernel_cpu[rec["stage"]] = rec["cpu"]
     (report,) = (root / "reports").glob("report_*.json")
     summary = json.loads(report.read_text())
     stages, first_cell = {}, {}
@@ -196,7 +234,8 @@ def run_runner(root: Path, apps: int, stages: list[str], pool: bool) -> dict[str
         first_cell[stage["name"]] = code[0].metadata.get("papermill", {}).get("duration") or 0.0
     render, read = render_costs(root / Path(summary["stages"][0]["notebook"]).parent)
     return {"wall": wall, "cpu": cpu, "stages": stages, "first_cell": first_cell, "html": render,
-            "scraps": read}  # fmt: skip
+            "scraps": read, "kernel_cpu": kernel_cpu,
+            "rest_cpu": cpu - sum(kernel_cpu.values())}  # fmt: skip
 
 
 def run_plain(root: Path, apps: int, stages: list[str]) -> dict[str, Any]:
@@ -306,11 +345,37 @@ def report(results: dict[str, list[dict[str, Any]]], costs: list[dict[str, float
               "notebook - same cells in-process + HTML + scraps: what running it as a notebook "
               "adds. The plain process's setup (config, data check) took "
               f"{median([r['setup'] for r in plain]):.2f}s."]  # fmt: skip
+    lines += cpu_table(pool, cold, plain)
     if costs:
         lines += ["", "## Kernel costs (median seconds)", "", "| cost | seconds |", "|---|---:|"]
         for name in costs[0]:
             lines.append(f"| {name} | {median([c[name] for c in costs]):.2f} |")
     return "\n".join(lines)
+
+
+def cpu_table(pool: list[dict], cold: list[dict], plain: list[dict]) -> list[str]:
+    """CPU seconds per stage: a kernel's whole life against the same cells in one process. Less
+    moved by other jobs than wall time; the last row is the runner's own process (papermill,
+    HTML, scraps, record) plus any kernel started ahead and never used, against the rest of the
+    plain process (imports, config, data check)."""
+    lines = ["", "## CPU per stage (median seconds)", "",
+             "| stage | same cells in-process | kernel, pool | extra, pool | kernel, cold "
+             "| extra, cold |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for stage in plain[0]["stage_cpu"] if plain else []:
+        cells = per_stage(plain, "stage_cpu", stage)
+        row = [stage, f"{cells:.2f}"]
+        for runs in (pool, cold):
+            kernel = per_stage(runs, "kernel_cpu", stage)
+            row += [f"{kernel:.2f}", f"{kernel - cells:.2f}"] if runs else ["-", "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    if plain:
+        base = median([r["cpu"] - sum(r["stage_cpu"].values()) for r in plain])
+        row = ["runner process / rest", f"{base:.2f}"]
+        for runs in (pool, cold):
+            rest = median([r["rest_cpu"] for r in runs])
+            row += [f"{rest:.2f}", f"{rest - base:.2f}"] if runs else ["-", "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def machine() -> str:

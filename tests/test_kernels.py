@@ -112,7 +112,7 @@ def test_pool_starts_kernels_ahead_and_close_leaves_none(root: Path, transport: 
     try:
         km = pool.acquire()
         assert km.has_kernel and pool.started == 2  # the one handed out and the next one
-        started = [km, pool.next[0]]
+        started = [km, pool.ahead[0][0]]
         pids = [pid_of(k) for k in started]
         assert all(k.has_kernel for k in started)
     finally:
@@ -162,7 +162,7 @@ def test_errors_and_interrupts_shut_every_kernel_down(root: Path) -> None:
     for error in (RuntimeError, KeyboardInterrupt):
         with pytest.raises(error), KernelPool(cwd=root, total=3) as pool:
             km = pool.acquire()
-            started = [km, pool.next[0]]
+            started = [km, pool.ahead[0][0]]
             pids = [pid_of(k) for k in started]
             raise error("stage interrupted")
         assert len(started) == 2
@@ -173,7 +173,7 @@ def test_a_kernel_that_dies_while_starting_is_reported_and_reaped(root: Path) ->
     """The executor then lets papermill start a kernel of its own (the test after the next)."""
     with KernelPool(cwd=root, code="import os\nos._exit(3)\n", total=2) as pool:
         pool.release(pool.acquire())  # the first kernel starts without the warm-up
-        dying = pool.next[0]
+        dying = pool.ahead[0][0]
         dying_pid = pid_of(dying)
         with pytest.raises(RuntimeError, match="died"):
             pool.acquire()

@@ -8,6 +8,7 @@ calls the stage's `run(inputs, root)` directly, without a kernel, so the runner'
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import time
@@ -76,16 +77,23 @@ def check_parameters(notebook: Path, stage: Stage) -> None:
         )
 
 
+@functools.cache
+def html_exporter() -> Any:
+    """One exporter per process: each new one compiles its Jinja templates again (~0.5 s)."""
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter()
+
+
 def render_html(notebook: Path) -> Path:
     """HTML beside the executed notebook, rendered in-process (a subprocess costs ~3 s)."""
     import warnings
 
     import nbformat
-    from nbconvert import HTMLExporter
 
     with warnings.catch_warnings():  # scrapbook's own mimetype has no HTML form: expected
         warnings.filterwarnings("ignore", message=".*is not able to be represented")
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+        body, _ = html_exporter().from_notebook_node(nbformat.read(notebook, as_version=4))
     html = notebook.with_suffix(".html")
     html.write_text(body, encoding="utf-8")
     return html

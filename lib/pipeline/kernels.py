@@ -4,7 +4,9 @@ Papermill runs every stage in a fresh kernel. Started cold, a kernel costs its s
 imports of pandas, scikit-learn and MLflow (seconds of CPU) before the notebook's first line.
 `KernelPool` keeps one kernel started ahead and runs those imports in it, in a throw-away
 namespace and silently (no names, history or execution count: the executed notebook looks as if
-the kernel had started cold), so that cost overlaps the running stage. Every kernel is handed out
+the kernel had started cold), so that cost overlaps the running stage. It starts the first two
+at once (the first one without the imports: 01 detect needs few), so that the second stage's
+imports overlap the runner's data check and the first stage too. Every kernel is handed out
 once, runs in the project root, and is shut down after its stage, on `close()` and at exit.
 
 Papermill hands a given `km=` to nbclient, which neither starts nor shuts down a kernel it does
@@ -77,7 +79,7 @@ class KernelPool:
         self.remaining, self.timeout = total, timeout
         self.code = warm_code() if code is None else code
         self.started = 0  # kernels launched so far
-        self.next: tuple[PooledKernelManager, Any, str] | None = None  # started ahead
+        self.ahead: list[tuple[PooledKernelManager, Any, str]] = []  # started, in hand-out order
         self._out: list[PooledKernelManager] = []  # handed out, not released yet
         self._stopping: list[PooledKernelManager] = []  # released, maybe still exiting
         # IPC where there is one: no TCP ports, no "connection without encryption" warning
@@ -85,14 +87,18 @@ class KernelPool:
         self._ipc = tempfile.mkdtemp(prefix="kpool-")  # short: socket paths are ~100 bytes max
         self._closed = False
         atexit.register(self.close)
+        try:  # a kernel that does not start now is started (or reported) by `acquire`
+            for code in ("", self.code)[: min(total, 2)]:
+                self.ahead.append(self._start(code))
+        except Exception as exc:
+            log.warning("could not start a kernel ahead: %s", exc)
 
     def acquire(self) -> PooledKernelManager:
-        """A running kernel nobody has used (the one started ahead, once warm); then starts
-        the next. Raises if it does not start: the caller lets papermill start one instead."""
+        """A running kernel nobody has used (the next one started ahead, once warm); then
+        starts the next. Raises if it does not start: the caller lets papermill start one."""
         if self._closed:
             raise RuntimeError("the kernel pool is closed")
-        km, kc, msg_id = self.next or self._start("")
-        self.next = None
+        km, kc, msg_id = self.ahead.pop(0) if self.ahead else self._start("")
         try:  # the reply to its first request: the kernel is up and has run the warm-up
             deadline = time.monotonic() + self.timeout
             while True:
@@ -110,8 +116,8 @@ class KernelPool:
         km.close_clients()  # the notebook gets its own client
         self._out.append(km)
         self.remaining -= 1
-        if self.remaining > 0:
-            self.next = self._start(self.code)
+        if self.remaining > 0 and not self.ahead:
+            self.ahead.append(self._start(self.code))
         return km
 
     def release(self, km: PooledKernelManager) -> None:
@@ -129,9 +135,8 @@ class KernelPool:
     def close(self) -> None:
         """Shut down every kernel of the pool and wait until their processes are gone."""
         self._closed = True
-        if self.next:
-            self._out.append(self.next[0])
-            self.next = None
+        self._out += [km for km, _, _ in self.ahead]
+        self.ahead.clear()
         while self._out:  # started ahead, or a stage interrupted: killed
             self._stop(self._out.pop(), now=True)
         while self._stopping:

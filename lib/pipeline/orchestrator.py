@@ -13,7 +13,6 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,17 +234,20 @@ def _next_step(out: Contract, cfg: PipelineConfig, ctx: RunContext, say: Any) ->
     if isinstance(out, DetectOutputs) and not out.should_train:
         say(f"stopping: {out.reason}")
         return "no_training"
-    if isinstance(out, DecideOutputs):  # acted upon whatever stages run: a `manual` verdict
-        # parks the rollout so that `approve` finds it; `auto` without 05 deploy only decides
+    if isinstance(out, DecideOutputs) and out.decision != "auto":
+        # acted upon whatever stages run: a `manual` verdict parks the rollout so that `approve`
+        # finds it, `reject` is logged; `auto` only goes on (to 05 deploy when it runs), so the
+        # runner neither imports the stage (scikit-learn, matplotlib) nor opens MLflow for it
         from lib.pipeline.stages import decide
 
+        manual = out.decision == "manual"
         action = decide.act(
             out,
             root=ctx.root,
             models_dir=cfg.models_dir,
             logs_dir=cfg.logs_dir,
             model_name=cfg.model_name,
-            champion_version=_champion_version(cfg, ctx),
+            champion_version=_champion_version(cfg, ctx) if manual else None,
             run_id=ctx.run_id,
             serving_url=cfg.serving_url,
         )
@@ -374,15 +376,21 @@ def run(
     executor: Executor | None = None,
 ) -> RunResult:
     """Run the pipeline and return its result; the CLI is a thin wrapper around this."""
-    from lib import registry
-    from lib.pipeline.stages import detect as detect_stage
-
     say = echo or (lambda msg: None)
     stages = _stage_list(stages)
     run_id = run_id or new_run_id()
     run_dir = root / cfg.reports_dir / run_id
     held = lock(root, cfg.lock_timeout)
+    kernels = None
     try:
+        if executor is None and kernel_pool:
+            from lib.pipeline.kernels import KernelPool
+
+            # one fresh kernel per stage; the first ones start now, while the data is checked
+            kernels = KernelPool(cwd=root, total=len(stages))
+        from lib import registry
+        from lib.pipeline.stages import detect as detect_stage
+
         started_at = datetime.now(UTC).isoformat()
         (root / ".runner.lock.json").write_text(
             json.dumps({"pid": os.getpid(), "run_id": run_id, "started": started_at})
@@ -402,17 +410,12 @@ def run(
         )
         state = _Run(cfg, ctx, recovered, say)
         say(f"run {run_id}: stages {', '.join(stages)}; MLflow {registry.redact_uri(tracking_uri)}")
-        pool: Any = nullcontext()
-        if executor is None and kernel_pool:
-            from lib.pipeline.kernels import KernelPool
-
-            # one fresh kernel per stage; leaving the block shuts down the one started ahead
-            pool = KernelPool(cwd=root, total=len(stages))
+        runner = executor or PapermillExecutor(root, cfg.stage_timeout, kernels)
         try:
-            with pool as kernels:
-                runner = executor or PapermillExecutor(root, cfg.stage_timeout, kernels)
-                outcome, exit_code, failure = state.stages(stages, runner)
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: kernels are down by now
+            outcome, exit_code, failure = state.stages(stages, runner)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: kernels down, then record
+            if kernels is not None:
+                kernels.close()
             state.record("cancelled")
             raise
         state.notify_new(outcome)
@@ -430,5 +433,7 @@ def run(
             raise failure
         return result
     finally:
+        if kernels is not None:  # the last kernel exits while the run's record is written
+            kernels.close()
         (root / ".runner.lock.json").unlink(missing_ok=True)
         held.release()
