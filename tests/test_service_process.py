@@ -88,3 +88,37 @@ def test_a_service_that_cannot_start_says_why(mlstore: Store, tmp_path: Path) ->
     assert service.alive() is False
     service.stop()
     assert service.proc is None
+
+
+def test_smoke_waits_until_the_instance_serves_the_version(tmp_path: Path) -> None:
+    """A staging instance whose registry look-up outlasted its start-up answers /health without
+    a model for a while; the smoke tests wait for the version instead of failing on a 503."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answers = iter([None, None, None, {"version": "3"}, {"version": "7"}])
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            champion = next(answers, {"version": "7"})
+            body = json.dumps({"champion": champion}).encode()
+            self.send_response(200 if champion else 503)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        service = ServiceProcess(tmp_path, MODEL, "sqlite:///x.db", "sqlite:///p.db")
+        service.port = server.server_address[1]
+        assert service.wait_serving("7", timeout=30) is True
+        assert next(answers, "drained") == "drained"  # it polled through the 503s and v3
+        assert service.wait_serving("8", timeout=1) is False  # never served: says so, no hang
+    finally:
+        server.shutdown()
+        server.server_close()

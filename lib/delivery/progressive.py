@@ -263,6 +263,7 @@ def staging_and_smoke(
         timeline.add("staging", 0, f"staging instance up at {staging.url}")
         rollout.advance(store, rollout.Phase.SMOKE_TESTING, detail=staging.url)
         known = known_rows(model, holdout, settings.smoke_rows)
+        staging.wait_serving(str(version), timeout=60)  # else model_loaded says what it serves
         result = run_smoke_tests(staging.url, str(version), known, settings.smoke_max_p95_ms)
         rollout.record_step(store, {"kind": "smoke", **result.to_dict()})
         timeline.add(

@@ -121,6 +121,21 @@ class ServiceProcess:
         self.stop()
         raise ServiceError(f"service did not answer /health within {timeout:.0f} s{self._tail()}")
 
+    def wait_serving(self, version: str, timeout: float) -> bool:
+        """Wait until /health names `version`: a registry slower than the service's bounded
+        start-up look-up loads the model a little later, and a smoke test must not race it."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check()
+            with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
+                body = httpx.get(f"{self.url}/health", timeout=2).json()
+                if str((body.get("champion") or {}).get("version")) == str(version):
+                    return True
+            time.sleep(0.3)
+        return False
+
     def _tail(self) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""
