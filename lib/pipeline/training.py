@@ -142,7 +142,8 @@ def _boosting(seed: int) -> HistGradientBoostingClassifier:
         max_leaf_nodes=15,
         min_samples_leaf=40,
         l2_regularization=1.0,
-        categorical_features=features.categorical_positions(),
+        # the preprocessor puts the categorical columns first, in CATEGORICAL order
+        categorical_features=list(range(len(features.CATEGORICAL))),
         early_stopping=False,
         random_state=seed,
     )
