@@ -38,11 +38,7 @@ from lib.pipeline.calibration import (
     out_of_fold,
     tune_threshold,
 )
-from lib.pipeline.evaluation import (
-    GREATER_IS_BETTER,
-    METRIC_NAMES,
-    evaluate,
-)
+from lib.pipeline.evaluation import GREATER_IS_BETTER, METRIC_NAMES, evaluate
 
 log = logging.getLogger(__name__)
 
