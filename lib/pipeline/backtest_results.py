@@ -21,6 +21,7 @@ TRUTHS = ("better", "worse", "no real difference", "undetermined")
 STRATEGIES = ("policy", "always", "never")  # always deploy the new model / never retrain
 NOISE_KINDS = ("permuted", "reseeded")
 MAJORITY = "majority answer"
+_BOUNDS = (("", "estimate"), (" low", "low"), (" high", "high"))  # column suffix, interval key
 # Default inputs: the name's text score (group name_text) stacks every fit five times over and
 # costs about 15x the time of the other groups, too much for a replay of many trainings.
 DEFAULT_FEATURES = ("engagement", "versions", "genres", "name_stats")
@@ -47,9 +48,8 @@ class BacktestSettings:
     rf_trees: int = 200
 
     def __post_init__(self) -> None:
-        if isinstance(self.families, str):
-            object.__setattr__(self, "families", (self.families,))
-        object.__setattr__(self, "families", tuple(self.families))
+        families = (self.families,) if isinstance(self.families, str) else self.families
+        object.__setattr__(self, "families", tuple(families))
         object.__setattr__(self, "features", tuple(self.features))
         object.__setattr__(self, "calibration", tuple(self.calibration))
         if not self.families:
@@ -136,12 +136,8 @@ class BacktestResult:
                     "reference": s.reference,
                     "verdict": s.verdict,
                     "score": s.score,
-                    "holdout diff": s.improvement["estimate"],
-                    "holdout diff low": s.improvement["low"],
-                    "holdout diff high": s.improvement["high"],
-                    "batch auc diff": future.get("estimate", np.nan),
-                    "batch auc diff low": future.get("low", np.nan),
-                    "batch auc diff high": future.get("high", np.nan),
+                    **{f"holdout diff{end}": s.improvement[key] for end, key in _BOUNDS},
+                    **{f"batch auc diff{end}": future.get(key, np.nan) for end, key in _BOUNDS},
                     "truth on batch": s.truth,
                     "promoted worse": s.promoted_worse,
                     "rejected better": s.rejected_better,

@@ -59,16 +59,13 @@ class Contract(BaseModel):
         return keys
 
 
-class MLflowInputs(Contract):
+class HoldoutInputs(Contract):
+    """The MLflow model and what rebuilds training's holdout: the data, the label and the split."""
+
     model_name: str = setting("model_name")
     experiment: str = setting("experiment")
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or sqlite:///<root>/mlflow.db
     run_id: str = "interactive"
-
-
-class HoldoutInputs(MLflowInputs):
-    """What rebuilds training's holdout: the data, the label and the split."""
-
     data_path: DataPath = setting("data_path")
     target_threshold: float = setting("target_threshold")
     test_size: float = setting("test_size")

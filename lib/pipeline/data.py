@@ -282,25 +282,22 @@ def _parse(
     return typed, {c: bad for c, (_, bad) in parsed.items()}
 
 
-def _format_value(value: object) -> str:
-    if isinstance(value, float):
-        return repr(value)
-    return repr(str(value))
+# pandera check -> reason; {value} is the parsed value, {raw} the field as written.
+_SCHEMA_REASONS = {
+    "not_nullable": "missing (empty field)",
+    E_EMPTY: "empty",
+    E_RATING: "{value} is outside 1..5",
+    E_NEGATIVE: "{value} is negative",
+    E_TYPE: "{raw} is not Free or Paid",
+}
 
 
 def _schema_message(column: str, check: str, value: object, raw_value: str) -> str:
-    name = _DISPLAY.get(column, column)
-    if check == "not_nullable":
-        return f"{name}: missing (empty field)"
-    if check == E_EMPTY:
-        return f"{name}: empty"
-    if check == E_RATING:
-        return f"{name}: {_format_value(value)} is outside 1..5"
-    if check == E_NEGATIVE:
-        return f"{name}: {_format_value(value)} is negative"
-    if check == E_TYPE:
-        return f"{name}: {raw_value!r} is not Free or Paid"
-    return f"{name}: {raw_value!r} fails {check}"
+    shown = repr(value) if isinstance(value, float) else repr(str(value))
+    reason = _SCHEMA_REASONS.get(check, "{raw} fails {check}")
+    return f"{_DISPLAY.get(column, column)}: " + reason.format(
+        value=shown, raw=repr(raw_value), check=check
+    )
 
 
 def _validate(

@@ -136,12 +136,6 @@ def labels(apps: pd.DataFrame, target_threshold: float) -> pd.Series:
     return (apps["rating"] > target_threshold).astype(int)
 
 
-def tabular_columns(groups: Sequence[str]) -> list[str]:
-    """Numeric columns a candidate uses: the base listing fields plus the chosen derived groups."""
-    extra = [c for g in check_groups(groups) for c in GROUP_COLUMNS.get(g, [])]
-    return SKEWED + LINEAR + extra
-
-
 def _numeric(scale: bool, log: bool = False) -> Pipeline:
     steps = [("impute", SimpleImputer(strategy="median", add_indicator=True))]
     if log:  # heavy right tails
@@ -149,12 +143,6 @@ def _numeric(scale: bool, log: bool = False) -> Pipeline:
     if scale:
         steps.append(("scale", StandardScaler()))
     return Pipeline(steps)
-
-
-def categorical_positions() -> list[int]:
-    """Where the categorical columns are in the preprocessor's output: first, in CATEGORICAL order
-    (what a boosting model's ``categorical_features`` must name)."""
-    return list(range(len(CATEGORICAL)))
 
 
 def preprocessor(kind: str, groups: Sequence[str] = ()) -> ColumnTransformer:
@@ -172,11 +160,11 @@ def preprocessor(kind: str, groups: Sequence[str] = ()) -> ColumnTransformer:
     else:
         raise ValueError(f"unknown preprocessor kind {kind!r}; use 'linear' or 'tree'")
     scale = kind == "linear"  # trees need no scaling
-    numeric = tabular_columns(groups)
+    derived = [c for g in check_groups(groups) for c in GROUP_COLUMNS.get(g, [])]
     blocks = [
         ("categorical", categorical, CATEGORICAL),
         ("skewed", _numeric(scale, log=True), SKEWED),
-        ("linear", _numeric(scale), [c for c in numeric if c not in SKEWED]),
+        ("linear", _numeric(scale), LINEAR + derived),
     ]
     return ColumnTransformer(blocks, verbose_feature_names_out=False, sparse_threshold=0.0)
 

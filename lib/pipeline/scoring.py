@@ -266,7 +266,8 @@ def _band_reason(
     signed: bool,
 ) -> Reason:
     read = ev.low if on_lower else ev.estimate
-    band = _pick(criterion, bands, read)
+    rounded = round(read, COMPARE_DECIMALS)
+    band = next(b for b in bands if b.holds(rounded))  # validated bands end with an else band
     phrase = _band_phrase(bands, band)
     if ev.low == ev.high:
         why = f" (point estimate, no interval): {phrase}"
@@ -335,14 +336,6 @@ def _guard_reason(
         f"{_interval(improvement, signed=True)}, {which}): verdict capped from auto to manual "
         f"although the score is {score}",
     )
-
-
-def _pick(name: str, bands: tuple[Band, ...], value: float) -> Band:
-    rounded = round(value, COMPARE_DECIMALS)
-    for band in bands:
-        if band.holds(rounded):
-            return band
-    raise AssertionError(f"{name}: validated bands end with an else band")  # pragma: no cover
 
 
 def _band_phrase(bands: tuple[Band, ...], band: Band) -> str:

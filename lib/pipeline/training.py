@@ -38,11 +38,7 @@ from lib.pipeline.calibration import (
     out_of_fold,
     tune_threshold,
 )
-from lib.pipeline.evaluation import (
-    GREATER_IS_BETTER,
-    METRIC_NAMES,
-    evaluate,
-)
+from lib.pipeline.evaluation import GREATER_IS_BETTER, METRIC_NAMES, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +138,8 @@ def _boosting(seed: int) -> HistGradientBoostingClassifier:
         max_leaf_nodes=15,
         min_samples_leaf=40,
         l2_regularization=1.0,
-        categorical_features=features.categorical_positions(),
+        # the preprocessor puts the categorical columns first, in CATEGORICAL order
+        categorical_features=list(range(len(features.CATEGORICAL))),
         early_stopping=False,
         random_state=seed,
     )

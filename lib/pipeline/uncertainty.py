@@ -199,10 +199,6 @@ def _percentiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _method(resamples: int, confidence: float) -> str:
-    return f"stratified paired bootstrap, {resamples} resamples, {confidence * 100:g}%"
-
-
 # --- tests ------------------------------------------------------------------------------------
 
 
@@ -305,7 +301,7 @@ def paired_comparison(
     cand, ref = _Model(y, cand_p, cand_l), _Model(y, ref_p, ref_l)
     n1 = int(y.sum())  # the full rows once (the estimate), and the shared stratified resamples
     full, resampled = _Weights.ones(n1, n - n1), _Weights.bootstrap(y, int(resamples), seed)
-    paired = _method(resamples, confidence)
+    paired = f"stratified paired bootstrap, {resamples} resamples, {confidence * 100:g}%"
 
     out: dict[str, MetricComparison] = {}
     for metric in metrics:
