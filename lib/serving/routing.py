@@ -225,7 +225,8 @@ class ModelService:
         """Serve the champion alias from models/production until the registry answers."""
         self.follow_registry = True
         logger.warning("start-up without the registry: %s", outage)
-        missed = f"the MLflow registry could not be reached at start-up ({outage.reason})"
+        store = public_store_name(self.settings.tracking_uri)
+        missed = f"the MLflow registry ({store}) could not be reached at start-up ({outage.reason})"
         alias = self.settings.champion_alias
         if alias != CHAMPION_ALIAS:
             self.champion_problem = (
