@@ -63,7 +63,7 @@ class RegistryUnavailable(PipelineError):
     exit_code = 4
 
     def __init__(self, uri: str, doing: str, reason: str) -> None:
-        self.uri = uri  # already redacted by the caller (lib.registry.redact_uri)
+        self.uri = uri  # already redacted by the caller (lib.config.redact_url)
         self.doing = doing
         self.reason = reason
         super().__init__(

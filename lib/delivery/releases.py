@@ -46,6 +46,7 @@ from typing import Any
 
 from lib import registry
 from lib.atomic_files import STAGING_PREFIX, copy_dir_atomic, write_json_atomic
+from lib.config import redact_url
 from lib.delivery.faults import fault_point
 from lib.delivery.service_control import SERVICE_RELOADED, reload_with_retries
 from lib.errors import PipelineError
@@ -118,7 +119,7 @@ def _format_value(key: str, value: Any) -> str:
         return json.dumps(value, default=str, separators=(",", ":"))
     text = str(value)
     if "://" in text:
-        text = registry.redact_uri(text)
+        text = redact_url(text)
     if not text or any(c.isspace() or c in "\"'=" for c in text):
         return json.dumps(text)  # quoted, newlines escaped: always one line
     return text
@@ -259,7 +260,7 @@ def _delete_alias(client: Any, model_name: str, alias: str) -> None:
 
 
 def _exists(client: Any, model_name: str, version: str) -> bool:
-    return registry.version_exists(client, model_name, version)
+    return registry.model_version(client, model_name, version) is not None
 
 
 # ---------------------------------------------------------------------------- promote

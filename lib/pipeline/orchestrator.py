@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.atomic_files import write_json_atomic
-from lib.config import PipelineConfig, data_paths
+from lib.config import PipelineConfig, data_paths, redact_url
 from lib.errors import PipelineError, RunnerBusyError, StageError
 from lib.pipeline import run_record
 from lib.pipeline.contracts import (
@@ -374,7 +374,6 @@ def run(
     executor: Executor | None = None,
 ) -> RunResult:
     """Run the pipeline and return its result; the CLI is a thin wrapper around this."""
-    from lib import registry
     from lib.pipeline.stages import detect as detect_stage
 
     say = echo or (lambda msg: None)
@@ -401,7 +400,7 @@ def run(
             run_id, root, run_dir, tracking_uri, trigger(force), force, candidate_version
         )
         state = _Run(cfg, ctx, recovered, say)
-        say(f"run {run_id}: stages {', '.join(stages)}; MLflow {registry.redact_uri(tracking_uri)}")
+        say(f"run {run_id}: stages {', '.join(stages)}; MLflow {redact_url(tracking_uri)}")
         pool: Any = nullcontext()
         if executor is None and kernel_pool:
             from lib.pipeline.kernels import KernelPool
