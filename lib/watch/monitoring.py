@@ -73,10 +73,8 @@ def _prepare(window: pd.DataFrame) -> pd.DataFrame:
 
 def _latency(values: pd.Series) -> dict[str, float]:
     values = values.dropna().to_numpy(dtype=float)
-    if not len(values):
-        return {"p50_ms": math.nan, "p90_ms": math.nan, "p99_ms": math.nan}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99)}
+    found = np.percentile(values, [50, 90, 99]) if len(values) else [math.nan] * 3
+    return {key: float(v) for key, v in zip(("p50_ms", "p90_ms", "p99_ms"), found, strict=True)}
 
 
 def _traffic(frame: pd.DataFrame) -> dict[str, Any]:

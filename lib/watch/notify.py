@@ -174,12 +174,8 @@ def _deliver(
         if service is None:
             if not target.wants(event):
                 return None
-            return Delivery(
-                target.kind,
-                label,
-                False,
-                f"invalid or unsupported notification URL for apprise {apprise.__version__}",
-            )
+            error = f"invalid or unsupported notification URL for apprise {apprise.__version__}"
+            return Delivery(target.kind, label, False, error)
         timeouts = {"socket_connect_timeout": connect_timeout, "socket_read_timeout": read_timeout}
         for name, value in timeouts.items():  # the timeouts the URL does not set (cto=, rto=)
             if getattr(service, name) == getattr(type(service), name):
