@@ -65,10 +65,6 @@ def number(text: str, junk: re.Pattern[str] | None = None, hint: str = HINT_NUMB
     return value
 
 
-def rating(text: str) -> float | None:
-    return number(text)
-
-
 def reviews(text: str) -> float | None:
     return number(text, REVIEWS_JUNK, HINT_REVIEWS)
 
