@@ -14,9 +14,6 @@ class MissingColumnsError(PipelineError):
     """A data file lacks columns the pipeline needs; raised before anything is written."""
 
     def __init__(self, path: str, missing: list[str], found: list[str]) -> None:
-        self.path = path
-        self.missing = list(missing)
-        self.found = list(found)
         super().__init__(
             f"{path}: missing required column(s) {', '.join(repr(c) for c in missing)}; "
             f"found {', '.join(repr(c) for c in found) or 'no columns'}. "
