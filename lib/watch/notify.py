@@ -1,10 +1,7 @@
 """Tell people what the pipeline did: deployments, approvals, rejections, rollbacks, alerts.
 
-Configuration, URL parsing, redacted labels and routing (tags) are apprise's; the targets are in
-lib.watch.notify_targets, the redaction of secrets in lib.watch.redaction. One apprise instance
-per target, so a dead target costs only its own timeouts (``cto=`` / ``rto=`` in its URL, else
-`CONNECT_TIMEOUT` / `READ_TIMEOUT`). A failed target never raises: `notify()` returns one
-`Delivery` per target the event was routed to, for the run summary, and logs the same.
+Sending and routing (tags) are apprise's. One apprise instance per target, so a dead target costs
+only its own timeouts; a failed target never raises: `notify()` returns one `Delivery` each.
 """
 
 from __future__ import annotations
