@@ -25,13 +25,6 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 15.0
 TITLE_PREFIX = "[mlops]"
 
-_NOTIFY_TYPES = {
-    "info": apprise.NotifyType.INFO,
-    "success": apprise.NotifyType.SUCCESS,
-    "warning": apprise.NotifyType.WARNING,
-    "failure": apprise.NotifyType.FAILURE,
-}
-
 
 @dataclass(frozen=True)
 class Message:
@@ -182,7 +175,7 @@ def _deliver(
         result = sender.notify(
             body=message.body,
             title=message.title,
-            notify_type=_NOTIFY_TYPES[message.level],
+            notify_type=apprise.NotifyType(message.level),  # LEVELS uses its values
             body_format=apprise.NotifyFormat.MARKDOWN,
             tag=sorted(event_tags(event)),
             match_always=True,
