@@ -14,6 +14,7 @@ class MissingColumnsError(PipelineError):
     """A data file lacks columns the pipeline needs; raised before anything is written."""
 
     def __init__(self, path: str, missing: list[str], found: list[str]) -> None:
+        self.missing = list(missing)
         super().__init__(
             f"{path}: missing required column(s) {', '.join(repr(c) for c in missing)}; "
             f"found {', '.join(repr(c) for c in found) or 'no columns'}. "
