@@ -59,6 +59,9 @@ class MonitorReport:
     checks: list[CheckResult] = field(default_factory=list)
     service_unreachable: str | None = None  # why the live service could not be checked
 
+    def by_name(self, name: str) -> CheckResult:
+        return next(c for c in self.checks if c.name == name)
+
     def verdict(self) -> tuple[str, str | None]:
         """(`healthy`, None): judged and passed; (`unhealthy`, the alerts); (`not_judged`, why):
         a service that cannot be reached, no request at all, or no model check with enough
