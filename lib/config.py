@@ -1,18 +1,10 @@
-"""One typed configuration: defaults, then the YAML file, then the environment, then the CLI.
+"""One typed configuration: defaults < ``pipeline.yaml`` < ``PIPELINE_*`` variables < ``--set``.
 
 Every stage parameter a user may change lives here, so notebooks and runner carry no copies of
-thresholds. Layers are pydantic-settings sources, lowest first, each validated as it is added so
-an error is a `ConfigError` naming its origin and dotted key (``pipeline.yaml:
-canary_analysis.min_request: unknown key``): the model defaults; ``pipeline.yaml`` (or
-``--config``); ``PIPELINE_<KEY>`` variables, sections nested with ``__``
-(``MLFLOW_TRACKING_URI`` sets ``tracking_uri`` unless ``PIPELINE_TRACKING_URI`` does); ``--set
-key=value`` (YAML values, dotted keys allowed). A section mapping given by a later layer is merged
-into the earlier one key by key, then validated as a whole.
-
-Data paths in ``pipeline.yaml`` are relative to the project root; given on the command line or
-in the environment, to the directory the command runs from. Only the untouched default data path
-is generated when absent (`data_origin` is None). This module imports none of lib's packages: the
-vocabularies it checks (feature groups, calibration methods) are defined here.
+thresholds. Each pydantic-settings layer is validated as it is added, so an error names its
+origin and dotted key; a later layer's section is merged into the earlier one key by key. Data
+paths from the file are relative to the project root, from the environment or the command line
+to where the command runs. This module imports none of lib's packages.
 """
 
 from __future__ import annotations

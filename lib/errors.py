@@ -14,9 +14,7 @@ class MissingColumnsError(PipelineError):
     """A data file lacks columns the pipeline needs; raised before anything is written."""
 
     def __init__(self, path: str, missing: list[str], found: list[str]) -> None:
-        self.path = path
         self.missing = list(missing)
-        self.found = list(found)
         super().__init__(
             f"{path}: missing required column(s) {', '.join(repr(c) for c in missing)}; "
             f"found {', '.join(repr(c) for c in found) or 'no columns'}. "
@@ -63,7 +61,7 @@ class RegistryUnavailable(PipelineError):
     exit_code = 4
 
     def __init__(self, uri: str, doing: str, reason: str) -> None:
-        self.uri = uri  # already redacted by the caller (lib.registry.redact_uri)
+        self.uri = uri  # already redacted by the caller (lib.config.redact_url)
         self.doing = doing
         self.reason = reason
         super().__init__(

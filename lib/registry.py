@@ -100,12 +100,6 @@ def connect(tracking_uri: str, experiment: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def redact_uri(uri: str) -> str:
-    """A tracking URI (or a text naming one) without user:password, for logs and reports; the
-    one redactor, lib.config.redact_url, so an `@alias` later in a text is left alone."""
-    return redact_url(uri)
-
-
 def _client_uri(client: Any) -> str:
     uri = getattr(client, "_registry_uri", None) or getattr(client, "tracking_uri", None)
     if isinstance(uri, str) and uri:
@@ -164,7 +158,7 @@ def registry_call(client_or_uri: Any, doing: str) -> Iterator[None]:
             raise
         uri = client_or_uri if isinstance(client_or_uri, str) else _client_uri(client_or_uri)
         error = RegistryUnavailable(
-            redact_uri(uri), doing, _reason(exc, time.monotonic() - started)
+            redact_url(uri), doing, _reason(exc, time.monotonic() - started)
         )
         log.debug("%s", error, exc_info=exc)  # the caller reports it; the detail is for -v
         raise error from exc
@@ -252,11 +246,6 @@ def model_version(client: Any, model_name: str, version: str) -> Any | None:
     registry cannot answer)."""
     doing = f"looking up {model_name} v{version}"
     return _unless_missing(client, doing, client.get_model_version, model_name, str(version))
-
-
-def version_exists(client: Any, model_name: str, version: str) -> bool:
-    """Whether a version is registered; an outage raises RegistryUnavailable, never False."""
-    return model_version(client, model_name, version) is not None
 
 
 def set_alias(client: Any, model_name: str, alias: str, version: str) -> None:

@@ -1,10 +1,8 @@
 """The value grammar of Play Store listings: one definition for the CSV reader and the service.
 
 lib.pipeline.data and lib.serving.schemas read values through these parsers, so a spelling that
-trains also serves: missing words (`MISSING`), decorated counts ("1,234", "10,000+", "$0.99"),
-sizes ("19M", "201k", "Varies with device"), dates (store styles and ISO 8601, within the
-datetime64[ns] range) and "Free"/"Paid". A parser returns the value, None (NaN for a size) when
-missing, or raises a `ValueError` whose text completes "<value> ...".
+trains also serves. A parser returns the value, None (NaN for a size) when missing, or raises a
+`ValueError` whose text completes "<value> ...".
 """
 
 from __future__ import annotations
@@ -63,10 +61,6 @@ def number(text: str, junk: re.Pattern[str] | None = None, hint: str = HINT_NUMB
     if NUMBER_RE.fullmatch(text) is None or not math.isfinite(value := float(text)):
         raise ValueError(hint)
     return value
-
-
-def rating(text: str) -> float | None:
-    return number(text)
 
 
 def reviews(text: str) -> float | None:

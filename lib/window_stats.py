@@ -1,10 +1,6 @@
-"""Statistics and their wording shared by canary analysis and production monitoring.
-
-One definition of a failed request, the error-rate test and the message wording, so a canary and
-the monitor that watches it afterwards speak the same language. The sequential tests return
-always-valid p-values (inverse of a nonnegative supermartingale: by Ville's inequality the chance
-of ever dropping below alpha, at any look, is at most alpha), for windows checked again and again
-as they grow; they are vectorised so simulations run the very code of a live check.
+"""Statistics and their wording shared by canary analysis and production monitoring, so both
+speak the same language. The sequential tests return always-valid p-values (Ville's inequality)
+for windows checked again as they grow, vectorised so simulations run a live check's code.
 """
 
 from __future__ import annotations

@@ -281,13 +281,12 @@ URL_SECRETS = ("s3cret", "pw%40x", "p@ss", "me@x.org:", "tok3nValue")
 def test_one_url_redactor_hides_credentials_and_leaves_aliases_and_emails() -> None:
     """lib.config.redact_url is the one URL-credential redactor: the registry's messages and the
     notifications' redaction give the same text."""
-    from lib import registry
     from lib.config import redact_url
     from lib.watch import redaction
 
     for text, expected in URL_TEXTS:
         want = text if expected is None else expected
-        for redact in (redact_url, registry.redact_uri, lambda t: redaction.redact(t, [])):
+        for redact in (redact_url, lambda t: redaction.redact(t, [])):
             got = redact(text)
             assert got == want, (redact, text)
             assert not any(secret in got for secret in URL_SECRETS), got

@@ -682,7 +682,7 @@ def test_values_missing_spellings(text: str) -> None:
         (values.installs, "10,000+", 10000.0), (values.installs, "1000000000+", 1e9),
         (values.installs, "5 000", 5000.0),
         (values.price, "$0.99", 0.99), (values.price, "$1,299.00", 1299.0), (values.price, "0", 0),
-        (values.rating, "4.1", 4.1), (values.rating, ".5", 0.5),
+        (values.number, "4.1", 4.1), (values.number, ".5", 0.5),
     ],
 )  # fmt: skip
 def test_values_numbers(parse, text: str, expected: float) -> None:
@@ -694,8 +694,8 @@ def test_values_numbers(parse, text: str, expected: float) -> None:
     [
         (values.reviews, "many", "like 159"), (values.reviews, "1.2.3", "like 159"),
         (values.installs, "lots+", "1,000+"), (values.price, "€4", r"\$4\.99"),
-        (values.rating, "inf", "not a number"), (values.rating, "1e999", "not a number"),
-        (values.rating, "0x10", "not a number"), (values.installs, "١٢٣", "1,000+"),
+        (values.number, "inf", "not a number"), (values.number, "1e999", "not a number"),
+        (values.number, "0x10", "not a number"), (values.installs, "١٢٣", "1,000+"),
     ],
 )  # fmt: skip
 def test_values_bad_numbers_say_what_is_expected(parse, text: str, hint: str) -> None:

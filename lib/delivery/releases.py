@@ -23,6 +23,7 @@ from typing import Any
 
 from lib import registry
 from lib.atomic_files import STAGING_PREFIX, copy_dir_atomic, write_json_atomic
+from lib.config import redact_url
 from lib.delivery.faults import fault_point
 from lib.delivery.service_control import SERVICE_RELOADED, reload_with_retries
 from lib.errors import PipelineError
@@ -101,7 +102,7 @@ def _format_value(key: str, value: Any) -> str:
         return json.dumps(value, default=str, separators=(",", ":"))
     text = str(value)
     if "://" in text:
-        text = registry.redact_uri(text)
+        text = redact_url(text)
     if not text or any(c.isspace() or c in "\"'=" for c in text):
         return json.dumps(text)  # quoted, newlines escaped: always one line
     return text
@@ -484,7 +485,7 @@ def rollback(
     copy = _find_copy(models_dir, target)
     model = None if copy is not None else registry.load_version(model_name, target)
     older = _older_champion(records, target, bad)
-    if older is not None and not registry.version_exists(client, model_name, older):
+    if older is not None and registry.model_version(client, model_name, older) is None:
         older = None
     at = datetime.now(UTC)
 

@@ -54,7 +54,7 @@ _DISPLAY: dict[str, str] = {t: raw for t, raw in ALIASES.items() if t != "size"}
 }
 # Typed columns parsed by lib.values' grammar: (parser, what a bad value is not).
 _PARSED: dict[str, tuple[Callable[[str], Any], str]] = {
-    "rating": (grammar.rating, "is not a number"),
+    "rating": (grammar.number, "is not a number"),
     "reviews": (grammar.reviews, "is not a count"),
     "size_mb": (grammar.size_mb, "is not a size like 19M, 201k, 19.0 or 'Varies with device'"),
     "installs": (grammar.installs, "is not a count like 1,000+"),

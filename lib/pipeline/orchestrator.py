@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.atomic_files import write_json_atomic
-from lib.config import PipelineConfig, data_paths
+from lib.config import PipelineConfig, data_paths, redact_url
 from lib.errors import PipelineError, RunnerBusyError, StageError
 from lib.pipeline import run_record
 from lib.pipeline.contracts import (
@@ -388,7 +388,6 @@ def run(
 
             # one fresh kernel per stage; the first ones start now, while the data is checked
             kernels = KernelPool(cwd=root, total=len(stages))
-        from lib import registry
         from lib.pipeline.stages import detect as detect_stage
 
         started_at = datetime.now(UTC).isoformat()
@@ -409,7 +408,7 @@ def run(
             run_id, root, run_dir, tracking_uri, trigger(force), force, candidate_version
         )
         state = _Run(cfg, ctx, recovered, say)
-        say(f"run {run_id}: stages {', '.join(stages)}; MLflow {registry.redact_uri(tracking_uri)}")
+        say(f"run {run_id}: stages {', '.join(stages)}; MLflow {redact_url(tracking_uri)}")
         runner = executor or PapermillExecutor(root, cfg.stage_timeout, kernels)
         try:
             outcome, exit_code, failure = state.stages(stages, runner)

@@ -175,7 +175,7 @@ def summary(
     failure: Exception | None,
 ) -> dict[str, Any]:
     """report.json: the run, its outcome, its headline results and every stage's record."""
-    from lib import registry
+    from lib.config import redact_url
 
     quarantine = run_dir / "quarantine.csv"
 
@@ -189,7 +189,7 @@ def summary(
         "trigger": trigger,
         "outcome": outcome,
         "error": str(failure) if failure else None,
-        "tracking_uri": registry.redact_uri(tracking_uri),
+        "tracking_uri": redact_url(tracking_uri),
         "model_name": model_name,
         "quarantine_csv": rel(str(quarantine)) if quarantine.exists() else None,
         "results": RunResults.collect(outputs, recovered).flat(),

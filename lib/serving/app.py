@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lib import registry
+from lib.config import redact_url
 from lib.pipeline.features import FEATURE_COLUMNS
 from lib.serving import fields, schemas
 from lib.serving.batching import Variant
@@ -682,9 +682,9 @@ def serve(settings: ServingSettings, host: str = "127.0.0.1", port: int = 8080) 
     logger.info(
         "serving %s from %s on http://%s:%d (store %s)",
         settings.model_name,
-        registry.redact_uri(settings.tracking_uri),
+        redact_url(settings.tracking_uri),
         host,
         port,
-        registry.redact_uri(settings.store_url),
+        redact_url(settings.store_url),
     )
     uvicorn.Server(config).run()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lib import registry
+from lib.config import redact_url
 from lib.errors import RegistryUnavailable
 from lib.pipeline.training import for_inference
 from lib.serving.batching import MicroBatcher, Variant
@@ -417,7 +418,7 @@ class ModelService:
         answer = _in_daemon_thread(self._look_up_champion, "registry-start")
         if not futures.wait([answer], seconds if seconds > 0 else None).done:
             outage = RegistryUnavailable(
-                registry.redact_uri(self.settings.tracking_uri),
+                redact_url(self.settings.tracking_uri),
                 f"looking up {self.settings.model_name}@{self.settings.champion_alias}",
                 f"no answer within {seconds:g} s",
             )

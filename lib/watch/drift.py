@@ -71,15 +71,6 @@ def current_inputs(window: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------- drift
 
 
-def _is_categorical(values: pd.Series) -> bool:
-    if pd.api.types.is_bool_dtype(values):
-        return True
-    if pd.api.types.is_numeric_dtype(values):
-        return False
-    kind = pd.api.types.infer_dtype(values, skipna=True)
-    return kind not in ("floating", "integer", "mixed-integer-float", "decimal", "empty")
-
-
 def _as_float(values: Any) -> np.ndarray:
     return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
 
@@ -87,14 +78,6 @@ def _as_float(values: Any) -> np.ndarray:
 def _as_category(values: Any) -> pd.Series:
     series = pd.Series(values, dtype=object)
     return series.where(series.notna(), MISSING).astype(str)
-
-
-def _psi_from_counts(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
-    if ref_counts.sum() == 0 or cur_counts.sum() == 0:
-        return math.nan
-    r = np.clip(ref_counts / ref_counts.sum(), PSI_EPS, None)
-    c = np.clip(cur_counts / cur_counts.sum(), PSI_EPS, None)
-    return float(np.sum((c - r) * np.log(c / r)))
 
 
 def _numeric_counts(ref: np.ndarray, cur: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,20 +106,18 @@ def _categorical_counts(ref: pd.Series, cur: pd.Series) -> tuple[np.ndarray, np.
     return ref_c, cur_c
 
 
-def psi(
-    reference_values: Any, current_values: Any, bins: int = 10, categorical: bool | None = None
-) -> float:
+def psi(ref: Any, cur: Any, categorical: bool, bins: int = 10) -> float:
     """Population stability index over the reference's quantile bins (numeric) or categories
-    (categorical: unseen ones share a bin), missing values in a bin of their own; NaN when a side
-    is empty."""
-    ref_s, cur_s = pd.Series(reference_values), pd.Series(current_values)
-    if categorical is None:
-        categorical = _is_categorical(ref_s.dropna()) or _is_categorical(cur_s.dropna())
+    (unseen ones share a bin), missing values in a bin of their own; NaN when a side is empty."""
     if categorical:
-        ref_c, cur_c = _categorical_counts(_as_category(ref_s), _as_category(cur_s))
+        ref_c, cur_c = _categorical_counts(_as_category(ref), _as_category(cur))
     else:
-        ref_c, cur_c = _numeric_counts(_as_float(ref_s), _as_float(cur_s), bins)
-    return _psi_from_counts(ref_c, cur_c)
+        ref_c, cur_c = _numeric_counts(_as_float(ref), _as_float(cur), bins)
+    if ref_c.sum() == 0 or cur_c.sum() == 0:
+        return math.nan
+    r = np.clip(ref_c / ref_c.sum(), PSI_EPS, None)
+    c = np.clip(cur_c / cur_c.sum(), PSI_EPS, None)
+    return float(np.sum((c - r) * np.log(c / r)))
 
 
 def _ks(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
@@ -195,12 +176,11 @@ def feature_drift(
             continue
         if kind == "categorical":
             ref, cur = _as_category(reference_X[col]), _as_category(current)
-            value = _psi_from_counts(*_categorical_counts(ref, cur))
             statistic, p = _chi2(ref, cur)
         else:
             ref, cur = _as_float(reference_X[col]), _as_float(current)
-            value = _psi_from_counts(*_numeric_counts(ref, cur, 10))
             statistic, p = _ks(ref, cur)
+        value = psi(ref, cur, kind == "categorical")
         drifted = _drift_verdict(value, p, cfg.psi_threshold, cfg.drift_alpha)
         seen = (
             f"{col}: PSI {value:.3f} (threshold {cfg.psi_threshold:g}), "
@@ -266,7 +246,7 @@ def prediction_drift(
         msg = f"not enough data (n={len(cur)}, {cfg.min_drift_samples} needed) for prediction drift"
         out.update(status=NO_DATA, message=msg)
         return out
-    value = _psi_from_counts(*_numeric_counts(ref, cur, 10))
+    value = psi(ref, cur, categorical=False)
     statistic, p = _ks(ref, cur)
     drifted = _drift_verdict(value, p, cfg.prediction_drift_psi, cfg.drift_alpha)
     seen = (

@@ -1,12 +1,9 @@
-"""Production monitoring of the served model: pure functions on a window of logged predictions.
+"""Production monitoring of the served model: pure functions on a window of logged predictions
+(`PredictionReader.window(..., features=True)`); a check without enough samples says so.
 
-The window is `PredictionReader.window(since, until, variant, features=True)`, one row per request
-with its feedback; pass the variant you judge (usually `champion`). Each check knows its sample
-size and says "not enough data" rather than pass or fail. Only what hurts users now and is
-measured directly rolls back: a significant error rate (Flagger's 99% success, exact binomial) or
-accuracy drop (more than `degradation` below the champion's validation accuracy, exact binomial).
-p99 latency, ROC-AUC (Hanley-McNeil) and drift (lib.watch.drift) only warn: the previous model saw
-the same old data, so drift asks for retraining and a person's look, never for a rollback.
+Only what hurts users now and is measured directly rolls back: a significant error rate or
+accuracy drop (exact binomial tests). p99 latency, ROC-AUC and drift only warn: the previous model
+saw the same old data, so drift asks for retraining and a person's look, never for a rollback.
 """
 
 from __future__ import annotations
@@ -73,10 +70,8 @@ def _prepare(window: pd.DataFrame) -> pd.DataFrame:
 
 def _latency(values: pd.Series) -> dict[str, float]:
     values = values.dropna().to_numpy(dtype=float)
-    if not len(values):
-        return {"p50_ms": math.nan, "p90_ms": math.nan, "p99_ms": math.nan}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99)}
+    found = np.percentile(values, [50, 90, 99]) if len(values) else [math.nan] * 3
+    return {key: float(v) for key, v in zip(("p50_ms", "p90_ms", "p99_ms"), found, strict=True)}
 
 
 def _traffic(frame: pd.DataFrame) -> dict[str, Any]:

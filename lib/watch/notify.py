@@ -1,10 +1,7 @@
 """Tell people what the pipeline did: deployments, approvals, rejections, rollbacks, alerts.
 
-Configuration, URL parsing, redacted labels and routing (tags) are apprise's; the targets are in
-lib.watch.notify_targets, the redaction of secrets in lib.watch.redaction. One apprise instance
-per target, so a dead target costs only its own timeouts (``cto=`` / ``rto=`` in its URL, else
-`CONNECT_TIMEOUT` / `READ_TIMEOUT`). A failed target never raises: `notify()` returns one
-`Delivery` per target the event was routed to, for the run summary, and logs the same.
+Sending and routing (tags) are apprise's. One apprise instance per target, so a dead target costs
+only its own timeouts; a failed target never raises: `notify()` returns one `Delivery` each.
 """
 
 from __future__ import annotations
@@ -27,13 +24,6 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 15.0
 TITLE_PREFIX = "[mlops]"
-
-_NOTIFY_TYPES = {
-    "info": apprise.NotifyType.INFO,
-    "success": apprise.NotifyType.SUCCESS,
-    "warning": apprise.NotifyType.WARNING,
-    "failure": apprise.NotifyType.FAILURE,
-}
 
 
 @dataclass(frozen=True)
@@ -174,12 +164,8 @@ def _deliver(
         if service is None:
             if not target.wants(event):
                 return None
-            return Delivery(
-                target.kind,
-                label,
-                False,
-                f"invalid or unsupported notification URL for apprise {apprise.__version__}",
-            )
+            error = f"invalid or unsupported notification URL for apprise {apprise.__version__}"
+            return Delivery(target.kind, label, False, error)
         timeouts = {"socket_connect_timeout": connect_timeout, "socket_read_timeout": read_timeout}
         for name, value in timeouts.items():  # the timeouts the URL does not set (cto=, rto=)
             if getattr(service, name) == getattr(type(service), name):
@@ -189,7 +175,7 @@ def _deliver(
         result = sender.notify(
             body=message.body,
             title=message.title,
-            notify_type=_NOTIFY_TYPES[message.level],
+            notify_type=apprise.NotifyType(message.level),  # LEVELS uses its values
             body_format=apprise.NotifyFormat.MARKDOWN,
             tag=sorted(event_tags(event)),
             match_always=True,

@@ -1,14 +1,9 @@
 """Where notifications go: apprise's own configuration, and which events each target gets.
 
-``NOTIFY_CONFIG`` names an apprise configuration file (YAML or TEXT, apprise tells them apart);
-the older variables still work, each read as one line of apprise's TEXT configuration (``TAGS=``
-optional): ``SLACK_WEBHOOK``, ``EMAIL_SMTP``, ``TEAMS_WEBHOOK`` (a URL), ``PAGERDUTY_KEY`` (an
-Events API v2 routing key or a ``pagerduty://`` URL; ``PAGERDUTY_API_KEY`` for apprise's API
-key), ``NOTIFY_URLS`` (URLs separated by whitespace, or by commas before a new ``scheme://``).
-
-Routing is by apprise tags (`event_tags`: name, level, alias); a target without tags gets every
-event, PagerDuty only `PAGERDUTY_EVENTS`. A URL apprise rejects, an unknown tag or an unreadable
-file becomes a `Target` with an `error`, reported as failed by every notification.
+``NOTIFY_CONFIG`` names an apprise configuration file; the older variables (``ENV_KINDS``) are
+each read as one line of apprise's TEXT configuration. Routing is by apprise tags; a target
+without tags gets every event, PagerDuty only `PAGERDUTY_EVENTS`. A bad entry becomes a `Target`
+with an `error`, so that every notification reports it as failed.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """`reports/index.html`: every pipeline run on one page, newest first, then what operators did.
 
-The executed notebooks are the record; this page is the way in. It reads each `report.json`
-without trusting it (an unreadable one still gets a row saying so), links by relative paths so
-the folder can be copied anywhere, and renders `templates/index.html.j2` with autoescaping, so
-no report value becomes markup. Operator commands (rollback, promote, approve, reject) append to
-`operator_actions.json` (`record_operator_action`), shown in their own table.
+Each `report.json` is read without trusting it (an unreadable one still gets a row), links are
+relative so the folder can be copied anywhere, and the template autoescapes every report value.
 """
 
 from __future__ import annotations
@@ -15,6 +12,7 @@ import logging
 import math
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -248,15 +246,11 @@ def read_run(report: Path, reports_dir: Path) -> RunRow:
         date=_date(fallback_time),
         summary_href=_href(report, reports_dir),
     )
-    try:
-        summary = json.loads(report.read_text(encoding="utf-8"))
-        if not isinstance(summary, dict):
-            raise ValueError(f"expected a JSON object, found {type(summary).__name__}")
-    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
-        logger.warning("report index: %s is unreadable: %s", report, exc)
+    summary, problem = _read_json(report, dict)
+    if problem is not None:
         row.readable = False
         row.outcome, row.outcome_class = UNREADABLE, "bad"
-        row.notes.append(f"{type(exc).__name__}: {exc}")
+        row.notes.append(problem)
         row.links = [
             Link(p.stem, href)
             for p in sorted(run_dir.glob("*.html"))
@@ -310,20 +304,27 @@ def collect_runs(reports_dir: Path) -> list[RunRow]:
 # ---------------------------------------------------------------------------- operator actions
 
 
+def _read_json(path: Path, kind: type) -> tuple[Any, str | None]:
+    """The JSON `kind` (dict or list) in `path`, or None and what is wrong with the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, kind):
+            want = "object" if kind is dict else kind.__name__
+            raise ValueError(f"expected a JSON {want}, found {type(data).__name__}")
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+        logger.warning("report index: %s is unreadable: %s", path, exc)
+        return None, f"{type(exc).__name__}: {exc}"
+    return data, None
+
+
 def read_operator_actions(reports_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
     """The entries of operator_actions.json, oldest first, and what is wrong with the file
     when it cannot be read (None when it is fine or absent)."""
     path = Path(reports_dir) / OPERATOR_FILE
     if not path.exists():
         return [], None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, list):
-            raise ValueError(f"expected a JSON list, found {type(data).__name__}")
-    except (OSError, ValueError) as exc:
-        logger.warning("report index: %s is unreadable: %s", path, exc)
-        return [], f"{type(exc).__name__}: {exc}"
-    return [e for e in data if isinstance(e, dict)], None
+    data, problem = _read_json(path, list)
+    return [e for e in data or [] if isinstance(e, dict)], problem
 
 
 def record_operator_action(reports_dir: Path, action: str, **fields: Any) -> dict[str, Any]:
@@ -394,9 +395,7 @@ def render_index(
 ) -> str:
     """The whole page as one string: inline CSS, no scripts, every value escaped."""
     generated = generated or datetime.now(UTC)
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.outcome] = counts.get(row.outcome, 0) + 1
+    counts = Counter(row.outcome for row in rows)
     entries, problem = actions
     return _template().render(
         rows=rows,
