@@ -19,6 +19,7 @@ import os
 import sqlite3
 import threading
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,7 @@ def _read_window(
     return _window_frame(rows, features)
 
 
-class PredictionStore:
+class PredictionStore(AbstractContextManager["PredictionStore"]):
     """Predictions and feedback in one database; tables are created on first use. Thread-safe.
     Opening a store replays the journal of a process that died with rows not written yet."""
 
@@ -504,14 +505,11 @@ class PredictionStore:
         self._queue.close(timeout)
         self.engine.dispose()
 
-    def __enter__(self) -> PredictionStore:
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class PredictionReader:
+class PredictionReader(AbstractContextManager["PredictionReader"]):
     """The store's windows, read-only, for analyses in other processes (canary steps, 06
     monitor): it creates no table or database (a missing store reads as empty; SQLite may leave
     empty -wal/-shm files), replays no journal and never writes."""
@@ -546,9 +544,6 @@ class PredictionReader:
     def close(self) -> None:
         if self.engine is not None:
             self.engine.dispose()
-
-    def __enter__(self) -> PredictionReader:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
