@@ -82,7 +82,8 @@ feedback = Table(
 PREDICTION_FIELDS = [c.name for c in predictions.columns]
 _ID = predictions.c.request_id
 _STORED_ID = select(_ID).where(_ID == bindparam("id")).limit(1)
-_STORED_IDS = select(_ID).where(_ID.in_(bindparam("ids", expanding=True))).limit(1)
+_ALL_STORED_IDS = select(_ID).where(_ID.in_(bindparam("ids", expanding=True)))
+_STORED_IDS = _ALL_STORED_IDS.limit(1)
 WINDOW_COLUMNS = [*PREDICTION_FIELDS[:-1], "true_label", "rating"]  # (features when asked)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -255,11 +256,7 @@ class PredictionStore(AbstractContextManager["PredictionStore"]):
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             with self.engine.connect() as conn:
-                stored = set(
-                    conn.execute(
-                        select(predictions.c.request_id).where(predictions.c.request_id.in_(chunk))
-                    ).scalars()
-                )
+                stored = set(conn.execute(_ALL_STORED_IDS, {"ids": chunk}).scalars())
             missing.extend(by_id[i] for i in chunk if i not in stored)
         return self._insert_now(missing)
 
