@@ -1,13 +1,6 @@
 """The FastAPI app: routes over a `ModelService` in groups (predictions, feedback, operations,
-admin), and `serve` to run it with uvicorn.
-
-Request bodies are the pydantic models of `schemas`: FastAPI validates them and generates
-/openapi.json; a refused body is a 422 with one message per problem (`schemas.messages`). Before
-any parsing (`read_json`): a Content-Type other than JSON or a Content-Encoding other than
-identity is a 415, a body over MAX_BODY_BYTES a 413 (never read whole). `_Guard` answers any
-unexpected exception with a generic 500 (400 for a RecursionError) and keeps the connection.
-No Swagger UI (it loads from a CDN): /docs says where the document is.
-"""
+admin), and `serve` to run it with uvicorn. Bodies are checked before parsing (`read_json`: 415,
+413), then validated by the pydantic models of `schemas` (422, one message per problem)."""
 
 import asyncio
 import contextlib
@@ -38,7 +31,7 @@ from lib.config import redact_url
 from lib.pipeline.features import FEATURE_COLUMNS
 from lib.serving import fields, schemas
 from lib.serving.batching import Variant
-from lib.serving.fields import REQUEST_ID, show
+from lib.serving.fields import show
 from lib.serving.prediction_store import FeedbackRefused
 from lib.serving.routing import AdminError, ModelService
 from lib.serving.rows import Row
@@ -183,10 +176,8 @@ class _Guard:
 def _header_id(scope: Scope) -> str:
     """The caller's X-Request-ID if it follows the rule, else a new one (for a 500's log line)."""
     for name, value in scope.get("headers", ()):
-        if name == b"x-request-id":
-            text = value.decode("latin-1").strip()
-            if REQUEST_ID.fullmatch(text):
-                return text
+        if name == b"x-request-id" and (text := fields.request_id_text(value.decode("latin-1"))):
+            return text
     return uuid.uuid4().hex
 
 

@@ -123,7 +123,7 @@ class _Plain:
         return self.model.decision_function(X)
 
 
-class _LogOddsLogistic:
+class _LogOddsLogistic(Node):
     """Pipeline(clip, logit, LogisticRegression), the stacks' combiner (training.stack_combiner):
     the same two NumPy/SciPy functions on the matrix, then the compiled logistic regression."""
 
@@ -145,14 +145,8 @@ class _LogOddsLogistic:
         self.logit = logit
         self.final = _Logistic(steps[2])
 
-    def _matrix(self, X: Any) -> np.ndarray:
+    def matrix(self, X: Any) -> np.ndarray:
         return self.logit(np.clip(X, a_min=self.low, a_max=self.high))
-
-    def proba(self, X: Any) -> np.ndarray:
-        return self.final.proba(self._matrix(X))
-
-    def decision(self, X: Any) -> np.ndarray:
-        return self.final.decision(self._matrix(X))
 
 
 def _matrix_estimator(model: Any) -> Any:

@@ -70,6 +70,12 @@ class _Trees:
 
     category_row: np.ndarray | None = None  # boosting's categorical nodes (`_categorical_tables`)
 
+    def _concatenate(self, sizes: list[int]) -> np.ndarray:
+        """Set `roots` for trees of these node counts; each node's shift to the whole array."""
+        offsets = np.cumsum([0] + sizes[:-1])
+        self.roots = offsets.astype(np.intp)
+        return np.repeat(offsets, sizes)
+
     def _leaves(self, X: np.ndarray) -> np.ndarray:
         """The leaf of every tree for every row: the fast descent, or (NaN: missing values,
         unseen categories) the general walk, node by node."""
@@ -116,9 +122,7 @@ class Forest(_Trees):
             if not isinstance(est, DecisionTreeClassifier) or est.n_outputs_ != 1:
                 raise Unsupported("forest of unknown trees")
             trees.append(est.tree_)
-        sizes = [t.node_count for t in trees]
-        offsets = np.cumsum([0] + sizes[:-1])
-        shift = np.repeat(offsets, sizes)
+        shift = self._concatenate([t.node_count for t in trees])
         left = np.concatenate([t.children_left for t in trees]).astype(np.intp)
         right = np.concatenate([t.children_right for t in trees]).astype(np.intp)
         self.is_leaf = left == -1
@@ -132,7 +136,6 @@ class Forest(_Trees):
         self.value = np.concatenate(
             [np.ascontiguousarray(t.value[:, 0, : final.n_classes_]) for t in trees]
         ).astype(np.float64)
-        self.roots = offsets.astype(np.intp)
         self.n_classes = int(final.n_classes_)
         self.width = int(final.n_features_in_)
         self.descent = _Descent(
@@ -162,10 +165,8 @@ class Boosting(_Trees):
             raise Unsupported("not a binary HistGradientBoostingClassifier")
         predictors = [p for it in model._predictors for p in it]
         nodes = [p.nodes for p in predictors]
-        offsets = np.cumsum([0] + [len(n) for n in nodes[:-1]])
+        shift = self._concatenate([len(n) for n in nodes])
         allnodes = np.concatenate(nodes)
-        self.roots = offsets.astype(np.intp)
-        shift = np.repeat(offsets, [len(n) for n in nodes])
         self.left = (allnodes["left"].astype(np.intp) + shift).astype(np.intp)
         self.right = (allnodes["right"].astype(np.intp) + shift).astype(np.intp)
         self.feature = allnodes["feature_idx"].astype(np.intp)
@@ -177,7 +178,7 @@ class Boosting(_Trees):
         self.width = model.n_features_in_
         self.loss = model._loss
         self.inputs = _CategoricalInputs(model)
-        self.category_row, self.goes_left = _categorical_tables(model, predictors, offsets)
+        self.category_row, self.goes_left = _categorical_tables(model, predictors, self.roots)
         self.descent = _Descent(
             self.roots, self.left, self.right, self.is_leaf, self.feature, self.threshold,
             None

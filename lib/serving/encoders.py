@@ -3,7 +3,6 @@ per-call validation (the same arithmetic, checked bit for bit by `predictor.Pred
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,8 +12,6 @@ import numpy as np
 
 from lib.pipeline.features import CATEGORICAL, FEATURE_COLUMNS, TEXT
 from lib.pipeline.training import nested_estimators
-
-logger = logging.getLogger(__name__)
 
 
 class Unsupported(Exception):

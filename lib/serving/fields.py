@@ -69,18 +69,6 @@ def _required_text(value: Any) -> str:
     return text
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else _str(value, "a string", MAX_LABEL_CHARS)
-
-
-def _optional_text(max_chars: int) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        """An optional listing text (name, genres, versions): null is "", as the reader has it."""
-        return "" if value is None else _str(value, "a string or null", max_chars)
-
-    return check
-
-
 def _free_or_paid(value: Any) -> str:
     kind = values.free_or_paid(_str(value, '"Free" or "Paid"'))
     if kind is None:
@@ -281,9 +269,15 @@ def _number_or_text(limit: float, pattern: str) -> dict[str, Any]:
     return {"anyOf": [number, {"type": "string", "pattern": pattern}]}
 
 
-def _text_or_null(max_chars: int) -> dict[str, Any]:
+def _listing_text(raw: str, clean: str, max_chars: int, description: str) -> Any:
+    """An optional listing text (content rating, name...): null is "", as the reader has it."""
+
+    def check(value: Any) -> str:
+        return "" if value is None else _str(value, "a string or null", max_chars)
+
     text = {"type": "string", "pattern": _text_pattern(max_chars, required=False)}
-    return {"anyOf": [text, {"type": "null"}]}
+    schema = {"anyOf": [text, {"type": "null"}]}
+    return _app_field(str, raw, (clean,), check, schema, description)
 
 
 _SIZE_SCHEMA = {
@@ -297,8 +291,7 @@ _SIZE_SCHEMA = {
 Category = _app_field(str, "Category", ("category",), _required_text,
                       {"type": "string", "pattern": _text_pattern(MAX_LABEL_CHARS, required=True)},
                       "e.g. GAME")  # fmt: skip
-ContentRating = _app_field(str, "Content Rating", ("content_rating",), _text,
-                           _text_or_null(MAX_LABEL_CHARS), "e.g. Everyone")  # fmt: skip
+ContentRating = _listing_text("Content Rating", "content_rating", MAX_LABEL_CHARS, "e.g. Everyone")
 AppType = _app_field(str, "Type", ("type",), _free_or_paid,
                      {"type": "string", "pattern": TYPE_PATTERN},
                      '"Free" or "Paid", in any case')  # fmt: skip
@@ -317,14 +310,10 @@ Price = _app_field(float, "Price", ("price",), _count(values.price, values.HINT_
 LastUpdated = _app_field(float, "Last Updated", ("last_updated",), _days,
                          {"type": "string", "pattern": DATE_PATTERN},
                          'e.g. "January 7, 2018" or "2018-01-07"')  # fmt: skip
-Name = _app_field(str, "App", ("app",), _optional_text(200), _text_or_null(200),
-                  "the listing's name")  # fmt: skip
-Genres = _app_field(str, "Genres", ("genres",), _optional_text(100), _text_or_null(100),
-                    'e.g. "Action;Adventure"')  # fmt: skip
-CurrentVer = _app_field(str, "Current Ver", ("current_ver",), _optional_text(100),
-                        _text_or_null(100), 'e.g. "1.2.3"')  # fmt: skip
-AndroidVer = _app_field(str, "Android Ver", ("android_ver",), _optional_text(100),
-                        _text_or_null(100), 'e.g. "4.0.3 and up"')  # fmt: skip
+Name = _listing_text("App", "app", 200, "the listing's name")
+Genres = _listing_text("Genres", "genres", 100, 'e.g. "Action;Adventure"')
+CurrentVer = _listing_text("Current Ver", "current_ver", 100, 'e.g. "1.2.3"')
+AndroidVer = _listing_text("Android Ver", "android_ver", 100, 'e.g. "4.0.3 and up"')
 
 
 # ------------------------------------------------------------------------------ request ids

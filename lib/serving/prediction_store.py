@@ -19,6 +19,7 @@ import os
 import sqlite3
 import threading
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,8 @@ feedback = Table(
 PREDICTION_FIELDS = [c.name for c in predictions.columns]
 _ID = predictions.c.request_id
 _STORED_ID = select(_ID).where(_ID == bindparam("id")).limit(1)
-_STORED_IDS = select(_ID).where(_ID.in_(bindparam("ids", expanding=True))).limit(1)
+_ALL_STORED_IDS = select(_ID).where(_ID.in_(bindparam("ids", expanding=True)))
+_STORED_IDS = _ALL_STORED_IDS.limit(1)
 WINDOW_COLUMNS = [*PREDICTION_FIELDS[:-1], "true_label", "rating"]  # (features when asked)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -167,7 +169,7 @@ def _read_window(
     return _window_frame(rows, features)
 
 
-class PredictionStore:
+class PredictionStore(AbstractContextManager["PredictionStore"]):
     """Predictions and feedback in one database; tables are created on first use. Thread-safe.
     Opening a store replays the journal of a process that died with rows not written yet."""
 
@@ -254,11 +256,7 @@ class PredictionStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             with self.engine.connect() as conn:
-                stored = set(
-                    conn.execute(
-                        select(predictions.c.request_id).where(predictions.c.request_id.in_(chunk))
-                    ).scalars()
-                )
+                stored = set(conn.execute(_ALL_STORED_IDS, {"ids": chunk}).scalars())
             missing.extend(by_id[i] for i in chunk if i not in stored)
         return self._insert_now(missing)
 
@@ -504,14 +502,11 @@ class PredictionStore:
         self._queue.close(timeout)
         self.engine.dispose()
 
-    def __enter__(self) -> PredictionStore:
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class PredictionReader:
+class PredictionReader(AbstractContextManager["PredictionReader"]):
     """The store's windows, read-only, for analyses in other processes (canary steps, 06
     monitor): it creates no table or database (a missing store reads as empty; SQLite may leave
     empty -wal/-shm files), replays no journal and never writes."""
@@ -546,9 +541,6 @@ class PredictionReader:
     def close(self) -> None:
         if self.engine is not None:
             self.engine.dispose()
-
-    def __enter__(self) -> PredictionReader:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -545,25 +545,11 @@ class ModelService:
         self.metrics.canary_weight.set(self.canary_weight)
         self.batcher.start()
         loop = asyncio.get_running_loop()
-        self._lease_task = loop.create_task(self._watch_lease(), name="canary-lease")
+        lease = _every(self.settings.lease_check_seconds, self.check_lease, "lease")
+        self._lease_task = loop.create_task(lease, name="canary-lease")
         if self.settings.registry_check_seconds > 0:
-            self._registry_task = loop.create_task(self._watch_registry(), name="registry-check")
-
-    async def _watch_lease(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.lease_check_seconds)
-            try:
-                self.check_lease()
-            except Exception:  # the watchdog must survive anything
-                logger.exception("lease check failed")
-
-    async def _watch_registry(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.registry_check_seconds)
-            try:
-                await self.check_registry()
-            except Exception:  # like the lease watchdog: survive anything
-                logger.exception("registry check failed")
+            check = _every(self.settings.registry_check_seconds, self.check_registry, "registry")
+            self._registry_task = loop.create_task(check, name="registry-check")
 
     async def shutdown(self) -> None:
         for task in (self._lease_task, self._registry_task):
@@ -578,3 +564,14 @@ class ModelService:
         if not self.store.flush(timeout=30):
             logger.error("prediction store: rows still pending at shutdown")
         self.store.close()
+
+
+async def _every(seconds: float, check: Callable[[], Any], what: str) -> None:
+    """`check()` (awaited if a coroutine) every `seconds`: a watchdog survives anything."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            if asyncio.iscoroutine(result := check()):
+                await result
+        except Exception:
+            logger.exception("%s check failed", what)

@@ -1,13 +1,8 @@
 """The service's request bodies as pydantic models: bound to the routes, they validate each body
-and FastAPI generates /openapi.json from them.
-
-`App` is one listing, each field in the Play Store spelling ("Content Rating") or the clean one
-(content_rating), values in any style of `lib.values` or as JSON numbers; unknown keys are
-ignored. `PredictRequest` is an app, a list of apps or {"instances": [...]}; `Feedback` and
-`RoutingUpdate` are the bodies of /feedback and PUT /admin/routing. `messages` turns a
-validation error into one line per problem. The schemas state what the validators (`fields`)
-accept; tests/test_service_schema.py (schemathesis) holds the two together.
-"""
+and FastAPI generates /openapi.json from them. An app's fields take the Play Store spelling
+("Content Rating") or the clean one (content_rating); unknown keys are ignored. The schemas state
+what the validators (`fields`) accept; tests/test_service_schema.py (schemathesis) holds the two
+together."""
 
 import math
 import sys

@@ -23,11 +23,8 @@ def safe_text(value: Any) -> str | None:
         text = text.replace("\x00", "\\x00")
     if text.isascii():
         return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+    # (only what UTF-8 cannot encode, a lone surrogate, is escaped)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def json_value(value: Any) -> Any:
@@ -96,6 +93,6 @@ def clean_prediction(row: Mapping[str, Any]) -> dict[str, Any]:
         "label": _number(row.get("label"), int),
         "probability": probability,
         "latency_ms": _number(row.get("latency_ms"), float),
-        "error": None if row.get("error") is None else safe_text(row["error"]),
+        "error": safe_text(row.get("error")),
         "features": features_json(row.get("features")),
     }
