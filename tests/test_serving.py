@@ -944,3 +944,20 @@ def test_real_server_over_http(mlstore: Store, tmp_path: Path) -> None:
         frame = store.window(0).set_index("request_id")
     assert {"real-1", "real-2"} <= set(frame.index)
     assert frame.loc["real-1", "true_label"] == 1
+
+
+def test_a_registry_look_up_whose_caller_gave_up_ends_quietly(monkeypatch) -> None:
+    """At shutdown asyncio cancels the future a look-up thread answers into; the thread must
+    then finish without an InvalidStateError of its own."""
+    import threading
+
+    errors: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    go = threading.Event()
+    answer = routing._in_daemon_thread(lambda: go.wait(10), "look-up-under-test")
+    answer.cancel()  # what asyncio.wrap_future does when the awaiting task is cancelled
+    go.set()
+    for thread in threading.enumerate():
+        if thread.name == "look-up-under-test":
+            thread.join(10)
+    assert errors == []

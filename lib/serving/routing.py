@@ -76,6 +76,8 @@ def _in_daemon_thread(work: Callable[[], Any], name: str) -> futures.Future:
     answer: futures.Future = futures.Future()
 
     def run() -> None:
+        if not answer.set_running_or_notify_cancel():  # the caller gave up (shutdown)
+            return
         try:
             answer.set_result(work())
         except BaseException as exc:  # handed to the waiting caller
