@@ -3,7 +3,7 @@ failed check rolls back (see lib.delivery.progressive for the sequence and its g
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,7 @@ def headline(outcome: progressive.DeployOutcome) -> str:
 
 
 def outputs(outcome: progressive.DeployOutcome) -> DeployOutputs:
-    same_names = {k: v for k, v in outcome.to_dict().items() if k in DeployOutputs.model_fields}
+    same_names = {k: v for k, v in asdict(outcome).items() if k in DeployOutputs.model_fields}
     return DeployOutputs(**same_names, deployed_version=str(outcome.version))
 
 
