@@ -115,7 +115,7 @@ def deploy(
     sleep: Callable[[float], None] = time.sleep,
 ) -> DeployOutcome:
     """Run one rollout of `version` to the end: promoted, or rolled back with the reason."""
-    version, prod_url = version, settings.serving_url
+    prod_url = settings.serving_url
     store = rollout.RolloutStore(models_dir / "rollout.json")
     champion = registry.alias_version(client, model_name, "champion")
     # begins, or resumes the rollout a person approved (it waited for this version)

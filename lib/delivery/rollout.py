@@ -207,9 +207,6 @@ class RolloutStore:
         payload = {"schema_version": SCHEMA_VERSION, "state": state.to_dict()}
         return write_json_atomic(path or self.path, payload)
 
-    def archive(self, state: RolloutState) -> Path:
-        return self.save(state, self.archive_dir / f"{state.rollout_id}.json")
-
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold an advisory lock so two processes cannot interleave load-modify-save."""
@@ -347,7 +344,7 @@ def begin(
             log.info("approved %s", current.describe())
             return current
         if current is not None:  # finished: keep it beside the state file
-            store.archive(current)
+            store.save(current, store.archive_dir / f"{current.rollout_id}.json")
         at = now_iso()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         phase = Phase.STAGING if approved else Phase.AWAITING_APPROVAL
