@@ -16,7 +16,6 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,7 @@ class Timeline:
 
     def add(self, phase: str, weight: float, event: str, **details: Any) -> None:
         t = round(time.monotonic() - self.started, 2)
-        at = datetime.now(UTC).isoformat(timespec="seconds")
+        at = rollout.now_iso()
         self.events.append(
             {"t": t, "at": at, "phase": phase, "weight": weight, "event": event, **details}
         )

@@ -438,9 +438,7 @@ def stop_requested(store: RolloutStore) -> RolloutState | None:
     return state if state is not None and state.stop_requested and state.active else None
 
 
-def wait_until_settled(
-    store: RolloutStore, seconds: float, poll_seconds: float = 0.25
-) -> RolloutState | None:
+def wait_until_settled(store: RolloutStore, seconds: float) -> RolloutState | None:
     """The stored rollout once it has finished, or its driving process is gone, or after
     `seconds` (whichever comes first): how an operator's command waits for the deployer."""
     deadline = time.monotonic() + seconds
@@ -450,7 +448,7 @@ def wait_until_settled(
             return state
         if time.monotonic() >= deadline:  # the deployer is still at it
             return state
-        time.sleep(poll_seconds)
+        time.sleep(0.25)
 
 
 def claim(store: RolloutStore, pid: int | None = None, detail: str = "") -> RolloutState:
