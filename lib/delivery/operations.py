@@ -42,8 +42,7 @@ def park_for_approval(
     # a newer candidate replaces the one nobody approved yet (else every later run conflicts)
     if waiting not in (None, str(version)):
         why = f"replaced by v{version}, a newer candidate awaiting approval"
-        rollout.finish(store, rollout.Phase.REJECTED, why)
-        releases.log_transition(logs_dir, "rejected", version=waiting, reason=why)
+        reject(models_dir, logs_dir, waiting, why)
     state = rollout.begin(
         store, model_name, str(version), champion, run_id=run_id, serving_url=serving_url,
         approved=False, reason=reason,

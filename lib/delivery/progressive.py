@@ -16,7 +16,6 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,7 @@ class Timeline:
 
     def add(self, phase: str, weight: float, event: str, **details: Any) -> None:
         t = round(time.monotonic() - self.started, 2)
-        at = datetime.now(UTC).isoformat(timespec="seconds")
+        at = rollout.now_iso()
         self.events.append(
             {"t": t, "at": at, "phase": phase, "weight": weight, "event": event, **details}
         )
@@ -115,7 +114,7 @@ def deploy(
     sleep: Callable[[float], None] = time.sleep,
 ) -> DeployOutcome:
     """Run one rollout of `version` to the end: promoted, or rolled back with the reason."""
-    version, prod_url = version, settings.serving_url
+    prod_url = settings.serving_url
     store = rollout.RolloutStore(models_dir / "rollout.json")
     champion = registry.alias_version(client, model_name, "champion")
     # begins, or resumes the rollout a person approved (it waited for this version)

@@ -89,10 +89,6 @@ def _record(
     }  # fmt: skip
 
 
-def _append_record(models_dir: Path, records: list[dict[str, Any]], record: dict[str, Any]) -> None:
-    write_json_atomic(models_dir / DEPLOYMENTS_FILE, [*records, record])
-
-
 def _format_value(key: str, value: Any) -> str:
     if _SECRET_KEY.search(key):
         return "***"
@@ -210,7 +206,7 @@ def record_service_reload(
     record = _record(
         "service_reloaded", model_name, version, str(version), reason, service=SERVICE_RELOADED
     )
-    _append_record(models_dir, history(models_dir), record)
+    write_json_atomic(models_dir / DEPLOYMENTS_FILE, [*history(models_dir), record])
     log_transition(
         logs_dir, "service_reloaded", model=model_name, version=version, champion=version,
         url=url, reason=reason,
@@ -324,7 +320,7 @@ def promote(
     last = records[-1] if records else {}
     repeat = already and _is_record_of(last, "promote", version)
     if not (repeat and service in (None, last.get("service"))):
-        _append_record(models_dir, records, record)
+        write_json_atomic(models_dir / DEPLOYMENTS_FILE, [*records, record])
     log_transition(
         logs_dir, "promote", model=model_name, version=version, champion=version,
         previous_version=previous, service=service, reason=reason,
@@ -379,7 +375,7 @@ def _undo_promotion(
     record = _record(
         "promote_undone", model_name, version, champion, reason, previous_version=previous
     )
-    _append_record(models_dir, records, record)
+    write_json_atomic(models_dir / DEPLOYMENTS_FILE, [*records, record])
     log_transition(
         logs_dir, "promote_undone", model=model_name, version=version, champion=champion,
         previous=previous, reason=reason,
@@ -520,7 +516,7 @@ def rollback(
         rolled_back_version=bad, new_previous=older, service=service, at=_iso(at),
     )  # fmt: skip
     if not (records and _is_record_of(records[-1], "rollback", bad)):
-        _append_record(models_dir, records, record)
+        write_json_atomic(models_dir / DEPLOYMENTS_FILE, [*records, record])
     log_transition(
         logs_dir, "rollback", model=model_name, version=target, champion=target,
         rolled_back_version=bad, previous=older, service=service, reason=reason,
@@ -548,7 +544,7 @@ def abort_canary(
         event, model_name, version, champion, reason, previous_version=champion,
         aliases_removed=removed,
     )  # fmt: skip
-    _append_record(models_dir, records, record)
+    write_json_atomic(models_dir / DEPLOYMENTS_FILE, [*records, record])
     log_transition(
         logs_dir, event, model=model_name, version=version, champion=champion,
         aliases_removed=",".join(removed) or None, reason=reason,

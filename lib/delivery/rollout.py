@@ -207,9 +207,6 @@ class RolloutStore:
         payload = {"schema_version": SCHEMA_VERSION, "state": state.to_dict()}
         return write_json_atomic(path or self.path, payload)
 
-    def archive(self, state: RolloutState) -> Path:
-        return self.save(state, self.archive_dir / f"{state.rollout_id}.json")
-
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold an advisory lock so two processes cannot interleave load-modify-save."""
@@ -347,7 +344,7 @@ def begin(
             log.info("approved %s", current.describe())
             return current
         if current is not None:  # finished: keep it beside the state file
-            store.archive(current)
+            store.save(current, store.archive_dir / f"{current.rollout_id}.json")
         at = now_iso()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         phase = Phase.STAGING if approved else Phase.AWAITING_APPROVAL
@@ -441,9 +438,7 @@ def stop_requested(store: RolloutStore) -> RolloutState | None:
     return state if state is not None and state.stop_requested and state.active else None
 
 
-def wait_until_settled(
-    store: RolloutStore, seconds: float, poll_seconds: float = 0.25
-) -> RolloutState | None:
+def wait_until_settled(store: RolloutStore, seconds: float) -> RolloutState | None:
     """The stored rollout once it has finished, or its driving process is gone, or after
     `seconds` (whichever comes first): how an operator's command waits for the deployer."""
     deadline = time.monotonic() + seconds
@@ -453,7 +448,7 @@ def wait_until_settled(
             return state
         if time.monotonic() >= deadline:  # the deployer is still at it
             return state
-        time.sleep(poll_seconds)
+        time.sleep(0.25)
 
 
 def claim(store: RolloutStore, pid: int | None = None, detail: str = "") -> RolloutState:

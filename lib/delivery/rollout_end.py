@@ -223,14 +223,26 @@ def recover_interrupted(
     if not rollout.interrupted(state):
         left = _finish_registry_cleanup(client, model_name, state, models_dir, logs_dir)
         return left or _reload_missed(client, model_name, store, state, models_dir, logs_dir, token)
-    version = state.candidate_version
-    if state.phase == rollout.Phase.PROMOTING:
+    version, url = state.candidate_version, state.serving_url
+    if state.phase != rollout.Phase.PROMOTING:
+        reason = (
+            f"interrupted: the process running the rollout (pid {state.owner_pid}, the 05 deploy "
+            f"kernel of run {state.run_id}) died during {state.phase} at {state.weight}%"
+        )
+        rollout.claim(store, os.getpid(), detail="rolling back an interrupted rollout")
+        text = f"rolled back the interrupted rollout of v{version} ({reason})"
+    else:
         rollout.claim(store, os.getpid(), detail="recovering an interrupted promotion")
         changed = changed_since_promotion(client, model_name, models_dir, state)
-        if changed is not None:
-            return _supersede(client, model_name, store, state, models_dir, logs_dir, changed)
+        if changed is not None:  # an operator's later action wins: no traffic, nothing promoted
+            reason = f"interrupted promotion of v{version} superseded: {changed}; not promoted"
+            record = roll_back_rollout(
+                client, model_name, store, logs_dir, models_dir, version, reason, url, token,
+                rollout.Phase.SUPERSEDED,
+            )  # fmt: skip
+            log.warning("%s", reason)
+            return Recovery("superseded", version, record["champion_version"], reason)
         base = state.promotion or {}
-        url = state.serving_url
         try:
             done = _promote(
                 client, model_name, store, version, (models_dir, logs_dir), url, token,
@@ -238,47 +250,15 @@ def recover_interrupted(
                 "promoted: finished the promotion an interrupted run had begun",
             )  # fmt: skip
         except releases.PromotionUndone as exc:
-            reason = f"interrupted promotion of v{version} could not be finished: {exc}"
-            roll_back_rollout(
-                client, model_name, store, logs_dir, models_dir, version, reason, url, token
+            reason = text = f"interrupted promotion of v{version} could not be finished: {exc}"
+        else:
+            text = f"finished the interrupted promotion of v{version}"
+            return Recovery(
+                "promoted", version, version, text + (f"; {done.note}" if done.note else "")
             )
-            champion = registry.alias_version(client, model_name, "champion")
-            return Recovery("rolled_back", version, champion, reason)
-        text = f"finished the interrupted promotion of v{version}"
-        return Recovery(
-            "promoted", version, version, text + (f"; {done.note}" if done.note else "")
-        )
-    reason = (
-        f"interrupted: the process running the rollout (pid {state.owner_pid}, the 05 deploy "
-        f"kernel of run {state.run_id}) died during {state.phase} at {state.weight}%"
-    )
-    rollout.claim(store, os.getpid(), detail="rolling back an interrupted rollout")
-    url = state.serving_url
     roll_back_rollout(client, model_name, store, logs_dir, models_dir, version, reason, url, token)
     champion = registry.alias_version(client, model_name, "champion")
-    text = f"rolled back the interrupted rollout of v{version} ({reason})"
     return Recovery("rolled_back", version, champion, text)
-
-
-def _supersede(
-    client: Any,
-    model_name: str,
-    store: rollout.RolloutStore,
-    state: rollout.RolloutState,
-    models_dir: Path,
-    logs_dir: Path,
-    changed: str,
-) -> Recovery:
-    """Close an interrupted promotion overtaken by a later action, without promoting: no canary
-    traffic, no alias of the candidate left; the champion stays whatever the operator set."""
-    version, url = state.candidate_version, state.serving_url
-    reason = f"interrupted promotion of v{version} superseded: {changed}; not promoted"
-    token, superseded = os.environ.get("SERVING_ADMIN_TOKEN"), rollout.Phase.SUPERSEDED
-    record = roll_back_rollout(
-        client, model_name, store, logs_dir, models_dir, version, reason, url, token, superseded
-    )
-    log.warning("%s", reason)
-    return Recovery("superseded", version, record["champion_version"], reason)
 
 
 def _finish_registry_cleanup(

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,6 @@ class ServiceProcess:
         tracking_uri: str,
         store_url: str,
         champion_alias: str = "champion",
-        port: int | None = None,
-        host: str = "127.0.0.1",
         admin_token: str | None = None,
         log_path: Path | None = None,
         extra_args: list[str] | None = None,
@@ -64,10 +63,10 @@ class ServiceProcess:
         self.root = Path(root)
         # models/production/ serves the champion when the registry is down at start-up
         self.models_dir = Path(models_dir or settings.models_dir(self.root))
-        self.host = host
-        self.port = port or free_port(host)
+        self.host = "127.0.0.1"
+        self.port = free_port(self.host)
         options = {
-            "host": host, "port": self.port, "model-name": model_name,
+            "host": self.host, "port": self.port, "model-name": model_name,
             "tracking-uri": tracking_uri, "store-url": store_url,
             "champion-alias": champion_alias, "models-dir": self.models_dir, "log-level": "WARNING",
         }  # fmt: skip
@@ -106,35 +105,33 @@ class ServiceProcess:
         log.info("service up at %s (pid %d)", self.url, self.proc.pid)
         return self
 
-    def wait_ready(self, timeout: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check()
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code in (200, 503):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise ServiceError(f"service did not answer /health within {timeout:.0f} s{self._tail()}")
-
-    def wait_serving(self, version: str, timeout: float) -> bool:
-        """Wait until /health names `version`: a registry slower than the service's bounded
-        start-up look-up loads the model a little later, and a smoke test must not race it."""
+    def _poll_health(self, timeout: float, answered: Callable[[Any], bool]) -> bool:
+        """Poll /health until `answered(response)` or `timeout`; a crash raises ServiceError."""
         import httpx
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check()
             with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
-                body = httpx.get(f"{self.url}/health", timeout=2).json()
-                if str((body.get("champion") or {}).get("version")) == str(version):
+                if answered(httpx.get(f"{self.url}/health", timeout=2)):
                     return True
             time.sleep(0.3)
         return False
+
+    def wait_ready(self, timeout: float) -> None:
+        if self._poll_health(timeout, lambda resp: resp.status_code in (200, 503)):
+            return
+        self.stop()
+        raise ServiceError(f"service did not answer /health within {timeout:.0f} s{self._tail()}")
+
+    def wait_serving(self, version: str, timeout: float) -> bool:
+        """Wait until /health names `version`: a registry slower than the service's bounded
+        start-up look-up loads the model a little later, and a smoke test must not race it."""
+
+        def serves(resp: Any) -> bool:
+            return str((resp.json().get("champion") or {}).get("version")) == str(version)
+
+        return self._poll_health(timeout, serves)
 
     def _tail(self) -> str:
         if self.log_path is None or not self.log_path.exists():
