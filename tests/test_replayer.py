@@ -119,6 +119,22 @@ def test_stats_count_what_each_variant_of_the_split_served(service) -> None:
 
 
 @pytest.mark.component
+def test_label_flip_posts_the_opposite_rating(service) -> None:
+    url, recorder = service
+    send(Replayer(url, RECORDS, label_flip=True), 2)
+    assert [f["rating"] for f in recorder.feedback] == [1.0, 5.0]  # good -> bad, bad -> good
+
+
+@pytest.mark.component
+def test_without_feedback_only_predictions_are_sent(service) -> None:
+    url, recorder = service
+    replayer = Replayer(url, RECORDS, feedback=False)
+    send(replayer, 3)
+    assert len(recorder.predictions) == 3 and recorder.feedback == []
+    assert replayer.stats.feedback == 0
+
+
+@pytest.mark.component
 def test_a_failing_service_is_counted_not_raised(service) -> None:
     url, recorder = service
     recorder.predict_status = 500

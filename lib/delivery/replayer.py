@@ -75,6 +75,8 @@ class Replayer:
         url: str,
         records: list[tuple[dict[str, Any], float]],
         rate: float = 20.0,
+        feedback: bool = True,
+        label_flip: bool = False,
         timeout: float = 10.0,
     ) -> None:
         if not records:
@@ -82,6 +84,8 @@ class Replayer:
         self.url = url.rstrip("/")
         self.records = records
         self.rate = rate
+        self.feedback = feedback
+        self.label_flip = label_flip  # tests: feedback that disagrees with reality
         self.timeout = timeout
         self.stats = ReplayStats()
         self._stop = threading.Event()
@@ -142,12 +146,15 @@ class Replayer:
             self.stats.ok += 1
             variant = answer.get("variant", "?")
             self.stats.by_variant[variant] = self.stats.by_variant.get(variant, 0) + 1
-        feedback = {"request_id": answer.get("request_id", request_id), "rating": rating}
-        try:
-            if client.post(f"{self.url}/feedback", json=feedback).status_code == 200:
-                self.stats.feedback += 1
-        except Exception as exc:
-            self._error(f"feedback: {type(exc).__name__}: {exc}")
+        if self.feedback:
+            true_rating = (5.0 if rating <= 4.0 else 1.0) if self.label_flip else rating
+            feedback = {"request_id": answer.get("request_id", request_id), "rating": true_rating}
+            try:
+                fb = client.post(f"{self.url}/feedback", json=feedback)
+                if fb.status_code == 200:
+                    self.stats.feedback += 1
+            except Exception as exc:
+                self._error(f"feedback: {type(exc).__name__}: {exc}")
 
     def _error(self, text: str) -> None:
         with self._lock:
