@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 
 from lib.pipeline.contracts import (
     CompareOutputs,
@@ -52,53 +52,20 @@ class RunOutputs(dict[str, Contract]):
         return None
 
 
-class RunResults(BaseModel):
+# Stage output fields that report.json keeps in the stage's record only, not in "results".
+NOT_IN_RESULTS = {
+    "holdout_digest", "candidates", "candidate_metrics", "champion_metrics", "candidate_value",
+    "stability", "candidate_interval", "outcome", "timeline", "steps",
+}  # fmt: skip
+
+
+class ResultsBase(BaseModel):
     """The figures a reviewer looks for first; None where the stage did not run."""
 
     model_config = ConfigDict(extra="forbid")
 
-    new_apps: int | None = None
-    updated_apps: int | None = None
-    total_apps: int | None = None
-    should_train: bool | None = None
-    reason: str | None = None
-    quarantined_rows: int | None = None
-    candidate_version: str | None = None
-    candidate_name: str | None = None
-    metrics: dict[str, Any] | None = None
-    cv_std: float | None = None
-    mlflow_run_id: str | None = None
-    parent_run_id: str | None = None
-    label_threshold: float | None = None
-    calibration: str | None = None
-    champion_version: str | None = None
-    reference_label: str | None = None
-    improvement: float | None = None
-    improvement_interval: dict[str, Any] | None = None
-    gate_inputs: dict[str, Any] | None = None
-    comparison: dict[str, Any] | None = None
-    score: int | None = None
-    decision: str | None = None
-    reasons: list[str] | None = None
-    decision_detail: dict[str, Any] | None = None
-    deployed_version: str | None = None
-    champion_before: str | None = None
-    rollback_reason: str | None = None
-    note: str | None = None
-    recovered: dict[str, Any] | None = None  # what recovery of an interrupted rollout did
-    healthy: bool | None = None
-    verdict: str | None = None
-    verdict_reason: str | None = None
-    alerts: list[dict[str, Any]] | None = None
-    drift: dict[str, Any] | None = None
-    rolled_back: bool | None = None
-    monitor_rollback_reason: str | None = None
-    rollback_note: str | None = None
-    monitored_version: str | None = None
-    live_metrics: dict[str, Any] | None = None
-
     @classmethod
-    def collect(cls, outputs: RunOutputs, recovered: Any = None) -> RunResults:
+    def collect(cls, outputs: RunOutputs, recovered: Any = None) -> ResultsBase:
         """Each stage contributes the fields it declares; the latest stage's version wins for
         `candidate_version` (03 and 04 resolve it when run alone)."""
         values: dict[str, Any] = {"recovered": recovery_dict(recovered)}
@@ -110,6 +77,21 @@ class RunResults(BaseModel):
 
     def flat(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def results_fields() -> dict[str, Any]:
+    """Every stage output field not in NOT_IN_RESULTS, optional, in report.json's order (which
+    predates the contracts: `recovered` leads 06 monitor's fields, `healthy` first)."""
+    fields: dict[str, Any] = {}
+    for kind in (DetectOutputs, TrainOutputs, CompareOutputs, DecideOutputs, DeployOutputs):
+        fields.update({k: f.annotation for k, f in kind.model_fields.items()})
+    fields["recovered"] = dict[str, Any]  # what recovery of an interrupted rollout did
+    fields["healthy"] = bool
+    fields.update({k: f.annotation for k, f in MonitorOutputs.model_fields.items()})
+    return {k: (kind | None, None) for k, kind in fields.items() if k not in NOT_IN_RESULTS}
+
+
+RunResults = create_model("RunResults", __base__=ResultsBase, **results_fields())
 
 
 def recovery_dict(recovered: Any) -> dict[str, Any] | None:
@@ -223,17 +205,8 @@ def notifications(
         "improvement": compared.improvement if compared else None,
         "report": report,
     }
-    version = (
-        deployed.deployed_version
-        if deployed
-        else decided.candidate_version
-        if decided
-        else compared.candidate_version
-        if compared
-        else train.candidate_version
-        if train
-        else None
-    )
+    latest = deployed or decided or compared or train
+    version = latest.deployed_version if deployed else latest.candidate_version if latest else None
     events: list[tuple[str, dict[str, Any]]] = []
     recovery = recovery_dict(recovered)
     if recovery and recovery["outcome"] == "promoted":  # an interrupted promotion, finished
