@@ -76,12 +76,8 @@ def run_values(stage: str, cfg: PipelineConfig, ctx: RunContext, outputs: RunOut
     train: TrainOutputs | None = outputs.get("train")  # type: ignore[assignment]
     compared: CompareOutputs | None = outputs.get("compare")  # type: ignore[assignment]
     decided: DecideOutputs | None = outputs.get("decide")  # type: ignore[assignment]
-    version = (
-        (decided.candidate_version if decided else None)
-        or (compared.candidate_version if compared else None)
-        or (train.candidate_version if train else None)
-        or ctx.candidate_version
-    )
+    latest = (o.candidate_version for o in (decided, compared, train) if o and o.candidate_version)
+    version = next(latest, ctx.candidate_version)
     values: dict[str, Any] = {
         "run_id": ctx.run_id,
         "tracking_uri": ctx.tracking_uri,
@@ -201,11 +197,11 @@ def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> Any:
     return replace(recovered, reason=f"{recovered.reason}; {done}")
 
 
-def has_champion(cfg: PipelineConfig, tracking_uri: str) -> bool:
+def champion_version(cfg: PipelineConfig, tracking_uri: str) -> str | None:
     from lib import registry
 
     client = registry.connect(tracking_uri, cfg.experiment)
-    return registry.alias_version(client, cfg.model_name, "champion") is not None
+    return registry.alias_version(client, cfg.model_name, "champion")
 
 
 def send(event: str, **fields: Any) -> list[dict[str, Any]]:
@@ -247,7 +243,7 @@ def _next_step(out: Contract, cfg: PipelineConfig, ctx: RunContext, say: Any) ->
             models_dir=cfg.models_dir,
             logs_dir=cfg.logs_dir,
             model_name=cfg.model_name,
-            champion_version=_champion_version(cfg, ctx) if manual else None,
+            champion_version=champion_version(cfg, ctx.tracking_uri) if manual else None,
             run_id=ctx.run_id,
             serving_url=cfg.serving_url,
         )
@@ -261,13 +257,6 @@ def _next_step(out: Contract, cfg: PipelineConfig, ctx: RunContext, say: Any) ->
     if isinstance(out, DeployOutputs) and out.outcome != "promoted":
         return out.outcome  # rolled back: production is the old champion
     return None
-
-
-def _champion_version(cfg: PipelineConfig, ctx: RunContext) -> str | None:
-    from lib import registry
-
-    client = registry.connect(ctx.tracking_uri, cfg.experiment)
-    return registry.alias_version(client, cfg.model_name, "champion")
 
 
 @dataclass
@@ -319,7 +308,7 @@ class _Run:
         outcome, exit_code = "completed", 0
         for i, stage in enumerate(stages, 1):
             tag = f"[{i}/{len(stages)}] {stage}"
-            if stage == "monitor" and not has_champion(self.cfg, self.ctx.tracking_uri):
+            if stage == "monitor" and champion_version(self.cfg, self.ctx.tracking_uri) is None:
                 self.say(f"{tag} skipped: no champion in production yet, nothing to monitor")
                 continue
             inputs = inputs_for(stage, self.cfg, self.ctx, self.outputs)

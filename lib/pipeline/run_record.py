@@ -229,20 +229,12 @@ def notifications(
     elif deployed and deployed.outcome == "promoted":
         details = {"previous champion": deployed.champion_before}
         events.append(("deployed", {"version": version, **common, "details": details}))
-    if watched and watched.rolled_back:
-        fields = {
-            "version": watched.monitored_version,
-            "report": report,
-            "reason": f"monitor: {watched.monitor_rollback_reason}",
-            "metrics": watched.live_metrics,
-        }
-        events.append(("rolled_back", fields))
-    elif watched and watched.alerts:
-        fields = {
-            "version": watched.monitored_version,
-            "report": report,
-            "metrics": watched.live_metrics,
-            "reason": "; ".join(a["message"] for a in watched.alerts),
-        }
-        events.append(("alert", fields))
+    if watched and (watched.rolled_back or watched.alerts):
+        if watched.rolled_back:
+            reason = f"monitor: {watched.monitor_rollback_reason}"
+        else:
+            reason = "; ".join(a["message"] for a in watched.alerts)
+        fields = {"version": watched.monitored_version, "report": report, "reason": reason}
+        fields["metrics"] = watched.live_metrics
+        events.append(("rolled_back" if watched.rolled_back else "alert", fields))
     return events
