@@ -6,6 +6,7 @@ run's headline figures as one typed model, which report.json stores under "resul
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,7 +69,8 @@ class ResultsBase(BaseModel):
     def collect(cls, outputs: RunOutputs, recovered: Any = None) -> ResultsBase:
         """Each stage contributes the fields it declares; the latest stage's version wins for
         `candidate_version` (03 and 04 resolve it when run alone)."""
-        values: dict[str, Any] = {"recovered": recovery_dict(recovered)}
+        # recovered: lib.delivery's Recovery (a dataclass: outcome, version, champion, reason)
+        values: dict[str, Any] = {"recovered": recovered and dataclasses.asdict(recovered)}
         for out in outputs.values():
             for name in type(out).model_fields:
                 if name in cls.model_fields:
@@ -92,18 +94,6 @@ def results_fields() -> dict[str, Any]:
 
 
 RunResults = create_model("RunResults", __base__=ResultsBase, **results_fields())
-
-
-def recovery_dict(recovered: Any) -> dict[str, Any] | None:
-    """lib.delivery's Recovery (outcome, version, champion, reason) as plain values."""
-    if recovered is None:
-        return None
-    return {
-        "outcome": getattr(recovered, "outcome", "rolled_back"),
-        "version": getattr(recovered, "version", None),
-        "champion": getattr(recovered, "champion", None),
-        "reason": getattr(recovered, "reason", str(recovered)),
-    }
 
 
 def headline(out: Contract) -> str:
@@ -200,35 +190,31 @@ def notifications(
     decided: DecideOutputs | None = outputs.of(DecideOutputs)
     deployed: DeployOutputs | None = outputs.of(DeployOutputs)
     watched: MonitorOutputs | None = outputs.of(MonitorOutputs)
+    latest = deployed or decided or compared or train
     common = {
+        "version": latest.deployed_version if deployed else latest and latest.candidate_version,
         "metrics": train.metrics if train else (compared.candidate_metrics if compared else None),
         "improvement": compared.improvement if compared else None,
         "report": report,
     }
-    latest = deployed or decided or compared or train
-    version = latest.deployed_version if deployed else latest.candidate_version if latest else None
     events: list[tuple[str, dict[str, Any]]] = []
-    recovery = recovery_dict(recovered)
-    if recovery and recovery["outcome"] == "promoted":  # an interrupted promotion, finished
-        details = {"recovered": recovery["reason"]}
-        fields = {"version": recovery["version"], "report": report, "details": details}
-        events.append(("deployed", fields))
-    elif recovery and recovery["outcome"] == "rolled_back":
-        fields = {"version": recovery["version"], "reason": recovery["reason"], "report": report}
-        events.append(("rolled_back", fields))
     # "superseded": an operator acted after the interruption and was notified then
+    if recovered is not None and recovered.outcome in ("promoted", "rolled_back"):
+        fields = {"version": recovered.version, "report": report}
+        if recovered.outcome == "promoted":  # an interrupted promotion, finished
+            events.append(("deployed", {**fields, "details": {"recovered": recovered.reason}}))
+        else:
+            events.append(("rolled_back", {**fields, "reason": recovered.reason}))
     if outcome == "awaiting_approval" and decided:
         details = {"score": decided.score, "decision": decided.decision}
-        events.append(("awaiting_approval", {"version": version, **common, "details": details}))
+        events.append(("awaiting_approval", {**common, "details": details}))
     elif outcome == "rejected" and decided:
-        reason = "; ".join(decided.reasons)
-        events.append(("rejected", {"version": version, **common, "reason": reason}))
+        events.append(("rejected", {**common, "reason": "; ".join(decided.reasons)}))
     elif outcome == "rolled_back" and deployed:
-        reason = deployed.rollback_reason
-        events.append(("rolled_back", {"version": version, **common, "reason": reason}))
+        events.append(("rolled_back", {**common, "reason": deployed.rollback_reason}))
     elif deployed and deployed.outcome == "promoted":
         details = {"previous champion": deployed.champion_before}
-        events.append(("deployed", {"version": version, **common, "details": details}))
+        events.append(("deployed", {**common, "details": details}))
     if watched and (watched.rolled_back or watched.alerts):
         if watched.rolled_back:
             reason = f"monitor: {watched.monitor_rollback_reason}"
