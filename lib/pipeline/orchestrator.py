@@ -216,15 +216,6 @@ def send(event: str, **fields: Any) -> list[dict[str, Any]]:
         ]
 
 
-def _write_index(reports_dir: Path) -> None:
-    from lib.watch import report_index
-
-    try:
-        report_index.write_index(reports_dir)
-    except Exception as exc:  # the index is a convenience; the run's own record is written
-        log.warning("could not write %s/index.html: %s", reports_dir, exc)
-
-
 def _next_step(out: Contract, cfg: PipelineConfig, ctx: RunContext, say: Any) -> str | None:
     """The outcome that ends the run after this stage, or None to go on."""
     if isinstance(out, DetectOutputs) and not out.should_train:
@@ -290,7 +281,12 @@ class _Run:
         summary["notifications"] = list(self.deliveries)
         write_json_atomic(ctx.run_dir / "report.json", summary)
         write_json_atomic(reports / f"report_{ctx.run_id}.json", summary)
-        _write_index(reports)
+        from lib.watch import report_index
+
+        try:
+            report_index.write_index(reports)
+        except Exception as exc:  # the index is a convenience; the run's own record is written
+            log.warning("could not write %s/index.html: %s", reports, exc)
         return summary
 
     def notify_new(self, outcome: str) -> None:
