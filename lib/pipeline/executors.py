@@ -171,11 +171,6 @@ class PapermillExecutor:
 StageFunction = Callable[[Contract, Path], Contract]
 
 
-def stage_function(name: str) -> StageFunction:
-    """`lib.pipeline.stages.<name>.run`."""
-    return importlib.import_module(f"lib.pipeline.stages.{name}").run
-
-
 class InProcessExecutor:
     """Runs `lib.pipeline.stages.<name>.run(inputs, root)` in this process; no notebook.
 
@@ -187,7 +182,8 @@ class InProcessExecutor:
         self.root, self.functions = root, dict(functions or {})
 
     def execute(self, stage: Stage, inputs: Contract, run_dir: Path) -> StageResult:
-        function = self.functions.get(stage.name) or stage_function(stage.name)
+        function = self.functions.get(stage.name)
+        function = function or importlib.import_module(f"lib.pipeline.stages.{stage.name}").run
         started = time.perf_counter()
         outputs, error, exit_code = None, None, 1
         try:

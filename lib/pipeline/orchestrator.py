@@ -124,7 +124,6 @@ class RunResult:
     report_dir: Path
     outcome: str  # no_training | decided | awaiting_approval | rejected | promoted | ...
     stages: list[StageResult]
-    summary: dict[str, Any]
     exit_code: int = 0
     outputs: RunOutputs = field(default_factory=RunOutputs)
 
@@ -167,11 +166,9 @@ def trigger(force: bool) -> str:
 
 
 def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> Any:
-    """A rollout whose runner died is settled before anything else happens: an interrupted
-    promotion is finished, a canary rolled back, a rollout an operator acted on since is closed
-    as superseded (lib.delivery.rollout_end decides; it returns a Recovery or None). Then every
-    production service the project knows of (the rollout's, the configured one) is brought in
-    line with the registry: it serves the champion, and no canary unless a rollout is open."""
+    """A rollout whose runner died is settled first (lib.delivery.rollout_end: finished,
+    rolled back or superseded; a Recovery or None), then every production service the project
+    knows of serves the champion, and no canary unless a rollout is open."""
     from lib.delivery import rollout
 
     state = rollout.RolloutStore(root / cfg.models_dir / "rollout.json").load()
@@ -268,7 +265,7 @@ class _Run:
     def report(self) -> str:
         return os.path.relpath(self.ctx.run_dir / "report.json", self.ctx.root)
 
-    def record(self, outcome: str, failure: Exception | None = None) -> dict[str, Any]:
+    def record(self, outcome: str, failure: Exception | None = None) -> None:
         """report.json (and the index) as the run stands: written after every stage, so a run
         killed later still leaves what it did."""
         ctx, reports = self.ctx, self.ctx.root / self.cfg.reports_dir
@@ -287,7 +284,6 @@ class _Run:
             report_index.write_index(reports)
         except Exception as exc:  # the index is a convenience; the run's own record is written
             log.warning("could not write %s/index.html: %s", reports, exc)
-        return summary
 
     def notify_new(self, outcome: str) -> None:
         """Send the run's events not sent yet (deploy's are sent as soon as it ends)."""
@@ -403,15 +399,13 @@ def run(
             state.record("cancelled")
             raise
         state.notify_new(outcome)
-        summary = state.record(outcome, failure)
+        state.record(outcome, failure)
         failed = [d for d in state.deliveries if not d["ok"]]
         if failed:
             targets = ", ".join(d["target"] for d in failed)
             say(f"{len(failed)} notification(s) failed (see report.json): {targets}")
         say(f"report: {state.report}")
-        result = RunResult(
-            run_id, run_dir, outcome, state.results, summary, exit_code, state.outputs
-        )
+        result = RunResult(run_id, run_dir, outcome, state.results, exit_code, state.outputs)
         if failure is not None:
             failure.result = result  # type: ignore[attr-defined]
             raise failure
