@@ -155,16 +155,9 @@ class PapermillExecutor:
                 outputs = stage.check_outputs(scraps.read(target))
             except ContractError as exc:
                 error = str(exc)
+        status = "failed" if error else "ok"
         return StageResult(
-            stage.name,
-            "failed" if error else "ok",
-            seconds,
-            inputs,
-            outputs,
-            str(target),
-            html,
-            error,
-            exit_code,
+            stage.name, status, seconds, inputs, outputs, str(target), html, error, exit_code
         )
 
 
@@ -195,12 +188,7 @@ class InProcessExecutor:
             log.debug("stage %s failed in-process", stage.name, exc_info=True)
             error = f"{type(exc).__name__}: {exc}"
             exit_code = failure_exit_code(exc)
+        status, seconds = "failed" if error else "ok", time.perf_counter() - started
         return StageResult(
-            stage.name,
-            "failed" if error else "ok",
-            time.perf_counter() - started,
-            inputs,
-            outputs,
-            error=error,
-            exit_code=exit_code,
+            stage.name, status, seconds, inputs, outputs, error=error, exit_code=exit_code
         )
