@@ -19,6 +19,7 @@ from lib.pipeline.contracts import STAGES
 from lib.pipeline.executors import PapermillExecutor
 from lib.pipeline.orchestrator import (
     RunContext,
+    champion_version,
     config_values,
     inputs_for,
     lock,
@@ -110,10 +111,8 @@ def _record(cfg: PipelineConfig, root: Path, action: str, **fields: Any) -> None
 
 def _champion_now(cfg: PipelineConfig, root: Path) -> str | None:
     """The champion after an action, for its record; None when the registry cannot say."""
-    from lib import registry
-
     try:
-        return registry.alias_version(_client(cfg, root), cfg.model_name, "champion")
+        return champion_version(cfg, cfg.resolved_tracking_uri(root))
     except Exception as exc:  # the record is a convenience; the action itself is done
         log.warning("champion unknown for the operator record: %s", exc)
         return None

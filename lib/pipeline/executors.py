@@ -155,25 +155,13 @@ class PapermillExecutor:
                 outputs = stage.check_outputs(scraps.read(target))
             except ContractError as exc:
                 error = str(exc)
+        status = "failed" if error else "ok"
         return StageResult(
-            stage.name,
-            "failed" if error else "ok",
-            seconds,
-            inputs,
-            outputs,
-            str(target),
-            html,
-            error,
-            exit_code,
+            stage.name, status, seconds, inputs, outputs, str(target), html, error, exit_code
         )
 
 
 StageFunction = Callable[[Contract, Path], Contract]
-
-
-def stage_function(name: str) -> StageFunction:
-    """`lib.pipeline.stages.<name>.run`."""
-    return importlib.import_module(f"lib.pipeline.stages.{name}").run
 
 
 class InProcessExecutor:
@@ -187,7 +175,8 @@ class InProcessExecutor:
         self.root, self.functions = root, dict(functions or {})
 
     def execute(self, stage: Stage, inputs: Contract, run_dir: Path) -> StageResult:
-        function = self.functions.get(stage.name) or stage_function(stage.name)
+        function = self.functions.get(stage.name)
+        function = function or importlib.import_module(f"lib.pipeline.stages.{stage.name}").run
         started = time.perf_counter()
         outputs, error, exit_code = None, None, 1
         try:
@@ -199,12 +188,7 @@ class InProcessExecutor:
             log.debug("stage %s failed in-process", stage.name, exc_info=True)
             error = f"{type(exc).__name__}: {exc}"
             exit_code = failure_exit_code(exc)
+        status, seconds = "failed" if error else "ok", time.perf_counter() - started
         return StageResult(
-            stage.name,
-            "failed" if error else "ok",
-            time.perf_counter() - started,
-            inputs,
-            outputs,
-            error=error,
-            exit_code=exit_code,
+            stage.name, status, seconds, inputs, outputs, error=error, exit_code=exit_code
         )

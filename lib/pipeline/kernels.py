@@ -1,16 +1,11 @@
 """The next stage's Jupyter kernel, started while the current stage runs.
 
-Papermill runs every stage in a fresh kernel. Started cold, a kernel costs its start and the
-imports of pandas, scikit-learn and MLflow (seconds of CPU) before the notebook's first line.
-`KernelPool` keeps one kernel started ahead and runs those imports in it, in a throw-away
-namespace and silently (no names, history or execution count: the executed notebook looks as if
-the kernel had started cold), so that cost overlaps the running stage. It starts the first two
-at once (the first one without the imports: 01 detect needs few), so that the second stage's
-imports overlap the runner's data check and the first stage too. Every kernel is handed out
-once, runs in the project root, and is shut down after its stage, on `close()` and at exit.
-
-Papermill hands a given `km=` to nbclient, which neither starts nor shuts down a kernel it does
-not own (nor closes its client's channels): that is the pool's job.
+A cold kernel costs its start and the imports of pandas, scikit-learn and MLflow (seconds of CPU)
+before a notebook's first line. `KernelPool` starts the first two kernels at once (the first
+without the imports: 01 detect needs few) and one ahead after that, running the imports silently
+in a throw-away namespace (the executed notebook looks as if its kernel had started cold). Each
+kernel is handed out once, runs in the project root, and is shut down by the pool (nbclient
+neither starts nor stops a kernel given as `km=`) after its stage, on `close()` and at exit.
 """
 
 from __future__ import annotations

@@ -76,12 +76,8 @@ def run_values(stage: str, cfg: PipelineConfig, ctx: RunContext, outputs: RunOut
     train: TrainOutputs | None = outputs.get("train")  # type: ignore[assignment]
     compared: CompareOutputs | None = outputs.get("compare")  # type: ignore[assignment]
     decided: DecideOutputs | None = outputs.get("decide")  # type: ignore[assignment]
-    version = (
-        (decided.candidate_version if decided else None)
-        or (compared.candidate_version if compared else None)
-        or (train.candidate_version if train else None)
-        or ctx.candidate_version
-    )
+    latest = (o.candidate_version for o in (decided, compared, train) if o and o.candidate_version)
+    version = next(latest, ctx.candidate_version)
     values: dict[str, Any] = {
         "run_id": ctx.run_id,
         "tracking_uri": ctx.tracking_uri,
@@ -128,7 +124,6 @@ class RunResult:
     report_dir: Path
     outcome: str  # no_training | decided | awaiting_approval | rejected | promoted | ...
     stages: list[StageResult]
-    summary: dict[str, Any]
     exit_code: int = 0
     outputs: RunOutputs = field(default_factory=RunOutputs)
 
@@ -171,11 +166,9 @@ def trigger(force: bool) -> str:
 
 
 def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> Any:
-    """A rollout whose runner died is settled before anything else happens: an interrupted
-    promotion is finished, a canary rolled back, a rollout an operator acted on since is closed
-    as superseded (lib.delivery.rollout_end decides; it returns a Recovery or None). Then every
-    production service the project knows of (the rollout's, the configured one) is brought in
-    line with the registry: it serves the champion, and no canary unless a rollout is open."""
+    """A rollout whose runner died is settled first (lib.delivery.rollout_end: finished,
+    rolled back or superseded; a Recovery or None), then every production service the project
+    knows of serves the champion, and no canary unless a rollout is open."""
     from lib.delivery import rollout
 
     state = rollout.RolloutStore(root / cfg.models_dir / "rollout.json").load()
@@ -201,11 +194,11 @@ def recover_rollout(cfg: PipelineConfig, root: Path, tracking_uri: str) -> Any:
     return replace(recovered, reason=f"{recovered.reason}; {done}")
 
 
-def has_champion(cfg: PipelineConfig, tracking_uri: str) -> bool:
+def champion_version(cfg: PipelineConfig, tracking_uri: str) -> str | None:
     from lib import registry
 
     client = registry.connect(tracking_uri, cfg.experiment)
-    return registry.alias_version(client, cfg.model_name, "champion") is not None
+    return registry.alias_version(client, cfg.model_name, "champion")
 
 
 def send(event: str, **fields: Any) -> list[dict[str, Any]]:
@@ -218,15 +211,6 @@ def send(event: str, **fields: Any) -> list[dict[str, Any]]:
         return [
             {"kind": "all", "target": "notify", "ok": False, "error": redaction.redact(str(exc))}
         ]
-
-
-def _write_index(reports_dir: Path) -> None:
-    from lib.watch import report_index
-
-    try:
-        report_index.write_index(reports_dir)
-    except Exception as exc:  # the index is a convenience; the run's own record is written
-        log.warning("could not write %s/index.html: %s", reports_dir, exc)
 
 
 def _next_step(out: Contract, cfg: PipelineConfig, ctx: RunContext, say: Any) -> str | None:
@@ -247,7 +231,7 @@ def _next_step(out: Contract, cfg: PipelineConfig, ctx: RunContext, say: Any) ->
             models_dir=cfg.models_dir,
             logs_dir=cfg.logs_dir,
             model_name=cfg.model_name,
-            champion_version=_champion_version(cfg, ctx) if manual else None,
+            champion_version=champion_version(cfg, ctx.tracking_uri) if manual else None,
             run_id=ctx.run_id,
             serving_url=cfg.serving_url,
         )
@@ -261,13 +245,6 @@ def _next_step(out: Contract, cfg: PipelineConfig, ctx: RunContext, say: Any) ->
     if isinstance(out, DeployOutputs) and out.outcome != "promoted":
         return out.outcome  # rolled back: production is the old champion
     return None
-
-
-def _champion_version(cfg: PipelineConfig, ctx: RunContext) -> str | None:
-    from lib import registry
-
-    client = registry.connect(ctx.tracking_uri, cfg.experiment)
-    return registry.alias_version(client, cfg.model_name, "champion")
 
 
 @dataclass
@@ -288,7 +265,7 @@ class _Run:
     def report(self) -> str:
         return os.path.relpath(self.ctx.run_dir / "report.json", self.ctx.root)
 
-    def record(self, outcome: str, failure: Exception | None = None) -> dict[str, Any]:
+    def record(self, outcome: str, failure: Exception | None = None) -> None:
         """report.json (and the index) as the run stands: written after every stage, so a run
         killed later still leaves what it did."""
         ctx, reports = self.ctx, self.ctx.root / self.cfg.reports_dir
@@ -301,8 +278,12 @@ class _Run:
         summary["notifications"] = list(self.deliveries)
         write_json_atomic(ctx.run_dir / "report.json", summary)
         write_json_atomic(reports / f"report_{ctx.run_id}.json", summary)
-        _write_index(reports)
-        return summary
+        from lib.watch import report_index
+
+        try:
+            report_index.write_index(reports)
+        except Exception as exc:  # the index is a convenience; the run's own record is written
+            log.warning("could not write %s/index.html: %s", reports, exc)
 
     def notify_new(self, outcome: str) -> None:
         """Send the run's events not sent yet (deploy's are sent as soon as it ends)."""
@@ -319,7 +300,7 @@ class _Run:
         outcome, exit_code = "completed", 0
         for i, stage in enumerate(stages, 1):
             tag = f"[{i}/{len(stages)}] {stage}"
-            if stage == "monitor" and not has_champion(self.cfg, self.ctx.tracking_uri):
+            if stage == "monitor" and champion_version(self.cfg, self.ctx.tracking_uri) is None:
                 self.say(f"{tag} skipped: no champion in production yet, nothing to monitor")
                 continue
             inputs = inputs_for(stage, self.cfg, self.ctx, self.outputs)
@@ -418,15 +399,13 @@ def run(
             state.record("cancelled")
             raise
         state.notify_new(outcome)
-        summary = state.record(outcome, failure)
+        state.record(outcome, failure)
         failed = [d for d in state.deliveries if not d["ok"]]
         if failed:
             targets = ", ".join(d["target"] for d in failed)
             say(f"{len(failed)} notification(s) failed (see report.json): {targets}")
         say(f"report: {state.report}")
-        result = RunResult(
-            run_id, run_dir, outcome, state.results, summary, exit_code, state.outputs
-        )
+        result = RunResult(run_id, run_dir, outcome, state.results, exit_code, state.outputs)
         if failure is not None:
             failure.result = result  # type: ignore[attr-defined]
             raise failure

@@ -6,12 +6,13 @@ run's headline figures as one typed model, which report.json stores under "resul
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 
 from lib.pipeline.contracts import (
     CompareOutputs,
@@ -52,56 +53,24 @@ class RunOutputs(dict[str, Contract]):
         return None
 
 
-class RunResults(BaseModel):
+# Stage output fields that report.json keeps in the stage's record only, not in "results".
+NOT_IN_RESULTS = {
+    "holdout_digest", "candidates", "candidate_metrics", "champion_metrics", "candidate_value",
+    "stability", "candidate_interval", "outcome", "timeline", "steps",
+}  # fmt: skip
+
+
+class ResultsBase(BaseModel):
     """The figures a reviewer looks for first; None where the stage did not run."""
 
     model_config = ConfigDict(extra="forbid")
 
-    new_apps: int | None = None
-    updated_apps: int | None = None
-    total_apps: int | None = None
-    should_train: bool | None = None
-    reason: str | None = None
-    quarantined_rows: int | None = None
-    candidate_version: str | None = None
-    candidate_name: str | None = None
-    metrics: dict[str, Any] | None = None
-    cv_std: float | None = None
-    mlflow_run_id: str | None = None
-    parent_run_id: str | None = None
-    label_threshold: float | None = None
-    calibration: str | None = None
-    champion_version: str | None = None
-    reference_label: str | None = None
-    improvement: float | None = None
-    improvement_interval: dict[str, Any] | None = None
-    gate_inputs: dict[str, Any] | None = None
-    comparison: dict[str, Any] | None = None
-    score: int | None = None
-    decision: str | None = None
-    reasons: list[str] | None = None
-    decision_detail: dict[str, Any] | None = None
-    deployed_version: str | None = None
-    champion_before: str | None = None
-    rollback_reason: str | None = None
-    note: str | None = None
-    recovered: dict[str, Any] | None = None  # what recovery of an interrupted rollout did
-    healthy: bool | None = None
-    verdict: str | None = None
-    verdict_reason: str | None = None
-    alerts: list[dict[str, Any]] | None = None
-    drift: dict[str, Any] | None = None
-    rolled_back: bool | None = None
-    monitor_rollback_reason: str | None = None
-    rollback_note: str | None = None
-    monitored_version: str | None = None
-    live_metrics: dict[str, Any] | None = None
-
     @classmethod
-    def collect(cls, outputs: RunOutputs, recovered: Any = None) -> RunResults:
+    def collect(cls, outputs: RunOutputs, recovered: Any = None) -> ResultsBase:
         """Each stage contributes the fields it declares; the latest stage's version wins for
         `candidate_version` (03 and 04 resolve it when run alone)."""
-        values: dict[str, Any] = {"recovered": recovery_dict(recovered)}
+        # recovered: lib.delivery's Recovery (a dataclass: outcome, version, champion, reason)
+        values: dict[str, Any] = {"recovered": recovered and dataclasses.asdict(recovered)}
         for out in outputs.values():
             for name in type(out).model_fields:
                 if name in cls.model_fields:
@@ -112,16 +81,19 @@ class RunResults(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def recovery_dict(recovered: Any) -> dict[str, Any] | None:
-    """lib.delivery's Recovery (outcome, version, champion, reason) as plain values."""
-    if recovered is None:
-        return None
-    return {
-        "outcome": getattr(recovered, "outcome", "rolled_back"),
-        "version": getattr(recovered, "version", None),
-        "champion": getattr(recovered, "champion", None),
-        "reason": getattr(recovered, "reason", str(recovered)),
-    }
+def results_fields() -> dict[str, Any]:
+    """Every stage output field not in NOT_IN_RESULTS, optional, in report.json's order (which
+    predates the contracts: `recovered` leads 06 monitor's fields, `healthy` first)."""
+    fields: dict[str, Any] = {}
+    for kind in (DetectOutputs, TrainOutputs, CompareOutputs, DecideOutputs, DeployOutputs):
+        fields.update({k: f.annotation for k, f in kind.model_fields.items()})
+    fields["recovered"] = dict[str, Any]  # what recovery of an interrupted rollout did
+    fields["healthy"] = bool
+    fields.update({k: f.annotation for k, f in MonitorOutputs.model_fields.items()})
+    return {k: (kind | None, None) for k, kind in fields.items() if k not in NOT_IN_RESULTS}
+
+
+RunResults = create_model("RunResults", __base__=ResultsBase, **results_fields())
 
 
 def headline(out: Contract) -> str:
@@ -218,58 +190,37 @@ def notifications(
     decided: DecideOutputs | None = outputs.of(DecideOutputs)
     deployed: DeployOutputs | None = outputs.of(DeployOutputs)
     watched: MonitorOutputs | None = outputs.of(MonitorOutputs)
+    latest = deployed or decided or compared or train
     common = {
+        "version": latest.deployed_version if deployed else latest and latest.candidate_version,
         "metrics": train.metrics if train else (compared.candidate_metrics if compared else None),
         "improvement": compared.improvement if compared else None,
         "report": report,
     }
-    version = (
-        deployed.deployed_version
-        if deployed
-        else decided.candidate_version
-        if decided
-        else compared.candidate_version
-        if compared
-        else train.candidate_version
-        if train
-        else None
-    )
     events: list[tuple[str, dict[str, Any]]] = []
-    recovery = recovery_dict(recovered)
-    if recovery and recovery["outcome"] == "promoted":  # an interrupted promotion, finished
-        details = {"recovered": recovery["reason"]}
-        fields = {"version": recovery["version"], "report": report, "details": details}
-        events.append(("deployed", fields))
-    elif recovery and recovery["outcome"] == "rolled_back":
-        fields = {"version": recovery["version"], "reason": recovery["reason"], "report": report}
-        events.append(("rolled_back", fields))
     # "superseded": an operator acted after the interruption and was notified then
+    if recovered is not None and recovered.outcome in ("promoted", "rolled_back"):
+        fields = {"version": recovered.version, "report": report}
+        if recovered.outcome == "promoted":  # an interrupted promotion, finished
+            events.append(("deployed", {**fields, "details": {"recovered": recovered.reason}}))
+        else:
+            events.append(("rolled_back", {**fields, "reason": recovered.reason}))
     if outcome == "awaiting_approval" and decided:
         details = {"score": decided.score, "decision": decided.decision}
-        events.append(("awaiting_approval", {"version": version, **common, "details": details}))
+        events.append(("awaiting_approval", {**common, "details": details}))
     elif outcome == "rejected" and decided:
-        reason = "; ".join(decided.reasons)
-        events.append(("rejected", {"version": version, **common, "reason": reason}))
+        events.append(("rejected", {**common, "reason": "; ".join(decided.reasons)}))
     elif outcome == "rolled_back" and deployed:
-        reason = deployed.rollback_reason
-        events.append(("rolled_back", {"version": version, **common, "reason": reason}))
+        events.append(("rolled_back", {**common, "reason": deployed.rollback_reason}))
     elif deployed and deployed.outcome == "promoted":
         details = {"previous champion": deployed.champion_before}
-        events.append(("deployed", {"version": version, **common, "details": details}))
-    if watched and watched.rolled_back:
-        fields = {
-            "version": watched.monitored_version,
-            "report": report,
-            "reason": f"monitor: {watched.monitor_rollback_reason}",
-            "metrics": watched.live_metrics,
-        }
-        events.append(("rolled_back", fields))
-    elif watched and watched.alerts:
-        fields = {
-            "version": watched.monitored_version,
-            "report": report,
-            "metrics": watched.live_metrics,
-            "reason": "; ".join(a["message"] for a in watched.alerts),
-        }
-        events.append(("alert", fields))
+        events.append(("deployed", {**common, "details": details}))
+    if watched and (watched.rolled_back or watched.alerts):
+        if watched.rolled_back:
+            reason = f"monitor: {watched.monitor_rollback_reason}"
+        else:
+            reason = "; ".join(a["message"] for a in watched.alerts)
+        fields = {"version": watched.monitored_version, "report": report, "reason": reason}
+        fields["metrics"] = watched.live_metrics
+        events.append(("rolled_back" if watched.rolled_back else "alert", fields))
     return events
