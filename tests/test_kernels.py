@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,21 @@ def test_default_warm_modules_exist() -> None:
     missing = [m for m in kernels.WARM_MODULES if importlib.util.find_spec(m) is None]
     assert not missing, f"WARM_MODULES names modules this environment lacks: {missing}"
     compile(kernels.warm_code(), "<warm-up>", "exec")
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread nice here")
+def test_warm_up_imports_at_the_lowest_priority_and_leaves_the_caller_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "warm_probe.py").write_text(
+        "import os, threading\nNICE = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "warm_probe", raising=False)
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    exec(kernels.warm_code(("warm_probe", "no_such_module_here")), {})
+    assert sys.modules["warm_probe"].NICE == 19  # imported, at the lowest priority
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
 
 
 @pytest.mark.parametrize("transport", ["ipc", "tcp"])
