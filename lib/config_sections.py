@@ -6,7 +6,7 @@ validates them without importing those packages, and each default lives in one p
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
@@ -63,6 +63,11 @@ class AnalysisConfig(BaseModel):
     min_requests: Int = Field(50, ge=1)  # per variant
     # labeled canary (and champion) requests to judge accuracy
     min_feedback: Int = Field(100, ge=1)
+    # What judges accuracy. Real labels arrive late or never: `when_available` judges on labels
+    # once min_feedback of each variant have arrived and otherwise on the accuracy each model's
+    # calibrated probabilities imply (confidence-based estimation, NannyML's CBPE); `required`
+    # waits for labels; `ignored` always estimates.
+    labels: Literal["required", "when_available", "ignored"] = "when_available"
     max_prediction_shift: Float = Field(0.15, ge=0, le=1)  # |positive-rate difference| ...
     # ... and significant at this level (always-valid, against no shift): both are needed to fail
     shift_alpha: Float = Field(0.001, gt=0, lt=1)

@@ -153,19 +153,23 @@ def test_worse_by_more_than_two_points_on_little_evidence_is_inconclusive() -> N
     assert "not significant" in strict.message
 
 
-def test_too_little_feedback_waits_never_passes() -> None:
-    result = analyze(window(4, {}, {"labeled": 60, "accuracy": 0.8}))
+LABELS_REQUIRED = AnalysisConfig(labels="required")
+
+
+def test_too_little_feedback_waits_never_passes_when_labels_are_required() -> None:
+    result = analyze(window(4, {}, {"labeled": 60, "accuracy": 0.8}), LABELS_REQUIRED)
     check = result.by_name("accuracy")
     assert check.status == "wait"
+    assert check.evidence == "labels"
     assert "only 60 labeled canary requests (100 needed)" in check.message
     assert result.verdict == "wait"
     # even a canary that is right every time does not pass on 60 labels
-    perfect = analyze(window(4, {}, {"labeled": 60, "accuracy": 1.0}))
+    perfect = analyze(window(4, {}, {"labeled": 60, "accuracy": 1.0}), LABELS_REQUIRED)
     assert perfect.by_name("accuracy").status == "wait"
 
 
-def test_no_feedback_at_all_waits() -> None:
-    result = analyze(window(5, {"labeled": 0}, {"labeled": 0}))
+def test_no_feedback_at_all_waits_when_labels_are_required() -> None:
+    result = analyze(window(5, {"labeled": 0}, {"labeled": 0}), LABELS_REQUIRED)
     assert result.by_name("accuracy").status == "wait"
     assert result.verdict == "wait"
 
@@ -282,7 +286,7 @@ def test_small_shift_passes() -> None:
 
 
 def test_fail_beats_wait() -> None:
-    result = analyze(window(14, {}, {"labeled": 0, "errors": 100}))
+    result = analyze(window(14, {}, {"labeled": 0, "errors": 100}), LABELS_REQUIRED)
     assert result.by_name("accuracy").status == "wait"
     assert result.verdict == "fail"
 
@@ -314,7 +318,7 @@ def test_accuracy_drop_test_direction() -> None:
 
 
 def test_summary_is_plain_json() -> None:
-    result = analyze(window(18, {}, {"labeled": 0}))
+    result = analyze(window(18, {}, {"labeled": 0}), LABELS_REQUIRED)
     summary = summarize_step(result)
     text = json.dumps(summary, allow_nan=False)  # NaN/NumPy values would fail here
     assert json.loads(text)["verdict"] == "wait"

@@ -4,6 +4,9 @@ Four checks compare the canary with the champion over the same window (requests 
 hash of their id): error rate (Flagger's 99% success), latency (Flagger's 500 ms p99 bound, and
 each quantile against the champion's once both have enough requests beyond it), accuracy on
 feedback (fail only when the canary is evidently more than 2 points below) and prediction shift.
+Real labels arrive late or never: without enough of them (`canary_analysis.labels`), accuracy is
+the one each model's calibrated probabilities imply on the requests it answered (CBPE), judged by
+the same rule; every check names the evidence it used.
 The step is looked at every few seconds, so every test is sequential (always-valid p-values,
 lib.window_stats): a fixed-alpha test re-run at each look fails an identical canary far more
 often than alpha (tests/test_canary_sequential.py). A check with too few samples says "wait",
@@ -36,6 +39,9 @@ from lib.window_stats import (
 
 CHAMPION, CANARY = "champion", "canary"
 PASS, FAIL, WAIT = "pass", "fail", "wait"
+# the evidence each check used
+REQUESTS, LATENCIES, LABELS, PREDICTIONS = "requests", "latencies", "labels", "predictions"
+ESTIMATED = "estimated accuracy (calibrated probabilities)"
 REQUIRED_COLUMNS = (
     "request_id", "created_at", "variant", "model_version", "label", "probability",
     "latency_ms", "error", "true_label",
@@ -52,6 +58,7 @@ class Check:
     threshold: dict[str, float | int]
     samples: dict[str, int]
     message: str
+    evidence: str = ""  # what was judged: requests, latencies, labels, estimated accuracy...
 
 
 @dataclass
@@ -124,8 +131,25 @@ def judge_accuracy(k_c: Any, n_c: Any, k_h: Any, n_h: Any, cfg: AnalysisConfig) 
     all looks of a step, a canary within the tolerance fails with probability at most alpha.
     Below min_feedback labels (either variant) it waits, whatever the numbers say."""
     drop, var = accuracy_drop_estimate(k_c, n_c, k_h, n_h)
-    lower, p = sequential_excess_test(drop, var, cfg.max_accuracy_drop, cfg.alpha, cfg.accuracy_tau)
     enough = (np.asarray(n_c) >= cfg.min_feedback) & (np.asarray(n_h) >= cfg.min_feedback)
+    return _judge_drop(drop, var, enough, cfg)
+
+
+def judge_estimated_accuracy(
+    mean_c: Any, var_c: Any, n_c: Any, mean_h: Any, var_h: Any, n_h: Any, cfg: AnalysisConfig
+) -> dict[str, Any]:
+    """judge_accuracy's rule on estimated accuracy: the mean and variance of each request's
+    chance of being right (its model's calibrated probability of the label it gave), over n
+    requests per variant; below min_requests of either it waits."""
+    n_c, n_h = np.asarray(n_c, dtype=float), np.asarray(n_h, dtype=float)
+    drop = np.asarray(mean_h, dtype=float) - np.asarray(mean_c, dtype=float)
+    var = np.asarray(var_c) / np.maximum(n_c, 1) + np.asarray(var_h) / np.maximum(n_h, 1)
+    return _judge_drop(drop, var, (n_c >= cfg.min_requests) & (n_h >= cfg.min_requests), cfg)
+
+
+def _judge_drop(drop: Any, var: Any, enough: Any, cfg: AnalysisConfig) -> dict[str, Any]:
+    enough = np.asarray(enough, dtype=bool)
+    lower, p = sequential_excess_test(drop, var, cfg.max_accuracy_drop, cfg.alpha, cfg.accuracy_tau)
     fail = enough & (lower > cfg.max_accuracy_drop)
     inconclusive = enough & ~fail & (drop > cfg.max_accuracy_drop) & cfg.wait_on_inconclusive
     status = np.where(fail, FAIL, np.where(~enough | inconclusive, WAIT, PASS))
@@ -228,7 +252,9 @@ def check_error_rate(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
         )
     else:
         msg = f"{seen} <= {fmt_percent(bound)} ({vs})"
-    return Check("error_rate", status, observed, threshold, {CANARY: n, CHAMPION: n_h}, msg)
+    return Check(
+        "error_rate", status, observed, threshold, {CANARY: n, CHAMPION: n_h}, msg, REQUESTS
+    )
 
 
 def _qname(q: float) -> str:
@@ -311,17 +337,41 @@ def check_latency(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
             else (f"only {fmt_count(m)} champion latencies, not compared")
         )
         msg = f"canary latency within bounds: {over}; {vs}{pending} ({on})"
-    return Check("latency", status, observed, threshold, {CANARY: n, CHAMPION: m}, msg)
+    return Check("latency", status, observed, threshold, {CANARY: n, CHAMPION: m}, msg, LATENCIES)
+
+
+def estimated_correct(frame: pd.DataFrame) -> pd.Series:
+    """Each answer's chance of being right by its own model (CBPE): the calibrated probability
+    of the label it gave. Its mean estimates accuracy without a single label."""
+    return frame["probability"].where(frame["label"] == 1, 1 - frame["probability"])
 
 
 def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     """Fail only when the canary is, with always-valid evidence, more than max_accuracy_drop
-    below the champion on the same window (judge_accuracy)."""
+    below the champion on the same window (judge_accuracy): on labels once min_feedback of
+    each variant have arrived; before that (`labels: when_available`, or `ignored`) on
+    estimates, unless the labels so far already show a significant drop. The sequential test
+    is valid at any count, and a confidently wrong model is what estimates cannot see."""
     labeled = frame[~frame["is_error"] & frame["true_label"].notna()]
     correct = labeled["label"] == labeled["true_label"]
     can, cha = labeled["variant"] == CANARY, labeled["variant"] == CHAMPION
     n_c, n_h = int(can.sum()), int(cha.sum())
     k_c, k_h = int(correct[can].sum()), int(correct[cha].sum())
+    enough = n_c >= cfg.min_feedback and n_h >= cfg.min_feedback
+    if (enough and cfg.labels != "ignored") or cfg.labels == "required":
+        return _labeled_check(k_c, n_c, k_h, n_h, cfg)
+    if cfg.labels == "when_available" and min(n_c, n_h) >= cfg.fast_fail_requests:
+        early = _labeled_check(k_c, n_c, k_h, n_h, cfg, early=True)
+        if early.status == FAIL:
+            return early
+    return check_estimated_accuracy(frame, cfg, (n_c, n_h))
+
+
+def _labeled_check(
+    k_c: int, n_c: int, k_h: int, n_h: int, cfg: AnalysisConfig, early: bool = False
+) -> Check:
+    """The accuracy check on k correct of n labeled requests per variant (`early`: before
+    min_feedback of them, where only a significant failure counts)."""
     acc_c = k_c / n_c if n_c else float("nan")
     acc_h = k_h / n_h if n_h else float("nan")
     observed: dict[str, float | int | None] = {
@@ -332,12 +382,7 @@ def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     threshold = {"max_accuracy_drop": cfg.max_accuracy_drop, "alpha": cfg.alpha,
                  "min_feedback": cfg.min_feedback, "accuracy_tau": cfg.accuracy_tau}  # fmt: skip
     samples = {CANARY: n_c, CHAMPION: n_h}
-    seen = (
-        f"canary accuracy {acc_c:.3f} vs champion {acc_h:.3f} on "
-        f"{fmt_count(n_c)}/{fmt_count(n_h)} labeled requests"
-    )
-    bound_pts = f"{100 * cfg.max_accuracy_drop:g}"
-    if n_c < cfg.min_feedback or n_h < cfg.min_feedback:
+    if not early and (n_c < cfg.min_feedback or n_h < cfg.min_feedback):
         who = "canary" if n_c < cfg.min_feedback else "champion"
         have = n_c if who == "canary" else n_h
         msg = (
@@ -345,23 +390,80 @@ def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
             f"accuracy; so far canary {fmt_count(k_c)}/{fmt_count(n_c)} correct, "
             f"champion {fmt_count(k_h)}/{fmt_count(n_h)}"
         )
-        return Check("accuracy", WAIT, observed, threshold, samples, msg)
-    j = judge_accuracy(k_c, n_c, k_h, n_h, cfg)
+        return Check("accuracy", WAIT, observed, threshold, samples, msg, LABELS)
+    drop, var = accuracy_drop_estimate(k_c, n_c, k_h, n_h)
+    j = _judge_drop(drop, var, True, cfg)
+    seen = (
+        f"canary accuracy {acc_c:.3f} vs champion {acc_h:.3f} on "
+        f"{fmt_count(n_c)}/{fmt_count(n_h)} labeled requests"
+        + (f" (fewer than {cfg.min_feedback} each, but significant)" if early else "")
+    )
+    status, msg = _drop_verdict(j, seen, cfg, observed)
+    return Check("accuracy", status, observed, threshold, samples, msg, LABELS)
+
+
+def check_estimated_accuracy(
+    frame: pd.DataFrame, cfg: AnalysisConfig, labeled: tuple[int, int]
+) -> Check:
+    """The accuracy check on no labels: each variant's estimated accuracy on the requests it
+    answered. It rests on the models' calibration (ECE about 0.01 here), which no label checks
+    during the step: 06 monitor compares it with the realized accuracy once labels arrive."""
+    answered = frame[~frame["is_error"] & frame["probability"].notna() & frame["label"].notna()]
+    chance = estimated_correct(answered)
+    can, cha = chance[answered["variant"] == CANARY], chance[answered["variant"] == CHAMPION]
+    n_c, n_h = len(can), len(cha)
+    acc_c = float(can.mean()) if n_c else float("nan")
+    acc_h = float(cha.mean()) if n_h else float("nan")
+    observed: dict[str, float | int | None] = {
+        "canary_accuracy": acc_c, "champion_accuracy": acc_h, "drop": acc_h - acc_c,
+        "canary_labeled": labeled[0], "champion_labeled": labeled[1], "drop_lower_bound": None,
+        "p_value": None,
+    }  # fmt: skip
+    threshold = {"max_accuracy_drop": cfg.max_accuracy_drop, "alpha": cfg.alpha,
+                 "min_requests": cfg.min_requests, "accuracy_tau": cfg.accuracy_tau}  # fmt: skip
+    samples = {CANARY: n_c, CHAMPION: n_h}
+    why = (
+        "labels ignored by config"
+        if cfg.labels == "ignored"
+        else f"{fmt_count(labeled[0])}/{fmt_count(labeled[1])} labeled canary/champion requests "
+        f"of {cfg.min_feedback} each needed"
+    )
+    if n_c < cfg.min_requests or n_h < cfg.min_requests:
+        msg = (
+            f"only {fmt_count(n_c)}/{fmt_count(n_h)} canary/champion predictions "
+            f"({cfg.min_requests} each needed) to estimate accuracy ({why})"
+        )
+        return Check("accuracy", WAIT, observed, threshold, samples, msg, ESTIMATED)
+    j = judge_estimated_accuracy(
+        acc_c, can.var(ddof=1) if n_c > 1 else 0.25, n_c,
+        acc_h, cha.var(ddof=1) if n_h > 1 else 0.25, n_h, cfg,
+    )  # fmt: skip
+    seen = (
+        f"estimated accuracy (calibrated probabilities, no labels: {why}) canary {acc_c:.3f} vs "
+        f"champion {acc_h:.3f} on {fmt_count(n_c)}/{fmt_count(n_h)} requests"
+    )
+    status, msg = _drop_verdict(j, seen, cfg, observed)
+    return Check("accuracy", status, observed, threshold, samples, msg, ESTIMATED)
+
+
+def _drop_verdict(
+    j: dict[str, Any], seen: str, cfg: AnalysisConfig, observed: dict[str, Any]
+) -> tuple[str, str]:
+    """Status and sentence of an accuracy drop judged by _judge_drop; fills in its numbers."""
     status, lower, p = str(j["status"]), float(j["lower"]), float(j["p_value"])
     observed.update(drop_lower_bound=lower, p_value=p)
-    drop_pts = 100 * (acc_h - acc_c)
+    drop_pts = 100 * float(j["drop"])
     change = f"drop {drop_pts:.1f} points" if drop_pts >= 0 else f"gain {-drop_pts:.1f} points"
+    bound_pts = f"{100 * cfg.max_accuracy_drop:g}"
     bound = (
         f"always-valid {100 * (1 - cfg.alpha):g}% lower bound {100 * lower:.1f} points, "
         f"p={fmt_p(p)}"
     )
     if status == FAIL:
-        msg = f"{seen}: {change} > {bound_pts} ({bound})"
-    elif status == WAIT:
-        msg = f"{seen}: {change} > {bound_pts} but not significant ({bound}); waiting"
-    else:
-        msg = f"{seen}: {change}, not significantly more than {bound_pts} ({bound})"
-    return Check("accuracy", status, observed, threshold, samples, msg)
+        return status, f"{seen}: {change} > {bound_pts} ({bound})"
+    if status == WAIT:
+        return status, f"{seen}: {change} > {bound_pts} but not significant ({bound}); waiting"
+    return status, f"{seen}: {change}, not significantly more than {bound_pts} ({bound})"
 
 
 def check_prediction_shift(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
@@ -386,7 +488,7 @@ def check_prediction_shift(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
             f"only {fmt_count(n_c)}/{fmt_count(n_h)} canary/champion predictions "
             f"({cfg.min_requests} each needed) to compare their distributions"
         )
-        return Check("prediction_shift", WAIT, observed, threshold, samples, msg)
+        return Check("prediction_shift", WAIT, observed, threshold, samples, msg, PREDICTIONS)
     j = judge_prediction_shift(pos_c, n_c, pos_h, n_h, cfg)
     status, p = str(j["status"]), float(j["p_value"])
     observed["p_value"] = p
@@ -405,7 +507,7 @@ def check_prediction_shift(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
         msg = f"{seen} > {bound_pts} but not significant (p={fmt_p(p)} >= {cfg.shift_alpha:g})"
     else:
         msg = f"{seen} <= {bound_pts} (p={fmt_p(p)})"
-    return Check("prediction_shift", status, observed, threshold, samples, msg)
+    return Check("prediction_shift", status, observed, threshold, samples, msg, PREDICTIONS)
 
 
 def analyze(window: pd.DataFrame, cfg: AnalysisConfig | None = None) -> Analysis:
