@@ -201,6 +201,10 @@ class PipelineConfig(BaseSettings):
     check_every_seconds: Float = Field(5.0, gt=0)
     replay_rate: Float = Field(20.0, gt=0)  # requests/s of replayed held-out traffic
     replay: bool = True
+    # the replayer's users, like real ones: the share of requests they ever rate, and when
+    # (seconds after the answer, drawn uniformly in [low, high]; the same twice: a fixed delay)
+    replay_label_share: Float = Field(0.5, ge=0, le=1)
+    replay_label_delay_seconds: Annotated[list[Float], BeforeValidator(listish)] = [0.0, 60.0]
     smoke_rows: Int = Field(40, ge=1)
     smoke_max_p95_ms: Float = Field(500.0, gt=0)
     lease_seconds: Float = Field(60.0, gt=0)
@@ -228,6 +232,13 @@ class PipelineConfig(BaseSettings):
         if not steps or steps != sorted(steps) or steps[-1] != 100 or steps[0] <= 0:
             raise ValueError(f"weights must increase and end at 100, e.g. 5,25,50,100; got {steps}")
         return steps
+
+    @field_validator("replay_label_delay_seconds")
+    @classmethod
+    def _label_delay(cls, delay: list[float]) -> list[float]:
+        if len(delay) != 2 or not 0 <= delay[0] <= delay[1]:
+            raise ValueError(f"a range [low, high] of seconds, 0 <= low <= high; got {delay}")
+        return delay
 
     @field_validator("features")
     @classmethod

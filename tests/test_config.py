@@ -56,6 +56,13 @@ def test_bad_values_say_what_was_expected(tmp_path: Path) -> None:
         load_config(tmp_path, overrides={"selection_metric": "r2"}, environ={})
     with pytest.raises(ConfigError, match="candidates"):
         load_config(tmp_path, overrides={"candidates": "svm"}, environ={})
+    for delay in ("5, 1", "-1, 0", "1, 2, 3"):  # the replayer's label delay: [low, high] seconds
+        with pytest.raises(ConfigError, match="replay_label_delay_seconds.*low <= high"):
+            load_config(tmp_path, overrides={"replay_label_delay_seconds": delay}, environ={})
+    with pytest.raises(ConfigError, match="replay_label_share"):
+        load_config(tmp_path, overrides={"replay_label_share": "1.5"}, environ={})
+    cfg = load_config(tmp_path, overrides={"replay_label_delay_seconds": "2, 2"}, environ={})
+    assert cfg.replay_label_delay_seconds == [2.0, 2.0]  # a fixed delay
 
 
 def test_list_override_from_cli(tmp_path: Path) -> None:

@@ -36,7 +36,8 @@ def _settings(store_url: str) -> progressive.DeploySettings:
     """One 5% step whose window ends at the first look and never waits for more evidence."""
     return progressive.DeploySettings(
         steps=[5], analysis_seconds=0, max_wait_seconds=0, check_every_seconds=0,
-        replay_rate=0, replay=False, smoke_rows=0, smoke_max_p95_ms=0, lease_seconds=300,
+        replay_rate=0, replay=False, replay_label_share=1.0, replay_label_delay_seconds=[0, 0],
+        smoke_rows=0, smoke_max_p95_ms=0, lease_seconds=300,
         serving_url=URL, store_url=store_url, analysis={},
     )  # fmt: skip
 

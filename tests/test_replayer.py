@@ -203,3 +203,56 @@ def test_holdout_apps_are_the_training_holdout_with_their_ratings() -> None:
     _, test_idx = training.holdout_split(labeled.keys, labeled.y, 0.25, 42)
     assert set(held["app_key"]) == set(labeled.keys.iloc[test_idx])
     assert held["app_key"].is_unique and held["rating"].notna().all()
+
+
+@pytest.mark.component
+def test_only_a_share_of_requests_is_ever_labeled(service) -> None:
+    url, recorder = service
+    replayer = Replayer(url, RECORDS, label_share=0.3, seed=1)
+    send(replayer, 200)
+    assert len(recorder.predictions) == 200
+    assert 40 <= len(recorder.feedback) <= 80  # binomial(200, 0.3): 60 expected
+    assert replayer.stats.feedback == len(recorder.feedback)
+    none = Replayer(url, RECORDS, label_share=0.0)
+    send(none, 20)
+    assert none.stats.feedback == 0 and none.stats.labels_pending == 0
+
+
+@pytest.mark.component
+def test_late_labels_wait_their_delay_and_can_be_delivered_after_the_rollout(service) -> None:
+    url, recorder = service
+    replayer = Replayer(url, RECORDS, label_delay=(3600.0, 7200.0))
+    send(replayer, 4)
+    assert recorder.feedback == [] and replayer.stats.labels_pending == 4
+    assert replayer.deliver_pending() == 4  # the ratings that come days later
+    assert sorted(f["request_id"] for f in recorder.feedback) == [f"served-{i}" for i in range(4)]
+    assert replayer.stats.labels_pending == 0 and replayer.stats.feedback == 4
+
+
+@pytest.mark.component
+def test_the_background_loop_posts_labels_once_due(service) -> None:
+    url, recorder = service
+    with Replayer(url, RECORDS, rate=50.0, label_delay=(1.0, 1.5)):
+        time.sleep(0.3)
+        early = len(recorder.feedback)
+        deadline = time.monotonic() + 10
+        while len(recorder.feedback) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert early == 0, "a label arrived before its delay"
+    assert len(recorder.feedback) >= 4
+    posted = {f["request_id"] for f in recorder.feedback}
+    assert posted <= {f"served-{i}" for i in range(len(recorder.predictions))}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"label_share": 1.5},
+        {"label_share": -0.1},
+        {"label_delay": (5.0, 1.0)},
+        {"label_delay": (-1.0, 0.0)},
+    ],  # fmt: skip
+)
+def test_impossible_label_settings_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="label_share must be in"):
+        Replayer("http://127.0.0.1:1", RECORDS, **kwargs)

@@ -46,6 +46,8 @@ class DeploySettings:
     check_every_seconds: float  # fail fast between window ends
     replay_rate: float  # requests per second when the stage brings its own traffic
     replay: bool  # False: real users provide the traffic
+    replay_label_share: float  # of replayed requests that ever get a label
+    replay_label_delay_seconds: list[float]  # [low, high]: when each label arrives
     smoke_rows: int
     smoke_max_p95_ms: float
     lease_seconds: float
@@ -317,7 +319,13 @@ def _canary_steps(
 
     cfg = AnalysisConfig.model_validate(settings.analysis)
     predictions = PredictionReader(settings.store_url)  # reads what the service writes
-    replayer = Replayer(url, records, rate=settings.replay_rate) if settings.replay else None
+    replayer = None
+    if settings.replay:
+        low, high = settings.replay_label_delay_seconds
+        replayer = Replayer(
+            url, records, rate=settings.replay_rate,
+            label_share=settings.replay_label_share, label_delay=(low, high),
+        )  # fmt: skip
     began, around = time.time(), (production, replayer, store)
     try:
         if replayer is not None:

@@ -1,11 +1,15 @@
 """Traffic for analysis windows when there are no real users (locally, in CI): held-out apps
-sent to the production service as real HTTP requests, their true rating posted as feedback, so
-the canary analysis and the monitor judge real requests through the real routing."""
+sent to the production service as real HTTP requests, so the canary analysis and the monitor
+judge real requests through the real routing. Like real users, only a share of them ever rate
+the app (`label_share`), after a delay (`label_delay`, seconds, drawn uniformly); a label not due
+when the replayer stops stays pending (`deliver_pending` posts it later, as a late rating)."""
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
+import random
 import threading
 import time
 import uuid
@@ -63,6 +67,7 @@ class ReplayStats:
     ok: int = 0
     errors: int = 0
     feedback: int = 0
+    labels_pending: int = 0  # drawn to arrive, not due yet
     by_variant: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
 
@@ -78,14 +83,26 @@ class Replayer:
         feedback: bool = True,
         label_flip: bool = False,
         timeout: float = 10.0,
+        label_share: float = 1.0,
+        label_delay: tuple[float, float] = (0.0, 0.0),
+        seed: int = 0,
     ) -> None:
         if not records:
             raise ValueError("the replayer needs at least one labeled record")
+        low, high = label_delay
+        if not 0 <= label_share <= 1 or not 0 <= low <= high:
+            raise ValueError(
+                f"label_share must be in [0, 1] and label_delay a range [low, high] of seconds "
+                f">= 0; got {label_share} and {list(label_delay)}"
+            )
         self.url = url.rstrip("/")
         self.records = records
         self.rate = rate
         self.feedback = feedback
         self.label_flip = label_flip  # tests: feedback that disagrees with reality
+        self.label_share, self.label_delay = label_share, (low, high)
+        self._random = random.Random(seed)
+        self._pending: list[tuple[float, int, dict[str, Any]]] = []  # (due, seq, body): a heap
         self.timeout = timeout
         self.stats = ReplayStats()
         self._stop = threading.Event()
@@ -121,6 +138,7 @@ class Replayer:
                 if self._stop.is_set():
                     return
                 self.send_one(client, body, rating)
+                self._deliver(client, due_by=time.monotonic())
                 next_at += interval
                 delay = next_at - time.monotonic()
                 if delay > 0:
@@ -146,13 +164,40 @@ class Replayer:
             self.stats.ok += 1
             variant = answer.get("variant", "?")
             self.stats.by_variant[variant] = self.stats.by_variant.get(variant, 0) + 1
-        if self.feedback:
+        if self.feedback and self._random.random() < self.label_share:
             true_rating = (5.0 if rating <= 4.0 else 1.0) if self.label_flip else rating
             feedback = {"request_id": answer.get("request_id", request_id), "rating": true_rating}
+            due = time.monotonic() + self._random.uniform(*self.label_delay)
+            with self._lock:
+                heapq.heappush(self._pending, (due, self.stats.sent, feedback))
+                self.stats.labels_pending = len(self._pending)
+            if self.label_delay[1] == 0:
+                self._deliver(client, due_by=due)
+
+    def deliver_pending(self) -> int:
+        """Post every label still pending now (ratings that arrive after the rollout)."""
+        import httpx
+
+        with httpx.Client(timeout=self.timeout) as client:
+            return self._deliver(client, due_by=float("inf"))
+
+    def _deliver(self, client: Any, due_by: float) -> int:
+        """Post the pending labels due by `due_by`; returns how many were accepted."""
+        accepted = 0
+        while True:
+            with self._lock:
+                if not self._pending or self._pending[0][0] > due_by:
+                    self.stats.labels_pending = len(self._pending)
+                    return accepted
+                feedback = heapq.heappop(self._pending)[2]
             try:
                 fb = client.post(f"{self.url}/feedback", json=feedback)
                 if fb.status_code == 200:
-                    self.stats.feedback += 1
+                    accepted += 1
+                    with self._lock:
+                        self.stats.feedback += 1
+                else:
+                    self._error(f"feedback: HTTP {fb.status_code}: {fb.text[:200]}")
             except Exception as exc:
                 self._error(f"feedback: {type(exc).__name__}: {exc}")
 

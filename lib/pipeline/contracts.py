@@ -188,6 +188,8 @@ class DeployInputs(HoldoutInputs):
     check_every_seconds: float = setting("check_every_seconds", gt=0)
     replay_rate: float = setting("replay_rate", gt=0)
     replay: bool = setting("replay")
+    replay_label_share: float = setting("replay_label_share", ge=0, le=1)
+    replay_label_delay_seconds: list[float] = setting("replay_label_delay_seconds")
     smoke_rows: int = setting("smoke_rows", gt=0)
     smoke_max_p95_ms: float = setting("smoke_max_p95_ms", gt=0)
     lease_seconds: float = setting("lease_seconds", gt=0)

@@ -27,6 +27,9 @@ FAST = {
     "max_wait_seconds": 120.0,
     "check_every_seconds": 0.5,
     "replay_rate": 200.0,
+    # every request labeled at once: these tests judge on labels (label-free: override them)
+    "replay_label_share": 1.0,
+    "replay_label_delay_seconds": [0.0, 0.0],
     "smoke_rows": 30,
     "lease_seconds": 6.0,
     # small samples for speed; alpha 0.01 keeps a healthy canary from failing by chance
