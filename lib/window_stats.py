@@ -19,6 +19,13 @@ def failed_requests(frame: pd.DataFrame) -> pd.Series:
     return (error_text.astype(str).str.strip() != "") | label.isna()
 
 
+def estimated_correct(frame: pd.DataFrame) -> pd.Series:
+    """Each answer's chance of being right by its own model (CBPE): the calibrated probability
+    of the label it gave. Its mean estimates accuracy without a single label."""
+    probability = pd.to_numeric(frame["probability"], errors="coerce")
+    return probability.where(pd.to_numeric(frame["label"], errors="coerce") == 1, 1 - probability)
+
+
 def error_rate_p_value(errors: int, requests: int, bound: float) -> float:
     """Exact one-sided binomial P(at least `errors` | true rate = bound); NaN without requests.
 

@@ -14,7 +14,8 @@ import pytest
 
 from lib.config_sections import AnalysisConfig
 from lib.delivery import canary
-from lib.delivery.canary import analyze, estimated_correct, judge_estimated_accuracy
+from lib.delivery.canary import analyze, judge_estimated_accuracy
+from lib.window_stats import estimated_correct
 
 
 def _answers(rng: np.random.Generator, variant: str, proba: np.ndarray) -> pd.DataFrame:

@@ -17,9 +17,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from lib import registry
-from lib.delivery import operations, replayer, rollout
+from lib.delivery import canary, operations, replayer, rollout
 from lib.delivery import releases as deployments
-from lib.pipeline import features
+from lib.pipeline import features, training
 from tests.support.deploy import FAST, NAME, World, make_runner_project
 
 pytestmark = pytest.mark.e2e
@@ -61,6 +61,44 @@ def test_good_candidate_goes_through_every_step_to_champion(world: World) -> Non
     X = features.model_inputs(world.holdout.head(20))
     expected = registry.load_version(NAME, v2).predict_proba(X)
     np.testing.assert_allclose(loaded.predict_proba(X), expected)
+
+
+NO_LABELS = {"replay_label_share": 0.0}  # real users: nobody rates what they were shown
+
+
+def _accuracy_checks(outcome) -> list[dict]:
+    return [c for s in outcome.steps for c in s.get("checks", []) if c["name"] == "accuracy"]
+
+
+def test_without_any_label_an_equal_candidate_goes_through_every_step(world: World) -> None:
+    v2 = world.register(world.forest(2))  # as good as the champion (another seed)
+    with world.service() as prod:
+        outcome = world.deploy(v2, prod.url, **NO_LABELS)
+    assert outcome.outcome == "promoted", outcome.rollback_reason
+    assert [s["weight"] for s in outcome.steps] == [5, 25, 50, 100]
+    checks = _accuracy_checks(outcome)
+    assert len(checks) == 4 and all(c["status"] == "pass" for c in checks)
+    assert all(c["evidence"] == canary.ESTIMATED for c in checks)
+    assert all(c["observed"]["canary_labeled"] == 0 for c in checks)
+    assert world.champion() == v2
+
+
+def test_without_any_label_a_model_trained_on_permuted_ratings_is_rolled_back(
+    world: World,
+) -> None:
+    v1 = world.champion()
+    rng = np.random.default_rng(3)
+    pipe = training.build_candidate("random_forest", 3, 40, groups=["engagement"])
+    noise = world.register(pipe.fit(world.X, rng.permutation(world.y.to_numpy())))
+    with world.service() as prod:
+        outcome = world.deploy(noise, prod.url, **NO_LABELS)
+    _assert_production_unchanged(world, v1, outcome)
+    assert "estimated accuracy" in outcome.rollback_reason
+    failed = outcome.steps[-1]
+    assert failed["verdict"] == "fail"
+    check = next(c for c in failed["checks"] if c["name"] == "accuracy")
+    assert check["status"] == "fail" and check["evidence"] == canary.ESTIMATED
+    assert check["observed"]["canary_labeled"] == 0
 
 
 def _assert_production_unchanged(world: World, v1: str, outcome) -> None:

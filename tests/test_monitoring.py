@@ -184,6 +184,29 @@ def test_flipped_feedback_rolls_back_naming_both_accuracies(reference: dict) -> 
     assert [a.check for a in report.alerts if a.severity == "critical"] == ["accuracy"]
 
 
+def test_the_label_free_estimate_is_compared_with_realized_accuracy(reference: dict) -> None:
+    """Calibrated scores: the estimate a canary without labels relied on holds up."""
+    report = health(make_window(seed=1, n=2000), reference)
+    perf = report.metrics["performance"]
+    assert perf["estimated_accuracy"] == pytest.approx(perf["accuracy"], abs=0.03)
+    assert abs(perf["estimate_gap"]) < 3 * perf["estimate_gap_se"] + 0.01
+    check = report.by_name("accuracy_estimate")
+    assert check.status == "ok" and check.samples == 2000
+    assert "vs realized 0.800 on the same 2,000 labeled requests" in check.message
+
+
+def test_an_estimate_far_above_reality_warns_without_rolling_back(reference: dict) -> None:
+    """Confident and wrong (the labels say 20%): the estimate overstated accuracy by 60 points."""
+    report = health(make_window(seed=2, n=300, flip_feedback=True), reference)
+    check = report.by_name("accuracy_estimate")
+    assert check.status == "alert" and check.severity == "warning"
+    assert check.observed == pytest.approx(0.6, abs=0.05)
+    assert "points high" in check.message and "significantly more than 2 points" in check.message
+    assert "accuracy_estimate" not in (report.rollback_reason or "")
+    few = health(make_window(seed=2, n=300, labeled=40, flip_feedback=True), reference)
+    assert few.by_name("accuracy_estimate").status == "not_enough_data"
+
+
 def test_accuracy_one_point_below_does_not_roll_back(reference: dict) -> None:
     report = health(make_window(seed=3, n=300, accuracy=0.79), reference)
     assert not report.rollback

@@ -27,6 +27,7 @@ from scipy import stats
 from lib.config_sections import AnalysisConfig
 from lib.json_safe import json_safe
 from lib.window_stats import (
+    estimated_correct,
     failed_requests,
     fmt_count,
     fmt_ms,
@@ -338,12 +339,6 @@ def check_latency(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
         )
         msg = f"canary latency within bounds: {over}; {vs}{pending} ({on})"
     return Check("latency", status, observed, threshold, {CANARY: n, CHAMPION: m}, msg, LATENCIES)
-
-
-def estimated_correct(frame: pd.DataFrame) -> pd.Series:
-    """Each answer's chance of being right by its own model (CBPE): the calibrated probability
-    of the label it gave. Its mean estimates accuracy without a single label."""
-    return frame["probability"].where(frame["label"] == 1, 1 - frame["probability"])
 
 
 def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:

@@ -33,6 +33,7 @@ from lib.watch.health_report import (
 )
 from lib.window_stats import (
     error_rate_p_value,
+    estimated_correct,
     failed_requests,
     fmt_count,
     fmt_ms,
@@ -126,6 +127,26 @@ def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
     return math.sqrt(max(var, 1e-12))
 
 
+def _estimate_against_labels(frame: pd.DataFrame, labeled: pd.DataFrame) -> dict[str, Any]:
+    """The accuracy each answer's calibrated probability implies (what a canary without labels
+    judged on), on every answered request, and on the labeled ones beside what they realized:
+    the gap's mean and standard error, paired request by request."""
+    answered = frame[~frame["is_error"]]
+    chance = estimated_correct(labeled).to_numpy(dtype=float)
+    gap = chance - (labeled["label"] == labeled["true_label"]).to_numpy(dtype=float)
+    gap = gap[~np.isnan(gap)]
+    return {
+        "estimated_accuracy": float(estimated_correct(answered).mean())
+        if len(answered)
+        else math.nan,
+        "estimated_requests": len(answered),
+        "estimate_gap": float(gap.mean()) if len(gap) else math.nan,
+        "estimate_gap_se": float(gap.std(ddof=1) / math.sqrt(len(gap)))
+        if len(gap) > 1
+        else math.nan,
+    }
+
+
 def performance(
     window: pd.DataFrame, reference: dict[str, float], cfg: MonitorConfig | None = None
 ) -> dict[str, Any]:
@@ -150,6 +171,7 @@ def performance(
         "roc_auc_bound": ref_auc - cfg.degradation,
         "roc_auc_p_value": math.nan,
         "positives": int((labeled["true_label"] == 1).sum()),
+        **_estimate_against_labels(frame, labeled),
     }
     if n and not is_nan(ref_acc):
         bound = min(max(ref_acc - cfg.degradation, 0.0), 1.0)
@@ -249,6 +271,32 @@ def check_accuracy(perf: dict[str, Any], cfg: MonitorConfig) -> CheckResult:
     else:
         msg = f"{seen}; bound {bound:.3f}"
     return CheckResult("accuracy", OK, msg, acc, bound, n, None, p)
+
+
+def check_estimate(perf: dict[str, Any], cfg: MonitorConfig) -> CheckResult:
+    """Warning when the label-free estimate overstated the realized accuracy, on the same
+    labeled requests, significantly by more than `degradation`: a canary judged without labels
+    would have trusted it (one-sided z-test on the paired gaps)."""
+    n, gap, se = perf["labeled"], perf["estimate_gap"], perf["estimate_gap_se"]
+    bound = cfg.degradation
+    if n < cfg.min_feedback or is_nan(gap) or is_nan(se):
+        msg = (
+            f"not enough data (n={n}, {cfg.min_feedback} needed) to compare the estimated "
+            "accuracy with the realized one"
+        )
+        return CheckResult("accuracy_estimate", NO_DATA, msg, gap, bound, n)
+    p = float(stats.norm.sf((gap - bound) / max(se, 1e-12)))
+    realized = perf["correct"] / n
+    seen = (
+        f"estimated accuracy (calibrated probabilities) {realized + gap:.3f} vs realized "
+        f"{realized:.3f} on the same {fmt_count(n)} labeled requests: the estimate is "
+        f"{100 * abs(gap):.1f} points {'high' if gap >= 0 else 'low'} "
+        f"(±{196 * se:.1f} at 95%)"
+    )
+    if gap > bound and p < cfg.alpha:
+        msg = f"{seen}, significantly more than {100 * bound:g} points (p={fmt_p(p)})"
+        return CheckResult("accuracy_estimate", ALERT, msg, gap, bound, n, WARNING, p)
+    return CheckResult("accuracy_estimate", OK, seen, gap, bound, n, None, p)
 
 
 def check_roc_auc(perf: dict[str, Any], cfg: MonitorConfig) -> CheckResult:
@@ -357,6 +405,7 @@ def evaluate_health(
         check_error_rate(frame, cfg),
         check_latency(frame, cfg),
         check_accuracy(perf, cfg),
+        check_estimate(perf, cfg),
         check_roc_auc(perf, cfg),
     ]
     drift, drift_checks = _drift_section(
