@@ -19,7 +19,7 @@ from sklearn.preprocessing import OneHotEncoder
 from lib import registry
 from lib.delivery import canary, operations, replayer, rollout
 from lib.delivery import releases as deployments
-from lib.pipeline import features, training
+from lib.pipeline import features
 from tests.support.deploy import FAST, NAME, World, make_runner_project
 
 pytestmark = pytest.mark.e2e
@@ -83,22 +83,24 @@ def test_without_any_label_an_equal_candidate_goes_through_every_step(world: Wor
     assert world.champion() == v2
 
 
-def test_without_any_label_a_model_trained_on_permuted_ratings_is_rolled_back(
+def test_without_any_label_a_model_that_learned_the_opposite_is_rolled_back(
     world: World,
 ) -> None:
+    """Sure and wrong: its estimated accuracy looks as good as the champion's (estimates cannot
+    see that), but the label-free prediction shift does, and no label is waited for."""
     v1 = world.champion()
-    rng = np.random.default_rng(3)
-    pipe = training.build_candidate("random_forest", 3, 40, groups=["engagement"])
-    noise = world.register(pipe.fit(world.X, rng.permutation(world.y.to_numpy())))
+    bad = world.register(world.forest(3, flip=True))
     with world.service() as prod:
-        outcome = world.deploy(noise, prod.url, **NO_LABELS)
+        outcome = world.deploy(bad, prod.url, **NO_LABELS)
     _assert_production_unchanged(world, v1, outcome)
-    assert "estimated accuracy" in outcome.rollback_reason
+    assert "canary predicts positive for" in outcome.rollback_reason
     failed = outcome.steps[-1]
-    assert failed["verdict"] == "fail"
-    check = next(c for c in failed["checks"] if c["name"] == "accuracy")
-    assert check["status"] == "fail" and check["evidence"] == canary.ESTIMATED
-    assert check["observed"]["canary_labeled"] == 0
+    assert failed["verdict"] == "fail" and failed["weight"] == 5
+    shift = next(c for c in failed["checks"] if c["name"] == "prediction_shift")
+    assert shift["status"] == "fail" and shift["evidence"] == "predictions"
+    accuracy = next(c for c in failed["checks"] if c["name"] == "accuracy")
+    assert accuracy["evidence"] == canary.ESTIMATED
+    assert accuracy["observed"]["canary_labeled"] == 0
 
 
 def _assert_production_unchanged(world: World, v1: str, outcome) -> None:
