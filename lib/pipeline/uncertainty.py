@@ -77,9 +77,7 @@ def _vector(name: str, values: ArrayLike, n: int | None, dtype: Any = None) -> n
 
 def _binary(name: str, values: ArrayLike, n: int | None) -> np.ndarray:
     arr = _vector(name, values, n)
-    if arr.dtype == bool:
-        return arr.astype(np.int8)
-    if not np.isin(arr, (0, 1)).all():
+    if not np.isin(arr, (0, 1)).all():  # booleans pass: True == 1
         raise ValueError(f"{name} must hold binary labels 0/1, got {np.unique(arr)[:10]}")
     return arr.astype(np.int8)
 
