@@ -7,12 +7,18 @@ it.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass as checked_dataclass
 
 from lib.config_errors import describe
@@ -53,27 +59,10 @@ class Evidence:
     @classmethod
     def from_dict(cls, d: Mapping) -> Evidence:
         """Read the shape :meth:`to_dict` writes (extra keys ignored, e.g. ``level``)."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"evidence must be a mapping with keys estimate, low, high, got {d!r}")
-        missing = [k for k in ("estimate", "low", "high") if k not in d]
-        if missing:
-            raise ValueError(
-                f"evidence is missing key(s) {', '.join(missing)}; got keys {sorted(map(str, d))} "
-                "(use Evidence.point(x) for a value without an interval)"
-            )
-        values = {}
-        for key in ("estimate", "low", "high"):
-            try:
-                values[key] = float(d[key])
-            except (TypeError, ValueError):
-                raise ValueError(f"evidence {key} must be a number, got {d[key]!r}") from None
-        n = d.get("n", 0)
         try:
-            n = operator.index(0 if n is None else n)
-        except TypeError:
-            raise ValueError(f"evidence n must be an integer, got {n!r}") from None
-        method = d.get("method", "")
-        return cls(n=n, method="" if method is None else str(method), **values)
+            return _EVIDENCE.validate_python(d)
+        except ValidationError as exc:
+            raise ValueError("evidence " + "; ".join(_problem(e) for e in exc.errors())) from None
 
     @classmethod
     def point(cls, value: float) -> Evidence:
@@ -90,6 +79,9 @@ class Evidence:
             "n": int(self.n),
             "method": str(self.method),
         }
+
+
+_EVIDENCE = TypeAdapter(Evidence)  # its fields' types, checked when read from a mapping
 
 
 @checked_dataclass(frozen=True, config=_CHECKED)

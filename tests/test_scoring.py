@@ -704,9 +704,9 @@ def test_evidence_round_trips_and_ignores_extra_keys() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"estimate": 0.8, "low": 0.7}, "missing key.*high"),
-        ({"estimate": 0.8, "low": None, "high": 0.9}, "low must be a number"),
-        ({"estimate": 0.8, "low": 0.7, "high": 0.9, "n": 1.5}, "n must be an integer"),
+        ({"estimate": 0.8, "low": 0.7}, "evidence high: missing"),
+        ({"estimate": 0.8, "low": None, "high": 0.9}, "evidence low: must be a number"),
+        ({"estimate": 0.8, "low": 0.7, "high": 0.9, "n": 1.5}, "evidence n: must be an integer"),
         ([0.8, 0.7, 0.9], "must be a mapping"),
     ],
 )
