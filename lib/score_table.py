@@ -1,8 +1,7 @@
 """The score table: the bands, gate settings and verdict cut-offs a decision is scored with.
 
-Data rather than ``if`` chains (checked frozen dataclasses loaded from the config key
-``decision``), so each band is unit-tested and tunable without code; lib.pipeline.scoring applies
-it.
+Data rather than ``if`` chains (checked frozen dataclasses from the config key ``decision``), so
+each band is unit-tested and tunable without code; lib.pipeline.scoring applies it.
 """
 
 from __future__ import annotations
