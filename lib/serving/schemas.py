@@ -312,11 +312,6 @@ class RoutingUpdate(BaseModel):
     # compare-and-set: apply only if the canary weight now (after the lease check) is this one
     expected_weight: _Percent = None
 
-    @property
-    def keeps_canary(self) -> bool:
-        """canary_version absent: keep the canary there is."""
-        return "canary_version" not in self.model_fields_set
-
 
 class ErrorBody(BaseModel):
     """Every 4xx/5xx answer: a sentence, and for refused input the list of problems."""
