@@ -7,6 +7,7 @@ trains also serves. A parser returns the value, None (NaN for a size) when missi
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -21,9 +22,6 @@ MISSING = frozenset(["", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "None", "none"
 VARIES = "varies with device"
 
 NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
-REVIEWS_JUNK = re.compile(r"[,\s]")
-INSTALLS_JUNK = re.compile(r"[,+\s]")
-PRICE_JUNK = re.compile(r"[$,\s]")
 SIZE_RE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([kKmMgG])?[bB]?", re.ASCII)
 SIZE_UNIT_MB = {None: 1.0, "k": 1e-3, "K": 1e-3, "m": 1.0, "M": 1.0, "g": 1e3, "G": 1e3}
 ISO_DATE_RE = re.compile(
@@ -36,8 +34,7 @@ _MONTH_NAMES = [
     "january", "february", "march", "april", "may", "june", "july", "august", "september",
     "october", "november", "december",
 ]  # fmt: skip
-_MONTHS = {name: i + 1 for i, name in enumerate(_MONTH_NAMES)}
-_MONTHS.update({name[:3]: i + 1 for i, name in enumerate(_MONTH_NAMES)})
+_MONTHS = {key: i for i, name in enumerate(_MONTH_NAMES, 1) for key in (name, name[:3])}
 EPOCH = datetime(1970, 1, 1)
 FIRST_DAY = datetime(1677, 9, 22)  # datetime64[ns] bounds, in whole days
 LAST_DAY = datetime(2262, 4, 11)
@@ -63,16 +60,10 @@ def number(text: str, junk: re.Pattern[str] | None = None, hint: str = HINT_NUMB
     return value
 
 
-def reviews(text: str) -> float | None:
-    return number(text, REVIEWS_JUNK, HINT_REVIEWS)
-
-
-def installs(text: str) -> float | None:
-    return number(text, INSTALLS_JUNK, HINT_INSTALLS)
-
-
-def price(text: str) -> float | None:
-    return number(text, PRICE_JUNK, HINT_PRICE)
+# the count and price columns: `number` after dropping their thousands commas, "+" and "$"
+reviews = functools.partial(number, junk=re.compile(r"[,\s]"), hint=HINT_REVIEWS)
+installs = functools.partial(number, junk=re.compile(r"[,+\s]"), hint=HINT_INSTALLS)
+price = functools.partial(number, junk=re.compile(r"[$,\s]"), hint=HINT_PRICE)
 
 
 def size_mb(text: str) -> float:
