@@ -169,10 +169,8 @@ class PipelineConfig(BaseSettings):
         None, ge=0
     )
     rf_trees: Int = Field(200, ge=1)
-    # honest inputs beyond the base listing fields (FEATURE_GROUPS)
-    features: Annotated[list[str], BeforeValidator(listish)] = [
-        "engagement", "versions", "genres", "name_stats", "name_text",
-    ]  # fmt: skip
+    # honest inputs beyond the base listing fields
+    features: Annotated[list[str], BeforeValidator(listish)] = list(FEATURE_GROUPS)
     calibration: Annotated[
         list[Literal[CALIBRATION_METHODS]],  # type: ignore[valid-type]
         BeforeValidator(listish),

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 # Spellings of "no value" met in the files (the raw scrape writes the string "NaN").
@@ -118,10 +117,8 @@ def free_or_paid(text: str) -> str | None:
 
 
 def parse_column(series: pd.Series, parse: Callable[[str], Any]) -> tuple[pd.Series, pd.Series]:
-    """`parse` on a column of strings: (values, NaN/NaT where missing or bad; mask of bad ones).
-
-    Each distinct value is parsed once: listings repeat sizes, install counts and dates a lot.
-    """
+    """`parse` on a column of strings, each distinct value once (listings repeat them a lot):
+    (values, NaN/NaT where missing or bad; mask of bad ones)."""
     parsed: dict[str, Any] = {}
     bad_values: set[str] = set()
     for value in series.unique():
@@ -129,12 +126,8 @@ def parse_column(series: pd.Series, parse: Callable[[str], Any]) -> tuple[pd.Ser
             parsed[value] = parse(value)
         except ValueError:
             bad_values.add(value)
-    mapped = series.map(parsed)
     bad = series.isin(bad_values)
+    values = series.map(parsed).where(~bad)
     if parse is date:
-        values = pd.to_datetime(mapped.where(~bad), errors="coerce").astype("datetime64[ns]")
-    else:
-        values = pd.Series(
-            np.asarray(mapped.where(~bad).astype("float64")), index=series.index, dtype="float64"
-        )
-    return values, bad
+        return pd.to_datetime(values, errors="coerce").astype("datetime64[ns]"), bad
+    return values.astype("float64"), bad

@@ -66,9 +66,6 @@ def current_inputs(window: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-# ---------------------------------------------------------------------------- drift
-
-
 def _as_float(values: Any) -> np.ndarray:
     return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
 

@@ -65,7 +65,7 @@ _RETIRED_TEAMS_RE = re.compile(r"(msteams://|webhook\.office\.com|office\.com/we
 
 def event_tags(event: str) -> frozenset[str]:
     """The apprise tags `event` is sent with: its name, its level and its alias."""
-    return frozenset({event, LEVELS[event], *([ALIASES[event]] if event in ALIASES else [])})
+    return frozenset({event, LEVELS[event], ALIASES.get(event, event)})
 
 
 @dataclass(frozen=True)
