@@ -20,8 +20,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass as checked_dataclass
 
-from lib.config_errors import describe
-from lib.config_sections import Int
+from lib.config_sections import Int, describe
 from lib.errors import ConfigError
 
 VERDICTS = ("auto", "manual", "reject")
