@@ -204,8 +204,7 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
     finally:
         if held is not None:
             held.release()
-    if record.get("canary_routing"):
-        echo(f"canary: {record['canary_routing']}")
+    echo(f"canary: {record['canary_routing']}")  # canary_off always says what it did
     if record.get("rollout_closed"):
         echo(f"open rollout {record['rollout_closed']} closed (the operator's rollback wins)")
     deliveries = send(

@@ -289,11 +289,9 @@ def check_latency(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
             f"{fmt_count(cfg.samples_for(first))} to be compared; {over}"
         )
     else:
-        vs = (
-            compared
-            if m >= cfg.samples_for(cfg.latency_quantiles[0])
-            else (f"only {fmt_count(m)} champion latencies, not compared")
-        )
+        vs = compared
+        if m < cfg.samples_for(cfg.latency_quantiles[0]):
+            vs = f"only {fmt_count(m)} champion latencies, not compared"
         msg = f"canary latency within bounds: {over}; {vs}{pending} ({on})"
     return Check("latency", status, observed, threshold, {CANARY: n, CHAMPION: m}, msg)
 

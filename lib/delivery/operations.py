@@ -276,8 +276,7 @@ def promote_version(
     """`runner.py promote`: a rollout without canary steps (staging and smoke tests, then the
     all-or-nothing promotion), crash-safe like any rollout. `holdout` and `settings` are the 05
     deploy stage's; RolloutConflict (nothing changed) while another rollout is open or parked.
-    Returns {outcome: promoted | failed, champion_before, champion, reason, note}.
-    """
+    Returns {outcome: promoted | failed, champion_before, champion, reason, note}."""
     from lib.delivery import progressive
 
     version = str(version)

@@ -232,9 +232,7 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
-def interrupted(
-    state: RolloutState | None, pid_alive: Callable[[int | None], bool] = pid_alive
-) -> bool:
+def interrupted(state: RolloutState | None) -> bool:
     """An active rollout whose driving process is gone: resume or roll back before anything."""
     return state is not None and state.active and not pid_alive(state.owner_pid)
 
@@ -303,11 +301,8 @@ def begin(
     reason: str = "",
 ) -> RolloutState:
     """Start a rollout in `staging`, or park it in `awaiting_approval` when not approved.
-
-    Refuses while another rollout is active (interrupted or not) or parked for another version.
-    Beginning again the version that is parked approves it (approved=True; this process drives
-    it, on `serving_url` when given) or keeps it parked.
-    """
+    Refuses while another rollout is active or parked for another version; beginning the parked
+    version again approves it (this process drives it, on `serving_url`) or keeps it parked."""
     candidate = str(candidate)
     champion = None if champion is None else str(champion)
     steps = [int(s) for s in steps]

@@ -51,10 +51,8 @@ def run_smoke_tests(
     latency_requests: int = 20,
     timeout: float = 10.0,
 ) -> SmokeResult:
-    """Run every check (a failing one does not hide the others) and say what each saw.
-
-    `known` holds request bodies with the label the registered model gives them offline.
-    """
+    """Run every check (a failing one does not hide the others) and say what each saw. `known`
+    holds request bodies with the label the registered model gives them offline."""
     import httpx
 
     url, body = url.rstrip("/"), known[0][0]
