@@ -65,7 +65,9 @@ def main() -> None:
     train_idx, test_idx = training.holdout_split(labeled.keys, labeled.y, 0.2, 42)
     versions = []
     for seed in (1, 2):
-        result = training.train_candidate("random_forest", labeled, train_idx, test_idx, 3, seed)
+        result = training.train_candidate(
+            "random_forest", labeled, train_idx, test_idx, training.TrainingSettings(3, seed)
+        )
         with mlflow.start_run():
             mlflow.log_metrics({f"holdout_{k}": v for k, v in result.holdout.items()})
             info = registry.log_candidate_model(result.model, labeled.X.head(5))

@@ -144,7 +144,7 @@ def train_and_register(
         train_idx, test_idx = training.holdout_split(labeled.keys, labeled.y, 0.2, 42)
         with threadpool_limits(1):  # OpenMP fits crawl on a busy shared machine
             result = training.train_candidate(
-                model, labeled, train_idx, test_idx, folds, 42, rf_trees=trees
+                model, labeled, train_idx, test_idx, training.TrainingSettings(folds, 42, trees)
             )
         pipe = result.model
         detail = ", ".join(

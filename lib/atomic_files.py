@@ -70,8 +70,7 @@ def replace_dir(staged: str | Path, target: str | Path) -> None:
     moved to a hidden `.<name>.old` first and removed last."""
     staged, target = Path(staged), Path(target)
     old = target.parent / f".{target.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
+    shutil.rmtree(old, ignore_errors=True)  # a crashed swap's leftover
     if target.exists():
         target.rename(old)
     staged.rename(target)
@@ -82,15 +81,11 @@ def replace_dir(staged: str | Path, target: str | Path) -> None:
 def copy_dir_atomic(
     source: str | Path, target: str | Path, prepare: Callable[[Path], None] | None = None
 ) -> Path:
-    """Copy the directory `source` into place as `target` (replacing it) in one step.
-
-    The copy is built under a hidden name (a leftover marks an interrupted copy); `prepare` may
-    edit it before it is swapped in.
-    """
+    """Copy the directory `source` into place as `target` (replacing it) in one step, built under
+    a hidden name (a leftover marks an interrupted copy); `prepare` may edit it before the swap."""
     target = Path(target)
     staged = target.parent / f"{STAGING_PREFIX}{target.name}"
-    if staged.exists():
-        shutil.rmtree(staged)
+    shutil.rmtree(staged, ignore_errors=True)  # an interrupted copy
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, staged)
     if prepare is not None:

@@ -182,9 +182,8 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
     state = store.load()
     if state is not None and state.active and rollout.pid_alive(state.owner_pid):
         if state.phase != rollout.Phase.PROMOTING:
-            stopped = _stop_rollout(cfg, root, args, echo)
-            if stopped is not None:
-                return stopped
+            if _stop_rollout(cfg, root, args, echo) is not None:
+                return 0
             # it entered `promoting` just before the stop landed and is champion now
             echo(f"v{state.candidate_version} was promoted before the stop: rolling it back")
         else:
@@ -205,8 +204,7 @@ def cmd_rollback(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo
     finally:
         if held is not None:
             held.release()
-    if record.get("canary_routing"):
-        echo(f"canary: {record['canary_routing']}")
+    echo(f"canary: {record['canary_routing']}")  # canary_off always says what it did
     if record.get("rollout_closed"):
         echo(f"open rollout {record['rollout_closed']} closed (the operator's rollback wins)")
     deliveries = send(
@@ -247,32 +245,32 @@ def _stop_rollout(
     be rolled back like any promotion."""
     from lib.delivery import operations, rollout
 
-    done = operations.stop_rollout(
+    state, routing = operations.stop_rollout(
         root / cfg.models_dir, root / cfg.logs_dir, args.reason, service_url(cfg),
         cfg.stop_wait_seconds,
     )  # fmt: skip
-    v, kept = done["version"], operations.named(done["champion"])
-    echo(f"canary: {done['canary_routing']}")
-    if done["phase"] == rollout.Phase.PROMOTING:  # it got there just before the stop
+    v, kept, phase = state.candidate_version, operations.named(state.champion_version), state.phase
+    echo(f"canary: {routing}")
+    if phase == rollout.Phase.PROMOTING:  # it got there just before the stop
         store = rollout.RolloutStore(root / cfg.models_dir / "rollout.json")
         _await_promotion(store, cfg, f"v{v} was being promoted when the stop came and")
-        done["phase"] = store.load().phase
-    if done["phase"] == rollout.Phase.SUCCEEDED:
+        phase = store.load().phase
+    if phase == rollout.Phase.SUCCEEDED:
         return None
-    if done["finished"]:
-        result, detail = "done", f"rollout {done['rollout']} {done['phase']}: {done['reason']}"
-        echo(f"stopped: the rollout of v{v} is {done['phase']}; production stays on {kept}")
+    if state.finished:
+        result, detail = "done", f"rollout {state.rollout_id} {phase}: {state.reason}"
+        echo(f"stopped: the rollout of v{v} is {phase}; production stays on {kept}")
     else:
         result = "requested"
-        if done["owner_alive"]:
+        if rollout.pid_alive(state.owner_pid):
             detail = f"stop recorded; v{v} can no longer be promoted; the running deployer "
             detail += "finishes the rollback at its next look"
         else:
             detail = f"the deployer of v{v} died; the next run rolls the rollout back"
         echo(f"stop requested: {detail}; production stays on {kept}")
     _record(
-        cfg, root, "rollback", version=v, champion=done["champion"], result=result,
-        reason=args.reason, detail=detail, rollout=done["rollout"],
+        cfg, root, "rollback", version=v, champion=state.champion_version, result=result,
+        reason=args.reason, detail=detail, rollout=state.rollout_id,
     )  # fmt: skip
     return 0
 

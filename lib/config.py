@@ -13,10 +13,10 @@ import copy
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
@@ -36,8 +36,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from lib.config_errors import format_errors
-from lib.config_sections import AnalysisConfig, Float, Int, MonitorConfig, listish
+from lib.config_sections import AnalysisConfig, Float, Int, MonitorConfig, format_errors, listish
 from lib.errors import ConfigError
 from lib.score_table import ScoreTable
 from lib.settings import MODELS_DIR, ROOT_ENV, store_url, tracking_uri
@@ -90,8 +89,7 @@ def check_groups(groups: Iterable[str]) -> list[str]:
 
 
 def data_paths(data_path: str | list[str]) -> list[str]:
-    """A `data_path` (config key or stage parameter): one CSV, a comma-separated string or a
-    list."""
+    """A `data_path` (config key or stage parameter): one CSV, comma-separated CSVs or a list."""
     items = data_path if isinstance(data_path, list) else str(data_path).split(",")
     return [p.strip() for p in items if p.strip()]
 
@@ -171,10 +169,8 @@ class PipelineConfig(BaseSettings):
         None, ge=0
     )
     rf_trees: Int = Field(200, ge=1)
-    # honest inputs beyond the base listing fields (FEATURE_GROUPS)
-    features: Annotated[list[str], BeforeValidator(listish)] = [
-        "engagement", "versions", "genres", "name_stats", "name_text",
-    ]  # fmt: skip
+    # honest inputs beyond the base listing fields
+    features: Annotated[list[str], BeforeValidator(listish)] = list(FEATURE_GROUPS)
     calibration: Annotated[
         list[Literal[CALIBRATION_METHODS]],  # type: ignore[valid-type]
         BeforeValidator(listish),
@@ -296,37 +292,13 @@ def redact_url(text: str) -> str:
     return _USERINFO_RE.sub(r"\1***@", text)
 
 
-# --- errors ---------------------------------------------------------------------------------
-
-
 def _known_keys(path: list[str]) -> str:
     """The keys a model accepts at a dotted path, for the unknown-key message."""
     model: Any = PipelineConfig
-    for part in path:
+    for part in path:  # pydantic keeps a field's bare type in `annotation`, Annotated stripped
         field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return ""
-        model = field.annotation
-        if get_origin(model) is Annotated:
-            model = get_args(model)[0]
-    fields = getattr(model, "model_fields", None)
-    return ", ".join(sorted(fields)) if fields else ""
-
-
-def _validate(build: Callable[[], PipelineConfig], origin: str) -> PipelineConfig:
-    """`build()`; any problem is one ConfigError naming `origin`."""
-    try:
-        return build()
-    except ValidationError as exc:
-        message = format_errors(exc)
-        unknown = [e for e in exc.errors() if e["type"] == "extra_forbidden"]
-        if unknown:
-            known = _known_keys([str(p) for p in unknown[0]["loc"][:-1]])
-            if known:
-                message += f" (known keys: {known})"
-        raise ConfigError(f"{origin}: {message}") from None
-    except (ConfigError, ValueError) as exc:  # e.g. ScoreTableError outside pydantic's wrapping
-        raise ConfigError(f"{origin}: {exc}") from None
+        model = field.annotation if field else None
+    return ", ".join(sorted(getattr(model, "model_fields", None) or ()))
 
 
 # --- layers ---------------------------------------------------------------------------------
@@ -334,11 +306,8 @@ def _validate(build: Callable[[], PipelineConfig], origin: str) -> PipelineConfi
 
 def _is_plain_str(name: str) -> bool:
     """Fields whose CLI value is taken literally (a path or a URL), not parsed as YAML."""
-    field = PipelineConfig.model_fields.get(name)
-    if field is None:
-        return False
-    args = get_args(field.annotation)
-    return field.annotation is str or (str in args) or any(str in get_args(a) for a in args)
+    field = PipelineConfig.model_fields.get(name)  # its `annotation` has no Annotated wrapper
+    return field is not None and str in (field.annotation, *get_args(field.annotation))
 
 
 def _cli_value(name: str, value: Any) -> Any:
@@ -438,7 +407,17 @@ def _build(
     merges them; any problem is one ConfigError naming `origin`, the layer added last."""
     token = _LAYERS.set(tuple(reversed(layers)))
     try:
-        return _validate(lambda: PipelineConfig(**init), origin)
+        return PipelineConfig(**init)
+    except ValidationError as exc:
+        message = format_errors(exc)
+        unknown = [e for e in exc.errors() if e["type"] == "extra_forbidden"]
+        if unknown:
+            known = _known_keys([str(p) for p in unknown[0]["loc"][:-1]])
+            if known:
+                message += f" (known keys: {known})"
+        raise ConfigError(f"{origin}: {message}") from None
+    except (ConfigError, ValueError) as exc:  # e.g. ScoreTableError outside pydantic's wrapping
+        raise ConfigError(f"{origin}: {exc}") from None
     finally:
         _LAYERS.reset(token)
 
@@ -450,11 +429,8 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> PipelineConfig:
-    """Defaults < file < PIPELINE_* environment variables < explicit overrides.
-
-    `cwd`: the directory the user runs from; data paths from the environment and the overrides
-    (the command line) are relative to it. Paths in the file are relative to `root`.
-    """
+    """Defaults < file < PIPELINE_* variables < `overrides`; data paths from the last two are
+    relative to `cwd` (where the user runs), those in the file to `root`."""
     layers: list[PydanticBaseSettingsSource] = []
     origin: str | None = None
     path = Path(config_file) if config_file else root / CONFIG_FILE

@@ -35,8 +35,6 @@ class StageError(PipelineError):
     """A notebook stage failed (its executed notebook is kept); `exit_code` is 1 unless a known
     error's documented code applies (a registry outage is 4, in a kernel as in the runner)."""
 
-    exit_code = 1
-
     def __init__(
         self, stage: str, message: str, notebook: str | None = None, exit_code: int = 1
     ) -> None:

@@ -6,6 +6,7 @@ runner's terminal: with PIPELINE_PROGRESS=1 (set by runner.py) lines go there, e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -21,10 +22,8 @@ def report(message: str, *args: object) -> None:
     log.debug("%s", text)
     if os.environ.get(ENV) != "1":
         return
-    try:
+    with contextlib.suppress(OSError):  # no terminal (closed descriptor): progress is optional
         os.write(2, f"{INDENT}{text}\n".encode("utf-8", errors="replace"))
-    except OSError:  # no terminal (closed descriptor): progress is optional
-        pass
 
 
 def canary_step(weight: float, elapsed: float, window: float, analysis: object) -> None:

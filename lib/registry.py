@@ -76,10 +76,8 @@ def bound_http_retries() -> dict[str, str]:
 
 
 def connect(tracking_uri: str, experiment: str) -> Any:
-    """Point MLflow (tracking and registry) at one store and return a client.
-
-    Raises RegistryUnavailable when the store cannot be reached.
-    """
+    """Point MLflow (tracking and registry) at one store and return a client;
+    RegistryUnavailable when the store cannot be reached."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -101,12 +99,9 @@ def connect(tracking_uri: str, experiment: str) -> Any:
 
 
 def _client_uri(client: Any) -> str:
-    uri = getattr(client, "_registry_uri", None) or getattr(client, "tracking_uri", None)
-    if isinstance(uri, str) and uri:
-        return uri
     import mlflow
 
-    return mlflow.get_registry_uri()
+    return getattr(client, "_registry_uri", None) or mlflow.get_registry_uri()
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -165,13 +160,8 @@ def registry_call(client_or_uri: Any, doing: str) -> Iterator[None]:
 
 
 def pip_requirements() -> list[str]:
-    reqs = []
-    for name in _REQUIREMENT_PACKAGES:
-        try:
-            reqs.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            reqs.append(name)
-    return reqs
+    """Each package pinned: all are hard dependencies, installed wherever a model is saved."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in _REQUIREMENT_PACKAGES]
 
 
 def _only_library_types(untrusted: list[str]) -> list[str]:
@@ -189,7 +179,7 @@ def skops_trusted_types(model: Any) -> list[str]:
     return _only_library_types(sio.get_untrusted_types(data=sio.dumps(model)))
 
 
-def log_candidate_model(model: Any, example: pd.DataFrame, name: str = "model") -> Any:
+def log_candidate_model(model: Any, example: pd.DataFrame) -> Any:
     """Log a fitted pipeline to the active run with signature, example and skops format."""
     import mlflow
     from mlflow.models import infer_signature
@@ -198,7 +188,7 @@ def log_candidate_model(model: Any, example: pd.DataFrame, name: str = "model") 
     signature = infer_signature(example, model.predict_proba(example)[:, 1])
     return mlflow.sklearn.log_model(
         model,
-        name=name,
+        name="model",
         serialization_format="skops",
         skops_trusted_types=skops_trusted_types(model),
         signature=signature,
@@ -232,10 +222,8 @@ def _unless_missing(client: Any, doing: str, call: Callable[..., Any], *args: An
 
 
 def alias_version(client: Any, model_name: str, alias: str) -> str | None:
-    """The version an alias points at, or None when the model or the alias does not exist.
-
-    Raises RegistryUnavailable when the registry cannot answer: an outage is not "no alias".
-    """
+    """The version an alias points at, or None when the model or the alias does not exist
+    (RegistryUnavailable when the registry cannot answer: an outage is not "no alias")."""
     doing = f"looking up {model_name}@{alias}"
     found = _unless_missing(client, doing, client.get_model_version_by_alias, model_name, alias)
     return None if found is None else str(found.version)
@@ -349,19 +337,15 @@ def log_candidate_run(
     figures: dict[str, Any],
     tags: dict[str, str],
 ) -> tuple[str, str]:
-    """One child run per candidate: params, holdout + CV metrics, data sets, plots and the model.
-
-    Returns (run_id, model_uri).
-    """
+    """One child run per candidate (params, holdout + CV metrics, data, plots, model): its
+    (run_id, model_uri)."""
     import mlflow
 
     with mlflow.start_run(run_id=parent_run_id):
         with mlflow.start_run(run_name=result.name, nested=True, tags=tags) as run:
             mlflow.log_params({"candidate": result.name, **result.params})
             metrics = {f"holdout_{k}": v for k, v in result.holdout.items()}
-            for metric, stats in result.cv.items():
-                metrics[f"cv_{metric}_mean"] = stats["mean"]
-                metrics[f"cv_{metric}_std"] = stats["std"]
+            metrics |= {f"cv_{m}_{s}": v[s] for m, v in result.cv.items() for s in ("mean", "std")}
             metrics["fit_seconds"] = result.fit_seconds
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
             for context, frame in (("training", train_frame), ("holdout", holdout_frame)):

@@ -1,22 +1,29 @@
 """The score table: the bands, gate settings and verdict cut-offs a decision is scored with.
 
-Data rather than ``if`` chains (frozen dataclasses loaded from the config key ``decision``), so
+Data rather than ``if`` chains (checked frozen dataclasses from the config key ``decision``), so
 each band is unit-tested and tunable without code; lib.pipeline.scoring applies it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import operator
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal
 
+from pydantic import (
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass as checked_dataclass
+
+from lib.config_sections import Int, describe
 from lib.errors import ConfigError
 
 VERDICTS = ("auto", "manual", "reject")
-EVIDENCE_MODES = ("lower_bound", "point")
 
 # Observed values are rounded to this many decimals before comparison, so that a difference
 # computed in floating point (0.91 - 0.90 == 0.010000000000000009) lands in the band a person
@@ -27,10 +34,9 @@ LE, GE, TO = "≤", "≥", "→"
 _OPS = {">": ">", ">=": GE}  # op -> human-readable symbol
 NEGATED = {">": LE, ">=": "<"}  # op -> symbol of its complement, for "else" texts
 
-
-def _finite(x: Any) -> bool:
-    """A finite real number (bools are ints in Python but never a meaningful threshold)."""
-    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+# A finite number: a bool or a string (PyYAML reads 1e-2 as one) is refused, not converted.
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+_CHECKED = ConfigDict(extra="forbid")
 
 
 class ScoreTableError(ConfigError, ValueError):
@@ -51,27 +57,10 @@ class Evidence:
     @classmethod
     def from_dict(cls, d: Mapping) -> Evidence:
         """Read the shape :meth:`to_dict` writes (extra keys ignored, e.g. ``level``)."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"evidence must be a mapping with keys estimate, low, high, got {d!r}")
-        missing = [k for k in ("estimate", "low", "high") if k not in d]
-        if missing:
-            raise ValueError(
-                f"evidence is missing key(s) {', '.join(missing)}; got keys {sorted(map(str, d))} "
-                "(use Evidence.point(x) for a value without an interval)"
-            )
-        values = {}
-        for key in ("estimate", "low", "high"):
-            try:
-                values[key] = float(d[key])
-            except (TypeError, ValueError):
-                raise ValueError(f"evidence {key} must be a number, got {d[key]!r}") from None
-        n = d.get("n", 0)
         try:
-            n = operator.index(0 if n is None else n)
-        except TypeError:
-            raise ValueError(f"evidence n must be an integer, got {n!r}") from None
-        method = d.get("method", "")
-        return cls(n=n, method="" if method is None else str(method), **values)
+            return _EVIDENCE.validate_python(d)
+        except ValidationError as exc:
+            raise ValueError("evidence " + "; ".join(_problem(e) for e in exc.errors())) from None
 
     @classmethod
     def point(cls, value: float) -> Evidence:
@@ -90,28 +79,17 @@ class Evidence:
         }
 
 
-@dataclass(frozen=True)
+_EVIDENCE = TypeAdapter(Evidence)  # its fields' types, checked when read from a mapping
+
+
+@checked_dataclass(frozen=True, config=_CHECKED)
 class Gate:
     """The no-skill gate's settings (config key ``decision.gate``)."""
 
-    min_roc_auc_lower: float = 0.55  # the ROC-AUC interval's lower bound must be > this
-    accuracy_tolerance: float = 0.005  # served-label accuracy >= majority share - this
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        floor = self.min_roc_auc_lower
-        if not _finite(floor) or not 0.5 <= floor < 1:
-            raise ScoreTableError(
-                f"gate.min_roc_auc_lower must be a number in [0.5, 1) (0.5 is a coin toss; the "
-                f"ROC-AUC interval's lower bound must be above it), got {floor!r}"
-            )
-        tolerance = self.accuracy_tolerance
-        if not _finite(tolerance) or tolerance < 0:
-            raise ScoreTableError(
-                f"gate.accuracy_tolerance must be a finite number >= 0, got {tolerance!r}"
-            )
-        if not isinstance(self.enabled, bool):
-            raise ScoreTableError(f"gate.enabled must be true or false, got {self.enabled!r}")
+    # the ROC-AUC interval's lower bound must be > this (0.5 is a coin toss)
+    min_roc_auc_lower: Finite = Field(0.55, ge=0.5, lt=1)
+    accuracy_tolerance: Finite = Field(0.005, ge=0)  # served-label accuracy >= majority - this
+    enabled: bool = Field(True, strict=True)
 
 
 @dataclass(frozen=True)
@@ -124,23 +102,31 @@ class GateInputs:
     n: int  # holdout rows
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_CHECKED)
 class Band:
     """One row of a criterion: ``points`` when ``value op threshold``; ``threshold=None`` = else."""
 
-    threshold: float | None
-    points: int
-    op: str = ">"
+    threshold: Finite | None
+    points: Int
+    op: Literal[">", ">="] = ">"
 
-    def __post_init__(self) -> None:
-        if self.op not in _OPS:
-            raise ScoreTableError(f"band op must be one of {sorted(_OPS)}, got {self.op!r}")
-        if self.threshold is not None and not _finite(self.threshold):
-            raise ScoreTableError(
-                f"band threshold must be a finite number or None, got {self.threshold!r}"
-            )
-        if isinstance(self.points, bool) or not isinstance(self.points, int):
-            raise ScoreTableError(f"band points must be an integer, got {self.points!r}")
+    @model_validator(mode="before")
+    @classmethod
+    def _from_config(cls, data: Any) -> Any:
+        """The config's spelling: ``{above: t, points: n}``, ``{at_least: t, points: n}`` or
+        ``{else: true, points: n}``."""
+        if not isinstance(data, Mapping):
+            return data  # built in code, by position or keyword
+        given = [k for k in ("above", "at_least", "else") if k in data]
+        if len(given) != 1:
+            raise ValueError(f"needs exactly one of above, at_least, else; got {given or 'none'}")
+        (key,) = given
+        band = {k: v for k, v in data.items() if k != key}
+        if key == "else" and data[key] is not True:
+            raise ValueError(f"'else' must be true, got {data[key]!r}")
+        if key == "else":
+            return {**band, "threshold": None}
+        return {**band, "threshold": data[key], "op": ">" if key == "above" else ">="}
 
     def holds(self, value: float) -> bool:
         """Whether ``value`` falls in this band (an else band always holds)."""
@@ -168,67 +154,83 @@ DEFAULT_ABSOLUTE: tuple[Band, ...] = (
 )
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_CHECKED)
 class ScoreTable:
     """The whole scoring policy; the defaults are the mission's table, read on lower bounds."""
 
     improvement: tuple[Band, ...] = DEFAULT_IMPROVEMENT
     absolute: tuple[Band, ...] = DEFAULT_ABSOLUTE
-    max_cv_std: float = 0.02
-    stability_points: int = 30
-    auto_at: int = 70
-    manual_at: int = 50
-    evidence: str = "lower_bound"
+    max_cv_std: Finite = Field(0.02, ge=0)
+    stability_points: Int = 30
+    auto_at: Int = 70
+    manual_at: Int = 50
+    # lower_bound: bands are read on the interval's lower bound; point: on the estimate
+    evidence: Literal["lower_bound", "point"] = "lower_bound"
     gate: Gate = Gate()
 
-    def __post_init__(self) -> None:
-        for name in ("improvement", "absolute"):
-            bands = tuple(getattr(self, name))
-            object.__setattr__(self, name, bands)  # accept lists, store tuples (hashable)
-            _validate_bands(name, bands)
-        if not _finite(self.max_cv_std) or self.max_cv_std < 0:
-            raise ScoreTableError(
-                f"stability.max_cv_std must be a finite number >= 0, got {self.max_cv_std!r}"
+    @field_validator("improvement", "absolute")
+    @classmethod
+    def _ordered(cls, bands: tuple[Band, ...]) -> tuple[Band, ...]:
+        """Decreasing thresholds (the first band that holds wins), then exactly one else band."""
+        if not bands:
+            raise ValueError(
+                "must be a non-empty list of bands like {above: 0.01, points: 40}, "
+                "{at_least: 0, points: 5}, ending with {else: true, points: -50}"
             )
-        for name in ("stability_points", "auto_at", "manual_at"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ScoreTableError(f"{name} must be an integer, got {value!r}")
+        if bands[-1].threshold is not None:
+            raise ValueError(
+                "the last band must be the else band (threshold None / else: true), "
+                f"got {bands[-1].rule}"
+            )
+        for i, band in enumerate(bands[:-1]):
+            if band.threshold is None:
+                raise ValueError(
+                    f"band {i}: only the last band may be the else band; bands after it never apply"
+                )
+        for i, (hi, lo) in enumerate(zip(bands[:-2], bands[1:-1], strict=True)):
+            # Equal thresholds are fine only as "> t" then ">= t" (the second catches exactly t).
+            ordered = hi.threshold > lo.threshold or (
+                hi.threshold == lo.threshold and (hi.op, lo.op) == (">", ">=")
+            )
+            if not ordered:
+                raise ValueError(
+                    f"bands must be in decreasing threshold order (first match wins), but "
+                    f"band {i} ({hi.rule}) comes before band {i + 1} ({lo.rule}); "
+                    f"got order {[b.rule for b in bands]}"
+                )
+        return bands
+
+    @model_validator(mode="after")
+    def _verdicts_ordered(self) -> ScoreTable:
         if self.auto_at <= self.manual_at:
-            raise ScoreTableError(
+            raise ValueError(
                 f"verdicts.auto ({self.auto_at}) must be greater than verdicts.manual "
                 f"({self.manual_at}): scores >= auto deploy, scores >= manual wait for approval"
             )
-        if not isinstance(self.evidence, str) or self.evidence not in EVIDENCE_MODES:
-            raise ScoreTableError(
-                f"evidence must be one of {', '.join(EVIDENCE_MODES)} (lower_bound: bands are "
-                f"read on the interval's lower bound; point: on the estimate), "
-                f"got {self.evidence!r}"
-            )
-        if not isinstance(self.gate, Gate):
-            raise ScoreTableError(f"gate must be a Gate, got {self.gate!r}")
+        return self
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> ScoreTable:
-        """Build a table from the config's ``decision`` mapping; missing keys keep the defaults."""
+    def from_dict(cls, d: Mapping | None) -> ScoreTable:
+        """Build a table from the config's ``decision`` mapping; missing keys keep the defaults.
+        Every problem is named by its dotted key, in one ScoreTableError."""
         if d is None:
             return cls()
-        _mapping("the score table", d, _TOP_KEYS)
-        kwargs: dict[str, Any] = {}
-        for name in ("improvement", "absolute"):
-            if name in d:
-                kwargs[name] = _bands_from_list(name, d[name])
-        for section, fields in _SECTIONS.items():
-            given = _mapping(section, d[section], tuple(fields)) if section in d else {}
-            for key, name in fields.items():
-                if key in given:
-                    read = _number if name == "max_cv_std" else _integer
-                    kwargs[name] = read(f"{section}.{key}", given[key])
-        if "evidence" in d:
-            kwargs["evidence"] = d["evidence"]  # validated by __post_init__, naming the key
-        if "gate" in d:  # validated by Gate, naming the keys
-            kwargs["gate"] = Gate(**_mapping("gate", d["gate"], _GATE_KEYS))
-        return cls(**kwargs)
+        if not isinstance(d, Mapping):
+            raise ScoreTableError(
+                f"the score table must be a mapping with keys {', '.join(_KNOWN[''])}, got {d!r}"
+            )
+        kwargs = {str(k): v for k, v in d.items() if k not in _SECTIONS}
+        for section, fields in _SECTIONS.items():  # flattened: their keys are fields here
+            given = d.get(section, {})
+            if not isinstance(given, Mapping):
+                raise ScoreTableError(
+                    f"{section} must be a mapping with keys {', '.join(fields)}, got {given!r}"
+                )
+            kwargs |= {fields.get(k, f"{section}.{k}"): v for k, v in given.items()}
+        try:
+            return cls(**kwargs)
+        except ValidationError as exc:
+            raise ScoreTableError("; ".join(_problem(e) for e in exc.errors())) from None
 
     def to_dict(self) -> dict:
         """The table in the config's shape (round-trips through :meth:`from_dict`)."""
@@ -240,7 +242,7 @@ class ScoreTable:
                 for section, fields in _SECTIONS.items()
             },
             "evidence": self.evidence,
-            "gate": dataclasses.asdict(self.gate),
+            "gate": asdict(self.gate),
         }
 
     def verdict_for(self, score: int) -> str:
@@ -254,110 +256,35 @@ class ScoreTable:
 
 # --- helpers -----------------------------------------------------------------------------------
 
-_TOP_KEYS = ("improvement", "absolute", "stability", "verdicts", "evidence", "gate")
 _SECTIONS = {  # the config's sections of plain settings: {key: ScoreTable field}
     "stability": {"max_cv_std": "max_cv_std", "points": "stability_points"},
     "verdicts": {"auto": "auto_at", "manual": "manual_at"},
 }
-_GATE_KEYS = ("min_roc_auc_lower", "accuracy_tolerance", "enabled")
+_CONFIG_KEY = {n: f"{s}.{key}" for s, fields in _SECTIONS.items() for key, n in fields.items()}
 _BAND_KEYS = ("above", "at_least", "else", "points")
+_KNOWN = {  # the keys allowed under each top-level key ("": the table itself)
+    "": ("improvement", "absolute", "stability", "verdicts", "evidence", "gate"),
+    **{section: tuple(fields) for section, fields in _SECTIONS.items()},
+    "gate": ("min_roc_auc_lower", "accuracy_tolerance", "enabled"),
+    "improvement": _BAND_KEYS,
+    "absolute": _BAND_KEYS,
+}
+
+
+def _problem(error: Any) -> str:
+    """One pydantic error by the config's dotted key, with the keys allowed where one is not."""
+    path = ".".join(_CONFIG_KEY.get(str(p), str(p)) for p in error["loc"])
+    problem = "missing" if error["type"].startswith("missing") else describe(error)
+    if problem == "unknown key":
+        known = _KNOWN.get(path.split(".")[0] if "." in path else "", ())
+        problem += f" (known keys: {', '.join(known)})"
+    if error["type"] == "float_type" and isinstance(error.get("input"), str):
+        problem += " (PyYAML reads 1e-2 as a string: write 0.01 or 1.0e-2)"
+    return f"{path}: {problem}" if path else problem
 
 
 def fmt_threshold(x: float) -> str:
     return f"{x:g}"
-
-
-def _validate_bands(name: str, bands: tuple[Band, ...]) -> None:
-    if not bands:
-        raise ScoreTableError(f"{name}: needs at least one band, ending with an else band")
-    for i, band in enumerate(bands):
-        if not isinstance(band, Band):
-            raise ScoreTableError(f"{name}[{i}] must be a Band, got {band!r}")
-    if bands[-1].threshold is not None:
-        raise ScoreTableError(
-            f"{name}: the last band must be the else band (threshold None / else: true), "
-            f"got {bands[-1].rule}"
-        )
-    for i, band in enumerate(bands[:-1]):
-        if band.threshold is None:
-            raise ScoreTableError(
-                f"{name}[{i}]: only the last band may be the else band; bands after it never apply"
-            )
-    for i in range(len(bands) - 2):
-        hi, lo = bands[i], bands[i + 1]
-        # Equal thresholds are fine only as "> t" then ">= t" (the second catches exactly t).
-        ordered = hi.threshold > lo.threshold or (
-            hi.threshold == lo.threshold and hi.op == ">" and lo.op == ">="
-        )
-        if not ordered:
-            raise ScoreTableError(
-                f"{name}: bands must be in decreasing threshold order (first match wins), but "
-                f"band {i} ({hi.rule}) comes before band {i + 1} ({lo.rule}); "
-                f"got order {[b.rule for b in bands]}"
-            )
-
-
-def _mapping(where: str, d: Any, allowed: tuple[str, ...]) -> dict:
-    if not isinstance(d, dict):
-        raise ScoreTableError(
-            f"{where} must be a mapping with keys {', '.join(allowed)}, got {d!r}"
-        )
-    unknown = [k for k in d if k not in allowed]
-    if unknown:
-        raise ScoreTableError(
-            f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; "
-            f"allowed keys are {', '.join(allowed)}"
-        )
-    return d
-
-
-def _number(where: str, x: Any) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        hint = (
-            " (PyYAML reads 1e-2 as a string: write 0.01 or 1.0e-2)" if isinstance(x, str) else ""
-        )
-        raise ScoreTableError(f"{where} must be a number, got {x!r}{hint}")
-    if not math.isfinite(x):
-        raise ScoreTableError(f"{where} must be finite, got {x!r}")
-    return x
-
-
-def _integer(where: str, x: Any) -> int:
-    if isinstance(x, float) and x.is_integer():
-        return int(x)
-    if isinstance(x, bool) or not isinstance(x, int):
-        raise ScoreTableError(f"{where} must be an integer, got {x!r}")
-    return x
-
-
-def _bands_from_list(name: str, items: Any) -> tuple[Band, ...]:
-    if not isinstance(items, list) or not items:
-        raise ScoreTableError(
-            f"{name} must be a non-empty list of bands like {{above: 0.01, points: 40}}, "
-            f"{{at_least: 0, points: 5}}, ending with {{else: true, points: -50}}; got {items!r}"
-        )
-    bands = []
-    for i, item in enumerate(items):
-        where = f"{name}[{i}]"
-        item = _mapping(where, item, _BAND_KEYS)
-        conditions = [k for k in ("above", "at_least", "else") if k in item]
-        if len(conditions) != 1:
-            raise ScoreTableError(
-                f"{where}: needs exactly one of above, at_least, else; got {conditions or 'none'}"
-            )
-        if "points" not in item:
-            raise ScoreTableError(f"{where}: missing 'points'")
-        points = _integer(f"{where}.points", item["points"])
-        if "else" in item:
-            if item["else"] is not True:
-                raise ScoreTableError(f"{where}: 'else' must be true, got {item['else']!r}")
-            bands.append(Band(None, points))
-        elif "above" in item:
-            bands.append(Band(_number(f"{where}.above", item["above"]), points, ">"))
-        else:
-            bands.append(Band(_number(f"{where}.at_least", item["at_least"]), points, ">="))
-    _validate_bands(name, tuple(bands))
-    return tuple(bands)
 
 
 def _band_to_dict(band: Band) -> dict:

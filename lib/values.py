@@ -7,13 +7,13 @@ trains also serves. A parser returns the value, None (NaN for a size) when missi
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 # Spellings of "no value" met in the files (the raw scrape writes the string "NaN").
@@ -21,9 +21,6 @@ MISSING = frozenset(["", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "None", "none"
 VARIES = "varies with device"
 
 NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
-REVIEWS_JUNK = re.compile(r"[,\s]")
-INSTALLS_JUNK = re.compile(r"[,+\s]")
-PRICE_JUNK = re.compile(r"[$,\s]")
 SIZE_RE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([kKmMgG])?[bB]?", re.ASCII)
 SIZE_UNIT_MB = {None: 1.0, "k": 1e-3, "K": 1e-3, "m": 1.0, "M": 1.0, "g": 1e3, "G": 1e3}
 ISO_DATE_RE = re.compile(
@@ -36,8 +33,7 @@ _MONTH_NAMES = [
     "january", "february", "march", "april", "may", "june", "july", "august", "september",
     "october", "november", "december",
 ]  # fmt: skip
-_MONTHS = {name: i + 1 for i, name in enumerate(_MONTH_NAMES)}
-_MONTHS.update({name[:3]: i + 1 for i, name in enumerate(_MONTH_NAMES)})
+_MONTHS = {key: i for i, name in enumerate(_MONTH_NAMES, 1) for key in (name, name[:3])}
 EPOCH = datetime(1970, 1, 1)
 FIRST_DAY = datetime(1677, 9, 22)  # datetime64[ns] bounds, in whole days
 LAST_DAY = datetime(2262, 4, 11)
@@ -63,16 +59,10 @@ def number(text: str, junk: re.Pattern[str] | None = None, hint: str = HINT_NUMB
     return value
 
 
-def reviews(text: str) -> float | None:
-    return number(text, REVIEWS_JUNK, HINT_REVIEWS)
-
-
-def installs(text: str) -> float | None:
-    return number(text, INSTALLS_JUNK, HINT_INSTALLS)
-
-
-def price(text: str) -> float | None:
-    return number(text, PRICE_JUNK, HINT_PRICE)
+# the count and price columns: `number` after dropping their thousands commas, "+" and "$"
+reviews = functools.partial(number, junk=re.compile(r"[,\s]"), hint=HINT_REVIEWS)
+installs = functools.partial(number, junk=re.compile(r"[,+\s]"), hint=HINT_INSTALLS)
+price = functools.partial(number, junk=re.compile(r"[$,\s]"), hint=HINT_PRICE)
 
 
 def size_mb(text: str) -> float:
@@ -127,10 +117,8 @@ def free_or_paid(text: str) -> str | None:
 
 
 def parse_column(series: pd.Series, parse: Callable[[str], Any]) -> tuple[pd.Series, pd.Series]:
-    """`parse` on a column of strings: (values, NaN/NaT where missing or bad; mask of bad ones).
-
-    Each distinct value is parsed once: listings repeat sizes, install counts and dates a lot.
-    """
+    """`parse` on a column of strings, each distinct value once (listings repeat them a lot):
+    (values, NaN/NaT where missing or bad; mask of bad ones)."""
     parsed: dict[str, Any] = {}
     bad_values: set[str] = set()
     for value in series.unique():
@@ -138,12 +126,8 @@ def parse_column(series: pd.Series, parse: Callable[[str], Any]) -> tuple[pd.Ser
             parsed[value] = parse(value)
         except ValueError:
             bad_values.add(value)
-    mapped = series.map(parsed)
     bad = series.isin(bad_values)
+    values = series.map(parsed).where(~bad)
     if parse is date:
-        values = pd.to_datetime(mapped.where(~bad), errors="coerce").astype("datetime64[ns]")
-    else:
-        values = pd.Series(
-            np.asarray(mapped.where(~bad).astype("float64")), index=series.index, dtype="float64"
-        )
-    return values, bad
+        return pd.to_datetime(values, errors="coerce").astype("datetime64[ns]"), bad
+    return values.astype("float64"), bad

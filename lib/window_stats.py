@@ -27,10 +27,8 @@ def estimated_correct(frame: pd.DataFrame) -> pd.Series:
 
 
 def error_rate_p_value(errors: int, requests: int, bound: float) -> float:
-    """Exact one-sided binomial P(at least `errors` | true rate = bound); NaN without requests.
-
-    Small means the error rate is significantly above the bound.
-    """
+    """Exact one-sided binomial P(at least `errors` | true rate = bound), small when the error
+    rate is significantly above the bound; NaN without requests."""
     return float(stats.binom.sf(errors - 1, requests, bound)) if requests else math.nan
 
 

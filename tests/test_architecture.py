@@ -125,8 +125,8 @@ def test_no_import_cycles_among_lib_modules() -> None:
 # The layers of lib, lowest first: a package may import its own layer and those below, never one
 # above, lazily (inside a function) or not. `if TYPE_CHECKING:` imports count too.
 LAYERS = (
-    # base: the settings layer (lib.settings, lib.config, lib.config_sections, lib.score_table,
-    # lib.config_errors) and the shared helpers (lib.errors, lib.values, lib.registry, ...)
+    # base: the settings layer (lib.settings, lib.config, lib.config_sections, lib.score_table)
+    # and the shared helpers (lib.errors, lib.values, lib.registry, ...)
     "lib",
     "lib.pipeline",  # data, features, training, scoring, contracts: what a stage computes
     "lib.watch",  # drift and health checks, notifications, the report index

@@ -92,12 +92,13 @@ def test_every_family_is_served_compiled_and_equal(tmp_path) -> None:
         np.testing.assert_array_equal(proba, served.predict_proba(probe_rows)[:, 1])
         np.testing.assert_array_equal(labels, served.predict(probe_rows))
         stack = predictor._root
-        while not hasattr(stack, "shared"):  # threshold and frozen wrappers around the stack
+        while not hasattr(stack, "members"):  # threshold and frozen wrappers around the stack
             stack = stack.final
         assert type(stack.final).__name__ == "_LogOddsLogistic"  # the combiner, compiled
         if family == "forest_and_boosting":  # boosting and forest share one preprocessing
-            assert stack.shared[1] is not None and stack.shared[1] == stack.shared[2]
-            assert stack.shared[0] != stack.shared[1]  # the name text has its own
+            shared = [key for _node, _method, key in stack.members]
+            assert shared[1] is not None and shared[1] == shared[2]
+            assert shared[0] != shared[1]  # the name text has its own
 
 
 @pytest.mark.parametrize("leaf", [1, 3])

@@ -77,11 +77,14 @@ def test_stop_rollout_waits_for_the_deployer_and_takes_the_canary_off(tmp_path, 
     events: list[str] = []
     deployer = threading.Thread(target=_deployer, args=(store, False, events))
     deployer.start()
-    done = operations.stop_rollout(tmp_path / "models", tmp_path / "logs", "bad", "http://x", 30)
+    done, routing = operations.stop_rollout(
+        tmp_path / "models", tmp_path / "logs", "bad", "http://x", 30
+    )
     deployer.join()
     assert calls == [("http://127.0.0.1:9", None, None, 0)]  # the rollout's service, weight 0
-    assert done["finished"] and done["phase"] == "rolled_back" and done["version"] == "2"
-    assert done["reason"].startswith("stopped by an operator") and "bad" in done["reason"]
+    assert routing == "canary weight 0 on http://127.0.0.1:9"
+    assert done.finished and done.phase == "rolled_back" and done.candidate_version == "2"
+    assert done.reason.startswith("stopped by an operator") and "bad" in done.reason
     line = (tmp_path / "logs" / "deployment.log").read_text().splitlines()[-1]
     assert "operator_stop_requested" in line and "version=2" in line
 

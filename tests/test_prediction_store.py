@@ -159,7 +159,7 @@ def test_background_writer_and_flush(tmp_path: Path) -> None:
         for i in range(50):
             store.submit([_row(f"id-{i}", float(i))])
         assert store.flush(timeout=30)
-        assert store.pending_rows() == 0
+        assert store.stats()["pending"] == 0
         assert store.stats()["written"] == 50
         frame = store.window(0, features=True)
         assert len(frame) == 50
@@ -176,7 +176,7 @@ def test_feedback_before_its_prediction_was_written(tmp_path: Path) -> None:
         store.submit([_row("warmup", 1.0)])
         store.flush(timeout=30)
         store.submit([_row("fresh", 2.0)])
-        assert store.pending_rows() == 1
+        assert store.stats()["pending"] == 1
         stored = store.record_feedback("fresh", 4.9)
         assert stored is not None and stored["label"] == 1
     finally:

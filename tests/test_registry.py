@@ -33,7 +33,14 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def fitted():
     data = training.labeled_data(_typed(300), 4.0)
     tr, te = training.holdout_split(data.keys, data.y, 0.2, 0)
-    return data, tr, te, training.train_candidate("random_forest", data, tr, te, 3, 0, 15)
+    return (
+        data,
+        tr,
+        te,
+        training.train_candidate(
+            "random_forest", data, tr, te, training.TrainingSettings(3, 0, 15)
+        ),
+    )
 
 
 @pytest.mark.component

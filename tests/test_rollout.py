@@ -183,8 +183,6 @@ def test_interrupted_needs_an_active_phase_and_a_dead_owner(store: RolloutStore)
     assert not rollout.interrupted(state)  # we are alive
     state.owner_pid = _dead_pid()
     assert rollout.interrupted(state)
-    assert rollout.interrupted(state, pid_alive=lambda pid: False)
-    assert not rollout.interrupted(state, pid_alive=lambda pid: True)
     state.phase = Phase.AWAITING_APPROVAL  # parked is not interrupted
     assert not rollout.interrupted(state)
     state.phase = Phase.ROLLED_BACK

@@ -199,7 +199,7 @@ def test_a_repeated_request_id_is_409_and_feedback_joins_the_first(
     if written:
         assert store.flush(timeout=30)
     else:
-        assert store.pending_rows() == 1  # dup-1's row, the only one since the flush
+        assert store.stats()["pending"] == 1  # dup-1's row, the only one since the flush
     requests_before = _metric(client, "model_requests_total")
     for again in (
         client.post("/predict", json=OTHER_APP, headers={"X-Request-ID": "dup-1"}),

@@ -657,7 +657,9 @@ def test_compiled_champion_shapes_equal_sklearn(small_labeled: training.LabeledD
     train_idx, test_idx = training.holdout_split(lab.keys, lab.y, 0.2, 0)
     X, y = lab.X.iloc[train_idx], lab.y.iloc[train_idx]
     with threadpool_limits(limits=1):
-        result = training.train_candidate("hist_gradient_boosting", lab, train_idx, test_idx, 3, 0)
+        result = training.train_candidate(
+            "hist_gradient_boosting", lab, train_idx, test_idx, training.TrainingSettings(3, 0)
+        )
         # whichever calibration the data chose above, both calibrated shapes are served too
         base = training.build_candidate("hist_gradient_boosting", 0, stack_folds=3)
         oof = calibration.out_of_fold(base, X, y, 3, 0)

@@ -112,11 +112,11 @@ def test_feedback_for_an_unknown_id_does_not_force_a_write(tmp_path: Path) -> No
         store.submit([_row("fresh")])
         for i in range(20):
             assert store.record_feedback(f"unknown-{i}", 4.5) is None
-        assert store.pending_rows() == 1  # no unknown id made the writer write
+        assert store.stats()["pending"] == 1  # no unknown id made the writer write
         assert store.record_feedback("warmup", 4.5) is not None  # stored: no flush needed
-        assert store.pending_rows() == 1
+        assert store.stats()["pending"] == 1
         assert store.record_feedback("fresh", 4.5) is not None  # pending: written, then found
-        assert store.pending_rows() == 0
+        assert store.stats()["pending"] == 0
     finally:
         store.close()
 

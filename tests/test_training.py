@@ -19,7 +19,9 @@ def test_model_ignores_rating_column_changes() -> None:
     apps = _typed(400)
     data = training.labeled_data(apps, 4.0)
     tr, te = training.holdout_split(data.keys, data.y, 0.25, 1)
-    result = training.train_candidate("random_forest", data, tr, te, 3, 1, rf_trees=20)
+    result = training.train_candidate(
+        "random_forest", data, tr, te, training.TrainingSettings(3, 1, 20)
+    )
     shuffled = apps.assign(rating=apps["rating"].sample(frac=1, random_state=3).values)
     X2 = features.model_inputs(shuffled)
     np.testing.assert_allclose(
@@ -73,7 +75,9 @@ def test_evaluate() -> None:
 def test_cv_std_is_computed_from_folds() -> None:
     data = training.labeled_data(_typed(300), 4.0)
     tr, te = training.holdout_split(data.keys, data.y, 0.2, 0)
-    result = training.train_candidate("logistic_regression", data, tr, te, 4, 0)
+    result = training.train_candidate(
+        "logistic_regression", data, tr, te, training.TrainingSettings(4, 0)
+    )
     folds = result.cv["roc_auc"]["folds"]
     assert len(folds) == 4
     assert result.cv_std("roc_auc") == pytest.approx(np.std(folds, ddof=1))
@@ -124,7 +128,11 @@ def test_tuned_threshold_travels_inside_the_registered_model() -> None:
     data = training.labeled_data(_typed(400), 4.0)
     tr, te = training.holdout_split(data.keys, data.y, 0.25, 1)
     result = training.train_candidate(
-        "logistic_regression", data, tr, te, 3, 1, groups=["engagement"]
+        "logistic_regression",
+        data,
+        tr,
+        te,
+        training.TrainingSettings(3, 1, features=["engagement"]),
     )
     X_test = data.X.iloc[te]
     proba = result.model.predict_proba(X_test)[:, 1]
@@ -205,7 +213,9 @@ def test_permuted_target_stays_at_chance() -> None:
     shuffled = data.y.sample(frac=1.0, random_state=0).reset_index(drop=True)
     noise = training.LabeledData(data.X, shuffled, data.keys, 0, 0)
     tr, te = training.holdout_split(noise.keys, noise.y, 0.25, 0)
-    result = training.train_candidate("hist_gradient_boosting", noise, tr, te, 3, 0)
+    result = training.train_candidate(
+        "hist_gradient_boosting", noise, tr, te, training.TrainingSettings(3, 0)
+    )
     assert abs(result.cv["roc_auc"]["mean"] - 0.5) < 0.07
     assert abs(result.holdout["roc_auc"] - 0.5) < 0.1
 

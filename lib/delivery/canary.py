@@ -1,28 +1,22 @@
 """Canary analysis of one rollout step: pure functions on a window of logged predictions.
 
-Four checks compare the canary with the champion over the same window (requests are split by a
-hash of their id): error rate (Flagger's 99% success), latency (Flagger's 500 ms p99 bound, and
-each quantile against the champion's once both have enough requests beyond it), accuracy on
-feedback (fail only when the canary is evidently more than 2 points below) and prediction shift.
-Real labels arrive late or never: without enough of them (`canary_analysis.labels`), accuracy is
-the one each model's calibrated probabilities imply on the requests it answered (CBPE), judged by
-the same rule; every check names the evidence it used.
-The step is looked at every few seconds, so every test is sequential (always-valid p-values,
+Each check compares the canary with the champion over the same window. Real labels arrive late
+or never: without enough of them (`canary_analysis.labels`), accuracy is the one each model's
+calibrated probabilities imply (CBPE), under the same rule; each check names its evidence. The
+step is looked at every few seconds, so every test is sequential (always-valid p-values,
 lib.window_stats): a fixed-alpha test re-run at each look fails an identical canary far more
-often than alpha (tests/test_canary_sequential.py). A check with too few samples says "wait",
-never "pass" on nothing. The decision rules (judge_*) are vectorised, one row per look or per
-simulated rollout, so the simulations in the tests run the same code as the rollout.
+often than alpha (tests/test_canary_sequential.py). Too few samples say "wait", never "pass" on
+nothing. The decision rules (judge_*) are vectorised so the simulations in the tests run the
+rollout's code.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from lib.config_sections import AnalysisConfig
 from lib.json_safe import json_safe
@@ -209,16 +203,6 @@ def judge_latency(canary: Any, champion: Any, cfg: AnalysisConfig) -> dict[str, 
     }  # fmt: skip
 
 
-def accuracy_drop_test(
-    correct_c: int, n_c: int, correct_h: int, n_h: int, drop: float
-) -> tuple[float, float]:
-    """Fixed-sample one-sided test of H0: acc_canary >= acc_champion - drop; returns (z, p).
-    Valid for ONE look only: the tests show how often re-running it fails an identical canary."""
-    diff, var = accuracy_drop_estimate(correct_c, n_c, correct_h, n_h)
-    z = float((-diff + drop) / math.sqrt(var))
-    return z, float(stats.norm.cdf(z))
-
-
 # ---------------------------------------------------------------------------- checks
 
 
@@ -332,11 +316,9 @@ def check_latency(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
             f"{fmt_count(cfg.samples_for(first))} to be compared; {over}"
         )
     else:
-        vs = (
-            compared
-            if m >= cfg.samples_for(cfg.latency_quantiles[0])
-            else (f"only {fmt_count(m)} champion latencies, not compared")
-        )
+        vs = compared
+        if m < cfg.samples_for(cfg.latency_quantiles[0]):
+            vs = f"only {fmt_count(m)} champion latencies, not compared"
         msg = f"canary latency within bounds: {over}; {vs}{pending} ({on})"
     return Check("latency", status, observed, threshold, {CANARY: n, CHAMPION: m}, msg, LATENCIES)
 

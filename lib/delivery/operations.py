@@ -120,36 +120,22 @@ def manual_rollback(
 
 
 def stop_rollout(
-    models_dir: Path,
-    logs_dir: Path,
-    reason: str,
-    url: str,
-    wait_seconds: float,
-) -> dict[str, Any]:
+    models_dir: Path, logs_dir: Path, reason: str, url: str, wait_seconds: float
+) -> tuple[rollout.RolloutState, str]:
     """`runner.py rollback` while a live deployer drives a rollout, without the runner's lock:
     the stop into the rollout state, canary weight 0 (never raised again: the deployer's lease
-    renewals are compare-and-set), then wait up to `wait_seconds` for the deployer's rollback."""
+    renewals are compare-and-set), then wait up to `wait_seconds` for the deployer's rollback.
+    Returns the rollout then, and what the canary routing became (on which service)."""
     store = rollout.RolloutStore(models_dir / "rollout.json")
     state = rollout.request_stop(store, f"operator rolled back: {reason}")
-    version = state.candidate_version
     releases.log_transition(
-        logs_dir, "operator_stop_requested", version=version, champion=state.champion_version,
-        phase=state.phase.value, weight=state.weight, reason=reason,
+        logs_dir, "operator_stop_requested", version=state.candidate_version,
+        champion=state.champion_version, phase=state.phase.value, weight=state.weight,
+        reason=reason,
     )  # fmt: skip
     target = state.serving_url or url
     routing = canary_off(target, os.environ.get("SERVING_ADMIN_TOKEN"))
-    state = rollout.wait_until_settled(store, wait_seconds) or state
-    alive = rollout.pid_alive(state.owner_pid)
-    return {
-        "rollout": state.rollout_id,
-        "version": version,
-        "champion": state.champion_version,
-        "phase": state.phase.value,
-        "finished": state.finished,
-        "owner_alive": alive,
-        "reason": state.reason,
-        "canary_routing": f"{routing} on {target}",
-    }
+    return rollout.wait_until_settled(store, wait_seconds) or state, f"{routing} on {target}"
 
 
 def next_run(
@@ -245,8 +231,6 @@ def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str
     recorded = records[-1].get("champion_version", champion) if records else champion
     if recorded is not None and str(recorded) != str(champion):
         mismatch.append(f"{said}, the last record of deployments.json {named(recorded)}")
-    reachable = isinstance(service, dict)
-    todo = next_run(state, champion, serving, url if reachable else None)
     since = None
     if state is not None and state.phase == rollout.Phase.SUCCEEDED:
         if champion != state.candidate_version:
@@ -257,7 +241,7 @@ def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str
         "production_copy": production,
         "serving_version": serving,
         "mismatch": "; ".join(mismatch) or None,
-        "next_run": todo,
+        "next_run": next_run(state, champion, serving, url if isinstance(service, dict) else None),
         "last_event": last_event(records, state),
         "rollout": None
         if state is None
@@ -267,11 +251,9 @@ def status(client: Any, model_name: str, models_dir: Path, url: str) -> dict[str
             "version": state.candidate_version,
             "weight": state.weight,
             "reason": state.reason,
-            "owner_pid": state.owner_pid,
             "interrupted": rollout.interrupted(state),
             "finished": state.finished,
             "since": since,
-            "next_run": todo,
         },
         "service": service,
     }
@@ -294,8 +276,7 @@ def promote_version(
     """`runner.py promote`: a rollout without canary steps (staging and smoke tests, then the
     all-or-nothing promotion), crash-safe like any rollout. `holdout` and `settings` are the 05
     deploy stage's; RolloutConflict (nothing changed) while another rollout is open or parked.
-    Returns {outcome: promoted | failed, version, champion_before, champion, reason, note, smoke}.
-    """
+    Returns {outcome: promoted | failed, champion_before, champion, reason, note}."""
     from lib.delivery import progressive
 
     version = str(version)
@@ -310,10 +291,9 @@ def promote_version(
         logs_dir, "operator_promote_started", version=version, champion=champion, reason=reason
     )
     token = os.environ.get("SERVING_ADMIN_TOKEN")
-    smoke: dict[str, Any] | None = None
     try:
         model = registry.load_version(model_name, version)
-        smoke = progressive.staging_and_smoke(
+        progressive.staging_and_smoke(
             root, client, model_name, tracking_uri, version, model, holdout, settings, store,
             timeline, logs_dir,
         )  # fmt: skip
@@ -334,6 +314,6 @@ def promote_version(
         timeline.add("succeeded", 100, done.reason)
         outcome, reason, note = "promoted", done.reason, done.note
     return {
-        "outcome": outcome, "version": version, "champion_before": champion, "champion": now,
-        "reason": reason, "note": note, "smoke": smoke,
+        "outcome": outcome, "champion_before": champion, "champion": now, "reason": reason,
+        "note": note,
     }  # fmt: skip

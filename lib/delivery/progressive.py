@@ -15,6 +15,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,13 +243,10 @@ def staging_and_smoke(
     timeline: Timeline,
     logs_dir: Path,
 ) -> dict[str, Any]:
-    """Deploy `version` to a staging instance and smoke-test it (RolloutFailed when it fails).
-
-    Public because the operator's promote (lib.delivery.operations) runs the same gate.
-    """
+    """Deploy `version` to a staging instance and smoke-test it (RolloutFailed when it fails);
+    the operator's promote (lib.delivery.operations) runs the same gate."""
     registry.set_alias(client, model_name, "staging", str(version))
     staging_store = f"sqlite:///{(logs_dir / 'staging-predictions.db').as_posix()}"
-    logs_dir.mkdir(parents=True, exist_ok=True)
     try:
         staging = ServiceProcess(
             root,
@@ -318,7 +316,6 @@ def _canary_steps(
     from lib.serving.prediction_store import PredictionReader
 
     cfg = AnalysisConfig.model_validate(settings.analysis)
-    predictions = PredictionReader(settings.store_url)  # reads what the service writes
     replayer = None
     if settings.replay:
         low, high = settings.replay_label_delay_seconds
@@ -327,9 +324,7 @@ def _canary_steps(
             label_share=settings.replay_label_share, label_delay=(low, high),
         )  # fmt: skip
     began, around = time.time(), (production, replayer, store)
-    try:
-        if replayer is not None:
-            replayer.start()
+    with PredictionReader(settings.store_url) as predictions, replayer or nullcontext():
         last_weight = 0  # what this rollout set last: a routing change by anyone else stops it
         for weight in settings.steps:
             _registry_still_ours(*registry_view, version)
@@ -356,10 +351,6 @@ def _canary_steps(
             )
             if analysis.verdict == "fail":
                 raise RolloutFailed(f"canary step {weight}% failed: {analysis.reason}")
-    finally:
-        if replayer is not None:
-            replayer.stop()
-        predictions.close()
 
 
 def _hold_step(
@@ -379,8 +370,7 @@ def _hold_step(
     while the weight is the one it set (RoutingChanged when a person moved it, e.g. to 0)."""
     production, replayer, store = around
     step_started = time.time()
-    last_lease = time.monotonic()
-    last_check = time.monotonic()
+    last_lease = last_check = time.monotonic()
     deadline = settings.analysis_seconds + settings.max_wait_seconds
     shown = progress.Throttle(10.0)
     while True:

@@ -149,7 +149,7 @@ def _archive_production(models_dir: Path, at: datetime) -> Path | None:
     return copy_dir_atomic(prod, target)
 
 
-def _prune_previous(models_dir: Path) -> list[Path]:
+def _prune_previous(models_dir: Path) -> None:
     """Keep the KEEP_PREVIOUS latest copies; remove the rest and any interrupted copy."""
     folder = models_dir / PREVIOUS_DIR
     removed = previous_copies(models_dir)[:-KEEP_PREVIOUS]
@@ -157,7 +157,6 @@ def _prune_previous(models_dir: Path) -> list[Path]:
         removed += [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(STAGING_PREFIX)]
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
-    return removed
 
 
 def _find_copy(models_dir: Path, version: str) -> Path | None:
@@ -305,7 +304,7 @@ def promote(
         raise _undo_promotion(
             client, model_name, version, models_dir, logs_dir, records, undo_to, archived, exc
         ) from exc
-    pruned = _prune_previous(models_dir)
+    _prune_previous(models_dir)
     fault_point("after_file_swap")
 
     # 4. the service follows the registry; a failure to reach it is noted, not undone
@@ -328,9 +327,7 @@ def promote(
     )  # fmt: skip
     return {
         **record, "already_champion": already, "aliases_removed": removed,
-        "production_dir": str(models_dir / PRODUCTION_DIR),
         "archived": None if archived is None else str(archived),
-        "pruned": [str(p) for p in pruned if not p.name.startswith(".")],
         "service_reloaded": None if service is None else service == SERVICE_RELOADED,
     }  # fmt: skip
 

@@ -45,20 +45,11 @@ def app_request(row: pd.Series) -> dict[str, Any]:
         return None if value is None or pd.isna(value) else str(value)
 
     updated = row["last_updated"]
-    return {
-        "app": str(row["app"]),
-        "category": str(row["category"]),
-        "reviews": num(row["reviews"]),
-        "size_mb": num(row["size_mb"]),
-        "installs": num(row["installs"]),
-        "type": str(row["type"]),
-        "price": num(row["price"]),
-        "content_rating": str(row["content_rating"]),
-        "last_updated": None if pd.isna(updated) else pd.Timestamp(updated).date().isoformat(),
-        "genres": text(row.get("genres")),
-        "current_ver": text(row.get("current_ver")),
-        "android_ver": text(row.get("android_ver")),
-    }
+    body: dict[str, Any] = {k: str(row[k]) for k in ("app", "category", "type", "content_rating")}
+    body |= {k: num(row[k]) for k in ("reviews", "size_mb", "installs", "price")}
+    body |= {k: text(row.get(k)) for k in ("genres", "current_ver", "android_ver")}
+    body["last_updated"] = None if pd.isna(updated) else pd.Timestamp(updated).date().isoformat()
+    return body
 
 
 @dataclass

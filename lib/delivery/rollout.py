@@ -1,13 +1,10 @@
 """The rollout state machine and its crash-safe state file (`models/rollout.json`).
 
-One rollout at a time moves a version from `staging` through smoke tests and canary steps to
-`succeeded` or `rolled_back`, or waits in `awaiting_approval` for a person (Flagger/Argo names).
-The file is replaced atomically, so a SIGKILL leaves the old or the new file; an active rollout
-whose owner process is gone was interrupted and is resumed or rolled back before anything else.
-An operator's `request_stop` is written under the file lock only (not the runner's): from then on
-no canary step or promotion may start. `promoting` keeps a baseline (champion, previous, number
-of records) so recovery can tell a later operator action (`superseded`). A finished rollout stays
-in the file until the next `begin` archives it to `rollouts/<rollout_id>.json`.
+One rollout at a time (phases named as in Flagger and Argo Rollouts). The file is replaced
+atomically, so a SIGKILL leaves the old or the new file; an active rollout whose owner process is
+gone was interrupted and is resumed or rolled back before anything else. An operator's stop is
+written under the file lock only (not the runner's): from then on no canary step or promotion may
+start. `promoting` keeps a baseline so recovery can tell a later operator action (`superseded`).
 """
 
 from __future__ import annotations
@@ -235,9 +232,7 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
-def interrupted(
-    state: RolloutState | None, pid_alive: Callable[[int | None], bool] = pid_alive
-) -> bool:
+def interrupted(state: RolloutState | None) -> bool:
     """An active rollout whose driving process is gone: resume or roll back before anything."""
     return state is not None and state.active and not pid_alive(state.owner_pid)
 
@@ -306,11 +301,8 @@ def begin(
     reason: str = "",
 ) -> RolloutState:
     """Start a rollout in `staging`, or park it in `awaiting_approval` when not approved.
-
-    Refuses while another rollout is active (interrupted or not) or parked for another version.
-    Beginning again the version that is parked approves it (approved=True; this process drives
-    it, on `serving_url` when given) or keeps it parked.
-    """
+    Refuses while another rollout is active or parked for another version; beginning the parked
+    version again approves it (this process drives it, on `serving_url`) or keeps it parked."""
     candidate = str(candidate)
     champion = None if champion is None else str(champion)
     steps = [int(s) for s in steps]
@@ -361,9 +353,7 @@ def begin(
             run_id=run_id,
             owner_pid=pid,
             serving_url=serving_url,
-        )
-        state.history.append(
-            {"at": at, "from": None, "to": phase.value, "weight": 0, "detail": reason}
+            history=[{"at": at, "from": None, "to": phase.value, "weight": 0, "detail": reason}],
         )
         store.save(state)
         log.info("began %s", state.describe())
@@ -444,9 +434,8 @@ def wait_until_settled(store: RolloutStore, seconds: float) -> RolloutState | No
     deadline = time.monotonic() + seconds
     while True:
         state = store.load()
-        if state is None or state.finished or not pid_alive(state.owner_pid):
-            return state
-        if time.monotonic() >= deadline:  # the deployer is still at it
+        settled = state is None or state.finished or not pid_alive(state.owner_pid)
+        if settled or time.monotonic() >= deadline:
             return state
         time.sleep(0.25)
 

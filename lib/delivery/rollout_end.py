@@ -47,50 +47,37 @@ def promote_rollout(
     token: str | None,
     reason: str,
     metrics: dict[str, Any] | None = None,
+    resumed: dict[str, Any] | None = None,
 ) -> Promoted:
     """`promoting` (with the baseline recovery checks against), then registry, files, service
-    and records through releases.promote, then `succeeded`. PromotionUndone propagates."""
-    baseline = {
-        "champion": registry.alias_version(client, model_name, "champion"),
-        "previous": registry.alias_version(client, model_name, "previous"),
-        "records": len(releases.history(models_dir)),
-    }
-    rollout.advance(store, rollout.Phase.PROMOTING, detail="all checks passed", promotion=baseline)
-    fault_point("after_promoting_write")
-    return _promote(
-        client, model_name, store, version, (models_dir, logs_dir), prod_url, token, reason,
-        baseline, "promoted to champion", metrics,
-    )  # fmt: skip
-
-
-def _promote(
-    client: Any,
-    model_name: str,
-    store: rollout.RolloutStore,
-    version: str,
-    dirs: tuple[Path, Path],
-    url: str | None,
-    token: str | None,
-    reason: str,
-    before: dict[str, Any] | None,
-    how: str,
-    metrics: dict[str, Any] | None = None,
-) -> Promoted:
-    """releases.promote (`before`: the baseline), then `succeeded`, with a note when the
-    service at `url` could not be reloaded."""
+    and records through releases.promote, then `succeeded`, with a note when the service at
+    `prod_url` could not be reloaded. PromotionUndone propagates. `resumed`: the baseline of an
+    interrupted promotion, which recovery finishes (already `promoting`)."""
+    if resumed is None:
+        base: dict[str, Any] | None = {
+            "champion": registry.alias_version(client, model_name, "champion"),
+            "previous": registry.alias_version(client, model_name, "previous"),
+            "records": len(releases.history(models_dir)),
+        }
+        rollout.advance(store, rollout.Phase.PROMOTING, detail="all checks passed", promotion=base)
+        fault_point("after_promoting_write")
+        how = "promoted to champion"
+    else:  # a state file from before the baseline existed has none to put back
+        base = resumed if "champion" in resumed else None
+        how = "promoted: finished the promotion an interrupted run had begun"
     result = releases.promote(
-        client, model_name, version, *dirs, reason=reason, metrics=metrics,
-        reload=(lambda: reload_champion(url, token, expect=version)) if url else None,
-        before=before,
+        client, model_name, version, models_dir, logs_dir, reason=reason, metrics=metrics,
+        reload=(lambda: reload_champion(prod_url, token, expect=version)) if prod_url else None,
+        before=base,
     )  # fmt: skip
     service, note = result.get("service"), None
     if service not in (None, SERVICE_RELOADED):
         note = (
-            f"service at {url} {service}: the registry and models/ name v{version}, the service "
-            f"serves v{(before or {}).get('champion')} until it is reloaded or restarted (the "
-            "next run reloads it)"
+            f"service at {prod_url} {service}: the registry and models/ name v{version}, the "
+            f"service serves v{(base or {}).get('champion')} until it is reloaded or restarted "
+            "(the next run reloads it)"
         )
-    rollout.note_promotion(store, service=service, service_url=url)
+    rollout.note_promotion(store, service=service, service_url=prod_url)
     reason = f"v{version} {how}" + (f"; {note}" if note else "")
     rollout.finish(store, rollout.Phase.SUCCEEDED, reason)
     return Promoted(reason, note)
@@ -242,12 +229,10 @@ def recover_interrupted(
             )  # fmt: skip
             log.warning("%s", reason)
             return Recovery("superseded", version, record["champion_version"], reason)
-        base = state.promotion or {}
         try:
-            done = _promote(
-                client, model_name, store, version, (models_dir, logs_dir), url, token,
-                "promotion finished after an interrupted run", base if "champion" in base else None,
-                "promoted: finished the promotion an interrupted run had begun",
+            done = promote_rollout(
+                client, model_name, store, version, models_dir, logs_dir, url, token,
+                "promotion finished after an interrupted run", resumed=state.promotion or {},
             )  # fmt: skip
         except releases.PromotionUndone as exc:
             reason = text = f"interrupted promotion of v{version} could not be finished: {exc}"

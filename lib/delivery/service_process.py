@@ -70,10 +70,8 @@ class ServiceProcess:
             "tracking-uri": tracking_uri, "store-url": store_url,
             "champion-alias": champion_alias, "models-dir": self.models_dir, "log-level": "WARNING",
         }  # fmt: skip
-        self.args = [sys.executable, "-m", "lib.serving"]
-        self.args += [a for k, v in options.items() for a in (f"--{k}", str(v))] + (
-            extra_args or []
-        )
+        flags = [a for k, v in options.items() for a in (f"--{k}", str(v))]
+        self.args = [sys.executable, "-m", "lib.serving", *flags, *(extra_args or [])]
         self.admin_token = admin_token
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,10 +51,8 @@ def run_smoke_tests(
     latency_requests: int = 20,
     timeout: float = 10.0,
 ) -> SmokeResult:
-    """Run every check (a failing one does not hide the others) and say what each saw.
-
-    `known` holds request bodies with the label the registered model gives them offline.
-    """
+    """Run every check (a failing one does not hide the others) and say what each saw. `known`
+    holds request bodies with the label the registered model gives them offline."""
     import httpx
 
     url, body = url.rstrip("/"), known[0][0]
@@ -71,48 +70,38 @@ def run_smoke_tests(
     return result
 
 
-def _guard(name: str, func: Any) -> SmokeCheck:
+def _guard(name: str, check: Callable[[], tuple[bool, str]]) -> SmokeCheck:
+    """One check's (passed, message) as a SmokeCheck named `name`."""
     try:
-        return func()
+        return SmokeCheck(name, *check())
     except Exception as exc:  # an unreachable or crashing service fails the check, with why
         return SmokeCheck(name, False, f"{type(exc).__name__}: {exc}")
 
 
-def _health(client: Any, url: str, version: str) -> SmokeCheck:
+def _health(client: Any, url: str, version: str) -> tuple[bool, str]:
     resp = client.get(f"{url}/health")
-    body = resp.json()
-    served = str((body.get("champion") or {}).get("version"))
+    served = str((resp.json().get("champion") or {}).get("version"))
     ok = resp.status_code == 200 and served == str(version)
-    return SmokeCheck(
-        "model_loaded",
-        ok,
-        f"/health {resp.status_code}, serving version {served} (expected {version})",
-    )
+    return ok, f"/health {resp.status_code}, serving version {served} (expected {version})"
 
 
-def _known_rows(client: Any, url: str, version: str, known: list[tuple[dict, int]]) -> SmokeCheck:
+def _known_rows(
+    client: Any, url: str, version: str, known: list[tuple[dict, int]]
+) -> tuple[bool, str]:
     resp = client.post(f"{url}/predict", json={"instances": [body for body, _ in known]})
     if resp.status_code != 200:
-        return SmokeCheck(
-            "known_rows",
-            False,
-            f"batch /predict gave HTTP {resp.status_code}: {resp.text[:200]}",
-        )
+        return False, f"batch /predict gave HTTP {resp.status_code}: {resp.text[:200]}"
     preds = resp.json()["predictions"]
-    got = [int(p["label"]) for p in preds]
     want = [label for _, label in known]
-    wrong = sum(g != w for g, w in zip(got, want, strict=True))
+    wrong = sum(int(p["label"]) != w for p, w in zip(preds, want, strict=True))
     versions = {str(p["model_version"]) for p in preds}
-    ok = wrong == 0 and versions == {str(version)}
-    return SmokeCheck(
-        "known_rows",
-        ok,
+    return wrong == 0 and versions == {str(version)}, (
         f"{len(want) - wrong}/{len(want)} known rows gave the offline label; "
-        f"versions answering: {sorted(versions)}",
+        f"versions answering: {sorted(versions)}"
     )
 
 
-def _schema(client: Any, url: str, body: dict[str, Any]) -> SmokeCheck:
+def _schema(client: Any, url: str, body: dict[str, Any]) -> tuple[bool, str]:
     answer = client.post(f"{url}/predict", json=body).json()
     problems = [
         f"{name} missing" if name not in answer else f"{name} is {type(answer[name]).__name__}"
@@ -121,31 +110,25 @@ def _schema(client: Any, url: str, body: dict[str, Any]) -> SmokeCheck:
     ]
     if "probability" in answer and not 0.0 <= float(answer["probability"]) <= 1.0:
         problems.append(f"probability {answer['probability']} outside 0..1")
-    return SmokeCheck("response_schema", not problems, "; ".join(problems) or "as documented")
+    return not problems, "; ".join(problems) or "as documented"
 
 
-def _bad_input(client: Any, url: str, body: dict[str, Any]) -> SmokeCheck:
+def _bad_input(client: Any, url: str, body: dict[str, Any]) -> tuple[bool, str]:
     bad = {**body, ("installs" if "installs" in body else "Installs"): "lots"}
     resp = client.post(f"{url}/predict", json=bad)
     ok = resp.status_code == 422 and "nstalls" in resp.text
-    return SmokeCheck(
-        "bad_input_422", ok, f"Installs='lots' gave HTTP {resp.status_code}: {resp.text[:160]}"
-    )
+    return ok, f"Installs='lots' gave HTTP {resp.status_code}: {resp.text[:160]}"
 
 
 def _latency(
     client: Any, url: str, known: list[tuple[dict, int]], bound: float, n: int
-) -> SmokeCheck:
+) -> tuple[bool, str]:
     times = []
     for i in range(n):
         started = time.perf_counter()
         resp = client.post(f"{url}/predict", json=known[i % len(known)][0])
         times.append((time.perf_counter() - started) * 1000)
         if resp.status_code != 200:
-            return SmokeCheck("latency", False, f"request {i} gave HTTP {resp.status_code}")
+            return False, f"request {i} gave HTTP {resp.status_code}"
     p95 = float(np.percentile(times, 95))
-    return SmokeCheck(
-        "latency",
-        p95 <= bound,
-        f"p95 {p95:.1f} ms over {n} single-row requests (bound {bound:.0f} ms)",
-    )
+    return p95 <= bound, f"p95 {p95:.1f} ms over {n} single-row requests (bound {bound:.0f} ms)"

@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from lib import score_table
 from lib.errors import DataError
 from lib.pipeline import comparison, scoring, training, uncertainty
 from lib.pipeline.app_identity import latest_per_app
@@ -127,24 +126,23 @@ class _Served:
 
 def policy_decision(
     y_holdout: Any,
-    candidate: tuple[np.ndarray, np.ndarray],
+    result: training.CandidateResult,
     reference: tuple[np.ndarray, np.ndarray],
-    cv_std: float,
-    table: score_table.ScoreTable,
-    metric: str,
     reference_label: str,
+    settings: BacktestSettings,
 ) -> tuple[scoring.Decision, dict[str, Any]]:
-    """The pipeline's decision, exactly as 03 compare + 04 decide make it, from predictions.
+    """The pipeline's decision on a trained candidate, exactly as 03 compare + 04 decide make it.
 
     Returns the decision and the selection metric's difference with its interval.
     """
-    evidence = comparison.compare_predictions(y_holdout, candidate, reference, metric)
+    candidate = (result.proba, np.asarray(result.labels).astype(int))
+    evidence = comparison.compare_predictions(y_holdout, candidate, reference, settings.metric)
     decision = scoring.decide(
         evidence["improvement_interval"],
         evidence["candidate_interval"],
-        cv_std,
-        table,
-        metric=metric,
+        result.cv_std(settings.metric),
+        settings.table,
+        metric=settings.metric,
         baseline_label=reference_label,
         gate=evidence["gate"],
     )
@@ -213,24 +211,16 @@ def run_backtest(batches: TimeBatches, settings: BacktestSettings | None = None)
         X_hold, X_batch, y_batch = data.X.iloc[test_idx], data.X.iloc[batch_idx], y_all[batch_idx]
         log.info("step %d: %d rows seen, judged on %d later rows", k, len(seen), len(batch_idx))
 
-        candidate = _train(settings.families, data, train_idx, test_idx, settings, settings.seed)
-        cand_hold = (candidate.proba, np.asarray(candidate.labels).astype(int))
+        candidate = _train(settings.families, data, train_idx, test_idx, settings)
         ref_hold = production.answers(X_hold, y_train)
         decision, improvement = policy_decision(
-            y_hold, cand_hold, ref_hold, candidate.cv_std(settings.metric), settings.table,
-            settings.metric, production.label,
-        )  # fmt: skip
+            y_hold, candidate, ref_hold, production.label, settings
+        )
         new = _Served(k, candidate, train_idx)
         if first is None:
             first = new
 
-        runs = (
-            _noise_runs(
-                k, data, train_idx, test_idx, production, ref_hold, settings, candidate.name
-            )
-            if settings.noise
-            else []
-        )
+        runs = _noise_runs(k, data, train_idx, test_idx, production, ref_hold, settings, candidate)
         noise.extend(runs)
 
         before = production.answers(X_batch, y_train)
@@ -285,25 +275,9 @@ def _train(
     train_idx: np.ndarray,
     test_idx: np.ndarray,
     settings: BacktestSettings,
-    seed: int,
 ) -> training.CandidateResult:
     """As 02 train: every family, the best on the holdout's selection metric."""
-    results = [
-        training.train_candidate(
-            name,
-            data,
-            train_idx,
-            test_idx,
-            settings.cv_folds,
-            seed,
-            settings.rf_trees,
-            groups=settings.features,
-            calibration=settings.calibration,
-            objective=settings.objective,
-            costs=settings.costs,
-        )
-        for name in families
-    ]
+    results = [training.train_candidate(n, data, train_idx, test_idx, settings) for n in families]
     return training.select_best(results, settings.metric)
 
 
@@ -315,37 +289,32 @@ def _noise_runs(
     production: _Served,
     reference: tuple[np.ndarray, np.ndarray],
     settings: BacktestSettings,
-    family: str,
+    candidate: training.CandidateResult,
 ) -> list[NoiseRun]:
-    """Two candidates that must not win: shuffled training labels, and the champion reseeded.
+    """Two candidates that must not win (none without ``settings.noise``): shuffled training
+    labels in the candidate's family, and the champion reseeded.
 
     Both are judged like any candidate: against production, on the step's real holdout labels.
     The reseeded twin needs a champion; while production is the majority answer it is skipped.
     """
+    if not settings.noise:
+        return []
     y_hold = data.y.to_numpy().astype(int)[test_idx]
     rng = np.random.default_rng(settings.seed + 1000 + k)
     y_perm = data.y.copy()
     y_perm.iloc[train_idx] = rng.permutation(data.y.iloc[train_idx].to_numpy())
     permuted = training.LabeledData(data.X, y_perm, data.keys, 0, 0)
     runs: list[tuple[str, training.CandidateResult]] = [
-        ("permuted", _train([family], permuted, train_idx, test_idx, settings, settings.seed))
+        ("permuted", _train([candidate.name], permuted, train_idx, test_idx, settings))
     ]
     if production.result is not None and production.train_idx is not None:
-        twin_seed = settings.seed + 1 + k
-        twin = _train(
-            [production.result.name], data, production.train_idx, test_idx, settings, twin_seed
-        )
+        reseeded = replace(settings, seed=settings.seed + 1 + k)
+        twin = _train([production.result.name], data, production.train_idx, test_idx, reseeded)
         runs.append(("reseeded", twin))
     out = []
     for kind, result in runs:
         decision, improvement = policy_decision(
-            y_hold,
-            (result.proba, np.asarray(result.labels).astype(int)),
-            reference,
-            result.cv_std(settings.metric),
-            settings.table,
-            settings.metric,
-            production.label,
+            y_hold, result, reference, production.label, settings
         )
         log.info("step %d noise %s: %s (score %d)", k, kind, decision.verdict, decision.score)
         out.append(

@@ -1,7 +1,7 @@
 """What a policy backtest is run with and what it found: settings, steps, tables and summary.
 
 Kept apart from the replay (lib.pipeline.backtest) so the results can be read, tabulated and
-reported without the training machinery.
+reported apart from the loop that trains and decides.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib.config import CALIBRATION_METHODS
+from lib.pipeline.training import TrainingSettings
 from lib.score_table import VERDICTS, ScoreTable
 
 TRUTHS = ("better", "worse", "no real difference", "undetermined")
@@ -31,31 +31,24 @@ DEFAULT_FEATURES = ("engagement", "versions", "genres", "name_stats")
 
 
 @dataclass(frozen=True)
-class BacktestSettings:
+class BacktestSettings(TrainingSettings):
     """How candidates are trained and judged; defaults keep the replay to a few minutes."""
 
-    families: tuple[str, ...] = ("hist_gradient_boosting",)  # several: the best on the holdout
     cv_folds: int = 3
     seed: int = 42
-    test_size: float = 0.2
     features: tuple[str, ...] = DEFAULT_FEATURES
-    calibration: tuple[str, ...] = CALIBRATION_METHODS
-    objective: str = "accuracy"
-    costs: dict[str, float] | None = None
+    families: tuple[str, ...] = ("hist_gradient_boosting",)  # several: the best on the holdout
+    test_size: float = 0.2
     metric: str = "roc_auc"  # the selection metric the score table reads
     table: ScoreTable = field(default_factory=ScoreTable)
     noise: bool = True
-    rf_trees: int = 200
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         families = (self.families,) if isinstance(self.families, str) else self.families
         object.__setattr__(self, "families", tuple(families))
-        object.__setattr__(self, "features", tuple(self.features))
-        object.__setattr__(self, "calibration", tuple(self.calibration))
         if not self.families:
             raise ValueError("families: name at least one model family")
-        if self.cv_folds < 2:
-            raise ValueError(f"cv_folds must be at least 2, got {self.cv_folds}")
 
 
 @dataclass

@@ -119,7 +119,7 @@ def check_columns(path: str | Path, need_rows: bool = False) -> list[str]:
     return header
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Return the header and (1-based data-row number, fields) for every non-blank record."""
     with open_csv(path) as handle:
         reader = csv.reader(handle)
@@ -164,7 +164,7 @@ def read_apps(paths: str | Path | Sequence[str | Path]) -> LoadedApps:
     quarantine_parts: list[pd.DataFrame] = []
     counts: dict[str, tuple[int, int]] = {}
     for path in path_list:
-        header, rows = _read_rows(path)
+        header, rows = read_rows(path)
         good_numbers: list[int] = []
         good_fields: list[list[str]] = []
         bad_records: list[dict[str, object]] = []
@@ -173,15 +173,11 @@ def read_apps(paths: str | Path | Sequence[str | Path]) -> LoadedApps:
                 good_numbers.append(number)
                 good_fields.append(_to_raw_fields(header, fields))
             else:
-                record: dict[str, object] = dict(
-                    zip(RAW_COLUMNS, _to_raw_fields(header, fields), strict=True)
+                reason = _field_count_reason(len(fields), len(header))
+                named = dict(zip(RAW_COLUMNS, _to_raw_fields(header, fields), strict=True))
+                bad_records.append(
+                    {**named, "source_file": path.name, "source_row": number, "reason": reason}
                 )
-                record.update(
-                    source_file=path.name,
-                    source_row=number,
-                    reason=_field_count_reason(len(fields), len(header)),
-                )
-                bad_records.append(record)
         raw = pd.DataFrame(good_fields, columns=RAW_COLUMNS, dtype="str")
         apps, quarantine = _validate(raw, path.name, np.asarray(good_numbers, dtype="int64"))
         if bad_records:

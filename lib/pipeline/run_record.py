@@ -47,10 +47,7 @@ class RunOutputs(dict[str, Contract]):
     """Typed outputs of the stages that ran, by stage name."""
 
     def of(self, kind: type[Contract]) -> Any:
-        for value in self.values():
-            if isinstance(value, kind):
-                return value
-        return None
+        return next((value for value in self.values() if isinstance(value, kind)), None)
 
 
 # Stage output fields that report.json keeps in the stage's record only, not in "results".

@@ -97,8 +97,7 @@ def decide(
     evidence, so at most ``manual``). Non-finite inputs raise: a score on a missing number would
     look legitimate and is not.
     """
-    if table is None:
-        table = ScoreTable()
+    table = table or ScoreTable()
     improvement = _evidence_input("improvement", improvement)
     value = _evidence_input("value", value)
     cv_std = _finite_input("cv_std", cv_std)

@@ -8,7 +8,6 @@ much like the real file.
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pandas as pd
 from lib.atomic_files import atomic_open
 from lib.errors import DataError
 from lib.pipeline.app_identity import app_key
-from lib.pipeline.data import RAW_COLUMNS, check_columns
+from lib.pipeline.data import RAW_COLUMNS, check_columns, read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -318,13 +317,10 @@ def append_new_apps(path: str | Path, n: int = 150, seed: int | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: cannot append new apps, the file does not exist")
-    header = check_columns(path)
-    with path.open("r", encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        next(reader, None)
-        rows = [fields for fields in reader if fields]
+    check_columns(path)
+    header, rows = read_rows(path)
     app_pos = header.index("App")
-    known = {app_key(fields[app_pos]) for fields in rows if len(fields) > app_pos}
+    known = {app_key(fields[app_pos]) for _, fields in rows if len(fields) > app_pos}
     n_rows = len(rows)
     seed = n_rows if seed is None else seed
 

@@ -276,18 +276,27 @@ def one_openmp_thread() -> Any:
     return threadpool_limits(limits=1, user_api="openmp")
 
 
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How candidates are fitted: one object for 02 train and the backtest, so both fit alike."""
+
+    cv_folds: int
+    seed: int
+    rf_trees: int = 200
+    features: tuple[str, ...] = FEATURE_GROUPS
+    calibration: tuple[str, ...] = CALIBRATION_METHODS
+    objective: str = "accuracy"  # the label objective the threshold is tuned for
+    costs: dict[str, float] | None = None  # false_positive / false_negative, for "cost"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "calibration", tuple(self.calibration))
+        if self.cv_folds < 2:
+            raise ValueError(f"cv_folds must be at least 2, got {self.cv_folds}")
+
+
 def train_candidate(
-    name: str,
-    data: LabeledData,
-    train_idx: np.ndarray,
-    test_idx: np.ndarray,
-    folds: int,
-    seed: int,
-    rf_trees: int = 200,
-    groups: Sequence[str] = FEATURE_GROUPS,
-    calibration: Sequence[str] = CALIBRATION_METHODS,
-    objective: str = "accuracy",
-    costs: dict[str, float] | None = None,
+    name: str, data: LabeledData, train_idx: np.ndarray, test_idx: np.ndarray, s: TrainingSettings
 ) -> CandidateResult:
     """Cross-validate on the training part, choose calibration and threshold, fit, score holdout.
 
@@ -299,11 +308,12 @@ def train_candidate(
 
     with one_openmp_thread():
         started = time.perf_counter()
-        base = build_candidate(name, seed, rf_trees, groups)
+        folds, seed = s.cv_folds, s.seed
+        base = build_candidate(name, seed, s.rf_trees, s.features)
         X_train, y_train = data.X.iloc[train_idx], data.y.iloc[train_idx]
         log.info("%s: %d-fold cross-validation on %d rows", name, folds, len(y_train))
         oof = out_of_fold(base, X_train, y_train, folds, seed)
-        choice = choose_calibration(oof, y_train, calibration, folds, seed)
+        choice = choose_calibration(oof, y_train, s.calibration, folds, seed)
         if choice.method is None:
             fitted = clone(base).fit(X_train, y_train)
             oof_served = oof.proba
@@ -313,7 +323,7 @@ def train_candidate(
             )
             calibrator = fitted.calibrated_classifiers_[0].calibrators[0]
             oof_served = np.clip(calibrator.predict(oof.score), 0.0, 1.0)
-        threshold = tune_threshold(y_train, oof_served, objective, costs)
+        threshold = tune_threshold(y_train, oof_served, s.objective, s.costs)
         model = FixedThresholdClassifier(
             FrozenEstimator(for_inference(fitted)),
             threshold=threshold.threshold,
@@ -326,10 +336,10 @@ def train_candidate(
         holdout = evaluate(data.y.iloc[test_idx], proba, served)
         elapsed = time.perf_counter() - started
         params: dict[str, object] = {
-            "feature_groups": ",".join(check_groups(groups)),
+            "feature_groups": ",".join(check_groups(s.features)),
             "calibration": choice.method or "none",
             "threshold": round(threshold.threshold, 6),
-            "label_objective": objective,
+            "label_objective": s.objective,
         }
         members = dict(getattr(base, "named_estimators", None) or {"tabular": base})
         for label, prefix in (("tabular", "model"), ("forest", "forest")):

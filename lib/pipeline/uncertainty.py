@@ -49,8 +49,6 @@ class MetricComparison:
 
 
 def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(metrics, str):
-        metrics = (metrics,)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; allowed: {', '.join(METRICS)}")
@@ -77,9 +75,7 @@ def _vector(name: str, values: ArrayLike, n: int | None, dtype: Any = None) -> n
 
 def _binary(name: str, values: ArrayLike, n: int | None) -> np.ndarray:
     arr = _vector(name, values, n)
-    if arr.dtype == bool:
-        return arr.astype(np.int8)
-    if not np.isin(arr, (0, 1)).all():
+    if not np.isin(arr, (0, 1)).all():  # booleans pass: True == 1
         raise ValueError(f"{name} must hold binary labels 0/1, got {np.unique(arr)[:10]}")
     return arr.astype(np.int8)
 

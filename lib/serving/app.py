@@ -1,5 +1,5 @@
 """The FastAPI app: routes over a `ModelService` in groups (predictions, feedback, operations,
-admin), and `serve` to run it with uvicorn. Bodies are checked before parsing (`read_json`: 415,
+admin), and `serve` to run it with uvicorn. Bodies are checked before parsing (`_JSONRequest`: 415,
 413), then validated by the pydantic models of `schemas` (422, one message per problem)."""
 
 import asyncio
@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any
+from typing import Any
 
 import pydantic_core
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -20,7 +20,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -48,12 +48,8 @@ CLAIM_THREADS = 4
 
 
 def _json(status: int, content: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(content, allow_nan=False).encode(),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
+    body = json.dumps(content, allow_nan=False).encode()
+    return Response(body, status, headers, media_type="application/json")
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -105,28 +101,6 @@ def _check_content_encoding(value: str | None) -> None:
             "(no Content-Encoding, or identity)",
             {"Accept-Encoding": "identity"},
         )
-
-
-async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The raw body of a JSON request, refused (Refused) before it is read whole when too big:
-    on its Content-Length header first, then chunk by chunk as it streams in."""
-    _check_content_type(request.headers.get("content-type"))
-    _check_content_encoding(request.headers.get("content-encoding"))
-    close = {"Connection": "close"}  # the rest of the body is not read: the connection ends
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not (length.isascii() and length.isdigit()):
-            raise Refused(400, f"Content-Length {show(length)} is not a number", close)
-        if int(length) > limit:
-            raise Refused(413, f"body of {length} bytes: at most {limit}", close)
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refused(413, f"body over {limit} bytes: at most {limit}", close)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _refused(exc: InputError) -> Response:
@@ -214,14 +188,32 @@ _bearer = HTTPBearer(auto_error=False, description="the service's SERVING_ADMIN_
 
 
 class _JSONRequest(Request):
-    """A request whose body is read by `read_json` (refused early: 415, 413) and parsed by
+    """A JSON request whose body is refused (Refused: 415, 413) before it is read whole when too
+    big: on its Content-Length header first, then chunk by chunk as it streams in. Parsed by
     pydantic-core: JSON nested over 200 levels or a lone surrogate is invalid JSON (422)."""
 
     _raw: bytes | None = None
 
     async def body(self) -> bytes:
-        if self._raw is None:
-            self._raw = await read_json(self)
+        if self._raw is not None:
+            return self._raw
+        _check_content_type(self.headers.get("content-type"))
+        _check_content_encoding(self.headers.get("content-encoding"))
+        close = {"Connection": "close"}  # the rest of the body is not read: the connection ends
+        length, limit = self.headers.get("content-length"), MAX_BODY_BYTES
+        if length is not None:
+            if not (length.isascii() and length.isdigit()):
+                raise Refused(400, f"Content-Length {show(length)} is not a number", close)
+            if int(length) > limit:
+                raise Refused(413, f"body of {length} bytes: at most {limit}", close)
+        chunks = []
+        size = 0
+        async for chunk in self.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Refused(413, f"body over {limit} bytes: at most {limit}", close)
+            chunks.append(chunk)
+        self._raw = b"".join(chunks)
         return self._raw
 
     async def json(self) -> Any:
@@ -301,7 +293,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
     _Predictions(service, lookups).add_route(app.router)
     _add_feedback_route(app.router, service, settings.target_threshold)
     _add_operations_routes(app.router, service)
-    _add_admin_routes(app.router, service, settings.admin_token)
+    _add_admin_routes(app.router, service)
     return app
 
 
@@ -368,7 +360,7 @@ class _Predictions:
         try:
             return await self._answer(rid, ids, rows, batch, started, created, lookup)
         finally:
-            lookup.cancel()  # (a no-op once done; nobody waits for it on a 503)
+            lookup.cancel()  # (a no-op once done)
             store.release(ids)  # (what was submitted is a pending row already)
 
     def _refuse_repeated(self, rid: str, used: str, batch: bool) -> Response:
@@ -385,11 +377,7 @@ class _Predictions:
         created: float,
         lookup: asyncio.Future[str | None] | None,
     ) -> Response:
-        variant = self.service.route(rid)
-        if variant is None:  # the champion went away between the check and here
-            self.metrics.unavailable.inc()
-            detail = f"no champion model yet: {self.service.champion_problem}"
-            return _json(503, {"detail": detail})
+        variant = self.service.route(rid)  # (not None: a champion, once loaded, stays)
         requests_c, errors_c, latency_h = self.metrics.for_variant(variant)
         error = None
         try:
@@ -518,9 +506,11 @@ def _add_operations_routes(router: APIRouter, service: ModelService) -> None:
         )
 
 
-def _require_admin(request: Request, token: str | None) -> None:
+def _require_admin(request: Request) -> None:
     """Refuse (HTTPException) unless the request carries a bearer token equal (constant-time)
-    to `token`: 403 when the admin API is disabled, 401 without a token, 403 for a wrong one."""
+    to the admin token: 403 when the admin API is disabled, 401 without a token, 403 for a wrong
+    one. (A route's dependency; it also documents the bearer scheme in the OpenAPI.)"""
+    token = request.app.state.service.settings.admin_token
     if not token:
         raise HTTPException(
             403,
@@ -541,38 +531,23 @@ def _require_admin(request: Request, token: str | None) -> None:
         raise HTTPException(403, "admin token refused")
 
 
-def _admin_check(token: str | None) -> Callable[..., None]:
-    """The admin routes' dependency (it also documents the bearer scheme in the OpenAPI)."""
-
-    def admin(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> None:
-        _require_admin(request, token)
-
-    return admin
-
-
-def _admin_json_route(token: str | None) -> type[APIRoute]:
+class _AdminJSONRoute(_JSONRoute):
     """An admin route with a body: the token is checked before the body is read, so a caller
     without the token learns nothing about the body's rules (401/403, never 413/415/422)."""
 
-    class AdminJSONRoute(_JSONRoute):
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            handler = super().get_route_handler()
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
 
-            async def guarded(request: Request) -> Response:
-                _require_admin(request, token)
-                return await handler(request)
+        async def guarded(request: Request) -> Response:
+            _require_admin(request)
+            return await handler(request)
 
-            return guarded
-
-    return AdminJSONRoute
+        return guarded
 
 
-def _add_admin_routes(router: APIRouter, service: ModelService, token: str | None) -> None:
+def _add_admin_routes(router: APIRouter, service: ModelService) -> None:
     """/admin/routing (read, or set with compare-and-set) and /admin/reload."""
-    admin = [Depends(_admin_check(token))]
+    admin = [Depends(_bearer), Depends(_require_admin)]
 
     @router.get("/admin/routing", dependencies=admin, responses={**_ADMIN_ERRORS})
     async def get_routing() -> Response:
@@ -592,7 +567,7 @@ def _add_admin_routes(router: APIRouter, service: ModelService, token: str | Non
         put_routing,
         methods=["PUT"],
         dependencies=admin,
-        route_class_override=_admin_json_route(token),
+        route_class_override=_AdminJSONRoute,
         responses={
             200: {"description": "the routing now"},
             **_ADMIN_ERRORS,

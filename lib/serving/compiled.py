@@ -3,6 +3,7 @@ that take rows column-wise (`compile_model`); tree ensembles are in lib.serving.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -173,7 +174,10 @@ class _StackNode(Node):
             raise Unsupported("multilabel StackingClassifier")
         self.classes = np.asarray(stack.classes_)
         self.binary = len(self.classes) == 2
-        self.members: list[tuple[Node, str]] = []
+        # (node, method, key): members whose fitted preprocessing is identical (the same pickled
+        # ColumnTransformer) share a key, and their matrix is computed once
+        self.members: list[tuple[Node, str, int | None]] = []
+        keys: dict[bytes, int] = {}
         for est, method in zip(stack.estimators_, stack.stack_method_, strict=True):
             if isinstance(est, str) and est == "drop":
                 continue
@@ -182,17 +186,19 @@ class _StackNode(Node):
             node = compile_model(est)
             if method == "decision_function" and not node.has_decision:
                 raise Unsupported("stack member without decision_function")
-            self.members.append((node, method))
+            key = None
+            if isinstance(node, _PipelineNode):
+                key = keys.setdefault(pickle.dumps(est.steps[0][1]), len(keys))
+            self.members.append((node, method, key))
         self.final = _matrix_estimator(stack.final_estimator_)
         self.has_decision = hasattr(stack.final_estimator_, "decision_function")
-        self.shared = _shared_columns(stack.estimators_, [node for node, _ in self.members])
 
     def matrix(self, cols: list[Sequence[Any]]) -> np.ndarray:
         parts = []
         matrices: dict[int, Any] = {}  # one transform per distinct preprocessing
-        for (node, method), key in zip(self.members, self.shared, strict=True):
+        for node, method, key in self.members:
             target, data = node, cols
-            if key is not None and isinstance(node, _PipelineNode):
+            if isinstance(node, _PipelineNode):
                 if key not in matrices:
                     matrices[key] = node.columns.transform(cols)
                 target, data = node.final, matrices[key]
@@ -204,25 +210,6 @@ class _StackNode(Node):
             else:
                 parts.append(preds)
         return np.hstack(parts)
-
-
-def _shared_columns(estimators: list[Any], nodes: list[Node]) -> list[int | None]:
-    """For each stack member, a key shared by members whose fitted preprocessing is identical
-    (the same pickled ColumnTransformer): their matrix is computed once."""
-    import pickle
-
-    from sklearn.pipeline import Pipeline
-
-    keys: dict[bytes, int] = {}
-    out: list[int | None] = []
-    fitted = [e for e in estimators if not (isinstance(e, str) and e == "drop")]
-    for est, node in zip(fitted, nodes, strict=True):
-        if type(est) is not Pipeline or not isinstance(node, _PipelineNode):
-            out.append(None)
-            continue
-        blob = pickle.dumps(est.steps[0][1])
-        out.append(keys.setdefault(blob, len(keys)))
-    return out
 
 
 class _CalibratedNode(Node):

@@ -17,26 +17,18 @@ class _Descent:
     A categorical node of boosting reads a virtual column against 0.5: 1.0 when the row's
     category goes right there."""
 
-    def __init__(
-        self,
-        roots: np.ndarray,
-        left: np.ndarray,
-        right: np.ndarray,
-        is_leaf: np.ndarray,
-        feature: np.ndarray,
-        threshold: np.ndarray,
-        categorical: tuple[np.ndarray, np.ndarray, int] | None = None,
-    ) -> None:
+    def __init__(self, trees: _Trees) -> None:
+        left, right, is_leaf, feature = trees.left, trees.right, trees.is_leaf, trees.feature
         index = np.arange(len(left), dtype=np.intp)
         self.child = np.empty(2 * len(left), dtype=np.intp)
         self.child[0::2] = np.where(is_leaf, index, left)
         self.child[1::2] = np.where(is_leaf, index, right)
         self.feature = np.where(is_leaf, 0, feature).astype(np.intp)
-        self.threshold = np.where(is_leaf, np.inf, threshold).astype(np.float64)
-        self.roots = roots
+        self.threshold = np.where(is_leaf, np.inf, trees.threshold).astype(np.float64)
+        self.roots = roots = trees.roots
         self.virtual: tuple[int, np.ndarray, np.ndarray] | None = None
-        if categorical is not None:
-            row, goes_left, width = categorical  # width: the columns of X
+        if trees.category_row is not None:
+            row, goes_left, width = trees.category_row, trees.goes_left, trees.width
             nodes = np.flatnonzero((row >= 0) & ~is_leaf)
             columns = self.feature[nodes].copy()  # the category each node reads
             self.feature[nodes] = width + np.arange(len(nodes))
@@ -138,9 +130,7 @@ class Forest(_Trees):
         ).astype(np.float64)
         self.n_classes = int(final.n_classes_)
         self.width = int(final.n_features_in_)
-        self.descent = _Descent(
-            self.roots, self.left, self.right, self.is_leaf, self.feature, self.threshold
-        )
+        self.descent = _Descent(self)
 
     def proba(self, Z: np.ndarray) -> np.ndarray:
         X = np.asarray(Z, dtype=np.float32).astype(np.float64)  # float32, compared in double
@@ -179,12 +169,7 @@ class Boosting(_Trees):
         self.loss = model._loss
         self.inputs = _CategoricalInputs(model)
         self.category_row, self.goes_left = _categorical_tables(model, predictors, self.roots)
-        self.descent = _Descent(
-            self.roots, self.left, self.right, self.is_leaf, self.feature, self.threshold,
-            None
-            if self.category_row is None
-            else (self.category_row, self.goes_left, self.width),
-        )  # fmt: skip
+        self.descent = _Descent(self)
 
     def decision(self, X: Any) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)

@@ -198,10 +198,6 @@ def _check_text_transformer(trans: Any) -> None:
             raise Unsupported("text block with set_output")
 
 
-_CATEGORICAL_SET = frozenset(CATEGORICAL)
-_TEXT_SET = frozenset(TEXT)
-
-
 @dataclass
 class _Block:
     kind: str  # "categorical", "numeric" or "text"
@@ -239,7 +235,7 @@ class Columns:
             raise Unsupported(f"columns {names!r}")
         positions = [FEATURE_COLUMNS.index(c) for c in names]
         passthrough = isinstance(trans, str) and trans == "passthrough"
-        if all(c in _TEXT_SET for c in names):
+        if all(c in TEXT for c in names):
             if not scalar or passthrough:  # a list of text columns gives a 2-D frame, not texts
                 raise Unsupported(f"text columns {names!r} not given as one column name")
             _check_text_transformer(trans)
@@ -248,8 +244,8 @@ class Columns:
             except Unsupported:
                 fast = None  # another vectorizer: its own transform, still exact
             return _Block("text", positions, fast or trans, [])
-        kinds = {c in _CATEGORICAL_SET for c in names}
-        if len(kinds) > 1 or scalar or any(c in _TEXT_SET for c in names):
+        kinds = {c in CATEGORICAL for c in names}
+        if len(kinds) > 1 or scalar or any(c in TEXT for c in names):
             raise Unsupported(f"a block mixing kinds of columns: {names!r}")
         steps = [] if passthrough else _flatten(trans)
         if kinds == {True}:

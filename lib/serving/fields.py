@@ -280,13 +280,7 @@ def _listing_text(raw: str, clean: str, max_chars: int, description: str) -> Any
     return _app_field(str, raw, (clean,), check, schema, description)
 
 
-_SIZE_SCHEMA = {
-    "anyOf": [
-        {"type": "number", "minimum": 0, "maximum": MAX_SIZE_MB},
-        {"type": "string", "pattern": SIZE_PATTERN},
-        {"type": "null"},
-    ]
-}
+_SIZE_SCHEMA = {"anyOf": [*_number_or_text(MAX_SIZE_MB, SIZE_PATTERN)["anyOf"], {"type": "null"}]}
 
 Category = _app_field(str, "Category", ("category",), _required_text,
                       {"type": "string", "pattern": _text_pattern(MAX_LABEL_CHARS, required=True)},

@@ -89,17 +89,20 @@ WINDOW_COLUMNS = [*PREDICTION_FIELDS[:-1], "true_label", "rating"]  # (features 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # the database itself failed (locked, down, connection lost): retry the rows later
 TRANSIENT_ERRORS = (OperationalError, DisconnectionError, PoolTimeoutError)
+Failures = list[tuple[dict[str, Any], Exception]]  # rows, each with what the database raised
 
 
 class FeedbackRefused(ValueError):
     """Feedback for a prediction that has no outcome to judge (the model failed on it)."""
 
 
-def _sqlite_engine(url: str) -> Engine:
+def make_engine(url: str) -> Engine:
+    """An engine for the store; SQLite gets WAL + busy timeout, other databases are untouched."""
     parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
     database = parsed.database or ""
-    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
-    if in_memory:
+    if database in ("", ":memory:") or database.startswith("file::memory:"):
         # One shared connection, or the writer thread would write into its own private database.
         return create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
     Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -115,13 +118,6 @@ def _sqlite_engine(url: str) -> Engine:
         dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; no fsync per commit
 
     return engine
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for the store; SQLite gets WAL + busy timeout, other databases are untouched."""
-    if make_url(url).get_backend_name() == "sqlite":
-        return _sqlite_engine(url)
-    return create_engine(url, pool_pre_ping=True)
 
 
 def _window_statement(
@@ -281,9 +277,7 @@ class PredictionStore(AbstractContextManager["PredictionStore"]):
             conn.execute(insert(predictions), rows)
         return len(rows)
 
-    def _insert_isolating(
-        self, rows: list[dict[str, Any]]
-    ) -> tuple[int, list[tuple[dict[str, Any], Exception]], list[tuple[dict[str, Any], Exception]]]:
+    def _insert_isolating(self, rows: list[dict[str, Any]]) -> tuple[int, Failures, Failures]:
         """Insert clean rows; if the batch fails for a reason of its rows, insert them one by one
         so that a bad row costs only itself. (written, refused rows, rows to retry)."""
         if not rows:
@@ -296,8 +290,8 @@ class PredictionStore(AbstractContextManager["PredictionStore"]):
             if len(rows) == 1:
                 return 0, [(rows[0], exc)], []
         written = 0
-        refused: list[tuple[dict[str, Any], Exception]] = []
-        transient: list[tuple[dict[str, Any], Exception]] = []
+        refused: Failures = []
+        transient: Failures = []
         for row in rows:
             try:
                 written += self._insert([row])
@@ -308,7 +302,7 @@ class PredictionStore(AbstractContextManager["PredictionStore"]):
         return written, refused, transient
 
     @staticmethod
-    def _log_refused(refused: list[tuple[dict[str, Any], Exception]]) -> None:
+    def _log_refused(refused: Failures) -> None:
         for row, exc in refused[:20]:
             logger.error(
                 "prediction store: row %r refused by the database, skipped: %s: %s",
@@ -320,16 +314,9 @@ class PredictionStore(AbstractContextManager["PredictionStore"]):
             )
 
     def _prediction(self, request_id: str) -> dict[str, Any] | None:
+        found = predictions.c["variant", "model_version", "label", "probability", "error"]
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(
-                    predictions.c.variant,
-                    predictions.c.model_version,
-                    predictions.c.label,
-                    predictions.c.probability,
-                    predictions.c.error,
-                ).where(predictions.c.request_id == request_id)
-            ).first()
+            row = conn.execute(select(*found).where(_ID == request_id)).first()
         return None if row is None else dict(row._mapping)
 
     # ---------------------------------------------------------------------- request ids
@@ -433,8 +420,7 @@ class PredictionStore(AbstractContextManager["PredictionStore"]):
         """Predictions with created_at in [since, until), left-joined with their feedback:
         WINDOW_COLUMNS, plus `features` (dicts) when asked, for drift statistics."""
         self._ensure_tables()
-        if self.pending_rows():
-            self.flush(timeout=10.0)  # this process's own unwritten rows belong in the window
+        self.flush(timeout=10.0)  # this process's own unwritten rows belong in the window
         return _read_window(self.engine, since, until, variant, features)
 
     # --------------------------------------------------------------------- background writer
@@ -442,9 +428,6 @@ class PredictionStore(AbstractContextManager["PredictionStore"]):
     def submit(self, rows: list[dict[str, Any]]) -> None:
         """Append prediction rows to the journal and queue them: never waits for the database."""
         self._queue.submit(rows)
-
-    def pending_rows(self) -> int:
-        return self._queue.pending_rows()
 
     def stats(self) -> dict[str, int]:
         """Row counts since this store was opened: submitted, written, pending, dropped (backlog
@@ -512,7 +495,6 @@ class PredictionReader(AbstractContextManager["PredictionReader"]):
     empty -wal/-shm files), replays no journal and never writes."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
         self._file = store_journal.sqlite_file(url)
         self.engine = _read_only_engine(url, self._file)
         self._tables_seen = False

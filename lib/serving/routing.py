@@ -125,7 +125,7 @@ class ModelService:
         self.champion_source: str | None = None  # SOURCE_REGISTRY or SOURCE_LOCAL_COPY
         self.champion_confirmed = False  # the registry named the served champion since its load
         self.follow_registry = False  # start-up missed the registry: adopt its next answer
-        self._admin_lock: asyncio.Lock | None = None
+        self.admin_lock = asyncio.Lock()  # (bound to a loop at its first contended use)
         self._lease_task: asyncio.Task | None = None
         self._registry_task: asyncio.Task | None = None
         self.registry_view = RegistryView()
@@ -133,17 +133,13 @@ class ModelService:
 
     # ------------------------------------------------------------------------ MLflow
 
-    def _client(self) -> Any:
-        from mlflow import MlflowClient
-
-        uri = self.settings.tracking_uri
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
     def champion_version(self) -> str | None:
         """The version behind the champion alias now (None: no model or alias)."""
-        return registry.alias_version(
-            self._client(), self.settings.model_name, self.settings.champion_alias
-        )
+        from mlflow import MlflowClient
+
+        uri, alias = self.settings.tracking_uri, self.settings.champion_alias
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return registry.alias_version(client, self.settings.model_name, alias)
 
     def load_variant(self, name: str, version: str) -> Variant:
         """Load a registered version (blocking: call it from a thread)."""
@@ -311,16 +307,12 @@ class ModelService:
             f" (lease {lease:g} s)" if self.lease_deadline is not None else "",
         )
 
-    def admin_lock(self) -> asyncio.Lock:
-        if self._admin_lock is None:
-            self._admin_lock = asyncio.Lock()
-        return self._admin_lock
-
     async def update_routing(self, update: RoutingUpdate) -> dict[str, Any]:
         """PUT /admin/routing: load the canary version (if new), set weight and lease."""
-        version: Any = ... if update.keeps_canary else update.canary_version
+        keep = "canary_version" not in update.model_fields_set  # absent: keep the canary there is
+        version: Any = ... if keep else update.canary_version
         weight, lease = update.weight, update.lease_seconds
-        async with self.admin_lock():
+        async with self.admin_lock:
             self._check_expected_weight(update.expected_weight)  # before a load for nothing
             canary = self.canary
             if version is None:
@@ -367,7 +359,7 @@ class ModelService:
 
     async def reload_champion(self) -> dict[str, Any]:
         """POST /admin/reload: follow the champion alias (promotion or rollback)."""
-        async with self.admin_lock():
+        async with self.admin_lock:
             try:
                 version = await asyncio.to_thread(self._look_up_champion)
             except Exception as exc:
@@ -444,7 +436,7 @@ class ModelService:
         """The registry answers after an outage at start-up: the same version as served is
         confirmed, another one is loaded (a failed load is tried again at the next check), no
         alias leaves what is served (the warning says so); never raises."""
-        async with self.admin_lock():
+        async with self.admin_lock:
             if not self.follow_registry:  # an admin reload settled it meanwhile
                 return
             served = self.champion.version if self.champion else None

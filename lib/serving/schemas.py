@@ -4,7 +4,6 @@ and FastAPI generates /openapi.json from them. An app's fields take the Play Sto
 what the validators (`fields`) accept; tests/test_service_schema.py (schemathesis) holds the two
 together."""
 
-import math
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar
@@ -21,10 +20,10 @@ from pydantic import (
     model_validator,
 )
 
-from lib.pipeline.features import FEATURE_COLUMNS, derived_values
+from lib.pipeline.features import derived_values
 from lib.serving import fields
 from lib.serving.fields import show
-from lib.serving.rows import OBJECT_POSITIONS, Row
+from lib.serving.rows import Row
 from lib.serving.settings import MAX_INSTANCES
 
 MAX_JSON_DEPTH = 200  # pydantic-core refuses deeper JSON while parsing; an app is 2 levels deep
@@ -186,25 +185,10 @@ class PredictRequest(RootModel[Annotated[_SHAPES, _BY_SHAPE]]):
         """The model's rows, whether it was a batch, and the body's request_id."""
         body = self.root
         if isinstance(body, SingleApp):
-            return _finite_rows([body.row()]), False, body.request_id
+            return [body.row()], False, body.request_id
         if isinstance(body, Instances):
-            return _finite_rows([a.row() for a in body.instances]), True, body.request_id
-        return _finite_rows([a.row() for a in body]), True, None
-
-
-_NUMERIC = [i for i in range(len(FEATURE_COLUMNS)) if i not in OBJECT_POSITIONS]
-_INFINITE = (math.inf, -math.inf)
-
-
-def _finite_rows(rows: list[Row]) -> list[Row]:
-    """The last guard before the queue: no infinite model input, whatever a field let through
-    (the model would fail on it, and its error would count against the variant)."""
-    for n, row in enumerate(rows):
-        for i in _NUMERIC:
-            if row[i] in _INFINITE:
-                where = f"instances[{n}]: " if len(rows) > 1 else ""
-                raise InputError([f"{where}{FEATURE_COLUMNS[i]}: not a finite number"])
-    return rows
+            return [a.row() for a in body.instances], True, body.request_id
+        return [a.row() for a in body], True, None
 
 
 def caller_request_id(header: str | None, body_value: Any) -> str | None:
@@ -311,11 +295,6 @@ class RoutingUpdate(BaseModel):
     lease_seconds: Annotated[float | None, _Number, Field(gt=0, le=sys.float_info.max)] = None
     # compare-and-set: apply only if the canary weight now (after the lease check) is this one
     expected_weight: _Percent = None
-
-    @property
-    def keeps_canary(self) -> bool:
-        """canary_version absent: keep the canary there is."""
-        return "canary_version" not in self.model_fields_set
 
 
 class ErrorBody(BaseModel):

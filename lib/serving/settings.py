@@ -18,10 +18,6 @@ MAX_INSTANCES = 10_000
 REQUEST_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
 
 
-def _env_admin_token() -> str | None:
-    return os.environ.get("SERVING_ADMIN_TOKEN") or None
-
-
 @dataclass
 class ServingSettings:
     """Everything the service needs; the admin token comes from SERVING_ADMIN_TOKEN."""
@@ -29,7 +25,9 @@ class ServingSettings:
     model_name: str = "playstore-rating"
     tracking_uri: str = field(default_factory=settings.tracking_uri)
     store_url: str = field(default_factory=settings.store_url)
-    admin_token: str | None = field(default_factory=_env_admin_token, repr=False)
+    admin_token: str | None = field(
+        default_factory=lambda: os.environ.get("SERVING_ADMIN_TOKEN") or None, repr=False
+    )
     target_threshold: float = 4.0  # feedback: true label = rating > threshold
     max_batch: int = 64  # rows per micro-batched predict call
     batch_wait_ms: float = 2.0  # longest wait for a batch to fill, only when requests queue up

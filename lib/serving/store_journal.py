@@ -51,9 +51,7 @@ def sqlite_file(url: str) -> Path | None:
     database = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
         return None
-    if database.startswith("file:"):
-        return None
-    return Path(database).expanduser().absolute()
+    return None if database.startswith("file:") else Path(database).expanduser().absolute()
 
 
 def default_dir(url: str) -> Path | None:

@@ -45,8 +45,7 @@ class WriteQueue:
         self._failed = 0
         self._rejected = 0
         self._flush_requested = False
-        self._stopping = False
-        self._closed = False
+        self._closed = False  # no more rows: the writer writes what is queued and stops
         self._writer: threading.Thread | None = None
 
     def submit(self, rows: list[dict[str, Any]]) -> None:
@@ -137,10 +136,6 @@ class WriteQueue:
                 "rejected": self._rejected,
             }
 
-    def pending_rows(self) -> int:
-        with self._cv:
-            return self._submitted - self._done
-
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until every row submitted so far is done; False if the timeout came first."""
         with self._cv:
@@ -155,13 +150,13 @@ class WriteQueue:
         last_write = 0.0
         while True:
             with self._cv:
-                while not self._pending and not self._stopping:
+                while not self._pending and not self._closed:
                     self._cv.wait()
-                if not self._pending and self._stopping:
+                if not self._pending and self._closed:
                     return
                 # Gather for a moment under load: fewer, larger transactions.
                 gather_until = last_write + self.min_interval
-                while not self._flush_requested and not self._stopping:
+                while not self._flush_requested and not self._closed:
                     remaining = gather_until - time.monotonic()
                     if remaining <= 0 or len(self._pending) >= self.batch_size:
                         break
@@ -200,7 +195,6 @@ class WriteQueue:
             if self._closed:
                 return
             self._closed = True
-            self._stopping = True
             self._cv.notify_all()
             writer = self._writer
         if writer is not None:

@@ -50,8 +50,6 @@ class FeatureDrift:
 
 def current_inputs(window: pd.DataFrame) -> pd.DataFrame:
     """The model inputs logged with each request (the `features` dicts), as FEATURE_COLUMNS."""
-    if "features" not in window.columns:
-        return pd.DataFrame(columns=FEATURE_COLUMNS)
     rows = [f for f in window["features"] if isinstance(f, dict)]
     frame = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
     # Predictions logged before a column existed (e.g. the derived inputs) lack its key: NaN
@@ -66,9 +64,6 @@ def current_inputs(window: pd.DataFrame) -> pd.DataFrame:
         else:
             frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
     return frame
-
-
-# ---------------------------------------------------------------------------- drift
 
 
 def _as_float(values: Any) -> np.ndarray:
@@ -98,12 +93,10 @@ def _numeric_counts(ref: np.ndarray, cur: np.ndarray, bins: int) -> tuple[np.nda
 
 def _categorical_counts(ref: pd.Series, cur: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Counts per reference category, plus one bin for every category the reference lacks."""
-    cats = sorted(set(ref))
-    ref_counts = ref.value_counts()
-    cur_mapped = cur.where(cur.isin(cats), UNSEEN).value_counts()
-    ref_c = np.array([ref_counts.get(c, 0) for c in cats] + [0], dtype=float)
-    cur_c = np.array([cur_mapped.get(c, 0) for c in cats] + [cur_mapped.get(UNSEEN, 0)], float)
-    return ref_c, cur_c
+    bins = [*sorted(set(ref)), UNSEEN]
+    cur = cur.where(cur.isin(bins[:-1]), UNSEEN)
+    ref_c, cur_c = (s.value_counts().reindex(bins, fill_value=0) for s in (ref, cur))
+    return ref_c.to_numpy(float), cur_c.to_numpy(float)
 
 
 def psi(ref: Any, cur: Any, categorical: bool, bins: int = 10) -> float:
@@ -130,11 +123,7 @@ def _ks(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
 
 def _chi2(ref: pd.Series, cur: pd.Series) -> tuple[float, float]:
     """Chi-square test of homogeneity on the category counts of both samples."""
-    cats = sorted(set(ref) | set(cur))
-    table = np.array(
-        [[(ref == c).sum() for c in cats], [(cur == c).sum() for c in cats]], dtype=float
-    )
-    table = table[:, table.sum(axis=0) > 0]
+    table = pd.concat([ref.value_counts(), cur.value_counts()], axis=1).fillna(0).to_numpy(float).T
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
         return 0.0, 1.0
     statistic, p, _, _ = stats.chi2_contingency(table)
@@ -238,22 +227,18 @@ def prediction_drift(
         "threshold": cfg.prediction_drift_psi,
     }
     if not len(ref):
-        out.update(
-            status=SKIPPED, message="no reference probabilities: prediction drift not judged"
-        )
-        return out
+        msg = "no reference probabilities: prediction drift not judged"
+        return {**out, "status": SKIPPED, "message": msg}
     if len(cur) < cfg.min_drift_samples:
         msg = f"not enough data (n={len(cur)}, {cfg.min_drift_samples} needed) for prediction drift"
-        out.update(status=NO_DATA, message=msg)
-        return out
+        return {**out, "status": NO_DATA, "message": msg}
     value = psi(ref, cur, categorical=False)
     statistic, p = _ks(ref, cur)
     drifted = _drift_verdict(value, p, cfg.prediction_drift_psi, cfg.drift_alpha)
     seen = (
         f"predicted probabilities: PSI {value:.3f} (threshold {cfg.prediction_drift_psi:g}), "
         f"KS p={fmt_p(p)}; positive rate {fmt_percent(c_pos)} vs {fmt_percent(r_pos)} "
-        "in the reference "
-        f"({fmt_count(len(cur))} vs {fmt_count(len(ref))} predictions)"
+        f"in the reference ({fmt_count(len(cur))} vs {fmt_count(len(ref))} predictions)"
     )
     out.update(
         psi=value,

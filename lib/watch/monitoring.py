@@ -47,9 +47,6 @@ logger = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("variant", "model_version", "label", "probability", "latency_ms", "error")
 
 
-# ---------------------------------------------------------------------------- preparation
-
-
 def _prepare(window: pd.DataFrame) -> pd.DataFrame:
     """Typed copy with `is_error`: an error message, or no label at all, means a failed request."""
     missing = [c for c in REQUIRED_COLUMNS if c not in window.columns]
@@ -83,9 +80,6 @@ def _traffic(frame: pd.DataFrame) -> dict[str, Any]:
         "error_rate": k / n if n else math.nan,
         **_latency(frame["latency_ms"]),
     }
-
-
-# ---------------------------------------------------------------------------- traffic
 
 
 def traffic_summary(window: pd.DataFrame) -> dict[str, Any]:
@@ -181,11 +175,11 @@ def performance(
     if len(scored):
         with warnings.catch_warnings():  # one class in the feedback: AUC is NaN, said below
             warnings.simplefilter("ignore", UserWarning)
-            served = scored["label"] if "label" in scored else None  # the tuned threshold's labels
+            served = scored["label"]  # the tuned threshold's labels (_prepare checks the column)
             metrics = evaluation.evaluate(
                 scored["true_label"].astype(int),
                 scored["probability"],
-                None if served is None or served.isna().any() else served.astype(int),
+                None if served.isna().any() else served.astype(int),
             )
         out.update({k: v for k, v in metrics.items() if k != "accuracy"})
         n_pos = int((scored["true_label"] == 1).sum())
@@ -229,18 +223,16 @@ def check_error_rate(frame: pd.DataFrame, cfg: MonitorConfig) -> CheckResult:
 def check_latency(frame: pd.DataFrame, cfg: MonitorConfig) -> CheckResult:
     """Warning when the p99 latency is above the bound: slow, but answers are still right."""
     latencies = frame["latency_ms"].dropna()
-    n = len(latencies)
+    n, bound = len(latencies), cfg.max_p99_ms
     p99 = _latency(latencies)["p99_ms"]
     if n < cfg.min_requests:
         msg = f"not enough data (n={n}, {cfg.min_requests} needed) to judge the p99 latency"
-        return CheckResult("latency_p99", NO_DATA, msg, p99, cfg.max_p99_ms, n)
+        return CheckResult("latency_p99", NO_DATA, msg, p99, bound, n)
     seen = f"p99 latency {fmt_ms(p99)} over {fmt_count(n)} requests"
-    if p99 > cfg.max_p99_ms:
-        msg = f"{seen} > {fmt_ms(cfg.max_p99_ms)} bound"
-        return CheckResult("latency_p99", ALERT, msg, p99, cfg.max_p99_ms, n, WARNING)
-    return CheckResult(
-        "latency_p99", OK, f"{seen} <= {fmt_ms(cfg.max_p99_ms)}", p99, cfg.max_p99_ms, n
-    )
+    if p99 > bound:
+        msg = f"{seen} > {fmt_ms(bound)} bound"
+        return CheckResult("latency_p99", ALERT, msg, p99, bound, n, WARNING)
+    return CheckResult("latency_p99", OK, f"{seen} <= {fmt_ms(bound)}", p99, bound, n)
 
 
 def check_accuracy(perf: dict[str, Any], cfg: MonitorConfig) -> CheckResult:
@@ -317,9 +309,8 @@ def check_roc_auc(perf: dict[str, Any], cfg: MonitorConfig) -> CheckResult:
     if auc < bound and p < cfg.alpha:
         msg = f"{seen}: below {bound:.3f}, one-sided Hanley-McNeil test p={fmt_p(p)}"
         return CheckResult("roc_auc", ALERT, msg, auc, bound, n, WARNING, p)
-    return CheckResult(
-        "roc_auc", OK, f"{seen}; bound {bound:.3f} (p={fmt_p(p)})", auc, bound, n, None, p
-    )
+    msg = f"{seen}; bound {bound:.3f} (p={fmt_p(p)})"
+    return CheckResult("roc_auc", OK, msg, auc, bound, n, None, p)
 
 
 def _drift_check(
@@ -332,7 +323,6 @@ def _drift_check(
 
 def _drift_section(
     frame: pd.DataFrame,
-    window: pd.DataFrame,
     reference_X: pd.DataFrame | None,
     reference_proba: Any,
     cfg: MonitorConfig,
@@ -343,11 +333,11 @@ def _drift_section(
                              "dataset_drift": False, "prediction": None}  # fmt: skip
     if reference_X is None:
         checks.append(CheckResult("feature_drift", SKIPPED, "no reference data: drift not judged"))
-    elif "features" not in window.columns:
+    elif "features" not in frame.columns:
         msg = "the window has no logged model inputs (features=True): drift not judged"
         checks.append(CheckResult("feature_drift", SKIPPED, msg))
     else:
-        current_X = current_inputs(window)
+        current_X = current_inputs(frame)
         features = feature_drift(reference_X, current_X, cfg)
         judged = [f for f in features if f.status in (OK, ALERT)]
         drifted = [f.feature for f in judged if f.drifted]
@@ -384,9 +374,6 @@ def _drift_section(
     return drift, checks
 
 
-# ---------------------------------------------------------------------------- verdict
-
-
 def evaluate_health(
     window: pd.DataFrame,
     reference_metrics: dict[str, float],
@@ -408,9 +395,7 @@ def evaluate_health(
         check_estimate(perf, cfg),
         check_roc_auc(perf, cfg),
     ]
-    drift, drift_checks = _drift_section(
-        frame, window, reference_X, reference_proba, cfg, reference_labels
-    )
+    drift, drift_checks = _drift_section(frame, reference_X, reference_proba, cfg, reference_labels)
     checks.extend(drift_checks)
     alerts = [a for a in (c.alert() for c in checks) if a is not None]
     critical = [a for a in alerts if a.severity == CRITICAL]

@@ -151,10 +151,8 @@ def _failure_text(result: Any) -> str:
 def _deliver(
     target: Target, event: str, message: Message, connect_timeout: float, read_timeout: float
 ) -> Delivery | None:
-    """Send to one target through apprise's tag filter; None when the event is not routed there.
-
-    Every failure becomes a redacted error, never an exception.
-    """
+    """Send to one target through apprise's tag filter; None when the event is not routed there,
+    every failure a redacted error, never an exception."""
     label = target.label
     if target.error:  # a configuration entry apprise rejected: fails whatever the event
         return Delivery(target.kind, label, False, target.error)

@@ -65,7 +65,7 @@ _RETIRED_TEAMS_RE = re.compile(r"(msteams://|webhook\.office\.com|office\.com/we
 
 def event_tags(event: str) -> frozenset[str]:
     """The apprise tags `event` is sent with: its name, its level and its alias."""
-    return frozenset({event, LEVELS[event], *([ALIASES[event]] if event in ALIASES else [])})
+    return frozenset({event, LEVELS[event], ALIASES.get(event, event)})
 
 
 @dataclass(frozen=True)
@@ -105,14 +105,9 @@ class Target:
         """Whether `event` is routed here (the rule apprise's tag filter applies)."""
         return MATCH_ALWAYS_TAG in self.tags or bool(self.tags & event_tags(event))
 
-    def __str__(self) -> str:
-        return self.label
-
 
 def pagerduty_url(key: str, api_key: str | None = None) -> str:
-    """An Events API v2 routing key as a ``pagerduty://`` URL; a URL is returned unchanged."""
-    if "://" in key:
-        return key
+    """An Events API v2 routing key as a ``pagerduty://`` URL."""
     api = quote((api_key or "").strip() or PAGERDUTY_NO_API_KEY, safe="")
     return f"pagerduty://{quote(key, safe='')}@{api}/{PAGERDUTY_SOURCE}/{PAGERDUTY_COMPONENT}"
 
@@ -161,8 +156,8 @@ def targets_from_env(environ: Mapping[str, str] | None = None) -> list[Target]:
     for var, kind in ENV_KINDS.items():
         entries = split_urls(env[var]) if var == "NOTIFY_URLS" else [env[var]] if env[var] else []
         for entry in entries:
-            if var == "PAGERDUTY_KEY":
-                tags, _, key = entry.rpartition("=") if "://" not in entry else ("", "", entry)
+            if var == "PAGERDUTY_KEY" and "://" not in entry:  # a routing key, maybe after TAGS=
+                tags, _, key = entry.rpartition("=")
                 entry = (f"{tags}=" if tags else "") + pagerduty_url(key, env["PAGERDUTY_API_KEY"])
             elif var == "TEAMS_WEBHOOK" and _RETIRED_TEAMS_RE.search(entry):
                 log.warning(

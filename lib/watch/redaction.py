@@ -64,9 +64,8 @@ def _looks_secret(value: str) -> bool:
 @functools.lru_cache(maxsize=512)
 def url_secrets(value: str) -> tuple[str, ...]:
     """A configured value and its secret parts: those apprise hides in ``url(privacy=True)``,
-    URL credentials, secret query values and token-like path segments (webhook paths).
-
-    Cached: the redacting log filter asks for every record."""
+    URL credentials, secret query values and token-like path segments (webhook paths). Cached:
+    the redacting log filter asks for every record."""
     found = [value]
     if not _SCHEME_RE.match(value):
         return tuple(found)
@@ -156,10 +155,6 @@ class RedactingFilter(logging.Filter):
     """Redacts secrets from log records. A logger's filter misses records propagated from its
     children: `install_redacting_filter` also puts it on the handlers."""
 
-    def __init__(self, secrets: Iterable[str] | None = None, name: str = "") -> None:
-        super().__init__(name)
-        self._secrets = None if secrets is None else list(secrets)
-
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(_inspecting, "on", False):
             return False
@@ -167,15 +162,15 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken record is the handler's problem, not ours
             return True
-        cleaned = redact(message, self._secrets)
+        cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact(record.exc_text, self._secrets)
+            record.exc_text = redact(record.exc_text)
         if record.stack_info:
-            record.stack_info = redact(record.stack_info, self._secrets)
+            record.stack_info = redact(record.stack_info)
         return True
 
 

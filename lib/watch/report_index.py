@@ -95,14 +95,14 @@ def _text(value: Any) -> str:
     return "—" if value is None or value == "" else str(value)
 
 
-def _number(value: Any, digits: int = 3) -> str:
+def _number(value: Any) -> str:
     if isinstance(value, bool):
         return "—"
     try:
         number = float(value)
     except (TypeError, ValueError):
         return "—"
-    return f"{number:.{digits}f}" if math.isfinite(number) else "—"
+    return f"{number:.3f}" if math.isfinite(number) else "—"
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -296,7 +296,6 @@ def read_run(report: Path, reports_dir: Path) -> RunRow:
 
 def collect_runs(reports_dir: Path) -> list[RunRow]:
     """Every `reports/*/report.json`, newest first (start time, else the run id's timestamp)."""
-    reports_dir = Path(reports_dir)
     rows = [read_run(p, reports_dir) for p in reports_dir.glob("*/report.json") if p.is_file()]
     return sorted(rows, key=lambda r: (r.sort_key, r.run_id), reverse=True)
 
@@ -320,7 +319,7 @@ def _read_json(path: Path, kind: type) -> tuple[Any, str | None]:
 def read_operator_actions(reports_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
     """The entries of operator_actions.json, oldest first, and what is wrong with the file
     when it cannot be read (None when it is fine or absent)."""
-    path = Path(reports_dir) / OPERATOR_FILE
+    path = reports_dir / OPERATOR_FILE
     if not path.exists():
         return [], None
     data, problem = _read_json(path, list)
@@ -331,7 +330,6 @@ def record_operator_action(reports_dir: Path, action: str, **fields: Any) -> dic
     """Append one operator action (rollback, promote, approve, reject: version, champion after,
     result, reason...) to operator_actions.json and rewrite the index. An unreadable file is
     moved aside, never overwritten."""
-    reports_dir = Path(reports_dir)
     path = reports_dir / OPERATOR_FILE
     now = datetime.now(UTC)
     entry = {"at": now.isoformat(timespec="seconds"), "action": action, **fields}
@@ -388,29 +386,19 @@ def _template() -> jinja2.Template:
     return env.get_template(TEMPLATE)
 
 
-def render_index(
-    rows: list[RunRow],
-    generated: datetime | None = None,
-    actions: tuple[list[dict[str, Any]], str | None] = ([], None),
-) -> str:
-    """The whole page as one string: inline CSS, no scripts, every value escaped."""
-    generated = generated or datetime.now(UTC)
-    counts = Counter(row.outcome for row in rows)
-    entries, problem = actions
-    return _template().render(
+def write_index(reports_dir: Path) -> Path:
+    """Write `reports_dir/index.html` atomically (a reader never sees half a page): inline CSS,
+    no scripts, every value escaped."""
+    rows = collect_runs(reports_dir)
+    entries, problem = read_operator_actions(reports_dir)
+    tally = sorted(Counter(row.outcome for row in rows).items())
+    page = _template().render(
         rows=rows,
-        tally=", ".join(f"{n} {label}" for label, n in sorted(counts.items())),
-        generated=generated.strftime("%Y-%m-%d %H:%M UTC"),
+        tally=", ".join(f"{n} {label}" for label, n in tally),
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         actions=[_action_view(e) for e in reversed(entries)],  # newest first, like the runs
         actions_problem=problem,
     )
-
-
-def write_index(reports_dir: Path) -> Path:
-    """Write `reports_dir/index.html` atomically (a reader never sees half a page)."""
-    reports_dir = Path(reports_dir)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    page = render_index(collect_runs(reports_dir), actions=read_operator_actions(reports_dir))
     target = reports_dir / INDEX_NAME
     write_text_atomic(target, page, permissions=0o644)  # the page is meant to be served
     logger.info("report index: %s", target)

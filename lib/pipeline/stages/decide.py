@@ -6,6 +6,7 @@ rollout for a person's approval, `reject` records why and leaves production as i
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -50,18 +51,8 @@ def decide(inputs: DecideInputs) -> scoring.Decision:
 
 
 def reasons_table(decision: scoring.Decision) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {
-                "criterion": r.criterion,
-                "read": r.observed,
-                "rule": r.rule,
-                "points": r.points,
-                "why": r.text,
-            }
-            for r in decision.reasons
-        ]
-    )
+    rows = [asdict(r) for r in decision.reasons]  # criterion, observed, rule, points, text
+    return pd.DataFrame(rows).rename(columns={"observed": "read", "text": "why"})
 
 
 def record(inputs: DecideInputs, root: Path, decision: scoring.Decision) -> DecideOutputs:

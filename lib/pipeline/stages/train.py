@@ -68,26 +68,18 @@ def data_overview(inputs: TrainInputs, td: TrainingData) -> pd.DataFrame:
 
 
 def fit_candidates(inputs: TrainInputs, td: TrainingData) -> list[training.CandidateResult]:
-    seed = inputs.seed if inputs.model_seed is None else inputs.model_seed
+    settings = training.TrainingSettings(
+        inputs.cv_folds, inputs.seed if inputs.model_seed is None else inputs.model_seed,
+        inputs.rf_trees, inputs.features, inputs.calibration, inputs.label_objective,
+        inputs.error_costs,
+    )  # fmt: skip
     results = []
     for i, name in enumerate(inputs.candidates, 1):
         progress.report(
             "candidate %d/%d %s: %d-fold CV on %d apps, then the fit",
             i, len(inputs.candidates), name, inputs.cv_folds, len(td.train_idx),
         )  # fmt: skip
-        result = training.train_candidate(
-            name,
-            td.labeled,
-            td.train_idx,
-            td.test_idx,
-            inputs.cv_folds,
-            seed,
-            inputs.rf_trees,
-            groups=inputs.features,
-            calibration=inputs.calibration,
-            objective=inputs.label_objective,
-            costs=inputs.error_costs,
-        )
+        result = training.train_candidate(name, td.labeled, td.train_idx, td.test_idx, settings)
         progress.report(
             "candidate %d/%d %s done in %.0f s: holdout %s %.4f",
             i, len(inputs.candidates), name, result.fit_seconds, inputs.selection_metric,
