@@ -57,6 +57,7 @@ def main() -> None:
     os.chdir(root)
     os.environ["PYTHONPATH"] = str(PROJECT)
     os.environ["SERVING_ADMIN_TOKEN"] = token = "bench-token"
+    os.environ["SERVING_FEEDBACK_TOKEN"] = "bench-feedback-token"  # the service and replayer
     uri = f"sqlite:///{root / 'mlflow.db'}"
     store_url = f"sqlite:///{root / 'predictions.db'}"
     client = registry.connect(uri, "bench-monitor")

@@ -16,6 +16,8 @@ from tests.support import deploy, notify, serving
 PROJECT = Path(__file__).resolve().parents[1]
 # ../shared/data/playstore beside the project; PLAYSTORE_DATA points elsewhere if needed.
 SHARED_DATA = Path(os.environ.get("PLAYSTORE_DATA", PROJECT.parent / "shared/data/playstore"))
+# every service a test starts takes labels with this token (tests/support/serving.py)
+os.environ["SERVING_FEEDBACK_TOKEN"] = "test-feedback-token-5678"
 
 
 def require_shared_data() -> Path:

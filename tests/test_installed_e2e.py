@@ -109,7 +109,10 @@ def test_runner_and_service_write_in_the_project_not_in_site_packages(
             feedback = urllib.request.Request(
                 f"http://127.0.0.1:{port}/feedback",
                 data=json.dumps({"request_id": "nobody", "rating": 4.5}).encode(),
-                headers={"Content-Type": "application/json"},
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {os.environ['SERVING_FEEDBACK_TOKEN']}",
+                },
             )
             with pytest.raises(urllib.error.HTTPError, match="404"):
                 urllib.request.urlopen(feedback, timeout=30)

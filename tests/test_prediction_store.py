@@ -75,6 +75,29 @@ def test_window_left_joins_feedback_and_filters(store: PredictionStore) -> None:
     assert list(store.window(since=1e12).columns) == WINDOW_COLUMNS
 
 
+def test_a_store_from_before_label_sources_gets_the_column(tmp_path: Path) -> None:
+    """An older predictions.db (feedback without `source`) is migrated when opened, rows kept."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE feedback (request_id VARCHAR(255) PRIMARY KEY, created_at FLOAT NOT "
+            "NULL, rating FLOAT, label INTEGER NOT NULL)"
+        )
+        db.execute("INSERT INTO feedback VALUES ('old', 1.0, 4.5, 1)")
+    old = PredictionStore(f"sqlite:///{path}")
+    try:
+        old.record_predictions([_row("old", 1.0), _row("new", 2.0)])
+        assert old.record_feedback("new", 2.0, source="store-sync")["source"] == "store-sync"
+        frame = old.window(0).set_index("request_id")
+        assert frame.loc["old", "true_label"] == 1 and pd.isna(frame.loc["old", "label_source"])
+        assert frame.loc["new", "label_source"] == "store-sync"
+        assert frame.loc["new", "labeled_at"] >= frame.loc["new", "created_at"]
+    finally:
+        old.close()
+
+
 def test_feedback_unknown_id_is_none_and_second_one_replaces(store: PredictionStore) -> None:
     store.record_predictions([_row("r1", 1.0)])
     assert store.record_feedback("nope", 4.5) is None

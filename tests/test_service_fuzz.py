@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from lib.delivery.service_process import ServiceProcess
-from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
+from tests.support.serving import MODEL, RAW_APP, TOKEN, Store, credentials_for
 
 pytestmark = pytest.mark.e2e
 PROJECT = Path(__file__).resolve().parents[1]
@@ -239,7 +239,7 @@ def test_fuzz_feedback_and_admin(http: httpx.Client, live: tuple[str, Path]) -> 
             if deep
             else _encode(feedback_body if path == "/feedback" else routing_body)
         )
-        headers = {**ADMIN, **({"Content-Type": ctype} if ctype else {})}
+        headers = {**credentials_for(path), **({"Content-Type": ctype} if ctype else {})}
         method = "POST" if path == "/feedback" else "PUT"
         response = http.request(method, path, content=body, headers=headers)
         _check(response)

@@ -27,7 +27,7 @@ from lib import registry
 from lib.serving import schemas
 from lib.serving.app import create_app
 from lib.serving.settings import MAX_BODY_BYTES
-from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
+from tests.support.serving import FEEDBACK, MODEL, RAW_APP, TOKEN, Store, credentials_for
 from tests.support.serving import admin_headers as _admin
 from tests.support.serving import id_for as _id_for
 from tests.support.serving import metric_total as _metric
@@ -113,7 +113,7 @@ def test_overflowing_feedback_and_admin_numbers_are_422(client: TestClient) -> N
     big = 10**400  # a JSON integer beyond float
     rid = client.post("/predict", json=RAW_APP).json()["request_id"]
     for body in ({"request_id": rid, "rating": big}, {"request_id": rid, "rating": 1e308}):
-        resp = client.post("/feedback", json=body)
+        resp = client.post("/feedback", headers=FEEDBACK, json=body)
         assert resp.status_code == 422 and "rating" in resp.json()["detail"], resp.text
     for body in (
         {"canary_version": "2", "weight": big},
@@ -143,7 +143,9 @@ def test_request_ids_outside_the_grammar_are_422_before_anything_is_stored(
     assert _metric(client, "model_requests_total") == 0
     assert _stored_ids(client) == set()
     if len(rid) <= 128:  # (a longer one can name an item of a batch: "<request id>-<index>")
-        feedback = client.post("/feedback", json={"request_id": rid, "rating": 4.0})
+        feedback = client.post(
+            "/feedback", headers=FEEDBACK, json={"request_id": rid, "rating": 4.0}
+        )
         assert feedback.status_code == 422 and "request_id" in feedback.json()["detail"]
 
 
@@ -169,7 +171,12 @@ def test_good_request_ids_pass_and_both_places_are_checked(client: TestClient) -
     batch = client.post("/predict", json=[RAW_APP] * 2, headers={"X-Request-ID": longest})
     assert batch.status_code == 200
     item = f"{longest}-1"
-    assert client.post("/feedback", json={"request_id": item, "rating": 4.5}).status_code == 200
+    assert (
+        client.post(
+            "/feedback", headers=FEEDBACK, json={"request_id": item, "rating": 4.5}
+        ).status_code
+        == 200
+    )
 
 
 OTHER_APP = {**RAW_APP, "Reviews": "3", "Installs": "100+", "Size": "2.5M", "Category": "TOOLS"}
@@ -216,7 +223,9 @@ def test_a_repeated_request_id_is_409_and_feedback_joins_the_first(
     assert _metric(client, "model_requests_total") == requests_before
     assert _metric(client, "model_request_errors_total") == 0
     assert _metric(client, "model_repeated_request_ids_total") == 3
-    feedback = client.post("/feedback", json={"request_id": "dup-1", "rating": 4.5})
+    feedback = client.post(
+        "/feedback", headers=FEEDBACK, json={"request_id": "dup-1", "rating": 4.5}
+    )
     assert feedback.status_code == 200, feedback.text
     assert feedback.json()["prediction"]["probability"] == first_p
     window = store.window(0).set_index("request_id")
@@ -342,7 +351,7 @@ def test_deeply_nested_json_is_a_4xx_saying_so(
 ) -> None:
     closer = b"]" if opener == b"[" else b"}"
     body = opener * DEEP + b"1" + closer * DEEP
-    resp = client.request(method, path, content=body, headers=_admin())
+    resp = client.request(method, path, content=body, headers=credentials_for(path))
     assert 400 <= resp.status_code < 500, resp.text
     assert "nested too deeply" in resp.json()["detail"]
 
@@ -469,7 +478,7 @@ def test_malformed_content_length_is_400(client: TestClient) -> None:
 def test_other_content_types_are_415(client: TestClient, content_type: str) -> None:
     body = json.dumps(RAW_APP).encode()
     for method, path in (("POST", "/predict"), ("POST", "/feedback"), ("PUT", "/admin/routing")):
-        headers = {**_admin(), "Content-Type": content_type}
+        headers = {**credentials_for(path), "Content-Type": content_type}
         resp = client.request(method, path, content=body, headers=headers)
         assert resp.status_code == 415, (path, resp.text)
         assert "application/json" in resp.json()["detail"]
@@ -485,7 +494,10 @@ def test_encoded_bodies_are_415_not_read_as_plain_json(client: TestClient, encod
     for body in (gzip.compress(plain), plain):
         for method, path in (("POST", "/predict"), ("POST", "/feedback"),
                              ("PUT", "/admin/routing")):  # fmt: skip
-            headers = {**_admin(), "Content-Type": "application/json", "Content-Encoding": encoding}
+            headers = {
+                **credentials_for(path), "Content-Type": "application/json",
+                "Content-Encoding": encoding,
+            }  # fmt: skip
             resp = client.request(method, path, content=body, headers=headers)
             assert resp.status_code == 415, (path, resp.text)
             assert "Content-Encoding" in resp.json()["detail"]

@@ -25,7 +25,14 @@ from schemathesis.checks import not_a_server_error
 
 from lib.delivery.service_process import ServiceProcess
 from lib.serving import schemas
-from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
+from tests.support.serving import (
+    FEEDBACK_TOKEN,
+    MODEL,
+    RAW_APP,
+    TOKEN,
+    Store,
+    credentials_for,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -76,7 +83,7 @@ def test_no_operation_answers_a_server_error(
 ) -> None:
     """schemathesis's not_a_server_error on ~40 generated requests (valid or hostile)."""
     operation = live_schema[path][method]
-    headers = ADMIN if path.startswith("/admin") else None
+    headers = credentials_for(path) if path != "/predict" else None
     calls = []
 
     @given(case=operation.as_strategy(generation_mode=mode))
@@ -112,7 +119,7 @@ def test_openapi_describes_bodies_and_errors(live: str) -> None:
         ("/admin/routing", "put"): "#/components/schemas/RoutingUpdate",
     }
     assert {"422", "503"} <= set(paths["/predict"]["post"]["responses"])
-    assert {"404", "422"} <= set(paths["/feedback"]["post"]["responses"])
+    assert {"401", "403", "404", "422"} <= set(paths["/feedback"]["post"]["responses"])
     assert {"401", "403", "422"} <= set(paths["/admin/routing"]["put"]["responses"])
     components = doc["components"]["schemas"]
     play_store, clean = components["App"]["anyOf"]  # an app in either spelling
@@ -127,15 +134,17 @@ def test_schemathesis_with_every_check_finds_nothing(live: str, tmp_path: Path) 
     valid bodies are answered, invalid ones refused, every answer as documented (status,
     content type, schema, Allow of a 405, 401/403 without the token). Seeded: the same cases
     every run (other seeds and 300 examples per operation also pass)."""
-    command = [
-        sys.executable, "-m", "schemathesis.cli", "run", f"{live}/openapi.json", "--checks", "all",
-        "--header", f"Authorization: Bearer {TOKEN}", "--max-examples", "20", "--seed", "1",
-        "--generation-database", "none", "--request-timeout", "60", "--no-color",
-        "--output-truncate", "false",
-    ]  # fmt: skip
-    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
-    assert " passed" in run.stdout and "failed" not in run.stdout.split("SUMMARY")[-1]
+    for token, paths in ((TOKEN, ["--exclude-path", "/feedback"]),  # each route its credential
+                         (FEEDBACK_TOKEN, ["--include-path", "/feedback"])):  # fmt: skip
+        command = [
+            sys.executable, "-m", "schemathesis.cli", "run", f"{live}/openapi.json", "--checks",
+            "all", "--header", f"Authorization: Bearer {token}", *paths, "--max-examples", "20",
+            "--seed", "1", "--generation-database", "none", "--request-timeout", "60",
+            "--no-color", "--output-truncate", "false",
+        ]  # fmt: skip
+        run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+        assert " passed" in run.stdout and "failed" not in run.stdout.split("SUMMARY")[-1]
 
 
 @pytest.mark.component
@@ -212,7 +221,9 @@ def test_hostile_values_name_the_field(live: str) -> None:
 def test_hostile_other_bodies_get_4xx(
     live: str, path: str, method: str, body: bytes, status: int
 ) -> None:
-    resp = httpx.request(method, f"{live}{path}", content=body, headers=ADMIN, timeout=60)
+    resp = httpx.request(
+        method, f"{live}{path}", content=body, headers=credentials_for(path), timeout=60
+    )
     assert resp.status_code == status, resp.text
 
 

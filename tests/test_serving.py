@@ -35,7 +35,7 @@ from lib.serving.prediction_store import PredictionStore
 from lib.serving.predictor import Predictor
 from lib.serving.rows import rows_frame
 from lib.serving.settings import ServingSettings
-from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
+from tests.support.serving import FEEDBACK, MODEL, RAW_APP, TOKEN, Store
 from tests.support.serving import admin_headers as _admin
 from tests.support.serving import id_for as _id_for
 from tests.support.serving import metric_total as _metric
@@ -459,18 +459,78 @@ def test_metrics_exposition(client: TestClient, mlstore: Store) -> None:
 
 
 @pytest.mark.component
+def test_feedback_needs_its_own_token_and_a_refusal_changes_nothing(
+    client: TestClient,
+) -> None:
+    """Labels decide rollbacks: anyone who can predict must not be able to label. Without the
+    feedback token, with a wrong one or with the admin's, nothing is stored."""
+    rid = client.post("/predict", json=RAW_APP).json()["request_id"]
+    body = {"request_id": rid, "rating": 1.0}
+    none = client.post("/feedback", json=body)
+    assert none.status_code == 401 and "Bearer" in none.json()["detail"]
+    assert none.headers["www-authenticate"] == "Bearer"
+    for token in ("not-the-token", TOKEN):  # the admin token is not a feedback token
+        refused = client.post("/feedback", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == 403 and "token refused" in refused.json()["detail"]
+    bad_body = client.post("/feedback", content=b"{oops", headers={"Content-Type": "text/x"})
+    assert bad_body.status_code == 401  # the credential is checked before the body is read
+    window = _service(client).store.window(0).set_index("request_id")
+    assert window.loc[rid, ["true_label", "labeled_at", "label_source"]].isna().all()
+    ok = client.post("/feedback", json={**body, "source": "store-sync"}, headers=FEEDBACK)
+    assert ok.status_code == 200 and ok.json()["source"] == "store-sync"
+    row = _service(client).store.window(0).set_index("request_id").loc[rid]
+    assert row["true_label"] == 0 and row["label_source"] == "store-sync"
+    assert row["labeled_at"] >= row["created_at"]  # when it arrived: the label's lag
+
+
+@pytest.mark.component
+def test_feedback_is_refused_when_no_feedback_token_is_configured(
+    mlstore: Store, tmp_path: Path
+) -> None:
+    with TestClient(create_app(_settings(mlstore, tmp_path, feedback_token=None))) as c:
+        rid = c.post("/predict", json=RAW_APP).json()["request_id"]
+        resp = c.post("/feedback", json={"request_id": rid, "rating": 4.5}, headers=FEEDBACK)
+        assert resp.status_code == 403
+        assert "set SERVING_FEEDBACK_TOKEN" in resp.json()["detail"]
+
+
+def test_a_feedback_token_equal_to_the_admin_token_is_refused(
+    mlstore: Store, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="SERVING_FEEDBACK_TOKEN must differ"):
+        create_app(_settings(mlstore, tmp_path, feedback_token=TOKEN))
+
+
+@pytest.mark.component
 def test_feedback_found_replaced_unknown_invalid(client: TestClient) -> None:
     rid = client.post("/predict", json=RAW_APP).json()["request_id"]
-    first = client.post("/feedback", json={"request_id": rid, "rating": 4.5})
+    first = client.post("/feedback", headers=FEEDBACK, json={"request_id": rid, "rating": 4.5})
     assert first.status_code == 200, first.text
     assert first.json()["label"] == 1 and first.json()["replaced"] is False
-    second = client.post("/feedback", json={"request_id": rid, "rating": 3.2}).json()
+    second = client.post(
+        "/feedback", headers=FEEDBACK, json={"request_id": rid, "rating": 3.2}
+    ).json()
     assert second["label"] == 0 and second["replaced"] is True
-    assert client.post("/feedback", json={"request_id": rid, "label": 1}).json()["label"] == 1
+    assert (
+        client.post("/feedback", headers=FEEDBACK, json={"request_id": rid, "label": 1}).json()[
+            "label"
+        ]
+        == 1
+    )
     batch = client.post("/predict", json=[RAW_APP, RAW_APP], headers={"X-Request-ID": "fb"})
     assert batch.status_code == 200
-    assert client.post("/feedback", json={"request_id": "fb-1", "rating": 5}).status_code == 200
-    assert client.post("/feedback", json={"request_id": "nope", "rating": 4}).status_code == 404
+    assert (
+        client.post(
+            "/feedback", headers=FEEDBACK, json={"request_id": "fb-1", "rating": 5}
+        ).status_code
+        == 200
+    )
+    assert (
+        client.post(
+            "/feedback", headers=FEEDBACK, json={"request_id": "nope", "rating": 4}
+        ).status_code
+        == 404
+    )
     for bad in (
         {"request_id": rid, "rating": "x"},
         {"request_id": rid, "rating": 9},
@@ -479,9 +539,9 @@ def test_feedback_found_replaced_unknown_invalid(client: TestClient) -> None:
         {"rating": 4.0},
         {"request_id": rid, "rating": 4.5, "label": 0},
     ):
-        resp = client.post("/feedback", json=bad)
+        resp = client.post("/feedback", headers=FEEDBACK, json=bad)
         assert resp.status_code == 422, (bad, resp.text)
-    assert client.post("/feedback", content=b"{oops").status_code == 422
+    assert client.post("/feedback", headers=FEEDBACK, content=b"{oops").status_code == 422
     window = _service(client).store.window(0).set_index("request_id")
     assert window.loc[rid, "true_label"] == 1 and window.loc["fb-1", "rating"] == 5.0
 
@@ -922,7 +982,9 @@ def test_real_server_over_http(mlstore: Store, tmp_path: Path) -> None:
             answer = http.post("/predict", json=RAW_APP, headers={"X-Request-ID": "real-1"})
             assert answer.status_code == 200 and answer.json()["model_version"] == "1"
             assert http.post("/predict", json={"Installs": "lots"}).status_code == 422
-            fb = http.post("/feedback", json={"request_id": "real-1", "rating": 4.8})
+            fb = http.post(
+                "/feedback", headers=FEEDBACK, json={"request_id": "real-1", "rating": 4.8}
+            )
             assert fb.status_code == 200 and fb.json()["label"] == 1
             routed = http.put(
                 "/admin/routing",

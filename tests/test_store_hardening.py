@@ -24,7 +24,7 @@ from lib.delivery.service_process import ServiceProcess
 from lib.serving import prediction_store, store_journal, store_rows
 from lib.serving.app import create_app
 from lib.serving.prediction_store import PredictionStore
-from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
+from tests.support.serving import FEEDBACK, MODEL, RAW_APP, TOKEN, Store
 from tests.support.serving import admin_headers as _admin
 from tests.support.serving import id_for as _id_for
 from tests.support.serving import model_service as _service
@@ -194,7 +194,7 @@ def test_feedback_for_a_failed_prediction_answers_409(client: TestClient) -> Non
     bad_id = _id_for(service, "canary", prefix="fail")
     failed = client.post("/predict", json=RAW_APP, headers={"X-Request-ID": bad_id})
     assert failed.status_code == 500
-    resp = client.post("/feedback", json={"request_id": bad_id, "rating": 4.5})
+    resp = client.post("/feedback", headers=FEEDBACK, json={"request_id": bad_id, "rating": 4.5})
     assert resp.status_code == 409, resp.text
     assert "failed" in resp.json()["detail"]
 
@@ -213,7 +213,9 @@ def test_request_ids_answered_before_a_restart_stay_used(mlstore: Store, tmp_pat
         for rid, body in (("r-1", other), ("rb", [other] * 2), ("rb-1", other)):
             again = after.post("/predict", json=body, headers={"X-Request-ID": rid})
             assert again.status_code == 409, again.text
-        feedback = after.post("/feedback", json={"request_id": "r-1", "rating": 2.0}).json()
+        feedback = after.post(
+            "/feedback", headers=FEEDBACK, json={"request_id": "r-1", "rating": 2.0}
+        ).json()
         assert feedback["prediction"]["probability"] == first["probability"]
         new = after.post("/predict", json=other, headers={"X-Request-ID": "r-2"})
         assert new.status_code == 200

@@ -197,9 +197,10 @@ def _start_production(
 ) -> ServiceProcess:
     """No production service is configured: start one for this rollout, and say where it is in
     rollout.json (an operator's stop and the next run's recovery reach it there)."""
+    feedback_token = os.environ.get("SERVING_FEEDBACK_TOKEN") or secrets.token_urlsafe(24)
     production = ServiceProcess(
         root, model_name, tracking_uri, settings.store_url, admin_token=token,
-        log_path=logs_dir / "service.log", models_dir=models_dir,
+        log_path=logs_dir / "service.log", models_dir=models_dir, feedback_token=feedback_token,
     ).start()  # fmt: skip
     rollout.update(store, lambda state: setattr(state, "serving_url", production.url))
     return production
@@ -322,6 +323,7 @@ def _canary_steps(
         replayer = Replayer(
             url, records, rate=settings.replay_rate,
             label_share=settings.replay_label_share, label_delay=(low, high),
+            feedback_token=production.feedback_token if production else None,  # None: env's
         )  # fmt: skip
     began, around = time.time(), (production, replayer, store)
     with PredictionReader(settings.store_url) as predictions, replayer or nullcontext():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import random
 import threading
 import time
@@ -77,6 +78,7 @@ class Replayer:
         label_share: float = 1.0,
         label_delay: tuple[float, float] = (0.0, 0.0),
         seed: int = 0,
+        feedback_token: str | None = None,
     ) -> None:
         if not records:
             raise ValueError("the replayer needs at least one labeled record")
@@ -93,6 +95,8 @@ class Replayer:
         self.label_flip = label_flip  # tests: feedback that disagrees with reality
         self.label_share, self.label_delay = label_share, (low, high)
         self._random = random.Random(seed)
+        token = feedback_token or os.environ.get("SERVING_FEEDBACK_TOKEN")  # labels need it
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._pending: list[tuple[float, int, dict[str, Any]]] = []  # (due, seq, body): a heap
         self.timeout = timeout
         self.stats = ReplayStats()
@@ -182,7 +186,7 @@ class Replayer:
                     return accepted
                 feedback = heapq.heappop(self._pending)[2]
             try:
-                fb = client.post(f"{self.url}/feedback", json=feedback)
+                fb = client.post(f"{self.url}/feedback", json=feedback, headers=self._auth)
                 if fb.status_code == 200:
                     accepted += 1
                     with self._lock:

@@ -59,6 +59,7 @@ class ServiceProcess:
         log_path: Path | None = None,
         extra_args: list[str] | None = None,
         models_dir: Path | None = None,
+        feedback_token: str | None = None,
     ) -> None:
         self.root = Path(root)
         # models/production/ serves the champion when the registry is down at start-up
@@ -72,7 +73,7 @@ class ServiceProcess:
         }  # fmt: skip
         flags = [a for k, v in options.items() for a in (f"--{k}", str(v))]
         self.args = [sys.executable, "-m", "lib.serving", *flags, *(extra_args or [])]
-        self.admin_token = admin_token
+        self.admin_token, self.feedback_token = admin_token, feedback_token
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self.exit_code: int | None = None  # set by stop(); negative: killed by that signal
@@ -86,6 +87,8 @@ class ServiceProcess:
         env = dict(os.environ)
         if self.admin_token:
             env["SERVING_ADMIN_TOKEN"] = self.admin_token
+        if self.feedback_token:
+            env["SERVING_FEEDBACK_TOKEN"] = self.feedback_token
         out: Any = subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -185,6 +185,9 @@ _ADMIN_ERRORS = {
     403: _error("wrong token, or the admin API is disabled (no SERVING_ADMIN_TOKEN)"),
 }
 _bearer = HTTPBearer(auto_error=False, description="the service's SERVING_ADMIN_TOKEN")
+_feedback_bearer = HTTPBearer(
+    auto_error=False, scheme_name="FeedbackToken", description="the SERVING_FEEDBACK_TOKEN"
+)
 
 
 class _JSONRequest(Request):
@@ -267,6 +270,11 @@ async def _invalid_body(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: ServingSettings) -> FastAPI:
     """The service as an ASGI app; the state is `app.state.service` (a ModelService)."""
+    if settings.feedback_token and settings.feedback_token == settings.admin_token:
+        raise ValueError(
+            "SERVING_FEEDBACK_TOKEN must differ from SERVING_ADMIN_TOKEN: whoever sends labels "
+            "must not be able to move traffic"
+        )
     service = ModelService(settings)
     lookups = ThreadPoolExecutor(CLAIM_THREADS, thread_name_prefix="request-id-lookup")
 
@@ -446,8 +454,9 @@ def _add_feedback_route(router: APIRouter, service: ModelService, threshold: flo
         rid = feedback.request_id
         try:
             stored = await run_in_threadpool(
-                service.store.record_feedback, rid, feedback.rating, threshold, feedback.label
-            )
+                service.store.record_feedback,
+                rid, feedback.rating, threshold, feedback.label, source=feedback.source,
+            )  # fmt: skip
         except FeedbackRefused as exc:
             return _json(409, {"detail": str(exc)})
         except Exception as exc:
@@ -465,9 +474,12 @@ def _add_feedback_route(router: APIRouter, service: ModelService, threshold: flo
         "/feedback",
         post_feedback,
         methods=["POST"],
-        route_class_override=_JSONRoute,
+        dependencies=[Depends(_feedback_bearer), Depends(_require_feedback)],
+        route_class_override=_FeedbackJSONRoute,
         responses={
             200: {"description": "the stored outcome"},
+            401: _error("no 'Authorization: Bearer <SERVING_FEEDBACK_TOKEN>'"),
+            403: _error("wrong token, or feedback is disabled (no SERVING_FEEDBACK_TOKEN)"),
             **_BODY_ERRORS,
             404: _error("no prediction was made with this request_id"),
             422: _REFUSED,
@@ -506,43 +518,57 @@ def _add_operations_routes(router: APIRouter, service: ModelService) -> None:
         )
 
 
-def _require_admin(request: Request) -> None:
+def _require_bearer(request: Request, token: str | None, what: str, variable: str) -> None:
     """Refuse (HTTPException) unless the request carries a bearer token equal (constant-time)
-    to the admin token: 403 when the admin API is disabled, 401 without a token, 403 for a wrong
-    one. (A route's dependency; it also documents the bearer scheme in the OpenAPI.)"""
-    token = request.app.state.service.settings.admin_token
+    to `token`: 403 when none is configured (`variable` unset), 401 without one, 403 if wrong."""
     if not token:
         raise HTTPException(
             403,
-            "admin API disabled: set SERVING_ADMIN_TOKEN in the service's environment and "
-            "send 'Authorization: Bearer <token>'",
+            f"{what} disabled: set {variable} in the service's environment and send "
+            "'Authorization: Bearer <token>'",
         )
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     given = given.strip() if scheme.lower() == "bearer" else ""
     if not given:
         raise HTTPException(
-            401,
-            "admin call needs 'Authorization: Bearer <token>'",
-            {"WWW-Authenticate": "Bearer"},
+            401, f"{what} needs 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
         )
     if not hmac.compare_digest(given.encode(), token.encode()):
         host = request.client.host if request.client else "?"
-        logger.warning("admin call refused: wrong token (from %s)", host)
-        raise HTTPException(403, "admin token refused")
+        logger.warning("%s refused: wrong token (from %s)", what, host)
+        raise HTTPException(403, f"{what}: token refused")
+
+
+def _require_admin(request: Request) -> None:
+    """The admin API's credential (a route's dependency: it documents the bearer scheme)."""
+    token = request.app.state.service.settings.admin_token
+    _require_bearer(request, token, "admin API", "SERVING_ADMIN_TOKEN")
+
+
+def _require_feedback(request: Request) -> None:
+    """Labels decide rollbacks, so they need their own credential, never the admin's."""
+    token = request.app.state.service.settings.feedback_token
+    _require_bearer(request, token, "feedback", "SERVING_FEEDBACK_TOKEN")
 
 
 class _AdminJSONRoute(_JSONRoute):
-    """An admin route with a body: the token is checked before the body is read, so a caller
+    """A guarded route with a body: the token is checked before the body is read, so a caller
     without the token learns nothing about the body's rules (401/403, never 413/415/422)."""
+
+    guard = staticmethod(_require_admin)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def guarded(request: Request) -> Response:
-            _require_admin(request)
+            self.guard(request)
             return await handler(request)
 
         return guarded
+
+
+class _FeedbackJSONRoute(_AdminJSONRoute):
+    guard = staticmethod(_require_feedback)
 
 
 def _add_admin_routes(router: APIRouter, service: ModelService) -> None:

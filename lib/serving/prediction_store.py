@@ -77,6 +77,7 @@ feedback = Table(
     Column("created_at", Double, nullable=False),
     Column("rating", Double, nullable=True),  # None when the caller sent only a label
     Column("label", Integer, nullable=False),
+    Column("source", String(64), nullable=True),  # who sent it (the body's `source`)
 )
 
 PREDICTION_FIELDS = [c.name for c in predictions.columns]
@@ -84,7 +85,8 @@ _ID = predictions.c.request_id
 _STORED_ID = select(_ID).where(_ID == bindparam("id")).limit(1)
 _ALL_STORED_IDS = select(_ID).where(_ID.in_(bindparam("ids", expanding=True)))
 _STORED_IDS = _ALL_STORED_IDS.limit(1)
-WINDOW_COLUMNS = [*PREDICTION_FIELDS[:-1], "true_label", "rating"]  # (features when asked)
+# (features when asked); labeled_at: when the label arrived (its lag), label_source: from whom
+WINDOW_COLUMNS = [*PREDICTION_FIELDS[:-1], "true_label", "rating", "labeled_at", "label_source"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # the database itself failed (locked, down, connection lost): retry the rows later
@@ -120,11 +122,29 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """A store created by an older version gets the nullable columns added since (feedback's
+    `source`); create_all never alters an existing table."""
+    for table in (predictions, feedback):
+        have = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(engine.dialect)
+                try:
+                    with engine.begin() as conn:
+                        conn.exec_driver_sql(
+                            f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
+                        )
+                except SQLAlchemyError:  # another process added it first
+                    logger.info("column %s.%s already added", table.name, column.name)
+
+
 def _window_statement(
     since: float, until: float | None, variant: str | None, features: bool
 ) -> Select:
     columns = [predictions.c[name] for name in PREDICTION_FIELDS[:-1]]
     columns += [feedback.c.label.label("true_label"), feedback.c.rating]
+    columns += [feedback.c.created_at.label("labeled_at"), feedback.c.source.label("label_source")]
     if features:
         columns.append(predictions.c.features)
     stmt = (
@@ -216,6 +236,7 @@ class PredictionStore(AbstractContextManager["PredictionStore"]):
                 names = set(inspect(self.engine).get_table_names())
                 if not {"predictions", "feedback"} <= names:
                     raise
+            _add_missing_columns(self.engine)
             self._tables_ready = True
 
     def _recover(self) -> None:
@@ -370,6 +391,7 @@ class PredictionStore(AbstractContextManager["PredictionStore"]):
         target_threshold: float = 4.0,
         label: int | None = None,
         wait: float = 10.0,
+        source: str = "api",
     ) -> dict[str, Any] | None:
         """Store (or replace) the true rating or label of a prediction; None for an unknown id.
 
@@ -396,6 +418,7 @@ class PredictionStore(AbstractContextManager["PredictionStore"]):
             "created_at": time.time(),
             "rating": None if rating is None else float(rating),
             "label": true_label,
+            "source": source,
         }
         for attempt in range(3):
             try:

@@ -245,6 +245,8 @@ class Feedback(BaseModel):
     ]
     rating: Annotated[float | None, _Number, Field(ge=1, le=5)] = None
     label: Annotated[int | None, Field(strict=True, ge=0, le=1)] = None
+    # who sent the label (stored with it and its arrival time), e.g. "store-sync"
+    source: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")] = "api"
 
     @model_validator(mode="after")
     def _rating_and_label_agree(self) -> "Feedback":

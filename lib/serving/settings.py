@@ -20,13 +20,17 @@ REQUEST_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
 
 @dataclass
 class ServingSettings:
-    """Everything the service needs; the admin token comes from SERVING_ADMIN_TOKEN."""
+    """Everything the service needs; the admin token comes from SERVING_ADMIN_TOKEN, the
+    feedback token (labels are a trusted input) from SERVING_FEEDBACK_TOKEN."""
 
     model_name: str = "playstore-rating"
     tracking_uri: str = field(default_factory=settings.tracking_uri)
     store_url: str = field(default_factory=settings.store_url)
     admin_token: str | None = field(
         default_factory=lambda: os.environ.get("SERVING_ADMIN_TOKEN") or None, repr=False
+    )
+    feedback_token: str | None = field(
+        default_factory=lambda: os.environ.get("SERVING_FEEDBACK_TOKEN") or None, repr=False
     )
     target_threshold: float = 4.0  # feedback: true label = rating > threshold
     max_batch: int = 64  # rows per micro-batched predict call

@@ -19,6 +19,10 @@ from lib.serving import routing
 from lib.serving.settings import ServingSettings
 
 TOKEN = "test-admin-token-1234"
+# labels are a trusted input: /feedback has its own token (tests/conftest.py puts it in the
+# environment, so every service a test starts, and the replayer, have it)
+FEEDBACK_TOKEN = "test-feedback-token-5678"
+FEEDBACK = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
 MODEL = "svc-model"
 RAW_APP = {
     "App": "Some Game",
@@ -93,6 +97,7 @@ def serving_settings(mlstore: Store, tmp_path: Path, **overrides: Any) -> Servin
         tracking_uri=mlstore.uri,
         store_url=f"sqlite:///{tmp_path}/predictions.db",
         admin_token=TOKEN,
+        feedback_token=FEEDBACK_TOKEN,
         lease_check_seconds=0.05,
     )
     values.update(overrides)
@@ -105,6 +110,11 @@ def model_service(c: TestClient) -> routing.ModelService:
 
 def admin_headers(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def credentials_for(path: str) -> dict[str, str]:
+    """The header a route with a body wants: the feedback token for /feedback, else admin's."""
+    return dict(FEEDBACK) if path.endswith("/feedback") else admin_headers()
 
 
 def metric_total(c: TestClient, name: str, **labels: str) -> float:
