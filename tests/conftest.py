@@ -87,6 +87,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "tests with more than one tier (unit, component, e2e; mark exactly one):\n  "
             + "\n  ".join(doubled)
         )
+    # The slowest tiers first (stable: a module's tests stay together): under xdist's worksteal,
+    # the long end-to-end tests then start early and the cheap ones fill the gaps at the end,
+    # instead of one worker finishing a 10-minute test alone.
+    rank = {"e2e": 0, "component": 1, "unit": 2}
+    items.sort(key=lambda item: min(rank[m.name] for m in item.iter_markers() if m.name in rank))
 
 
 # --- fixtures shared by several test modules (their helpers are in tests/support/) ------------

@@ -70,31 +70,26 @@ def _accuracy_checks(outcome) -> list[dict]:
     return [c for s in outcome.steps for c in s.get("checks", []) if c["name"] == "accuracy"]
 
 
-def test_without_any_label_an_equal_candidate_goes_through_every_step(world: World) -> None:
-    v2 = world.register(world.forest(2))  # as good as the champion (another seed)
-    with world.service() as prod:
-        outcome = world.deploy(v2, prod.url, **NO_LABELS)
-    assert outcome.outcome == "promoted", outcome.rollback_reason
-    assert [s["weight"] for s in outcome.steps] == [5, 25, 50, 100]
-    checks = _accuracy_checks(outcome)
-    assert len(checks) == 4 and all(c["status"] == "pass" for c in checks)
-    assert all(c["evidence"] == canary.ESTIMATED for c in checks)
-    assert all(c["observed"]["canary_labeled"] == 0 for c in checks)
-    assert world.champion() == v2
-
-
-def test_without_any_label_a_model_that_learned_the_opposite_is_rolled_back(
-    world: World,
-) -> None:
-    """Sure and wrong: its estimated accuracy looks as good as the champion's (estimates cannot
-    see that), but the label-free prediction shift does, and no label is waited for."""
-    v1 = world.champion()
+def test_without_any_label_equal_goes_through_and_opposite_is_rolled_back(world: World) -> None:
+    """No replayed label at all (real users). A candidate as good as the champion (another
+    seed) is promoted on estimates; then one that learned the opposite, which estimates cannot
+    see (it is as sure as the champion), is rolled back at 5% on the label-free prediction
+    shift. One production service for both rollouts."""
+    v2 = world.register(world.forest(2))
     bad = world.register(world.forest(3, flip=True))
     with world.service() as prod:
-        outcome = world.deploy(bad, prod.url, **NO_LABELS)
-    _assert_production_unchanged(world, v1, outcome)
-    assert "canary predicts positive for" in outcome.rollback_reason
-    failed = outcome.steps[-1]
+        outcome = world.deploy(v2, prod.url, **NO_LABELS)
+        assert outcome.outcome == "promoted", outcome.rollback_reason
+        assert [s["weight"] for s in outcome.steps] == [5, 25, 50, 100]
+        checks = _accuracy_checks(outcome)
+        assert len(checks) == 4 and all(c["status"] == "pass" for c in checks)
+        assert all(c["evidence"] == canary.ESTIMATED for c in checks)
+        assert all(c["observed"]["canary_labeled"] == 0 for c in checks)
+        assert world.champion() == v2
+        worse = world.deploy(bad, prod.url, **NO_LABELS)
+    _assert_production_unchanged(world, v2, worse)
+    assert "canary predicts positive for" in worse.rollback_reason
+    failed = worse.steps[-1]
     assert failed["verdict"] == "fail" and failed["weight"] == 5
     shift = next(c for c in failed["checks"] if c["name"] == "prediction_shift")
     assert shift["status"] == "fail" and shift["evidence"] == "predictions"
