@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -92,6 +93,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # instead of one worker finishing a 10-minute test alone.
     rank = {"e2e": 0, "component": 1, "unit": 2}
     items.sort(key=lambda item: min(rank[m.name] for m in item.iter_markers() if m.name in rank))
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_log_filters() -> Iterator[None]:
+    """`runner.main` run in-process installs the redacting log filter on the root logger and its
+    handlers, pytest's long-lived ones included; the filter rewrites records in place, so the
+    tests after it would see *** where they expect a log's words. Each test gets the filters it
+    started with back."""
+    root = logging.getLogger()
+    before = [(each, list(each.filters)) for each in (root, *root.handlers)]
+    yield
+    for each, filters in before:
+        each.filters[:] = filters
 
 
 # --- fixtures shared by several test modules (their helpers are in tests/support/) ------------
