@@ -98,6 +98,53 @@ def test_a_store_from_before_label_sources_gets_the_column(tmp_path: Path) -> No
         old.close()
 
 
+def test_shadow_scores_join_their_answer_and_are_never_answers(store: PredictionStore) -> None:
+    """A shadow score (the other variant on the same input) comes beside the answer it shadows;
+    it is never a row of the window itself, and an answer without one reads as missing."""
+    store.record_predictions(
+        [
+            _row("a", 100.0),
+            _row("b", 101.0, "canary", label=0, probability=0.3),
+            _row("c", 102.0),
+            _row("a#shadow", 100.5, "canary", label=0, probability=0.4, shadow_of="a",
+                 features=None, latency_ms=9.0),
+            _row("b#shadow", 101.5, "champion", label=None, probability=None, shadow_of="b",
+                 error="boom", features=None),
+        ]
+    )  # fmt: skip
+    store.record_feedback("a", 4.5)
+    frame = store.window(0).set_index("request_id")
+    assert list(frame.index) == ["a", "b", "c"]
+    assert frame.loc["a", "shadow_variant"] == "canary" and frame.loc["a", "shadow_version"] == "2"
+    assert frame.loc["a", "shadow_label"] == 0 and frame.loc["a", "shadow_probability"] == 0.4
+    assert frame.loc["a", "shadow_latency_ms"] == 9.0 and frame.loc["a", "true_label"] == 1
+    assert frame.loc["b", "shadow_error"] == "boom" and pd.isna(frame.loc["b", "shadow_label"])
+    assert list(store.window(0, variant="canary")["request_id"]) == ["b"]
+    unshadowed = store.window(101.9)
+    assert list(unshadowed["request_id"]) == ["c"] and unshadowed["shadow_variant"].isna().all()
+
+
+def test_a_store_from_before_shadow_scores_gets_the_column_and_index(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE predictions (request_id VARCHAR(255) PRIMARY KEY, created_at FLOAT NOT "
+            "NULL, variant VARCHAR(64) NOT NULL, model_version VARCHAR(64) NOT NULL, label "
+            "INTEGER, probability FLOAT, latency_ms FLOAT NOT NULL, error TEXT, features TEXT)"
+        )
+        db.execute("INSERT INTO predictions VALUES ('old', 1.0, 'champion', '1', 1, 0.9, 2.0, "
+                   "NULL, NULL)")  # fmt: skip
+    old = PredictionStore(f"sqlite:///{path}")
+    try:
+        old.record_predictions([_row("old#shadow", 1.5, "canary", shadow_of="old")])
+        frame = old.window(0)
+        assert list(frame["request_id"]) == ["old"] and frame.loc[0, "shadow_version"] == "2"
+        indexes = {i["name"] for i in sa.inspect(old.engine).get_indexes("predictions")}
+        assert "ix_predictions_shadow_of" in indexes
+    finally:
+        old.close()
+
+
 def test_feedback_unknown_id_is_none_and_second_one_replaces(store: PredictionStore) -> None:
     store.record_predictions([_row("r1", 1.0)])
     assert store.record_feedback("nope", 4.5) is None

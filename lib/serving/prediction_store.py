@@ -66,9 +66,14 @@ predictions = Table(
     Column("latency_ms", Double, nullable=False),
     Column("error", Text, nullable=True),
     Column("features", Text, nullable=True),  # JSON of the model's input row
+    # a shadow score: the other variant's answer to the request named here (its id is
+    # "<that id>#shadow", which no caller can send); None for answered predictions
+    Column("shadow_of", String(255), nullable=True),
 )
 Index("ix_predictions_created_at", predictions.c.created_at)
 Index("ix_predictions_variant_created_at", predictions.c.variant, predictions.c.created_at)
+SHADOW_INDEX = Index("ix_predictions_shadow_of", predictions.c.shadow_of)
+SHADOW_SUFFIX = "#shadow"
 
 feedback = Table(
     "feedback",
@@ -81,12 +86,20 @@ feedback = Table(
 )
 
 PREDICTION_FIELDS = [c.name for c in predictions.columns]
+_SHADOW = predictions.alias("shadow")
+# each answered row's shadow score, when the service made one (None otherwise)
+SHADOW_COLUMNS = [
+    "shadow_variant", "shadow_version", "shadow_label", "shadow_probability",
+    "shadow_latency_ms", "shadow_error",
+]  # fmt: skip
+_SHADOW_SOURCES = ["variant", "model_version", "label", "probability", "latency_ms", "error"]
 _ID = predictions.c.request_id
 _STORED_ID = select(_ID).where(_ID == bindparam("id")).limit(1)
 _ALL_STORED_IDS = select(_ID).where(_ID.in_(bindparam("ids", expanding=True)))
 _STORED_IDS = _ALL_STORED_IDS.limit(1)
-# (features when asked); labeled_at: when the label arrived (its lag), label_source: from whom
-WINDOW_COLUMNS = [*PREDICTION_FIELDS[:-1], "true_label", "rating", "labeled_at", "label_source"]
+_SERVED = PREDICTION_FIELDS[:-2]  # (features when asked; shadow_of is None on served rows)
+# labeled_at: when the label arrived (its lag), label_source: from whom
+WINDOW_COLUMNS = [*_SERVED, "true_label", "rating", "labeled_at", "label_source", *SHADOW_COLUMNS]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # the database itself failed (locked, down, connection lost): retry the rows later
@@ -124,7 +137,7 @@ def make_engine(url: str) -> Engine:
 
 def _add_missing_columns(engine: Engine) -> None:
     """A store created by an older version gets the nullable columns added since (feedback's
-    `source`); create_all never alters an existing table."""
+    `source`, predictions' `shadow_of` and its index); create_all never alters a table."""
     for table in (predictions, feedback):
         have = {c["name"] for c in inspect(engine).get_columns(table.name)}
         for column in table.columns:
@@ -137,22 +150,31 @@ def _add_missing_columns(engine: Engine) -> None:
                         )
                 except SQLAlchemyError:  # another process added it first
                     logger.info("column %s.%s already added", table.name, column.name)
+    try:
+        SHADOW_INDEX.create(engine, checkfirst=True)
+    except SQLAlchemyError:  # another process created it first
+        logger.info("index %s already created", SHADOW_INDEX.name)
 
 
 def _window_statement(
     since: float, until: float | None, variant: str | None, features: bool
 ) -> Select:
-    columns = [predictions.c[name] for name in PREDICTION_FIELDS[:-1]]
+    columns = [predictions.c[name] for name in _SERVED]
     columns += [feedback.c.label.label("true_label"), feedback.c.rating]
     columns += [feedback.c.created_at.label("labeled_at"), feedback.c.source.label("label_source")]
+    columns += [
+        _SHADOW.c[source].label(name)
+        for name, source in zip(SHADOW_COLUMNS, _SHADOW_SOURCES, strict=True)
+    ]
     if features:
         columns.append(predictions.c.features)
+    joined = predictions.outerjoin(
+        feedback, predictions.c.request_id == feedback.c.request_id
+    ).outerjoin(_SHADOW, _SHADOW.c.shadow_of == predictions.c.request_id)
     stmt = (
         select(*columns)
-        .select_from(
-            predictions.outerjoin(feedback, predictions.c.request_id == feedback.c.request_id)
-        )
-        .where(predictions.c.created_at >= since)
+        .select_from(joined)
+        .where(predictions.c.created_at >= since, predictions.c.shadow_of.is_(None))
         .order_by(predictions.c.created_at, predictions.c.request_id)
     )
     if until is not None:
@@ -166,8 +188,10 @@ def _window_frame(rows: list[Any], features: bool) -> pd.DataFrame:
     """The window's rows as typed columns: the same dtypes whether it holds rows or none."""
     names = WINDOW_COLUMNS + (["features"] if features else [])
     values = list(zip(*rows, strict=True)) if rows else [()] * len(names)
-    floats = ("created_at", "probability", "latency_ms", "rating")
-    dtypes = {"label": "Int64", "true_label": "Int64", **dict.fromkeys(floats, "float64")}
+    floats = ("created_at", "probability", "latency_ms", "rating", "labeled_at")
+    floats += ("shadow_probability", "shadow_latency_ms")
+    ints = ("label", "true_label", "shadow_label")
+    dtypes = {**dict.fromkeys(ints, "Int64"), **dict.fromkeys(floats, "float64")}
     data: dict[str, pd.Series] = {}
     for name, column in zip(names, values, strict=True):
         if name == "features":

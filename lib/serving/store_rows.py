@@ -95,4 +95,5 @@ def clean_prediction(row: Mapping[str, Any]) -> dict[str, Any]:
         "latency_ms": _number(row.get("latency_ms"), float),
         "error": safe_text(row.get("error")),
         "features": features_json(row.get("features")),
+        "shadow_of": safe_text(row.get("shadow_of")),
     }
