@@ -149,6 +149,15 @@ class MonitorConfig:
     # Evidently: the data set drifts when half its columns do
     dataset_drift_share: Float = Field(0.5, gt=0, le=1)
     prediction_drift_psi: Float = Field(0.1, ge=0)  # PSI of the predicted probabilities
+    # Labels come late: accuracy is judged on the predictions made in the window ending this long
+    # before now (0: on the latest); errors, latency and drift keep the latest window.
+    label_lag_seconds: Float = Field(0.0, ge=0)
+    # the champion realized significantly more than `degradation` below the version it replaced,
+    # on the same (shadow-paired) labeled requests: roll back to it, or only alert
+    on_worse_than_predecessor: Literal["rollback", "alert"] = "rollback"
+    # as canary_analysis.accuracy_tau: the drop beyond `degradation` the always-valid test finds
+    # fastest (the nightly monitor looks again at growing windows)
+    accuracy_tau: Float = Field(0.03, gt=0, le=1)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> MonitorConfig:

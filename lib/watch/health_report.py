@@ -11,7 +11,8 @@ from lib.json_safe import json_safe
 OK, ALERT, NO_DATA, SKIPPED = "ok", "alert", "not_enough_data", "skipped"
 WARNING, CRITICAL = "warning", "critical"
 HEALTHY, UNHEALTHY, NOT_JUDGED = "healthy", "unhealthy", "not_judged"  # the three verdicts
-EVIDENCE_CHECKS = ("error_rate", "accuracy", "roc_auc")  # what says anything about the model
+# what says anything about the model
+EVIDENCE_CHECKS = ("error_rate", "accuracy", "roc_auc", "against_predecessor")
 
 
 @dataclass
@@ -52,7 +53,8 @@ class MonitorReport:
 
     healthy: bool  # no alert of any severity (NOT the verdict: an empty window has no alert)
     alerts: list[Alert]
-    rollback: bool  # only a significant accuracy drop or error rate sets it
+    # only a significant accuracy drop, error rate or drop below the predecessor sets it
+    rollback: bool
     rollback_reason: str | None
     drift: dict[str, Any]
     metrics: dict[str, Any]

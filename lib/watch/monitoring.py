@@ -1,9 +1,11 @@
 """Production monitoring of the served model: pure functions on a window of logged predictions
 (`PredictionReader.window(..., features=True)`); a check without enough samples says so.
 
-Only what hurts users now and is measured directly rolls back: a significant error rate or
-accuracy drop (exact binomial tests). p99 latency, ROC-AUC and drift only warn: the previous model
-saw the same old data, so drift asks for retraining and a person's look, never for a rollback.
+Only what hurts users and is measured directly rolls back: a significant error rate or
+accuracy drop (exact binomial tests), or, once the labels came, a champion significantly worse
+than the version it replaced on the same requests (lib.watch.late_judgement). p99 latency,
+ROC-AUC and drift only warn: the previous model saw the same old data, so drift asks for
+retraining and a person's look, never for a rollback.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from lib.watch.health_report import (
     CheckResult,
     MonitorReport,
 )
+from lib.watch.late_judgement import Judged, estimate_against_labels, judge_against_predecessor
 from lib.window_stats import (
     error_rate_p_value,
-    estimated_correct,
     failed_requests,
     fmt_count,
     fmt_ms,
@@ -121,26 +123,6 @@ def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
     return math.sqrt(max(var, 1e-12))
 
 
-def _estimate_against_labels(frame: pd.DataFrame, labeled: pd.DataFrame) -> dict[str, Any]:
-    """The accuracy each answer's calibrated probability implies (what a canary without labels
-    judged on), on every answered request, and on the labeled ones beside what they realized:
-    the gap's mean and standard error, paired request by request."""
-    answered = frame[~frame["is_error"]]
-    chance = estimated_correct(labeled).to_numpy(dtype=float)
-    gap = chance - (labeled["label"] == labeled["true_label"]).to_numpy(dtype=float)
-    gap = gap[~np.isnan(gap)]
-    return {
-        "estimated_accuracy": float(estimated_correct(answered).mean())
-        if len(answered)
-        else math.nan,
-        "estimated_requests": len(answered),
-        "estimate_gap": float(gap.mean()) if len(gap) else math.nan,
-        "estimate_gap_se": float(gap.std(ddof=1) / math.sqrt(len(gap)))
-        if len(gap) > 1
-        else math.nan,
-    }
-
-
 def performance(
     window: pd.DataFrame, reference: dict[str, float], cfg: MonitorConfig | None = None
 ) -> dict[str, Any]:
@@ -165,7 +147,7 @@ def performance(
         "roc_auc_bound": ref_auc - cfg.degradation,
         "roc_auc_p_value": math.nan,
         "positives": int((labeled["true_label"] == 1).sum()),
-        **_estimate_against_labels(frame, labeled),
+        **estimate_against_labels(frame, labeled),
     }
     if n and not is_nan(ref_acc):
         bound = min(max(ref_acc - cfg.degradation, 0.0), 1.0)
@@ -381,13 +363,16 @@ def evaluate_health(
     reference_proba: Any = None,
     cfg: MonitorConfig | None = None,
     reference_labels: Any = None,
+    judged: Judged | None = None,
 ) -> MonitorReport:
-    """Every check on one window; rollback only on a significant accuracy drop or error rate.
-    reference_X / reference_proba (None skips drift) and reference_labels (the labels served at
-    the tuned threshold, for the positive rate) describe the champion's training data."""
+    """Every check on one window; rollback only on a significant accuracy drop or error rate,
+    or (`judged`: the predictions old enough for their labels) a champion significantly worse
+    than its predecessor on the same requests. reference_X / reference_proba (None skips drift)
+    and reference_labels (the labels served at the tuned threshold, for the positive rate)
+    describe the champion's training data."""
     cfg = cfg or MonitorConfig()
     frame = _prepare(window)
-    perf = performance(frame, reference_metrics, cfg)
+    perf = performance(frame if judged is None else judged.answered(), reference_metrics, cfg)
     checks = [
         check_error_rate(frame, cfg),
         check_latency(frame, cfg),
@@ -395,6 +380,10 @@ def evaluate_health(
         check_estimate(perf, cfg),
         check_roc_auc(perf, cfg),
     ]
+    metrics: dict[str, Any] = {"traffic": traffic_summary(frame), "performance": perf}
+    if judged is not None:
+        late_check, metrics["against_predecessor"] = judge_against_predecessor(judged, cfg)
+        checks.append(late_check)
     drift, drift_checks = _drift_section(frame, reference_X, reference_proba, cfg, reference_labels)
     checks.extend(drift_checks)
     alerts = [a for a in (c.alert() for c in checks) if a is not None]
@@ -407,7 +396,7 @@ def evaluate_health(
         rollback=rollback,
         rollback_reason=reason,
         drift=drift,
-        metrics={"traffic": traffic_summary(frame), "performance": perf},
+        metrics=metrics,
         checks=checks,
     )
     if rollback:

@@ -1,5 +1,8 @@
 """06 monitor: the champion's live window against its validation figures and training data;
-a significant accuracy drop or error rate rolls production back (when `auto_rollback`).
+a significant accuracy drop or error rate rolls production back (when `auto_rollback`). Labels
+come late: accuracy is judged on the predictions made `monitoring.label_lag_seconds` ago or
+earlier, also against the version the champion replaced on the same requests (the rollout's
+shadow scores), which rolls back or alerts (`monitoring.on_worse_than_predecessor`).
 
 Three verdicts: healthy (judged, passed), unhealthy (alerts) and not judged (a service that
 cannot be reached, no request in the window, or no model check with enough data; the reason is
@@ -24,6 +27,7 @@ from lib.pipeline.contracts import MonitorInputs, MonitorOutputs
 from lib.serving.prediction_store import PredictionReader
 from lib.settings import store_url, tracking_uri
 from lib.watch import drift, health_report, monitoring
+from lib.watch.late_judgement import Judged, label_arrival
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Window:
     reference_proba: np.ndarray
     window: pd.DataFrame
     unreachable: str | None = None  # why the live service could not be checked, if it could not
+    judged: Judged | None = None  # the predictions old enough for their labels (label lag)
 
     @property
     def current_proba(self) -> np.ndarray:
@@ -63,25 +68,37 @@ def read_window(inputs: MonitorInputs, root: Path) -> Window:
     reference_X = labeled.X.iloc[train_idx]
     model = registry.load_version(inputs.model_name, champion)
     reference_proba = model.predict_proba(reference_X)[:, 1]
-    window = live_window(store_url(inputs.store_url, root), inputs.window_seconds, champion)
+    lag, now = config(inputs).label_lag_seconds, time.time()
+    rows = live_window(store_url(inputs.store_url, root), inputs.window_seconds + lag, champion)
+    until = now - lag if lag else None  # no lag: the same window as the live checks
+    judged = Judged(
+        rows if until is None else rows[rows["created_at"] < until],
+        str(champion),
+        registry.alias_version(client, inputs.model_name, "previous"),
+        until,
+    )
+    answered = rows["model_version"].astype(str) == str(champion)
     return Window(
         client,
         str(champion),
         reference_metrics,
         reference_X,
         reference_proba,
-        window,
+        rows[answered & (rows["created_at"] >= now - inputs.window_seconds)],
         service_problem(inputs.serving_url),
+        judged,
     )
 
 
 def live_window(url: str, seconds: float, champion: str) -> pd.DataFrame:
-    """The champion's requests of the last `seconds` in the service's store, with their model
-    inputs. Read-only: a dead service's unwritten rows stay for `runner.py store-recover` or
-    the next service (a monitor that inserted them would act for a process it does not own)."""
+    """The requests of the last `seconds` in the service's store that the champion answered or
+    scored in the shadow (paired with the version it replaced), with their model inputs.
+    Read-only: a dead service's unwritten rows stay for `runner.py store-recover` or the next
+    service (a monitor that inserted them would act for a process it does not own)."""
     with PredictionReader(url) as store:
         window = store.window(time.time() - seconds, features=True)
-    return window[window["model_version"].astype(str) == str(champion)]
+    mine = window["model_version"].astype(str) == str(champion)
+    return window[mine | (window["shadow_version"].astype(str) == str(champion))]
 
 
 def service_problem(url: str) -> str | None:
@@ -97,12 +114,18 @@ def service_problem(url: str) -> str | None:
 
 
 def window_table(inputs: MonitorInputs, w: Window) -> pd.DataFrame:
+    labels = label_arrival(w.window if w.judged is None else w.judged.answered())
+    lag = labels["lag_seconds"]
     return pd.Series(
         {
             "champion": f"v{w.champion}",
             "window (s)": inputs.window_seconds,
             "requests": len(w.window),
-            "labeled feedback": int(w.window["true_label"].notna().sum()),
+            "label lag (s)": config(inputs).label_lag_seconds,  # accuracy: predictions older
+            "judged predictions": labels["requests"],
+            "labeled feedback": labels["labeled"],
+            "labels came after (median, s)": lag.get("p50"),
+            "labels came after (p90, s)": lag.get("p90"),
             "validation accuracy": w.reference_metrics["accuracy"],
             "validation ROC-AUC": w.reference_metrics["roc_auc"],
         },
@@ -124,8 +147,9 @@ def service_counters(url: str) -> list[str]:
 
 def evaluate(inputs: MonitorInputs, w: Window) -> health_report.MonitorReport:
     report = monitoring.evaluate_health(
-        w.window, w.reference_metrics, w.reference_X, w.reference_proba, config(inputs)
-    )
+        w.window, w.reference_metrics, w.reference_X, w.reference_proba, config(inputs),
+        judged=w.judged,
+    )  # fmt: skip
     report.service_unreachable = w.unreachable
     return report
 
@@ -206,8 +230,11 @@ def outputs(w: Window, report: health_report.MonitorReport, action: Action) -> M
         rollback_note=action.note,
         monitored_version=w.champion,
         live_metrics={
-            k: report.metrics["performance"].get(k)
-            for k in ("labeled", "accuracy", "roc_auc", "reference_accuracy")
+            **{
+                k: report.metrics["performance"].get(k)
+                for k in ("labeled", "accuracy", "roc_auc", "reference_accuracy")
+            },
+            "against_predecessor": report.metrics.get("against_predecessor"),
         },
     )
 
