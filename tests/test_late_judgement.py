@@ -142,6 +142,8 @@ def test_only_the_registrys_predecessor_is_judged_not_a_later_candidate() -> Non
     assert paired_outcomes(both, NEW)[0] == "3"  # most pairs, but not the predecessor
     check, e = judge(both, predecessor=OLD)
     assert e["predecessor"] == OLD and e["pairs"] == 600
+    check, e = judge(both, predecessor="9")  # `previous` never paired with the champion
+    assert check.status == "skipped" and "no paired predictions with v9" in check.message
 
 
 def test_label_arrival_counts_labels_and_their_lag() -> None:

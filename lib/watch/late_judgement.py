@@ -176,9 +176,10 @@ def judge_against_predecessor(
         "labels": label_arrival(judged.window),
     }
     if pairs.empty:
+        with_whom = f" with v{predecessor}" if predecessor else ""
         msg = (
-            f"v{judged.version} not judged against its predecessor: no paired predictions "
-            "(a rollout's shadow scores) in the judged window"
+            f"v{judged.version} not judged against its predecessor: no paired predictions"
+            f"{with_whom} (a rollout's shadow scores) in the judged window"
         )
         return CheckResult(CHECK, SKIPPED, msg), e
     e.update(_realized_and_estimated(pairs))
