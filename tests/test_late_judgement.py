@@ -131,16 +131,26 @@ def test_without_shadow_scores_it_is_not_judged_against_a_predecessor(shadows: s
     assert "not judged against its predecessor: no paired predictions" in check.message
 
 
-def test_only_the_registrys_predecessor_is_judged_not_a_later_candidate() -> None:
-    """After its promotion, the champion is shadowed by later candidates (v3, rolled back): the
-    version it replaced is the registry's `previous`, not whoever appears most."""
-    window = rollout_window(600, flip=0.15)
+def _with_other_pairs(other: str) -> pd.DataFrame:
+    """600 pairs of NEW with OLD, then 1,500 of NEW with `other` (another rollout)."""
     later = rollout_window(1500, seed=1).assign(request_id=lambda f: "l" + f["request_id"])
-    later["model_version"] = later["model_version"].replace({OLD: "3"})
-    later["shadow_version"] = later["shadow_version"].replace({OLD: "3"})
-    both = pd.concat([window, later], ignore_index=True)
-    assert paired_outcomes(both, NEW)[0] == "3"  # most pairs, but not the predecessor
-    check, e = judge(both, predecessor=OLD)
+    for column in ("model_version", "shadow_version"):
+        later[column] = later[column].replace({OLD: other})
+    return pd.concat([rollout_window(600, flip=0.15), later], ignore_index=True)
+
+
+def test_a_later_candidate_is_never_taken_for_the_predecessor() -> None:
+    """After its promotion the champion is shadowed by later candidates (v3, rolled back):
+    without the registry's `previous`, its predecessor was registered before it."""
+    both = _with_other_pairs("3")
+    check, e = judge(both)
+    assert e["predecessor"] == OLD and e["pairs"] == 600
+
+
+def test_the_registrys_previous_names_the_predecessor() -> None:
+    both = _with_other_pairs("0")
+    assert paired_outcomes(both, NEW)[0] == "0"  # the most pairs, registered before v2
+    check, e = judge(both, predecessor=OLD)  # but v2 replaced v1
     assert e["predecessor"] == OLD and e["pairs"] == 600
     check, e = judge(both, predecessor="9")  # `previous` never paired with the champion
     assert check.status == "skipped" and "no paired predictions with v9" in check.message

@@ -88,7 +88,8 @@ def paired_outcomes(
 ) -> tuple[str | None, pd.DataFrame]:
     """(the predecessor, one row per request both it and `version` scored, one answering, one in
     the shadow): `version`'s label and probability, the predecessor's, the true label (NA until
-    it comes). Without `predecessor`, the version most often on the other side of the pairs."""
+    it comes). Without `predecessor`, the version registered before `version` most often on the
+    other side of the pairs."""
     if "shadow_version" not in window.columns:
         return predecessor, pd.DataFrame()
     frame = window[~failed_requests(window)]
@@ -97,8 +98,9 @@ def paired_outcomes(
     answered = frame["model_version"].astype(str)
     scored = frame["shadow_version"].astype(str)
     other = answered.where(answered != version, scored)[(answered == version) | (scored == version)]
-    if predecessor is None and len(other):
-        predecessor = str(other.value_counts().idxmax())
+    if predecessor is None:  # registered before `version`: a later candidate never replaced it
+        older = other[[_registered_before(v, version) for v in other]]
+        predecessor = str(older.value_counts().idxmax()) if len(older) else None
     frame = frame.loc[other.index[other == predecessor]]
     ours = frame["model_version"].astype(str) == version
 
@@ -117,6 +119,11 @@ def paired_outcomes(
         }
     )
     return predecessor, pairs
+
+
+def _registered_before(other: str, version: str) -> bool:
+    """MLflow numbers a model's versions in registration order; other names are not ordered."""
+    return not (other.isdigit() and version.isdigit()) or int(other) < int(version)
 
 
 def _realized_and_estimated(pairs: pd.DataFrame) -> dict[str, Any]:
