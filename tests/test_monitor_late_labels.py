@@ -16,6 +16,7 @@ from lib.pipeline.contracts import MonitorInputs
 from lib.pipeline.run_record import RunOutputs, notifications
 from lib.pipeline.stages import monitor
 from lib.serving.prediction_store import SHADOW_SUFFIX, PredictionStore
+from lib.watch import notify
 from tests.support.deploy import NAME, World
 
 pytestmark = pytest.mark.component
@@ -83,29 +84,31 @@ def test_late_labels_roll_back_a_champion_worse_than_its_predecessor(
 
         # the night after the rollout: no label has come, nothing is judged, nothing moves
         early = monitor.run(inputs, world.root)
-        found = early.live_metrics["against_predecessor"]
-        assert found["verdict"] == "not enough evidence" and found["labeled_pairs"] == 0
-        assert found["predecessor"] == v1 and found["pairs"] == 1500
+        found = early.live_metrics
+        assert found["predecessor_verdict"] == "not enough evidence"
+        assert found["paired_labeled"] == 0 and found["predecessor"] == v1
         assert not early.rolled_back and world.champion() == v2
 
         for rid, y in list(truth.items())[::2]:  # days later, half the requests get a label
             store.record_feedback(rid, None, label=y)
 
     late = monitor.run(inputs, world.root)
-    found = late.live_metrics["against_predecessor"]
-    assert found["verdict"] == "worse" and found["labeled_pairs"] == 750
-    assert found["accuracy"] < found["predecessor_accuracy"] - 0.1
-    assert found["drop_lower"] > 0.02
-    assert found["labels"]["lag_seconds"]["p50"] > DAY  # labels came after the label lag
-    # estimated vs realized: the calibrated probabilities promised 0.9 for both versions
-    assert found["estimated_accuracy_labeled"] == pytest.approx(0.9)
-    assert found["predecessor_estimated_accuracy"] == pytest.approx(0.9)
-    assert found["estimate_gap"] == pytest.approx(0.9 - found["accuracy"])
+    found = late.live_metrics
+    assert found["predecessor_verdict"] == "worse" and found["paired_labeled"] == 750
+    assert found["paired_accuracy"] < found["predecessor_accuracy"] - 0.1
+    assert found["paired_drop_lower"] > 0.02
+    assert found["label_delay_p50_s"] > DAY  # labels came after the label lag
+    # estimated vs realized: the calibrated probabilities promised 0.9 (both versions)
+    assert found["paired_estimated_accuracy"] == pytest.approx(0.9)
+    assert found["paired_estimate_gap"] == pytest.approx(0.9 - found["paired_accuracy"])
+    assert "estimated (calibrated probabilities) 0.900 vs 0.900" in late.verdict_reason
     # the check against validation saw nothing: only the predecessor shows the drop
     assert not any(a["check"] == "accuracy" for a in late.alerts)
     (event, fields), *_ = notifications(RunOutputs(monitor=late), "done", "report.json", None)
+    message = notify.build_message(event, **fields).body  # what the targets receive
     for evidence in (f"v{v2}", f"v{v1}", "750 labeled requests", "lower bound", "label lag"):
-        assert evidence in fields["reason"]
+        assert evidence in message
+    assert "predecessor_verdict worse" in message and "paired_estimated_accuracy 0.9000" in message
     if on_worse == "rollback":
         assert late.rolled_back and event == "rolled_back"
         assert "worse than its predecessor" in late.monitor_rollback_reason
@@ -127,6 +130,6 @@ def test_a_champion_without_shadow_pairs_is_not_judged_against_its_predecessor(
         for i in range(60):
             store.record_feedback(f"r{i}", None, label=1)
     out = monitor.run(_inputs(world, "rollback"), world.root)
-    found = out.live_metrics["against_predecessor"]
-    assert found["verdict"] == "not judged" and not out.rolled_back
-    assert found["labels"]["labeled"] == 60 and found["pairs"] == 0
+    found = out.live_metrics
+    assert found["predecessor_verdict"] == "not judged" and not out.rolled_back
+    assert found["paired_labeled"] is None and found["predecessor"] is None

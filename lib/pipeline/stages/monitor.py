@@ -121,7 +121,7 @@ def window_table(inputs: MonitorInputs, w: Window) -> pd.DataFrame:
             "champion": f"v{w.champion}",
             "window (s)": inputs.window_seconds,
             "requests": len(w.window),
-            "label lag (s)": config(inputs).label_lag_seconds,  # accuracy: predictions older
+            "label lag (s)": config(inputs).label_lag_seconds,
             "judged predictions": labels["requests"],
             "labeled feedback": labels["labeled"],
             "labels came after (median, s)": lag.get("p50"),
@@ -234,9 +234,33 @@ def outputs(w: Window, report: health_report.MonitorReport, action: Action) -> M
                 k: report.metrics["performance"].get(k)
                 for k in ("labeled", "accuracy", "roc_auc", "reference_accuracy")
             },
-            "against_predecessor": report.metrics.get("against_predecessor"),
+            **against_predecessor(report),
         },
     )
+
+
+# what the report keeps (flat: notifications list it) of the check against the predecessor
+PAIRED_FIGURES = {
+    "predecessor": "predecessor",
+    "predecessor_verdict": "verdict",
+    "paired_labeled": "labeled_pairs",
+    "paired_accuracy": "accuracy",
+    "predecessor_accuracy": "predecessor_accuracy",
+    "paired_drop_lower": "drop_lower",
+    "paired_estimated_accuracy": "estimated_accuracy_labeled",
+    "paired_estimate_gap": "estimate_gap",
+    "paired_estimate_gap_se": "estimate_gap_se",
+    "label_lag_seconds": "label_lag_seconds",
+}
+
+
+def against_predecessor(report: health_report.MonitorReport) -> dict[str, Any]:
+    """The champion against the version it replaced, and the estimated vs realized accuracy."""
+    found = report.metrics.get("against_predecessor")
+    if found is None:
+        return {}
+    delay = found["labels"]["lag_seconds"].get("p50")
+    return {**{k: found.get(v) for k, v in PAIRED_FIGURES.items()}, "label_delay_p50_s": delay}
 
 
 def run(inputs: MonitorInputs, root: Path) -> MonitorOutputs:
