@@ -172,3 +172,12 @@ def test_the_health_report_rolls_back_on_a_worse_champion_with_the_evidence() ->
     assert found["verdict"] == "worse" and found["judged_until"] == 5000.0
     # the live accuracy checks judge what the champion answered in the judged window
     assert report.metrics["performance"]["labeled"] == int((window["model_version"] == NEW).sum())
+
+
+def test_the_action_on_a_worse_champion_is_rollback_or_alert_only() -> None:
+    assert MonitorConfig().on_worse_than_predecessor == "rollback"
+    assert MonitorConfig().label_lag_seconds == 0
+    with pytest.raises(ValueError, match=r"monitoring\.on_worse_than_predecessor"):
+        MonitorConfig.from_dict({"on_worse_than_predecessor": "ignore"})
+    with pytest.raises(ValueError, match=r"monitoring\.label_lag_seconds"):
+        MonitorConfig.from_dict({"label_lag_seconds": -1})

@@ -81,6 +81,17 @@ def test_late_labels_roll_back_a_champion_worse_than_its_predecessor(
     inputs = _inputs(world, on_worse)
     with PredictionStore(world.store_url) as store:
         truth = _rollout(store, v2, v1, run.data.metrics["holdout_accuracy"])
+        # today's requests, labeled at once: newer than the label lag, not judged on accuracy
+        recent = [_prediction(f"n{i}", time.time() - 60, "champion", v2, 1) for i in range(20)]
+        recent += [
+            _prediction(
+                f"n{i}{SHADOW_SUFFIX}", time.time() - 60, "canary", v1, 0, shadow_of=f"n{i}"
+            )
+            for i in range(20)
+        ]
+        store.record_predictions(recent)
+        for i in range(20):
+            store.record_feedback(f"n{i}", None, label=0)
 
         # the night after the rollout: no label has come, nothing is judged, nothing moves
         early = monitor.run(inputs, world.root)
@@ -95,6 +106,7 @@ def test_late_labels_roll_back_a_champion_worse_than_its_predecessor(
     late = monitor.run(inputs, world.root)
     found = late.live_metrics
     assert found["predecessor_verdict"] == "worse" and found["paired_labeled"] == 750
+    assert found["labeled"] == 150  # the champion's answers in the judged window only
     assert found["paired_accuracy"] < found["predecessor_accuracy"] - 0.1
     assert found["paired_drop_lower"] > 0.02
     assert found["label_delay_p50_s"] > DAY  # labels came after the label lag
