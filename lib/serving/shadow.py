@@ -7,7 +7,9 @@ The request only offers its rows to a bounded queue (`SERVING_SHADOW_MAX_ROWS` r
 20,000): when it is full the shadow scores are dropped and counted, never waited for. One worker
 thread at the lowest CPU priority (nice 19; on Linux nice is per thread) predicts queued rows in
 batches by variant, in its own thread, not the answers' predict thread. `SERVING_SHADOW=off`
-turns it off. At shutdown what is still queued is dropped (counted).
+turns it off. At shutdown what is still queued is dropped (counted). Counted in /health's
+`shadow` and as model_shadow_scores_total, model_shadow_scores_dropped_total and
+model_shadow_scores_failed_total (the shadow model raised: the row stores its error).
 """
 
 from __future__ import annotations
