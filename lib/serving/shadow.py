@@ -65,11 +65,12 @@ class ShadowScorer:
             self._cv.notify()
 
     def _drop(self, n: int) -> None:
-        """(Under the lock.) Shadow scores not made; the first one, then every 10,000th logged."""
+        """(Under the lock.) Shadow scores not made (queue full, or stopping); the first one,
+        then every 10,000th, logged."""
         self.dropped += n
         self.metrics.shadow_dropped.inc(n)
         if self.dropped == n or self.dropped % 10_000 < n:
-            logger.warning("shadow scoring: %d score(s) dropped so far (queue full)", self.dropped)
+            logger.warning("shadow scoring: %d score(s) dropped so far", self.dropped)
 
     def start(self) -> None:
         if not self.enabled or (self._thread is not None and self._thread.is_alive()):
@@ -82,19 +83,16 @@ class ShadowScorer:
         """Stop the worker after the batch it is scoring; what is still queued is dropped."""
         with self._cv:
             self._stopping = True
-            self._drop_queued()
+            if self._queued_rows:
+                self._drop(self._queued_rows)
+            self._items.clear()
+            self._queued_rows = 0
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 logger.warning("shadow scorer still busy after %.0f s: left behind", timeout)
             self._thread = None
-
-    def _drop_queued(self) -> None:
-        if self._queued_rows:
-            self._drop(self._queued_rows)
-        self._items.clear()
-        self._queued_rows = 0
 
     def stats(self) -> dict[str, Any]:
         """/health's view: on or off, rows queued, and shadow scores scored, dropped, failed."""
