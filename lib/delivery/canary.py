@@ -609,7 +609,7 @@ def check_disagreement(pairs: pd.DataFrame, unpaired: int, cfg: AnalysisConfig) 
     threshold = {"max_disagreement": cfg.max_disagreement, "alpha": cfg.alpha,
                  "min_requests": cfg.min_requests}  # fmt: skip
     bound = fmt_percent(cfg.max_disagreement)
-    seen = f"the variants disagree on {fmt_percent(rate)} ({k}/{_on_pairs(n, unpaired)})"
+    seen = f"the variants disagree on {fmt_percent(rate)}: {k} of {_on_pairs(n, unpaired)}"
     interval = (
         f"always-valid {100 * (1 - cfg.alpha):g}% bounds "
         f"{fmt_percent(max(lower, 0.0))}..{fmt_percent(min(upper, 1.0))}"
@@ -656,7 +656,7 @@ def check_paired_shift(pairs: pd.DataFrame, unpaired: int, cfg: AnalysisConfig) 
     shift = r_c - r_h
     seen = (
         f"on the same requests the canary predicts positive for {fmt_percent(r_c)} vs champion "
-        f"{fmt_percent(r_h)} ({_on_pairs(n, unpaired)}): shift {100 * abs(shift):.1f} points"
+        f"{fmt_percent(r_h)} on {_on_pairs(n, unpaired)}: shift {100 * abs(shift):.1f} points"
     )
     bound_pts = f"{100 * cfg.max_prediction_shift:g}"
     if status == FAIL:
