@@ -28,6 +28,17 @@ concurrency, the
 ratios the issue asks for, and the in-process floor of one predict call (probabilities and labels)
 for 1 and 1,000 rows: scikit-learn's model against the service's compiled predictor.
 Numbers only, no assertions: the machine may be shared, and the load generator runs on it too.
+
+    python bench/serving.py --shadow-cost --rounds 3 --duration 5 --concurrency 1,8
+
+measures instead what shadow scoring costs our service (no MLflow server): the champion is
+registered a second time as the canary (a canary of the same family costs the same per
+prediction), and one service is measured in turn with no canary (nothing shadow-scored), a
+canary at weight 5 (every answer scored by the other variant in the shadow) and a canary at
+weight 0 (the `shadow` step: the champion answers all, the canary scores all), set with
+PUT /admin/routing between measurements, in rotating order per round; after each one the shadow
+queue is let drain. Prints every measurement, then the median of each configuration and its
+ratio to no canary, with the shadow scores made and dropped.
 """
 
 from __future__ import annotations
@@ -351,6 +362,105 @@ def batch_stats(url: str) -> str:
     return f"{values.get('model_batch_rows_sum', 0) / count:.1f}" if count else "-"
 
 
+SHADOW_CONFIGS = {"no canary": None, "canary 5%": 5.0, "canary 0% (shadow step)": 0.0}
+BENCH_TOKEN = "bench-admin-token"
+
+
+def _set_canary(url: str, weight: float | None) -> None:
+    import httpx
+
+    change = {"canary_version": None} if weight is None else {"canary_version": "2",
+                                                              "weight": weight}  # fmt: skip
+    auth = {"Authorization": f"Bearer {BENCH_TOKEN}"}
+    httpx.put(url + "/admin/routing", json=change, headers=auth, timeout=120).raise_for_status()
+
+
+def _shadow_drained(url: str, timeout: float = 120) -> dict[str, Any]:
+    """/health's shadow counts once nothing is queued for shadow scoring."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        shadow = httpx.get(url + "/health", timeout=30).json()["shadow"]
+        if shadow["queued"] == 0 or time.monotonic() > deadline:
+            return shadow
+        time.sleep(0.2)
+
+
+def shadow_cost(args: argparse.Namespace, levels: list[int], load: Any) -> None:
+    """Our service with no canary, a canary at 5% and at 0%, alternated (see the docstring)."""
+    import mlflow
+
+    from lib import registry
+    from lib.pipeline import features
+
+    work = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
+    proc = None
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    try:
+        print(f"training the {args.model} champion on {args.apps} generated apps ...", flush=True)
+        champion = train_and_register(work, args.apps, args.trees, args.model, args.folds)
+        client = registry.connect(champion["uri"], "bench")
+        mlflow.set_tracking_uri(champion["uri"])
+        with mlflow.start_run():  # the canary: the same model registered again (version 2)
+            inputs = features.model_inputs(champion["apps"])
+            info = registry.log_candidate_model(champion["pipe"], inputs)
+        registry.register(client, info.model_uri, MODEL_NAME, {"bench": "canary"})
+        mlflow.set_tracking_uri(None)
+        bodies, _ = request_bodies(champion["raw"], champion["apps"])
+        env = {**os.environ, "PYTHONPATH": str(PROJECT), "SERVING_ADMIN_TOKEN": BENCH_TOKEN}
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = start(
+            [sys.executable, "-m", "lib.serving", "--host", "127.0.0.1", "--port", str(port),
+             "--model-name", MODEL_NAME, "--tracking-uri", champion["uri"],
+             "--store-url", f"sqlite:///{work}/predictions.db", "--log-level", "WARNING"],
+            PROJECT, env, work / "ours.log",
+        )  # fmt: skip
+        wait_ready(proc, url + "/health", work / "ours.log")
+        names = list(SHADOW_CONFIGS)
+        for round_ in range(args.rounds):
+            order = names[round_ % 3 :] + names[: round_ % 3]
+            for conc in levels:
+                for name in order:
+                    _set_canary(url, SHADOW_CONFIGS[name])
+                    load(url, "/predict", bodies, conc, args.warmup, work)
+                    before = _shadow_drained(url)
+                    r = load(url, "/predict", bodies, conc, args.duration, work)
+                    after = _shadow_drained(url)
+                    r["shadow_scored"] = after["scored"] - before["scored"]
+                    r["shadow_dropped"] = after["dropped"] - before["dropped"]
+                    results.setdefault((name, conc), []).append(r)
+                    print(f"round {round_} {name:<24} c={conc}: {r['rps']:7.1f} req/s p50 "
+                          f"{r['p50']:6.2f} ms p99 {r['p99']:6.2f} ms errors {r['errors']} "
+                          f"shadow scored {r['shadow_scored']} dropped {r['shadow_dropped']} "
+                          f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    finally:
+        if proc is not None:
+            stop(proc)
+        shutil.rmtree(work, ignore_errors=True)
+    _print_shadow_cost(results, levels)
+
+
+def _print_shadow_cost(results: dict[tuple[str, int], list[dict[str, float]]],
+                       levels: list[int]) -> None:  # fmt: skip
+    print()
+    print("| configuration | concurrency | requests/s | vs no canary | p50 ms | p99 ms | "
+          "shadow scored | dropped |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for conc in levels:
+        base = statistics.median(r["rps"] for r in results[("no canary", conc)])
+        for name in SHADOW_CONFIGS:
+            runs = results[(name, conc)]
+            rps = statistics.median(r["rps"] for r in runs)
+            p50 = statistics.median(r["p50"] for r in runs)
+            p99 = statistics.median(r["p99"] for r in runs)
+            scored = sum(r["shadow_scored"] for r in runs)
+            dropped = sum(r["shadow_dropped"] for r in runs)
+            print(f"| {name} | {conc} | {rps:.1f} | {rps / base:.0%} | {p50:.2f} | {p99:.2f} | "
+                  f"{scored} | {dropped} |")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
@@ -372,12 +482,21 @@ def main() -> None:
         action="store_true",
         help="send a new X-Request-ID with each request to our service (python load generator)",
     )
+    parser.add_argument(
+        "--shadow-cost",
+        action="store_true",
+        help="measure shadow scoring's cost: no canary, canary at 5%% and at 0%% (see above)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--shadow-cost's rounds")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk"))
     if args.request_ids and use_wrk:
         parser.error("--request-ids is implemented by the python load generator: --loadgen python")
     load = run_wrk if use_wrk else run_python_load
+    if args.shadow_cost:
+        shadow_cost(args, levels, load)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     procs: list[subprocess.Popen] = []

@@ -406,6 +406,8 @@ class _Predictions:
         self.metrics.count_labels(variant, labels)
         answers = zip(labels, proba, strict=True)
         self.store.submit(_store_rows(ids, rows, created, variant, latency, answers))
+        if self.service.canary is not None:  # a rollout: the other variant scores it too
+            self.service.offer_shadow(variant, ids, rows, created)
         return _json(200, _answers(rid, ids, variant, labels, proba, batch), {"X-Request-ID": rid})
 
 
@@ -582,7 +584,8 @@ def _add_admin_routes(router: APIRouter, service: ModelService) -> None:
 
     async def put_routing(update: schemas.RoutingUpdate) -> Response:
         """Set the canary version, its weight (percent of request ids) and its lease; with
-        expected_weight, only if the weight now is that one (compare-and-set)."""
+        expected_weight, only if the weight now is that one (compare-and-set). A canary at
+        weight 0 answers nobody and scores every request in the shadow (the `shadow` step)."""
         try:
             return _json(200, await service.update_routing(update))
         except AdminError as exc:

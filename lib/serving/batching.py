@@ -171,7 +171,7 @@ class MicroBatcher:
         self._executor = _predict_executor()
 
 
-def _one_openmp_thread() -> None:
+def one_openmp_thread() -> None:
     """Predict-thread initializer: like n_jobs=1, one OpenMP thread (e.g. gradient boosting);
     per calling thread, so the rest of the process is not affected."""
     try:
@@ -184,7 +184,7 @@ def _one_openmp_thread() -> None:
 
 def _predict_executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="predict", initializer=_one_openmp_thread
+        max_workers=1, thread_name_prefix="predict", initializer=one_openmp_thread
     )
 
 

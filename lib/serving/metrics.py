@@ -74,6 +74,21 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 512, 2048),
             registry=r,
         )
+        self.shadow_scored = Counter(
+            "model_shadow_scores",
+            "Shadow scores stored: the other variant on an answered row",
+            registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "model_shadow_scores_dropped",
+            "Shadow scores not made: the shadow queue was full, or the service stopped",
+            registry=r,
+        )
+        self.shadow_failed = Counter(
+            "model_shadow_scores_failed",
+            "Shadow scores the model failed (stored with the error)",
+            registry=r,
+        )
         self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self._label_children: dict[tuple[str, str, Any], Any] = {}
 

@@ -31,8 +31,10 @@ from lib.serving.batching import MicroBatcher, Variant
 from lib.serving.metrics import Metrics
 from lib.serving.prediction_store import PredictionStore
 from lib.serving.predictor import Predictor
+from lib.serving.rows import Row
 from lib.serving.schemas import RoutingUpdate
 from lib.serving.settings import CHAMPION_ALIAS, ServingSettings
+from lib.serving.shadow import ShadowScorer
 from lib.settings import PRODUCTION_DIR
 
 logger = logging.getLogger(__name__)
@@ -113,6 +115,9 @@ class ModelService:
         self.metrics.watch_store(self.store.stats)
         self.batcher = MicroBatcher(
             settings.max_batch, settings.batch_wait_ms / 1000.0, self.metrics.batch_rows.observe
+        )
+        self.shadow = ShadowScorer(
+            self.store, self.metrics, settings.shadow, settings.shadow_max_rows
         )
         self.started = time.monotonic()
         self.champion: Variant | None = None
@@ -278,6 +283,20 @@ class ModelService:
             if variant_bucket(request_id) < self.canary_weight * 100:
                 return canary
         return self.champion
+
+    def offer_shadow(
+        self, answered: Variant, ids: list[str], rows: list[Row], created: float
+    ) -> None:
+        """An answered request's rows go to the variant that did not answer, to be scored in
+        the shadow (while a canary is loaded, at any weight); never waits."""
+        canary, champion = self.canary, self.champion
+        if canary is None or champion is None or not self.shadow.enabled:
+            return
+        if answered is champion:
+            self.shadow.offer(canary, ids, rows, created)
+        elif answered is canary:
+            self.shadow.offer(champion, ids, rows, created)
+        # (else the answering variant was replaced meanwhile: no pair to make)
 
     def routing(self) -> dict[str, Any]:
         self.check_lease()
@@ -522,10 +541,12 @@ class ModelService:
                 "source": self.champion_source,
                 "confirmed_by_registry": self.champion_confirmed,
             },
-            # what takes traffic: a canary at weight 0 (paused by an admin) is not routed
+            # what takes traffic: a canary at weight 0 (the shadow step, a pause) is not routed
             "canary": None
             if canary is None or self.canary_weight <= 0
             else {"version": canary.version, "weight": self.canary_weight},
+            # while a canary is loaded (any weight), the variant that did not answer scores too
+            "shadow": {**self.shadow.stats(), "active": self.shadow.enabled and canary is not None},
             "predictor": {
                 v.name: v.predictor.kind for v in (self.champion, self.canary) if v is not None
             },
@@ -538,6 +559,7 @@ class ModelService:
         await asyncio.to_thread(self.load_champion_at_start)
         self.metrics.canary_weight.set(self.canary_weight)
         self.batcher.start()
+        self.shadow.start()
         loop = asyncio.get_running_loop()
         lease = _every(self.settings.lease_check_seconds, self.check_lease, "lease")
         self._lease_task = loop.create_task(lease, name="canary-lease")
@@ -552,6 +574,7 @@ class ModelService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.batcher.stop()
+        await asyncio.to_thread(self.shadow.stop)  # (its last scores go to the store)
         await asyncio.to_thread(self._close_store)
 
     def _close_store(self) -> None:

@@ -48,3 +48,21 @@ class ServingSettings:
     models_dir: Path = field(default_factory=settings.models_dir)
     compile_models: bool = True  # False: always the plain scikit-learn pipeline
     access_log: bool = False  # uvicorn's per-request log line costs ~10% of throughput
+    # shadow scoring while a canary is loaded (lib.serving.shadow): SERVING_SHADOW=on|off
+    shadow: bool = field(default_factory=lambda: _on_off("SERVING_SHADOW", True))
+    # rows waiting for their shadow score at most; more are dropped (counted), never waited for
+    shadow_max_rows: int = field(
+        default_factory=lambda: int(os.environ.get("SERVING_SHADOW_MAX_ROWS") or 20_000)
+    )
+
+
+def _on_off(variable: str, default: bool) -> bool:
+    """An on/off environment variable (on, off, true, false, 1, 0, yes, no; unset: default)."""
+    value = os.environ.get(variable, "").strip().lower()
+    if not value:
+        return default
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(f"{variable}={value!r}: expected on or off")
