@@ -147,9 +147,9 @@ def test_worse_accuracy_is_rolled_back_by_the_canary_analysis(world: World) -> N
     v1 = world.champion()
     bad = world.register(world.forest(3, flip=True))  # learned the opposite of the truth
     with world.service() as prod:
-        # the prediction-shift check would catch this model first; switched off here so that the
-        # accuracy-on-feedback check alone has to find it
-        analysis = {**FAST["analysis"], "max_prediction_shift": 1.0}
+        # the prediction-shift and disagreement checks would catch this model first; switched
+        # off here so that the accuracy-on-feedback check alone has to find it
+        analysis = {**FAST["analysis"], "max_prediction_shift": 1.0, "max_disagreement": 0.999}
         outcome = world.deploy(bad, prod.url, analysis=analysis)
         import httpx
 
