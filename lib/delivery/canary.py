@@ -2,8 +2,11 @@
 
 Each check compares the canary with the champion over the same window. Real labels arrive late
 or never: without enough of them (`canary_analysis.labels`), accuracy is the one each model's
-calibrated probabilities imply (CBPE), under the same rule; each check names its evidence. The
-step is looked at every few seconds, so every test is sequential (always-valid p-values,
+calibrated probabilities imply (CBPE), under the same rule; each check names its evidence. When
+the service also scores each request with the variant that did not answer (shadow scores), the
+checks are paired, on identical inputs: the estimated accuracy per request, the positive-rate
+shift, and the share of requests the two label differently (which bounds any accuracy change).
+The step is looked at every few seconds, so every test is sequential (always-valid p-values,
 lib.window_stats): a fixed-alpha test re-run at each look fails an identical canary far more
 often than alpha (tests/test_canary_sequential.py). Too few samples say "wait", never "pass" on
 nothing. The decision rules (judge_*) are vectorised so the simulations in the tests run the
@@ -41,7 +44,7 @@ ESTIMATED = "estimated accuracy (calibrated probabilities)"
 PAIRED = "paired predictions (shadow scores)"
 PAIRED_ESTIMATED = "estimated accuracy on paired predictions (shadow scores)"
 SHADOW = "the canary's shadow scores (it answers nobody)"  # the `shadow` step's requests
-SHADOW_COLUMNS = (
+SHADOW_COLUMNS = (  # as lib.serving.prediction_store's (not imported: this module is pure)
     "shadow_variant", "shadow_version", "shadow_label", "shadow_probability",
     "shadow_latency_ms", "shadow_error",
 )  # fmt: skip
@@ -496,6 +499,26 @@ def _labeled_check(
     return Check("accuracy", status, observed, threshold, samples, msg, LABELS)
 
 
+def _estimate_frame(
+    acc_c: float, acc_h: float, labeled: tuple[int, int], cfg: AnalysisConfig
+) -> tuple[dict[str, float | int | None], dict[str, float | int], str]:
+    """An estimated accuracy check's observed figures, thresholds, and why labels did not judge."""
+    observed: dict[str, float | int | None] = {
+        "canary_accuracy": acc_c, "champion_accuracy": acc_h, "drop": acc_h - acc_c,
+        "canary_labeled": labeled[0], "champion_labeled": labeled[1], "drop_lower_bound": None,
+        "p_value": None,
+    }  # fmt: skip
+    threshold = {"max_accuracy_drop": cfg.max_accuracy_drop, "alpha": cfg.alpha,
+                 "min_requests": cfg.min_requests, "accuracy_tau": cfg.accuracy_tau}  # fmt: skip
+    why = (
+        "labels ignored by config"
+        if cfg.labels == "ignored"
+        else f"{fmt_count(labeled[0])}/{fmt_count(labeled[1])} labeled canary/champion requests "
+        f"of {cfg.min_feedback} each needed"
+    )
+    return observed, threshold, why
+
+
 def check_estimated_accuracy(
     frame: pd.DataFrame, cfg: AnalysisConfig, labeled: tuple[int, int]
 ) -> Check:
@@ -508,20 +531,8 @@ def check_estimated_accuracy(
     n_c, n_h = len(can), len(cha)
     acc_c = float(can.mean()) if n_c else float("nan")
     acc_h = float(cha.mean()) if n_h else float("nan")
-    observed: dict[str, float | int | None] = {
-        "canary_accuracy": acc_c, "champion_accuracy": acc_h, "drop": acc_h - acc_c,
-        "canary_labeled": labeled[0], "champion_labeled": labeled[1], "drop_lower_bound": None,
-        "p_value": None,
-    }  # fmt: skip
-    threshold = {"max_accuracy_drop": cfg.max_accuracy_drop, "alpha": cfg.alpha,
-                 "min_requests": cfg.min_requests, "accuracy_tau": cfg.accuracy_tau}  # fmt: skip
+    observed, threshold, why = _estimate_frame(acc_c, acc_h, labeled, cfg)
     samples = {CANARY: n_c, CHAMPION: n_h}
-    why = (
-        "labels ignored by config"
-        if cfg.labels == "ignored"
-        else f"{fmt_count(labeled[0])}/{fmt_count(labeled[1])} labeled canary/champion requests "
-        f"of {cfg.min_feedback} each needed"
-    )
     if n_c < cfg.min_requests or n_h < cfg.min_requests:
         msg = (
             f"only {fmt_count(n_c)}/{fmt_count(n_h)} canary/champion predictions "
@@ -555,32 +566,20 @@ def check_paired_estimated_accuracy(
     """The estimated accuracy check on paired requests: each model's chance of being right
     (its calibrated probability of the label it gave) on the same input, the drop per request
     judged by judge_paired_estimated_accuracy."""
-    chance_c = estimated_correct(
-        pd.DataFrame({"label": pairs["canary_label"], "probability": pairs["canary_probability"]})
-    )
-    chance_h = estimated_correct(
-        pd.DataFrame(
-            {"label": pairs["champion_label"], "probability": pairs["champion_probability"]}
+    chance = {
+        side: estimated_correct(
+            pd.DataFrame(
+                {"label": pairs[f"{side}_label"], "probability": pairs[f"{side}_probability"]}
+            )
         )
-    )
-    drops = (chance_h - chance_c).dropna()
+        for side in (CANARY, CHAMPION)
+    }
+    drops = (chance[CHAMPION] - chance[CANARY]).dropna()
     n = len(drops)
-    acc_c = float(chance_c.mean()) if n else float("nan")
-    acc_h = float(chance_h.mean()) if n else float("nan")
-    observed: dict[str, float | int | None] = {
-        "canary_accuracy": acc_c, "champion_accuracy": acc_h, "drop": acc_h - acc_c,
-        "canary_labeled": labeled[0], "champion_labeled": labeled[1], "drop_lower_bound": None,
-        "p_value": None,
-    }  # fmt: skip
-    threshold = {"max_accuracy_drop": cfg.max_accuracy_drop, "alpha": cfg.alpha,
-                 "min_requests": cfg.min_requests, "accuracy_tau": cfg.accuracy_tau}  # fmt: skip
+    acc_c = float(chance[CANARY].mean()) if n else float("nan")
+    acc_h = float(chance[CHAMPION].mean()) if n else float("nan")
+    observed, threshold, why = _estimate_frame(acc_c, acc_h, labeled, cfg)
     samples = {"paired": n, "unpaired": unpaired}
-    why = (
-        "labels ignored by config"
-        if cfg.labels == "ignored"
-        else f"{fmt_count(labeled[0])}/{fmt_count(labeled[1])} labeled canary/champion requests "
-        f"of {cfg.min_feedback} each needed"
-    )
     if n < cfg.min_requests:
         msg = (
             f"only {_on_pairs(n, unpaired)}, {cfg.min_requests} needed to estimate accuracy "
