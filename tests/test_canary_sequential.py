@@ -364,7 +364,9 @@ def test_equal_models_pass_the_paired_checks_in_99_percent_of_rollouts(
 ) -> None:
     """2,000 label-free rollouts [shadow, 5, 25, 50, 100]: identical models (no pair differs),
     and equal ones as a retrain with another seed on the raw file (5.8% of pairs disagree, the
-    estimated drop per pair has s.d. 0.048): at least 99% promoted."""
+    estimated drop per pair has s.d. 0.048): at least 99% promoted. Measured 99.45% and 99.55%;
+    the rest still waiting at 5% when the simulation stops (a canary error rate above 1% by
+    chance, as in the labeled simulation); none failed. At 8% disagreement: 99.2%."""
     outcome = simulate_paired(2000, 5, AnalysisConfig(), disagreement, drop_sd=drop_sd)
     assert (outcome == "promoted").mean() >= 0.99, Counter(outcome)
 
@@ -373,7 +375,8 @@ def test_a_no_skill_model_fails_the_paired_checks_in_the_shadow_step() -> None:
     """A model trained on permuted ratings as on the raw file (all positive: 12.7% of pairs
     disagree, all towards positive; estimated drop 2.1 points, s.d. 0.146) never reaches the
     5% step: it fails on disagreement while answering nobody. On the generated data with
-    gradient boosting (12.8%, drop 3.7 points, s.d. 0.149) the estimated accuracy sees it too."""
+    gradient boosting (12.8%, drop 3.7 points, s.d. 0.149) the paired estimated accuracy sees it
+    first (500 of 500)."""
     cfg = AnalysisConfig()
     raw = simulate_paired(500, 6, cfg, 0.127, shift=0.127, drop=0.021, drop_sd=0.146)
     assert set(raw) <= {"shadow: disagreement", "shadow: accuracy"}, Counter(raw)
