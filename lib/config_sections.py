@@ -142,7 +142,8 @@ class AnalysisConfig(BaseModel):
     # ... and significant at this level (always-valid, against no shift): both are needed to fail
     shift_alpha: Float = Field(0.001, gt=0, lt=1)
     # Paired requests (each also scored by the other variant in the shadow) the two label
-    # differently: fails significantly above, passes once significantly below, else waits.
+    # differently: fails significantly above (unless labels passed accuracy), passes once
+    # significantly below, else waits.
     # Measured: retrained equal models 1-6%, a model trained on permuted ratings 7-13%.
     max_disagreement: Float = Field(0.10, gt=0, lt=1)
     # True: an observed accuracy drop or shift beyond its bound that is not yet significant waits

@@ -241,3 +241,20 @@ def test_on_the_raw_play_store_file_paired_evidence_passes_equal_fails_permuted(
     assert result.by_name("disagreement").status == "fail"
     assert result.by_name("disagreement").observed["disagreement"] > 0.1
     assert canary.PAIRED in result.reason or "disagree" in result.reason
+
+
+def test_labels_that_show_the_canary_is_not_worse_overrule_disagreement() -> None:
+    """A much better canary must disagree with the champion: with enough labels showing it is
+    not worse, disagreement does not roll it back; without them it does."""
+    frame = window_of(_permuted, seed=9)
+    rng = np.random.default_rng(99)
+    canary_right = np.where(frame["variant"] == "canary", 0.95, 0.75)
+    frame["true_label"] = np.where(
+        rng.random(len(frame)) < canary_right, frame["label"], 1 - frame["label"]
+    )
+    result = analyze(frame)
+    assert result.by_name("accuracy").evidence == "labels"
+    disagreement = result.by_name("disagreement")
+    assert disagreement.status == "pass", disagreement.message
+    assert "the labels show the canary is not worse" in disagreement.message
+    assert analyze(frame, AnalysisConfig(labels="ignored")).by_name("disagreement").status == "fail"

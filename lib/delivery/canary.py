@@ -595,8 +595,11 @@ def check_paired_estimated_accuracy(
     return Check("accuracy", status, observed, threshold, samples, msg, PAIRED_ESTIMATED)
 
 
-def check_disagreement(pairs: pd.DataFrame, unpaired: int, cfg: AnalysisConfig) -> Check:
-    """The share of paired requests labeled differently (judge_disagreement)."""
+def check_disagreement(
+    pairs: pd.DataFrame, unpaired: int, cfg: AnalysisConfig, accuracy: Check | None = None
+) -> Check:
+    """The share of paired requests labeled differently (judge_disagreement). It cannot tell
+    a better canary from a worse one: when the labels passed `accuracy`, they decide."""
     n = len(pairs)
     k = int((pairs["canary_label"] != pairs["champion_label"]).sum())
     j = judge_disagreement(k, n, cfg)
@@ -613,8 +616,12 @@ def check_disagreement(pairs: pd.DataFrame, unpaired: int, cfg: AnalysisConfig) 
         f"always-valid {100 * (1 - cfg.alpha):g}% bounds "
         f"{fmt_percent(max(lower, 0.0))}..{fmt_percent(min(upper, 1.0))}"
     )
+    labels_passed = accuracy is not None and (accuracy.evidence, accuracy.status) == (LABELS, PASS)
     if n < cfg.min_requests:
         msg = f"only {_on_pairs(n, unpaired)}, {cfg.min_requests} needed to judge disagreement"
+    elif status != PASS and labels_passed:
+        status = PASS
+        msg = f"{seen} ({interval}, above {bound}): the labels show the canary is not worse"
     elif status == FAIL:
         msg = f"{seen}: significantly more than {bound} ({interval}, p={fmt_p(j['p_value'])})"
     elif status == WAIT:
@@ -747,12 +754,13 @@ def analyze(
     if shadow:
         for check in checks:
             check.evidence, check.message = SHADOW, f"shadow scores: {check.message}"
-    checks.append(check_accuracy(frame, cfg, pairs, shadow))
+    accuracy = check_accuracy(frame, cfg, pairs, shadow)
+    checks.append(accuracy)
     if len(pairs) or shadow:
         unpaired = _unpaired(frame, pairs)
         checks += [
             check_paired_shift(pairs, unpaired, cfg),
-            check_disagreement(pairs, unpaired, cfg),
+            check_disagreement(pairs, unpaired, cfg, accuracy),
         ]
     else:
         checks.append(check_prediction_shift(frame, cfg))
