@@ -36,7 +36,15 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from lib.config_sections import AnalysisConfig, Float, Int, MonitorConfig, format_errors, listish
+from lib.config_sections import (
+    AnalysisConfig,
+    Float,
+    Int,
+    MonitorConfig,
+    format_errors,
+    listish,
+    rollout_steps,
+)
 from lib.errors import ConfigError
 from lib.score_table import ScoreTable
 from lib.settings import MODELS_DIR, ROOT_ENV, store_url, tracking_uri
@@ -191,7 +199,9 @@ class PipelineConfig(BaseSettings):
     decision: Annotated[dict[str, Any], BeforeValidator(_mappingish)] = {}
     # deployment (05 deploy) and the model service
     logs_dir: str = "logs"
-    canary_steps: Annotated[list[Int], BeforeValidator(listish)] = [5, 25, 50, 100]
+    # weights in percent; a first step `shadow` (weight 0): the canary answers nobody and
+    # every request is also scored by it in the shadow, judged on that paired evidence alone
+    canary_steps: Annotated[list[int | str], BeforeValidator(listish)] = [5, 25, 50, 100]
     analysis_seconds: Float = Field(300.0, gt=0)  # canary analysis window per step
     max_wait_seconds: Float = Field(600.0, ge=0)  # extra wait per step for enough samples
     check_every_seconds: Float = Field(5.0, gt=0)
@@ -222,12 +232,10 @@ class PipelineConfig(BaseSettings):
     # who chose data_path (None: nobody, the default), set by load_config; not a config key
     _data_origin: str | None = PrivateAttr(None)
 
-    @field_validator("canary_steps")
+    @field_validator("canary_steps", mode="before")
     @classmethod
-    def _steps(cls, steps: list[int]) -> list[int]:
-        if not steps or steps != sorted(steps) or steps[-1] != 100 or steps[0] <= 0:
-            raise ValueError(f"weights must increase and end at 100, e.g. 5,25,50,100; got {steps}")
-        return steps
+    def _steps(cls, steps: Any) -> list[int | str]:
+        return rollout_steps(listish(steps) if isinstance(steps, str) else steps)
 
     @field_validator("replay_label_delay_seconds")
     @classmethod

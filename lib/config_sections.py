@@ -64,6 +64,44 @@ def listish(value: Any) -> Any:
     return value
 
 
+SHADOW_STEP = "shadow"  # a first rollout step at weight 0: the canary only scores in the shadow
+
+
+def rollout_steps(steps: list[Any]) -> list[int | str]:
+    """The config's `canary_steps`: weights in percent that increase and end at 100, maybe
+    after the word `shadow` (first only), as in ``shadow,5,25,50,100``."""
+    example = "e.g. 5,25,50,100 or shadow,5,25,50,100"
+    if not isinstance(steps, list | tuple):
+        raise ValueError(f"must be a list of weights, {example}; got {steps!r}")
+    parsed: list[int | str] = []
+    for i, step in enumerate(steps):
+        word = step.strip().lower() if isinstance(step, str) else None
+        if word == SHADOW_STEP and i == 0:
+            parsed.append(SHADOW_STEP)
+            continue
+        try:
+            if isinstance(step, bool) or float(step) != int(float(step)):
+                raise ValueError
+            parsed.append(int(float(step)))
+        except (TypeError, ValueError):
+            where = "comes first only" if word == SHADOW_STEP else "is neither a weight nor shadow"
+            raise ValueError(f"{step!r} {where}; {example}; got {steps}") from None
+    weights = [w for w in parsed if isinstance(w, int)]
+    if not weights or weights != sorted(weights) or weights[-1] != 100 or weights[0] <= 0:
+        raise ValueError(f"weights must increase and end at 100, {example}; got {steps}")
+    return parsed
+
+
+def step_weight(step: int | str) -> int:
+    """The canary's weight in percent at a rollout step (`shadow`: 0)."""
+    return 0 if step == SHADOW_STEP else int(step)
+
+
+def step_name(weight: float) -> str:
+    """How progress, records and reasons name the step at a weight: `shadow` or `5%`."""
+    return SHADOW_STEP if weight == 0 else f"{weight:g}%"
+
+
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Float = Annotated[float, BeforeValidator(_no_bool)]
 
@@ -103,6 +141,11 @@ class AnalysisConfig(BaseModel):
     max_prediction_shift: Float = Field(0.15, ge=0, le=1)  # |positive-rate difference| ...
     # ... and significant at this level (always-valid, against no shift): both are needed to fail
     shift_alpha: Float = Field(0.001, gt=0, lt=1)
+    # Paired requests (each also scored by the other variant in the shadow) the two label
+    # differently: fails significantly above (unless labels passed accuracy), passes once
+    # significantly below, else waits.
+    # Measured: retrained equal models 1-6%, a model trained on permuted ratings 7-13%.
+    max_disagreement: Float = Field(0.10, gt=0, lt=1)
     # True: an observed accuracy drop or shift beyond its bound that is not yet significant waits
     # for more data instead of passing (stricter; a healthy canary then waits more often).
     wait_on_inconclusive: bool = False

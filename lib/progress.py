@@ -11,6 +11,8 @@ import logging
 import os
 import time
 
+from lib.config_sections import step_name
+
 ENV = "PIPELINE_PROGRESS"
 INDENT = "      "  # under the runner's "[2/6] train ..." line
 log = logging.getLogger(__name__)
@@ -27,12 +29,14 @@ def report(message: str, *args: object) -> None:
 
 
 def canary_step(weight: float, elapsed: float, window: float, analysis: object) -> None:
-    """A canary step as it stands: time in the window, requests per variant, the verdict."""
+    """A canary step as it stands: time in the window, requests per variant (and paired, with
+    shadow scores), the verdict; weight 0 is the `shadow` step."""
     samples = getattr(analysis, "samples", {}) or {}
+    paired = f", {samples['paired']} paired" if "paired" in samples else ""
     report(
-        "canary %s%%: %.0f/%.0f s, %d canary / %d champion requests: %s",
-        weight, elapsed, window, samples.get("canary", 0), samples.get("champion", 0),
-        getattr(analysis, "verdict", "?"),
+        "canary %s: %.0f/%.0f s, %d canary / %d champion requests%s: %s",
+        step_name(weight), elapsed, window, samples.get("canary", 0),
+        samples.get("champion", 0), paired, getattr(analysis, "verdict", "?"),
     )  # fmt: skip
 
 

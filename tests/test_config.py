@@ -297,3 +297,22 @@ def test_one_url_redactor_hides_credentials_and_leaves_aliases_and_emails() -> N
             got = redact(text)
             assert got == want, (redact, text)
             assert not any(secret in got for secret in URL_SECRETS), got
+
+
+def test_rollout_steps_may_start_with_shadow(tmp_path: Path) -> None:
+    """`shadow` first: the canary at weight 0, answering nobody, judged on its shadow scores."""
+    (tmp_path / "pipeline.yaml").write_text("canary_steps: [shadow, 5, 25, 50, 100]\n")
+    assert load_config(tmp_path, environ={}).canary_steps == ["shadow", 5, 25, 50, 100]
+    cfg = load_config(tmp_path, overrides={"canary_steps": "Shadow,50,100"}, environ={})
+    assert cfg.canary_steps == ["shadow", 50, 100]
+    env = {"PIPELINE_CANARY_STEPS": "shadow,100"}
+    assert load_config(tmp_path, environ=env).canary_steps == ["shadow", 100]
+    bad = {
+        "shadw,5,100": r"canary_steps: 'shadw' is neither a weight nor shadow; e\.g\. 5,25,50,",
+        "5,shadow,100": r"canary_steps: 'shadow' comes first only",
+        "shadow": r"canary_steps: weights must increase and end at 100",
+        "[shadow, 5.5, 100]": r"canary_steps: 5\.5 is neither a weight nor shadow",
+    }
+    for value, pattern in bad.items():
+        with pytest.raises(ConfigError, match=pattern):
+            load_config(tmp_path, overrides={"canary_steps": value}, environ={})

@@ -72,9 +72,10 @@ def _accuracy_checks(outcome) -> list[dict]:
 
 def test_without_any_label_equal_goes_through_and_opposite_is_rolled_back(world: World) -> None:
     """No replayed label at all (real users). A candidate as good as the champion (another
-    seed) is promoted on estimates; then one that learned the opposite, which estimates cannot
-    see (it is as sure as the champion), is rolled back at 5% on the label-free prediction
-    shift. One production service for both rollouts."""
+    seed) is promoted on estimates, paired on the same requests (the service scores each one
+    with the variant that did not answer too); then one that learned the opposite, which
+    estimates cannot see (it is as sure as the champion), is rolled back at 5% on the paired
+    prediction shift. One production service for both rollouts."""
     v2 = world.register(world.forest(2))
     bad = world.register(world.forest(3, flip=True))
     with world.service() as prod:
@@ -83,7 +84,7 @@ def test_without_any_label_equal_goes_through_and_opposite_is_rolled_back(world:
         assert [s["weight"] for s in outcome.steps] == [5, 25, 50, 100]
         checks = _accuracy_checks(outcome)
         assert len(checks) == 4 and all(c["status"] == "pass" for c in checks)
-        assert all(c["evidence"] == canary.ESTIMATED for c in checks)
+        assert all(c["evidence"] == canary.PAIRED_ESTIMATED for c in checks)
         assert all(c["observed"]["canary_labeled"] == 0 for c in checks)
         assert world.champion() == v2
         worse = world.deploy(bad, prod.url, **NO_LABELS)
@@ -92,10 +93,41 @@ def test_without_any_label_equal_goes_through_and_opposite_is_rolled_back(world:
     failed = worse.steps[-1]
     assert failed["verdict"] == "fail" and failed["weight"] == 5
     shift = next(c for c in failed["checks"] if c["name"] == "prediction_shift")
-    assert shift["status"] == "fail" and shift["evidence"] == "predictions"
+    assert shift["status"] == "fail" and shift["evidence"] == canary.PAIRED
     accuracy = next(c for c in failed["checks"] if c["name"] == "accuracy")
-    assert accuracy["evidence"] == canary.ESTIMATED
+    assert accuracy["evidence"] == canary.PAIRED_ESTIMATED
     assert accuracy["observed"]["canary_labeled"] == 0
+
+
+def test_a_shadow_step_first_with_no_label(world: World) -> None:
+    """[shadow, 5, 100] and no label: at the shadow step the candidate answers nobody and scores
+    every request in the shadow. An equal candidate passes it and is promoted; one that learned
+    the opposite is rolled back at the shadow step, before any user sees an answer of it, on
+    the paired evidence. One production service for both rollouts."""
+    v2 = world.register(world.forest(2))
+    bad = world.register(world.forest(3, flip=True))
+    with world.service() as prod:
+        outcome = world.deploy(v2, prod.url, steps=["shadow", 5, 100], **NO_LABELS)
+        assert outcome.outcome == "promoted", outcome.rollback_reason
+        assert [s["step"] for s in outcome.steps] == ["shadow", "5%", "100%"]
+        shadow = outcome.steps[0]
+        assert shadow["weight"] == 0 and shadow["samples"]["canary"] == 0
+        assert shadow["samples"]["paired"] >= 50
+        evidence = {c["name"]: c["evidence"] for c in shadow["checks"]}
+        assert evidence == {
+            "error_rate": canary.SHADOW, "latency": canary.SHADOW,
+            "accuracy": canary.PAIRED_ESTIMATED, "prediction_shift": canary.PAIRED,
+            "disagreement": canary.PAIRED,
+        }  # fmt: skip
+        assert world.champion() == v2
+        worse = world.deploy(bad, prod.url, steps=["shadow", 5, 100], **NO_LABELS)
+    _assert_production_unchanged(world, v2, worse)
+    assert worse.rollback_reason.startswith("canary step shadow failed: ")
+    assert [s["step"] for s in worse.steps] == ["shadow"]
+    failed = {c["name"]: c["status"] for c in worse.steps[0]["checks"]}
+    assert failed["disagreement"] == "fail" and failed["prediction_shift"] == "fail", failed
+    lines = (world.logs / "deployment.log").read_text().splitlines()
+    assert any("rollout_canary" in x and "weight=0 " in x and "shadow step" in x for x in lines)
 
 
 def _assert_production_unchanged(world: World, v1: str, outcome) -> None:
@@ -115,9 +147,9 @@ def test_worse_accuracy_is_rolled_back_by_the_canary_analysis(world: World) -> N
     v1 = world.champion()
     bad = world.register(world.forest(3, flip=True))  # learned the opposite of the truth
     with world.service() as prod:
-        # the prediction-shift check would catch this model first; switched off here so that the
-        # accuracy-on-feedback check alone has to find it
-        analysis = {**FAST["analysis"], "max_prediction_shift": 1.0}
+        # the prediction-shift and disagreement checks would catch this model first; switched
+        # off here so that the accuracy-on-feedback check alone has to find it
+        analysis = {**FAST["analysis"], "max_prediction_shift": 1.0, "max_disagreement": 0.999}
         outcome = world.deploy(bad, prod.url, analysis=analysis)
         import httpx
 

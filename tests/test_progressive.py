@@ -59,7 +59,7 @@ def test_canary_steps_read_what_the_service_wrote_and_leave_a_dead_writers_journ
     seen: list[pd.DataFrame] = []
     analyze = canary.analyze
     monkeypatch.setattr(
-        canary, "analyze", lambda window, cfg: seen.append(window) or analyze(window, cfg)
+        canary, "analyze", lambda window, cfg, **kw: seen.append(window) or analyze(window, cfg)
     )
 
     def traffic(_seconds: float) -> None:
@@ -88,3 +88,73 @@ def test_canary_steps_read_what_the_service_wrote_and_leave_a_dead_writers_journ
         stored = sorted(r[0] for r in conn.execute("SELECT request_id FROM predictions"))
     assert "orphan" not in stored and len(stored) == 6
     assert orphan.read_bytes() == journal  # left for the next service or store-recover
+
+
+def _shadow_pair(rid: str, at: float, label: int) -> list[dict]:
+    """The champion's answer and the canary's shadow score of the same request."""
+    shadow = {**_row(f"{rid}#shadow", at, "canary"), "label": label, "features": None}
+    return [_row(rid, at, "champion"), {**shadow, "shadow_of": rid, "latency_ms": 4.0}]
+
+
+@pytest.mark.parametrize("canary_label, verdict", [(1, "pass"), (0, "fail")])
+def test_the_shadow_step_routes_weight_0_and_judges_the_shadow_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, canary_label: int, verdict: str
+) -> None:
+    """[shadow, 100]: the canary is set at weight 0 (it answers nobody), the step is judged on
+    the champion's answers paired with the canary's shadow scores, and the record, the
+    timeline and the reason name it `shadow`."""
+    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    service = PredictionStore(url, journal=False)
+    routed: list[tuple] = []
+    monkeypatch.setattr(progressive, "set_routing", lambda *a, **k: routed.append((a, k)) or {})
+    monkeypatch.setattr(progressive, "_registry_still_ours", lambda *a: None)
+    calls: list[bool] = []
+    analyze = canary.analyze
+    monkeypatch.setattr(
+        canary,
+        "analyze",
+        lambda w, cfg, shadow=False: calls.append(shadow) or analyze(w, cfg, shadow),
+    )
+    sent = iter(range(10**6))
+
+    def traffic(_seconds: float) -> None:
+        now = time.time()
+        rows = [row for _ in range(80) for row in _shadow_pair(f"r{next(sent)}", now, canary_label)]
+        service.record_predictions(rows)
+
+    state = rollout.RolloutStore(tmp_path / "rollout.json")
+    rollout.begin(state, "m", "2", "1", ["shadow", 100], "run-1", URL)
+    rollout.advance(state, rollout.Phase.SMOKE_TESTING)
+    settings = _settings(url)
+    settings.steps = ["shadow", 100]
+    results: list[dict] = []
+    timeline = progressive.Timeline()
+    try:
+        if verdict == "fail":
+            with pytest.raises(RolloutFailed, match="canary step shadow failed: .*disagree"):
+                progressive._canary_steps(
+                    (None, "m", "1"), URL, "token", "2", [], settings, state, timeline, None,
+                    traffic, results,
+                )  # fmt: skip
+        else:
+            with pytest.raises(RolloutFailed, match="canary step 100%: not enough evidence"):
+                progressive._canary_steps(
+                    (None, "m", "1"), URL, "token", "2", [], settings, state, timeline, None,
+                    traffic, results,
+                )  # fmt: skip
+    finally:
+        service.close()
+    (args, kwargs) = routed[0]
+    assert args[2:4] == ("2", 0) and kwargs["expected_weight"] == 0
+    assert calls[0] is True
+    first = results[0]
+    assert first["step"] == "shadow" and first["weight"] == 0 and first["verdict"] == verdict
+    assert first["samples"]["canary"] == 0 and first["samples"]["paired"] == 80
+    evidence = {c["name"]: c["evidence"] for c in first["checks"]}
+    assert evidence["error_rate"] == canary.SHADOW and evidence["disagreement"] == canary.PAIRED
+    stored = rollout.RolloutStore(tmp_path / "rollout.json").load()
+    assert stored.step_results[0]["step"] == "shadow"
+    assert stored.history[-1 if verdict == "fail" else -2]["weight"] == 0
+    assert any(e["event"] == f"step shadow {verdict}" for e in timeline.events)
+    if verdict == "pass":  # then the 100% step: canary rows, paired with the champion's shadows
+        assert calls[1] is False and routed[-1][0][2:4] == ("2", 100)

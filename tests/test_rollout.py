@@ -368,3 +368,20 @@ def test_approve_keeps_the_service_url_of_the_parked_rollout(store: RolloutStore
     _begin(store, version="3", approved=False)
     approved = _begin(store, version="3", serving_url="http://127.0.0.1:10")
     assert store.load().serving_url == approved.serving_url == "http://127.0.0.1:10"
+
+
+def test_a_shadow_step_is_weight_0_first_and_only_first(tmp_path: Path) -> None:
+    store = rollout.RolloutStore(tmp_path / "rollout.json")
+    state = rollout.begin(store, "m", "2", "1", ["shadow", 5, 100], "run-1")
+    assert state.steps == [0, 5, 100]
+    rollout.advance(store, rollout.Phase.SMOKE_TESTING)
+    shadow = rollout.advance(store, rollout.Phase.CANARY)  # the next step: the shadow one
+    assert (shadow.weight, shadow.step_index) == (0, 0)
+    assert "shadow step (canary weight 0)" in shadow.describe()
+    assert rollout.advance(store, rollout.Phase.CANARY).weight == 5
+    with pytest.raises(rollout.IllegalTransition, match="0 only as a first shadow step"):
+        rollout.advance(store, rollout.Phase.CANARY, weight=0)
+    with pytest.raises(rollout.RolloutError, match="maybe after shadow"):
+        rollout.begin(
+            rollout.RolloutStore(tmp_path / "other.json"), "m", "3", "1", [5, "shadow", 100]
+        )

@@ -2,8 +2,11 @@
 
 Each check compares the canary with the champion over the same window. Real labels arrive late
 or never: without enough of them (`canary_analysis.labels`), accuracy is the one each model's
-calibrated probabilities imply (CBPE), under the same rule; each check names its evidence. The
-step is looked at every few seconds, so every test is sequential (always-valid p-values,
+calibrated probabilities imply (CBPE), under the same rule; each check names its evidence. When
+the service also scores each request with the variant that did not answer (shadow scores), the
+checks are paired, on identical inputs: the estimated accuracy per request, the positive-rate
+shift, and the share of requests the two label differently (which bounds any accuracy change).
+The step is looked at every few seconds, so every test is sequential (always-valid p-values,
 lib.window_stats): a fixed-alpha test re-run at each look fails an identical canary far more
 often than alpha (tests/test_canary_sequential.py). Too few samples say "wait", never "pass" on
 nothing. The decision rules (judge_*) are vectorised so the simulations in the tests run the
@@ -37,6 +40,15 @@ PASS, FAIL, WAIT = "pass", "fail", "wait"
 # the evidence each check used
 REQUESTS, LATENCIES, LABELS, PREDICTIONS = "requests", "latencies", "labels", "predictions"
 ESTIMATED = "estimated accuracy (calibrated probabilities)"
+# each request scored by both variants (the one that did not answer scores it in the shadow)
+PAIRED = "paired predictions (shadow scores)"
+PAIRED_ESTIMATED = "estimated accuracy on paired predictions (shadow scores)"
+SHADOW = "the canary's shadow scores (it answers nobody)"  # the `shadow` step's requests
+SHADOW_COLUMNS = (  # as lib.serving.prediction_store's (not imported: this module is pure)
+    "shadow_variant", "shadow_version", "shadow_label", "shadow_probability",
+    "shadow_latency_ms", "shadow_error",
+)  # fmt: skip
+PAIRED_TAU = 0.05  # the excess beyond a paired bound its test finds fastest
 REQUIRED_COLUMNS = (
     "request_id", "created_at", "variant", "model_version", "label", "probability",
     "latency_ms", "error", "true_label",
@@ -87,9 +99,56 @@ def _prepare(window: pd.DataFrame) -> pd.DataFrame:
     frame = window[window["variant"].isin([CHAMPION, CANARY])].copy()
     # a request that produced no label failed, whether or not an error message was kept
     frame["is_error"] = failed_requests(frame)
-    for column in ("label", "true_label", "latency_ms", "probability"):
+    for column in SHADOW_COLUMNS:  # a window without shadow scores: none of its rows is paired
+        if column not in frame.columns:
+            frame[column] = None
+    numeric = ("label", "true_label", "latency_ms", "probability", "shadow_label",
+               "shadow_probability", "shadow_latency_ms")  # fmt: skip
+    for column in numeric:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
+
+
+def paired_predictions(frame: pd.DataFrame) -> pd.DataFrame:
+    """Both variants' predictions on the same requests: each answered row with the other
+    variant's shadow score (rows without one, or whose shadow failed, are left out)."""
+    other = np.where(frame["variant"] == CANARY, CHAMPION, CANARY)
+    shadow = pd.DataFrame({"label": frame["shadow_label"], "error": frame["shadow_error"]})
+    rows = frame[~frame["is_error"] & (frame["shadow_variant"] == other) & ~failed_requests(shadow)]
+    by_canary = (rows["variant"] == CANARY).to_numpy()
+
+    def side(canary_side: bool, column: str) -> np.ndarray:
+        answered, shadowed = rows[column].to_numpy(float), rows[f"shadow_{column}"].to_numpy(float)
+        return np.where(by_canary == canary_side, answered, shadowed)
+
+    return pd.DataFrame(
+        {
+            "canary_label": side(True, "label"),
+            "champion_label": side(False, "label"),
+            "canary_probability": side(True, "probability"),
+            "champion_probability": side(False, "probability"),
+            "true_label": rows["true_label"].to_numpy(float),
+        }
+    )
+
+
+def shadow_requests(frame: pd.DataFrame) -> pd.DataFrame:
+    """The `shadow` step's requests: the champion's answers, and as canary rows the canary's
+    shadow scores of them (errors and latencies included), for the error and latency checks."""
+    champion = frame[frame["variant"] == CHAMPION]
+    scored = champion[champion["shadow_variant"] == CANARY]
+    as_canary = pd.DataFrame(
+        {
+            "variant": CANARY,
+            "model_version": scored["shadow_version"],
+            "label": scored["shadow_label"],
+            "probability": scored["shadow_probability"],
+            "latency_ms": scored["shadow_latency_ms"],
+            "error": scored["shadow_error"],
+        }
+    )
+    as_canary["is_error"] = failed_requests(as_canary)
+    return pd.concat([champion, as_canary], ignore_index=True)
 
 
 # ---------------------------------------------------------------------------- decision rules
@@ -167,6 +226,56 @@ def judge_prediction_shift(
     fail = big & (p < cfg.shift_alpha)
     status = np.where(fail, FAIL, np.where(~enough | (big & cfg.wait_on_inconclusive), WAIT, PASS))
     return {"status": status, "shift": shift, "p_value": p}
+
+
+def judge_disagreement(disagree: Any, pairs: Any, cfg: AnalysisConfig) -> dict[str, Any]:
+    """The share of paired requests the two variants label differently. It bounds any accuracy
+    change without a label (|acc(canary) - acc(champion)| <= it, on the same requests): fail
+    when its always-valid lower bound is above max_disagreement, pass once its upper bound is
+    below, wait in between (a canary that differs that much must show it is not worse)."""
+    k, n = np.asarray(disagree, dtype=float), np.asarray(pairs, dtype=float)
+    rate = k / np.maximum(n, 1)
+    smooth = (k + 1) / (n + 2)  # so that 0 of n is not certain
+    var = smooth * (1 - smooth) / (n + 2)
+    bound = cfg.max_disagreement
+    lower, p = sequential_excess_test(rate, var, bound, cfg.alpha, PAIRED_TAU)
+    below, _ = sequential_excess_test(-rate, var, -bound, cfg.alpha, PAIRED_TAU)
+    upper = -below
+    enough = n >= cfg.min_requests
+    status = np.where(
+        enough & (lower > bound), FAIL, np.where(enough & (upper <= bound), PASS, WAIT)
+    )
+    return {"status": status, "rate": rate, "lower": lower, "upper": upper, "p_value": p}
+
+
+def judge_paired_shift(up: Any, down: Any, pairs: Any, cfg: AnalysisConfig) -> dict[str, Any]:
+    """The positive rate's shift on the same requests: mean of canary label minus champion
+    label, `up` pairs where only the canary says positive, `down` only the champion. Fail when
+    it is significantly beyond +-max_prediction_shift (always-valid, two-sided, shift_alpha)."""
+    up, down = np.asarray(up, dtype=float), np.asarray(down, dtype=float)
+    n = np.asarray(pairs, dtype=float)
+    shift = (up - down) / np.maximum(n, 1)
+    spread = np.maximum((up + down + 1) / (n + 2) - shift**2, 1 / (n + 2))
+    var = spread / np.maximum(n, 1)
+    bound, half = cfg.max_prediction_shift, cfg.shift_alpha / 2
+    above, p_above = sequential_excess_test(shift, var, bound, half, PAIRED_TAU)
+    below, p_below = sequential_excess_test(-shift, var, bound, half, PAIRED_TAU)
+    p = np.minimum(1.0, 2 * np.minimum(p_above, p_below))
+    enough = n >= cfg.min_requests
+    fail = enough & ((above > bound) | (below > bound))
+    big = enough & (np.abs(shift) > bound)
+    status = np.where(fail, FAIL, np.where(~enough | (big & cfg.wait_on_inconclusive), WAIT, PASS))
+    return {"status": status, "shift": shift, "p_value": p}
+
+
+def judge_paired_estimated_accuracy(
+    mean_drop: Any, var_drop: Any, pairs: Any, cfg: AnalysisConfig
+) -> dict[str, Any]:
+    """judge_accuracy's rule on the estimated drop per paired request (the champion's chance of
+    being right minus the canary's, on the same input): far less variance than two means."""
+    n = np.asarray(pairs, dtype=float)
+    var = np.asarray(var_drop, dtype=float) / np.maximum(n, 1)
+    return _judge_drop(np.asarray(mean_drop, dtype=float), var, n >= cfg.min_requests, cfg)
 
 
 def judge_latency(canary: Any, champion: Any, cfg: AnalysisConfig) -> dict[str, Any]:
@@ -323,17 +432,26 @@ def check_latency(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     return Check("latency", status, observed, threshold, {CANARY: n, CHAMPION: m}, msg, LATENCIES)
 
 
-def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
+def check_accuracy(
+    frame: pd.DataFrame, cfg: AnalysisConfig, pairs: pd.DataFrame, shadow: bool = False
+) -> Check:
     """Fail only when the canary is, with always-valid evidence, more than max_accuracy_drop
     below the champion on the same window (judge_accuracy): on labels once min_feedback of
     each variant have arrived; before that (`labels: when_available`, or `ignored`) on
-    estimates, unless the labels so far already show a significant drop. The sequential test
-    is valid at any count, and a confidently wrong model is what estimates cannot see."""
-    labeled = frame[~frame["is_error"] & frame["true_label"].notna()]
-    correct = labeled["label"] == labeled["true_label"]
-    can, cha = labeled["variant"] == CANARY, labeled["variant"] == CHAMPION
-    n_c, n_h = int(can.sum()), int(cha.sum())
-    k_c, k_h = int(correct[can].sum()), int(correct[cha].sum())
+    estimates, paired when shadow scores exist, unless the labels so far already show a
+    significant drop. The sequential test is valid at any count, and a confidently wrong model
+    is what estimates cannot see. In the `shadow` step a label judges both predictions."""
+    if shadow:
+        labeled = pairs[pairs["true_label"].notna()]
+        n_c = n_h = len(labeled)
+        k_c = int((labeled["canary_label"] == labeled["true_label"]).sum())
+        k_h = int((labeled["champion_label"] == labeled["true_label"]).sum())
+    else:
+        labeled = frame[~frame["is_error"] & frame["true_label"].notna()]
+        correct = labeled["label"] == labeled["true_label"]
+        can, cha = labeled["variant"] == CANARY, labeled["variant"] == CHAMPION
+        n_c, n_h = int(can.sum()), int(cha.sum())
+        k_c, k_h = int(correct[can].sum()), int(correct[cha].sum())
     enough = n_c >= cfg.min_feedback and n_h >= cfg.min_feedback
     if (enough and cfg.labels != "ignored") or cfg.labels == "required":
         return _labeled_check(k_c, n_c, k_h, n_h, cfg)
@@ -341,6 +459,8 @@ def check_accuracy(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
         early = _labeled_check(k_c, n_c, k_h, n_h, cfg, early=True)
         if early.status == FAIL:
             return early
+    if len(pairs) or shadow:
+        return check_paired_estimated_accuracy(pairs, _unpaired(frame, pairs), cfg, (n_c, n_h))
     return check_estimated_accuracy(frame, cfg, (n_c, n_h))
 
 
@@ -379,6 +499,26 @@ def _labeled_check(
     return Check("accuracy", status, observed, threshold, samples, msg, LABELS)
 
 
+def _estimate_frame(
+    acc_c: float, acc_h: float, labeled: tuple[int, int], cfg: AnalysisConfig
+) -> tuple[dict[str, float | int | None], dict[str, float | int], str]:
+    """An estimated accuracy check's observed figures, thresholds, and why labels did not judge."""
+    observed: dict[str, float | int | None] = {
+        "canary_accuracy": acc_c, "champion_accuracy": acc_h, "drop": acc_h - acc_c,
+        "canary_labeled": labeled[0], "champion_labeled": labeled[1], "drop_lower_bound": None,
+        "p_value": None,
+    }  # fmt: skip
+    threshold = {"max_accuracy_drop": cfg.max_accuracy_drop, "alpha": cfg.alpha,
+                 "min_requests": cfg.min_requests, "accuracy_tau": cfg.accuracy_tau}  # fmt: skip
+    why = (
+        "labels ignored by config"
+        if cfg.labels == "ignored"
+        else f"{fmt_count(labeled[0])}/{fmt_count(labeled[1])} labeled canary/champion requests "
+        f"of {cfg.min_feedback} each needed"
+    )
+    return observed, threshold, why
+
+
 def check_estimated_accuracy(
     frame: pd.DataFrame, cfg: AnalysisConfig, labeled: tuple[int, int]
 ) -> Check:
@@ -391,20 +531,8 @@ def check_estimated_accuracy(
     n_c, n_h = len(can), len(cha)
     acc_c = float(can.mean()) if n_c else float("nan")
     acc_h = float(cha.mean()) if n_h else float("nan")
-    observed: dict[str, float | int | None] = {
-        "canary_accuracy": acc_c, "champion_accuracy": acc_h, "drop": acc_h - acc_c,
-        "canary_labeled": labeled[0], "champion_labeled": labeled[1], "drop_lower_bound": None,
-        "p_value": None,
-    }  # fmt: skip
-    threshold = {"max_accuracy_drop": cfg.max_accuracy_drop, "alpha": cfg.alpha,
-                 "min_requests": cfg.min_requests, "accuracy_tau": cfg.accuracy_tau}  # fmt: skip
+    observed, threshold, why = _estimate_frame(acc_c, acc_h, labeled, cfg)
     samples = {CANARY: n_c, CHAMPION: n_h}
-    why = (
-        "labels ignored by config"
-        if cfg.labels == "ignored"
-        else f"{fmt_count(labeled[0])}/{fmt_count(labeled[1])} labeled canary/champion requests "
-        f"of {cfg.min_feedback} each needed"
-    )
     if n_c < cfg.min_requests or n_h < cfg.min_requests:
         msg = (
             f"only {fmt_count(n_c)}/{fmt_count(n_h)} canary/champion predictions "
@@ -421,6 +549,130 @@ def check_estimated_accuracy(
     )
     status, msg = _drop_verdict(j, seen, cfg, observed)
     return Check("accuracy", status, observed, threshold, samples, msg, ESTIMATED)
+
+
+def _unpaired(frame: pd.DataFrame, pairs: pd.DataFrame) -> int:
+    """Answered requests left out of the paired checks (no shadow score yet, or it failed)."""
+    return int((~frame["is_error"]).sum()) - len(pairs)
+
+
+def _on_pairs(n: int, unpaired: int) -> str:
+    return f"{fmt_count(n)} paired requests ({fmt_count(unpaired)} without a shadow score left out)"
+
+
+def check_paired_estimated_accuracy(
+    pairs: pd.DataFrame, unpaired: int, cfg: AnalysisConfig, labeled: tuple[int, int]
+) -> Check:
+    """The estimated accuracy check on paired requests: each model's chance of being right
+    (its calibrated probability of the label it gave) on the same input, the drop per request
+    judged by judge_paired_estimated_accuracy."""
+    chance = {
+        side: estimated_correct(
+            pd.DataFrame(
+                {"label": pairs[f"{side}_label"], "probability": pairs[f"{side}_probability"]}
+            )
+        )
+        for side in (CANARY, CHAMPION)
+    }
+    drops = (chance[CHAMPION] - chance[CANARY]).dropna()
+    n = len(drops)
+    acc_c = float(chance[CANARY].mean()) if n else float("nan")
+    acc_h = float(chance[CHAMPION].mean()) if n else float("nan")
+    observed, threshold, why = _estimate_frame(acc_c, acc_h, labeled, cfg)
+    samples = {"paired": n, "unpaired": unpaired}
+    if n < cfg.min_requests:
+        msg = (
+            f"only {_on_pairs(n, unpaired)}, {cfg.min_requests} needed to estimate accuracy "
+            f"on the same requests ({why})"
+        )
+        return Check("accuracy", WAIT, observed, threshold, samples, msg, PAIRED_ESTIMATED)
+    j = judge_paired_estimated_accuracy(drops.mean(), drops.var(ddof=1) if n > 1 else 0.25, n, cfg)
+    seen = (
+        f"estimated accuracy on the same requests (calibrated probabilities, no labels: {why}) "
+        f"canary {acc_c:.3f} vs champion {acc_h:.3f} on {_on_pairs(n, unpaired)}"
+    )
+    status, msg = _drop_verdict(j, seen, cfg, observed)
+    return Check("accuracy", status, observed, threshold, samples, msg, PAIRED_ESTIMATED)
+
+
+def check_disagreement(
+    pairs: pd.DataFrame, unpaired: int, cfg: AnalysisConfig, accuracy: Check | None = None
+) -> Check:
+    """The share of paired requests labeled differently (judge_disagreement). It cannot tell
+    a better canary from a worse one: when the labels passed `accuracy`, they decide."""
+    n = len(pairs)
+    k = int((pairs["canary_label"] != pairs["champion_label"]).sum())
+    j = judge_disagreement(k, n, cfg)
+    status = str(j["status"])
+    rate, lower, upper = float(j["rate"]), float(j["lower"]), float(j["upper"])
+    observed = {"disagreement": rate if n else None, "disagreeing": k,
+                "lower_bound": lower if n else None, "upper_bound": upper if n else None,
+                "p_value": float(j["p_value"])}  # fmt: skip
+    threshold = {"max_disagreement": cfg.max_disagreement, "alpha": cfg.alpha,
+                 "min_requests": cfg.min_requests}  # fmt: skip
+    bound = fmt_percent(cfg.max_disagreement)
+    seen = f"the variants disagree on {fmt_percent(rate)}: {k} of {_on_pairs(n, unpaired)}"
+    interval = (
+        f"always-valid {100 * (1 - cfg.alpha):g}% bounds "
+        f"{fmt_percent(max(lower, 0.0))}..{fmt_percent(min(upper, 1.0))}"
+    )
+    labels_passed = accuracy is not None and (accuracy.evidence, accuracy.status) == (LABELS, PASS)
+    if n < cfg.min_requests:
+        msg = f"only {_on_pairs(n, unpaired)}, {cfg.min_requests} needed to judge disagreement"
+    elif status != PASS and labels_passed:
+        status = PASS
+        msg = f"{seen} ({interval}, above {bound}): the labels show the canary is not worse"
+    elif status == FAIL:
+        msg = f"{seen}: significantly more than {bound} ({interval}, p={fmt_p(j['p_value'])})"
+    elif status == WAIT:
+        msg = f"{seen}: not yet significantly below {bound} ({interval}); waiting"
+    else:
+        msg = f"{seen}: below {bound} ({interval})"
+        if upper <= cfg.max_accuracy_drop:  # accuracies differ by at most the disagreement
+            msg += (
+                f"; the accuracies cannot differ by more than "
+                f"{100 * cfg.max_accuracy_drop:g} points"
+            )
+    samples = {"paired": n, "unpaired": unpaired}
+    return Check("disagreement", status, observed, threshold, samples, msg, PAIRED)
+
+
+def check_paired_shift(pairs: pd.DataFrame, unpaired: int, cfg: AnalysisConfig) -> Check:
+    """The positive rate's shift on the same requests (judge_paired_shift)."""
+    n = len(pairs)
+    can, cha = pairs["canary_label"] == 1, pairs["champion_label"] == 1
+    up, down = int((can & ~cha).sum()), int((~can & cha).sum())
+    r_c = float(can.mean()) if n else float("nan")
+    r_h = float(cha.mean()) if n else float("nan")
+    observed: dict[str, float | int | None] = {
+        "canary_positive_rate": r_c, "champion_positive_rate": r_h, "shift": r_c - r_h,
+        "canary_mean_probability": float(pairs["canary_probability"].mean()) if n else None,
+        "champion_mean_probability": float(pairs["champion_probability"].mean()) if n else None,
+        "p_value": None,
+    }  # fmt: skip
+    threshold = {"max_prediction_shift": cfg.max_prediction_shift,
+                 "shift_alpha": cfg.shift_alpha, "min_requests": cfg.min_requests}  # fmt: skip
+    samples = {"paired": n, "unpaired": unpaired}
+    if n < cfg.min_requests:
+        msg = f"only {_on_pairs(n, unpaired)}, {cfg.min_requests} needed to compare predictions"
+        return Check("prediction_shift", WAIT, observed, threshold, samples, msg, PAIRED)
+    j = judge_paired_shift(up, down, n, cfg)
+    status, p = str(j["status"]), float(j["p_value"])
+    observed["p_value"] = p
+    shift = r_c - r_h
+    seen = (
+        f"on the same requests the canary predicts positive for {fmt_percent(r_c)} vs champion "
+        f"{fmt_percent(r_h)} on {_on_pairs(n, unpaired)}: shift {100 * abs(shift):.1f} points"
+    )
+    bound_pts = f"{100 * cfg.max_prediction_shift:g}"
+    if status == FAIL:
+        msg = f"{seen}, significantly more than {bound_pts} (always-valid p={fmt_p(p)})"
+    elif abs(shift) > cfg.max_prediction_shift:
+        wait = "; waiting" if status == WAIT else ""
+        msg = f"{seen} > {bound_pts} but not significantly (p={fmt_p(p)}){wait}"
+    else:
+        msg = f"{seen} <= {bound_pts}"
+    return Check("prediction_shift", status, observed, threshold, samples, msg, PAIRED)
 
 
 def _drop_verdict(
@@ -487,20 +739,37 @@ def check_prediction_shift(frame: pd.DataFrame, cfg: AnalysisConfig) -> Check:
     return Check("prediction_shift", status, observed, threshold, samples, msg, PREDICTIONS)
 
 
-def analyze(window: pd.DataFrame, cfg: AnalysisConfig | None = None) -> Analysis:
-    """Run every check on one window of predictions and combine them into a verdict."""
+def analyze(
+    window: pd.DataFrame, cfg: AnalysisConfig | None = None, shadow: bool = False
+) -> Analysis:
+    """Run every check on one window of predictions and combine them into a verdict. With
+    shadow scores the accuracy estimate and the shift are paired and disagreement is judged;
+    `shadow`: the `shadow` step, where the canary answers nobody and only scores in the shadow
+    (its errors and latencies are those of its shadow scores)."""
     cfg = cfg or AnalysisConfig()
     frame = _prepare(window)
-    checks = [
-        check_error_rate(frame, cfg),
-        check_latency(frame, cfg),
-        check_accuracy(frame, cfg),
-        check_prediction_shift(frame, cfg),
-    ]
+    pairs = paired_predictions(frame)
+    served = shadow_requests(frame) if shadow else frame
+    checks = [check_error_rate(served, cfg), check_latency(served, cfg)]
+    if shadow:
+        for check in checks:
+            check.evidence, check.message = SHADOW, f"shadow scores: {check.message}"
+    accuracy = check_accuracy(frame, cfg, pairs, shadow)
+    checks.append(accuracy)
+    if len(pairs) or shadow:
+        unpaired = _unpaired(frame, pairs)
+        checks += [
+            check_paired_shift(pairs, unpaired, cfg),
+            check_disagreement(pairs, unpaired, cfg, accuracy),
+        ]
+    else:
+        checks.append(check_prediction_shift(frame, cfg))
     counts = frame["variant"].value_counts()
     samples = {v: int(counts.get(v, 0)) for v in (CHAMPION, CANARY)}
+    if len(pairs) or shadow:
+        samples["paired"] = len(pairs)
     versions = {
-        v: sorted({str(x) for x in frame.loc[frame["variant"] == v, "model_version"].dropna()})
+        v: sorted({str(x) for x in served.loc[served["variant"] == v, "model_version"].dropna()})
         for v in (CHAMPION, CANARY)
     }
     created = pd.to_numeric(frame["created_at"], errors="coerce").dropna()

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from lib import progress, registry
-from lib.config_sections import AnalysisConfig
+from lib.config_sections import AnalysisConfig, step_name, step_weight
 from lib.delivery import canary, releases, rollout
 from lib.delivery.replayer import Replayer, app_request
 from lib.delivery.rollout_end import promote_rollout, raise_if_promotion_open, roll_back_rollout
@@ -41,7 +41,7 @@ class DeploySettings:
     """Parameters of one rollout. No defaults here: they come from the config through the 05
     deploy stage's contract (lib.pipeline.contracts.DeployInputs), the one place they live."""
 
-    steps: list[int]  # canary weights in percent
+    steps: list[int | str]  # canary weights in percent, maybe after `shadow` (weight 0)
     analysis_seconds: float  # the canary window per step
     max_wait_seconds: float  # beyond the window, waiting for enough samples
     check_every_seconds: float  # fail fast between window ends
@@ -328,31 +328,40 @@ def _canary_steps(
     began, around = time.time(), (production, replayer, store)
     with PredictionReader(settings.store_url) as predictions, replayer or nullcontext():
         last_weight = 0  # what this rollout set last: a routing change by anyone else stops it
-        for weight in settings.steps:
+        for step in settings.steps:
+            weight, name = step_weight(step), step_name(step_weight(step))
             _registry_still_ours(*registry_view, version)
             rollout.advance(  # refused once an operator asked to stop (RolloutStopped)
-                store, rollout.Phase.CANARY, weight=weight, detail=f"canary weight {weight}%"
+                store, rollout.Phase.CANARY, weight=weight, detail=_step_detail(weight)
             )
             set_routing(
                 url, token, version, weight, settings.lease_seconds, expected_weight=last_weight
             )
             last_weight = weight
-            timeline.add("canary", weight, f"canary at {weight}%")
+            timeline.add("canary", weight, _step_detail(weight))
             analysis = _hold_step(
                 url, token, version, weight, settings, cfg, predictions, began, around, sleep
             )
-            summary = {"kind": "canary", "weight": weight, **canary.summarize_step(analysis)}
+            summary = {
+                "kind": "canary", "step": name, "weight": weight, **canary.summarize_step(analysis)
+            }  # fmt: skip
             results.append(summary)
             rollout.record_step(store, summary)
             timeline.add(
                 "canary",
                 weight,
-                f"step {weight}% {analysis.verdict}",
+                f"step {name} {analysis.verdict}",
                 checks={c.name: c.status for c in analysis.checks},
                 samples=analysis.samples,
             )
             if analysis.verdict == "fail":
-                raise RolloutFailed(f"canary step {weight}% failed: {analysis.reason}")
+                raise RolloutFailed(f"canary step {name} failed: {analysis.reason}")
+
+
+def _step_detail(weight: int) -> str:
+    if weight == 0:
+        return "shadow step: canary weight 0, scoring every request in the shadow"
+    return f"canary weight {weight}%"
 
 
 def _hold_step(
@@ -389,7 +398,8 @@ def _hold_step(
         if not window_end and time.monotonic() - last_check < settings.check_every_seconds:
             continue
         last_check = time.monotonic()
-        analysis = canary.analyze(_window(predictions, step_started, canary_started, weight), cfg)
+        window = _window(predictions, step_started, canary_started, weight)
+        analysis = canary.analyze(window, cfg, shadow=weight == 0)
         if shown.ready(force=analysis.verdict == "fail" or window_end):
             progress.canary_step(weight, elapsed, settings.analysis_seconds, analysis)
         if analysis.verdict == "fail" or (window_end and analysis.verdict == "pass"):
@@ -397,7 +407,7 @@ def _hold_step(
         if elapsed >= deadline:
             errors = replayer.stats.last_error if replayer and replayer.stats.errors else None
             raise RolloutFailed(
-                f"canary step {weight}%: not enough evidence after {elapsed:.0f} s "
+                f"canary step {step_name(weight)}: not enough evidence after {elapsed:.0f} s "
                 f"({analysis.reason}); rolled back rather than passed on no evidence"
                 + (f"; replayer errors: {errors}" if errors else "")
             )
@@ -407,8 +417,9 @@ def _window(
     predictions: Any, step_started: float, canary_started: float, weight: int
 ) -> pd.DataFrame:
     """This step's canary rows against the champion's; at 100% the champion's come from the
-    earlier steps of this rollout (it gets no traffic any more). Rows the service answered
-    in its last batching delay (store min_interval, 50 ms) come at the next look."""
+    earlier steps of this rollout (it gets no traffic any more); at 0 (the `shadow` step) all
+    are the champion's, with the canary's shadow scores. Rows the service answered in its last
+    batching delay (store min_interval, 50 ms) come at the next look."""
     canary_rows = predictions.window(step_started, variant="canary")
     since = canary_started if weight >= 100 else step_started
     champion_rows = predictions.window(since, variant="champion")

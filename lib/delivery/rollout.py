@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.atomic_files import write_json_atomic
+from lib.config_sections import step_weight
 from lib.errors import PipelineError
 
 try:  # advisory lock between processes; absent on Windows, where the runner lock suffices
@@ -105,7 +106,7 @@ class RolloutState:
     candidate_version: str
     champion_version: str | None
     phase: Phase
-    steps: list[int] = field(default_factory=lambda: list(DEFAULT_STEPS))
+    steps: list[int] = field(default_factory=lambda: list(DEFAULT_STEPS))  # `shadow`: 0, first
     step_index: int = -1  # index of the last step in steps reached; -1 before the first
     weight: int = 0  # % of live traffic on the canary now
     started_at: str = ""
@@ -159,6 +160,8 @@ class RolloutState:
     def describe(self) -> str:
         """One line naming the rollout, for conflict and resume messages."""
         where = f", canary weight {self.weight}%" if self.phase == Phase.CANARY else ""
+        if self.phase == Phase.CANARY and self.weight == 0:
+            where = ", shadow step (canary weight 0)"
         owner = f", owner pid {self.owner_pid}" if self.owner_pid else ""
         return (
             f"rollout {self.rollout_id} of {self.model_name} v{self.candidate_version} "
@@ -270,8 +273,9 @@ def transition(
                 raise illegal(f"no canary step after {state.weight}% {steps}")
             weight = state.steps[state.step_index + 1]
         weight = int(weight)
-        if not 0 < weight <= 100:
-            raise illegal(f"weight {weight}% is not in 1..100")
+        shadow = weight == 0 and state.steps[:1] == [0] and state.phase != Phase.CANARY
+        if not (0 < weight <= 100 or shadow):
+            raise illegal(f"weight {weight}% is not in 1..100 (0 only as a first shadow step)")
         if state.phase == Phase.CANARY and weight <= state.weight:
             raise illegal(f"weight {weight}% does not go above the current {state.weight}%")
         reached = [i for i, w in enumerate(state.steps) if w <= weight]
@@ -293,7 +297,7 @@ def begin(
     model_name: str,
     candidate: str,
     champion: str | None,
-    steps: list[int] | tuple[int, ...] = DEFAULT_STEPS,
+    steps: list[int | str] | tuple[int, ...] = DEFAULT_STEPS,
     run_id: str | None = None,
     serving_url: str | None = None,
     approved: bool = True,
@@ -305,9 +309,12 @@ def begin(
     version again approves it (this process drives it, on `serving_url`) or keeps it parked."""
     candidate = str(candidate)
     champion = None if champion is None else str(champion)
-    steps = [int(s) for s in steps]
-    if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
-        raise RolloutError(f"canary steps must be increasing weights in 1..100, got {steps}")
+    steps = [step_weight(s) for s in steps]  # a first `shadow` step is weight 0
+    weights = steps[1:] if steps[:1] == [0] else steps
+    if not weights or any(not 0 < s <= 100 for s in weights) or steps != sorted(set(steps)):
+        raise RolloutError(
+            f"canary steps must be increasing weights in 1..100 (maybe after shadow), got {steps}"
+        )
     pid = os.getpid() if owner_pid is None else owner_pid
     with store.locked():
         current = store.load()

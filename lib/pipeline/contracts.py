@@ -182,7 +182,7 @@ class DecideOutputs(Contract):
 # -- 05 deploy ----------------------------------------------------------------------------------
 class DeployInputs(HoldoutInputs):
     candidate_version: str | None = None
-    steps: list[int] = setting("canary_steps")
+    steps: list[int | str] = setting("canary_steps")  # weights; a first `shadow`: weight 0
     analysis_seconds: float = setting("analysis_seconds", gt=0)
     max_wait_seconds: float = setting("max_wait_seconds", ge=0)
     check_every_seconds: float = setting("check_every_seconds", gt=0)
