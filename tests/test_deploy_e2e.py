@@ -17,9 +17,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from lib import registry
+from lib.config_sections import MonitorConfig
 from lib.delivery import canary, operations, replayer, rollout
 from lib.delivery import releases as deployments
 from lib.pipeline import features
+from lib.serving.prediction_store import PredictionReader
+from lib.watch import late_judgement
 from tests.support.deploy import FAST, NAME, World, make_runner_project
 
 pytestmark = pytest.mark.e2e
@@ -99,16 +102,33 @@ def test_without_any_label_equal_goes_through_and_opposite_is_rolled_back(world:
     assert accuracy["observed"]["canary_labeled"] == 0
 
 
+# every user rates, an hour later: no label is due during the rollout; all come after it
+LATE_LABELS = {"replay_label_share": 1.0, "replay_label_delay_seconds": [3600.0, 3600.0]}
+
+
 def test_a_shadow_step_first_with_no_label(world: World) -> None:
-    """[shadow, 5, 100] and no label: at the shadow step the candidate answers nobody and scores
-    every request in the shadow. An equal candidate passes it and is promoted; one that learned
-    the opposite is rolled back at the shadow step, before any user sees an answer of it, on
-    the paired evidence. One production service for both rollouts."""
+    """[shadow, 5, 100] and no label during the rollout: at the shadow step the candidate
+    answers nobody and scores every request in the shadow. An equal candidate passes it and is
+    promoted; the ratings come after the rollout, and on them the promoted version is judged
+    against the one it replaced on the same requests. One that learned the opposite is rolled
+    back at the shadow step, before any user sees an answer of it, on the paired evidence. One
+    production service for both rollouts."""
+    v1 = world.champion()
     v2 = world.register(world.forest(2))
     bad = world.register(world.forest(3, flip=True))
     with world.service() as prod:
-        outcome = world.deploy(v2, prod.url, steps=["shadow", 5, 100], **NO_LABELS)
+        outcome = world.deploy(v2, prod.url, steps=["shadow", 5, 100], **LATE_LABELS)
         assert outcome.outcome == "promoted", outcome.rollback_reason
+        assert all(c["observed"]["canary_labeled"] == 0 for c in _accuracy_checks(outcome))
+        with PredictionReader(world.store_url) as reader:
+            window = reader.window(0)
+        labeled = int(window["true_label"].notna().sum())
+        assert labeled >= 0.9 * len(window) > 0  # the late labels arrived after the steps
+        check, evidence = late_judgement.judge_against_predecessor(
+            late_judgement.Judged(window, v2, v1), MonitorConfig.from_dict({})
+        )
+        assert evidence["predecessor"] == v1 and evidence["labeled_pairs"] > 0
+        assert evidence["verdict"] != late_judgement.WORSE, check.message
         assert [s["step"] for s in outcome.steps] == ["shadow", "5%", "100%"]
         shadow = outcome.steps[0]
         assert shadow["weight"] == 0 and shadow["samples"]["canary"] == 0

@@ -356,6 +356,12 @@ def _canary_steps(
             )
             if analysis.verdict == "fail":
                 raise RolloutFailed(f"canary step {name} failed: {analysis.reason}")
+        if replayer is not None and replayer.stats.labels_pending:
+            # the ratings of this rollout's users that were not due yet arrive after it, as
+            # real late labels do: 06 monitor judges on them (after a failed step they are
+            # dropped with the stopped replayer: the canary's answers are rolled back anyway)
+            late = replayer.deliver_pending()
+            log.info("%d replayed label(s) delivered after the canary steps", late)
 
 
 def _step_detail(weight: int) -> str:

@@ -75,7 +75,7 @@ def checks_table(outcome: progressive.DeployOutcome) -> pd.DataFrame:
     """What every check of every step saw (or the smoke tests', when no step ran)."""
     rows = [
         {
-            "weight %": step["weight"],
+            "step": step.get("step", f"{step['weight']}%"),  # "shadow": weight 0, no answers
             "verdict": step["verdict"],
             "check": check["name"],
             "status": check["status"],
