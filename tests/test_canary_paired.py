@@ -171,6 +171,22 @@ def test_the_shadow_step_judges_the_canarys_shadow_scores() -> None:
     assert failed.by_name("disagreement").status == "fail"
 
 
+def test_the_shadow_steps_latency_is_judged_on_the_absolute_bound_only() -> None:
+    """A shadow score's latency is its batch's predict time, not an answer's: ten times the
+    champion's answers passes under the p99 bound; beyond the bound for many of them fails."""
+    window = window_of(_equal, share=0.0, seed=9)
+    window["shadow_latency_ms"] = 10 * window["latency_ms"]  # ~200 ms batches vs ~20 ms answers
+    latency = analyze(window, shadow=True).by_name("latency")
+    assert latency.status == "pass", latency.message
+    assert latency.samples == {"canary": 3000, "champion": 0}
+    assert "only the absolute bound is judged until the canary answers" in latency.message
+    window["shadow_latency_ms"] = 40 * window["latency_ms"]  # ~800 ms: above the 500 ms bound
+    slow = analyze(window, shadow=True).by_name("latency")
+    assert slow.status == "fail" and "p99 latency above" in slow.message, slow.message
+    answered = analyze(window_of(_equal, share=0.1, seed=9)).by_name("latency")
+    assert answered.samples["champion"] > 0  # outside the shadow step both sides are timed
+
+
 def test_the_shadow_step_without_shadow_scores_waits() -> None:
     window = window_of(_equal, share=0.0, shadowed=0.0, seed=7)
     result = analyze(window, shadow=True)
