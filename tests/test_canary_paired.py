@@ -224,13 +224,15 @@ def test_max_disagreement_is_validated() -> None:
 def test_on_the_raw_play_store_file_paired_evidence_passes_equal_fails_permuted(
     shared_data: Path,
 ) -> None:
-    """Calibrated models as 02 train registers them, on held-out apps of the raw file, no label.
-    Measured: a retrain with another seed on 90% of the rows disagrees with the champion on
-    5.8% of the requests (always-valid bounds 4.5..7.1%) and passes; a model trained on
-    permuted ratings says positive for every app (accuracy 70.5% against the champion's 74.1%
-    on the labels no step sees), disagrees on 12.7% (10.9..14.4%) and fails on disagreement:
-    its estimated drop, 2.1 points, is not significantly beyond the 2-point tolerance, since on
-    this file the champion is little above the majority rate."""
+    """Calibrated models (isotonic, as 02 train registers them; logistic regressions on the
+    default features but the name text, which keeps this test a few seconds long), on held-out
+    apps of the raw file, no label. Measured: a retrain with another seed on 90% of the rows
+    disagrees with the champion on 5.3% of the requests and passes; a model trained on permuted
+    ratings says positive for every app (accuracy 70.5% against the champion's 72.8% on the
+    labels no step sees), disagrees on 12.7% (always-valid bounds 11.0..14.5%) and fails on
+    disagreement: on this file the champion is little above the majority rate, so its estimated
+    drop is not significantly beyond the 2-point tolerance. (Gradient-boosting stacks, measured
+    once: 5.8% and 12.7%.)"""
     apps = data.read_apps(shared_data / "googleplaystore.csv").apps
     lab = training.labeled_data(apps, 4.0)
     train_idx, test_idx = training.holdout_split(lab.keys, lab.y, 0.2, 42)
@@ -239,7 +241,7 @@ def test_on_the_raw_play_store_file_paired_evidence_passes_equal_fails_permuted(
     rng = np.random.default_rng(11)
 
     def calibrated(seed: int, rows: np.ndarray, labels: np.ndarray) -> Any:
-        model = training.build_candidate("hist_gradient_boosting", seed, groups=GROUPS)
+        model = training.build_candidate("logistic_regression", seed, groups=GROUPS)
         return CalibratedClassifierCV(model, method="isotonic", cv=3).fit(
             X.iloc[rows], labels[rows]
         )
