@@ -19,8 +19,9 @@ from sklearn.calibration import CalibratedClassifierCV
 from lib.config_sections import AnalysisConfig
 from lib.delivery import canary
 from lib.delivery.canary import analyze, judge_estimated_accuracy
-from lib.pipeline import data, training
+from lib.pipeline import training
 from lib.window_stats import estimated_correct
+from tests.support.apps import raw_file_split
 
 
 def _answers(rng: np.random.Generator, variant: str, proba: np.ndarray) -> pd.DataFrame:
@@ -172,11 +173,7 @@ def test_on_the_raw_play_store_file_an_equal_model_passes_without_labels(
     answer disjoint held-out apps, as a 20% canary would, and no label ever arrives. (A model
     with no skill is not this check's to catch on this file: calibrated, the champion is only
     about 2 points above the majority rate, inside the tolerance; 04 decide keeps it out.)"""
-    apps = data.read_apps(shared_data / "googleplaystore.csv").apps
-    lab = training.labeled_data(apps, 4.0)
-    train_idx, test_idx = training.holdout_split(lab.keys, lab.y, 0.2, 42)
-    X, y = lab.X.iloc[train_idx], lab.y.iloc[train_idx].to_numpy()
-    held_out = lab.X.iloc[test_idx]
+    X, y, held_out = raw_file_split(shared_data / "googleplaystore.csv")
     rng = np.random.default_rng(11)
 
     def calibrated(seed: int, rows: np.ndarray) -> Any:

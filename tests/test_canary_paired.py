@@ -25,7 +25,8 @@ from lib.delivery.canary import (
     judge_paired_estimated_accuracy,
     judge_paired_shift,
 )
-from lib.pipeline import data, training
+from lib.pipeline import training
+from tests.support.apps import raw_file_split
 
 GROUPS = ["engagement", "versions", "genres", "name_stats"]  # the default features but name_text
 Proba = Callable[[np.random.Generator, np.ndarray], np.ndarray]
@@ -233,11 +234,7 @@ def test_on_the_raw_play_store_file_paired_evidence_passes_equal_fails_permuted(
     disagreement: on this file the champion is little above the majority rate, so its estimated
     drop is not significantly beyond the 2-point tolerance. (Gradient-boosting stacks, measured
     once: 5.8% and 12.7%.)"""
-    apps = data.read_apps(shared_data / "googleplaystore.csv").apps
-    lab = training.labeled_data(apps, 4.0)
-    train_idx, test_idx = training.holdout_split(lab.keys, lab.y, 0.2, 42)
-    X, y = lab.X.iloc[train_idx], lab.y.iloc[train_idx].to_numpy()
-    held_out = lab.X.iloc[test_idx]
+    X, y, held_out = raw_file_split(shared_data / "googleplaystore.csv")
     rng = np.random.default_rng(11)
 
     def calibrated(seed: int, rows: np.ndarray, labels: np.ndarray) -> Any:
