@@ -82,6 +82,7 @@ _NONE_WORDS = ("", "none", "None", "null", "~")
 # authority ends, as HTTP clients split it (a raw "@" in a password stays hidden). It never
 # spans whitespace, "/?#", quotes, backslashes or angle brackets, and a host must follow: an "@"
 # later in the text (`models:/name@champion`, an e-mail address) never ends a userinfo.
+_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#\\\"'`<>]*@(?=[^\s/?#@\\\"'`<>])")
 
 
@@ -97,9 +98,24 @@ def check_groups(groups: Iterable[str]) -> list[str]:
 
 
 def data_paths(data_path: str | list[str]) -> list[str]:
-    """A `data_path` (config key or stage parameter): one CSV, comma-separated CSVs or a list."""
-    items = data_path if isinstance(data_path, list) else str(data_path).split(",")
+    """A `data_path` (config key or stage parameter): one source, comma-separated sources or a
+    list. A source is a CSV file, an HTTP(S) CSV URL or a database URL naming a ``#table=`` or a
+    ``#query=``; a string holding a query is that one source (a query may hold commas)."""
+    if isinstance(data_path, list):
+        items = data_path
+    else:
+        items = [data_path] if "#query=" in data_path else str(data_path).split(",")
     return [p.strip() for p in items if p.strip()]
+
+
+def resolve_data(data_path: str | list[str], root: Path) -> list[Path | str]:
+    """The sources of a `data_path`: files resolved against `root`, URLs as they are."""
+    return [p if is_url(p) else root / p for p in data_paths(data_path)]
+
+
+def is_url(source: str | Path) -> bool:
+    """A URL (``https://``, ``postgresql://``, ``sqlite:///``) rather than a file path."""
+    return isinstance(source, str) and bool(_URL_RE.match(source))
 
 
 # --- field types ----------------------------------------------------------------------------
@@ -272,9 +288,9 @@ class PipelineConfig(BaseSettings):
         None when it is the default: only then may a missing data file be generated."""
         return self._data_origin
 
-    def data_files(self, root: Path) -> list[Path]:
-        """The data files, relative paths resolved against the project root."""
-        return [root / p for p in data_paths(self.data_path)]
+    def data_files(self, root: Path) -> list[Path | str]:
+        """The data sources, relative paths resolved against the project root, URLs as given."""
+        return resolve_data(self.data_path, root)
 
     def resolved_tracking_uri(self, root: Path) -> str:
         """The MLflow store: explicit config, else the environment, else SQLite in the project."""
@@ -396,7 +412,9 @@ def _from_cwd(value: Any, cwd: Path | None) -> Any:
     the directory they typed it in; None (a library call) leaves it relative to the root."""
     if cwd is None or not isinstance(value, str):
         return value
-    return ",".join(os.path.normpath(cwd / Path(p).expanduser()) for p in data_paths(value))
+    return ",".join(
+        p if is_url(p) else os.path.normpath(cwd / Path(p).expanduser()) for p in data_paths(value)
+    )
 
 
 def _yaml_source(path: Path) -> YamlConfigSettingsSource:

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from lib import progress, registry
-from lib.config import data_paths
+from lib.config import resolve_data
 from lib.pipeline import data, detection, plots, training
 from lib.pipeline.contracts import TrainInputs, TrainOutputs
 from lib.settings import tracking_uri
@@ -39,7 +39,7 @@ class TrainingData:
 
 
 def prepare(inputs: TrainInputs, root: Path) -> TrainingData:
-    loaded = data.read_apps([root / p for p in data_paths(inputs.data_path)])
+    loaded = data.read_apps(resolve_data(inputs.data_path, root))
     data.write_quarantine(loaded.quarantine, root / inputs.quarantine_path)
     loaded.raise_if_unusable(root / inputs.quarantine_path)
     labeled = training.labeled_data(loaded.apps, inputs.target_threshold)
