@@ -4,13 +4,8 @@ quarantine and new-app detection as a local CSV; credentials never shown."""
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
-import shutil
 import socket
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +19,9 @@ from lib.config import data_paths, resolve_data
 from lib.errors import DataError, MissingColumnsError
 from lib.pipeline import data, detection, synth
 from lib.pipeline.contracts import DetectInputs
+from lib.pipeline.data_sources import check_file
 from lib.pipeline.stages import detect
+from tests.support.postgres import throwaway_postgres
 
 pytestmark = pytest.mark.component
 
@@ -138,6 +135,8 @@ def test_credentials_in_an_http_url_are_never_shown(
     for text in shown:
         assert SECRET not in text and TOKEN not in text
     assert loaded.sources == [f"http://***@{base[7:]}/apps.csv?token=***&x=1"]
+    with pytest.raises(DataError, match=r"\?token=\*\*\*&x=1: a URL, not a local file"):
+        check_file(url)  # e.g. simulate-new-apps, which appends to a local file only
     assert len(loaded.apps) == 120
 
 
@@ -172,42 +171,10 @@ def test_a_sqlite_table_and_query_read_as_the_csv(tmp_path: Path) -> None:
 # --- PostgreSQL: a throwaway cluster --------------------------------------------------------------
 
 
-def pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
-    """A PostgreSQL cluster on a free loopback port, stopped at teardown; its SQLAlchemy URL.
-    The server refuses to run as root: then it runs as `nobody`."""
-    initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
-    if not (initdb and pg_ctl):
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL's initdb/pg_ctl not found (CI needs them: .ci/run installs)")
-        pytest.skip("PostgreSQL's initdb/pg_ctl not found (apt-get install postgresql)")
-    folder = Path(tempfile.mkdtemp(prefix="pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        os.chown(folder, 65534, 65534)  # nobody
-        as_user = ["runuser", "-u", "nobody", "--"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    pgdata = folder / "data"
-    run = {"check": True, "capture_output": True, "timeout": 120, "cwd": folder}
-    subprocess.run([*as_user, initdb, "-D", pgdata, "-U", "postgres", "--auth=trust"], **run)
-    options = f"-k {folder} -p {port} -c listen_addresses=127.0.0.1"
-    start = [*as_user, pg_ctl, "-D", pgdata, "-l", folder / "log", "-o", options, "-w", "start"]
-    subprocess.run(start, **run)
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", pgdata, "-m", "immediate", "stop"], **run)
-        shutil.rmtree(folder, ignore_errors=True)
+    with throwaway_postgres() as url:
+        yield url
 
 
 def test_a_postgresql_table_grown_by_150_apps_triggers_the_retrain(
@@ -245,3 +212,16 @@ def test_a_postgresql_table_grown_by_150_apps_triggers_the_retrain(
     assert grown.data_digest != first.data_digest
     with pytest.raises(DataError, match="no table 'missing' in the database"):
         data.read_apps([url.replace("table=apps", "table=missing")])
+
+
+def test_mlflow_is_given_the_sources_without_credentials() -> None:
+    from lib.pipeline.stages.train import mlflow_source
+
+    assert mlflow_source("data/apps.csv") == "data/apps.csv"  # files as they always were
+    assert mlflow_source(["a.csv", "b.csv"]) == "['a.csv', 'b.csv']"
+    assert mlflow_source(f"https://u:{SECRET}@h/a.csv?token={TOKEN}") == (
+        "https://***@h/a.csv?token=***"
+    )
+    assert mlflow_source(f"postgresql://u:{SECRET}@h/db#table=apps") == (
+        "['postgresql://***@h/db#table=apps']"
+    )

@@ -52,7 +52,9 @@ def _near(path: Path) -> str:
 
 def check_file(path: str | Path) -> Path:
     """The path names a non-empty regular file that is not another format: else one line
-    naming it and what is wrong (not found, a directory, a spreadsheet, 0 bytes)."""
+    naming it and what is wrong (not found, a directory, a spreadsheet, 0 bytes, a URL)."""
+    if is_url(path):
+        raise DataError(f"{source_name(path)}: a URL, not a local file")
     path = Path(path)
     if path.is_dir():
         csvs = sorted(p.name for p in path.glob("*.csv"))
