@@ -76,8 +76,12 @@ LABEL_OBJECTIVES = ("accuracy", "balanced_accuracy", "f1", "cost")
 ENV_PREFIX = "PIPELINE_"
 ENV_NESTED_DELIMITER = "__"
 # Fields that may hold URLs with credentials: kept out of repr, redacted by to_dict().
-URL_FIELDS = ("tracking_uri", "serving_url", "store_url")
+URL_FIELDS = ("tracking_uri", "serving_url", "store_url", "data_path")
 _NONE_WORDS = ("", "none", "None", "null", "~")
+_SECRET_PARAM_RE = re.compile(
+    r"([?&](?:[^=&#]*(?:token|key|secret|password|passwd|pwd|sig|signature|auth)[^=&#]*)=)[^&#]*",
+    re.IGNORECASE,
+)
 # URL credentials: the userinfo of `scheme://user:password@host`, up to the last "@" before the
 # authority ends, as HTTP clients split it (a raw "@" in a password stays hidden). It never
 # spans whitespace, "/?#", quotes, backslashes or angle brackets, and a host must follow: an "@"
@@ -174,7 +178,7 @@ class PipelineConfig(BaseSettings):
         """Highest first: the init arguments (``--set``), then what load_config layers."""
         return (init_settings, *_LAYERS.get())
 
-    data_path: str = Field(DEFAULT_DATA_PATH, min_length=1)
+    data_path: str = Field(DEFAULT_DATA_PATH, min_length=1, repr=False)
     synth_apps: Int = Field(10_000, ge=1)  # size of the generated default data set
     synth_seed: Int = Field(42, ge=0)
     threshold: Int = Field(100, ge=1)  # new apps needed to retrain
@@ -305,7 +309,7 @@ class PipelineConfig(BaseSettings):
         data = self.model_dump(mode="json")
         for name in URL_FIELDS:
             if data.get(name):
-                data[name] = redact_url(data[name])
+                data[name] = redact_source(data[name])
         return data
 
 
@@ -314,6 +318,12 @@ def redact_url(text: str) -> str:
     MLflow URL may carry one, alone or inside an error message. The project's one URL-credential
     redactor (the registry's messages and the notifications' redaction use it too)."""
     return _USERINFO_RE.sub(r"\1***@", text)
+
+
+def redact_source(text: str) -> str:
+    """`redact_url`, and the values of token-like query parameters (``?token=``, ``&api_key=``,
+    ``sig=``) too: a data URL may carry its credentials either way."""
+    return _SECRET_PARAM_RE.sub(r"\1***", redact_url(text))
 
 
 def _known_keys(path: list[str]) -> str:

@@ -225,3 +225,13 @@ def test_mlflow_is_given_the_sources_without_credentials() -> None:
     assert mlflow_source(f"postgresql://u:{SECRET}@h/db#table=apps") == (
         "['postgresql://***@h/db#table=apps']"
     )
+
+
+def test_the_config_report_shows_a_data_url_without_credentials(tmp_path: Path) -> None:
+    from lib.config import load_config
+
+    url = f"https://u:{SECRET}@h/a.csv?api_key={TOKEN}"
+    cfg = load_config(tmp_path, overrides={"data_path": url}, environ={})
+    assert cfg.to_dict()["data_path"] == "https://***@h/a.csv?api_key=***"
+    assert SECRET not in repr(cfg) and TOKEN not in repr(cfg)
+    assert cfg.data_files(tmp_path) == [url]

@@ -9,7 +9,6 @@ import base64
 import csv
 import difflib
 import io
-import re
 from contextlib import closing
 from pathlib import Path
 from typing import IO
@@ -17,7 +16,7 @@ from typing import IO
 import httpx
 import sqlalchemy as sa
 
-from lib.config import is_url, redact_url
+from lib.config import is_url, redact_source, redact_url
 from lib.errors import DataError
 
 # Suffixes of formats that are not CSV text: named as such instead of failing to decode.
@@ -96,10 +95,6 @@ def read_header(path: Path) -> tuple[list[str], bool]:
 
 MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024  # default cap of an HTTP(S) CSV (setting data_max_mb)
 HTTP_TIMEOUT_S = 30.0
-_SECRET_PARAM_RE = re.compile(
-    r"([?&](?:[^=&#]*(?:token|key|secret|password|passwd|pwd|sig|signature|auth)[^=&#]*)=)[^&#]*",
-    re.IGNORECASE,
-)
 
 
 def source_name(source: str | Path) -> str:
@@ -107,7 +102,7 @@ def source_name(source: str | Path) -> str:
     its credentials (``user:password@`` and token-like query parameters become ``***``)."""
     if not is_url(source):
         return Path(source).name
-    return _SECRET_PARAM_RE.sub(r"\1***", redact_url(str(source)))
+    return redact_source(str(source))
 
 
 def _get(url: str, transport: httpx.HTTPTransport) -> httpx.Response:
