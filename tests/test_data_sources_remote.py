@@ -212,6 +212,15 @@ def test_a_postgresql_table_grown_by_150_apps_triggers_the_retrain(
     assert grown.data_digest != first.data_digest
     with pytest.raises(DataError, match="no table 'missing' in the database"):
         data.read_apps([url.replace("table=apps", "table=missing")])
+    with pytest.raises(DataError, match="read-only transaction"):  # reading never writes
+        data.read_apps([url.replace("table=apps", 'query=DELETE FROM apps RETURNING "App"')])
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    port = sa.engine.make_url(postgres).port
+    with pytest.raises(DataError, match=r"cannot read the table \(.*(refused|connect)") as failed:
+        data.read_apps([url.replace(f":{port}/", f":{closed}/")])
+    assert SECRET not in str(failed.value)
 
 
 def test_mlflow_is_given_the_sources_without_credentials() -> None:

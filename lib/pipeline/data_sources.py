@@ -93,7 +93,7 @@ def read_header(path: Path) -> tuple[list[str], bool]:
 # is usable as it is with ``--data`` and in a list of sources, and the fragment is never sent to
 # the database driver. A query may hold commas: `lib.config.data_paths` keeps it whole.
 
-MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024  # default cap of an HTTP(S) CSV (setting data_max_mb)
+MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024  # cap of an HTTP(S) CSV; read_apps(max_bytes=) sets it
 HTTP_TIMEOUT_S = 30.0
 
 
