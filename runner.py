@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--data",
             help="data CSV(s), comma-separated, relative to the current directory; they must "
-            "exist (config key data_path)",
+            "exist; or an http(s):// CSV URL, or a database URL with #table=NAME or "
+            "#query=SELECT... (config key data_path)",
         )
         p.add_argument("--threshold", type=int, help="new apps needed to retrain")
         p.add_argument("--run-id", help="name of the run (default: timestamp + random suffix)")

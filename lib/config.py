@@ -76,12 +76,17 @@ LABEL_OBJECTIVES = ("accuracy", "balanced_accuracy", "f1", "cost")
 ENV_PREFIX = "PIPELINE_"
 ENV_NESTED_DELIMITER = "__"
 # Fields that may hold URLs with credentials: kept out of repr, redacted by to_dict().
-URL_FIELDS = ("tracking_uri", "serving_url", "store_url")
+URL_FIELDS = ("tracking_uri", "serving_url", "store_url", "data_path")
 _NONE_WORDS = ("", "none", "None", "null", "~")
+_SECRET_PARAM_RE = re.compile(
+    r"([?&](?:[^=&#]*(?:token|key|secret|password|passwd|pwd|sig|signature|auth)[^=&#]*)=)[^&#]*",
+    re.IGNORECASE,
+)
 # URL credentials: the userinfo of `scheme://user:password@host`, up to the last "@" before the
 # authority ends, as HTTP clients split it (a raw "@" in a password stays hidden). It never
 # spans whitespace, "/?#", quotes, backslashes or angle brackets, and a host must follow: an "@"
 # later in the text (`models:/name@champion`, an e-mail address) never ends a userinfo.
+_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#\\\"'`<>]*@(?=[^\s/?#@\\\"'`<>])")
 
 
@@ -97,9 +102,24 @@ def check_groups(groups: Iterable[str]) -> list[str]:
 
 
 def data_paths(data_path: str | list[str]) -> list[str]:
-    """A `data_path` (config key or stage parameter): one CSV, comma-separated CSVs or a list."""
-    items = data_path if isinstance(data_path, list) else str(data_path).split(",")
+    """A `data_path` (config key or stage parameter): one source, comma-separated sources or a
+    list. A source is a CSV file, an HTTP(S) CSV URL or a database URL naming a ``#table=`` or a
+    ``#query=``; a string holding a query is that one source (a query may hold commas)."""
+    if isinstance(data_path, list):
+        items = data_path
+    else:
+        items = [data_path] if "#query=" in data_path else str(data_path).split(",")
     return [p.strip() for p in items if p.strip()]
+
+
+def resolve_data(data_path: str | list[str], root: Path) -> list[Path | str]:
+    """The sources of a `data_path`: files resolved against `root`, URLs as they are."""
+    return [p if is_url(p) else root / p for p in data_paths(data_path)]
+
+
+def is_url(source: str | Path) -> bool:
+    """A URL (``https://``, ``postgresql://``, ``sqlite:///``) rather than a file path."""
+    return isinstance(source, str) and bool(_URL_RE.match(source))
 
 
 # --- field types ----------------------------------------------------------------------------
@@ -158,7 +178,7 @@ class PipelineConfig(BaseSettings):
         """Highest first: the init arguments (``--set``), then what load_config layers."""
         return (init_settings, *_LAYERS.get())
 
-    data_path: str = Field(DEFAULT_DATA_PATH, min_length=1)
+    data_path: str = Field(DEFAULT_DATA_PATH, min_length=1, repr=False)
     synth_apps: Int = Field(10_000, ge=1)  # size of the generated default data set
     synth_seed: Int = Field(42, ge=0)
     threshold: Int = Field(100, ge=1)  # new apps needed to retrain
@@ -272,9 +292,9 @@ class PipelineConfig(BaseSettings):
         None when it is the default: only then may a missing data file be generated."""
         return self._data_origin
 
-    def data_files(self, root: Path) -> list[Path]:
-        """The data files, relative paths resolved against the project root."""
-        return [root / p for p in data_paths(self.data_path)]
+    def data_files(self, root: Path) -> list[Path | str]:
+        """The data sources, relative paths resolved against the project root, URLs as given."""
+        return resolve_data(self.data_path, root)
 
     def resolved_tracking_uri(self, root: Path) -> str:
         """The MLflow store: explicit config, else the environment, else SQLite in the project."""
@@ -289,7 +309,7 @@ class PipelineConfig(BaseSettings):
         data = self.model_dump(mode="json")
         for name in URL_FIELDS:
             if data.get(name):
-                data[name] = redact_url(data[name])
+                data[name] = redact_source(data[name])
         return data
 
 
@@ -298,6 +318,12 @@ def redact_url(text: str) -> str:
     MLflow URL may carry one, alone or inside an error message. The project's one URL-credential
     redactor (the registry's messages and the notifications' redaction use it too)."""
     return _USERINFO_RE.sub(r"\1***@", text)
+
+
+def redact_source(text: str) -> str:
+    """`redact_url`, and the values of token-like query parameters (``?token=``, ``&api_key=``,
+    ``sig=``) too: a data URL may carry its credentials either way."""
+    return _SECRET_PARAM_RE.sub(r"\1***", redact_url(text))
 
 
 def _known_keys(path: list[str]) -> str:
@@ -396,7 +422,9 @@ def _from_cwd(value: Any, cwd: Path | None) -> Any:
     the directory they typed it in; None (a library call) leaves it relative to the root."""
     if cwd is None or not isinstance(value, str):
         return value
-    return ",".join(os.path.normpath(cwd / Path(p).expanduser()) for p in data_paths(value))
+    return ",".join(
+        p if is_url(p) else os.path.normpath(cwd / Path(p).expanduser()) for p in data_paths(value)
+    )
 
 
 def _yaml_source(path: Path) -> YamlConfigSettingsSource:

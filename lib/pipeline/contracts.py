@@ -34,7 +34,7 @@ def setting(key: str, default: Any = None, **constraints: Any) -> Any:
     return Field(value, json_schema_extra={CONFIG_KEY: key}, **constraints)
 
 
-DataPath = str | list[str]  # one CSV or several, relative to the project root
+DataPath = str | list[str]  # one source or several: CSV files (relative to the root), URLs
 Interval = dict[str, Any]  # {estimate, low, high, n, method}: an estimate with its uncertainty
 
 
@@ -91,6 +91,9 @@ class DetectOutputs(Contract):
     should_train: bool
     reason: str
     quarantined_rows: int
+    # what was read: a hash of the records' content, and the sources (URLs without credentials)
+    data_digest: str | None = None
+    data_sources: list[str] = []
 
 
 # -- 02 train -----------------------------------------------------------------------------------

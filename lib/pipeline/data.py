@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -23,10 +24,20 @@ import pandas as pd
 
 from lib import values as grammar
 from lib.atomic_files import atomic_open
+from lib.config import is_url
 from lib.errors import DataError, MissingColumnsError
 from lib.pipeline.app_identity import app_key
 from lib.pipeline.app_schema import E_EMPTY, E_NEGATIVE, E_RATING, E_TYPE, schema_failures
-from lib.pipeline.data_sources import check_file, open_csv, read_header
+from lib.pipeline.data_sources import (
+    MAX_DOWNLOAD_BYTES,
+    check_file,
+    csv_records,
+    fetch_csv,
+    open_csv,
+    read_db,
+    read_header,
+    source_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +83,7 @@ class LoadedApps:
     quarantine: pd.DataFrame
     sources: list[str] = field(default_factory=list)
     counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # file: (rows, valid rows)
+    digest: str | None = None  # of the records as read (not of where): what 01 detect records
 
     @property
     def n_quarantined(self) -> int:
@@ -82,7 +94,7 @@ class LoadedApps:
         one line naming it, its first reason and where every reason was written."""
         for source, (n_rows, n_valid) in self.counts.items():
             if n_rows and not n_valid:
-                rejected = self.quarantine[self.quarantine["source_file"] == Path(source).name]
+                rejected = self.quarantine[self.quarantine["source_file"] == source_name(source)]
                 first = ""
                 if len(rejected):
                     reason = str(rejected["reason"].iat[0])
@@ -100,10 +112,19 @@ class LoadedApps:
 # reading
 
 
-def _as_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    if isinstance(paths, (str, os.PathLike)):
-        return [Path(paths)]
-    return [Path(p) for p in paths]
+def _as_sources(paths: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    """Files as Paths; URLs (HTTP(S), SQLAlchemy) kept as strings, which a Path would mangle."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    return [p if is_url(p) else Path(p) for p in items]
+
+
+def _require_columns(name: str, header: list[str], has_rows: bool, need_rows: bool) -> None:
+    """Name every missing required column; with `need_rows`, refuse a header without rows."""
+    missing = [column for column in REQUIRED_COLUMNS if column not in header]
+    if missing:
+        raise MissingColumnsError(name, missing, header)
+    if need_rows and not has_rows:
+        raise DataError(f"{name}: no rows (only a header)")
 
 
 def check_columns(path: str | Path, need_rows: bool = False) -> list[str]:
@@ -111,11 +132,7 @@ def check_columns(path: str | Path, need_rows: bool = False) -> list[str]:
     `need_rows`, also a file without data rows (a header alone is no data to learn from)."""
     path = check_file(path)
     header, has_rows = read_header(path)
-    missing = [name for name in REQUIRED_COLUMNS if name not in header]
-    if missing:
-        raise MissingColumnsError(str(path), missing, header)
-    if need_rows and not has_rows:
-        raise DataError(f"{path}: no rows (only a header)")
+    _require_columns(str(path), header, has_rows, need_rows)
     return header
 
 
@@ -128,6 +145,25 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             rows = [(number, fields) for number, fields in enumerate(reader, start=1) if fields]
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not a readable UTF-8 CSV file ({exc})") from exc
+    return header, rows
+
+
+def read_source(
+    source: str | Path, max_bytes: int = MAX_DOWNLOAD_BYTES
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and numbered records of any source as CSV text fields: a file, an HTTP(S)
+    CSV (`max_bytes` caps it) or a database table or query (columns by Play Store or snake_case
+    name), so every kind goes through the same validation and quarantine."""
+    if not is_url(source):
+        return read_rows(Path(source))
+    name = source_name(source)
+    if str(source).lower().startswith(("http://", "https://")):
+        header, rows = csv_records(fetch_csv(str(source), max_bytes), name)
+    else:
+        columns, values = read_db(str(source))
+        header = [c if c in RAW_COLUMNS else ALIASES.get(c.strip().lower(), c) for c in columns]
+        rows = [(number, [_cell_to_str(v) for v in row]) for number, row in values]
+    _require_columns(name, header, bool(rows), need_rows=True)
     return header, rows
 
 
@@ -148,61 +184,83 @@ def _field_count_reason(n_fields: int, expected: int) -> str:
     return f"row has {n_fields} fields, expected {expected} ({why} values are shifted)"
 
 
-def read_apps(paths: str | Path | Sequence[str | Path]) -> LoadedApps:
-    """Read, parse and validate one or several Play Store CSVs in any of the known styles.
+def read_apps(
+    paths: str | Path | Sequence[str | Path], max_bytes: int = MAX_DOWNLOAD_BYTES
+) -> LoadedApps:
+    """Read, parse and validate Play Store rows from CSV files, HTTP(S) CSVs or database tables
+    and queries, in any of the known styles.
 
-    Every file is checked (found, a CSV, its header, at least one row) before any is parsed,
-    so a bad file fails fast. Rows are checked, not files: see `LoadedApps.raise_if_unusable`.
+    Every local file is checked (found, a CSV, its header, at least one row) before any source
+    is read, so a bad file fails fast. Rows are checked, not files: see `raise_if_unusable`.
     """
-    path_list = _as_paths(paths)
-    if not path_list:
+    sources = _as_sources(paths)
+    if not sources:
         raise DataError("read_apps: no data file given")
-    for path in path_list:
-        check_columns(path, need_rows=True)
+    for source in sources:
+        if not is_url(source):
+            check_columns(source, need_rows=True)
 
     apps_parts: list[pd.DataFrame] = []
     quarantine_parts: list[pd.DataFrame] = []
     counts: dict[str, tuple[int, int]] = {}
-    for path in path_list:
-        header, rows = read_rows(path)
-        good_numbers: list[int] = []
-        good_fields: list[list[str]] = []
-        bad_records: list[dict[str, object]] = []
-        for number, fields in rows:
-            if len(fields) == len(header):
-                good_numbers.append(number)
-                good_fields.append(_to_raw_fields(header, fields))
-            else:
-                reason = _field_count_reason(len(fields), len(header))
-                named = dict(zip(RAW_COLUMNS, _to_raw_fields(header, fields), strict=True))
-                bad_records.append(
-                    {**named, "source_file": path.name, "source_row": number, "reason": reason}
-                )
-        raw = pd.DataFrame(good_fields, columns=RAW_COLUMNS, dtype="str")
-        apps, quarantine = _validate(raw, path.name, np.asarray(good_numbers, dtype="int64"))
-        if bad_records:
-            quarantine = pd.concat(
-                [quarantine, pd.DataFrame(bad_records, columns=QUARANTINE_COLUMNS)],
-                ignore_index=True,
-            )
-            quarantine = quarantine.sort_values("source_row", kind="stable")
+    content = hashlib.sha256()
+    for source in sources:
+        name = source_name(source)
+        header, rows = read_source(source, max_bytes)
+        content.update(_digest_text(header, rows))
+        apps, quarantine = _validate_records(header, rows, name)
         logger.info(
             "%s: %d rows read, %d valid, %d quarantined",
-            path.name,
+            name,
             len(rows),
             len(apps),
             len(quarantine),
         )
         apps_parts.append(apps)
         quarantine_parts.append(quarantine)
-        counts[str(path)] = (len(rows), len(apps))
+        counts[name if is_url(source) else str(source)] = (len(rows), len(apps))
 
     return LoadedApps(
         apps=_concat(apps_parts),
         quarantine=_fix_quarantine_types(_concat(quarantine_parts)),
-        sources=[str(p) for p in path_list],
+        sources=[source_name(s) if is_url(s) else str(s) for s in sources],
         counts=counts,
+        digest=content.hexdigest()[:16],
     )
+
+
+def _digest_text(header: list[str], rows: list[tuple[int, list[str]]]) -> bytes:
+    """The records as read, unambiguously joined: what the data digest fingerprints."""
+    lines = ["\x1f".join(header), *("\x1f".join(fields) for _, fields in rows)]
+    return ("\x1e".join(lines) + "\x1d").encode("utf-8", "surrogatepass")
+
+
+def _validate_records(
+    header: list[str], rows: list[tuple[int, list[str]]], name: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Valid typed apps and quarantined rows (a record with the wrong field count included)."""
+    good_numbers: list[int] = []
+    good_fields: list[list[str]] = []
+    bad_records: list[dict[str, object]] = []
+    for number, fields in rows:
+        if len(fields) == len(header):
+            good_numbers.append(number)
+            good_fields.append(_to_raw_fields(header, fields))
+        else:
+            reason = _field_count_reason(len(fields), len(header))
+            named = dict(zip(RAW_COLUMNS, _to_raw_fields(header, fields), strict=True))
+            bad_records.append(
+                {**named, "source_file": name, "source_row": number, "reason": reason}
+            )
+    raw = pd.DataFrame(good_fields, columns=RAW_COLUMNS, dtype="str")
+    apps, quarantine = _validate(raw, name, np.asarray(good_numbers, dtype="int64"))
+    if bad_records:
+        quarantine = pd.concat(
+            [quarantine, pd.DataFrame(bad_records, columns=QUARANTINE_COLUMNS)],
+            ignore_index=True,
+        )
+        quarantine = quarantine.sort_values("source_row", kind="stable")
+    return apps, quarantine
 
 
 def _cell_to_str(value: object) -> str:

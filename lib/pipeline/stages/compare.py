@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from lib import registry
-from lib.config import data_paths
+from lib.config import resolve_data
 from lib.pipeline import comparison, data, training
 from lib.pipeline.contracts import CompareInputs, CompareOutputs
 from lib.settings import tracking_uri
@@ -39,7 +39,7 @@ def candidate_version(client: Any, model_name: str, given: str | None) -> str:
 def compare(inputs: CompareInputs, root: Path) -> Compared:
     client = registry.connect(tracking_uri(inputs.tracking_uri, root), inputs.experiment)
     version = candidate_version(client, inputs.model_name, inputs.candidate_version)
-    apps = data.read_apps([root / p for p in data_paths(inputs.data_path)]).apps
+    apps = data.read_apps(resolve_data(inputs.data_path, root)).apps
     labeled = training.labeled_data(apps, inputs.target_threshold)
     result = comparison.compare(
         client,

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from lib import registry
-from lib.config import data_paths
+from lib.config import resolve_data
 from lib.delivery import progressive, replayer
 from lib.pipeline import data
 from lib.pipeline.contracts import DeployInputs, DeployOutputs
@@ -32,7 +32,7 @@ def plan(inputs: DeployInputs, root: Path) -> Plan:
     uri = tracking_uri(inputs.tracking_uri, root)
     client = registry.connect(uri, inputs.experiment)
     version = compare.candidate_version(client, inputs.model_name, inputs.candidate_version)
-    apps = data.read_apps([root / p for p in data_paths(inputs.data_path)]).apps
+    apps = data.read_apps(resolve_data(inputs.data_path, root)).apps
     holdout = replayer.holdout_apps(apps, inputs.target_threshold, inputs.test_size, inputs.seed)
     same_names = {f.name for f in fields(progressive.DeploySettings)} - {"store_url"}
     settings = progressive.DeploySettings(

@@ -1,6 +1,8 @@
 """01 detect: read the data (quarantining bad rows) and decide whether there is enough new.
 
-Generated data only ever lands at the project's default path, and only when nobody chose the data:
+The data is CSV files, HTTP(S) CSVs or database tables or queries (`lib.pipeline.data_sources`);
+the outputs name them (without credentials) and a digest of the records read. Generated data only
+ever lands at the project's default path, and only when nobody chose the data:
 a path a user gave that does not exist, is not a CSV, has no rows or no valid row stops with one
 line naming it (`lib.errors.DataError`, exit 2 from the runner).
 """
@@ -12,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from lib.config import data_paths
+from lib.config import resolve_data
 from lib.errors import DataError
 from lib.pipeline import data, detection, synth
 from lib.pipeline.contracts import DetectInputs, DetectOutputs
+from lib.pipeline.data_sources import source_name
 
 if TYPE_CHECKING:
     from lib.config import PipelineConfig
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_DATA_PATH: str = DetectInputs.model_fields["data_path"].default
 
 
-def generate_default(files: list[Path], default: Path | None, n: int, seed: int) -> int:
+def generate_default(files: list[Path | str], default: Path | None, n: int, seed: int) -> int:
     """Generate `default` when it is the only file asked for and is absent; the apps written."""
     if default is None or files != [default]:
         return 0
@@ -54,7 +57,7 @@ def check_data(cfg: PipelineConfig, root: Path, quarantine: Path) -> int:
 def load(inputs: DetectInputs, root: Path) -> tuple[data.LoadedApps, int]:
     """The apps of every data file (the default file generated first when absent), with the
     rejected rows written to the run's quarantine file; returns them and the generated count."""
-    files = [root / p for p in data_paths(inputs.data_path)]
+    files = resolve_data(inputs.data_path, root)
     generated = generate_default(
         files, root / DEFAULT_DATA_PATH, inputs.synth_apps, inputs.synth_seed
     )
@@ -84,7 +87,12 @@ def find_new_apps(inputs: DetectInputs, root: Path, loaded: data.LoadedApps) -> 
 
 def outputs(result: detection.Detection, loaded: data.LoadedApps) -> DetectOutputs:
     same_names = {k: v for k, v in result.to_dict().items() if k in DetectOutputs.model_fields}
-    return DetectOutputs(**same_names, quarantined_rows=loaded.n_quarantined)
+    return DetectOutputs(
+        **same_names,
+        quarantined_rows=loaded.n_quarantined,
+        data_digest=loaded.digest,
+        data_sources=[source_name(s) for s in loaded.sources],
+    )
 
 
 def run(inputs: DetectInputs, root: Path) -> DetectOutputs:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lib import registry
-from lib.config import data_paths
+from lib.config import resolve_data
 from lib.config_sections import MonitorConfig
 from lib.delivery import operations, releases
 from lib.pipeline import data, training
@@ -62,7 +62,7 @@ def read_window(inputs: MonitorInputs, root: Path) -> Window:
         )
     run = client.get_run(registry.version_run_id(client, inputs.model_name, champion))
     reference_metrics = {m: run.data.metrics.get(f"holdout_{m}") for m in ("accuracy", "roc_auc")}
-    apps = data.read_apps([root / p for p in data_paths(inputs.data_path)]).apps
+    apps = data.read_apps(resolve_data(inputs.data_path, root)).apps
     labeled = training.labeled_data(apps, inputs.target_threshold)
     train_idx, _ = training.holdout_split(labeled.keys, labeled.y, inputs.test_size, inputs.seed)
     reference_X = labeled.X.iloc[train_idx]

@@ -15,9 +15,10 @@ from typing import Any
 import pandas as pd
 
 from lib import progress, registry
-from lib.config import data_paths
+from lib.config import data_paths, is_url, resolve_data
 from lib.pipeline import data, detection, plots, training
 from lib.pipeline.contracts import TrainInputs, TrainOutputs
+from lib.pipeline.data_sources import source_name
 from lib.settings import tracking_uri
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,18 @@ class TrainingData:
         return self.labeled.y.iloc[self.test_idx]
 
 
+def mlflow_source(data_path: str | list[str]) -> str:
+    """The data as MLflow's dataset source: URLs without credentials; a list, or a database URL
+    (a scheme MLflow cannot resolve), as the text of a list, as several files always were."""
+    shown = [source_name(p) if is_url(p) else p for p in data_paths(data_path)]
+    if isinstance(data_path, str) and len(shown) == 1:
+        if not is_url(shown[0]) or shown[0].lower().startswith(("http://", "https://")):
+            return shown[0]
+    return str(shown)
+
+
 def prepare(inputs: TrainInputs, root: Path) -> TrainingData:
-    loaded = data.read_apps([root / p for p in data_paths(inputs.data_path)])
+    loaded = data.read_apps(resolve_data(inputs.data_path, root))
     data.write_quarantine(loaded.quarantine, root / inputs.quarantine_path)
     loaded.raise_if_unusable(root / inputs.quarantine_path)
     labeled = training.labeled_data(loaded.apps, inputs.target_threshold)
@@ -203,7 +214,7 @@ def _log_candidates(
             r,
             frame.iloc[td.train_idx],
             frame.iloc[td.test_idx],
-            str(inputs.data_path),
+            mlflow_source(inputs.data_path),
             figures,
             tags={"pipeline_run_id": inputs.run_id, "selected": str(r is best).lower()},
         )
