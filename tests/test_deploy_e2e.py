@@ -102,8 +102,9 @@ def test_without_any_label_equal_goes_through_and_opposite_is_rolled_back(world:
     assert accuracy["observed"]["canary_labeled"] == 0
 
 
-# every user rates, an hour later: no label is due during the rollout; all come after it
-LATE_LABELS = {"replay_label_share": 1.0, "replay_label_delay_seconds": [3600.0, 3600.0]}
+# a user in ten rates, an hour later: no label is due during the rollout; they come after it
+# (posted one by one at its end: a larger share costs minutes on a loaded machine)
+LATE_LABELS = {"replay_label_share": 0.1, "replay_label_delay_seconds": [3600.0, 3600.0]}
 
 
 def test_a_shadow_step_first_with_no_label(world: World) -> None:
@@ -123,7 +124,8 @@ def test_a_shadow_step_first_with_no_label(world: World) -> None:
         with PredictionReader(world.store_url) as reader:
             window = reader.window(0)
         labeled = int(window["true_label"].notna().sum())
-        assert labeled >= 0.9 * len(window) > 0  # the late labels arrived after the steps
+        # the late labels arrived after the steps (a binomial share: sd ~1 point at 1,000)
+        assert len(window) >= 1000 and 0.05 * len(window) <= labeled <= 0.15 * len(window)
         check, evidence = late_judgement.judge_against_predecessor(
             late_judgement.Judged(window, v2, v1), MonitorConfig.from_dict({})
         )
