@@ -39,12 +39,22 @@ weight 0 (the `shadow` step: the champion answers all, the canary scores all), s
 PUT /admin/routing between measurements, in rotating order per round; after each one the shadow
 queue is let drain. Prints every measurement, then the median of each configuration and its
 ratio to no canary, with the shadow scores made and dropped.
+
+    python bench/serving.py --replicas 1,2,3 --concurrency 1,8,32,64 --loadgen wrk
+
+measures instead our service scaled out on this machine: three replicas (`python -m
+lib.serving`, one process each, their own ports, one prediction store: a throwaway PostgreSQL
+when its binaries are installed (apt-get install postgresql), else one SQLite file) behind a
+real nginx (apt-get install nginx wrk), pointed in turn at 1, 2 and 3 of them (reloaded, not
+restarted), plus one replica addressed directly (what nginx costs). Rotating order per round;
+prints every measurement, then the medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -461,6 +471,81 @@ def _print_shadow_cost(results: dict[tuple[str, int], list[dict[str, float]]],
                   f"{scored} | {dropped} |")  # fmt: skip
 
 
+def _replica_store(stack: contextlib.ExitStack, work: Path) -> tuple[str, str]:
+    """A throwaway PostgreSQL store when its binaries are here, else one SQLite file."""
+    import pytest
+
+    from tests.support.postgres import throwaway_postgres
+
+    try:
+        return stack.enter_context(throwaway_postgres()), "PostgreSQL"
+    except (pytest.skip.Exception, pytest.fail.Exception, OSError, subprocess.SubprocessError):
+        return f"sqlite:///{work}/predictions.db", "SQLite (PostgreSQL not installed)"
+
+
+def replica_scaling(args: argparse.Namespace, levels: list[int], load: Any) -> None:
+    """1, 2 and 3 replicas behind nginx, and one addressed directly (see the docstring)."""
+    from tests.support.load_balancer import Nginx
+
+    counts = sorted({int(c) for c in args.replicas.split(",")})
+    work = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
+    procs: list[subprocess.Popen] = []
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    with contextlib.ExitStack() as stack:
+        try:
+            print(f"training the {args.model} champion on {args.apps} generated apps ...",
+                  flush=True)  # fmt: skip
+            champion = train_and_register(work, args.apps, args.trees, args.model, args.folds)
+            bodies, _ = request_bodies(champion["raw"], champion["apps"])
+            store_url, store_kind = _replica_store(stack, work)
+            ports = [_free_port() for _ in range(max(counts))]
+            for i, port in enumerate(ports):
+                env = {**os.environ, "PYTHONPATH": str(PROJECT), "SERVING_REPLICA_ID": f"r{i}"}
+                env.pop("SERVING_ADMIN_TOKEN", None)
+                procs.append(start(
+                    [sys.executable, "-m", "lib.serving", "--host", "127.0.0.1", "--port",
+                     str(port), "--model-name", MODEL_NAME, "--tracking-uri", champion["uri"],
+                     "--store-url", store_url, "--log-level", "WARNING"],
+                    PROJECT, env, work / f"replica{i}.log",
+                ))  # fmt: skip
+            for i, (proc, port) in enumerate(zip(procs, ports, strict=True)):
+                wait_ready(proc, f"http://127.0.0.1:{port}/health", work / f"replica{i}.log")
+            lb = stack.enter_context(Nginx(ports[:1]))
+            configs = ["1 direct", *(f"{k} behind nginx" for k in counts)]
+            for round_ in range(args.rounds):
+                order = configs[round_ % len(configs) :] + configs[: round_ % len(configs)]
+                for conc in levels:
+                    for name in order:
+                        k = int(name.split()[0])
+                        url = f"http://127.0.0.1:{ports[0]}" if "direct" in name else lb.url
+                        if "direct" not in name:
+                            lb.upstreams(ports[:k])
+                        load(url, "/predict", bodies, conc, args.warmup, work)
+                        r = load(url, "/predict", bodies, conc, args.duration, work)
+                        results.setdefault((name, conc), []).append(r)
+                        print(f"round {round_} {name:<18} c={conc:<3} {r['rps']:7.1f} req/s "
+                              f"p50 {r['p50']:6.2f} ms p99 {r['p99']:6.2f} ms "
+                              f"errors {r['errors']} load {os.getloadavg()[0]:.1f}",
+                              flush=True)  # fmt: skip
+        finally:
+            for proc in procs:
+                stop(proc)
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(f"machine: {os.cpu_count()} CPUs; store {store_kind}; nginx 1 worker; load from "
+          f"{'wrk' if load is run_wrk else 'python asyncio+httpx'} on the same machine; "
+          f"{args.duration:g} s per cell, {args.rounds} rounds (medians)")  # fmt: skip
+    print()
+    print("| replicas | concurrency | requests/s | p50 ms | p99 ms | errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for conc in levels:
+        for name in configs:
+            runs = results[(name, conc)]
+            med = {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50", "p99")}
+            print(f"| {name} | {conc} | {med['rps']:.1f} | {med['p50']:.2f} | {med['p99']:.2f} "
+                  f"| {sum(r['errors'] for r in runs)} |")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
@@ -487,7 +572,11 @@ def main() -> None:
         action="store_true",
         help="measure shadow scoring's cost: no canary, canary at 5%% and at 0%% (see above)",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="--shadow-cost's rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (--shadow-cost, --replicas)")
+    parser.add_argument(
+        "--replicas",
+        help="measure 1..N replicas behind nginx instead, e.g. 1,2,3 (see above)",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk"))
@@ -496,6 +585,9 @@ def main() -> None:
     load = run_wrk if use_wrk else run_python_load
     if args.shadow_cost:
         shadow_cost(args, levels, load)
+        return
+    if args.replicas:
+        replica_scaling(args, levels, load)
         return
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
