@@ -68,3 +68,51 @@ def test_a_second_file_that_is_header_only_is_named(tmp_path: Path) -> None:
     (tmp_path / "data" / "batch.csv").write_text(",".join(RAW_COLUMNS) + "\n")
     with pytest.raises(DataError, match=r"batch\.csv: no rows"):
         detect.run(inputs(data_path=["data/apps.csv", "data/batch.csv"]), tmp_path)
+
+
+def test_without_its_file_the_state_comes_from_the_newest_registered_training(
+    tmp_path: Path,
+) -> None:
+    """A fresh clone or another machine counts new apps from the last training recorded in the
+    registry (02 train logs its state beside the version), not as if nothing was ever trained."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from lib.pipeline import data, detection
+
+    uri = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    (tmp_path / "elsewhere").mkdir()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    synth.ensure_dataset(tmp_path / "apps.csv", n=300, seed=1)
+    apps = data.read_apps([tmp_path / "apps.csv"]).apps
+    fresh = inputs(data_path=str(tmp_path / "apps.csv"), tracking_uri=uri, threshold=10)
+    assert detect.registered_state(fresh, tmp_path) is None  # nothing registered yet
+
+    def version(state_text: str | None) -> None:
+        run = client.create_run(experiment).info.run_id
+        if state_text is not None:
+            client.log_text(run, state_text, detection.STATE_ARTIFACT)
+        client.create_model_version("playstore-rating", f"runs:/{run}/model", run)
+
+    client.create_registered_model("playstore-rating")
+    path = detection.write_state(tmp_path / "s.json", apps.head(250), "1", "r1", "d")
+    version(path.read_text())  # v1: trained on 250 of the apps
+    version(None)  # v2: registered by hand, no state
+    version("{not json")  # v3: a damaged state
+    state = detect.registered_state(fresh, tmp_path)
+    assert state is not None and state["run_id"] == "r1"
+    out = detect.run(fresh, tmp_path)
+    known = detection.fingerprints(apps.head(250))
+    assert out.new_apps == out.total_apps - len(known) > 0
+    assert not (tmp_path / fresh.state_path).exists()
+    # a state file in the working directory wins over the registry
+    detection.write_state(tmp_path / fresh.state_path, apps, "9", "local", "d")
+    assert detect.run(fresh, tmp_path).new_apps == 0
+    assert json.loads((tmp_path / fresh.state_path).read_text())["run_id"] == "local"
+
+
+def test_an_embedded_store_never_created_means_a_first_run(tmp_path: Path) -> None:
+    out = detect.run(inputs(), tmp_path)
+    assert out.should_train and not (tmp_path / "mlflow.db").exists()

@@ -78,6 +78,10 @@ class DetectInputs(Contract):
     threshold: int = setting("threshold", ge=0)
     force: bool = False
     state_path: str = "models/training_state.json"
+    # without state_path (a fresh clone, another machine): the last training's state is read
+    # from the registry (logged by 02 train beside its registered version)
+    model_name: str = setting("model_name")
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or sqlite:///<root>/mlflow.db
     quarantine_path: str = "reports/interactive/quarantine.csv"
     synth_apps: int = setting("synth_apps", gt=0)
     synth_seed: int = setting("synth_seed")

@@ -17,6 +17,8 @@ from lib.atomic_files import write_json_atomic
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+# the state's name among the artifacts of a training's MLflow run (02 train logs it there)
+STATE_ARTIFACT = "training_state.json"
 
 
 @dataclass
@@ -51,12 +53,22 @@ def load_state(path: str | Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        state = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        text = path.read_text()
+    except OSError as exc:
         log.warning("training state %s unreadable (%s): treated as a first run", path, exc)
         return None
-    if state.get("version") != STATE_VERSION or "apps" not in state:
-        log.warning("training state %s has an unknown format: treated as a first run", path)
+    return parse_state(text, str(path))
+
+
+def parse_state(text: str, where: str) -> dict[str, Any] | None:
+    """A training state's JSON text (a file, or the artifact of a training's MLflow run)."""
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as exc:
+        log.warning("training state %s unreadable (%s): treated as a first run", where, exc)
+        return None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "apps" not in state:
+        log.warning("training state %s has an unknown format: treated as a first run", where)
         return None
     return state
 

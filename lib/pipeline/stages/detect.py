@@ -9,19 +9,24 @@ line naming it (`lib.errors.DataError`, exit 2 from the runner).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from lib import registry
 from lib.config import resolve_data
 from lib.errors import DataError
 from lib.pipeline import data, detection, synth
 from lib.pipeline.contracts import DetectInputs, DetectOutputs
 from lib.pipeline.data_sources import source_name
+from lib.settings import tracking_uri
 
 if TYPE_CHECKING:
     from lib.config import PipelineConfig
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DATA_PATH: str = DetectInputs.model_fields["data_path"].default
 
@@ -82,7 +87,54 @@ def overview(loaded: data.LoadedApps, generated: int) -> pd.DataFrame:
 
 def find_new_apps(inputs: DetectInputs, root: Path, loaded: data.LoadedApps) -> detection.Detection:
     state = detection.load_state(root / inputs.state_path)
+    if state is None:
+        state = registered_state(inputs, root)
     return detection.detect(loaded.apps, state, threshold=inputs.threshold, force=inputs.force)
+
+
+def registered_state(inputs: DetectInputs, root: Path) -> dict | None:
+    """The last training's state from the registry, for a working directory without its file
+    (a fresh clone, another machine, a pod): the newest registered version whose run logged
+    one. None when nothing was registered (a first run); an unreachable registry stops the
+    stage (RegistryUnavailable) rather than retrain everything as if nothing ever was."""
+    uri = tracking_uri(inputs.tracking_uri, root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None  # the embedded store was never created: nothing was ever trained here
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with registry.registry_call(uri, "looking up the last training's state"):
+        try:
+            found = client.search_model_versions(f"name='{inputs.model_name}'")
+        except MlflowException as exc:
+            if exc.error_code in registry.NOT_FOUND_CODES:
+                return None
+            raise
+        for version in sorted(found, key=lambda v: int(v.version), reverse=True):
+            try:
+                text = mlflow_text(uri, version.run_id)
+            except (MlflowException, OSError):
+                continue  # a version registered by hand, or its run's artifacts are gone
+            state = detection.parse_state(text, f"of v{version.version}'s run")
+            if state is not None:
+                log.info("training state read from the registry (v%s's run)", version.version)
+                return state
+    return None
+
+
+def mlflow_text(uri: str, run_id: str) -> str:
+    """The training state artifact of `run_id`, downloaded through the tracking server."""
+    import tempfile
+
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory(prefix="training-state-") as folder:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=detection.STATE_ARTIFACT, dst_path=folder,
+            tracking_uri=uri,
+        )  # fmt: skip
+        return Path(path).read_text()
 
 
 def outputs(result: detection.Detection, loaded: data.LoadedApps) -> DetectOutputs:

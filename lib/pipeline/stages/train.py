@@ -246,9 +246,11 @@ def _register(
         {"model_name": inputs.model_name, "version": version, "run_id": run_id,
          "candidate": best.name},
     )  # fmt: skip
-    detection.write_state(
+    state = detection.write_state(
         root / inputs.state_path, td.loaded.apps, version, inputs.run_id, td.digest
     )
+    with registry.registry_call(client, "logging the training state"):  # for other machines
+        client.log_text(run_id, state.read_text(), detection.STATE_ARTIFACT)
     return str(version)
 
 
