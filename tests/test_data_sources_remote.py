@@ -22,6 +22,7 @@ from lib.pipeline.contracts import DetectInputs
 from lib.pipeline.data_sources import check_file
 from lib.pipeline.stages import detect
 from tests.support.postgres import throwaway_postgres
+from tests.support.tls import loopback_tls
 
 pytestmark = pytest.mark.component
 
@@ -92,6 +93,44 @@ def test_an_http_csv_reads_as_the_local_file(tmp_path: Path, http_server) -> Non
     assert remote.quarantine["source_file"].iat[0] == f"{base}/apps.csv"
 
 
+def test_an_https_csv_is_read_only_from_a_trusted_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS is verified: a self-signed server is one line until its certificate is trusted
+    (SSL_CERT_FILE, as for any OpenSSL client), then it reads as the local file."""
+    path = write_csv(apps_frame(40), tmp_path / "apps.csv")
+    body = path.read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/csv")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    context, cert_file = loopback_tls(tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/apps.csv"
+    try:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        with pytest.raises(DataError, match="certificate") as refused:
+            data.read_apps([url])
+        assert "\n" not in str(refused.value) and "Traceback" not in str(refused.value)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+        same_apps(data.read_apps(path), data.read_apps([url]))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 def test_http_errors_are_one_clear_line(tmp_path: Path, http_server) -> None:
     base, pages = http_server
     pages["/page.csv"] = (200, "text/html", b"<!DOCTYPE html><html><body>Login</body></html>")
@@ -110,7 +149,8 @@ def test_http_errors_are_one_clear_line(tmp_path: Path, http_server) -> None:
     with socket.socket() as probe:  # a port nobody listens on: connection refused
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(DataError, match=rf"127.0.0.1:{port}/a.csv: cannot download \(ConnectError"):
+    refused = rf"127.0.0.1:{port}/a.csv: cannot download \(connection refused\)"
+    with pytest.raises(DataError, match=refused):
         data.read_apps([f"http://127.0.0.1:{port}/a.csv"])
 
 

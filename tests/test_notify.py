@@ -9,8 +9,6 @@ certificate that requests is told to trust (REQUESTS_CA_BUNDLE), certificate che
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import logging
 import socket
 from collections.abc import Iterator
@@ -34,6 +32,7 @@ from tests.support.notify import (
     stop_sink,
 )
 from tests.support.notify import closed_port as _closed_port
+from tests.support.tls import loopback_tls
 
 # The local SMTP server takes AUTH without TLS on purpose (loopback only); aiosmtpd warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
@@ -79,42 +78,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def https_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpSink]:
     """A TLS sink whose self-signed certificate (for IP 127.0.0.1) requests trusts."""
-    import ssl
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOOPBACK)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
+    context, cert_file = loopback_tls(tmp_path)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert_file))
     sink, thread = start_sink(context)
     yield sink

@@ -142,7 +142,7 @@ def fetch_csv(url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> str:
                     raise DataError(f"{name}: larger than the {max_bytes} bytes allowed")
                 chunks.append(chunk)
     except httpx.HTTPError as exc:
-        raise DataError(f"{name}: cannot download ({type(exc).__name__})") from None
+        raise DataError(f"{name}: cannot download ({_why(exc)})") from None
     try:
         text = b"".join(chunks).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -152,6 +152,20 @@ def fetch_csv(url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> str:
     if not text.strip():
         raise DataError(f"{name}: empty (0 bytes)")
     return text
+
+
+def _why(exc: httpx.HTTPError) -> str:
+    """The cause of a failed download in a few words (never the URL: it may hold credentials)."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return "TLS certificate not trusted; a private CA's file goes in SSL_CERT_FILE"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer within {HTTP_TIMEOUT_S:g} s"
+    if "Connection refused" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return "host name not found"
+    return type(exc).__name__
 
 
 def csv_records(text: str, name: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
