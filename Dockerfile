@@ -23,8 +23,9 @@ RUN sed '/^-e /d' requirements.txt > /tmp/requirements-deps.txt \
 # The project (pyproject.toml names README.md as its readme; lib/ ships its templates).
 COPY pyproject.toml README.md ./
 COPY lib/ lib/
+# -I: the installed package is imported, not ./lib
 RUN pip install --no-cache-dir --no-deps . \
-    && python -c "import lib.serving.app, lib.pipeline.orchestrator"
+    && python -I -c "import lib.serving.app, lib.pipeline.orchestrator"
 
 FROM ${PYTHON_IMAGE} AS runtime
 # A fixed, unprivileged user: the Kubernetes manifests (deploy/) run as this UID.
@@ -33,7 +34,9 @@ RUN groupadd --system --gid "${APP_UID}" app \
     && useradd --system --uid "${APP_UID}" --gid app --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin app
 COPY --from=build /opt/venv /opt/venv
+# caches and kernels' runtime files go to /tmp: the service's root filesystem is read-only
 ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
