@@ -28,10 +28,9 @@ RUN pip install --no-cache-dir --no-deps . \
     && python -I -c "import lib.serving.app, lib.pipeline.orchestrator"
 
 FROM ${PYTHON_IMAGE} AS runtime
-# A fixed, unprivileged user: the Kubernetes manifests (deploy/) run as this UID.
-ARG APP_UID=10001
-RUN groupadd --system --gid "${APP_UID}" app \
-    && useradd --system --uid "${APP_UID}" --gid app --home-dir /app --no-create-home \
+# A fixed, unprivileged user: the Kubernetes manifests (deploy/) run as this UID (runAsUser).
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin app
 COPY --from=build /opt/venv /opt/venv
 # caches and kernels' runtime files go to /tmp: the service's root filesystem is read-only

@@ -474,7 +474,8 @@ def test_images_install_requirements_and_run_as_the_unprivileged_user() -> None:
     assert "sed '/^-e /d' requirements.txt" in install
     for target in ("service", "pipeline"):
         assert stages[target]["USER"] == [f"{APP_UID}:{APP_UID}"], target
-    assert f"APP_UID={APP_UID}" in stages["runtime"]["ARG"]
+    (user,) = [line for line in stages["runtime"]["RUN"] if "useradd" in line]
+    assert f"--gid {APP_UID} app" in user and f"--uid {APP_UID} --gid app" in user
     secretish = re.compile(r"TOKEN|PASSWORD|SECRET|STORE_URL|_KEY", re.I)
     for stage in stages.values():  # nothing secret is baked in
         for line in stage.get("ENV", []) + stage.get("ARG", []):
