@@ -47,7 +47,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import Select
 
-from lib.serving import store_journal, store_queue
+from lib.serving import store_journal, store_queue, store_schema
 from lib.serving.store_rows import clean_prediction, safe_text
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ predictions = Table(
 )
 Index("ix_predictions_created_at", predictions.c.created_at)
 Index("ix_predictions_variant_created_at", predictions.c.variant, predictions.c.created_at)
-SHADOW_INDEX = Index("ix_predictions_shadow_of", predictions.c.shadow_of)
+Index("ix_predictions_shadow_of", predictions.c.shadow_of)
 SHADOW_SUFFIX = "#shadow"
 
 feedback = Table(
@@ -135,27 +135,6 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """A store created by an older version gets the nullable columns added since (feedback's
-    `source`, predictions' `shadow_of` and its index); create_all never alters a table."""
-    for table in (predictions, feedback):
-        have = {c["name"] for c in inspect(engine).get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in have and column.nullable:
-                kind = column.type.compile(engine.dialect)
-                try:
-                    with engine.begin() as conn:
-                        conn.exec_driver_sql(
-                            f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
-                        )
-                except SQLAlchemyError:  # another process added it first
-                    logger.info("column %s.%s already added", table.name, column.name)
-    try:
-        SHADOW_INDEX.create(engine, checkfirst=True)
-    except SQLAlchemyError:  # another process created it first
-        logger.info("index %s already created", SHADOW_INDEX.name)
-
-
 def _window_statement(
     since: float, until: float | None, variant: str | None, features: bool
 ) -> Select:
@@ -210,7 +189,8 @@ def _read_window(
 
 
 class PredictionStore(AbstractContextManager["PredictionStore"]):
-    """Predictions and feedback in one database; tables are created on first use. Thread-safe.
+    """Predictions and feedback in one database; its schema is created or migrated (store_schema,
+    Alembic) at first use. Thread-safe.
     Opening a store replays the journal of a process that died with rows not written yet."""
 
     def __init__(
@@ -248,20 +228,13 @@ class PredictionStore(AbstractContextManager["PredictionStore"]):
     # ---------------------------------------------------------------------------------- setup
 
     def _ensure_tables(self) -> None:
+        """Create or migrate the schema (store_schema) once per store, at its first use."""
         if self._tables_ready:
             return
         with self._tables_lock:
-            if self._tables_ready:
-                return
-            try:
-                metadata.create_all(self.engine)
-            except SQLAlchemyError:
-                # Another process may have created them between the check and the CREATE.
-                names = set(inspect(self.engine).get_table_names())
-                if not {"predictions", "feedback"} <= names:
-                    raise
-            _add_missing_columns(self.engine)
-            self._tables_ready = True
+            if not self._tables_ready:
+                store_schema.upgrade(self.engine)
+                self._tables_ready = True
 
     def _recover(self) -> None:
         """Insert the rows a dead process answered but did not write (its journal segments);
