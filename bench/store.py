@@ -158,6 +158,19 @@ def fill(url: str, target: int, days: float, now: float) -> None:
     engine.dispose()
 
 
+def _migrated_latest(url: str) -> float:
+    """Migrate a filled store (timed) and return its last prediction's time: the windows end
+    there, as they did when it was filled."""
+    engine = make_engine(url)
+    began = time.perf_counter()
+    before = store_schema.upgrade(engine)
+    print(f"migrated from {before} to {store_schema.HEAD} in {time.perf_counter() - began:.1f} s")
+    with engine.connect() as conn:
+        latest = conn.exec_driver_sql("SELECT max(created_at) FROM predictions").scalar()
+    engine.dispose()
+    return float(latest) + 1.0
+
+
 QUERIES = {  # name: (seconds back, variant, features): what the callers read
     "canary step, canary rows (5 min)": (300, "canary", False),
     "canary step, champion rows (5 min)": (300, "champion", False),
@@ -201,6 +214,10 @@ def main() -> int:
     parser.add_argument("--days", type=float, default=7.0, help="traffic spread over")
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--sqlite", help="also a SQLite store at this path")
+    parser.add_argument(
+        "--no-fill", action="store_true",
+        help="measure --url as it is (after migrating it): another version's fill, compared",
+    )  # fmt: skip
     args = parser.parse_args()
     sizes = [int(s) for s in args.rows.split(",")]
     now = time.time()
@@ -215,7 +232,10 @@ def main() -> int:
             for size in sizes:
                 print(f"{make_engine(store).dialect.name} at {size:,} predictions "
                       f"({args.days:g} days of traffic):", flush=True)  # fmt: skip
-                fill(store, size, args.days, now)
+                if args.no_fill:
+                    now = _migrated_latest(store)
+                else:
+                    fill(store, size, args.days, now)
                 measure(store, args.runs, now)
     return 0
 

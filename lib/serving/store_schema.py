@@ -1,7 +1,8 @@
 """The prediction store's schema, created or migrated by Alembic when a PredictionStore opens.
 
 The revisions live in `store_migrations/` (shipped with the package; no alembic.ini): 0001 the
-predictions and feedback tables, 0002 `shadow_of`, 0003 the replicas' shared routing tables.
+predictions and feedback tables, 0002 `shadow_of`, 0003 the replicas' shared routing tables,
+0004 an index on feedback.created_at (the windows' labels).
 A store made before Alembic (no version table) is stamped at the revision its columns show,
 then upgraded. Replicas starting at once take turns: PostgreSQL's advisory lock, or an flock on
 the SQLite file, around the check and the upgrade. Readers never migrate. The version table has
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("store_migrations")
 VERSION_TABLE = "prediction_store_version"
-HEAD = "0003"  # the last revision in store_migrations/versions (a test checks it)
+HEAD = "0004"  # the last revision in store_migrations/versions (a test checks it)
 # pg_advisory_xact_lock's key: any constant the store's database uses for nothing else
 _ADVISORY_KEY = 0x5052_4544  # "PRED"
 
