@@ -207,6 +207,48 @@ def measure(url: str, runs: int, now: float) -> None:
                 print("\n".join("      " + line for line in plan), flush=True)
 
 
+def exposure(url: str, rate: float, seconds: float) -> None:
+    """What a replica's lost disk (a deleted pod) would lose: rows answered (submitted, and
+    journaled on that disk) but not yet committed to the database. Submits `rate` rows/s to a
+    PredictionStore for `seconds`, samples every 10 ms how many rows are not written and how
+    long ago the oldest of them was answered."""
+    from lib.serving.prediction_store import PredictionStore
+
+    store = PredictionStore(url, journal=False)
+    store.window(time.time())  # migrated, connected
+    sent: list[float] = []
+    pending, ages = [], []
+    began = time.perf_counter()
+    while (elapsed := time.perf_counter() - began) < seconds:
+        due = int(elapsed * rate) - len(sent)
+        if due > 0:
+            at = time.time()
+            store.submit([
+                {**_exposure_row(len(sent) + k, at)} for k in range(due)
+            ])  # fmt: skip
+            sent.extend([time.perf_counter()] * due)
+        written = store.stats()["written"]
+        pending.append(len(sent) - written)
+        ages.append((time.perf_counter() - sent[written]) * 1000 if written < len(sent) else 0.0)
+        time.sleep(0.01)
+    store.close()
+    pending.sort()
+    ages.sort()
+    p99 = int(0.99 * (len(ages) - 1))
+    print(f"not yet written at {rate:g} rows/s ({len(sent):,} rows, {len(ages)} samples): "
+          f"median {statistics.median(pending):.0f} rows / {statistics.median(ages):.0f} ms, "
+          f"p99 {pending[p99]} rows / {ages[p99]:.0f} ms, max {pending[-1]} rows / "
+          f"{ages[-1]:.0f} ms", flush=True)  # fmt: skip
+
+
+def _exposure_row(number: int, at: float) -> dict:
+    return {
+        "request_id": f"exposure-{at:.0f}-{number}", "created_at": at, "variant": "champion",
+        "model_version": "7", "label": 1, "probability": 0.6, "latency_ms": 3.0,
+        "features": '{"Category": "GAME", "Reviews": 1234.0}',
+    }  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="an empty PostgreSQL database (default: a throwaway one)")
@@ -217,6 +259,10 @@ def main() -> int:
     parser.add_argument(
         "--no-fill", action="store_true",
         help="measure --url as it is (after migrating it): another version's fill, compared",
+    )  # fmt: skip
+    parser.add_argument(
+        "--exposure", type=float, default=0,
+        help="then submit this many rows/s for 10 s: rows answered but not yet written",
     )  # fmt: skip
     args = parser.parse_args()
     sizes = [int(s) for s in args.rows.split(",")]
@@ -237,6 +283,8 @@ def main() -> int:
                 else:
                     fill(store, size, args.days, now)
                 measure(store, args.runs, now)
+                if args.exposure:
+                    exposure(store, args.exposure, 10.0)
     return 0
 
 

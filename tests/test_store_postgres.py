@@ -161,6 +161,26 @@ def _traffic(service: ServiceProcess, prefix: str, answered: list[str], stop: th
                 answered.append(resp.json()["request_id"])
 
 
+def _start_together(services: list[ServiceProcess], done: threading.Event) -> None:
+    """Start the services at once (as a deployment's replicas), each from a thread that lives
+    until `done`: a service gets SIGTERM when the thread that started it ends (PDEATHSIG)."""
+    errors: list[Exception] = []
+    started = threading.Barrier(len(services) + 1)
+
+    def start(service: ServiceProcess) -> None:
+        try:
+            service.start()
+        except Exception as exc:
+            errors.append(exc)
+        started.wait()
+        done.wait()
+
+    for service in services:
+        threading.Thread(target=start, args=(service,), daemon=True).start()
+    started.wait()
+    assert not errors, errors
+
+
 @pytest.mark.e2e
 def test_replicas_writing_at_once_lose_and_double_nothing_when_one_is_killed(
     mlstore: Store,
@@ -184,12 +204,11 @@ def test_replicas_writing_at_once_lose_and_double_nothing_when_one_is_killed(
         for i in range(3)
     ]
     answered: list[list[str]] = [[], [], []]
-    stop = threading.Event()
-    lock_engine = sa.create_engine(postgres.rsplit("/", 1)[0] + "/replicas")
+    stop, done = threading.Event(), threading.Event()
+    lock_engine = sa.create_engine(url)
     lock = lock_engine.connect()
     try:
-        for service in services:  # (from this thread: a child dies with its starting thread)
-            service.start()
+        _start_together(services, done)
         lock.exec_driver_sql("LOCK TABLE predictions IN EXCLUSIVE MODE")  # reads still pass
         clients = [
             threading.Thread(target=_traffic, args=(s, f"r{i}-{k}", answered[i], stop))
@@ -214,6 +233,7 @@ def test_replicas_writing_at_once_lose_and_double_nothing_when_one_is_killed(
         lock_engine.dispose()
         for service in services:
             service.stop()
+        done.set()
     assert services[0].exit_code == -signal.SIGKILL
     assert len(answered[0]) >= 30 and answered[1] and answered[2]
     with PredictionStore(url) as restarted:  # replays the dead replica's journal
