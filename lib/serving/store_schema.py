@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 from alembic import command
@@ -32,7 +33,8 @@ except ImportError:  # not POSIX: SQLite stores migrate without a lock (one proc
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).with_name("store_migrations")
+# a folder shipped with the package (pyproject package-data), not a place for data
+MIGRATIONS = Path(str(resources.files("lib.serving").joinpath("store_migrations")))
 VERSION_TABLE = "prediction_store_version"
 HEAD = "0004"  # the last revision in store_migrations/versions (a test checks it)
 # pg_advisory_xact_lock's key: any constant the store's database uses for nothing else
