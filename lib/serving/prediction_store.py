@@ -199,7 +199,7 @@ def _read_window(
 
 class PredictionStore(AbstractContextManager["PredictionStore"]):
     """Predictions and feedback in one database; its schema is created or migrated (store_schema,
-    Alembic) at first use. Thread-safe.
+    Alembic) as it opens. Thread-safe.
     Opening a store replays the journal of a process that died with rows not written yet."""
 
     def __init__(
@@ -231,13 +231,21 @@ class PredictionStore(AbstractContextManager["PredictionStore"]):
             max_pending,
             None if self.journal_dir is None else store_journal.Journal(self.journal_dir),
         )
+        try:
+            self._ensure_tables()  # migrated as it opens, not by its first request
+        except SQLAlchemyError as exc:  # (no detail: a connection error may name the server)
+            logger.warning(
+                "prediction store: schema not checked at start (%s): again at first use",
+                type(exc).__name__,
+            )
         if self.journal_dir is not None:
             self._recover()
 
     # ---------------------------------------------------------------------------------- setup
 
     def _ensure_tables(self) -> None:
-        """Create or migrate the schema (store_schema) once per store, at its first use."""
+        """Create or migrate the schema (store_schema) once per store: as it opens, or at its
+        first use when the database did not answer then."""
         if self._tables_ready:
             return
         with self._tables_lock:
