@@ -103,7 +103,7 @@ _SERVED = PREDICTION_FIELDS[:-2]  # (features when asked; shadow_of is None on s
 WINDOW_COLUMNS = [*_SERVED, "true_label", "rating", "labeled_at", "label_source", *SHADOW_COLUMNS]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
-FEEDBACK_CLOCK_SKEW = 3600.0  # s: feedback stamped by a replica whose clock is behind
+FEEDBACK_CLOCK_SKEW = 300.0  # s: feedback stamped by a replica whose clock is behind (NTP)
 # the database itself failed (locked, down, connection lost): retry the rows later
 TRANSIENT_ERRORS = (OperationalError, DisconnectionError, PoolTimeoutError)
 Failures = list[tuple[dict[str, Any], Exception]]  # rows, each with what the database raised
@@ -153,7 +153,7 @@ def _window_statement(
     # part of it (an index range) instead of all of it (at 10 M rows a seq scan of feedback and
     # a full scan of the shadow_of index: bench/store.py). Both bounds hold for every match: a
     # shadow row carries its answer's created_at, and feedback arrives after its prediction
-    # (FEEDBACK_CLOCK_SKEW covers replicas whose clocks differ).
+    # (FEEDBACK_CLOCK_SKEW covers replicas whose clocks differ: by more, labels are missed).
     labels = (predictions.c.request_id == feedback.c.request_id) & (
         feedback.c.created_at >= since - FEEDBACK_CLOCK_SKEW
     )
