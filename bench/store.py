@@ -7,7 +7,8 @@
 Fills the store (schema by its migrations) with realistic rows: `--days` of traffic ending now,
 champion answers, canary answers during rollouts (the last two hours and 5% of earlier time, at
 25%) each scored in the shadow by the other variant (a `#shadow` row), feedback for a fifth of
-the answers; loaded with COPY (PostgreSQL) or executemany (SQLite) in batches of 100,000. Then
+the answers (a minute to a day later, never after now); loaded with COPY (PostgreSQL) or
+executemany (SQLite) in batches of 100,000. Then
 times the reads canary analysis and 06 monitor make, through `PredictionReader.window` (the
 exact statement and the frame): the canary step's two windows (the last 5 minutes, by
 variant) and the monitor's (the last hour, with features). Prints rows read, the median and
@@ -92,7 +93,8 @@ def _batch(rng: np.random.Generator, start: int, n: int, times: np.ndarray, now:
     labeled = answers[rng.random(n) < 0.2]
     rating = rng.uniform(1, 5, len(labeled)).round(1)
     feedback = pd.DataFrame({
-        "request_id": labeled["request_id"], "created_at": labeled["created_at"] + 3600,
+        "request_id": labeled["request_id"],
+        "created_at": np.minimum(labeled["created_at"] + rng.uniform(60, 86400, len(labeled)), now),
         "rating": rating, "label": (rating > 4.0).astype(int), "source": "bench",
     })  # fmt: skip
     return pd.concat([answers, shadow], ignore_index=True), feedback
@@ -129,8 +131,8 @@ def fill(url: str, target: int, days: float, now: float) -> None:
     store_schema.upgrade(engine)
     postgres = engine.dialect.name == "postgresql"
     with engine.begin() as conn:
-        conn.exec_driver_sql("DELETE FROM feedback")
-        conn.exec_driver_sql("DELETE FROM predictions")
+        for table in ("feedback", "predictions"):
+            conn.exec_driver_sql(("TRUNCATE " if postgres else "DELETE FROM ") + table)
     rng = np.random.default_rng(target)
     answers_total = int(target / 1.055)  # ~5.5% of answers also get a shadow row
     all_times = np.sort(now - rng.uniform(0, days * 86400, answers_total))
@@ -232,6 +234,8 @@ def exposure(url: str, rate: float, seconds: float) -> None:
         ages.append((time.perf_counter() - sent[written]) * 1000 if written < len(sent) else 0.0)
         time.sleep(0.01)
     store.close()
+    with store.engine.begin() as conn:  # (the windows measured next are the fill's)
+        conn.exec_driver_sql("DELETE FROM predictions WHERE request_id LIKE 'exposure-%%'")
     pending.sort()
     ages.sort()
     p99 = int(0.99 * (len(ages) - 1))
