@@ -20,9 +20,10 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
 from lib.delivery.service_process import ServiceProcess
-from lib.serving import prediction_store, store_schema
+from lib.serving import prediction_store, store_journal, store_schema
 from lib.serving.prediction_store import PredictionReader, PredictionStore
 from lib.serving.routing_state import routing_metadata
+from lib.serving.settings import ServingSettings
 from tests.support.postgres import throwaway_postgres
 from tests.support.serving import MODEL, RAW_APP, TOKEN, Store
 
@@ -75,6 +76,22 @@ def test_head_is_the_last_revision_and_the_migrated_schema_is_the_store_tables(
     assert "ix_predictions_shadow_of" in {i["name"] for i in found.get_indexes("predictions")}
     engine.dispose()
     assert _revision(url) == store_schema.HEAD
+
+
+def test_a_server_store_journals_in_the_project_per_database_unless_told_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replicas on one machine share the folder (a dead one's rows are replayed by the next
+    store opened there); two databases never share one; the password never names it."""
+    monkeypatch.delenv("SERVING_JOURNAL_DIR", raising=False)
+    one = store_journal.default_dir("postgresql://u:secret@db.example/one", root=tmp_path)
+    other = store_journal.default_dir("postgresql://u:secret@db.example/two", root=tmp_path)
+    assert one.parent == other.parent == tmp_path / ".prediction-journal" and one != other
+    assert "secret" not in str(one)
+    assert store_journal.default_dir(f"sqlite:///{tmp_path}/p.db") == tmp_path / "p.db.pending"
+    monkeypatch.setenv("SERVING_JOURNAL_DIR", str(tmp_path / "volume"))
+    assert store_journal.default_dir("postgresql://u@h/one") == tmp_path / "volume"
+    assert ServingSettings().journal_dir == tmp_path / "volume"
 
 
 OLD_SCHEMA = """
