@@ -47,7 +47,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import Select
 
-from lib.serving import store_journal, store_queue
+from lib.serving import store_journal, store_queue, store_schema
 from lib.serving.store_rows import clean_prediction, safe_text
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ predictions = Table(
 )
 Index("ix_predictions_created_at", predictions.c.created_at)
 Index("ix_predictions_variant_created_at", predictions.c.variant, predictions.c.created_at)
-SHADOW_INDEX = Index("ix_predictions_shadow_of", predictions.c.shadow_of)
+Index("ix_predictions_shadow_of", predictions.c.shadow_of)
 SHADOW_SUFFIX = "#shadow"
 
 feedback = Table(
@@ -84,6 +84,7 @@ feedback = Table(
     Column("label", Integer, nullable=False),
     Column("source", String(64), nullable=True),  # who sent it (the body's `source`)
 )
+Index("ix_feedback_created_at", feedback.c.created_at)  # (revision 0004: the window's labels)
 
 PREDICTION_FIELDS = [c.name for c in predictions.columns]
 _SHADOW = predictions.alias("shadow")
@@ -102,6 +103,7 @@ _SERVED = PREDICTION_FIELDS[:-2]  # (features when asked; shadow_of is None on s
 WINDOW_COLUMNS = [*_SERVED, "true_label", "rating", "labeled_at", "label_source", *SHADOW_COLUMNS]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+FEEDBACK_CLOCK_SKEW = 300.0  # s: feedback stamped by a replica whose clock is behind (NTP)
 # the database itself failed (locked, down, connection lost): retry the rows later
 TRANSIENT_ERRORS = (OperationalError, DisconnectionError, PoolTimeoutError)
 Failures = list[tuple[dict[str, Any], Exception]]  # rows, each with what the database raised
@@ -135,27 +137,6 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """A store created by an older version gets the nullable columns added since (feedback's
-    `source`, predictions' `shadow_of` and its index); create_all never alters a table."""
-    for table in (predictions, feedback):
-        have = {c["name"] for c in inspect(engine).get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in have and column.nullable:
-                kind = column.type.compile(engine.dialect)
-                try:
-                    with engine.begin() as conn:
-                        conn.exec_driver_sql(
-                            f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
-                        )
-                except SQLAlchemyError:  # another process added it first
-                    logger.info("column %s.%s already added", table.name, column.name)
-    try:
-        SHADOW_INDEX.create(engine, checkfirst=True)
-    except SQLAlchemyError:  # another process created it first
-        logger.info("index %s already created", SHADOW_INDEX.name)
-
-
 def _window_statement(
     since: float, until: float | None, variant: str | None, features: bool
 ) -> Select:
@@ -168,9 +149,16 @@ def _window_statement(
     ]
     if features:
         columns.append(predictions.c.features)
-    joined = predictions.outerjoin(
-        feedback, predictions.c.request_id == feedback.c.request_id
-    ).outerjoin(_SHADOW, _SHADOW.c.shadow_of == predictions.c.request_id)
+    # Each join also bounds the joined table's time, so that PostgreSQL reads only the window's
+    # part of it (an index range) instead of all of it (at 10 M rows a seq scan of feedback and
+    # a full scan of the shadow_of index: bench/store.py). Both bounds hold for every match: a
+    # shadow row carries its answer's created_at, and feedback arrives after its prediction
+    # (FEEDBACK_CLOCK_SKEW covers replicas whose clocks differ: by more, labels are missed).
+    labels = (predictions.c.request_id == feedback.c.request_id) & (
+        feedback.c.created_at >= since - FEEDBACK_CLOCK_SKEW
+    )
+    shadows = (_SHADOW.c.shadow_of == predictions.c.request_id) & (_SHADOW.c.created_at >= since)
+    joined = predictions.outerjoin(feedback, labels).outerjoin(_SHADOW, shadows)
     stmt = (
         select(*columns)
         .select_from(joined)
@@ -210,7 +198,8 @@ def _read_window(
 
 
 class PredictionStore(AbstractContextManager["PredictionStore"]):
-    """Predictions and feedback in one database; tables are created on first use. Thread-safe.
+    """Predictions and feedback in one database; its schema is created or migrated (store_schema,
+    Alembic) as it opens. Thread-safe.
     Opening a store replays the journal of a process that died with rows not written yet."""
 
     def __init__(
@@ -242,26 +231,27 @@ class PredictionStore(AbstractContextManager["PredictionStore"]):
             max_pending,
             None if self.journal_dir is None else store_journal.Journal(self.journal_dir),
         )
+        try:
+            self._ensure_tables()  # migrated as it opens, not by its first request
+        except SQLAlchemyError as exc:  # (no detail: a connection error may name the server)
+            logger.warning(
+                "prediction store: schema not checked at start (%s): again at first use",
+                type(exc).__name__,
+            )
         if self.journal_dir is not None:
             self._recover()
 
     # ---------------------------------------------------------------------------------- setup
 
     def _ensure_tables(self) -> None:
+        """Create or migrate the schema (store_schema) once per store: as it opens, or at its
+        first use when the database did not answer then."""
         if self._tables_ready:
             return
         with self._tables_lock:
-            if self._tables_ready:
-                return
-            try:
-                metadata.create_all(self.engine)
-            except SQLAlchemyError:
-                # Another process may have created them between the check and the CREATE.
-                names = set(inspect(self.engine).get_table_names())
-                if not {"predictions", "feedback"} <= names:
-                    raise
-            _add_missing_columns(self.engine)
-            self._tables_ready = True
+            if not self._tables_ready:
+                store_schema.upgrade(self.engine)
+                self._tables_ready = True
 
     def _recover(self) -> None:
         """Insert the rows a dead process answered but did not write (its journal segments);

@@ -111,7 +111,7 @@ class ModelService:
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.store = PredictionStore(settings.store_url)
+        self.store = PredictionStore(settings.store_url, journal_dir=settings.journal_dir)
         self.metrics.watch_store(self.store.stats)
         self.batcher = MicroBatcher(
             settings.max_batch, settings.batch_wait_ms / 1000.0, self.metrics.batch_rows.observe

@@ -48,12 +48,21 @@ class ServingSettings:
     models_dir: Path = field(default_factory=settings.models_dir)
     compile_models: bool = True  # False: always the plain scikit-learn pipeline
     access_log: bool = False  # uvicorn's per-request log line costs ~10% of throughput
+    # the prediction store's journal (what a kill -9 must not lose): SERVING_JOURNAL_DIR; None:
+    # beside a SQLite file, `<project>/.prediction-journal/<database>/` for PostgreSQL (one per
+    # machine: on a pod, a volume that outlives the container keeps it across a restart)
+    journal_dir: Path | None = field(default_factory=lambda: _path_or_none("SERVING_JOURNAL_DIR"))
     # shadow scoring while a canary is loaded (lib.serving.shadow): SERVING_SHADOW=on|off
     shadow: bool = field(default_factory=lambda: _on_off("SERVING_SHADOW", True))
     # rows waiting for their shadow score at most; more are dropped (counted), never waited for
     shadow_max_rows: int = field(
         default_factory=lambda: int(os.environ.get("SERVING_SHADOW_MAX_ROWS") or 20_000)
     )
+
+
+def _path_or_none(variable: str) -> Path | None:
+    value = os.environ.get(variable, "").strip()
+    return Path(value).expanduser() if value else None
 
 
 def _on_off(variable: str, default: bool) -> bool:

@@ -11,10 +11,12 @@ an unpickler that resolves only float/int/str/bool: a journal file cannot make i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
 import pickle
+import re
 import struct
 import time
 from collections import deque
@@ -24,6 +26,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from lib import settings
+from lib.errors import ConfigError
 from lib.serving.store_rows import clean_prediction
 
 try:
@@ -38,6 +42,8 @@ _LENGTH = struct.Struct("<I")  # each record: its length, then the pickle
 # Past this size a new segment is started: under steady load the open one never empties, and
 # a replay re-reads at most this much of rows already written.
 SEGMENT_BYTES = 1 << 20
+JOURNAL_DIR_ENV = "SERVING_JOURNAL_DIR"
+MACHINE_DIR = ".prediction-journal"  # in the project, for a store on a database server
 
 
 def available() -> bool:
@@ -54,11 +60,37 @@ def sqlite_file(url: str) -> Path | None:
     return None if database.startswith("file:") else Path(database).expanduser().absolute()
 
 
-def default_dir(url: str) -> Path | None:
-    """`<database file>.pending/` beside a SQLite file; None for in-memory and other databases
-    (give PredictionStore a journal_dir for those)."""
+def default_dir(url: str, root: Path | None = None) -> Path | None:
+    """Where the journal of the store at `url` lives: SERVING_JOURNAL_DIR when set; else
+    `<database file>.pending/` beside a SQLite file, and for a server database (PostgreSQL)
+    `<project>/.prediction-journal/<database>/`: one folder per machine and database, so a
+    replica's segments are replayed by the next store opened on that machine (another replica
+    starting, the restarted one, `runner.py store-recover`), never into another database.
+    None for in-memory SQLite, or when no project is found (then say where: the variable)."""
+    configured = os.environ.get(JOURNAL_DIR_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser().absolute()
     path = sqlite_file(url)
-    return None if path is None else path.with_name(path.name + ".pending")
+    if path is not None:
+        return path.with_name(path.name + ".pending")
+    if make_url(url).get_backend_name() == "sqlite":
+        return None
+    try:
+        base = root or settings.project_root()
+    except ConfigError as exc:
+        logger.warning("prediction store: no journal (%s; set %s)", exc, JOURNAL_DIR_ENV)
+        return None
+    return base / MACHINE_DIR / database_key(url)
+
+
+def database_key(url: str) -> str:
+    """A folder name for a database: readable, and unique per server, database and user (a
+    digest of the URL without its password)."""
+    parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    digest = hashlib.sha256(shown.encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{parsed.get_backend_name()}-{parsed.database or ''}")
+    return f"{name}-{digest}"
 
 
 _PLAIN_TYPES = {"float": float, "int": int, "str": str, "bool": bool}
