@@ -83,7 +83,7 @@ def cmd_store_recover(cfg: PipelineConfig, root: Path, args: argparse.Namespace,
     finally:
         store.close()
     if journal is None:
-        echo(f"store {redact_url(url)}: no journal beside it (not a SQLite file): nothing to do")
+        echo(f"store {redact_url(url)}: no journal (an in-memory database): nothing to do")
         return 0
     echo(
         f"store {redact_url(url)}: {done['recovered']} row(s) recovered, {done['lost']} lost "

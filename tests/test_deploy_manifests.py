@@ -66,9 +66,6 @@ KEPT_OUT = [
     "lib/__pycache__/settings.cpython-311.pyc",
     "tests/test_smoke.py",
 ]
-PENDING_SERVING_ENV = {"SERVING_JOURNAL_DIR": "the store's journal dir (issue 18 item 2)"}
-
-
 def manifests() -> dict[str, list[dict[str, Any]]]:
     """Every YAML document of deploy/ by file name, the kustomization excepted."""
     return {
@@ -350,7 +347,7 @@ def test_every_variable_is_one_the_code_reads(monkeypatch: pytest.MonkeyPatch) -
             key = name[len(ENV_PREFIX) :].lower()
             assert key in keys or name in RUNTIME_ENV, f"{name}: no config key {key!r}"
         elif name.startswith("SERVING_"):
-            assert f'"{name}"' in source or name in PENDING_SERVING_ENV, f"lib never reads {name}"
+            assert f'"{name}"' in source, f"lib never reads {name}"
         elif name.startswith("MLFLOW_"):
             assert name in known_mlflow, f"MLflow reads no {name}"
         else:
