@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lib import registry
+from lib.config import load_config
 from lib.delivery.service_process import ServiceProcess
 from lib.settings import CREDENTIAL_VARS, credentials_to_environment
 from tests.support.mlflow_server import MlflowServer
@@ -83,9 +84,16 @@ def _mlflow_texts(client) -> list[str]:
     return texts
 
 
-def test_credentials_in_the_uri_move_to_the_environment(monkeypatch) -> None:
+def _no_mlflow_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """None of the variables set; whatever the code under test sets is undone after the test
+    (monkeypatch restores only what it recorded: setenv records, delenv of a missing one not)."""
     for name in (*CREDENTIAL_VARS, "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+def test_credentials_in_the_uri_move_to_the_environment(monkeypatch) -> None:
+    _no_mlflow_environment(monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://bob:p%40ss@mlflow.example:5000/x")
     clean = credentials_to_environment(os.environ["MLFLOW_TRACKING_URI"])
     assert clean == "https://mlflow.example:5000/x" == os.environ["MLFLOW_TRACKING_URI"]
@@ -95,6 +103,17 @@ def test_credentials_in_the_uri_move_to_the_environment(monkeypatch) -> None:
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "bob"
     for uri in ("sqlite:////srv/mlflow.db", "postgresql://u:p@db/x", "http://h:5000"):
         assert credentials_to_environment(uri) == uri
+
+
+def test_the_resolved_tracking_uri_carries_no_credentials(tmp_path: Path, monkeypatch) -> None:
+    """What the runner hands to notebooks (Papermill parameters land in the executed .ipynb and
+    its HTML) and to the services it starts (their command line) is the resolved URI."""
+    _no_mlflow_environment(monkeypatch)
+    (tmp_path / "runner.py").write_text("")
+    cfg = load_config(tmp_path, None, {"tracking_uri": f"http://{USER}:{PASSWORD}@h:5000"})
+    assert PASSWORD not in json.dumps(cfg.to_dict())
+    assert cfg.resolved_tracking_uri(tmp_path) == "http://h:5000"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == PASSWORD  # kernels and services inherit it
 
 
 @pytest.mark.e2e

@@ -109,7 +109,8 @@ class MlflowServer:
                 "1",
             ],
             cwd=self.home,
-            env={**os.environ, **self._auth_env()},
+            # no job runner: its eight worker processes (GenAI scorers) serve nothing here
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self._auth_env()},
             stdout=subprocess.DEVNULL,
             stderr=log,
             start_new_session=True,
