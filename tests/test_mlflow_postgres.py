@@ -18,6 +18,7 @@ import pytest
 from lib import registry
 from lib.config import load_config
 from lib.delivery.service_process import ServiceProcess
+from lib.errors import RegistryUnavailable
 from lib.settings import CREDENTIAL_VARS, credentials_to_environment
 from tests.support.mlflow_server import MlflowServer
 from tests.support.notify import LOOPBACK
@@ -122,20 +123,20 @@ def test_production_on_mlflow_postgres(server: MlflowServer, project: Path, http
     from mlflow import MlflowClient
 
     hook = f"json://{LOOPBACK}:{http_sink.port}/hooks"
+    # the pipeline with the credentials inside the tracking URI (Papermill hands the URI to every
+    # notebook as a parameter: the executed .ipynb and its HTML hold it)
     env = _env(
-        MLFLOW_TRACKING_URI=server.url,
-        MLFLOW_TRACKING_USERNAME=USER,
-        MLFLOW_TRACKING_PASSWORD=PASSWORD,
-        NOTIFY_URLS=hook,
+        MLFLOW_TRACKING_URI=server.url.replace("://", f"://{USER}:{PASSWORD}@"), NOTIFY_URLS=hook
     )
     # the server wants the credentials: without them the runner cannot even look
     refused = _runner(project, _env(MLFLOW_TRACKING_URI=server.url), "status")
-    assert refused.returncode != 0, refused.stdout
+    assert refused.returncode == RegistryUnavailable.exit_code, refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
 
     run = _runner(project, env, *SMALL)  # detect -> train -> compare -> decide -> deploy
     outputs = [run.stdout + run.stderr]
     assert run.returncode == 0, run.stdout + run.stderr
-    assert server.url in run.stdout  # the runner says where MLflow is
+    assert server.url in run.stdout  # the runner says where MLflow is (without credentials)
 
     with pytest.MonkeyPatch.context() as mp:  # the test's own client and service: env creds
         mp.setenv("MLFLOW_TRACKING_USERNAME", USER)
@@ -146,8 +147,8 @@ def test_production_on_mlflow_postgres(server: MlflowServer, project: Path, http
         assert registry.register(client, source, NAME, {"copy_of": "1"}) == "2"
 
         # the production service, from a directory with nothing in it, loads the champion from
-        # the server; the operator commands (credentials inside the tracking URI this time)
-        # move it
+        # the server; the operator commands (credentials in MLFLOW_TRACKING_USERNAME/PASSWORD
+        # this time) move it
         empty = tmp_path / "empty"
         empty.mkdir()
         service = ServiceProcess(
@@ -155,8 +156,10 @@ def test_production_on_mlflow_postgres(server: MlflowServer, project: Path, http
             admin_token=ADMIN_TOKEN, log_path=tmp_path / "service.log",
             models_dir=empty / "models",
         )  # fmt: skip
-        uri_env = _env(
-            MLFLOW_TRACKING_URI=server.url.replace("://", f"://{USER}:{PASSWORD}@"),
+        ops_env = _env(
+            MLFLOW_TRACKING_URI=server.url,
+            MLFLOW_TRACKING_USERNAME=USER,
+            MLFLOW_TRACKING_PASSWORD=PASSWORD,
             NOTIFY_URLS=hook,
             SERVING_ADMIN_TOKEN=ADMIN_TOKEN,
         )
@@ -168,12 +171,12 @@ def test_production_on_mlflow_postgres(server: MlflowServer, project: Path, http
                 (["promote", "2", "--reason", "operator test"], "2"),
                 (["rollback", "--reason", "operator test"], "1"),
             ):
-                done = _runner(project, uri_env, *command, *to_service)
+                done = _runner(project, ops_env, *command, *to_service)
                 outputs.append(done.stdout + done.stderr)
                 assert done.returncode == 0, outputs[-1]
                 assert registry.alias_version(client, NAME, "champion") == champion
                 healths.append(_health(service.url))
-            status = _runner(project, uri_env, "status", *to_service)
+            status = _runner(project, ops_env, "status", *to_service)
             outputs.append(status.stdout + status.stderr)
             assert status.returncode == 0 and "champion v1" in status.stdout, outputs[-1]
         served = [json.loads(h)["champion"] for h in healths]
