@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from lib.errors import ConfigError
 
 ROOT_ENV = "PIPELINE_ROOT"  # an explicit project directory, over the working directory
 MARKER = "runner.py"  # what makes a directory the project
 TRACKING_DB = "mlflow.db"
+# Where MLflow's HTTP client reads a tracking server's basic-auth credentials
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 STORE_DB = "predictions.db"
 MODELS_DIR = "models"
 PRODUCTION_DIR = "production"  # under models/: the mirror of the champion the service falls back to
@@ -46,12 +49,32 @@ def _sqlite(path: Path) -> str:
 
 
 def tracking_uri(configured: str | None = None, root: Path | None = None) -> str:
-    """The MLflow store: as given, else MLFLOW_TRACKING_URI, else SQLite in the project."""
-    return (
+    """The MLflow store: as given, else MLFLOW_TRACKING_URI, else SQLite in the project; an
+    HTTP(S) URI without the credentials it carried (credentials_to_environment)."""
+    return credentials_to_environment(
         configured
         or os.environ.get("MLFLOW_TRACKING_URI")
         or _sqlite((root or project_root()) / TRACKING_DB)
     )
+
+
+def credentials_to_environment(uri: str) -> str:
+    """`uri` without the ``user:password@`` of an ``http(s)://`` tracking server: they go to
+    MLFLOW_TRACKING_USERNAME/PASSWORD (unless set: MLflow's client lets those win anyway), where
+    MLflow reads them and the kernels and services this process starts inherit them. The URI
+    then travels (notebook parameters, a service's command line, reports) with no secret."""
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    for name, value in zip(CREDENTIAL_VARS, (user, password), strict=True):
+        if value:
+            os.environ.setdefault(name, unquote(value))
+    clean = urlunsplit(parts._replace(netloc=host))
+    if os.environ.get("MLFLOW_TRACKING_URI") == uri:  # what kernels and services inherit
+        os.environ["MLFLOW_TRACKING_URI"] = clean
+    return clean
 
 
 def store_url(configured: str | None = None, root: Path | None = None) -> str:

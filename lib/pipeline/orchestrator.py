@@ -364,6 +364,9 @@ def run(
     held = lock(root, cfg.lock_timeout)
     kernels = None
     try:
+        # before any kernel starts: credentials inside the URI move to the environment they
+        # inherit (lib.settings.credentials_to_environment)
+        tracking_uri = cfg.resolved_tracking_uri(root)
         if executor is None and kernel_pool:
             from lib.pipeline.kernels import KernelPool
 
@@ -381,7 +384,6 @@ def run(
             where = detect_stage.DEFAULT_DATA_PATH
             say(f"generated {cfg.synth_apps} apps into {where} (no data found)")
         run_dir.mkdir(parents=True, exist_ok=True)
-        tracking_uri = cfg.resolved_tracking_uri(root)
         recovered = recover_rollout(cfg, root, tracking_uri)
         if recovered:
             say(f"recovered: {recovered}")
