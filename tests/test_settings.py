@@ -4,6 +4,8 @@ PIPELINE_ROOT), never the directory lib is installed in."""
 from __future__ import annotations
 
 import ast
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from lib import settings
 from lib.config import load_config
 from lib.errors import ConfigError
 from lib.serving.settings import ServingSettings
+from lib.settings import CREDENTIAL_VARS, credentials_to_environment
 
 LIB = Path(__file__).resolve().parents[1] / "lib"
 
@@ -88,3 +91,40 @@ def test_lib_never_locates_anything_from_its_own_files() -> None:
         if isinstance(node, ast.Name) and node.id == "__file__"
     ]
     assert not offenders, "lib/ locates something from its own source: " + ", ".join(offenders)
+
+
+# --- MLflow credentials (issue 18: a tracking server with basic auth) ---------------------------
+
+_USER, _PASSWORD = "pipeline-admin", "Pg-s3cret-9d41f7c2e8"
+
+
+def _no_mlflow_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """None of the variables set; whatever the code under test sets is undone after the test
+    (monkeypatch restores only what it recorded: setenv records, delenv of a missing one not)."""
+    for name in (*CREDENTIAL_VARS, "MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+def test_credentials_in_the_uri_move_to_the_environment(monkeypatch) -> None:
+    _no_mlflow_environment(monkeypatch)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://bob:p%40ss@mlflow.example:5000/x")
+    clean = credentials_to_environment(os.environ["MLFLOW_TRACKING_URI"])
+    assert clean == "https://mlflow.example:5000/x" == os.environ["MLFLOW_TRACKING_URI"]
+    assert [os.environ[n] for n in CREDENTIAL_VARS] == ["bob", "p@ss"]
+    # credentials already in the environment win (as in MLflow's client); other URIs unchanged
+    assert credentials_to_environment("http://eve:other@h") == "http://h"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "bob"
+    for uri in ("sqlite:////srv/mlflow.db", "postgresql://u:p@db/x", "http://h:5000"):
+        assert credentials_to_environment(uri) == uri
+
+
+def test_the_resolved_tracking_uri_carries_no_credentials(tmp_path: Path, monkeypatch) -> None:
+    """What the runner hands to notebooks (Papermill parameters land in the executed .ipynb and
+    its HTML) and to the services it starts (their command line) is the resolved URI."""
+    _no_mlflow_environment(monkeypatch)
+    (tmp_path / "runner.py").write_text("")
+    cfg = load_config(tmp_path, None, {"tracking_uri": f"http://{_USER}:{_PASSWORD}@h:5000"})
+    assert _PASSWORD not in json.dumps(cfg.to_dict())
+    assert cfg.resolved_tracking_uri(tmp_path) == "http://h:5000"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == _PASSWORD  # kernels and services inherit it
