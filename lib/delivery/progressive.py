@@ -27,7 +27,7 @@ from lib.config_sections import AnalysisConfig, step_name, step_weight
 from lib.delivery import canary, releases, rollout
 from lib.delivery.replayer import Replayer, app_request
 from lib.delivery.rollout_end import promote_rollout, raise_if_promotion_open, roll_back_rollout
-from lib.delivery.service_control import RolloutFailed, RoutingChanged, set_routing
+from lib.delivery.service_control import RolloutFailed, RoutingChanged, set_routing, wait_applied
 from lib.delivery.service_process import ServiceProcess
 from lib.delivery.smoke import run_smoke_tests
 from lib.errors import RegistryUnavailable
@@ -334,10 +334,11 @@ def _canary_steps(
             rollout.advance(  # refused once an operator asked to stop (RolloutStopped)
                 store, rollout.Phase.CANARY, weight=weight, detail=_step_detail(weight)
             )
-            set_routing(
+            answer = set_routing(
                 url, token, version, weight, settings.lease_seconds, expected_weight=last_weight
             )
             last_weight = weight
+            wait_applied(url, token, answer)  # every live replica routes this weight, then measure
             timeline.add("canary", weight, _step_detail(weight))
             analysis = _hold_step(
                 url, token, version, weight, settings, cfg, predictions, began, around, sleep
