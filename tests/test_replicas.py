@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ import httpx
 import pytest
 
 from lib.delivery import service_control
-from lib.delivery.service_process import ServiceProcess, free_port
+from lib.delivery.service_process import ServiceProcess
 from lib.serving import routing_state
 from lib.serving.batching import Variant
 from lib.serving.prediction_store import make_engine
@@ -193,8 +191,9 @@ def test_the_deployer_waits_for_every_live_replica(monkeypatch: pytest.MonkeyPat
             return next(answers)
 
     monkeypatch.setattr(httpx, "get", lambda *a, **k: _Resp())
-    first = {"generation": 4, "replicas": [{"replica_id": "a", "applied_generation": 4},
-                                           {"replica_id": "b", "applied_generation": 3}]}  # fmt: skip
+    first = {"generation": 4, "replicas": [
+        {"replica_id": "a", "applied_generation": 4}, {"replica_id": "b", "applied_generation": 3}
+    ]}  # fmt: skip
     slept: list[float] = []
     done = service_control.wait_applied("http://x", None, first, sleep=slept.append)
     assert service_control.replicas_behind(done, 4) == [] and len(slept) == 1
@@ -204,3 +203,187 @@ def test_the_deployer_waits_for_every_live_replica(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(httpx, "get", lambda *a, **k: type("R", (), {"status_code": 503})())
     with pytest.raises(service_control.RolloutFailed, match="replica\\(s\\) b within 0 s"):
         service_control.wait_applied("http://x", None, stuck, timeout=0, sleep=slept.append)
+
+
+def test_serve_takes_a_number_of_workers() -> None:
+    import runner
+
+    assert runner.build_parser().parse_args(["serve", "--workers", "3"]).workers == 3
+    assert runner.build_parser().parse_args(["serve"]).workers == 1  # one process, as before
+
+
+# ------------------------------------------------------------------ real processes (component)
+
+PROJECT = Path(__file__).resolve().parents[1]
+ADMIN = serving.admin_headers()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    with throwaway_postgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def fleet3(
+    mlstore: serving.Store, postgres: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[ServiceProcess]]:
+    """Three service processes on one PostgreSQL store. (Started one after the other from
+    this thread: a service dies with the thread that started it, PR_SET_PDEATHSIG.)"""
+    logs = tmp_path_factory.mktemp("replicas")
+    extra = ["--routing-poll-seconds", str(POLL), "--registry-check-seconds", "0"]
+    procs = [
+        ServiceProcess(PROJECT, serving.MODEL, mlstore.uri, postgres, admin_token=serving.TOKEN,
+                       log_path=logs / f"replica{i}.log", extra_args=extra)
+        for i in range(3)
+    ]  # fmt: skip
+    try:
+        for p in procs:
+            p.start()
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def _until(check: Any, bound: float, what: str) -> Any:
+    """Poll `check()` until it returns something truthy; fail after `bound` seconds."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {bound:g} s")
+
+
+def _routing(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/admin/routing", headers=ADMIN, timeout=10).json()
+
+
+def _routing_if(url: str, wanted: Any) -> dict[str, Any] | None:
+    answer = _routing(url)
+    return answer if wanted(answer) else None
+
+
+def _put(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    resp = httpx.put(f"{url}/admin/routing", json=body, headers=ADMIN, timeout=60)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def _all_applied(fleet: list[ServiceProcess], generation: int) -> bool:
+    return all(_routing(p.url)["generation"] >= generation for p in fleet)
+
+
+@pytest.mark.component
+def test_health_names_the_replica_that_answered(fleet3: list[ServiceProcess]) -> None:
+    seen = set()
+    for p in fleet3:
+        resp = httpx.get(f"{p.url}/health", timeout=10)
+        assert resp.json()["replica"] == resp.headers["X-Replica"]
+        assert resp.json()["shared_routing"]["reachable"] is True
+        seen.add(resp.json()["replica"])
+        metrics = httpx.get(f"{p.url}/metrics", timeout=10).text
+        assert f'model_service_replica{{replica="{resp.json()["replica"]}"}} 1.0' in metrics
+    assert len(seen) == 3
+
+
+@pytest.mark.component
+def test_a_change_on_one_replica_reaches_all_and_routes_alike(
+    fleet3: list[ServiceProcess],
+) -> None:
+    a, b, c = fleet3
+    start = _routing(a.url)["generation"]
+    answer = _put(a.url, {"canary_version": "2", "weight": 50.0, "lease_seconds": 120})
+    generation = answer["generation"]
+    assert generation == start + 1
+    changed = time.monotonic()
+    _until(lambda: _all_applied(fleet3, generation), BOUND, "every replica applies the change")
+    print(f"\nweight change applied by all 3 replicas in {time.monotonic() - changed:.2f} s")
+    listed = _until(lambda: _routing_if(c.url, lambda r: len(r["replicas"]) == 3), BOUND, "3")
+    assert {r["applied_generation"] for r in listed["replicas"]} == {generation}
+    assert {r["canary_weight"] for r in listed["replicas"]} == {50.0}
+    # every replica routes an id by the same rule and weight: the same id, the same variant
+    for i, p in enumerate(fleet3 * 10):
+        rid = f"same-{i}"
+        expected = "canary" if variant_bucket(rid) < 50.0 * 100 else "champion"
+        body = httpx.post(f"{p.url}/predict", json=serving.RAW_APP,
+                          headers={"X-Request-ID": rid}, timeout=10).json()  # fmt: skip
+        assert body["variant"] == expected, (p.url, rid, body)
+    # a compare-and-set from b against a's change: the shared weight decides (409)
+    stale = httpx.put(f"{b.url}/admin/routing", headers=ADMIN, timeout=60,
+                      json={"weight": 5.0, "expected_weight": 25.0})  # fmt: skip
+    assert stale.status_code == 409, stale.text
+    off = _put(b.url, {"canary_version": None, "weight": 0})
+    _until(lambda: _all_applied(fleet3, off["generation"]), BOUND, "canary off everywhere")
+
+
+@pytest.mark.component
+def test_a_lapsed_lease_drops_the_canary_on_every_replica(fleet3: list[ServiceProcess]) -> None:
+    a = fleet3[0]
+    answer = _put(a.url, {"canary_version": "2", "weight": 30.0, "lease_seconds": 1.0})
+
+    def dropped() -> bool:
+        health = [httpx.get(f"{p.url}/health", timeout=10).json() for p in fleet3]
+        return all(h["canary_version"] is None and h["canary_weight"] == 0 for h in health)
+
+    _until(dropped, 1.0 + BOUND, "the lapsed lease drops the canary everywhere")
+    after = _until(
+        lambda: _routing_if(fleet3[2].url, lambda r: r["generation"] > answer["generation"]),
+        BOUND,
+        "the lapse written to the shared row",
+    )
+    assert after["lease_expired_at"] is not None and after["canary_weight"] == 0
+
+
+def _replica_pid(store_url: str, replica: str) -> int | None:
+    engine = make_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            table = routing_state.replicas_table
+            row = conn.execute(
+                table.select().where(table.c.replica_id == replica)
+            ).first()  # fmt: skip
+        return None if row is None else int(row.pid)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.component
+def test_serve_with_two_workers(mlstore: serving.Store, tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/predictions.db"  # the default kind: one SQLite file
+    service = ServiceProcess(
+        PROJECT, serving.MODEL, mlstore.uri, store_url, admin_token=serving.TOKEN,
+        log_path=tmp_path / "service.log",
+        extra_args=["--workers", "2", "--routing-poll-seconds", str(POLL)],
+    )  # fmt: skip
+    own = [f"http://127.0.0.1:{service.port + 1 + i}" for i in range(2)]
+    with service:
+        for url in own:
+            _until(lambda u=url: _answers(f"{u}/health"), 90, f"{url} answers")
+        seen: set[str] = set()
+        for _ in range(400):  # a new connection each: the kernel hands it to either worker
+            seen.add(httpx.get(f"{service.url}/health", timeout=10).headers["X-Replica"])
+            if len(seen) == 2:
+                break
+        assert len(seen) == 2, seen
+        ids = [httpx.get(f"{u}/metrics", timeout=10) for u in own]
+        assert all(r.status_code == 200 for r in ids)
+        replica = httpx.get(f"{own[0]}/health", timeout=10).json()["replica"]
+        assert replica.endswith("-w0") and f'replica="{replica}"' in ids[0].text
+        pid = _until(lambda: _replica_pid(store_url, replica), 30, "the worker's heartbeat")
+        os.kill(pid, signal.SIGKILL)
+        _until(lambda: _replica_pid(store_url, replica) not in (None, pid), 90, "a restart")
+        _until(lambda: _answers(f"{own[0]}/health"), 90, "the restarted worker answers")
+        assert service.proc is not None
+        os.kill(service.proc.pid, signal.SIGTERM)  # the supervisor only: it stops the workers
+        assert service.proc.wait(timeout=60) == 0
+        for url in own:
+            assert not _answers(f"{url}/health")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
