@@ -46,6 +46,7 @@ SOURCE_REGISTRY = "registry"  # where the served champion was loaded from (/heal
 SOURCE_LOCAL_COPY = "models/production"
 # a replica is live while its last heartbeat is at most this many poll intervals old
 LIVE_POLLS = 5
+ROUTING_DB_SECONDS = 10.0  # a look at the shared routing that takes longer counts as failed
 CAS_ATTEMPTS = 3  # an admin change lost to another replica's is tried again this many times
 REPLICA_FIELDS = ("replica_id", "applied_generation", "champion_version", "canary_version",
                   "canary_weight")  # fmt: skip
@@ -503,7 +504,8 @@ class ModelService:
 
     async def _db(self, work: Callable[..., Any], *args: Any) -> Any:
         """`work(engine, *args)` on the store's database in a daemon thread (a hung database
-        holds neither the event loop nor shutdown); the tables are made at the first use."""
+        holds neither the event loop nor shutdown: given up after ROUTING_DB_SECONDS); the
+        tables are made at the first use."""
         engine = self.store.engine
 
         def run() -> Any:
@@ -513,7 +515,9 @@ class ModelService:
             return work(engine, *args)
 
         try:
-            answer = await asyncio.wrap_future(_in_daemon_thread(run, "routing-store"))
+            answer = await asyncio.wait_for(
+                asyncio.wrap_future(_in_daemon_thread(run, "routing-store")), ROUTING_DB_SECONDS
+            )
         except Exception as exc:
             before = self.store_view
             if before.error is None:
