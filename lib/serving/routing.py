@@ -1,6 +1,13 @@
 """ModelService: the state behind the app. Loaded variants (champion, canary), the canary's
 weight and lease (a dead-man switch), the prediction store, the batcher and the metrics.
 
+The routing is shared by every replica through the prediction store's database (a row of
+lib.serving.routing_state): an admin change is written there first (compare-and-set on its
+generation), then applied here; every replica reads the row every `routing_poll_seconds` and
+applies a newer generation, so a change reaches all within one poll interval plus the time to
+load a version. A replica whose database is down serves the routing it applied last, and its
+canary's lease still runs out on its own clock.
+
 A background task reads the champion alias every `registry_check_seconds`, so /health reports a
 registry that names another version (or is down) without calling it per probe. A registry that
 does not answer at start-up (`registry_start_seconds`) does not keep the service down: the
