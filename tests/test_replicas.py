@@ -387,3 +387,17 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_step_is_not_measured_while_a_replica_lags(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lib.delivery import progressive
+
+    lagging = {"generation": 7, "replicas": [
+        {"replica_id": "a", "applied_generation": 7}, {"replica_id": "b", "applied_generation": 6}
+    ]}  # fmt: skip
+    monkeypatch.setattr(progressive, "set_routing", lambda *a, **k: lagging)
+    answer = type("R", (), {"status_code": 200, "json": lambda self: lagging})()
+    monkeypatch.setattr(httpx, "get", lambda *a, **k: answer)
+    # a failed routing change: the rollout rolls back with this reason (RolloutFailed)
+    with pytest.raises(service_control.RolloutFailed, match=r"generation 7 .*replica\(s\) b"):
+        progressive._route_step("http://x", "t", "2", 25, 0.03, 5)
