@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", "run the model service (champion, and canary in rollouts)")
     serve.add_argument("--host", help="bind address (default: serving_host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: serving_port, 8080)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="replica processes sharing the port (worker i also on port + 1 + i; default 1)",
+    )
     command("status", "champion, canary, weight and rollout state")
     command("store-recover", "store the predictions a dead service answered but did not write")
     rb = command("rollback", "put the previous champion back (registry, models/, service)")

@@ -54,9 +54,10 @@ def _client(cfg: PipelineConfig, root: Path) -> Any:
 
 
 def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
-    """`python runner.py serve`: the production model service, until Ctrl-C."""
-    from lib.serving.app import serve
+    """`python runner.py serve`: the production model service, until Ctrl-C (or SIGTERM);
+    `--workers N`: N replica processes sharing the port and one routing."""
     from lib.serving.settings import ServingSettings
+    from lib.serving.workers import serve_workers
 
     settings = ServingSettings(
         model_name=cfg.model_name,
@@ -65,7 +66,8 @@ def cmd_serve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: E
         target_threshold=cfg.target_threshold,
         models_dir=root / cfg.models_dir,
     )
-    serve(settings, host=args.host or cfg.serving_host, port=args.port or cfg.serving_port)
+    host, port = args.host or cfg.serving_host, args.port or cfg.serving_port
+    serve_workers(settings, host, port, getattr(args, "workers", 1) or 1)
     return 0
 
 

@@ -27,7 +27,13 @@ from lib.config_sections import AnalysisConfig, step_name, step_weight
 from lib.delivery import canary, releases, rollout
 from lib.delivery.replayer import Replayer, app_request
 from lib.delivery.rollout_end import promote_rollout, raise_if_promotion_open, roll_back_rollout
-from lib.delivery.service_control import RolloutFailed, RoutingChanged, set_routing
+from lib.delivery.service_control import (
+    REPLICA_APPLY_SECONDS,
+    RolloutFailed,
+    RoutingChanged,
+    set_routing,
+    wait_applied,
+)
 from lib.delivery.service_process import ServiceProcess
 from lib.delivery.smoke import run_smoke_tests
 from lib.errors import RegistryUnavailable
@@ -334,9 +340,7 @@ def _canary_steps(
             rollout.advance(  # refused once an operator asked to stop (RolloutStopped)
                 store, rollout.Phase.CANARY, weight=weight, detail=_step_detail(weight)
             )
-            set_routing(
-                url, token, version, weight, settings.lease_seconds, expected_weight=last_weight
-            )
+            _route_step(url, token, version, weight, settings.lease_seconds, last_weight)
             last_weight = weight
             timeline.add("canary", weight, _step_detail(weight))
             analysis = _hold_step(
@@ -362,6 +366,19 @@ def _canary_steps(
             # dropped with the stopped replayer: the canary's answers are rolled back anyway)
             late = replayer.deliver_pending()
             log.info("%d replayed label(s) delivered after the canary steps", late)
+
+
+def _route_step(
+    url: str, token: str, version: str, weight: int, lease: float, last_weight: int
+) -> None:
+    """Set a step's weight (compare-and-set on the weight set last), then wait until every
+    live replica applied it (REPLICA_APPLY_SECONDS, at most 2/3 of the lease, which a long
+    wait then renews): a step is never measured on mixed routing (RolloutFailed instead)."""
+    answer = set_routing(url, token, version, weight, lease, expected_weight=last_weight)
+    began = time.monotonic()
+    wait_applied(url, token, answer, timeout=min(REPLICA_APPLY_SECONDS, lease * 2 / 3))
+    if time.monotonic() - began > lease / 3:  # as _hold_step would have renewed it by now
+        set_routing(url, token, version, weight, lease, expected_weight=weight)
 
 
 def _step_detail(weight: int) -> str:

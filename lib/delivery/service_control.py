@@ -13,6 +13,12 @@ log = logging.getLogger(__name__)
 RELOAD_ATTEMPTS = 3  # tries to reach the service at the end of a promotion or rollback
 RELOAD_BACKOFF_SECONDS = 0.5  # doubled after each failed try
 SERVICE_RELOADED = "reloaded"
+# How long a deployer waits for every live replica to apply a routing change before it measures
+# a step: a replica reads the shared routing every routing_poll_seconds (1 s by default), then
+# loads a version it does not hold yet off its event loop (seconds; tens for a large model).
+# A replica that has not applied it by then fails the step (never measured on mixed routing).
+REPLICA_APPLY_SECONDS = 60.0
+REPLICA_CHECK_SECONDS = 0.25  # between two looks at the replicas' applied generations
 
 
 class RolloutFailed(Exception):
@@ -57,6 +63,51 @@ def set_routing(
     return resp.json()
 
 
+def replicas_behind(answer: dict[str, Any], generation: int) -> list[str]:
+    """The live replicas in an admin answer that have not applied `generation` yet."""
+    return [
+        str(r.get("replica_id"))
+        for r in answer.get("replicas") or []
+        if (r.get("applied_generation") or 0) < generation
+    ]
+
+
+def wait_applied(
+    url: str,
+    token: str | None,
+    answer: dict[str, Any],
+    timeout: float = REPLICA_APPLY_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Wait until every live replica applied the routing generation of `answer` (the service's
+    answer to a change), reading GET /admin/routing (any replica: they all list the others).
+    One replica, or a service without shared routing: returns at once. RolloutFailed when some
+    replica has not applied it within `timeout` (the step is not measured on mixed routing)."""
+    import httpx
+
+    generation = answer.get("generation")
+    if not isinstance(generation, int):
+        return answer
+    behind = replicas_behind(answer, generation)
+    deadline = time.monotonic() + timeout
+    while behind:
+        if time.monotonic() >= deadline:
+            raise RolloutFailed(
+                f"routing generation {generation} not applied by replica(s) {', '.join(behind)} "
+                f"within {timeout:g} s: not measured on mixed routing"
+            )
+        sleep(REPLICA_CHECK_SECONDS)
+        try:
+            resp = httpx.get(f"{url}/admin/routing", headers=admin_headers(token), timeout=10)
+        except httpx.TransportError as exc:
+            log.info("replicas' generations not read: %s", type(exc).__name__)
+            continue
+        if resp.status_code == 200:
+            answer = resp.json()
+            behind = replicas_behind(answer, generation)
+    return answer
+
+
 def canary_off(url: str, token: str | None) -> str:
     """Canary weight 0 before anything else moves; says what happened, never raises (a service
     that cannot be reached drops the canary itself when its lease ends)."""
@@ -76,6 +127,7 @@ def reload_champion(url: str, token: str | None, expect: str | None = None) -> N
     resp = httpx.post(f"{url}/admin/reload", headers=admin_headers(token), timeout=60)
     if resp.status_code != 200:
         raise RuntimeError(f"reload refused: HTTP {resp.status_code} {resp.text[:200]}")
+    wait_applied(url, token, resp.json())  # every replica serves it before it is checked
     if expect is not None and (serving := served_version(url)) != str(expect):
         raise RuntimeError(f"after the reload the service serves v{serving}, not v{expect}")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lib.serving.app import serve
 from lib.serving.settings import ServingSettings
+from lib.serving.workers import serve_workers
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,14 +49,30 @@ def main(argv: list[str] | None = None) -> None:
         action="store_false",
         help="serve the plain sklearn path",
     )
+    parser.add_argument(
+        "--routing-poll-seconds",
+        type=float,
+        help="how often the shared routing is read and the heartbeat written (default 1)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="replica processes on this port (each also on port + 1 + i); default 1",
+    )
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument("--log-level", default="INFO")
     args = vars(parser.parse_args(argv))
     host, port, level = args.pop("host"), args.pop("port"), args.pop("log_level")
+    workers = args.pop("workers")
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    serve(ServingSettings(**{k: v for k, v in args.items() if v is not None}), host, port)
+    settings = ServingSettings(**{k: v for k, v in args.items() if v is not None})
+    if workers > 1:
+        serve_workers(settings, host, port, workers)
+    else:
+        serve(settings, host, port)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import json
 import logging
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -113,8 +114,9 @@ class _Guard:
     logged; the connection stays open (Starlette's ServerErrorMiddleware, outside this layer,
     would re-raise it, and uvicorn then drops the connection)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, replica: str) -> None:
         self.app = app
+        self.replica = (b"x-replica", replica.encode("latin-1", "replace"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,7 +126,9 @@ class _Guard:
 
         async def tracked(message: Message) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True  # every answer names the replica that gave it (X-Replica)
+                message["headers"] = [*message.get("headers", ()), self.replica]
             await send(message)
 
         try:
@@ -144,7 +148,7 @@ class _Guard:
                 logger.exception("%s (request %s) failed", where, rid)
                 status, detail = 500, f"internal error (request {rid}; details in the log)"
             response = _json(status, {"detail": detail, "request_id": rid})
-            await response(scope, receive, send)
+            await response(scope, receive, tracked)
 
 
 def _header_id(scope: Scope) -> str:
@@ -294,7 +298,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         redoc_url=None,
         strict_content_type=False,  # a body without Content-Type is read as JSON
     )
-    app.add_middleware(_Guard)
+    app.add_middleware(_Guard, replica=service.replica)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_body)
     app.state.service = service
@@ -579,8 +583,9 @@ def _add_admin_routes(router: APIRouter, service: ModelService) -> None:
 
     @router.get("/admin/routing", dependencies=admin, responses={**_ADMIN_ERRORS})
     async def get_routing() -> Response:
-        """The routing now: champion and canary versions, the canary's weight and lease."""
-        return _json(200, service.routing())
+        """The routing now: champion and canary versions, the canary's weight and lease, the
+        shared routing's generation and the live replicas with the generation each applied."""
+        return _json(200, await service.admin_routing())
 
     async def put_routing(update: schemas.RoutingUpdate) -> Response:
         """Set the canary version, its weight (percent of request ids) and its lease; with
@@ -661,8 +666,15 @@ def _store_rows(
     ]
 
 
-def serve(settings: ServingSettings, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Run the service with uvicorn (one worker: routing state lives in the process)."""
+def serve(
+    settings: ServingSettings,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Run one replica with uvicorn (one process; routing is shared with the other replicas
+    through the prediction store's database). `sockets`: listen on these, already bound (a
+    worker of `serve --workers N`), instead of host:port."""
     import uvicorn
 
     config = uvicorn.Config(
@@ -682,4 +694,4 @@ def serve(settings: ServingSettings, host: str = "127.0.0.1", port: int = 8080) 
         port,
         redact_url(settings.store_url),
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=sockets)

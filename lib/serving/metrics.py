@@ -54,6 +54,13 @@ class Metrics:
         self.canary_weight = Gauge(
             "model_canary_weight", "Percent of request ids routed to the canary", registry=r
         )
+        # which replica this process is (each replica's /metrics is scraped on its own)
+        self.replica = Gauge(
+            "model_service_replica", "This process's replica id (value 1)", ["replica"], registry=r
+        )
+        self.routing_generation = Gauge(
+            "model_routing_generation", "The shared routing generation applied here", registry=r
+        )
         self.invalid = Counter(
             "model_invalid_requests", "Requests refused as invalid input (422)", registry=r
         )

@@ -1,6 +1,13 @@
 """ModelService: the state behind the app. Loaded variants (champion, canary), the canary's
 weight and lease (a dead-man switch), the prediction store, the batcher and the metrics.
 
+The routing is shared by every replica through the prediction store's database (a row of
+lib.serving.routing_state): an admin change is written there first (compare-and-set on its
+generation), then applied here; every replica reads the row every `routing_poll_seconds` and
+applies a newer generation, so a change reaches all within one poll interval plus the time to
+load a version. A replica whose database is down serves the routing it applied last, and its
+canary's lease still runs out on its own clock.
+
 A background task reads the champion alias every `registry_check_seconds`, so /health reports a
 registry that names another version (or is down) without calling it per probe. A registry that
 does not answer at start-up (`registry_start_seconds`) does not keep the service down: the
@@ -14,6 +21,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +36,7 @@ from lib import registry
 from lib.config import redact_url
 from lib.errors import RegistryUnavailable
 from lib.pipeline.training import for_inference
+from lib.serving import routing_state
 from lib.serving.batching import MicroBatcher, Variant
 from lib.serving.metrics import Metrics
 from lib.serving.prediction_store import PredictionStore
@@ -41,6 +51,12 @@ logger = logging.getLogger(__name__)
 
 SOURCE_REGISTRY = "registry"  # where the served champion was loaded from (/health)
 SOURCE_LOCAL_COPY = "models/production"
+# a replica is live while its last heartbeat is at most this many poll intervals old
+LIVE_POLLS = 5
+ROUTING_DB_SECONDS = 10.0  # a look at the shared routing that takes longer counts as failed
+CAS_ATTEMPTS = 3  # an admin change lost to another replica's is tried again this many times
+REPLICA_FIELDS = ("replica_id", "applied_generation", "champion_version", "canary_version",
+                  "canary_weight")  # fmt: skip
 
 
 def variant_bucket(request_id: str) -> int:
@@ -105,6 +121,15 @@ class RegistryView:
     error: str | None = None  # the last attempt failed: why (no detail, no URI)
 
 
+@dataclass(frozen=True)
+class StoreView:
+    """The last look at the shared routing row (times are time.time())."""
+
+    checked_at: float | None = None
+    last_good_at: float | None = None
+    error: str | None = None  # the last attempt failed: the exception's type
+
+
 class ModelService:
     """The state behind the app: loaded variants, routing, lease, store, batcher, metrics."""
 
@@ -126,6 +151,18 @@ class ModelService:
         self.lease_seconds: float | None = None
         self.lease_deadline: float | None = None  # time.monotonic()
         self.lease_expired_at: float | None = None  # time.time() of the last expiry
+        self.lease_expires_at: float | None = None  # time.time(): the shared row's expiry
+        # the routing shared with the other replicas (lib.serving.routing_state)
+        self.replica = routing_state.replica_id()
+        self.scope = routing_state.scope_of(settings.model_name, settings.champion_alias)
+        self.generation = 0  # the shared routing's generation applied here (0: none yet)
+        self.shared_champion: str | None = None  # the row's champion (None: follow the alias)
+        self.lease_lapsed: int | None = None  # a generation whose lease ran out here, unwritten
+        self.store_view = StoreView()
+        self.started_at = time.time()
+        self._routing_tables = False
+        self._poll_task: asyncio.Task | None = None
+        self.metrics.replica.labels(replica=self.replica).set(1)
         self.champion_problem = "not loaded yet (the service is starting)"
         self.champion_source: str | None = None  # SOURCE_REGISTRY or SOURCE_LOCAL_COPY
         self.champion_confirmed = False  # the registry named the served champion since its load
@@ -263,7 +300,10 @@ class ModelService:
         if deadline is None or time.monotonic() < deadline:
             return
         self.lease_deadline = None
+        self.lease_expires_at = None
         self.lease_expired_at = time.time()
+        if self.generation:  # the poll writes weight 0 to the shared row (the first one does)
+            self.lease_lapsed = self.generation
         if self.canary is not None:
             logger.warning(
                 "canary lease of %.0f s expired without renewal: canary %s at %.2f%% unloaded",
@@ -311,13 +351,25 @@ class ModelService:
             "lease_seconds": self.lease_seconds if self.lease_deadline is not None else None,
             "lease_expires_in": remaining,
             "lease_expired_at": self.lease_expired_at,
+            "generation": self.generation,
         }
 
-    def set_canary(self, canary: Variant | None, weight: float, lease: float | None) -> None:
+    def set_canary(
+        self,
+        canary: Variant | None,
+        weight: float,
+        lease: float | None,
+        expires_at: float | None = None,
+    ) -> None:
+        """Route `weight`% to `canary`; a lease ends at `expires_at` (time.time(); default:
+        `lease` seconds from now)."""
         self.canary = canary
         self.canary_weight = float(weight) if canary is not None else 0.0
         self.lease_seconds = lease
-        self.lease_deadline = time.monotonic() + lease if lease and canary is not None else None
+        self.lease_deadline = self.lease_expires_at = None
+        if lease and canary is not None:
+            self.lease_expires_at = time.time() + lease if expires_at is None else expires_at
+            self.lease_deadline = time.monotonic() + (self.lease_expires_at - time.time())
         self.metrics.canary_weight.set(self.canary_weight)
         logger.info(
             "routing: canary %s at %.2f%%%s",
@@ -327,28 +379,61 @@ class ModelService:
         )
 
     async def update_routing(self, update: RoutingUpdate) -> dict[str, Any]:
-        """PUT /admin/routing: load the canary version (if new), set weight and lease."""
+        """PUT /admin/routing: load the canary version (if new), set weight and lease, in the
+        shared row first (compare-and-set on its generation), then here."""
         keep = "canary_version" not in update.model_fields_set  # absent: keep the canary there is
         version: Any = ... if keep else update.canary_version
-        weight, lease = update.weight, update.lease_seconds
         async with self.admin_lock:
-            self._check_expected_weight(update.expected_weight)  # before a load for nothing
-            canary = self.canary
-            if version is None:
-                canary = None
-            elif version is not ...:
-                if canary is None or canary.version != version:
-                    canary = await self._load_for_admin(self.settings.canary_label, version)
-            if canary is None and weight:
-                if version is ...:  # the request is fine, the state is not: no canary loaded
-                    raise AdminError(409, "weight > 0 needs a canary: none is loaded; set "
-                                          "canary_version")  # fmt: skip
-                raise AdminError(422, "weight > 0 needs a canary: set canary_version")
-            if weight is None:
-                weight = self.canary_weight if canary is self.canary else 0.0
-            self._check_expected_weight(update.expected_weight)  # the lease may have run out
-            self.set_canary(canary, float(weight), float(lease) if lease is not None else None)
-            return self.routing()
+            for _ in range(CAS_ATTEMPTS):
+                await self._sync_for_admin()
+                self._check_expected_weight(update.expected_weight)  # before a load for nothing
+                canary, weight = await self._requested_canary(version, update.weight)
+                self._check_expected_weight(update.expected_weight)  # the lease may have run out
+                lease = float(update.lease_seconds) if update.lease_seconds is not None else None
+                now = time.time()
+                expires = now + lease if lease and canary is not None else None
+                row = self._next_row(canary, weight, lease, expires, self.shared_champion, now)
+                if await self._write_shared(row):
+                    self.set_canary(canary, weight, lease, expires)
+                    self._written(row)
+                    await self._heartbeat()
+                    return await self.admin_routing()
+            raise AdminError(409, "routing changed by other replicas meanwhile: try again")
+
+    async def _requested_canary(self, version: Any, weight: float | None) -> tuple[Any, float]:
+        """The canary and weight a PUT asks for (`...`: keep the canary there is)."""
+        canary = self.canary
+        if version is None:
+            canary = None
+        elif version is not ...:
+            if canary is None or canary.version != version:
+                canary = await self._load_for_admin(self.settings.canary_label, version)
+        if canary is None and weight:
+            if version is ...:  # the request is fine, the state is not: no canary loaded
+                raise AdminError(409, "weight > 0 needs a canary: none is loaded; set "
+                                      "canary_version")  # fmt: skip
+            raise AdminError(422, "weight > 0 needs a canary: set canary_version")
+        if weight is None:
+            weight = self.canary_weight if canary is self.canary else 0.0
+        return canary, float(weight) if canary is not None else 0.0
+
+    def _next_row(
+        self,
+        canary: Variant | None,
+        weight: float,
+        lease: float | None,
+        expires: float | None,
+        champion: str | None,
+        now: float,
+    ) -> routing_state.SharedRouting:
+        """The shared row after a change made here: the next generation."""
+        return routing_state.SharedRouting(
+            scope=self.scope, generation=self.generation + 1, champion_version=champion,
+            canary_version=canary.version if canary is not None else None,
+            canary_weight=weight if canary is not None else 0.0,
+            lease_seconds=lease if expires is not None else None, lease_expires_at=expires,
+            lease_expired_at=self.lease_expired_at, updated_at=now, updated_by=self.replica,
+        )  # fmt: skip
 
     def _check_expected_weight(self, expected: float | None) -> None:
         """Compare-and-set: the caller's change was meant for `expected` (the weight it set
@@ -377,30 +462,210 @@ class ModelService:
             raise AdminError(status, f"{what}: {why}") from exc
 
     async def reload_champion(self) -> dict[str, Any]:
-        """POST /admin/reload: follow the champion alias (promotion or rollback)."""
+        """POST /admin/reload: follow the champion alias (promotion or rollback), in the shared
+        row first (every replica loads that version at its next poll), then here."""
         async with self.admin_lock:
-            try:
-                version = await asyncio.to_thread(self._look_up_champion)
-            except Exception as exc:
-                raise AdminError(503, f"cannot reach the MLflow registry: {exc}") from exc
-            previous = self.champion.version if self.champion else None
-            if version is None:
-                raise AdminError(409, self._no_champion_message())
-            reloaded = False
-            if previous != version:
-                canary = self.canary
-                if canary is not None and canary.version == version:  # promotion: already loaded
-                    champion = Variant(self.settings.champion_label, version, canary.predictor)
-                else:
-                    champion = await self._load_for_admin(self.settings.champion_label, version)
-                self._set_champion(champion, SOURCE_REGISTRY)
-                reloaded = True
-                logger.info("champion: version %s -> %s", previous, version)
-            self.champion_confirmed = True  # the registry named it just now
-            self.follow_registry = False
-            if self.canary is not None and self.canary.version == version:
-                self.set_canary(None, 0.0, None)  # promoted: it is the champion now
-            return {**self.routing(), "reloaded": reloaded, "previous_champion_version": previous}
+            for _ in range(CAS_ATTEMPTS):
+                await self._sync_for_admin()
+                try:
+                    version = await asyncio.to_thread(self._look_up_champion)
+                except Exception as exc:
+                    raise AdminError(503, f"cannot reach the MLflow registry: {exc}") from exc
+                previous = self.champion.version if self.champion else None
+                if version is None:
+                    raise AdminError(409, self._no_champion_message())
+                champion = self.champion
+                if previous != version:
+                    champion = await self._variant_for(self.settings.champion_label, version)
+                promoted = self.canary is not None and self.canary.version == version
+                if promoted or self.shared_champion != version:
+                    canary = None if promoted else self.canary
+                    row = self._next_row(
+                        canary, self.canary_weight, self.lease_seconds, self.lease_expires_at,
+                        version, time.time(),
+                    )  # fmt: skip
+                    if not await self._write_shared(row):
+                        continue
+                    self._written(row)
+                if champion is not self.champion:
+                    self._set_champion(champion, SOURCE_REGISTRY)  # type: ignore[arg-type]
+                    logger.info("champion: version %s -> %s", previous, version)
+                self.champion_confirmed = True  # the registry named it just now
+                self.follow_registry = False
+                if promoted:
+                    self.set_canary(None, 0.0, None)  # promoted: it is the champion now
+                await self._heartbeat()
+                reloaded = previous != version
+                answer = await self.admin_routing()
+                return {**answer, "reloaded": reloaded, "previous_champion_version": previous}
+            raise AdminError(409, "routing changed by other replicas meanwhile: try again")
+
+    async def _variant_for(self, name: str, version: str) -> Variant:
+        """`version` as variant `name`: the loaded predictor when either variant serves it."""
+        for loaded in (self.canary, self.champion):
+            if loaded is not None and loaded.version == version:
+                return loaded if loaded.name == name else Variant(name, version, loaded.predictor)
+        return await self._load_for_admin(name, version)
+
+    # ------------------------------------------------------------------------ shared routing
+
+    async def _db(self, work: Callable[..., Any], *args: Any) -> Any:
+        """`work(engine, *args)` on the store's database in a daemon thread (a hung database
+        holds neither the event loop nor shutdown: given up after ROUTING_DB_SECONDS); the
+        tables are made at the first use."""
+        engine = self.store.engine
+
+        def run() -> Any:
+            if not self._routing_tables:
+                routing_state.ensure_routing_tables(engine)
+                self._routing_tables = True
+            return work(engine, *args)
+
+        try:
+            answer = await asyncio.wait_for(
+                asyncio.wrap_future(_in_daemon_thread(run, "routing-store")), ROUTING_DB_SECONDS
+            )
+        except Exception as exc:
+            before = self.store_view
+            if before.error is None:
+                logger.warning("shared routing store failed: %s: %s", type(exc).__name__, exc)
+            self.store_view = StoreView(time.time(), before.last_good_at, type(exc).__name__)
+            raise
+        if self.store_view.error is not None:
+            logger.warning("shared routing store answers again")
+        self.store_view = StoreView(time.time(), time.time(), None)
+        return answer
+
+    async def _sync_for_admin(self) -> None:
+        """Apply the shared row if it is newer (an admin change starts from it); 503 when the
+        database cannot be read or the newer generation cannot be applied."""
+        try:
+            row = await self._db(routing_state.read_routing, self.scope)
+        except Exception as exc:
+            raise AdminError(
+                503,
+                f"the shared routing (the prediction store's database) cannot be read "
+                f"({type(exc).__name__}): nothing changed",
+            ) from exc
+        if row is not None and not await self._apply_shared(row):
+            raise AdminError(503, f"routing generation {row.generation} could not be applied")
+
+    async def _write_shared(self, row: routing_state.SharedRouting) -> bool:
+        """The compare-and-set of `row`; False when another replica wrote first."""
+        try:
+            return bool(await self._db(routing_state.write_routing, row))
+        except Exception as exc:
+            raise AdminError(
+                503,
+                f"the shared routing (the prediction store's database) cannot be written "
+                f"({type(exc).__name__}): nothing changed",
+            ) from exc
+
+    def _written(self, row: routing_state.SharedRouting) -> None:
+        self.generation = row.generation
+        self.shared_champion = row.champion_version
+        self.lease_lapsed = None
+        self.metrics.routing_generation.set(row.generation)
+
+    async def _apply_shared(self, row: routing_state.SharedRouting, at_start: bool = False) -> bool:
+        """Apply a newer generation of the shared row (call with admin_lock held): load the
+        versions it names (off the event loop), then switch. False when a load failed (the
+        next poll tries again; the heartbeat shows the older generation meanwhile). At start-up
+        the champion is the registry alias's (the truth the row's champion follows)."""
+        if row.generation <= self.generation:
+            return True
+        champion, want = self.champion, row.champion_version
+        try:
+            if want is not None and not at_start and (champion is None or champion.version != want):
+                champion = await self._variant_for(self.settings.champion_label, want)
+            canary = None
+            if row.canary_version is not None:
+                canary = await self._variant_for(self.settings.canary_label, row.canary_version)
+        except Exception:
+            logger.exception("routing generation %d not applied yet", row.generation)
+            return False
+        if champion is not None and champion is not self.champion:
+            logger.info("champion: version %s -> %s (shared routing)", self.champion and
+                        self.champion.version, champion.version)  # fmt: skip
+            self._set_champion(champion, SOURCE_REGISTRY)
+        self.set_canary(canary, row.canary_weight, row.lease_seconds, row.lease_expires_at)
+        if row.lease_expired_at is not None:
+            self.lease_expired_at = row.lease_expired_at
+        self._written(row)
+        return True
+
+    async def poll_routing(self) -> None:
+        """Every `routing_poll_seconds`: read the shared row (one primary-key SELECT), apply a
+        newer generation, write a lease that ran out here as weight 0 (compare-and-set: the
+        first replica that sees it), then the heartbeat. Never raises: a database that is down
+        leaves the last applied routing in place (and its lease still runs out here)."""
+        self.check_lease()
+        try:
+            row = await self._db(routing_state.read_routing, self.scope)
+            if row is not None and row.generation > self.generation:
+                async with self.admin_lock:
+                    await self._apply_shared(row)
+            elif row is not None and self.lease_lapsed == row.generation == self.generation:
+                await self._write_lapse(row.generation)
+        except Exception:
+            return  # recorded in store_view (/health)
+        await self._heartbeat()
+
+    async def _write_lapse(self, generation: int) -> None:
+        if not await self._db(routing_state.lapse_lease, self.scope, generation, self.replica):
+            return  # another replica wrote it first (or renewed it): the next poll applies it
+        async with self.admin_lock:
+            if self.generation == generation:  # the canary is off here already (check_lease)
+                self.generation = generation + 1
+                self.lease_lapsed = None
+                self.metrics.routing_generation.set(self.generation)
+        logger.warning("canary lease lapsed: weight 0 written as generation %d", generation + 1)
+
+    def _heartbeat_values(self) -> dict[str, Any]:
+        canary = self.canary
+        return {
+            "replica_id": self.replica, "scope": self.scope, "host": socket.gethostname(),
+            "pid": os.getpid(), "started_at": self.started_at, "seen_at": time.time(),
+            "applied_generation": self.generation,
+            "champion_version": self.champion.version if self.champion else None,
+            "canary_version": canary.version if canary else None,
+            "canary_weight": self.canary_weight,
+        }  # fmt: skip
+
+    async def _heartbeat(self) -> None:
+        """This replica's row in `serving_replicas`; never raises (recorded in store_view)."""
+        with contextlib.suppress(Exception):
+            await self._db(routing_state.heartbeat, self._heartbeat_values())
+
+    async def join_shared_routing(self) -> None:
+        """Start-up: adopt the shared row's canary, weight and lease; never raises (the poll
+        keeps trying while the database is down)."""
+        try:
+            row = await self._db(routing_state.read_routing, self.scope)
+        except Exception:
+            logger.warning("start-up without the shared routing: the poll keeps trying")
+            return
+        if row is not None:
+            async with self.admin_lock:
+                await self._apply_shared(row, at_start=True)
+        await self._heartbeat()
+
+    async def admin_routing(self) -> dict[str, Any]:
+        """The routing with its generation and the live replicas (each with the generation it
+        applied): a deployer measures a step once every live replica applied its change."""
+        mine = {k: v for k, v in self._heartbeat_values().items() if k in REPLICA_FIELDS}
+        since = time.time() - LIVE_POLLS * max(self.settings.routing_poll_seconds, 1.0)
+        try:
+            rows = await self._db(routing_state.live_replicas, self.scope, since)
+        except Exception:
+            rows = []  # the database is down: this replica speaks for itself only
+        others = [
+            {k: v for k, v in row.items() if k in REPLICA_FIELDS}
+            for row in rows
+            if row["replica_id"] != self.replica
+        ]
+        replicas = sorted([mine, *others], key=lambda r: r["replica_id"])
+        return {**self.routing(), "replica": self.replica, "replicas": replicas}
 
     # ------------------------------------------------------------------------ registry check
 
@@ -522,17 +787,40 @@ class ModelService:
             )
         return report, "; ".join(warnings) or None
 
+    def shared_routing_report(self) -> tuple[dict[str, Any], str | None]:
+        """/health's `shared_routing`: the generation applied, the last look at the row, and
+        a warning while the database cannot be read (the last applied routing is served)."""
+        view = self.store_view
+        report = {
+            "generation": self.generation,
+            "poll_seconds": self.settings.routing_poll_seconds,
+            "checked_at": view.checked_at,
+            "last_good_check_at": view.last_good_at,
+            "reachable": None if view.checked_at is None else view.error is None,
+            "error": None if view.error is None else f"store unreachable ({view.error})",
+        }
+        if view.error is None:
+            return report, None
+        return report, (
+            f"shared routing unreachable at {_when(view.checked_at)} ({view.error}); serving "
+            f"generation {self.generation} as last applied (last good check "
+            f"{_when(view.last_good_at)}); a canary's lease still runs out here"
+        )
+
     def health(self) -> dict[str, Any]:
         routing = self.routing()
         champion, canary = self.champion, self.canary
         ready = champion is not None
         registry_report, warning = self.registry_report()
+        shared, shared_warning = self.shared_routing_report()
         return {
             "status": "ok" if ready else "no_champion",
             "ready": ready,
+            "replica": self.replica,
             "detail": None if ready else f"no champion model yet: {self.champion_problem}",
-            "warning": warning,
+            "warning": "; ".join(w for w in (warning, shared_warning) if w) or None,
             "registry": registry_report,
+            "shared_routing": shared,
             **routing,
             "champion": None
             if champion is None
@@ -557,6 +845,7 @@ class ModelService:
 
     async def startup(self) -> None:
         await asyncio.to_thread(self.load_champion_at_start)
+        await self.join_shared_routing()
         self.metrics.canary_weight.set(self.canary_weight)
         self.batcher.start()
         self.shadow.start()
@@ -566,9 +855,11 @@ class ModelService:
         if self.settings.registry_check_seconds > 0:
             check = _every(self.settings.registry_check_seconds, self.check_registry, "registry")
             self._registry_task = loop.create_task(check, name="registry-check")
+        poll = _every(self.settings.routing_poll_seconds, self.poll_routing, "routing")
+        self._poll_task = loop.create_task(poll, name="routing-poll")
 
     async def shutdown(self) -> None:
-        for task in (self._lease_task, self._registry_task):
+        for task in (self._lease_task, self._registry_task, self._poll_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -13,9 +13,24 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from sqlalchemy import Column, Double, Integer, MetaData, String, Table
+from sqlalchemy import (
+    Column,
+    Double,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 routing_metadata = MetaData()
 
@@ -75,3 +90,102 @@ def replica_id() -> str:
 def scope_of(model_name: str, champion_alias: str) -> str:
     """The routing row a service follows: a staging instance (another alias) has its own."""
     return f"{model_name}@{champion_alias}"
+
+
+# --------------------------------------------------------------------------- database access
+# Each function is one short transaction (blocking: the service calls them off its event loop).
+
+
+def ensure_routing_tables(engine: Engine) -> None:
+    """Create the two routing tables when missing (the store's migrations will own this)."""
+    try:
+        routing_metadata.create_all(engine, checkfirst=True)
+    except SQLAlchemyError:
+        # another replica may have created them between the check and the CREATE
+        names = set(inspect(engine).get_table_names())
+        if not {routing_table.name, replicas_table.name} <= names:
+            raise
+
+
+def read_routing(engine: Engine, scope: str) -> SharedRouting | None:
+    """The scope's row (one primary-key SELECT), None when no change was ever made."""
+    with engine.connect() as conn:
+        row = conn.execute(select(routing_table).where(routing_table.c.scope == scope)).first()
+    return None if row is None else SharedRouting(**row._asdict())
+
+
+def write_routing(engine: Engine, routing: SharedRouting) -> bool:
+    """Compare-and-set: store `routing` only if the row is still at `routing.generation - 1`
+    (no row at all for generation 1). False: another replica changed it first."""
+    values = asdict(routing)
+    if routing.generation == 1:
+        return _insert_once(engine, routing_table, values)
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(routing_table)
+            .where(routing_table.c.scope == routing.scope)
+            .where(routing_table.c.generation == routing.generation - 1)
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+
+def _insert_once(engine: Engine, table: Table, values: dict[str, Any]) -> bool:
+    """INSERT in a transaction of its own; False when the key is there already."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(table).values(**values))
+    except IntegrityError:
+        return False
+    return True
+
+
+def lapse_lease(engine: Engine, scope: str, generation: int, by: str) -> bool:
+    """The canary's lease ran out at `generation`: write weight 0 as the next generation
+    (compare-and-set: the first replica that sees it writes it; False for the others)."""
+    now = time.time()
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(routing_table)
+            .where(routing_table.c.scope == scope)
+            .where(routing_table.c.generation == generation)
+            .values(
+                generation=generation + 1,
+                canary_version=None,
+                canary_weight=0.0,
+                lease_seconds=None,
+                lease_expires_at=None,
+                lease_expired_at=now,
+                updated_at=now,
+                updated_by=by,
+            )  # fmt: skip
+        )
+        return result.rowcount == 1
+
+
+def heartbeat(engine: Engine, values: dict[str, Any]) -> None:
+    """Upsert this replica's row of `serving_replicas` (portable: UPDATE, else INSERT)."""
+    key = replicas_table.c.replica_id == values["replica_id"]
+    for _ in range(2):  # a twin (same id) may insert between our UPDATE and INSERT
+        with engine.begin() as conn:
+            if conn.execute(update(replicas_table).where(key).values(**values)).rowcount:
+                return
+        if _insert_once(engine, replicas_table, values):
+            return
+
+
+def live_replicas(engine: Engine, scope: str, seen_since: float) -> list[dict[str, Any]]:
+    """The replicas of `scope` that sent a heartbeat since `seen_since`, by id."""
+    columns = [
+        replicas_table.c[name]
+        for name in ("replica_id", "applied_generation", "seen_at", "champion_version",
+                     "canary_version", "canary_weight")
+    ]  # fmt: skip
+    query = (
+        select(*columns)
+        .where(replicas_table.c.scope == scope)
+        .where(replicas_table.c.seen_at >= seen_since)
+        .order_by(replicas_table.c.replica_id)
+    )
+    with engine.connect() as conn:
+        return [row._asdict() for row in conn.execute(query)]

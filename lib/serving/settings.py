@@ -39,6 +39,12 @@ class ServingSettings:
     canary_label: str = "canary"
     champion_alias: str = CHAMPION_ALIAS
     lease_check_seconds: float = 1.0  # how often the background task looks at the canary lease
+    # how often each replica reads the shared routing row (one primary-key SELECT), applies a
+    # newer generation and writes its heartbeat: a change reaches every replica within about
+    # this plus the time to load a new version (SERVING_ROUTING_POLL_SECONDS)
+    routing_poll_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("SERVING_ROUTING_POLL_SECONDS") or 1.0)
+    )
     # how often a background task reads the champion alias for /health (<= 0: never); after an
     # outage at start-up it is also how the service finds and follows the registry again
     registry_check_seconds: float = 15.0
