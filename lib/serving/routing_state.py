@@ -26,11 +26,12 @@ from sqlalchemy import (
     String,
     Table,
     insert,
-    inspect,
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
+
+from lib.serving import store_schema
 
 routing_metadata = MetaData()
 
@@ -97,14 +98,9 @@ def scope_of(model_name: str, champion_alias: str) -> str:
 
 
 def ensure_routing_tables(engine: Engine) -> None:
-    """Create the two routing tables when missing (the store's migrations will own this)."""
-    try:
-        routing_metadata.create_all(engine, checkfirst=True)
-    except SQLAlchemyError:
-        # another replica may have created them between the check and the CREATE
-        names = set(inspect(engine).get_table_names())
-        if not {routing_table.name, replicas_table.name} <= names:
-            raise
+    """The routing tables are the store's migration 0003: bring the store to its latest
+    revision (one read when it is there; under the migration lock otherwise)."""
+    store_schema.upgrade(engine)
 
 
 def read_routing(engine: Engine, scope: str) -> SharedRouting | None:
