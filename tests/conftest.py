@@ -21,6 +21,26 @@ SHARED_DATA = Path(os.environ.get("PLAYSTORE_DATA", PROJECT.parent / "shared/dat
 os.environ["SERVING_FEEDBACK_TOKEN"] = "test-feedback-token-5678"
 
 
+def tmpfs_temp_root(environ: dict[str, str] = os.environ, shm: Path = Path("/dev/shm")) -> None:
+    """tmp_path (projects, MLflow stores, prediction stores, PostgreSQL data) in memory when the
+    machine has a writable /dev/shm with room: every SQLite commit there costs microseconds
+    instead of a disk fsync (about 30 ms here), and MLflow's runs, tags, metrics and migrations
+    are thousands of commits over a suite. What the tests check is the same on either; a run
+    that sets PYTEST_DEBUG_TEMPROOT (pytest's own variable) or PYTEST_TMP_ON_DISK=1 keeps its
+    choice. Read by pytest (and xdist's workers) when the first temporary folder is made."""
+    if environ.get("PYTEST_DEBUG_TEMPROOT") or environ.get("PYTEST_TMP_ON_DISK") == "1":
+        return
+    try:
+        room = shutil.disk_usage(shm).free
+    except OSError:
+        return
+    if room >= 8 * 2**30 and os.access(shm, os.W_OK | os.X_OK):
+        environ["PYTEST_DEBUG_TEMPROOT"] = str(shm)
+
+
+tmpfs_temp_root()
+
+
 def require_shared_data() -> Path:
     """The real Play Store files. On a developer machine without them the tests are skipped; in
     CI (CI=true) they must be there, so their absence fails instead of silently skipping, unless

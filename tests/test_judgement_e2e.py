@@ -4,19 +4,20 @@ Generated data (where the truth is known) and the raw real file: a candidate tra
 ratings is rejected by the no-skill gate and production does not move; a champion retrained with
 another seed is not `auto`; a really better candidate is `auto`; on the raw real file the served
 labels beat the majority answer and `/predict`, `load_model(...).predict` and the smoke tests
-agree on every label.
+agree on every label; the raw file's broken row is quarantined and reported.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.support.pipeline import mlflow_client, run_pipeline
+from tests.support.pipeline import ACTED, mlflow_client, run_pipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -114,6 +115,14 @@ def test_raw_real_file_noise_rejected_and_labels_agree_everywhere(
     assert gate["accuracy"] >= gate["majority_share"], gate
     assert gate["roc_auc"]["low"] > 0.7, gate
     assert first.scraps["decision"] in {"auto", "manual"}
+    # the raw file's broken row (10473: 12 fields) is quarantined, counted and reported
+    assert first.outcome == ACTED[first.scraps["decision"]]
+    quarantine = pd.read_csv(first.report_dir / "quarantine.csv")
+    broken = quarantine[quarantine["source_row"] == 10473]
+    assert len(broken) == 1 and "12 fields" in broken["reason"].iloc[0]
+    assert first.scraps["quarantined_rows"] == len(quarantine)
+    summary = json.loads((first.report_dir / "report.json").read_text())
+    assert summary["quarantine_csv"].endswith("quarantine.csv")
     mlflow_client(project).set_registered_model_alias(MODEL, "champion", version)
 
     # noise on the real apps: rejected by the gate, champion unchanged
