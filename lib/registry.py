@@ -64,10 +64,15 @@ class _RetriesAtDebug(logging.Filter):
         return True
 
 
+# Downloading a model from a tracking server draws tqdm bars on stderr: noise in the runner's
+# output, the services' logs and the notebooks (a user's own setting is kept)
+QUIET_DOWNLOADS = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
 def bound_http_retries() -> dict[str, str]:
-    """Bounded MLflow HTTP retries for this process and what it starts (kernels, services),
-    unless the user set them; returns the values in effect."""
-    for name, value in HTTP_RETRY_DEFAULTS.items():
+    """Bounded MLflow HTTP retries (and no download bars) for this process and what it starts
+    (kernels, services), unless the user set them; returns the retry values in effect."""
+    for name, value in {**HTTP_RETRY_DEFAULTS, **QUIET_DOWNLOADS}.items():
         os.environ.setdefault(name, value)
     pool_log = logging.getLogger("urllib3.connectionpool")
     if not any(isinstance(f, _RetriesAtDebug) for f in pool_log.filters):
