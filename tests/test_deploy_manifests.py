@@ -66,6 +66,8 @@ KEPT_OUT = [
     "lib/__pycache__/settings.cpython-311.pyc",
     "tests/test_smoke.py",
 ]
+
+
 def manifests() -> dict[str, list[dict[str, Any]]]:
     """Every YAML document of deploy/ by file name, the kustomization excepted."""
     return {
