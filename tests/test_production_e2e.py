@@ -44,6 +44,7 @@ from tests.support.load_balancer import Nginx, require_nginx
 from tests.support.mlflow_server import MlflowServer
 from tests.support.notify import LOOPBACK
 from tests.support.postgres import throwaway_postgres
+from tests.support.serving import until
 
 pytestmark = pytest.mark.e2e
 
@@ -169,15 +170,6 @@ def _runner(project: Path, env: dict[str, str], *args: str) -> subprocess.Comple
 
 def _report(project: Path) -> dict[str, Any]:
     return json.loads(sorted((project / "reports").glob("*/report.json"))[-1].read_text())
-
-
-def _until(check: Any, bound: float, what: str) -> Any:
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {bound:g} s")
 
 
 class Traffic:
@@ -308,7 +300,7 @@ def test_production_outside_the_working_directory(
     assert prod.mlflow.url in first.stdout  # where MLflow is, without the credentials
     v1 = prod.champion()
     assert v1 is not None and _report(project)["outcome"] == "promoted"
-    _until(lambda: prod.served() == [v1] * REPLICAS, 30, f"every replica serves v{v1}")
+    until(lambda: prod.served() == [v1] * REPLICAS, 30, f"every replica serves v{v1}")
 
     # 2. a better candidate, by evidence, through every step; a replica killed at 25%
     victim = prod.replicas[1]
@@ -333,7 +325,7 @@ def test_production_outside_the_working_directory(
     assert not victim.alive()
     victim.stop()
     victim.start()
-    _until(lambda: prod.served() == [v2] * REPLICAS, 30, f"every replica serves v{v2}")
+    until(lambda: prod.served() == [v2] * REPLICAS, 30, f"every replica serves v{v2}")
 
     # 3. the canary's share across replicas: v1 back as a canary at 25% for 800 requests
     _measure_the_share(prod, v1, v2, 25.0, 800)
@@ -354,7 +346,7 @@ def test_production_outside_the_working_directory(
         done = run(project, *command)
         assert done.returncode == 0, outputs[-1][-3000:]
         assert prod.champion() == champion
-        _until(lambda c=champion: prod.served() == [c] * REPLICAS, 30, f"all serve v{champion}")
+        until(lambda c=champion: prod.served() == [c] * REPLICAS, 30, f"all serve v{champion}")
 
     # 6. a fresh clone with only the URLs: the same champion, nothing new to train on
     clone = tmp_path / "clone"
@@ -410,7 +402,7 @@ def _measure_the_share(prod: Production, canary: str, champion: str, weight: flo
             r["applied_generation"] >= generation for r in listed["replicas"]
         )
 
-    _until(applied, 30, f"every replica applies {weight:g}%")
+    until(applied, 30, f"every replica applies {weight:g}%")
     body = replayer.app_request(_an_app(prod))
     shares: Counter[str] = Counter()
     replicas_seen = set()

@@ -26,6 +26,7 @@ from lib.serving.schemas import RoutingUpdate
 from lib.serving.settings import ServingSettings
 from tests.support import serving
 from tests.support.postgres import throwaway_postgres
+from tests.support.serving import until
 
 SCOPE = "m@champion"
 POLL = 0.2  # the component services' routing_poll_seconds
@@ -246,16 +247,6 @@ def fleet3(
             p.stop()
 
 
-def _until(check: Any, bound: float, what: str) -> Any:
-    """Poll `check()` until it returns something truthy; fail after `bound` seconds."""
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {bound:g} s")
-
-
 def _routing(url: str) -> dict[str, Any]:
     return httpx.get(f"{url}/admin/routing", headers=ADMIN, timeout=10).json()
 
@@ -298,9 +289,9 @@ def test_a_change_on_one_replica_reaches_all_and_routes_alike(
     generation = answer["generation"]
     assert generation == start + 1
     changed = time.monotonic()
-    _until(lambda: _all_applied(fleet3, generation), BOUND, "every replica applies the change")
+    until(lambda: _all_applied(fleet3, generation), BOUND, "every replica applies the change")
     print(f"\nweight change applied by all 3 replicas in {time.monotonic() - changed:.2f} s")
-    listed = _until(lambda: _routing_if(c.url, lambda r: len(r["replicas"]) == 3), BOUND, "3")
+    listed = until(lambda: _routing_if(c.url, lambda r: len(r["replicas"]) == 3), BOUND, "3")
     assert {r["applied_generation"] for r in listed["replicas"]} == {generation}
     assert {r["canary_weight"] for r in listed["replicas"]} == {50.0}
     # every replica routes an id by the same rule and weight: the same id, the same variant
@@ -315,7 +306,7 @@ def test_a_change_on_one_replica_reaches_all_and_routes_alike(
                       json={"weight": 5.0, "expected_weight": 25.0})  # fmt: skip
     assert stale.status_code == 409, stale.text
     off = _put(b.url, {"canary_version": None, "weight": 0})
-    _until(lambda: _all_applied(fleet3, off["generation"]), BOUND, "canary off everywhere")
+    until(lambda: _all_applied(fleet3, off["generation"]), BOUND, "canary off everywhere")
 
 
 @pytest.mark.component
@@ -327,8 +318,8 @@ def test_a_lapsed_lease_drops_the_canary_on_every_replica(fleet3: list[ServicePr
         health = [httpx.get(f"{p.url}/health", timeout=10).json() for p in fleet3]
         return all(h["canary_version"] is None and h["canary_weight"] == 0 for h in health)
 
-    _until(dropped, 1.0 + BOUND, "the lapsed lease drops the canary everywhere")
-    after = _until(
+    until(dropped, 1.0 + BOUND, "the lapsed lease drops the canary everywhere")
+    after = until(
         lambda: _routing_if(fleet3[2].url, lambda r: r["generation"] > answer["generation"]),
         BOUND,
         "the lapse written to the shared row",
@@ -360,7 +351,7 @@ def test_serve_with_two_workers(mlstore: serving.Store, tmp_path: Path) -> None:
     own = [f"http://127.0.0.1:{service.port + 1 + i}" for i in range(2)]
     with service:
         for url in own:
-            _until(lambda u=url: _answers(f"{u}/health"), 90, f"{url} answers")
+            until(lambda u=url: _answers(f"{u}/health"), 90, f"{url} answers")
         seen: set[str] = set()
         for _ in range(400):  # a new connection each: the kernel hands it to either worker
             seen.add(httpx.get(f"{service.url}/health", timeout=10).headers["X-Replica"])
@@ -371,10 +362,10 @@ def test_serve_with_two_workers(mlstore: serving.Store, tmp_path: Path) -> None:
         assert all(r.status_code == 200 for r in ids)
         replica = httpx.get(f"{own[0]}/health", timeout=10).json()["replica"]
         assert replica.endswith("-w0") and f'replica="{replica}"' in ids[0].text
-        pid = _until(lambda: _replica_pid(store_url, replica), 30, "the worker's heartbeat")
+        pid = until(lambda: _replica_pid(store_url, replica), 30, "the worker's heartbeat")
         os.kill(pid, signal.SIGKILL)
-        _until(lambda: _replica_pid(store_url, replica) not in (None, pid), 90, "a restart")
-        _until(lambda: _answers(f"{own[0]}/health"), 90, "the restarted worker answers")
+        until(lambda: _replica_pid(store_url, replica) not in (None, pid), 90, "a restart")
+        until(lambda: _answers(f"{own[0]}/health"), 90, "the restarted worker answers")
         assert service.proc is not None
         os.kill(service.proc.pid, signal.SIGTERM)  # the supervisor only: it stops the workers
         assert service.proc.wait(timeout=60) == 0

@@ -3,6 +3,7 @@ settings for a service on it, and small helpers to talk to that service."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,14 @@ def id_for(service: routing.ModelService, variant: str, prefix: str = "rid") -> 
         if chosen is not None and chosen.name == variant:
             return rid
     raise AssertionError(f"no id routes to {variant}")
+
+
+def until(check: Any, bound: float, what: str, every: float = 0.05) -> Any:
+    """Poll `check()` until it returns something truthy; fail after `bound` seconds (a bound
+    with slack, never a speed claim)."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {bound:g} s")
