@@ -111,8 +111,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # The slowest tiers first (stable: a module's tests stay together): under xdist's worksteal,
     # the long end-to-end tests then start early and the cheap ones fill the gaps at the end,
     # instead of one worker finishing a 10-minute test alone.
+    # Within the tier, the modules that take minutes go first (the production set-up alone takes
+    # 5-11 minutes: started last, it ran alone at the end of .ci/run).
     rank = {"e2e": 0, "component": 1, "unit": 2}
-    items.sort(key=lambda item: min(rank[m.name] for m in item.iter_markers() if m.name in rank))
+
+    def order(item: pytest.Item) -> tuple[int, int]:
+        tier = min(rank[m.name] for m in item.iter_markers() if m.name in rank)
+        name = item.path.name
+        return tier, LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=order)
+
+
+# the modules whose tests take minutes, longest first (.ci/run's --durations)
+LONGEST_FIRST = ("test_production_e2e.py", "test_notebooks.py", "test_judgement_e2e.py")
 
 
 @pytest.fixture(autouse=True)
