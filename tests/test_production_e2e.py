@@ -8,7 +8,8 @@ canary step while a replica is killed in the middle of a step (no answer ever co
 that is neither champion nor canary); the killed replica restarted, following the shared routing;
 the canary's share across replicas within a binomial bound of its weight; a bad candidate rolled
 back through the same set-up; an operator's rollback reaching every replica; and a fresh clone
-with only the URLs set continuing from the same champion (no retraining: the last training's state comes from the registry)."""
+with only the URLs set continuing from the same champion (no retraining: the last training's
+state comes from the registry)."""
 
 from __future__ import annotations
 
