@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from lib.delivery.service_process import free_port
+
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 
 
@@ -41,12 +43,6 @@ def require_nginx() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def nginx_config(folder: Path, port: int, upstreams: list[int], workers: str = "1") -> str:
@@ -94,7 +90,7 @@ class Nginx:
     def __init__(self, upstreams: list[int], workers: str = "1") -> None:
         self.binary = require_nginx()
         self.folder = Path(tempfile.mkdtemp(prefix="nginx-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
         self.proc: subprocess.Popen | None = None
