@@ -116,3 +116,27 @@ def test_without_its_file_the_state_comes_from_the_newest_registered_training(
 def test_an_embedded_store_never_created_means_a_first_run(tmp_path: Path) -> None:
     out = detect.run(inputs(), tmp_path)
     assert out.should_train and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_registry_failing_while_reading_the_state_stops_rather_than_retrains_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry error other than "not found" is an outage (RegistryUnavailable), never
+    "nothing was trained": that would retrain everything as a first run."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from lib.errors import RegistryUnavailable
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.create_run(client.create_experiment("e")).info.run_id
+    client.create_registered_model("playstore-rating")
+    client.create_model_version("playstore-rating", f"runs:/{run}/model", run)
+
+    def failing(*_: object) -> str:
+        raise MlflowException("503 from the artifact proxy", error_code="TEMPORARILY_UNAVAILABLE")
+
+    monkeypatch.setattr(detect, "mlflow_text", failing)
+    with pytest.raises(RegistryUnavailable):
+        detect.registered_state(inputs(tracking_uri=uri), tmp_path)

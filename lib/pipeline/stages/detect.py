@@ -114,8 +114,12 @@ def registered_state(inputs: DetectInputs, root: Path) -> dict | None:
         for version in sorted(found, key=lambda v: int(v.version), reverse=True):
             try:
                 text = mlflow_text(uri, version.run_id)
-            except (MlflowException, OSError):
+            except OSError:
                 continue  # a version registered by hand, or its run's artifacts are gone
+            except MlflowException as exc:
+                if exc.error_code not in registry.NOT_FOUND_CODES:
+                    raise  # an outage is not "never trained" (registry_call names it)
+                continue
             state = detection.parse_state(text, f"of v{version.version}'s run")
             if state is not None:
                 log.info("training state read from the registry (v%s's run)", version.version)
