@@ -60,7 +60,7 @@ ROLLOUT = [
     "--set", "analysis_seconds=2", "--set", "check_every_seconds=0.5",
     "--set", "max_wait_seconds=120", "--set", "replay_rate=150",
     "--set", "replay_label_share=1.0", "--set", "replay_label_delay_seconds=[0,0]",
-    "--set", "lease_seconds=20",
+    "--set", "lease_seconds=60",  # a loaded CI machine stalls a renewal for seconds
     "--set", "canary_analysis={min_requests: 50, min_feedback: 40, alpha: 0.01, "
              "p99_floor_ms: 150, max_p99_ms: 1500}",
 ]  # fmt: skip
@@ -315,8 +315,8 @@ def test_production_outside_the_working_directory(
     results = report["results"]
     assert results["decision"] == "auto", results.get("reasons")
     v2 = str(results["candidate_version"])
+    assert report["outcome"] == "promoted", (report["outcome"], results.get("rollback_reason"))
     assert "at" in kill, "the rollout never reached 25% (the replica was not killed)"
-    assert report["outcome"] == "promoted", report
     assert prod.champion() == v2
     answered = {version for _, version, _ in traffic.answers}
     assert answered <= {v1, v2}, f"answers from versions other than v{v1}/v{v2}: {answered}"
