@@ -41,6 +41,11 @@ from lib.pipeline import features
 
 log = logging.getLogger(__name__)
 
+# How long the staging instance may take to load the candidate before the smoke tests run (its
+# registry look-up goes on in the background after a bounded start-up): generous, as it only
+# delays a rollout whose model loads slowly, never a healthy one.
+STAGING_LOAD_SECONDS = 180.0
+
 
 @dataclass
 class DeploySettings:
@@ -269,7 +274,8 @@ def staging_and_smoke(
         timeline.add("staging", 0, f"staging instance up at {staging.url}")
         rollout.advance(store, rollout.Phase.SMOKE_TESTING, detail=staging.url)
         known = known_rows(model, holdout, settings.smoke_rows)
-        staging.wait_serving(str(version), timeout=60)  # else model_loaded says what it serves
+        # else model_loaded says what it serves; a loaded machine (CI) took over 60 s here
+        staging.wait_serving(str(version), timeout=STAGING_LOAD_SECONDS)
         result = run_smoke_tests(staging.url, str(version), known, settings.smoke_max_p95_ms)
         rollout.record_step(store, {"kind": "smoke", **result.to_dict()})
         timeline.add(
