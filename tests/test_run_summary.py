@@ -255,7 +255,12 @@ def test_production_mode_says_plainly_when_it_was_ephemeral(tmp_path: Path) -> N
         "mode": "self-contained", "tracking_uri": "sqlite:///mlflow.db", "serving_url": None
     }  # fmt: skip
     text = plain(sections(rs.to_markdown(rs.build(data, run_dir)))["Production"])
-    assert "Self-contained (ephemeral)" in text and "lived only in this job" in text
+    assert "Self-contained (ephemeral)" in text and "05 deploy started its own model" in text
+    assert "In a CI job the service and the registry lived only in this job" in text
+    run_dir, data = full_run(tmp_path / "remote", tracking_uri="http://mlflow.example:5000")
+    text = plain(sections(rs.to_markdown(rs.build(data, run_dir)))["Production"])
+    assert "the registry (http://mlflow.example:5000) is external" in text
+    assert "In a CI job the service lived only in this job" in text
     other = tmp_path / "other"
     run_dir, data = full_run(
         other, serving_url="https://bob:s3cret@serving.example/", tracking_uri=(
@@ -266,7 +271,7 @@ def test_production_mode_says_plainly_when_it_was_ephemeral(tmp_path: Path) -> N
     assert "s3cret" not in text and "hunter2pw" not in text
     production = plain(sections(text)["Production"])
     assert "External: the model service at https://***@serving.example/" in production
-    assert "outlive this run" in production
+    assert "outlive this job" in production
 
 
 def test_a_failed_run_gives_its_error_in_full(tmp_path: Path) -> None:

@@ -205,26 +205,31 @@ def _is_local_registry(uri: str) -> bool:
 
 
 def production_section(report: dict[str, Any]) -> Section:
-    """External or self-contained; a self-contained production is said to be ephemeral."""
+    """External or self-contained; a self-contained production is said plainly to be ephemeral."""
     prod = _dict(report.get("production"))
     uri = str(prod.get("tracking_uri") or report.get("tracking_uri") or "—")
     if prod.get("mode") == "external":
         text = (
             f"External: the model service at {prod.get('serving_url')} and the registry at "
-            f"{uri} outlive this run; what it deployed is serving there now."
+            f"{uri} outlive this job."
         )
         return Section("Production", [para(text)])
     if prod.get("mode") != "self-contained":
         return Section("Production", [para(f"Not recorded (an older report); registry {uri}.")])
-    where = (
-        f"the registry ({uri}) is a file of this checkout"
-        if _is_local_registry(uri)
-        else f"the registry ({uri}) is external and keeps the versions and aliases"
+    service = (
+        "05 deploy started its own model service and stopped it when the stage ended"
+        if _outputs(report, "deploy")
+        else "a deployment starts its own model service and stops it when the stage ends"
+    )
+    local = _is_local_registry(uri)
+    where, what = (
+        (f"the registry ({uri}) is a file of this checkout", "the service and the registry")
+        if local
+        else (f"the registry ({uri}) is external and keeps the versions", "the service")
     )
     text = (
-        "Self-contained (ephemeral): no serving URL was configured, so 05 deploy started its own "
-        f"model service and stopped it when the stage ended, and {where}. In a CI job they lived "
-        "only in this job: nothing deployed here is serving anywhere now."
+        f"Self-contained (ephemeral): no serving URL was configured, so {service}, and {where}. "
+        f"In a CI job {what} lived only in this job: nothing deployed here is serving now."
     )
     return Section("Production", [para(text, strong=True)])
 
