@@ -197,7 +197,7 @@ def test_a_promoted_and_monitored_run_has_every_section_in_order(tmp_path: Path)
     )
     rollout = plain(found["Rollout"])
     assert "v2 promoted to champion (before: v1)" in rollout
-    assert "| 25% | 25% | 57 / 1043 | 41 / 380 | errors pass; accuracy pass | pass |" in rollout
+    assert "| 25% | 57 / 1043 | 41 / 380 | errors pass; accuracy pass | pass |" in rollout
     assert "+30.5 s canary (weight 5%): canary weight 5%" in rollout
     monitor = plain(found["Monitor"])
     assert "v2 healthy" in monitor
@@ -323,14 +323,57 @@ def test_a_rollback_shows_the_failing_step_and_its_reason(tmp_path: Path) -> Non
     rollout = found["Rollout"]
     assert "v2 rolled back; champion stays v1" in rollout
     assert "rollback reason: canary step 25% failed: accuracy dropped" in rollout
-    assert "| 25% | 25% | 57 / 1043 | 41 / 380 | errors pass; accuracy fail | fail: accuracy " in (
-        rollout
-    )
+    assert "| 25% | 57 / 1043 | 41 / 380 | errors pass; accuracy fail | fail |" in rollout
     assert "25%: accuracy fail: canary accuracy 0.700 vs champion 0.810 (fail)" in rollout
     assert "06 monitor did not run" in found["Monitor"]
     assert rs.annotations(data) == [
         "::error title=Rolled back::v2: canary step 25%25 failed: accuracy dropped"
     ]
+    first = deployed("rolled_back", champion_before=None, steps=[])
+    run_dir, data = report(tmp_path / "first", "rolled_back", {"deploy": first})
+    rollout = sections(plain(rs.to_markdown(rs.build(data, run_dir))))["Rollout"]
+    assert "v2 rolled back; production has no champion" in rollout
+    assert "No canary step completed" in rollout
+
+
+def real_step(weight: int, canary_accuracy: float) -> dict:
+    """A step record as 05 deploy writes it: lib.delivery.canary's own analysis of a window
+    (600 champion and 200 canary requests, all labelled), summarized as progressive does."""
+    import numpy as np
+    import pandas as pd
+
+    from lib.delivery import canary
+
+    def variant(name: str, n: int, accuracy: float) -> pd.DataFrame:
+        true = np.arange(n) % 2
+        label = np.where(np.arange(n) < round(accuracy * n), true, 1 - true).astype(float)
+        return pd.DataFrame({
+            "request_id": [f"{name}-{i}" for i in range(n)], "variant": name,
+            "created_at": 1_700_000_000 + np.arange(n) * 0.1, "label": label,
+            "model_version": "2" if name == "canary" else "1", "probability": 0.3 + 0.4 * label,
+            "latency_ms": 20.0 + np.arange(n) % 7, "error": None, "true_label": true.astype(float),
+        })  # fmt: skip
+
+    frame = pd.concat([variant("champion", 600, 0.8), variant("canary", 200, canary_accuracy)])
+    analysis = canary.analyze(frame)
+    return {"kind": "canary", "step": f"{weight}%", "weight": weight,
+            **canary.summarize_step(analysis)}  # fmt: skip
+
+
+def test_steps_as_the_canary_analysis_records_them(tmp_path: Path) -> None:
+    steps = [real_step(5, 0.8), real_step(25, 0.55)]
+    assert [s["verdict"] for s in steps] == ["pass", "fail"]
+    out = deployed("rolled_back", steps=steps, rollback_reason=f"canary step 25% failed: "
+                   f"{steps[1]['reason']}")  # fmt: skip
+    run_dir, data = report(tmp_path, "rolled_back", {"deploy": out})
+    rollout = sections(plain(rs.to_markdown(rs.build(data, run_dir))))["Rollout"]
+    rows = [line for line in rollout.splitlines() if line.startswith("| 5")]
+    assert len(rows) == 1 and rows[0].startswith("| 5% | 200 / 600 | 200 / 600 | ")
+    assert "accuracy pass" in rows[0] and rows[0].endswith(" | pass |")
+    failing = next(line for line in rollout.splitlines() if line.startswith("| 25%"))
+    assert "accuracy fail" in failing and failing.endswith(" | fail |")
+    message = next(c["message"] for c in steps[1]["checks"] if c["name"] == "accuracy")
+    assert f"25%: accuracy fail: {message}" in rollout
 
 
 def test_monitor_not_judged_unhealthy_and_rolled_back(tmp_path: Path) -> None:

@@ -353,18 +353,10 @@ def _step_row(step: dict[str, Any]) -> list[Cell]:
     checks = "; ".join(
         f"{_dict(c).get('name')} {_dict(c).get('status')}" for c in _list(step.get("checks"))
     )
-    verdict = str(step.get("verdict") or "—")
-    if verdict != "pass" and step.get("reason"):
-        verdict += f": {step['reason']}"
     weight = step.get("weight")
-    return [
-        str(step.get("step") or f"{weight}%"),
-        f"{weight}%",
-        requests,
-        _feedback(step),
-        checks or "—",
-        verdict,
-    ]
+    name = str(step.get("step") or f"{weight}%")
+    step_text = name if name == f"{weight}%" else f"{name} ({weight}%)"
+    return [step_text, requests, _feedback(step), checks or "—", str(step.get("verdict") or "—")]
 
 
 NOT_DEPLOYED = {  # outcome -> why 05 deploy did not run
@@ -388,12 +380,13 @@ def rollout_section(report: dict[str, Any]) -> Section:
         why = NOT_DEPLOYED.get(raw, "05 deploy did not run in this run")
         n = version(report)
         return Section("Rollout", [para(why.format(v=_version(n), n=n or "V"))])
-    before = _version(deployed.get("champion_before"))
-    head = (
-        f"{_version(deployed.get('deployed_version'))} promoted to champion (before: {before})"
-        if deployed.get("outcome") == "promoted"
-        else f"{_version(deployed.get('deployed_version'))} rolled back; champion stays {before}"
-    )
+    v, before = _version(deployed.get("deployed_version")), deployed.get("champion_before")
+    if deployed.get("outcome") == "promoted":
+        head = f"{v} promoted to champion (before: {_version(before) if before else 'none'})"
+    else:
+        head = f"{v} rolled back; " + (
+            f"champion stays {_version(before)}" if before else "production has no champion"
+        )
     blocks = [para(head, strong=True)]
     extra = (
         [f"rollback reason: {deployed['rollback_reason']}"]
@@ -407,8 +400,7 @@ def rollout_section(report: dict[str, Any]) -> Section:
     steps = [_dict(s) for s in _list(deployed.get("steps"))]
     if steps:
         header = [
-            "step",
-            "weight",
+            "step (weight)",
             "requests canary / champion",
             "labels canary / champion",
             "checks",
