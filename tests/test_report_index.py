@@ -433,3 +433,106 @@ def test_hostile_run_data_stays_text_in_the_template(tmp_path: Path) -> None:
     assert actions.rows == [
         [actions.rows[0][0], '"><script>alert(3)</script>', "v<1>", "v2", "<done>", reason]
     ]
+
+
+def test_the_run_id_links_to_its_summary_page(tmp_path: Path) -> None:
+    """A run with summary.html (lib.watch.run_summary) links it; an older one its report.json."""
+    from lib.watch import run_summary
+
+    reports = tmp_path / "reports"
+    healthy = {"monitor": _monitored("healthy")}
+    old = _recorded_run(reports, "20261206-000001-a", "monitored", healthy)
+    new = _recorded_run(reports, "20261206-000002-b", "monitored", healthy)
+    run_summary.write(new, json.loads((new / "report.json").read_text()))
+    hrefs = {r["run"]: r["links"][0] for r in _table(reports).rows}
+    assert hrefs == {
+        "20261206-000002-b": "20261206-000002-b/summary.html",
+        "20261206-000001-a": "20261206-000001-a/report.json",
+    }
+    assert (reports / unquote(hrefs[new.name])).is_file() and old.is_dir()
+
+
+def _interval(estimate: float, half: float) -> dict:
+    return {"estimate": estimate, "low": estimate - half, "high": estimate + half, "n": 685,
+            "method": "bootstrap"}  # fmt: skip
+
+
+def _judged(version: str, estimate: float, score: int, verdict: str, metric: str) -> dict:
+    """Typed outputs of 03 compare and 04 decide, for the trends."""
+    candidate = _interval(estimate, 0.04)
+    compared = c.CompareOutputs(
+        candidate_version=version, champion_version=None, reference_label="baseline",
+        candidate_metrics={}, champion_metrics=None, improvement=0.1, candidate_value=estimate,
+        stability={}, improvement_interval=_interval(0.1, 0.05), candidate_interval=candidate,
+        gate_inputs={}, comparison={"metric": metric, "candidate_interval": candidate},
+    )  # fmt: skip
+    decided = c.DecideOutputs(
+        candidate_version=version, score=score, decision=verdict, reasons=["r"],
+        decision_detail={},
+    )  # fmt: skip
+    return {"compare": compared, "decide": decided}
+
+
+class Sparks(HTMLParser):
+    """Each <figure data-series=...>: its dots' classes and titles, its interval bars."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.series: dict[str, dict[str, list]] = {}
+        self._title: list[str] | None = None
+        self._current: dict[str, list] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "figure" and "data-series" in a:
+            self._current = self.series.setdefault(str(a["data-series"]), {
+                "dots": [], "titles": [], "bars": 0})  # fmt: skip
+        elif self._current is not None and tag == "circle":
+            self._current["dots"].append(a["class"])
+            self._title = []
+        elif self._current is not None and tag == "line":
+            self._current["bars"] += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "circle" and self._title is not None and self._current is not None:
+            self._current["titles"].append("".join(self._title))
+            self._title = None
+        elif tag == "figure":
+            self._current = None
+
+    def handle_data(self, data: str) -> None:
+        if self._title is not None:
+            self._title.append(data)
+
+
+def test_trends_across_runs(tmp_path: Path) -> None:
+    """The selection metric with its interval, the score by decision and the live accuracy,
+    oldest run first, as inline SVG (no script) and as a table."""
+    reports = tmp_path / "reports"
+    metric = "roc_auc<img src=x onerror=alert(1)>"
+    _recorded_run(reports, "20261206-000001-a", "promoted", _judged("1", 0.70, 50, "auto", metric))
+    _recorded_run(reports, "20261206-000002-b", "awaiting_approval",
+                  _judged("2", 0.74, 60, "manual", metric))  # fmt: skip
+    live = _monitored("healthy", live_metrics={"labeled": 250, "accuracy": 0.812})
+    _recorded_run(reports, "20261206-000003-c", "monitored", {"monitor": live})
+    _recorded_run(reports, "20261206-000004-d", "rejected",
+                  _judged("3", 0.71, 20, "reject", metric))  # fmt: skip
+    page = write_index(reports).read_text(encoding="utf-8")
+    assert "<img" not in page and "<script" not in page
+    sparks = Sparks()
+    sparks.feed(page)
+    selection = sparks.series[f"{metric} of the candidate"]
+    assert selection["dots"] == ["good", "wait", "warn"] and selection["bars"] == 3
+    assert selection["titles"][0] == "20261206-000001-a: 0.7000 [0.660, 0.740], n=685"
+    scores = sparks.series["04 decide score (colour: decision)"]
+    assert scores["dots"] == ["good", "wait", "warn"]
+    assert [t.split(": ")[1] for t in scores["titles"]] == ["50 → auto", "60 → manual",
+                                                            "20 → reject"]  # fmt: skip
+    accuracy = sparks.series["06 monitor live accuracy"]
+    assert accuracy["titles"] == ["20261206-000003-c: 0.812, n=250 labelled"]
+    rows = OperatorTable()  # the same cell reader, on the trends table's rows
+    rows.feed(page.replace("data-trend=", "data-action="))
+    assert rows.rows[0][0].endswith("20261206-000004-d")
+    assert rows.rows[0][1:] == [metric, "0.710 [0.670, 0.750], n=685", "20", "reject", "—"]
+    assert rows.rows[1][-1] == "0.812 (n=250)"
+    assert len(rows.rows) == 4

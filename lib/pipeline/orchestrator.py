@@ -273,16 +273,21 @@ class _Run:
             run_id=ctx.run_id, model_name=self.cfg.model_name, tracking_uri=ctx.tracking_uri,
             trigger=ctx.trigger, root=ctx.root, run_dir=ctx.run_dir, started=self.started,
             results=self.results, outcome=outcome, outputs=self.outputs,
-            recovered=self.recovered, failure=failure,
+            recovered=self.recovered, failure=failure, serving_url=self.cfg.serving_url,
         )  # fmt: skip
         summary["notifications"] = list(self.deliveries)
         write_json_atomic(ctx.run_dir / "report.json", summary)
         write_json_atomic(reports / f"report_{ctx.run_id}.json", summary)
-        from lib.watch import report_index
+        from lib.watch import report_index, run_summary
 
+        # the summary and the index are conveniences: the run's own record is written
+        try:
+            run_summary.write(ctx.run_dir, summary)
+        except Exception as exc:
+            log.warning("could not write %s/summary.md: %s", ctx.run_dir, exc)
         try:
             report_index.write_index(reports)
-        except Exception as exc:  # the index is a convenience; the run's own record is written
+        except Exception as exc:
             log.warning("could not write %s/index.html: %s", reports, exc)
 
     def notify_new(self, outcome: str) -> None:

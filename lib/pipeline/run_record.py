@@ -142,8 +142,10 @@ def summary(
     outputs: RunOutputs,
     recovered: Any,
     failure: Exception | None,
+    serving_url: str | None = None,
 ) -> dict[str, Any]:
-    """report.json: the run, its outcome, its headline results and every stage's record."""
+    """report.json: the run, its outcome, its headline results and every stage's record.
+    `serving_url`: the production service configured (None: 05 deploy starts its own)."""
     from lib.config import redact_url
 
     quarantine = run_dir / "quarantine.csv"
@@ -160,6 +162,7 @@ def summary(
         "error": str(failure) if failure else None,
         "tracking_uri": redact_url(tracking_uri),
         "model_name": model_name,
+        "production": production(tracking_uri, serving_url),
         "quarantine_csv": rel(str(quarantine)) if quarantine.exists() else None,
         "results": RunResults.collect(outputs, recovered).flat(),
         "stages": [
@@ -174,6 +177,18 @@ def summary(
             }
             for r in results
         ],
+    }
+
+
+def production(tracking_uri: str, serving_url: str | None) -> dict[str, Any]:
+    """Where production lived: `external` (a configured service that outlives the run) or
+    `self-contained` (no serving URL: 05 deploy starts its own service and stops it)."""
+    from lib.config import redact_url
+
+    return {
+        "mode": "external" if serving_url else "self-contained",
+        "tracking_uri": redact_url(tracking_uri),
+        "serving_url": redact_url(serving_url) if serving_url else None,
     }
 
 

@@ -26,6 +26,7 @@ from lib.atomic_files import write_json_atomic, write_text_atomic
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.html"
+SUMMARY_PAGE = "summary.html"  # lib.watch.run_summary.HTML_NAME (which imports this module)
 OPERATOR_FILE = "operator_actions.json"
 UNREADABLE = "unreadable summary"
 OUTCOMES = {  # report.json outcome (lib.pipeline.run_record.RUN_OUTCOMES) -> (label, CSS class)
@@ -61,6 +62,22 @@ class Link:
 
 
 @dataclass
+class TrendPoint:
+    """One run's figures that are compared across runs: the selection metric of its candidate
+    with its interval, 04 decide's score and decision, 06 monitor's live accuracy."""
+
+    metric: str | None = None
+    estimate: float | None = None
+    low: float | None = None
+    high: float | None = None
+    n: int | None = None
+    score: int | None = None
+    decision: str | None = None
+    live_accuracy: float | None = None
+    live_n: int | None = None
+
+
+@dataclass
 class RunRow:
     """What the index shows about one run, already reduced to plain text and links."""
 
@@ -82,6 +99,7 @@ class RunRow:
     links: list[Link] = field(default_factory=list)
     summary_href: str | None = None
     readable: bool = True
+    trend: TrendPoint | None = None
 
 
 # ---------------------------------------------------------------------------- reading
@@ -230,10 +248,47 @@ def _model_text(results: dict[str, Any]) -> str:
     return ", ".join(parts) or "—"
 
 
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _trend_point(summary: dict[str, Any], results: dict[str, Any]) -> TrendPoint | None:
+    """The run's figures for the trends, or None when it has none of them."""
+    comparison = _dict(results.get("comparison"))
+    compare = next(
+        (_dict(_dict(s).get("outputs")) for s in summary.get("stages") or []
+         if isinstance(s, dict) and s.get("name") == "compare"),
+        {},
+    )  # fmt: skip
+    interval = _dict(compare.get("candidate_interval") or comparison.get("candidate_interval"))
+    live = _dict(results.get("live_metrics"))
+    decision = results.get("decision")
+    point = TrendPoint(
+        metric=str(comparison["metric"]) if comparison.get("metric") else None,
+        estimate=_float(interval.get("estimate")),
+        low=_float(interval.get("low")),
+        high=_float(interval.get("high")),
+        n=_int(interval.get("n")),
+        score=_int(results.get("score")),
+        decision=decision if isinstance(decision, str) else None,
+        live_accuracy=_float(live.get("accuracy")),
+        live_n=_int(live.get("labeled")),
+    )
+    figures = (point.estimate, point.score, point.live_accuracy)
+    return point if any(f is not None for f in figures) else None
+
+
 def read_run(report: Path, reports_dir: Path) -> RunRow:
     """One run's row; a summary that cannot be read still gives a row that says so."""
     run_dir = report.parent
     folder = run_dir.name
+    summary_page = run_dir / SUMMARY_PAGE  # lib.watch.run_summary's page, else the raw JSON
     try:
         mtime = report.stat().st_mtime
     except OSError:
@@ -244,7 +299,7 @@ def read_run(report: Path, reports_dir: Path) -> RunRow:
         folder=folder,
         sort_key=fallback_time.timestamp() if fallback_time else mtime,
         date=_date(fallback_time),
-        summary_href=_href(report, reports_dir),
+        summary_href=_href(summary_page if summary_page.is_file() else report, reports_dir),
     )
     summary, problem = _read_json(report, dict)
     if problem is not None:
@@ -291,6 +346,7 @@ def read_run(report: Path, reports_dir: Path) -> RunRow:
         row.notes.append(f"recovered first: {recovered['reason']}")
     row.notes.extend(notes)
     row.links = _stage_links(summary.get("stages"), reports_dir, run_dir)
+    row.trend = _trend_point(summary, results)
     return row
 
 
@@ -370,6 +426,135 @@ def _action_view(entry: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- rendering
 
+DECISION_CSS = {"auto": "good", "manual": "wait", "reject": "warn"}
+SPARK_STEP, SPARK_HEIGHT, SPARK_PAD, SPARK_MIN_WIDTH = 14, 56, 6, 160
+TREND_ROWS = 12  # the trends table: the latest runs with figures
+
+
+@dataclass
+class Dot:
+    x: float
+    y: float
+    css: str
+    title: str  # text, escaped by the template
+
+
+@dataclass
+class Bar:
+    x: float
+    top: float
+    bottom: float
+
+
+@dataclass
+class Spark:
+    """An inline SVG sparkline: one dot per run (oldest left), an interval bar where known."""
+
+    title: str
+    width: int
+    height: int
+    points: str  # the polyline's "x,y x,y ...": numbers only
+    dots: list[Dot]
+    bars: list[Bar]
+    latest: str
+
+
+@dataclass
+class Figure:
+    """One run's value in one series: (run id, value, interval low and high, CSS class, text)."""
+
+    run: str
+    value: float
+    low: float | None
+    high: float | None
+    css: str
+    text: str
+
+
+def sparkline(
+    title: str, figures: list[Figure], bounds: tuple[float, float] | None = None
+) -> Spark | None:
+    """The series as an SVG sparkline scaled to `bounds` (low, high), else to its own range
+    (intervals included)."""
+    if not figures:
+        return None
+    known = [v for f in figures for v in (f.value, f.low, f.high) if v is not None]
+    bottom, top = bounds or (min(known), max(known))
+    if top - bottom < 1e-9:  # a flat series: a flat line in the middle
+        margin = 0.01 * (abs(top) or 1.0)
+        top, bottom = top + margin, bottom - margin
+    height = SPARK_HEIGHT - 2 * SPARK_PAD
+
+    def y(v: float) -> float:
+        return round(SPARK_PAD + (top - v) / (top - bottom) * height, 1)
+
+    dots, bars = [], []
+    for i, f in enumerate(figures):
+        x = SPARK_PAD + i * SPARK_STEP
+        dots.append(Dot(x, y(f.value), f.css, f"{f.run}: {f.text}"))
+        if f.low is not None and f.high is not None:
+            bars.append(Bar(x, y(f.high), y(f.low)))
+    return Spark(
+        title=title,
+        width=max(SPARK_MIN_WIDTH, dots[-1].x + SPARK_PAD),
+        height=SPARK_HEIGHT,
+        points=" ".join(f"{d.x},{d.y}" for d in dots),
+        dots=dots,
+        bars=bars,
+        latest=f"latest {figures[-1].text} ({figures[-1].run}); {len(figures)} run(s)",
+    )
+
+
+def trends(rows: list[RunRow]) -> list[Spark]:
+    """One sparkline per series, oldest run first: each selection metric of the candidates with
+    its interval, 04 decide's score (coloured by decision), 06 monitor's live accuracy."""
+    points = [(r.run_id, r.trend) for r in reversed(rows) if r.trend is not None]
+    sparks = []
+    for metric in dict.fromkeys(p.metric for _, p in points if p.estimate is not None):
+        figures = [
+            Figure(run, p.estimate, p.low, p.high, DECISION_CSS.get(p.decision or "", "info"),
+                   f"{p.estimate:.4f} [{_number(p.low)}, {_number(p.high)}], n={_text(p.n)}")
+            for run, p in points
+            if p.estimate is not None and p.metric == metric
+        ]  # fmt: skip
+        sparks.append(sparkline(f"{metric or 'selection metric'} of the candidate", figures))
+    scores = [
+        Figure(run, float(p.score), None, None, DECISION_CSS.get(p.decision or "", "info"),
+               f"{p.score} → {_text(p.decision)}")
+        for run, p in points
+        if p.score is not None
+    ]  # fmt: skip
+    sparks.append(sparkline("04 decide score (colour: decision)", scores, (0.0, 100.0)))
+    live = [
+        Figure(run, p.live_accuracy, None, None, "info",
+               f"{p.live_accuracy:.3f}, n={_text(p.live_n)} labelled")
+        for run, p in points
+        if p.live_accuracy is not None
+    ]  # fmt: skip
+    sparks.append(sparkline("06 monitor live accuracy", live))
+    return [s for s in sparks if s is not None]
+
+
+def trend_rows(rows: list[RunRow]) -> list[dict[str, str]]:
+    """The latest runs with figures, newest first, as text for the trends table."""
+    found = []
+    for row in rows:
+        p = row.trend
+        if p is None:
+            continue
+        interval = f" [{_number(p.low)}, {_number(p.high)}]" if p.low is not None else ""
+        found.append({
+            "run": row.run_id, "date": row.date, "metric": _text(p.metric),
+            "value": (_number(p.estimate) + interval + (f", n={p.n}" if p.n else ""))
+            if p.estimate is not None else "—",
+            "score": _text(p.score), "decision": _text(p.decision),
+            "live": f"{p.live_accuracy:.3f} (n={_text(p.live_n)})"
+            if p.live_accuracy is not None else "—",
+        })  # fmt: skip
+        if len(found) == TREND_ROWS:
+            break
+    return found
+
 
 @functools.cache
 def _template() -> jinja2.Template:
@@ -398,6 +583,8 @@ def write_index(reports_dir: Path) -> Path:
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         actions=[_action_view(e) for e in reversed(entries)],  # newest first, like the runs
         actions_problem=problem,
+        sparks=trends(rows),
+        trend_rows=trend_rows(rows),
     )
     target = reports_dir / INDEX_NAME
     write_text_atomic(target, page, permissions=0o644)  # the page is meant to be served
