@@ -189,7 +189,10 @@ def log_candidate_model(model: Any, example: pd.DataFrame) -> Any:
     import mlflow
     from mlflow.models import infer_signature
 
+    # integer columns as float: the schema then accepts a missing value, and MLflow has no
+    # "Inferred schema contains integer column(s)" warning to print into the notebook
     example = example.head(5)
+    example = example.astype({c: "float64" for c in example.select_dtypes("integer").columns})
     signature = infer_signature(example, model.predict_proba(example)[:, 1])
     return mlflow.sklearn.log_model(
         model,
