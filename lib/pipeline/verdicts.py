@@ -57,9 +57,9 @@ def interval(i: dict[str, Any] | None, signed: bool = False) -> str:
 
 
 def number(value: Any, digits: int = 4) -> str:
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return "n/a" if value is None else str(value)
+    if value is None or value != value:  # None or NaN: nothing was measured
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def detect(out: DetectOutputs) -> Verdict:
@@ -130,12 +130,8 @@ NEXT_AFTER_DECISION = {
 
 def decide(decision: Any, version: str | None = None) -> Verdict:
     """`decision`: a lib.pipeline.scoring.Decision."""
-    numbers = [("score", f"{decision.score}/100 (evidence: {decision.evidence})")]
-    numbers += [
-        (r.criterion, f"{number(r.observed)} → {r.points:+d} points")
-        for r in decision.reasons
-        if r.points or r.observed == r.observed  # NaN: not observed
-    ][:3]
+    numbers = [("score", f"{decision.score} (read on: {decision.evidence.replace('_', ' ')})")]
+    numbers += [(r.criterion, r.text) for r in decision.reasons if r.observed == r.observed][:3]
     next_step, tone = NEXT_AFTER_DECISION.get(decision.verdict, ("", "info"))
     who = f"v{version}" if version else "the candidate"
     return Verdict(f"{decision.verdict}: {who}, score {decision.score}", numbers, next_step, tone)
@@ -143,8 +139,9 @@ def decide(decision: Any, version: str | None = None) -> Verdict:
 
 def deploy(out: DeployOutputs) -> Verdict:
     passed = [s for s in out.steps if s.get("verdict") == "pass"]
+    steps = f"{len(passed)} of {len(out.steps)} passed" if out.steps else "none run"
     numbers = [
-        ("steps passed", f"{len(passed)} of {len(out.steps)}"),
+        ("canary steps", steps),
         ("champion before", out.champion_before or "none"),
     ]
     if out.note:
