@@ -232,3 +232,38 @@ def test_a_chart_with_nothing_to_draw_is_a_sentence(chart, args) -> None:
     assert isinstance(said, plots.Sentence) and said.startswith("No ")
     assert said._repr_html_().startswith('<p class="no-chart">')
     assert isinstance(plots.traffic(pd.DataFrame()), plots.Sentence)
+
+
+def partial_stage(error: BaseException):
+    """A stage that leaves a partial notebook in the run folder, then stops with `error`."""
+
+    def fn(inputs, root: Path):
+        partial = notebook([code("x = 1", tags=["parameters"]), code("train()")], parameters={})
+        nbformat.write(partial, root / "reports" / inputs.run_id / "02_train.ipynb")
+        raise error
+
+    return fn
+
+
+@pytest.mark.component
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("the data went away")])
+def test_a_failed_or_cancelled_run_renders_its_partial_notebooks(tmp_path: Path, error) -> None:
+    from lib.config import load_config
+    from lib.errors import StageError
+    from lib.pipeline.executors import InProcessExecutor
+    from lib.pipeline.orchestrator import run
+
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "runner.py").write_text("")
+    cfg = load_config(root, None, {"synth_apps": 300})
+    detected = DetectOutputs(
+        new_apps=300, updated_apps=0, total_apps=300, should_train=True, reason="first run",
+        quarantined_rows=0,
+    )  # fmt: skip
+    stages = {"detect": lambda inputs, root: detected, "train": partial_stage(error)}
+    expected = KeyboardInterrupt if isinstance(error, KeyboardInterrupt) else StageError
+    with pytest.raises(expected):
+        run(cfg, root, ["detect", "train"], run_id="r1", executor=InProcessExecutor(root, stages))
+    page = check_stage_html(root / "reports" / "r1" / "02_train.html")
+    assert "No verdict" in "".join(page.text)
