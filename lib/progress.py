@@ -77,14 +77,27 @@ class ProgressHandler(logging.Handler):
             self.handleError(record)
 
 
+class DebugStream:
+    """A stream whose text goes to DEBUG: MLflow's event messages ("Successfully registered
+    model ..."), which would otherwise be the notebook's stderr."""
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            log.debug("mlflow: %s", text.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def quiet_libraries() -> None:
     """Keep MLflow's own output out of the notebook (in a kernel, stderr is a cell's output):
-    its messages ("Successfully registered model ...") and INFO lines are dropped, its
-    warnings and errors become progress lines. Called by each stage notebook at the start."""
+    its event messages go to DEBUG, its INFO lines are dropped, its warnings and errors become
+    progress lines. Called by each stage notebook at the start."""
     from mlflow.utils import logging_utils
 
-    logging_utils.disable_logging()  # MLflow's stream: its handler's and `eprint`'s output
+    # `eprint` looks its stream up at each call; MLflow's own switch (disable_logging) is
+    # switched back on by some of its calls (log_model), so the stream itself is replaced
+    logging_utils.MLFLOW_LOGGING_STREAM = DebugStream()
     mlflow_log = logging.getLogger("mlflow")
-    handler = ProgressHandler(logging.WARNING)
-    mlflow_log.handlers = [h for h in mlflow_log.handlers if not isinstance(h, ProgressHandler)]
-    mlflow_log.addHandler(handler)
+    mlflow_log.handlers = [ProgressHandler(logging.WARNING)]

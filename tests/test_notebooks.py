@@ -11,7 +11,7 @@ from lib.pipeline.executors import check_parameters
 from lib.pipeline.orchestrator import RunContext, inputs_for
 from lib.pipeline.report_html import render_html
 from lib.pipeline.run_record import RunOutputs
-from tests.test_report_html import check_stage_html
+from tests.support.report_pages import check_stage_html
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 

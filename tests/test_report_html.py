@@ -1,14 +1,14 @@
 """Stage HTML a reviewer reads in a minute: the verdict first, no code, the parameters once as
 a table (credentials redacted), no stderr; partial notebooks of failed runs rendered too.
 
-`check_stage_html` is also applied to every stage of a real run (tests/test_notebooks.py).
+`check_stage_html` (tests/support/report_pages.py) is also applied to every stage of a real run
+(tests/test_notebooks.py).
 """
 
 from __future__ import annotations
 
 import html
 import logging
-from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
@@ -17,53 +17,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from lib.pipeline import plots, report_html, verdicts
 from lib.pipeline.contracts import DetectOutputs, MonitorOutputs
-
-
-class Page(HTMLParser):
-    """The elements of a page: the first element inside <body>, every element's classes, the
-    parameter tables and the visible text."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.in_body = False
-        self.first: tuple[str, dict[str, str]] | None = None
-        self.elements: list[tuple[str, dict[str, str]]] = []
-        self.text: list[str] = []
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attributes = {k: v or "" for k, v in attrs}
-        if tag == "body":
-            self.in_body = True
-        elif self.in_body:
-            self.elements.append((tag, attributes))
-            if self.first is None:
-                self.first = (tag, attributes)
-
-    def handle_data(self, data: str) -> None:
-        if self.in_body and data.strip() and self.first is None:
-            self.first = ("#text", {"text": data.strip()})
-        self.text.append(data)
-
-    def classes(self) -> set[str]:
-        return {c for _, a in self.elements for c in a.get("class", "").split()}
-
-    def count(self, tag: str, cls: str) -> int:
-        return sum(1 for t, a in self.elements if t == tag and cls in a.get("class", "").split())
-
-
-def check_stage_html(path: Path) -> Page:
-    """What every stage's HTML must be: it opens with its verdict block, and shows no input
-    cell and no stderr output."""
-    page = Page(path.read_text(encoding="utf-8"))
-    assert page.first is not None, f"{path.name}: empty body"
-    tag, attributes = page.first
-    assert (tag, attributes.get("class")) == ("section", "verdict"), f"{path.name}: {page.first}"
-    classes = page.classes()
-    assert not classes & {"input", "input_area", "jp-InputArea", "input_prompt"}, path.name
-    assert not classes & {"output_stderr"}, f"{path.name}: stderr output shown"
-    assert page.count("details", "parameters") <= 1, f"{path.name}: parameters twice"
-    return page
+from tests.support.report_pages import Page, check_stage_html
 
 
 def notebook(cells: list, parameters: dict | None = None) -> nbformat.NotebookNode:
