@@ -253,7 +253,7 @@ def render_costs(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
     """Per stage: the runner's in-process HTML rendering and scrap reading, done again here."""
     from lib.pipeline import scraps
     from lib.pipeline.contracts import STAGES
-    from lib.pipeline.executors import render_html
+    from lib.pipeline.report_html import render_html
 
     html, read = {}, {}
     for stage, spec in STAGES.items():

@@ -184,12 +184,19 @@ def skops_trusted_types(model: Any) -> list[str]:
     return _only_library_types(sio.get_untrusted_types(data=sio.dumps(model)))
 
 
+def float_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Integer columns as float for the schemas MLflow records (the model's signature, the
+    logged datasets): a float column accepts a missing value, and MLflow then has no "Inferred
+    schema contains integer column(s)" warning to print into the notebook."""
+    return frame.astype({c: "float64" for c in frame.select_dtypes("integer").columns})
+
+
 def log_candidate_model(model: Any, example: pd.DataFrame) -> Any:
     """Log a fitted pipeline to the active run with signature, example and skops format."""
     import mlflow
     from mlflow.models import infer_signature
 
-    example = example.head(5)
+    example = float_columns(example.head(5))
     signature = infer_signature(example, model.predict_proba(example)[:, 1])
     return mlflow.sklearn.log_model(
         model,
@@ -354,11 +361,13 @@ def log_candidate_run(
             metrics["fit_seconds"] = result.fit_seconds
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
             for context, frame in (("training", train_frame), ("holdout", holdout_frame)):
-                with warnings.catch_warnings():  # MLflow's hints here are not actionable
+                with warnings.catch_warnings():  # MLflow's hint here is not actionable
                     warnings.filterwarnings("ignore", message=".*interpreted in multiple ways")
-                    warnings.filterwarnings("ignore", message=".*integer column")
                     dataset = mlflow.data.from_pandas(
-                        frame, source=data_source, targets="label", name=f"playstore-{context}"
+                        float_columns(frame),
+                        source=data_source,
+                        targets="label",
+                        name=f"playstore-{context}",
                     )
                 mlflow.log_input(dataset, context=context)
             for name, fig in figures.items():

@@ -9,7 +9,9 @@ from lib.config import PipelineConfig
 from lib.pipeline.contracts import PIPELINE, STAGES
 from lib.pipeline.executors import check_parameters
 from lib.pipeline.orchestrator import RunContext, inputs_for
+from lib.pipeline.report_html import render_html
 from lib.pipeline.run_record import RunOutputs
+from tests.support.report_pages import check_stage_html
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -78,3 +80,16 @@ def test_each_notebook_runs_with_its_defaults_from_the_notebooks_folder(project:
     decided = scraps.read(out / "04_decide.ipynb")
     assert decided["decision"] in {"auto", "manual", "reject"}
     assert scraps.read(out / "02_train.ipynb")["candidate_version"] == "1"
+
+    # What a reviewer reads (the runner's renderer): each stage opens with its verdict, shows
+    # no code and no stderr, and no notebook carries stderr (silenced at the source)
+    for stage in PIPELINE:
+        executed = out / f"{STAGES[stage].notebook}.ipynb"
+        check_stage_html(render_html(executed))
+        stderr = [
+            "".join(o["text"])
+            for cell in json.loads(executed.read_text())["cells"]
+            for o in cell.get("outputs", [])
+            if o.get("name") == "stderr"
+        ]
+        assert stderr == [], f"{executed.name}: {stderr}"

@@ -38,3 +38,26 @@ def test_canary_step_line_names_the_counts(capfd, monkeypatch) -> None:
 def test_throttle_lets_one_line_through_per_period() -> None:
     throttle = progress.Throttle(3600)
     assert throttle.ready() and not throttle.ready() and throttle.ready(force=True)
+
+
+def test_mlflow_says_nothing_into_a_notebook_after_quiet_libraries(capfd, monkeypatch) -> None:
+    """In a kernel stderr is the notebook's: MLflow's messages go to DEBUG, also after MLflow
+    switches its own event logs back on (as log_model does); its warnings are progress lines."""
+    import logging
+
+    from mlflow.utils import logging_utils
+
+    mlflow_log = logging.getLogger("mlflow")
+    monkeypatch.setattr(logging_utils, "MLFLOW_LOGGING_STREAM", logging_utils.MLFLOW_LOGGING_STREAM)
+    monkeypatch.setattr(mlflow_log, "handlers", list(mlflow_log.handlers))
+    monkeypatch.setenv(progress.ENV, "1")
+    progress.quiet_libraries()
+    logging_utils.enable_logging()
+    logging_utils.eprint("Successfully registered model 'playstore-rating'.")
+    logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
+    logging.getLogger("mlflow.models").warning("the model's requirements could not be inferred")
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert (
+        err == f"{progress.INDENT}mlflow.models: the model's requirements could not be inferred\n"
+    )

@@ -8,7 +8,6 @@ calls the stage's `run(inputs, root)` directly, without a kernel, so the runner'
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 import time
@@ -77,28 +76,6 @@ def check_parameters(notebook: Path, stage: Stage) -> None:
         )
 
 
-@functools.cache
-def html_exporter() -> Any:
-    """One exporter per process: each new one compiles its Jinja templates again (~0.5 s)."""
-    from nbconvert import HTMLExporter
-
-    return HTMLExporter()
-
-
-def render_html(notebook: Path) -> Path:
-    """HTML beside the executed notebook, rendered in-process (a subprocess costs ~3 s)."""
-    import warnings
-
-    import nbformat
-
-    with warnings.catch_warnings():  # scrapbook's own mimetype has no HTML form: expected
-        warnings.filterwarnings("ignore", message=".*is not able to be represented")
-        body, _ = html_exporter().from_notebook_node(nbformat.read(notebook, as_version=4))
-    html = notebook.with_suffix(".html")
-    html.write_text(body, encoding="utf-8")
-    return html
-
-
 class PapermillExecutor:
     """Runs the stage's notebook; with a kernel pool, in a kernel started ahead of time."""
 
@@ -109,7 +86,7 @@ class PapermillExecutor:
         import papermill
         from papermill.exceptions import PapermillExecutionError
 
-        from lib.pipeline import scraps
+        from lib.pipeline import report_html, scraps
 
         source = self.root / "notebooks" / f"{stage.notebook}.ipynb"
         target = run_dir / source.name
@@ -146,7 +123,7 @@ class PapermillExecutor:
         html = None
         if target.exists():
             try:
-                html = str(render_html(target))
+                html = str(report_html.render_html(target))
             except Exception as exc:  # the .ipynb is the record; HTML is a convenience
                 log.warning("could not render %s to HTML: %s", target.name, exc)
         outputs = None

@@ -21,7 +21,7 @@ from typing import Any
 from lib.atomic_files import write_json_atomic
 from lib.config import PipelineConfig, data_paths, redact_url
 from lib.errors import PipelineError, RunnerBusyError, StageError
-from lib.pipeline import run_record
+from lib.pipeline import report_html, run_record
 from lib.pipeline.contracts import (
     PIPELINE,
     STAGES,
@@ -403,6 +403,7 @@ def run(
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: kernels down, then record
             if kernels is not None:
                 kernels.close()
+            report_html.render_missing(run_dir)  # the partial notebook of the cancelled stage
             state.record("cancelled")
             raise
         state.notify_new(outcome)
@@ -414,6 +415,7 @@ def run(
         say(f"report: {state.report}")
         result = RunResult(run_id, run_dir, outcome, state.results, exit_code, state.outputs)
         if failure is not None:
+            report_html.render_missing(run_dir)  # any notebook the executor could not render
             failure.result = result  # type: ignore[attr-defined]
             raise failure
         return result

@@ -1,7 +1,11 @@
-"""Figures shown in the notebooks and logged to MLflow: one function per figure."""
+"""Figures shown in the notebooks and logged to MLflow: one function per figure.
+
+A chart with nothing to draw is a sentence saying so (`nothing_to_draw`), not empty axes.
+"""
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -12,8 +16,28 @@ from matplotlib.figure import Figure
 from sklearn.metrics import auc, confusion_matrix, roc_curve
 
 if TYPE_CHECKING:
-    from lib.pipeline.scoring import Decision
     from lib.pipeline.uncertainty import MetricComparison
+
+
+class Sentence(str):
+    """What a chart would have shown, said in words because there is nothing to draw."""
+
+    def _repr_html_(self) -> str:
+        return f'<p class="no-chart"><i>{html.escape(self)}</i></p>'
+
+
+def nothing_to_draw(sentence: str) -> Sentence:
+    """The sentence instead of an empty chart, displayed at once in a notebook (its cells end
+    in `;`, which would hide a returned value)."""
+    said = Sentence(sentence)
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # pragma: no cover - IPython comes with the notebook stack
+        return said
+    if get_ipython() is not None:
+        display(said)
+    return said
 
 
 def class_balance(y: pd.Series, target_threshold: float) -> Figure:
@@ -91,29 +115,11 @@ def comparison(table: pd.DataFrame, metric: str) -> Figure:
     return fig
 
 
-def score_table(decision: Decision) -> Figure:
-    """The decision's score table as a picture, for the HTML report."""
-    rows = decision.reasons
-    fig, ax = plt.subplots(figsize=(8, 0.45 * (len(rows) + 2) + 0.5), layout="tight")
-    ax.axis("off")
-    cells = [[r.criterion, f"{r.observed:.4f}", r.rule, f"{r.points:+d}"] for r in rows]
-    cells.append(["total", "", f"verdict: {decision.verdict}", f"{decision.score:d}"])
-    tbl = ax.table(
-        cellText=cells,
-        colLabels=["criterion", "observed", "rule", "points"],
-        loc="center",
-        cellLoc="left",
-    )
-    tbl.scale(1, 1.4)
-    return fig
-
-
-def rollout_timeline(events: list[dict[str, Any]]) -> Figure:
+def rollout_timeline(events: list[dict[str, Any]]) -> Figure | Sentence:
     """Canary weight over time, with each step's verdict and the final outcome."""
-    fig, ax = plt.subplots(figsize=(8, 3.5), layout="tight")
     if not events:
-        ax.text(0.5, 0.5, "no rollout events", ha="center")
-        return fig
+        return nothing_to_draw("No rollout timeline: the rollout recorded no event.")
+    fig, ax = plt.subplots(figsize=(8, 3.5), layout="tight")
     t = [e["t"] for e in events]
     w = [e["weight"] for e in events]
     ax.step(t, w, where="post", color="#4c72b0", lw=2)
@@ -142,8 +148,10 @@ def rollout_timeline(events: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-def drift_psi(drifts: list[Any], threshold: float) -> Figure:
+def drift_psi(drifts: list[Any], threshold: float) -> Figure | Sentence:
     """PSI of every model input against the training data, drifted ones in red."""
+    if not any(d.psi is not None and d.psi == d.psi for d in drifts):
+        return nothing_to_draw("No input drift to chart: no production inputs in the window.")
     names = [d.feature for d in drifts]
     values = [0.0 if d.psi is None or d.psi != d.psi else d.psi for d in drifts]
     colors = ["#c44e52" if d.drifted else "#4c72b0" for d in drifts]
@@ -157,20 +165,25 @@ def drift_psi(drifts: list[Any], threshold: float) -> Figure:
     return fig
 
 
-def prediction_distribution(reference: Sequence[float], current: Sequence[float]) -> Figure:
+def prediction_distribution(
+    reference: Sequence[float], current: Sequence[float]
+) -> Figure | Sentence:
     """Predicted probabilities now against the champion's on its training data."""
+    if not len(current):
+        return nothing_to_draw("No prediction drift to chart: no predictions in the window.")
     fig, ax = plt.subplots(figsize=(6, 3), layout="tight")
     bins = np.linspace(0, 1, 21)
     ax.hist(reference, bins=bins, alpha=0.5, density=True, label="reference (training data)")
-    if len(current):
-        ax.hist(current, bins=bins, alpha=0.5, density=True, label=f"production (n={len(current)})")
+    ax.hist(current, bins=bins, alpha=0.5, density=True, label=f"production (n={len(current)})")
     ax.set(xlabel="predicted probability of Rating > 4.0", title="Prediction drift")
     ax.legend(fontsize=8)
     return fig
 
 
-def live_vs_validation(perf: dict[str, Any]) -> Figure:
+def live_vs_validation(perf: dict[str, Any]) -> Figure | Sentence:
     """Accuracy and ROC-AUC on labeled feedback against the champion's validation figures."""
+    if not perf.get("labeled") or perf.get("accuracy") is None:
+        return nothing_to_draw("No live performance to chart: no labeled feedback in the window.")
     fig, ax = plt.subplots(figsize=(5, 3), layout="tight")
     metrics = ["accuracy", "roc_auc"]
     live = [perf.get(m) or 0.0 for m in metrics]
@@ -185,17 +198,18 @@ def live_vs_validation(perf: dict[str, Any]) -> Figure:
     return fig
 
 
-def traffic(window: pd.DataFrame) -> Figure:
+def traffic(window: pd.DataFrame) -> Figure | Sentence:
     """Requests and errors per minute, by variant, and latency percentiles."""
+    if not len(window):
+        return nothing_to_draw("No traffic to chart: no requests in the window.")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3), layout="tight")
-    if len(window):
-        minute = pd.to_datetime(window["created_at"], unit="s").dt.floor("min")
-        counts = (
-            window.assign(minute=minute).groupby(["minute", "variant"]).size().unstack(fill_value=0)
-        )
-        counts.plot(ax=ax1)
-        lat = window["latency_ms"].astype(float)
-        ax2.bar(["p50", "p90", "p99"], [lat.quantile(q) for q in (0.5, 0.9, 0.99)])
+    minute = pd.to_datetime(window["created_at"], unit="s").dt.floor("min")
+    counts = (
+        window.assign(minute=minute).groupby(["minute", "variant"]).size().unstack(fill_value=0)
+    )
+    counts.plot(ax=ax1)
+    lat = window["latency_ms"].astype(float)
+    ax2.bar(["p50", "p90", "p99"], [lat.quantile(q) for q in (0.5, 0.9, 0.99)])
     ax1.set_title("Requests per minute")
     ax2.set_title("Latency (ms)")
     return fig
@@ -203,9 +217,11 @@ def traffic(window: pd.DataFrame) -> Figure:
 
 def comparison_intervals(
     comparisons: dict[str, MetricComparison], reference_label: str, highlight: str = "roc_auc"
-) -> Figure:
+) -> Figure | Sentence:
     """Candidate minus reference with its bootstrap interval per metric, and the highlighted
     metric's bootstrap distribution: whether the gain is larger than the holdout's noise."""
+    if not comparisons:
+        return nothing_to_draw("No differences to chart: no metric was compared.")
     fig, (ax1, ax2) = plt.subplots(
         1,
         2,
@@ -213,9 +229,6 @@ def comparison_intervals(
         width_ratios=[1.2, 1],
         layout="tight",
     )
-    if not comparisons:
-        ax1.text(0.5, 0.5, "no comparisons", ha="center")
-        return fig
     names = list(comparisons)[::-1]  # first metric on top
     for y, name in enumerate(names):
         d = comparisons[name].difference
@@ -315,13 +328,12 @@ def threshold_curve(
     return fig
 
 
-def backtest(table: pd.DataFrame) -> Figure:
+def backtest(table: pd.DataFrame) -> Figure | Sentence:
     """Production accuracy per batch for each strategy against the majority share, with the
     policy's verdicts marked: whether the policy kept production at least as good as the rest."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), width_ratios=[1.4, 1], layout="tight")
     if table.empty:
-        ax1.text(0.5, 0.5, "no steps", ha="center")
-        return fig
+        return nothing_to_draw("No backtest chart: the replay had no step.")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), width_ratios=[1.4, 1], layout="tight")
     x = table["step"].to_numpy()
     names = {"policy": "policy", "always": "always deploy", "never": "never retrain"}
     styles = {"policy": ("#4c72b0", "-"), "always": ("#dd8452", "--"), "never": ("#8172b3", ":")}

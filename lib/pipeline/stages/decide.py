@@ -6,11 +6,8 @@ rollout for a person's approval, `reject` records why and leaves production as i
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
-
-import pandas as pd
 
 from lib import registry, score_table
 from lib.delivery import operations, releases
@@ -48,11 +45,6 @@ def decide(inputs: DecideInputs) -> scoring.Decision:
         baseline_label=inputs.reference_label or "champion",
         gate=inputs.gate_inputs,
     )
-
-
-def reasons_table(decision: scoring.Decision) -> pd.DataFrame:
-    rows = [asdict(r) for r in decision.reasons]  # criterion, observed, rule, points, text
-    return pd.DataFrame(rows).rename(columns={"observed": "read", "text": "why"})
 
 
 def record(inputs: DecideInputs, root: Path, decision: scoring.Decision) -> DecideOutputs:
