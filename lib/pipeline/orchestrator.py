@@ -406,6 +406,8 @@ def run(
             report_html.render_missing(run_dir)  # the partial notebook of the cancelled stage
             state.record("cancelled")
             raise
+        if failure is not None:  # before the record, so that summary.html links the page
+            report_html.render_missing(run_dir)  # any notebook the executor could not render
         state.notify_new(outcome)
         state.record(outcome, failure)
         failed = [d for d in state.deliveries if not d["ok"]]
@@ -415,7 +417,6 @@ def run(
         say(f"report: {state.report}")
         result = RunResult(run_id, run_dir, outcome, state.results, exit_code, state.outputs)
         if failure is not None:
-            report_html.render_missing(run_dir)  # any notebook the executor could not render
             failure.result = result  # type: ignore[attr-defined]
             raise failure
         return result
