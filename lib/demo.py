@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 MARKER = ".pipeline-demo"  # a folder holding it is the demo's own: replaced on every demo
 LINKED = ("lib", "notebooks", "runner.py")  # the project's code, shared by the demo folder
 DATA = "data/apps.csv"
-BASE_APPS, BASE_SEED = 3000, 7
-NEW_APPS, NEW_SEED = 1500, 1000
+BASE_APPS, BASE_SEED = 4000, 7
+NEW_APPS, NEW_SEED = 2000, 1000
 BAD_TAGS = {
     "demo": "deliberately bad candidate",
     "trained_on": "inverted labels (an app is 'well rated' when it is not)",
