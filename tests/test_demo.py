@@ -38,6 +38,11 @@ def test_the_demo_promotes_the_better_candidate_through_the_canary_and_rolls_bac
         timeout=1200,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert_the_story(project)
+
+
+def assert_the_story(project: Path) -> None:
+    """What the demo in `project`/demo left: its reports, registry and models/."""
     demo = project / "demo"
 
     first, good, bad = _outputs(demo / "reports", "deploy")
@@ -54,7 +59,8 @@ def test_the_demo_promotes_the_better_candidate_through_the_canary_and_rolls_bac
     uri = f"sqlite:///{demo / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = "playstore-rating"
-    assert client.get_model_version_by_alias(name, "champion").version == good["deployed_version"]
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == good["deployed_version"]
     bad_version = client.get_model_version(name, bad["deployed_version"])
     assert "inverted labels" in bad_version.tags["trained_on"]  # registered as what it is
     assert "canary" not in bad_version.aliases and "champion" not in bad_version.aliases
