@@ -192,8 +192,8 @@ def narrate(result: orchestrator.RunResult, say: Callable[[str], Any]) -> None:
     if deployed is not None:
         for step in deployed.steps:
             if step.get("kind") == "canary":
-                why = step.get("reason") or ""
-                say(f"   canary {step['weight']:>3}%: {step['verdict']} {why}")
+                seen = ", ".join(f"{n} {k}" for k, n in (step.get("samples") or {}).items())
+                say(f"   canary {step['weight']:>3}%: {step['verdict']} ({seen} requests)")
         if deployed.outcome == "promoted":
             say(f"   -> v{deployed.deployed_version} promoted: it serves 100% of the traffic")
         else:
