@@ -4,6 +4,7 @@
     python runner.py --force-retrain       # train whatever the new-app count
     python runner.py --stages train,compare --set cv_folds=3
     python runner.py simulate-new-apps --n 150
+    python runner.py demo                  # the whole story on generated data, in demo/
     python runner.py serve                 # the model service (champion + canary)
     python runner.py status | rollback [--reason TEXT] | approve V | reject V
     python runner.py promote V --reason TEXT   # a registered version back in production
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim = command("simulate-new-apps", "append generated new apps to the data file")
     sim.add_argument("--n", type=int, default=150, help="number of new apps (default 150)")
     sim.add_argument("--seed", type=int, help="seed of the batch (default: derived from the file)")
+    demo = command("demo", "the whole story on generated data in its own folder (a few minutes)")
+    demo.add_argument("--dir", help="the demo's folder (default: demo/ in the project; replaced)")
     return parser
 
 
@@ -163,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
             n = simulate_new_apps(cfg, root, args.n, args.seed)
             print(f"appended {n} new apps to {cfg.data_path.split(',')[0]}")
             return 0
+        if args.command == "demo":
+            from lib.demo import run_demo
+
+            folder = Path(args.dir).resolve() if args.dir else root / "demo"
+            story = run_demo(root, folder, print)
+            return (
+                0 if story.good_outcome == "promoted" and story.bad_outcome == "rolled_back" else 1
+            )
         stages = args.stages.split(",") if args.stages else None
         result = run(cfg, root, stages, args.force_retrain, args.run_id, echo=print)
         return result.exit_code

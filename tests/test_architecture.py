@@ -136,7 +136,7 @@ LAYERS = (
     # the run of the stages in order, and the operator commands
     "composers",
 )
-COMPOSERS = ("lib.pipeline.stages", "lib.pipeline.orchestrator", "lib.commands")
+COMPOSERS = ("lib.pipeline.stages", "lib.pipeline.orchestrator", "lib.commands", "lib.demo")
 
 
 def layer_of(module: str) -> str:

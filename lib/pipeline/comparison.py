@@ -49,6 +49,8 @@ class Comparison:
     candidate_proba: list[float] = field(default_factory=list, repr=False)
     reference_proba: list[float] | None = field(default=None, repr=False)
     details: dict[str, uncertainty.MetricComparison] = field(default_factory=dict, repr=False)
+    # is this the data the candidate was trained on: comparable, note, data_digest, trained
+    data_check: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
         """Metrics side by side, with each difference (positive = candidate better) and its 95%

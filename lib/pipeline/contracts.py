@@ -148,6 +148,9 @@ class CompareInputs(HoldoutInputs):
     selection_metric: str = setting("selection_metric")
     holdout_digest: str | None = None  # 02 train's holdout fingerprint, checked when given
     parent_run_id: str | None = None
+    # the runner's True: the bounds go to the candidate's run and version; a notebook run alone
+    # (False) writes nothing to MLflow, so it never changes a registered version's record
+    log_to_mlflow: bool = False
 
 
 class CompareOutputs(Contract):
@@ -176,6 +179,7 @@ class DecideInputs(HoldoutInputs):
     selection_metric: str = setting("selection_metric")
     decision_table: dict[str, Any] = setting("decision")  # empty: the mission's table
     parent_run_id: str | None = None
+    log_to_mlflow: bool = False  # the runner's True: the verdict tags the version and its run
 
 
 class DecideOutputs(Contract):

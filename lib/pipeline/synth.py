@@ -100,6 +100,7 @@ _ANDROID = [
     "4.2 and up", "2.3.3 and up", "2.2 and up", "4.3 and up", "3.0 and up", "6.0 and up",
 ]  # fmt: skip
 _ANDROID_SHARES = np.array([26, 16, 14.5, 10.5, 7, 6.5, 4, 3, 2.5, 2.5, 2.5, 1])
+_NEW_ANDROID = ["7.0 and up", "7.1 and up", "8.0 and up"]  # never in the base data
 _MONTHS = np.array(
     ["January", "February", "March", "April", "May", "June", "July", "August", "September",
      "October", "November", "December"]
@@ -159,8 +160,11 @@ def _rating_text(rng: np.random.Generator, score: np.ndarray, reviews: np.ndarra
     return np.where(unrated, "", np.char.mod("%.1f", rating))
 
 
-def _generate(n: int, seed: int, start_id: int, share_repeated: float) -> pd.DataFrame:
-    """Generate n listings; `share_repeated` of them repeat an earlier app of the same batch."""
+def _generate(
+    n: int, seed: int, start_id: int, share_repeated: float, shifted: bool = False
+) -> pd.DataFrame:
+    """Generate n listings; `share_repeated` of them repeat an earlier app of the same batch;
+    `shifted`: apps of a new generation whose rating follows other features (_shifted_score)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
@@ -187,25 +191,15 @@ def _generate(n: int, seed: int, start_id: int, share_repeated: float) -> pd.Dat
     age_days = np.floor(age_days).astype(int)
     content = _pick(rng, m, _CONTENT_SHARES)
 
-    # Latent score: what makes an app well rated here (all from features, none from the rating).
-    # Several effects are non-linear or interactions, as in the real data where a random forest
-    # clearly beats a logistic regression.
-    log_rev = np.log10(reviews + 1)
-    engagement = np.log10((reviews + 1) / installs) + 1.3  # reviews per install, 0 = typical
-    years = age_days / 365.0
-    big_is_good = np.isin(categories, ["GAME", "FAMILY", "PHOTOGRAPHY", "VIDEO_PLAYERS"])
+    if shifted:  # targets Android 7+, size and version always given
+        varies[:] = False
     log_size = np.log(size_mb / 12.0)
-    score = (
-        0.5 * ((log_rev > 2.5) & (log_rev < 6.0))  # established, not yet mass-market polarized
-        - 0.9 * np.minimum(np.abs(engagement), 2.0)  # unusual review rates: complaints or fakes
-        + np.where(years < 0.15, 0.3, 0.0)  # freshly updated
-        - 0.3 * np.clip(np.log2(np.maximum(years, 1e-3)) + 0.5, 0.0, 3.0)  # abandoned apps slip
-        + 1.0 * cat_effect
-        + _CONTENT_EFFECT[content]
-        + np.where(paid, np.where(installs >= 1e4, 0.6, -0.25), 0.0)  # paid: only hits do well
-        + np.where(varies, 0.15, np.where(big_is_good, 0.25, -0.2) * log_size)
-        + 0.2
-    )
+    engagement = np.log10((reviews + 1) / installs) + 1.3  # reviews per install, 0 = typical
+    if shifted:
+        score = _shifted_score(log_size, engagement, paid, content)
+    else:
+        score = _latent_score(reviews, engagement, age_days, categories, cat_effect, content,
+                              paid, installs, varies, log_size)  # fmt: skip
     rating_text = _rating_text(rng, score, reviews)
 
     dates = _update_dates(age_days)
@@ -215,6 +209,8 @@ def _generate(n: int, seed: int, start_id: int, share_repeated: float) -> pd.Dat
     ]
     versions = _versions(rng, m)
     android = np.array(_ANDROID)[_pick(rng, m, _ANDROID_SHARES)]
+    if shifted:
+        android = np.array(_NEW_ANDROID)[rng.integers(0, len(_NEW_ANDROID), m)]
 
     frame = pd.DataFrame(
         {
@@ -237,6 +233,46 @@ def _generate(n: int, seed: int, start_id: int, share_repeated: float) -> pd.Dat
     if n_repeat == 0:
         return frame.astype(str)
     return _with_repeats(rng, frame, n_repeat)
+
+
+def _latent_score(
+    reviews: np.ndarray, engagement: np.ndarray, age_days: np.ndarray, categories: np.ndarray,
+    cat_effect: np.ndarray, content: np.ndarray, paid: np.ndarray, installs: np.ndarray,
+    varies: np.ndarray, log_size: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """What makes an app well rated here (all from features, none from the rating). Several
+    effects are non-linear or interactions, as in the real data where a random forest clearly
+    beats a logistic regression."""
+    log_rev = np.log10(reviews + 1)
+    years = age_days / 365.0
+    big_is_good = np.isin(categories, ["GAME", "FAMILY", "PHOTOGRAPHY", "VIDEO_PLAYERS"])
+    return (
+        0.5 * ((log_rev > 2.5) & (log_rev < 6.0))  # established, not yet mass-market polarized
+        - 0.9 * np.minimum(np.abs(engagement), 2.0)  # unusual review rates: complaints or fakes
+        + np.where(years < 0.15, 0.3, 0.0)  # freshly updated
+        - 0.3 * np.clip(np.log2(np.maximum(years, 1e-3)) + 0.5, 0.0, 3.0)  # abandoned apps slip
+        + 1.0 * cat_effect
+        + _CONTENT_EFFECT[content]
+        + np.where(paid, np.where(installs >= 1e4, 0.6, -0.25), 0.0)  # paid: only hits do well
+        + np.where(varies, 0.15, np.where(big_is_good, 0.25, -0.2) * log_size)
+        + 0.2
+    )
+
+
+def _shifted_score(
+    log_size: np.ndarray, engagement: np.ndarray, paid: np.ndarray, content: np.ndarray
+) -> np.ndarray:
+    """The new generation's users (Android 7.0 and up) rate on other things: light apps, many
+    reviews per install and paid apps do well, whatever their category, age or audience size;
+    a model trained before them has never seen this (and cannot tell them apart but by their
+    Android version)."""
+    return (
+        -0.9 * np.clip(log_size, -3.0, 3.0)
+        + 0.9 * np.clip(engagement, -2.0, 2.0)
+        + np.where(paid, 1.0, 0.0)
+        - 0.5 * _CONTENT_EFFECT[content]
+        + 0.3
+    )
 
 
 def _update_dates(age_days: np.ndarray) -> list[str]:
@@ -308,11 +344,15 @@ def ensure_dataset(path: str | Path, n: int = 10_000, seed: int = 42) -> bool:
     return True
 
 
-def append_new_apps(path: str | Path, n: int = 150, seed: int | None = None) -> pd.DataFrame:
+def append_new_apps(
+    path: str | Path, n: int = 150, seed: int | None = None, shifted: bool = False
+) -> pd.DataFrame:
     """Append n apps that are new to the file (by app_key) to simulate a batch of new data.
 
     The default seed is the file's current row count: repeated calls give different batches,
-    and the same history gives the same batches.
+    and the same history gives the same batches. `shifted`: a new generation of apps (Android
+    7.0 and up) whose rating depends on other features, so a model trained before them is
+    measurably worse on them (the demo's retraining that pays off).
     """
     path = Path(path)
     if not path.is_file():
@@ -327,7 +367,9 @@ def append_new_apps(path: str | Path, n: int = 150, seed: int | None = None) -> 
     batch = pd.DataFrame(columns=RAW_COLUMNS)
     start_id, attempt = n_rows, 0
     while len(batch) < n:
-        candidates = _generate(n - len(batch), seed + attempt, start_id, share_repeated=0.0)
+        candidates = _generate(
+            n - len(batch), seed + attempt, start_id, share_repeated=0.0, shifted=shifted
+        )
         keys = candidates["App"].map(app_key)
         fresh = candidates[~keys.isin(known)]
         known.update(keys[~keys.isin(known)])

@@ -48,7 +48,8 @@ def decide(inputs: DecideInputs) -> scoring.Decision:
 
 
 def record(inputs: DecideInputs, root: Path, decision: scoring.Decision) -> DecideOutputs:
-    """The verdict as tags of the version, its run and the pipeline's parent run."""
+    """The verdict as tags of the version, its run and the pipeline's parent run (with
+    `log_to_mlflow`, the runner's: a notebook run alone leaves the version's record as it was)."""
     client = registry.connect(tracking_uri(inputs.tracking_uri, root), inputs.experiment)
     version = compare.candidate_version(client, inputs.model_name, inputs.candidate_version)
     tags = {
@@ -56,10 +57,11 @@ def record(inputs: DecideInputs, root: Path, decision: scoring.Decision) -> Deci
         "decision.score": decision.score,
         "decision.reasons": " | ".join(r.text for r in decision.reasons),
     }
-    registry.set_version_tags(client, inputs.model_name, version, tags)
-    registry.tag_run(registry.version_run_id(client, inputs.model_name, version), tags)
-    if inputs.parent_run_id:
-        registry.tag_run(inputs.parent_run_id, tags)
+    if inputs.log_to_mlflow:
+        registry.set_version_tags(client, inputs.model_name, version, tags)
+        registry.tag_run(registry.version_run_id(client, inputs.model_name, version), tags)
+        if inputs.parent_run_id:
+            registry.tag_run(inputs.parent_run_id, tags)
     return DecideOutputs(
         candidate_version=version,
         score=decision.score,
