@@ -221,3 +221,24 @@ def test_a_failed_or_cancelled_run_renders_its_partial_notebooks(tmp_path: Path,
         run(cfg, root, ["detect", "train"], run_id="r1", executor=InProcessExecutor(root, stages))
     page = check_stage_html(root / "reports" / "r1" / "02_train.html")
     assert "No verdict" in "".join(page.text)
+
+
+def test_the_compare_verdict_says_first_when_the_data_is_not_the_training_data() -> None:
+    from lib.pipeline.comparison import Comparison
+
+    def comparison(check: dict) -> Comparison:
+        return Comparison(
+            metric="roc_auc", candidate_version="2", champion_version="1",
+            reference_label="champion v1", candidate_metrics={}, reference_metrics={},
+            improvement=0.05, candidate_value=0.8, cv_mean=0.8, cv_std=0.01, holdout_rows=500,
+            holdout_digest="x",
+            improvement_interval={"estimate": 0.05, "low": 0.02, "high": 0.08, "n": 500},
+            candidate_interval={"estimate": 0.8, "low": 0.75, "high": 0.85, "n": 500},
+            data_check=check,
+        )  # fmt: skip
+
+    note = "not comparable to the recorded training data (read abc, trained on def)"
+    alone = verdicts.compare(comparison({"comparable": False, "note": note}))
+    assert alone.title == f"Not comparable: {note}" and alone.tone == "stop"
+    same = verdicts.compare(comparison({"comparable": True, "note": ""}))
+    assert same.title == "v2 is better than champion v1" and same.tone == "good"

@@ -99,7 +99,11 @@ def train(out: TrainOutputs, metric: str) -> Verdict:
 
 def compare(result: Any, comparable: str | None = None) -> Verdict:
     """`result`: a lib.pipeline.comparison.Comparison; `comparable`: why the comparison is not
-    on the candidate's own data, when it is not (the block then says so first)."""
+    on the candidate's own data, when it is not (the block then says so first); by default
+    what 03 compare's data check found (`result.data_check`)."""
+    checked = getattr(result, "data_check", None) or {}
+    if comparable is None and checked.get("comparable") is False:
+        comparable = checked.get("note") or "not the data the version was trained on"
     low = result.improvement_interval.get("low")
     numbers = [
         (f"{result.metric} difference vs {result.reference_label}",
