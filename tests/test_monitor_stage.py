@@ -136,3 +136,28 @@ def test_the_live_window_of_a_store_not_created_yet_is_empty(tmp_path: Path) -> 
     window = monitor.live_window(f"sqlite:///{tmp_path}/predictions.db", 3600, "1")
     assert window.empty and set(REQUIRED_COLUMNS) <= set(window.columns)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_alone_the_monitor_judges_but_never_rolls_production_back() -> None:
+    """A notebook opened to read (act_on_production False, its default) must not roll back
+    whatever registry the environment names; the runner passes True."""
+    alert = Alert("accuracy", "critical", "12 points below", 0.68, 0.78, 300)
+    checks = CheckResult("accuracy", "alert", "12 points below", samples=300, severity="critical")
+    bad = MonitorReport(False, [alert], True, "accuracy 12 points below", {}, {}, [checks])
+    alone = MonitorInputs()
+    assert alone.act_on_production is False and alone.auto_rollback is True
+    action = monitor.act(alone, None, _window(), bad)  # no client: it would fail if it acted
+    assert action.rolled_back is False
+    assert "rollback needed" in action.note and "not done: run alone" in action.note
+
+
+def test_run_alone_05_deploy_only_plans() -> None:
+    from lib.pipeline.contracts import DeployInputs
+    from lib.pipeline.stages import deploy
+
+    plan = deploy.Plan(None, "sqlite:///nowhere.db", "7", "6", pd.DataFrame(), None)
+    done = deploy.deploy(DeployInputs(), Path("/nonexistent"), plan)  # nothing is touched
+    assert done.outcome == "planned" and done.version == "7" and done.steps == []
+    assert "runner.py deploy 7" in done.rollback_reason
+    out = deploy.outputs(done)
+    assert out.outcome == "planned" and out.champion_before == "6"

@@ -54,11 +54,16 @@ def test_check_parameters_names_missing_and_unknown(tmp_path: Path) -> None:
         check_parameters(path, STAGES["detect"])
 
 
+# what a person sets on purpose for a notebook to act (its default never does)
+ON_PURPOSE = {"train": {"register_candidate": True}, "deploy": {"act_on_production": True}}
+
+
 @pytest.mark.e2e
 def test_each_notebook_runs_with_its_defaults_from_the_notebooks_folder(project: Path) -> None:
     """What a data scientist does: open notebooks/ in Jupyter and run 01..06 unchanged, except
     that 02 is asked to register its candidate (alone it registers nothing by default:
-    tests/test_train_register.py), so that 03..06 have one to judge."""
+    tests/test_train_register.py) and 05 to deploy it (alone it only plans: tests/
+    test_monitor_stage.py), so that 03..06 have one to judge."""
     import papermill
 
     from lib.pipeline import scraps
@@ -70,7 +75,7 @@ def test_each_notebook_runs_with_its_defaults_from_the_notebooks_folder(project:
         papermill.execute_notebook(
             str(project / "notebooks" / name),
             str(out / name),
-            parameters={"register_candidate": True} if stage == "train" else {},
+            parameters=ON_PURPOSE.get(stage, {}),
             cwd=str(project / "notebooks"),
             kernel_name="python3",
             progress_bar=False,

@@ -70,7 +70,7 @@ class DeploySettings:
 
 @dataclass
 class DeployOutcome:
-    outcome: str  # "promoted" | "rolled_back"
+    outcome: str  # "promoted" | "rolled_back" | "planned" (05 run alone: nothing done)
     version: str
     champion_before: str | None
     rollback_reason: str | None

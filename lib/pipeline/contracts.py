@@ -210,10 +210,12 @@ class DeployInputs(HoldoutInputs):
     analysis: dict[str, Any] = setting("canary_analysis", default={})
     models_dir: str = setting("models_dir")
     logs_dir: str = setting("logs_dir")
+    # the runner's True; run alone, 05 only plans (nothing in the registry or a service changes)
+    act_on_production: bool = False
 
 
 class DeployOutputs(Contract):
-    outcome: Literal["promoted", "rolled_back"]
+    outcome: Literal["promoted", "rolled_back", "planned"]  # planned: run alone, nothing done
     deployed_version: str
     champion_before: str | None
     rollback_reason: str | None
@@ -232,6 +234,8 @@ class MonitorInputs(HoldoutInputs):
     store_url: str | None = None
     models_dir: str = setting("models_dir")
     logs_dir: str = setting("logs_dir")
+    # the runner's True; run alone, 06 judges but never rolls production back
+    act_on_production: bool = False
 
 
 class MonitorOutputs(Contract):

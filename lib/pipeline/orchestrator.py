@@ -88,6 +88,7 @@ def run_values(stage: str, cfg: PipelineConfig, ctx: RunContext, outputs: RunOut
         "quarantine_path": rel(ctx.run_dir / "quarantine.csv", ctx.root),
         "log_to_mlflow": True,
         "register_candidate": True,  # the runner moves @candidate; a notebook alone does not
+        "act_on_production": True,  # the runner deploys and rolls back; a notebook alone not
         "candidate_version": version,
         "holdout_digest": train.holdout_digest if train else None,
         "parent_run_id": train.parent_run_id if train else None,

@@ -150,6 +150,11 @@ def deploy(out: DeployOutputs) -> Verdict:
     ]
     if out.note:
         numbers.append(("note", out.note))
+    if out.outcome == "planned":
+        return Verdict(
+            f"Not deployed: v{out.deployed_version} planned only",
+            [("why", out.rollback_reason or "")], "production is unchanged.", "info",
+        )  # fmt: skip
     if out.outcome == "promoted":
         return Verdict(
             f"Promoted: v{out.deployed_version} is the champion", numbers,

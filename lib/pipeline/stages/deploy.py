@@ -3,6 +3,7 @@ failed check rolls back (see lib.delivery.progressive for the sequence and its g
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from lib.pipeline import data
 from lib.pipeline.contracts import DeployInputs, DeployOutputs
 from lib.pipeline.stages import compare
 from lib.settings import store_url, tracking_uri
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +60,15 @@ def plan_table(inputs: DeployInputs, p: Plan) -> pd.DataFrame:
 
 
 def deploy(inputs: DeployInputs, root: Path, p: Plan) -> progressive.DeployOutcome:
+    """The rollout; run alone (act_on_production False, the notebook's default) only the plan:
+    a notebook opened to read must not deploy to whatever registry the environment names."""
+    if not inputs.act_on_production:
+        why = (
+            f"run alone: v{p.version} planned, not deployed (set act_on_production = True to "
+            f"deploy it on purpose, or python runner.py deploy {p.version})"
+        )
+        log.warning("05 deploy %s", why)
+        return progressive.DeployOutcome("planned", p.version, p.champion, why, [], None, [])
     return progressive.deploy(
         root,
         p.client,

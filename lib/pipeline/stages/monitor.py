@@ -179,6 +179,12 @@ def act(
     """Roll back when the report asks for it and auto_rollback is on; say why either way."""
     if not (report.rollback and inputs.auto_rollback):
         return Action(False, None)
+    if not inputs.act_on_production:  # a notebook run alone judges; it never rolls back
+        return Action(
+            False,
+            f"rollback needed ({report.rollback_reason}) but not done: run alone "
+            "(act_on_production = False); python runner.py rollback does it",
+        )
     try:
         record = operations.manual_rollback(
             w.client,
