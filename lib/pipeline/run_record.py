@@ -37,6 +37,7 @@ RUN_OUTCOMES = (
     "rejected",  # 04 decide: reject
     "promoted",  # 05 deploy
     "rolled_back",  # 05 deploy
+    "planned",  # 05 deploy told not to act on production (only a notebook run alone is)
     "monitored",  # 06 monitor ran (alone, or after a run that deployed nothing)
     "monitor_rolled_back",  # 06 monitor rolled production back
     "completed",  # anything else that ran to its end

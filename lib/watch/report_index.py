@@ -32,6 +32,7 @@ UNREADABLE = "unreadable summary"
 OUTCOMES = {  # report.json outcome (lib.pipeline.run_record.RUN_OUTCOMES) -> (label, CSS class)
     "promoted": ("promoted", "good"),
     "rolled_back": ("rolled back", "bad"),
+    "planned": ("planned (not deployed)", "muted"),
     "rejected": ("rejected", "warn"),
     "awaiting_approval": ("waiting (awaiting approval)", "wait"),
     "no_training": ("no training", "muted"),
