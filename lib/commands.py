@@ -112,12 +112,12 @@ def _record(cfg: PipelineConfig, root: Path, action: str, **fields: Any) -> None
 
 
 def _who() -> dict[str, str]:
-    """Who acted and from which workflow run, when a GitHub Actions job runs the command
-    (GITHUB_ACTOR, GITHUB_SERVER_URL/GITHUB_REPOSITORY/actions/runs/GITHUB_RUN_ID)."""
+    """Who acted and from which workflow run, when a GitHub Actions job runs the command:
+    ACTED_BY (the workflow's approving reviewer) or GITHUB_ACTOR, and the run's URL."""
     env = os.environ
     who: dict[str, str] = {}
-    if env.get("GITHUB_ACTOR"):
-        who["by"] = env["GITHUB_ACTOR"]
+    if env.get("ACTED_BY") or env.get("GITHUB_ACTOR"):
+        who["by"] = env.get("ACTED_BY") or env["GITHUB_ACTOR"]
     if env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
         server = env.get("GITHUB_SERVER_URL") or "https://github.com"
         who["workflow_run"] = (
