@@ -249,8 +249,11 @@ def test_local_state_is_authoritative_and_must_agree_with_the_registry(ops: Ops)
 @pytest.mark.parametrize(
     ("version", "tags", "says"),
     [
-        ("3", {"decision": "manual"}, "decision is manual, not auto (approve it: runner.py "
-                                      "approve 3)"),
+        (
+            "3",
+            {"decision": "manual"},
+            "decision is manual, not auto (approve it: runner.py approve 3)",
+        ),
         ("3", {}, "decision is none, not auto"),
         ("3", {"decision": "reject"}, "decision is reject, not auto"),
         ("2", {"decision": "auto"}, "v2 is already the champion"),
