@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -152,7 +151,8 @@ class Production:
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("MLFLOW_", "PIPELINE_", "GITHUB_", "SERVING_")) and k != "PYTHONPATH"
+            if not k.startswith(("MLFLOW_", "PIPELINE_", "GITHUB_", "SERVING_"))
+            and k != "PYTHONPATH"
         }
         env.update(
             {
