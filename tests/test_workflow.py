@@ -653,3 +653,25 @@ def test_no_tracked_file_is_ignored() -> None:
     # A tracked file that .gitignore matches is a runtime file someone committed by mistake.
     tracked_but_ignored = git("ls-files", "--cached", "--ignored", "--exclude-standard").stdout
     assert tracked_but_ignored.splitlines() == []
+
+
+@pytest.mark.component
+@pytest.mark.parametrize("refused", [False, True])
+def test_operator_job_summary_says_what_was_done_and_why(
+    workflow: dict[str, Any], tmp_path: Path, refused: bool
+) -> None:
+    steps = workflow["jobs"]["operator"]["steps"]
+    (summary,) = [s for s in steps if s.get("name") == "Job summary"]
+    if not refused:  # what the action step's `tee` kept
+        (tmp_path / "operator-action.log").write_text("rolled back: champion is v1 again\n")
+    summary_file = tmp_path / "summary.md"
+    env = {"ACTION": "rollback", "VERSION": "", "REASON": "p99 `too` high",
+           "GITHUB_STEP_SUMMARY": str(summary_file)}  # fmt: skip
+    result, args = run_script(summary["run"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert args is None  # no report of a run: run_summary is not called
+    text = summary_file.read_text()
+    assert text.startswith("### Operator action: rollback by octo\n")
+    assert "- reason: p99 `too` high" in text and "- version" not in text
+    expected = "(no output: the inputs were refused)" if refused else "champion is v1 again"
+    assert expected in text
