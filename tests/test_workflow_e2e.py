@@ -214,7 +214,7 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
     # `python` in the scripts: this interpreter's environment, as setup-python gives one
     bin_dir = Path(sys.executable).parent
     data = home / "apps.csv"
-    synth.write_default_dataset(data, n=1000, seed=19)
+    synth.write_default_dataset(data, n=800, seed=19)
     store_url = f"sqlite:///{home / 'predictions.db'}"
     workflow = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
     server = MlflowServer(home / "mlflow", auth=(USER, PASSWORD))
@@ -247,6 +247,7 @@ def _actions(project: Path) -> list[dict[str, Any]]:
     return json.loads((project / "reports" / "operator_actions.json").read_text())
 
 
+@pytest.mark.timeout(1800)  # about 2 min on an idle machine; a loaded one is many times slower
 def test_manual_decision_approved_then_rolled_back_through_the_workflow(
     production: Production,
 ) -> None:
