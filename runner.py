@@ -7,6 +7,7 @@
     python runner.py demo                  # the whole story on generated data, in demo/
     python runner.py serve                 # the model service (champion + canary)
     python runner.py status | rollback [--reason TEXT] | approve V | reject V
+    python runner.py deploy V [--run-id ID]    # deploy a version whose 04 decision was auto
     python runner.py promote V --reason TEXT   # a registered version back in production
     python runner.py store-recover         # store the rows a dead service did not write
 
@@ -101,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--reason", help="why (required; logged and recorded)")
     ap = command("approve", "deploy a version that awaits approval (from staging)")
     ap.add_argument("version")
+    ap.add_argument("--reason", help="who approved and why (recorded)")
+    dp = command("deploy", "deploy a version whose recorded 04 decision is auto (CI's deploy job)")
+    dp.add_argument("version")
+    for p in (ap, dp):
+        p.add_argument("--run-id", help="name of the deploy run (default: timestamp + suffix)")
     rj = command("reject", "close a rollout that awaits approval")
     rj.add_argument("version")
     rj.add_argument("--reason", default="rejected by a person")

@@ -106,9 +106,24 @@ def _record(cfg: PipelineConfig, root: Path, action: str, **fields: Any) -> None
     from lib.watch import report_index
 
     try:
-        report_index.record_operator_action(root / cfg.reports_dir, action, **fields)
+        report_index.record_operator_action(root / cfg.reports_dir, action, **fields, **_who())
     except Exception as exc:
         log.warning("could not record the %s in %s: %s", action, cfg.reports_dir, exc)
+
+
+def _who() -> dict[str, str]:
+    """Who acted and from which workflow run, when a GitHub Actions job runs the command:
+    ACTED_BY (the workflow's approving reviewer) or GITHUB_ACTOR, and the run's URL."""
+    env = os.environ
+    who: dict[str, str] = {}
+    if env.get("ACTED_BY") or env.get("GITHUB_ACTOR"):
+        who["by"] = env.get("ACTED_BY") or env["GITHUB_ACTOR"]
+    if env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
+        server = env.get("GITHUB_SERVER_URL") or "https://github.com"
+        who["workflow_run"] = (
+            f"{server}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
+        )
+    return who
 
 
 def _champion_now(cfg: PipelineConfig, root: Path) -> str | None:
@@ -338,44 +353,98 @@ def cmd_promote(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo:
     return 1 if done["note"] else 0
 
 
-def cmd_approve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
-    """Resume a parked rollout from staging through the 05 deploy stage."""
-    from lib.delivery import operations
-    from lib.delivery.rollout import RolloutError
-
-    waiting = operations.awaiting_version(root / cfg.models_dir)
-    if waiting != str(args.version):
-        raise RolloutError(
-            f"v{args.version} is not awaiting approval"
-            + (f" (v{waiting} is)" if waiting else " (nothing is)")
-        )
-    fields: dict[str, Any] = {"version": str(args.version), "reason": "approved by a person"}
+def _deploy_run(
+    cfg: PipelineConfig,
+    root: Path,
+    args: argparse.Namespace,
+    echo: Echo,
+    action: str,
+    fields: dict[str, Any],
+) -> int:
+    """05 deploy then 06 monitor for `args.version` (approve, deploy), recorded as `action`."""
     try:
         result = run(
-            cfg, root, stages=["deploy", "monitor"], echo=echo, candidate_version=str(args.version)
-        )
+            cfg, root, stages=["deploy", "monitor"], echo=echo,
+            candidate_version=str(args.version), run_id=getattr(args, "run_id", None),
+        )  # fmt: skip
     except PipelineError as exc:
         done = getattr(exc, "result", None)
         _record(
-            cfg, root, "approve", result="failed", detail=str(exc),
+            cfg, root, action, result="failed", detail=str(exc),
             champion=_champion_now(cfg, root), run_id=None if done is None else done.run_id,
             **fields,
         )  # fmt: skip
         raise
     _record(
-        cfg, root, "approve", result="done" if result.exit_code == 0 else "failed",
+        cfg, root, action, result="done" if result.exit_code == 0 else "failed",
         detail=f"run outcome: {result.outcome}", run_id=result.run_id,
         champion=_champion_now(cfg, root), **fields,
     )  # fmt: skip
     return result.exit_code
 
 
+def _version_arg(command: str, value: Any) -> str:
+    version = str(value).strip().removeprefix("v")
+    if not version.isdigit():
+        raise PipelineError(f"{command}: {value!r} is not a version number; nothing changed")
+    return version
+
+
+def cmd_approve(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
+    """Resume a parked rollout from staging through the 05 deploy stage: parked here
+    (models/rollout.json) or, on a machine without it, as recorded in the version's tags."""
+    from lib.delivery import operations, releases
+
+    args.version = version = _version_arg("approve", args.version)
+    client = _client(cfg, root)
+    where = operations.parked_where(client, cfg.model_name, root / cfg.models_dir, version)
+    reason = (getattr(args, "reason", None) or "").strip() or "approved by a person"
+    who = _who()
+    operations.tag_approval(
+        client, cfg.model_name, version, "approved", reason=reason, by=who.get("by"),
+        workflow_run=who.get("workflow_run"),
+    )  # fmt: skip
+    releases.log_transition(root / cfg.logs_dir, "approved", version=version, reason=reason)
+    if where == "registry":
+        echo(f"v{version} awaits approval in the registry (no local rollout here): deploying")
+    return _deploy_run(cfg, root, args, echo, "approve", {"version": version, "reason": reason})
+
+
+def cmd_deploy(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
+    """`deploy V`: 05 deploy and 06 monitor for a version whose recorded 04 decision (its
+    `decision` tag) is `auto` and that is not champion: the GitHub deploy job after the pipeline
+    job's decision. Anything else is refused (exit 2), nothing changed."""
+    from lib import registry
+
+    version = args.version = _version_arg("deploy", args.version)
+    client = _client(cfg, root)
+    tags = registry.version_tags(client, cfg.model_name, version)
+    if tags is None:
+        raise PipelineError(f"deploy: {cfg.model_name} v{version} is not in the registry; nothing "
+                            "was changed")  # fmt: skip
+    decision = tags.get("decision")
+    if decision != "auto":
+        hint = f" (approve it: runner.py approve {version})" if decision == "manual" else ""
+        raise PipelineError(
+            f"deploy: v{version}'s recorded 04 decision is {decision or 'none'}, not auto"
+            f"{hint}; nothing was changed"
+        )
+    if registry.alias_version(client, cfg.model_name, "champion") == version:
+        raise PipelineError(f"deploy: v{version} is already the champion; nothing was changed")
+    reason = f"04 decision auto (score {tags.get('decision.score', '?')})"
+    return _deploy_run(cfg, root, args, echo, "deploy", {"version": version, "reason": reason})
+
+
 def cmd_reject(cfg: PipelineConfig, root: Path, args: argparse.Namespace, echo: Echo) -> int:
     from lib.delivery import operations
 
-    operations.reject(root / cfg.models_dir, root / cfg.logs_dir, args.version, args.reason)
-    echo(f"v{args.version} rejected; production unchanged")
-    _record(cfg, root, "reject", version=str(args.version), result="done", reason=args.reason,
+    version = args.version = _version_arg("reject", args.version)
+    operations.reject_anywhere(
+        _client(cfg, root), cfg.model_name, root / cfg.models_dir, root / cfg.logs_dir, version,
+        args.reason, by=_who().get("by"),
+    )  # fmt: skip
+    echo(f"v{version} rejected; production unchanged")
+    _record(cfg, root, "reject", version=version, result="done", reason=args.reason,
             detail="production unchanged", champion=_champion_now(cfg, root))  # fmt: skip
     return 0
 
@@ -466,5 +535,6 @@ OPERATIONS = {
     "rollback": cmd_rollback,
     "promote": cmd_promote,
     "approve": cmd_approve,
+    "deploy": cmd_deploy,
     "reject": cmd_reject,
 }

@@ -400,3 +400,26 @@ def set_version_tags(client: Any, model_name: str, version: str, tags: dict[str,
     with registry_call(client, f"tagging {model_name} v{version}"):
         for key, value in tags.items():
             client.set_model_version_tag(model_name, str(version), key, str(value)[:5000])
+
+
+def version_tags(client: Any, model_name: str, version: str) -> dict[str, str] | None:
+    """A version's tags, or None when the version does not exist (RegistryUnavailable when the
+    registry cannot answer)."""
+    found = model_version(client, model_name, version)
+    return None if found is None else dict(found.tags or {})
+
+
+def versions_tagged(client: Any, model_name: str, key: str, value: str) -> list[str]:
+    """The versions of a model whose tag `key` is `value` (filtered here: every store, every
+    MLflow version), oldest first."""
+    with registry_call(client, f"listing the versions of {model_name}"):
+        found = client.search_model_versions(f"name = '{model_name}'")
+    return sorted((str(v.version) for v in found if (v.tags or {}).get(key) == value), key=int)
+
+
+def client_for(uri: str) -> Any:
+    """A client of the store at `uri` (tracking and registry), without changing MLflow's
+    process-wide URIs or experiment (connect does both)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)

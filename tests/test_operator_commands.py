@@ -15,10 +15,18 @@ import mlflow
 import pytest
 
 from lib import registry
-from lib.commands import cmd_promote, cmd_rollback, cmd_status, cmd_store_recover
+from lib.commands import (
+    cmd_approve,
+    cmd_deploy,
+    cmd_promote,
+    cmd_reject,
+    cmd_rollback,
+    cmd_status,
+    cmd_store_recover,
+)
 from lib.config import load_config
+from lib.delivery import operations, rollout, rollout_end
 from lib.delivery import releases as deployments
-from lib.delivery import rollout, rollout_end
 from lib.errors import PipelineError
 from lib.pipeline import training
 from lib.serving import prediction_store, store_journal
@@ -173,6 +181,97 @@ def test_runner_promote_without_a_reason_exits_2_on_one_line(capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: promote: say why with --reason") and "\n" not in err
     assert "promote" in runner.build_parser().format_help()
+
+
+# --- approval across machines: the parked rollout is also in the version's tags ------------
+
+
+def _tags(ops: Ops, version: str) -> dict[str, str]:
+    return registry.version_tags(ops.client, ops.name, version) or {}
+
+
+def _park(ops: Ops, version: str, models: Path | None = None) -> None:
+    operations.park_for_approval(
+        models or ops.root / "elsewhere" / "models", ops.logs, ops.name, version, "2", "run-x",
+        "score 60", client=ops.client,
+    )  # fmt: skip
+
+
+@pytest.mark.component
+def test_a_parked_rollout_is_pending_in_the_registry_and_a_newer_one_replaces_it(
+    ops: Ops,
+) -> None:
+    _park(ops, "3")
+    tags = _tags(ops, "3")
+    assert tags["approval"] == "pending" and tags["approval.run_id"] == "run-x"
+    assert tags["approval.reason"] == "score 60" and tags["approval.pending_at"]
+    registry.register(ops.client, registry.model_version(ops.client, ops.name, "3").source,
+                      ops.name, {})  # fmt: skip
+    _park(ops, "4", ops.root / "third" / "models")  # another machine: only the tags tell
+    assert _tags(ops, "3")["approval"] == "rejected"
+    assert "replaced by v4" in _tags(ops, "3")["approval.reason"]
+    assert _tags(ops, "4")["approval"] == "pending"
+
+
+@pytest.mark.component
+def test_reject_from_a_fresh_checkout_reads_and_writes_the_registry(
+    ops: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _park(ops, "3")  # parked on another machine: this project's models/ knows nothing of it
+    monkeypatch.setenv("GITHUB_ACTOR", "octo-reviewer")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "acme/apps")
+    monkeypatch.setenv("GITHUB_RUN_ID", "42")
+    code, lines = ops.say(cmd_reject, version="3", reason="rejected in GitHub")
+    assert code == 0 and lines == ["v3 rejected; production unchanged"]
+    tags = _tags(ops, "3")
+    assert tags["approval"] == "rejected" and tags["approval.by"] == "octo-reviewer"
+    (action,) = ops.actions()
+    assert (action["action"], action["version"], action["by"]) == ("reject", "3", "octo-reviewer")
+    assert action["workflow_run"] == "https://github.com/acme/apps/actions/runs/42"
+    assert "rejected" in (ops.logs / "deployment.log").read_text()
+    with pytest.raises(rollout.RolloutError, match="registry: approval=rejected"):
+        ops.say(cmd_approve, version="3", reason=None, run_id=None)
+    assert ops.champion() == "2"
+
+
+@pytest.mark.component
+def test_local_state_is_authoritative_and_must_agree_with_the_registry(ops: Ops) -> None:
+    _park(ops, "3", ops.models)  # parked here too
+    registry.set_version_tags(ops.client, ops.name, "3", {"approval": "rejected"})
+    with pytest.raises(rollout.RolloutError, match="registry says approval=rejected"):
+        ops.say(cmd_reject, version="3", reason="no")
+    with pytest.raises(rollout.RolloutError, match=r"v1 is not awaiting approval \(v3 is"):
+        operations.parked_where(ops.client, ops.name, ops.models, "1")
+    assert operations.awaiting_version(ops.models) == "3"
+
+
+@pytest.mark.component
+@pytest.mark.parametrize(
+    ("version", "tags", "says"),
+    [
+        (
+            "3",
+            {"decision": "manual"},
+            "decision is manual, not auto (approve it: runner.py approve 3)",
+        ),
+        ("3", {}, "decision is none, not auto"),
+        ("3", {"decision": "reject"}, "decision is reject, not auto"),
+        ("2", {"decision": "auto"}, "v2 is already the champion"),
+        ("99", {}, "v99 is not in the registry"),
+        ("v3; rm -rf /", {}, "is not a version number"),
+    ],
+)
+def test_deploy_refuses_anything_but_an_auto_decision_not_yet_champion(
+    ops: Ops, version: str, tags: dict, says: str
+) -> None:
+    if tags:
+        registry.set_version_tags(ops.client, ops.name, version, tags)
+    before = _snapshot(ops.root)
+    with pytest.raises(PipelineError) as refused:
+        ops.say(cmd_deploy, version=version, run_id=None)
+    assert refused.value.exit_code == 2
+    assert says in str(refused.value) and "\n" not in str(refused.value)
+    assert _snapshot(ops.root) == before and ops.champion() == "2"
 
 
 def _served(rid: str) -> dict:

@@ -61,6 +61,7 @@ def test_help_lists_every_command(project: Path) -> None:
         "rollback",
         "approve",
         "reject",
+        "deploy",
         "notify",
         "backtest",
         "store-recover",

@@ -160,35 +160,78 @@ def test_checkouts_do_not_persist_the_token(workflow: dict[str, Any]) -> None:
 
 NOTIFY_SECRETS = {"SLACK_WEBHOOK", "EMAIL_SMTP", "TEAMS_WEBHOOK", "PAGERDUTY_KEY", "NOTIFY_URLS"}
 DATA_SECRETS = {"PLAYSTORE_DATA_URL"}
+# production's credentials: the environment variable each secret reaches the runner as
+PRODUCTION_SECRETS = {
+    "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN",
+    "SERVING_ADMIN_TOKEN": "SERVING_ADMIN_TOKEN",
+    "PGPASSWORD": "STORE_PASSWORD",
+}
+SECRET_OF = {**{n: n for n in NOTIFY_SECRETS | DATA_SECRETS}, **PRODUCTION_SECRETS}
+PRODUCTION_JOBS = ("pipeline", "deploy", "approve", "approval-rejected", "monitor", "operator")
+PRODUCTION_VARS = {
+    "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+    "PIPELINE_SERVING_URL": "SERVING_URL",
+    "PIPELINE_DATA_PATH": "PIPELINE_DATA",
+    "PIPELINE_STORE_URL": "PIPELINE_STORE_URL",
+}
+
+
+def secrets_used(job: dict[str, Any]) -> set[str]:
+    return {
+        value.split("secrets.", 1)[1].strip(" }")
+        for step in job["steps"]
+        for value in (step.get("env") or {}).values()
+        if "secrets." in str(value)
+    }
 
 
 def test_secrets_are_read_only_by_jobs_in_their_environment(workflow: dict[str, Any]) -> None:
+    production = NOTIFY_SECRETS | set(PRODUCTION_SECRETS.values())
     expected = {
-        "pipeline": ("notifications", NOTIFY_SECRETS),
+        **{name: ("production", production) for name in PRODUCTION_JOBS},
+        "self-contained": ("production", NOTIFY_SECRETS),
         "real-data": ("playstore-data", DATA_SECRETS),
     }
     for name, job in workflow["jobs"].items():
-        used = {
-            value.split("secrets.", 1)[1].strip(" }")
-            for step in job["steps"]
-            for value in (step.get("env") or {}).values()
-            if "secrets." in str(value)
-        }
+        used = secrets_used(job)
         if name in expected:
             environment, secrets = expected[name]
-            assert job["environment"] == environment
-            assert used == secrets
+            assert job["environment"] == environment, name
+            assert used == secrets, name
+        elif name == "approval":  # the gate: its reviewers, no secret
+            assert job["environment"] == "production-approval" and not used
         else:
             assert not used and "environment" not in job, f"job {name}"
+
+
+def test_production_jobs_read_production_from_the_repository_variables(
+    workflow: dict[str, Any],
+) -> None:
+    for name in PRODUCTION_JOBS:
+        job = workflow["jobs"][name]
+        env = {k: v.replace(" ", "") for k, v in job["env"].items()}
+        assert env == {k: f"${{{{vars.{v}}}}}" for k, v in PRODUCTION_VARS.items()}, name
+        assert job["concurrency"] == {"group": "ml-production", "cancel-in-progress": False}
+    jobs = workflow["jobs"]
+    # production when the tracking URI is set, else the self-contained job; never both
+    assert "vars.MLFLOW_TRACKING_URI != ''" in jobs["pipeline"]["if"]
+    assert "vars.MLFLOW_TRACKING_URI == ''" in jobs["self-contained"]["if"]
+    assert "concurrency" in jobs["self-contained"] and "env" not in jobs["self-contained"]
 
 
 def test_triggers(workflow: dict[str, Any]) -> None:
     on = triggers(workflow)
     assert on["push"]["branches"] == ["main"]
     assert [entry["cron"] for entry in on["schedule"]] == ["0 2 * * *"]
-    force = on["workflow_dispatch"]["inputs"]["force_retrain"]
+    inputs = on["workflow_dispatch"]["inputs"]
+    force = inputs["force_retrain"]
     assert force["type"] == "boolean"
     assert force["default"] is False
+    assert inputs["action"]["type"] == "choice" and inputs["action"]["default"] == "run"
+    assert inputs["action"]["options"] == ["run", "approve", "reject", "rollback", "promote"]
+    assert inputs["version"]["type"] == inputs["reason"]["type"] == "string"
     assert "pull_request" in on
 
 
@@ -199,28 +242,35 @@ def test_least_privilege_one_run_per_ref_and_secrets_only_in_step_env(
     assert "github.ref" in workflow["concurrency"]["group"]
     assert workflow["env"]["MPLBACKEND"] == "Agg"
     seen = 0
-    for job in workflow["jobs"].values():
+    for name, job in workflow["jobs"].items():
+        # only the jobs that read who reviewed the deployment ask for more than the default
+        if "permissions" in job:
+            assert name in ("approve", "approval-rejected")
+            assert job["permissions"] == {"contents": "read", "actions": "read"}
         for step in job["steps"]:
             assert "secrets." not in str(step.get("run", "")), "a secret expanded into a script"
-            for name, value in (step.get("env") or {}).items():
+            for var, value in (step.get("env") or {}).items():
                 if "secrets." in str(value):
-                    assert name in NOTIFY_SECRETS | DATA_SECRETS
-                    assert value == f"${{{{ secrets.{name} }}}}"
+                    assert value == f"${{{{ secrets.{SECRET_OF[var]} }}}}"
                     seen += 1
     assert seen >= len(NOTIFY_SECRETS)  # the notification targets reach the runner
 
 
 def test_schedule_also_monitors_production(workflow: dict[str, Any]) -> None:
-    steps = [
-        s for s in workflow["jobs"]["pipeline"]["steps"] if "--stages monitor" in s.get("run", "")
-    ]
-    assert len(steps) == 1 and "schedule" in steps[0]["if"]
+    job = workflow["jobs"]["monitor"]
+    assert "schedule" in job["if"] and "always()" in job["if"]
+    assert job["needs"] == ["pipeline", "deploy"]  # after tonight's run and its deploy
+    (step,) = [s for s in job["steps"] if "--stages monitor" in s.get("run", "")]
+    assert step["run"].startswith("python runner.py --stages monitor --run-id")
     for name, job in workflow["jobs"].items():
         assert isinstance(job.get("timeout-minutes"), int), f"job {name} has no timeout"
 
 
-def test_pipeline_job_runs_the_runner_and_uploads_reports(workflow: dict[str, Any]) -> None:
-    job = workflow["jobs"]["pipeline"]
+@pytest.mark.parametrize("name", ["pipeline", "self-contained"])
+def test_pipeline_job_runs_the_runner_and_uploads_reports(
+    workflow: dict[str, Any], name: str
+) -> None:
+    job = workflow["jobs"][name]
     assert "pull_request" in job["if"] and "!=" in job["if"]
     assert job["runs-on"] == "ubuntu-latest"
     setup = [s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-python@")]
@@ -235,16 +285,64 @@ def test_pipeline_job_runs_the_runner_and_uploads_reports(workflow: dict[str, An
     assert upload["with"]["retention-days"] > 0
 
 
-def test_pull_request_job_runs_tests_then_pipeline_up_to_decision(workflow: dict[str, Any]) -> None:
+def test_every_runner_job_ends_with_the_run_summary(workflow: dict[str, Any]) -> None:
+    for name in ("pipeline", "deploy", "approve", "monitor", "self-contained", "operator",
+                 "pull-request"):  # fmt: skip
+        job = workflow["jobs"][name]
+        (summary,) = [s for s in job["steps"] if s.get("name") == "Job summary"]
+        assert summary["if"] == "always()"
+        assert "python -m lib.watch.run_summary" in summary["run"] and "--github" in summary["run"]
+        assert job["steps"].index(summary) == len(job["steps"]) - 2  # then the upload
+        # the summary reads the folder the runner wrote: the same run id
+        run_id = f"gh-${{GITHUB_RUN_ID}}-${{GITHUB_RUN_ATTEMPT}}-{name}"
+        assert run_id in summary["run"] and "PIPELINE_REPORTS_LOCATION" in summary["run"]
+        assert any(run_id in s.get("run", "") and "runner.py" in s["run"] for s in job["steps"])
+    ephemeral = workflow["jobs"]["self-contained"]["steps"][-2]["run"]
+    assert "Production was ephemeral" in ephemeral
+
+
+def test_the_decision_chooses_the_next_job(workflow: dict[str, Any]) -> None:
+    jobs = workflow["jobs"]
+    assert jobs["pipeline"]["outputs"]["decision"].replace(" ", "") == (
+        "${{steps.summary.outputs.decision}}"
+    )
+    assert (
+        "--stages detect,train,compare,decide" in step_running(jobs["pipeline"], "runner.py")["run"]
+    )
+    assert jobs["deploy"]["if"] == "needs.pipeline.outputs.decision == 'auto'"
+    assert "python runner.py deploy" in step_running(jobs["deploy"], "runner.py")["run"]
+    gate = jobs["approval"]
+    assert gate["if"] == "needs.pipeline.outputs.decision == 'manual'"
+    # the gate's first step says it started: a job rejected by its reviewers never does
+    assert 'echo "started=true"' in gate["steps"][0]["run"]
+    assert gate["outputs"]["started"].replace(" ", "") == "${{steps.gate.outputs.started}}"
+    assert jobs["approve"]["if"] == "needs.approval.result == 'success'"
+    assert "python runner.py approve" in step_running(jobs["approve"], "runner.py")["run"]
+    rejected = jobs["approval-rejected"]
+    assert "needs.approval.result == 'failure'" in rejected["if"]
+    assert "needs.approval.outputs.started != 'true'" in rejected["if"]
+    assert "python runner.py reject" in step_running(rejected, "runner.py")["run"]
+    assert jobs["operator"]["if"] == (
+        "github.event_name == 'workflow_dispatch' && inputs.action != 'run'"
+    )
+
+
+def test_pull_request_job_runs_fast_tests_then_pipeline_up_to_decision(
+    workflow: dict[str, Any],
+) -> None:
     job = workflow["jobs"]["pull-request"]
     assert job["if"] == "github.event_name == 'pull_request'"
     runs = run_steps(job)
-    tests = runs.index(ci_test_command())
-    pipeline = runs.index("python runner.py --stages detect,train,compare,decide --force-retrain")
+    tests = runs.index(f'{ci_test_command()} -m "not e2e"')
+    (pipeline,) = [i for i, r in enumerate(runs) if "--stages detect,train,compare,decide" in r]
+    assert "--force-retrain" in runs[pipeline]
     assert runs.index("pip install -r requirements.txt") < tests < pipeline
     (upload,) = upload_steps(job)
     assert upload["if"] == "always()"
     assert upload["with"]["path"].rstrip("/") == "reports"
+    full = workflow["jobs"]["tests"]
+    assert run_steps(full)[-1] == ci_test_command()
+    assert "'push'" in full["if"] and "'schedule'" in full["if"]
 
 
 def test_no_expression_is_expanded_inside_a_script(workflow: dict[str, Any]) -> None:
@@ -252,38 +350,33 @@ def test_no_expression_is_expanded_inside_a_script(workflow: dict[str, Any]) -> 
     for name, job in workflow["jobs"].items():
         for script in run_steps(job):
             assert "${{" not in script, f"job {name}: pass values through env, not {script!r}"
-    step = step_running(workflow["jobs"]["pipeline"], "python runner.py")
-    assert step["env"]["FORCE_RETRAIN"].replace(" ", "") == "${{inputs.force_retrain}}"
+    for name in ("pipeline", "self-contained"):
+        step = step_running(workflow["jobs"][name], "python runner.py")
+        assert step["env"]["FORCE_RETRAIN"].replace(" ", "") == "${{inputs.force_retrain}}"
+    step = step_running(workflow["jobs"]["operator"], "python runner.py")
+    for var in ("ACTION", "VERSION", "REASON"):
+        assert step["env"][var].replace(" ", "") == f"${{{{inputs.{var.lower()}}}}}"
 
 
-@pytest.mark.component
-@pytest.mark.parametrize(
-    ("force_retrain", "expected_args"),
-    [
-        (None, ["runner.py"]),  # push / schedule: the input does not exist
-        ("", ["runner.py"]),
-        ("false", ["runner.py"]),
-        ("true", ["runner.py", "--force-retrain"]),
-        ("true; touch injected", ["runner.py"]),
-    ],
-)
-def test_force_retrain_script_passes_the_flag_only_when_true(
-    workflow: dict[str, Any], tmp_path: Path, force_retrain: str | None, expected_args: list[str]
-) -> None:
+def run_script(
+    script: str, tmp_path: Path, env_vars: dict[str, str | None]
+) -> tuple[subprocess.CompletedProcess[str], list[str] | None]:
+    """A step's script with a fake `python` that writes its arguments, one per line."""
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("bash is needed to run the step's script")
-    script = step_running(workflow["jobs"]["pipeline"], "python runner.py")["run"]
     fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
+    fake_bin.mkdir(exist_ok=True)
     args_file = tmp_path / "args.txt"
+    args_file.unlink(missing_ok=True)
     fake_python = fake_bin / "python"
     fake_python.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{args_file}"\n', encoding="utf-8")
     fake_python.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k != "FORCE_RETRAIN"}
+    env = {k: v for k, v in os.environ.items() if k not in env_vars}
     env["PATH"] = f"{fake_bin}{os.pathsep}{env.get('PATH', '')}"
-    if force_retrain is not None:
-        env["FORCE_RETRAIN"] = force_retrain
+    env.update({"GITHUB_RUN_ID": "7", "GITHUB_RUN_ATTEMPT": "1", "RUNNER_TEMP": str(tmp_path),
+                "GITHUB_ACTOR": "octo"})  # fmt: skip
+    env.update({k: v for k, v in env_vars.items() if v is not None})
     # The shell GitHub uses for `run:` on Linux.
     result = subprocess.run(
         [bash, "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
@@ -294,8 +387,67 @@ def test_force_retrain_script_passes_the_flag_only_when_true(
         text=True,
         timeout=30,
     )
+    args = args_file.read_text(encoding="utf-8").splitlines() if args_file.exists() else None
+    return result, args
+
+
+@pytest.mark.component
+@pytest.mark.parametrize("job", ["pipeline", "self-contained"])
+@pytest.mark.parametrize(
+    ("force_retrain", "forced"),
+    [
+        (None, False),  # push / schedule: the input does not exist
+        ("", False),
+        ("false", False),
+        ("true", True),
+        ("true; touch injected", False),
+    ],
+)
+def test_force_retrain_script_passes_the_flag_only_when_true(
+    workflow: dict[str, Any], tmp_path: Path, job: str, force_retrain: str | None, forced: bool
+) -> None:
+    script = step_running(workflow["jobs"][job], "python runner.py")["run"]
+    result, args = run_script(script, tmp_path, {"FORCE_RETRAIN": force_retrain})
     assert result.returncode == 0, result.stderr
-    assert args_file.read_text(encoding="utf-8").splitlines() == expected_args
+    stages = ["--stages", "detect,train,compare,decide"] if job == "pipeline" else []
+    expected = ["runner.py", *stages, "--run-id", f"gh-7-1-{job}"]
+    assert args == expected + (["--force-retrain"] if forced else [])
+    assert not (tmp_path / "injected").exists()
+
+
+@pytest.mark.component
+@pytest.mark.parametrize(
+    ("action", "version", "reason", "expected"),
+    [
+        ("approve", "7", "", ["approve", "7", "--reason", "approve dispatched in GitHub by octo",
+                               "--run-id", "gh-7-1-operator"]),
+        ("reject", "12", "bad $(touch injected) `touch injected`",
+         ["reject", "12", "--reason", "bad $(touch injected) `touch injected`"]),
+        ("rollback", "", "p99 too high", ["rollback", "--reason", "p99 too high"]),
+        ("promote", "3", "known good", ["promote", "3", "--reason", "known good"]),
+        ("approve", "7; touch injected", "x", None),
+        ("promote", "", "x", None),
+        ("reject", "v7", "x", None),
+        ("deploy", "7", "x", None),
+    ],
+)  # fmt: skip
+def test_operator_inputs_are_checked_and_passed_only_as_arguments(
+    workflow: dict[str, Any],
+    tmp_path: Path,
+    action: str,
+    version: str,
+    reason: str,
+    expected: list[str] | None,
+) -> None:
+    script = step_running(workflow["jobs"]["operator"], "python runner.py")["run"]
+    env = {"ACTION": action, "VERSION": version, "REASON": reason}
+    result, args = run_script(script, tmp_path, env)
+    if expected is None:
+        assert result.returncode == 2 and args is None
+        assert "::error title=Bad input::" in result.stdout
+    else:
+        assert result.returncode == 0, result.stderr
+        assert args == ["runner.py", *expected]
     assert not (tmp_path / "injected").exists()
 
 
@@ -352,15 +504,17 @@ def test_only_the_pull_request_tests_declare_the_real_data_absent(
 ) -> None:
     job = workflow["jobs"]["pull-request"]
     tests = step_running(job, "python -m pytest")
-    assert "generated-data" in tests["name"] and "skip" in tests["name"]
-    assert tests["env"]["PLAYSTORE_DATA_ABSENT"].strip()
+    full = step_running(workflow["jobs"]["tests"], "python -m pytest")
+    for step in (tests, full):
+        assert "generated-data" in step["name"] and "skip" in step["name"]
+        assert step["env"]["PLAYSTORE_DATA_ABSENT"].strip()
     assert "PLAYSTORE_DATA_ABSENT" not in workflow["env"]
     declared = [
         (name, step.get("name"))
         for name, step in all_steps(workflow)
         if "PLAYSTORE_DATA_ABSENT" in (step.get("env") or {})
     ]
-    assert declared == [("pull-request", tests["name"])]
+    assert declared == [("pull-request", tests["name"]), ("tests", full["name"])]
     for name, job in workflow["jobs"].items():
         assert "PLAYSTORE_DATA_ABSENT" not in (job.get("env") or {}), name
     # The local CI keeps failing loudly when ../shared is missing.
@@ -499,3 +653,25 @@ def test_no_tracked_file_is_ignored() -> None:
     # A tracked file that .gitignore matches is a runtime file someone committed by mistake.
     tracked_but_ignored = git("ls-files", "--cached", "--ignored", "--exclude-standard").stdout
     assert tracked_but_ignored.splitlines() == []
+
+
+@pytest.mark.component
+@pytest.mark.parametrize("refused", [False, True])
+def test_operator_job_summary_says_what_was_done_and_why(
+    workflow: dict[str, Any], tmp_path: Path, refused: bool
+) -> None:
+    steps = workflow["jobs"]["operator"]["steps"]
+    (summary,) = [s for s in steps if s.get("name") == "Job summary"]
+    if not refused:  # what the action step's `tee` kept
+        (tmp_path / "operator-action.log").write_text("rolled back: champion is v1 again\n")
+    summary_file = tmp_path / "summary.md"
+    env = {"ACTION": "rollback", "VERSION": "", "REASON": "p99 `too` high",
+           "GITHUB_STEP_SUMMARY": str(summary_file)}  # fmt: skip
+    result, args = run_script(summary["run"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert args is None  # no report of a run: run_summary is not called
+    text = summary_file.read_text()
+    assert text.startswith("### Operator action: rollback by octo\n")
+    assert "- reason: p99 `too` high" in text and "- version" not in text
+    expected = "(no output: the inputs were refused)" if refused else "champion is v1 again"
+    assert expected in text

@@ -33,22 +33,79 @@ def park_for_approval(
     run_id: str,
     reason: str,
     serving_url: str | None = None,
+    client: Any = None,
 ) -> rollout.RolloutState:
     """A `manual` decision: the rollout waits in awaiting_approval for `runner.py approve`;
     it keeps the production service's URL from the start, so that whoever finishes or undoes
-    it later (approve, recovery) reloads that service."""
+    it later (approve, recovery) reloads that service. With `client`, the wait is also recorded
+    as tags of the version (tag_approval), so that a machine without this models/ (a GitHub
+    job) can approve or reject it."""
     store = rollout.RolloutStore(models_dir / "rollout.json")
     waiting = awaiting_version(models_dir)
+    why = f"replaced by v{version}, a newer candidate awaiting approval"
     # a newer candidate replaces the one nobody approved yet (else every later run conflicts)
     if waiting not in (None, str(version)):
-        why = f"replaced by v{version}, a newer candidate awaiting approval"
         reject(models_dir, logs_dir, waiting, why)
     state = rollout.begin(
         store, model_name, str(version), champion, run_id=run_id, serving_url=serving_url,
         approved=False, reason=reason,
     )  # fmt: skip
     releases.log_transition(logs_dir, "awaiting_approval", version=version, reason=reason)
+    if client is not None:
+        for older in registry.versions_tagged(client, model_name, APPROVAL, "pending"):
+            if older != str(version):
+                tag_approval(client, model_name, older, "rejected", reason=why)
+        tag_approval(
+            client, model_name, str(version), "pending", run_id=run_id, reason=reason,
+            champion=champion or "none",
+        )  # fmt: skip
     return state
+
+
+APPROVAL = "approval"  # a version's tag: pending | approved | rejected (and approval.* details)
+
+
+def tag_approval(client: Any, model_name: str, version: str, state: str, **fields: Any) -> None:
+    """Where a parked rollout stands, as tags of its version: `approval=<state>`, the time
+    (`approval.<state>_at`) and the given details (`approval.by`, `approval.reason`...)."""
+    tags = {APPROVAL: state, f"{APPROVAL}.{state}_at": rollout.now_iso()}
+    tags.update({f"{APPROVAL}.{k}": v for k, v in fields.items() if v not in (None, "")})
+    registry.set_version_tags(client, model_name, str(version), tags)
+
+
+def parked_where(client: Any, model_name: str, models_dir: Path, version: str) -> str:
+    """Where `version` is recorded as awaiting approval: "local" (this machine's rollout.json,
+    authoritative when present) or "registry" (its `approval=pending` tag, e.g. on a fresh
+    GitHub runner). RolloutError when it is not awaiting approval, or when the two disagree."""
+    version = str(version)
+    state = rollout.RolloutStore(models_dir / "rollout.json").load()
+    tags = registry.version_tags(client, model_name, version)
+    if tags is None:
+        raise rollout.RolloutError(f"{model_name} v{version} is not in the registry")
+    tagged = tags.get(APPROVAL)
+    if state is not None and state.phase == rollout.Phase.AWAITING_APPROVAL:
+        if state.candidate_version != version:
+            raise rollout.RolloutError(
+                f"v{version} is not awaiting approval (v{state.candidate_version} is, in "
+                f"{models_dir / 'rollout.json'})"
+            )
+        if tagged not in (None, "pending"):
+            raise rollout.RolloutError(
+                f"v{version}: {models_dir / 'rollout.json'} says awaiting approval but the "
+                f"registry says approval={tagged}; settle it by hand (reject it, or fix the tag)"
+            )
+        return "local"
+    if state is not None and state.candidate_version == version:
+        raise rollout.RolloutError(
+            f"v{version} is not awaiting approval: {models_dir / 'rollout.json'} says "
+            f"{state.phase.value}" + (f" ({state.reason})" if state.reason else "")
+        )
+    if tagged != "pending":
+        raise rollout.RolloutError(
+            f"v{version} is not awaiting approval (registry: {APPROVAL}={tagged or 'none'}"
+            + (f"; v{state.candidate_version} {state.phase.value} here)" if state else ")")
+        )
+    return "registry"
 
 
 def awaiting_version(models_dir: Path) -> str | None:
@@ -56,6 +113,26 @@ def awaiting_version(models_dir: Path) -> str | None:
     if state is not None and state.phase == rollout.Phase.AWAITING_APPROVAL:
         return state.candidate_version
     return None
+
+
+def reject_anywhere(
+    client: Any,
+    model_name: str,
+    models_dir: Path,
+    logs_dir: Path,
+    version: str,
+    reason: str,
+    by: str | None = None,
+) -> str:
+    """`runner.py reject`: close the parked rollout here (when this machine holds it) and in the
+    registry's tags; returns where it was parked (parked_where)."""
+    where = parked_where(client, model_name, models_dir, version)
+    if where == "local":
+        reject(models_dir, logs_dir, version, reason)
+    else:
+        releases.log_transition(logs_dir, "rejected", version=version, reason=reason)
+    tag_approval(client, model_name, version, "rejected", reason=reason, by=by)
+    return where
 
 
 def reject(models_dir: Path, logs_dir: Path, version: str, reason: str) -> rollout.RolloutState:

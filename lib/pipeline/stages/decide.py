@@ -89,13 +89,20 @@ def act(
     champion_version: str | None,
     run_id: str,
     serving_url: str | None = None,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
 ) -> Action:
     """What the verdict does: `auto` deploys; `manual` parks the rollout (approve/reject
-    resume it); `reject` is logged, production untouched."""
+    resume it, here or, through the version's tags, on another machine); `reject` is logged,
+    production untouched. `tracking_uri`: the registry (default: the one the runner opened)."""
     reasons = "; ".join(decided.reasons)
     if decided.decision == "auto":
         return "deploy"
     if decided.decision == "manual":
+        import mlflow
+
+        uri = tracking_uri or mlflow.get_registry_uri()
+        client = registry.connect(uri, experiment) if experiment else registry.client_for(uri)
         operations.park_for_approval(
             root / models_dir,
             root / logs_dir,
@@ -105,6 +112,7 @@ def act(
             run_id,
             f"score {decided.score}: {reasons}",
             serving_url,
+            client,
         )
         return "awaiting_approval"
     releases.log_transition(
