@@ -8,11 +8,22 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from fastapi.testclient import TestClient
+# One OpenMP/BLAS thread per process, here and in every process a test starts (runner, kernels,
+# services, MLflow server): the suite fills the 2 cores with 2 xdist workers, so a second thread
+# finds no free core, and OpenMP's and OpenBLAS's threads spin at their barriers waiting for a
+# descheduled partner (lib/pipeline/training.py one_openmp_thread: a boosting fit took 72 s with
+# 2 threads against 2 s with one on a busy machine). A test that wants more sets its own.
+for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")
 
-from lib.serving.app import create_app
-from tests.support import deploy, notify, serving
+import pytest  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from lib.serving.app import create_app  # noqa: E402
+from tests.support import deploy, notify, serving  # noqa: E402
+
+threadpool_limits(limits=1)  # the libraries loaded before the variables above were set
 
 PROJECT = Path(__file__).resolve().parents[1]
 # ../shared/data/playstore beside the project; PLAYSTORE_DATA points elsewhere if needed.
@@ -220,3 +231,31 @@ def smtp_sink() -> Iterator[notify.SmtpSink]:
     """An SMTP server on 127.0.0.1 that wants AUTH (PLAIN/LOGIN, allowed without TLS here)."""
     with notify.serve_smtp() as sink:
         yield sink
+
+
+# --- CPU time per test (PYTEST_CPU_PROFILE=<file>) -------------------------------------------
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU of this process and of its waited-for children (kernels, servers and
+    services a test starts count once they have been reaped)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """With PYTEST_CPU_PROFILE=<file>, append `<cpu seconds>\\t<node id>` per test (set-up, call
+    and tear-down; a session fixture counts on the first test that uses it): the suite is
+    CPU-bound on 2 cores, so CPU time, not the noisy wall clock, says where the time goes."""
+    target = os.environ.get("PYTEST_CPU_PROFILE")
+    if not target:
+        yield
+        return
+    start = _cpu_seconds()
+    yield
+    with open(target, "a", encoding="utf-8") as out:
+        out.write(f"{_cpu_seconds() - start:.1f}\t{item.nodeid}\n")

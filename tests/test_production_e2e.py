@@ -176,13 +176,16 @@ def _report(project: Path) -> dict[str, Any]:
 
 class Traffic:
     """Requests through the load balancer from a thread, each with its own id; every answer's
-    version and replica are kept."""
+    version and replica are kept. Before a canary is up (`canary_seen`, set by the watcher of
+    `_kill_during_a_step`: the candidate is still being trained and judged) one request every
+    half second, then one every 10 ms: the load lands on the rollout, not on the training."""
 
     def __init__(self, url: str, body: dict[str, Any]) -> None:
         self.url, self.body = url, body
         self.answers: list[tuple[str, str, str]] = []  # (variant, version, replica)
         self.failures: Counter[int] = Counter()
         self.stopping = threading.Event()
+        self.canary_seen = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -201,7 +204,7 @@ class Traffic:
                 answer = resp.json()
                 replica = resp.headers.get("X-Replica", "")
                 self.answers.append((answer["variant"], str(answer["model_version"]), replica))
-                time.sleep(0.01)
+                self.stopping.wait(0.01 if self.canary_seen.is_set() else 0.5)
 
     def __enter__(self) -> Traffic:
         self.thread.start()
@@ -212,9 +215,12 @@ class Traffic:
         self.thread.join(timeout=60)
 
 
-def _kill_during_a_step(prod: Production, victim: ServiceProcess, weight: float) -> dict:
+def _kill_during_a_step(
+    prod: Production, victim: ServiceProcess, weight: float, traffic: Traffic
+) -> dict:
     """Watch the shared routing (through another replica) until the canary is at `weight`,
-    then kill `victim` with SIGKILL; what was seen."""
+    then kill `victim` with SIGKILL; what was seen. Tells `traffic` once a canary is up; polls
+    every 0.5 s before (training takes minutes), every 0.1 s after (a step takes seconds)."""
     seen: dict[str, Any] = {}
     watcher = prod.replicas[0]
 
@@ -226,11 +232,13 @@ def _kill_during_a_step(prod: Production, victim: ServiceProcess, weight: float)
             except httpx.HTTPError:
                 time.sleep(0.2)
                 continue
+            if routing.get("canary_version") is not None:
+                traffic.canary_seen.set()
             if routing.get("canary_weight") == weight:
                 os.killpg(victim.proc.pid, signal.SIGKILL)
                 seen.update(routing=routing, at=time.monotonic())
                 return
-            time.sleep(0.1)
+            time.sleep(0.1 if traffic.canary_seen.is_set() else 0.5)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -307,7 +315,7 @@ def test_production_outside_the_working_directory(
     # 2. a better candidate, by evidence, through every step; a replica killed at 25%
     victim = prod.replicas[1]
     with Traffic(prod.lb.url, replayer.app_request(_an_app(prod))) as traffic:
-        kill = _kill_during_a_step(prod, victim, 25.0)
+        kill = _kill_during_a_step(prod, victim, 25.0, traffic)
         second = run(project, "--force-retrain", *ROLLOUT, *BETTER)
         kill["thread"].join(timeout=5)
     assert second.returncode == 0, outputs[-1][-4000:]

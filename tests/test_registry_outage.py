@@ -32,7 +32,7 @@ from tests.support.mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.e2e
 
-ANALYSIS_SECONDS = 30  # one canary step: the registry is next used when it ends
+ANALYSIS_SECONDS = 15  # one canary step: the registry is next used when it ends
 # Bounds, loose on purpose (a loaded 2-core machine): the point is about a minute after the
 # step, not the 12 min 19 s measured with MLflow's default retries.
 ROLLOUT_ENDS_WITHIN = ANALYSIS_SECONDS + 60 + 150.0  # step + max wait + bounded retries

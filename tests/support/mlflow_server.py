@@ -61,7 +61,7 @@ class MlflowServer:
 
     def _auth_env(self) -> dict[str, str]:
         """MLflow's basic-auth config (MLFLOW_AUTH_CONFIG_PATH): the admin, no access without
-        credentials, users kept in `home`."""
+        credentials, users kept in `home`, a good credential's check cached."""
         if self.auth is None:
             return {}
         user, password = self.auth
@@ -73,6 +73,10 @@ class MlflowServer:
             f"admin_username = {user}\n"
             f"admin_password = {password}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            # a good credential is checked once, then cached: without it every request pays a
+            # scrypt hash (0.1 s of CPU), and a rollout makes thousands (replicas' registry
+            # checks, the stages' logging); wrong or missing credentials are refused as before
+            "auth_cache_ttl_seconds = 3600\n"
         )
         ini.chmod(0o600)
         # the auth app's CSRF protection wants a fixed key (one server here: any random one)
