@@ -235,6 +235,8 @@ def _next_step(out: Contract, cfg: PipelineConfig, ctx: RunContext, say: Any) ->
             champion_version=champion_version(cfg, ctx.tracking_uri) if manual else None,
             run_id=ctx.run_id,
             serving_url=cfg.serving_url,
+            tracking_uri=ctx.tracking_uri,
+            experiment=cfg.experiment,
         )
         v = out.candidate_version
         if action == "awaiting_approval":
