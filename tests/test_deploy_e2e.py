@@ -223,7 +223,8 @@ def test_slow_candidate_is_rolled_back(world: World) -> None:
     slow = world.register(slow.fit(world.X, world.y))
     analysis = {**FAST["analysis"], "p99_floor_ms": 40.0, "max_p99_ms": 500.0}
     with world.service() as prod:
-        outcome = world.deploy(slow, prod.url, analysis=analysis)
+        # from 25%: the canary's 50 latencies come within the wait (at 5% they took over 120 s)
+        outcome = world.deploy(slow, prod.url, analysis=analysis, steps=[25, 50, 100])
     _assert_production_unchanged(world, v1, outcome)
     assert "p99" in outcome.rollback_reason or "latency" in outcome.rollback_reason
 

@@ -62,7 +62,7 @@ def _inputs(world: World, on_worse: str) -> MonitorInputs:
     return MonitorInputs(
         model_name=NAME, experiment="deploy-tests", tracking_uri=world.uri,
         data_path="data/apps.csv", store_url=world.store_url, serving_url=UNREACHABLE,
-        window_seconds=3 * DAY,
+        window_seconds=3 * DAY, act_on_production=True,  # as the runner passes it
         monitoring_config={
             "label_lag_seconds": DAY, "on_worse_than_predecessor": on_worse,
             "min_feedback": 100, "min_requests": 50,

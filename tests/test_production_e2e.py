@@ -347,8 +347,15 @@ def test_production_outside_the_working_directory(
     _, outcome = _bad_candidate(prod, tmp_path / "bad" / "logs")
     assert outcome.outcome == "rolled_back", outcome
     assert prod.champion() == v2 and prod.served() == [v2] * REPLICAS
-    routing = httpx.get(f"{prod.lb.url}/admin/routing", headers=ADMIN, timeout=10).json()
-    assert routing["canary_weight"] == 0 and routing["canary_version"] is None
+
+    def no_canary_anywhere() -> bool:  # each replica applies the rollback within one poll
+        routes = [
+            httpx.get(f"{r.url}/admin/routing", headers=ADMIN, timeout=10).json()
+            for r in prod.replicas
+        ]
+        return all(r["canary_weight"] == 0 and r["canary_version"] is None for r in routes)
+
+    until(no_canary_anywhere, 10 * POLL + 10, "every replica drops the rolled-back canary")
 
     # 5. an operator's rollback through the load balancer reaches every replica
     done = run(project, "rollback", "--reason", "operator test")

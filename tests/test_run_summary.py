@@ -17,7 +17,15 @@ from lib.pipeline import contracts as c
 from lib.pipeline import run_record
 from lib.pipeline.executors import StageResult
 from lib.pipeline.run_record import RunOutputs
+from lib.watch import redaction
 from lib.watch import run_summary as rs
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_secrets() -> None:
+    """Each test's text is redacted by its own secrets only: a notification test earlier in the
+    same worker registers a PagerDuty component `comp`, which redacted `03_compare` here."""
+    redaction.clear_registered_secrets()
 
 INTERVAL = "stratified paired bootstrap, 2000 resamples, 95%"
 REASONS = [

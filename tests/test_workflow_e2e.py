@@ -30,6 +30,7 @@ import yaml
 from lib import registry
 from lib.delivery.service_process import ServiceProcess
 from lib.pipeline import synth
+from lib.watch import run_summary
 from tests.support.deploy import make_runner_project
 from tests.support.mlflow_server import MlflowServer
 
@@ -273,8 +274,8 @@ def test_manual_decision_approved_then_rolled_back_through_the_workflow(
     assert pipeline.outputs == {"decision": "manual", "version": v2, "outcome": "awaiting_approval"}
     # the job summary is the real run's: its decision, score and every reason in full
     assert "manual" in pipeline.summary and str(decided["score"]) in pipeline.summary
-    for reason in decided["reasons"]:
-        assert reason in pipeline.summary
+    for reason in decided["reasons"]:  # whole, as markdown writes it (`[`, `*`... escaped)
+        assert run_summary.md(reason) in pipeline.summary
     assert "::warning title=Awaiting approval::" in pipeline.stdout
     tags = registry.version_tags(prod.client(), NAME, v2)
     assert tags["approval"] == "pending" and tags["approval.run_id"] == "gh-102-1-pipeline"

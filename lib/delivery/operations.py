@@ -67,7 +67,12 @@ APPROVAL = "approval"  # a version's tag: pending | approved | rejected (and app
 
 def tag_approval(client: Any, model_name: str, version: str, state: str, **fields: Any) -> None:
     """Where a parked rollout stands, as tags of its version: `approval=<state>`, the time
-    (`approval.<state>_at`) and the given details (`approval.by`, `approval.reason`...)."""
+    (`approval.<state>_at`) and the given details (`approval.by`, `approval.reason`...). A
+    version the registry does not hold (only this machine's rollout.json knows it) cannot carry
+    them: said, and the local record stands alone."""
+    if registry.version_tags(client, model_name, str(version)) is None:
+        log.warning("v%s is not in the registry: approval=%s recorded here only", version, state)
+        return
     tags = {APPROVAL: state, f"{APPROVAL}.{state}_at": rollout.now_iso()}
     tags.update({f"{APPROVAL}.{k}": v for k, v in fields.items() if v not in (None, "")})
     registry.set_version_tags(client, model_name, str(version), tags)
@@ -80,10 +85,11 @@ def parked_where(client: Any, model_name: str, models_dir: Path, version: str) -
     version = str(version)
     state = rollout.RolloutStore(models_dir / "rollout.json").load()
     tags = registry.version_tags(client, model_name, version)
-    if tags is None:
+    local = state is not None and state.phase == rollout.Phase.AWAITING_APPROVAL
+    if tags is None and not (local and state.candidate_version == version):
         raise rollout.RolloutError(f"{model_name} v{version} is not in the registry")
-    tagged = tags.get(APPROVAL)
-    if state is not None and state.phase == rollout.Phase.AWAITING_APPROVAL:
+    tagged = (tags or {}).get(APPROVAL)
+    if local:
         if state.candidate_version != version:
             raise rollout.RolloutError(
                 f"v{version} is not awaiting approval (v{state.candidate_version} is, in "

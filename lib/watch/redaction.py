@@ -133,6 +133,13 @@ def register_secrets(values: Iterable[str]) -> None:
         _registered_secrets.update(v for v in values if v)
 
 
+def clear_registered_secrets() -> None:
+    """Forget the values register_secrets remembered (a process that drops its targets; tests
+    that must not inherit another test's, e.g. a PagerDuty component `comp` hidden as secret)."""
+    with _registry_lock:
+        _registered_secrets.clear()
+
+
 def _known_secrets() -> list[str]:
     with _registry_lock:
         registered = list(_registered_secrets)
