@@ -1025,3 +1025,30 @@ def test_a_registry_look_up_whose_caller_gave_up_ends_quietly(monkeypatch) -> No
         if thread.name == "look-up-under-test":
             thread.join(10)
     assert errors == []
+
+
+def test_a_shutdown_that_never_returns_is_left_behind_after_its_bound(
+    mlstore: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A shutdown step that never returns (once seen in a test worker: 15 min of a suite) does
+    not hold the process: after SHUTDOWN_SECONDS the service says so and lets go."""
+    import logging
+
+    from lib.serving import app as service_app
+    from tests.support.serving import serving_settings
+
+    real = routing.ModelService.shutdown
+
+    async def hangs_after_closing(self: routing.ModelService) -> None:
+        await real(self)  # threads and store closed, then a wait that nothing ends
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(service_app, "SHUTDOWN_SECONDS", 0.5)
+    monkeypatch.setattr(routing.ModelService, "shutdown", hangs_after_closing)
+    with caplog.at_level(logging.ERROR, logger="lib.serving.app"):
+        with TestClient(create_app(serving_settings(mlstore, tmp_path))) as client:
+            assert client.get("/health").status_code == 200
+    assert "shutdown not done after 0 s: left behind" in caplog.text
