@@ -27,6 +27,7 @@ def _no_inherited_secrets() -> None:
     same worker registers a PagerDuty component `comp`, which redacted `03_compare` here."""
     redaction.clear_registered_secrets()
 
+
 INTERVAL = "stratified paired bootstrap, 2000 resamples, 95%"
 REASONS = [
     'gate "no skill": ROC-AUC lower bound 0.7705 > 0.55 (estimate 0.8088 [0.7705, 0.8442], '
