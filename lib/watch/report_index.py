@@ -558,9 +558,9 @@ def trend_rows(rows: list[RunRow]) -> list[dict[str, str]]:
 
 
 @functools.cache
-def _template() -> jinja2.Template:
-    """The page template, loaded once; autoescaped (report data is never markup), and strict: a
-    misspelt field fails the tests instead of rendering empty."""
+def page_template(name: str = TEMPLATE) -> jinja2.Template:
+    """A page template of lib/watch/templates, loaded once; autoescaped (report data is never
+    markup), and strict: a misspelt field fails the tests instead of rendering empty."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("lib.watch", "templates"),
         autoescape=True,
@@ -569,7 +569,7 @@ def _template() -> jinja2.Template:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    return env.get_template(TEMPLATE)
+    return env.get_template(name)
 
 
 def write_index(reports_dir: Path) -> Path:
@@ -578,7 +578,7 @@ def write_index(reports_dir: Path) -> Path:
     rows = collect_runs(reports_dir)
     entries, problem = read_operator_actions(reports_dir)
     tally = sorted(Counter(row.outcome for row in rows).items())
-    page = _template().render(
+    page = page_template().render(
         rows=rows,
         tally=", ".join(f"{n} {label}" for label, n in tally),
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -11,7 +11,6 @@ to $GITHUB_OUTPUT, none of which a report's text can turn into a workflow comman
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -23,11 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import jinja2
-
 from lib.atomic_files import write_text_atomic
 from lib.watch.redaction import redact
-from lib.watch.report_index import OUTCOMES
+from lib.watch.report_index import OUTCOMES, page_template
 
 logger = logging.getLogger(__name__)
 
@@ -587,23 +584,9 @@ def to_markdown(summary: Summary) -> str:
     return "\n".join(out)
 
 
-@functools.cache
-def _template() -> jinja2.Template:
-    """Autoescaped (report text is never markup) and strict (a misspelt field fails tests)."""
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("lib.watch", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    return env.get_template(TEMPLATE)
-
-
 def to_html(summary: Summary) -> str:
     """A standalone page: inline CSS, no script, links to each stage's HTML beside it."""
-    return _template().render(s=summary)
+    return page_template(TEMPLATE).render(s=summary)
 
 
 def write(run_dir: Path, report: dict[str, Any], location: str | None = None) -> Summary:
