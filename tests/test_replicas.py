@@ -111,6 +111,30 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Fleet]:
     f.close()
 
 
+def test_a_cancellation_racing_the_routing_stores_answer_is_not_lost(
+    fleet: _Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The routing poll is cancelled at shutdown. When the database's answer arrives in the same
+    turn as the cancellation, the poll must still end (Python 3.11's wait_for returned the answer
+    instead, the poll ran on, and a CI run's service did not stop within 60 s)."""
+    from concurrent import futures
+
+    from lib.serving import routing
+
+    answer: futures.Future = futures.Future()
+    monkeypatch.setattr(routing, "_in_daemon_thread", lambda work, name: answer)
+
+    async def scenario() -> None:
+        call = asyncio.ensure_future(fleet.a._db(lambda engine: "row"))
+        await asyncio.sleep(0)  # the call waits for the database
+        answer.set_result("row")  # the answer and ...
+        call.cancel()  # ... the cancellation, in one turn of the loop
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    asyncio.run(scenario())
+
+
 def test_a_change_on_one_replica_is_applied_by_the_other_at_its_poll(fleet: _Fleet) -> None:
     a, b = fleet.a, fleet.b
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
+import logging
 import math
 import os
 import signal
@@ -603,6 +605,46 @@ def test_idle_batcher_does_not_wait(mlstore: Store) -> None:
     asyncio.run(run())
 
 
+def test_stopping_a_task_that_swallowed_its_cancellation_cancels_it_again(caplog) -> None:
+    """A task that swallows one cancellation (as 3.11's asyncio.wait_for can) still stops; one
+    that never stops is left behind after the bound, with an error, instead of holding the
+    service's shutdown for ever."""
+    swallowed = []
+
+    async def swallows_once() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed.append(True)
+
+    released = asyncio.Event()  # (set by the test's own clean-up only)
+
+    async def never_stops() -> None:
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    async def run() -> tuple[bool, bool]:
+        once = asyncio.ensure_future(swallows_once())
+        stubborn = asyncio.ensure_future(never_stops())
+        await asyncio.sleep(0)
+        await asyncio.wait_for(batching.stop_task(once, "once"), 20)
+        await asyncio.wait_for(batching.stop_task(stubborn, "stubborn", bound=0.3), 20)
+        left = stubborn.done()
+        released.set()
+        stubborn.cancel()
+        await stubborn
+        return once.cancelled(), left
+
+    with caplog.at_level(logging.ERROR, logger="lib.serving.batching"):
+        assert asyncio.run(run()) == (True, False)
+    assert swallowed == [True]
+    assert "stubborn did not stop within 0 s: left behind" in caplog.text
+
+
 @pytest.mark.component
 def test_batcher_stops_waiting_when_every_request_is_queued(mlstore: Store) -> None:
     variant = _predictor(mlstore)
@@ -994,16 +1036,22 @@ def test_real_server_over_http(mlstore: Store, tmp_path: Path) -> None:
             assert routed.status_code == 200 and routed.json()["canary_version"] == "2"
             assert "model_requests_total" in http.get("/metrics").text
             http.post("/predict", json=RAW_APP, headers={"X-Request-ID": "real-2"})
+            os.kill(proc.pid, signal.SIGUSR1)  # an operator asks what its threads are doing
+            assert http.get("/health").status_code == 200  # ... and it goes on serving
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGUSR1)  # its threads' stacks, for the failure below
+            time.sleep(2)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        stderr = proc.stderr.read().decode(errors="replace")
         proc.stderr.close()
     # uvicorn re-raises the SIGTERM it handled, after its graceful shutdown (and our lifespan)
-    assert proc.returncode in (0, -signal.SIGTERM)
+    assert proc.returncode in (0, -signal.SIGTERM), f"not stopped within 60 s:\n{stderr[-8000:]}"
+    assert "Current thread" in stderr and "(most recent call first)" in stderr  # the stacks
     with PredictionStore(store_url) as store:  # written by the service, flushed at shutdown
         frame = store.window(0).set_index("request_id")
     assert {"real-1", "real-2"} <= set(frame.index)

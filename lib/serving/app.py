@@ -4,9 +4,11 @@ admin), and `serve` to run it with uvicorn. Bodies are checked before parsing (`
 
 import asyncio
 import contextlib
+import faulthandler
 import hmac
 import json
 import logging
+import signal
 import socket
 import time
 import uuid
@@ -703,4 +705,6 @@ def serve(
         port,
         redact_url(settings.store_url),
     )
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: what a stuck replica is doing
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     uvicorn.Server(config).run(sockets=sockets)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,8 @@ from lib.serving.predictor import Predictor
 from lib.serving.rows import Row
 
 logger = logging.getLogger(__name__)
+
+STOP_TASK_SECONDS = 10.0  # a background task still running this long after its cancel is left
 
 
 @dataclass
@@ -94,8 +95,10 @@ class MicroBatcher:
                         if remaining <= 0:
                             break
                         self._wake.clear()
-                        try:
-                            await asyncio.wait_for(self._wake.wait(), remaining)
+                        try:  # (not wait_for: Python 3.11's drops a cancellation that races
+                            # the wake-up, and stop() would then wait for ever)
+                            async with asyncio.timeout(remaining):
+                                await self._wake.wait()
                         except TimeoutError:
                             break
                 batch = self._take()
@@ -162,13 +165,29 @@ class MicroBatcher:
         self._queued_rows = 0
 
     async def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        if self._task is not None:
+            await stop_task(self._task, "micro-batcher")
         self._fail_all(RuntimeError("the service is shutting down"))
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
         self._executor = _predict_executor()
+
+
+async def stop_task(task: asyncio.Task, what: str, bound: float = STOP_TASK_SECONDS) -> None:
+    """Cancel `task` and wait until it ends, cancelling again while it runs on: a cancellation
+    swallowed once (asyncio.wait_for in Python 3.11 does that when its future completes in the
+    same turn) must not hold the service's shutdown for ever. After `bound` seconds it is left
+    behind, and logged; its error, if any, is logged too."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    while not task.done():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            logger.error("%s did not stop within %.0f s: left behind", what, bound)
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(remaining, 1.0))
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("%s had failed: %r", what, task.exception())
 
 
 def one_openmp_thread() -> None:

@@ -37,7 +37,7 @@ from lib.config import redact_url
 from lib.errors import RegistryUnavailable
 from lib.pipeline.training import for_inference
 from lib.serving import routing_state
-from lib.serving.batching import MicroBatcher, Variant
+from lib.serving.batching import MicroBatcher, Variant, stop_task
 from lib.serving.metrics import Metrics
 from lib.serving.prediction_store import PredictionStore
 from lib.serving.predictor import Predictor
@@ -522,9 +522,8 @@ class ModelService:
             return work(engine, *args)
 
         try:
-            answer = await asyncio.wait_for(
-                asyncio.wrap_future(_in_daemon_thread(run, "routing-store")), ROUTING_DB_SECONDS
-            )
+            async with asyncio.timeout(ROUTING_DB_SECONDS):  # (not 3.11's wait_for: see stop_task)
+                answer = await asyncio.wrap_future(_in_daemon_thread(run, "routing-store"))
         except Exception as exc:
             before = self.store_view
             if before.error is None:
@@ -859,11 +858,10 @@ class ModelService:
         self._poll_task = loop.create_task(poll, name="routing-poll")
 
     async def shutdown(self) -> None:
-        for task in (self._lease_task, self._registry_task, self._poll_task):
+        named = (("lease", self._lease_task), ("registry", self._registry_task))
+        for what, task in (*named, ("routing poll", self._poll_task)):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await stop_task(task, f"the {what} check")
         await self.batcher.stop()
         await asyncio.to_thread(self.shadow.stop)  # (its last scores go to the store)
         await asyncio.to_thread(self._close_store)
