@@ -273,3 +273,32 @@ def test_labels_that_show_the_canary_is_not_worse_overrule_disagreement() -> Non
     assert disagreement.status == "pass", disagreement.message
     assert "the labels show the canary is not worse" in disagreement.message
     assert analyze(frame, AnalysisConfig(labels="ignored")).by_name("disagreement").status == "fail"
+
+
+def test_a_disagreement_waits_for_labels_that_are_arriving_and_fails_without_them() -> None:
+    """Labels for most paired requests but fewer than min_feedback per variant yet: the labels
+    will decide within the step, so a significant disagreement waits (a better canary must
+    disagree; the step's wait bounds it). With labels for a fifth of them (users rate late, if
+    ever), it fails at once as before; labels showing the canary worse fail on accuracy."""
+    frame = window_of(_permuted, seed=9)
+    rng = np.random.default_rng(99)
+    canary_right = np.where(frame["variant"] == "canary", 0.95, 0.75)
+    truth = np.where(rng.random(len(frame)) < canary_right, frame["label"], 1 - frame["label"])
+    arrived = rng.random(len(frame)) < 0.8
+    frame["true_label"] = np.where(arrived, truth, np.nan)
+    cfg = AnalysisConfig(min_feedback=5000)  # not enough labels to judge accuracy on them yet
+    disagreement = analyze(frame, cfg).by_name("disagreement")
+    assert disagreement.status == "wait", disagreement.message
+    assert disagreement.observed["lower_bound"] > cfg.max_disagreement  # it was significant
+    assert "have their label already: the labels decide" in disagreement.message
+
+    few = frame.copy()
+    few.loc[rng.random(len(few)) < 0.75, "true_label"] = np.nan  # about 20% labeled
+    assert analyze(few, cfg).by_name("disagreement").status == "fail"
+    assert analyze(frame, cfg.model_copy(update={"labels": "ignored"})).verdict == "fail"
+
+    worse = frame.copy()  # the labels say the canary is wrong where it disagrees
+    worse["true_label"] = np.where(arrived, 1 - frame["label"], np.nan)
+    worse.loc[worse["variant"] == "champion", "true_label"] = frame["label"]
+    assert analyze(worse, cfg).by_name("accuracy").status == "fail"
+    assert analyze(worse, cfg).verdict == "fail"

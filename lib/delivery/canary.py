@@ -49,6 +49,11 @@ SHADOW_COLUMNS = (  # as lib.serving.prediction_store's (not imported: this modu
     "shadow_latency_ms", "shadow_error",
 )  # fmt: skip
 PAIRED_TAU = 0.05  # the excess beyond a paired bound its test finds fastest
+# when at least this share of the paired requests already has its label, the labels will
+# judge accuracy within the step: a significant disagreement waits for them instead of failing
+# (a better canary must disagree); the step's wait bounds it, and with fewer labels (real users
+# rate days later, if ever) disagreement still fails at once
+LABELS_DECIDE_SHARE = 0.5
 REQUIRED_COLUMNS = (
     "request_id", "created_at", "variant", "model_version", "label", "probability",
     "latency_ms", "error", "true_label",
@@ -599,7 +604,8 @@ def check_disagreement(
     pairs: pd.DataFrame, unpaired: int, cfg: AnalysisConfig, accuracy: Check | None = None
 ) -> Check:
     """The share of paired requests labeled differently (judge_disagreement). It cannot tell
-    a better canary from a worse one: when the labels passed `accuracy`, they decide."""
+    a better canary from a worse one: when the labels passed `accuracy`, they decide, and while
+    most pairs already have their label (LABELS_DECIDE_SHARE) a failure waits for them."""
     n = len(pairs)
     k = int((pairs["canary_label"] != pairs["champion_label"]).sum())
     j = judge_disagreement(k, n, cfg)
@@ -622,6 +628,12 @@ def check_disagreement(
     elif status != PASS and labels_passed:
         status = PASS
         msg = f"{seen} ({interval}, above {bound}): the labels show the canary is not worse"
+    elif status == FAIL and (labeled := _labeled_share(pairs, cfg)) >= LABELS_DECIDE_SHARE:
+        status = WAIT
+        msg = (
+            f"{seen}: significantly more than {bound} ({interval}), but {fmt_percent(labeled)} "
+            f"of them have their label already: the labels decide (accuracy), waiting for them"
+        )
     elif status == FAIL:
         msg = f"{seen}: significantly more than {bound} ({interval}, p={fmt_p(j['p_value'])})"
     elif status == WAIT:
@@ -635,6 +647,13 @@ def check_disagreement(
             )
     samples = {"paired": n, "unpaired": unpaired}
     return Check("disagreement", status, observed, threshold, samples, msg, PAIRED)
+
+
+def _labeled_share(pairs: pd.DataFrame, cfg: AnalysisConfig) -> float:
+    """The share of paired requests whose label has arrived (0 when labels are ignored)."""
+    if cfg.labels == "ignored" or not len(pairs):
+        return 0.0
+    return float(pairs["true_label"].notna().mean())
 
 
 def check_paired_shift(pairs: pd.DataFrame, unpaired: int, cfg: AnalysisConfig) -> Check:
