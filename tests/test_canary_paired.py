@@ -302,3 +302,23 @@ def test_a_disagreement_waits_for_labels_that_are_arriving_and_fails_without_the
     worse.loc[worse["variant"] == "champion", "true_label"] = frame["label"]
     assert analyze(worse, cfg).by_name("accuracy").status == "fail"
     assert analyze(worse, cfg).verdict == "fail"
+
+
+@pytest.mark.parametrize("min_feedback", [100, 5000])  # enough labels, or only the early look
+def test_a_no_skill_canary_whose_disagreement_waits_for_labels_fails_on_them(
+    min_feedback: int,
+) -> None:
+    """A canary with no skill (its probabilities ignore the app) disagrees with the champion;
+    with labels arriving for most pairs the disagreement waits, and the labels fail it."""
+    rng = np.random.default_rng(5)
+    frame = window_of(lambda rng, champion_p: rng.random(len(champion_p)), seed=5)
+    champion_answer = np.where(
+        frame["variant"] == "champion", frame["label"], frame["shadow_label"]
+    )
+    truth = np.where(rng.random(len(frame)) < 0.8, champion_answer, 1 - champion_answer)
+    frame["true_label"] = np.where(rng.random(len(frame)) < 0.8, truth, np.nan)
+    result = analyze(frame, AnalysisConfig(min_feedback=min_feedback))
+    assert result.verdict == "fail", result.reason
+    assert result.by_name("accuracy").status == "fail"
+    assert result.by_name("accuracy").evidence == "labels"
+    assert result.by_name("disagreement").status in {"wait", "fail"}
