@@ -322,3 +322,24 @@ def test_a_no_skill_canary_whose_disagreement_waits_for_labels_fails_on_them(
     assert result.by_name("accuracy").status == "fail"
     assert result.by_name("accuracy").evidence == "labels"
     assert result.by_name("disagreement").status in {"wait", "fail"}
+
+
+@pytest.mark.parametrize("n, verdict", [(3000, "pass"), (40, "wait")])  # enough pairs, too few
+def test_an_equal_canary_with_labels_arriving_passes_or_waits_for_pairs(
+    n: int, verdict: str
+) -> None:
+    """The arriving-labels rule only turns a disagreement failure into a wait: an equal canary
+    with most pairs labeled still passes, and too few pairs still wait for more."""
+    rng = np.random.default_rng(3)
+    frame = window_of(_equal, n=n, seed=3)
+    champion_answer = np.where(
+        frame["variant"] == "champion", frame["label"], frame["shadow_label"]
+    )
+    truth = np.where(rng.random(n) < 0.78, champion_answer, 1 - champion_answer)
+    frame["true_label"] = np.where(rng.random(n) < 0.8, truth, np.nan)
+    result = analyze(frame)
+    assert result.verdict == verdict, result.reason
+    disagreement = result.by_name("disagreement")
+    assert disagreement.status == verdict
+    if verdict == "wait":
+        assert disagreement.message.startswith("only ")
